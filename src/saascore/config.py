@@ -1,0 +1,211 @@
+"""Settings, read from the environment and `.env`.
+
+The database variables keep the names the existing deployments use (`DATABASE_URL`,
+`DATABASE_HOST`, `DB_POOL_SIZE`, ...); everything else is under the `SAASCORE_` prefix.
+With no database configured, saascore uses an embedded SQLite file under `./.saascore/`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from saascore.kit.errors import ConfigurationError
+
+__all__ = ["DatabaseBackend", "Settings", "load_settings"]
+
+ENV_PREFIX = "SAASCORE_"
+
+
+class DatabaseBackend(StrEnum):
+    POSTGRESQL = "postgresql"
+    SQLITE = "sqlite"
+
+
+def _env(name: str) -> Any:
+    """A field read from an unprefixed variable, as the seeds document it."""
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- the database, named as the seeds name it -------------------------------------------
+    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    database_host: str | None = Field(default=None, validation_alias=_env("DATABASE_HOST"))
+    database_port: int = Field(default=5432, ge=1, le=65535, validation_alias=_env("DATABASE_PORT"))
+    database_user: str = Field(default="postgres", validation_alias=_env("DATABASE_USER"))
+    database_password: str | None = Field(
+        default=None, validation_alias=_env("DATABASE_PASSWORD"), repr=False
+    )
+    database_name: str | None = Field(default=None, validation_alias=_env("DATABASE_NAME"))
+    use_cloud_sql_connector: bool = Field(
+        default=False, validation_alias=_env("USE_CLOUD_SQL_CONNECTOR")
+    )
+    cloud_sql_instance: str | None = Field(
+        default=None, validation_alias=_env("CLOUD_SQL_INSTANCE")
+    )
+    cloud_sql_ip_type: Literal["PUBLIC", "PRIVATE", "PSC"] = Field(
+        default="PUBLIC", validation_alias=_env("CLOUD_SQL_IP_TYPE")
+    )
+    db_pool_size: int = Field(default=5, ge=1, validation_alias=_env("DB_POOL_SIZE"))
+    db_max_overflow: int = Field(default=10, ge=0, validation_alias=_env("DB_MAX_OVERFLOW"))
+    db_pool_timeout: float = Field(default=30.0, gt=0, validation_alias=_env("DB_POOL_TIMEOUT"))
+    db_pool_recycle: int = Field(default=1800, ge=-1, validation_alias=_env("DB_POOL_RECYCLE"))
+
+    # --- saascore's own ---------------------------------------------------------------------
+    service_name: str = "saascore"
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".saascore")
+    #: Upgrade the schema to the newest migration at start. Unset means: on for the embedded
+    #: SQLite database, off for a configured server (run `saascore db upgrade` in deploys).
+    auto_migrate: bool | None = None
+    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    #: A PostgreSQL schema to use instead of `public` (tests give each run its own).
+    database_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    sql_echo: bool = False
+    default_plan: str = "free"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    cors_origins: list[str] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        _async_url(value)  # raises ValueError with the reason
+        return value.strip()
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_cloud_sql(self) -> Settings:
+        if self.use_cloud_sql_connector and not self.cloud_sql_instance:
+            raise ValueError("CLOUD_SQL_INSTANCE is required when USE_CLOUD_SQL_CONNECTOR is true")
+        return self
+
+    # --- derived --------------------------------------------------------------------------------
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "saascore.db"
+
+    @property
+    def database_backend(self) -> DatabaseBackend:
+        url = self.sqlalchemy_url
+        return (
+            DatabaseBackend.SQLITE
+            if url.get_backend_name() == "sqlite"
+            else (DatabaseBackend.POSTGRESQL)
+        )
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no database was configured and the embedded SQLite file is used."""
+        return (
+            self.database_url is None
+            and self.database_host is None
+            and self.database_name is None
+            and not self.use_cloud_sql_connector
+        )
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_embedded if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        """The async SQLAlchemy URL: asyncpg for PostgreSQL, aiosqlite for SQLite."""
+        if self.database_url is not None:
+            return _async_url(self.database_url)
+        if self.use_cloud_sql_connector:
+            # The connection itself comes from the connector (see kit.db); the URL names the
+            # dialect, and the user and database for the connector.
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.database_user,
+                password=self.database_password,
+                database=self.database_name or "postgres",
+            )
+        if self.database_host is not None or self.database_name is not None:
+            return URL.create(
+                "postgresql+asyncpg",
+                username=self.database_user,
+                password=self.database_password,
+                host=self.database_host or "localhost",
+                port=self.database_port,
+                database=self.database_name or "postgres",
+            )
+        return URL.create("sqlite+aiosqlite", database=str(self.sqlite_path))
+
+
+def _async_url(raw: str) -> URL:
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL (expected postgresql://... or sqlite:///...)"
+        ) from None
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if backend in ("postgresql", "postgres"):
+        if (
+            driver not in ("asyncpg", "psycopg2", "postgresql", "postgres")
+            and "+" in url.drivername
+        ):
+            raise ValueError(f"driver {driver!r} is not supported; use postgresql:// (asyncpg)")
+        return url.set(drivername="postgresql+asyncpg")
+    if backend == "sqlite":
+        if "+" in url.drivername and driver not in ("aiosqlite", "pysqlite"):
+            raise ValueError(f"driver {driver!r} is not supported; use sqlite:///PATH")
+        return url.set(drivername="sqlite+aiosqlite")
+    raise ValueError(f"database {backend!r} is not supported; use postgresql:// or sqlite:///")
+
+
+def _variable_name(field: str) -> str:
+    """The environment variable that sets `field` (a field name or one of its aliases)."""
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        choices = (
+            [c for c in alias.choices if isinstance(c, str)]
+            if isinstance(alias, AliasChoices)
+            else []
+        )
+        if field == name or field in choices:
+            return choices[0] if choices else f"{ENV_PREFIX}{name.upper()}"
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build `Settings`, turning a validation error into one line that names the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = error.get("loc") or ()
+        field = str(loc[0]) if loc else ""
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if not field:
+            raise ConfigurationError(f"invalid settings: {message}") from None
+        name = _variable_name(field)
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+        raise ConfigurationError(f"invalid setting {name}: {message}{shown}") from None

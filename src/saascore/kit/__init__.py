@@ -1,0 +1,1 @@
+"""Shared plumbing: database, column types, errors, identifiers, time."""

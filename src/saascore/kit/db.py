@@ -1,0 +1,233 @@
+"""The database: async engines and sessions, on PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+`Database(settings)` owns one engine per event loop (an asyncpg connection belongs to the loop
+that opened it, seed 001), created on first use. Sessions never expire objects on commit.
+
+On SQLite every connection runs in WAL mode with foreign keys on and a busy timeout, and write
+transactions start with `BEGIN IMMEDIATE`: a second writer waits for the lock instead of failing
+halfway through its transaction when it tries to upgrade a read lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from saascore.config import DatabaseBackend, Settings
+from saascore.kit.errors import DatabaseUnavailable
+
+__all__ = ["CloudSQLConnector", "Database", "describe_connection_error"]
+
+_SQLITE_BEGIN = "saascore_sqlite_begin"
+
+
+class CloudSQLConnector(Protocol):
+    """What saascore needs of `google.cloud.sql.connector.Connector` (the `cloudsql` extra)."""
+
+    async def connect_async(self, instance_connection_string: str, driver: str, **kwargs: Any) -> Any:
+        ...
+
+    async def close_async(self) -> None: ...
+
+
+ConnectorFactory = Callable[[], Awaitable[CloudSQLConnector]]
+
+
+async def _google_connector() -> CloudSQLConnector:
+    try:
+        from google.cloud.sql.connector import create_async_connector
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise DatabaseUnavailable(
+            "USE_CLOUD_SQL_CONNECTOR is true but the Cloud SQL connector is not installed: "
+            "pip install 'saascore[cloudsql]'"
+        ) from None
+    connector: CloudSQLConnector = await create_async_connector()
+    return connector
+
+
+@dataclass
+class _LoopState:
+    engine: AsyncEngine
+    read_sessions: async_sessionmaker[AsyncSession]
+    write_sessions: async_sessionmaker[AsyncSession]
+    connector: CloudSQLConnector | None = None
+
+
+class Database:
+    """Engines and sessions for one configured database.
+
+    `session()` yields a session whose transaction the caller commits; `transaction()` yields one
+    inside a transaction that commits when the block ends and rolls back if it raises.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        connector_factory: ConnectorFactory | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self.url: URL = self.settings.sqlalchemy_url
+        self.backend = self.settings.database_backend
+        self._connector_factory = connector_factory or _google_connector
+        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"
+
+    # --- engines -----------------------------------------------------------------------------
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine for the running event loop."""
+        return self._state().engine
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            state = self._states[loop] = self._build_state()
+        return state
+
+    def _build_state(self) -> _LoopState:
+        engine = self._create_engine()
+        writer = engine
+        if self.backend is DatabaseBackend.SQLITE:
+            writer = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+        return _LoopState(
+            engine=engine,
+            read_sessions=async_sessionmaker(engine, expire_on_commit=False),
+            write_sessions=async_sessionmaker(writer, expire_on_commit=False),
+        )
+
+    def _create_engine(self) -> AsyncEngine:
+        settings = self.settings
+        if self.backend is DatabaseBackend.SQLITE:
+            database = self.url.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                from pathlib import Path
+
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_async_engine(
+                self.url,
+                echo=settings.sql_echo,
+                connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+            )
+            _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
+            return engine
+
+        options: dict[str, Any] = {
+            "echo": settings.sql_echo,
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout,
+            "pool_recycle": settings.db_pool_recycle,
+            "pool_pre_ping": True,
+        }
+        server_settings = {"application_name": settings.service_name}
+        if settings.database_schema:
+            server_settings["search_path"] = settings.database_schema
+        if settings.use_cloud_sql_connector:
+            options["async_creator"] = self._cloud_sql_creator(server_settings)
+        else:
+            options["connect_args"] = {"server_settings": server_settings}
+        return create_async_engine(self.url, **options)
+
+    def _cloud_sql_creator(self, server_settings: dict[str, str]) -> Callable[[], Awaitable[Any]]:
+        settings = self.settings
+        instance = settings.cloud_sql_instance
+        assert instance is not None  # Settings checks it
+
+        async def creator() -> Any:
+            state = self._state()
+            if state.connector is None:
+                state.connector = await self._connector_factory()
+            return await state.connector.connect_async(
+                instance,
+                "asyncpg",
+                user=settings.database_user,
+                password=settings.database_password,
+                db=settings.database_name or "postgres",
+                ip_type=settings.cloud_sql_ip_type.lower(),
+                server_settings=server_settings,
+            )
+
+        return creator
+
+    # --- sessions ----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def session(self, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
+        """A session; the caller commits. `readonly=True` skips SQLite's write lock."""
+        state = self._state()
+        maker = state.read_sessions if readonly else state.write_sessions
+        async with maker() as session:
+            yield session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A session in a transaction: committed when the block ends, rolled back on error."""
+        async with self.session() as session, session.begin():
+            yield session
+
+    async def ping(self, timeout: float = 5.0) -> None:
+        """Run `SELECT 1`; raise `DatabaseUnavailable` with the reason if it fails."""
+        try:
+            async with asyncio.timeout(timeout), self.engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:
+            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+
+    async def dispose(self) -> None:
+        """Close the connections of the running loop's engine (and forget the others)."""
+        loop = asyncio.get_running_loop()
+        states, self._states = dict(self._states), weakref.WeakKeyDictionary()
+        for owner, state in states.items():
+            if owner is loop:
+                await state.engine.dispose()
+                if state.connector is not None:
+                    await state.connector.close_async()
+            else:
+                state.engine.sync_engine.dispose(close=False)
+
+
+def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the driver so that BEGIN is ours to emit.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """One line saying why the database could not be reached, without a traceback."""
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time"
+    root: BaseException = exc
+    while isinstance(root, sa.exc.StatementError) and root.orig is not None:
+        root = root.orig
+    while root.__cause__ is not None and not str(root).strip():
+        root = root.__cause__
+    text = " ".join(str(root).split()) or type(root).__name__
+    return f"cannot reach the database: {text}"

@@ -1,0 +1,70 @@
+"""saascore's exceptions. Domain code raises these; the API maps them to HTTP in one place.
+
+SaascoreError                   every error saascore raises on purpose
+├── ConfigurationError          a setting is missing or invalid (fails at start)
+├── DatabaseUnavailable         the database cannot be reached
+└── DomainError                 a request that the domain refuses; has a stable `code`
+    ├── NotFound                    (404) the object does not exist in the caller's organisation
+    ├── AlreadyExists               (409) a unique value is taken
+    ├── Conflict                    (409) the request conflicts with the current state
+    └── InvalidInput                (422) the request is well-formed but its values are wrong
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AlreadyExists",
+    "ConfigurationError",
+    "Conflict",
+    "DatabaseUnavailable",
+    "DomainError",
+    "InvalidInput",
+    "NotFound",
+    "SaascoreError",
+]
+
+
+class SaascoreError(Exception):
+    """Base class of every error saascore raises on purpose."""
+
+
+class ConfigurationError(SaascoreError):
+    """A setting is missing or invalid. The message is one line naming the variable."""
+
+
+class DatabaseUnavailable(SaascoreError):
+    """The database cannot be reached (refused, timed out, authentication failed)."""
+
+
+class DomainError(SaascoreError):
+    """A refusal by the domain. `code` is stable: clients switch on it."""
+
+    code: ClassVar[str] = "domain_error"
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class NotFound(DomainError):
+    code = "not_found"
+    status_code = 404
+
+
+class AlreadyExists(DomainError):
+    code = "already_exists"
+    status_code = 409
+
+
+class Conflict(DomainError):
+    code = "conflict"
+    status_code = 409
+
+
+class InvalidInput(DomainError):
+    code = "invalid_input"
+    status_code = 422

@@ -1,0 +1,135 @@
+"""Running the Alembic migrations shipped in `saascore/migrations` from async code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from saascore.kit.db import Database
+from saascore.models import Base
+
+__all__ = [
+    "Revision",
+    "alembic_config",
+    "check",
+    "current",
+    "downgrade",
+    "head",
+    "history",
+    "upgrade",
+]
+
+FILE_TEMPLATE = "%%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d-%%(rev)s_%%(slug)s"
+
+
+@dataclass(frozen=True)
+class Revision:
+    revision: str
+    down_revision: str | None
+    message: str
+    is_head: bool
+
+
+def alembic_config(database: Database | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", "saascore:migrations")
+    config.set_main_option("file_template", FILE_TEMPLATE)
+    config.set_main_option("timezone", "UTC")
+    config.set_section_option("post_write_hooks", "hooks", "ruff_format")
+    config.set_section_option("post_write_hooks", "ruff_format.type", "module")
+    config.set_section_option("post_write_hooks", "ruff_format.module", "ruff")
+    config.set_section_option("post_write_hooks", "ruff_format.options", "format REVISION_SCRIPT_FILENAME")
+    if database is not None:
+        config.attributes["settings"] = database.settings
+    return config
+
+
+async def _run(database: Database, fn: Any, *args: Any) -> Any:
+    """Run `fn(config, *args)` with Alembic bound to one connection, in one transaction."""
+    config = alembic_config(database)
+
+    def work(connection: Connection) -> Any:
+        config.attributes["connection"] = connection
+        return fn(config, *args)
+
+    async with database.engine.connect() as connection:
+        result = await connection.run_sync(work)
+        await connection.commit()
+    return result
+
+
+async def upgrade(database: Database, revision: str = "head") -> None:
+    await _run(database, command.upgrade, revision)
+
+
+async def downgrade(database: Database, revision: str) -> None:
+    await _run(database, command.downgrade, revision)
+
+
+def _schema(database: Database) -> str | None:
+    return database.settings.database_schema
+
+
+async def current(database: Database) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+
+    def read(connection: Connection) -> str | None:
+        options = {"version_table_schema": _schema(database)}
+        return MigrationContext.configure(connection, opts=options).get_current_revision()
+
+    async with database.engine.connect() as connection:
+        revision: str | None = await connection.run_sync(read)
+    return revision
+
+
+def not_version_table(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Leave Alembic's own version table out of comparisons, whatever schema it is in."""
+    return not (type_ == "table" and name == "alembic_version")
+
+
+async def check(database: Database) -> list[Any]:
+    """The differences between the models and the database's schema (empty when in sync)."""
+
+    def compare(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                "version_table_schema": _schema(database),
+                "include_name": not_version_table,
+            },
+        )
+        return list(compare_metadata(context, Base.metadata))
+
+    async with database.engine.connect() as connection:
+        diffs: list[Any] = await connection.run_sync(compare)
+    return diffs
+
+
+def history() -> list[Revision]:
+    """Every revision, newest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
+    return [
+        Revision(
+            revision=rev.revision,
+            down_revision=rev.down_revision if isinstance(rev.down_revision, str) else None,
+            message=rev.doc or "",
+            is_head=rev.revision in heads,
+        )
+        for rev in script.walk_revisions()
+    ]
+
+
+def head() -> str:
+    script = ScriptDirectory.from_config(alembic_config())
+    revision = script.get_current_head()
+    assert revision is not None
+    return revision

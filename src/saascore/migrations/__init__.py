@@ -1,0 +1,1 @@
+"""Alembic migrations, shipped inside the package. Run them with `saascore db upgrade`."""

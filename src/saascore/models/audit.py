@@ -1,0 +1,54 @@
+"""The audit trail, hash-chained per organisation so that tampering is detectable."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from saascore.models.base import Base, TenantMixin
+
+__all__ = ["AuditLog"]
+
+
+class AuditLog(TenantMixin, Base):
+    """One audited action. Append-only.
+
+    `seq` numbers an organisation's entries 1, 2, 3, ... and `hash` covers the entry and the
+    previous entry's hash, so an edited, deleted or reordered entry breaks the chain. Actor and
+    target ids are plain values, not foreign keys: the trail outlives what it describes.
+    """
+
+    __tablename__ = "audit_logs"
+
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    actor_type: Mapped[str] = mapped_column(sa.String(32))
+    actor_id: Mapped[str | None] = mapped_column(sa.String(255))
+    user_id: Mapped[uuid.UUID | None]
+    action: Mapped[str] = mapped_column(sa.String(100))
+    target_type: Mapped[str | None] = mapped_column(sa.String(100))
+    target_id: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The AI processing job the entry is about (seed 000's optional link).
+    processing_job_id: Mapped[uuid.UUID | None]
+    ip_address: Mapped[str | None] = mapped_column(sa.String(45))
+    user_agent: Mapped[str | None] = mapped_column(sa.String(512))
+    request_id: Mapped[str | None] = mapped_column(sa.String(64))
+    request_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        sa.UniqueConstraint("organization_id", "seq"),
+        sa.Index("ix_audit_logs_organization_id_created_at", "organization_id", "created_at"),
+        sa.Index("ix_audit_logs_organization_id_action", "organization_id", "action"),
+        sa.Index(
+            "ix_audit_logs_organization_id_processing_job_id",
+            "organization_id",
+            "processing_job_id",
+        ),
+    )
