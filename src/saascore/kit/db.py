@@ -20,7 +20,12 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from saascore.config import DatabaseBackend, Settings
 from saascore.kit.errors import DatabaseUnavailable
@@ -33,8 +38,9 @@ _SQLITE_BEGIN = "saascore_sqlite_begin"
 class CloudSQLConnector(Protocol):
     """What saascore needs of `google.cloud.sql.connector.Connector` (the `cloudsql` extra)."""
 
-    async def connect_async(self, instance_connection_string: str, driver: str, **kwargs: Any) -> Any:
-        ...
+    async def connect_async(
+        self, instance_connection_string: str, driver: str, **kwargs: Any
+    ) -> Any: ...
 
     async def close_async(self) -> None: ...
 
@@ -178,6 +184,19 @@ class Database:
         """A session in a transaction: committed when the block ends, rolled back on error."""
         async with self.session() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def scope(self, session: AsyncSession | None) -> AsyncIterator[AsyncSession]:
+        """The caller's session as it is (the caller commits), or a new transaction of our own.
+
+        Services take an optional session: inside a request they join its unit of work;
+        called on their own (the facade, scripts, the CLI) they commit their work themselves.
+        """
+        if session is not None:
+            yield session
+            return
+        async with self.transaction() as own:
+            yield own
 
     async def ping(self, timeout: float = 5.0) -> None:
         """Run `SELECT 1`; raise `DatabaseUnavailable` with the reason if it fails."""

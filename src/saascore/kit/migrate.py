@@ -45,7 +45,9 @@ def alembic_config(database: Database | None = None) -> Config:
     config.set_section_option("post_write_hooks", "hooks", "ruff_format")
     config.set_section_option("post_write_hooks", "ruff_format.type", "module")
     config.set_section_option("post_write_hooks", "ruff_format.module", "ruff")
-    config.set_section_option("post_write_hooks", "ruff_format.options", "format REVISION_SCRIPT_FILENAME")
+    config.set_section_option(
+        "post_write_hooks", "ruff_format.options", "format REVISION_SCRIPT_FILENAME"
+    )
     if database is not None:
         config.attributes["settings"] = database.settings
     return config

@@ -1,0 +1,54 @@
+"""`Saascore`, the facade that wires the database and every service from `Settings`."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from saascore.config import Settings, load_settings
+from saascore.kit import migrate
+from saascore.kit.db import Database
+from saascore.plans.service import PlanService
+from saascore.tenancy.service import OrganizationService
+
+__all__ = ["Saascore"]
+
+
+class Saascore:
+    """saascore in one object: `async with Saascore(settings) as core: await core.orgs.create(...)`.
+
+    Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
+    its connections. Services are attributes: `core.plans`, `core.orgs`.
+    """
+
+    def __init__(
+        self, settings: Settings | None = None, *, database: Database | None = None
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self.database = database if database is not None else Database(self.settings)
+        self._owns_database = database is None
+        self.plans = PlanService(self.database)
+        self.orgs = OrganizationService(self.database, self.plans)
+
+    async def start(self) -> None:
+        if self.settings.should_auto_migrate:
+            await migrate.upgrade(self.database)
+
+    async def close(self) -> None:
+        if self._owns_database:
+            await self.database.dispose()
+
+    async def __aenter__(self) -> Saascore:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

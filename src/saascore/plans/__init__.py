@@ -1,0 +1,15 @@
+"""The plan catalog: plans, their prices and limits, and the meters usage is recorded on."""
+
+from saascore.plans.catalog import Catalog, MeterSpec, PlanSpec, PriceSpec, read_catalog
+from saascore.plans.service import CatalogLoadResult, PlanNotFound, PlanService
+
+__all__ = [
+    "Catalog",
+    "CatalogLoadResult",
+    "MeterSpec",
+    "PlanNotFound",
+    "PlanService",
+    "PlanSpec",
+    "PriceSpec",
+    "read_catalog",
+]

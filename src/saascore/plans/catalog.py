@@ -1,0 +1,140 @@
+"""Plan catalogs as TOML files, validated before anything is written."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from saascore.kit.errors import InvalidInput
+from saascore.models import Aggregation, BillingCycle, ResetPeriod
+
+__all__ = ["Catalog", "MeterSpec", "PlanSpec", "PriceSpec", "read_catalog"]
+
+Code = str
+
+
+def _unlimited(value: int | None) -> int | None:
+    """-1 (or any negative number) in a catalog means unlimited, stored as NULL."""
+    return None if value is None or value < 0 else value
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceSpec(_Spec):
+    billing_cycle: BillingCycle
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    amount: int = Field(ge=0)
+    stripe_price_id: str | None = None
+    stripe_product_id: str | None = None
+    lemon_squeezy_variant_id: str | None = None
+    lemon_squeezy_product_id: str | None = None
+
+
+class LimitSpec(_Spec):
+    limit: int | None = None
+    hard: bool = True
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: int | None) -> int | None:
+        return _unlimited(value)
+
+
+class PlanSpec(_Spec):
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = None
+    sort_order: int = 0
+    monthly_token_limit: int | None = None
+    max_storage_mb: int | None = None
+    max_api_calls_per_day: int | None = None
+    max_products_per_batch: int | None = None
+    max_items: int | None = None
+    max_secondary: int | None = None
+    max_users: int | None = None
+    requests_per_minute: int | None = None
+    requests_per_hour: int | None = None
+    credits_per_period: int = Field(default=0, ge=0)
+    credits_rollover: bool = False
+    api_access: bool = False
+    trial_days: int = Field(default=0, ge=0)
+    is_active: bool = True
+    is_public: bool = True
+    features: dict[str, Any] = Field(default_factory=dict)
+    prices: list[PriceSpec] = Field(default_factory=list)
+    #: Limits on other meters: `{metric = {limit = N, hard = true}}`.
+    limits: dict[Code, LimitSpec] = Field(default_factory=dict)
+
+    @field_validator(
+        "monthly_token_limit",
+        "max_storage_mb",
+        "max_api_calls_per_day",
+        "max_products_per_batch",
+        "max_items",
+        "max_secondary",
+        "max_users",
+        "requests_per_minute",
+        "requests_per_hour",
+    )
+    @classmethod
+    def _limits(cls, value: int | None) -> int | None:
+        return _unlimited(value)
+
+    @field_validator("prices")
+    @classmethod
+    def _one_price_per_cycle_and_currency(cls, prices: list[PriceSpec]) -> list[PriceSpec]:
+        keys = [(price.billing_cycle, price.currency) for price in prices]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two prices for the same billing cycle and currency")
+        return prices
+
+
+class MeterSpec(_Spec):
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = None
+    aggregation: Aggregation = Aggregation.SUM
+    unit: str = "unit"
+    reset_period: ResetPeriod = ResetPeriod.MONTH
+
+
+class Catalog(_Spec):
+    version: Literal[1] = 1
+    meters: dict[Code, MeterSpec] = Field(default_factory=dict)
+    plans: dict[Code, PlanSpec] = Field(default_factory=dict)
+
+    @field_validator("plans", "meters")
+    @classmethod
+    def _codes(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for code in entries:
+            if not code or len(code) > 50 or not code.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"bad code {code!r}: use letters, digits, '-' and '_'")
+        return entries
+
+
+DEFAULT_CATALOG = "default_catalog.toml"
+
+
+def read_catalog(path: str | Path | None = None) -> Catalog:
+    """Read and validate a catalog file; with no path, saascore's default catalog."""
+    try:
+        if path is None:
+            text = files("saascore.plans").joinpath(DEFAULT_CATALOG).read_text("utf-8")
+            where = "the default catalog"
+        else:
+            text = Path(path).read_text("utf-8")
+            where = str(path)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read catalog {path}: {exc.strerror}") from None
+    try:
+        return Catalog.model_validate(tomllib.loads(text))
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{where} is not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = ".".join(str(part) for part in error["loc"])
+        raise InvalidInput(f"{where}: {loc}: {error['msg']}") from None
