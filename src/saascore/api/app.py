@@ -1,0 +1,72 @@
+"""`create_app(settings)`: saascore as a FastAPI service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from saascore import __version__
+from saascore.api.errors import ErrorResponse, install_error_handlers
+from saascore.api.health import create_health_router
+from saascore.config import Settings, load_settings
+from saascore.core import Saascore
+
+__all__ = ["app_factory", "create_app", "setup_cors"]
+
+logger = logging.getLogger("saascore.api")
+
+
+def setup_cors(app: FastAPI, cors_origins: list[str]) -> None:
+    """Allow browser calls from these origins (seed 004's `setup_cors`)."""
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_credentials=True,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+
+
+def create_app(settings: Settings | None = None, *, core: Saascore | None = None) -> FastAPI:
+    """The saascore service. The lifespan builds the `Database` (migrating it when
+    `auto_migrate` is on) and closes it at shutdown; `app.state.saascore` is the facade."""
+    settings = settings if settings is not None else load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        facade = core if core is not None else Saascore(settings)
+        await facade.start()
+        app.state.saascore = facade
+        app.state.database = facade.database
+        logger.info("saascore %s serving on %s", __version__, facade.database)
+        try:
+            yield
+        finally:
+            if core is None:
+                await facade.close()
+
+    app = FastAPI(
+        title="saascore",
+        version=__version__,
+        description="Tenants, identity, plans, exact metering, credits, billing and audit.",
+        lifespan=lifespan,
+        responses={
+            422: {"model": ErrorResponse, "description": "The request is invalid"},
+            500: {"model": ErrorResponse, "description": "An unexpected error"},
+        },
+    )
+    install_error_handlers(app)
+    setup_cors(app, settings.cors_origins)
+    app.include_router(create_health_router(settings.service_name, __version__))
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory saascore.api.app:app_factory`: settings from the environment."""
+    return create_app(load_settings())
