@@ -119,11 +119,11 @@ class PlanService:
             existing_plans = set(await s.scalars(sa.select(SubscriptionPlan.code)))
             for code, spec in catalog.plans.items():
                 values = {name: getattr(spec, name) for name in _PLAN_FIELDS}
-                statement = insert(s, SubscriptionPlan).values(id=new_id(), code=code, **values)
-                statement = statement.on_conflict_do_update(
+                upsert = insert(s, SubscriptionPlan).values(id=new_id(), code=code, **values)
+                upsert = upsert.on_conflict_do_update(
                     index_elements=[SubscriptionPlan.code], set_={**values, "updated_at": now}
-                ).returning(SubscriptionPlan.id)
-                plan_id = (await s.execute(statement)).scalar_one()
+                )
+                plan_id = (await s.execute(upsert.returning(SubscriptionPlan.id))).scalar_one()
                 await self._load_prices(s, plan_id, spec.prices, now)
                 await self._load_limits(s, plan_id, spec.limits)
                 (result.plans_updated if code in existing_plans else result.plans_created).append(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from saascore.kit.db import Database
@@ -112,7 +112,7 @@ class OrganizationService:
     ) -> Sequence[Organization]:
         query = (
             sa.select(Organization)
-            .options(selectinload(Organization.plan))
+            .options(joinedload(Organization.plan))
             .order_by(Organization.created_at, Organization.id)
             .limit(limit)
             .offset(offset)
@@ -123,7 +123,7 @@ class OrganizationService:
     async def _one(
         self, condition: sa.ColumnElement[bool], session: AsyncSession | None, key: str
     ) -> Organization:
-        query = sa.select(Organization).where(condition).options(selectinload(Organization.plan))
+        query = sa.select(Organization).where(condition).options(joinedload(Organization.plan))
         async with self.database.scope(session) as s:
             organization = (await s.scalars(query)).one_or_none()
         if organization is None:

@@ -1,0 +1,46 @@
+# saascore: `make demo` runs the service on the embedded SQLite database; `make test` runs the
+# tests on SQLite and PostgreSQL. Both set everything up first; nothing else is needed.
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := .venv
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+RUN := $(UV) run --frozen --no-sync
+
+.PHONY: help setup demo serve test test-fast lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.tools/bin/uv:  # uv is not installed: put it in .tools/ with pip
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target .tools "uv>=0.9"
+
+.venv/.synced: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-extras --python $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+	touch $@
+
+setup: .venv/.synced  ## install saascore and its tools into .venv (uv, pinned by uv.lock)
+
+demo: setup  ## run the service on the embedded SQLite database at http://127.0.0.1:8000
+	$(RUN) saascore demo
+
+serve: setup  ## run the service on the configured database
+	$(RUN) saascore serve
+
+test: setup  ## run the whole test suite (SQLite and PostgreSQL)
+	$(RUN) pytest -n 2 $(PYTEST_ARGS)
+
+lint: setup  ## ruff check, ruff format --check, mypy --strict on src/
+	$(RUN) ruff check src tests bench
+	$(RUN) ruff format --check src tests bench
+	$(RUN) mypy
+
+format: setup  ## apply ruff's fixes and formatting
+	$(RUN) ruff check --fix src tests bench
+	$(RUN) ruff format src tests bench
+
+bench: setup  ## run the benchmarks in bench/ (each prints its figure beside its reference)
+	@for script in bench/*.py; do echo "== $$script"; $(RUN) python $$script || exit 1; done
+
+clean:  ## remove the virtualenv, caches and the demo database
+	rm -rf .venv .tools .saascore .pytest_cache .mypy_cache .ruff_cache

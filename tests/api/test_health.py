@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from saascore import Saascore, Settings, __version__
+from saascore.api import create_app
+from saascore.kit.db import Database
+
+
+class TestLiveness:
+    async def test_health_answers_without_the_database(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/health")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "ok"
+        assert body["service"] == "saascore"
+
+
+class TestReadiness:
+    async def test_healthz_is_healthy_on_the_test_database(
+        self, client: httpx.AsyncClient, database: Database
+    ) -> None:
+        response = await client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {
+            "status": "ok",
+            "service": "saascore",
+            "version": __version__,
+            "database": {"status": "healthy", "database": database.backend.value},
+        }
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            pytest.param("postgresql://postgres@127.0.0.1:1/test", id="postgresql"),
+            pytest.param("sqlite:////nonexistent-dir/for/sure/saascore.db", id="sqlite"),
+        ],
+    )
+    async def test_healthz_is_503_when_the_database_is_unreachable(self, url: str) -> None:
+        settings = Settings(database_url=url, auto_migrate=False)
+        app = create_app(settings)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+        ):
+            response = await http.get("/healthz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "unhealthy"
+        assert body["database"] == {"status": "unhealthy", "database": settings.database_backend}
+
+    async def test_a_host_app_mounts_the_health_router_alone(self, database: Database) -> None:
+        from fastapi import FastAPI
+
+        from saascore.api import create_health_router
+
+        host = FastAPI()
+        host.state.database = database
+        host.include_router(create_health_router("billing-core"))
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.get("/healthz")
+        assert response.status_code == 200
+        assert response.json()["service"] == "billing-core"
+
+
+async def test_lifespan_builds_and_closes_its_own_database(tmp_path: object) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/own.db", auto_migrate=True)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        core: Saascore = app.state.saascore
+        assert app.state.database is core.database
+        # auto_migrate ran the real migrations at start
+        from saascore.kit import migrate
+
+        assert await migrate.current(core.database) == migrate.head()
