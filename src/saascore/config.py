@@ -7,12 +7,14 @@ With no database configured, saascore uses an embedded SQLite file under `./.saa
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -80,7 +82,8 @@ class Settings(BaseSettings):
     default_plan: str = "free"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    cors_origins: list[str] = Field(default_factory=list)
+    #: A comma-separated list (or a JSON array) of origins allowed to call the API.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("database_url")
@@ -94,7 +97,9 @@ class Settings(BaseSettings):
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
@@ -111,12 +116,7 @@ class Settings(BaseSettings):
 
     @property
     def database_backend(self) -> DatabaseBackend:
-        url = self.sqlalchemy_url
-        return (
-            DatabaseBackend.SQLITE
-            if url.get_backend_name() == "sqlite"
-            else (DatabaseBackend.POSTGRESQL)
-        )
+        return DatabaseBackend(self.sqlalchemy_url.get_backend_name())
 
     @property
     def is_embedded(self) -> bool:
@@ -198,6 +198,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Build `Settings`, turning a validation error into one line that names the variable."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:
+        raise ConfigurationError(f"invalid settings: {exc}") from None
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = error.get("loc") or ()
