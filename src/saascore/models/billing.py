@@ -14,7 +14,7 @@ from saascore.kit.ids import new_id
 from saascore.kit.types import str_enum
 from saascore.models.base import Base, TenantMixin, TimestampMixin, non_negative, tenant_fk
 from saascore.models.catalog import BillingCycle
-from saascore.models.tenancy import SubscriptionStatus
+from saascore.models.enums import PaymentProvider, SubscriptionStatus
 
 if TYPE_CHECKING:
     from saascore.models.catalog import SubscriptionPlan
@@ -33,14 +33,6 @@ __all__ = [
     "WebhookEvent",
     "WebhookOutcome",
 ]
-
-
-class PaymentProvider(StrEnum):
-    MOCK = "mock"
-    STRIPE = "stripe"
-    LEMON_SQUEEZY = "lemon_squeezy"
-    THARWATT = "tharwatt"
-    MANUAL = "manual"
 
 
 class PaymentMethod(StrEnum):

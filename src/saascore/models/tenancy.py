@@ -13,6 +13,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from saascore.kit.ids import new_id
 from saascore.kit.types import str_enum
 from saascore.models.base import Base, TenantMixin, TimestampMixin
+from saascore.models.enums import PaymentProvider, SubscriptionStatus
 
 if TYPE_CHECKING:
     from saascore.models.catalog import SubscriptionPlan
@@ -24,21 +25,6 @@ class OrganizationStatus(StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
     DELETED = "deleted"
-
-
-class SubscriptionStatus(StrEnum):
-    """The lifecycle of a subscription, unified from seeds 002, 003 and 004 (Stripe's names)."""
-
-    TRIALING = "trialing"
-    ACTIVE = "active"
-    PAST_DUE = "past_due"
-    UNPAID = "unpaid"
-    PAUSED = "paused"
-    INCOMPLETE = "incomplete"
-    INCOMPLETE_EXPIRED = "incomplete_expired"
-    SUSPENDED = "suspended"
-    CANCELED = "canceled"
-    EXPIRED = "expired"
 
 
 class UserRole(StrEnum):
@@ -74,11 +60,20 @@ class Organization(TimestampMixin, Base):
     locale: Mapped[str] = mapped_column(sa.String(16), default="en")
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The organisation as a customer of its payment provider (seed 004's Stripe customer id),
+    #: kept from the first checkout so later ones reuse it.
+    billing_provider: Mapped[PaymentProvider | None] = mapped_column(
+        str_enum(PaymentProvider, "billing_provider")
+    )
+    provider_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
     suspended_at: Mapped[datetime | None]
 
     plan: Mapped[SubscriptionPlan] = relationship(lazy="raise")
 
-    __table_args__ = (sa.CheckConstraint("length(currency) = 3", name="currency_iso"),)
+    __table_args__ = (
+        sa.CheckConstraint("length(currency) = 3", name="currency_iso"),
+        sa.UniqueConstraint("billing_provider", "provider_customer_id"),
+    )
 
 
 class User(TenantMixin, TimestampMixin, Base):

@@ -193,6 +193,8 @@ class UsageLimits(TenantMixin, Base):
     credits_expired_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_credit_refill_at: Mapped[datetime | None]
     next_credit_refill_at: Mapped[datetime | None]
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
     __table_args__ = (

@@ -1,8 +1,8 @@
-"""initial schema
+"""The initial schema: every table of the seeds, unified.
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 23:55:52.377349+00:00
+Create Date: 2026-11-22 00:04:28.583499+00:00
 """
 
 from collections.abc import Sequence
@@ -264,6 +264,22 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
+        sa.Column(
+            "billing_provider",
+            sa.Enum(
+                "mock",
+                "stripe",
+                "lemon_squeezy",
+                "tharwatt",
+                "manual",
+                name="billing_provider",
+                native_enum=False,
+                create_constraint=True,
+                length=32,
+            ),
+            nullable=True,
+        ),
+        sa.Column("provider_customer_id", sa.String(length=255), nullable=True),
         sa.Column("suspended_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
@@ -285,6 +301,11 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_organizations")),
+        sa.UniqueConstraint(
+            "billing_provider",
+            "provider_customer_id",
+            name=op.f("uq_organizations_billing_provider_provider_customer_id"),
+        ),
         sa.UniqueConstraint("external_id", name=op.f("uq_organizations_external_id")),
         sa.UniqueConstraint("slug", name=op.f("uq_organizations_slug")),
     )
@@ -826,6 +847,17 @@ def upgrade() -> None:
         ),
         sa.Column(
             "next_credit_refill_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column(
+            "metadata",
+            sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
+            nullable=False,
+        ),
+        sa.Column(
+            "created_at",
+            saascore.kit.types.UTCDateTime(timezone=True),
+            server_default=sa.func.now(),
+            nullable=False,
         ),
         sa.Column(
             "updated_at",
