@@ -53,6 +53,8 @@ class UsageEvent(TenantMixin, Base):
     input_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     cached_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: Input plus output tokens, or the total alone when the split is unknown (seed 002).
+    total_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     #: Cost in integer micro-units of `cost_currency`, priced from `model_pricing`.
     cost_micros: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     cost_currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
@@ -74,6 +76,7 @@ class UsageEvent(TenantMixin, Base):
             "input_tokens",
             "output_tokens",
             "cached_tokens",
+            "total_tokens",
             "cost_micros",
             "credits_used",
             "response_time_ms",
@@ -151,6 +154,7 @@ class UsageDailySummary(TenantMixin, Base):
     input_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     cached_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    total_tokens: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     cost_micros: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
 
@@ -170,6 +174,7 @@ class UsageDailySummary(TenantMixin, Base):
             "input_tokens",
             "output_tokens",
             "cached_tokens",
+            "total_tokens",
             "cost_micros",
         ),
     )

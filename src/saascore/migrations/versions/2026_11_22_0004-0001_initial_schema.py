@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 00:04:28.583499+00:00
+Create Date: 2026-11-22 00:04:49.652216+00:00
 """
 
 from collections.abc import Sequence
@@ -786,6 +786,7 @@ def upgrade() -> None:
         sa.Column("input_tokens", sa.BigInteger(), nullable=False),
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
         sa.Column("cached_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
         sa.Column("cost_micros", sa.BigInteger(), nullable=False),
         sa.Column(
             "updated_at",
@@ -810,6 +811,9 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint(
             "quantity >= 0", name=op.f("ck_usage_daily_summary_quantity_non_negative")
+        ),
+        sa.CheckConstraint(
+            "total_tokens >= 0", name=op.f("ck_usage_daily_summary_total_tokens_non_negative")
         ),
         sa.ForeignKeyConstraint(
             ["organization_id"],
@@ -1483,6 +1487,7 @@ def upgrade() -> None:
         sa.Column("input_tokens", sa.BigInteger(), nullable=False),
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
         sa.Column("cached_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("total_tokens", sa.BigInteger(), nullable=False),
         sa.Column("cost_micros", sa.BigInteger(), nullable=False),
         sa.Column("cost_currency", sa.String(length=3), nullable=False),
         sa.Column("credits_used", sa.BigInteger(), nullable=False),
@@ -1520,6 +1525,9 @@ def upgrade() -> None:
         sa.CheckConstraint("quantity >= 0", name=op.f("ck_usage_events_quantity_non_negative")),
         sa.CheckConstraint(
             "response_time_ms >= 0", name=op.f("ck_usage_events_response_time_ms_non_negative")
+        ),
+        sa.CheckConstraint(
+            "total_tokens >= 0", name=op.f("ck_usage_events_total_tokens_non_negative")
         ),
         sa.ForeignKeyConstraint(
             ["organization_id", "subscription_id"],
