@@ -165,16 +165,14 @@ def _async_url(raw: str) -> URL:
         raise ValueError(
             "not a database URL (expected postgresql://... or sqlite:///...)"
         ) from None
-    backend, driver = url.get_backend_name(), url.get_driver_name()
+    # Read the names from the URL itself: asking SQLAlchemy would import the dialect first.
+    backend, _, driver = url.drivername.partition("+")
     if backend in ("postgresql", "postgres"):
-        if (
-            driver not in ("asyncpg", "psycopg2", "postgresql", "postgres")
-            and "+" in url.drivername
-        ):
+        if driver not in ("", "asyncpg", "psycopg2", "psycopg"):
             raise ValueError(f"driver {driver!r} is not supported; use postgresql:// (asyncpg)")
         return url.set(drivername="postgresql+asyncpg")
     if backend == "sqlite":
-        if "+" in url.drivername and driver not in ("aiosqlite", "pysqlite"):
+        if driver not in ("", "aiosqlite", "pysqlite"):
             raise ValueError(f"driver {driver!r} is not supported; use sqlite:///PATH")
         return url.set(drivername="sqlite+aiosqlite")
     raise ValueError(f"database {backend!r} is not supported; use postgresql:// or sqlite:///")

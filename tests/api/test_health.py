@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -30,14 +32,17 @@ class TestReadiness:
             "database": {"status": "healthy", "database": database.backend.value},
         }
 
-    @pytest.mark.parametrize(
-        "url",
-        [
-            pytest.param("postgresql://postgres@127.0.0.1:1/test", id="postgresql"),
-            pytest.param("sqlite:////nonexistent-dir/for/sure/saascore.db", id="sqlite"),
-        ],
-    )
-    async def test_healthz_is_503_when_the_database_is_unreachable(self, url: str) -> None:
+    @pytest.mark.parametrize("backend_name", ["postgresql", "sqlite"])
+    async def test_healthz_is_503_when_the_database_is_unreachable(
+        self, backend_name: str, tmp_path: Path
+    ) -> None:
+        # Nothing listens on port 1; a SQLite file cannot live under a regular file.
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        url = {
+            "postgresql": "postgresql://postgres@127.0.0.1:1/test",
+            "sqlite": f"sqlite:///{blocker}/saascore.db",
+        }[backend_name]
         settings = Settings(database_url=url, auto_migrate=False)
         app = create_app(settings)
         transport = httpx.ASGITransport(app=app)
@@ -66,7 +71,7 @@ class TestReadiness:
         assert response.json()["service"] == "billing-core"
 
 
-async def test_lifespan_builds_and_closes_its_own_database(tmp_path: object) -> None:
+async def test_lifespan_builds_and_closes_its_own_database(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path}/own.db", auto_migrate=True)
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -71,6 +71,7 @@ class PlanService:
             sa.select(SubscriptionPlan)
             .options(selectinload(SubscriptionPlan.prices), selectinload(SubscriptionPlan.limits))
             .order_by(SubscriptionPlan.sort_order, SubscriptionPlan.code)
+            .execution_options(populate_existing=True)
         )
         if not include_inactive:
             query = query.where(SubscriptionPlan.is_active.is_(True))
@@ -84,6 +85,7 @@ class PlanService:
             sa.select(SubscriptionPlan)
             .where(SubscriptionPlan.code == code)
             .options(selectinload(SubscriptionPlan.prices), selectinload(SubscriptionPlan.limits))
+            .execution_options(populate_existing=True)
         )
         async with self.database.scope(session) as s:
             plan = (await s.scalars(query)).one_or_none()
@@ -97,38 +99,38 @@ class PlanService:
         """Create or update every meter and plan of the catalog, matched by code.
 
         Each row is written with one `INSERT ... ON CONFLICT (code) DO UPDATE`, so concurrent
-        loads cannot create duplicates, and loading the same catalog twice changes nothing.
+        loads cannot create duplicates, and loading the same catalog twice leaves the same rows
+        with the same values (only `updated_at` moves). Whether a row was created or updated is
+        read from the statement's own `RETURNING id`, so it is right under concurrent loads.
         Prices missing from the catalog are deactivated, not deleted: subscriptions may still
         point at them.
         """
         result = CatalogLoadResult()
         now = utcnow()
         async with self.database.scope(session) as s:
-            existing_meters = set(await s.scalars(sa.select(Meter.code)))
             for code, meter in catalog.meters.items():
                 values = meter.model_dump()
-                statement = insert(s, Meter).values(id=new_id(), code=code, **values)
-                statement = statement.on_conflict_do_update(
+                row_id = new_id()
+                upsert = insert(s, Meter).values(id=row_id, code=code, **values)
+                upsert = upsert.on_conflict_do_update(
                     index_elements=[Meter.code], set_={**values, "updated_at": now}
                 )
-                await s.execute(statement)
-                (
-                    result.meters_updated if code in existing_meters else result.meters_created
-                ).append(code)
+                meter_id = (await s.execute(upsert.returning(Meter.id))).scalar_one()
+                (result.meters_created if meter_id == row_id else result.meters_updated).append(
+                    code
+                )
 
-            existing_plans = set(await s.scalars(sa.select(SubscriptionPlan.code)))
             for code, spec in catalog.plans.items():
                 values = {name: getattr(spec, name) for name in _PLAN_FIELDS}
-                upsert = insert(s, SubscriptionPlan).values(id=new_id(), code=code, **values)
+                row_id = new_id()
+                upsert = insert(s, SubscriptionPlan).values(id=row_id, code=code, **values)
                 upsert = upsert.on_conflict_do_update(
                     index_elements=[SubscriptionPlan.code], set_={**values, "updated_at": now}
                 )
                 plan_id = (await s.execute(upsert.returning(SubscriptionPlan.id))).scalar_one()
                 await self._load_prices(s, plan_id, spec.prices, now)
                 await self._load_limits(s, plan_id, spec.limits)
-                (result.plans_updated if code in existing_plans else result.plans_created).append(
-                    code
-                )
+                (result.plans_created if plan_id == row_id else result.plans_updated).append(code)
             await s.flush()
         return result
 

@@ -1,0 +1,218 @@
+"""The test harness: real databases, built once per run by the real migrations.
+
+Fixtures (the contract other test packages code against):
+
+- `postgres_url` (session): the PostgreSQL server's URL (`SAASCORE_TEST_POSTGRES_URL`); skips the
+  test when the server is unreachable, or fails it when `CI=true`.
+- `redis_url` (session): the same for Redis (`SAASCORE_TEST_REDIS_URL`).
+- `backend` (function, parametrized): `"sqlite"` and `"postgresql"` (marked `postgres`).
+- `database` (function): the `Database` of `backend`, migrated to head. Built once per backend
+  per run (per xdist worker): a SQLite file in a session temp dir, or a PostgreSQL schema
+  `t_<random>_<worker>` dropped at the end. Nothing may be committed into it except through
+  `session`, which rolls back; tests that must commit use `empty_settings`.
+- `session` (function): an `AsyncSession` inside a connection-level transaction that is rolled
+  back after the test; `session.commit()` only releases a savepoint.
+- `empty_settings` (function): `Settings` for a brand-new, empty database (no migrations).
+- `empty_database` (function): `Database(empty_settings)`, disposed after the test.
+- `joined_database` (function): a `Database` whose sessions join `session`'s connection, so code
+  that commits (an app's requests, services called without a session) sees the test's rows and
+  is rolled back with them (`tests.helpers.JoinedDatabase`).
+
+`tests.helpers.settings_env(settings)` gives the environment for a `saascore` subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from saascore.config import Settings
+from saascore.kit import migrate
+from saascore.kit.db import Database
+from tests.helpers import (
+    BACKENDS,
+    JoinedDatabase,
+    create_schema,
+    drop_schema,
+    make_settings,
+    new_schema_name,
+    plain_postgres_dsn,
+)
+
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+# --- servers -----------------------------------------------------------------------------------
+def unavailable(reason: str) -> None:
+    """Skip the test for a missing server, except on CI, where a missing server is a failure."""
+    if os.environ.get("CI", "").strip().lower() == "true":
+        pytest.fail(f"{reason} (CI=true: servers are required)", pytrace=False)
+    pytest.skip(reason)
+
+
+async def probe_postgres(url: str, timeout: float = 3.0) -> str | None:
+    """None if PostgreSQL answers at `url`, else why not."""
+    try:
+        connection = await asyncpg.connect(plain_postgres_dsn(url), timeout=timeout)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL at {url} is unreachable: {' '.join(str(exc).split())}"
+    await connection.close()
+    return None
+
+
+def probe_redis(url: str, timeout: float = 3.0) -> str | None:
+    """None if Redis answers `PING` at `url`, else why not (raw RESP: no redis-py needed)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            reply = sock.recv(64)
+    except OSError as exc:
+        return f"Redis at {url} is unreachable: {exc}"
+    if not reply.startswith(b"+PONG"):
+        return f"Redis at {url} answered {reply!r} to PING"
+    return None
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def postgres_url() -> str:
+    url = os.environ.get("SAASCORE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    reason = await probe_postgres(url)
+    if reason is not None:
+        unavailable(reason)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("SAASCORE_TEST_REDIS_URL", DEFAULT_REDIS_URL)
+    reason = probe_redis(url)
+    if reason is not None:
+        unavailable(reason)
+    return url
+
+
+# --- the migrated databases, one per backend per run ----------------------------------------
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
+    directory = tmp_path_factory.mktemp("sqlite")
+    settings = make_settings(database_url=f"sqlite:///{directory / 'test.db'}", data_dir=directory)
+    database = Database(settings)
+    try:
+        await migrate.upgrade(database)
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def _postgresql_database(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    schema = new_schema_name()
+    await create_schema(postgres_url, schema)
+    settings = make_settings(
+        database_url=postgres_url,
+        database_schema=schema,
+        data_dir=tmp_path_factory.mktemp("postgresql"),
+    )
+    database = Database(settings)
+    try:
+        await migrate.upgrade(database)
+        yield database
+    finally:
+        await database.dispose()
+        await drop_schema(postgres_url, schema)
+
+
+@pytest.fixture
+def database(backend: str, request: pytest.FixtureRequest) -> Database:
+    """The migrated database of `backend`, shared by every test of this run (and worker)."""
+    # Looked up by name so that SQLite tests never need the PostgreSQL server.
+    value: Database = request.getfixturevalue(f"_{backend}_database")
+    return value
+
+
+@asynccontextmanager
+async def rollback_session(database: Database) -> AsyncIterator[AsyncSession]:
+    """A session joined to an outer transaction that is always rolled back.
+
+    SQLAlchemy's "Joining a Session into an External Transaction": the session's own
+    `commit()`/`rollback()` work on SAVEPOINTs, the outer transaction discards everything.
+    """
+    async with database.engine.connect() as connection:
+        transaction = await connection.begin()
+        session = AsyncSession(
+            bind=connection,
+            expire_on_commit=False,
+            join_transaction_mode="create_savepoint",
+        )
+        try:
+            yield session
+        finally:
+            await session.close()
+            if transaction.is_active:
+                await transaction.rollback()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def session(database: Database) -> AsyncIterator[AsyncSession]:
+    async with rollback_session(database) as s:
+        yield s
+
+
+@pytest.fixture
+def joined_database(database: Database, session: AsyncSession) -> JoinedDatabase:
+    connection = session.bind
+    assert isinstance(connection, AsyncConnection)
+    return JoinedDatabase(database, connection)
+
+
+# --- empty databases, one per test ---------------------------------------------------------
+@pytest_asyncio.fixture(loop_scope="session")
+async def _fresh_postgres_schema(postgres_url: str) -> AsyncIterator[str]:
+    schema = new_schema_name()
+    await create_schema(postgres_url, schema)
+    try:
+        yield schema
+    finally:
+        await drop_schema(postgres_url, schema)
+
+
+@pytest.fixture
+def empty_settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for a new, empty database of `backend` (no migrations applied)."""
+    data_dir = tmp_path / "data"
+    if backend == "sqlite":
+        return make_settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}", data_dir=data_dir)
+    return make_settings(
+        database_url=request.getfixturevalue("postgres_url"),
+        database_schema=request.getfixturevalue("_fresh_postgres_schema"),
+        data_dir=data_dir,
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def empty_database(empty_settings: Settings) -> AsyncIterator[Database]:
+    database = Database(empty_settings)
+    try:
+        yield database
+    finally:
+        await database.dispose()

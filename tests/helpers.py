@@ -1,0 +1,130 @@
+"""Plain helpers for tests (importable as `tests.helpers`; fixtures live in `tests/conftest.py`)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from saascore.config import Settings
+from saascore.kit.db import Database
+
+__all__ = [
+    "BACKENDS",
+    "JoinedDatabase",
+    "create_schema",
+    "drop_schema",
+    "make_settings",
+    "new_schema_name",
+    "only_postgresql",
+    "only_sqlite",
+    "plain_postgres_dsn",
+    "settings_env",
+    "worker_id",
+]
+
+
+#: The `backend` fixture's parameters; PostgreSQL tests carry the `postgres` mark.
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
+#: Decorators that run a test using `backend` (or `database`, `session`, `empty_settings`, ...)
+#: on one backend only.
+only_sqlite = pytest.mark.parametrize("backend", BACKENDS[:1], indirect=True)
+only_postgresql = pytest.mark.parametrize("backend", BACKENDS[1:], indirect=True)
+
+
+def worker_id() -> str:
+    """The pytest-xdist worker (`gw0`, `gw1`, ...), or `main` when xdist does not run."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def new_schema_name() -> str:
+    """A PostgreSQL schema name no other run or worker uses: `t_<random>_<worker>`."""
+    return f"t_{secrets.token_hex(4)}_{worker_id()}".lower()
+
+
+def plain_postgres_dsn(url: str) -> str:
+    """`postgresql+asyncpg://...` -> `postgresql://...`, the form asyncpg itself accepts."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def create_schema(postgres_url: str, schema: str) -> None:
+    connection = await asyncpg.connect(plain_postgres_dsn(postgres_url), timeout=10)
+    try:
+        await connection.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await connection.close()
+
+
+async def drop_schema(postgres_url: str, schema: str) -> None:
+    connection = await asyncpg.connect(plain_postgres_dsn(postgres_url), timeout=10)
+    try:
+        # A connection left idle in a transaction would make DROP wait forever; fail instead.
+        await connection.execute("SET lock_timeout = '10s'")
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
+def make_settings(**values: Any) -> Settings:
+    """`Settings` for tests: the given values win over the environment, and no `.env` is read."""
+    values.setdefault("environment", "test")
+    return Settings(_env_file=None, **values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that make a `saascore ...` subprocess use `settings`' database.
+
+    Merge them over `os.environ` when starting the subprocess:
+    `subprocess.run([...], env={**os.environ, **settings_env(settings)})`.
+    """
+    if settings.use_cloud_sql_connector:
+        raise ValueError("settings_env cannot express a Cloud SQL connector configuration")
+    url = settings.sqlalchemy_url
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        url = url.set(database=str(Path(url.database).resolve()))  # the child may run elsewhere
+    env = {
+        "DATABASE_URL": url.render_as_string(hide_password=False),
+        "SAASCORE_DATA_DIR": str(Path(settings.data_dir).resolve()),
+        "SAASCORE_ENVIRONMENT": settings.environment,
+    }
+    if settings.database_schema:
+        env["SAASCORE_DATABASE_SCHEMA"] = settings.database_schema
+    if settings.auto_migrate is not None:
+        env["SAASCORE_AUTO_MIGRATE"] = "true" if settings.auto_migrate else "false"
+    return env
+
+
+class JoinedDatabase(Database):
+    """A `Database` whose sessions all join one connection's transaction, which the test rolls
+    back: code that commits (a request's `db.transaction()`, a service called without a session)
+    only releases SAVEPOINTs, and sees the rows the test made with the same connection.
+
+    One connection: use it from one task at a time (no `asyncio.gather` of requests).
+    """
+
+    def __init__(self, database: Database, connection: AsyncConnection) -> None:
+        super().__init__(database.settings)
+        self.connection = connection
+
+    @asynccontextmanager
+    async def session(self, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
+        session = AsyncSession(
+            bind=self.connection,
+            expire_on_commit=False,
+            join_transaction_mode="create_savepoint",
+        )
+        try:
+            yield session
+        finally:
+            await session.close()

@@ -1,0 +1,301 @@
+"""`Settings` from the environment and `.env`, and `load_settings`' one-line errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from saascore.config import DatabaseBackend, Settings, load_settings
+from saascore.kit.errors import ConfigurationError
+
+#: Variables (and prefixes) Settings reads; names are case-insensitive.
+PREFIXES = ("DATABASE_", "DB_", "SAASCORE_", "CLOUD_SQL_", "USE_CLOUD_SQL_CONNECTOR")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No variable of this machine and no stray `.env` may reach these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith(PREFIXES):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+class TestDefaults:
+    def test_no_database_configured_means_embedded_sqlite(self) -> None:
+        settings = Settings()
+        assert settings.is_embedded
+        assert settings.database_backend is DatabaseBackend.SQLITE
+        assert settings.sqlite_path == Path(".saascore/saascore.db")
+        assert (
+            settings.sqlalchemy_url.render_as_string()
+            == "sqlite+aiosqlite:///.saascore/saascore.db"
+        )
+        assert settings.should_auto_migrate is True
+
+    def test_an_empty_database_url_means_embedded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "  ")
+        settings = Settings()
+        assert settings.database_url is None
+        assert settings.is_embedded
+
+    def test_a_configured_server_is_not_migrated_unless_asked(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u@db/app")
+        assert Settings().should_auto_migrate is False
+        monkeypatch.setenv("SAASCORE_AUTO_MIGRATE", "true")
+        assert Settings().should_auto_migrate is True
+
+    def test_embedded_database_can_opt_out_of_migrating(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("SAASCORE_AUTO_MIGRATE", "false")
+        assert Settings().should_auto_migrate is False
+
+
+class TestDatabaseVariables:
+    @pytest.mark.parametrize(
+        ("raw", "expected"),
+        [
+            ("postgresql://u:p@db:5433/app", "postgresql+asyncpg://u:p@db:5433/app"),
+            ("postgresql+asyncpg://u@db/app", "postgresql+asyncpg://u@db/app"),
+            ("postgresql+psycopg2://u@db/app", "postgresql+asyncpg://u@db/app"),
+            ("postgresql+psycopg://u@db/app", "postgresql+asyncpg://u@db/app"),
+            ("sqlite:///data/app.db", "sqlite+aiosqlite:///data/app.db"),
+            ("sqlite+aiosqlite:////abs/app.db", "sqlite+aiosqlite:////abs/app.db"),
+        ],
+    )
+    def test_database_url(self, monkeypatch: pytest.MonkeyPatch, raw: str, expected: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", raw)
+        settings = Settings()
+        assert settings.sqlalchemy_url.render_as_string(hide_password=False) == expected
+        assert not settings.is_embedded
+
+    def test_postgres_scheme_alias(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgres://u@db/app")
+        url = load_settings().sqlalchemy_url
+        assert url.render_as_string() == "postgresql+asyncpg://u@db/app"
+
+    def test_database_url_backend(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u@db/app")
+        assert Settings().database_backend is DatabaseBackend.POSTGRESQL
+        monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
+        assert Settings().database_backend is DatabaseBackend.SQLITE
+
+    def test_host_port_user_password_name(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        for name, value in {
+            "DATABASE_HOST": "db.internal",
+            "DATABASE_PORT": "6432",
+            "DATABASE_USER": "app",
+            "DATABASE_PASSWORD": "s3cret",
+            "DATABASE_NAME": "saas",
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        url = settings.sqlalchemy_url
+        assert url.drivername == "postgresql+asyncpg"
+        assert (url.host, url.port, url.username, url.password, url.database) == (
+            "db.internal",
+            6432,
+            "app",
+            "s3cret",
+            "saas",
+        )
+        assert "s3cret" not in repr(settings)
+        assert not settings.is_embedded
+        assert settings.should_auto_migrate is False
+
+    def test_database_url_wins_over_host(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_HOST", "ignored")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u@chosen/app")
+        assert Settings().sqlalchemy_url.host == "chosen"
+
+    def test_cloud_sql_connector(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("USE_CLOUD_SQL_CONNECTOR", "true")
+        monkeypatch.setenv("CLOUD_SQL_INSTANCE", "proj:europe-west1:main")
+        monkeypatch.setenv("CLOUD_SQL_IP_TYPE", "PRIVATE")
+        monkeypatch.setenv("DATABASE_USER", "svc")
+        monkeypatch.setenv("DATABASE_NAME", "saas")
+        settings = Settings()
+        assert settings.use_cloud_sql_connector is True
+        assert settings.cloud_sql_instance == "proj:europe-west1:main"
+        assert settings.cloud_sql_ip_type == "PRIVATE"
+        assert settings.database_backend is DatabaseBackend.POSTGRESQL
+        url = settings.sqlalchemy_url
+        assert (url.drivername, url.username, url.database, url.host) == (
+            "postgresql+asyncpg",
+            "svc",
+            "saas",
+            None,
+        )
+        assert not settings.is_embedded
+
+    def test_cloud_sql_ip_type_defaults_to_public(self) -> None:
+        assert Settings().cloud_sql_ip_type == "PUBLIC"
+
+    def test_pool_variables(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DB_POOL_SIZE", "12")
+        monkeypatch.setenv("DB_MAX_OVERFLOW", "0")
+        monkeypatch.setenv("DB_POOL_TIMEOUT", "2.5")
+        monkeypatch.setenv("DB_POOL_RECYCLE", "-1")
+        settings = Settings()
+        assert (
+            settings.db_pool_size,
+            settings.db_max_overflow,
+            settings.db_pool_timeout,
+            settings.db_pool_recycle,
+        ) == (12, 0, 2.5, -1)
+
+    def test_pool_defaults(self) -> None:
+        settings = Settings()
+        assert (
+            settings.db_pool_size,
+            settings.db_max_overflow,
+            settings.db_pool_timeout,
+            settings.db_pool_recycle,
+        ) == (5, 10, 30.0, 1800)
+
+    def test_lower_case_names_work_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("db_pool_size", "7")
+        assert Settings().db_pool_size == 7
+
+
+class TestPrefixedVariables:
+    def test_saascore_variables(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        monkeypatch.setenv("SAASCORE_AUTO_MIGRATE", "false")
+        monkeypatch.setenv("SAASCORE_DATA_DIR", str(tmp_path / "state"))
+        monkeypatch.setenv("SAASCORE_DEFAULT_PLAN", "pro")
+        monkeypatch.setenv("SAASCORE_DATABASE_SCHEMA", "tenant_a")
+        monkeypatch.setenv("SAASCORE_ENVIRONMENT", "production")
+        settings = Settings()
+        assert settings.auto_migrate is False
+        assert settings.data_dir == tmp_path / "state"
+        assert settings.sqlite_path == tmp_path / "state" / "saascore.db"
+        assert settings.default_plan == "pro"
+        assert settings.database_schema == "tenant_a"
+        assert settings.environment == "production"
+
+    @pytest.mark.parametrize(
+        ("name", "value", "field", "expected"),
+        [
+            ("SAASCORE_SERVICE_NAME", "billing-core", "service_name", "billing-core"),
+            ("SAASCORE_HOST", "10.1.2.3", "host", "10.1.2.3"),
+            ("SAASCORE_PORT", "9000", "port", 9000),
+            ("SAASCORE_LOG_LEVEL", "debug", "log_level", "debug"),
+            ("SAASCORE_SQL_ECHO", "true", "sql_echo", True),
+            ("SAASCORE_SQLITE_BUSY_TIMEOUT_MS", "500", "sqlite_busy_timeout_ms", 500),
+            ("SAASCORE_ENVIRONMENT", "test", "environment", "test"),
+        ],
+    )
+    def test_other_saascore_variables(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        name: str,
+        value: str,
+        field: str,
+        expected: object,
+    ) -> None:
+        monkeypatch.setenv(name, value)
+        assert getattr(Settings(), field) == expected
+
+    def test_unprefixed_names_are_not_read_for_saascore_settings(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DEFAULT_PLAN", "pro")
+        assert Settings().default_plan == "free"
+
+    def test_cors_origins_as_json(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SAASCORE_CORS_ORIGINS", '["https://a.example", "https://b.example"]')
+        assert Settings().cors_origins == ["https://a.example", "https://b.example"]
+
+    def test_cors_origins_as_a_comma_list(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SAASCORE_CORS_ORIGINS", "https://a.example, https://b.example,")
+        assert load_settings().cors_origins == ["https://a.example", "https://b.example"]
+
+    def test_cors_origins_comma_list_as_a_value(self) -> None:
+        settings = Settings(cors_origins="https://a.example, https://b.example")
+        assert settings.cors_origins == ["https://a.example", "https://b.example"]
+
+
+class TestDotEnv:
+    def test_read_from_the_working_directory(self, tmp_path: Path) -> None:
+        (tmp_path / ".env").write_text(
+            "DATABASE_URL=postgresql://u@from-dotenv/app\n"
+            "DB_POOL_SIZE=9\n"
+            "SAASCORE_DEFAULT_PLAN=starter\n",
+            encoding="utf-8",
+        )
+        settings = Settings()
+        assert settings.sqlalchemy_url.host == "from-dotenv"
+        assert settings.db_pool_size == 9
+        assert settings.default_plan == "starter"
+
+    def test_the_environment_wins_over_dotenv(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        (tmp_path / ".env").write_text("DB_POOL_SIZE=9\n", encoding="utf-8")
+        monkeypatch.setenv("DB_POOL_SIZE", "3")
+        assert Settings().db_pool_size == 3
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("name", "value", "words"),
+        [
+            ("DB_POOL_SIZE", "abc", "valid integer"),
+            ("DB_POOL_SIZE", "0", "greater than or equal to 1"),
+            ("DB_MAX_OVERFLOW", "-1", "greater than or equal to 0"),
+            ("DB_POOL_TIMEOUT", "0", "greater than 0"),
+            ("DATABASE_PORT", "0", "greater than or equal to 1"),
+            ("DATABASE_PORT", "70000", "less than or equal to 65535"),
+            ("DATABASE_URL", "mysql://x", "'mysql' is not supported"),
+            ("DATABASE_URL", "postgresql+pg8000://u@h/d", "'pg8000' is not supported"),
+            ("DATABASE_URL", "not a url", "not a database URL"),
+            ("CLOUD_SQL_IP_TYPE", "BOGUS", "'PUBLIC', 'PRIVATE' or 'PSC'"),
+            ("USE_CLOUD_SQL_CONNECTOR", "maybe", "valid boolean"),
+            ("SAASCORE_AUTO_MIGRATE", "perhaps", "valid boolean"),
+            ("SAASCORE_DATABASE_SCHEMA", "Bad-Schema", "pattern"),
+            ("SAASCORE_PORT", "0", "greater than or equal to 1"),
+            ("SAASCORE_CORS_ORIGINS", "[not json", "Expecting value"),
+        ],
+    )
+    def test_bad_value_names_the_variable(
+        self, monkeypatch: pytest.MonkeyPatch, name: str, value: str, words: str
+    ) -> None:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigurationError) as info:
+            load_settings()
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"invalid setting {name}: ")
+        assert words in message
+
+    def test_unknown_database_scheme(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DATABASE_URL", "foo://u@h/d")
+        with pytest.raises(ConfigurationError, match=r"invalid setting DATABASE_URL: .*'foo'"):
+            load_settings()
+
+    def test_cloud_sql_connector_needs_an_instance(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("USE_CLOUD_SQL_CONNECTOR", "true")
+        with pytest.raises(ConfigurationError) as info:
+            load_settings()
+        message = str(info.value)
+        assert "\n" not in message
+        assert "CLOUD_SQL_INSTANCE" in message
+        assert "USE_CLOUD_SQL_CONNECTOR" in message
+
+    def test_bad_value_in_dotenv(self, tmp_path: Path) -> None:
+        (tmp_path / ".env").write_text("DB_POOL_SIZE=lots\n", encoding="utf-8")
+        with pytest.raises(ConfigurationError, match="DB_POOL_SIZE"):
+            load_settings()
+
+    def test_overrides_are_validated_too(self) -> None:
+        with pytest.raises(ConfigurationError, match="invalid setting DATABASE_PORT"):
+            load_settings(database_port=0)
+
+    def test_good_settings_load(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DB_POOL_SIZE", "4")
+        assert load_settings().db_pool_size == 4
