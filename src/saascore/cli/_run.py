@@ -1,0 +1,209 @@
+"""The CLI's one error handler and the runners that take a command to the database.
+
+Every command is wrapped in `handle_errors`. An error saascore expects becomes one line on stderr
+and a non-zero exit code, never a traceback:
+
+- a bad setting (`ConfigurationError`): exit 2, like any other usage mistake;
+- an unreachable database (`DatabaseUnavailable`, refused, timed out, unknown host): exit 1;
+- a database without saascore's tables, or with a column missing: exit 1, pointing at
+  `saascore db upgrade`;
+- a refusal by the domain (`DomainError`: unknown plan, taken external id, bad catalog): exit 1.
+
+Anything else is a bug: it is reported on one line as well, and `SAASCORE_TRACEBACK=1` shows it
+in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import NoReturn, ParamSpec, TypeVar
+
+import sqlalchemy as sa
+import typer
+from alembic.script.revision import RevisionError
+from alembic.util import CommandError
+
+from saascore.config import Settings
+from saascore.core import Saascore
+from saascore.kit.db import Database, describe_connection_error
+from saascore.kit.errors import ConfigurationError, DatabaseUnavailable, DomainError
+
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_USAGE",
+    "NO_SCHEMA",
+    "echo_error",
+    "explain",
+    "explain_or_unexpected",
+    "fail",
+    "handle_errors",
+    "run_with_core",
+    "run_with_database",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+EXIT_ERROR = 1
+#: click exits with 2 on a usage error; a bad setting is the same kind of mistake.
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+NO_SCHEMA = "the database has no saascore schema; run 'saascore db upgrade'"
+TRACEBACK_VARIABLE = "SAASCORE_TRACEBACK"
+PING_TIMEOUT = 10.0
+
+OUTDATED_SCHEMA = (
+    "the database schema does not match saascore's models (a column is missing); "
+    "run 'saascore db upgrade', or see 'saascore db check'"
+)
+
+#: PostgreSQL's SQLSTATEs for "relation does not exist" and "column does not exist".
+_UNDEFINED_TABLE = "42P01"
+_UNDEFINED_COLUMN = "42703"
+
+
+def echo_error(message: str) -> None:
+    """Print `saascore: <message>` on stderr, as one line whatever the message holds."""
+    typer.echo(f"saascore: {' '.join(message.split())}", err=True)
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """Print `saascore: <message>` on stderr and exit with `code`."""
+    echo_error(message)
+    raise typer.Exit(code)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, the driver error it wraps, and their causes."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = current.orig if isinstance(current, sa.exc.StatementError) else None
+        pending.extend([current.__context__, current.__cause__, orig])
+
+
+def is_missing_schema(exc: BaseException) -> bool:
+    """Whether a query failed because saascore's tables do not exist."""
+    for error in _chain(exc):
+        if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:
+            return True
+        if isinstance(error, sqlite3.OperationalError) and str(error).startswith("no such table"):
+            return True
+    return False
+
+
+def is_outdated_schema(exc: BaseException) -> bool:
+    """Whether a query failed because a column of the models is missing from the database."""
+    for error in _chain(exc):
+        if getattr(error, "sqlstate", None) == _UNDEFINED_COLUMN:
+            return True
+        if isinstance(error, sqlite3.OperationalError) and (
+            str(error).startswith("no such column") or " has no column named " in str(error)
+        ):
+            return True
+    return False
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for an error saascore expects; None for anything else."""
+    if isinstance(exc, ConfigurationError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, DatabaseUnavailable):
+        return str(exc), EXIT_ERROR
+    if isinstance(exc, DomainError):
+        return exc.message, EXIT_ERROR
+    if isinstance(exc, CommandError | RevisionError):
+        return str(exc), EXIT_ERROR
+    if is_missing_schema(exc):
+        return NO_SCHEMA, EXIT_ERROR
+    if is_outdated_schema(exc):
+        return OUTDATED_SCHEMA, EXIT_ERROR
+    if isinstance(exc, OSError | TimeoutError | sa.exc.InterfaceError) or (
+        isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    ):
+        return describe_connection_error(exc), EXIT_ERROR
+    if isinstance(exc, sa.exc.DBAPIError):
+        # The runners ping first, so the connection worked: the statement itself failed.
+        return f"database error: {exc.orig}", EXIT_ERROR
+    return None
+
+
+def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a command so that whatever it raises ends as one line on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader went away (`saascore db check | head`): stop quietly, and keep Python
+            # from failing again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_ERROR) from None
+        except Exception as exc:
+            report(exc)
+
+    return wrapper
+
+
+def report(exc: Exception) -> NoReturn:
+    """Exit with the one line that explains `exc` (re-raised when SAASCORE_TRACEBACK is set)."""
+    fail(*explain_or_unexpected(exc))
+
+
+def explain_or_unexpected(exc: Exception) -> tuple[str, int]:
+    """`explain(exc)`, or a line saying it is unexpected; re-raises if SAASCORE_TRACEBACK is set."""
+    explained = explain(exc)
+    if explained is not None:
+        return explained
+    if os.environ.get(TRACEBACK_VARIABLE, "").strip().lower() in ("1", "true", "yes"):
+        raise exc
+    return (
+        f"unexpected error: {type(exc).__name__}: {exc} "
+        f"(set {TRACEBACK_VARIABLE}=1 to see the traceback)",
+        EXIT_ERROR,
+    )
+
+
+def run_with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `work(database)` in a new event loop, after checking the database answers.
+
+    The ping turns every way of failing to connect into `DatabaseUnavailable` before any work
+    starts; the connections are closed however the work ends.
+    """
+
+    async def main() -> T:
+        database = Database(settings)
+        try:
+            await database.ping(timeout=PING_TIMEOUT)
+            return await work(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(main())
+
+
+def run_with_core(settings: Settings, work: Callable[[Saascore], Awaitable[T]]) -> T:
+    """Run `work(core)` with the `Saascore` facade, which migrates where the settings say so."""
+
+    async def with_core(database: Database) -> T:
+        async with Saascore(settings, database=database) as core:
+            return await work(core)
+
+    return run_with_database(settings, with_core)

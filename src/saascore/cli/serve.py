@@ -1,0 +1,121 @@
+"""`saascore serve` and `saascore demo`: run the HTTP service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from saascore.cli._output import console
+from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core, run_with_database
+from saascore.config import Settings, load_settings
+from saascore.core import Saascore
+from saascore.kit import migrate
+from saascore.models import Organization
+from saascore.plans import read_catalog
+from saascore.tenancy import OrganizationExists, OrganizationNotFound
+
+__all__ = ["DEMO_EXTERNAL_ID", "demo", "demo_settings", "serve"]
+
+APP_FACTORY = "saascore.api.app:app_factory"
+DEMO_HOST = "127.0.0.1"
+DEMO_EXTERNAL_ID = "demo"
+DEMO_NAME = "Demo Organization"
+DEMO_PLAN = "pro"
+
+
+@handle_errors
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            help="The address to bind. Default: SAASCORE_HOST (127.0.0.1).", show_default=False
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="The port. Default: SAASCORE_PORT (8000).", show_default=False
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Restart when the code changes (development).")
+    ] = False,
+) -> None:
+    """Serve the HTTP API with uvicorn (settings from the environment and .env)."""
+    import uvicorn
+
+    if reload and workers > 1:
+        fail("--reload and --workers cannot be combined", EXIT_USAGE)
+    settings = load_settings()  # a bad setting stops here, before any worker starts
+    if settings.should_auto_migrate:
+        # Once here rather than once per worker, where they would race to create the tables.
+        run_with_database(settings, migrate.upgrade)
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        reload=reload,
+        log_level=settings.log_level,
+    )
+
+
+def demo_settings() -> Settings:
+    """The environment's settings, but on the embedded SQLite database, migrated at start."""
+    return load_settings(
+        database_url=None,
+        database_host=None,
+        database_name=None,
+        database_schema=None,
+        use_cloud_sql_connector=False,
+        cloud_sql_instance=None,
+        auto_migrate=True,
+    )
+
+
+async def prepare_demo(core: Saascore) -> Organization:
+    """Load the default catalog and create the demo organisation unless it exists."""
+    await core.plans.load_catalog(read_catalog())
+    try:
+        return await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
+    except OrganizationNotFound:
+        pass
+    try:
+        return await core.orgs.create(name=DEMO_NAME, plan=DEMO_PLAN, external_id=DEMO_EXTERNAL_ID)
+    except OrganizationExists:  # another demo created it meanwhile
+        return await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
+
+
+@handle_errors
+def demo(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The port to serve on.")] = 8000,
+) -> None:
+    """Run saascore on the embedded SQLite database with a demo organisation: no setup needed.
+
+    Ignores the DATABASE_* variables. The data stays under ./.saascore (SAASCORE_DATA_DIR).
+    """
+    import uvicorn
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from saascore.api.app import create_app
+
+    settings = demo_settings()
+    organization = run_with_core(settings, prepare_demo)
+    base = f"http://{DEMO_HOST}:{port}"
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("database", str(Path(settings.sqlite_path).resolve()))
+    facts.add_row("organization", f"{organization.name} ({organization.plan.code} plan)")
+    facts.add_row("organization id", str(organization.id))
+    facts.add_row("health", f"{base}/healthz")
+    facts.add_row("API docs", f"{base}/docs")
+    out = console()
+    out.print(Panel(facts, title="saascore demo", title_align="left", expand=False))
+    out.file.flush()
+    uvicorn.run(create_app(settings), host=DEMO_HOST, port=port, log_level=settings.log_level)

@@ -1,0 +1,41 @@
+"""`saascore orgs`: creating organisations and listing them."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest_asyncio
+
+from saascore.kit.db import Database
+from saascore.plans import PlanService, read_catalog
+from tests.cli.runner import Cli
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def catalog_cli(migrated_cli: Cli, empty_database: Database) -> Cli:
+    """`saascore` on a migrated database with the default catalog loaded."""
+    async with empty_database.transaction() as session:
+        await PlanService(empty_database).load_catalog(read_catalog(), session=session)
+    return migrated_cli
+
+
+def test_create_and_list(catalog_cli: Cli) -> None:
+    created, unknown_plan = catalog_cli.run_together(
+        ["orgs", "create", "Acme", "--plan", "pro", "--external-id", "x1"],
+        ["orgs", "create", "Nobody", "--plan", "nope"],
+    )
+    organization_id = uuid.UUID(created.ok().stdout.strip())  # only the id, for scripts
+    assert created.stdout == f"{organization_id}\n"
+    assert unknown_plan.error_line(1) == "saascore: no plan with code 'nope'"
+
+    taken, listed = catalog_cli.run_together(
+        ["orgs", "create", "Acme again", "--plan", "pro", "--external-id", "x1"],
+        ["orgs", "list"],
+    )
+    assert taken.error_line(1) == "saascore: an organisation with external id 'x1' exists"
+    rows = [line.split() for line in listed.ok().stdout.splitlines()]
+    assert [str(organization_id), "Acme", "acme", "pro", "x1", "active"] in [
+        row[:6] for row in rows
+    ]
+    assert "Nobody" not in listed.stdout
+    assert "again" not in listed.stdout
