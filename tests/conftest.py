@@ -36,7 +36,6 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.config import Settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from tests.helpers import (
     BACKENDS,
@@ -44,6 +43,7 @@ from tests.helpers import (
     create_schema,
     drop_schema,
     make_settings,
+    migrated_database,
     new_schema_name,
     plain_postgres_dsn,
 )
@@ -112,34 +112,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def _sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
-    directory = tmp_path_factory.mktemp("sqlite")
-    settings = make_settings(database_url=f"sqlite:///{directory / 'test.db'}", data_dir=directory)
-    database = Database(settings)
-    try:
-        await migrate.upgrade(database)
+    async with migrated_database("sqlite", tmp_path_factory.mktemp("sqlite")) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="session")
 async def _postgresql_database(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Database]:
-    schema = new_schema_name()
-    await create_schema(postgres_url, schema)
-    settings = make_settings(
-        database_url=postgres_url,
-        database_schema=schema,
-        data_dir=tmp_path_factory.mktemp("postgresql"),
-    )
-    database = Database(settings)
-    try:
-        await migrate.upgrade(database)
+    directory = tmp_path_factory.mktemp("postgresql")
+    async with migrated_database("postgresql", directory, postgres_url) as database:
         yield database
-    finally:
-        await database.dispose()
-        await drop_schema(postgres_url, schema)
 
 
 @pytest.fixture

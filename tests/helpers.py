@@ -76,6 +76,38 @@ async def drop_schema(postgres_url: str, schema: str) -> None:
         await connection.close()
 
 
+@asynccontextmanager
+async def migrated_database(
+    backend: str, directory: Path, postgres_url: str | None = None
+) -> AsyncIterator[Database]:
+    """A new database of `backend`, migrated to head, dropped (or left in `directory`) after.
+
+    SQLite: a file in `directory`. PostgreSQL: a new schema on `postgres_url`.
+    """
+    if backend == "sqlite":
+        settings = make_settings(
+            database_url=f"sqlite:///{directory / 'test.db'}", data_dir=directory
+        )
+        schema = None
+    else:
+        assert postgres_url is not None
+        schema = new_schema_name()
+        await create_schema(postgres_url, schema)
+        settings = make_settings(
+            database_url=postgres_url, database_schema=schema, data_dir=directory
+        )
+    database = Database(settings)
+    try:
+        from saascore.kit import migrate
+
+        await migrate.upgrade(database)
+        yield database
+    finally:
+        await database.dispose()
+        if schema is not None and postgres_url is not None:
+            await drop_schema(postgres_url, schema)
+
+
 def make_settings(**values: Any) -> Settings:
     """`Settings` for tests: the given values win over the environment, and no `.env` is read."""
     values.setdefault("environment", "test")

@@ -23,7 +23,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.config import DatabaseBackend, Settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.kit.errors import DatabaseUnavailable
 from saascore.models import InvoiceSequence, SubscriptionPlan
@@ -32,6 +31,7 @@ from tests.helpers import (
     create_schema,
     drop_schema,
     make_settings,
+    migrated_database,
     new_schema_name,
     only_sqlite,
     plain_postgres_dsn,
@@ -40,26 +40,17 @@ from tests.helpers import (
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def _scratch_sqlite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
-    directory = tmp_path_factory.mktemp("scratch")
-    database = Database(make_settings(database_url=f"sqlite:///{directory / 'scratch.db'}"))
-    try:
-        await migrate.upgrade(database)
+    async with migrated_database("sqlite", tmp_path_factory.mktemp("scratch")) as database:
         yield database
-    finally:
-        await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_postgresql(postgres_url: str) -> AsyncIterator[Database]:
-    schema = new_schema_name()
-    await create_schema(postgres_url, schema)
-    database = Database(make_settings(database_url=postgres_url, database_schema=schema))
-    try:
-        await migrate.upgrade(database)
+async def _scratch_postgresql(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    directory = tmp_path_factory.mktemp("scratch")
+    async with migrated_database("postgresql", directory, postgres_url) as database:
         yield database
-    finally:
-        await database.dispose()
-        await drop_schema(postgres_url, schema)
 
 
 @pytest.fixture

@@ -22,6 +22,20 @@ def _unlimited(value: int | None) -> int | None:
     return None if value is None or value < 0 else value
 
 
+#: The plan columns that are limits: None (or -1 in a file) means unlimited.
+LIMIT_FIELDS = (
+    "monthly_token_limit",
+    "max_storage_mb",
+    "max_api_calls_per_day",
+    "max_products_per_batch",
+    "max_items",
+    "max_secondary",
+    "max_users",
+    "requests_per_minute",
+    "requests_per_hour",
+)
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -70,17 +84,7 @@ class PlanSpec(_Spec):
     #: Limits on other meters: `{metric = {limit = N, hard = true}}`.
     limits: dict[Code, LimitSpec] = Field(default_factory=dict)
 
-    @field_validator(
-        "monthly_token_limit",
-        "max_storage_mb",
-        "max_api_calls_per_day",
-        "max_products_per_batch",
-        "max_items",
-        "max_secondary",
-        "max_users",
-        "requests_per_minute",
-        "requests_per_hour",
-    )
+    @field_validator(*LIMIT_FIELDS)
     @classmethod
     def _limits(cls, value: int | None) -> int | None:
         return _unlimited(value)

@@ -17,7 +17,7 @@ from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
-from saascore.plans.catalog import Catalog, LimitSpec, PriceSpec
+from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
 
 __all__ = ["CatalogLoadResult", "PlanNotFound", "PlanService"]
 
@@ -36,27 +36,9 @@ class CatalogLoadResult:
     meters_updated: list[str] = field(default_factory=list)
 
 
-_PLAN_FIELDS = (
-    "name",
-    "description",
-    "sort_order",
-    "monthly_token_limit",
-    "max_storage_mb",
-    "max_api_calls_per_day",
-    "max_products_per_batch",
-    "max_items",
-    "max_secondary",
-    "max_users",
-    "requests_per_minute",
-    "requests_per_hour",
-    "credits_per_period",
-    "credits_rollover",
-    "api_access",
-    "trial_days",
-    "is_active",
-    "is_public",
-    "features",
-)
+#: The columns of `subscription_plans` that a catalog sets (its prices and extra limits are rows
+#: of their own tables).
+_PLAN_FIELDS = tuple(name for name in PlanSpec.model_fields if name not in ("prices", "limits"))
 
 
 class PlanService:
