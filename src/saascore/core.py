@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 
 from saascore.config import Settings, load_settings
+from saascore.credits.service import CreditService
 from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.plans.service import PlanService
@@ -17,7 +18,7 @@ class Saascore:
     """saascore in one object: `async with Saascore(settings) as core: await core.orgs.create(...)`.
 
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
-    its connections. Services are attributes: `core.plans`, `core.orgs`.
+    its connections. Services are attributes: `core.plans`, `core.orgs`, `core.credits`.
     """
 
     def __init__(
@@ -28,6 +29,7 @@ class Saascore:
         self._owns_database = database is None
         self.plans = PlanService(self.database)
         self.orgs = OrganizationService(self.database, self.plans)
+        self.credits = CreditService(self.database)
 
     async def start(self) -> None:
         if self.settings.should_auto_migrate:

@@ -20,6 +20,7 @@ __all__ = [
     "Conflict",
     "DatabaseUnavailable",
     "DomainError",
+    "IdempotencyConflict",
     "InvalidInput",
     "NotFound",
     "SaascoreError",
@@ -63,6 +64,12 @@ class AlreadyExists(DomainError):
 class Conflict(DomainError):
     code = "conflict"
     status_code = 409
+
+
+class IdempotencyConflict(Conflict):
+    """An idempotency key came back with a request different from the one it first carried."""
+
+    code = "idempotency_conflict"
 
 
 class InvalidInput(DomainError):

@@ -63,6 +63,7 @@ class CreditGrant(TenantMixin, Base):
         sa.Index(
             "ix_credit_grants_drawable", "organization_id", "priority", "expires_at", "remaining"
         ),
+        sa.Index("ix_credit_grants_organization_id_expires_at", "organization_id", "expires_at"),
     )
 
 
@@ -79,6 +80,8 @@ class CreditTransaction(TenantMixin, Base):
     amount: Mapped[int] = mapped_column(sa.BigInteger)
     balance_after: Mapped[int] = mapped_column(sa.BigInteger)
     grant_id: Mapped[uuid.UUID | None]
+    #: The transaction this one answers: the consumption a refund gives back.
+    related_transaction_id: Mapped[uuid.UUID | None]
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     payload_hash: Mapped[str | None] = mapped_column(sa.String(64))
     reference: Mapped[str | None] = mapped_column(sa.String(255))
@@ -89,6 +92,7 @@ class CreditTransaction(TenantMixin, Base):
     __table_args__ = (
         sa.UniqueConstraint("organization_id", "idempotency_key"),
         tenant_fk("grant_id", "credit_grants"),
+        tenant_fk("related_transaction_id", "credit_transactions"),
         *non_negative("balance_after"),
         sa.Index(
             "ix_credit_transactions_organization_id_created_at", "organization_id", "created_at"

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 00:04:49.652216+00:00
+Create Date: 2026-11-22 00:36:57.321320+00:00
 """
 
 from collections.abc import Sequence
@@ -2033,6 +2033,11 @@ def upgrade() -> None:
             ["organization_id", "priority", "expires_at", "remaining"],
             unique=False,
         )
+        batch_op.create_index(
+            "ix_credit_grants_organization_id_expires_at",
+            ["organization_id", "expires_at"],
+            unique=False,
+        )
 
     op.create_table(
         "credit_transactions",
@@ -2056,6 +2061,7 @@ def upgrade() -> None:
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("balance_after", sa.BigInteger(), nullable=False),
         sa.Column("grant_id", sa.Uuid(), nullable=True),
+        sa.Column("related_transaction_id", sa.Uuid(), nullable=True),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
         sa.Column("payload_hash", sa.String(length=64), nullable=True),
         sa.Column("reference", sa.String(length=255), nullable=True),
@@ -2078,6 +2084,11 @@ def upgrade() -> None:
             ["organization_id", "grant_id"],
             ["credit_grants.organization_id", "credit_grants.id"],
             name=op.f("fk_credit_transactions_grant_id_credit_grants"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["organization_id", "related_transaction_id"],
+            ["credit_transactions.organization_id", "credit_transactions.id"],
+            name=op.f("fk_credit_transactions_related_transaction_id_credit_transactions"),
         ),
         sa.ForeignKeyConstraint(
             ["organization_id"],
@@ -2144,6 +2155,7 @@ def downgrade() -> None:
 
     op.drop_table("credit_transactions")
     with op.batch_alter_table("credit_grants", schema=None) as batch_op:
+        batch_op.drop_index("ix_credit_grants_organization_id_expires_at")
         batch_op.drop_index("ix_credit_grants_drawable")
 
     op.drop_table("credit_grants")

@@ -1,0 +1,33 @@
+"""The credit ledger's refusals."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from saascore.kit.errors import DomainError, InvalidInput, NotFound
+
+__all__ = ["CreditTransactionNotFound", "InsufficientCredits", "NotRefundable"]
+
+
+class InsufficientCredits(DomainError):
+    """The balance is short of the amount asked for; nothing was consumed."""
+
+    code: ClassVar[str] = "insufficient_credits"
+    status_code: ClassVar[int] = 402
+
+    def __init__(self, balance: int, requested: int) -> None:
+        super().__init__(
+            f"{requested} credits requested but the balance is {balance}",
+            balance=balance,
+            requested=requested,
+        )
+        self.balance = balance
+        self.requested = requested
+
+
+class CreditTransactionNotFound(NotFound):
+    code = "credit_transaction_not_found"
+
+
+class NotRefundable(InvalidInput):
+    code = "not_refundable"

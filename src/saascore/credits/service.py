@@ -1,0 +1,768 @@
+"""The credit ledger: grants, consumption, expiry, refunds, adjustments and plan refills.
+
+Every change to an organisation's credits happens under a lock on its `usage_limits` row
+(`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's `BEGIN IMMEDIATE` serializes writers), so
+operations on one organisation apply one at a time in full, whatever races: the balance never
+goes negative and the ledger always adds up. Each change appends one `credit_transactions` row
+with the balance after it, and `credit_allocations` rows saying which grants it drew on.
+
+Grants are drawn in order of `priority` (lower first), then earliest expiry (grants that never
+expire last), then age. A grant past its `expires_at` stops counting at once, and is written off
+with an `expire` transaction by the next operation on its organisation or by `expire()`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.credits.errors import CreditTransactionNotFound, InsufficientCredits, NotRefundable
+from saascore.kit.db import Database
+from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
+from saascore.kit.idempotency import payload_hash
+from saascore.kit.ids import new_id
+from saascore.kit.sql import insert
+from saascore.kit.time import month_start, next_month_start, utcnow
+from saascore.models import (
+    CreditAllocation,
+    CreditGrant,
+    CreditSource,
+    CreditTransaction,
+    CreditTransactionType,
+    Organization,
+    SubscriptionPlan,
+    UsageLimits,
+)
+
+__all__ = ["CreditAccount", "CreditService", "LedgerProblem"]
+
+_DRAW_ORDER = (
+    CreditGrant.priority.asc(),
+    CreditGrant.expires_at.asc().nulls_last(),
+    CreditGrant.created_at.asc(),
+    CreditGrant.id.asc(),
+)
+
+
+@dataclass(frozen=True)
+class CreditAccount:
+    """An organisation's balance and the grants it is made of."""
+
+    organization_id: uuid.UUID
+    balance: int
+    grants: Sequence[CreditGrant]
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    """A difference `verify()` found between the cached balance, the ledger and the grants."""
+
+    organization_id: uuid.UUID
+    message: str
+
+
+class CreditService:
+    def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.clock = clock
+
+    # --- changes -------------------------------------------------------------------------------
+    async def grant(
+        self,
+        org_id: uuid.UUID,
+        amount: int,
+        *,
+        source: CreditSource = CreditSource.MANUAL,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        description: str | None = None,
+        payment_id: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+    ) -> CreditTransaction:
+        """Add `amount` credits as a new grant. A retry with the same key returns the first
+        transaction; the same key with different values raises `IdempotencyConflict`."""
+        _positive(amount)
+        request = {
+            "op": "grant",
+            "amount": amount,
+            "source": source,
+            "priority": priority,
+            "expires_at": expires_at,
+            "description": description,
+            "payment_id": payment_id,
+        }
+        async with self.database.scope(session) as s:
+            account = await self._lock(s, org_id)
+            if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
+                return replay
+            now = self.clock()
+            await self._expire_lapsed(s, account, now)
+            grant = await self._new_grant(
+                s,
+                org_id,
+                amount,
+                source=source,
+                priority=priority,
+                expires_at=expires_at,
+                idempotency_key=idempotency_key,
+                description=description,
+                payment_id=payment_id,
+                now=now,
+            )
+            account.credits_granted_total += amount
+            return await self._append(
+                s,
+                account,
+                CreditTransactionType.GRANT,
+                amount,
+                now,
+                grant_id=grant.id,
+                idempotency_key=idempotency_key,
+                request=request,
+                description=description,
+            )
+
+    async def consume(
+        self,
+        org_id: uuid.UUID,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        reference: str | None = None,
+        description: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> CreditTransaction:
+        """Take `amount` credits, drawing on grants in draw order.
+
+        Raises `InsufficientCredits(balance, requested)` and consumes nothing when the balance
+        is short.
+        """
+        _positive(amount)
+        request = {"op": "consume", "amount": amount, "reference": reference}
+        async with self.database.scope(session) as s:
+            account = await self._lock(s, org_id)
+            if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
+                return replay
+            now = self.clock()
+            await self._expire_lapsed(s, account, now)
+            draws = await self._draw(s, account, amount, now)
+            account.credits_consumed_total += amount
+            return await self._append(
+                s,
+                account,
+                CreditTransactionType.CONSUME,
+                -amount,
+                now,
+                allocations=draws,
+                idempotency_key=idempotency_key,
+                request=request,
+                reference=reference,
+                description=description,
+            )
+
+    async def adjust(
+        self,
+        org_id: uuid.UUID,
+        amount: int,
+        *,
+        reason: str,
+        idempotency_key: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> CreditTransaction:
+        """Correct the balance by a signed amount: a positive one is a new manual grant, a
+        negative one draws like a consumption (and cannot take the balance below zero)."""
+        if amount == 0:
+            raise InvalidInput("an adjustment needs a non-zero amount", field="amount")
+        request = {"op": "adjust", "amount": amount, "reason": reason}
+        async with self.database.scope(session) as s:
+            account = await self._lock(s, org_id)
+            if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
+                return replay
+            now = self.clock()
+            await self._expire_lapsed(s, account, now)
+            if amount > 0:
+                grant = await self._new_grant(
+                    s, org_id, amount, source=CreditSource.MANUAL, description=reason, now=now
+                )
+                account.credits_granted_total += amount
+                return await self._append(
+                    s,
+                    account,
+                    CreditTransactionType.ADJUST,
+                    amount,
+                    now,
+                    grant_id=grant.id,
+                    idempotency_key=idempotency_key,
+                    request=request,
+                    description=reason,
+                )
+            draws = await self._draw(s, account, -amount, now)
+            account.credits_consumed_total += -amount
+            return await self._append(
+                s,
+                account,
+                CreditTransactionType.ADJUST,
+                amount,
+                now,
+                allocations=draws,
+                idempotency_key=idempotency_key,
+                request=request,
+                description=reason,
+            )
+
+    async def refund(
+        self,
+        org_id: uuid.UUID,
+        transaction_id: uuid.UUID,
+        amount: int | None = None,
+        *,
+        idempotency_key: str | None = None,
+        description: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> CreditTransaction:
+        """Give back all (or `amount`) of a consumption, to the grants it drew on, latest first.
+
+        A share whose grant has lapsed meanwhile comes back as a new `refund` grant that does
+        not expire, so a refund is never lost to an expiry.
+        """
+        if amount is not None:
+            _positive(amount)
+        request = {"op": "refund", "transaction_id": transaction_id, "amount": amount}
+        async with self.database.scope(session) as s:
+            account = await self._lock(s, org_id)
+            if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
+                return replay
+            now = self.clock()
+            await self._expire_lapsed(s, account, now)
+            original = await s.get(CreditTransaction, (org_id, transaction_id))
+            if original is None:
+                raise CreditTransactionNotFound(
+                    f"no credit transaction {transaction_id}", transaction_id=str(transaction_id)
+                )
+            if original.type is not CreditTransactionType.CONSUME:
+                raise NotRefundable(
+                    f"only a consumption can be refunded, not a {original.type.value}",
+                    transaction_id=str(transaction_id),
+                )
+            shares, refundable = await self._refundable_shares(s, original)
+            wanted = refundable if amount is None else amount
+            if wanted == 0 or wanted > refundable:
+                raise NotRefundable(
+                    f"{wanted} credits cannot be refunded: {refundable} of the consumption remain",
+                    refundable=refundable,
+                    requested=wanted,
+                )
+            allocations: list[tuple[uuid.UUID, int]] = []
+            left = wanted
+            for grant, share in reversed(shares):
+                give = min(left, share)
+                if give == 0:
+                    break
+                left -= give
+                if _lapsed(grant, now):
+                    await self._new_grant(
+                        s,
+                        org_id,
+                        give,
+                        source=CreditSource.REFUND,
+                        description=description,
+                        now=now,
+                    )
+                else:
+                    grant.remaining += give
+                    allocations.append((grant.id, -give))
+            account.credits_consumed_total -= wanted
+            return await self._append(
+                s,
+                account,
+                CreditTransactionType.REFUND,
+                wanted,
+                now,
+                allocations=allocations,
+                related_transaction_id=original.id,
+                idempotency_key=idempotency_key,
+                request=request,
+                description=description,
+            )
+
+    async def expire(
+        self,
+        org_id: uuid.UUID | None = None,
+        *,
+        session: AsyncSession | None = None,
+    ) -> list[CreditTransaction]:
+        """Write off every grant past its expiry (of one organisation, or of all)."""
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            if org_id is not None:
+                organizations: Sequence[uuid.UUID] = [org_id]
+            else:
+                organizations = (
+                    await s.scalars(
+                        sa.select(CreditGrant.organization_id)
+                        .where(CreditGrant.remaining > 0, CreditGrant.expires_at <= now)
+                        .distinct()
+                    )
+                ).all()
+            expired: list[CreditTransaction] = []
+            for organization_id in organizations:
+                account = await self._lock(s, organization_id)
+                expired.extend(await self._expire_lapsed(s, account, now))
+            return expired
+
+    async def refill(
+        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+    ) -> CreditTransaction | None:
+        """Grant the plan's `credits_per_period` for the current month, once per month however
+        many callers race. Without rollover, the grant expires when the month ends. Returns
+        the month's grant transaction (None if the plan grants no credits)."""
+        now = self.clock()
+        period = month_start(now)
+        async with self.database.scope(session) as s:
+            plan = (
+                await s.execute(
+                    sa.select(
+                        SubscriptionPlan.credits_per_period, SubscriptionPlan.credits_rollover
+                    )
+                    .join(Organization, Organization.plan_id == SubscriptionPlan.id)
+                    .where(Organization.id == org_id)
+                )
+            ).one_or_none()
+            if plan is None:
+                raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+            credits, rollover = plan
+            if credits <= 0:
+                return None
+            key = f"refill:{period:%Y-%m}"
+            ends = next_month_start(now)
+            account = await self._lock(s, org_id)
+            existing = await self._find_by_key(s, org_id, key)
+            if existing is not None:
+                return existing
+            await self._expire_lapsed(s, account, now)
+            grant = await self._new_grant(
+                s,
+                org_id,
+                credits,
+                source=CreditSource.PLAN,
+                expires_at=None if rollover else ends,
+                idempotency_key=key,
+                description=f"plan credits for {period:%Y-%m}",
+                now=now,
+            )
+            account.credits_granted_total += credits
+            account.last_credit_refill_at = now
+            account.next_credit_refill_at = ends
+            return await self._append(
+                s,
+                account,
+                CreditTransactionType.GRANT,
+                credits,
+                now,
+                grant_id=grant.id,
+                idempotency_key=key,
+                request={"op": "refill", "period": period},
+                description=grant.description,
+            )
+
+    # --- reads ---------------------------------------------------------------------------------
+    async def balance(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> int:
+        """The credits available now: the cached balance less grants that lapsed since the
+        last write. One row read plus an index range over lapsed grants (usually empty)."""
+        now = self.clock()
+        lapsed = (
+            sa.select(sa.func.coalesce(sa.func.sum(CreditGrant.remaining), 0))
+            .where(
+                CreditGrant.organization_id == org_id,
+                CreditGrant.remaining > 0,
+                CreditGrant.expires_at <= now,
+            )
+            .scalar_subquery()
+        )
+        query = sa.select(UsageLimits.credit_balance - lapsed).where(
+            UsageLimits.organization_id == org_id
+        )
+        async with self.database.scope(session) as s:
+            balance = (await s.execute(query)).scalar_one_or_none()
+        if balance is None:
+            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+        return int(balance)
+
+    async def account(
+        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+    ) -> CreditAccount:
+        """The balance and the grants that still hold credits, in draw order."""
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            balance = await self.balance(org_id, session=s)
+            grants = (
+                await s.scalars(
+                    sa.select(CreditGrant)
+                    .where(
+                        CreditGrant.organization_id == org_id,
+                        CreditGrant.remaining > 0,
+                        sa.or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
+                    )
+                    .order_by(*_DRAW_ORDER)
+                )
+            ).all()
+        return CreditAccount(organization_id=org_id, balance=balance, grants=grants)
+
+    async def transactions(
+        self,
+        org_id: uuid.UUID,
+        *,
+        limit: int = 50,
+        before: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+    ) -> Sequence[CreditTransaction]:
+        """The ledger, newest first; `before` pages on from a transaction id."""
+        query = sa.select(CreditTransaction).where(CreditTransaction.organization_id == org_id)
+        if before is not None:
+            query = query.where(CreditTransaction.id < before)
+        query = query.order_by(CreditTransaction.id.desc()).limit(limit)
+        async with self.database.scope(session) as s:
+            return (await s.scalars(query)).all()
+
+    async def verify(self, *, session: AsyncSession | None = None) -> list[LedgerProblem]:
+        """Check every organisation: the cached balance equals the sum of its ledger and of its
+        grants' remaining credits, and each grant's remaining equals granted minus drawn."""
+        ledger = (
+            sa.select(
+                CreditTransaction.organization_id.label("org"),
+                sa.func.sum(CreditTransaction.amount).label("total"),
+            )
+            .group_by(CreditTransaction.organization_id)
+            .subquery()
+        )
+        held = (
+            sa.select(
+                CreditGrant.organization_id.label("org"),
+                sa.func.sum(CreditGrant.remaining).label("total"),
+            )
+            .group_by(CreditGrant.organization_id)
+            .subquery()
+        )
+        balances = sa.select(
+            UsageLimits.organization_id,
+            UsageLimits.credit_balance,
+            sa.func.coalesce(ledger.c.total, 0),
+            sa.func.coalesce(held.c.total, 0),
+        ).select_from(
+            sa.outerjoin(
+                sa.outerjoin(UsageLimits, ledger, ledger.c.org == UsageLimits.organization_id),
+                held,
+                held.c.org == UsageLimits.organization_id,
+            )
+        )
+        drawn = (
+            sa.select(
+                CreditAllocation.organization_id.label("org"),
+                CreditAllocation.grant_id.label("grant_id"),
+                sa.func.sum(CreditAllocation.amount).label("total"),
+            )
+            .group_by(CreditAllocation.organization_id, CreditAllocation.grant_id)
+            .subquery()
+        )
+        grants = (
+            sa.select(
+                CreditGrant.organization_id,
+                CreditGrant.id,
+                CreditGrant.amount,
+                CreditGrant.remaining,
+                sa.func.coalesce(drawn.c.total, 0),
+            )
+            .select_from(
+                sa.outerjoin(
+                    CreditGrant,
+                    drawn,
+                    sa.and_(
+                        drawn.c.org == CreditGrant.organization_id,
+                        drawn.c.grant_id == CreditGrant.id,
+                    ),
+                )
+            )
+            .where(CreditGrant.amount - CreditGrant.remaining != sa.func.coalesce(drawn.c.total, 0))
+        )
+        problems: list[LedgerProblem] = []
+        async with self.database.scope(session) as s:
+            for org, cached, in_ledger, in_grants in await s.execute(balances):
+                if cached != in_ledger or cached != in_grants:
+                    problems.append(
+                        LedgerProblem(
+                            org,
+                            f"cached balance {cached}, ledger {in_ledger}, grants hold {in_grants}",
+                        )
+                    )
+            for org, grant_id, amount, remaining, total_drawn in await s.execute(grants):
+                problems.append(
+                    LedgerProblem(
+                        org,
+                        f"grant {grant_id}: {amount} granted, {remaining} remaining, "
+                        f"but {total_drawn} drawn",
+                    )
+                )
+        return problems
+
+    # --- internals -----------------------------------------------------------------------------
+    async def _lock(self, s: AsyncSession, org_id: uuid.UUID) -> UsageLimits:
+        """The organisation's `usage_limits` row, locked until the transaction ends."""
+        query = (
+            sa.select(UsageLimits)
+            .where(UsageLimits.organization_id == org_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        account = (await s.scalars(query)).one_or_none()
+        if account is not None:
+            return account
+        # An organisation made without the service has no row yet: make it, then lock it.
+        try:
+            async with s.begin_nested():
+                await s.execute(
+                    insert(s, UsageLimits)
+                    .values(id=new_id(), organization_id=org_id)
+                    .on_conflict_do_nothing(index_elements=[UsageLimits.organization_id])
+                )
+        except IntegrityError:
+            raise NotFound(f"no organisation {org_id}", organization=str(org_id)) from None
+        return (await s.scalars(query)).one()
+
+    async def _find_by_key(
+        self, s: AsyncSession, org_id: uuid.UUID, key: str
+    ) -> CreditTransaction | None:
+        return (
+            await s.scalars(
+                sa.select(CreditTransaction).where(
+                    CreditTransaction.organization_id == org_id,
+                    CreditTransaction.idempotency_key == key,
+                )
+            )
+        ).one_or_none()
+
+    async def _replay(
+        self, s: AsyncSession, org_id: uuid.UUID, key: str | None, request: dict[str, Any]
+    ) -> CreditTransaction | None:
+        """The transaction an earlier call with this key made, if any (checked under the lock,
+        so a concurrent retry waits and then finds it)."""
+        if key is None:
+            return None
+        existing = await self._find_by_key(s, org_id, key)
+        if existing is not None and existing.payload_hash != payload_hash(request):
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used for a different request", idempotency_key=key
+            )
+        return existing
+
+    async def _new_grant(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        amount: int,
+        *,
+        source: CreditSource,
+        now: datetime,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        description: str | None = None,
+        payment_id: uuid.UUID | None = None,
+    ) -> CreditGrant:
+        grant = CreditGrant(
+            organization_id=org_id,
+            id=new_id(),
+            amount=amount,
+            remaining=amount,
+            priority=priority,
+            source=source,
+            expires_at=expires_at,
+            idempotency_key=idempotency_key,
+            description=description,
+            payment_id=payment_id,
+            effective_at=now,
+            created_at=now,
+        )
+        s.add(grant)
+        await s.flush()  # before the transaction that references it: no relationship orders them
+        return grant
+
+    async def _draw(
+        self, s: AsyncSession, account: UsageLimits, amount: int, now: datetime
+    ) -> list[tuple[uuid.UUID, int]]:
+        """Take `amount` from the live grants in draw order; refuse if they hold too little."""
+        if account.credit_balance < amount:
+            raise InsufficientCredits(account.credit_balance, amount)
+        grants = (
+            await s.scalars(
+                sa.select(CreditGrant)
+                .where(
+                    CreditGrant.organization_id == account.organization_id,
+                    CreditGrant.remaining > 0,
+                    sa.or_(CreditGrant.expires_at.is_(None), CreditGrant.expires_at > now),
+                )
+                .order_by(*_DRAW_ORDER)
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+        draws: list[tuple[uuid.UUID, int]] = []
+        left = amount
+        for grant in grants:
+            take = min(left, grant.remaining)
+            grant.remaining -= take
+            draws.append((grant.id, take))
+            left -= take
+            if left == 0:
+                return draws
+        raise AssertionError(  # the cached balance said there was enough: the ledger is off
+            f"organisation {account.organization_id}: balance {account.credit_balance} but "
+            f"grants hold {amount - left}; run 'saascore credits verify'"
+        )
+
+    async def _expire_lapsed(
+        self, s: AsyncSession, account: UsageLimits, now: datetime
+    ) -> list[CreditTransaction]:
+        lapsed = (
+            await s.scalars(
+                sa.select(CreditGrant)
+                .where(
+                    CreditGrant.organization_id == account.organization_id,
+                    CreditGrant.remaining > 0,
+                    CreditGrant.expires_at <= now,
+                )
+                .order_by(CreditGrant.expires_at, CreditGrant.id)
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+        expired: list[CreditTransaction] = []
+        for grant in lapsed:
+            amount, grant.remaining, grant.expired_at = grant.remaining, 0, now
+            account.credits_expired_total += amount
+            expired.append(
+                await self._append(
+                    s,
+                    account,
+                    CreditTransactionType.EXPIRE,
+                    -amount,
+                    now,
+                    grant_id=grant.id,
+                    allocations=[(grant.id, amount)],
+                    description="grant expired",
+                )
+            )
+        return expired
+
+    async def _append(
+        self,
+        s: AsyncSession,
+        account: UsageLimits,
+        type_: CreditTransactionType,
+        amount: int,
+        now: datetime,
+        *,
+        allocations: Sequence[tuple[uuid.UUID, int]] = (),
+        grant_id: uuid.UUID | None = None,
+        related_transaction_id: uuid.UUID | None = None,
+        idempotency_key: str | None = None,
+        request: dict[str, Any] | None = None,
+        reference: str | None = None,
+        description: str | None = None,
+    ) -> CreditTransaction:
+        """Apply `amount` to the cached balance and append the ledger row that records it."""
+        account.credit_balance += amount
+        account.updated_at = now
+        if grant_id is None and len(allocations) == 1:
+            grant_id = allocations[0][0]
+        transaction = CreditTransaction(
+            organization_id=account.organization_id,
+            id=new_id(),
+            type=type_,
+            amount=amount,
+            balance_after=account.credit_balance,
+            grant_id=grant_id,
+            related_transaction_id=related_transaction_id,
+            idempotency_key=idempotency_key,
+            payload_hash=payload_hash(request) if request is not None else None,
+            reference=reference,
+            description=description,
+            created_at=now,
+        )
+        s.add(transaction)
+        await s.flush()
+        s.add_all(
+            CreditAllocation(
+                organization_id=account.organization_id,
+                id=new_id(),
+                transaction_id=transaction.id,
+                grant_id=allocated_grant,
+                amount=allocated,
+            )
+            for allocated_grant, allocated in allocations
+        )
+        await s.flush()
+        return transaction
+
+    async def _refundable_shares(
+        self, s: AsyncSession, original: CreditTransaction
+    ) -> tuple[list[tuple[CreditGrant, int]], int]:
+        """What of a consumption is left to refund: in total, and per grant it drew on (in
+        draw order, less what refunds already returned to that grant).
+
+        The total is exact; the per-grant shares only say where credits go back, and may
+        still count a lapsed grant's share that an earlier refund paid as a new grant.
+        """
+        org_id = original.organization_id
+        refunds = sa.select(CreditTransaction.id).where(
+            CreditTransaction.organization_id == org_id,
+            CreditTransaction.related_transaction_id == original.id,
+        )
+        refunded = (
+            await s.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(CreditTransaction.amount), 0)).where(
+                    CreditTransaction.organization_id == org_id,
+                    CreditTransaction.related_transaction_id == original.id,
+                )
+            )
+        ).scalar_one()
+        rows = await s.execute(
+            sa.select(CreditAllocation.grant_id, CreditAllocation.amount)
+            .where(
+                CreditAllocation.organization_id == org_id,
+                sa.or_(
+                    CreditAllocation.transaction_id == original.id,
+                    CreditAllocation.transaction_id.in_(refunds.scalar_subquery()),
+                ),
+            )
+            .order_by(CreditAllocation.id)
+        )
+        shares: dict[uuid.UUID, int] = {}
+        for grant_id, amount in rows:
+            shares[grant_id] = shares.get(grant_id, 0) + amount
+        grants = {
+            grant.id: grant
+            for grant in await s.scalars(
+                sa.select(CreditGrant)
+                .where(CreditGrant.organization_id == org_id, CreditGrant.id.in_(list(shares)))
+                .execution_options(populate_existing=True)
+            )
+        }
+        ordered = [(grants[grant_id], share) for grant_id, share in shares.items() if share > 0]
+        return ordered, -original.amount - int(refunded)
+
+
+def _positive(amount: int) -> None:
+    if amount <= 0:
+        raise InvalidInput(f"the amount must be positive, not {amount}", field="amount")
+
+
+def _lapsed(grant: CreditGrant, now: datetime) -> bool:
+    return grant.expired_at is not None or (
+        grant.expires_at is not None and grant.expires_at <= now
+    )
