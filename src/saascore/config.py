@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     #: A comma-separated list (or a JSON array) of origins allowed to call the API.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: Where rate-limit windows live: `memory://` (one process) or `redis://host:port/db`,
+    #: which every process of a deployment shares.
+    rate_limit_storage: str = Field(default="memory://", pattern=r"^(memory|redis|rediss)://")
 
     @field_validator("database_url")
     @classmethod
