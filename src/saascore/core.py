@@ -8,6 +8,7 @@ from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.metering.service import UsageService
 from saascore.plans.service import PlanService
 from saascore.tenancy.service import OrganizationService
 
@@ -18,7 +19,8 @@ class Saascore:
     """saascore in one object: `async with Saascore(settings) as core: await core.orgs.create(...)`.
 
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
-    its connections. Services are attributes: `core.plans`, `core.orgs`, `core.credits`.
+    its connections. Services are attributes: `core.plans`, `core.orgs`, `core.usage` and
+    `core.credits`.
     """
 
     def __init__(
@@ -30,6 +32,7 @@ class Saascore:
         self.plans = PlanService(self.database)
         self.orgs = OrganizationService(self.database, self.plans)
         self.credits = CreditService(self.database)
+        self.usage = UsageService(self.database)
 
     async def start(self) -> None:
         if self.settings.should_auto_migrate:

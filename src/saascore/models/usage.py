@@ -132,6 +132,8 @@ class UsageReservation(TenantMixin, Base):
         sa.UniqueConstraint("organization_id", "idempotency_key"),
         *non_negative("quantity", "settled_quantity"),
         sa.Index("ix_usage_reservations_status_expires_at", "status", "expires_at"),
+        # Settling by id alone (the caller may not name the organisation).
+        sa.Index("ix_usage_reservations_id", "id"),
     )
 
 

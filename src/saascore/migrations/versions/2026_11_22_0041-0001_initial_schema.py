@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 00:36:57.321320+00:00
+Create Date: 2026-11-22 00:41:04.804365+00:00
 """
 
 from collections.abc import Sequence
@@ -948,6 +948,7 @@ def upgrade() -> None:
         ),
     )
     with op.batch_alter_table("usage_reservations", schema=None) as batch_op:
+        batch_op.create_index("ix_usage_reservations_id", ["id"], unique=False)
         batch_op.create_index(
             "ix_usage_reservations_status_expires_at", ["status", "expires_at"], unique=False
         )
@@ -2224,6 +2225,7 @@ def downgrade() -> None:
     op.drop_table("users")
     with op.batch_alter_table("usage_reservations", schema=None) as batch_op:
         batch_op.drop_index("ix_usage_reservations_status_expires_at")
+        batch_op.drop_index("ix_usage_reservations_id")
 
     op.drop_table("usage_reservations")
     op.drop_table("usage_limits")

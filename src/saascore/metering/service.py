@@ -1,0 +1,1262 @@
+"""Usage metering with exact limits: record, check, reserve/settle/release, rollups, pricing.
+
+Exactness comes from where the check happens: every quota decision is one conditional
+statement on the organisation's counter row for the metric and period,
+
+    INSERT INTO usage_counters ... ON CONFLICT (organization_id, metric, period_start)
+    DO UPDATE SET used = used + :q WHERE used + reserved + :q <= :limit RETURNING used
+
+so two racing requests cannot both take the last units: the second waits for the first's row
+lock and then sees its increment. Nothing is read and then written in Python.
+
+A record is idempotent by its key, which is unique per organisation in `usage_events`. The
+event is looked up first (a retry gets "duplicate" even when the quota is now full); if two
+copies race past that look-up, the counter of the loser is given back before it commits.
+Counters are keyed by period, so a new month (or day) starts at zero without a reset job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.kit import metrics
+from saascore.kit.db import Database
+from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
+from saascore.kit.idempotency import payload_hash
+from saascore.kit.ids import new_id
+from saascore.kit.sql import insert
+from saascore.kit.time import day_start, month_start, next_month_start, utcnow
+from saascore.metering.errors import (
+    LimitExceeded,
+    ReservationNotFound,
+    ReservationNotHeld,
+    StorageUnderflow,
+    UnknownMetric,
+)
+from saascore.models import (
+    Aggregation,
+    Meter,
+    ModelPricing,
+    Organization,
+    PlanLimit,
+    ReservationStatus,
+    ResetPeriod,
+    SubscriptionPlan,
+    UsageAlert,
+    UsageCounter,
+    UsageDailySummary,
+    UsageEvent,
+    UsageLimits,
+    UsageReservation,
+)
+
+__all__ = [
+    "BatchOutcome",
+    "CheckResult",
+    "Limit",
+    "RecordResult",
+    "StorageLimitResult",
+    "SummaryRow",
+    "TokenLimitResult",
+    "UsageEventIn",
+    "UsageService",
+    "UsageSnapshot",
+]
+
+logger = logging.getLogger("saascore.metering")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIB = 1024 * 1024
+TOKENS, STORAGE, API_CALLS = "tokens", "storage_bytes", "api_calls"
+THRESHOLDS = (80, 100)
+METER_CACHE_SECONDS = 30.0
+SummaryBy = Literal["day", "metric", "model", "feature"]
+
+
+# --- values in and out ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Limit:
+    """An organisation's limit on a metric: None is unlimited; a soft limit never refuses."""
+
+    value: int | None
+    hard: bool = True
+
+    def refuses(self, total: int) -> bool:
+        return self.hard and self.value is not None and total > self.value
+
+
+@dataclass(frozen=True)
+class UsageEventIn:
+    """One usage event to record. `cached_tokens` is the part of `input_tokens` served from the
+    provider's cache (priced at the cached rate)."""
+
+    metric: str
+    quantity: int
+    idempotency_key: str
+    organization_id: uuid.UUID | None = None
+    occurred_at: datetime | None = None
+    user_id: uuid.UUID | None = None
+    subscription_id: uuid.UUID | None = None
+    feature: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    credits_used: int = 0
+    request_id: str | None = None
+    batch_id: str | None = None
+    endpoint: str | None = None
+    response_time_ms: int | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        content = asdict(self)
+        content.pop("idempotency_key")
+        content.pop("organization_id")
+        return payload_hash(content)
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    event_id: uuid.UUID
+    status: Literal["accepted", "duplicate"]
+    metric: str
+    quantity: int
+    used: int
+    limit: int | None
+    #: True when a soft limit is passed (a hard one would have refused).
+    over_soft_limit: bool = False
+    cost_micros: int = 0
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    index: int
+    idempotency_key: str
+    status: Literal["accepted", "duplicate", "refused", "invalid"]
+    event_id: uuid.UUID | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class UsageSnapshot:
+    metric: str
+    period_start: datetime
+    period_end: datetime | None
+    used: int
+    reserved: int
+    limit: int | None
+    hard: bool
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(self.limit - self.used - self.reserved, 0)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    allowed: bool
+    metric: str
+    requested: int
+    used: int
+    reserved: int
+    limit: int | None
+    hard: bool
+    remaining: int | None
+
+
+@dataclass(frozen=True)
+class StorageLimitResult:
+    """Seed 000's answer to "may this organisation store `additional_bytes` more?"."""
+
+    allowed: bool
+    used_bytes: int
+    limit_bytes: int | None
+    remaining_bytes: int | None
+
+
+@dataclass(frozen=True)
+class TokenLimitResult:
+    allowed: bool
+    used_tokens: int
+    limit_tokens: int | None
+    remaining_tokens: int | None
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    key: str
+    quantity: int
+    event_count: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_micros: int
+
+
+@dataclass(frozen=True)
+class _MeterInfo:
+    code: str
+    aggregation: Aggregation
+    reset_period: ResetPeriod
+
+    def period(self, moment: datetime) -> tuple[datetime, datetime | None]:
+        if self.reset_period is ResetPeriod.MONTH:
+            return month_start(moment), next_month_start(moment)
+        if self.reset_period is ResetPeriod.DAY:
+            start = day_start(moment)
+            return start, start + timedelta(days=1)
+        return EPOCH, None
+
+
+def _unlimited(value: Any) -> int | None:
+    return None if value is None or int(value) < 0 else int(value)
+
+
+def _cost(pricing: ModelPricing, input_tokens: int, output_tokens: int, cached: int) -> int:
+    """Micro-units, rounded half up once at the end (prices are per million tokens)."""
+    uncached = max(input_tokens - cached, 0)
+    total = (
+        uncached * pricing.input_micros_per_million
+        + cached * pricing.cached_input_micros_per_million
+        + output_tokens * pricing.output_micros_per_million
+    )
+    return (total + 500_000) // 1_000_000
+
+
+class UsageService:
+    """Usage and limits of organisations. Methods take `session=` to join a unit of work."""
+
+    def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.clock = clock
+        self._meters: dict[str, _MeterInfo] = {}
+        self._meters_loaded_at = -math.inf
+
+    # --- recording -------------------------------------------------------------------------
+    async def record(
+        self,
+        org_id: uuid.UUID,
+        metric: str,
+        quantity: int,
+        *,
+        idempotency_key: str,
+        session: AsyncSession | None = None,
+        **fields: Any,
+    ) -> RecordResult:
+        """Check the limit and record in one atomic step.
+
+        Over a hard limit, raises `LimitExceeded(metric, limit, used, requested)` and records
+        nothing. A retry with the same key returns the first result with status "duplicate";
+        the same key with a different event raises `IdempotencyConflict`. `fields` are the
+        other `UsageEventIn` fields (`user_id`, `feature`, `model`, `properties`, ...).
+        """
+        event = UsageEventIn(
+            metric=metric, quantity=quantity, idempotency_key=idempotency_key, **fields
+        )
+        async with self.database.scope(session) as s:
+            return await self._record(s, org_id, event, enforce=True)
+
+    async def record_many(
+        self,
+        events: Sequence[UsageEventIn],
+        *,
+        org_id: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+    ) -> list[BatchOutcome]:
+        """Record a batch in one transaction, in order, each event on its own terms: accepted,
+        duplicate (of an earlier batch or of an event earlier in this one), refused by a hard
+        limit (`code` says why) or invalid. Events name their organisation or take `org_id`."""
+        outcomes: list[BatchOutcome] = []
+        async with self.database.scope(session) as s:
+            for index, event in enumerate(events):
+                organization = event.organization_id or org_id
+                try:
+                    if organization is None:
+                        raise InvalidInput("the event names no organisation")
+                    result = await self._record(s, organization, event, enforce=True)
+                except (DomainError, ValueError) as exc:
+                    code = exc.code if isinstance(exc, DomainError) else "invalid_input"
+                    message = exc.message if isinstance(exc, DomainError) else str(exc)
+                    status: Literal["refused", "invalid"] = (
+                        "refused" if isinstance(exc, LimitExceeded) else "invalid"
+                    )
+                    outcomes.append(
+                        BatchOutcome(
+                            index, event.idempotency_key, status, code=code, message=message
+                        )
+                    )
+                    continue
+                outcomes.append(
+                    BatchOutcome(index, event.idempotency_key, result.status, result.event_id)
+                )
+        return outcomes
+
+    async def log_token_usage(
+        self,
+        *,
+        org_id: uuid.UUID,
+        user_id: uuid.UUID | None = None,
+        feature: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cached_tokens: int = 0,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> RecordResult | None:
+        """Seed 000's token log: record an LLM call's tokens and cost after the fact.
+
+        Never raises into the caller and never refuses (the tokens are spent; use
+        `check_token_limit` or `reserve` before the call to enforce a limit). It runs in a
+        transaction of its own; a failure is logged with the whole event and counted in
+        `saascore_usage_log_failures_total`, then None is returned.
+        """
+        event = UsageEventIn(
+            metric=TOKENS,
+            quantity=input_tokens + output_tokens,
+            idempotency_key=idempotency_key or f"log:{new_id()}",
+            user_id=user_id,
+            feature=feature,
+            model=model,
+            provider=provider,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=cached_tokens,
+            **fields,
+        )
+        try:
+            async with self.database.transaction() as s:
+                return await self._record(s, org_id, event, enforce=False)
+        except Exception:
+            metrics.USAGE_LOG_FAILURES.inc()
+            logger.exception(
+                "token usage not recorded: organization_id=%s event=%r", org_id, asdict(event)
+            )
+            return None
+
+    async def _record(
+        self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
+    ) -> RecordResult:
+        if event.quantity < 0:
+            raise InvalidInput("the quantity must not be negative", field="quantity")
+        if not event.idempotency_key:
+            raise InvalidInput("an event needs an idempotency key", field="idempotency_key")
+        meter = await self._meter(s, event.metric)
+        if meter.code == STORAGE:
+            raise InvalidInput(
+                "storage is a gauge: change it with update_storage_used", metric=meter.code
+            )
+        now = self.clock()
+        occurred = event.occurred_at or now
+        if occurred.tzinfo is None:
+            raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
+        fingerprint = event.fingerprint()
+        previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
+        if previous is not None:
+            return previous
+        limit = await self.limit(org_id, meter.code, session=s)
+        increment = 1 if meter.aggregation is Aggregation.COUNT else event.quantity
+        period_start, period_end = meter.period(occurred)
+        counted = await self._bump(
+            s,
+            org_id,
+            meter,
+            period_start,
+            period_end,
+            used=increment,
+            reserved=0,
+            limit=limit if enforce else Limit(limit.value, hard=False),
+            now=now,
+        )
+        if counted is None:
+            metrics.USAGE_REFUSED.labels(meter.code).inc()
+            used, reserved = await self._counter(s, org_id, meter.code, period_start)
+            assert limit.value is not None
+            raise LimitExceeded(meter.code, limit.value, used + reserved, increment)
+        used, reserved = counted
+
+        cost = 0
+        if event.model is not None and (event.input_tokens or event.output_tokens):
+            cost = await self._price(s, event, occurred)
+        event_id = new_id()
+        inserted = await s.execute(
+            insert(s, UsageEvent)
+            .values(
+                organization_id=org_id,
+                id=event_id,
+                idempotency_key=event.idempotency_key,
+                payload_hash=fingerprint,
+                metric=meter.code,
+                quantity=event.quantity,
+                user_id=event.user_id,
+                subscription_id=event.subscription_id,
+                feature=event.feature,
+                model=event.model,
+                provider=event.provider,
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                cached_tokens=event.cached_tokens,
+                total_tokens=event.input_tokens + event.output_tokens,
+                cost_micros=cost,
+                credits_used=event.credits_used,
+                request_id=event.request_id,
+                batch_id=event.batch_id,
+                endpoint=event.endpoint,
+                response_time_ms=event.response_time_ms,
+                properties=event.properties,
+                occurred_at=occurred,
+                recorded_at=now,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[UsageEvent.organization_id, UsageEvent.idempotency_key]
+            )
+            .returning(UsageEvent.id)
+        )
+        if inserted.scalar_one_or_none() is None:
+            # A copy of this event committed between our look-up and our insert: give the
+            # counter back (we still hold its row lock) and answer as the retry we are.
+            if meter.aggregation is not Aggregation.MAX:
+                await self._give_back(s, org_id, meter.code, period_start, used=increment)
+            previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
+            assert previous is not None
+            return previous
+
+        await self._roll_up(s, org_id, meter.code, event, occurred, cost, now)
+        if limit.value is not None:
+            await self._alerts(
+                s, org_id, meter.code, period_start, limit.value, used + reserved, increment, now
+            )
+        metrics.USAGE_RECORDED.labels(meter.code).inc()
+        return RecordResult(
+            event_id=event_id,
+            status="accepted",
+            metric=meter.code,
+            quantity=event.quantity,
+            used=used,
+            limit=limit.value,
+            over_soft_limit=limit.value is not None and used + reserved > limit.value,
+            cost_micros=cost,
+        )
+
+    async def _previous(
+        self, s: AsyncSession, org_id: uuid.UUID, key: str, fingerprint: str
+    ) -> RecordResult | None:
+        row = (
+            await s.execute(
+                sa.select(
+                    UsageEvent.id,
+                    UsageEvent.payload_hash,
+                    UsageEvent.metric,
+                    UsageEvent.quantity,
+                    UsageEvent.cost_micros,
+                    UsageEvent.occurred_at,
+                ).where(UsageEvent.organization_id == org_id, UsageEvent.idempotency_key == key)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        event_id, stored_hash, metric, quantity, cost, occurred = row
+        if stored_hash != fingerprint:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used for a different event", idempotency_key=key
+            )
+        meter = await self._meter(s, metric)
+        used, _ = await self._counter(s, org_id, metric, meter.period(occurred)[0])
+        limit = await self.limit(org_id, metric, session=s)
+        return RecordResult(
+            event_id, "duplicate", metric, quantity, used, limit.value, cost_micros=cost
+        )
+
+    # --- checks and queries ----------------------------------------------------------------
+    async def check(
+        self,
+        org_id: uuid.UUID,
+        metric: str,
+        quantity: int,
+        *,
+        session: AsyncSession | None = None,
+    ) -> CheckResult:
+        """Would `quantity` more be allowed now? Records nothing."""
+        snapshot = await self.usage(org_id, metric, session=session)
+        limit = Limit(snapshot.limit, snapshot.hard)
+        return CheckResult(
+            allowed=not limit.refuses(snapshot.used + snapshot.reserved + quantity),
+            metric=metric,
+            requested=quantity,
+            used=snapshot.used,
+            reserved=snapshot.reserved,
+            limit=snapshot.limit,
+            hard=snapshot.hard,
+            remaining=snapshot.remaining,
+        )
+
+    async def usage(
+        self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None
+    ) -> UsageSnapshot:
+        """Used, reserved and the limit for the current period."""
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            meter = await self._meter(s, metric)
+            limit = await self.limit(org_id, metric, session=s)
+            start, end = meter.period(now)
+            if meter.code == STORAGE:
+                used, reserved = await self._storage_used(s, org_id), 0
+            else:
+                used, reserved = await self._counter(s, org_id, meter.code, start)
+        return UsageSnapshot(meter.code, start, end, used, reserved, limit.value, limit.hard)
+
+    async def limits(
+        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+    ) -> list[UsageSnapshot]:
+        """Usage and limits of every active meter."""
+        async with self.database.scope(session) as s:
+            await self._refresh_meters(s)
+            return [await self.usage(org_id, code, session=s) for code in sorted(self._meters)]
+
+    async def summary(
+        self,
+        org_id: uuid.UUID,
+        *,
+        start: date,
+        end: date,
+        by: SummaryBy = "day",
+        metric: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> list[SummaryRow]:
+        """Usage from `usage_daily_summary` between two days (inclusive), grouped `by`."""
+        column = {
+            "day": UsageDailySummary.day,
+            "metric": UsageDailySummary.metric,
+            "model": UsageDailySummary.model,
+            "feature": UsageDailySummary.feature,
+        }[by]
+        query = (
+            sa.select(
+                column,
+                sa.func.sum(UsageDailySummary.quantity),
+                sa.func.sum(UsageDailySummary.event_count),
+                sa.func.sum(UsageDailySummary.input_tokens),
+                sa.func.sum(UsageDailySummary.output_tokens),
+                sa.func.sum(UsageDailySummary.total_tokens),
+                sa.func.sum(UsageDailySummary.cost_micros),
+            )
+            .where(
+                UsageDailySummary.organization_id == org_id,
+                UsageDailySummary.day >= start,
+                UsageDailySummary.day <= end,
+            )
+            .group_by(column)
+            .order_by(column)
+        )
+        if metric is not None:
+            query = query.where(UsageDailySummary.metric == metric)
+        async with self.database.scope(session) as s:
+            rows = (await s.execute(query)).all()
+        return [
+            SummaryRow(str(key), *(int(value or 0) for value in values)) for key, *values in rows
+        ]
+
+    async def limit(
+        self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None
+    ) -> Limit:
+        """The organisation's limit on a metric: its override, else its plan's."""
+        query = (
+            sa.select(
+                UsageLimits.overrides,
+                PlanLimit.limit_value,
+                PlanLimit.is_hard,
+                PlanLimit.id,
+                SubscriptionPlan.monthly_token_limit,
+                SubscriptionPlan.max_storage_mb,
+                SubscriptionPlan.max_api_calls_per_day,
+            )
+            .select_from(Organization)
+            .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
+            .outerjoin(UsageLimits, UsageLimits.organization_id == Organization.id)
+            .outerjoin(
+                PlanLimit,
+                sa.and_(PlanLimit.plan_id == SubscriptionPlan.id, PlanLimit.metric == metric),
+            )
+            .where(Organization.id == org_id)
+        )
+        async with self.database.scope(session) as s:
+            row = (await s.execute(query)).one_or_none()
+        if row is None:
+            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+        overrides, plan_limit, plan_hard, plan_limit_id, tokens, storage_mb, api_calls = row
+        override = (overrides or {}).get(metric)
+        if isinstance(override, dict):
+            return Limit(_unlimited(override.get("limit")), bool(override.get("hard", True)))
+        if plan_limit_id is not None:
+            return Limit(_unlimited(plan_limit), bool(plan_hard))
+        builtin = {
+            TOKENS: tokens,
+            STORAGE: None if storage_mb is None else storage_mb * MIB,
+            API_CALLS: api_calls,
+        }.get(metric)
+        return Limit(_unlimited(builtin))
+
+    async def set_limit(
+        self,
+        org_id: uuid.UUID,
+        metric: str,
+        limit: int | None,
+        *,
+        hard: bool = True,
+        session: AsyncSession | None = None,
+    ) -> Limit:
+        """Override the plan's limit on `metric` for one organisation (None: unlimited)."""
+        async with self.database.scope(session) as s:
+            await self._meter(s, metric)
+            account = await self._account(s, org_id)
+            overrides = dict(account.overrides or {})
+            overrides[metric] = {"limit": _unlimited(limit), "hard": hard}
+            account.overrides = overrides
+            account.updated_at = self.clock()
+            await s.flush()
+        return Limit(_unlimited(limit), hard)
+
+    async def clear_limit(
+        self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None
+    ) -> Limit:
+        """Drop the organisation's override: the plan's limit applies again."""
+        async with self.database.scope(session) as s:
+            account = await self._account(s, org_id)
+            overrides = dict(account.overrides or {})
+            overrides.pop(metric, None)
+            account.overrides = overrides
+            account.updated_at = self.clock()
+            await s.flush()
+            return await self.limit(org_id, metric, session=s)
+
+    # --- reservations --------------------------------------------------------------------------
+    async def reserve(
+        self,
+        org_id: uuid.UUID,
+        metric: str,
+        quantity: int,
+        *,
+        ttl: timedelta = timedelta(minutes=5),
+        idempotency_key: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> UsageReservation:
+        """Hold `quantity` against the limit before slow work; `settle` or `release` after.
+
+        `used + reserved` never passes a hard limit. A reservation not settled within `ttl`
+        expires and stops holding quota (swept on the next access, or by `sweep`).
+        """
+        if quantity <= 0:
+            raise InvalidInput("a reservation needs a positive quantity", field="quantity")
+        if ttl <= timedelta(0):
+            raise InvalidInput("the time to live must be positive", field="ttl")
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            meter = await self._meter(s, metric)
+            if idempotency_key is not None:
+                existing = (
+                    await s.scalars(
+                        sa.select(UsageReservation).where(
+                            UsageReservation.organization_id == org_id,
+                            UsageReservation.idempotency_key == idempotency_key,
+                        )
+                    )
+                ).one_or_none()
+                if existing is not None:
+                    if (existing.metric, existing.quantity) != (meter.code, quantity):
+                        raise IdempotencyConflict(
+                            f"idempotency key {idempotency_key!r} was used for another reservation",
+                            idempotency_key=idempotency_key,
+                        )
+                    return existing
+            await self.sweep(org_id=org_id, metric=meter.code, session=s)
+            limit = await self.limit(org_id, meter.code, session=s)
+            period_start, period_end = meter.period(now)
+            counted = await self._bump(
+                s,
+                org_id,
+                meter,
+                period_start,
+                period_end,
+                used=0,
+                reserved=quantity,
+                limit=limit,
+                now=now,
+            )
+            if counted is None:
+                metrics.USAGE_REFUSED.labels(meter.code).inc()
+                used, reserved = await self._counter(s, org_id, meter.code, period_start)
+                assert limit.value is not None
+                raise LimitExceeded(meter.code, limit.value, used + reserved, quantity)
+            reservation = UsageReservation(
+                organization_id=org_id,
+                id=new_id(),
+                metric=meter.code,
+                period_start=period_start,
+                quantity=quantity,
+                status=ReservationStatus.HELD,
+                idempotency_key=idempotency_key,
+                expires_at=now + ttl,
+                created_at=now,
+            )
+            s.add(reservation)
+            await s.flush()
+            return reservation
+
+    async def settle(
+        self,
+        reservation_id: uuid.UUID,
+        actual_quantity: int,
+        *,
+        org_id: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+        **fields: Any,
+    ) -> RecordResult:
+        """Record the real amount of a held reservation and stop holding the reserved one.
+
+        More than was reserved is recorded only within a hard limit (else `LimitExceeded`, and
+        the reservation stays held). Records a usage event keyed by the reservation.
+        """
+        if actual_quantity < 0:
+            raise InvalidInput("the quantity must not be negative", field="actual_quantity")
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            reservation = await self._claim(
+                s, reservation_id, org_id, ReservationStatus.SETTLED, now, actual_quantity
+            )
+            meter = await self._meter(s, reservation.metric)
+            limit = await self.limit(reservation.organization_id, meter.code, session=s)
+            extra = actual_quantity - reservation.quantity
+            statement = (
+                sa.update(UsageCounter)
+                .where(
+                    UsageCounter.organization_id == reservation.organization_id,
+                    UsageCounter.metric == meter.code,
+                    UsageCounter.period_start == reservation.period_start,
+                )
+                .values(
+                    used=UsageCounter.used + actual_quantity,
+                    reserved=UsageCounter.reserved - reservation.quantity,
+                    updated_at=now,
+                )
+                .returning(UsageCounter.used, UsageCounter.reserved)
+            )
+            if extra > 0 and limit.hard and limit.value is not None:
+                statement = statement.where(
+                    UsageCounter.used + UsageCounter.reserved + extra <= limit.value
+                )
+            counted = (await s.execute(statement)).one_or_none()
+            if counted is None:
+                used, reserved = await self._counter(
+                    s, reservation.organization_id, meter.code, reservation.period_start
+                )
+                assert limit.value is not None
+                raise LimitExceeded(meter.code, limit.value, used + reserved, extra)
+            event = UsageEventIn(
+                metric=meter.code,
+                quantity=actual_quantity,
+                idempotency_key=f"reservation:{reservation.id}",
+                **fields,
+            )
+            cost = 0
+            if event.model is not None and (event.input_tokens or event.output_tokens):
+                cost = await self._price(s, event, now)
+            event_id = new_id()
+            s.add(
+                UsageEvent(
+                    organization_id=reservation.organization_id,
+                    id=event_id,
+                    idempotency_key=event.idempotency_key,
+                    payload_hash=event.fingerprint(),
+                    metric=meter.code,
+                    quantity=actual_quantity,
+                    user_id=event.user_id,
+                    feature=event.feature,
+                    model=event.model,
+                    provider=event.provider,
+                    input_tokens=event.input_tokens,
+                    output_tokens=event.output_tokens,
+                    cached_tokens=event.cached_tokens,
+                    total_tokens=event.input_tokens + event.output_tokens,
+                    cost_micros=cost,
+                    properties={**event.properties, "reservation_id": str(reservation.id)},
+                    occurred_at=now,
+                    recorded_at=now,
+                )
+            )
+            await self._roll_up(s, reservation.organization_id, meter.code, event, now, cost, now)
+            used, reserved = counted
+            if limit.value is not None and extra > 0:
+                await self._alerts(
+                    s,
+                    reservation.organization_id,
+                    meter.code,
+                    reservation.period_start,
+                    limit.value,
+                    used + reserved,
+                    extra,
+                    now,
+                )
+            metrics.USAGE_RECORDED.labels(meter.code).inc()
+            return RecordResult(
+                event_id,
+                "accepted",
+                meter.code,
+                actual_quantity,
+                used,
+                limit.value,
+                limit.value is not None and used + reserved > limit.value,
+                cost,
+            )
+
+    async def release(
+        self,
+        reservation_id: uuid.UUID,
+        *,
+        org_id: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+    ) -> UsageReservation:
+        """Stop holding a reservation's quota without recording usage."""
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            reservation = await self._claim(
+                s, reservation_id, org_id, ReservationStatus.RELEASED, now, None
+            )
+            await self._give_back(
+                s,
+                reservation.organization_id,
+                reservation.metric,
+                reservation.period_start,
+                reserved=reservation.quantity,
+            )
+            return reservation
+
+    async def sweep(
+        self,
+        *,
+        org_id: uuid.UUID | None = None,
+        metric: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> int:
+        """Expire held reservations past their time, giving their quota back. Returns how many."""
+        now = self.clock()
+        statement = (
+            sa.update(UsageReservation)
+            .where(
+                UsageReservation.status == ReservationStatus.HELD,
+                UsageReservation.expires_at <= now,
+            )
+            .values(status=ReservationStatus.EXPIRED, finished_at=now)
+            .returning(
+                UsageReservation.organization_id,
+                UsageReservation.metric,
+                UsageReservation.period_start,
+                UsageReservation.quantity,
+            )
+        )
+        if org_id is not None:
+            statement = statement.where(UsageReservation.organization_id == org_id)
+        if metric is not None:
+            statement = statement.where(UsageReservation.metric == metric)
+        async with self.database.scope(session) as s:
+            expired = (
+                await s.execute(statement, execution_options={"synchronize_session": False})
+            ).all()
+            for organization, expired_metric, period_start, quantity in expired:
+                await self._give_back(
+                    s, organization, expired_metric, period_start, reserved=quantity
+                )
+        return len(expired)
+
+    async def _claim(
+        self,
+        s: AsyncSession,
+        reservation_id: uuid.UUID,
+        org_id: uuid.UUID | None,
+        status: ReservationStatus,
+        now: datetime,
+        settled_quantity: int | None,
+    ) -> UsageReservation:
+        """Move a held, unexpired reservation to `status`: one conditional UPDATE, so a settle,
+        a release and a sweep racing for it cannot both win."""
+        found = sa.and_(
+            UsageReservation.id == reservation_id,
+            *([UsageReservation.organization_id == org_id] if org_id is not None else []),
+        )
+        claimed = (
+            await s.execute(
+                sa.update(UsageReservation)
+                .where(
+                    found,
+                    UsageReservation.status == ReservationStatus.HELD,
+                    UsageReservation.expires_at > now,
+                )
+                .values(status=status, finished_at=now, settled_quantity=settled_quantity)
+                .returning(UsageReservation),
+                execution_options={"synchronize_session": False, "populate_existing": True},
+            )
+        ).scalar_one_or_none()
+        if claimed is not None:
+            return claimed
+        current = (await s.scalars(sa.select(UsageReservation).where(found))).one_or_none()
+        if current is None:
+            raise ReservationNotFound(
+                f"no reservation {reservation_id}", reservation_id=str(reservation_id)
+            )
+        if current.status is ReservationStatus.HELD:  # held but past its time
+            await self.sweep(org_id=current.organization_id, metric=current.metric, session=s)
+            state = "expired"
+        else:
+            state = current.status.value
+        raise ReservationNotHeld(
+            f"reservation {reservation_id} is {state}",
+            reservation_id=str(reservation_id),
+            status=state,
+        )
+
+    # --- seed 000's storage and token calls ----------------------------------------------------
+    async def check_storage_limit(
+        self, org_id: uuid.UUID, additional_bytes: int, *, session: AsyncSession | None = None
+    ) -> StorageLimitResult:
+        """May the organisation store `additional_bytes` more? O(1): one row read."""
+        async with self.database.scope(session) as s:
+            used = await self._storage_used(s, org_id)
+            limit = await self.limit(org_id, STORAGE, session=s)
+        remaining = None if limit.value is None else max(limit.value - used, 0)
+        return StorageLimitResult(
+            allowed=not limit.refuses(used + additional_bytes),
+            used_bytes=used,
+            limit_bytes=limit.value,
+            remaining_bytes=remaining,
+        )
+
+    async def update_storage_used(
+        self, org_id: uuid.UUID, delta_bytes: int, *, session: AsyncSession | None = None
+    ) -> int:
+        """Add (or, negative, subtract) stored bytes atomically; returns the new total.
+
+        A decrement below zero is refused (`InvalidInput`, code `storage_underflow`), and so is
+        an increment past a hard storage limit (`LimitExceeded`); neither changes anything.
+        """
+        now = self.clock()
+        async with self.database.scope(session) as s:
+            limit = await self.limit(org_id, STORAGE, session=s)
+            account = await self._account(s, org_id, lock=False)
+            statement = (
+                sa.update(UsageLimits)
+                .where(
+                    UsageLimits.organization_id == account.organization_id,
+                    UsageLimits.storage_used_bytes + delta_bytes >= 0,
+                )
+                .values(
+                    storage_used_bytes=UsageLimits.storage_used_bytes + delta_bytes, updated_at=now
+                )
+                .returning(UsageLimits.storage_used_bytes)
+            )
+            if delta_bytes > 0 and limit.hard and limit.value is not None:
+                statement = statement.where(
+                    UsageLimits.storage_used_bytes + delta_bytes <= limit.value
+                )
+            total = (
+                await s.execute(statement, execution_options={"synchronize_session": False})
+            ).scalar_one_or_none()
+            if total is not None:
+                return int(total)
+            used = await self._storage_used(s, org_id)
+            if delta_bytes < 0:
+                raise StorageUnderflow(
+                    f"cannot free {-delta_bytes} bytes: only {used} are in use",
+                    used_bytes=used,
+                    delta_bytes=delta_bytes,
+                )
+            metrics.USAGE_REFUSED.labels(STORAGE).inc()
+            assert limit.value is not None
+            raise LimitExceeded(STORAGE, limit.value, used, delta_bytes)
+
+    async def check_token_limit(
+        self, org_id: uuid.UUID, tokens: int, *, session: AsyncSession | None = None
+    ) -> TokenLimitResult:
+        result = await self.check(org_id, TOKENS, tokens, session=session)
+        return TokenLimitResult(
+            allowed=result.allowed,
+            used_tokens=result.used + result.reserved,
+            limit_tokens=result.limit,
+            remaining_tokens=result.remaining,
+        )
+
+    # --- internals -----------------------------------------------------------------------------
+    async def _meter(self, s: AsyncSession, code: str) -> _MeterInfo:
+        meter = self._meters.get(code)
+        if meter is None or self.clock().timestamp() - self._meters_loaded_at > METER_CACHE_SECONDS:
+            await self._refresh_meters(s)
+            meter = self._meters.get(code)
+        if meter is None:
+            raise UnknownMetric(f"no meter {code!r}", metric=code)
+        return meter
+
+    async def _refresh_meters(self, s: AsyncSession) -> None:
+        rows = await s.execute(
+            sa.select(Meter.code, Meter.aggregation, Meter.reset_period).where(
+                Meter.is_active.is_(True)
+            )
+        )
+        self._meters = {code: _MeterInfo(code, agg, reset) for code, agg, reset in rows}
+        self._meters_loaded_at = self.clock().timestamp()
+
+    async def _account(
+        self, s: AsyncSession, org_id: uuid.UUID, *, lock: bool = True
+    ) -> UsageLimits:
+        """The organisation's `usage_limits` row, made if missing (and locked if asked)."""
+        query = sa.select(UsageLimits).where(UsageLimits.organization_id == org_id)
+        if lock:
+            query = query.with_for_update()
+        query = query.execution_options(populate_existing=True)
+        account = (await s.scalars(query)).one_or_none()
+        if account is None:
+            exists = await s.scalar(sa.select(Organization.id).where(Organization.id == org_id))
+            if exists is None:
+                raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+            await s.execute(
+                insert(s, UsageLimits)
+                .values(id=new_id(), organization_id=org_id)
+                .on_conflict_do_nothing(index_elements=[UsageLimits.organization_id])
+            )
+            account = (await s.scalars(query)).one()
+        return account
+
+    async def _storage_used(self, s: AsyncSession, org_id: uuid.UUID) -> int:
+        used = await s.scalar(
+            sa.select(UsageLimits.storage_used_bytes).where(UsageLimits.organization_id == org_id)
+        )
+        return int(used or 0)
+
+    async def _counter(
+        self, s: AsyncSession, org_id: uuid.UUID, metric: str, period_start: datetime
+    ) -> tuple[int, int]:
+        row = (
+            await s.execute(
+                sa.select(UsageCounter.used, UsageCounter.reserved).where(
+                    UsageCounter.organization_id == org_id,
+                    UsageCounter.metric == metric,
+                    UsageCounter.period_start == period_start,
+                )
+            )
+        ).one_or_none()
+        return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+    async def _bump(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        meter: _MeterInfo,
+        period_start: datetime,
+        period_end: datetime | None,
+        *,
+        used: int,
+        reserved: int,
+        limit: Limit,
+        now: datetime,
+    ) -> tuple[int, int] | None:
+        """Add to the period's counter in one statement, unless a hard limit refuses it.
+        Returns the counter's new (used, reserved), or None when refused."""
+        cap = limit.value if limit.hard else None
+        values = sa.select(
+            sa.literal(org_id, sa.Uuid()),
+            sa.literal(new_id(), sa.Uuid()),
+            sa.literal(meter.code),
+            sa.literal(period_start, UsageCounter.period_start.type),
+            sa.literal(period_end, UsageCounter.period_end.type),
+            sa.literal(used, sa.BigInteger()),
+            sa.literal(reserved, sa.BigInteger()),
+            sa.literal(now, UsageCounter.updated_at.type),
+        ).where(sa.true() if cap is None else sa.literal(used + reserved) <= cap)
+        statement = insert(s, UsageCounter).from_select(
+            [
+                "organization_id",
+                "id",
+                "metric",
+                "period_start",
+                "period_end",
+                "used",
+                "reserved",
+                "updated_at",
+            ],
+            values,
+        )
+        excluded = statement.excluded
+        if meter.aggregation is Aggregation.MAX:
+            new_used: Any = sa.case(
+                (excluded.used > UsageCounter.used, excluded.used), else_=UsageCounter.used
+            )
+            over = new_used + UsageCounter.reserved + excluded.reserved
+        else:
+            new_used = UsageCounter.used + excluded.used
+            over = UsageCounter.used + UsageCounter.reserved + excluded.used + excluded.reserved
+        statement = statement.on_conflict_do_update(
+            index_elements=[
+                UsageCounter.organization_id,
+                UsageCounter.metric,
+                UsageCounter.period_start,
+            ],
+            set_={
+                "used": new_used,
+                "reserved": UsageCounter.reserved + excluded.reserved,
+                "updated_at": excluded.updated_at,
+            },
+            where=None if cap is None else over <= cap,
+        )
+        row = (
+            await s.execute(statement.returning(UsageCounter.used, UsageCounter.reserved))
+        ).one_or_none()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def _give_back(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        metric: str,
+        period_start: datetime,
+        *,
+        used: int = 0,
+        reserved: int = 0,
+    ) -> None:
+        await s.execute(
+            sa.update(UsageCounter)
+            .where(
+                UsageCounter.organization_id == org_id,
+                UsageCounter.metric == metric,
+                UsageCounter.period_start == period_start,
+            )
+            .values(
+                used=UsageCounter.used - used,
+                reserved=UsageCounter.reserved - reserved,
+                updated_at=self.clock(),
+            ),
+            execution_options={"synchronize_session": False},
+        )
+
+    async def _roll_up(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        metric: str,
+        event: UsageEventIn,
+        occurred: datetime,
+        cost: int,
+        now: datetime,
+    ) -> None:
+        """Add the event to its day's row of `usage_daily_summary`, in the same transaction."""
+        amounts = {
+            "quantity": event.quantity,
+            "event_count": 1,
+            "input_tokens": event.input_tokens,
+            "output_tokens": event.output_tokens,
+            "cached_tokens": event.cached_tokens,
+            "total_tokens": event.input_tokens + event.output_tokens,
+            "cost_micros": cost,
+        }
+        statement = insert(s, UsageDailySummary).values(
+            organization_id=org_id,
+            id=new_id(),
+            day=occurred.astimezone(UTC).date(),
+            metric=metric,
+            model=event.model or "",
+            provider=event.provider or "",
+            feature=event.feature or "",
+            updated_at=now,
+            **amounts,
+        )
+        excluded = statement.excluded
+        await s.execute(
+            statement.on_conflict_do_update(
+                index_elements=[
+                    UsageDailySummary.organization_id,
+                    UsageDailySummary.day,
+                    UsageDailySummary.metric,
+                    UsageDailySummary.model,
+                    UsageDailySummary.provider,
+                    UsageDailySummary.feature,
+                ],
+                set_={
+                    **{
+                        name: getattr(UsageDailySummary, name) + getattr(excluded, name)
+                        for name in amounts
+                    },
+                    "updated_at": excluded.updated_at,
+                },
+            )
+        )
+
+    async def _alerts(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        metric: str,
+        period_start: datetime,
+        limit: int,
+        total: int,
+        increment: int,
+        now: datetime,
+    ) -> None:
+        """Record each threshold (80 %, 100 %) the increment crossed, once per period."""
+        before = total - increment
+        for percent in THRESHOLDS:
+            threshold = math.ceil(limit * percent / 100)
+            if before < threshold <= total:
+                await s.execute(
+                    insert(s, UsageAlert)
+                    .values(
+                        organization_id=org_id,
+                        id=new_id(),
+                        metric=metric,
+                        period_start=period_start,
+                        threshold_percent=percent,
+                        limit_value=limit,
+                        used=total,
+                        crossed_at=now,
+                    )
+                    .on_conflict_do_nothing(
+                        index_elements=[
+                            UsageAlert.organization_id,
+                            UsageAlert.metric,
+                            UsageAlert.period_start,
+                            UsageAlert.threshold_percent,
+                        ]
+                    )
+                )
+
+    async def _price(self, s: AsyncSession, event: UsageEventIn, at: datetime) -> int:
+        """The event's cost in micro-units from `model_pricing`; 0, counted, if unpriced."""
+        query = (
+            sa.select(ModelPricing)
+            .where(
+                ModelPricing.model == event.model,
+                ModelPricing.is_active.is_(True),
+                ModelPricing.effective_from <= at,
+                sa.or_(ModelPricing.effective_to.is_(None), ModelPricing.effective_to > at),
+            )
+            .order_by(ModelPricing.effective_from.desc())
+            .limit(1)
+        )
+        if event.provider is not None:
+            query = query.where(ModelPricing.provider == event.provider)
+        pricing = (await s.scalars(query)).first()
+        if pricing is None:
+            metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()
+            logger.warning(
+                "no price for model %s/%s: recorded at cost 0", event.provider, event.model
+            )
+            return 0
+        return _cost(pricing, event.input_tokens, event.output_tokens, event.cached_tokens)
