@@ -4,6 +4,8 @@
     saascore db upgrade                # migrate the configured database
     saascore plans load                # the default plan catalog
     saascore orgs create Acme --plan pro
+    saascore usage import events.jsonl # idempotent, resumable bulk ingest
+    saascore credits verify            # check every ledger
 
 Every command reports an error as one line on stderr with a non-zero exit code (see `_run`).
 """
@@ -16,7 +18,7 @@ from typing import Annotated
 import typer
 
 from saascore import __version__
-from saascore.cli import db, orgs, plans
+from saascore.cli import credits, db, orgs, plans, usage
 from saascore.cli._run import echo_error, explain_or_unexpected
 from saascore.cli.serve import demo, serve
 
@@ -34,6 +36,8 @@ app.command()(demo)
 app.add_typer(db.app)
 app.add_typer(plans.app)
 app.add_typer(orgs.app)
+app.add_typer(usage.app)
+app.add_typer(credits.app)
 
 
 def _print_version(value: bool) -> None:

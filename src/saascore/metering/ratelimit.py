@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
 import redis.asyncio
 from fastapi import Depends, Request, Response
 from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerHour, RateLimitItemPerMinute
-from limits.aio.storage import Storage
+from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.limits import safe_string
 from limits.storage import storage_from_string
@@ -331,18 +331,17 @@ class RateLimiter:
 
     async def reset(self, key: str) -> None:
         """Forget every window of `key`."""
-        await asyncio.gather(
-            *(
-                self._strategy.clear(item(1, namespace=self._namespace), key)
-                for item in _ITEMS.values()
-            )
-        )
+        await self._settle_memory_expiry()
+        # One after the other, with no await that yields in between on the memory storage.
+        for item in _ITEMS.values():
+            await self._strategy.clear(item(1, namespace=self._namespace), key)
 
     async def close(self) -> None:
         """Release the storage: Redis connections are closed, in-memory windows dropped."""
         if self._pool is not None:
             await self._pool.aclose()
         else:
+            await self._settle_memory_expiry()
             await self._storage.reset()
 
     async def __aenter__(self) -> Self:
@@ -369,6 +368,15 @@ class RateLimiter:
             for name, limit in limits.by_window()
             if limit is not None
         ]
+
+    async def _settle_memory_expiry(self) -> None:
+        """Let the memory storage's background expiry pass finish before keys are removed.
+
+        That task (limits 5.8) snapshots the keys and yields between them; a key cleared
+        meanwhile makes it fail with a KeyError ("Task exception was never retrieved")."""
+        if isinstance(self._storage, MemoryStorage):
+            while (task := self._storage.timer) is not None and not task.done():
+                await asyncio.wait({task})
 
     def _lock(self, key: str) -> asyncio.Lock:
         # Weak values: a key's lock lives only while a request holds or awaits it.
@@ -441,11 +449,13 @@ def rate_limit_dependency(
     if cost < 1:
         raise ValueError(f"cost must be >= 1, got {cost}")
 
+    # Defaults rather than `Annotated[..., Depends(key_func)]`: with postponed annotations
+    # FastAPI would look the closure's functions up in this module's globals.
     async def enforce_rate_limit(
         request: Request,
         response: Response,
         key: str = Depends(key_func),
-        limits: PlanRateLimits = Depends(limits_func),
+        limits: PlanRateLimits = Depends(limits_func),  # noqa: B008
     ) -> RateLimitResult:
         active = limiter if isinstance(limiter, RateLimiter) else limiter(request)
         result = await active.hit(key, limits, cost)

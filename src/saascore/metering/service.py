@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -65,6 +66,7 @@ __all__ = [
     "Limit",
     "RecordResult",
     "StorageLimitResult",
+    "SummaryBy",
     "SummaryRow",
     "TokenLimitResult",
     "UsageEventIn",
@@ -79,10 +81,18 @@ MIB = 1024 * 1024
 TOKENS, STORAGE, API_CALLS = "tokens", "storage_bytes", "api_calls"
 THRESHOLDS = (80, 100)
 METER_CACHE_SECONDS = 30.0
-SummaryBy = Literal["day", "metric", "model", "feature"]
 
 
 # --- values in and out ---------------------------------------------------------------------
+class SummaryBy(StrEnum):
+    """What a usage summary groups by."""
+
+    DAY = "day"
+    METRIC = "metric"
+    MODEL = "model"
+    FEATURE = "feature"
+
+
 @dataclass(frozen=True)
 class Limit:
     """An organisation's limit on a metric: None is unlimited; a soft limit never refuses."""
@@ -532,17 +542,23 @@ class UsageService:
         *,
         start: date,
         end: date,
-        by: SummaryBy = "day",
+        by: SummaryBy | str = SummaryBy.DAY,
         metric: str | None = None,
         session: AsyncSession | None = None,
     ) -> list[SummaryRow]:
         """Usage from `usage_daily_summary` between two days (inclusive), grouped `by`."""
+        try:
+            grouping = SummaryBy(by)
+        except ValueError:
+            raise InvalidInput(
+                f"cannot group by {by!r}: use day, metric, model or feature", field="by"
+            ) from None
         column = {
-            "day": UsageDailySummary.day,
-            "metric": UsageDailySummary.metric,
-            "model": UsageDailySummary.model,
-            "feature": UsageDailySummary.feature,
-        }[by]
+            SummaryBy.DAY: UsageDailySummary.day,
+            SummaryBy.METRIC: UsageDailySummary.metric,
+            SummaryBy.MODEL: UsageDailySummary.model,
+            SummaryBy.FEATURE: UsageDailySummary.feature,
+        }[grouping]
         query = (
             sa.select(
                 column,
@@ -1256,7 +1272,9 @@ class UsageService:
         if pricing is None:
             metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()
             logger.warning(
-                "no price for model %s/%s: recorded at cost 0", event.provider, event.model
+                "no price for model %r (provider %r): recorded at cost 0",
+                event.model,
+                event.provider,
             )
             return 0
         return _cost(pricing, event.input_tokens, event.output_tokens, event.cached_tokens)

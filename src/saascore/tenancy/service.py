@@ -107,6 +107,14 @@ class OrganizationService:
     ) -> Organization:
         return await self._one(Organization.external_id == external_id, session, external_id)
 
+    async def resolve(self, reference: str, *, session: AsyncSession | None = None) -> Organization:
+        """An organisation by its id or, failing that, its external id (for people typing)."""
+        try:
+            organization_id = uuid.UUID(reference)
+        except ValueError:
+            return await self.get_by_external_id(reference, session=session)
+        return await self.get(organization_id, session=session)
+
     async def list(
         self, *, limit: int = 100, offset: int = 0, session: AsyncSession | None = None
     ) -> Sequence[Organization]:

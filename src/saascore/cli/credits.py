@@ -1,0 +1,102 @@
+"""`saascore credits`: grant credits, show a balance, verify the ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from saascore.cli._output import console, new_table
+from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.credits import CreditAccount, LedgerProblem
+from saascore.models import CreditSource, CreditTransaction
+
+__all__ = ["app"]
+
+app = typer.Typer(name="credits", help="Credits: grant, balance, verify.", no_args_is_help=True)
+
+
+@app.command()
+@handle_errors
+def grant(
+    org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+    amount: Annotated[int, typer.Argument(min=1, help="How many credits.")],
+    source: Annotated[CreditSource, typer.Option(help="Where they come from.")] = (
+        CreditSource.MANUAL
+    ),
+    priority: Annotated[int, typer.Option(help="Draw order: lower is drawn first.")] = 0,
+    expires_at: Annotated[
+        datetime | None,
+        typer.Option(help="When they lapse (UTC), e.g. 2027-01-01 or 2027-01-01T12:00:00."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(help="An idempotency key: granting twice with it grants once.")
+    ] = None,
+    description: Annotated[str | None, typer.Option(help="Shown in the ledger.")] = None,
+) -> None:
+    """Grant credits to an organisation; prints the new balance."""
+    expires = expires_at.replace(tzinfo=UTC) if expires_at and not expires_at.tzinfo else expires_at
+
+    async def work(core: Saascore) -> CreditTransaction:
+        organization = await core.orgs.resolve(org)
+        return await core.credits.grant(
+            organization.id,
+            amount,
+            source=source,
+            priority=priority,
+            expires_at=expires,
+            idempotency_key=key,
+            description=description,
+        )
+
+    transaction = run_with_core(load_settings(), work)
+    typer.echo(f"granted {transaction.amount}; balance {transaction.balance_after}")
+
+
+@app.command()
+@handle_errors
+def balance(
+    org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+) -> None:
+    """An organisation's balance and the grants it is made of, in draw order."""
+
+    async def work(core: Saascore) -> CreditAccount:
+        organization = await core.orgs.resolve(org)
+        return await core.credits.account(organization.id)
+
+    account = run_with_core(load_settings(), work)
+    typer.echo(f"balance {account.balance}")
+    if account.grants:
+        table = new_table("grant", "source", "amount", "remaining", "priority", "expires (UTC)")
+        for item in account.grants:
+            table.add_row(
+                str(item.id),
+                item.source.value,
+                f"{item.amount:,}",
+                f"{item.remaining:,}",
+                str(item.priority),
+                item.expires_at.strftime("%Y-%m-%d %H:%M") if item.expires_at else "never",
+            )
+        console().print(table)
+
+
+@app.command()
+@handle_errors
+def verify() -> None:
+    """Check every organisation's ledger: the cached balance equals the ledger and the grants,
+    and each grant's remaining equals granted minus drawn. Exits 1 on any difference."""
+
+    async def work(core: Saascore) -> list[LedgerProblem]:
+        return await core.credits.verify()
+
+    problems = run_with_core(load_settings(), work)
+    if not problems:
+        typer.echo("credit ledger consistent")
+        return
+    for problem in problems:
+        typer.echo(f"organisation {problem.organization_id}: {problem.message}", err=True)
+    typer.echo(f"{len(problems)} difference{'s' if len(problems) != 1 else ''} found", err=True)
+    raise typer.Exit(EXIT_ERROR)
