@@ -398,44 +398,9 @@ class UsageService:
             raise LimitExceeded(meter.code, limit.value, used + reserved, increment)
         used, reserved = counted
 
-        cost = 0
-        if event.model is not None and (event.input_tokens or event.output_tokens):
-            cost = await self._price(s, event, occurred)
-        event_id = new_id()
-        inserted = await s.execute(
-            insert(s, UsageEvent)
-            .values(
-                organization_id=org_id,
-                id=event_id,
-                idempotency_key=event.idempotency_key,
-                payload_hash=fingerprint,
-                metric=meter.code,
-                quantity=event.quantity,
-                user_id=event.user_id,
-                subscription_id=event.subscription_id,
-                feature=event.feature,
-                model=event.model,
-                provider=event.provider,
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-                cached_tokens=event.cached_tokens,
-                total_tokens=event.input_tokens + event.output_tokens,
-                cost_micros=cost,
-                credits_used=event.credits_used,
-                request_id=event.request_id,
-                batch_id=event.batch_id,
-                endpoint=event.endpoint,
-                response_time_ms=event.response_time_ms,
-                properties=event.properties,
-                occurred_at=occurred,
-                recorded_at=now,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[UsageEvent.organization_id, UsageEvent.idempotency_key]
-            )
-            .returning(UsageEvent.id)
-        )
-        if inserted.scalar_one_or_none() is None:
+        cost = await self._price(s, event, occurred)
+        event_id = await self._insert_event(s, org_id, event, fingerprint, occurred, cost, now)
+        if event_id is None:
             # A copy of this event committed between our look-up and our insert: give the
             # counter back (we still hold its row lock) and answer as the retry we are.
             if meter.aggregation is not Aggregation.MAX:
@@ -784,34 +749,19 @@ class UsageService:
                 metric=meter.code,
                 quantity=actual_quantity,
                 idempotency_key=f"reservation:{reservation.id}",
-                **fields,
+                **{
+                    **fields,
+                    "properties": {
+                        **fields.get("properties", {}),
+                        "reservation_id": str(reservation.id),
+                    },
+                },
             )
-            cost = 0
-            if event.model is not None and (event.input_tokens or event.output_tokens):
-                cost = await self._price(s, event, now)
-            event_id = new_id()
-            s.add(
-                UsageEvent(
-                    organization_id=reservation.organization_id,
-                    id=event_id,
-                    idempotency_key=event.idempotency_key,
-                    payload_hash=event.fingerprint(),
-                    metric=meter.code,
-                    quantity=actual_quantity,
-                    user_id=event.user_id,
-                    feature=event.feature,
-                    model=event.model,
-                    provider=event.provider,
-                    input_tokens=event.input_tokens,
-                    output_tokens=event.output_tokens,
-                    cached_tokens=event.cached_tokens,
-                    total_tokens=event.input_tokens + event.output_tokens,
-                    cost_micros=cost,
-                    properties={**event.properties, "reservation_id": str(reservation.id)},
-                    occurred_at=now,
-                    recorded_at=now,
-                )
+            cost = await self._price(s, event, now)
+            event_id = await self._insert_event(
+                s, reservation.organization_id, event, event.fingerprint(), now, cost, now
             )
+            assert event_id is not None  # the claim above is exclusive: no copy can exist
             await self._roll_up(s, reservation.organization_id, meter.code, event, now, cost, now)
             used, reserved = counted
             if limit.value is not None and extra > 0:
@@ -1253,8 +1203,58 @@ class UsageService:
                     )
                 )
 
+    async def _insert_event(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        event: UsageEventIn,
+        fingerprint: str,
+        occurred: datetime,
+        cost: int,
+        now: datetime,
+    ) -> uuid.UUID | None:
+        """Insert the event unless its key is taken; its new id, or None if it was."""
+        event_id = new_id()
+        inserted = await s.execute(
+            insert(s, UsageEvent)
+            .values(
+                organization_id=org_id,
+                id=event_id,
+                idempotency_key=event.idempotency_key,
+                payload_hash=fingerprint,
+                metric=event.metric,
+                quantity=event.quantity,
+                user_id=event.user_id,
+                subscription_id=event.subscription_id,
+                feature=event.feature,
+                model=event.model,
+                provider=event.provider,
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                cached_tokens=event.cached_tokens,
+                total_tokens=event.input_tokens + event.output_tokens,
+                cost_micros=cost,
+                credits_used=event.credits_used,
+                request_id=event.request_id,
+                batch_id=event.batch_id,
+                endpoint=event.endpoint,
+                response_time_ms=event.response_time_ms,
+                properties=event.properties,
+                occurred_at=occurred,
+                recorded_at=now,
+            )
+            .on_conflict_do_nothing(
+                index_elements=[UsageEvent.organization_id, UsageEvent.idempotency_key]
+            )
+            .returning(UsageEvent.id)
+        )
+        return event_id if inserted.scalar_one_or_none() is not None else None
+
     async def _price(self, s: AsyncSession, event: UsageEventIn, at: datetime) -> int:
-        """The event's cost in micro-units from `model_pricing`; 0, counted, if unpriced."""
+        """The event's cost in micro-units from `model_pricing`: 0 for an event without model
+        tokens, and 0 (counted and logged) for a model without a price."""
+        if event.model is None or not (event.input_tokens or event.output_tokens):
+            return 0
         query = (
             sa.select(ModelPricing)
             .where(
