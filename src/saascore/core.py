@@ -8,6 +8,7 @@ from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
 from saascore.plans.service import PlanService
 from saascore.tenancy.service import OrganizationService
@@ -33,12 +34,14 @@ class Saascore:
         self.orgs = OrganizationService(self.database, self.plans)
         self.credits = CreditService(self.database)
         self.usage = UsageService(self.database)
+        self.rate_limiter = RateLimiter.from_settings(self.settings)
 
     async def start(self) -> None:
         if self.settings.should_auto_migrate:
             await migrate.upgrade(self.database)
 
     async def close(self) -> None:
+        await self.rate_limiter.close()
         if self._owns_database:
             await self.database.dispose()
 

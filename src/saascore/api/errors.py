@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from limits.errors import StorageError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,7 +60,7 @@ _HTTP_CODES = {
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details)
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers or None)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -89,6 +90,12 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
     return error_response(503, "database_unavailable", "the database is unavailable")
 
 
+async def _rate_limit_storage_down(_request: Request, exc: Exception) -> JSONResponse:
+    # Fail closed: without its windows the service cannot keep its plans' promises.
+    logger.error("rate-limit storage unavailable: %s", exc)
+    return error_response(503, "rate_limiter_unavailable", "rate limiting is unavailable")
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred")
@@ -99,4 +106,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
+    app.add_exception_handler(StorageError, _rate_limit_storage_down)
     app.add_exception_handler(Exception, _unexpected)

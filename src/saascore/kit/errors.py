@@ -12,6 +12,7 @@ SaascoreError                   every error saascore raises on purpose
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 __all__ = [
@@ -44,6 +45,8 @@ class DomainError(SaascoreError):
 
     code: ClassVar[str] = "domain_error"
     status_code: ClassVar[int] = 400
+    #: HTTP headers the API adds to the error response (e.g. `Retry-After`).
+    headers: Mapping[str, str] = {}
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)

@@ -7,6 +7,14 @@ from saascore.metering.errors import (
     StorageUnderflow,
     UnknownMetric,
 )
+from saascore.metering.ratelimit import (
+    PlanRateLimits,
+    RateLimited,
+    RateLimiter,
+    RateLimitResult,
+    WindowStatus,
+    rate_limit_dependency,
+)
 from saascore.metering.service import (
     BatchOutcome,
     CheckResult,
@@ -26,6 +34,10 @@ __all__ = [
     "CheckResult",
     "Limit",
     "LimitExceeded",
+    "PlanRateLimits",
+    "RateLimitResult",
+    "RateLimited",
+    "RateLimiter",
     "RecordResult",
     "ReservationNotFound",
     "ReservationNotHeld",
@@ -38,4 +50,6 @@ __all__ = [
     "UsageEventIn",
     "UsageService",
     "UsageSnapshot",
+    "WindowStatus",
+    "rate_limit_dependency",
 ]

@@ -281,7 +281,6 @@ class RateLimiter:
         self._strategy = MovingWindowRateLimiter(storage)
         self._namespace = namespace
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self.storage_uri = storage_uri
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
