@@ -56,7 +56,9 @@ async def main() -> None:
     admin = await asyncpg.connect(URL.replace("postgresql+asyncpg", "postgresql"))
     await admin.execute(f"CREATE SCHEMA {schema}")
     try:
-        settings = Settings(database_url=URL, database_schema=schema, db_pool_size=10)
+        settings = Settings(
+            _env_file=None, database_url=URL, database_schema=schema, db_pool_size=10
+        )
         async with Saascore(settings) as core:
             await migrate.upgrade(core.database)
             await core.plans.load_catalog(read_catalog())

@@ -170,6 +170,7 @@ class TestPrefixedVariables:
         monkeypatch.setenv("SAASCORE_DEFAULT_PLAN", "pro")
         monkeypatch.setenv("SAASCORE_DATABASE_SCHEMA", "tenant_a")
         monkeypatch.setenv("SAASCORE_ENVIRONMENT", "production")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u@db/app")  # a schema needs PostgreSQL
         settings = Settings()
         assert settings.auto_migrate is False
         assert settings.data_dir == tmp_path / "state"
@@ -299,3 +300,37 @@ class TestErrors:
     def test_good_settings_load(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("DB_POOL_SIZE", "4")
         assert load_settings().db_pool_size == 4
+
+
+class TestSecretsAndCombinations:
+    def test_a_bad_url_is_reported_without_its_password(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DATABASE_URL", "mysql://u:s3cret@h/db")
+        with pytest.raises(ConfigurationError) as info:
+            load_settings()
+        assert "s3cret" not in str(info.value)
+        assert "DATABASE_URL" in str(info.value)
+
+    def test_the_url_and_password_stay_out_of_repr(self) -> None:
+        settings = Settings(
+            database_url="postgresql://u:s3cret@h/db", database_password="other-secret"
+        )
+        assert "s3cret" not in repr(settings)
+        assert "other-secret" not in repr(settings)
+
+    def test_libpq_sslmode_becomes_asyncpg_ssl(self) -> None:
+        url = Settings(database_url="postgresql://u@h/db?sslmode=require").sqlalchemy_url
+        assert url.query == {"ssl": "require"}
+
+    def test_a_schema_is_refused_on_sqlite(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SAASCORE_DATABASE_SCHEMA", "tenant_a")
+        with pytest.raises(ConfigurationError, match="PostgreSQL only"):
+            load_settings()
+
+    def test_cloud_sql_does_not_mix_with_a_url(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("USE_CLOUD_SQL_CONNECTOR", "true")
+        monkeypatch.setenv("CLOUD_SQL_INSTANCE", "p:r:i")
+        monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+        with pytest.raises(ConfigurationError, match="not DATABASE_URL"):
+            load_settings()

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
@@ -54,6 +55,7 @@ __all__ = [
     "NotFound",
     "Saascore",
     "SaascoreError",
+    "SessionDep",
     "Settings",
     "__version__",
     "db",
@@ -79,7 +81,16 @@ def __getattr__(name: str) -> Any:
 
 async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """FastAPI dependency: one transaction per request, committed on success, rolled back on
-    error. Uses the app's database when saascore's app (or lifespan) set one, else `db`."""
+    error. Uses the app's database when saascore's app (or lifespan) set one, else `db`.
+
+    Declare it through `SessionDep` (or `Depends(get_session, scope="function")`): then the
+    commit happens before the response is sent, so a failed commit is an error response,
+    never a 200 for work that was not saved.
+    """
     database: Database | None = getattr(connection.app.state, "database", None)
     async with (database or _default()).transaction() as session:
         yield session
+
+
+#: `session: SessionDep` in an endpoint: the request's transaction, committed before responding.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     )
 
     # --- the database, named as the seeds name it -------------------------------------------
-    database_url: str | None = Field(default=None, validation_alias=_env("DATABASE_URL"))
+    database_url: str | None = Field(
+        default=None, validation_alias=_env("DATABASE_URL"), repr=False
+    )
     database_host: str | None = Field(default=None, validation_alias=_env("DATABASE_HOST"))
     database_port: int = Field(default=5432, ge=1, le=65535, validation_alias=_env("DATABASE_PORT"))
     database_user: str = Field(default="postgres", validation_alias=_env("DATABASE_USER"))
@@ -87,7 +89,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: Where rate-limit windows live: `memory://` (one process) or `redis://host:port/db`,
     #: which every process of a deployment shares.
-    rate_limit_storage: str = Field(default="memory://", pattern=r"^(memory|redis|rediss)://")
+    rate_limit_storage: str = Field(
+        default="memory://", pattern=r"^(memory|redis|rediss)://", repr=False
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -107,9 +111,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_cloud_sql(self) -> Settings:
+    def _check_combinations(self) -> Settings:
         if self.use_cloud_sql_connector and not self.cloud_sql_instance:
             raise ValueError("CLOUD_SQL_INSTANCE is required when USE_CLOUD_SQL_CONNECTOR is true")
+        if self.use_cloud_sql_connector and self.database_url is not None:
+            raise ValueError(
+                "USE_CLOUD_SQL_CONNECTOR takes DATABASE_USER/PASSWORD/NAME, not DATABASE_URL: "
+                "set one or the other"
+            )
+        if self.database_schema is not None and self.database_backend is DatabaseBackend.SQLITE:
+            raise ValueError("SAASCORE_DATABASE_SCHEMA applies to PostgreSQL only")
         return self
 
     # --- derived --------------------------------------------------------------------------------
@@ -173,7 +184,12 @@ def _async_url(raw: str) -> URL:
     if backend in ("postgresql", "postgres"):
         if driver not in ("", "asyncpg", "psycopg2", "psycopg"):
             raise ValueError(f"driver {driver!r} is not supported; use postgresql:// (asyncpg)")
-        return url.set(drivername="postgresql+asyncpg")
+        url = url.set(drivername="postgresql+asyncpg")
+        if "sslmode" in url.query:  # libpq's name; asyncpg calls it `ssl` and takes the same modes
+            query = dict(url.query)
+            query["ssl"] = query.pop("sslmode")
+            url = url.set(query=query)
+        return url
     if backend == "sqlite":
         if driver not in ("", "aiosqlite", "pysqlite"):
             raise ValueError(f"driver {driver!r} is not supported; use sqlite:///PATH")
@@ -195,6 +211,19 @@ def _variable_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+_SECRET = {"database_url", "database_password"}
+
+
+def _without_password(value: Any) -> Any:
+    """A database URL with its password masked; any other secret not shown at all."""
+    if isinstance(value, str) and "://" in value:
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except ArgumentError:
+            return None
+    return None
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Build `Settings`, turning a validation error into one line that names the variable."""
     try:
@@ -210,5 +239,7 @@ def load_settings(**overrides: Any) -> Settings:
             raise ConfigurationError(f"invalid settings: {message}") from None
         name = _variable_name(field)
         value = error.get("input")
+        if field in _SECRET or name in ("DATABASE_URL", "DATABASE_PASSWORD"):
+            value = _without_password(value)
         shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
         raise ConfigurationError(f"invalid setting {name}: {message}{shown}") from None

@@ -5,9 +5,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from saascore import Saascore, Settings, __version__
+from saascore import Saascore, __version__
 from saascore.api import create_app
 from saascore.kit.db import Database
+from tests.helpers import make_settings
 
 
 class TestLiveness:
@@ -43,7 +44,7 @@ class TestReadiness:
             "postgresql": "postgresql://postgres@127.0.0.1:1/test",
             "sqlite": f"sqlite:///{blocker}/saascore.db",
         }[backend_name]
-        settings = Settings(database_url=url, auto_migrate=False)
+        settings = make_settings(database_url=url, auto_migrate=False)
         app = create_app(settings)
         transport = httpx.ASGITransport(app=app)
         async with (
@@ -72,7 +73,7 @@ class TestReadiness:
 
 
 async def test_lifespan_builds_and_closes_its_own_database(tmp_path: Path) -> None:
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/own.db", auto_migrate=True)
+    settings = make_settings(database_url=f"sqlite:///{tmp_path}/own.db", auto_migrate=True)
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         core: Saascore = app.state.saascore

@@ -23,10 +23,12 @@ logger = logging.getLogger("saascore.api")
 def setup_cors(app: FastAPI, cors_origins: list[str]) -> None:
     """Allow browser calls from these origins (seed 004's `setup_cors`)."""
     if cors_origins:
+        # Credentials (cookies, Authorization) only go to origins named one by one: with "*"
+        # the browser would send them to any site that calls the API.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=cors_origins,
-            allow_credentials=True,
+            allow_credentials="*" not in cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
             expose_headers=[

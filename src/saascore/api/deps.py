@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore import get_session
+from saascore import SessionDep
 from saascore.core import Saascore
 
 __all__ = ["CoreDep", "SessionDep", "get_core"]
@@ -18,5 +17,4 @@ def get_core(request: Request) -> Saascore:
     return core
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
 CoreDep = Annotated[Saascore, Depends(get_core)]

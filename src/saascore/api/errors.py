@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from limits.errors import StorageError
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saascore.kit.errors import DatabaseUnavailable, DomainError
@@ -90,6 +91,16 @@ async def _database_unavailable(_request: Request, exc: Exception) -> JSONRespon
     return error_response(503, "database_unavailable", "the database is unavailable")
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """Losing the database mid-request is a 503 the client may retry; any other database
+    error is a bug (500)."""
+    if isinstance(
+        exc, OSError | TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError
+    ) or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
+        return await _database_unavailable(request, exc)
+    return await _unexpected(request, exc)
+
+
 async def _rate_limit_storage_down(_request: Request, exc: Exception) -> JSONResponse:
     # Fail closed: without its windows the service cannot keep its plans' promises.
     logger.error("rate-limit storage unavailable: %s", exc)
@@ -106,5 +117,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
+    app.add_exception_handler(sa_exc.DBAPIError, _database_error)
+    app.add_exception_handler(OSError, _database_error)
+    app.add_exception_handler(TimeoutError, _database_error)
     app.add_exception_handler(StorageError, _rate_limit_storage_down)
     app.add_exception_handler(Exception, _unexpected)

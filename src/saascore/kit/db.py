@@ -11,7 +11,6 @@ halfway through its transaction when it tries to upgrade a read lock.
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,13 +25,15 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 
 from saascore.config import DatabaseBackend, Settings
 from saascore.kit.errors import DatabaseUnavailable
 
-__all__ = ["CloudSQLConnector", "Database", "describe_connection_error"]
+__all__ = ["SQLITE_BEGIN", "CloudSQLConnector", "Database", "describe_connection_error"]
 
-_SQLITE_BEGIN = "saascore_sqlite_begin"
+#: The execution option that picks SQLite's BEGIN mode (DEFERRED unless set).
+SQLITE_BEGIN = "saascore_sqlite_begin"
 
 
 class CloudSQLConnector(Protocol):
@@ -85,9 +86,8 @@ class Database:
         self.url: URL = self.settings.sqlalchemy_url
         self.backend = self.settings.database_backend
         self._connector_factory = connector_factory or _google_connector
-        self._states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._engines_built = 0
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
@@ -102,22 +102,34 @@ class Database:
         loop = asyncio.get_running_loop()
         state = self._states.get(loop)
         if state is None:
+            self._forget_closed_loops()
             state = self._states[loop] = self._build_state()
         return state
 
+    def _forget_closed_loops(self) -> None:
+        """Drop the engines of loops that have closed (`asyncio.run` per job, seed 001)."""
+        for loop in [loop for loop in self._states if loop.is_closed()]:
+            self._states.pop(loop).engine.sync_engine.dispose(close=False)
+
     def _build_state(self) -> _LoopState:
-        engine = self._create_engine()
+        # The first loop (the app's, the CLI's, the test session's) gets the connection pool.
+        # Further loops are typically short-lived (`asyncio.run` per job, a worker thread):
+        # their engines open a connection per session and close it after, so nothing they
+        # opened outlives them.
+        engine = self._create_engine(pooled=self._engines_built == 0)
+        self._engines_built += 1
         writer = engine
         if self.backend is DatabaseBackend.SQLITE:
-            writer = engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+            writer = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
         return _LoopState(
             engine=engine,
             read_sessions=async_sessionmaker(engine, expire_on_commit=False),
             write_sessions=async_sessionmaker(writer, expire_on_commit=False),
         )
 
-    def _create_engine(self) -> AsyncEngine:
+    def _create_engine(self, *, pooled: bool = True) -> AsyncEngine:
         settings = self.settings
+        extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
         if self.backend is DatabaseBackend.SQLITE:
             database = self.url.database
             if database and database != ":memory:" and not database.startswith("file:"):
@@ -128,18 +140,20 @@ class Database:
                 self.url,
                 echo=settings.sql_echo,
                 connect_args={"timeout": settings.sqlite_busy_timeout_ms / 1000},
+                **extra,
             )
             _configure_sqlite(engine, settings.sqlite_busy_timeout_ms)
             return engine
 
-        options: dict[str, Any] = {
-            "echo": settings.sql_echo,
-            "pool_size": settings.db_pool_size,
-            "max_overflow": settings.db_max_overflow,
-            "pool_timeout": settings.db_pool_timeout,
-            "pool_recycle": settings.db_pool_recycle,
-            "pool_pre_ping": True,
-        }
+        options: dict[str, Any] = {"echo": settings.sql_echo, **extra}
+        if pooled:
+            options.update(
+                pool_size=settings.db_pool_size,
+                max_overflow=settings.db_max_overflow,
+                pool_timeout=settings.db_pool_timeout,
+                pool_recycle=settings.db_pool_recycle,
+                pool_pre_ping=True,
+            )
         server_settings = {"application_name": settings.service_name}
         if settings.database_schema:
             server_settings["search_path"] = settings.database_schema
@@ -211,7 +225,7 @@ class Database:
     async def dispose(self) -> None:
         """Close the connections of the running loop's engine (and forget the others)."""
         loop = asyncio.get_running_loop()
-        states, self._states = dict(self._states), weakref.WeakKeyDictionary()
+        states, self._states = self._states, {}
         for owner, state in states.items():
             if owner is loop:
                 await state.engine.dispose()
@@ -235,7 +249,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 

@@ -12,10 +12,13 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from saascore.kit.db import Database
+from saascore.config import DatabaseBackend
+from saascore.kit.db import SQLITE_BEGIN, Database
+from saascore.kit.errors import SaascoreError
 from saascore.models import Base
 
 __all__ = [
+    "MigrationError",
     "Revision",
     "alembic_config",
     "check",
@@ -27,6 +30,10 @@ __all__ = [
 ]
 
 FILE_TEMPLATE = "%%(year)d_%%(month).2d_%%(day).2d_%%(hour).2d%%(minute).2d-%%(rev)s_%%(slug)s"
+
+
+class MigrationError(SaascoreError):
+    """A migration could not be applied; the database was left as it was."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +69,31 @@ async def _run(database: Database, fn: Any, *args: Any) -> Any:
         return fn(config, *args)
 
     async with database.engine.connect() as connection:
-        result = await connection.run_sync(work)
-        await connection.commit()
+        if database.backend is not DatabaseBackend.SQLITE:
+            result = await connection.run_sync(work)
+            await connection.commit()
+            return result
+        # SQLite alters a table by copying it and dropping the old one: with foreign keys on,
+        # that DROP would cascade into every referencing table. So they are off while the
+        # migration runs (the pragma is a no-op inside a transaction, hence before BEGIN),
+        # checked before the commit, and on again after. BEGIN IMMEDIATE makes a second
+        # process that migrates at the same time wait, then find the work done.
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+        await driver.execute("PRAGMA foreign_keys=OFF")
+        try:
+            await connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
+            result = await connection.run_sync(work)
+            broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if broken:
+                await connection.rollback()
+                raise MigrationError(
+                    f"the migration would leave {len(broken)} rows with broken foreign keys "
+                    f"(first in table {broken[0][0]}); nothing was changed"
+                )
+            await connection.commit()
+        finally:
+            await driver.execute("PRAGMA foreign_keys=ON")
     return result
 
 

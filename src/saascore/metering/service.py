@@ -1047,7 +1047,11 @@ class UsageService:
             sa.literal(used, sa.BigInteger()),
             sa.literal(reserved, sa.BigInteger()),
             sa.literal(now, UsageCounter.updated_at.type),
-        ).where(sa.true() if cap is None else sa.literal(used + reserved) <= cap)
+        ).where(
+            sa.true()
+            if cap is None
+            else sa.literal(used + reserved, sa.BigInteger()) <= sa.literal(cap, sa.BigInteger())
+        )
         statement = insert(s, UsageCounter).from_select(
             [
                 "organization_id",

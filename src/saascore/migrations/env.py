@@ -4,7 +4,7 @@ Alembic is run directly, on the database that `Settings` configure."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from alembic import context
 from sqlalchemy import Connection
@@ -12,10 +12,22 @@ from sqlalchemy import Connection
 from saascore.config import load_settings
 from saascore.kit.db import Database
 from saascore.kit.migrate import not_version_table
+from saascore.kit.types import UTCDateTime
 from saascore.models import Base
 
 config = context.config
+#: The advisory lock key that serializes migrations (an arbitrary constant: "saascore").
+MIGRATION_LOCK = 0x5AA5C0
+
 target_metadata = Base.metadata
+
+
+def render_item(type_: str, item: Any, autogen_context: Any) -> str | Literal[False]:
+    """Write saascore's column types into migrations as the plain SQLAlchemy types they are
+    stored as, so that a migration never imports saascore code that may move later."""
+    if type_ == "type" and isinstance(item, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
 
 
 def _configure(connection: Connection | None, **extra: Any) -> None:
@@ -29,6 +41,7 @@ def _configure(connection: Connection | None, **extra: Any) -> None:
         compare_server_default=False,
         version_table_schema=schema,
         include_name=not_version_table,
+        render_item=render_item,
         **extra,
     )
 
@@ -37,6 +50,9 @@ def run_migrations(connection: Connection) -> None:
     _configure(connection)
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
+            # One migrating process at a time (workers and replicas all start together); the
+            # others wait here, then find the database at the revision they wanted.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             # Fail fast rather than queue behind live traffic while holding a lock.
             connection.exec_driver_sql("SET LOCAL lock_timeout = '15s'")
         context.run_migrations()

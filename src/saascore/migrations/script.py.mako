@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import saascore.kit.types
 ${imports if imports else ""}
 
 revision: str = ${repr(up_revision)}

@@ -76,9 +76,9 @@ class GlobalMixin:
 class TenantMixin:
     """A table owned by one organisation, keyed `(organization_id, id)`.
 
-    `organization_id` is the first primary-key column, so every index on the table starts with
-    the tenant and the table can be distributed by it (Citus). Deleting an organisation deletes
-    its rows.
+    `organization_id` is the first primary-key column, so the primary key and every unique
+    constraint start with the tenant and the table can be distributed by it (Citus).
+    Deleting an organisation deletes its rows.
     """
 
     @declared_attr

@@ -132,6 +132,7 @@ class Subscription(TenantMixin, TimestampMixin, Base):
         # Seed 003's names.
         sa.Index("idx_subscription_tenant_status", "organization_id", "status"),
         sa.Index("idx_subscription_next_billing", "next_billing_at", "status"),
+        sa.Index("ix_subscriptions_plan_id", "plan_id"),
         # Webhooks find a subscription by the provider's id before they know the organisation.
         sa.Index(
             "ix_subscriptions_provider_subscription_id", "provider", "provider_subscription_id"
@@ -276,6 +277,10 @@ class Payment(TenantMixin, TimestampMixin, Base):
         sa.Index("idx_payment_tenant_status", "organization_id", "status"),
         sa.Index("idx_payment_created", "created_at"),
         sa.Index("ix_payments_organization_id_invoice_id", "organization_id", "invoice_id"),
+        sa.Index(
+            "ix_payments_organization_id_subscription_id", "organization_id", "subscription_id"
+        ),
+        sa.Index("ix_payments_plan_id", "plan_id"),
         sa.Index("ix_payments_provider_payment_id", "provider", "provider_payment_id"),
     )
 

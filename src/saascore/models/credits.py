@@ -64,6 +64,7 @@ class CreditGrant(TenantMixin, Base):
             "ix_credit_grants_drawable", "organization_id", "priority", "expires_at", "remaining"
         ),
         sa.Index("ix_credit_grants_organization_id_expires_at", "organization_id", "expires_at"),
+        sa.Index("ix_credit_grants_organization_id_payment_id", "organization_id", "payment_id"),
     )
 
 
@@ -97,6 +98,8 @@ class CreditTransaction(TenantMixin, Base):
         sa.Index(
             "ix_credit_transactions_organization_id_created_at", "organization_id", "created_at"
         ),
+        sa.Index("ix_credit_transactions_organization_id_grant_id", "organization_id", "grant_id"),
+        sa.Index("ix_credit_transactions_related", "organization_id", "related_transaction_id"),
     )
 
 
@@ -118,4 +121,9 @@ class CreditAllocation(TenantMixin, Base):
         tenant_fk("transaction_id", "credit_transactions", ondelete="CASCADE"),
         tenant_fk("grant_id", "credit_grants", ondelete="CASCADE"),
         sa.Index("ix_credit_allocations_organization_id_grant_id", "organization_id", "grant_id"),
+        sa.Index(
+            "ix_credit_allocations_organization_id_transaction_id",
+            "organization_id",
+            "transaction_id",
+        ),
     )

@@ -251,4 +251,6 @@ class DocumentFolder(TenantMixin, TimestampMixin, Base):
         tenant_fk("parent_id", "document_folders", ondelete="CASCADE"),
         tenant_fk("folder_id", "folders", ondelete="CASCADE"),
         sa.Index("ix_document_folders_organization_id_store_id", "organization_id", "store_id"),
+        sa.Index("ix_document_folders_organization_id_parent_id", "organization_id", "parent_id"),
+        sa.Index("ix_document_folders_organization_id_folder_id", "organization_id", "folder_id"),
     )

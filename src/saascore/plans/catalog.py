@@ -22,6 +22,9 @@ def _unlimited(value: int | None) -> int | None:
     return None if value is None or value < 0 else value
 
 
+#: The largest values the integer columns hold (BIGINT and INTEGER).
+INT64, INT32 = 2**63 - 1, 2**31 - 1
+
 #: The plan columns that are limits: None (or -1 in a file) means unlimited.
 LIMIT_FIELDS = (
     "monthly_token_limit",
@@ -43,7 +46,7 @@ class _Spec(BaseModel):
 class PriceSpec(_Spec):
     billing_cycle: BillingCycle
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    amount: int = Field(ge=0)
+    amount: int = Field(ge=0, le=INT64)
     stripe_price_id: str | None = None
     stripe_product_id: str | None = None
     lemon_squeezy_variant_id: str | None = None
@@ -51,7 +54,7 @@ class PriceSpec(_Spec):
 
 
 class LimitSpec(_Spec):
-    limit: int | None = None
+    limit: int | None = Field(default=None, le=INT64)
     hard: bool = True
 
     @field_validator("limit")
@@ -63,20 +66,20 @@ class LimitSpec(_Spec):
 class PlanSpec(_Spec):
     name: str = Field(min_length=1, max_length=255)
     description: str | None = None
-    sort_order: int = 0
-    monthly_token_limit: int | None = None
-    max_storage_mb: int | None = None
-    max_api_calls_per_day: int | None = None
-    max_products_per_batch: int | None = None
-    max_items: int | None = None
-    max_secondary: int | None = None
-    max_users: int | None = None
-    requests_per_minute: int | None = None
-    requests_per_hour: int | None = None
-    credits_per_period: int = Field(default=0, ge=0)
+    sort_order: int = Field(default=0, ge=-INT32, le=INT32)
+    monthly_token_limit: int | None = Field(default=None, le=INT64)
+    max_storage_mb: int | None = Field(default=None, le=INT64 // (1024 * 1024))
+    max_api_calls_per_day: int | None = Field(default=None, le=INT64)
+    max_products_per_batch: int | None = Field(default=None, le=INT32)
+    max_items: int | None = Field(default=None, le=INT32)
+    max_secondary: int | None = Field(default=None, le=INT32)
+    max_users: int | None = Field(default=None, le=INT32)
+    requests_per_minute: int | None = Field(default=None, le=INT32)
+    requests_per_hour: int | None = Field(default=None, le=INT32)
+    credits_per_period: int = Field(default=0, ge=0, le=INT64)
     credits_rollover: bool = False
     api_access: bool = False
-    trial_days: int = Field(default=0, ge=0)
+    trial_days: int = Field(default=0, ge=0, le=INT32)
     is_active: bool = True
     is_public: bool = True
     features: dict[str, Any] = Field(default_factory=dict)
@@ -114,7 +117,11 @@ class Catalog(_Spec):
     @field_validator("plans", "meters")
     @classmethod
     def _codes(cls, entries: dict[str, Any]) -> dict[str, Any]:
-        for code in entries:
+        for code, entry in entries.items():
+            if isinstance(entry, PlanSpec):
+                for metric in entry.limits:
+                    if not 0 < len(metric) <= 100:
+                        raise ValueError(f"limit metric {metric!r}: 1 to 100 characters")
             if not code or len(code) > 50 or not code.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"bad code {code!r}: use letters, digits, '-' and '_'")
         return entries
@@ -134,6 +141,8 @@ def read_catalog(path: str | Path | None = None) -> Catalog:
             where = str(path)
     except OSError as exc:
         raise InvalidInput(f"cannot read catalog {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"catalog {path} is not UTF-8 text") from None
     try:
         return Catalog.model_validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:

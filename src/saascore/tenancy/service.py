@@ -59,8 +59,13 @@ class OrganizationService:
         name, with a random suffix when the plain slug is taken.
         """
         name = name.strip()
-        if not name:
-            raise InvalidInput("an organisation needs a name", field="name")
+        if not name or len(name) > 255:
+            raise InvalidInput("an organisation needs a name of 1 to 255 characters", field="name")
+        for field, value in (("external_id", external_id), ("domain", domain)):
+            if value is not None and not 0 < len(value) <= 255:
+                raise InvalidInput(f"{field} must be 1 to 255 characters", field=field)
+        if billing_email is not None and not 0 < len(billing_email) <= 320:
+            raise InvalidInput("billing_email must be 1 to 320 characters", field="billing_email")
         async with self.database.scope(session) as s:
             plan_row = await self.plans.get_by_code(
                 plan or self.database.settings.default_plan, session=s

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 00:41:04.804365+00:00
+Create Date: 2026-11-22 00:57:59.274669+00:00
 """
 
 from collections.abc import Sequence
@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
-
-import saascore.kit.types
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -26,7 +24,7 @@ def upgrade() -> None:
         sa.Column("last_number", sa.BigInteger(), nullable=False),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -71,13 +69,13 @@ def upgrade() -> None:
         sa.Column("is_active", sa.Boolean(), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -93,18 +91,18 @@ def upgrade() -> None:
         sa.Column("input_micros_per_million", sa.BigInteger(), nullable=False),
         sa.Column("output_micros_per_million", sa.BigInteger(), nullable=False),
         sa.Column("cached_input_micros_per_million", sa.BigInteger(), nullable=False),
-        sa.Column("effective_from", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("effective_to", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("effective_from", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("effective_to", sa.DateTime(timezone=True), nullable=True),
         sa.Column("is_active", sa.Boolean(), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -162,13 +160,13 @@ def upgrade() -> None:
         sa.Column("sort_order", sa.Integer(), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -280,16 +278,16 @@ def upgrade() -> None:
             nullable=True,
         ),
         sa.Column("provider_customer_id", sa.String(length=255), nullable=True),
-        sa.Column("suspended_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("suspended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -358,13 +356,13 @@ def upgrade() -> None:
         sa.Column("is_active", sa.Boolean(), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -415,7 +413,7 @@ def upgrade() -> None:
         ),
         sa.Column("prev_hash", sa.String(length=64), nullable=True),
         sa.Column("hash", sa.String(length=64), nullable=False),
-        sa.Column("created_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -453,13 +451,13 @@ def upgrade() -> None:
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -489,13 +487,13 @@ def upgrade() -> None:
         sa.Column("created_by", sa.Uuid(), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -530,16 +528,16 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("user_id", sa.Uuid(), nullable=True),
-        sa.Column("expires_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -618,20 +616,16 @@ def upgrade() -> None:
             ),
             nullable=True,
         ),
-        sa.Column("started_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("ends_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column(
-            "current_period_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "current_period_end", saascore.kit.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column("next_billing_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("trial_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("trial_end", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ends_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("current_period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("current_period_end", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_billing_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("trial_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("trial_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("cancel_at_period_end", sa.Boolean(), nullable=False),
-        sa.Column("canceled_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("ended_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("canceled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "provider",
             sa.Enum(
@@ -657,13 +651,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -701,6 +695,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "idx_subscription_tenant_status", ["organization_id", "status"], unique=False
         )
+        batch_op.create_index("ix_subscriptions_plan_id", ["plan_id"], unique=False)
         batch_op.create_index(
             "ix_subscriptions_provider_subscription_id",
             ["provider", "provider_subscription_id"],
@@ -712,17 +707,17 @@ def upgrade() -> None:
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("metric", sa.String(length=100), nullable=False),
-        sa.Column("period_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("threshold_percent", sa.Integer(), nullable=False),
         sa.Column("limit_value", sa.BigInteger(), nullable=False),
         sa.Column("used", sa.BigInteger(), nullable=False),
         sa.Column(
             "crossed_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
-        sa.Column("notified_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("notified_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
             "threshold_percent > 0", name=op.f("ck_usage_alerts_threshold_positive")
         ),
@@ -746,13 +741,13 @@ def upgrade() -> None:
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("metric", sa.String(length=100), nullable=False),
-        sa.Column("period_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("period_end", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("used", sa.BigInteger(), nullable=False),
         sa.Column("reserved", sa.BigInteger(), nullable=False),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -790,7 +785,7 @@ def upgrade() -> None:
         sa.Column("cost_micros", sa.BigInteger(), nullable=False),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -846,12 +841,8 @@ def upgrade() -> None:
         sa.Column("credits_granted_total", sa.BigInteger(), nullable=False),
         sa.Column("credits_consumed_total", sa.BigInteger(), nullable=False),
         sa.Column("credits_expired_total", sa.BigInteger(), nullable=False),
-        sa.Column(
-            "last_credit_refill_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "next_credit_refill_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("last_credit_refill_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("next_credit_refill_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "metadata",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -859,13 +850,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -901,7 +892,7 @@ def upgrade() -> None:
         sa.Column("organization_id", sa.Uuid(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("metric", sa.String(length=100), nullable=False),
-        sa.Column("period_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
         sa.Column("quantity", sa.BigInteger(), nullable=False),
         sa.Column("settled_quantity", sa.BigInteger(), nullable=True),
         sa.Column(
@@ -919,14 +910,14 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
-        sa.Column("expires_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
-        sa.Column("finished_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint(
             "quantity >= 0", name=op.f("ck_usage_reservations_quantity_non_negative")
         ),
@@ -975,10 +966,8 @@ def upgrade() -> None:
         ),
         sa.Column("password_hash", sa.String(length=255), nullable=True),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column(
-            "email_verified_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column("last_login_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("email_verified_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_login_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("external_platform", sa.String(length=50), nullable=True),
         sa.Column("external_id", sa.String(length=255), nullable=True),
         sa.Column("external_store_id", sa.String(length=255), nullable=True),
@@ -989,13 +978,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1063,11 +1052,11 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column(
             "received_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
-        sa.Column("processed_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -1109,13 +1098,13 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("expires_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_used_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("created_by", sa.Uuid(), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1155,13 +1144,13 @@ def upgrade() -> None:
         sa.Column("message_count", sa.Integer(), nullable=False),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1199,13 +1188,13 @@ def upgrade() -> None:
         sa.Column("folder_id", sa.Uuid(), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1236,6 +1225,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("organization_id", "id", name=op.f("pk_document_folders")),
     )
     with op.batch_alter_table("document_folders", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_document_folders_organization_id_folder_id",
+            ["organization_id", "folder_id"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_document_folders_organization_id_parent_id",
+            ["organization_id", "parent_id"],
+            unique=False,
+        )
         batch_op.create_index(
             "ix_document_folders_organization_id_store_id",
             ["organization_id", "store_id"],
@@ -1269,23 +1268,23 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("parsed_path", sa.Text(), nullable=True),
-        sa.Column("parsed_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("parsed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("uploaded_by", sa.Uuid(), nullable=True),
         sa.Column(
             "metadata",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("deleted_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1338,9 +1337,9 @@ def upgrade() -> None:
         sa.Column("currency", sa.String(length=3), nullable=False),
         sa.Column("issue_date", sa.Date(), nullable=True),
         sa.Column("due_date", sa.Date(), nullable=True),
-        sa.Column("paid_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("period_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("period_end", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("paid_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column("subtotal", sa.BigInteger(), nullable=False),
         sa.Column("discount_amount", sa.BigInteger(), nullable=False),
         sa.Column("tax_amount", sa.BigInteger(), nullable=False),
@@ -1377,13 +1376,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1434,14 +1433,11 @@ def upgrade() -> None:
         sa.Column("family_id", sa.Uuid(), nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
         sa.Column(
-            "issued_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
-            server_default=sa.func.now(),
-            nullable=False,
+            "issued_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
         ),
-        sa.Column("expires_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("used_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("revoked_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("replaced_by_id", sa.Uuid(), nullable=True),
         sa.Column("ip_address", sa.String(length=45), nullable=True),
         sa.Column("user_agent", sa.String(length=512), nullable=True),
@@ -1501,10 +1497,10 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("occurred_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
             "recorded_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1577,13 +1573,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1641,13 +1637,13 @@ def upgrade() -> None:
         sa.Column("created_by", sa.Uuid(), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1689,8 +1685,8 @@ def upgrade() -> None:
         sa.Column("quantity", sa.BigInteger(), nullable=False),
         sa.Column("unit_amount", sa.BigInteger(), nullable=False),
         sa.Column("amount", sa.BigInteger(), nullable=False),
-        sa.Column("period_start", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("period_end", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("period_start", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("period_end", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "metadata",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -1802,8 +1798,8 @@ def upgrade() -> None:
         sa.Column("credits_awarded", sa.BigInteger(), nullable=False),
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("failure_reason", sa.Text(), nullable=True),
-        sa.Column("paid_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("processed_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("paid_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "metadata",
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
@@ -1811,13 +1807,13 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1877,6 +1873,12 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.create_index(
+            "ix_payments_organization_id_subscription_id",
+            ["organization_id", "subscription_id"],
+            unique=False,
+        )
+        batch_op.create_index("ix_payments_plan_id", ["plan_id"], unique=False)
+        batch_op.create_index(
             "ix_payments_provider_payment_id", ["provider", "provider_payment_id"], unique=False
         )
 
@@ -1917,17 +1919,17 @@ def upgrade() -> None:
         sa.Column("input_tokens", sa.BigInteger(), nullable=False),
         sa.Column("output_tokens", sa.BigInteger(), nullable=False),
         sa.Column("created_by", sa.Uuid(), nullable=True),
-        sa.Column("started_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("completed_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
             "updated_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -1993,15 +1995,15 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column(
             "effective_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
-        sa.Column("expires_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("expired_at", saascore.kit.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("expired_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -2039,6 +2041,11 @@ def upgrade() -> None:
             ["organization_id", "expires_at"],
             unique=False,
         )
+        batch_op.create_index(
+            "ix_credit_grants_organization_id_payment_id",
+            ["organization_id", "payment_id"],
+            unique=False,
+        )
 
     op.create_table(
         "credit_transactions",
@@ -2074,7 +2081,7 @@ def upgrade() -> None:
         ),
         sa.Column(
             "created_at",
-            saascore.kit.types.UTCDateTime(timezone=True),
+            sa.DateTime(timezone=True),
             server_default=sa.func.now(),
             nullable=False,
         ),
@@ -2108,6 +2115,16 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_credit_transactions_organization_id_created_at",
             ["organization_id", "created_at"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_credit_transactions_organization_id_grant_id",
+            ["organization_id", "grant_id"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_credit_transactions_related",
+            ["organization_id", "related_transaction_id"],
             unique=False,
         )
 
@@ -2144,18 +2161,27 @@ def upgrade() -> None:
             ["organization_id", "grant_id"],
             unique=False,
         )
+        batch_op.create_index(
+            "ix_credit_allocations_organization_id_transaction_id",
+            ["organization_id", "transaction_id"],
+            unique=False,
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("credit_allocations", schema=None) as batch_op:
+        batch_op.drop_index("ix_credit_allocations_organization_id_transaction_id")
         batch_op.drop_index("ix_credit_allocations_organization_id_grant_id")
 
     op.drop_table("credit_allocations")
     with op.batch_alter_table("credit_transactions", schema=None) as batch_op:
+        batch_op.drop_index("ix_credit_transactions_related")
+        batch_op.drop_index("ix_credit_transactions_organization_id_grant_id")
         batch_op.drop_index("ix_credit_transactions_organization_id_created_at")
 
     op.drop_table("credit_transactions")
     with op.batch_alter_table("credit_grants", schema=None) as batch_op:
+        batch_op.drop_index("ix_credit_grants_organization_id_payment_id")
         batch_op.drop_index("ix_credit_grants_organization_id_expires_at")
         batch_op.drop_index("ix_credit_grants_drawable")
 
@@ -2168,6 +2194,8 @@ def downgrade() -> None:
     op.drop_table("processing_jobs")
     with op.batch_alter_table("payments", schema=None) as batch_op:
         batch_op.drop_index("ix_payments_provider_payment_id")
+        batch_op.drop_index("ix_payments_plan_id")
+        batch_op.drop_index("ix_payments_organization_id_subscription_id")
         batch_op.drop_index("ix_payments_organization_id_invoice_id")
         batch_op.drop_index("idx_payment_tenant_status")
         batch_op.drop_index("idx_payment_created")
@@ -2204,6 +2232,8 @@ def downgrade() -> None:
     op.drop_table("documents")
     with op.batch_alter_table("document_folders", schema=None) as batch_op:
         batch_op.drop_index("ix_document_folders_organization_id_store_id")
+        batch_op.drop_index("ix_document_folders_organization_id_parent_id")
+        batch_op.drop_index("ix_document_folders_organization_id_folder_id")
 
     op.drop_table("document_folders")
     with op.batch_alter_table("conversation_summaries", schema=None) as batch_op:
@@ -2234,6 +2264,7 @@ def downgrade() -> None:
     op.drop_table("usage_alerts")
     with op.batch_alter_table("subscriptions", schema=None) as batch_op:
         batch_op.drop_index("ix_subscriptions_provider_subscription_id")
+        batch_op.drop_index("ix_subscriptions_plan_id")
         batch_op.drop_index("idx_subscription_tenant_status")
         batch_op.drop_index("idx_subscription_next_billing")
 
