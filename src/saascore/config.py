@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(default=10, ge=0, validation_alias=_env("DB_MAX_OVERFLOW"))
     db_pool_timeout: float = Field(default=30.0, gt=0, validation_alias=_env("DB_POOL_TIMEOUT"))
     db_pool_recycle: int = Field(default=1800, ge=-1, validation_alias=_env("DB_POOL_RECYCLE"))
+    #: Test each pooled connection with a round trip before use. Off by default: it costs a
+    #: round trip per checkout, and a connection found dead in use is discarded with its pool
+    #: (the request answers 503; the next one reconnects). Turn on behind proxies that drop
+    #: idle connections sooner than DB_POOL_RECYCLE.
+    db_pool_pre_ping: bool = False
 
     # --- saascore's own ---------------------------------------------------------------------
     service_name: str = "saascore"

@@ -271,6 +271,7 @@ class TestPostgreSQLPool:
             db_max_overflow=1,
             db_pool_timeout=0.1,
             db_pool_recycle=77,
+            db_pool_pre_ping=True,
         )
         database = Database(settings)
         try:
@@ -280,6 +281,9 @@ class TestPostgreSQLPool:
             assert pool._max_overflow == 1
             assert pool._recycle == 77
             assert pool._pre_ping is True
+            assert Database(make_settings(database_url=postgres_url)).settings.db_pool_pre_ping is (
+                False
+            )
             async with AsyncExitStack() as stack:
                 for _ in range(3):  # pool_size + max_overflow
                     connection = await stack.enter_async_context(database.engine.connect())

@@ -46,16 +46,15 @@ def create_health_router(service_name: str = "saascore", version: str | None = N
         from saascore import __version__ as version
     router = APIRouter(tags=["health"])
 
-    @router.api_route(
-        "/health", methods=["GET", "HEAD"], response_model=Liveness, summary="Liveness"
-    )
+    @router.head("/health", include_in_schema=False)
+    @router.get("/health", response_model=Liveness, summary="Liveness")
     async def health() -> Liveness:
         """The process is up. Does not touch the database."""
         return Liveness(service=service_name, timestamp=utcnow().isoformat())
 
-    @router.api_route(
+    @router.head("/healthz", include_in_schema=False)
+    @router.get(
         "/healthz",
-        methods=["GET", "HEAD"],
         response_model=Readiness,
         summary="Readiness",
         responses={503: {"model": Readiness, "description": "The database is unreachable"}},

@@ -152,7 +152,7 @@ class Database:
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout,
                 pool_recycle=settings.db_pool_recycle,
-                pool_pre_ping=True,
+                pool_pre_ping=settings.db_pool_pre_ping,
             )
         server_settings = {"application_name": settings.service_name}
         if settings.database_schema:

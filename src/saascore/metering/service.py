@@ -17,6 +17,7 @@ Counters are keyed by period, so a new month (or day) starts at zero without a r
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -26,9 +27,11 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.config import DatabaseBackend
 from saascore.kit import metrics
 from saascore.kit.db import Database
 from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
@@ -36,6 +39,7 @@ from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import day_start, month_start, next_month_start, utcnow
+from saascore.metering import fastpath
 from saascore.metering.errors import (
     LimitExceeded,
     ReservationNotFound,
@@ -275,6 +279,8 @@ class UsageService:
         event = UsageEventIn(
             metric=metric, quantity=quantity, idempotency_key=idempotency_key, **fields
         )
+        if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
+            return await self._record_fast(org_id, event, enforce=True)
         async with self.database.scope(session) as s:
             return await self._record(s, org_id, event, enforce=True)
 
@@ -348,6 +354,8 @@ class UsageService:
             **fields,
         )
         try:
+            if self.database.backend is DatabaseBackend.POSTGRESQL:
+                return await self._record_fast(org_id, event, enforce=False)
             async with self.database.transaction() as s:
                 return await self._record(s, org_id, event, enforce=False)
         except Exception:
@@ -357,22 +365,140 @@ class UsageService:
             )
             return None
 
-    async def _record(
-        self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
-    ) -> RecordResult:
+    def _validate(self, event: UsageEventIn, meter: _MeterInfo, now: datetime) -> datetime:
+        """The event's time, once its fields are checked."""
         if event.quantity < 0:
             raise InvalidInput("the quantity must not be negative", field="quantity")
         if not event.idempotency_key:
             raise InvalidInput("an event needs an idempotency key", field="idempotency_key")
-        meter = await self._meter(s, event.metric)
         if meter.code == STORAGE:
             raise InvalidInput(
                 "storage is a gauge: change it with update_storage_used", metric=meter.code
             )
-        now = self.clock()
         occurred = event.occurred_at or now
         if occurred.tzinfo is None:
             raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
+        return occurred
+
+    async def _record_fast(
+        self, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
+    ) -> RecordResult:
+        """`_record` on PostgreSQL in one statement, one round trip (see `fastpath`)."""
+        if event.metric not in self._meters or self._meters_stale():
+            async with self.database.session(readonly=True) as s:
+                meter = await self._meter(s, event.metric)
+        else:
+            meter = self._meters[event.metric]
+        now = self.clock()
+        occurred = self._validate(event, meter, now)
+        increment = 1 if meter.aggregation is Aggregation.COUNT else event.quantity
+        if meter.aggregation is Aggregation.MAX:  # not expressible as one increment
+            async with self.database.transaction() as s:
+                return await self._record(s, org_id, event, enforce=enforce)
+        period_start, period_end = meter.period(occurred)
+        fingerprint = event.fingerprint()
+        parameters = (
+            org_id,
+            meter.code,
+            event.quantity,
+            increment,
+            enforce,
+            period_start,
+            period_end,
+            new_id(),
+            event.idempotency_key,
+            fingerprint,
+            event.user_id,
+            event.subscription_id,
+            event.feature,
+            event.model,
+            event.provider,
+            event.input_tokens,
+            event.output_tokens,
+            event.cached_tokens,
+            event.credits_used,
+            event.request_id,
+            event.batch_id,
+            event.endpoint,
+            event.response_time_ms,
+            json.dumps(event.properties),
+            occurred,
+            now,
+            occurred.astimezone(UTC).date(),
+            new_id(),
+            new_id(),
+            new_id(),
+            new_id(),
+        )
+        async with self.database.engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            try:
+                row = await driver.fetchrow(fastpath.RECORD, *parameters)
+            except asyncpg.PostgresError as error:
+                if error.sqlstate != fastpath.LIMIT_EXCEEDED_SQLSTATE:
+                    raise
+                refused = True
+            except (OSError, asyncpg.InterfaceError):
+                await connection.invalidate()
+                raise
+            else:
+                refused = False
+        if refused:
+            metrics.USAGE_REFUSED.labels(meter.code).inc()
+            snapshot = await self.usage(org_id, meter.code)
+            assert snapshot.limit is not None
+            raise LimitExceeded(
+                meter.code, snapshot.limit, snapshot.used + snapshot.reserved, increment
+            )
+        assert row is not None
+        if not row["organization_found"]:
+            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+        limit_value = row["limit_value"]
+        if row["event_id"] is None:
+            # A duplicate: an earlier event with this key, or a copy that committed while this
+            # statement waited for it (then not in this statement's snapshot: read it now).
+            if row["previous_id"] is not None:
+                if row["previous_hash"] != fingerprint:
+                    raise IdempotencyConflict(
+                        f"idempotency key {event.idempotency_key!r} was used for a different event",
+                        idempotency_key=event.idempotency_key,
+                    )
+                return RecordResult(
+                    row["previous_id"],
+                    "duplicate",
+                    meter.code,
+                    event.quantity,
+                    int(row["current_used"] or 0),
+                    limit_value,
+                )
+            async with self.database.session(readonly=True) as s:
+                previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
+            if previous is None:  # the copy rolled back meanwhile: try again
+                return await self._record_fast(org_id, event, enforce=enforce)
+            return previous
+        has_tokens = event.input_tokens or event.output_tokens
+        if event.model is not None and has_tokens and not row["priced"]:
+            self._unpriced(event)
+        used, reserved = int(row["used"]), int(row["reserved"])
+        metrics.USAGE_RECORDED.labels(meter.code).inc()
+        return RecordResult(
+            event_id=row["event_id"],
+            status="accepted",
+            metric=meter.code,
+            quantity=event.quantity,
+            used=used,
+            limit=limit_value,
+            over_soft_limit=limit_value is not None and used + reserved > limit_value,
+            cost_micros=int(row["cost_micros"]),
+        )
+
+    async def _record(
+        self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
+    ) -> RecordResult:
+        meter = await self._meter(s, event.metric)
+        now = self.clock()
+        occurred = self._validate(event, meter, now)
         fingerprint = event.fingerprint()
         previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
         if previous is not None:
@@ -963,9 +1089,12 @@ class UsageService:
         )
 
     # --- internals -----------------------------------------------------------------------------
+    def _meters_stale(self) -> bool:
+        return self.clock().timestamp() - self._meters_loaded_at > METER_CACHE_SECONDS
+
     async def _meter(self, s: AsyncSession, code: str) -> _MeterInfo:
         meter = self._meters.get(code)
-        if meter is None or self.clock().timestamp() - self._meters_loaded_at > METER_CACHE_SECONDS:
+        if meter is None or self._meters_stale():
             await self._refresh_meters(s)
             meter = self._meters.get(code)
         if meter is None:
@@ -1254,6 +1383,12 @@ class UsageService:
         )
         return event_id if inserted.scalar_one_or_none() is not None else None
 
+    def _unpriced(self, event: UsageEventIn) -> None:
+        metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()
+        logger.warning(
+            "no price for model %r (provider %r): recorded at cost 0", event.model, event.provider
+        )
+
     async def _price(self, s: AsyncSession, event: UsageEventIn, at: datetime) -> int:
         """The event's cost in micro-units from `model_pricing`: 0 for an event without model
         tokens, and 0 (counted and logged) for a model without a price."""
@@ -1274,11 +1409,6 @@ class UsageService:
             query = query.where(ModelPricing.provider == event.provider)
         pricing = (await s.scalars(query)).first()
         if pricing is None:
-            metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()
-            logger.warning(
-                "no price for model %r (provider %r): recorded at cost 0",
-                event.model,
-                event.provider,
-            )
+            self._unpriced(event)
             return 0
         return _cost(pricing, event.input_tokens, event.output_tokens, event.cached_tokens)
