@@ -134,9 +134,9 @@ class UsageEventIn:
     properties: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        content = asdict(self)
-        content.pop("idempotency_key")
-        content.pop("organization_id")
+        """What tells a retry of this event from another event reusing its key."""
+        content = dict(vars(self))  # shallow: asdict() would deep-copy the properties
+        del content["idempotency_key"], content["organization_id"]
         return payload_hash(content)
 
 
