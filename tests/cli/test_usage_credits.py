@@ -1,0 +1,85 @@
+"""`saascore usage` and `saascore credits`, through the console script."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest_asyncio
+
+from saascore.kit.db import Database
+from saascore.metering import UsageService
+from saascore.plans import PlanService, read_catalog
+from saascore.tenancy import OrganizationService
+from tests.cli.runner import Cli
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def org_cli(migrated_cli: Cli, empty_database: Database) -> tuple[Cli, str]:
+    """A migrated database with the default catalog and one organisation (external id acme)
+    whose api_calls limit is 5."""
+    plans = PlanService(empty_database)
+    await plans.load_catalog(read_catalog())
+    organization = await OrganizationService(empty_database, plans).create(
+        name="Acme", plan="free", external_id="acme"
+    )
+    await UsageService(empty_database).set_limit(organization.id, "api_calls", 5)
+    return migrated_cli, str(organization.id)
+
+
+def events_file(directory: Path, org: str, count: int, *extra: str) -> Path:
+    lines = [
+        json.dumps({"organization_id": org, "id": f"e{n}", "metric": "api_calls", "quantity": 1})
+        for n in range(count)
+    ]
+    path = directory / "events.jsonl"
+    path.write_text("\n".join([*lines, *extra]) + "\n")
+    return path
+
+
+def test_import_is_idempotent_and_reports_each_line(org_cli: tuple[Cli, str]) -> None:
+    cli, org = org_cli
+    path = events_file(cli.cwd, org, 7, "not json")
+    first = cli("usage", "import", str(path))
+    assert first.returncode == 1  # a refused and an invalid line
+    assert first.stdout.strip() == "5 accepted, 0 duplicate, 2 refused, 1 invalid"
+    assert "line 6: limit_exceeded" in first.stderr
+    assert "line 8: not JSON" in first.stderr
+    assert not Path(str(path) + ".saascore-progress").exists()  # done: no checkpoint left
+
+    again = cli("usage", "import", str(path))
+    assert again.stdout.strip() == "0 accepted, 5 duplicate, 2 refused, 1 invalid"
+
+    report = cli("usage", "report", "--org", "acme", "--by", "metric").ok()
+    row = next(line.split() for line in report.stdout.splitlines() if "api_calls" in line)
+    assert row[:3] == ["api_calls", "5", "5"]  # quantity 5 from 5 events, counted once
+
+
+def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str]) -> None:
+    cli, org = org_cli
+    path = events_file(cli.cwd, org, 3)
+    # An interrupted import left a checkpoint after the first two lines.
+    first_two = len("\n".join(path.read_text().splitlines()[:2])) + 1
+    Path(str(path) + ".saascore-progress").write_text(str(first_two))
+    resumed = cli("usage", "import", str(path)).ok()
+    assert resumed.stdout.strip() == "1 accepted, 0 duplicate, 0 refused, 0 invalid"
+    restarted = cli("usage", "import", "--restart", str(path)).ok()
+    assert restarted.stdout.strip() == "2 accepted, 1 duplicate, 0 refused, 0 invalid"
+
+
+def test_credits_grant_balance_verify(org_cli: tuple[Cli, str]) -> None:
+    cli, _ = org_cli
+    granted = cli("credits", "grant", "acme", "100", "--key", "k1").ok()
+    assert granted.stdout.strip() == "granted 100; balance 100"
+    again = cli("credits", "grant", "acme", "100", "--key", "k1").ok()
+    assert again.stdout.strip() == "granted 100; balance 100"  # the key: granted once
+    balance, verify, sweep, nobody = cli.run_together(
+        ["credits", "balance", "acme"],
+        ["credits", "verify"],
+        ["usage", "sweep"],
+        ["credits", "balance", "nobody"],
+    )
+    assert balance.ok().stdout.splitlines()[0] == "balance 100"
+    assert verify.ok().stdout.strip() == "credit ledger consistent"
+    assert sweep.ok().stdout.strip() == "0 reservations expired"
+    assert nobody.error_line(1) == "saascore: no organisation nobody"
