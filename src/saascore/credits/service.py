@@ -90,6 +90,8 @@ class CreditService:
         """Add `amount` credits as a new grant. A retry with the same key returns the first
         transaction; the same key with different values raises `IdempotencyConflict`."""
         _positive(amount)
+        if expires_at is not None and expires_at <= self.clock():
+            raise InvalidInput("the grant would expire before it starts", field="expires_at")
         request = {
             "op": "grant",
             "amount": amount,
@@ -252,7 +254,7 @@ class CreditService:
                     f"only a consumption can be refunded, not a {original.type.value}",
                     transaction_id=str(transaction_id),
                 )
-            shares, refundable = await self._refundable_shares(s, original)
+            shares, refundable = await self._refundable_shares(s, original, now)
             wanted = refundable if amount is None else amount
             if wanted == 0 or wanted > refundable:
                 raise NotRefundable(
@@ -310,6 +312,7 @@ class CreditService:
                         sa.select(CreditGrant.organization_id)
                         .where(CreditGrant.remaining > 0, CreditGrant.expires_at <= now)
                         .distinct()
+                        .order_by(CreditGrant.organization_id)  # one lock order for all callers
                     )
                 ).all()
             expired: list[CreditTransaction] = []
@@ -390,7 +393,7 @@ class CreditService:
         query = sa.select(UsageLimits.credit_balance - lapsed).where(
             UsageLimits.organization_id == org_id
         )
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             balance = (await s.execute(query)).scalar_one_or_none()
         if balance is None:
             raise NotFound(f"no organisation {org_id}", organization=str(org_id))
@@ -401,7 +404,7 @@ class CreditService:
     ) -> CreditAccount:
         """The balance and the grants that still hold credits, in draw order."""
         now = self.clock()
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             balance = await self.balance(org_id, session=s)
             grants = (
                 await s.scalars(
@@ -429,7 +432,7 @@ class CreditService:
         if before is not None:
             query = query.where(CreditTransaction.id < before)
         query = query.order_by(CreditTransaction.id.desc()).limit(limit)
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             return (await s.scalars(query)).all()
 
     async def verify(self, *, session: AsyncSession | None = None) -> list[LedgerProblem]:
@@ -493,7 +496,7 @@ class CreditService:
             .where(CreditGrant.amount - CreditGrant.remaining != sa.func.coalesce(drawn.c.total, 0))
         )
         problems: list[LedgerProblem] = []
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             for org, cached, in_ledger, in_grants in await s.execute(balances):
                 if cached != in_ledger or cached != in_grants:
                     problems.append(
@@ -710,7 +713,7 @@ class CreditService:
         return transaction
 
     async def _refundable_shares(
-        self, s: AsyncSession, original: CreditTransaction
+        self, s: AsyncSession, original: CreditTransaction, now: datetime
     ) -> tuple[list[tuple[CreditGrant, int]], int]:
         """What of a consumption is left to refund: in total, and per grant it drew on (in
         draw order, less what refunds already returned to that grant).
@@ -753,8 +756,20 @@ class CreditService:
                 .execution_options(populate_existing=True)
             )
         }
+        refundable = -original.amount - int(refunded)
+        # A share paid back as a new grant (its grant had lapsed) left no allocation, so it is
+        # still counted above. Refunds pay the latest shares first, so the stale ones are the
+        # latest lapsed ones: take the excess off them, latest first.
+        stale = sum(shares.values()) - refundable
+        for grant_id in reversed(list(shares)):
+            if stale == 0:
+                break
+            if shares[grant_id] > 0 and _lapsed(grants[grant_id], now):
+                taken = min(stale, shares[grant_id])
+                shares[grant_id] -= taken
+                stale -= taken
         ordered = [(grants[grant_id], share) for grant_id, share in shares.items() if share > 0]
-        return ordered, -original.amount - int(refunded)
+        return ordered, refundable
 
 
 def _positive(amount: int) -> None:

@@ -200,17 +200,23 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def scope(self, session: AsyncSession | None) -> AsyncIterator[AsyncSession]:
+    async def scope(
+        self, session: AsyncSession | None, *, readonly: bool = False
+    ) -> AsyncIterator[AsyncSession]:
         """The caller's session as it is (the caller commits), or a new transaction of our own.
 
         Services take an optional session: inside a request they join its unit of work;
         called on their own (the facade, scripts, the CLI) they commit their work themselves.
+        `readonly=True` is for reads: on SQLite they then do not queue for the write lock.
         """
         if session is not None:
             yield session
-            return
-        async with self.transaction() as own:
-            yield own
+        elif readonly:
+            async with self.session(readonly=True) as own:
+                yield own
+        else:
+            async with self.transaction() as own:
+                yield own
 
     async def ping(self, timeout: float = 5.0) -> None:
         """Run `SELECT 1`; raise `DatabaseUnavailable` with the reason if it fails."""

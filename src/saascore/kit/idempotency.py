@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 __all__ = ["payload_hash"]
@@ -11,5 +12,13 @@ __all__ = ["payload_hash"]
 
 def payload_hash(payload: dict[str, Any]) -> str:
     """SHA-256 of the payload as canonical JSON (sorted keys; UUIDs, datetimes as strings)."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain(value: Any) -> str:
+    """A datetime as the same instant in UTC (so a time zone is not a different request),
+    written as `str()` writes it, as before; anything else as `str()`."""
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        value = value.astimezone(UTC)
+    return str(value)

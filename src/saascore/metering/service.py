@@ -609,7 +609,7 @@ class UsageService:
     ) -> UsageSnapshot:
         """Used, reserved and the limit for the current period."""
         now = self.clock()
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             meter = await self._meter(s, metric)
             limit = await self.limit(org_id, metric, session=s)
             start, end = meter.period(now)
@@ -623,7 +623,7 @@ class UsageService:
         self, org_id: uuid.UUID, *, session: AsyncSession | None = None
     ) -> list[UsageSnapshot]:
         """Usage and limits of every active meter."""
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             await self._refresh_meters(s)
             return [await self.usage(org_id, code, session=s) for code in sorted(self._meters)]
 
@@ -670,7 +670,7 @@ class UsageService:
         )
         if metric is not None:
             query = query.where(UsageDailySummary.metric == metric)
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             rows = (await s.execute(query)).all()
         return [
             SummaryRow(str(key), *(int(value or 0) for value in values)) for key, *values in rows
@@ -699,7 +699,7 @@ class UsageService:
             )
             .where(Organization.id == org_id)
         )
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             row = (await s.execute(query)).one_or_none()
         if row is None:
             raise NotFound(f"no organisation {org_id}", organization=str(org_id))
@@ -1023,7 +1023,7 @@ class UsageService:
         self, org_id: uuid.UUID, additional_bytes: int, *, session: AsyncSession | None = None
     ) -> StorageLimitResult:
         """May the organisation store `additional_bytes` more? O(1): one row read."""
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             used = await self._storage_used(s, org_id)
             limit = await self.limit(org_id, STORAGE, session=s)
         remaining = None if limit.value is None else max(limit.value - used, 0)
