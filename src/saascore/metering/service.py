@@ -883,12 +883,19 @@ class UsageService:
                     },
                 },
             )
-            cost = await self._price(s, event, now)
+            # The usage counts in the period that held the quota: if that period has ended
+            # meanwhile, the event is dated when the reservation was made, inside it.
+            occurred = now
+            if meter.period(now)[0] != reservation.period_start:
+                occurred = reservation.created_at
+            cost = await self._price(s, event, occurred)
             event_id = await self._insert_event(
-                s, reservation.organization_id, event, event.fingerprint(), now, cost, now
+                s, reservation.organization_id, event, event.fingerprint(), occurred, cost, now
             )
             assert event_id is not None  # the claim above is exclusive: no copy can exist
-            await self._roll_up(s, reservation.organization_id, meter.code, event, now, cost, now)
+            await self._roll_up(
+                s, reservation.organization_id, meter.code, event, occurred, cost, now
+            )
             used, reserved = counted
             if limit.value is not None and extra > 0:
                 await self._alerts(
