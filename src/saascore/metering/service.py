@@ -249,6 +249,14 @@ def _cost(pricing: ModelPricing, input_tokens: int, output_tokens: int, cached: 
     return (total + 500_000) // 1_000_000
 
 
+def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
+    return ReservationNotHeld(
+        f"reservation {reservation_id} is expired",
+        reservation_id=str(reservation_id),
+        status="expired",
+    )
+
+
 class UsageService:
     """Usage and limits of organisations. Methods take `session=` to join a unit of work."""
 
@@ -381,7 +389,7 @@ class UsageService:
         return occurred
 
     async def _record_fast(
-        self, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
+        self, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool, swept: bool = False
     ) -> RecordResult:
         """`_record` on PostgreSQL in one statement, one round trip (see `fastpath`)."""
         if event.metric not in self._meters or self._meters_stale():
@@ -445,6 +453,8 @@ class UsageService:
             else:
                 refused = False
         if refused:
+            if not swept and await self.sweep(org_id=org_id, metric=meter.code):
+                return await self._record_fast(org_id, event, enforce=enforce, swept=True)
             metrics.USAGE_REFUSED.labels(meter.code).inc()
             snapshot = await self.usage(org_id, meter.code)
             assert snapshot.limit is not None
@@ -494,7 +504,13 @@ class UsageService:
         )
 
     async def _record(
-        self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        event: UsageEventIn,
+        *,
+        enforce: bool,
+        swept: bool = False,
     ) -> RecordResult:
         meter = await self._meter(s, event.metric)
         now = self.clock()
@@ -518,6 +534,13 @@ class UsageService:
             now=now,
         )
         if counted is None:
+            # A copy that committed while we waited for the counter is a duplicate, not a
+            # refusal; and expired reservations may be holding the quota we lack.
+            previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
+            if previous is not None:
+                return previous
+            if not swept and await self.sweep(org_id=org_id, metric=meter.code, session=s):
+                return await self._record(s, org_id, event, enforce=enforce, swept=True)
             metrics.USAGE_REFUSED.labels(meter.code).inc()
             used, reserved = await self._counter(s, org_id, meter.code, period_start)
             assert limit.value is not None
@@ -617,6 +640,7 @@ class UsageService:
                 used, reserved = await self._storage_used(s, org_id), 0
             else:
                 used, reserved = await self._counter(s, org_id, meter.code, start)
+                reserved -= await self._lapsed_holds(s, org_id, meter.code, start, now)
         return UsageSnapshot(meter.code, start, end, used, reserved, limit.value, limit.hard)
 
     async def limits(
@@ -807,6 +831,10 @@ class UsageService:
                 used, reserved = await self._counter(s, org_id, meter.code, period_start)
                 assert limit.value is not None
                 raise LimitExceeded(meter.code, limit.value, used + reserved, quantity)
+            if limit.value is not None:  # held quota counts towards the thresholds too
+                await self._alerts(
+                    s, org_id, meter.code, period_start, limit.value, sum(counted), quantity, now
+                )
             reservation = UsageReservation(
                 organization_id=org_id,
                 id=new_id(),
@@ -838,87 +866,99 @@ class UsageService:
         """
         if actual_quantity < 0:
             raise InvalidInput("the quantity must not be negative", field="actual_quantity")
-        now = self.clock()
         async with self.database.scope(session) as s:
-            reservation = await self._claim(
-                s, reservation_id, org_id, ReservationStatus.SETTLED, now, actual_quantity
+            if not await self._sweep_lapsed(s, reservation_id, org_id):
+                # The savepoint: a refusal below also undoes the claim, in the caller's session.
+                async with s.begin_nested():
+                    return await self._settle(s, reservation_id, org_id, actual_quantity, fields)
+        raise _expired(reservation_id)
+
+    async def _settle(
+        self,
+        s: AsyncSession,
+        reservation_id: uuid.UUID,
+        org_id: uuid.UUID | None,
+        actual_quantity: int,
+        fields: dict[str, Any],
+    ) -> RecordResult:
+        now = self.clock()
+        reservation = await self._claim(
+            s, reservation_id, org_id, ReservationStatus.SETTLED, now, actual_quantity
+        )
+        meter = await self._meter(s, reservation.metric)
+        limit = await self.limit(reservation.organization_id, meter.code, session=s)
+        extra = actual_quantity - reservation.quantity
+        statement = (
+            sa.update(UsageCounter)
+            .where(
+                UsageCounter.organization_id == reservation.organization_id,
+                UsageCounter.metric == meter.code,
+                UsageCounter.period_start == reservation.period_start,
             )
-            meter = await self._meter(s, reservation.metric)
-            limit = await self.limit(reservation.organization_id, meter.code, session=s)
-            extra = actual_quantity - reservation.quantity
-            statement = (
-                sa.update(UsageCounter)
-                .where(
-                    UsageCounter.organization_id == reservation.organization_id,
-                    UsageCounter.metric == meter.code,
-                    UsageCounter.period_start == reservation.period_start,
-                )
-                .values(
-                    used=UsageCounter.used + actual_quantity,
-                    reserved=UsageCounter.reserved - reservation.quantity,
-                    updated_at=now,
-                )
-                .returning(UsageCounter.used, UsageCounter.reserved)
+            .values(
+                used=UsageCounter.used + actual_quantity,
+                reserved=UsageCounter.reserved - reservation.quantity,
+                updated_at=now,
             )
-            if extra > 0 and limit.hard and limit.value is not None:
-                statement = statement.where(
-                    UsageCounter.used + UsageCounter.reserved + extra <= limit.value
-                )
-            counted = (await s.execute(statement)).one_or_none()
-            if counted is None:
-                used, reserved = await self._counter(
-                    s, reservation.organization_id, meter.code, reservation.period_start
-                )
-                assert limit.value is not None
-                raise LimitExceeded(meter.code, limit.value, used + reserved, extra)
-            event = UsageEventIn(
-                metric=meter.code,
-                quantity=actual_quantity,
-                idempotency_key=f"reservation:{reservation.id}",
-                **{
-                    **fields,
-                    "properties": {
-                        **fields.get("properties", {}),
-                        "reservation_id": str(reservation.id),
-                    },
+            .returning(UsageCounter.used, UsageCounter.reserved)
+        )
+        if extra > 0 and limit.hard and limit.value is not None:
+            statement = statement.where(
+                UsageCounter.used + UsageCounter.reserved + extra <= limit.value
+            )
+        counted = (await s.execute(statement)).one_or_none()
+        if counted is None:
+            used, reserved = await self._counter(
+                s, reservation.organization_id, meter.code, reservation.period_start
+            )
+            assert limit.value is not None
+            raise LimitExceeded(meter.code, limit.value, used + reserved, extra)
+        event = UsageEventIn(
+            metric=meter.code,
+            quantity=actual_quantity,
+            idempotency_key=f"reservation:{reservation.id}",
+            **{
+                **fields,
+                "properties": {
+                    **fields.get("properties", {}),
+                    "reservation_id": str(reservation.id),
                 },
-            )
-            # The usage counts in the period that held the quota: if that period has ended
-            # meanwhile, the event is dated when the reservation was made, inside it.
-            occurred = now
-            if meter.period(now)[0] != reservation.period_start:
-                occurred = reservation.created_at
-            cost = await self._price(s, event, occurred)
-            event_id = await self._insert_event(
-                s, reservation.organization_id, event, event.fingerprint(), occurred, cost, now
-            )
-            assert event_id is not None  # the claim above is exclusive: no copy can exist
-            await self._roll_up(
-                s, reservation.organization_id, meter.code, event, occurred, cost, now
-            )
-            used, reserved = counted
-            if limit.value is not None and extra > 0:
-                await self._alerts(
-                    s,
-                    reservation.organization_id,
-                    meter.code,
-                    reservation.period_start,
-                    limit.value,
-                    used + reserved,
-                    extra,
-                    now,
-                )
-            metrics.USAGE_RECORDED.labels(meter.code).inc()
-            return RecordResult(
-                event_id,
-                "accepted",
+            },
+        )
+        # The usage counts in the period that held the quota: if that period has ended
+        # meanwhile, the event is dated when the reservation was made, inside it.
+        occurred = now
+        if meter.period(now)[0] != reservation.period_start:
+            occurred = reservation.created_at
+        cost = await self._price(s, event, occurred)
+        event_id = await self._insert_event(
+            s, reservation.organization_id, event, event.fingerprint(), occurred, cost, now
+        )
+        assert event_id is not None  # the claim above is exclusive: no copy can exist
+        await self._roll_up(s, reservation.organization_id, meter.code, event, occurred, cost, now)
+        used, reserved = counted
+        if limit.value is not None and extra > 0:
+            await self._alerts(
+                s,
+                reservation.organization_id,
                 meter.code,
-                actual_quantity,
-                used,
+                reservation.period_start,
                 limit.value,
-                limit.value is not None and used + reserved > limit.value,
-                cost,
+                used + reserved,
+                extra,
+                now,
             )
+        metrics.USAGE_RECORDED.labels(meter.code).inc()
+        return RecordResult(
+            event_id,
+            "accepted",
+            meter.code,
+            actual_quantity,
+            used,
+            limit.value,
+            limit.value is not None and used + reserved > limit.value,
+            cost,
+        )
 
     async def release(
         self,
@@ -930,17 +970,42 @@ class UsageService:
         """Stop holding a reservation's quota without recording usage."""
         now = self.clock()
         async with self.database.scope(session) as s:
-            reservation = await self._claim(
-                s, reservation_id, org_id, ReservationStatus.RELEASED, now, None
+            if not await self._sweep_lapsed(s, reservation_id, org_id):
+                reservation = await self._claim(
+                    s, reservation_id, org_id, ReservationStatus.RELEASED, now, None
+                )
+                await self._give_back(
+                    s,
+                    reservation.organization_id,
+                    reservation.metric,
+                    reservation.period_start,
+                    reserved=reservation.quantity,
+                )
+                return reservation
+        raise _expired(reservation_id)
+
+    async def _sweep_lapsed(
+        self, s: AsyncSession, reservation_id: uuid.UUID, org_id: uuid.UUID | None
+    ) -> bool:
+        """Sweep the reservation if it is still held past its time; whether it was. The caller
+        then ends its transaction before raising, so the sweep is kept."""
+        found = sa.and_(
+            UsageReservation.id == reservation_id,
+            *([UsageReservation.organization_id == org_id] if org_id is not None else []),
+        )
+        lapsed = (
+            await s.execute(
+                sa.select(UsageReservation.organization_id, UsageReservation.metric).where(
+                    found,
+                    UsageReservation.status == ReservationStatus.HELD,
+                    UsageReservation.expires_at <= self.clock(),
+                )
             )
-            await self._give_back(
-                s,
-                reservation.organization_id,
-                reservation.metric,
-                reservation.period_start,
-                reserved=reservation.quantity,
-            )
-            return reservation
+        ).one_or_none()
+        if lapsed is None:
+            return False
+        await self.sweep(org_id=lapsed[0], metric=lapsed[1], session=s)
+        return True
 
     async def sweep(
         self,
@@ -1143,6 +1208,26 @@ class UsageService:
             sa.select(UsageLimits.storage_used_bytes).where(UsageLimits.organization_id == org_id)
         )
         return int(used or 0)
+
+    async def _lapsed_holds(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        metric: str,
+        period_start: datetime,
+        now: datetime,
+    ) -> int:
+        """Quota still counted as reserved by reservations past their time (not yet swept)."""
+        held = await s.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(UsageReservation.quantity), 0)).where(
+                UsageReservation.organization_id == org_id,
+                UsageReservation.metric == metric,
+                UsageReservation.period_start == period_start,
+                UsageReservation.status == ReservationStatus.HELD,
+                UsageReservation.expires_at <= now,
+            )
+        )
+        return int(held or 0)
 
     async def _counter(
         self, s: AsyncSession, org_id: uuid.UUID, metric: str, period_start: datetime
