@@ -10,6 +10,8 @@ Fixtures (the contract other test packages code against):
   per run (per xdist worker): a SQLite file in a session temp dir, or a PostgreSQL schema
   `t_<random>_<worker>` dropped at the end. Nothing may be committed into it except through
   `session`, which rolls back; tests that must commit use `empty_settings`.
+- `scratch` (function): a migrated database with the default catalog, one per test module,
+  that the module's tests may commit into.
 - `session` (function): an `AsyncSession` inside a connection-level transaction that is rolled
   back after the test; `session.commit()` only releases a savepoint.
 - `empty_settings` (function): `Settings` for a brand-new, empty database (no migrations).
@@ -37,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.config import Settings
 from saascore.kit.db import Database
+from saascore.plans import PlanService, read_catalog
 from tests.helpers import (
     BACKENDS,
     JoinedDatabase,
@@ -123,6 +126,32 @@ async def _postgresql_database(
     directory = tmp_path_factory.mktemp("postgresql")
     async with migrated_database("postgresql", directory, postgres_url) as database:
         yield database
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def _scratch_sqlite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
+    async with migrated_database("sqlite", tmp_path_factory.mktemp("scratch")) as database:
+        await PlanService(database).load_catalog(read_catalog())
+        yield database
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def _scratch_postgresql(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    directory = tmp_path_factory.mktemp("scratch")
+    async with migrated_database("postgresql", directory, postgres_url) as database:
+        await PlanService(database).load_catalog(read_catalog())
+        yield database
+
+
+@pytest.fixture
+def scratch(backend: str, request: pytest.FixtureRequest) -> Database:
+    """A migrated database with the default catalog, one per test module, that its tests
+    commit into (concurrency tests, code that commits on its own). Tests share it within the
+    module, so each makes organisations of its own."""
+    database: Database = request.getfixturevalue(f"_scratch_{backend}")
+    return database
 
 
 @pytest.fixture

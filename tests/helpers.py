@@ -6,6 +6,8 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,30 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.config import Settings
 from saascore.kit.db import Database
+
+#: Where the controllable clocks start: mid-month, so a month boundary is a known step away.
+CLOCK_START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Clock:
+    """A service's clock (`UsageService(database, clock=clock)`): time stands still until a
+    test moves it, and only forward."""
+
+    now: datetime = CLOCK_START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta = timedelta(0), **units: float) -> datetime:
+        self.now += delta + timedelta(**units)
+        return self.now
+
+    def set(self, moment: datetime) -> datetime:
+        assert moment >= self.now, "the clock only moves forward"
+        self.now = moment
+        return self.now
+
 
 __all__ = [
     "BACKENDS",

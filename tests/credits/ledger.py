@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.models import CreditAllocation, CreditGrant, CreditTransaction, UsageLimits
+from tests.helpers import CLOCK_START, Clock
 
 __all__ = [
     "START",
@@ -27,29 +28,9 @@ __all__ = [
     "totals",
 ]
 
-#: Where the controllable clocks start: mid-month, so a month boundary is a known step away.
-START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+START = CLOCK_START
 
 Reader = AsyncSession | AsyncConnection
-
-
-@dataclass
-class Clock:
-    """`CreditService(database, clock=clock)`: time stands still until a test moves it."""
-
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta = timedelta(0), **units: float) -> datetime:
-        self.now += delta + timedelta(**units)
-        return self.now
-
-    def set(self, moment: datetime) -> datetime:
-        assert moment >= self.now, "the clock only moves forward"
-        self.now = moment
-        return self.now
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 
@@ -34,7 +33,6 @@ from tests.credits.ledger import (
     ledger,
 )
 from tests.factories import create_organization, create_plan
-from tests.helpers import migrated_database
 
 WORKERS = 64
 
@@ -46,30 +44,14 @@ RACE_POOL = {"db_pool_size": 6, "db_max_overflow": 10}
 CONSUME = CreditTransactionType.CONSUME
 
 
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_sqlite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
-    async with migrated_database("sqlite", tmp_path_factory.mktemp("races")) as database:
+@pytest_asyncio.fixture(loop_scope="session")
+async def scratch(scratch: Database) -> AsyncIterator[Database]:
+    """The module's committed database, on an engine whose pool is sized for the workers."""
+    database = Database(scratch.settings.model_copy(update=RACE_POOL))
+    try:
         yield database
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_postgresql(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Database]:
-    directory = tmp_path_factory.mktemp("races")
-    async with migrated_database("postgresql", directory, postgres_url) as migrated:
-        database = Database(migrated.settings.model_copy(update=RACE_POOL))
-        try:
-            yield database
-        finally:
-            await database.dispose()
-
-
-@pytest.fixture
-def scratch(backend: str, request: pytest.FixtureRequest) -> Database:
-    """A migrated database that only this module's tests commit into."""
-    database: Database = request.getfixturevalue(f"_scratch_{backend}")
-    return database
+    finally:
+        await database.dispose()
 
 
 @pytest_asyncio.fixture(loop_scope="session", autouse=True)

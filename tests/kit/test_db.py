@@ -31,33 +31,10 @@ from tests.helpers import (
     create_schema,
     drop_schema,
     make_settings,
-    migrated_database,
     new_schema_name,
     only_sqlite,
     plain_postgres_dsn,
 )
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_sqlite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
-    async with migrated_database("sqlite", tmp_path_factory.mktemp("scratch")) as database:
-        yield database
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_postgresql(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Database]:
-    directory = tmp_path_factory.mktemp("scratch")
-    async with migrated_database("postgresql", directory, postgres_url) as database:
-        yield database
-
-
-@pytest.fixture
-def scratch(backend: str, request: pytest.FixtureRequest) -> Database:
-    """A migrated database that only this module's tests commit into."""
-    database: Database = request.getfixturevalue(f"_scratch_{backend}")
-    return database
 
 
 async def plan_exists(database: Database, code: str) -> bool:

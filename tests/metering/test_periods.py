@@ -9,7 +9,6 @@ Every test runs in the rolled-back `session` with the default catalog loaded (`t
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -23,6 +22,7 @@ from saascore.metering.service import UsageService
 from saascore.models import Organization, UsageCounter, UsageDailySummary, UsageEvent
 from saascore.plans import PlanService, read_catalog
 from tests.factories import create_organization
+from tests.helpers import Clock
 
 JAN, FEB, MAR, APR = (datetime(2025, month, 1, tzinfo=UTC) for month in (1, 2, 3, 4))
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -30,17 +30,9 @@ LAST_SECOND_OF_JANUARY = datetime(2025, 1, 31, 23, 59, 59, tzinfo=UTC)
 FREE_API_CALLS, FREE_STORAGE = 100, 100 * 1024 * 1024
 
 
-@dataclass
-class Clock:
-    now: datetime = datetime(2025, 2, 1, 0, 0, 30, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(datetime(2025, 2, 1, 0, 0, 30, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -34,12 +34,11 @@ from saascore.models import (
     UsageLimits,
     UsageReservation,
 )
-from saascore.plans import PlanService, read_catalog
 from tests.factories import create_organization, create_plan
-from tests.helpers import migrated_database
+from tests.helpers import CLOCK_START, Clock
 
 WORKERS = 64
-START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+START = CLOCK_START
 MARCH = datetime(2025, 3, 1, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: Twenty transactions in flight at once (the other workers queue for a connection, up to a
@@ -49,42 +48,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 POOL = {"db_pool_size": 10, "db_max_overflow": 10, "db_pool_timeout": 60.0}
 
 
-@dataclass
-class Clock:
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 # --- the scratch database ----------------------------------------------------------------------
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_sqlite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
-    async with migrated_database("sqlite", tmp_path_factory.mktemp("races")) as database:
-        await PlanService(database).load_catalog(read_catalog())
-        yield database
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_postgresql(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Database]:
-    directory = tmp_path_factory.mktemp("races")
-    async with migrated_database("postgresql", directory, postgres_url) as database:
-        await PlanService(database).load_catalog(read_catalog())
-        yield database
-
-
-@pytest.fixture
-def _scratch(backend: str, request: pytest.FixtureRequest) -> Database:
-    database: Database = request.getfixturevalue(f"_scratch_{backend}")
-    return database
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def scratch(_scratch: Database) -> AsyncIterator[Database]:
+async def scratch(scratch: Database) -> AsyncIterator[Database]:
     """The module's committed database, on an engine whose pool is sized for the workers."""
-    database = Database(_scratch.settings.model_copy(update=POOL))
+    database = Database(scratch.settings.model_copy(update=POOL))
     try:
         yield database
     finally:

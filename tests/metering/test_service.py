@@ -60,28 +60,14 @@ from saascore.models import (
 )
 from saascore.plans import PlanService, read_catalog
 from tests.factories import create_organization, create_plan, random_code
-from tests.helpers import make_settings, migrated_database
+from tests.helpers import CLOCK_START, Clock, make_settings
 
-START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
+START = CLOCK_START
 MARCH = datetime(2025, 3, 1, tzinfo=UTC)
 APRIL = datetime(2025, 4, 1, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
 FREE_TOKENS, FREE_API_CALLS, FREE_STORAGE = 100_000, 100, 100 * MIB
-
-
-@dataclass
-class Clock:
-    """`UsageService(database, clock=clock)`: time stands still until a test moves it."""
-
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **units: float) -> datetime:
-        self.now += timedelta(**units)
-        return self.now
 
 
 # --- reading the database back ---------------------------------------------------------------
@@ -1365,30 +1351,6 @@ class TestQueries:
 # `log_token_usage` then take a separate path (one statement, see `metering/fastpath.py`), so
 # their contract is checked again here. These tests commit: they use a database of this module's
 # own (`scratch`, one per backend, migrated by the real migrations) and a new organisation each.
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_sqlite(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Database]:
-    async with migrated_database("sqlite", tmp_path_factory.mktemp("metering")) as database:
-        await PlanService(database).load_catalog(read_catalog())
-        yield database
-
-
-@pytest_asyncio.fixture(loop_scope="session", scope="module")
-async def _scratch_postgresql(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Database]:
-    directory = tmp_path_factory.mktemp("metering")
-    async with migrated_database("postgresql", directory, postgres_url) as database:
-        await PlanService(database).load_catalog(read_catalog())
-        yield database
-
-
-@pytest.fixture
-def scratch(backend: str, request: pytest.FixtureRequest) -> Database:
-    """A migrated database with the default catalog that only this module's tests commit into."""
-    database: Database = request.getfixturevalue(f"_scratch_{backend}")
-    return database
-
-
 @pytest.fixture
 def own(scratch: Database, clock: Clock) -> UsageService:
     """The service on the scratch database; tests call it without a session."""

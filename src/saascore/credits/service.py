@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.credits.errors import CreditTransactionNotFound, InsufficientCredits, NotRefundable
@@ -28,7 +27,6 @@ from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
-from saascore.kit.sql import insert
 from saascore.kit.time import month_start, next_month_start, utcnow
 from saascore.models import (
     CreditAllocation,
@@ -40,6 +38,7 @@ from saascore.models import (
     SubscriptionPlan,
     UsageLimits,
 )
+from saascore.tenancy.accounts import usage_account
 
 __all__ = ["CreditAccount", "CreditService", "LedgerProblem"]
 
@@ -102,7 +101,7 @@ class CreditService:
             "payment_id": payment_id,
         }
         async with self.database.scope(session) as s:
-            account = await self._lock(s, org_id)
+            account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
                 return replay
             now = self.clock()
@@ -150,7 +149,7 @@ class CreditService:
         _positive(amount)
         request = {"op": "consume", "amount": amount, "reference": reference}
         async with self.database.scope(session) as s:
-            account = await self._lock(s, org_id)
+            account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
                 return replay
             now = self.clock()
@@ -185,7 +184,7 @@ class CreditService:
             raise InvalidInput("an adjustment needs a non-zero amount", field="amount")
         request = {"op": "adjust", "amount": amount, "reason": reason}
         async with self.database.scope(session) as s:
-            account = await self._lock(s, org_id)
+            account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
                 return replay
             now = self.clock()
@@ -239,7 +238,7 @@ class CreditService:
             _positive(amount)
         request = {"op": "refund", "transaction_id": transaction_id, "amount": amount}
         async with self.database.scope(session) as s:
-            account = await self._lock(s, org_id)
+            account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
                 return replay
             now = self.clock()
@@ -317,7 +316,7 @@ class CreditService:
                 ).all()
             expired: list[CreditTransaction] = []
             for organization_id in organizations:
-                account = await self._lock(s, organization_id)
+                account = await usage_account(s, organization_id)
                 expired.extend(await self._expire_lapsed(s, account, now))
             return expired
 
@@ -346,7 +345,7 @@ class CreditService:
                 return None
             key = f"refill:{period:%Y-%m}"
             ends = next_month_start(now)
-            account = await self._lock(s, org_id)
+            account = await usage_account(s, org_id)
             existing = await self._find_by_key(s, org_id, key)
             if existing is not None:
                 return existing
@@ -516,29 +515,6 @@ class CreditService:
         return problems
 
     # --- internals -----------------------------------------------------------------------------
-    async def _lock(self, s: AsyncSession, org_id: uuid.UUID) -> UsageLimits:
-        """The organisation's `usage_limits` row, locked until the transaction ends."""
-        query = (
-            sa.select(UsageLimits)
-            .where(UsageLimits.organization_id == org_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        account = (await s.scalars(query)).one_or_none()
-        if account is not None:
-            return account
-        # An organisation made without the service has no row yet: make it, then lock it.
-        try:
-            async with s.begin_nested():
-                await s.execute(
-                    insert(s, UsageLimits)
-                    .values(id=new_id(), organization_id=org_id)
-                    .on_conflict_do_nothing(index_elements=[UsageLimits.organization_id])
-                )
-        except IntegrityError:
-            raise NotFound(f"no organisation {org_id}", organization=str(org_id)) from None
-        return (await s.scalars(query)).one()
-
     async def _find_by_key(
         self, s: AsyncSession, org_id: uuid.UUID, key: str
     ) -> CreditTransaction | None:

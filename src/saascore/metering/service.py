@@ -63,6 +63,7 @@ from saascore.models import (
     UsageLimits,
     UsageReservation,
 )
+from saascore.tenancy.accounts import usage_account
 
 __all__ = [
     "BatchOutcome",
@@ -752,7 +753,7 @@ class UsageService:
         """Override the plan's limit on `metric` for one organisation (None: unlimited)."""
         async with self.database.scope(session) as s:
             await self._meter(s, metric)
-            account = await self._account(s, org_id)
+            account = await usage_account(s, org_id)
             overrides = dict(account.overrides or {})
             overrides[metric] = {"limit": _unlimited(limit), "hard": hard}
             account.overrides = overrides
@@ -765,7 +766,7 @@ class UsageService:
     ) -> Limit:
         """Drop the organisation's override: the plan's limit applies again."""
         async with self.database.scope(session) as s:
-            account = await self._account(s, org_id)
+            account = await usage_account(s, org_id)
             overrides = dict(account.overrides or {})
             overrides.pop(metric, None)
             account.overrides = overrides
@@ -1117,7 +1118,7 @@ class UsageService:
         now = self.clock()
         async with self.database.scope(session) as s:
             limit = await self.limit(org_id, STORAGE, session=s)
-            account = await self._account(s, org_id, lock=False)
+            account = await usage_account(s, org_id, lock=False)
             statement = (
                 sa.update(UsageLimits)
                 .where(
@@ -1181,27 +1182,6 @@ class UsageService:
         )
         self._meters = {code: _MeterInfo(code, agg, reset) for code, agg, reset in rows}
         self._meters_loaded_at = self.clock().timestamp()
-
-    async def _account(
-        self, s: AsyncSession, org_id: uuid.UUID, *, lock: bool = True
-    ) -> UsageLimits:
-        """The organisation's `usage_limits` row, made if missing (and locked if asked)."""
-        query = sa.select(UsageLimits).where(UsageLimits.organization_id == org_id)
-        if lock:
-            query = query.with_for_update()
-        query = query.execution_options(populate_existing=True)
-        account = (await s.scalars(query)).one_or_none()
-        if account is None:
-            exists = await s.scalar(sa.select(Organization.id).where(Organization.id == org_id))
-            if exists is None:
-                raise NotFound(f"no organisation {org_id}", organization=str(org_id))
-            await s.execute(
-                insert(s, UsageLimits)
-                .values(id=new_id(), organization_id=org_id)
-                .on_conflict_do_nothing(index_elements=[UsageLimits.organization_id])
-            )
-            account = (await s.scalars(query)).one()
-        return account
 
     async def _storage_used(self, s: AsyncSession, org_id: uuid.UUID) -> int:
         used = await s.scalar(
