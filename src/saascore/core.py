@@ -33,7 +33,11 @@ class Saascore:
         self.plans = PlanService(self.database)
         self.orgs = OrganizationService(self.database, self.plans)
         self.credits = CreditService(self.database)
-        self.usage = UsageService(self.database)
+        self.usage = UsageService(
+            self.database,
+            group_commit=self.settings.group_commit,
+            group_commit_max_events=self.settings.group_commit_max_events,
+        )
         self.rate_limiter = RateLimiter.from_settings(self.settings)
 
     async def start(self) -> None:

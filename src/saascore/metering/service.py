@@ -17,14 +17,17 @@ Counters are keyed by period, so a new month (or day) starts at zero without a r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
 import uuid
+import weakref
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
-from enum import StrEnum
 from typing import Any, Literal
 
 import asyncpg
@@ -35,17 +38,38 @@ from saascore.config import DatabaseBackend
 from saascore.kit import metrics
 from saascore.kit.db import Database
 from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
-from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
-from saascore.kit.time import day_start, month_start, next_month_start, utcnow
+from saascore.kit.time import utcnow
 from saascore.metering import fastpath
+from saascore.metering.batch import Decision, Pending, PostgresStore, SessionStore, record_batch
 from saascore.metering.errors import (
     LimitExceeded,
     ReservationNotFound,
     ReservationNotHeld,
     StorageUnderflow,
     UnknownMetric,
+)
+from saascore.metering.group import GroupCommit
+from saascore.metering.values import (
+    METER_CACHE_SECONDS,
+    STORAGE,
+    THRESHOLDS,
+    TOKENS,
+    BatchOutcome,
+    CheckResult,
+    Limit,
+    LimitRules,
+    MeterInfo,
+    RecordResult,
+    StorageLimitResult,
+    SummaryBy,
+    SummaryRow,
+    TokenLimitResult,
+    UsageEventIn,
+    UsageSnapshot,
+    cost_micros,
+    unlimited,
 )
 from saascore.models import (
     Aggregation,
@@ -54,7 +78,6 @@ from saascore.models import (
     Organization,
     PlanLimit,
     ReservationStatus,
-    ResetPeriod,
     SubscriptionPlan,
     UsageAlert,
     UsageCounter,
@@ -81,174 +104,6 @@ __all__ = [
 
 logger = logging.getLogger("saascore.metering")
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MIB = 1024 * 1024
-TOKENS, STORAGE, API_CALLS = "tokens", "storage_bytes", "api_calls"
-THRESHOLDS = (80, 100)
-METER_CACHE_SECONDS = 30.0
-
-
-# --- values in and out ---------------------------------------------------------------------
-class SummaryBy(StrEnum):
-    """What a usage summary groups by."""
-
-    DAY = "day"
-    METRIC = "metric"
-    MODEL = "model"
-    FEATURE = "feature"
-
-
-@dataclass(frozen=True)
-class Limit:
-    """An organisation's limit on a metric: None is unlimited; a soft limit never refuses."""
-
-    value: int | None
-    hard: bool = True
-
-    def refuses(self, total: int) -> bool:
-        return self.hard and self.value is not None and total > self.value
-
-
-@dataclass(frozen=True)
-class UsageEventIn:
-    """One usage event to record. `cached_tokens` is the part of `input_tokens` served from the
-    provider's cache (priced at the cached rate)."""
-
-    metric: str
-    quantity: int
-    idempotency_key: str
-    organization_id: uuid.UUID | None = None
-    occurred_at: datetime | None = None
-    user_id: uuid.UUID | None = None
-    subscription_id: uuid.UUID | None = None
-    feature: str | None = None
-    model: str | None = None
-    provider: str | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
-    credits_used: int = 0
-    request_id: str | None = None
-    batch_id: str | None = None
-    endpoint: str | None = None
-    response_time_ms: int | None = None
-    properties: dict[str, Any] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        """What tells a retry of this event from another event reusing its key."""
-        content = dict(vars(self))  # shallow: asdict() would deep-copy the properties
-        del content["idempotency_key"], content["organization_id"]
-        return payload_hash(content)
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    event_id: uuid.UUID
-    status: Literal["accepted", "duplicate"]
-    metric: str
-    quantity: int
-    used: int
-    limit: int | None
-    #: True when a soft limit is passed (a hard one would have refused).
-    over_soft_limit: bool = False
-    cost_micros: int = 0
-
-
-@dataclass(frozen=True)
-class BatchOutcome:
-    index: int
-    idempotency_key: str
-    status: Literal["accepted", "duplicate", "refused", "invalid"]
-    event_id: uuid.UUID | None = None
-    code: str | None = None
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class UsageSnapshot:
-    metric: str
-    period_start: datetime
-    period_end: datetime | None
-    used: int
-    reserved: int
-    limit: int | None
-    hard: bool
-
-    @property
-    def remaining(self) -> int | None:
-        return None if self.limit is None else max(self.limit - self.used - self.reserved, 0)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    allowed: bool
-    metric: str
-    requested: int
-    used: int
-    reserved: int
-    limit: int | None
-    hard: bool
-    remaining: int | None
-
-
-@dataclass(frozen=True)
-class StorageLimitResult:
-    """Seed 000's answer to "may this organisation store `additional_bytes` more?"."""
-
-    allowed: bool
-    used_bytes: int
-    limit_bytes: int | None
-    remaining_bytes: int | None
-
-
-@dataclass(frozen=True)
-class TokenLimitResult:
-    allowed: bool
-    used_tokens: int
-    limit_tokens: int | None
-    remaining_tokens: int | None
-
-
-@dataclass(frozen=True)
-class SummaryRow:
-    key: str
-    quantity: int
-    event_count: int
-    input_tokens: int
-    output_tokens: int
-    total_tokens: int
-    cost_micros: int
-
-
-@dataclass(frozen=True)
-class _MeterInfo:
-    code: str
-    aggregation: Aggregation
-    reset_period: ResetPeriod
-
-    def period(self, moment: datetime) -> tuple[datetime, datetime | None]:
-        if self.reset_period is ResetPeriod.MONTH:
-            return month_start(moment), next_month_start(moment)
-        if self.reset_period is ResetPeriod.DAY:
-            start = day_start(moment)
-            return start, start + timedelta(days=1)
-        return EPOCH, None
-
-
-def _unlimited(value: Any) -> int | None:
-    return None if value is None or int(value) < 0 else int(value)
-
-
-def _cost(pricing: ModelPricing, input_tokens: int, output_tokens: int, cached: int) -> int:
-    """Micro-units, rounded half up once at the end (prices are per million tokens)."""
-    uncached = max(input_tokens - cached, 0)
-    total = (
-        uncached * pricing.input_micros_per_million
-        + cached * pricing.cached_input_micros_per_million
-        + output_tokens * pricing.output_micros_per_million
-    )
-    return (total + 500_000) // 1_000_000
-
 
 def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
     return ReservationNotHeld(
@@ -258,13 +113,39 @@ def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
     )
 
 
+def _batch_outcome(
+    index: int, event: UsageEventIn, outcome: RecordResult | Exception
+) -> BatchOutcome:
+    if isinstance(outcome, RecordResult):
+        return BatchOutcome(index, event.idempotency_key, outcome.status, outcome.event_id)
+    code = outcome.code if isinstance(outcome, DomainError) else "invalid_input"
+    message = outcome.message if isinstance(outcome, DomainError) else str(outcome)
+    status: Literal["refused", "invalid"] = (
+        "refused" if isinstance(outcome, LimitExceeded) else "invalid"
+    )
+    return BatchOutcome(index, event.idempotency_key, status, code=code, message=message)
+
+
 class UsageService:
     """Usage and limits of organisations. Methods take `session=` to join a unit of work."""
 
-    def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        group_commit: bool = True,
+        group_commit_max_events: int = 256,
+    ) -> None:
         self.database = database
         self.clock = clock
-        self._meters: dict[str, _MeterInfo] = {}
+        #: Coalesce concurrent `record` calls into shared transactions (PostgreSQL; see `group`).
+        self.group_commit = group_commit
+        self.group_commit_max_events = group_commit_max_events
+        self._groups: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, GroupCommit[Pending, RecordResult]
+        ] = weakref.WeakKeyDictionary()
+        self._meters: dict[str, MeterInfo] = {}
         self._meters_loaded_at = -math.inf
 
     # --- recording -------------------------------------------------------------------------
@@ -289,7 +170,10 @@ class UsageService:
             metric=metric, quantity=quantity, idempotency_key=idempotency_key, **fields
         )
         if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
-            return await self._record_fast(org_id, event, enforce=True)
+            if not self.group_commit:
+                return await self._record_fast(org_id, event, enforce=True)
+            item = self._pending(org_id, event, await self._cached_meter(event.metric), True)
+            return await self._group().submit(item)
         async with self.database.scope(session) as s:
             return await self._record(s, org_id, event, enforce=True)
 
@@ -302,31 +186,35 @@ class UsageService:
     ) -> list[BatchOutcome]:
         """Record a batch in one transaction, in order, each event on its own terms: accepted,
         duplicate (of an earlier batch or of an event earlier in this one), refused by a hard
-        limit (`code` says why) or invalid. Events name their organisation or take `org_id`."""
-        outcomes: list[BatchOutcome] = []
-        async with self.database.scope(session) as s:
-            for index, event in enumerate(events):
-                organization = event.organization_id or org_id
-                try:
-                    if organization is None:
-                        raise InvalidInput("the event names no organisation")
-                    result = await self._record(s, organization, event, enforce=True)
-                except (DomainError, ValueError) as exc:
-                    code = exc.code if isinstance(exc, DomainError) else "invalid_input"
-                    message = exc.message if isinstance(exc, DomainError) else str(exc)
-                    status: Literal["refused", "invalid"] = (
-                        "refused" if isinstance(exc, LimitExceeded) else "invalid"
-                    )
-                    outcomes.append(
-                        BatchOutcome(
-                            index, event.idempotency_key, status, code=code, message=message
-                        )
-                    )
-                    continue
-                outcomes.append(
-                    BatchOutcome(index, event.idempotency_key, result.status, result.event_id)
-                )
-        return outcomes
+        limit (`code` says why) or invalid. Events name their organisation or take `org_id`.
+
+        Decided as one `record` after another would be, and written set-wise (see `batch`)."""
+        outcomes: list[BatchOutcome | None] = [None] * len(events)
+        items: list[Pending] = []
+        positions: list[int] = []
+        for index, event in enumerate(events):
+            organization = event.organization_id or org_id
+            try:
+                if organization is None:
+                    raise InvalidInput("the event names no organisation")
+                if session is not None:  # its transaction may hold meters others cannot see
+                    meter = await self._meter(session, event.metric)
+                else:
+                    meter = await self._cached_meter(event.metric)
+                items.append(self._pending(organization, event, meter, True))
+            except (DomainError, ValueError, TypeError) as error:
+                outcomes[index] = _batch_outcome(index, event, error)
+                continue
+            positions.append(index)
+        if items:
+            if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
+                decision = await self._record_postgres(items)
+            else:
+                async with self.database.scope(session) as s:
+                    decision = await self._record_batch(s, items)
+            for index, outcome in zip(positions, decision.outcomes, strict=True):
+                outcomes[index] = _batch_outcome(index, events[index], outcome)
+        return [outcome for outcome in outcomes if outcome is not None]
 
     async def log_token_usage(
         self,
@@ -364,7 +252,10 @@ class UsageService:
         )
         try:
             if self.database.backend is DatabaseBackend.POSTGRESQL:
-                return await self._record_fast(org_id, event, enforce=False)
+                if not self.group_commit:
+                    return await self._record_fast(org_id, event, enforce=False)
+                meter = await self._cached_meter(event.metric)
+                return await self._group().submit(self._pending(org_id, event, meter, False))
             async with self.database.transaction() as s:
                 return await self._record(s, org_id, event, enforce=False)
         except Exception:
@@ -374,7 +265,7 @@ class UsageService:
             )
             return None
 
-    def _validate(self, event: UsageEventIn, meter: _MeterInfo, now: datetime) -> datetime:
+    def _validate(self, event: UsageEventIn, meter: MeterInfo, now: datetime) -> datetime:
         """The event's time, once its fields are checked."""
         if event.quantity < 0:
             raise InvalidInput("the quantity must not be negative", field="quantity")
@@ -393,11 +284,7 @@ class UsageService:
         self, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool, swept: bool = False
     ) -> RecordResult:
         """`_record` on PostgreSQL in one statement, one round trip (see `fastpath`)."""
-        if event.metric not in self._meters or self._meters_stale():
-            async with self.database.session(readonly=True) as s:
-                meter = await self._meter(s, event.metric)
-        else:
-            meter = self._meters[event.metric]
+        meter = await self._cached_meter(event.metric)
         now = self.clock()
         occurred = self._validate(event, meter, now)
         increment = 1 if meter.aggregation is Aggregation.COUNT else event.quantity
@@ -505,76 +392,90 @@ class UsageService:
         )
 
     async def _record(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        event: UsageEventIn,
-        *,
-        enforce: bool,
-        swept: bool = False,
+        self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
     ) -> RecordResult:
-        meter = await self._meter(s, event.metric)
-        now = self.clock()
-        occurred = self._validate(event, meter, now)
-        fingerprint = event.fingerprint()
-        previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
-        if previous is not None:
-            return previous
-        limit = await self.limit(org_id, meter.code, session=s)
-        increment = 1 if meter.aggregation is Aggregation.COUNT else event.quantity
+        """One event through the batch engine, in the session's transaction."""
+        item = self._pending(org_id, event, await self._meter(s, event.metric), enforce)
+        outcome = (await self._record_batch(s, [item])).outcomes[0]
+        if isinstance(outcome, DomainError):
+            raise outcome
+        return outcome
+
+    def _pending(
+        self, org_id: uuid.UUID, event: UsageEventIn, meter: MeterInfo, enforce: bool
+    ) -> Pending:
+        """The event checked and placed: its time, period and fingerprint."""
+        occurred = self._validate(event, meter, self.clock())
         period_start, period_end = meter.period(occurred)
-        counted = await self._bump(
-            s,
-            org_id,
-            meter,
-            period_start,
-            period_end,
-            used=increment,
-            reserved=0,
-            limit=limit if enforce else Limit(limit.value, hard=False),
-            now=now,
+        return Pending(
+            org_id, event, meter, occurred, period_start, period_end, event.fingerprint(), enforce
         )
-        if counted is None:
-            # A copy that committed while we waited for the counter is a duplicate, not a
-            # refusal; and expired reservations may be holding the quota we lack.
-            previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
-            if previous is not None:
-                return previous
-            if not swept and await self.sweep(org_id=org_id, metric=meter.code, session=s):
-                return await self._record(s, org_id, event, enforce=enforce, swept=True)
-            metrics.USAGE_REFUSED.labels(meter.code).inc()
-            used, reserved = await self._counter(s, org_id, meter.code, period_start)
-            assert limit.value is not None
-            raise LimitExceeded(meter.code, limit.value, used + reserved, increment)
-        used, reserved = counted
 
-        cost = await self._price(s, event, occurred)
-        event_id = await self._insert_event(s, org_id, event, fingerprint, occurred, cost, now)
-        if event_id is None:
-            # A copy of this event committed between our look-up and our insert: give the
-            # counter back (we still hold its row lock) and answer as the retry we are.
-            if meter.aggregation is not Aggregation.MAX:
-                await self._give_back(s, org_id, meter.code, period_start, used=increment)
-            previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
-            assert previous is not None
-            return previous
+    async def _record_batch(self, s: AsyncSession, items: Sequence[Pending]) -> Decision:
+        decision = await record_batch(SessionStore(s), items, self._meters, self.clock)
+        self._count(decision)
+        return decision
 
-        await self._roll_up(s, org_id, meter.code, event, occurred, cost, now)
-        if limit.value is not None:
-            await self._alerts(
-                s, org_id, meter.code, period_start, limit.value, used + reserved, increment, now
-            )
-        metrics.USAGE_RECORDED.labels(meter.code).inc()
-        return RecordResult(
-            event_id=event_id,
-            status="accepted",
-            metric=meter.code,
-            quantity=event.quantity,
-            used=used,
-            limit=limit.value,
-            over_soft_limit=limit.value is not None and used + reserved > limit.value,
-            cost_micros=cost,
-        )
+    async def _record_postgres(
+        self, items: Sequence[Pending], locked: Callable[[], None] | None = None
+    ) -> Decision:
+        """A batch in a transaction of its own, over asyncpg (see `batch.PostgresStore`)."""
+        async with self.database.engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
+            store = PostgresStore(driver)
+            try:
+                await store.begin()
+                try:
+                    decision = await record_batch(store, items, self._meters, self.clock, locked)
+                except BaseException:
+                    if not driver.is_closed():
+                        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+                            await store.rollback()
+                    raise
+                await store.commit()
+            except (OSError, asyncpg.InterfaceError):
+                await connection.invalidate()
+                raise
+        self._count(decision)
+        return decision
+
+    def _count(self, decision: Decision) -> None:
+        refused = Counter(o.metric for o in decision.outcomes if isinstance(o, LimitExceeded))
+        recorded = Counter(item.meter.code for item, _, _ in decision.events)
+        for metric, count in refused.items():
+            metrics.USAGE_REFUSED.labels(metric).inc(count)
+        for metric, count in recorded.items():
+            metrics.USAGE_RECORDED.labels(metric).inc(count)
+        for event in decision.unpriced:
+            self._unpriced(event)
+
+    def _group(self) -> GroupCommit[Pending, RecordResult]:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = GroupCommit(self._flush, max_events=self.group_commit_max_events)
+            self._groups[loop] = group
+        return group
+
+    async def _flush(
+        self, items: list[Pending], locked: Callable[[], None]
+    ) -> Sequence[RecordResult | DomainError]:
+        """Group commit's flush: one event by the one-statement path, more as a batch."""
+        if len(items) == 1 and items[0].meter.aggregation is not Aggregation.MAX:
+            item = items[0]
+            try:
+                return [await self._record_fast(item.org_id, item.event, enforce=item.enforce)]
+            except DomainError as error:
+                return [error]
+        return (await self._record_postgres(items, locked)).outcomes
+
+    async def _cached_meter(self, code: str) -> MeterInfo:
+        """The meter from the cache, refreshed (in a read session of its own) when stale."""
+        if code not in self._meters or self._meters_stale():
+            async with self.database.session(readonly=True) as s:
+                return await self._meter(s, code)
+        return self._meters[code]
 
     async def _previous(
         self, s: AsyncSession, org_id: uuid.UUID, key: str, fingerprint: str
@@ -729,17 +630,14 @@ class UsageService:
         if row is None:
             raise NotFound(f"no organisation {org_id}", organization=str(org_id))
         overrides, plan_limit, plan_hard, plan_limit_id, tokens, storage_mb, api_calls = row
-        override = (overrides or {}).get(metric)
-        if isinstance(override, dict):
-            return Limit(_unlimited(override.get("limit")), bool(override.get("hard", True)))
-        if plan_limit_id is not None:
-            return Limit(_unlimited(plan_limit), bool(plan_hard))
-        builtin = {
-            TOKENS: tokens,
-            STORAGE: None if storage_mb is None else storage_mb * MIB,
-            API_CALLS: api_calls,
-        }.get(metric)
-        return Limit(_unlimited(builtin))
+        rules = LimitRules.of(
+            overrides,
+            {} if plan_limit_id is None else {metric: (plan_limit, plan_hard)},
+            monthly_token_limit=tokens,
+            max_storage_mb=storage_mb,
+            max_api_calls_per_day=api_calls,
+        )
+        return rules.limit(metric)
 
     async def set_limit(
         self,
@@ -755,11 +653,11 @@ class UsageService:
             await self._meter(s, metric)
             account = await usage_account(s, org_id)
             overrides = dict(account.overrides or {})
-            overrides[metric] = {"limit": _unlimited(limit), "hard": hard}
+            overrides[metric] = {"limit": unlimited(limit), "hard": hard}
             account.overrides = overrides
             account.updated_at = self.clock()
             await s.flush()
-        return Limit(_unlimited(limit), hard)
+        return Limit(unlimited(limit), hard)
 
     async def clear_limit(
         self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None
@@ -1165,7 +1063,7 @@ class UsageService:
     def _meters_stale(self) -> bool:
         return self.clock().timestamp() - self._meters_loaded_at > METER_CACHE_SECONDS
 
-    async def _meter(self, s: AsyncSession, code: str) -> _MeterInfo:
+    async def _meter(self, s: AsyncSession, code: str) -> MeterInfo:
         meter = self._meters.get(code)
         if meter is None or self._meters_stale():
             await self._refresh_meters(s)
@@ -1180,7 +1078,7 @@ class UsageService:
                 Meter.is_active.is_(True)
             )
         )
-        self._meters = {code: _MeterInfo(code, agg, reset) for code, agg, reset in rows}
+        self._meters = {code: MeterInfo(code, agg, reset) for code, agg, reset in rows}
         self._meters_loaded_at = self.clock().timestamp()
 
     async def _storage_used(self, s: AsyncSession, org_id: uuid.UUID) -> int:
@@ -1227,7 +1125,7 @@ class UsageService:
         self,
         s: AsyncSession,
         org_id: uuid.UUID,
-        meter: _MeterInfo,
+        meter: MeterInfo,
         period_start: datetime,
         period_end: datetime | None,
         *,
@@ -1483,4 +1381,4 @@ class UsageService:
         if pricing is None:
             self._unpriced(event)
             return 0
-        return _cost(pricing, event.input_tokens, event.output_tokens, event.cached_tokens)
+        return cost_micros(pricing, event.input_tokens, event.output_tokens, event.cached_tokens)
