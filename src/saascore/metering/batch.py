@@ -26,10 +26,11 @@ with SQLAlchemy Core, for SQLite and for batches that join a caller's session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
@@ -350,8 +351,12 @@ class Store(Protocol):
         ...
 
     async def write(self, decision: Decision, now: datetime) -> None:
-        """Write what the decision accepted; `Raced` (after undoing it) if fewer events
-        went in than were decided."""
+        """Write what the decision accepted; `Raced` if fewer events went in than were
+        decided."""
+        ...
+
+    def attempt(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """One try at the batch: `Raced` inside it undoes everything the try wrote."""
         ...
 
 
@@ -373,29 +378,45 @@ async def record_batch(
     prices = await store.prices(models) if models else []
     keys = list(dict.fromkeys((item.org_id, item.event.idempotency_key) for item in items))
     for _ in range(ATTEMPTS):
-        now = clock()
-        snapshot = await store.lock(periods, keys, now)
-        if locked is not None:
-            locked()
-        counters, rules, stored = snapshot.counters, snapshot.rules, snapshot.stored
-        elsewhere = _periods_of(stored, meters, counters)
-        if elsewhere:  # duplicates of events in other periods report those counters
-            counters.update((await store.lock(elsewhere, (), now)).counters)
-        decision = decide(items, counters, rules, stored, prices, meters)
-        if decision.refused_holding:
-            freed = await store.expire_lapsed(sorted(decision.refused_holding), now)
-            if freed:
-                for key, quantity in freed.items():
-                    counters[key].reserved -= quantity
-                decision = decide(items, counters, rules, stored, prices, meters)
-                for key in freed:  # the freed quota is written even if nothing else changed
-                    decision.counters.setdefault(key, counters[key])
         try:
-            await store.write(decision, now)
+            async with store.attempt():
+                decision = await _attempt(
+                    store, items, periods, keys, prices, meters, clock(), locked
+                )
         except Raced:
             continue
         return decision
     raise RuntimeError(f"a batch of usage events raced {ATTEMPTS} times")  # pragma: no cover
+
+
+async def _attempt(
+    store: Store,
+    items: Sequence[Pending],
+    periods: dict[CounterKey, datetime | None],
+    keys: Sequence[EventKey],
+    prices: Sequence[Price],
+    meters: dict[str, MeterInfo],
+    now: datetime,
+    locked: Callable[[], None] | None,
+) -> Decision:
+    snapshot = await store.lock(periods, keys, now)
+    if locked is not None:
+        locked()
+    counters, rules, stored = snapshot.counters, snapshot.rules, snapshot.stored
+    elsewhere = _periods_of(stored, meters, counters)
+    if elsewhere:  # duplicates of events in other periods report those counters
+        counters.update((await store.lock(elsewhere, (), now)).counters)
+    decision = decide(items, counters, rules, stored, prices, meters)
+    if decision.refused_holding:
+        freed = await store.expire_lapsed(sorted(decision.refused_holding), now)
+        if freed:
+            for key, quantity in freed.items():
+                counters[key].reserved -= quantity
+            decision = decide(items, counters, rules, stored, prices, meters)
+            for key in freed:  # the freed quota is written even if nothing else changed
+                decision.counters.setdefault(key, counters[key])
+    await store.write(decision, now)
+    return decision
 
 
 def _periods_of(
@@ -684,10 +705,17 @@ class PostgresStore:
         row = await self.connection.fetchrow(self.WRITE, now, *events, *counters, *rollups, *alerts)
         assert row is not None
         if row["inserted"] != len(decision.events):
+            raise Raced
+
+    @contextlib.asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except Raced:  # start over in a new transaction
             await self.transaction.rollback()
             self.transaction = self.connection.transaction()
             await self.transaction.start()
-            raise Raced
+            raise
 
 
 class SessionStore:
@@ -848,13 +876,14 @@ class SessionStore:
                 freed[(org, metric, start)] = total
         return freed
 
+    @contextlib.asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
+        async with self.s.begin_nested():  # a race undoes this attempt alone
+            yield
+
     async def write(self, decision: Decision, now: datetime) -> None:
         if not (decision.events or decision.counters):
             return
-        async with self.s.begin_nested():  # so that a race undoes this write alone
-            await self._write(decision, now)
-
-    async def _write(self, decision: Decision, now: datetime) -> None:
         if decision.events:
             rows = [
                 {
