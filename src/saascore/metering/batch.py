@@ -339,6 +339,14 @@ class Store(Protocol):
         missed: the write then finds it and raises `Raced`.)"""
         ...
 
+    async def stored(self, keys: Sequence[EventKey]) -> dict[EventKey, Stored]:
+        """The events stored under these keys."""
+        ...
+
+    async def peek(self, counters: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
+        """These counters as they are, without locking them."""
+        ...
+
     async def prices(self, models: set[str]) -> list[Price]:
         """The active prices of these models."""
         ...
@@ -377,11 +385,11 @@ async def record_batch(
     }
     prices = await store.prices(models) if models else []
     keys = list(dict.fromkeys((item.org_id, item.event.idempotency_key) for item in items))
-    for _ in range(ATTEMPTS):
+    for attempt in range(ATTEMPTS):
         try:
             async with store.attempt():
                 decision = await _attempt(
-                    store, items, periods, keys, prices, meters, clock(), locked
+                    store, items, periods, keys, prices, meters, clock(), locked, attempt > 0
                 )
         except Raced:
             continue
@@ -398,15 +406,31 @@ async def _attempt(
     meters: dict[str, MeterInfo],
     now: datetime,
     locked: Callable[[], None] | None,
+    raced: bool,
 ) -> Decision:
-    snapshot = await store.lock(periods, keys, now)
+    # After a race, the keys are looked up once the locks are held, so no copy is missed.
+    snapshot = await store.lock(periods, () if raced else keys, now)
     if locked is not None:
         locked()
+    if raced:
+        snapshot.stored = await store.stored(keys)
     counters, rules, stored = snapshot.counters, snapshot.rules, snapshot.stored
     elsewhere = _periods_of(stored, meters, counters)
-    if elsewhere:  # duplicates of events in other periods report those counters
-        counters.update((await store.lock(elsewhere, (), now)).counters)
+    if elsewhere:  # duplicates of events in other periods report those counters (unlocked)
+        counters.update(await store.peek(elsewhere))
     decision = decide(items, counters, rules, stored, prices, meters)
+    if not raced:
+        # A refusal may be a copy that committed while the lock waited (its own quantity
+        # then fills the counter): look its key up now that the locks are held.
+        refused = [
+            (item.org_id, item.event.idempotency_key)
+            for item, outcome in zip(items, decision.outcomes, strict=True)
+            if isinstance(outcome, LimitExceeded)
+        ]
+        late = await store.stored(refused) if refused else {}
+        if late:
+            stored.update(late)
+            decision = decide(items, counters, rules, stored, prices, meters)
     if decision.refused_holding:
         freed = await store.expire_lapsed(sorted(decision.refused_holding), now)
         if freed:
@@ -487,6 +511,23 @@ class PostgresStore:
             SELECT * FROM usage_events
             WHERE organization_id = s.org AND idempotency_key = s.key
         ) AS e
+    """
+    STORED = """
+        SELECT e.organization_id, e.idempotency_key, e.id, e.payload_hash, e.metric,
+            e.quantity, e.cost_micros, e.occurred_at
+        FROM unnest($1::uuid[], $2::text[]) AS s (org, key) CROSS JOIN LATERAL (
+            SELECT * FROM usage_events
+            WHERE organization_id = s.org AND idempotency_key = s.key
+        ) AS e
+    """
+    PEEK = """
+        SELECT c.organization_id, c.metric, c.period_start, c.used, c.reserved
+        FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k (org, metric,
+            period_start) CROSS JOIN LATERAL (
+            SELECT * FROM usage_counters
+            WHERE organization_id = k.org AND metric = k.metric
+              AND period_start = k.period_start
+        ) AS c
     """
     PRICES = """
         SELECT model, provider, input_micros_per_million, cached_input_micros_per_million,
@@ -632,6 +673,19 @@ class PostgresStore:
                 )
         return snapshot
 
+    async def stored(self, keys: Sequence[EventKey]) -> dict[EventKey, Stored]:
+        rows = await self.connection.fetch(
+            self.STORED, [key[0] for key in keys], [key[1] for key in keys]
+        )
+        return {(row[0], row[1]): Stored(*row[2:]) for row in rows}
+
+    async def peek(self, counters: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
+        keys = list(counters)
+        rows = await self.connection.fetch(
+            self.PEEK, [key[0] for key in keys], [key[1] for key in keys], [key[2] for key in keys]
+        )
+        return {(row[0], row[1], row[2]): Counter(row[3], row[4]) for row in rows}
+
     async def prices(self, models: set[str]) -> list[Price]:
         return [Price(*row) for row in await self.connection.fetch(self.PRICES, list(models))]
 
@@ -735,7 +789,7 @@ class SessionStore:
     ) -> Snapshot:
         rules = await self._rules({key[0] for key in periods})
         counters = await self._lock(periods, rules, now)
-        return Snapshot(counters, rules, await self._stored(keys) if keys else {})
+        return Snapshot(counters, rules, await self.stored(keys) if keys else {})
 
     async def _lock(
         self,
@@ -809,7 +863,7 @@ class SessionStore:
             for row in found
         }
 
-    async def _stored(self, keys: Sequence[EventKey]) -> dict[EventKey, Stored]:
+    async def stored(self, keys: Sequence[EventKey]) -> dict[EventKey, Stored]:
         wanted = set(keys)
         found: dict[EventKey, Stored] = {}
         for offset in range(0, len(keys), self.CHUNK):
@@ -832,6 +886,22 @@ class SessionStore:
             for row in rows:
                 if (row[0], row[1]) in wanted:
                     found[(row[0], row[1])] = Stored(*row[2:])
+        return found
+
+    async def peek(self, counters: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
+        found: dict[CounterKey, Counter] = {}
+        for org, metric, start in counters:
+            row = (
+                await self.s.execute(
+                    sa.select(UsageCounter.used, UsageCounter.reserved).where(
+                        UsageCounter.organization_id == org,
+                        UsageCounter.metric == metric,
+                        UsageCounter.period_start == start,
+                    )
+                )
+            ).one_or_none()
+            if row is not None:
+                found[(org, metric, start)] = Counter(row[0], row[1])
         return found
 
     async def prices(self, models: set[str]) -> list[Price]:

@@ -104,6 +104,9 @@ __all__ = [
 
 logger = logging.getLogger("saascore.metering")
 
+#: How often a write that PostgreSQL aborted to break a deadlock is tried again.
+DEADLOCK_RETRIES = 5
+
 
 def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
     return ReservationNotHeld(
@@ -281,7 +284,13 @@ class UsageService:
         return occurred
 
     async def _record_fast(
-        self, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool, swept: bool = False
+        self,
+        org_id: uuid.UUID,
+        event: UsageEventIn,
+        *,
+        enforce: bool,
+        swept: bool = False,
+        deadlocks: int = 0,
     ) -> RecordResult:
         """`_record` on PostgreSQL in one statement, one round trip (see `fastpath`)."""
         meter = await self._cached_meter(event.metric)
@@ -331,6 +340,12 @@ class UsageService:
             assert driver is not None
             try:
                 row = await driver.fetchrow(fastpath.RECORD, *parameters)
+            except asyncpg.DeadlockDetectedError:  # lost to a batch holding a copy: again
+                if deadlocks + 1 >= DEADLOCK_RETRIES:
+                    raise
+                return await self._record_fast(
+                    org_id, event, enforce=enforce, swept=swept, deadlocks=deadlocks + 1
+                )
             except asyncpg.PostgresError as error:
                 if error.sqlstate != fastpath.LIMIT_EXCEEDED_SQLSTATE:
                     raise
@@ -419,12 +434,29 @@ class UsageService:
     async def _record_postgres(
         self, items: Sequence[Pending], locked: Callable[[], None] | None = None
     ) -> Decision:
-        """A batch in a transaction of its own, over asyncpg (see `batch.PostgresStore`)."""
-        async with self.database.engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None
-            store = PostgresStore(driver)
+        """A batch in a transaction of its own, over asyncpg (see `batch.PostgresStore`).
+
+        A deadlock (a retry racing its original on another path, or a sweep) is broken by
+        PostgreSQL aborting one side; a batch that lost it is decided again."""
+        for attempt in range(DEADLOCK_RETRIES):
             try:
+                decision = await self._record_postgres_once(items, locked)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+                continue
+            self._count(decision)
+            return decision
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _record_postgres_once(
+        self, items: Sequence[Pending], locked: Callable[[], None] | None
+    ) -> Decision:
+        async with self.database.engine.connect() as connection:
+            try:
+                driver = (await connection.get_raw_connection()).driver_connection
+                assert driver is not None
+                store = PostgresStore(driver)
                 await store.begin()
                 try:
                     decision = await record_batch(store, items, self._meters, self.clock, locked)
@@ -437,7 +469,6 @@ class UsageService:
             except (OSError, asyncpg.InterfaceError):
                 await connection.invalidate()
                 raise
-        self._count(decision)
         return decision
 
     def _count(self, decision: Decision) -> None:
