@@ -14,15 +14,14 @@ cancelled callers and a database that goes away (behind a TCP proxy the test sto
 Every test commits, into this module's own database (`scratch`), with organisations of its own.
 Some tests interleave transactions deterministically: `Probe` wraps the real stores so that a
 test can run code of its own before a step (lock, expire, write) of a batch, and `until_waiting`
-watches `pg_stat_activity` until a session of the module's engine waits for a lock.
-
-Tests marked `xfail(strict=True)` document bugs of the engine (their reasons say where); they
-are written to pass once it is fixed.
+watches `pg_stat_activity` until a session of the module's engine waits for a lock. The
+interleavings are the ones that deadlocked or misanswered before they were fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import secrets
@@ -725,16 +724,6 @@ class TestPeriods:
         ]
 
     @only_postgresql
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "fastpath.RECORD reports a duplicate's `used` from the counter of the retry's own "
-            "period (current_used: period_start = $6), while the batch engine "
-            "(batch._duplicate) and the session path report the counter of the stored "
-            "event's period; a retry alone in its group-commit batch takes the fast path and "
-            "answers 0 where a batched one answers 7"
-        ),
-    )
     @pytest.mark.parametrize("group_commit", [True, False], ids=["group-commit", "one-by-one"])
     async def test_a_retry_alone_from_an_earlier_period_reports_that_periods_counter(
         self, scratch: Database, group_commit: bool
@@ -1319,6 +1308,31 @@ class TestTheDatabaseGoesAway:
         else:
             raise AssertionError(f"never recovered: {failures[-3:]}")
 
+    @pytest.mark.parametrize("call", ["record-group-commit", "record-one-by-one", "record_many"])
+    async def test_one_failed_call_at_most_once_the_database_is_back(
+        self, scratch: Database, proxied: Database, proxy: Proxy, call: str
+    ) -> None:
+        org = await new_org(scratch)
+        usage = UsageService(proxied, clock=Clock(), group_commit=call == "record-group-commit")
+        # Three transactions at once: three connections in the pool.
+        await asyncio.gather(
+            *(usage.record_many([ev(f"warm{n}", 1)], org_id=org) for n in range(3))
+        )
+        await proxy.stop()
+        await proxy.start()
+
+        async def call_once(key: str) -> None:
+            if call == "record_many":
+                [outcome] = await usage.record_many([ev(key, 1)], org_id=org)
+                assert outcome.status == "accepted"
+            else:
+                assert (await usage.record(org, "tokens", 1, idempotency_key=key)).used > 0
+
+        with contextlib.suppress(Exception):
+            await call_once("first")  # may find a dead connection, and discard the pool
+        await call_once("second")
+        await call_once("third")
+
 
 # =================================================================================================
 # Deadlocks: transactions interleaved at a known point
@@ -1404,15 +1418,6 @@ class TestLockOrder:
             ("z", "accepted"),
         ]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason=(
-            "deadlock: a batch refused on a counter holding reserved quota locks the counter, "
-            "then expires its lapsed reservations (batch.record_batch -> expire_lapsed); "
-            "UsageService.sweep (and reserve, settle, release, which sweep) lock the "
-            "reservation first, then the counter"
-        ),
-    )
     async def test_a_sweep_racing_a_batch_for_the_same_lapsed_reservation(
         self, scratch: Database, probe: Probe
     ) -> None:

@@ -218,6 +218,32 @@ class Database:
             async with self.transaction() as own:
                 yield own
 
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[Any]:
+        """The asyncpg connection under a pooled one, for the few statements that SQLAlchemy
+        would only slow down (PostgreSQL only). Its transaction is the caller's to manage.
+
+        A connection lost in use is treated as SQLAlchemy treats a disconnect: it is
+        discarded with the whole pool (after a failover every pooled connection is dead), and
+        `DatabaseUnavailable` is raised; the next call connects afresh."""
+        import asyncpg
+
+        async with self.engine.connect() as connection:
+            try:
+                raw = await connection.get_raw_connection()
+                yield raw.driver_connection
+            except (
+                OSError,
+                asyncpg.InterfaceError,
+                asyncpg.PostgresConnectionError,
+                asyncpg.AdminShutdownError,
+                asyncpg.CrashShutdownError,
+                asyncpg.CannotConnectNowError,
+            ) as exc:
+                await connection.invalidate()
+                await self.engine.dispose()
+                raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+
     async def ping(self, timeout: float = 5.0) -> None:
         """Run `SELECT 1`; raise `DatabaseUnavailable` with the reason if it fails."""
         try:

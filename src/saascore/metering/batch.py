@@ -183,8 +183,13 @@ def decide(
     stored: dict[tuple[uuid.UUID, str], Stored],
     prices: Sequence[Price],
     meters: dict[str, MeterInfo],
+    lapsing: dict[CounterKey, int] | None = None,
 ) -> Decision:
-    """Decide every event in order, as one `record` after another would (see the module)."""
+    """Decide every event in order, as one `record` after another would (see the module).
+
+    `lapsing` is quota still counted as reserved by lapsed reservations that another
+    transaction is expiring: it no longer holds quota, but that one gives it back."""
+    lapsing = lapsing or {}
     decision = Decision()
     state = {key: Counter(c.used, c.reserved) for key, c in counters.items()}
     accepted: dict[tuple[uuid.UUID, str], tuple[RecordResult, str]] = {}
@@ -214,10 +219,11 @@ def decide(
             used = max(counter.used, increment)
         else:
             used = counter.used + increment
-        before, after = counter.used + counter.reserved, used + counter.reserved
+        held = counter.reserved - lapsing.get(item.counter, 0)
+        before, after = counter.used + held, used + held
         if item.enforce and limit.refuses(after):
             assert limit.value is not None
-            if counter.reserved:
+            if held:
                 decision.refused_holding.add(item.counter)
             decision.outcomes.append(LimitExceeded(item.meter.code, limit.value, before, increment))
             continue
@@ -353,9 +359,12 @@ class Store(Protocol):
 
     async def expire_lapsed(
         self, counters: Iterable[CounterKey], now: datetime
-    ) -> dict[CounterKey, int]:
-        """Expire the held reservations of these counters that are past their time; the
-        quantity freed per counter (the caller writes the counters)."""
+    ) -> dict[CounterKey, tuple[int, int]]:
+        """Expire the held reservations of these counters that are past their time. Per
+        counter: the quantity this freed (the caller writes the counter), and the quantity of
+        lapsed reservations another transaction holds (a sweep or release under way, which
+        gives it back itself). Those are skipped, never waited for: that transaction locks
+        the reservation before the counter, a batch the other way round."""
         ...
 
     async def write(self, decision: Decision, now: datetime) -> None:
@@ -432,13 +441,16 @@ async def _attempt(
             stored.update(late)
             decision = decide(items, counters, rules, stored, prices, meters)
     if decision.refused_holding:
-        freed = await store.expire_lapsed(sorted(decision.refused_holding), now)
-        if freed:
-            for key, quantity in freed.items():
+        expiry = await store.expire_lapsed(sorted(decision.refused_holding), now)
+        if expiry:
+            lapsing: dict[CounterKey, int] = {}
+            for key, (quantity, others) in expiry.items():
                 counters[key].reserved -= quantity
-            decision = decide(items, counters, rules, stored, prices, meters)
-            for key in freed:  # the freed quota is written even if nothing else changed
-                decision.counters.setdefault(key, counters[key])
+                lapsing[key] = others
+            decision = decide(items, counters, rules, stored, prices, meters, lapsing)
+            for key, (quantity, _) in expiry.items():
+                if quantity:  # the freed quota is written even if nothing else changed
+                    decision.counters.setdefault(key, counters[key])
     await store.write(decision, now)
     return decision
 
@@ -535,17 +547,32 @@ class PostgresStore:
         FROM model_pricing WHERE model = ANY($1::text[]) AND is_active
     """
     EXPIRE = """
-        WITH expired AS (
-            UPDATE usage_reservations r SET status = 'expired', finished_at = $4
+        WITH lapsed AS (
+            SELECT r.organization_id, r.id, r.metric, r.period_start, r.quantity
             FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k (org, metric,
                 period_start)
-            WHERE r.organization_id = k.org AND r.metric = k.metric
-              AND r.period_start = k.period_start AND r.status = 'held'
-              AND r.expires_at <= $4
-            RETURNING r.organization_id, r.metric, r.period_start, r.quantity
+            JOIN usage_reservations r ON r.organization_id = k.org AND r.metric = k.metric
+                AND r.period_start = k.period_start
+            WHERE r.status = 'held' AND r.expires_at <= $4
+        ),
+        free AS (
+            SELECT r.organization_id, r.id FROM usage_reservations r
+            JOIN lapsed ON r.organization_id = lapsed.organization_id AND r.id = lapsed.id
+            FOR UPDATE OF r SKIP LOCKED
+        ),
+        expired AS (
+            UPDATE usage_reservations r SET status = 'expired', finished_at = $4
+            FROM free
+            WHERE r.organization_id = free.organization_id AND r.id = free.id
+              AND r.status = 'held'
+            RETURNING r.organization_id, r.id
         )
-        SELECT organization_id, metric, period_start, sum(quantity) AS freed
-        FROM expired GROUP BY 1, 2, 3
+        SELECT l.organization_id, l.metric, l.period_start,
+            sum(l.quantity) FILTER (WHERE e.id IS NOT NULL) AS freed,
+            sum(l.quantity) FILTER (WHERE e.id IS NULL) AS elsewhere
+        FROM lapsed l
+        LEFT JOIN expired e ON e.organization_id = l.organization_id AND e.id = l.id
+        GROUP BY 1, 2, 3
     """
     WRITE = """
         WITH ev AS (
@@ -691,7 +718,7 @@ class PostgresStore:
 
     async def expire_lapsed(
         self, counters: Iterable[CounterKey], now: datetime
-    ) -> dict[CounterKey, int]:
+    ) -> dict[CounterKey, tuple[int, int]]:
         keys = list(counters)
         rows = await self.connection.fetch(
             self.EXPIRE,
@@ -700,7 +727,7 @@ class PostgresStore:
             [key[2] for key in keys],
             now,
         )
-        return {(row[0], row[1], row[2]): int(row[3]) for row in rows}
+        return {(row[0], row[1], row[2]): (int(row[3] or 0), int(row[4] or 0)) for row in rows}
 
     async def write(self, decision: Decision, now: datetime) -> None:
         if not (decision.events or decision.counters):
@@ -925,26 +952,36 @@ class SessionStore:
 
     async def expire_lapsed(
         self, counters: Iterable[CounterKey], now: datetime
-    ) -> dict[CounterKey, int]:
-        freed: dict[CounterKey, int] = {}
+    ) -> dict[CounterKey, tuple[int, int]]:
+        found: dict[CounterKey, tuple[int, int]] = {}
         for org, metric, start in counters:
-            expired = await self.s.scalars(
-                sa.update(UsageReservation)
-                .where(
-                    UsageReservation.organization_id == org,
-                    UsageReservation.metric == metric,
-                    UsageReservation.period_start == start,
-                    UsageReservation.status == ReservationStatus.HELD,
-                    UsageReservation.expires_at <= now,
-                )
-                .values(status=ReservationStatus.EXPIRED, finished_at=now)
-                .returning(UsageReservation.quantity),
-                execution_options={"synchronize_session": False},
+            lapsed = sa.and_(
+                UsageReservation.organization_id == org,
+                UsageReservation.metric == metric,
+                UsageReservation.period_start == start,
+                UsageReservation.status == ReservationStatus.HELD,
+                UsageReservation.expires_at <= now,
             )
-            total = sum(expired)
+            total = await self.s.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(UsageReservation.quantity), 0)).where(lapsed)
+            )
+            free = sa.select(UsageReservation.id).where(lapsed).with_for_update(skip_locked=True)
+            freed = sum(
+                await self.s.scalars(
+                    sa.update(UsageReservation)
+                    .where(
+                        UsageReservation.organization_id == org,
+                        UsageReservation.id.in_(free.scalar_subquery()),
+                        UsageReservation.status == ReservationStatus.HELD,
+                    )
+                    .values(status=ReservationStatus.EXPIRED, finished_at=now)
+                    .returning(UsageReservation.quantity),
+                    execution_options={"synchronize_session": False},
+                )
+            )
             if total:
-                freed[(org, metric, start)] = total
-        return freed
+                found[(org, metric, start)] = (freed, int(total) - freed)
+        return found
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:

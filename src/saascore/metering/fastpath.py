@@ -71,7 +71,7 @@ price AS (
     LIMIT 1
 ),
 prev AS (
-    SELECT id, payload_hash, occurred_at FROM usage_events
+    SELECT id, payload_hash, occurred_at, cost_micros FROM usage_events
     WHERE organization_id = $1::uuid AND idempotency_key = $9::text
 ),
 ev AS (
@@ -148,6 +148,8 @@ SELECT
     (SELECT hard FROM lim) AS hard,
     (SELECT id FROM prev) AS previous_id,
     (SELECT payload_hash FROM prev) AS previous_hash,
+    (SELECT occurred_at FROM prev) AS previous_occurred,
+    (SELECT cost_micros FROM prev) AS previous_cost,
     (SELECT used FROM usage_counters
      WHERE organization_id = $1::uuid AND metric = $2::text AND period_start = $6::timestamptz
     ) AS current_used,

@@ -12,6 +12,10 @@ other, but the next batch starts only once the previous one holds its counter lo
 that shares a counter with the one before it therefore waits for that one's commit and decides
 after it: limits stay exact, in arrival order. A failure of a transaction itself (the database
 went away) is raised to every caller in it; refusals and conflicts are per event.
+
+One exception to arrival order: a batch that PostgreSQL aborts to break a deadlock (it takes a
+copy of one of its events racing on another path, or a sweep) is decided again after the
+batches that started meanwhile. Limits stay exact; only the order among those batches changes.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class GroupCommit(Generic[Item, Result]):
     """A queue of items flushed in batches, answering each caller after its batch commits."""
 
     def __init__(self, flush: Flush[Item, Result], *, max_events: int, depth: int = 2) -> None:
+        if max_events < 1 or depth < 1:
+            raise ValueError("a group commit needs max_events >= 1 and depth >= 1")
         self._flush = flush
         self._max_events = max_events
         self._depth = depth

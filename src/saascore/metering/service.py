@@ -144,6 +144,8 @@ class UsageService:
         self.clock = clock
         #: Coalesce concurrent `record` calls into shared transactions (PostgreSQL; see `group`).
         self.group_commit = group_commit
+        if group_commit_max_events < 1:
+            raise ValueError("group_commit_max_events must be at least 1")
         self.group_commit_max_events = group_commit_max_events
         self._groups: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, GroupCommit[Pending, RecordResult]
@@ -335,26 +337,22 @@ class UsageService:
             new_id(),
             new_id(),
         )
-        async with self.database.engine.connect() as connection:
-            driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None
+        row, refused, deadlock = None, False, None
+        async with self.database.driver() as driver:
             try:
                 row = await driver.fetchrow(fastpath.RECORD, *parameters)
-            except asyncpg.DeadlockDetectedError:  # lost to a batch holding a copy: again
-                if deadlocks + 1 >= DEADLOCK_RETRIES:
-                    raise
-                return await self._record_fast(
-                    org_id, event, enforce=enforce, swept=swept, deadlocks=deadlocks + 1
-                )
+            except asyncpg.DeadlockDetectedError as error:  # lost to a batch with a copy
+                deadlock = error
             except asyncpg.PostgresError as error:
                 if error.sqlstate != fastpath.LIMIT_EXCEEDED_SQLSTATE:
                     raise
                 refused = True
-            except (OSError, asyncpg.InterfaceError):
-                await connection.invalidate()
-                raise
-            else:
-                refused = False
+        if deadlock is not None:
+            if deadlocks + 1 >= DEADLOCK_RETRIES:
+                raise deadlock
+            return await self._record_fast(
+                org_id, event, enforce=enforce, swept=swept, deadlocks=deadlocks + 1
+            )
         if refused:
             if not swept and await self.sweep(org_id=org_id, metric=meter.code):
                 return await self._record_fast(org_id, event, enforce=enforce, swept=True)
@@ -369,9 +367,14 @@ class UsageService:
             raise NotFound(f"no organisation {org_id}", organization=str(org_id))
         limit_value = row["limit_value"]
         if row["event_id"] is None:
-            # A duplicate: an earlier event with this key, or a copy that committed while this
-            # statement waited for it (then not in this statement's snapshot: read it now).
-            if row["previous_id"] is not None:
+            # A duplicate: an earlier event with this key in this period (answered from this
+            # statement), one of another period, or a copy that committed while this
+            # statement waited for it (then not in this statement's snapshot).
+            same_period = (
+                row["previous_id"] is not None
+                and meter.period(row["previous_occurred"])[0] == period_start
+            )
+            if same_period:
                 if row["previous_hash"] != fingerprint:
                     raise IdempotencyConflict(
                         f"idempotency key {event.idempotency_key!r} was used for a different event",
@@ -384,7 +387,9 @@ class UsageService:
                     event.quantity,
                     int(row["current_used"] or 0),
                     limit_value,
+                    cost_micros=int(row["previous_cost"]),
                 )
+            # Else read it now (it reports the counter of its own period).
             async with self.database.session(readonly=True) as s:
                 previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
             if previous is None:  # the copy rolled back meanwhile: try again
@@ -452,23 +457,17 @@ class UsageService:
     async def _record_postgres_once(
         self, items: Sequence[Pending], locked: Callable[[], None] | None
     ) -> Decision:
-        async with self.database.engine.connect() as connection:
+        async with self.database.driver() as driver:
+            store = PostgresStore(driver)
+            await store.begin()
             try:
-                driver = (await connection.get_raw_connection()).driver_connection
-                assert driver is not None
-                store = PostgresStore(driver)
-                await store.begin()
-                try:
-                    decision = await record_batch(store, items, self._meters, self.clock, locked)
-                except BaseException:
-                    if not driver.is_closed():
-                        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
-                            await store.rollback()
-                    raise
-                await store.commit()
-            except (OSError, asyncpg.InterfaceError):
-                await connection.invalidate()
+                decision = await record_batch(store, items, self._meters, self.clock, locked)
+            except BaseException:
+                if not driver.is_closed():
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
+                        await store.rollback()
                 raise
+            await store.commit()
         return decision
 
     def _count(self, decision: Decision) -> None:
