@@ -1444,11 +1444,14 @@ class TestLockOrder:
             sweep.append(asyncio.create_task(usage.sweep(org_id=org)))
         results += await asyncio.gather(*sweep, return_exceptions=True)
 
+        # No deadlock. The batch skips the reservation the sweep holds (never waits for it),
+        # and while that one may still settle it, it counts as held: the batch refuses.
         assert deadlocked(results) == []
-        assert [o.status for o in results[0]] == ["accepted"]
+        assert [o.status for o in results[0]] == ["refused"]
+        assert results[1] == 1
         found = await state(scratch, org)
         assert found.reservations == [(lapsed.id, ReservationStatus.EXPIRED, 80, clock.now)]
-        assert counters_of(found) == {("tokens", MARCH): (60, 0)}
+        assert counters_of(found) == {("tokens", MARCH): (0, 0)}
 
     async def test_a_retry_from_yesterday_racing_a_late_event_of_yesterday(
         self, scratch: Database, probe: Probe
@@ -1489,3 +1492,104 @@ class TestLockOrder:
             "accepted",
             "accepted",
         ]
+
+
+# =================================================================================================
+# Found in review: a settle racing a batch, one bad event in a shared batch, cancellations
+# =================================================================================================
+@only_postgresql
+class TestFoundInReview:
+    async def test_a_settle_racing_a_batch_for_a_lapsing_reservation_never_overspends(
+        self, scratch: Database, probe: Probe
+    ) -> None:
+        # Clocks disagree by two seconds around the reservation's expiry: to the settle it is
+        # still live, to the batch it has lapsed. The settle claims it while the batch holds
+        # the counter, then waits for the counter.
+        org = await new_org(scratch, tokens=100)
+        start = Clock()
+        hold = await UsageService(scratch, clock=start).reserve(
+            org, "tokens", 80, ttl=timedelta(minutes=1)
+        )
+        settler = UsageService(scratch, clock=Clock(start.now + timedelta(seconds=59)))
+        batcher = UsageService(scratch, clock=Clock(start.now + timedelta(seconds=61)))
+        settle: list[asyncio.Task[RecordResult]] = []
+
+        async def settle_meanwhile(step: Step) -> None:
+            if step.name == "expire" and not settle:
+                settle.append(asyncio.create_task(settler.settle(hold.id, 80)))
+                await until_waiting(scratch)
+
+        probe.pause = settle_meanwhile
+        [outcome] = await batcher.record_many([ev("a", 60)], org_id=org)
+        settled = await settle[0]
+
+        assert outcome.status == "refused"  # the reservation it could not claim still holds
+        assert settled.status == "accepted"
+        found = counters_of(await state(scratch, org))
+        assert found == {("tokens", MARCH): (80, 0)}
+
+    async def test_an_event_the_database_refuses_fails_its_own_caller_alone(
+        self, scratch: Database
+    ) -> None:
+        # A subscription that does not exist passes every check in Python, but not the
+        # foreign key: the shared transaction fails, and its events are recorded one by one.
+        org = await new_org(scratch)
+        usage = UsageService(scratch, clock=Clock())
+        await usage.usage(org, "tokens")
+        calls = [usage.record(org, "tokens", 1, idempotency_key=f"ok{n}") for n in range(6)]
+        calls.insert(
+            3, usage.record(org, "tokens", 1, idempotency_key="bad", subscription_id=NOBODY)
+        )
+
+        results = await asyncio.gather(*calls, return_exceptions=True)
+
+        assert [type(r).__name__ for r in results].count("RecordResult") == 6
+        assert not isinstance(results[3], RecordResult)
+        assert counters_of(await state(scratch, org)) == {("tokens", MARCH): (6, 0)}
+
+    async def test_events_the_columns_cannot_hold_are_invalid_not_errors(
+        self, scratch: Database
+    ) -> None:
+        org = await new_org(scratch)
+        usage = UsageService(scratch, clock=Clock())
+
+        outcomes = await usage.record_many(
+            [
+                ev("fine", 1),
+                ev("huge", 2**63),
+                ev("long", 1, feature="f" * 101),
+                ev("half", 2**62),
+                ev("overflow", 2**62),  # the counter would pass a BIGINT
+            ],
+            org_id=org,
+        )
+
+        assert [(o.idempotency_key, o.status) for o in outcomes] == [
+            ("fine", "accepted"),
+            ("huge", "invalid"),
+            ("long", "invalid"),
+            ("half", "accepted"),
+            ("overflow", "invalid"),
+        ]
+        assert counters_of(await state(scratch, org)) == {("tokens", MARCH): (2**62 + 1, 0)}
+
+    async def test_cancelled_batches_leave_no_connection_inside_a_transaction(
+        self, scratch: Database
+    ) -> None:
+        org = await new_org(scratch)
+        usage = UsageService(scratch, clock=Clock(), group_commit=False)
+        await usage.usage(org, "tokens")
+        chance = random.Random(7)
+        for n in range(150):  # cancelled at random points of their transactions
+            task = asyncio.create_task(usage.record_many([ev(f"c{n}", 1)], org_id=org))
+            await asyncio.sleep(chance.random() * 0.003)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        answered = [await usage.record_many([ev(f"after{n}", 1)], org_id=org) for n in range(10)]
+
+        assert all(outcome.status == "accepted" for [outcome] in answered)
+        found = await state(scratch, org)  # read on another connection: every one committed
+        keys = {row[0] for row in found.events}
+        assert {f"after{n}" for n in range(10)} <= keys

@@ -225,13 +225,16 @@ class Database:
 
         A connection lost in use is treated as SQLAlchemy treats a disconnect: it is
         discarded with the whole pool (after a failover every pooled connection is dead), and
-        `DatabaseUnavailable` is raised; the next call connects afresh."""
+        `DatabaseUnavailable` is raised; the next call connects afresh. A connection left by an
+        exception or a cancellation, or left inside a transaction, is discarded too: back in the
+        pool, the next user's work could nest inside a transaction that never commits."""
         import asyncpg
 
         async with self.engine.connect() as connection:
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None
             try:
-                raw = await connection.get_raw_connection()
-                yield raw.driver_connection
+                yield driver
             except (
                 OSError,
                 asyncpg.InterfaceError,
@@ -240,9 +243,19 @@ class Database:
                 asyncpg.CrashShutdownError,
                 asyncpg.CannotConnectNowError,
             ) as exc:
+                if isinstance(exc, asyncpg.InterfaceError) and not driver.is_closed():
+                    await connection.invalidate()
+                    raise  # a misuse, not a lost connection
                 await connection.invalidate()
                 await self.engine.dispose()
                 raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+            except BaseException:
+                # Cancelled or failed mid-statement: the server may still be inside a
+                # transaction the driver has not heard of. Never hand that back to the pool.
+                await connection.invalidate()
+                raise
+            if driver.is_in_transaction():  # left open by its user: the same
+                await connection.invalidate()
 
     async def ping(self, timeout: float = 5.0) -> None:
         """Run `SELECT 1`; raise `DatabaseUnavailable` with the reason if it fails."""

@@ -3,22 +3,28 @@
 A batch is decided in Python under row locks and then written set-wise:
 
 1. **lock**: every (organisation, metric, period) counter the batch touches is created if
-   missing and locked, in one sorted order so that concurrent batches cannot deadlock; the
-   organisations' limit rules are read with it;
-2. **look up** the events already stored under the batch's keys. This comes after the locks,
-   so a copy that committed while we waited for a counter is seen;
-3. **decide** (`decide`, pure Python): the events are walked in order, exactly as one `record`
+   missing and locked, in one order (code-point order, as Python sorts) so that concurrent
+   batches cannot deadlock on counters; the organisations' limit rules are read with it, and on
+   PostgreSQL the events already stored under the batch's keys too (same statement);
+2. **decide** (`decide`, pure Python): the events are walked in order, exactly as one `record`
    after another would decide them: a duplicate of a stored event or of an earlier event in the
-   batch, a conflict (same key, different event), or a hard limit checked against the counter
-   as the earlier events left it;
-4. **write** the accepted events, the counters' new values, the day rollups and the threshold
+   batch, a conflict (same key, different event), invalid (a value the columns cannot hold),
+   or a hard limit checked against the counter as the earlier events left it;
+3. **write** the accepted events, the counters' new values, the day rollups and the threshold
    crossings, and commit.
 
-A refusal on a counter that holds reserved quota first expires that counter's lapsed
-reservations and decides the batch again. A copy of an event that slips in between 2 and 4
-(possible only for a copy with another metric, that is a conflicting event, which locks another
-counter) makes the write insert fewer events than decided: the write is undone and the batch
-decided again from step 1.
+Going back:
+
+- A refusal on a counter that holds reserved quota first expires that counter's lapsed
+  reservations and decides again. A refusal also looks its key up again after the locks: it
+  may be a copy that committed while the batch waited (read in the statement's snapshot, it
+  was missed), whose own quantity now fills the counter.
+- A copy of an event can slip in between the look-up and the write: missed as above, or
+  inserted by the one-statement path, which inserts its event before it locks the counter.
+  The write then inserts fewer events than decided: the whole attempt is undone and the
+  batch decided again, its keys now looked up after the locks.
+- The one-statement path and a batch can deadlock on such a copy (event then counter, against
+  counter then event); PostgreSQL aborts one, which is tried again (`UsageService`).
 
 `PostgresStore` does the I/O in a few statements over asyncpg arrays; `SessionStore` does it
 with SQLAlchemy Core, for SQLite and for batches that join a caller's session.
@@ -39,11 +45,12 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.kit.errors import DomainError, IdempotencyConflict, NotFound
+from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.values import (
+    BIGINT_MAX,
     THRESHOLDS,
     LimitRules,
     MeterInfo,
@@ -183,13 +190,8 @@ def decide(
     stored: dict[tuple[uuid.UUID, str], Stored],
     prices: Sequence[Price],
     meters: dict[str, MeterInfo],
-    lapsing: dict[CounterKey, int] | None = None,
 ) -> Decision:
-    """Decide every event in order, as one `record` after another would (see the module).
-
-    `lapsing` is quota still counted as reserved by lapsed reservations that another
-    transaction is expiring: it no longer holds quota, but that one gives it back."""
-    lapsing = lapsing or {}
+    """Decide every event in order, as one `record` after another would (see the module)."""
     decision = Decision()
     state = {key: Counter(c.used, c.reserved) for key, c in counters.items()}
     accepted: dict[tuple[uuid.UUID, str], tuple[RecordResult, str]] = {}
@@ -219,17 +221,24 @@ def decide(
             used = max(counter.used, increment)
         else:
             used = counter.used + increment
-        held = counter.reserved - lapsing.get(item.counter, 0)
-        before, after = counter.used + held, used + held
+        before, after = counter.used + counter.reserved, used + counter.reserved
+        if after > BIGINT_MAX:
+            decision.outcomes.append(
+                InvalidInput("the counter would overflow", metric=item.meter.code)
+            )
+            continue
         if item.enforce and limit.refuses(after):
             assert limit.value is not None
-            if held:
+            if counter.reserved:
                 decision.refused_holding.add(item.counter)
             decision.outcomes.append(LimitExceeded(item.meter.code, limit.value, before, increment))
             continue
+        cost = _price(item, prices, decision.unpriced)
+        if cost > BIGINT_MAX:
+            decision.outcomes.append(InvalidInput("the cost would overflow", field="cost"))
+            continue
         counter.used = used
         decision.counters[item.counter] = counter
-        cost = _price(item, prices, decision.unpriced)
         event_id = new_id()
         decision.events.append((item, event_id, cost))
         _roll_up(decision.rollups, item, cost)
@@ -341,8 +350,8 @@ class Store(Protocol):
     ) -> Snapshot:
         """Create missing counters and lock them all, and read the organisations' limit
         rules and the events stored under `keys`. Counters of organisations that do not exist
-        are left out. (A copy of an event that commits while this waits for a lock may be
-        missed: the write then finds it and raises `Raced`.)"""
+        are left out. (`PostgresStore` reads the events in the statement that waits for the
+        locks, so it may miss a copy that commits meanwhile: see the module.)"""
         ...
 
     async def stored(self, keys: Sequence[EventKey]) -> dict[EventKey, Stored]:
@@ -359,12 +368,12 @@ class Store(Protocol):
 
     async def expire_lapsed(
         self, counters: Iterable[CounterKey], now: datetime
-    ) -> dict[CounterKey, tuple[int, int]]:
-        """Expire the held reservations of these counters that are past their time. Per
-        counter: the quantity this freed (the caller writes the counter), and the quantity of
-        lapsed reservations another transaction holds (a sweep or release under way, which
-        gives it back itself). Those are skipped, never waited for: that transaction locks
-        the reservation before the counter, a batch the other way round."""
+    ) -> dict[CounterKey, int]:
+        """Expire the held reservations of these counters that are past their time; the
+        quantity freed per counter (the caller writes the counters). A reservation another
+        transaction has locked (a sweep, settle or release under way) is skipped, never
+        waited for (that one locks the reservation before the counter, a batch the other way
+        round), and still counts as held: that transaction may yet settle it."""
         ...
 
     async def write(self, decision: Decision, now: datetime) -> None:
@@ -441,16 +450,13 @@ async def _attempt(
             stored.update(late)
             decision = decide(items, counters, rules, stored, prices, meters)
     if decision.refused_holding:
-        expiry = await store.expire_lapsed(sorted(decision.refused_holding), now)
-        if expiry:
-            lapsing: dict[CounterKey, int] = {}
-            for key, (quantity, others) in expiry.items():
+        freed = await store.expire_lapsed(sorted(decision.refused_holding), now)
+        if freed:
+            for key, quantity in freed.items():
                 counters[key].reserved -= quantity
-                lapsing[key] = others
-            decision = decide(items, counters, rules, stored, prices, meters, lapsing)
-            for key, (quantity, _) in expiry.items():
-                if quantity:  # the freed quota is written even if nothing else changed
-                    decision.counters.setdefault(key, counters[key])
+            decision = decide(items, counters, rules, stored, prices, meters)
+            for key in freed:  # the freed quota is written even if nothing else changed
+                decision.counters.setdefault(key, counters[key])
     await store.write(decision, now)
     return decision
 
@@ -497,7 +503,7 @@ class PostgresStore:
                 period_end, used, reserved, updated_at)
             SELECT k.org, k.id, k.metric, k.period_start, k.period_end, 0, 0, $6
             FROM k WHERE EXISTS (SELECT FROM organizations o WHERE o.id = k.org)
-            ORDER BY k.org, k.metric, k.period_start
+            ORDER BY k.org, k.metric COLLATE "C", k.period_start  -- Python's order: code points
             ON CONFLICT (organization_id, metric, period_start) DO UPDATE SET used = c.used
             RETURNING c.organization_id, c.metric, c.period_start, c.used, c.reserved
         )
@@ -547,17 +553,13 @@ class PostgresStore:
         FROM model_pricing WHERE model = ANY($1::text[]) AND is_active
     """
     EXPIRE = """
-        WITH lapsed AS (
-            SELECT r.organization_id, r.id, r.metric, r.period_start, r.quantity
+        WITH free AS (
+            SELECT r.organization_id, r.id
             FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS k (org, metric,
                 period_start)
             JOIN usage_reservations r ON r.organization_id = k.org AND r.metric = k.metric
                 AND r.period_start = k.period_start
             WHERE r.status = 'held' AND r.expires_at <= $4
-        ),
-        free AS (
-            SELECT r.organization_id, r.id FROM usage_reservations r
-            JOIN lapsed ON r.organization_id = lapsed.organization_id AND r.id = lapsed.id
             FOR UPDATE OF r SKIP LOCKED
         ),
         expired AS (
@@ -565,14 +567,10 @@ class PostgresStore:
             FROM free
             WHERE r.organization_id = free.organization_id AND r.id = free.id
               AND r.status = 'held'
-            RETURNING r.organization_id, r.id
+            RETURNING r.organization_id, r.metric, r.period_start, r.quantity
         )
-        SELECT l.organization_id, l.metric, l.period_start,
-            sum(l.quantity) FILTER (WHERE e.id IS NOT NULL) AS freed,
-            sum(l.quantity) FILTER (WHERE e.id IS NULL) AS elsewhere
-        FROM lapsed l
-        LEFT JOIN expired e ON e.organization_id = l.organization_id AND e.id = l.id
-        GROUP BY 1, 2, 3
+        SELECT organization_id, metric, period_start, sum(quantity) AS freed
+        FROM expired GROUP BY 1, 2, 3
     """
     WRITE = """
         WITH ev AS (
@@ -615,7 +613,8 @@ class PostgresStore:
                 $34::text[], $35::text[], $36::int8[], $37::int8[], $38::int8[], $39::int8[],
                 $40::int8[], $41::int8[], $42::int8[]) AS r (org, id, day, metric, model,
                     provider, feature, quantity, events, input, output, cached, total, cost)
-            ORDER BY r.org, r.day, r.metric, r.model, r.provider, r.feature
+            ORDER BY r.org, r.day, r.metric COLLATE "C", r.model COLLATE "C",
+                r.provider COLLATE "C", r.feature COLLATE "C"
             ON CONFLICT (organization_id, day, metric, model, provider, feature) DO UPDATE SET
                 quantity = d.quantity + excluded.quantity,
                 event_count = d.event_count + excluded.event_count,
@@ -637,9 +636,7 @@ class PostgresStore:
             ON CONFLICT (organization_id, metric, period_start, threshold_percent) DO NOTHING
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM ev) AS inserted,
-            (SELECT count(*) FROM counted) + (SELECT count(*) FROM rolled)
-            + (SELECT count(*) FROM alerted) AS written
+        SELECT (SELECT count(*) FROM ev) AS inserted
     """
 
     def __init__(self, connection: asyncpg.Connection) -> None:
@@ -718,7 +715,7 @@ class PostgresStore:
 
     async def expire_lapsed(
         self, counters: Iterable[CounterKey], now: datetime
-    ) -> dict[CounterKey, tuple[int, int]]:
+    ) -> dict[CounterKey, int]:
         keys = list(counters)
         rows = await self.connection.fetch(
             self.EXPIRE,
@@ -727,7 +724,7 @@ class PostgresStore:
             [key[2] for key in keys],
             now,
         )
-        return {(row[0], row[1], row[2]): (int(row[3] or 0), int(row[4] or 0)) for row in rows}
+        return {(row[0], row[1], row[2]): int(row[3]) for row in rows}
 
     async def write(self, decision: Decision, now: datetime) -> None:
         if not (decision.events or decision.counters):
@@ -952,21 +949,21 @@ class SessionStore:
 
     async def expire_lapsed(
         self, counters: Iterable[CounterKey], now: datetime
-    ) -> dict[CounterKey, tuple[int, int]]:
-        found: dict[CounterKey, tuple[int, int]] = {}
+    ) -> dict[CounterKey, int]:
+        freed: dict[CounterKey, int] = {}
         for org, metric, start in counters:
-            lapsed = sa.and_(
-                UsageReservation.organization_id == org,
-                UsageReservation.metric == metric,
-                UsageReservation.period_start == start,
-                UsageReservation.status == ReservationStatus.HELD,
-                UsageReservation.expires_at <= now,
+            free = (
+                sa.select(UsageReservation.id)
+                .where(
+                    UsageReservation.organization_id == org,
+                    UsageReservation.metric == metric,
+                    UsageReservation.period_start == start,
+                    UsageReservation.status == ReservationStatus.HELD,
+                    UsageReservation.expires_at <= now,
+                )
+                .with_for_update(skip_locked=True)
             )
-            total = await self.s.scalar(
-                sa.select(sa.func.coalesce(sa.func.sum(UsageReservation.quantity), 0)).where(lapsed)
-            )
-            free = sa.select(UsageReservation.id).where(lapsed).with_for_update(skip_locked=True)
-            freed = sum(
+            total = sum(
                 await self.s.scalars(
                     sa.update(UsageReservation)
                     .where(
@@ -980,8 +977,8 @@ class SessionStore:
                 )
             )
             if total:
-                found[(org, metric, start)] = (freed, int(total) - freed)
-        return found
+                freed[(org, metric, start)] = total
+        return freed
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:

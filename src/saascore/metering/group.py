@@ -10,12 +10,14 @@ one-statement path instead.
 Two batches may be in flight, so that one is decided in Python while the database writes the
 other, but the next batch starts only once the previous one holds its counter locks. A batch
 that shares a counter with the one before it therefore waits for that one's commit and decides
-after it: limits stay exact, in arrival order. A failure of a transaction itself (the database
-went away) is raised to every caller in it; refusals and conflicts are per event.
+after it: limits stay exact, in arrival order. Refusals and conflicts are per event. What
+`flush` raises reaches every caller of the batch; `UsageService` raises only when the database
+is lost, and records the events of a batch that failed otherwise one by one.
 
-One exception to arrival order: a batch that PostgreSQL aborts to break a deadlock (it takes a
-copy of one of its events racing on another path, or a sweep) is decided again after the
-batches that started meanwhile. Limits stay exact; only the order among those batches changes.
+One exception to arrival order: a batch that has to start over (PostgreSQL aborted it to break
+a deadlock, or a copy of one of its events slipped in) releases its locks and decides again
+after the batches that started meanwhile. Limits stay exact; only the order among those
+batches changes.
 """
 
 from __future__ import annotations

@@ -1,18 +1,16 @@
 """Usage metering with exact limits: record, check, reserve/settle/release, rollups, pricing.
 
-Exactness comes from where the check happens: every quota decision is one conditional
-statement on the organisation's counter row for the metric and period,
+Exactness comes from where the decision is made: on the organisation's counter row for the
+metric and period, while that row is locked. Two racing requests cannot both take the last
+units: the second waits for the first's lock and then sees its increment. One event on
+PostgreSQL is decided and written by one conditional statement (`fastpath`); batches, group
+commit, SQLite and calls in a caller's session lock the counters, decide in Python and write
+set-wise (`batch`).
 
-    INSERT INTO usage_counters ... ON CONFLICT (organization_id, metric, period_start)
-    DO UPDATE SET used = used + :q WHERE used + reserved + :q <= :limit RETURNING used
-
-so two racing requests cannot both take the last units: the second waits for the first's row
-lock and then sees its increment. Nothing is read and then written in Python.
-
-A record is idempotent by its key, which is unique per organisation in `usage_events`. The
-event is looked up first (a retry gets "duplicate" even when the quota is now full); if two
-copies race past that look-up, the counter of the loser is given back before it commits.
-Counters are keyed by period, so a new month (or day) starts at zero without a reset job.
+A record is idempotent by its key, which is unique per organisation in `usage_events`: a retry
+is answered "duplicate" (even when the quota is now full), the same key with another event is
+a conflict. Counters are keyed by period, so a new month (or day) starts at zero without a
+reset job.
 """
 
 from __future__ import annotations
@@ -37,7 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore.config import DatabaseBackend
 from saascore.kit import metrics
 from saascore.kit.db import Database
-from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
+from saascore.kit.errors import (
+    DatabaseUnavailable,
+    DomainError,
+    IdempotencyConflict,
+    InvalidInput,
+    NotFound,
+)
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
@@ -52,6 +56,7 @@ from saascore.metering.errors import (
 )
 from saascore.metering.group import GroupCommit
 from saascore.metering.values import (
+    BIGINT_MAX,
     METER_CACHE_SECONDS,
     STORAGE,
     THRESHOLDS,
@@ -114,6 +119,27 @@ def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
         reservation_id=str(reservation_id),
         status="expired",
     )
+
+
+#: Numeric event fields and their largest value (the columns' ranges).
+_NUMBERS = (
+    ("quantity", BIGINT_MAX),
+    ("input_tokens", BIGINT_MAX),
+    ("output_tokens", BIGINT_MAX),
+    ("cached_tokens", BIGINT_MAX),
+    ("credits_used", BIGINT_MAX),
+    ("response_time_ms", 2**31 - 1),
+)
+#: Text event fields and their longest length (the columns' lengths).
+_TEXTS = (
+    ("idempotency_key", 255),
+    ("feature", 100),
+    ("model", 255),
+    ("provider", 50),
+    ("request_id", 255),
+    ("batch_id", 255),
+    ("endpoint", 255),
+)
 
 
 def _batch_outcome(
@@ -271,11 +297,22 @@ class UsageService:
             return None
 
     def _validate(self, event: UsageEventIn, meter: MeterInfo, now: datetime) -> datetime:
-        """The event's time, once its fields are checked."""
-        if event.quantity < 0:
-            raise InvalidInput("the quantity must not be negative", field="quantity")
+        """The event's time, once its fields are checked: whatever the database would refuse
+        is refused here, so that one bad event cannot fail the batch it shares."""
+        for name, ceiling in _NUMBERS:
+            value = getattr(event, name)
+            if value is not None and value < 0:
+                raise InvalidInput(f"the {name} must not be negative", field=name)
+            if value is not None and value > ceiling:
+                raise InvalidInput(f"the {name} must be at most {ceiling}", field=name)
+        if event.input_tokens + event.output_tokens > BIGINT_MAX:
+            raise InvalidInput("input_tokens + output_tokens is too large", field="input_tokens")
         if not event.idempotency_key:
             raise InvalidInput("an event needs an idempotency key", field="idempotency_key")
+        for name, length in _TEXTS:
+            value = getattr(event, name)
+            if value is not None and len(value) > length:
+                raise InvalidInput(f"{name} is longer than {length} characters", field=name)
         if meter.code == STORAGE:
             raise InvalidInput(
                 "storage is a gauge: change it with update_storage_used", metric=meter.code
@@ -490,15 +527,32 @@ class UsageService:
 
     async def _flush(
         self, items: list[Pending], locked: Callable[[], None]
-    ) -> Sequence[RecordResult | DomainError]:
-        """Group commit's flush: one event by the one-statement path, more as a batch."""
-        if len(items) == 1 and items[0].meter.aggregation is not Aggregation.MAX:
-            item = items[0]
-            try:
-                return [await self._record_fast(item.org_id, item.event, enforce=item.enforce)]
-            except DomainError as error:
-                return [error]
-        return (await self._record_postgres(items, locked)).outcomes
+    ) -> Sequence[RecordResult | Exception]:
+        """Group commit's flush: one event by the one-statement path, more as a batch.
+
+        If a batch fails other than by losing the database, its events are recorded one at a
+        time, so that whatever failed it fails its own caller alone."""
+        if len(items) == 1:
+            return [await self._record_alone(items[0])]
+        try:
+            return (await self._record_postgres(items, locked)).outcomes
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            logger.exception(
+                "a batch of %d usage events failed: recording them one by one", len(items)
+            )
+            return [await self._record_alone(item) for item in items]
+
+    async def _record_alone(self, item: Pending) -> RecordResult | Exception:
+        try:
+            if item.meter.aggregation is Aggregation.MAX:  # not one increment: see fastpath
+                return (await self._record_postgres([item])).outcomes[0]
+            return await self._record_fast(item.org_id, item.event, enforce=item.enforce)
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            return error
 
     async def _cached_meter(self, code: str) -> MeterInfo:
         """The meter from the cache, refreshed (in a read session of its own) when stale."""

@@ -14,6 +14,8 @@ from saascore.models import Aggregation, ResetPeriod
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
+#: The largest value a counter, a quantity or a token count can hold (a BIGINT column).
+BIGINT_MAX = 2**63 - 1
 TOKENS, STORAGE, API_CALLS = "tokens", "storage_bytes", "api_calls"
 THRESHOLDS = (80, 100)
 METER_CACHE_SECONDS = 30.0
