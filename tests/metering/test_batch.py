@@ -232,7 +232,7 @@ class Step:
     store: str  # "postgres" or "session"
     number: int  # which store instance (one per batch transaction)
     name: str  # "lock", "expire", "write" or "raced"
-    size: int  # keys looked up (lock), events written (write)
+    size: int  # keys looked up with the locks (none on an optimistic first try), events written
 
 
 Pause = Callable[[Step], Awaitable[None]]
@@ -402,7 +402,10 @@ class TestTheTwoStores:
         own, caller = await run("own"), await run("caller")
 
         # The stores: PostgresStore for the own transaction on PostgreSQL, SessionStore else.
-        stores = [step.store for step in probe.of("lock")]
+        # (One store per transaction; an optimistic one locks again after a race.)
+        stores = [
+            store for store, _ in dict.fromkeys((s.store, s.number) for s in probe.of("lock"))
+        ]
         if backend == "postgresql":
             assert stores == ["postgres", "postgres", "session", "session"]
         else:
@@ -717,7 +720,8 @@ class TestPeriods:
         assert (retry.status, retry.event_id, retry.used) == ("duplicate", first[0].event_id, 7)
         assert (fresh.status, fresh.used) == ("accepted", 2)
         if (backend, path) == ("postgresql", "own"):  # batches of two, not the fast path
-            assert [(s.store, s.size) for s in probe.of("lock") if s.size] == [("postgres", 2)] * 2
+            assert {s.store for s in probe.of("lock")} == {"postgres"}
+            assert next(s.size for s in probe.of("write") if s.store == "postgres") == 2
         assert [row[1:4] for row in (await state(scratch, org)).counters] == [
             (datetime(2025, 3, 10, tzinfo=UTC), datetime(2025, 3, 11, tzinfo=UTC), 7),
             (datetime(2025, 3, 11, tzinfo=UTC), datetime(2025, 3, 12, tzinfo=UTC), 2),
@@ -1078,7 +1082,7 @@ class TestGroupCommit:
         )
 
         assert [r.status for r in results] == ["accepted"] * 10
-        assert [step.size for step in probe.of("lock")] == [4, 4, 2]
+        assert len(probe.of("lock")) == 3
         assert [(step.store, step.size) for step in probe.of("write")] == [
             ("postgres", 4),
             ("postgres", 4),

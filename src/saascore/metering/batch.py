@@ -4,8 +4,9 @@ A batch is decided in Python under row locks and then written set-wise:
 
 1. **lock**: every (organisation, metric, period) counter the batch touches is created if
    missing and locked, in one order (code-point order, as Python sorts) so that concurrent
-   batches cannot deadlock on counters; the organisations' limit rules are read with it, and on
-   PostgreSQL the events already stored under the batch's keys too (same statement);
+   batches cannot deadlock on counters; the organisations' limit rules are read with it, and
+   the events already stored under the batch's keys (`SessionStore`; `PostgresStore` first
+   tries without them, see below);
 2. **decide** (`decide`, pure Python): the events are walked in order, exactly as one `record`
    after another would decide them: a duplicate of a stored event or of an earlier event in the
    batch, a conflict (same key, different event), invalid (a value the columns cannot hold),
@@ -15,6 +16,10 @@ A batch is decided in Python under row locks and then written set-wise:
 
 Going back:
 
+- `PostgresStore` is optimistic: its first try looks no key up (on a busy new table that
+  look-up cost more than the rest of the lock), so a retried event is at first taken for a new
+  one. The write then inserts fewer events than decided, and the batch is decided again, its
+  keys looked up after the locks. Retries cost a second try; new events cost nothing more.
 - A refusal on a counter that holds reserved quota first expires that counter's lapsed
   reservations and decides again. A refusal also looks its key up again after the locks: it
   may be a copy that committed while the batch waited (read in the statement's snapshot, it
@@ -342,6 +347,10 @@ def _roll_up(rollups: dict[RollupKey, list[int]], item: Pending, cost: int) -> N
 class Store(Protocol):
     """The batch's reads and writes, inside one transaction the store holds."""
 
+    #: Decide first without looking the keys up (a copy is then caught by the write, and the
+    #: batch decided again): one look-up less per batch when retries are rare.
+    optimistic: bool
+
     async def lock(
         self,
         periods: dict[CounterKey, datetime | None],
@@ -426,8 +435,10 @@ async def _attempt(
     locked: Callable[[], None] | None,
     raced: bool,
 ) -> Decision:
-    # After a race, the keys are looked up once the locks are held, so no copy is missed.
-    snapshot = await store.lock(periods, () if raced else keys, now)
+    # An optimistic store looks nothing up at first: a copy of a stored event is then accepted
+    # by `decide`, found by the write (`Raced`), and the batch decided again. After a race the
+    # keys are looked up once the locks are held, so no copy is missed.
+    snapshot = await store.lock(periods, () if raced or store.optimistic else keys, now)
     if locked is not None:
         locked()
     if raced:
@@ -639,6 +650,10 @@ class PostgresStore:
         SELECT (SELECT count(*) FROM ev) AS inserted
     """
 
+    #: Looking 32 keys up costs this statement more than the rest of it (a plan made while the
+    #: table was small scans it whole); retries are rare enough to find them by the write.
+    optimistic = True
+
     def __init__(self, connection: asyncpg.Connection) -> None:
         self.connection = connection
         self.transaction = connection.transaction()
@@ -801,6 +816,7 @@ class SessionStore:
     database when the batch joins a caller's unit of work)."""
 
     CHUNK = 500  # bound parameters per IN list stay well under SQLite's limit
+    optimistic = False  # it looks the keys up after the locks, so it never misses a copy
 
     def __init__(self, session: AsyncSession) -> None:
         self.s = session
