@@ -12,8 +12,7 @@ __all__ = ["payload_hash"]
 
 def payload_hash(payload: dict[str, Any]) -> str:
     """SHA-256 of the payload as canonical JSON (sorted keys; UUIDs, datetimes as strings)."""
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_plain)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(payload).encode()).hexdigest()
 
 
 def _plain(value: Any) -> str:
@@ -22,3 +21,7 @@ def _plain(value: Any) -> str:
     if isinstance(value, datetime) and value.utcoffset() is not None:
         value = value.astimezone(UTC)
     return str(value)
+
+
+#: One encoder for every call (`json.dumps` with options builds a new one each time).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=_plain)

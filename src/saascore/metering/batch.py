@@ -220,7 +220,8 @@ def decide(
             decision.outcomes.append(_duplicate(item, stored[key], state, org_rules, meters))
             continue
         limit = org_rules.limit(item.meter.code)
-        counter = state[item.counter]
+        where = item.counter
+        counter = state[where]
         increment = item.increment
         if item.meter.aggregation is Aggregation.MAX:
             used = max(counter.used, increment)
@@ -235,7 +236,7 @@ def decide(
         if item.enforce and limit.refuses(after):
             assert limit.value is not None
             if counter.reserved:
-                decision.refused_holding.add(item.counter)
+                decision.refused_holding.add(where)
             decision.outcomes.append(LimitExceeded(item.meter.code, limit.value, before, increment))
             continue
         cost = _price(item, prices, decision.unpriced)
@@ -243,7 +244,7 @@ def decide(
             decision.outcomes.append(InvalidInput("the cost would overflow", field="cost"))
             continue
         counter.used = used
-        decision.counters[item.counter] = counter
+        decision.counters[where] = counter
         event_id = new_id()
         decision.events.append((item, event_id, cost))
         _roll_up(decision.rollups, item, cost)
@@ -251,7 +252,7 @@ def decide(
             for percent in THRESHOLDS:
                 threshold = math.ceil(limit.value * percent / 100)
                 if before < threshold <= after:
-                    decision.alerts.setdefault((item.counter, percent), (limit.value, after))
+                    decision.alerts.setdefault((where, percent), (limit.value, after))
         result = RecordResult(
             event_id=event_id,
             status="accepted",
