@@ -187,6 +187,24 @@ class Decision:
     #: Models that had no price.
     unpriced: list[UsageEventIn] = field(default_factory=list)
 
+    def add_event(self, item: Pending, cost: int) -> uuid.UUID:
+        """Write the event and add it to its day's rollup; its new id."""
+        event_id = new_id()
+        self.events.append((item, event_id, cost))
+        _roll_up(self.rollups, item, cost)
+        return event_id
+
+    def add_crossings(
+        self, counter: CounterKey, limit: int | None, before: int, after: int
+    ) -> None:
+        """Record each threshold (80 %, 100 %) that going from `before` to `after` (used plus
+        reserved) crossed, once per counter."""
+        if limit is None:
+            return
+        for percent in THRESHOLDS:
+            if before < math.ceil(limit * percent / 100) <= after:
+                self.alerts.setdefault((counter, percent), (limit, after))
+
 
 def decide(
     items: Sequence[Pending],
@@ -239,20 +257,14 @@ def decide(
                 decision.refused_holding.add(where)
             decision.outcomes.append(LimitExceeded(item.meter.code, limit.value, before, increment))
             continue
-        cost = _price(item, prices, decision.unpriced)
+        cost = price_of(item, prices, decision.unpriced)
         if cost > BIGINT_MAX:
             decision.outcomes.append(InvalidInput("the cost would overflow", field="cost"))
             continue
         counter.used = used
         decision.counters[where] = counter
-        event_id = new_id()
-        decision.events.append((item, event_id, cost))
-        _roll_up(decision.rollups, item, cost)
-        if limit.value is not None:
-            for percent in THRESHOLDS:
-                threshold = math.ceil(limit.value * percent / 100)
-                if before < threshold <= after:
-                    decision.alerts.setdefault((where, percent), (limit.value, after))
+        event_id = decision.add_event(item, cost)
+        decision.add_crossings(where, limit.value, before, after)
         result = RecordResult(
             event_id=event_id,
             status="accepted",
@@ -299,8 +311,9 @@ def _duplicate(
     )
 
 
-def _price(item: Pending, prices: Sequence[Price], unpriced: list[UsageEventIn]) -> int:
-    """As `UsageService._price`: the newest active price in effect when the event occurred."""
+def price_of(item: Pending, prices: Sequence[Price], unpriced: list[UsageEventIn]) -> int:
+    """The event's cost in micro-units: the newest active price in effect when it occurred; 0
+    for an event without model tokens, and 0 (noted in `unpriced`) for a model without one."""
     event = item.event
     if event.model is None or not (event.input_tokens or event.output_tokens):
         return 0
@@ -1003,8 +1016,6 @@ class SessionStore:
             yield
 
     async def write(self, decision: Decision, now: datetime) -> None:
-        if not (decision.events or decision.counters):
-            return
         if decision.events:
             rows = [
                 {
@@ -1084,14 +1095,7 @@ class SessionStore:
             excluded = statement.excluded
             await self.s.execute(
                 statement.on_conflict_do_update(
-                    index_elements=[
-                        "organization_id",
-                        "day",
-                        "metric",
-                        "model",
-                        "provider",
-                        "feature",
-                    ],
+                    index_elements=ROLLUP_KEY,
                     set_={
                         **{
                             name: getattr(UsageDailySummary, name) + getattr(excluded, name)
@@ -1114,12 +1118,5 @@ class SessionStore:
                     used=used,
                     crossed_at=now,
                 )
-                .on_conflict_do_nothing(
-                    index_elements=[
-                        "organization_id",
-                        "metric",
-                        "period_start",
-                        "threshold_percent",
-                    ]
-                )
+                .on_conflict_do_nothing(index_elements=ALERT_KEY)
             )

@@ -46,7 +46,14 @@ from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.metering import fastpath
-from saascore.metering.batch import Decision, Pending, PostgresStore, SessionStore, record_batch
+from saascore.metering.batch import (
+    Decision,
+    Pending,
+    PostgresStore,
+    SessionStore,
+    price_of,
+    record_batch,
+)
 from saascore.metering.errors import (
     LimitExceeded,
     ReservationNotFound,
@@ -59,7 +66,6 @@ from saascore.metering.values import (
     BIGINT_MAX,
     METER_CACHE_SECONDS,
     STORAGE,
-    THRESHOLDS,
     TOKENS,
     BatchOutcome,
     CheckResult,
@@ -73,18 +79,15 @@ from saascore.metering.values import (
     TokenLimitResult,
     UsageEventIn,
     UsageSnapshot,
-    cost_micros,
     unlimited,
 )
 from saascore.models import (
     Aggregation,
     Meter,
-    ModelPricing,
     Organization,
     PlanLimit,
     ReservationStatus,
     SubscriptionPlan,
-    UsageAlert,
     UsageCounter,
     UsageDailySummary,
     UsageEvent,
@@ -140,6 +143,13 @@ _TEXTS = (
     ("batch_id", 255),
     ("endpoint", 255),
 )
+
+
+def _result(outcome: RecordResult | DomainError) -> RecordResult:
+    """A batch of one's outcome, as `record` answers it: the result, or the refusal raised."""
+    if isinstance(outcome, DomainError):
+        raise outcome
+    return outcome
 
 
 def _batch_outcome(
@@ -201,10 +211,10 @@ class UsageService:
             metric=metric, quantity=quantity, idempotency_key=idempotency_key, **fields
         )
         if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
-            if not self.group_commit:
-                return await self._record_fast(org_id, event, enforce=True)
             item = self._pending(org_id, event, await self._cached_meter(event.metric), True)
-            return await self._group().submit(item)
+            if self.group_commit:
+                return await self._group().submit(item)
+            return await self._record_one(item)
         async with self.database.scope(session) as s:
             return await self._record(s, org_id, event, enforce=True)
 
@@ -283,10 +293,10 @@ class UsageService:
         )
         try:
             if self.database.backend is DatabaseBackend.POSTGRESQL:
-                if not self.group_commit:
-                    return await self._record_fast(org_id, event, enforce=False)
-                meter = await self._cached_meter(event.metric)
-                return await self._group().submit(self._pending(org_id, event, meter, False))
+                item = self._pending(org_id, event, await self._cached_meter(event.metric), False)
+                if self.group_commit:
+                    return await self._group().submit(item)
+                return await self._record_one(item)
             async with self.database.transaction() as s:
                 return await self._record(s, org_id, event, enforce=False)
         except Exception:
@@ -322,25 +332,20 @@ class UsageService:
             raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
         return occurred
 
+    async def _record_one(self, item: Pending) -> RecordResult:
+        """One event on PostgreSQL in a transaction of its own: one statement, except on a
+        `max` meter (not one increment), which takes the batch engine."""
+        if item.meter.aggregation is not Aggregation.MAX:
+            return await self._record_fast(item)
+        return _result((await self._record_postgres([item])).outcomes[0])
+
     async def _record_fast(
-        self,
-        org_id: uuid.UUID,
-        event: UsageEventIn,
-        *,
-        enforce: bool,
-        swept: bool = False,
-        deadlocks: int = 0,
+        self, item: Pending, *, swept: bool = False, deadlocks: int = 0
     ) -> RecordResult:
-        """`_record` on PostgreSQL in one statement, one round trip (see `fastpath`)."""
-        meter = await self._cached_meter(event.metric)
-        now = self.clock()
-        occurred = self._validate(event, meter, now)
-        increment = 1 if meter.aggregation is Aggregation.COUNT else event.quantity
-        if meter.aggregation is Aggregation.MAX:  # not expressible as one increment
-            async with self.database.transaction() as s:
-                return await self._record(s, org_id, event, enforce=enforce)
-        period_start, period_end = meter.period(occurred)
-        fingerprint = event.fingerprint()
+        """One event on PostgreSQL in one statement, one round trip (see `fastpath`)."""
+        org_id, event, meter, enforce = item.org_id, item.event, item.meter, item.enforce
+        occurred, period_start, period_end = item.occurred, item.period_start, item.period_end
+        fingerprint, increment, now = item.fingerprint, item.increment, self.clock()
         parameters = (
             org_id,
             meter.code,
@@ -387,12 +392,10 @@ class UsageService:
         if deadlock is not None:
             if deadlocks + 1 >= DEADLOCK_RETRIES:
                 raise deadlock
-            return await self._record_fast(
-                org_id, event, enforce=enforce, swept=swept, deadlocks=deadlocks + 1
-            )
+            return await self._record_fast(item, swept=swept, deadlocks=deadlocks + 1)
         if refused:
             if not swept and await self.sweep(org_id=org_id, metric=meter.code):
-                return await self._record_fast(org_id, event, enforce=enforce, swept=True)
+                return await self._record_fast(item, swept=True)
             metrics.USAGE_REFUSED.labels(meter.code).inc()
             snapshot = await self.usage(org_id, meter.code)
             assert snapshot.limit is not None
@@ -430,7 +433,7 @@ class UsageService:
             async with self.database.session(readonly=True) as s:
                 previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
             if previous is None:  # the copy rolled back meanwhile: try again
-                return await self._record_fast(org_id, event, enforce=enforce)
+                return await self._record_fast(item)
             return previous
         has_tokens = event.input_tokens or event.output_tokens
         if event.model is not None and has_tokens and not row["priced"]:
@@ -453,10 +456,7 @@ class UsageService:
     ) -> RecordResult:
         """One event through the batch engine, in the session's transaction."""
         item = self._pending(org_id, event, await self._meter(s, event.metric), enforce)
-        outcome = (await self._record_batch(s, [item])).outcomes[0]
-        if isinstance(outcome, DomainError):
-            raise outcome
-        return outcome
+        return _result((await self._record_batch(s, [item])).outcomes[0])
 
     def _pending(
         self, org_id: uuid.UUID, event: UsageEventIn, meter: MeterInfo, enforce: bool
@@ -546,9 +546,7 @@ class UsageService:
 
     async def _record_alone(self, item: Pending) -> RecordResult | Exception:
         try:
-            if item.meter.aggregation is Aggregation.MAX:  # not one increment: see fastpath
-                return (await self._record_postgres([item])).outcomes[0]
-            return await self._record_fast(item.org_id, item.event, enforce=item.enforce)
+            return await self._record_one(item)
         except DatabaseUnavailable:
             raise
         except Exception as error:
@@ -814,10 +812,12 @@ class UsageService:
                 used, reserved = await self._counter(s, org_id, meter.code, period_start)
                 assert limit.value is not None
                 raise LimitExceeded(meter.code, limit.value, used + reserved, quantity)
-            if limit.value is not None:  # held quota counts towards the thresholds too
-                await self._alerts(
-                    s, org_id, meter.code, period_start, limit.value, sum(counted), quantity, now
-                )
+            crossings = Decision()  # held quota counts towards the thresholds too
+            total = sum(counted)
+            crossings.add_crossings(
+                (org_id, meter.code, period_start), limit.value, total - quantity, total
+            )
+            await SessionStore(s).write(crossings, now)
             reservation = UsageReservation(
                 organization_id=org_id,
                 id=new_id(),
@@ -913,24 +913,22 @@ class UsageService:
         occurred = now
         if meter.period(now)[0] != reservation.period_start:
             occurred = reservation.created_at
-        cost = await self._price(s, event, occurred)
-        event_id = await self._insert_event(
-            s, reservation.organization_id, event, event.fingerprint(), occurred, cost, now
+        org = reservation.organization_id
+        item = Pending(
+            org, event, meter, occurred, reservation.period_start, None, event.fingerprint(), False
         )
-        assert event_id is not None  # the claim above is exclusive: no copy can exist
-        await self._roll_up(s, reservation.organization_id, meter.code, event, occurred, cost, now)
+        store, written = SessionStore(s), Decision()
+        prices = await store.prices({event.model}) if event.model is not None else []
+        cost = price_of(item, prices, written.unpriced)
+        event_id = written.add_event(item, cost)
         used, reserved = counted
-        if limit.value is not None and extra > 0:
-            await self._alerts(
-                s,
-                reservation.organization_id,
-                meter.code,
-                reservation.period_start,
-                limit.value,
-                used + reserved,
-                extra,
-                now,
-            )
+        if extra > 0:
+            total = used + reserved
+            written.add_crossings(item.counter, limit.value, total - extra, total)
+        # The claim above is exclusive: no copy of the event can exist (else `Raced`).
+        await store.write(written, now)
+        for unpriced in written.unpriced:
+            self._unpriced(unpriced)
         metrics.USAGE_RECORDED.labels(meter.code).inc()
         return RecordResult(
             event_id,
@@ -1300,169 +1298,8 @@ class UsageService:
             execution_options={"synchronize_session": False},
         )
 
-    async def _roll_up(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        metric: str,
-        event: UsageEventIn,
-        occurred: datetime,
-        cost: int,
-        now: datetime,
-    ) -> None:
-        """Add the event to its day's row of `usage_daily_summary`, in the same transaction."""
-        amounts = {
-            "quantity": event.quantity,
-            "event_count": 1,
-            "input_tokens": event.input_tokens,
-            "output_tokens": event.output_tokens,
-            "cached_tokens": event.cached_tokens,
-            "total_tokens": event.input_tokens + event.output_tokens,
-            "cost_micros": cost,
-        }
-        statement = insert(s, UsageDailySummary).values(
-            organization_id=org_id,
-            id=new_id(),
-            day=occurred.astimezone(UTC).date(),
-            metric=metric,
-            model=event.model or "",
-            provider=event.provider or "",
-            feature=event.feature or "",
-            updated_at=now,
-            **amounts,
-        )
-        excluded = statement.excluded
-        await s.execute(
-            statement.on_conflict_do_update(
-                index_elements=[
-                    UsageDailySummary.organization_id,
-                    UsageDailySummary.day,
-                    UsageDailySummary.metric,
-                    UsageDailySummary.model,
-                    UsageDailySummary.provider,
-                    UsageDailySummary.feature,
-                ],
-                set_={
-                    **{
-                        name: getattr(UsageDailySummary, name) + getattr(excluded, name)
-                        for name in amounts
-                    },
-                    "updated_at": excluded.updated_at,
-                },
-            )
-        )
-
-    async def _alerts(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        metric: str,
-        period_start: datetime,
-        limit: int,
-        total: int,
-        increment: int,
-        now: datetime,
-    ) -> None:
-        """Record each threshold (80 %, 100 %) the increment crossed, once per period."""
-        before = total - increment
-        for percent in THRESHOLDS:
-            threshold = math.ceil(limit * percent / 100)
-            if before < threshold <= total:
-                await s.execute(
-                    insert(s, UsageAlert)
-                    .values(
-                        organization_id=org_id,
-                        id=new_id(),
-                        metric=metric,
-                        period_start=period_start,
-                        threshold_percent=percent,
-                        limit_value=limit,
-                        used=total,
-                        crossed_at=now,
-                    )
-                    .on_conflict_do_nothing(
-                        index_elements=[
-                            UsageAlert.organization_id,
-                            UsageAlert.metric,
-                            UsageAlert.period_start,
-                            UsageAlert.threshold_percent,
-                        ]
-                    )
-                )
-
-    async def _insert_event(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        event: UsageEventIn,
-        fingerprint: str,
-        occurred: datetime,
-        cost: int,
-        now: datetime,
-    ) -> uuid.UUID | None:
-        """Insert the event unless its key is taken; its new id, or None if it was."""
-        event_id = new_id()
-        inserted = await s.execute(
-            insert(s, UsageEvent)
-            .values(
-                organization_id=org_id,
-                id=event_id,
-                idempotency_key=event.idempotency_key,
-                payload_hash=fingerprint,
-                metric=event.metric,
-                quantity=event.quantity,
-                user_id=event.user_id,
-                subscription_id=event.subscription_id,
-                feature=event.feature,
-                model=event.model,
-                provider=event.provider,
-                input_tokens=event.input_tokens,
-                output_tokens=event.output_tokens,
-                cached_tokens=event.cached_tokens,
-                total_tokens=event.input_tokens + event.output_tokens,
-                cost_micros=cost,
-                credits_used=event.credits_used,
-                request_id=event.request_id,
-                batch_id=event.batch_id,
-                endpoint=event.endpoint,
-                response_time_ms=event.response_time_ms,
-                properties=event.properties,
-                occurred_at=occurred,
-                recorded_at=now,
-            )
-            .on_conflict_do_nothing(
-                index_elements=[UsageEvent.organization_id, UsageEvent.idempotency_key]
-            )
-            .returning(UsageEvent.id)
-        )
-        return event_id if inserted.scalar_one_or_none() is not None else None
-
     def _unpriced(self, event: UsageEventIn) -> None:
         metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()
         logger.warning(
             "no price for model %r (provider %r): recorded at cost 0", event.model, event.provider
         )
-
-    async def _price(self, s: AsyncSession, event: UsageEventIn, at: datetime) -> int:
-        """The event's cost in micro-units from `model_pricing`: 0 for an event without model
-        tokens, and 0 (counted and logged) for a model without a price."""
-        if event.model is None or not (event.input_tokens or event.output_tokens):
-            return 0
-        query = (
-            sa.select(ModelPricing)
-            .where(
-                ModelPricing.model == event.model,
-                ModelPricing.is_active.is_(True),
-                ModelPricing.effective_from <= at,
-                sa.or_(ModelPricing.effective_to.is_(None), ModelPricing.effective_to > at),
-            )
-            .order_by(ModelPricing.effective_from.desc())
-            .limit(1)
-        )
-        if event.provider is not None:
-            query = query.where(ModelPricing.provider == event.provider)
-        pricing = (await s.scalars(query)).first()
-        if pricing is None:
-            self._unpriced(event)
-            return 0
-        return cost_micros(pricing, event.input_tokens, event.output_tokens, event.cached_tokens)
