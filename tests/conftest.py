@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -50,6 +51,7 @@ from tests.helpers import (
     new_schema_name,
     plain_postgres_dsn,
 )
+from tests.http import api_app, serving
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -228,3 +230,14 @@ async def empty_database(empty_settings: Settings) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.dispose()
+
+
+# --- the app over HTTP ---------------------------------------------------------------------
+@pytest_asyncio.fixture(loop_scope="session")
+async def api(scratch: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the real app on the module's scratch database (default catalog loaded).
+    Requests commit; tests make organisations of their own (`register_and_login`). Login and
+    registration are not rate limited here; plans' own limits are."""
+    application, core = api_app(scratch, auth_requests_per_minute=None)
+    async with serving(application, core) as client:
+        yield client

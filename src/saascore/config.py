@@ -12,7 +12,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 from sqlalchemy.engine import URL, make_url
@@ -102,6 +109,19 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         default="memory://", pattern=r"^(memory|redis|rediss)://", repr=False
     )
+    #: The HMAC key that signs access and refresh tokens (HS256), at least 32 characters. Unset,
+    #: a random one is made and kept in `data_dir` (refused in production: every process of
+    #: a deployment must share one, and it must survive deploys).
+    jwt_secret: SecretStr | None = Field(default=None, min_length=32)
+    jwt_issuer: str = "saascore"
+    jwt_audience: str = "saascore-api"
+    access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
+    refresh_token_days: int = Field(default=30, ge=1, le=365)
+    password_min_length: int = Field(default=10, ge=8, le=128)
+    #: Requests per minute to register, log in, refresh or log out from one client address.
+    auth_requests_per_minute: int | None = Field(default=30, ge=1)
+    #: Requests per minute that one operator key may make on `/v1/admin` (None: unlimited).
+    operator_requests_per_minute: int | None = Field(default=600, ge=1)
 
     @field_validator("database_url")
     @classmethod
@@ -221,7 +241,7 @@ def _variable_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-_SECRET = {"database_url", "database_password"}
+_SECRET = {"database_url", "database_password", "jwt_secret"}
 
 
 def _without_password(value: Any) -> Any:

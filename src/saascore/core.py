@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from saascore.audit.service import AuditService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
+from saascore.identity.api_keys import ApiKeyService
+from saascore.identity.service import IdentityService
 from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
 from saascore.plans.service import PlanService
 from saascore.tenancy.service import OrganizationService
+from saascore.tenancy.users import UserService
 
 __all__ = ["Saascore"]
 
@@ -20,8 +24,8 @@ class Saascore:
     """saascore in one object: `async with Saascore(settings) as core: await core.orgs.create(...)`.
 
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
-    its connections. Services are attributes: `core.plans`, `core.orgs`, `core.usage` and
-    `core.credits`.
+    its connections. Services are attributes: `core.plans`, `core.orgs`, `core.users`,
+    `core.identity`, `core.api_keys`, `core.audit`, `core.usage` and `core.credits`.
     """
 
     def __init__(
@@ -31,7 +35,13 @@ class Saascore:
         self.database = database if database is not None else Database(self.settings)
         self._owns_database = database is None
         self.plans = PlanService(self.database)
+        self.audit = AuditService(self.database)
         self.orgs = OrganizationService(self.database, self.plans)
+        self.users = UserService(
+            self.database, self.audit, password_min_length=self.settings.password_min_length
+        )
+        self.identity = IdentityService(self.database, self.settings, self.orgs, self.audit)
+        self.api_keys = ApiKeyService(self.database, self.audit)
         self.credits = CreditService(self.database)
         self.usage = UsageService(
             self.database,

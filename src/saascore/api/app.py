@@ -10,10 +10,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from saascore import __version__
+from saascore.api.admin import create_admin_router
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
+from saascore.api.metrics import create_metrics_router
+from saascore.api.middleware import RequestIdMiddleware
+from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
+from saascore.credits.endpoints import create_credits_router
+from saascore.identity.endpoints import create_api_keys_router, create_auth_router
+from saascore.metering.endpoints import create_usage_router
+from saascore.plans.endpoints import create_plans_router
+from saascore.tenancy.endpoints import create_organization_router, create_users_router
 
 __all__ = ["app_factory", "create_app", "setup_cors"]
 
@@ -70,8 +79,22 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
         },
     )
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     setup_cors(app, settings.cors_origins)
     app.include_router(create_health_router(settings.service_name, __version__))
+    app.include_router(create_metrics_router())
+    for router in (
+        create_auth_router(),
+        create_api_keys_router(),
+        create_users_router(),
+        create_organization_router(),
+        create_plans_router(),
+        create_usage_router(),
+        create_credits_router(),
+        create_audit_router(),
+        create_admin_router(),
+    ):
+        app.include_router(router)
     return app
 
 

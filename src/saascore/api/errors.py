@@ -17,7 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saascore.kit.errors import DatabaseUnavailable, DomainError
 
-__all__ = ["ErrorBody", "ErrorResponse", "error_response", "install_error_handlers"]
+__all__ = [
+    "ErrorBody",
+    "ErrorResponse",
+    "error_response",
+    "error_responses",
+    "install_error_handlers",
+]
 
 logger = logging.getLogger("saascore.api")
 
@@ -43,6 +49,39 @@ def error_response(
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def error_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for the domain errors an endpoint can answer, grouped by status,
+    with an example of each code:
+
+        @router.post("/v1/things", responses=error_responses(ThingExists, RateLimited))
+    """
+    by_status: dict[int, list[type[DomainError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status_code, []).append(error)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status, group in sorted(by_status.items()):
+        examples = {
+            error.code: {
+                "summary": _summary(error),
+                "value": {"error": {"code": error.code, "message": _summary(error), "details": {}}},
+            }
+            for error in group
+        }
+        responses[status] = {
+            "model": ErrorResponse,
+            "description": " / ".join(f"`{error.code}`" for error in group),
+            "content": {"application/json": {"examples": examples}},
+        }
+    return responses
+
+
+def _summary(error: type[DomainError]) -> str:
+    doc = error.__doc__ or ""
+    if error.__doc__ == DomainError.__doc__ or not doc.strip():
+        return HTTPStatus(error.status_code).phrase
+    return doc.strip().splitlines()[0]
 
 
 _HTTP_CODES = {
@@ -107,9 +146,12 @@ async def _rate_limit_storage_down(_request: Request, exc: Exception) -> JSONRes
     return error_response(503, "rate_limiter_unavailable", "rate limiting is unavailable")
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
-    return error_response(500, "internal_error", "an unexpected error occurred")
+    # Starlette answers unhandled errors outside every middleware: name the request here.
+    request_id = getattr(request.state, "request_id", None)
+    headers = {"X-Request-ID": request_id} if request_id else None
+    return error_response(500, "internal_error", "an unexpected error occurred", headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,7 +21,7 @@ __all__ = ["app", "describe_difference"]
 
 app = typer.Typer(
     name="db",
-    help="Migrate the database: upgrade, downgrade, current, history, check.",
+    help="Migrate the database: upgrade, downgrade, current, history, check, revision.",
     no_args_is_help=True,
 )
 
@@ -101,6 +101,17 @@ def history() -> None:
         down = revision.down_revision or f"<{BASE}>"
         head = " (head)" if revision.is_head else ""
         typer.echo(f"{down} -> {revision.revision}{head}, {revision.message}")
+
+
+@app.command()
+@handle_errors
+def revision(
+    message: Annotated[str, typer.Option("--message", "-m", help="What the migration does.")],
+) -> None:
+    """Write a new migration from the models (for saascore's developers; needs the database
+    at head)."""
+    path = run_with_database(load_settings(), lambda database: migrate.revision(database, message))
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

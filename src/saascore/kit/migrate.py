@@ -26,6 +26,7 @@ __all__ = [
     "downgrade",
     "head",
     "history",
+    "revision",
     "upgrade",
 ]
 
@@ -103,6 +104,23 @@ async def upgrade(database: Database, revision: str = "head") -> None:
 
 async def downgrade(database: Database, revision: str) -> None:
     await _run(database, command.downgrade, revision)
+
+
+async def revision(database: Database, message: str) -> str:
+    """Write a new migration with what the models have that the database (at head) lacks.
+
+    For saascore's developers: the file goes into `saascore/migrations/versions`, numbered
+    after the head. Returns its path."""
+    number = f"{int(head()) + 1:04d}"
+
+    def write(config: Config) -> str:
+        script = command.revision(config, message=message, autogenerate=True, rev_id=number)
+        assert script is not None
+        assert not isinstance(script, list)
+        return str(script.path)
+
+    path: str = await _run(database, write)
+    return path
 
 
 def _schema(database: Database) -> str | None:

@@ -5,7 +5,7 @@ meters, model prices), invoice sequences and webhook events are global. The `...
 keep seed 000's names working.
 """
 
-from saascore.models.audit import AuditLog
+from saascore.models.audit import AuditChainHead, AuditLog
 from saascore.models.base import Base, TenantMixin
 from saascore.models.billing import (
     Invoice,
@@ -38,7 +38,7 @@ from saascore.models.credits import (
     CreditTransaction,
     CreditTransactionType,
 )
-from saascore.models.identity import ApiKey, ApiKeyEnvironment, RefreshToken
+from saascore.models.identity import ApiKey, ApiKeyEnvironment, OperatorKey, RefreshToken
 from saascore.models.tenancy import (
     Organization,
     OrganizationStatus,
@@ -93,6 +93,7 @@ __all__ = [
     "Aggregation",
     "ApiKey",
     "ApiKeyEnvironment",
+    "AuditChainHead",
     "AuditLog",
     "AuditLogModel",
     "Base",
@@ -126,6 +127,7 @@ __all__ = [
     "Meter",
     "ModelPricing",
     "ModelPricingModel",
+    "OperatorKey",
     "Organization",
     "OrganizationModel",
     "OrganizationStatus",

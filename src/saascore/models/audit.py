@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from saascore.models.base import Base, TenantMixin
 
-__all__ = ["AuditLog"]
+__all__ = ["AuditChainHead", "AuditLog"]
 
 
 class AuditLog(TenantMixin, Base):
@@ -52,3 +52,19 @@ class AuditLog(TenantMixin, Base):
             "processing_job_id",
         ),
     )
+
+
+class AuditChainHead(Base):
+    """The newest link of an organisation's chain: its `seq` and `hash`.
+
+    Appending locks this row, which serialises an organisation's entries, and verification
+    compares the chain's end with it, so deleting the newest entries is detected too.
+    """
+
+    __tablename__ = "audit_chain_heads"
+
+    organization_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.BigInteger)
+    hash: Mapped[str | None] = mapped_column(sa.String(64))

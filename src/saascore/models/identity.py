@@ -1,4 +1,4 @@
-"""Credentials: API keys and refresh tokens."""
+"""Credentials: API keys, refresh tokens and the operators' keys."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from saascore.kit.types import str_enum
-from saascore.models.base import Base, TenantMixin, tenant_fk
+from saascore.models.base import Base, GlobalMixin, TenantMixin, tenant_fk
 
-__all__ = ["ApiKey", "ApiKeyEnvironment", "RefreshToken"]
+__all__ = ["ApiKey", "ApiKeyEnvironment", "OperatorKey", "RefreshToken"]
 
 
 class ApiKeyEnvironment(StrEnum):
@@ -72,3 +72,18 @@ class RefreshToken(TenantMixin, Base):
         sa.Index("ix_refresh_tokens_organization_id_family_id", "organization_id", "family_id"),
         sa.Index("ix_refresh_tokens_organization_id_user_id", "organization_id", "user_id"),
     )
+
+
+class OperatorKey(GlobalMixin, Base):
+    """A key of the platform's own staff, for `/v1/admin/...`. Global: an operator belongs to
+    no organisation. Stored, like tenant keys, as a SHA-256 with a visible prefix."""
+
+    __tablename__ = "operator_keys"
+
+    name: Mapped[str] = mapped_column(sa.String(255))
+    key_prefix: Mapped[str] = mapped_column(sa.String(32))
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())

@@ -1,0 +1,250 @@
+"""The audit log: append-only, hash-chained per organisation, and verifiable.
+
+Each entry's `hash` is the SHA-256 of its content and the previous entry's hash, and entries are
+numbered 1, 2, 3, ... per organisation (`seq`). `audit_chain_heads` holds each chain's newest
+`seq` and `hash`. So an edited entry no longer matches its hash, a deleted or reordered one breaks
+the numbering or the link to its predecessor, and a deleted newest entry leaves the head pointing
+past the end. The chain makes tampering evident, not impossible: whoever can rewrite the whole
+table and its heads can forge a new chain, so export `verify`'s head hashes somewhere else when
+that matters.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.kit.db import Database
+from saascore.kit.sql import insert
+from saascore.kit.time import utcnow
+from saascore.models import AuditChainHead, AuditLog
+
+__all__ = ["SYSTEM", "Actor", "AuditService", "ChainBreak", "Origin", "entry_hash"]
+
+_VERIFY_CHUNK = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a request came from, as the audit log keeps it."""
+
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+    def actor(self, type_: str, id_: object = None, user_id: uuid.UUID | None = None) -> Actor:
+        return Actor(
+            type=type_,
+            id=str(id_) if id_ is not None else None,
+            user_id=user_id,
+            ip_address=self.ip_address,
+            user_agent=self.user_agent,
+            request_id=self.request_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did it, and from where: a user, an API key, an operator or saascore itself."""
+
+    type: str
+    id: str | None = None
+    user_id: uuid.UUID | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+
+
+SYSTEM = Actor("system")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainBreak:
+    """The first broken link of an organisation's chain."""
+
+    organization_id: uuid.UUID
+    seq: int
+    reason: str
+
+
+def entry_hash(entry: AuditLog) -> str:
+    """The SHA-256 (hex) of an entry's content and its predecessor's hash."""
+    content = [
+        str(entry.organization_id),
+        entry.seq,
+        entry.actor_type,
+        entry.actor_id,
+        str(entry.user_id) if entry.user_id else None,
+        entry.action,
+        entry.target_type,
+        entry.target_id,
+        str(entry.processing_job_id) if entry.processing_job_id else None,
+        entry.ip_address,
+        entry.user_agent,
+        entry.request_id,
+        entry.request_data,
+        entry.details,
+        entry.created_at.isoformat(timespec="microseconds"),
+        entry.prev_hash,
+    ]
+    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _clip(value: str | None, size: int) -> str | None:
+    return value[:size] if value is not None else None
+
+
+class AuditService:
+    def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.clock = clock
+
+    async def record(
+        self,
+        org_id: uuid.UUID,
+        action: str,
+        *,
+        actor: Actor = SYSTEM,
+        target_type: str | None = None,
+        target_id: str | uuid.UUID | None = None,
+        details: dict[str, Any] | None = None,
+        request_data: dict[str, Any] | None = None,
+        processing_job_id: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+    ) -> AuditLog:
+        """Append an entry to the organisation's chain, in the caller's unit of work.
+
+        Appends to one organisation are serialised by its chain head's row lock, held until
+        the transaction ends; `details` and `request_data` must be JSON values.
+        """
+        async with self.database.scope(session) as s:
+            advance = (
+                insert(s, AuditChainHead)
+                .values(organization_id=org_id, seq=1, hash=None)
+                .on_conflict_do_update(
+                    index_elements=[AuditChainHead.organization_id],
+                    set_={"seq": AuditChainHead.seq + 1},
+                )
+                .returning(AuditChainHead.seq, AuditChainHead.hash)
+            )
+            seq, prev_hash = (await s.execute(advance)).one()
+            entry = AuditLog(
+                organization_id=org_id,
+                seq=seq,
+                actor_type=actor.type,
+                actor_id=actor.id,
+                user_id=actor.user_id,
+                action=action,
+                target_type=target_type,
+                target_id=str(target_id) if target_id is not None else None,
+                processing_job_id=processing_job_id,
+                ip_address=_clip(actor.ip_address, 45),
+                user_agent=_clip(actor.user_agent, 512),
+                request_id=_clip(actor.request_id, 64),
+                request_data=request_data or {},
+                details=details or {},
+                prev_hash=prev_hash,
+                created_at=self.clock(),
+            )
+            entry.hash = entry_hash(entry)
+            s.add(entry)
+            await s.execute(
+                sa.update(AuditChainHead)
+                .where(AuditChainHead.organization_id == org_id)
+                .values(hash=entry.hash)
+            )
+            await s.flush()
+        return entry
+
+    async def list(
+        self,
+        org_id: uuid.UUID,
+        *,
+        limit: int = 50,
+        before_seq: int | None = None,
+        action: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> Sequence[AuditLog]:
+        """The organisation's entries, newest first; `before_seq` pages on."""
+        query = (
+            sa.select(AuditLog)
+            .where(AuditLog.organization_id == org_id)
+            .order_by(AuditLog.seq.desc())
+            .limit(limit)
+        )
+        if before_seq is not None:
+            query = query.where(AuditLog.seq < before_seq)
+        if action is not None:
+            query = query.where(AuditLog.action == action)
+        async with self.database.scope(session, readonly=True) as s:
+            return (await s.scalars(query)).all()
+
+    async def verify(
+        self, org_id: uuid.UUID | None = None, *, session: AsyncSession | None = None
+    ) -> builtins.list[ChainBreak]:
+        """Walk each chain (one organisation's, or every one) and report its first broken
+        link: an entry whose hash does not match its content, a missing or reordered entry,
+        or an end that is not the head. An empty list means every chain is intact."""
+        async with self.database.scope(session, readonly=True) as s:
+            heads_query = sa.select(
+                AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash
+            )
+            logged_query = sa.select(AuditLog.organization_id).distinct()
+            if org_id is not None:
+                heads_query = heads_query.where(AuditChainHead.organization_id == org_id)
+                logged_query = logged_query.where(AuditLog.organization_id == org_id)
+            heads: dict[uuid.UUID, tuple[int, str | None]] = {
+                org: (seq, hash_) for org, seq, hash_ in (await s.execute(heads_query)).all()
+            }
+            organizations = set(heads) | set((await s.scalars(logged_query)).all())
+            breaks = []
+            for organization in sorted(organizations):
+                found = await self._verify_chain(s, organization, heads.get(organization))
+                if found is not None:
+                    breaks.append(found)
+        return breaks
+
+    async def _verify_chain(
+        self, s: AsyncSession, org_id: uuid.UUID, head: tuple[int, str | None] | None
+    ) -> ChainBreak | None:
+        expected_seq, prev_hash = 1, None
+        while True:
+            chunk = (
+                await s.scalars(
+                    sa.select(AuditLog)
+                    .where(AuditLog.organization_id == org_id, AuditLog.seq >= expected_seq)
+                    .order_by(AuditLog.seq)
+                    .limit(_VERIFY_CHUNK)
+                )
+            ).all()
+            for entry in chunk:
+                if entry.seq != expected_seq:
+                    return ChainBreak(org_id, expected_seq, "entry missing")
+                if entry.prev_hash != prev_hash:
+                    return ChainBreak(org_id, entry.seq, "does not link to the entry before it")
+                if entry.hash != entry_hash(entry):
+                    return ChainBreak(org_id, entry.seq, "content does not match its hash")
+                prev_hash = entry.hash
+                expected_seq += 1
+            if len(chunk) < _VERIFY_CHUNK:
+                break
+        last = expected_seq - 1
+        if head is None:
+            return ChainBreak(org_id, last, "the chain has no head") if last else None
+        if head[0] != last:
+            return ChainBreak(
+                org_id, last + 1, f"the head is at {head[0]}, the chain ends at {last}"
+            )
+        if head[1] != prev_hash:
+            return ChainBreak(org_id, last, "the head's hash is not the last entry's")
+        return None

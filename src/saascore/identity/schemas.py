@@ -1,0 +1,145 @@
+"""Request and response bodies of `/v1/auth`, `/v1/me` and `/v1/api-keys`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from saascore.identity.permissions import Permission
+from saascore.models import ApiKeyEnvironment, UserRole
+
+__all__ = [
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyOut",
+    "LoginRequest",
+    "MeResponse",
+    "OrganizationRef",
+    "ProvisionRequest",
+    "ProvisionResponse",
+    "RefreshRequest",
+    "RegisterRequest",
+    "TokenResponse",
+    "UserOut",
+]
+
+_EMAIL = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+_PASSWORD = Field(min_length=1, max_length=256, examples=["correct horse battery staple"])
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RegisterRequest(_Body):
+    email: str = _EMAIL
+    password: str = _PASSWORD
+    name: str | None = Field(default=None, max_length=255, examples=["Ada Lovelace"])
+    organization_name: str = Field(min_length=1, max_length=255, examples=["Analytical Engines"])
+
+
+class LoginRequest(_Body):
+    email: str = _EMAIL
+    password: str = _PASSWORD
+    #: The organisation's id or slug, when the e-mail has accounts in several.
+    organization: str | None = Field(default=None, max_length=255, examples=[None])
+
+
+class RefreshRequest(_Body):
+    refresh_token: str = Field(min_length=1, max_length=4096)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the scheme, not a secret
+    #: Seconds until the access token expires.
+    expires_in: int = Field(examples=[900])
+    refresh_expires_in: int = Field(examples=[2_592_000])
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    role: UserRole
+    is_active: bool
+    external_platform: str | None = None
+    external_id: str | None = None
+    created_at: datetime
+    last_login_at: datetime | None = None
+
+
+class OrganizationRef(BaseModel):
+    id: uuid.UUID
+    name: str
+    slug: str
+    plan: str
+    status: str
+
+
+class MeResponse(BaseModel):
+    """Who the credentials belong to."""
+
+    kind: Literal["user", "api_key", "operator"]
+    id: uuid.UUID
+    role: UserRole | None
+    permissions: list[Permission]
+    user: UserOut | None
+    organization: OrganizationRef | None
+
+
+class ProvisionRequest(_Body):
+    external_platform: str = Field(min_length=1, max_length=50, examples=["shopify"])
+    external_user_id: str = Field(min_length=1, max_length=255, examples=["user-8812"])
+    external_store_id: str | None = Field(default=None, max_length=255, examples=["store-17"])
+    email: str = _EMAIL
+    name: str | None = Field(default=None, max_length=255)
+    organization_external_id: str = Field(min_length=1, max_length=255, examples=["store-17"])
+    organization_name: str = Field(min_length=1, max_length=255, examples=["Ada's Shop"])
+    plan: str | None = Field(default=None, max_length=50, examples=["pro"])
+
+
+class ProvisionResponse(BaseModel):
+    organization_id: uuid.UUID
+    user_id: uuid.UUID
+    organization_created: bool
+    user_created: bool
+
+
+class ApiKeyCreate(_Body):
+    name: str = Field(min_length=1, max_length=255, examples=["ingest worker"])
+    scopes: list[Permission] = Field(
+        default_factory=lambda: [Permission.USAGE_WRITE, Permission.USAGE_READ],
+        max_length=len(Permission),
+    )
+    expires_at: AwareDatetime | None = None
+    environment: ApiKeyEnvironment = ApiKeyEnvironment.LIVE
+
+
+class ApiKeyOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    #: The start of the key, to recognise it.
+    key_prefix: str = Field(examples=["sk_live_Xk2f9QzA"])
+    scopes: list[str]
+    environment: ApiKeyEnvironment
+    user_id: uuid.UUID | None
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    #: The key itself. Shown this once: only its hash is kept.
+    key: str = Field(examples=["sk_live_Xk2f9QzA..."])

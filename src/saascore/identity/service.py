@@ -1,0 +1,627 @@
+"""Accounts and authentication: register, log in, rotate and revoke tokens, provision, and
+turn a credential (access token, API key, operator key) into a `Principal`.
+
+Login, refresh and logout run in transactions of their own rather than the caller's: what
+they must keep when they refuse (a failed login in the audit log, a token family revoked on
+reuse) is committed before the refusal is raised.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.audit.service import AuditService, Origin
+from saascore.config import Settings
+from saascore.identity.errors import (
+    AccountDisabled,
+    InvalidCredentials,
+    InvalidToken,
+    OrganizationRequired,
+    OrganizationSuspended,
+    TokenReused,
+    Unauthenticated,
+)
+from saascore.identity.keys import OPERATOR, hash_key
+from saascore.identity.passwords import check_password, hash_password, verify_password
+from saascore.identity.permissions import ROLE_PERMISSIONS, Permission, parse_scopes
+from saascore.identity.principal import Principal, PrincipalKind
+from saascore.identity.tokens import Claims, TokenCodec
+from saascore.kit.db import Database
+from saascore.kit.errors import InvalidInput
+from saascore.kit.sql import violates
+from saascore.kit.time import utcnow
+from saascore.metering.ratelimit import PlanRateLimits
+from saascore.models import (
+    ApiKey,
+    OperatorKey,
+    Organization,
+    OrganizationStatus,
+    RefreshToken,
+    SubscriptionPlan,
+    User,
+    UserRole,
+)
+from saascore.tenancy.service import OrganizationNotFound, OrganizationService
+
+__all__ = ["IdentityService", "Provisioned", "TokenPair", "normalize_email"]
+
+#: `last_used_at` is written at most this often per key.
+LAST_USED_EVERY: Final = timedelta(minutes=1)
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def normalize_email(email: str) -> str:
+    """The e-mail as stored: trimmed and lower-cased; `InvalidInput` if it is not one."""
+    normalized = email.strip().lower()
+    if len(normalized) > 320 or not _EMAIL.match(normalized):
+        raise InvalidInput("not an e-mail address", field="email")
+    return normalized
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    access_expires_at: datetime
+    refresh_expires_at: datetime
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Provisioned:
+    organization: Organization
+    user: User
+    organization_created: bool
+    user_created: bool
+
+
+def _plan_limits(plan: Any) -> PlanRateLimits:
+    return PlanRateLimits(
+        per_minute=plan.requests_per_minute,
+        per_hour=plan.requests_per_hour,
+        per_day=plan.max_api_calls_per_day,
+    )
+
+
+_PLAN_LIMITS = (
+    SubscriptionPlan.requests_per_minute,
+    SubscriptionPlan.requests_per_hour,
+    SubscriptionPlan.max_api_calls_per_day,
+)
+
+
+class IdentityService:
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        orgs: OrganizationService,
+        audit: AuditService,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.orgs = orgs
+        self.audit = audit
+        self.clock = clock
+        self.tokens = TokenCodec(settings, clock=clock)
+
+    # --- accounts ------------------------------------------------------------------------------
+    async def register(
+        self,
+        *,
+        email: str,
+        password: str,
+        name: str | None,
+        organization_name: str,
+        origin: Origin | None = None,
+    ) -> TokenPair:
+        """A new organisation on the default plan, with this user as its owner; logged in."""
+        email = normalize_email(email)
+        check_password(password, self.settings.password_min_length)
+        password_hash = await hash_password(password)
+        origin = origin or Origin()
+        async with self.database.transaction() as s:
+            organization = await self.orgs.create(name=organization_name, session=s)
+            user = User(
+                organization_id=organization.id,
+                email=email,
+                full_name=name,
+                role=UserRole.OWNER,
+                password_hash=password_hash,
+            )
+            s.add(user)
+            await s.flush()
+            actor = origin.actor(PrincipalKind.USER.value, user.id, user.id)
+            await self.audit.record(
+                organization.id,
+                "user.registered",
+                actor=actor,
+                target_type="user",
+                target_id=user.id,
+                details={"email": email, "organization": organization.slug},
+                session=s,
+            )
+            return await self._issue(s, user, origin)
+
+    async def login(
+        self,
+        *,
+        email: str,
+        password: str,
+        organization: str | None = None,
+        origin: Origin | None = None,
+    ) -> TokenPair:
+        """Tokens for the active account with this e-mail and password.
+
+        When the pair matches accounts in several organisations, `organization` (an id or a
+        slug) picks one; without it, `OrganizationRequired` lists them. Every other failure is
+        the same `InvalidCredentials`, taking the same time whether or not the e-mail exists.
+        """
+        origin = origin or Origin()
+        try:
+            email = normalize_email(email)
+        except InvalidInput:
+            await verify_password(password, None)
+            raise InvalidCredentials("the e-mail or password is wrong") from None
+        query = (
+            sa.select(User, Organization)
+            .join(Organization, Organization.id == User.organization_id)
+            .where(
+                User.email == email,
+                User.is_active.is_(True),
+                Organization.status != OrganizationStatus.DELETED,
+            )
+            .order_by(User.created_at)
+        )
+        if organization is not None:
+            query = query.where(_organization_is(organization))
+        async with self.database.session(readonly=True) as s:
+            candidates = (await s.execute(query)).all()
+        matches: list[tuple[User, Organization, str | None]] = []
+        for user, org in candidates:
+            ok, new_hash = await verify_password(password, user.password_hash)
+            if ok:
+                matches.append((user, org, new_hash))
+        if not candidates:
+            await verify_password(password, None)
+        if not matches:
+            async with self.database.transaction() as s:
+                for user, org in candidates:
+                    await self.audit.record(
+                        org.id,
+                        "auth.login_failed",
+                        actor=origin.actor("anonymous"),
+                        target_type="user",
+                        target_id=user.id,
+                        details={"email": email},
+                        session=s,
+                    )
+            raise InvalidCredentials("the e-mail or password is wrong")
+        if len(matches) > 1:
+            raise OrganizationRequired(
+                "this account exists in several organisations: name one",
+                organizations=[
+                    {"id": str(org.id), "slug": org.slug, "name": org.name} for _, org, _ in matches
+                ],
+            )
+        user, org, new_hash = matches[0]
+        if org.status is OrganizationStatus.SUSPENDED:
+            raise OrganizationSuspended("the organisation is suspended")
+        async with self.database.transaction() as s:
+            values: dict[str, Any] = {"last_login_at": self.clock()}
+            if new_hash is not None:  # an older scheme or weaker parameters: upgrade it
+                values["password_hash"] = new_hash
+            await s.execute(
+                sa.update(User)
+                .where(User.organization_id == user.organization_id, User.id == user.id)
+                .values(**values)
+            )
+            await self.audit.record(
+                org.id,
+                "auth.login",
+                actor=origin.actor(PrincipalKind.USER.value, user.id, user.id),
+                target_type="user",
+                target_id=user.id,
+                details={"rehashed": new_hash is not None},
+                session=s,
+            )
+            return await self._issue(s, user, origin)
+
+    async def refresh(self, refresh_token: str, *, origin: Origin | None = None) -> TokenPair:
+        """New tokens for a refresh token, which is spent. A spent token presented again
+        means it was stolen or leaked: its whole family is revoked (`TokenReused`)."""
+        origin = origin or Origin()
+        claims = self.tokens.decode(refresh_token, "refresh")
+        now = self.clock()
+        async with self.database.transaction() as s:
+            spent = await s.execute(
+                sa.update(RefreshToken)
+                .where(
+                    RefreshToken.organization_id == claims.organization_id,
+                    RefreshToken.id == claims.token_id,
+                    RefreshToken.token_hash == hash_key(refresh_token),
+                    RefreshToken.used_at.is_(None),
+                    RefreshToken.revoked_at.is_(None),
+                    RefreshToken.expires_at > now,
+                )
+                .values(used_at=now)
+                .returning(RefreshToken.user_id)
+            )
+            if spent.first() is not None:
+                user = await self._active_user(s, claims)
+                return await self._issue(s, user, origin, replaces=claims)
+        await self._refuse_refresh(claims, refresh_token, origin)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _refuse_refresh(self, claims: Claims, token: str, origin: Origin) -> None:
+        """Why a refresh token was refused; a spent one revokes its family first."""
+        async with self.database.transaction() as s:
+            row = (
+                await s.execute(
+                    sa.select(RefreshToken.used_at, RefreshToken.user_id).where(
+                        RefreshToken.organization_id == claims.organization_id,
+                        RefreshToken.id == claims.token_id,
+                        RefreshToken.token_hash == hash_key(token),
+                    )
+                )
+            ).first()
+            if row is None or row.used_at is None:  # unknown, revoked or expired
+                raise InvalidToken("the token is invalid or has expired")
+            revoked = await self._revoke_family(s, claims)
+            await self.audit.record(
+                claims.organization_id,
+                "auth.refresh_token_reused",
+                actor=origin.actor("anonymous"),
+                target_type="user",
+                target_id=row.user_id,
+                details={"family_id": str(claims.family_id), "revoked": revoked},
+                session=s,
+            )
+        raise TokenReused("the refresh token was already used: every session it began is ended")
+
+    async def logout(self, refresh_token: str, *, origin: Origin | None = None) -> None:
+        """End the session the refresh token belongs to (its whole family). Idempotent."""
+        claims = self.tokens.decode(refresh_token, "refresh")
+        async with self.database.transaction() as s:
+            owner = await s.scalar(
+                sa.select(RefreshToken.user_id).where(
+                    RefreshToken.organization_id == claims.organization_id,
+                    RefreshToken.id == claims.token_id,
+                    RefreshToken.token_hash == hash_key(refresh_token),
+                )
+            )
+            if owner is None:
+                raise InvalidToken("the token is invalid or has expired")
+            if await self._revoke_family(s, claims):
+                await self.audit.record(
+                    claims.organization_id,
+                    "auth.logout",
+                    actor=(origin or Origin()).actor(PrincipalKind.USER.value, owner, owner),
+                    target_type="user",
+                    target_id=owner,
+                    session=s,
+                )
+
+    async def _revoke_family(self, s: AsyncSession, claims: Claims) -> int:
+        result = await s.execute(
+            sa.update(RefreshToken)
+            .where(
+                RefreshToken.organization_id == claims.organization_id,
+                RefreshToken.family_id == claims.family_id,
+                RefreshToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=self.clock())
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    async def _active_user(self, s: AsyncSession, claims: Claims) -> User:
+        row = (
+            await s.execute(
+                sa.select(User, Organization.status)
+                .join(Organization, Organization.id == User.organization_id)
+                .where(User.organization_id == claims.organization_id, User.id == claims.user_id)
+            )
+        ).first()
+        if row is None:
+            raise InvalidToken("the token is invalid or has expired")
+        user, status = row
+        _check_active(user.is_active, status)
+        return user
+
+    async def _issue(
+        self,
+        s: AsyncSession,
+        user: User,
+        origin: Origin,
+        *,
+        replaces: Claims | None = None,
+    ) -> TokenPair:
+        """Access and refresh tokens for the user; the refresh token starts a family, or,
+        replacing a spent one, joins its family."""
+        access = self.tokens.issue("access", user.id, user.organization_id)
+        row_id = uuid.uuid4()
+        refresh = self.tokens.issue(
+            "refresh",
+            user.id,
+            user.organization_id,
+            token_id=row_id,
+            family_id=replaces.family_id if replaces is not None else uuid.uuid4(),
+        )
+        s.add(
+            RefreshToken(
+                organization_id=user.organization_id,
+                id=row_id,
+                user_id=user.id,
+                family_id=refresh.claims.family_id,
+                token_hash=hash_key(refresh.token),
+                issued_at=refresh.claims.issued_at,
+                expires_at=refresh.claims.expires_at,
+                ip_address=origin.ip_address[:45] if origin.ip_address else None,
+                user_agent=origin.user_agent[:512] if origin.user_agent else None,
+            )
+        )
+        if replaces is not None:
+            await s.execute(
+                sa.update(RefreshToken)
+                .where(
+                    RefreshToken.organization_id == replaces.organization_id,
+                    RefreshToken.id == replaces.token_id,
+                )
+                .values(replaced_by_id=row_id)
+            )
+        await s.flush()
+        return TokenPair(
+            access_token=access.token,
+            refresh_token=refresh.token,
+            access_expires_at=access.claims.expires_at,
+            refresh_expires_at=refresh.claims.expires_at,
+            user_id=user.id,
+            organization_id=user.organization_id,
+        )
+
+    # --- provisioning --------------------------------------------------------------------------
+    async def provision(
+        self,
+        *,
+        external_platform: str,
+        external_user_id: str,
+        email: str,
+        organization_external_id: str,
+        organization_name: str,
+        name: str | None = None,
+        external_store_id: str | None = None,
+        plan: str | None = None,
+        origin: Origin | None = None,
+    ) -> Provisioned:
+        """Find or create the organisation (by its external id) and its user (by platform and
+        external id), as seed 004's `provision_user`. Calling again finds what the first call
+        made; racing calls end with one organisation and one user."""
+        email = normalize_email(email)
+        for field, value in (
+            ("external_platform", external_platform),
+            ("external_user_id", external_user_id),
+        ):
+            if not value.strip():
+                raise InvalidInput(f"{field} must not be empty", field=field)
+        for _ in range(3):
+            try:
+                return await self._provision(
+                    external_platform,
+                    external_user_id,
+                    email,
+                    organization_external_id,
+                    organization_name,
+                    name,
+                    external_store_id,
+                    plan,
+                    origin or Origin(),
+                )
+            except IntegrityError as error:
+                # A racing call made the organisation or user first: find it on the next try.
+                if not violates(error, "external"):
+                    raise
+        raise InvalidInput("could not provision: the account keeps changing")  # pragma: no cover
+
+    async def _provision(
+        self,
+        platform: str,
+        user_external_id: str,
+        email: str,
+        org_external_id: str,
+        org_name: str,
+        name: str | None,
+        store_id: str | None,
+        plan: str | None,
+        origin: Origin,
+    ) -> Provisioned:
+        async with self.database.transaction() as s:
+            org_created = False
+            try:
+                organization = await self.orgs.get_by_external_id(org_external_id, session=s)
+            except OrganizationNotFound:
+                organization = await self.orgs.create(
+                    name=org_name, plan=plan, external_id=org_external_id, session=s
+                )
+                org_created = True
+            user = await s.scalar(
+                sa.select(User).where(
+                    User.organization_id == organization.id,
+                    User.external_platform == platform,
+                    User.external_id == user_external_id,
+                )
+            )
+            user_created = user is None
+            if user is None:
+                owners = await s.scalar(
+                    sa.select(sa.func.count()).where(
+                        User.organization_id == organization.id, User.role == UserRole.OWNER
+                    )
+                )
+                user = User(
+                    organization_id=organization.id,
+                    email=email,
+                    full_name=name,
+                    role=UserRole.MEMBER if owners else UserRole.OWNER,
+                    external_platform=platform,
+                    external_id=user_external_id,
+                    external_store_id=store_id,
+                )
+                s.add(user)
+                await s.flush()
+                await self.audit.record(
+                    organization.id,
+                    "user.provisioned",
+                    actor=origin.actor(PrincipalKind.OPERATOR.value),
+                    target_type="user",
+                    target_id=user.id,
+                    details={"external_platform": platform, "external_id": user_external_id},
+                    session=s,
+                )
+            return Provisioned(organization, user, org_created, user_created)
+
+    # --- authentication ------------------------------------------------------------------------
+    async def authenticate(self, credential: str) -> Principal:
+        """The principal behind an access token, an API key (`sk_live_...`, `sk_test_...`) or
+        an operator key (`sk_op_...`). `Unauthenticated` (401) when it does not hold,
+        `PermissionDenied` (403) for a disabled user or a suspended organisation."""
+        if credential.startswith(f"sk_{OPERATOR}_"):
+            return await self._operator(credential)
+        if credential.startswith("sk_"):
+            return await self._api_key(credential)
+        return await self._access_token(credential)
+
+    async def _access_token(self, token: str) -> Principal:
+        claims = self.tokens.decode(token, "access")
+        query = (
+            sa.select(User.role, User.is_active, Organization.status, *_PLAN_LIMITS)
+            .join(Organization, Organization.id == User.organization_id)
+            .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
+            .where(User.organization_id == claims.organization_id, User.id == claims.user_id)
+        )
+        async with self.database.session(readonly=True) as s:
+            row = (await s.execute(query)).first()
+        if row is None:
+            raise InvalidToken("the token is invalid or has expired")
+        _check_active(row.is_active, row.status)
+        return Principal(
+            kind=PrincipalKind.USER,
+            id=claims.user_id,
+            organization_id=claims.organization_id,
+            user_id=claims.user_id,
+            role=row.role,
+            permissions=ROLE_PERMISSIONS[row.role],
+            rate_limits=_plan_limits(row),
+        )
+
+    async def _api_key(self, raw: str) -> Principal:
+        now = self.clock()
+        query = (
+            sa.select(
+                ApiKey.organization_id,
+                ApiKey.id,
+                ApiKey.user_id,
+                ApiKey.scopes,
+                ApiKey.environment,
+                ApiKey.expires_at,
+                ApiKey.revoked_at,
+                ApiKey.last_used_at,
+                Organization.status,
+                User.role,
+                User.is_active,
+                *_PLAN_LIMITS,
+            )
+            .join(Organization, Organization.id == ApiKey.organization_id)
+            .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
+            .outerjoin(
+                User, (User.organization_id == ApiKey.organization_id) & (User.id == ApiKey.user_id)
+            )
+            .where(ApiKey.key_hash == hash_key(raw))
+        )
+        async with self.database.session(readonly=True) as s:
+            row = (await s.execute(query)).first()
+        if row is None or row.revoked_at is not None:
+            raise InvalidToken("the API key is invalid or revoked")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise InvalidToken("the API key has expired")
+        permissions = parse_scopes(row.scopes)
+        if row.user_id is not None:  # held to what its user may do now
+            _check_active(bool(row.is_active), row.status)
+            permissions &= ROLE_PERMISSIONS[row.role]
+        else:
+            _check_active(True, row.status)
+        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
+            await self._touch(ApiKey, now, ApiKey.organization_id == row.organization_id, row.id)
+        return Principal(
+            kind=PrincipalKind.API_KEY,
+            id=row.id,
+            organization_id=row.organization_id,
+            user_id=row.user_id,
+            role=row.role,
+            permissions=permissions,
+            rate_limits=_plan_limits(row),
+            environment=row.environment.value,
+        )
+
+    async def _operator(self, raw: str) -> Principal:
+        now = self.clock()
+        async with self.database.session(readonly=True) as s:
+            key = await s.scalar(
+                sa.select(OperatorKey).where(OperatorKey.key_hash == hash_key(raw))
+            )
+        if key is None or key.revoked_at is not None:
+            raise InvalidToken("the API key is invalid or revoked")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise InvalidToken("the API key has expired")
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY:
+            await self._touch(OperatorKey, now, sa.true(), key.id)
+        return Principal(
+            kind=PrincipalKind.OPERATOR,
+            id=key.id,
+            permissions=frozenset(Permission),
+            rate_limits=PlanRateLimits(per_minute=self.settings.operator_requests_per_minute),
+        )
+
+    async def _touch(
+        self, model: type[ApiKey] | type[OperatorKey], now: datetime, scope: Any, key_id: uuid.UUID
+    ) -> None:
+        """Write `last_used_at`, unless another request did within the last minute."""
+        async with self.database.transaction() as s:
+            await s.execute(
+                sa.update(model)
+                .where(
+                    scope,
+                    model.id == key_id,
+                    sa.or_(
+                        model.last_used_at.is_(None), model.last_used_at < now - LAST_USED_EVERY
+                    ),
+                )
+                .values(last_used_at=now)
+            )
+
+
+def _organization_is(reference: str) -> sa.ColumnElement[bool]:
+    try:
+        return Organization.id == uuid.UUID(reference)
+    except ValueError:
+        return Organization.slug == reference
+
+
+def _check_active(is_active: bool, status: OrganizationStatus) -> None:
+    if status is OrganizationStatus.SUSPENDED:
+        raise OrganizationSuspended("the organisation is suspended")
+    if status is OrganizationStatus.DELETED:
+        raise Unauthenticated("the organisation no longer exists")
+    if not is_active:
+        raise AccountDisabled("the account is disabled")

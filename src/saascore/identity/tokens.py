@@ -1,0 +1,164 @@
+"""Access and refresh tokens: JWTs signed with HS256 through PyJWT.
+
+Every token carries `iss`, `aud`, `sub` (the user), `org`, `typ` (`access` or `refresh`),
+`iat`, `nbf`, `exp` and `jti`, and decoding requires all of them, pins the algorithm (so
+`alg: none` and algorithm swaps are refused) and checks the type, so a refresh token is never
+accepted as an access token. A refresh token's `jti` is its row in `refresh_tokens`, and `fam`
+names the family that rotation grows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import jwt
+
+from saascore.config import Settings
+from saascore.identity.errors import InvalidToken
+from saascore.kit.errors import ConfigurationError
+from saascore.kit.time import utcnow
+
+__all__ = ["ALGORITHM", "Claims", "IssuedToken", "TokenCodec", "TokenType"]
+
+logger = logging.getLogger("saascore.identity")
+
+ALGORITHM: Final = "HS256"
+TokenType = Literal["access", "refresh"]
+_REQUIRED: Final = ["iss", "aud", "sub", "org", "typ", "iat", "nbf", "exp", "jti"]
+_SECRET_FILE: Final = "jwt-secret"  # noqa: S105 - a file name
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user_id: uuid.UUID
+    organization_id: uuid.UUID
+    type: TokenType
+    token_id: uuid.UUID
+    family_id: uuid.UUID | None
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    claims: Claims
+
+
+class TokenCodec:
+    """Signs and checks tokens with the settings' key, issuer, audience and lifetimes."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.access_ttl = timedelta(minutes=settings.access_token_minutes)
+        self.refresh_ttl = timedelta(days=settings.refresh_token_days)
+        self._key: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self._key is None:
+            self._key = signing_key(self.settings)
+        return self._key
+
+    def issue(
+        self,
+        type_: TokenType,
+        user_id: uuid.UUID,
+        organization_id: uuid.UUID,
+        *,
+        token_id: uuid.UUID | None = None,
+        family_id: uuid.UUID | None = None,
+    ) -> IssuedToken:
+        now = self.clock().replace(microsecond=0)
+        claims = Claims(
+            user_id=user_id,
+            organization_id=organization_id,
+            type=type_,
+            token_id=token_id or uuid.uuid4(),
+            family_id=family_id,
+            issued_at=now,
+            expires_at=now + (self.access_ttl if type_ == "access" else self.refresh_ttl),
+        )
+        payload: dict[str, Any] = {
+            "iss": self.settings.jwt_issuer,
+            "aud": self.settings.jwt_audience,
+            "sub": str(user_id),
+            "org": str(organization_id),
+            "typ": type_,
+            "iat": now,
+            "nbf": now,
+            "exp": claims.expires_at,
+            "jti": str(claims.token_id),
+        }
+        if family_id is not None:
+            payload["fam"] = str(family_id)
+        return IssuedToken(jwt.encode(payload, self.key, algorithm=ALGORITHM), claims)
+
+    def decode(self, token: str, expected: TokenType) -> Claims:
+        """The claims of a valid token of the expected type; `InvalidToken` for anything else
+        (the reason goes to the debug log, not to the client)."""
+        try:
+            payload = jwt.decode(
+                token,
+                self.key,
+                algorithms=[ALGORITHM],
+                audience=self.settings.jwt_audience,
+                issuer=self.settings.jwt_issuer,
+                options={"require": _REQUIRED},
+                leeway=timedelta(seconds=5),
+            )
+            if payload["typ"] != expected:
+                raise jwt.InvalidTokenError(f"a {payload['typ']!r} token, not {expected!r}")
+            family = payload.get("fam")
+            if expected == "refresh" and family is None:
+                raise jwt.InvalidTokenError("a refresh token without a family")
+            return Claims(
+                user_id=uuid.UUID(payload["sub"]),
+                organization_id=uuid.UUID(payload["org"]),
+                type=expected,
+                token_id=uuid.UUID(payload["jti"]),
+                family_id=uuid.UUID(family) if family is not None else None,
+                issued_at=datetime.fromtimestamp(payload["iat"], self.clock().tzinfo),
+                expires_at=datetime.fromtimestamp(payload["exp"], self.clock().tzinfo),
+            )
+        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError) as exc:
+            logger.debug("token refused: %s", exc)
+            raise InvalidToken("the token is invalid or has expired") from None
+
+
+def signing_key(settings: Settings) -> str:
+    """`SAASCORE_JWT_SECRET`, or outside production a random key kept in `data_dir`."""
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    if settings.environment == "production":
+        raise ConfigurationError(
+            "SAASCORE_JWT_SECRET is required in production (32 characters or more, the same "
+            "in every process)"
+        )
+    path = Path(settings.data_dir) / _SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    draft = path.with_name(f"{_SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+    draft.touch(mode=0o600)
+    draft.write_text(key)
+    try:  # a link is atomic: of two processes starting together, both end with the first key
+        os.link(draft, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        draft.unlink()
+    logger.warning("SAASCORE_JWT_SECRET is not set: tokens are signed with a key kept in %s", path)
+    return key
