@@ -13,7 +13,8 @@ every worker on one organisation, (a) beside (b). Ratios are printed beside the 
 Each worker records on its own organisation except in (e). Limits are set high enough that
 nothing is refused, so every operation does the full work. SAASCORE_TEST_POSTGRES_URL picks
 the server (default postgresql://postgres@127.0.0.1:5432/test); BENCH_SECONDS the time per
-measurement (default 2).
+measurement (default 2); BENCH_ONLY the sections to run, as letters (default "abcde": "d"
+runs the batch ingest alone, any of "abc" the one-event table, "e" the hot tenant).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from saascore.plans import read_catalog
 URL = os.environ.get("SAASCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 CONCURRENCY = tuple(int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32").split(","))
+ONLY = set(os.environ.get("BENCH_ONLY", "abcde"))
 METRIC = "api_calls"
 LIMIT = 10**15
 BATCH = 1000
@@ -90,6 +92,69 @@ def header(title: str) -> str:
 def row(name: str, figures: tuple[float, float, float]) -> str:
     ops, p50, p99 = figures
     return f"  {name:<34}{ops:>10.0f}{p50:>10.2f}{p99:>10.2f}"
+
+
+async def batch_ingest(usage: UsageService, pool: asyncpg.Pool, orgs: list[uuid.UUID]) -> None:
+    """(d): `record_many` events/s beside a raw COPY of the same rows."""
+    events = [
+        UsageEventIn(METRIC, 1, str(new_id()), organization_id=orgs[n % len(orgs)])
+        for n in range(20 * BATCH)
+    ]
+    started = time.perf_counter()
+    for offset in range(0, len(events), BATCH):
+        await usage.record_many(events[offset : offset + BATCH])
+    batched = len(events) / (time.perf_counter() - started)
+    now = datetime.now(UTC)
+    records = [
+        (
+            event.organization_id,
+            new_id(),
+            str(new_id()),
+            "",
+            METRIC,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            "USD",
+            0,
+            "{}",
+            now,
+            now,
+        )
+        for event in events
+    ]
+    columns = [
+        "organization_id",
+        "id",
+        "idempotency_key",
+        "payload_hash",
+        "metric",
+        "quantity",
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "total_tokens",
+        "cost_micros",
+        "cost_currency",
+        "credits_used",
+        "properties",
+        "occurred_at",
+        "recorded_at",
+    ]
+    started = time.perf_counter()
+    async with pool.acquire() as connection:
+        for offset in range(0, len(records), BATCH):
+            await connection.copy_records_to_table(
+                "usage_events", records=records[offset : offset + BATCH], columns=columns
+            )
+    copied = len(records) / (time.perf_counter() - started)
+    print(f"\n  {'batch ingest (batches of 1,000)':<34}{'events/s':>10}")
+    print(f"  {'(d) saascore record_many':<34}{batched:>10.0f}")
+    print(f"  {'raw COPY of the same rows':<34}{copied:>10.0f}")
+    print(f"      d/COPY = {batched / copied:.2f}")
 
 
 async def main() -> None:
@@ -183,8 +248,9 @@ async def main() -> None:
                 return counter.used
 
             own = orgs.__getitem__
-            print(header("record one event"))
-            for concurrency in CONCURRENCY:
+            if ONLY & set("abc"):
+                print(header("record one event"))
+            for concurrency in CONCURRENCY if ONLY & set("abc") else ():
                 a = await measure(saascore_record(own), concurrency)
                 a1 = await measure(saascore_record(own, alone), concurrency)
                 b = await measure(raw_record(own), concurrency)
@@ -198,12 +264,13 @@ async def main() -> None:
                     f"   without group commit: a/b = {a1[0] / b[0]:.2f}"
                 )
 
-            print("\n" + header("hot tenant (one organisation)"))
+            if "e" in ONLY:
+                print("\n" + header("hot tenant (one organisation)"))
 
             def hot(_worker: int) -> uuid.UUID:
                 return orgs[0]
 
-            for concurrency in CONCURRENCY:
+            for concurrency in CONCURRENCY if "e" in ONLY else ():
                 a = await measure(saascore_record(hot), concurrency)
                 a1 = await measure(saascore_record(hot, alone), concurrency)
                 b = await measure(raw_record(hot), concurrency)
@@ -218,65 +285,8 @@ async def main() -> None:
                 await connection.execute(
                     "VACUUM ANALYZE usage_counters, usage_daily_summary, usage_events"
                 )
-            events = [
-                UsageEventIn(METRIC, 1, str(new_id()), organization_id=orgs[n % len(orgs)])
-                for n in range(20 * BATCH)
-            ]
-            started = time.perf_counter()
-            for offset in range(0, len(events), BATCH):
-                await core.usage.record_many(events[offset : offset + BATCH])
-            batched = len(events) / (time.perf_counter() - started)
-            now = datetime.now(UTC)
-            records = [
-                (
-                    event.organization_id,
-                    new_id(),
-                    str(new_id()),
-                    "",
-                    METRIC,
-                    1,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    "USD",
-                    0,
-                    "{}",
-                    now,
-                    now,
-                )
-                for event in events
-            ]
-            columns = [
-                "organization_id",
-                "id",
-                "idempotency_key",
-                "payload_hash",
-                "metric",
-                "quantity",
-                "input_tokens",
-                "output_tokens",
-                "cached_tokens",
-                "total_tokens",
-                "cost_micros",
-                "cost_currency",
-                "credits_used",
-                "properties",
-                "occurred_at",
-                "recorded_at",
-            ]
-            started = time.perf_counter()
-            async with pool.acquire() as connection:
-                for offset in range(0, len(records), BATCH):
-                    await connection.copy_records_to_table(
-                        "usage_events", records=records[offset : offset + BATCH], columns=columns
-                    )
-            copied = len(records) / (time.perf_counter() - started)
-            print(f"\n  {'batch ingest (batches of 1,000)':<34}{'events/s':>10}")
-            print(f"  {'(d) saascore record_many':<34}{batched:>10.0f}")
-            print(f"  {'raw COPY of the same rows':<34}{copied:>10.0f}")
-            print(f"      d/COPY = {batched / copied:.2f}")
+            if "d" in ONLY:
+                await batch_ingest(core.usage, pool, orgs)
             await pool.close()
     finally:
         await admin.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
-from saascore.kit.idempotency import payload_hash
+from saascore.kit.idempotency import attributes_hash
 from saascore.kit.time import day_start, month_start, next_month_start
 from saascore.models import Aggregation, ResetPeriod
 
@@ -68,10 +68,15 @@ class UsageEventIn:
     properties: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
-        """What tells a retry of this event from another event reusing its key."""
-        content = dict(vars(self))  # shallow: asdict() would deep-copy the properties
-        del content["idempotency_key"], content["organization_id"]
-        return payload_hash(content)
+        """What tells a retry of this event from another event reusing its key: the
+        `payload_hash` of its fields but the key and the organisation (stored with the event,
+        so its text must never change)."""
+        return _fingerprint(self)
+
+
+_fingerprint = attributes_hash(
+    f.name for f in fields(UsageEventIn) if f.name not in ("idempotency_key", "organization_id")
+)
 
 
 @dataclass(frozen=True)
