@@ -38,6 +38,7 @@ with SQLAlchemy Core, for SQLite and for batches that join a caller's session.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import uuid
@@ -57,6 +58,7 @@ from saascore.metering.errors import LimitExceeded
 from saascore.metering.values import (
     BIGINT_MAX,
     THRESHOLDS,
+    Limit,
     LimitRules,
     MeterInfo,
     RecordResult,
@@ -99,6 +101,7 @@ Outcome = RecordResult | DomainError
 ATTEMPTS = 5
 ROLLUP_KEY = ("organization_id", "day", "metric", "model", "provider", "feature")
 ALERT_KEY = ("organization_id", "metric", "period_start", "threshold_percent")
+_COUNT, _MAX = Aggregation.COUNT, Aggregation.MAX
 
 
 class Raced(Exception):
@@ -201,9 +204,15 @@ class Decision:
         reserved) crossed, once per counter."""
         if limit is None:
             return
-        for percent in THRESHOLDS:
-            if before < math.ceil(limit * percent / 100) <= after:
+        for percent, mark in zip(THRESHOLDS, _marks(limit), strict=True):
+            if before < mark <= after:
                 self.alerts.setdefault((counter, percent), (limit, after))
+
+
+@functools.lru_cache(maxsize=1024)
+def _marks(limit: int) -> tuple[int, ...]:
+    """Where each threshold of `limit` lies (the least total that crosses it)."""
+    return tuple(math.ceil(limit * percent / 100) for percent in THRESHOLDS)
 
 
 def decide(
@@ -218,65 +227,71 @@ def decide(
     decision = Decision()
     state = {key: Counter(c.used, c.reserved) for key, c in counters.items()}
     accepted: dict[tuple[uuid.UUID, str], tuple[RecordResult, str]] = {}
+    limits: dict[tuple[uuid.UUID, str], Limit] = {}  # the rules' answers, asked once per batch
+    outcomes, changed = decision.outcomes, decision.counters
     for item in items:
-        key = (item.org_id, item.event.idempotency_key)
-        org_rules = rules.get(item.org_id)
+        org, event, meter = item.org_id, item.event, item.meter
+        key = (org, event.idempotency_key)
+        org_rules = rules.get(org)
         if org_rules is None:
-            decision.outcomes.append(
-                NotFound(f"no organisation {item.org_id}", organization=str(item.org_id))
-            )
+            outcomes.append(NotFound(f"no organisation {org}", organization=str(org)))
             continue
         if key in accepted:
             first, fingerprint = accepted[key]
-            decision.outcomes.append(
+            outcomes.append(
                 _conflict(item)
                 if fingerprint != item.fingerprint
                 else replace(first, status="duplicate", used=state[item.counter].used)
             )
             continue
         if key in stored:
-            decision.outcomes.append(_duplicate(item, stored[key], state, org_rules, meters))
+            outcomes.append(_duplicate(item, stored[key], state, org_rules, meters))
             continue
-        limit = org_rules.limit(item.meter.code)
-        where = item.counter
+        limit = limits.get((org, meter.code))
+        if limit is None:
+            limit = limits[(org, meter.code)] = org_rules.limit(meter.code)
+        where = (org, meter.code, item.period_start)
         counter = state[where]
-        increment = item.increment
-        if item.meter.aggregation is Aggregation.MAX:
+        if meter.aggregation is _COUNT:
+            increment = 1
+            used = counter.used + 1
+        elif meter.aggregation is _MAX:
+            increment = event.quantity
             used = max(counter.used, increment)
         else:
+            increment = event.quantity
             used = counter.used + increment
         before, after = counter.used + counter.reserved, used + counter.reserved
         if after > BIGINT_MAX:
-            decision.outcomes.append(
-                InvalidInput("the counter would overflow", metric=item.meter.code)
-            )
+            outcomes.append(InvalidInput("the counter would overflow", metric=meter.code))
             continue
         if item.enforce and limit.refuses(after):
             assert limit.value is not None
             if counter.reserved:
                 decision.refused_holding.add(where)
-            decision.outcomes.append(LimitExceeded(item.meter.code, limit.value, before, increment))
+            outcomes.append(LimitExceeded(meter.code, limit.value, before, increment))
             continue
-        cost = price_of(item, prices, decision.unpriced)
+        cost = price_of(item, prices, decision.unpriced) if event.model is not None else 0
         if cost > BIGINT_MAX:
-            decision.outcomes.append(InvalidInput("the cost would overflow", field="cost"))
+            outcomes.append(InvalidInput("the cost would overflow", field="cost"))
             continue
         counter.used = used
-        decision.counters[where] = counter
+        changed[where] = counter
         event_id = decision.add_event(item, cost)
-        decision.add_crossings(where, limit.value, before, after)
+        if limit.value is not None:
+            decision.add_crossings(where, limit.value, before, after)
         result = RecordResult(
             event_id=event_id,
             status="accepted",
-            metric=item.meter.code,
-            quantity=item.event.quantity,
+            metric=meter.code,
+            quantity=event.quantity,
             used=used,
             limit=limit.value,
             over_soft_limit=limit.value is not None and after > limit.value,
             cost_micros=cost,
         )
         accepted[key] = (result, item.fingerprint)
-        decision.outcomes.append(result)
+        outcomes.append(result)
     return decision
 
 
@@ -343,19 +358,16 @@ def _roll_up(rollups: dict[RollupKey, list[int]], item: Pending, cost: int) -> N
         event.provider or "",
         event.feature or "",
     )
-    amounts = rollups.setdefault(key, [0] * 7)
-    for position, amount in enumerate(
-        (
-            event.quantity,
-            1,
-            event.input_tokens,
-            event.output_tokens,
-            event.cached_tokens,
-            event.input_tokens + event.output_tokens,
-            cost,
-        )
-    ):
-        amounts[position] += amount
+    amounts = rollups.get(key)
+    if amounts is None:
+        amounts = rollups[key] = [0] * 7
+    amounts[0] += event.quantity
+    amounts[1] += 1
+    amounts[2] += event.input_tokens
+    amounts[3] += event.output_tokens
+    amounts[4] += event.cached_tokens
+    amounts[5] += event.input_tokens + event.output_tokens
+    amounts[6] += cost
 
 
 class Store(Protocol):
@@ -790,7 +802,7 @@ class PostgresStore:
         )
         # A column that is all NULL (or all the default) is sent empty: unnest() pads it.
         for position, default in _SPARSE:
-            if all(value == default for value in events[position]):
+            if events[position].count(default) == len(events[position]):
                 events[position] = []
         counters = _columns(
             [(*key, c.used, c.reserved) for key, c in sorted(decision.counters.items())], 5

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import math
+import operator
 import uuid
 import weakref
 from collections import Counter
@@ -145,6 +146,58 @@ _TEXTS = (
 )
 
 
+_NUMBER_VALUES = operator.attrgetter(*(name for name, _ in _NUMBERS))
+_TEXT_VALUES = operator.attrgetter(*(name for name, _ in _TEXTS[1:]))
+
+
+def _plainly_valid(event: UsageEventIn) -> bool:
+    """Whether the event's fields are plain ints and texts that `_check_fields` accepts: the
+    common case, told without its loops."""
+    quantity, input_tokens, output_tokens, cached, credits, response_ms = _NUMBER_VALUES(event)
+    feature, model, provider, request_id, batch_id, endpoint = _TEXT_VALUES(event)
+    key = event.idempotency_key
+    return (
+        type(quantity) is int
+        and type(input_tokens) is int
+        and type(output_tokens) is int
+        and type(cached) is int
+        and type(credits) is int
+        and 0 <= quantity <= BIGINT_MAX
+        and input_tokens >= 0
+        and output_tokens >= 0
+        and input_tokens + output_tokens <= BIGINT_MAX
+        and 0 <= cached <= BIGINT_MAX
+        and 0 <= credits <= BIGINT_MAX
+        and (response_ms is None or (type(response_ms) is int and 0 <= response_ms < 2**31))
+        and type(key) is str
+        and 0 < len(key) <= 255
+        and (feature is None or (type(feature) is str and len(feature) <= 100))
+        and (model is None or (type(model) is str and len(model) <= 255))
+        and (provider is None or (type(provider) is str and len(provider) <= 50))
+        and (request_id is None or (type(request_id) is str and len(request_id) <= 255))
+        and (batch_id is None or (type(batch_id) is str and len(batch_id) <= 255))
+        and (endpoint is None or (type(endpoint) is str and len(endpoint) <= 255))
+    )
+
+
+def _check_fields(event: UsageEventIn) -> None:
+    """Refuse the first field the database would refuse (`InvalidInput`)."""
+    for name, ceiling in _NUMBERS:
+        value = getattr(event, name)
+        if value is not None and value < 0:
+            raise InvalidInput(f"the {name} must not be negative", field=name)
+        if value is not None and value > ceiling:
+            raise InvalidInput(f"the {name} must be at most {ceiling}", field=name)
+    if event.input_tokens + event.output_tokens > BIGINT_MAX:
+        raise InvalidInput("input_tokens + output_tokens is too large", field="input_tokens")
+    if not event.idempotency_key:
+        raise InvalidInput("an event needs an idempotency key", field="idempotency_key")
+    for name, length in _TEXTS:
+        value = getattr(event, name)
+        if value is not None and len(value) > length:
+            raise InvalidInput(f"{name} is longer than {length} characters", field=name)
+
+
 def _result(outcome: RecordResult | DomainError) -> RecordResult:
     """A batch of one's outcome, as `record` answers it: the result, or the refusal raised."""
     if isinstance(outcome, DomainError):
@@ -233,16 +286,21 @@ class UsageService:
         outcomes: list[BatchOutcome | None] = [None] * len(events)
         items: list[Pending] = []
         positions: list[int] = []
+        meters: dict[str, MeterInfo] = {}
+        periods: dict[str, tuple[datetime, datetime | None]] = {}
         for index, event in enumerate(events):
             organization = event.organization_id or org_id
             try:
                 if organization is None:
                     raise InvalidInput("the event names no organisation")
-                if session is not None:  # its transaction may hold meters others cannot see
-                    meter = await self._meter(session, event.metric)
-                else:
-                    meter = await self._cached_meter(event.metric)
-                items.append(self._pending(organization, event, meter, True))
+                meter = meters.get(event.metric)
+                if meter is None:
+                    if session is not None:  # its transaction may hold meters others cannot see
+                        meter = await self._meter(session, event.metric)
+                    else:
+                        meter = await self._cached_meter(event.metric)
+                    meters[event.metric] = meter
+                items.append(self._pending(organization, event, meter, True, periods))
             except (DomainError, ValueError, TypeError) as error:
                 outcomes[index] = _batch_outcome(index, event, error)
                 continue
@@ -309,20 +367,8 @@ class UsageService:
     def _validate(self, event: UsageEventIn, meter: MeterInfo, now: datetime) -> datetime:
         """The event's time, once its fields are checked: whatever the database would refuse
         is refused here, so that one bad event cannot fail the batch it shares."""
-        for name, ceiling in _NUMBERS:
-            value = getattr(event, name)
-            if value is not None and value < 0:
-                raise InvalidInput(f"the {name} must not be negative", field=name)
-            if value is not None and value > ceiling:
-                raise InvalidInput(f"the {name} must be at most {ceiling}", field=name)
-        if event.input_tokens + event.output_tokens > BIGINT_MAX:
-            raise InvalidInput("input_tokens + output_tokens is too large", field="input_tokens")
-        if not event.idempotency_key:
-            raise InvalidInput("an event needs an idempotency key", field="idempotency_key")
-        for name, length in _TEXTS:
-            value = getattr(event, name)
-            if value is not None and len(value) > length:
-                raise InvalidInput(f"{name} is longer than {length} characters", field=name)
+        if not _plainly_valid(event):
+            _check_fields(event)
         if meter.code == STORAGE:
             raise InvalidInput(
                 "storage is a gauge: change it with update_storage_used", metric=meter.code
@@ -459,11 +505,23 @@ class UsageService:
         return _result((await self._record_batch(s, [item])).outcomes[0])
 
     def _pending(
-        self, org_id: uuid.UUID, event: UsageEventIn, meter: MeterInfo, enforce: bool
+        self,
+        org_id: uuid.UUID,
+        event: UsageEventIn,
+        meter: MeterInfo,
+        enforce: bool,
+        periods: dict[str, tuple[datetime, datetime | None]] | None = None,
     ) -> Pending:
-        """The event checked and placed: its time, period and fingerprint."""
+        """The event checked and placed: its time, period and fingerprint. `periods` keeps
+        each meter's last period, which most events of a batch fall in."""
         occurred = self._validate(event, meter, self.clock())
-        period_start, period_end = meter.period(occurred)
+        last = periods.get(meter.code) if periods is not None else None
+        if last is not None and (last[1] is None or last[0] <= occurred < last[1]):
+            period_start, period_end = last
+        else:
+            period_start, period_end = meter.period(occurred)
+            if periods is not None:
+                periods[meter.code] = (period_start, period_end)
         return Pending(
             org_id, event, meter, occurred, period_start, period_end, event.fingerprint(), enforce
         )
