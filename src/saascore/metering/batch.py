@@ -18,16 +18,18 @@ Going back:
 
 - `PostgresStore` is optimistic: its first try looks no key up (on a busy new table that
   look-up cost more than the rest of the lock), so a retried event is at first taken for a new
-  one. The write then inserts fewer events than decided, and the batch is decided again, its
-  keys looked up after the locks. Retries cost a second try; new events cost nothing more.
+  one. The write then meets its stored key (its insert fails on the unique index), and the
+  batch is decided again, its keys looked up after the locks. Retries cost a second try; new
+  events cost nothing more.
 - A refusal on a counter that holds reserved quota first expires that counter's lapsed
   reservations and decides again. A refusal also looks its key up again after the locks: it
   may be a copy that committed while the batch waited (read in the statement's snapshot, it
   was missed), whose own quantity now fills the counter.
 - A copy of an event can slip in between the look-up and the write: missed as above, or
   inserted by the one-statement path, which inserts its event before it locks the counter.
-  The write then inserts fewer events than decided: the whole attempt is undone and the
-  batch decided again, its keys now looked up after the locks.
+  The write then meets its key (`PostgresStore`'s insert fails on it, `SessionStore`'s
+  inserts fewer events than decided): the whole attempt is undone and the batch decided
+  again, its keys now looked up after the locks.
 - The one-statement path and a batch can deadlock on such a copy (event then counter, against
   counter then event); PostgreSQL aborts one, which is tried again (`UsageService`).
 
@@ -102,6 +104,8 @@ ATTEMPTS = 5
 ROLLUP_KEY = ("organization_id", "day", "metric", "model", "provider", "feature")
 ALERT_KEY = ("organization_id", "metric", "period_start", "threshold_percent")
 _COUNT, _MAX = Aggregation.COUNT, Aggregation.MAX
+#: The unique index a copy of a stored event breaks: (organization_id, idempotency_key).
+EVENT_KEY = "uq_usage_events_organization_id_idempotency_key"
 
 
 class Raced(Exception):
@@ -412,8 +416,8 @@ class Store(Protocol):
         ...
 
     async def write(self, decision: Decision, now: datetime) -> None:
-        """Write what the decision accepted; `Raced` if fewer events went in than were
-        decided."""
+        """Write what the decision accepted; `Raced` if an event it accepted is stored
+        already."""
         ...
 
     def attempt(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -610,29 +614,7 @@ class PostgresStore:
         FROM expired GROUP BY 1, 2, 3
     """
     WRITE = """
-        WITH ev AS (
-            INSERT INTO usage_events (organization_id, id, idempotency_key, payload_hash,
-                metric, quantity, user_id, subscription_id, feature, model, provider,
-                input_tokens, output_tokens, cached_tokens, total_tokens, cost_micros,
-                cost_currency, credits_used, request_id, batch_id, endpoint, response_time_ms,
-                properties, occurred_at, recorded_at)
-            SELECT e.org, e.id, e.key, e.hash, e.metric, e.quantity, e.user_id,
-                e.subscription_id, e.feature, e.model, e.provider, coalesce(e.input, 0),
-                coalesce(e.output, 0), coalesce(e.cached, 0),
-                coalesce(e.input, 0) + coalesce(e.output, 0), coalesce(e.cost, 0), 'USD',
-                coalesce(e.credits, 0), e.request_id, e.batch_id, e.endpoint, e.response_ms,
-                coalesce(e.properties, '{}')::jsonb, e.occurred, $1
-            FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
-                $7::int8[], $8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::text[],
-                $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::text[],
-                $19::text[], $20::text[], $21::int4[], $22::text[], $23::timestamptz[])
-                AS e (org, id, key, hash, metric, quantity, user_id, subscription_id,
-                    feature, model, provider, input, output, cached, cost, credits,
-                    request_id, batch_id, endpoint, response_ms, properties, occurred)
-            ON CONFLICT (organization_id, idempotency_key) DO NOTHING
-            RETURNING 1
-        ),
-        counted AS (
+        WITH counted AS (
             UPDATE usage_counters c SET used = k.used, reserved = k.reserved, updated_at = $1
             FROM unnest($24::uuid[], $25::text[], $26::timestamptz[], $27::int8[],
                 $28::int8[]) AS k (org, metric, period_start, used, reserved)
@@ -673,7 +655,24 @@ class PostgresStore:
             ON CONFLICT (organization_id, metric, period_start, threshold_percent) DO NOTHING
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM ev) AS inserted
+        INSERT INTO usage_events (organization_id, id, idempotency_key, payload_hash,
+            metric, quantity, user_id, subscription_id, feature, model, provider,
+            input_tokens, output_tokens, cached_tokens, total_tokens, cost_micros,
+            cost_currency, credits_used, request_id, batch_id, endpoint, response_time_ms,
+            properties, occurred_at, recorded_at)
+        SELECT e.org, e.id, e.key, e.hash, e.metric, e.quantity, e.user_id,
+            e.subscription_id, e.feature, e.model, e.provider, coalesce(e.input, 0),
+            coalesce(e.output, 0), coalesce(e.cached, 0),
+            coalesce(e.input, 0) + coalesce(e.output, 0), coalesce(e.cost, 0), 'USD',
+            coalesce(e.credits, 0), e.request_id, e.batch_id, e.endpoint, e.response_ms,
+            coalesce(e.properties, '{}')::jsonb, e.occurred, $1
+        FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
+            $7::int8[], $8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::text[],
+            $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::text[],
+            $19::text[], $20::text[], $21::int4[], $22::text[], $23::timestamptz[])
+            AS e (org, id, key, hash, metric, quantity, user_id, subscription_id,
+                feature, model, provider, input, output, cached, cost, credits,
+                request_id, batch_id, endpoint, response_ms, properties, occurred)
     """
 
     #: Looking 32 keys up costs this statement more than the rest of it (a plan made while the
@@ -821,10 +820,14 @@ class PostgresStore:
             ],
             7,
         )
-        row = await self.connection.fetchrow(self.WRITE, now, *events, *counters, *rollups, *alerts)
-        assert row is not None
-        if row["inserted"] != len(decision.events):
-            raise Raced
+        try:
+            await self.connection.execute(self.WRITE, now, *events, *counters, *rollups, *alerts)
+        except asyncpg.UniqueViolationError as error:
+            # A plain insert: cheaper than ON CONFLICT DO NOTHING, and a copy aborts the
+            # attempt either way.
+            if error.constraint_name != EVENT_KEY:
+                raise
+            raise Raced from error
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
