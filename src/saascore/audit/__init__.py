@@ -1,5 +1,13 @@
 """The audit trail: who did what in an organisation, hash-chained so tampering shows."""
 
-from saascore.audit.service import SYSTEM, Actor, AuditService, ChainBreak, Origin, entry_hash
+from saascore.audit.service import (
+    SYSTEM,
+    Actor,
+    AuditService,
+    ChainBreak,
+    ChainReport,
+    Origin,
+    entry_hash,
+)
 
-__all__ = ["SYSTEM", "Actor", "AuditService", "ChainBreak", "Origin", "entry_hash"]
+__all__ = ["SYSTEM", "Actor", "AuditService", "ChainBreak", "ChainReport", "Origin", "entry_hash"]

@@ -2,11 +2,11 @@
 
 Each entry's `hash` is the SHA-256 of its content and the previous entry's hash, and entries are
 numbered 1, 2, 3, ... per organisation (`seq`). `audit_chain_heads` holds each chain's newest
-`seq` and `hash`. So an edited entry no longer matches its hash, a deleted or reordered one breaks
-the numbering or the link to its predecessor, and a deleted newest entry leaves the head pointing
-past the end. The chain makes tampering evident, not impossible: whoever can rewrite the whole
-table and its heads can forge a new chain, so export `verify`'s head hashes somewhere else when
-that matters.
+`seq` and `hash`. So an edited entry no longer matches its hash, a deleted, added or reordered
+one breaks the numbering or the link to its predecessor, and a deleted newest entry leaves the
+head pointing past the end. The chain makes tampering evident, not impossible: whoever can
+rewrite the whole table and its heads can forge a new chain, so export `verify`'s head hashes
+somewhere else when that matters.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,7 +28,15 @@ from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.models import AuditChainHead, AuditLog
 
-__all__ = ["SYSTEM", "Actor", "AuditService", "ChainBreak", "Origin", "entry_hash"]
+__all__ = [
+    "SYSTEM",
+    "Actor",
+    "AuditService",
+    "ChainBreak",
+    "ChainReport",
+    "Origin",
+    "entry_hash",
+]
 
 _VERIFY_CHUNK = 1_000
 
@@ -74,6 +82,19 @@ class ChainBreak:
     organization_id: uuid.UUID
     seq: int
     reason: str
+
+
+@dataclass(slots=True)
+class ChainReport:
+    """What `AuditService.check` walked, and the first break of each broken chain."""
+
+    chains: int = 0
+    entries: int = 0
+    breaks: list[ChainBreak] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.breaks
 
 
 def entry_hash(entry: AuditLog) -> str:
@@ -193,8 +214,14 @@ class AuditService:
         self, org_id: uuid.UUID | None = None, *, session: AsyncSession | None = None
     ) -> builtins.list[ChainBreak]:
         """Walk each chain (one organisation's, or every one) and report its first broken
-        link: an entry whose hash does not match its content, a missing or reordered entry,
-        or an end that is not the head. An empty list means every chain is intact."""
+        link: an entry whose hash does not match its content, a missing, extra or reordered
+        entry, or an end that is not the head. An empty list means every chain is intact."""
+        return (await self.check(org_id, session=session)).breaks
+
+    async def check(
+        self, org_id: uuid.UUID | None = None, *, session: AsyncSession | None = None
+    ) -> ChainReport:
+        """`verify`, with how many chains and entries it walked."""
         async with self.database.scope(session, readonly=True) as s:
             heads_query = sa.select(
                 AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash
@@ -207,44 +234,59 @@ class AuditService:
                 org: (seq, hash_) for org, seq, hash_ in (await s.execute(heads_query)).all()
             }
             organizations = set(heads) | set((await s.scalars(logged_query)).all())
-            breaks = []
+            report = ChainReport()
             for organization in sorted(organizations):
-                found = await self._verify_chain(s, organization, heads.get(organization))
+                found, entries = await self._verify_chain(s, organization, heads.get(organization))
+                report.chains += 1
+                report.entries += entries
                 if found is not None:
-                    breaks.append(found)
-        return breaks
+                    report.breaks.append(found)
+        return report
 
     async def _verify_chain(
         self, s: AsyncSession, org_id: uuid.UUID, head: tuple[int, str | None] | None
-    ) -> ChainBreak | None:
-        expected_seq, prev_hash = 1, None
+    ) -> tuple[ChainBreak | None, int]:
+        """The chain's first break, if any, and how many entries were read."""
+        expected_seq, prev_hash, read = 1, None, 0
+        # Every entry is read, from the lowest seq up: one numbered below 1 (slipped in ahead
+        # of the chain) is as much a break as a gap.
+        last_seen: int | None = None
         while True:
-            chunk = (
-                await s.scalars(
-                    sa.select(AuditLog)
-                    .where(AuditLog.organization_id == org_id, AuditLog.seq >= expected_seq)
-                    .order_by(AuditLog.seq)
-                    .limit(_VERIFY_CHUNK)
-                )
-            ).all()
+            query = (
+                sa.select(AuditLog)
+                .where(AuditLog.organization_id == org_id)
+                .order_by(AuditLog.seq)
+                .limit(_VERIFY_CHUNK)
+                # What is stored, not what the caller's session remembers of it.
+                .execution_options(populate_existing=True)
+            )
+            if last_seen is not None:
+                query = query.where(AuditLog.seq > last_seen)
+            chunk = (await s.scalars(query)).all()
             for entry in chunk:
+                read += 1
+                if entry.seq < expected_seq:
+                    return ChainBreak(org_id, entry.seq, "an entry outside the chain"), read
                 if entry.seq != expected_seq:
-                    return ChainBreak(org_id, expected_seq, "entry missing")
+                    return ChainBreak(org_id, expected_seq, "entry missing"), read
                 if entry.prev_hash != prev_hash:
-                    return ChainBreak(org_id, entry.seq, "does not link to the entry before it")
+                    return ChainBreak(
+                        org_id, entry.seq, "does not link to the entry before it"
+                    ), read
                 if entry.hash != entry_hash(entry):
-                    return ChainBreak(org_id, entry.seq, "content does not match its hash")
+                    return ChainBreak(org_id, entry.seq, "content does not match its hash"), read
                 prev_hash = entry.hash
                 expected_seq += 1
+                last_seen = entry.seq
             if len(chunk) < _VERIFY_CHUNK:
                 break
         last = expected_seq - 1
         if head is None:
-            return ChainBreak(org_id, last, "the chain has no head") if last else None
+            return (ChainBreak(org_id, last, "the chain has no head") if last else None), read
         if head[0] != last:
             return ChainBreak(
                 org_id, last + 1, f"the head is at {head[0]}, the chain ends at {last}"
-            )
+            ), read
         if head[1] != prev_hash:
-            return ChainBreak(org_id, last, "the head's hash is not the last entry's")
-        return None
+            return ChainBreak(org_id, last, "the head's hash is not the last entry's"), read
+        return None, read
