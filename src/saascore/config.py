@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     access_token_minutes: int = Field(default=15, ge=1, le=24 * 60)
     refresh_token_days: int = Field(default=30, ge=1, le=365)
     password_min_length: int = Field(default=10, ge=8, le=128)
+    #: The largest request body the API reads (a batch of 1,000 usage events fits easily).
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: Requests per minute to register, log in, refresh or log out from one client address.
     auth_requests_per_minute: int | None = Field(default=30, ge=1)
     #: Requests per minute that one operator key may make on `/v1/admin` (None: unlimited).

@@ -14,7 +14,7 @@ from saascore.api.admin import create_admin_router
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router
-from saascore.api.middleware import RequestIdMiddleware
+from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
 from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
@@ -74,11 +74,13 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
         description="Tenants, identity, plans, exact metering, credits, billing and audit.",
         lifespan=lifespan,
         responses={
+            400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
             422: {"model": ErrorResponse, "description": "The request is invalid"},
             500: {"model": ErrorResponse, "description": "An unexpected error"},
         },
     )
     install_error_handlers(app)
+    app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     setup_cors(app, settings.cors_origins)
     app.include_router(create_health_router(settings.service_name, __version__))

@@ -1,0 +1,261 @@
+"""Tenant isolation, generated from the app's own routes.
+
+For every route that takes an object id, an owner of organisation B (every permission) asks for
+an object of organisation A: the answer is 404 and none of A's rows change. Routes are read from
+the app's OpenAPI document, so a new route is covered as soon as it exists; a new *kind* of id
+fails here until `OBJECTS` knows how to make one. Operator routes are checked separately: a
+tenant gets 403.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from saascore import Saascore
+from saascore.kit.db import Database
+from saascore.models import Base, Organization, SubscriptionPlan
+from tests.factories import random_code
+from tests.http import api_app, serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+PARAMETER = re.compile(r"{(\w+)}")
+TENANT_PREFIX = "/v1/"
+OPERATOR_PREFIX = "/v1/admin"
+
+
+@dataclass
+class Tenant:
+    organization_id: uuid.UUID
+    user_id: uuid.UUID
+    headers: dict[str, str]
+
+
+# --- how to make an object of organisation A for each kind of path parameter -------------------
+async def _api_key(core: Saascore, a: Tenant) -> uuid.UUID:
+    key, _ = await core.api_keys.create(
+        a.organization_id, name="a's key", scopes=["usage:read"], user_id=a.user_id
+    )
+    return key.id
+
+
+async def _user(core: Saascore, a: Tenant) -> uuid.UUID:
+    user = await core.users.create(a.organization_id, email=f"{random_code('u')}@example.com")
+    return user.id
+
+
+async def _reservation(core: Saascore, a: Tenant) -> uuid.UUID:
+    reservation = await core.usage.reserve(a.organization_id, "api_calls", 1)
+    return reservation.id
+
+
+OBJECTS: dict[str, Callable[[Saascore, Tenant], Awaitable[uuid.UUID]]] = {
+    "key_id": _api_key,
+    "user_id": _user,
+    "reservation_id": _reservation,
+}
+
+
+# --- the app, two organisations, and a snapshot of A ---------------------------------------------
+@dataclass
+class World:
+    app: FastAPI
+    core: Saascore
+    client: httpx.AsyncClient
+    a: Tenant
+    b: Tenant
+
+
+async def _tenant(client: httpx.AsyncClient, core: Saascore, plan_id: uuid.UUID) -> Tenant:
+    body = {
+        "email": f"{random_code('owner')}@example.com",
+        "password": "a long enough password",
+        "organization_name": random_code("org"),
+    }
+    response = await client.post("/v1/auth/register", json=body)
+    assert response.status_code == 201, response.text
+    tokens = response.json()
+    async with core.database.transaction() as s:  # off the free plan's 5 requests a minute
+        await s.execute(
+            sa.update(Organization)
+            .where(Organization.id == uuid.UUID(tokens["organization_id"]))
+            .values(plan_id=plan_id)
+        )
+    return Tenant(
+        organization_id=uuid.UUID(tokens["organization_id"]),
+        user_id=uuid.UUID(tokens["user_id"]),
+        headers={"Authorization": f"Bearer {tokens['access_token']}"},
+    )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def world(scratch: Database) -> AsyncIterator[World]:
+    application, core = api_app(scratch, auth_requests_per_minute=None)
+    async with serving(application, core) as client:
+        async with scratch.transaction() as s:
+            plan = SubscriptionPlan(code=random_code("unlimited"), name="Unlimited")
+            s.add(plan)
+            await s.flush()
+            plan_id = plan.id
+        a = await _tenant(client, core, plan_id)
+        b = await _tenant(client, core, plan_id)
+        yield World(application, core, client, a, b)
+
+
+async def snapshot(database: Database, org_id: uuid.UUID) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every tenant table that belongs to the organisation, and its own row."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    async with database.session(readonly=True) as s:
+        for table in Base.metadata.sorted_tables:
+            if table.name == "organizations":
+                query = sa.select(table).where(table.c.id == org_id)
+            elif "organization_id" in table.c:
+                query = sa.select(table).where(table.c.organization_id == org_id)
+            else:
+                continue
+            primary = list(table.primary_key.columns)
+            result = await s.execute(query.order_by(*primary))
+            rows[table.name] = [tuple(row) for row in result.all()]
+    return rows
+
+
+def _routes(app: FastAPI) -> list[tuple[str, str]]:
+    """Every (method, path) the app serves, as its OpenAPI document lists them."""
+    return sorted(
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+    )
+
+
+def tenant_routes_with_ids(app: FastAPI) -> list[tuple[str, str]]:
+    return [
+        (method, path)
+        for method, path in _routes(app)
+        if path.startswith(TENANT_PREFIX)
+        and not path.startswith(OPERATOR_PREFIX)
+        and PARAMETER.search(path)
+    ]
+
+
+# --- a request body the route accepts, from its own schema ----------------------------------
+def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        schema = spec["components"]["schemas"][name]
+    return schema
+
+
+def example_of(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """A valid value for a JSON schema: its example if it has one, else the simplest value
+    of its type, with only the required properties of objects."""
+    schema = _resolve(schema, spec)
+    if schema.get("examples"):
+        return schema["examples"][0]
+    if "default" in schema:
+        return schema["default"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            options = [o for o in schema[key] if _resolve(o, spec).get("type") != "null"]
+            return example_of(options[0], spec)
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: example_of(properties[name], spec) for name in schema.get("required", [])}
+    if kind == "array":
+        return [example_of(schema["items"], spec)] if schema.get("minItems") else []
+    if kind == "integer":
+        return max(1, schema.get("minimum", 1))
+    if kind == "number":
+        return 1
+    if kind == "boolean":
+        return True
+    if kind == "string":
+        return "x" * max(1, schema.get("minLength", 1))
+    return None
+
+
+def body_for(app: FastAPI, method: str, path: str) -> Any:
+    spec = app.openapi()
+    operation = spec["paths"][path][method.lower()]
+    content = operation.get("requestBody", {}).get("content", {})
+    if "application/json" not in content:
+        return None
+    return example_of(content["application/json"]["schema"], spec)
+
+
+# --- the tests -----------------------------------------------------------------------------
+async def test_the_app_has_routes_that_take_object_ids(world: World) -> None:
+    # Guards the generated test below against passing because it found nothing to check.
+    assert len(tenant_routes_with_ids(world.app)) >= 4
+
+
+async def test_another_organisations_objects_are_not_found(world: World) -> None:
+    checked = []
+    for method, path in tenant_routes_with_ids(world.app):
+        values = {}
+        for name in PARAMETER.findall(path):
+            make = OBJECTS.get(name)
+            assert make is not None, (
+                f"{method} {path}: no way to make an object for {{{name}}}: add it to OBJECTS"
+            )
+            values[name] = await make(world.core, world.a)
+        url = path.format(**values)
+        before = await snapshot(world.core.database, world.a.organization_id)
+        response = await world.client.request(
+            method, url, json=body_for(world.app, method, path), headers=world.b.headers
+        )
+        assert response.status_code == 404, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+        assert response.json()["error"]["code"].endswith("not_found"), response.text
+        after = await snapshot(world.core.database, world.a.organization_id)
+        assert after == before, f"{method} {path} changed organisation A's rows"
+        checked.append((method, path))
+    assert checked
+
+
+async def test_the_same_requests_reach_the_objects_of_ones_own_organisation(world: World) -> None:
+    """The 404s above are about the organisation, not about requests that could never work:
+    A's owner, sending the same requests for A's own objects, is not refused with 404."""
+    for method, path in tenant_routes_with_ids(world.app):
+        values = {
+            name: await OBJECTS[name](world.core, world.a) for name in PARAMETER.findall(path)
+        }
+        response = await world.client.request(
+            method,
+            path.format(**values),
+            json=body_for(world.app, method, path),
+            headers=world.a.headers,
+        )
+        assert response.status_code < 400, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
+
+
+async def test_operator_routes_refuse_tenants(world: World) -> None:
+    routes = [(m, p) for m, p in _routes(world.app) if p.startswith(OPERATOR_PREFIX)]
+    assert routes
+    for method, path in routes:
+        values = {name: str(uuid.uuid4()) for name in PARAMETER.findall(path)}
+        before = await snapshot(world.core.database, world.a.organization_id)
+        response = await world.client.request(
+            method,
+            path.format(**values),
+            json=body_for(world.app, method, path),
+            headers=world.b.headers,
+        )
+        assert response.status_code == 403, f"{method} {path}: {response.status_code}"
+        assert await snapshot(world.core.database, world.a.organization_id) == before
