@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,7 +24,7 @@ from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
 
-__all__ = ["app_factory", "create_app", "setup_cors"]
+__all__ = ["app_factory", "create_app", "install", "saascore_lifespan", "setup_cors"]
 
 logger = logging.getLogger("saascore.api")
 
@@ -50,24 +50,42 @@ def setup_cors(app: FastAPI, cors_origins: list[str]) -> None:
         )
 
 
-def create_app(settings: Settings | None = None, *, core: Saascore | None = None) -> FastAPI:
-    """The saascore service. The lifespan builds the `Database` (migrating it when
-    `auto_migrate` is on) and closes it at shutdown; `app.state.saascore` is the facade."""
-    settings = settings if settings is not None else load_settings()
+def saascore_lifespan(
+    core: Saascore, *, owned: bool = True
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan that starts `core` (migrating when `auto_migrate` is on), puts it in
+    `app.state` where saascore's routers find it, and closes it at shutdown (unless not
+    `owned`). A host app mounting saascore's routers passes it to `FastAPI(lifespan=...)`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        facade = core if core is not None else Saascore(settings)
-        await facade.start()
-        app.state.saascore = facade
-        app.state.database = facade.database
-        logger.info("saascore %s serving on %s", __version__, facade.database)
+        await core.start()
+        app.state.saascore = core
+        app.state.database = core.database
+        logger.info("saascore %s serving on %s", __version__, core.database)
         try:
             yield
         finally:
-            if core is None:
-                await facade.close()
+            if owned:
+                await core.close()
 
+    return lifespan
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """What saascore's routers expect of the app that mounts them: the error envelope, the
+    request id, the input guard and CORS from settings."""
+    install_error_handlers(app)
+    app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    setup_cors(app, settings.cors_origins)
+
+
+def create_app(settings: Settings | None = None, *, core: Saascore | None = None) -> FastAPI:
+    """The saascore service: every router, on a `Saascore` built from `settings` at start
+    (or on `core`, which the caller then closes)."""
+    settings = settings if settings is not None else load_settings()
+    lifespan = saascore_lifespan(core or Saascore(settings), owned=core is None)
     app = FastAPI(
         title="saascore",
         version=__version__,
@@ -79,10 +97,7 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
             500: {"model": ErrorResponse, "description": "An unexpected error"},
         },
     )
-    install_error_handlers(app)
-    app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
-    app.add_middleware(RequestIdMiddleware)
-    setup_cors(app, settings.cors_origins)
+    install(app, settings)
     app.include_router(create_health_router(settings.service_name, __version__))
     app.include_router(create_metrics_router())
     for router in (
