@@ -1,7 +1,241 @@
-"""(In progress.)"""
+"""`create_usage_router()`: `/v1/usage`, usage events, checks, reservations, limits and
+summaries of the caller's organisation.
 
-from fastapi import APIRouter
+No endpoint here takes `SessionDep`: each makes one service call, which runs in a transaction
+of its own, committed before the answer. That lets `POST /v1/usage/events` share PostgreSQL's
+group commit with concurrent requests (the hot path), lets reads take read-only sessions (no
+SQLite write lock), and keeps the sweep of a lapsed reservation that a settle or release
+found, although it then answers 409.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Response, status
+
+from saascore.api.deps import CoreDep, require
+from saascore.api.errors import error_responses
+from saascore.identity.endpoints import AUTH_ERRORS
+from saascore.identity.errors import PermissionDenied
+from saascore.identity.permissions import Permission
+from saascore.identity.principal import Principal
+from saascore.kit.errors import IdempotencyConflict, InvalidInput
+from saascore.metering.errors import (
+    LimitExceeded,
+    ReservationNotFound,
+    ReservationNotHeld,
+    UnknownMetric,
+)
+from saascore.metering.schemas import (
+    PLAIN_TEXT,
+    ReservationCreate,
+    ReservationOut,
+    ReservationSettle,
+    UsageBatch,
+    UsageBatchRecorded,
+    UsageCheckRequest,
+    UsageCheckResponse,
+    UsageEventRecorded,
+    UsageEventsBody,
+    UsageLimitOut,
+    UsageLimitsResponse,
+    UsageSummaryResponse,
+    UsageSummaryRowOut,
+)
+from saascore.metering.values import SummaryBy
+
+__all__ = ["create_usage_router"]
+
+UsageReader = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
+UsageWriter = Annotated[Principal, Depends(require(Permission.USAGE_WRITE))]
+
+_READ_ERRORS = (*AUTH_ERRORS, PermissionDenied)
+_EVENT_BODY_EXAMPLES = {
+    "one event": {
+        "summary": "One event",
+        "value": {
+            "id": "evt_01J9ZK3Q8X",
+            "metric": "tokens",
+            "quantity": 1550,
+            "model": "gpt-4o",
+            "provider": "openai",
+            "feature": "summarize",
+            "input_tokens": 1200,
+            "output_tokens": 350,
+        },
+    },
+    "a batch": {
+        "summary": "A batch of up to 1,000 events",
+        "value": {
+            "events": [
+                {"id": "evt_1", "metric": "api_calls", "quantity": 1},
+                {"id": "evt_2", "metric": "tokens", "quantity": 900},
+            ]
+        },
+    },
+}
 
 
 def create_usage_router() -> APIRouter:
-    return APIRouter()
+    """`/v1/usage`: record events, check and reserve quota, read limits and summaries."""
+    router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+    @router.post(
+        "/events",
+        status_code=status.HTTP_201_CREATED,
+        response_model=UsageEventRecorded | UsageBatchRecorded,
+        responses={
+            200: {
+                "model": UsageEventRecorded | UsageBatchRecorded,
+                "description": "One event already recorded under its `id` (`duplicate`: the "
+                "first result), or a batch's outcomes, one per event",
+            },
+            201: {"description": "One event was recorded (`accepted`): a `UsageEventRecorded`"},
+            **error_responses(
+                *_READ_ERRORS, LimitExceeded, IdempotencyConflict, UnknownMetric, InvalidInput
+            ),
+        },
+    )
+    async def record_usage(
+        body: Annotated[UsageEventsBody, Body(openapi_examples=_EVENT_BODY_EXAMPLES)],
+        principal: UsageWriter,
+        core: CoreDep,
+        response: Response,
+    ) -> UsageEventRecorded | UsageBatchRecorded:
+        """Record one usage event (201, or 200 for a retry) or a batch (200, one outcome per
+        event); over a hard limit one event is refused with 402 `limit_exceeded`."""
+        if isinstance(body, UsageBatch):
+            outcomes = await core.usage.record_many(
+                [event.to_event() for event in body.events], org_id=principal.tenant
+            )
+            response.status_code = status.HTTP_200_OK
+            return UsageBatchRecorded.of(outcomes)
+        result = await core.usage.record(
+            principal.tenant,
+            body.metric,
+            body.quantity,
+            idempotency_key=body.id,
+            occurred_at=body.occurred_at,
+            user_id=body.user_id,
+            feature=body.feature,
+            model=body.model,
+            provider=body.provider,
+            input_tokens=body.input_tokens,
+            output_tokens=body.output_tokens,
+            cached_tokens=body.cached_tokens,
+            properties=body.properties,
+        )
+        if result.status == "duplicate":
+            response.status_code = status.HTTP_200_OK
+        return UsageEventRecorded.of(body.id, result)
+
+    @router.post("/check", responses=error_responses(*_READ_ERRORS, UnknownMetric, InvalidInput))
+    async def check_usage(
+        body: UsageCheckRequest, principal: UsageReader, core: CoreDep
+    ) -> UsageCheckResponse:
+        """Would `quantity` more of a metric be allowed now? Records and holds nothing."""
+        result = await core.usage.check(principal.tenant, body.metric, body.quantity)
+        return UsageCheckResponse.of(result)
+
+    @router.post(
+        "/reservations",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_responses(
+            *_READ_ERRORS, LimitExceeded, IdempotencyConflict, UnknownMetric, InvalidInput
+        ),
+    )
+    async def reserve_usage(
+        body: ReservationCreate, principal: UsageWriter, core: CoreDep
+    ) -> ReservationOut:
+        """Hold quota before slow work; settle or release it after (402 when the limit has no
+        room). A retry with the same `idempotency_key` answers the first reservation."""
+        reservation = await core.usage.reserve(
+            principal.tenant,
+            body.metric,
+            body.quantity,
+            ttl=timedelta(seconds=body.ttl_seconds),
+            idempotency_key=body.idempotency_key,
+        )
+        return ReservationOut.of(reservation)
+
+    @router.post(
+        "/reservations/{reservation_id}/settle",
+        responses=error_responses(
+            *_READ_ERRORS, ReservationNotFound, ReservationNotHeld, LimitExceeded, InvalidInput
+        ),
+    )
+    async def settle_reservation(
+        reservation_id: uuid.UUID,
+        body: ReservationSettle,
+        principal: UsageWriter,
+        core: CoreDep,
+    ) -> UsageEventRecorded:
+        """Record the real quantity of a held reservation and free what it held; more than was
+        held is recorded only within a hard limit (else 402, and it stays held)."""
+        result = await core.usage.settle(
+            reservation_id,
+            body.quantity,
+            org_id=principal.tenant,
+            user_id=body.user_id,
+            feature=body.feature,
+            model=body.model,
+            provider=body.provider,
+            input_tokens=body.input_tokens,
+            output_tokens=body.output_tokens,
+            cached_tokens=body.cached_tokens,
+            properties=body.properties,
+        )
+        return UsageEventRecorded.of(f"reservation:{reservation_id}", result)
+
+    @router.delete(
+        "/reservations/{reservation_id}",
+        responses=error_responses(*_READ_ERRORS, ReservationNotFound, ReservationNotHeld),
+    )
+    async def release_reservation(
+        reservation_id: uuid.UUID, principal: UsageWriter, core: CoreDep
+    ) -> ReservationOut:
+        """Free a held reservation's quota without recording usage."""
+        reservation = await core.usage.release(reservation_id, org_id=principal.tenant)
+        return ReservationOut.of(reservation)
+
+    @router.get("/limits", responses=error_responses(*_READ_ERRORS))
+    async def usage_limits(principal: UsageReader, core: CoreDep) -> UsageLimitsResponse:
+        """Every metric's usage, reservations and limit in its current period."""
+        snapshots = await core.usage.limits(principal.tenant)
+        return UsageLimitsResponse(limits=[UsageLimitOut.of(s) for s in snapshots])
+
+    @router.get("/summary", responses=error_responses(*_READ_ERRORS, InvalidInput))
+    async def usage_summary(
+        principal: UsageReader,
+        core: CoreDep,
+        start: Annotated[
+            date | None, Query(description="First day (UTC); default: this month's first")
+        ] = None,
+        end: Annotated[date | None, Query(description="Last day (UTC); default: today")] = None,
+        by: SummaryBy = SummaryBy.DAY,
+        metric: Annotated[
+            str | None, Query(min_length=1, max_length=100, pattern=PLAIN_TEXT)
+        ] = None,
+    ) -> UsageSummaryResponse:
+        """Usage, tokens and cost between two days (inclusive), grouped by day, metric, model
+        or feature."""
+        today = core.usage.clock().date()
+        start = start if start is not None else today.replace(day=1)
+        end = end if end is not None else today
+        if start > end:
+            raise InvalidInput("start is after end", field="start")
+        rows = await core.usage.summary(
+            principal.tenant, start=start, end=end, by=by, metric=metric
+        )
+        return UsageSummaryResponse(
+            start=start,
+            end=end,
+            by=by,
+            metric=metric,
+            rows=[UsageSummaryRowOut.of(row) for row in rows],
+        )
+
+    return router

@@ -1,45 +1,169 @@
-"""Usage events as they arrive from outside (the HTTP API, `saascore usage import`)."""
+"""Request and response bodies of `/v1/usage`, and usage events as they arrive from outside
+(the HTTP API, `saascore usage import`)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import asdict, replace
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+)
 
-from saascore.metering.service import UsageEventIn
+from saascore.metering.values import (
+    BIGINT_MAX,
+    BatchOutcome,
+    CheckResult,
+    RecordResult,
+    SummaryBy,
+    SummaryRow,
+    UsageEventIn,
+    UsageSnapshot,
+)
+from saascore.models import ReservationStatus, UsageReservation
 
-__all__ = ["UsageEventPayload"]
+__all__ = [
+    "MAX_BATCH_EVENTS",
+    "PLAIN_TEXT",
+    "ReservationCreate",
+    "ReservationOut",
+    "ReservationSettle",
+    "UsageBatch",
+    "UsageBatchOutcome",
+    "UsageBatchRecorded",
+    "UsageCheckRequest",
+    "UsageCheckResponse",
+    "UsageEventPayload",
+    "UsageEventRecorded",
+    "UsageEventRequest",
+    "UsageEventsBody",
+    "UsageLimitOut",
+    "UsageLimitsResponse",
+    "UsageSummaryResponse",
+    "UsageSummaryRowOut",
+]
+
+#: The most events one `POST /v1/usage/events` may carry.
+MAX_BATCH_EVENTS = 1_000
+#: The longest a reservation may hold quota.
+MAX_RESERVATION_SECONDS = 86_400
+#: Texts PostgreSQL can store: it refuses NUL characters in text and JSON.
+PLAIN_TEXT = r"^[^\x00]*$"
+#: Event times saascore can place in a period (the calendar ends at year 9999).
+_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
 
 
-class UsageEventPayload(BaseModel):
-    """One usage event. `id` is the client's idempotency key: resending it records nothing
-    new. `cached_tokens` is the part of `input_tokens` the provider served from its cache."""
+def _storable(value: Any, where: str = "properties") -> None:
+    """Refuse what a JSON column cannot hold: NUL characters and lone surrogates."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{where} holds a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} holds text that is not valid Unicode") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key, where)
+            _storable(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _storable(item, where)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    id: str = Field(min_length=1, max_length=255, description="Idempotency key of the event")
-    metric: str = Field(min_length=1, max_length=100)
-    quantity: int = Field(ge=0)
-    organization_id: uuid.UUID | None = Field(
-        default=None, description="Only for imports: the API takes it from the caller"
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _EventFields(_Body):
+    """What an event says beyond its metric and quantity (also given when settling)."""
+
+    user_id: uuid.UUID | None = Field(
+        default=None, description="The user the usage is for, if any (a label: not checked)"
     )
-    occurred_at: AwareDatetime | None = None
-    user_id: uuid.UUID | None = None
-    feature: str | None = Field(default=None, max_length=100)
-    model: str | None = Field(default=None, max_length=255)
-    provider: str | None = Field(default=None, max_length=50)
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
-    cached_tokens: int = Field(default=0, ge=0)
-    properties: dict[str, Any] = Field(default_factory=dict)
+    feature: str | None = Field(
+        default=None, max_length=100, pattern=PLAIN_TEXT, examples=["summarize"]
+    )
+    model: str | None = Field(default=None, max_length=255, pattern=PLAIN_TEXT, examples=["gpt-4o"])
+    provider: str | None = Field(
+        default=None, max_length=50, pattern=PLAIN_TEXT, examples=["openai"]
+    )
+    input_tokens: int = Field(default=0, ge=0, le=BIGINT_MAX, examples=[1200])
+    output_tokens: int = Field(default=0, ge=0, le=BIGINT_MAX, examples=[350])
+    cached_tokens: int = Field(
+        default=0,
+        ge=0,
+        le=BIGINT_MAX,
+        description="The part of `input_tokens` the provider served from its cache",
+        examples=[0],
+    )
+    properties: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form JSON kept with the event"
+    )
+
+    @field_validator("properties")
+    @classmethod
+    def _properties(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:
+            _storable(value)
+        return value
+
+
+class UsageEventRequest(_EventFields):
+    """One usage event. `id` is the client's idempotency key: sending it again records nothing
+    new and answers the first result; the same `id` with a different event is a conflict.
+    The organisation is the caller's: an event cannot name one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "evt_01J9ZK3Q8X",
+                    "metric": "tokens",
+                    "quantity": 1550,
+                    "model": "gpt-4o",
+                    "provider": "openai",
+                    "feature": "summarize",
+                    "input_tokens": 1200,
+                    "output_tokens": 350,
+                }
+            ]
+        }
+    )
+
+    id: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=PLAIN_TEXT,
+        description="Idempotency key of the event",
+        examples=["evt_01J9ZK3Q8X"],
+    )
+    metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
+    quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[1550])
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When the usage happened (default: when it is recorded)"
+    )
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred_at(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not _EARLIEST <= value < _LATEST:
+            raise ValueError("occurred_at must lie between 1970 and 9998")
+        return value
 
     def to_event(self) -> UsageEventIn:
         return UsageEventIn(
             metric=self.metric,
             quantity=self.quantity,
             idempotency_key=self.id,
-            organization_id=self.organization_id,
             occurred_at=self.occurred_at,
             user_id=self.user_id,
             feature=self.feature,
@@ -50,3 +174,233 @@ class UsageEventPayload(BaseModel):
             cached_tokens=self.cached_tokens,
             properties=self.properties,
         )
+
+
+class UsageEventPayload(UsageEventRequest):
+    """A usage event of an import (`saascore usage import`), which names its organisation."""
+
+    organization_id: uuid.UUID | None = Field(
+        default=None, description="Only for imports: the API takes it from the caller"
+    )
+
+    def to_event(self) -> UsageEventIn:
+        return replace(super().to_event(), organization_id=self.organization_id)
+
+
+class UsageBatch(_Body):
+    """Up to 1,000 events, recorded in one transaction, each on its own terms."""
+
+    events: list[UsageEventRequest] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+
+
+def _body_kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "events" in value else "event"
+
+
+#: `POST /v1/usage/events` takes one event or `{"events": [...]}`.
+UsageEventsBody = Annotated[
+    Annotated[UsageEventRequest, Tag("event")] | Annotated[UsageBatch, Tag("batch")],
+    Discriminator(_body_kind),
+]
+
+
+class UsageEventRecorded(BaseModel):
+    """A recorded event (201 `accepted`) or the first result of its key (200 `duplicate`), and
+    the organisation's counter for the event's metric and period after it."""
+
+    id: str = Field(description="The event's idempotency key", examples=["evt_01J9ZK3Q8X"])
+    event_id: uuid.UUID = Field(description="saascore's id of the stored event")
+    status: Literal["accepted", "duplicate"]
+    metric: str = Field(examples=["tokens"])
+    quantity: int = Field(examples=[1550])
+    cost_micros: int = Field(
+        description="The event's cost in micro-units of USD, from the model's price",
+        examples=[4375],
+    )
+    used: int = Field(
+        description="The metric's usage this period once the event counted", examples=[81550]
+    )
+    limit: int | None = Field(description="The metric's limit; null: unlimited", examples=[100000])
+    over_soft_limit: bool = Field(
+        description="The usage has passed a soft limit (a hard one refuses instead)",
+        examples=[False],
+    )
+
+    @classmethod
+    def of(cls, key: str, result: RecordResult) -> UsageEventRecorded:
+        return cls(
+            id=key,
+            event_id=result.event_id,
+            status=result.status,
+            metric=result.metric,
+            quantity=result.quantity,
+            cost_micros=result.cost_micros,
+            used=result.used,
+            limit=result.limit,
+            over_soft_limit=result.over_soft_limit,
+        )
+
+
+class UsageBatchOutcome(BaseModel):
+    """What became of one event of a batch. `refused`: a hard limit refused it
+    (`limit_exceeded`); `invalid`: the event itself is wrong (`unknown_metric`,
+    `idempotency_conflict`, `invalid_input`, ...). Neither recorded anything."""
+
+    index: int = Field(description="The event's position in the batch", examples=[0])
+    id: str = Field(examples=["evt_01J9ZK3Q8X"])
+    status: Literal["accepted", "duplicate", "refused", "invalid"]
+    event_id: uuid.UUID | None = None
+    code: str | None = Field(default=None, examples=[None, "limit_exceeded"])
+    message: str | None = Field(default=None, examples=[None])
+
+    @classmethod
+    def of(cls, outcome: BatchOutcome) -> UsageBatchOutcome:
+        return cls(
+            index=outcome.index,
+            id=outcome.idempotency_key,
+            status=outcome.status,
+            event_id=outcome.event_id,
+            code=outcome.code,
+            message=outcome.message,
+        )
+
+
+class UsageBatchRecorded(BaseModel):
+    """One outcome per event of a batch, in the batch's order, and how many of each."""
+
+    accepted: int = Field(examples=[998])
+    duplicate: int = Field(examples=[1])
+    refused: int = Field(examples=[1])
+    invalid: int = Field(examples=[0])
+    results: list[UsageBatchOutcome]
+
+    @classmethod
+    def of(cls, outcomes: list[BatchOutcome]) -> UsageBatchRecorded:
+        results = [UsageBatchOutcome.of(outcome) for outcome in outcomes]
+        tally = {"accepted": 0, "duplicate": 0, "refused": 0, "invalid": 0}
+        for outcome in outcomes:
+            tally[outcome.status] += 1
+        return cls(**tally, results=results)
+
+
+class UsageCheckRequest(_Body):
+    metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
+    quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[5000])
+
+
+class UsageCheckResponse(BaseModel):
+    """Whether `requested` more would be allowed now (nothing is recorded or held)."""
+
+    allowed: bool = Field(examples=[True])
+    metric: str = Field(examples=["tokens"])
+    requested: int = Field(examples=[5000])
+    used: int = Field(examples=[81550])
+    reserved: int = Field(description="Held by open reservations", examples=[0])
+    limit: int | None = Field(examples=[100000])
+    hard: bool = Field(description="A hard limit refuses; a soft one only flags", examples=[True])
+    remaining: int | None = Field(examples=[18450])
+
+    @classmethod
+    def of(cls, result: CheckResult) -> UsageCheckResponse:
+        return cls(**asdict(result))
+
+
+class ReservationCreate(_Body):
+    """Hold quota before slow work (an LLM call), then settle it with the real amount or
+    release it. A reservation not settled within `ttl_seconds` expires and frees its quota."""
+
+    metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
+    quantity: int = Field(gt=0, le=BIGINT_MAX, examples=[4000])
+    ttl_seconds: int = Field(default=300, ge=1, le=MAX_RESERVATION_SECONDS, examples=[300])
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        pattern=PLAIN_TEXT,
+        description="Sending it again answers the first reservation",
+        examples=["job-4417"],
+    )
+
+
+class ReservationSettle(_EventFields):
+    """The real amount of a held reservation, recorded as a usage event of its metric."""
+
+    quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[3620])
+
+
+class ReservationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    metric: str = Field(examples=["tokens"])
+    quantity: int = Field(description="The quantity held", examples=[4000])
+    status: ReservationStatus
+    settled_quantity: int | None = Field(default=None, examples=[None])
+    idempotency_key: str | None = Field(default=None, examples=["job-4417"])
+    period_start: datetime
+    expires_at: datetime
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @classmethod
+    def of(cls, reservation: UsageReservation) -> ReservationOut:
+        return cls.model_validate(reservation)
+
+
+class UsageLimitOut(BaseModel):
+    """A metric's usage and limit in its current period."""
+
+    metric: str = Field(examples=["tokens"])
+    period_start: datetime
+    period_end: datetime | None = Field(description="null: the meter never resets")
+    used: int = Field(examples=[81550])
+    reserved: int = Field(examples=[4000])
+    limit: int | None = Field(description="null: unlimited", examples=[100000])
+    hard: bool = Field(examples=[True])
+    remaining: int | None = Field(examples=[14450])
+
+    @classmethod
+    def of(cls, snapshot: UsageSnapshot) -> UsageLimitOut:
+        return cls(
+            metric=snapshot.metric,
+            period_start=snapshot.period_start,
+            period_end=snapshot.period_end,
+            used=snapshot.used,
+            reserved=snapshot.reserved,
+            limit=snapshot.limit,
+            hard=snapshot.hard,
+            remaining=snapshot.remaining,
+        )
+
+
+class UsageLimitsResponse(BaseModel):
+    """Every active meter's usage and limit, by metric code."""
+
+    limits: list[UsageLimitOut]
+
+
+class UsageSummaryRowOut(BaseModel):
+    key: str = Field(
+        description="The day (YYYY-MM-DD), metric, model or feature; '' for none",
+        examples=["2025-03-14"],
+    )
+    quantity: int = Field(examples=[81550])
+    event_count: int = Field(examples=[42])
+    input_tokens: int = Field(examples=[60000])
+    output_tokens: int = Field(examples=[21550])
+    total_tokens: int = Field(examples=[81550])
+    cost_micros: int = Field(examples=[237500])
+
+    @classmethod
+    def of(cls, row: SummaryRow) -> UsageSummaryRowOut:
+        return cls(**asdict(row))
+
+
+class UsageSummaryResponse(BaseModel):
+    """Usage between two days (inclusive, UTC), grouped by day, metric, model or feature."""
+
+    start: date
+    end: date
+    by: SummaryBy
+    metric: str | None = Field(default=None, examples=[None])
+    rows: list[UsageSummaryRowOut]
