@@ -1,0 +1,63 @@
+"""Response bodies of `/v1/credits`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from saascore.credits.service import CreditAccount
+from saascore.models import CreditSource, CreditTransactionType
+
+__all__ = ["CreditGrantOut", "CreditTransactionOut", "CreditsResponse"]
+
+
+class CreditGrantOut(BaseModel):
+    """A block of credits that still holds some. Consumption draws on grants by `priority`
+    (lower first), then earliest expiry, then age."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    amount: int = Field(description="Credits granted", examples=[1000])
+    remaining: int = Field(description="Credits left in the grant", examples=[640])
+    priority: int = Field(examples=[0])
+    source: CreditSource
+    description: str | None = Field(default=None, examples=["plan credits for 2025-03"])
+    effective_at: datetime
+    expires_at: datetime | None = Field(default=None, description="null: never expires")
+    created_at: datetime
+
+
+class CreditsResponse(BaseModel):
+    """The organisation's credit balance and the grants it is made of, in draw order."""
+
+    balance: int = Field(description="Credits available now", examples=[640])
+    grants: list[CreditGrantOut]
+
+    @classmethod
+    def of(cls, account: CreditAccount) -> CreditsResponse:
+        return cls(
+            balance=account.balance,
+            grants=[CreditGrantOut.model_validate(grant) for grant in account.grants],
+        )
+
+
+class CreditTransactionOut(BaseModel):
+    """One change to the credits, as the ledger records it: `amount` is signed (a grant
+    adds, a consumption or an expiry subtracts) and `balance_after` is the balance it left."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    type: CreditTransactionType
+    amount: int = Field(examples=[-360])
+    balance_after: int = Field(examples=[640])
+    grant_id: uuid.UUID | None = Field(default=None, description="The grant it made or drew on")
+    related_transaction_id: uuid.UUID | None = Field(
+        default=None, description="The consumption a refund gives back"
+    )
+    reference: str | None = Field(default=None, examples=["job-4417"])
+    description: str | None = Field(default=None, examples=[None])
+    created_at: datetime
