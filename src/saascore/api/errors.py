@@ -1,4 +1,8 @@
-"""One place where errors become HTTP responses: `{"error": {"code", "message", "details"}}`."""
+"""One place where errors become HTTP responses: `{"error": {"code", "message", "details"}}`.
+
+Every envelope answered is counted in `saascore_http_errors_total{status, code}` (see
+`saascore.api.metrics`), so refusals can be watched by code.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from saascore.api.metrics import HTTP_ERRORS
 from saascore.kit.errors import DatabaseUnavailable, DomainError
 
 __all__ = [
@@ -47,6 +52,8 @@ def error_response(
     details: dict[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+    """The error envelope as a response, counted by status and code."""
+    HTTP_ERRORS.labels(str(status_code), code).inc()
     body = {"error": {"code": code, "message": message, "details": details or {}}}
     return JSONResponse(body, status_code=status_code, headers=headers)
 

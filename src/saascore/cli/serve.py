@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -44,11 +45,16 @@ def serve(
         bool, typer.Option("--reload", help="Restart when the code changes (development).")
     ] = False,
 ) -> None:
-    """Serve the HTTP API with uvicorn (settings from the environment and .env)."""
+    """Serve the HTTP API with uvicorn (settings from the environment and .env).
+
+    With several workers, set SAASCORE_RATE_LIMIT_STORAGE=redis://... (shared rate limits)
+    and PROMETHEUS_MULTIPROC_DIR (metrics summed over the workers; emptied at start).
+    """
     import uvicorn
 
     if reload and workers > 1:
         fail("--reload and --workers cannot be combined", EXIT_USAGE)
+    clear_metrics_directory()
     settings = load_settings()  # a bad setting stops here, before any worker starts
     if settings.should_auto_migrate:
         # Once here rather than once per worker, where they would race to create the tables.
@@ -62,6 +68,18 @@ def serve(
         reload=reload,
         log_level=settings.log_level,
     )
+
+
+def clear_metrics_directory() -> None:
+    """Remove the metric files that earlier runs left in `PROMETHEUS_MULTIPROC_DIR`: the
+    new workers' counts would be added to theirs. (This process's own file stays: it is open.)"""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    own = f"_{os.getpid()}.db"
+    for path in Path(directory).glob("*.db"):
+        if not path.name.endswith(own):
+            path.unlink(missing_ok=True)
 
 
 def demo_settings() -> Settings:

@@ -1,0 +1,300 @@
+"""`/metrics`: requests by method, route template and status, latency, errors by code; and
+with `PROMETHEUS_MULTIPROC_DIR`, one sum over every worker of `saascore serve --workers 2`."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+from fastapi import FastAPI
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+
+from saascore.api.metrics import MetricsMiddleware, install_metrics
+from saascore.kit.db import Database
+from saascore.testing import register_and_login
+from tests.cli.runner import SAASCORE, Cli, Server, clean_environment, free_port
+from tests.helpers import only_sqlite, settings_env
+from tests.http import api_app, serving
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+REQUESTS = "saascore_http_requests_total"
+DURATION = "saascore_http_request_duration_seconds"
+ERRORS = "saascore_http_errors_total"
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in an exposition (0 when the series does not exist yet)."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return 0.0
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def metered(scratch: Database) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    """A client of the real app on the module's scratch database, its requests counted."""
+    application, core = api_app(scratch, auth_requests_per_minute=None)
+    install_metrics(application)
+    async with serving(application, core) as client:
+        yield client, application
+
+
+async def scrape(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+class TestRequests:
+    async def test_counted_by_method_route_template_and_status(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        headers = await register_and_login(client)
+        missing = uuid.uuid4()
+        labels = {"method": "DELETE", "route": "/v1/api-keys/{key_id}", "status": "404"}
+        before = await scrape(client)
+        for _ in range(3):
+            response = await client.delete(f"/v1/api-keys/{missing}", headers=headers)
+            assert response.status_code == 404, response.text
+        after = await scrape(client)
+        assert sample(after, REQUESTS, **labels) - sample(before, REQUESTS, **labels) == 3
+        assert str(missing) not in after
+
+    async def test_a_path_no_route_matches_is_one_series(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        labels = {"method": "GET", "route": "<unmatched>", "status": "404"}
+        before = await scrape(client)
+        paths = [f"/nowhere/{secrets.token_hex(6)}" for _ in range(4)]
+        for path in paths:
+            assert (await client.get(path)).status_code == 404
+        after = await scrape(client)
+        assert sample(after, REQUESTS, **labels) - sample(before, REQUESTS, **labels) == 4
+        assert not any(path in after for path in paths)
+
+    async def test_an_unknown_method_is_counted_as_other(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        labels = {"method": "OTHER", "route": "/health", "status": "405"}
+        before = await scrape(client)
+        assert (await client.request("BREW", "/health")).status_code == 405
+        after = await scrape(client)
+        assert sample(after, REQUESTS, **labels) - sample(before, REQUESTS, **labels) == 1
+        assert 'method="BREW"' not in after
+
+    async def test_latency_is_observed_for_each_request(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        labels = {"method": "GET", "route": "/health"}
+        before = await scrape(client)
+        for _ in range(5):
+            assert (await client.get("/health")).status_code == 200
+        after = await scrape(client)
+        count = f"{DURATION}_count"
+        assert sample(after, count, **labels) - sample(before, count, **labels) == 5
+        # Every observation falls in the last bucket; the sum of durations only grows.
+        infinite = {**labels, "le": "+Inf"}
+        bucket = f"{DURATION}_bucket"
+        assert sample(after, bucket, **infinite) == sample(after, count, **labels)
+        assert sample(after, f"{DURATION}_sum", **labels) > sample(
+            before, f"{DURATION}_sum", **labels
+        )
+
+    async def test_an_exception_that_escapes_the_app_is_a_500(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, application = metered
+
+        @application.get("/_test/metrics-crash")
+        async def crash() -> None:
+            raise RuntimeError("boom")
+
+        labels = {"method": "GET", "route": "/_test/metrics-crash", "status": "500"}
+        before = await scrape(client)
+        response = await client.get("/_test/metrics-crash")
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "internal_error"
+        after = await scrape(client)
+        assert sample(after, REQUESTS, **labels) - sample(before, REQUESTS, **labels) == 1
+        internal = {"status": "500", "code": "internal_error"}
+        assert sample(after, ERRORS, **internal) - sample(before, ERRORS, **internal) == 1
+
+    async def test_installing_twice_counts_once(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        _, application = metered
+        install_metrics(application)
+        installed = [m for m in application.user_middleware if m.cls is MetricsMiddleware]
+        assert len(installed) == 1
+
+
+class TestErrors:
+    async def test_error_responses_are_counted_by_code(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        before = await scrape(client)
+        assert (await client.get("/v1/me")).status_code == 401
+        forged = await client.get("/v1/me", headers={"X-API-Key": "sk_live_nope"})
+        assert forged.status_code == 401
+        invalid = await client.post("/v1/auth/login", json={"email": "x"})
+        assert invalid.status_code == 422
+        after = await scrape(client)
+
+        def delta(status: str, code: str) -> float:
+            return sample(after, ERRORS, status=status, code=code) - sample(
+                before, ERRORS, status=status, code=code
+            )
+
+        assert delta("401", "unauthenticated") == 1
+        assert delta("401", "invalid_token") == 1
+        assert delta("422", "validation_error") == 1
+
+
+class TestExposition:
+    async def test_text_format_with_the_services_counters(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        response = await client.get("/metrics")
+        assert response.headers["content-type"].startswith("text/plain")
+        names = {family.name for family in text_string_to_metric_families(response.text)}
+        assert {
+            "saascore_http_requests",
+            "saascore_http_request_duration_seconds",
+            "saascore_http_errors",
+            "saascore_usage_recorded",
+            "saascore_usage_refused",
+        } <= names
+
+    async def test_openmetrics_when_the_scraper_asks(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        response = await client.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        assert response.headers["content-type"].startswith("application/openmetrics-text")
+        assert response.text.endswith("# EOF\n")
+
+    async def test_documented_as_text(self, metered: tuple[httpx.AsyncClient, FastAPI]) -> None:
+        client, _ = metered
+        operation = (await client.get("/openapi.json")).json()["paths"]["/metrics"]["get"]
+        assert set(operation["responses"]["200"]["content"]) == {
+            "text/plain",
+            "application/openmetrics-text",
+        }
+
+
+# --- several worker processes ---------------------------------------------------------------
+def per_process(directory: Path, code: str) -> dict[str, float]:
+    """Each process's count of error responses with `code`, read from its own file."""
+    counts: dict[str, float] = {}
+    for path in directory.glob("counter_*.db"):
+        pid = path.stem.removeprefix("counter_")
+        for metric in MultiProcessCollector.merge([str(path)], accumulate=False):
+            for found in metric.samples:
+                if found.name == ERRORS and found.labels.get("code") == code:
+                    counts[pid] = counts.get(pid, 0.0) + found.value
+    return counts
+
+
+@asynccontextmanager
+async def connections_on_each_worker(
+    server: Server, directory: Path, per_worker: int, workers: int = 2
+) -> AsyncIterator[dict[str, list[httpx.AsyncClient]]]:
+    """Clients of one kept-alive connection each, `per_worker` held by each worker process
+    (by pid), closed after the block.
+
+    Which worker accepts a new connection is the kernel's choice, and a worker accepts every
+    connection pending when it wakes, so connections opened all at once mostly land on one.
+    These are opened one at a time; each asks for a path no route has, and the worker whose
+    `not_found` count grew holds it."""
+    held: dict[str, list[httpx.AsyncClient]] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while len(held) < workers or any(len(c) < per_worker for c in held.values()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"connections did not reach {workers} workers: {held}")
+            client = httpx.AsyncClient(
+                base_url=server.url(""), limits=httpx.Limits(max_connections=1), timeout=30
+            )
+            before = per_process(directory, "not_found")
+            assert (await client.get(f"/warm-up/{secrets.token_hex(4)}")).status_code == 404
+            after = per_process(directory, "not_found")
+            (pid,) = [p for p, n in after.items() if n > before.get(p, 0.0)]
+            clients = held.setdefault(pid, [])
+            if len(clients) < per_worker:
+                clients.append(client)
+            else:
+                await client.aclose()
+        yield held
+    finally:
+        for clients in held.values():
+            for client in clients:
+                await client.aclose()
+
+
+def workers_cli(tmp_path: Path, database: Database, directory: Path) -> Cli:
+    """`saascore` on `database`, its metrics in `directory`, with the secret workers share."""
+    if not SAASCORE.exists():
+        pytest.fail(f"the saascore console script is not installed at {SAASCORE}")
+    return Cli(tmp_path, clean_environment()).with_env(
+        {
+            **settings_env(database.settings),
+            "PROMETHEUS_MULTIPROC_DIR": str(directory),
+            "SAASCORE_JWT_SECRET": secrets.token_urlsafe(32),
+        }
+    )
+
+
+@only_sqlite
+async def test_workers_are_summed_and_an_earlier_run_forgotten(
+    database: Database, tmp_path: Path
+) -> None:
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    cli = workers_cli(tmp_path, database, directory)
+
+    port = free_port()
+    with cli.server("serve", "--workers", "2", "--port", str(port), port=port) as earlier:
+        await asyncio.to_thread(earlier.wait_until_healthy)
+        async with httpx.AsyncClient() as client:
+            for n in range(3):
+                assert (await client.get(earlier.url(f"/missing/{n}"))).status_code == 404
+    assert sum(per_process(directory, "not_found").values()) == 3
+
+    port = free_port()
+    with cli.server("serve", "--workers", "2", "--port", str(port), port=port) as server:
+        await asyncio.to_thread(server.wait_until_healthy)
+        assert sum(per_process(directory, "not_found").values()) == 0
+        async with connections_on_each_worker(server, directory, per_worker=3) as held:
+            warmed_up = sum(per_process(directory, "not_found").values())
+            for group in held.values():
+                for client in group:
+                    for n in range(5):
+                        assert (await client.get(f"/missing/{n}")).status_code == 404
+            total = warmed_up + 5 * sum(len(group) for group in held.values())
+            own = per_process(directory, "not_found")
+            assert sum(own.values()) == total
+            for pid, group in held.items():
+                # Each worker answered only part of the requests, and its scrape shows all.
+                assert 0 < own[pid] < total
+                text = (await group[0].get("/metrics")).text
+                assert sample(text, ERRORS, status="404", code="not_found") == total
+    assert "Traceback" not in server.stderr
