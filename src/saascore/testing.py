@@ -1,18 +1,138 @@
 """Helpers for the tests of projects built on saascore (seed 004's `testing`).
 
-async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
-    headers = await register_and_login(c)
-    await c.get("/v1/me", headers=headers)
+A throw-away database, migrated with saascore's migrations and loaded with the default plan
+catalog, dropped when the block ends: a SQLite file in a temporary directory, or a new schema
+on a PostgreSQL server.
+
+    async with temporary_database() as database:                   # SQLite
+    async with temporary_database("postgresql://u@host/db") as database:  # a fresh schema
+        core = Saascore(database.settings, database=database)
+        app = create_app(database.settings, core=core)
+
+Sessions for the test's own queries, on an engine without a pool (`NullPool`: each session
+opens its connection and closes it after, so no connection outlives the event loop that
+opened it, which pytest-asyncio may close after each test, and none holds the schema when it
+is dropped):
+
+    sessions = create_test_session_factory(database)
+    async with sessions() as session: ...
+
+And an account through the API:
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        headers = await register_and_login(c)
+        await c.get("/v1/me", headers=headers)
+
+The database's sessions and services commit: give each test organisations of its own rather
+than counting on an empty database.
 """
 
 from __future__ import annotations
 
 import secrets
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-__all__ = ["register_and_login"]
+from saascore.config import DatabaseBackend, Settings, load_settings
+from saascore.kit import migrate
+from saascore.kit.db import Database
+from saascore.kit.errors import ConfigurationError
+from saascore.plans import Catalog, PlanService, read_catalog
+
+__all__ = [
+    "create_test_engine",
+    "create_test_session_factory",
+    "register_and_login",
+    "temporary_database",
+]
+
+
+@asynccontextmanager
+async def temporary_database(
+    url: str | None = None,
+    *,
+    catalog: Catalog | bool = True,
+    **settings: Any,
+) -> AsyncIterator[Database]:
+    """A new database, migrated to saascore's newest revision, removed after the block.
+
+    `url` None: a SQLite file in a temporary directory. A PostgreSQL URL: a schema of its own
+    (`test_<random>`) on that server, dropped with everything in it. `catalog`: the default
+    plan catalog (True), this one, or none (False). Other keyword arguments are `Settings`
+    fields (`rate_limit_storage="redis://..."`); the temporary directory is `data_dir`, and
+    tokens are signed with a random `jwt_secret` unless one is given.
+    """
+    with tempfile.TemporaryDirectory(prefix="saascore-test-") as directory:
+        values: dict[str, Any] = {
+            "environment": "test",
+            "data_dir": Path(directory),
+            "jwt_secret": secrets.token_urlsafe(32),
+            **settings,
+        }
+        if url is None:
+            values.update(database_url=f"sqlite:///{Path(directory) / 'test.db'}")
+            values.update(database_schema=None)
+            schema = None
+        else:
+            values.update(database_url=url)
+            schema = f"test_{secrets.token_hex(6)}"
+        base = load_settings(_env_file=None, **values)
+        if schema is not None and base.database_backend is not DatabaseBackend.POSTGRESQL:
+            raise ConfigurationError(
+                "temporary_database takes a PostgreSQL URL, or none for SQLite"
+            )
+        if schema is not None:
+            await _schema(base, f'CREATE SCHEMA "{schema}"')
+        database = Database(base.model_copy(update={"database_schema": schema}))
+        try:
+            await migrate.upgrade(database)
+            if catalog is not False:
+                await PlanService(database).load_catalog(
+                    read_catalog() if catalog is True else catalog
+                )
+            yield database
+        finally:
+            await database.dispose()
+            if schema is not None:
+                await _schema(base, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+async def _schema(settings: Settings, statement: str) -> None:
+    """Run one schema statement on the server, outside any schema of ours."""
+    admin = Database(settings)
+    try:
+        async with admin.engine.begin() as connection:
+            # A session left idle in a transaction would make DROP wait forever; fail instead.
+            await connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+            await connection.execute(sa.text(statement))
+    finally:
+        await admin.dispose()
+
+
+def create_test_engine(database: Database) -> AsyncEngine:
+    """An engine on `database` (its schema, its SQLite settings) without a connection pool.
+    `dispose()` it when done; it holds no connection between sessions."""
+    return database._create_engine(pooled=False)
+
+
+def create_test_session_factory(
+    database_or_engine: Database | AsyncEngine,
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions (`expire_on_commit=False`, as saascore's own) on `create_test_engine`, or on
+    the engine given."""
+    engine = (
+        create_test_engine(database_or_engine)
+        if isinstance(database_or_engine, Database)
+        else database_or_engine
+    )
+    return async_sessionmaker(engine, expire_on_commit=False)
 
 
 async def register_and_login(
