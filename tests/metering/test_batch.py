@@ -279,10 +279,10 @@ def probe(monkeypatch: pytest.MonkeyPatch) -> Probe:
                 await step(self, "expire", len(counters))
                 return await super().expire_lapsed(counters, now)
 
-            async def write(self, decision: Decision, now: datetime) -> None:
+            async def write(self, decision: Decision, now: datetime, meanwhile: Any = None) -> None:
                 await step(self, "write", len(decision.events))
                 try:
-                    await super().write(decision, now)
+                    await super().write(decision, now, meanwhile)
                 except Raced:
                     found.steps.append(Step(kind, self.number, "raced", 0))
                     raise

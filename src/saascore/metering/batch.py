@@ -39,6 +39,7 @@ with SQLAlchemy Core, for SQLite and for batches that join a caller's session.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -233,13 +234,19 @@ def decide(
     accepted: dict[tuple[uuid.UUID, str], tuple[RecordResult, str]] = {}
     limits: dict[tuple[uuid.UUID, str], Limit] = {}  # the rules' answers, asked once per batch
     outcomes, changed = decision.outcomes, decision.counters
+    # Each event's organisation id is swapped for the one the lock read: asyncpg's UUIDs keep
+    # their hash, where uuid.UUID computes it in Python at every look-up.
+    known = {org: org for org in rules}
     for item in items:
-        org, event, meter = item.org_id, item.event, item.meter
-        key = (org, event.idempotency_key)
-        org_rules = rules.get(org)
-        if org_rules is None:
-            outcomes.append(NotFound(f"no organisation {org}", organization=str(org)))
+        event, meter = item.event, item.meter
+        org = known.get(item.org_id)
+        if org is None:
+            outcomes.append(
+                NotFound(f"no organisation {item.org_id}", organization=str(item.org_id))
+            )
             continue
+        org_rules = rules[org]
+        key = (org, event.idempotency_key)
         if key in accepted:
             first, fingerprint = accepted[key]
             outcomes.append(
@@ -415,9 +422,12 @@ class Store(Protocol):
         round), and still counts as held: that transaction may yet settle it."""
         ...
 
-    async def write(self, decision: Decision, now: datetime) -> None:
+    async def write(
+        self, decision: Decision, now: datetime, meanwhile: Callable[[], None] | None = None
+    ) -> None:
         """Write what the decision accepted; `Raced` if an event it accepted is stored
-        already."""
+        already. `meanwhile()` is called once the write is under way, while the server works
+        (`PostgresStore`), or after it."""
         ...
 
     def attempt(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -431,9 +441,12 @@ async def record_batch(
     meters: dict[str, MeterInfo],
     clock: Callable[[], datetime],
     locked: Callable[[], None] | None = None,
+    meanwhile: Callable[[Decision], None] | None = None,
 ) -> Decision:
     """Decide and write a batch through `store` (see the module); `locked()` is called once
-    the batch holds its counter locks. The caller commits."""
+    the batch holds its counter locks, `meanwhile(decision)` while each decision is written
+    (work that needs the decision, not the write, overlaps the server's). The caller
+    commits."""
     periods = {item.counter: item.period_end for item in items}
     models = {
         item.event.model
@@ -441,12 +454,19 @@ async def record_batch(
         if item.event.model is not None and (item.event.input_tokens or item.event.output_tokens)
     }
     prices = await store.prices(models) if models else []
-    keys = list(dict.fromkeys((item.org_id, item.event.idempotency_key) for item in items))
     for attempt in range(ATTEMPTS):
         try:
             async with store.attempt():
                 decision = await _attempt(
-                    store, items, periods, keys, prices, meters, clock(), locked, attempt > 0
+                    store,
+                    items,
+                    periods,
+                    prices,
+                    meters,
+                    clock(),
+                    locked,
+                    meanwhile,
+                    attempt > 0,
                 )
         except Raced:
             continue
@@ -458,17 +478,20 @@ async def _attempt(
     store: Store,
     items: Sequence[Pending],
     periods: dict[CounterKey, datetime | None],
-    keys: Sequence[EventKey],
     prices: Sequence[Price],
     meters: dict[str, MeterInfo],
     now: datetime,
     locked: Callable[[], None] | None,
+    meanwhile: Callable[[Decision], None] | None,
     raced: bool,
 ) -> Decision:
     # An optimistic store looks nothing up at first: a copy of a stored event is then accepted
     # by `decide`, found by the write (`Raced`), and the batch decided again. After a race the
     # keys are looked up once the locks are held, so no copy is missed.
-    snapshot = await store.lock(periods, () if raced or store.optimistic else keys, now)
+    keys: list[EventKey] = []
+    if raced or not store.optimistic:
+        keys = list(dict.fromkeys((item.org_id, item.event.idempotency_key) for item in items))
+    snapshot = await store.lock(periods, () if raced else keys, now)
     if locked is not None:
         locked()
     if raced:
@@ -498,7 +521,9 @@ async def _attempt(
             decision = decide(items, counters, rules, stored, prices, meters)
             for key in freed:  # the freed quota is written even if nothing else changed
                 decision.counters.setdefault(key, counters[key])
-    await store.write(decision, now)
+    await store.write(
+        decision, now, None if meanwhile is None else functools.partial(meanwhile, decision)
+    )
     return decision
 
 
@@ -766,8 +791,12 @@ class PostgresStore:
         )
         return {(row[0], row[1], row[2]): int(row[3]) for row in rows}
 
-    async def write(self, decision: Decision, now: datetime) -> None:
+    async def write(
+        self, decision: Decision, now: datetime, meanwhile: Callable[[], None] | None = None
+    ) -> None:
         if not (decision.events or decision.counters):
+            if meanwhile is not None:
+                meanwhile()
             return
         events = _columns(
             [
@@ -820,8 +849,17 @@ class PostgresStore:
             ],
             7,
         )
+        statement = self.connection.execute(self.WRITE, now, *events, *counters, *rollups, *alerts)
         try:
-            await self.connection.execute(self.WRITE, now, *events, *counters, *rollups, *alerts)
+            if meanwhile is None:
+                await statement
+            else:
+                written = asyncio.ensure_future(statement)
+                try:
+                    await asyncio.sleep(0)  # the statement goes out; the server works from here
+                    meanwhile()
+                finally:
+                    await written
         except asyncpg.UniqueViolationError as error:
             # A plain insert: cheaper than ON CONFLICT DO NOTHING, and a copy aborts the
             # attempt either way.
@@ -1030,7 +1068,14 @@ class SessionStore:
         async with self.s.begin_nested():  # a race undoes this attempt alone
             yield
 
-    async def write(self, decision: Decision, now: datetime) -> None:
+    async def write(
+        self, decision: Decision, now: datetime, meanwhile: Callable[[], None] | None = None
+    ) -> None:
+        await self._write(decision, now)
+        if meanwhile is not None:
+            meanwhile()
+
+    async def _write(self, decision: Decision, now: datetime) -> None:
         if decision.events:
             rows = [
                 {

@@ -306,13 +306,21 @@ class UsageService:
                 continue
             positions.append(index)
         if items:
+            answered: list[Decision] = []  # the decision the outcomes were made from
+
+            def answer(decision: Decision) -> None:
+                for index, outcome in zip(positions, decision.outcomes, strict=True):
+                    outcomes[index] = _batch_outcome(index, events[index], outcome)
+                answered[:] = [decision]
+
             if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
-                decision = await self._record_postgres(items)
+                # The answers are made while the server writes (again if decided again).
+                decision = await self._record_postgres(items, meanwhile=answer)
             else:
                 async with self.database.scope(session) as s:
                     decision = await self._record_batch(s, items)
-            for index, outcome in zip(positions, decision.outcomes, strict=True):
-                outcomes[index] = _batch_outcome(index, events[index], outcome)
+            if not answered or answered[0] is not decision:
+                answer(decision)
         return [outcome for outcome in outcomes if outcome is not None]
 
     async def log_token_usage(
@@ -532,7 +540,10 @@ class UsageService:
         return decision
 
     async def _record_postgres(
-        self, items: Sequence[Pending], locked: Callable[[], None] | None = None
+        self,
+        items: Sequence[Pending],
+        locked: Callable[[], None] | None = None,
+        meanwhile: Callable[[Decision], None] | None = None,
     ) -> Decision:
         """A batch in a transaction of its own, over asyncpg (see `batch.PostgresStore`).
 
@@ -540,7 +551,7 @@ class UsageService:
         PostgreSQL aborting one side; a batch that lost it is decided again."""
         for attempt in range(DEADLOCK_RETRIES):
             try:
-                decision = await self._record_postgres_once(items, locked)
+                decision = await self._record_postgres_once(items, locked, meanwhile)
             except asyncpg.DeadlockDetectedError:
                 if attempt == DEADLOCK_RETRIES - 1:
                     raise
@@ -550,13 +561,18 @@ class UsageService:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _record_postgres_once(
-        self, items: Sequence[Pending], locked: Callable[[], None] | None
+        self,
+        items: Sequence[Pending],
+        locked: Callable[[], None] | None,
+        meanwhile: Callable[[Decision], None] | None,
     ) -> Decision:
         async with self.database.driver() as driver:
             store = PostgresStore(driver)
             await store.begin()
             try:
-                decision = await record_batch(store, items, self._meters, self.clock, locked)
+                decision = await record_batch(
+                    store, items, self._meters, self.clock, locked, meanwhile
+                )
             except BaseException:
                 if not driver.is_closed():
                     with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
