@@ -88,12 +88,16 @@ def _account(body: dict[str, Any], email: str, password: str) -> Account:
 
 
 async def register(
-    app: Served, *, email: str | None = None, plan: str | None = ROOMY_PLAN
+    app: Served,
+    *,
+    email: str | None = None,
+    password: str | None = None,
+    plan: str | None = ROOMY_PLAN,
 ) -> Account:
     """A new organisation and its owner, through `POST /v1/auth/register`, moved to `plan`
     (the default free plan allows 5 requests a minute)."""
     email = email or f"owner-{secrets.token_hex(4)}@example.com"
-    password = secrets.token_urlsafe(12)
+    password = password or secrets.token_urlsafe(12)
     response = await app.client.post(
         "/v1/auth/register",
         json={

@@ -28,6 +28,7 @@ from saascore.identity.errors import (
     PermissionDenied,
     TokenReused,
     Unauthenticated,
+    UserExists,
     WeakPassword,
 )
 from saascore.identity.permissions import Permission
@@ -58,6 +59,7 @@ from saascore.kit.pagination import (
 )
 from saascore.metering.ratelimit import PlanRateLimits, RateLimited
 from saascore.models import Organization, SubscriptionPlan, User
+from saascore.plans.service import PlanNotFound
 from saascore.tenancy.service import OrganizationExists
 
 __all__ = ["create_api_keys_router", "create_auth_router"]
@@ -131,7 +133,9 @@ def create_auth_router() -> APIRouter:
     @router.post(
         "/auth/refresh",
         dependencies=limited,
-        responses=error_responses(InvalidToken, TokenReused, AccountDisabled, RateLimited),
+        responses=error_responses(
+            InvalidToken, TokenReused, AccountDisabled, OrganizationSuspended, RateLimited
+        ),
     )
     async def refresh(body: RefreshRequest, core: CoreDep, origin: OriginDep) -> TokenResponse:
         """Spend a refresh token for new tokens. A refresh token works once: presenting a spent
@@ -150,7 +154,14 @@ def create_auth_router() -> APIRouter:
 
     @router.post(
         "/auth/provision",
-        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidInput, OrganizationExists),
+        responses=error_responses(
+            *AUTH_ERRORS,
+            PermissionDenied,
+            InvalidInput,
+            PlanNotFound,
+            UserExists,
+            OrganizationExists,
+        ),
     )
     async def provision(
         body: ProvisionRequest, core: CoreDep, _operator: OperatorDep, origin: OriginDep

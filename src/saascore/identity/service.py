@@ -29,6 +29,7 @@ from saascore.identity.errors import (
     OrganizationSuspended,
     TokenReused,
     Unauthenticated,
+    UserExists,
 )
 from saascore.identity.keys import OPERATOR, hash_key
 from saascore.identity.passwords import check_password, hash_password, verify_password
@@ -50,7 +51,11 @@ from saascore.models import (
     User,
     UserRole,
 )
-from saascore.tenancy.service import OrganizationNotFound, OrganizationService
+from saascore.tenancy.service import (
+    OrganizationExists,
+    OrganizationNotFound,
+    OrganizationService,
+)
 
 __all__ = ["IdentityService", "Provisioned", "TokenPair", "normalize_email"]
 
@@ -407,7 +412,9 @@ class IdentityService:
     ) -> Provisioned:
         """Find or create the organisation (by its external id) and its user (by platform and
         external id), as seed 004's `provision_user`. Calling again finds what the first call
-        made; racing calls end with one organisation and one user."""
+        made; racing calls end with one organisation and one user. An e-mail that is already
+        a user of the organisation under another external id is `UserExists`: the account is
+        not taken over by a new identity."""
         email = normalize_email(email)
         for field, value in (
             ("external_platform", external_platform),
@@ -428,10 +435,17 @@ class IdentityService:
                     plan,
                     origin or Origin(),
                 )
+            except OrganizationExists:
+                pass  # a racing call made the organisation first: find it on the next try
             except IntegrityError as error:
-                # A racing call made the organisation or user first: find it on the next try.
-                if not violates(error, "external"):
-                    raise
+                if violates(error, "external"):
+                    continue  # a racing call made the user first: find it on the next try
+                if violates(error, "email"):
+                    raise UserExists(
+                        f"{email} is already a user of this organisation, with another external id",
+                        email=email,
+                    ) from None
+                raise
         raise InvalidInput("could not provision: the account keeps changing")  # pragma: no cover
 
     async def _provision(
@@ -604,7 +618,7 @@ class IdentityService:
                     scope,
                     model.id == key_id,
                     sa.or_(
-                        model.last_used_at.is_(None), model.last_used_at < now - LAST_USED_EVERY
+                        model.last_used_at.is_(None), model.last_used_at <= now - LAST_USED_EVERY
                     ),
                 )
                 .values(last_used_at=now)

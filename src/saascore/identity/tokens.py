@@ -2,9 +2,10 @@
 
 Every token carries `iss`, `aud`, `sub` (the user), `org`, `typ` (`access` or `refresh`),
 `iat`, `nbf`, `exp` and `jti`, and decoding requires all of them, pins the algorithm (so
-`alg: none` and algorithm swaps are refused) and checks the type, so a refresh token is never
-accepted as an access token. A refresh token's `jti` is its row in `refresh_tokens`, and `fam`
-names the family that rotation grows.
+`alg: none` and algorithm swaps are refused), checks the times against the clock that issues
+tokens, and checks the type, so a refresh token is never accepted as an access token. A
+refresh token's `jti` is its row in `refresh_tokens`, and `fam` names the family that rotation
+grows.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ logger = logging.getLogger("saascore.identity")
 ALGORITHM: Final = "HS256"
 TokenType = Literal["access", "refresh"]
 _REQUIRED: Final = ["iss", "aud", "sub", "org", "typ", "iat", "nbf", "exp", "jti"]
+#: Seconds of clock skew tolerated between the processes that issue and check tokens.
+_LEEWAY: Final = 5
 _SECRET_FILE: Final = "jwt-secret"  # noqa: S105 - a file name
 
 
@@ -113,9 +116,16 @@ class TokenCodec:
                 algorithms=[ALGORITHM],
                 audience=self.settings.jwt_audience,
                 issuer=self.settings.jwt_issuer,
-                options={"require": _REQUIRED},
-                leeway=timedelta(seconds=5),
+                # PyJWT would check the times against the wall clock, and tokens are issued by
+                # `self.clock`: both sides must read the same clock (`_check_times`).
+                options={
+                    "require": _REQUIRED,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
+            self._check_times(payload)
             if payload["typ"] != expected:
                 raise jwt.InvalidTokenError(f"a {payload['typ']!r} token, not {expected!r}")
             family = payload.get("fam")
@@ -133,6 +143,23 @@ class TokenCodec:
         except (jwt.InvalidTokenError, ValueError, TypeError, KeyError) as exc:
             logger.debug("token refused: %s", exc)
             raise InvalidToken("the token is invalid or has expired") from None
+
+    def _check_times(self, payload: dict[str, Any]) -> None:
+        """`exp` passed, `nbf` or `iat` still ahead: refused, with `_LEEWAY` for clock skew
+        between the processes that issue and check tokens."""
+        now = self.clock().timestamp()
+        times = {}
+        for claim in ("exp", "nbf", "iat"):
+            value = payload[claim]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise jwt.InvalidTokenError(f"{claim} is not a number")
+            times[claim] = value
+        if times["exp"] <= now - _LEEWAY:
+            raise jwt.ExpiredSignatureError("expired")
+        if times["nbf"] > now + _LEEWAY:
+            raise jwt.ImmatureSignatureError("not yet valid (nbf)")
+        if times["iat"] > now + _LEEWAY:
+            raise jwt.ImmatureSignatureError("issued in the future (iat)")
 
 
 def signing_key(settings: Settings) -> str:
