@@ -231,7 +231,7 @@ def decide(
     """Decide every event in order, as one `record` after another would (see the module)."""
     decision = Decision()
     state = {key: Counter(c.used, c.reserved) for key, c in counters.items()}
-    accepted: dict[tuple[uuid.UUID, str], tuple[RecordResult, str]] = {}
+    accepted: dict[EventKey, int] = {}  # each key's accepted event: its place in `outcomes`
     limits: dict[tuple[uuid.UUID, str], Limit] = {}  # the rules' answers, asked once per batch
     outcomes, changed = decision.outcomes, decision.counters
     # Each event's organisation id is swapped for the one the lock read: asyncpg's UUIDs keep
@@ -248,10 +248,11 @@ def decide(
         org_rules = rules[org]
         key = (org, event.idempotency_key)
         if key in accepted:
-            first, fingerprint = accepted[key]
+            first = outcomes[accepted[key]]
+            assert isinstance(first, RecordResult)
             outcomes.append(
                 _conflict(item)
-                if fingerprint != item.fingerprint
+                if items[accepted[key]].fingerprint != item.fingerprint
                 else replace(first, status="duplicate", used=state[item.counter].used)
             )
             continue
@@ -301,7 +302,7 @@ def decide(
             over_soft_limit=limit.value is not None and after > limit.value,
             cost_micros=cost,
         )
-        accepted[key] = (result, item.fingerprint)
+        accepted[key] = len(outcomes)
         outcomes.append(result)
     return decision
 
