@@ -36,7 +36,7 @@ class Saascore:
         self._owns_database = database is None
         self.plans = PlanService(self.database)
         self.audit = AuditService(self.database)
-        self.orgs = OrganizationService(self.database, self.plans)
+        self.orgs = OrganizationService(self.database, self.plans, self.audit)
         self.users = UserService(
             self.database, self.audit, password_min_length=self.settings.password_min_length
         )

@@ -1,12 +1,20 @@
-"""Creating, finding and listing organisations."""
+"""Organisations: creating, finding, listing, editing, moving between plans, suspending.
+
+Every change an operator or an admin makes is recorded in the organisation's audit chain, in
+the caller's unit of work, with the actor the caller names.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import unicodedata
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from enum import Enum
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -14,13 +22,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
+from saascore.audit.service import SYSTEM, Actor, AuditService
 from saascore.kit.db import Database
-from saascore.kit.errors import AlreadyExists, InvalidInput, NotFound
+from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from saascore.kit.sql import violates
-from saascore.models import Organization, UsageLimits
+from saascore.kit.time import utcnow
+from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
 
-__all__ = ["OrganizationExists", "OrganizationNotFound", "OrganizationService", "slugify"]
+__all__ = [
+    "UNSET",
+    "OrganizationDeleted",
+    "OrganizationExists",
+    "OrganizationNotFound",
+    "OrganizationService",
+    "locked_organization",
+    "normalize_email",
+    "slugify",
+]
 
 
 class OrganizationNotFound(NotFound):
@@ -31,6 +50,29 @@ class OrganizationExists(AlreadyExists):
     code = "organization_exists"
 
 
+class OrganizationDeleted(Conflict):
+    """The organisation is deleted: it can no longer be changed."""
+
+    code = "organization_deleted"
+
+
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+#: "Leave this field as it is" in `OrganizationService.update` (None may be a value to set).
+UNSET: Final = _Unset.UNSET
+
+#: The largest `settings` document an organisation keeps, as compact JSON.
+MAX_SETTINGS_BYTES: Final = 16_384
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}$")
+_LOCALE = re.compile(r"^[a-zA-Z]{2,3}([_-][a-zA-Z0-9]{2,8}){0,3}$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_REASON_MAX = 500
+
+
 def slugify(name: str) -> str:
     """`"Acme Corp."` -> `"acme-corp"`: ASCII letters and digits joined by single hyphens."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
@@ -38,10 +80,129 @@ def slugify(name: str) -> str:
     return slug[:60] or "org"
 
 
+def normalize_email(email: str, field: str = "email") -> str:
+    """The e-mail as stored: trimmed and lower-cased; `InvalidInput` if it is not one."""
+    normalized = email.strip().lower()
+    if len(normalized) > 320 or not _EMAIL.match(normalized):
+        raise InvalidInput(f"{field} is not an e-mail address", field=field)
+    return normalized
+
+
+def _name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 255:
+        raise InvalidInput("an organisation needs a name of 1 to 255 characters", field="name")
+    return name
+
+
+def _domain(domain: str | None) -> str | None:
+    if domain is None:
+        return None
+    normalized = domain.strip().lower().rstrip(".")
+    if not _DOMAIN.match(normalized):
+        raise InvalidInput(f"{domain!r} is not a domain name", field="domain")
+    return normalized
+
+
+def _billing_email(email: str | None) -> str | None:
+    return None if email is None else normalize_email(email, "billing_email")
+
+
+def _locale(locale: str) -> str:
+    locale = locale.strip()
+    if len(locale) > 16 or not _LOCALE.match(locale):
+        raise InvalidInput(f"{locale!r} is not a locale such as 'en' or 'pt-BR'", field="locale")
+    return locale
+
+
+def _country(country: str | None) -> str | None:
+    if country is None:
+        return None
+    code = country.strip().upper()
+    if not _COUNTRY.match(code):
+        raise InvalidInput(f"{country!r} is not an ISO 3166 country code", field="country")
+    return code
+
+
+def _currency(currency: str) -> str:
+    code = currency.strip().upper()
+    if not _CURRENCY.match(code):
+        raise InvalidInput(f"{currency!r} is not an ISO 4217 currency code", field="currency")
+    return code
+
+
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(settings, dict):
+        raise InvalidInput("settings must be a JSON object", field="settings")
+    try:
+        size = len(json.dumps(settings, separators=(",", ":"), allow_nan=False).encode())
+    except (TypeError, ValueError):
+        raise InvalidInput("settings must hold JSON values only", field="settings") from None
+    if size > MAX_SETTINGS_BYTES:
+        raise InvalidInput(
+            f"settings take {size} bytes as JSON; at most {MAX_SETTINGS_BYTES}", field="settings"
+        )
+    return settings
+
+
+def _external_id(external_id: str | None) -> str | None:
+    if external_id is not None and not 0 < len(external_id) <= 255:
+        raise InvalidInput("external_id must be 1 to 255 characters", field="external_id")
+    return external_id
+
+
+def _reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason or len(reason) > _REASON_MAX:
+        raise InvalidInput(f"a reason of 1 to {_REASON_MAX} characters is needed", field="reason")
+    return reason
+
+
+#: What `update` validates each field with.
+_CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
+    "name": _name,
+    "domain": _domain,
+    "billing_email": _billing_email,
+    "locale": _locale,
+    "country": _country,
+    "currency": _currency,
+    "settings": _settings,
+}
+
+
+async def locked_organization(
+    session: AsyncSession, org_id: uuid.UUID, *, with_plan: bool = False
+) -> Organization:
+    """The organisation, its row locked until the transaction ends: what serializes changes
+    to the organisation and to who owns it. The lock (`FOR NO KEY UPDATE`) does not hold up
+    rows of other tables that merely reference the organisation."""
+    query = (
+        sa.select(Organization)
+        .where(Organization.id == org_id)
+        .with_for_update(key_share=True, of=Organization)
+        .execution_options(populate_existing=True)
+    )
+    if with_plan:
+        query = query.options(joinedload(Organization.plan))
+    organization = (await session.scalars(query)).one_or_none()
+    if organization is None:
+        raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+    return organization
+
+
 class OrganizationService:
-    def __init__(self, database: Database, plans: PlanService) -> None:
+    def __init__(
+        self,
+        database: Database,
+        plans: PlanService,
+        audit: AuditService | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.database = database
         self.plans = plans
+        self.audit = audit if audit is not None else AuditService(database)
+        self.clock = clock
 
     async def create(
         self,
@@ -51,21 +212,19 @@ class OrganizationService:
         external_id: str | None = None,
         domain: str | None = None,
         billing_email: str | None = None,
+        actor: Actor | None = None,
         session: AsyncSession | None = None,
     ) -> Organization:
         """Create an organisation on a plan (by code; the default plan if None).
 
         Its `usage_limits` row is created in the same transaction. The slug comes from the
-        name, with a random suffix when the plain slug is taken.
+        name, with a random suffix when the plain slug is taken. With an `actor`, the creation
+        opens the organisation's audit chain as `organization.created`.
         """
-        name = name.strip()
-        if not name or len(name) > 255:
-            raise InvalidInput("an organisation needs a name of 1 to 255 characters", field="name")
-        for field, value in (("external_id", external_id), ("domain", domain)):
-            if value is not None and not 0 < len(value) <= 255:
-                raise InvalidInput(f"{field} must be 1 to 255 characters", field=field)
-        if billing_email is not None and not 0 < len(billing_email) <= 320:
-            raise InvalidInput("billing_email must be 1 to 320 characters", field="billing_email")
+        name = _name(name)
+        external_id = _external_id(external_id)
+        domain = _domain(domain)
+        billing_email = _billing_email(billing_email)
         async with self.database.scope(session) as s:
             plan_row = await self.plans.get_by_code(
                 plan or self.database.settings.default_plan, session=s
@@ -100,6 +259,16 @@ class OrganizationService:
             s.add(UsageLimits(organization_id=organization.id))
             await s.flush()
             set_committed_value(organization, "plan", plan_row)
+            if actor is not None:
+                await self.audit.record(
+                    organization.id,
+                    "organization.created",
+                    actor=actor,
+                    target_type="organization",
+                    target_id=organization.id,
+                    details={"name": name, "slug": organization.slug, "plan": plan_row.code},
+                    session=s,
+                )
         return organization
 
     async def get(
@@ -121,17 +290,175 @@ class OrganizationService:
         return await self.get(organization_id, session=session)
 
     async def list(
-        self, *, limit: int = 100, offset: int = 0, session: AsyncSession | None = None
+        self,
+        *,
+        limit: int = 100,
+        after: uuid.UUID | None = None,
+        offset: int = 0,
+        status: OrganizationStatus | None = None,
+        session: AsyncSession | None = None,
     ) -> Sequence[Organization]:
+        """Organisations oldest first (ids are time-ordered), with their plans: those after
+        the id `after` (a cursor), or after skipping `offset`."""
         query = (
             sa.select(Organization)
             .options(joinedload(Organization.plan))
-            .order_by(Organization.created_at, Organization.id)
+            .order_by(Organization.id)
             .limit(limit)
-            .offset(offset)
         )
-        async with self.database.scope(session) as s:
+        if after is not None:
+            query = query.where(Organization.id > after)
+        if offset:
+            query = query.offset(offset)
+        if status is not None:
+            query = query.where(Organization.status == status)
+        async with self.database.scope(session, readonly=True) as s:
             return (await s.scalars(query)).all()
+
+    async def update(
+        self,
+        org_id: uuid.UUID,
+        *,
+        name: str | _Unset = UNSET,
+        domain: str | _Unset | None = UNSET,
+        billing_email: str | _Unset | None = UNSET,
+        locale: str | _Unset = UNSET,
+        country: str | _Unset | None = UNSET,
+        currency: str | _Unset = UNSET,
+        settings: dict[str, Any] | _Unset = UNSET,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Organization:
+        """Change the fields given (`UNSET` leaves one alone; None clears `domain`,
+        `billing_email` or `country`). `settings` replaces the whole document. Every field is
+        checked before anything is written; a change is audited as `organization.updated`
+        with each changed field's old and new value."""
+        given = {
+            "name": name,
+            "domain": domain,
+            "billing_email": billing_email,
+            "locale": locale,
+            "country": country,
+            "currency": currency,
+            "settings": settings,
+        }
+        values = {
+            field: _CHECKS[field](value) for field, value in given.items() if value is not UNSET
+        }
+        async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
+            _check_not_deleted(organization)
+            changes = {
+                field: {"from": getattr(organization, field), "to": value}
+                for field, value in values.items()
+                if getattr(organization, field) != value
+            }
+            if changes:
+                for field, change in changes.items():
+                    setattr(organization, field, change["to"])
+                organization.updated_at = self.clock()
+                await s.flush()
+                await self.audit.record(
+                    org_id,
+                    "organization.updated",
+                    actor=actor,
+                    target_type="organization",
+                    target_id=org_id,
+                    details={"changes": changes},
+                    session=s,
+                )
+        return organization
+
+    async def change_plan(
+        self,
+        org_id: uuid.UUID,
+        plan_code: str,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Organization:
+        """Move the organisation to another plan (by code), audited as `plan.changed` with
+        the codes from and to. Moving it to the plan it is on changes nothing."""
+        async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
+            _check_not_deleted(organization)
+            plan = await self.plans.get_by_code(plan_code, session=s)
+            previous = organization.plan
+            if plan.id != previous.id:
+                organization.plan_id = plan.id
+                organization.updated_at = self.clock()
+                await s.flush()
+                set_committed_value(organization, "plan", plan)
+                await self.audit.record(
+                    org_id,
+                    "plan.changed",
+                    actor=actor,
+                    target_type="organization",
+                    target_id=org_id,
+                    details={"from": previous.code, "to": plan.code},
+                    session=s,
+                )
+        return organization
+
+    async def suspend(
+        self,
+        org_id: uuid.UUID,
+        *,
+        reason: str,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Organization:
+        """Suspend the organisation: its users and keys are refused (403
+        `organization_suspended`) until it is resumed. Audited as `organization.suspended`
+        with the reason; suspending a suspended organisation changes nothing."""
+        reason = _reason(reason)
+        return await self._set_status(
+            org_id, OrganizationStatus.SUSPENDED, "organization.suspended", reason, actor, session
+        )
+
+    async def resume(
+        self,
+        org_id: uuid.UUID,
+        *,
+        reason: str | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Organization:
+        """Lift a suspension, audited as `organization.resumed`; resuming an active
+        organisation changes nothing."""
+        reason = _reason(reason) if reason is not None else None
+        return await self._set_status(
+            org_id, OrganizationStatus.ACTIVE, "organization.resumed", reason, actor, session
+        )
+
+    async def _set_status(
+        self,
+        org_id: uuid.UUID,
+        status: OrganizationStatus,
+        action: str,
+        reason: str | None,
+        actor: Actor,
+        session: AsyncSession | None,
+    ) -> Organization:
+        async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
+            _check_not_deleted(organization)
+            if organization.status is not status:
+                now = self.clock()
+                organization.status = status
+                organization.suspended_at = now if status is OrganizationStatus.SUSPENDED else None
+                organization.updated_at = now
+                await s.flush()
+                await self.audit.record(
+                    org_id,
+                    action,
+                    actor=actor,
+                    target_type="organization",
+                    target_id=org_id,
+                    details={"reason": reason},
+                    session=s,
+                )
+        return organization
 
     async def _one(
         self, condition: sa.ColumnElement[bool], session: AsyncSession | None, key: str
@@ -142,3 +469,10 @@ class OrganizationService:
         if organization is None:
             raise OrganizationNotFound(f"no organisation {key}", organization=key)
         return organization
+
+
+def _check_not_deleted(organization: Organization) -> None:
+    if organization.status is OrganizationStatus.DELETED:
+        raise OrganizationDeleted(
+            f"organisation {organization.id} is deleted", organization=str(organization.id)
+        )

@@ -1,11 +1,17 @@
-"""The users of an organisation and their roles. An organisation always keeps an active owner,
-and only an owner may make, change or remove an owner."""
+"""The users of an organisation and their roles.
+
+An organisation always keeps an active owner, and only an owner may make, change or remove an
+owner. Changes to one organisation's users take its row lock first (`locked_organization`), so
+two admins demoting the last two owners at once cannot both succeed: the second one waits,
+then sees the first one's change. The plan's `max_users` caps the active users.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -14,19 +20,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore.audit.service import SYSTEM, Actor, AuditService
 from saascore.identity.errors import LastOwner, PermissionDenied, UserExists, UserNotFound
 from saascore.identity.passwords import check_password, hash_password
-from saascore.identity.service import normalize_email
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
+from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
-from saascore.models import User, UserRole
+from saascore.metering.errors import LimitExceeded
+from saascore.models import Organization, RefreshToken, User, UserRole
+from saascore.tenancy.service import locked_organization, normalize_email
 
 __all__ = ["UserService"]
 
 
 def _check_name(name: str | None) -> str | None:
-    if name is not None and len(name) > 255:
+    if name is None:
+        return None
+    name = name.strip()
+    if len(name) > 255:
         raise InvalidInput("a name has at most 255 characters", field="name")
-    return name
+    return name or None
 
 
 class UserService:
@@ -57,7 +68,7 @@ class UserService:
         after: uuid.UUID | None = None,
         session: AsyncSession | None = None,
     ) -> Sequence[User]:
-        """The organisation's users, oldest first."""
+        """The organisation's users, oldest first (ids are time-ordered); `after` pages on."""
         query = sa.select(User).where(User.organization_id == org_id).order_by(User.id).limit(limit)
         if after is not None:
             query = query.where(User.id > after)
@@ -88,15 +99,21 @@ class UserService:
         session: AsyncSession | None = None,
     ) -> User:
         """Add a user. Without a password the user cannot log in (until one is set), which
-        suits accounts that only use API keys or an external sign-in."""
+        suits accounts that only use API keys or an external sign-in.
+
+        `LimitExceeded` (metric `users`) when the plan's `max_users` active users are there.
+        """
         email = normalize_email(email)
+        name = _check_name(name)
         _guard_owner(acting_role, role)
         password_hash = await self._hash(password)
         async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
+            await self._check_seats(s, organization)
             user = User(
                 organization_id=org_id,
                 email=email,
-                full_name=_check_name(name),
+                full_name=name,
                 role=role,
                 password_hash=password_hash,
             )
@@ -104,8 +121,10 @@ class UserService:
                 async with s.begin_nested():
                     s.add(user)
                     await s.flush()
-            except IntegrityError:
-                raise UserExists(f"{email} is already a user here", email=email) from None
+            except IntegrityError as error:
+                if violates(error, "email"):
+                    raise UserExists(f"{email} is already a user here", email=email) from None
+                raise
             await self.audit.record(
                 org_id,
                 "user.created",
@@ -130,51 +149,64 @@ class UserService:
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> User:
-        """Change a user's name, role, activity or password. A role change or deactivation
-        that would leave no active owner is `LastOwner`."""
+        """Change a user's name, role, activity or password (None leaves each as it is).
+
+        Changing an owner, or making one, takes an owner (`PermissionDenied`); a change that
+        would leave no active owner is `LastOwner`; reactivating a user needs a free seat.
+        A new password or a deactivation ends the user's sessions (refresh tokens).
+        """
+        name = _check_name(name)
+        if role is UserRole.OWNER:
+            _guard_owner(acting_role, role)
         password_hash = await self._hash(password)
         async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
             user = await self._locked(s, org_id, user_id)
-            if role is not None and role is not user.role:
-                _guard_owner(acting_role, user.role, role)
-            if is_active is False and user.role is UserRole.OWNER:
-                _guard_owner(acting_role, user.role)
-            was_owner = user.role is UserRole.OWNER and user.is_active
-            old_role = user.role
+            _guard_owner(acting_role, user.role)
+            old_name, old_role, was_active = user.full_name, user.role, user.is_active
+            # Every refusal comes before the first change, so a refused call changes nothing
+            # even in a session the caller goes on using.
+            new_role = role if role is not None else old_role
+            new_active = is_active if is_active is not None else was_active
+            if (old_role is UserRole.OWNER and was_active) and not (
+                new_role is UserRole.OWNER and new_active
+            ):
+                await self._keep_an_owner(s, org_id, user_id)
+            if new_active and not was_active:
+                await self._check_seats(s, organization)
             if name is not None:
-                user.full_name = _check_name(name)
-            if role is not None:
-                user.role = role
-            if is_active is not None:
-                user.is_active = is_active
+                user.full_name = name
+            user.role, user.is_active = new_role, new_active
             if password_hash is not None:
                 user.password_hash = password_hash
-            still_owner = user.role is UserRole.OWNER and user.is_active
-            if was_owner and not still_owner:
-                await self._keep_an_owner(s, org_id, user_id)
+            if password_hash is not None or (was_active and not user.is_active):
+                await self._end_sessions(s, org_id, user_id)
             await s.flush()
-            if role is not None and role is not old_role:
+            if user.role is not old_role:
                 await self.audit.record(
                     org_id,
                     "user.role_changed",
                     actor=actor,
                     target_type="user",
                     target_id=user.id,
-                    details={"from": old_role.value, "to": role.value},
+                    details={"from": old_role.value, "to": user.role.value},
                     session=s,
                 )
-            if is_active is not None or password is not None or name is not None:
+            details: dict[str, Any] = {}
+            if user.full_name != old_name:
+                details["name_changed"] = True
+            if user.is_active != was_active:
+                details["is_active"] = user.is_active
+            if password_hash is not None:
+                details["password_changed"] = True
+            if details:
                 await self.audit.record(
                     org_id,
                     "user.updated",
                     actor=actor,
                     target_type="user",
                     target_id=user.id,
-                    details={
-                        "is_active": is_active,
-                        "password_changed": password is not None,
-                        "name_changed": name is not None,
-                    },
+                    details=details,
                     session=s,
                 )
         return user
@@ -190,11 +222,12 @@ class UserService:
     ) -> None:
         """Remove a user, with their API keys and sessions."""
         async with self.database.scope(session) as s:
+            await locked_organization(s, org_id)
             user = await self._locked(s, org_id, user_id)
-            if user.role is UserRole.OWNER:
-                _guard_owner(acting_role, user.role)
-                if user.is_active:
-                    await self._keep_an_owner(s, org_id, user_id)
+            _guard_owner(acting_role, user.role)
+            if user.role is UserRole.OWNER and user.is_active:
+                await self._keep_an_owner(s, org_id, user_id)
+            email, role = user.email, user.role
             await s.delete(user)
             await s.flush()
             await self.audit.record(
@@ -203,7 +236,7 @@ class UserService:
                 actor=actor,
                 target_type="user",
                 target_id=user_id,
-                details={"email": user.email, "role": user.role.value},
+                details={"email": email, "role": role.value},
                 session=s,
             )
 
@@ -219,24 +252,46 @@ class UserService:
         return user
 
     async def _keep_an_owner(self, s: AsyncSession, org_id: uuid.UUID, leaving: uuid.UUID) -> None:
-        """`LastOwner` unless another active owner remains. The other owners' rows are locked,
-        so two admins demoting the last two owners at once cannot both succeed."""
-        others = (
-            await s.scalars(
-                sa.select(User.id)
-                .where(
-                    User.organization_id == org_id,
-                    User.role == UserRole.OWNER,
-                    User.is_active.is_(True),
-                    User.id != leaving,
-                )
-                .with_for_update()
+        """`LastOwner` unless another active owner remains (read under the organisation's
+        lock, so no concurrent change can remove that one too)."""
+        other = await s.scalar(
+            sa.select(User.id)
+            .where(
+                User.organization_id == org_id,
+                User.role == UserRole.OWNER,
+                User.is_active.is_(True),
+                User.id != leaving,
             )
-        ).all()
-        if not others:
+            .limit(1)
+        )
+        if other is None:
             raise LastOwner("an organisation must keep at least one active owner")
 
+    async def _check_seats(self, s: AsyncSession, organization: Organization) -> None:
+        """`LimitExceeded` unless the plan has room for one more active user."""
+        seats = organization.plan.max_users
+        if seats is None:
+            return
+        active = await s.scalar(
+            sa.select(sa.func.count())
+            .select_from(User)
+            .where(User.organization_id == organization.id, User.is_active.is_(True))
+        )
+        if int(active or 0) + 1 > seats:
+            raise LimitExceeded("users", seats, int(active or 0), 1)
 
-def _guard_owner(acting_role: UserRole, *roles: UserRole) -> None:
-    if UserRole.OWNER in roles and acting_role is not UserRole.OWNER:
+    async def _end_sessions(self, s: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        await s.execute(
+            sa.update(RefreshToken)
+            .where(
+                RefreshToken.organization_id == org_id,
+                RefreshToken.user_id == user_id,
+                RefreshToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=self.clock())
+        )
+
+
+def _guard_owner(acting_role: UserRole, role: UserRole) -> None:
+    if role is UserRole.OWNER and acting_role is not UserRole.OWNER:
         raise PermissionDenied("only an owner may make, change or remove an owner")
