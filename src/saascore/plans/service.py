@@ -1,29 +1,38 @@
-"""Reading and loading the plan catalog."""
+"""Reading, loading and changing the plan catalog."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Final
 from uuid import UUID
 
 import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from saascore.kit.db import Database
-from saascore.kit.errors import NotFound
+from saascore.kit.errors import Conflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
-from saascore.kit.sql import insert
+from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
 
-__all__ = ["CatalogLoadResult", "PlanNotFound", "PlanService"]
+__all__ = ["UPDATABLE", "CatalogConflict", "CatalogLoadResult", "PlanNotFound", "PlanService"]
 
 
 class PlanNotFound(NotFound):
     code = "plan_not_found"
+
+
+class CatalogConflict(Conflict):
+    """The catalog clashes with itself or with the stored one (nothing was loaded)."""
+
+    code = "catalog_conflict"
 
 
 @dataclass
@@ -39,6 +48,9 @@ class CatalogLoadResult:
 #: The columns of `subscription_plans` that a catalog sets (its prices and extra limits are rows
 #: of their own tables).
 _PLAN_FIELDS = tuple(name for name in PlanSpec.model_fields if name not in ("prices", "limits"))
+#: What `PlanService.update` may change: everything a catalog sets but the prices, which
+#: subscriptions and payment providers refer to (load a catalog to change them).
+UPDATABLE: Final = frozenset((*_PLAN_FIELDS, "limits"))
 
 
 class PlanService:
@@ -75,6 +87,70 @@ class PlanService:
             raise PlanNotFound(f"no plan with code {code!r}", plan=code)
         return plan
 
+    async def update(
+        self, code: str, changes: Mapping[str, Any], *, session: AsyncSession | None = None
+    ) -> SubscriptionPlan:
+        """Change some of a plan's fields, as a catalog would set them (`UPDATABLE`).
+
+        The plan with its changes must still be a valid catalog entry (`InvalidInput`
+        otherwise, and nothing is written); a limit of -1 means unlimited, as in a catalog.
+        `limits` is merged into the plan's limits on other meters: `{metric: {"limit": N,
+        "hard": true}}` sets one, `{metric: null}` removes it. `features` is replaced whole.
+        """
+        unknown = sorted(set(changes) - UPDATABLE)
+        if unknown:
+            raise InvalidInput(f"cannot change {', '.join(unknown)} here", field=unknown[0])
+        async with self.database.scope(session) as s:
+            plan = (
+                await s.scalars(
+                    sa.select(SubscriptionPlan)
+                    .where(SubscriptionPlan.code == code)
+                    .options(selectinload(SubscriptionPlan.limits))
+                    .with_for_update(of=SubscriptionPlan)
+                    .execution_options(populate_existing=True)
+                )
+            ).one_or_none()
+            if plan is None:
+                raise PlanNotFound(f"no plan with code {code!r}", plan=code)
+            limits: dict[str, Any] = {
+                limit.metric: {"limit": limit.limit_value, "hard": limit.is_hard}
+                for limit in plan.limits
+            }
+            for metric, value in (changes.get("limits") or {}).items():
+                if value is None:
+                    limits.pop(metric, None)
+                else:
+                    limits[metric] = value
+            current = {name: getattr(plan, name) for name in _PLAN_FIELDS}
+            fields = {name: value for name, value in changes.items() if name != "limits"}
+            try:
+                spec = PlanSpec.model_validate({**current, **fields, "limits": limits})
+            except ValidationError as exc:
+                error = exc.errors()[0]
+                where = ".".join(str(part) for part in error["loc"])
+                raise InvalidInput(f"{where}: {error['msg']}", field=where) from None
+            if "limits" in changes:
+                await self._check_metrics(s, changes["limits"] or {})
+            for name in fields:
+                setattr(plan, name, getattr(spec, name))
+            await s.flush()
+            if "limits" in changes:
+                await self._load_limits(s, plan.id, spec.limits)
+            return await self.get_by_code(code, session=s)
+
+    async def _check_metrics(self, s: AsyncSession, limits: Mapping[str, Any]) -> None:
+        """`InvalidInput` for a limit on a metric no meter records (it could never apply)."""
+        named = {metric for metric, value in limits.items() if value is not None}
+        if not named:
+            return
+        known = set((await s.scalars(sa.select(Meter.code).where(Meter.code.in_(named)))).all())
+        missing = sorted(named - known)
+        if missing:
+            raise InvalidInput(
+                f"no meter {missing[0]!r}: limits apply to metered metrics",
+                field=f"limits.{missing[0]}",
+            )
+
     async def load_catalog(
         self, catalog: Catalog, *, session: AsyncSession | None = None
     ) -> CatalogLoadResult:
@@ -89,31 +165,41 @@ class PlanService:
         """
         result = CatalogLoadResult()
         now = utcnow()
-        async with self.database.scope(session) as s:
-            for code, meter in catalog.meters.items():
-                values = meter.model_dump()
-                row_id = new_id()
-                upsert = insert(s, Meter).values(id=row_id, code=code, **values)
-                upsert = upsert.on_conflict_do_update(
-                    index_elements=[Meter.code], set_={**values, "updated_at": now}
-                )
-                meter_id = (await s.execute(upsert.returning(Meter.id))).scalar_one()
-                (result.meters_created if meter_id == row_id else result.meters_updated).append(
-                    code
-                )
+        try:
+            async with self.database.scope(session) as s:
+                for code, meter in catalog.meters.items():
+                    values = meter.model_dump()
+                    row_id = new_id()
+                    upsert = insert(s, Meter).values(id=row_id, code=code, **values)
+                    upsert = upsert.on_conflict_do_update(
+                        index_elements=[Meter.code], set_={**values, "updated_at": now}
+                    )
+                    meter_id = (await s.execute(upsert.returning(Meter.id))).scalar_one()
+                    (result.meters_created if meter_id == row_id else result.meters_updated).append(
+                        code
+                    )
 
-            for code, spec in catalog.plans.items():
-                values = {name: getattr(spec, name) for name in _PLAN_FIELDS}
-                row_id = new_id()
-                upsert = insert(s, SubscriptionPlan).values(id=row_id, code=code, **values)
-                upsert = upsert.on_conflict_do_update(
-                    index_elements=[SubscriptionPlan.code], set_={**values, "updated_at": now}
-                )
-                plan_id = (await s.execute(upsert.returning(SubscriptionPlan.id))).scalar_one()
-                await self._load_prices(s, plan_id, spec.prices, now)
-                await self._load_limits(s, plan_id, spec.limits)
-                (result.plans_created if plan_id == row_id else result.plans_updated).append(code)
-            await s.flush()
+                for code, spec in catalog.plans.items():
+                    values = {name: getattr(spec, name) for name in _PLAN_FIELDS}
+                    row_id = new_id()
+                    upsert = insert(s, SubscriptionPlan).values(id=row_id, code=code, **values)
+                    upsert = upsert.on_conflict_do_update(
+                        index_elements=[SubscriptionPlan.code], set_={**values, "updated_at": now}
+                    )
+                    plan_id = (await s.execute(upsert.returning(SubscriptionPlan.id))).scalar_one()
+                    await self._load_prices(s, plan_id, spec.prices, now)
+                    await self._load_limits(s, plan_id, spec.limits)
+                    (result.plans_created if plan_id == row_id else result.plans_updated).append(
+                        code
+                    )
+                await s.flush()
+        except IntegrityError as error:
+            if violates(error, "stripe_price_id") or violates(error, "lemon_squeezy_variant_id"):
+                raise CatalogConflict(
+                    "a provider price id (stripe_price_id or lemon_squeezy_variant_id) would "
+                    "belong to two prices"
+                ) from None
+            raise
         return result
 
     async def _load_prices(
