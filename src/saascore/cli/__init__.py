@@ -1,4 +1,5 @@
-"""The `saascore` command line: serve the API, run the demo, migrate, load plans, manage orgs.
+"""The `saascore` command line: serve the API, run the demo, migrate, load plans, manage orgs,
+API keys and operator keys, verify the audit log.
 
     saascore demo                      # everything on the embedded SQLite database
     saascore db upgrade                # migrate the configured database
@@ -6,6 +7,9 @@
     saascore orgs create Acme --plan pro
     saascore usage import events.jsonl # idempotent, resumable bulk ingest
     saascore credits verify            # check every ledger
+    saascore keys create --org acme --scopes usage:write,usage:read --name ingest
+    saascore keys create --operator --name staff
+    saascore audit verify              # walk every organisation's audit chain
 
 Every command reports an error as one line on stderr with a non-zero exit code (see `_run`).
 """
@@ -18,7 +22,7 @@ from typing import Annotated
 import typer
 
 from saascore import __version__
-from saascore.cli import credits, db, orgs, plans, usage
+from saascore.cli import audit, credits, db, keys, orgs, plans, usage
 from saascore.cli._run import echo_error, explain_or_unexpected
 from saascore.cli.serve import demo, serve
 
@@ -38,6 +42,8 @@ app.add_typer(plans.app)
 app.add_typer(orgs.app)
 app.add_typer(usage.app)
 app.add_typer(credits.app)
+app.add_typer(keys.app)
+app.add_typer(audit.app)
 
 
 def _print_version(value: bool) -> None:

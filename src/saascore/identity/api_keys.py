@@ -150,6 +150,15 @@ class ApiKeyService:
                 )
         return key
 
+    async def organization_of(
+        self, key_id: uuid.UUID, *, session: AsyncSession | None = None
+    ) -> uuid.UUID | None:
+        """The organisation of the tenant key with this id, or None: for the operators' tools,
+        which may be given a key's id alone (the API always knows the organisation)."""
+        query = sa.select(ApiKey.organization_id).where(ApiKey.id == key_id)
+        async with self.database.scope(session, readonly=True) as s:
+            return (await s.scalars(query)).first()
+
     # --- operators -----------------------------------------------------------------------------
     async def create_operator_key(
         self,

@@ -1,0 +1,86 @@
+"""`saascore audit`: verify the hash chains of the audit log, list an organisation's entries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from saascore.audit import ChainReport
+from saascore.cli._output import console, new_table
+from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.models import AuditLog
+
+__all__ = ["app"]
+
+app = typer.Typer(name="audit", help="The audit log: verify, list.", no_args_is_help=True)
+
+OrgOption = Annotated[
+    str | None,
+    typer.Option("--org", help="The organisation: its id or external id.", show_default=False),
+]
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count:,} {word if count == 1 else (plural or word + 's')}"
+
+
+@app.command()
+@handle_errors
+def verify(org: OrgOption = None) -> None:
+    """Walk the audit log's hash chains (every organisation's, or one's) and print the first
+    broken link of each broken chain. Exits 1 when any chain is broken."""
+
+    async def work(core: Saascore) -> ChainReport:
+        org_id = (await core.orgs.resolve(org)).id if org is not None else None
+        return await core.audit.check(org_id)
+
+    report = run_with_core(load_settings(), work)
+    if report.intact:
+        chains = _plural(report.chains, "chain")
+        typer.echo(f"{chains} intact, {_plural(report.entries, 'entry', 'entries')} verified")
+        return
+    for found in report.breaks:
+        typer.echo(
+            f"organisation {found.organization_id}: entry {found.seq}: {found.reason}", err=True
+        )
+    typer.echo(f"{len(report.breaks):,} of {_plural(report.chains, 'chain')} broken", err=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+@app.command("list")
+@handle_errors
+def list_entries(
+    org: Annotated[str, typer.Option("--org", help="The organisation: its id or external id.")],
+    action: Annotated[
+        str | None, typer.Option(help="Only this action, e.g. auth.login_failed.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1_000, help="Show at most this many.")] = 50,
+) -> None:
+    """An organisation's audit entries, newest first."""
+
+    async def work(core: Saascore) -> list[AuditLog]:
+        organization = await core.orgs.resolve(org)
+        return list(await core.audit.list(organization.id, limit=limit, action=action))
+
+    entries = run_with_core(load_settings(), work)
+    if not entries:
+        typer.echo("no audit entries", err=True)
+        return
+    table = new_table("seq", "time (UTC)", "action", "actor", "target", "ip")
+    for entry in entries:
+        actor = entry.actor_type + (f" {entry.actor_id}" if entry.actor_id else "")
+        target = (
+            f"{entry.target_type} {entry.target_id or ''}".strip() if entry.target_type else "-"
+        )
+        table.add_row(
+            str(entry.seq),
+            entry.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            entry.action,
+            actor,
+            target,
+            entry.ip_address or "-",
+        )
+    console().print(table)
