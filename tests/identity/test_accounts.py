@@ -36,6 +36,7 @@ from tests.identity.support import (
     audit_actions,
     login,
     register,
+    served,
     table_counts,
     written_since,
 )
@@ -481,3 +482,17 @@ class TestLastUsed:
         assert await stamp() == first_use
         clock.advance(minutes=2)
         assert await stamp() == clock.now
+
+
+class TestLimitedByAddress:
+    async def test_login_past_the_limit_is_429_and_not_even_tried(self, scratch: Database) -> None:
+        async with served(scratch, auth_requests_per_minute=2) as limited:
+            owner = await register(limited)  # the first of two
+            wrong = await login(limited, owner.email, "wrong password")
+            assert wrong.status_code == 401
+            before = await table_counts(limited.database)
+            refused = await login(limited, owner.email, owner.password)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert int(refused.headers["Retry-After"]) > 0
+            assert await written_since(limited.database, before) == {}  # no login_failed either
