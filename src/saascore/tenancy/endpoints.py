@@ -1,11 +1,212 @@
-"""(In progress.)"""
+"""Router factories: `create_users_router()` (`/v1/users`, for admins) and
+`create_organization_router()` (`/v1/organization`, the caller's own organisation).
 
-from fastapi import APIRouter
+Changes run in the request's transaction; reads in read-only sessions of their own, so that
+on SQLite they do not queue for the write lock."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from saascore.api.deps import CoreDep, OriginDep, SessionDep, require
+from saascore.api.errors import error_responses
+from saascore.identity.endpoints import AUTH_ERRORS
+from saascore.identity.errors import (
+    LastOwner,
+    PermissionDenied,
+    UserExists,
+    UserNotFound,
+    WeakPassword,
+)
+from saascore.identity.permissions import Permission
+from saascore.identity.principal import Principal
+from saascore.kit.errors import InvalidInput
+from saascore.kit.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    InvalidCursor,
+    Page,
+    paginate,
+    uuid_cursor,
+)
+from saascore.metering.errors import LimitExceeded
+from saascore.models import UserRole
+from saascore.tenancy.schemas import (
+    OrganizationOut,
+    OrganizationUpdate,
+    UserCreate,
+    UserOut,
+    UserUpdate,
+)
+from saascore.tenancy.service import OrganizationDeleted
+
+__all__ = ["create_organization_router", "create_users_router"]
+
+AdminDep = Annotated[Principal, Depends(require(Permission.ADMIN))]
+ReaderDep = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
+
+#: Fields of `PATCH /v1/organization` that are billing changes (`billing:write`).
+BILLING_FIELDS = frozenset({"billing_email", "currency"})
 
 
-def create_organization_router() -> APIRouter:
-    return APIRouter()
+def acting_role(principal: Principal) -> UserRole:
+    """The role a change is made with: the user's, or `admin` for an API key of the
+    organisation that acts for no user (never `owner`)."""
+    return principal.role if principal.role is not None else UserRole.ADMIN
 
 
 def create_users_router() -> APIRouter:
-    return APIRouter()
+    """`/v1/users`: list, add, read, change and remove the organisation's users (`admin`).
+
+    Only an owner may make, change or remove an owner, and an organisation always keeps an
+    active owner (409 `last_owner`)."""
+    router = APIRouter(prefix="/v1/users", tags=["users"])
+
+    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor))
+    async def list_users(
+        principal: AdminDep,
+        core: CoreDep,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> Page[UserOut]:
+        """The organisation's users, oldest first."""
+        users = await core.users.list(principal.tenant, limit=limit + 1, after=uuid_cursor(cursor))
+        items, next_cursor = paginate(users, limit, lambda user: user.id)
+        return Page(items=[UserOut.model_validate(u) for u in items], next_cursor=next_cursor)
+
+    @router.post(
+        "",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_responses(
+            *AUTH_ERRORS, PermissionDenied, UserExists, WeakPassword, InvalidInput, LimitExceeded
+        ),
+    )
+    async def create_user(
+        body: UserCreate,
+        principal: AdminDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> UserOut:
+        """Add a user to the organisation (402 `limit_exceeded` when the plan's seats are
+        taken)."""
+        user = await core.users.create(
+            principal.tenant,
+            email=body.email,
+            name=body.name,
+            role=body.role,
+            password=body.password,
+            acting_role=acting_role(principal),
+            actor=principal.actor(origin),
+            session=session,
+        )
+        return UserOut.model_validate(user)
+
+    @router.get(
+        "/{user_id}", responses=error_responses(*AUTH_ERRORS, PermissionDenied, UserNotFound)
+    )
+    async def get_user(user_id: uuid.UUID, principal: AdminDep, core: CoreDep) -> UserOut:
+        """One user of the organisation."""
+        return UserOut.model_validate(await core.users.get(principal.tenant, user_id))
+
+    @router.patch(
+        "/{user_id}",
+        responses=error_responses(
+            *AUTH_ERRORS,
+            PermissionDenied,
+            UserNotFound,
+            LastOwner,
+            WeakPassword,
+            InvalidInput,
+            LimitExceeded,
+        ),
+    )
+    async def update_user(
+        user_id: uuid.UUID,
+        body: UserUpdate,
+        principal: AdminDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> UserOut:
+        """Change a user's name, role, activity or password. A new password or a deactivation
+        ends the user's sessions."""
+        user = await core.users.update(
+            principal.tenant,
+            user_id,
+            name=body.name,
+            role=body.role,
+            is_active=body.is_active,
+            password=body.password,
+            acting_role=acting_role(principal),
+            actor=principal.actor(origin),
+            session=session,
+        )
+        return UserOut.model_validate(user)
+
+    @router.delete(
+        "/{user_id}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, UserNotFound, LastOwner),
+    )
+    async def delete_user(
+        user_id: uuid.UUID,
+        principal: AdminDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> None:
+        """Remove a user, with their API keys and sessions."""
+        await core.users.delete(
+            principal.tenant,
+            user_id,
+            acting_role=acting_role(principal),
+            actor=principal.actor(origin),
+            session=session,
+        )
+
+    return router
+
+
+def create_organization_router() -> APIRouter:
+    """`/v1/organization`: the caller's organisation, read by anyone in it (`usage:read`),
+    changed by its admins."""
+    router = APIRouter(prefix="/v1/organization", tags=["organization"])
+
+    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied))
+    async def get_organization(principal: ReaderDep, core: CoreDep) -> OrganizationOut:
+        """Your organisation: plan, status, limits with this period's usage, settings and
+        billing details."""
+        async with core.database.session(readonly=True) as session:
+            organization = await core.orgs.get(principal.tenant, session=session)
+            limits = await core.usage.limits(organization.id, session=session)
+        return OrganizationOut.with_limits(organization, limits)
+
+    @router.patch(
+        "",
+        responses=error_responses(
+            *AUTH_ERRORS, PermissionDenied, InvalidInput, OrganizationDeleted
+        ),
+    )
+    async def update_organization(
+        body: OrganizationUpdate,
+        principal: AdminDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> OrganizationOut:
+        """Change your organisation's name, domain, locale, country, settings (`admin`) or
+        billing e-mail and currency (`admin` and `billing:write`)."""
+        changes = body.changes()
+        if BILLING_FIELDS & changes.keys():
+            principal.require(Permission.BILLING_WRITE)
+        organization = await core.orgs.update(
+            principal.tenant, **changes, actor=principal.actor(origin), session=session
+        )
+        limits = await core.usage.limits(organization.id, session=session)
+        return OrganizationOut.with_limits(organization, limits)
+
+    return router

@@ -464,7 +464,7 @@ class OrganizationService:
         self, condition: sa.ColumnElement[bool], session: AsyncSession | None, key: str
     ) -> Organization:
         query = sa.select(Organization).where(condition).options(joinedload(Organization.plan))
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             organization = (await s.scalars(query)).one_or_none()
         if organization is None:
             raise OrganizationNotFound(f"no organisation {key}", organization=key)
