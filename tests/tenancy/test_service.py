@@ -314,6 +314,7 @@ class TestUpdate:
             ("currency", "U$D"),
             ("settings", {"big": "x" * 20_000}),
             ("settings", {"nan": float("nan")}),
+            ("settings", {"lone": "\ud800"}),
             ("settings", ["not", "an", "object"]),
         ],
     )

@@ -135,8 +135,9 @@ def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise InvalidInput("settings must be a JSON object", field="settings")
     try:
-        size = len(json.dumps(settings, separators=(",", ":"), allow_nan=False).encode())
-    except (TypeError, ValueError):
+        text = json.dumps(settings, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError):  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise InvalidInput("settings must hold JSON values only", field="settings") from None
     if size > MAX_SETTINGS_BYTES:
         raise InvalidInput(
