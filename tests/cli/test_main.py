@@ -10,9 +10,11 @@ from tests.cli.runner import Cli
 COMMANDS = {
     "serve": [],
     "demo": [],
-    "db": ["upgrade", "downgrade", "current", "history", "check"],
+    "db": ["upgrade", "downgrade", "current", "history", "check", "revision"],
     "plans": ["load", "list"],
     "orgs": ["create", "list"],
+    "keys": ["create", "list", "revoke"],
+    "audit": ["verify", "list"],
 }
 
 
