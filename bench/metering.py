@@ -182,8 +182,9 @@ async def main() -> None:
             async with core.database.transaction() as s:  # the raw reference needs the rows
                 for org in orgs:
                     s.add(UsageCounter(organization_id=org, metric=METRIC, period_start=period))
+            size = 40 if ONLY & set("abce") else 1  # (d) copies over one connection
             pool = await asyncpg.create_pool(
-                URL, min_size=40, max_size=40, server_settings={"search_path": schema}
+                URL, min_size=size, max_size=size, server_settings={"search_path": schema}
             )
             assert pool is not None
 
