@@ -11,6 +11,12 @@ from tests.http import api_app, serving
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 REGISTER = "/v1/auth/register"
+JSON = {"content-type": "application/json"}
+#: A registration as raw JSON text, to send escapes that httpx's encoder would never write.
+REGISTRATION = (
+    '{"email": "guard@example.com", "password": "long enough password", '
+    '"organization_name": "NAME"}'
+)
 
 
 def registration(name: str) -> dict[str, str]:
@@ -50,6 +56,21 @@ class TestInputGuard:
     async def test_an_escaped_backslash_before_u0000_is_text(self, api: httpx.AsyncClient) -> None:
         response = await api.post(REGISTER, json=registration("Back\\u0000slash"))
         assert response.status_code == 201, response.text
+
+    @pytest.mark.parametrize("text", ["\\ud800", "\\udc00", "a\\ud83dz"])
+    async def test_half_a_surrogate_pair_is_refused(
+        self, api: httpx.AsyncClient, text: str
+    ) -> None:
+        body = REGISTRATION.replace("NAME", text).encode()
+        response = await api.post(REGISTER, content=body, headers=JSON)
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "invalid_character"
+
+    async def test_a_whole_surrogate_pair_is_text(self, api: httpx.AsyncClient) -> None:
+        body = REGISTRATION.replace("NAME", "Smile \\ud83d\\ude00").encode()
+        response = await api.post(REGISTER, content=body, headers=JSON)
+        assert response.status_code == 201, response.text
+        assert response.json()["organization_id"]
 
     async def test_a_nul_in_the_query_is_refused(self, api: httpx.AsyncClient) -> None:
         response = await api.get("/v1/plans?x=%00")

@@ -371,6 +371,29 @@ class TestProvision:
         user = await stored_user(app.database, uuid.UUID(second.json()["user_id"]))
         assert user.role is UserRole.MEMBER
 
+    async def test_users_past_the_plans_seats_are_refused(self, app: Served) -> None:
+        headers = await operator_headers(app)
+        body = provision_body(plan="free")  # two seats
+        joined = [
+            await app.client.post(
+                "/v1/auth/provision",
+                json={**body, "external_user_id": f"user-{n}", "email": new_email()},
+                headers=headers,
+            )
+            for n in range(2)
+        ]
+        assert [response.status_code for response in joined] == [200, 200]
+        before = await table_counts(app.database)
+        third = await app.client.post(
+            "/v1/auth/provision",
+            json={**body, "external_user_id": "user-3", "email": new_email()},
+            headers=headers,
+        )
+        assert third.status_code == 402, third.text
+        assert third.json()["error"]["code"] == "limit_exceeded"
+        assert third.json()["error"]["details"]["metric"] == "users"
+        assert await written_since(app.database, before) == {}
+
     async def test_an_email_taken_by_another_identity_is_a_conflict(self, app: Served) -> None:
         headers = await operator_headers(app)
         body = provision_body()

@@ -21,6 +21,7 @@ __all__ = ["REQUEST_ID_HEADER", "InputGuardMiddleware", "RequestIdMiddleware"]
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 _SANE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_ESCAPE = re.compile(rb"\\u(0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
 class RequestIdMiddleware:
@@ -52,12 +53,12 @@ class RequestIdMiddleware:
 
 class InputGuardMiddleware:
     """Refuse, before anything reads them, bodies over `max_body_bytes` (413
-    `payload_too_large`) and requests with a NUL character in the path, the query or the body
-    (422 `invalid_character`).
+    `payload_too_large`), and requests with a NUL character in the path, the query or the body,
+    or half a surrogate pair escaped in the body (422 `invalid_character`).
 
     PostgreSQL text cannot hold U+0000 (SQLite can), so such a value would fail deep inside a
-    transaction on one database and be stored on the other; refusing it at the door gives one
-    clear answer on both.
+    transaction on one database and be stored on the other; a lone surrogate cannot be encoded
+    at all. Refusing them at the door gives one clear answer on both.
     """
 
     def __init__(self, app: ASGIApp, max_body_bytes: int = 4 * 1024 * 1024) -> None:
@@ -69,7 +70,7 @@ class InputGuardMiddleware:
             await self.app(scope, receive, send)
             return
         if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
-            await _refuse_nul(scope, receive, send)
+            await _refuse_character(scope, receive, send)
             return
         if scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
             await self.app(scope, receive, send)
@@ -92,21 +93,31 @@ class InputGuardMiddleware:
                 return
             more = message.get("more_body", False)
         body = b"".join(chunk.get("body", b"") for chunk in chunks)
-        if b"\x00" in body or _escaped_nul(body):
-            await _refuse_nul(scope, receive, send)
+        if b"\x00" in body or _unstorable_escape(body):
+            await _refuse_character(scope, receive, send)
             return
         await self.app(scope, _replay(chunks, receive), send)
 
 
-def _escaped_nul(body: bytes) -> bool:
-    """Whether a JSON text holds `\\u0000` as an escape (not as an escaped backslash followed
-    by the letters `u0000`)."""
-    start = body.find(b"\\u0000")
-    while start != -1:
-        backslashes = len(body[:start]) - len(body[:start].rstrip(b"\\"))
-        if backslashes % 2 == 0:
+def _unstorable_escape(body: bytes) -> bool:
+    """Whether a JSON text escapes a character no database text takes: `\\u0000`, or half of
+    a surrogate pair (`\\ud800` alone), which could not even be encoded as UTF-8. An escaped
+    backslash followed by the letters (`\\\\u0000`) is text, not an escape."""
+    paired = -1
+    for match in _ESCAPE.finditer(body):
+        start = match.start()
+        if start == paired:
+            continue
+        backslashes = start - len(body[:start].rstrip(b"\\"))
+        if backslashes % 2:
+            continue
+        code = int(match.group(1), 16)
+        if code == 0 or 0xDC00 <= code <= 0xDFFF:
             return True
-        start = body.find(b"\\u0000", start + 1)
+        low = _ESCAPE.match(body, match.end())
+        if low is None or not 0xDC00 <= int(low.group(1), 16) <= 0xDFFF:
+            return True
+        paired = match.end()
     return False
 
 
@@ -123,8 +134,7 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
-async def _refuse_nul(scope: Scope, receive: Receive, send: Send) -> None:
-    response = error_response(
-        422, "invalid_character", "the request holds a NUL character (U+0000), which no field takes"
-    )
+async def _refuse_character(scope: Scope, receive: Receive, send: Send) -> None:
+    message = "the request holds a NUL character or half a surrogate pair, which no field takes"
+    response = error_response(422, "invalid_character", message)
     await response(scope, receive, send)

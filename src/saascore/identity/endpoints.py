@@ -57,6 +57,7 @@ from saascore.kit.pagination import (
     paginate,
     uuid_cursor,
 )
+from saascore.metering.errors import LimitExceeded
 from saascore.metering.ratelimit import PlanRateLimits, RateLimited
 from saascore.models import Organization, SubscriptionPlan, User
 from saascore.plans.service import PlanNotFound
@@ -161,6 +162,7 @@ def create_auth_router() -> APIRouter:
             PlanNotFound,
             UserExists,
             OrganizationExists,
+            LimitExceeded,
         ),
     )
     async def provision(

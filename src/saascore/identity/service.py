@@ -8,7 +8,6 @@ reuse) is committed before the refusal is raised.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,21 +54,15 @@ from saascore.tenancy.service import (
     OrganizationExists,
     OrganizationNotFound,
     OrganizationService,
+    locked_organization,
+    normalize_email,
 )
+from saascore.tenancy.users import check_seats
 
 __all__ = ["IdentityService", "Provisioned", "TokenPair", "normalize_email"]
 
 #: `last_used_at` is written at most this often per key.
 LAST_USED_EVERY: Final = timedelta(minutes=1)
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def normalize_email(email: str) -> str:
-    """The e-mail as stored: trimmed and lower-cased; `InvalidInput` if it is not one."""
-    normalized = email.strip().lower()
-    if len(normalized) > 320 or not _EMAIL.match(normalized):
-        raise InvalidInput("not an e-mail address", field="email")
-    return normalized
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,6 +471,7 @@ class IdentityService:
             )
             user_created = user is None
             if user is None:
+                await check_seats(s, await locked_organization(s, organization.id, with_plan=True))
                 owners = await s.scalar(
                     sa.select(sa.func.count()).where(
                         User.organization_id == organization.id, User.role == UserRole.OWNER

@@ -28,7 +28,7 @@ from saascore.metering.errors import LimitExceeded
 from saascore.models import Organization, RefreshToken, User, UserRole
 from saascore.tenancy.service import locked_organization, normalize_email
 
-__all__ = ["UserService"]
+__all__ = ["UserService", "check_seats"]
 
 
 def _check_name(name: str | None) -> str | None:
@@ -109,7 +109,7 @@ class UserService:
         password_hash = await self._hash(password)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
-            await self._check_seats(s, organization)
+            await check_seats(s, organization)
             user = User(
                 organization_id=org_id,
                 email=email,
@@ -173,7 +173,7 @@ class UserService:
             ):
                 await self._keep_an_owner(s, org_id, user_id)
             if new_active and not was_active:
-                await self._check_seats(s, organization)
+                await check_seats(s, organization)
             if name is not None:
                 user.full_name = name
             user.role, user.is_active = new_role, new_active
@@ -267,19 +267,6 @@ class UserService:
         if other is None:
             raise LastOwner("an organisation must keep at least one active owner")
 
-    async def _check_seats(self, s: AsyncSession, organization: Organization) -> None:
-        """`LimitExceeded` unless the plan has room for one more active user."""
-        seats = organization.plan.max_users
-        if seats is None:
-            return
-        active = await s.scalar(
-            sa.select(sa.func.count())
-            .select_from(User)
-            .where(User.organization_id == organization.id, User.is_active.is_(True))
-        )
-        if int(active or 0) + 1 > seats:
-            raise LimitExceeded("users", seats, int(active or 0), 1)
-
     async def _end_sessions(self, s: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> None:
         await s.execute(
             sa.update(RefreshToken)
@@ -290,6 +277,21 @@ class UserService:
             )
             .values(revoked_at=self.clock())
         )
+
+
+async def check_seats(s: AsyncSession, organization: Organization) -> None:
+    """`LimitExceeded` unless the plan has room for one more active user. The caller holds
+    the organisation's lock (`locked_organization`), so racing additions count each other."""
+    seats = organization.plan.max_users
+    if seats is None:
+        return
+    active = await s.scalar(
+        sa.select(sa.func.count())
+        .select_from(User)
+        .where(User.organization_id == organization.id, User.is_active.is_(True))
+    )
+    if int(active or 0) + 1 > seats:
+        raise LimitExceeded("users", seats, int(active or 0), 1)
 
 
 def _guard_owner(acting_role: UserRole, role: UserRole) -> None:
