@@ -69,7 +69,7 @@ class PlanService:
         )
         if not include_inactive:
             query = query.where(SubscriptionPlan.is_active.is_(True))
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             return (await s.scalars(query)).all()
 
     async def get_by_code(
@@ -81,7 +81,7 @@ class PlanService:
             .options(selectinload(SubscriptionPlan.prices), selectinload(SubscriptionPlan.limits))
             .execution_options(populate_existing=True)
         )
-        async with self.database.scope(session) as s:
+        async with self.database.scope(session, readonly=True) as s:
             plan = (await s.scalars(query)).one_or_none()
         if plan is None:
             raise PlanNotFound(f"no plan with code {code!r}", plan=code)
