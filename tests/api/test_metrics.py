@@ -14,11 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from saascore.api.metrics import MetricsMiddleware, install_metrics
+from saascore.api.metrics import MetricsMiddleware, create_metrics_router, install_metrics
 from saascore.kit.db import Database
 from saascore.testing import register_and_login
 from tests.cli.runner import SAASCORE, Cli, Server, clean_environment, free_port
@@ -141,6 +141,54 @@ class TestRequests:
         install_metrics(application)
         installed = [m for m in application.user_middleware if m.cls is MetricsMiddleware]
         assert len(installed) == 1
+
+
+class TestRouteTemplates:
+    """In a host app: the prefixes of mounts and included routers are part of the template."""
+
+    @pytest_asyncio.fixture(loop_scope="session")
+    async def host(self) -> AsyncIterator[httpx.AsyncClient]:
+        things = APIRouter(prefix="/v1/things")
+
+        @things.get("/{thing_id}")
+        async def thing(thing_id: str) -> dict[str, str]:
+            return {"id": thing_id}
+
+        mounted = FastAPI()
+
+        @mounted.get("/items/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"id": item_id}
+
+        app = FastAPI()
+        app.include_router(things, prefix="/tenant")
+        app.include_router(things, prefix="/orgs/{org}")
+        app.mount("/sub", mounted)
+        install_metrics(app)
+        app.include_router(create_metrics_router())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
+            yield client
+
+    @pytest.mark.parametrize(
+        ("path", "status", "route"),
+        [
+            ("/tenant/v1/things/t-1", 200, "/tenant/v1/things/{thing_id}"),
+            ("/sub/items/7", 200, "/sub/items/{item_id}"),
+            ("/sub/nothing-here/x", 404, "<unmatched>"),
+            # A prefix with parameters is left out rather than have their values in a label.
+            ("/orgs/o-1/v1/things/t-2", 200, "/v1/things/{thing_id}"),
+        ],
+    )
+    async def test_prefixes_are_kept_and_values_never_are(
+        self, host: httpx.AsyncClient, path: str, status: int, route: str
+    ) -> None:
+        labels = {"method": "GET", "route": route, "status": str(status)}
+        before = await scrape(host)
+        assert (await host.get(path)).status_code == status
+        after = await scrape(host)
+        assert sample(after, REQUESTS, **labels) - sample(before, REQUESTS, **labels) == 1
+        assert not any(value in after for value in ("t-1", "t-2", "o-1", "nothing-here"))
 
 
 class TestErrors:

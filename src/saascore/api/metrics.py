@@ -33,7 +33,9 @@ workers start. In that mode `/metrics` serves only what the files hold: no
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import time
 from typing import Any, Final
 
@@ -140,6 +142,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        root_path = scope.get("root_path", "")
         status = 500
 
         async def send_with_status(message: Message) -> None:
@@ -151,11 +154,11 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self._observe(scope, status, time.perf_counter() - started)
+            self._observe(scope, root_path, status, time.perf_counter() - started)
 
-    def _observe(self, scope: Scope, status: int, seconds: float) -> None:
+    def _observe(self, scope: Scope, root_path: str, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-        route = _route_template(scope)
+        route = _route_template(scope, root_path)
         counter = self._counters.get((method, route, status))
         if counter is None:
             counter = HTTP_REQUESTS.labels(method, route, str(status))
@@ -168,12 +171,36 @@ class MetricsMiddleware:
         histogram.observe(seconds)
 
 
-def _route_template(scope: Scope) -> str:
-    # The router writes the route it chose into the scope (a FastAPI route, a Starlette
-    # route or mount); the raw path is never used.
+def _route_template(scope: Scope, root_path: str) -> str:
+    """The template of the route that answered, with the prefixes of the mounts and included
+    routers it was reached through. Never the raw path: a prefix is kept only when it is
+    literal (a prefix with parameters is left out rather than have its values in a label)."""
+    # The routers write the route they chose into the scope.
     route = scope.get("route")
     template = getattr(route, "path_format", None)
-    return template if isinstance(template, str) and template else UNMATCHED
+    regex = getattr(route, "path_regex", None)
+    if not isinstance(template, str) or not template or not isinstance(regex, re.Pattern):
+        return UNMATCHED
+    # Mounts lengthen root_path by the part of the path they matched.
+    current: str = scope.get("root_path", "")
+    mounted = current[len(root_path) :]
+    path: str = scope["path"]
+    if current and path.startswith(current):
+        path = path[len(current) :]
+    if regex.match(path):
+        return mounted + template
+    # Under a router included with a prefix, the route's own template is the path's tail.
+    tail = _tail_pattern(regex.pattern).match(path)
+    converted = getattr(route, "param_convertors", {})
+    if tail is None or not set(scope.get("path_params", ())) <= set(converted):
+        return mounted + template
+    prefix: str = tail.group("_prefix")
+    return mounted + prefix + template
+
+
+@functools.lru_cache(maxsize=1024)
+def _tail_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile("(?P<_prefix>/.*?)" + pattern.removeprefix("^"))
 
 
 def install_metrics(app: FastAPI) -> None:
