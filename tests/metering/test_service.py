@@ -464,9 +464,11 @@ class TestRecord:
         [
             ("tokens", -1, {}, "quantity"),
             ("tokens", 1, {"occurred_at": datetime(2025, 3, 10)}, "occurred_at"),  # noqa: DTZ001
+            ("tokens", 1, {"occurred_at": datetime(9999, 6, 1, tzinfo=UTC)}, "occurred_at"),
+            ("tokens", 1, {"occurred_at": datetime(1969, 12, 31, tzinfo=UTC)}, "occurred_at"),
             ("storage_bytes", 1, {}, None),
         ],
-        ids=["negative", "naive-time", "gauge"],
+        ids=["negative", "naive-time", "past-the-calendar", "before-1970", "gauge"],
     )
     async def test_invalid_events_write_nothing(
         self,

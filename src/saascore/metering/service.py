@@ -65,6 +65,7 @@ from saascore.metering.errors import (
 from saascore.metering.group import GroupCommit
 from saascore.metering.values import (
     BIGINT_MAX,
+    EPOCH,
     METER_CACHE_SECONDS,
     STORAGE,
     TOKENS,
@@ -115,6 +116,8 @@ logger = logging.getLogger("saascore.metering")
 
 #: How often a write that PostgreSQL aborted to break a deadlock is tried again.
 DEADLOCK_RETRIES = 5
+#: Events happen before this; a later one's month would end past the calendar's end.
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
@@ -384,6 +387,8 @@ class UsageService:
         occurred = event.occurred_at or now
         if occurred.tzinfo is None:
             raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
+        if not EPOCH <= occurred < _LATEST:  # its period must end within the calendar
+            raise InvalidInput("occurred_at must fall between 1970 and 9998", field="occurred_at")
         return occurred
 
     async def _record_one(self, item: Pending) -> RecordResult:
