@@ -942,6 +942,17 @@ class TestReservations:
             0,
         )
 
+    async def test_settle_refuses_fields_the_database_cannot_hold_and_keeps_the_hold(
+        self, usage: UsageService, session: AsyncSession, org: Organization
+    ) -> None:
+        reservation = await usage.reserve(org.id, "tokens", 60, session=session)
+        with pytest.raises(InvalidInput) as info:
+            await usage.settle(reservation.id, 45, feature="f" * 101, session=session)
+        assert info.value.details["field"] == "feature"
+        assert await counter(session, org.id) == (0, 60)
+        result = await usage.settle(reservation.id, 45, feature="chat", session=session)
+        assert result.status == "accepted"
+
     async def test_settle_records_the_actual_amount_and_frees_the_reservation(
         self, usage: UsageService, session: AsyncSession, org: Organization, clock: Clock
     ) -> None:

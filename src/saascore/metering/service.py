@@ -987,6 +987,7 @@ class UsageService:
                 },
             },
         )
+        _check_fields(event)  # as `record` does; the savepoint undoes the claim on a refusal
         # The usage counts in the period that held the quota: if that period has ended
         # meanwhile, the event is dated when the reservation was made, inside it.
         occurred = now
