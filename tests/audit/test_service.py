@@ -66,7 +66,11 @@ class TestAppend:
         for before, after in itertools.pairwise(entries):
             assert after.prev_hash == before.hash
         assert all(entry.hash == entry_hash(entry) for entry in entries)
-        head = await session.get(AuditChainHead, org_id, populate_existing=True)
+        head = await session.scalar(
+            sa.select(AuditChainHead)
+            .where(AuditChainHead.organization_id == org_id)
+            .execution_options(populate_existing=True)
+        )
         assert head is not None
         assert (head.seq, head.hash) == (4, entries[-1].hash)
         report = await audit.check(org_id, session=session)

@@ -20,7 +20,8 @@ from saascore.models import Base
 ORGANIZATION_ID = "organization_id"
 #: Tables with an `organization_id` column that are not tenant tables.
 NOT_TENANT_TABLES = frozenset({"organizations", "webhook_events"})
-#: The documented global tables: the catalog, invoice series, webhook events, the tenants.
+#: The documented global tables: the catalog, invoice series, webhook events, the tenants, and
+#: the operators' keys (operators belong to no organisation).
 GLOBAL_TABLES = frozenset(
     {
         "organizations",
@@ -31,6 +32,7 @@ GLOBAL_TABLES = frozenset(
         "model_pricing",
         "invoice_sequences",
         "webhook_events",
+        "operator_keys",
     }
 )
 

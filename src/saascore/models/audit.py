@@ -54,8 +54,8 @@ class AuditLog(TenantMixin, Base):
     )
 
 
-class AuditChainHead(Base):
-    """The newest link of an organisation's chain: its `seq` and `hash`.
+class AuditChainHead(TenantMixin, Base):
+    """The newest link of an organisation's chain: its `seq` and `hash`. One per organisation.
 
     Appending locks this row, which serialises an organisation's entries, and verification
     compares the chain's end with it, so deleting the newest entries is detected too.
@@ -63,8 +63,7 @@ class AuditChainHead(Base):
 
     __tablename__ = "audit_chain_heads"
 
-    organization_id: Mapped[uuid.UUID] = mapped_column(
-        sa.ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True
-    )
     seq: Mapped[int] = mapped_column(sa.BigInteger)
     hash: Mapped[str | None] = mapped_column(sa.String(64))
+
+    __table_args__ = (sa.UniqueConstraint("organization_id"),)

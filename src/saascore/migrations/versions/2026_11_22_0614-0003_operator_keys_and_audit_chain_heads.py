@@ -2,13 +2,14 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-22 04:52:44.082060+00:00
+Create Date: 2026-11-22 06:14:41.538100+00:00
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -38,6 +39,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_chain_heads",
         sa.Column("organization_id", sa.Uuid(), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=True),
         sa.ForeignKeyConstraint(
@@ -46,7 +48,8 @@ def upgrade() -> None:
             name=op.f("fk_audit_chain_heads_organization_id_organizations"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("organization_id", name=op.f("pk_audit_chain_heads")),
+        sa.PrimaryKeyConstraint("organization_id", "id", name=op.f("pk_audit_chain_heads")),
+        sa.UniqueConstraint("organization_id", name=op.f("uq_audit_chain_heads_organization_id")),
     )
 
 
