@@ -105,7 +105,11 @@ class TestByPlan:
         assert window(await api.get("/v1/api-keys", headers=headers))[1] == 3
         missing = await api.delete(f"/v1/api-keys/{uuid.uuid4()}", headers=headers)
         assert missing.status_code == 404  # admitted, then answered with an error: counted
-        assert window(await api.get("/v1/me", headers=headers))[1] == 1
+        assert missing.headers["RateLimit-Remaining"] == "2"  # and the error says so
+        invalid = await api.post("/v1/api-keys", json={"name": ""}, headers=headers)
+        assert invalid.status_code == 422
+        assert invalid.headers["RateLimit-Remaining"] == "1"
+        assert window(await api.get("/v1/me", headers=headers))[1] == 0
 
     async def test_an_hourly_window(self, api: httpx.AsyncClient, scratch: Database) -> None:
         """A plan limited only per hour: its window resets within the hour, not the minute."""

@@ -3,14 +3,17 @@
 from saascore.api.app import app_factory, create_app, install, saascore_lifespan, setup_cors
 from saascore.api.errors import ErrorResponse, error_response
 from saascore.api.health import create_health_router
+from saascore.api.metrics import create_metrics_router, install_metrics
 
 __all__ = [
     "ErrorResponse",
     "app_factory",
     "create_app",
     "create_health_router",
+    "create_metrics_router",
     "error_response",
     "install",
+    "install_metrics",
     "saascore_lifespan",
     "setup_cors",
 ]

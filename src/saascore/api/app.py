@@ -13,7 +13,7 @@ from saascore import __version__
 from saascore.api.admin import create_admin_router
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
-from saascore.api.metrics import create_metrics_router
+from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
 from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
@@ -74,11 +74,12 @@ def saascore_lifespan(
 
 def install(app: FastAPI, settings: Settings) -> None:
     """What saascore's routers expect of the app that mounts them: the error envelope, the
-    request id, the input guard and CORS from settings."""
+    request id, the input guard, CORS from settings and request metrics."""
     install_error_handlers(app)
     app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     setup_cors(app, settings.cors_origins)
+    install_metrics(app)
 
 
 def create_app(settings: Settings | None = None, *, core: Saascore | None = None) -> FastAPI:
@@ -101,12 +102,12 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     app.include_router(create_health_router(settings.service_name, __version__))
     app.include_router(create_metrics_router())
     for router in (
+        create_usage_router(),  # the hot path first: routes are matched in order
         create_auth_router(),
         create_api_keys_router(),
         create_users_router(),
         create_organization_router(),
         create_plans_router(),
-        create_usage_router(),
         create_credits_router(),
         create_audit_router(),
         create_admin_router(),

@@ -51,7 +51,7 @@ _bearer = HTTPBearer(
 )
 
 
-def get_core(request: Request) -> Saascore:
+async def get_core(request: Request) -> Saascore:  # async: a plain def would run in a thread
     core: Saascore = request.app.state.saascore
     return core
 
@@ -88,7 +88,9 @@ async def get_principal(
     result = await core.rate_limiter.hit(principal.rate_limit_key, principal.rate_limits)
     if not result.allowed:
         raise RateLimited(result)
-    response.headers.update(result.http_headers())
+    headers = result.http_headers()
+    request.state.rate_limit_headers = headers  # for an error answered after this point
+    response.headers.update(headers)
     return principal
 
 

@@ -105,12 +105,18 @@ _HTTP_CODES = {
 }
 
 
-async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+def _rate_limit_headers(request: Request) -> dict[str, str]:
+    """The `RateLimit-*` headers of a request that was counted before it failed."""
+    return dict(getattr(request.state, "rate_limit_headers", {}))
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers or None)
+    headers = {**_rate_limit_headers(request), **exc.headers}
+    return error_response(exc.status_code, exc.code, exc.message, exc.details, headers or None)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
@@ -122,7 +128,8 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     ]
     first = errors[0] if errors else {"location": "request", "message": "invalid"}
     message = f"invalid request: {first['location']}: {first['message']}"
-    return error_response(422, "validation_error", message, {"errors": errors})
+    headers = _rate_limit_headers(request) or None
+    return error_response(422, "validation_error", message, {"errors": errors}, headers)
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:

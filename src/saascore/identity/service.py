@@ -512,14 +512,9 @@ class IdentityService:
 
     async def _access_token(self, token: str) -> Principal:
         claims = self.tokens.decode(token, "access")
-        query = (
-            sa.select(User.role, User.is_active, Organization.status, *_PLAN_LIMITS)
-            .join(Organization, Organization.id == User.organization_id)
-            .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
-            .where(User.organization_id == claims.organization_id, User.id == claims.user_id)
+        row = await self._read(
+            _ACCESS_TOKEN_USER, {"org": claims.organization_id, "user": claims.user_id}
         )
-        async with self.database.session(readonly=True) as s:
-            row = (await s.execute(query)).first()
         if row is None:
             raise InvalidToken("the token is invalid or has expired")
         _check_active(row.is_active, row.status)
@@ -535,30 +530,7 @@ class IdentityService:
 
     async def _api_key(self, raw: str) -> Principal:
         now = self.clock()
-        query = (
-            sa.select(
-                ApiKey.organization_id,
-                ApiKey.id,
-                ApiKey.user_id,
-                ApiKey.scopes,
-                ApiKey.environment,
-                ApiKey.expires_at,
-                ApiKey.revoked_at,
-                ApiKey.last_used_at,
-                Organization.status,
-                User.role,
-                User.is_active,
-                *_PLAN_LIMITS,
-            )
-            .join(Organization, Organization.id == ApiKey.organization_id)
-            .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
-            .outerjoin(
-                User, (User.organization_id == ApiKey.organization_id) & (User.id == ApiKey.user_id)
-            )
-            .where(ApiKey.key_hash == hash_key(raw))
-        )
-        async with self.database.session(readonly=True) as s:
-            row = (await s.execute(query)).first()
+        row = await self._read(_API_KEY, {"key_hash": hash_key(raw)})
         if row is None or row.revoked_at is not None:
             raise InvalidToken("the API key is invalid or revoked")
         if row.expires_at is not None and row.expires_at <= now:
@@ -584,10 +556,7 @@ class IdentityService:
 
     async def _operator(self, raw: str) -> Principal:
         now = self.clock()
-        async with self.database.session(readonly=True) as s:
-            key = await s.scalar(
-                sa.select(OperatorKey).where(OperatorKey.key_hash == hash_key(raw))
-            )
+        key = await self._read(_OPERATOR_KEY, {"key_hash": hash_key(raw)})
         if key is None or key.revoked_at is not None:
             raise InvalidToken("the API key is invalid or revoked")
         if key.expires_at is not None and key.expires_at <= now:
@@ -600,6 +569,15 @@ class IdentityService:
             permissions=frozenset(Permission),
             rate_limits=PlanRateLimits(per_minute=self.settings.operator_requests_per_minute),
         )
+
+    async def _read(
+        self, query: sa.Select[*tuple[Any, ...]], parameters: dict[str, Any]
+    ) -> sa.Row[*tuple[Any, ...]] | None:
+        """One row in one round trip: no transaction (a single read needs none), and a
+        statement built once, whose compiled form SQLAlchemy caches."""
+        async with self.database.engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return (await autocommit.execute(query, parameters)).first()
 
     async def _touch(
         self, model: type[ApiKey] | type[OperatorKey], now: datetime, scope: Any, key_id: uuid.UUID
@@ -617,6 +595,38 @@ class IdentityService:
                 )
                 .values(last_used_at=now)
             )
+
+
+#: What authenticating reads, one statement each, built once.
+_ACCESS_TOKEN_USER = (
+    sa.select(User.role, User.is_active, Organization.status, *_PLAN_LIMITS)
+    .join(Organization, Organization.id == User.organization_id)
+    .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
+    .where(User.organization_id == sa.bindparam("org"), User.id == sa.bindparam("user"))
+)
+_API_KEY = (
+    sa.select(
+        ApiKey.organization_id,
+        ApiKey.id,
+        ApiKey.user_id,
+        ApiKey.scopes,
+        ApiKey.environment,
+        ApiKey.expires_at,
+        ApiKey.revoked_at,
+        ApiKey.last_used_at,
+        Organization.status,
+        User.role,
+        User.is_active,
+        *_PLAN_LIMITS,
+    )
+    .join(Organization, Organization.id == ApiKey.organization_id)
+    .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
+    .outerjoin(User, (User.organization_id == ApiKey.organization_id) & (User.id == ApiKey.user_id))
+    .where(ApiKey.key_hash == sa.bindparam("key_hash"))
+)
+_OPERATOR_KEY = sa.select(
+    OperatorKey.id, OperatorKey.expires_at, OperatorKey.revoked_at, OperatorKey.last_used_at
+).where(OperatorKey.key_hash == sa.bindparam("key_hash"))
 
 
 def _organization_is(reference: str) -> sa.ColumnElement[bool]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter
 
 __all__ = [
@@ -10,6 +12,11 @@ __all__ = [
     "USAGE_REFUSED",
     "USAGE_UNPRICED_MODEL",
 ]
+
+# In multiprocess mode each metric writes a file there as soon as it exists: a directory that
+# is named but missing would break every command at import.
+if multiprocess_dir := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(multiprocess_dir, exist_ok=True)
 
 USAGE_RECORDED = Counter(
     "saascore_usage_recorded_total", "Usage events recorded, by metric.", ["metric"]
