@@ -9,6 +9,8 @@ answers come back, to:
       event and runs bench/metering.py's raw reference statement (b): one asyncpg CTE doing the
       conditional counter `UPDATE ... RETURNING` and the event `INSERT` together. No
       authentication and no rate limiting;
+and (a) again with SAASCORE_AUTH_CACHE_SECONDS=5, where a busy key skips reading its
+principal (see `saascore.identity.cache` for what that trades);
 first with each client on an organisation (and key) of its own, then with every client on one
 (a hot tenant). Prints requests/s, p50 and p99 of each and the ratio a/b, with the CPU time
 spent per request by each server process and by the PostgreSQL backends serving it (read from
@@ -64,6 +66,8 @@ from saascore.plans import Catalog, PlanSpec, read_catalog
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 CLIENTS = int(os.environ.get("BENCH_CLIENTS", "32"))
+#: SAASCORE_AUTH_CACHE_SECONDS of the second saascore server (the first reads every credential).
+CACHE_SECONDS = 5
 #: PostgreSQL connections of each server (saascore's pool, the bare endpoint's pool).
 POOL = 32
 PLAN = "bench-unlimited"
@@ -338,7 +342,11 @@ def ping(connection: Connection, _number: int) -> Awaitable[tuple[int, bytes]]:
 async def main() -> None:
     tag = secrets.token_hex(4)
     schema = f"bench_http_{tag}"
-    names = {"saascore": f"bench-http-saascore-{tag}", "bare": f"bench-http-bare-{tag}"}
+    names = {
+        "saascore": f"bench-http-saascore-{tag}",
+        "cached": f"bench-http-cached-{tag}",
+        "bare": f"bench-http-bare-{tag}",
+    }
     admin = await asyncpg.connect(URL)
     await admin.execute(f"CREATE SCHEMA {schema}")
     try:
@@ -357,7 +365,12 @@ async def main() -> None:
             "DB_POOL_SIZE": str(POOL),
             "DB_MAX_OVERFLOW": "0",
         }
-        ports = {"saascore": free_port(), "bare": free_port()}
+        cached_environment = {
+            **environment,
+            "SAASCORE_SERVICE_NAME": names["cached"],
+            "SAASCORE_AUTH_CACHE_SECONDS": str(CACHE_SECONDS),
+        }
+        ports = {"saascore": free_port(), "cached": free_port(), "bare": free_port()}
         saascore = str(Path(sys.executable).with_name("saascore"))
         with (
             tempfile.TemporaryDirectory() as cwd,  # away from any .env of this checkout
@@ -365,15 +378,20 @@ async def main() -> None:
                 [saascore, "serve", "--port", str(ports["saascore"])], environment, cwd
             ) as saascore_process,
             server(
+                [saascore, "serve", "--port", str(ports["cached"])], cached_environment, cwd
+            ) as cached_process,
+            server(
                 [sys.executable, SCRIPT, "--bare", str(ports["bare"]), schema, names["bare"]],
                 environment,
                 cwd,
             ) as bare_process,
         ):
             await wait_until_up(saascore_process, f"http://127.0.0.1:{ports['saascore']}/health")
+            await wait_until_up(cached_process, f"http://127.0.0.1:{ports['cached']}/health")
             await wait_until_up(bare_process, f"http://127.0.0.1:{ports['bare']}/ping")
             a_target = Target(ports["saascore"], saascore_process.pid, names["saascore"])
             b_target = Target(ports["bare"], bare_process.pid, names["bare"])
+            c_target = Target(ports["cached"], cached_process.pid, names["cached"])
             print(f"{CLIENTS} clients, {SECONDS:g} s per line; PostgreSQL {POOL} connections each")
             print(header("POST /v1/usage/events, one event"))
             for title, key_of, org_of in (
@@ -381,12 +399,14 @@ async def main() -> None:
                 ("hot tenant", lambda _n: keys[0], lambda _n: orgs[0]),
             ):
                 a = await measure(a_target, saascore_send(key_of), 201, admin)
+                c = await measure(c_target, saascore_send(key_of), 201, admin)
                 b = await measure(b_target, bare_send(org_of), 201, admin)
                 print(row(f"(a) saascore serve, {title}", a))
+                print(row(f"    with a {CACHE_SECONDS} s principal cache", c))
                 print(row(f"(b) bare FastAPI + raw CTE, {title}", b))
                 print(
-                    f"      a/b = {a[0] / b[0]:.2f} (target >= 0.6);"
-                    f" CPU per request a/b: server {a[3] / b[3]:.2f},"
+                    f"      a/b = {a[0] / b[0]:.2f} (target >= 0.6), with the cache"
+                    f" {c[0] / b[0]:.2f}; CPU per request a/b: server {a[3] / b[3]:.2f},"
                     f" server and database {(a[3] + a[4]) / (b[3] + b[4]):.2f}"
                 )
             print(row("client ceiling: bare GET /ping", await measure(b_target, ping, 200, admin)))

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: Requests per minute to register, log in, refresh or log out from one client address.
     auth_requests_per_minute: int | None = Field(default=30, ge=1)
+    #: Keep authenticated principals this many seconds in each process (0: read them on every
+    #: request). A change made by another process then takes up to this long there.
+    auth_cache_seconds: float = Field(default=0, ge=0, le=300)
     #: Requests per minute that one operator key may make on `/v1/admin` (None: unlimited).
     operator_requests_per_minute: int | None = Field(default=600, ge=1)
 

@@ -8,6 +8,7 @@ from saascore.audit.service import AuditService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.identity.api_keys import ApiKeyService
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.service import IdentityService
 from saascore.kit import migrate
 from saascore.kit.db import Database
@@ -36,12 +37,21 @@ class Saascore:
         self._owns_database = database is None
         self.plans = PlanService(self.database)
         self.audit = AuditService(self.database)
-        self.orgs = OrganizationService(self.database, self.plans, self.audit)
-        self.users = UserService(
-            self.database, self.audit, password_min_length=self.settings.password_min_length
+        #: Authenticated principals, shared by the services whose changes must clear it.
+        principals = PrincipalCache(self.settings.auth_cache_seconds)
+        self.orgs = OrganizationService(
+            self.database, self.plans, self.audit, principals=principals
         )
-        self.identity = IdentityService(self.database, self.settings, self.orgs, self.audit)
-        self.api_keys = ApiKeyService(self.database, self.audit)
+        self.users = UserService(
+            self.database,
+            self.audit,
+            password_min_length=self.settings.password_min_length,
+            principals=principals,
+        )
+        self.identity = IdentityService(
+            self.database, self.settings, self.orgs, self.audit, principals=principals
+        )
+        self.api_keys = ApiKeyService(self.database, self.audit, principals=principals)
         self.credits = CreditService(self.database)
         self.usage = UsageService(
             self.database,

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import SYSTEM, Actor, AuditService
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import ApiKeyNotFound
 from saascore.identity.keys import OPERATOR, new_key
 from saascore.identity.permissions import parse_scopes
@@ -31,11 +32,18 @@ def _check_name(name: str) -> str:
 
 class ApiKeyService:
     def __init__(
-        self, database: Database, audit: AuditService, *, clock: Callable[[], datetime] = utcnow
+        self,
+        database: Database,
+        audit: AuditService,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
         self.audit = audit
         self.clock = clock
+        #: Cleared when a key is revoked, so that this process stops accepting it at once.
+        self.principals = principals
 
     def _check_expiry(self, expires_at: datetime | None) -> None:
         if expires_at is None:
@@ -139,6 +147,8 @@ class ApiKeyService:
             if key.revoked_at is None:
                 key.revoked_at = self.clock()
                 await s.flush()
+                if self.principals is not None:
+                    self.principals.clear()
                 await self.audit.record(
                     org_id,
                     "api_key.revoked",
@@ -200,4 +210,6 @@ class ApiKeyService:
             if key.revoked_at is None:
                 key.revoked_at = self.clock()
                 await s.flush()
+                if self.principals is not None:
+                    self.principals.clear()
         return key

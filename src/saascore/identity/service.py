@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService, Origin
 from saascore.config import Settings
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import (
     AccountDisabled,
     InvalidCredentials,
@@ -107,6 +108,7 @@ class IdentityService:
         audit: AuditService,
         *,
         clock: Callable[[], datetime] = utcnow,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -114,6 +116,8 @@ class IdentityService:
         self.audit = audit
         self.clock = clock
         self.tokens = TokenCodec(settings, clock=clock)
+        #: Authenticated principals, kept `SAASCORE_AUTH_CACHE_SECONDS` (0: not at all).
+        self.principals = principals or PrincipalCache(settings.auth_cache_seconds)
 
     # --- accounts ------------------------------------------------------------------------------
     async def register(
@@ -503,14 +507,28 @@ class IdentityService:
     async def authenticate(self, credential: str) -> Principal:
         """The principal behind an access token, an API key (`sk_live_...`, `sk_test_...`) or
         an operator key (`sk_op_...`). `Unauthenticated` (401) when it does not hold,
-        `PermissionDenied` (403) for a disabled user or a suspended organisation."""
+        `PermissionDenied` (403) for a disabled user or a suspended organisation. With
+        `SAASCORE_AUTH_CACHE_SECONDS`, a principal found is kept that long (see `cache`)."""
+        key = None
+        if self.principals.enabled:
+            key = PrincipalCache.key(credential)
+            cached = self.principals.get(key)
+            if cached is not None:
+                return cached
         if credential.startswith(f"sk_{OPERATOR}_"):
-            return await self._operator(credential)
-        if credential.startswith("sk_"):
-            return await self._api_key(credential)
-        return await self._access_token(credential)
+            principal, expires_at = await self._operator(credential)
+        elif credential.startswith("sk_"):
+            principal, expires_at = await self._api_key(credential)
+        else:
+            principal, expires_at = await self._access_token(credential)
+        if key is not None:
+            valid_for = None
+            if expires_at is not None:
+                valid_for = (expires_at - self.clock()).total_seconds()
+            self.principals.put(key, principal, valid_for)
+        return principal
 
-    async def _access_token(self, token: str) -> Principal:
+    async def _access_token(self, token: str) -> tuple[Principal, datetime | None]:
         claims = self.tokens.decode(token, "access")
         row = await self._read(
             _ACCESS_TOKEN_USER, {"org": claims.organization_id, "user": claims.user_id}
@@ -518,7 +536,7 @@ class IdentityService:
         if row is None:
             raise InvalidToken("the token is invalid or has expired")
         _check_active(row.is_active, row.status)
-        return Principal(
+        principal = Principal(
             kind=PrincipalKind.USER,
             id=claims.user_id,
             organization_id=claims.organization_id,
@@ -527,8 +545,9 @@ class IdentityService:
             permissions=ROLE_PERMISSIONS[row.role],
             rate_limits=_plan_limits(row),
         )
+        return principal, claims.expires_at
 
-    async def _api_key(self, raw: str) -> Principal:
+    async def _api_key(self, raw: str) -> tuple[Principal, datetime | None]:
         now = self.clock()
         row = await self._read(_API_KEY, {"key_hash": hash_key(raw)})
         if row is None or row.revoked_at is not None:
@@ -543,7 +562,7 @@ class IdentityService:
             _check_active(True, row.status)
         if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
             await self._touch(ApiKey, now, ApiKey.organization_id == row.organization_id, row.id)
-        return Principal(
+        principal = Principal(
             kind=PrincipalKind.API_KEY,
             id=row.id,
             organization_id=row.organization_id,
@@ -553,8 +572,9 @@ class IdentityService:
             rate_limits=_plan_limits(row),
             environment=row.environment.value,
         )
+        return principal, row.expires_at
 
-    async def _operator(self, raw: str) -> Principal:
+    async def _operator(self, raw: str) -> tuple[Principal, datetime | None]:
         now = self.clock()
         key = await self._read(_OPERATOR_KEY, {"key_hash": hash_key(raw)})
         if key is None or key.revoked_at is not None:
@@ -563,12 +583,13 @@ class IdentityService:
             raise InvalidToken("the API key has expired")
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_EVERY:
             await self._touch(OperatorKey, now, sa.true(), key.id)
-        return Principal(
+        principal = Principal(
             kind=PrincipalKind.OPERATOR,
             id=key.id,
             permissions=frozenset(Permission),
             rate_limits=PlanRateLimits(per_minute=self.settings.operator_requests_per_minute),
         )
+        return principal, key.expires_at
 
     async def _read(
         self, query: sa.Select[*tuple[Any, ...]], parameters: dict[str, Any]

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +29,9 @@ from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
+
+if TYPE_CHECKING:  # identity imports this module
+    from saascore.identity.cache import PrincipalCache
 
 __all__ = [
     "UNSET",
@@ -199,11 +202,18 @@ class OrganizationService:
         audit: AuditService | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
         self.plans = plans
         self.audit = audit if audit is not None else AuditService(database)
         self.clock = clock
+        #: Cleared on a plan change, suspension or resumption, which this process sees at once.
+        self.principals = principals
+
+    def _forget_principals(self) -> None:
+        if self.principals is not None:
+            self.principals.clear()
 
     async def create(
         self,
@@ -380,6 +390,7 @@ class OrganizationService:
     ) -> Organization:
         """Move the organisation to another plan (by code), audited as `plan.changed` with
         the codes from and to. Moving it to the plan it is on changes nothing."""
+        self._forget_principals()
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
@@ -412,6 +423,7 @@ class OrganizationService:
         """Suspend the organisation: its users and keys are refused (403
         `organization_suspended`) until it is resumed. Audited as `organization.suspended`
         with the reason; suspending a suspended organisation changes nothing."""
+        self._forget_principals()
         reason = _reason(reason)
         return await self._set_status(
             org_id, OrganizationStatus.SUSPENDED, "organization.suspended", reason, actor, session
@@ -427,6 +439,7 @@ class OrganizationService:
     ) -> Organization:
         """Lift a suspension, audited as `organization.resumed`; resuming an active
         organisation changes nothing."""
+        self._forget_principals()
         reason = _reason(reason) if reason is not None else None
         return await self._set_status(
             org_id, OrganizationStatus.ACTIVE, "organization.resumed", reason, actor, session

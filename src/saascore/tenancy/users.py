@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import SYSTEM, Actor, AuditService
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import LastOwner, PermissionDenied, UserExists, UserNotFound
 from saascore.identity.passwords import check_password, hash_password
 from saascore.kit.db import Database
@@ -48,11 +49,18 @@ class UserService:
         *,
         password_min_length: int = 10,
         clock: Callable[[], datetime] = utcnow,
+        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
         self.audit = audit
         self.password_min_length = password_min_length
         self.clock = clock
+        #: Cleared when a user changes, so that this process sees a new role at once.
+        self.principals = principals
+
+    def _forget_principals(self) -> None:
+        if self.principals is not None:
+            self.principals.clear()
 
     async def _hash(self, password: str | None) -> str | None:
         if password is None:
@@ -155,6 +163,7 @@ class UserService:
         would leave no active owner is `LastOwner`; reactivating a user needs a free seat.
         A new password or a deactivation ends the user's sessions (refresh tokens).
         """
+        self._forget_principals()
         name = _check_name(name)
         if role is UserRole.OWNER:
             _guard_owner(acting_role, role)
@@ -221,6 +230,7 @@ class UserService:
         session: AsyncSession | None = None,
     ) -> None:
         """Remove a user, with their API keys and sessions."""
+        self._forget_principals()
         async with self.database.scope(session) as s:
             await locked_organization(s, org_id)
             user = await self._locked(s, org_id, user_id)
