@@ -1,5 +1,8 @@
 """Recording usage over HTTP: `saascore serve` beside a bare FastAPI endpoint, in one run.
 
+(The issue's `bench/http.py`, renamed: a `bench/http.py` would hide the standard library's
+`http` from every script run out of bench/.)
+
 32 concurrent clients, each on a kept-alive HTTP/1.1 connection of its own (see `Connection`
 for why not httpx), send `POST /v1/usage/events` with one event each time, as fast as the
 answers come back, to:
@@ -28,13 +31,6 @@ dropped at the end.
 
 from __future__ import annotations
 
-import sys
-import sysconfig
-
-# `python bench/http.py` puts bench/ first on sys.path, where this file would hide the standard
-# library's `http` package from everything imported after it: the standard library goes first.
-sys.path.insert(0, sysconfig.get_paths()["stdlib"])
-
 import asyncio
 import contextlib
 import os
@@ -42,6 +38,7 @@ import secrets
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -75,7 +72,7 @@ SCRIPT = str(Path(__file__).resolve())
 STARTUP_SECONDS = 60.0
 
 
-# --- the bare endpoint (run in its own process: `python bench/http.py --bare PORT SCHEMA`) ------
+# --- the bare endpoint (its own process: `python bench/http_api.py --bare PORT SCHEMA`) -------
 class Event(BaseModel):
     id: str
     metric: str
