@@ -35,10 +35,10 @@ class Saascore:
         self.settings = settings if settings is not None else load_settings()
         self.database = database if database is not None else Database(self.settings)
         self._owns_database = database is None
-        self.plans = PlanService(self.database)
-        self.audit = AuditService(self.database)
         #: Authenticated principals, shared by the services whose changes must clear it.
         principals = PrincipalCache(self.settings.auth_cache_seconds)
+        self.plans = PlanService(self.database, principals=principals)
+        self.audit = AuditService(self.database)
         self.orgs = OrganizationService(
             self.database, self.plans, self.audit, principals=principals
         )

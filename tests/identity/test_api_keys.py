@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from saascore.models import ApiKey, UserRole
+from saascore.testing import register_and_login
 from tests.identity.support import Served, add_user, audit_actions, register
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -132,3 +134,28 @@ class TestListAndRevoke:
         assert response.json()["error"]["code"] == "api_key_not_found"
         still = await app.client.get("/v1/me", headers={"X-API-Key": key.json()["key"]})
         assert still.status_code == 200
+
+
+class TestKeysManagingKeys:
+    """A key without `admin` manages no key, not even its user's: a leaked read-only key must
+    not mint a successor or revoke its user's other keys."""
+
+    async def test_a_key_without_admin_cannot_create_list_or_revoke_keys(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        owner = await register_and_login(api)
+        made = await api.post(
+            "/v1/api-keys", json={"name": "reader", "scopes": ["usage:read"]}, headers=owner
+        )
+        other = await api.post("/v1/api-keys", json={"name": "writer"}, headers=owner)
+        assert made.status_code == other.status_code == 201
+        reader = {"X-API-Key": made.json()["key"]}
+        minted = await api.post(
+            "/v1/api-keys", json={"name": "successor", "scopes": ["usage:read"]}, headers=reader
+        )
+        assert minted.status_code == 403, minted.text
+        assert minted.json()["error"]["code"] == "permission_denied"
+        revoked = await api.delete(f"/v1/api-keys/{other.json()['id']}", headers=reader)
+        assert revoked.status_code == 403
+        listed = await api.get("/v1/api-keys", headers=owner)
+        assert {key["name"] for key in listed.json()["items"]} == {"reader", "writer"}

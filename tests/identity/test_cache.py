@@ -140,3 +140,23 @@ async def test_an_expired_credential_is_never_kept() -> None:
     cache = PrincipalCache(30, clock=Ticker())
     cache.put(b"expired", Principal(kind=PrincipalKind.API_KEY, id=uuid.uuid4()), valid_for=-1)
     assert cache.get(b"expired") is None
+
+
+async def test_a_principal_read_before_a_clear_is_not_kept() -> None:
+    cache = PrincipalCache(30, clock=Ticker())
+    principal = Principal(kind=PrincipalKind.API_KEY, id=uuid.uuid4())
+    generation = cache.generation  # a request starts reading the credential...
+    cache.clear()  # ...a revocation clears the cache meanwhile...
+    cache.put(b"stale", principal, generation=generation)  # ...and its read is not kept
+    assert cache.get(b"stale") is None
+
+
+async def test_a_change_clears_again_when_it_commits(scratch: Database) -> None:
+    """Until the change commits, a request would read the old rows and keep them."""
+    cache = PrincipalCache(30, clock=Ticker())
+    principal = Principal(kind=PrincipalKind.API_KEY, id=uuid.uuid4())
+    async with scratch.transaction() as session:
+        cache.clear_on_commit(session)
+        cache.put(b"read-before-commit", principal, generation=cache.generation)
+        assert cache.get(b"read-before-commit") is principal
+    assert cache.get(b"read-before-commit") is None

@@ -148,7 +148,7 @@ class ApiKeyService:
                 key.revoked_at = self.clock()
                 await s.flush()
                 if self.principals is not None:
-                    self.principals.clear()
+                    self.principals.clear_on_commit(s)
                 await self.audit.record(
                     org_id,
                     "api_key.revoked",
@@ -211,5 +211,5 @@ class ApiKeyService:
                 key.revoked_at = self.clock()
                 await s.flush()
                 if self.principals is not None:
-                    self.principals.clear()
+                    self.principals.clear_on_commit(s)
         return key

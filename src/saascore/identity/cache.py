@@ -13,6 +13,9 @@ import hashlib
 import time
 from collections.abc import Callable
 
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from saascore.identity.principal import Principal
 
 __all__ = ["PrincipalCache"]
@@ -25,6 +28,8 @@ class PrincipalCache:
         self.seconds = seconds
         self.clock = clock
         self._entries: dict[bytes, tuple[Principal, float]] = {}
+        #: Bumped by every clear: a principal read before a clear is not kept after it.
+        self.generation = 0
 
     @property
     def enabled(self) -> bool:
@@ -44,10 +49,17 @@ class PrincipalCache:
             return None
         return principal
 
-    def put(self, key: bytes, principal: Principal, valid_for: float | None = None) -> None:
+    def put(
+        self,
+        key: bytes,
+        principal: Principal,
+        valid_for: float | None = None,
+        generation: int | None = None,
+    ) -> None:
         """Keep `principal` for the cache's seconds, or less when its credential expires
-        sooner (`valid_for`, in seconds)."""
-        if not self.enabled:
+        sooner (`valid_for`, in seconds); not at all if the cache was cleared since
+        `generation` (read before the principal was)."""
+        if not self.enabled or (generation is not None and generation != self.generation):
             return
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()
@@ -58,3 +70,12 @@ class PrincipalCache:
     def clear(self) -> None:
         """Forget every principal: something that decides what they may do has changed."""
         self._entries.clear()
+        self.generation += 1
+
+    def clear_on_commit(self, session: AsyncSession) -> None:
+        """Clear now, and again when `session`'s transaction commits: until then the old rows
+        are the committed ones, and a request in between would read and keep them."""
+        if not self.enabled:
+            return
+        self.clear()
+        event.listen(session.sync_session, "after_commit", lambda _session: self.clear(), once=True)

@@ -32,7 +32,7 @@ from saascore.identity.errors import (
     WeakPassword,
 )
 from saascore.identity.permissions import Permission
-from saascore.identity.principal import Principal
+from saascore.identity.principal import Principal, PrincipalKind
 from saascore.identity.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
@@ -232,11 +232,13 @@ def create_api_keys_router() -> APIRouter:
     router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
 
     def own_only(principal: Principal) -> uuid.UUID | None:
-        """The user whose keys the principal may manage, or None for every key."""
+        """The user whose keys the principal may manage, or None for every key. A user manages
+        their own keys; a key manages keys only with `admin` (else a leaked read-only key could
+        mint a successor, or revoke its user's other keys)."""
         if principal.can(Permission.ADMIN):
             return None
-        if principal.user_id is None:
-            raise PermissionDenied("managing keys needs the 'admin' scope")
+        if principal.kind is not PrincipalKind.USER or principal.user_id is None:
+            raise PermissionDenied("managing keys with an API key needs the 'admin' scope")
         return principal.user_id
 
     @router.post(

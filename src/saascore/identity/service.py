@@ -509,7 +509,7 @@ class IdentityService:
         an operator key (`sk_op_...`). `Unauthenticated` (401) when it does not hold,
         `PermissionDenied` (403) for a disabled user or a suspended organisation. With
         `SAASCORE_AUTH_CACHE_SECONDS`, a principal found is kept that long (see `cache`)."""
-        key = None
+        key, generation = None, self.principals.generation
         if self.principals.enabled:
             key = PrincipalCache.key(credential)
             cached = self.principals.get(key)
@@ -525,7 +525,7 @@ class IdentityService:
             valid_for = None
             if expires_at is not None:
                 valid_for = (expires_at - self.clock()).total_seconds()
-            self.principals.put(key, principal, valid_for)
+            self.principals.put(key, principal, valid_for, generation)
         return principal
 
     async def _access_token(self, token: str) -> tuple[Principal, datetime | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -21,6 +21,9 @@ from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
+
+if TYPE_CHECKING:  # identity imports the plans through tenancy
+    from saascore.identity.cache import PrincipalCache
 
 __all__ = ["UPDATABLE", "CatalogConflict", "CatalogLoadResult", "PlanNotFound", "PlanService"]
 
@@ -54,8 +57,14 @@ UPDATABLE: Final = frozenset((*_PLAN_FIELDS, "limits"))
 
 
 class PlanService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, principals: PrincipalCache | None = None) -> None:
         self.database = database
+        #: Cleared when a plan changes: principals carry their plan's rate limits.
+        self.principals = principals
+
+    def _forget_principals(self, session: AsyncSession) -> None:
+        if self.principals is not None:
+            self.principals.clear_on_commit(session)
 
     async def list(
         self, *, include_inactive: bool = False, session: AsyncSession | None = None
@@ -101,6 +110,7 @@ class PlanService:
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(unknown)} here", field=unknown[0])
         async with self.database.scope(session) as s:
+            self._forget_principals(s)
             plan = (
                 await s.scalars(
                     sa.select(SubscriptionPlan)
@@ -167,6 +177,7 @@ class PlanService:
         now = utcnow()
         try:
             async with self.database.scope(session) as s:
+                self._forget_principals(s)
                 for code, meter in catalog.meters.items():
                     values = meter.model_dump()
                     row_id = new_id()

@@ -211,9 +211,9 @@ class OrganizationService:
         #: Cleared on a plan change, suspension or resumption, which this process sees at once.
         self.principals = principals
 
-    def _forget_principals(self) -> None:
+    def _forget_principals(self, session: AsyncSession) -> None:
         if self.principals is not None:
-            self.principals.clear()
+            self.principals.clear_on_commit(session)
 
     async def create(
         self,
@@ -390,8 +390,8 @@ class OrganizationService:
     ) -> Organization:
         """Move the organisation to another plan (by code), audited as `plan.changed` with
         the codes from and to. Moving it to the plan it is on changes nothing."""
-        self._forget_principals()
         async with self.database.scope(session) as s:
+            self._forget_principals(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
             plan = await self.plans.get_by_code(plan_code, session=s)
@@ -423,7 +423,6 @@ class OrganizationService:
         """Suspend the organisation: its users and keys are refused (403
         `organization_suspended`) until it is resumed. Audited as `organization.suspended`
         with the reason; suspending a suspended organisation changes nothing."""
-        self._forget_principals()
         reason = _reason(reason)
         return await self._set_status(
             org_id, OrganizationStatus.SUSPENDED, "organization.suspended", reason, actor, session
@@ -439,7 +438,6 @@ class OrganizationService:
     ) -> Organization:
         """Lift a suspension, audited as `organization.resumed`; resuming an active
         organisation changes nothing."""
-        self._forget_principals()
         reason = _reason(reason) if reason is not None else None
         return await self._set_status(
             org_id, OrganizationStatus.ACTIVE, "organization.resumed", reason, actor, session
@@ -455,6 +453,7 @@ class OrganizationService:
         session: AsyncSession | None,
     ) -> Organization:
         async with self.database.scope(session) as s:
+            self._forget_principals(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
             if organization.status is not status:

@@ -58,9 +58,9 @@ class UserService:
         #: Cleared when a user changes, so that this process sees a new role at once.
         self.principals = principals
 
-    def _forget_principals(self) -> None:
+    def _forget_principals(self, session: AsyncSession) -> None:
         if self.principals is not None:
-            self.principals.clear()
+            self.principals.clear_on_commit(session)
 
     async def _hash(self, password: str | None) -> str | None:
         if password is None:
@@ -163,12 +163,12 @@ class UserService:
         would leave no active owner is `LastOwner`; reactivating a user needs a free seat.
         A new password or a deactivation ends the user's sessions (refresh tokens).
         """
-        self._forget_principals()
         name = _check_name(name)
         if role is UserRole.OWNER:
             _guard_owner(acting_role, role)
         password_hash = await self._hash(password)
         async with self.database.scope(session) as s:
+            self._forget_principals(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             user = await self._locked(s, org_id, user_id)
             _guard_owner(acting_role, user.role)
@@ -230,8 +230,8 @@ class UserService:
         session: AsyncSession | None = None,
     ) -> None:
         """Remove a user, with their API keys and sessions."""
-        self._forget_principals()
         async with self.database.scope(session) as s:
+            self._forget_principals(s)
             await locked_organization(s, org_id)
             user = await self._locked(s, org_id, user_id)
             _guard_owner(acting_role, user.role)
