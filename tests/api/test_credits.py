@@ -7,43 +7,15 @@ Credits are granted and consumed with the `CreditService` on the module's scratc
 
 from __future__ import annotations
 
-import secrets
-import uuid
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 
 from saascore.credits.service import CreditService
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
-from saascore.models import Organization
-from tests.factories import create_plan
-
-
-async def tenant(api: httpx.AsyncClient, scratch: Database) -> tuple[uuid.UUID, dict[str, str]]:
-    """A registered organisation on a plan without rate limits, and its owner's headers."""
-    tag = secrets.token_hex(4)
-    response = await api.post(
-        "/v1/auth/register",
-        json={
-            "email": f"owner-{tag}@example.com",
-            "password": secrets.token_urlsafe(16),
-            "organization_name": f"Credits {tag}",
-        },
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    organization_id = uuid.UUID(body["organization_id"])
-    async with scratch.transaction() as session:
-        plan = await create_plan(session)
-        await session.execute(
-            sa.update(Organization)
-            .where(Organization.id == organization_id)
-            .values(plan_id=plan.id)
-        )
-    return organization_id, {"Authorization": f"Bearer {body['access_token']}"}
+from tests.http import tenant
 
 
 async def get(api: httpx.AsyncClient, path: str, headers: dict[str, str], **params: Any) -> Any:

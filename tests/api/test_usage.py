@@ -10,7 +10,6 @@ full path, which runs on the default plan as a new customer would.
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,52 +22,10 @@ from pydantic import ValidationError
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
 from saascore.metering.schemas import UsageEventPayload
-from saascore.models import ModelPricing, Organization, PlanLimit, UsageEvent
+from saascore.models import ModelPricing, UsageEvent
 from saascore.testing import register_and_login
-from tests.factories import create_plan, random_code
-
-
-class Tenant:
-    """An organisation registered through the API, its owner's headers and its id."""
-
-    def __init__(self, organization_id: uuid.UUID, headers: dict[str, str]) -> None:
-        self.id = organization_id
-        self.headers = headers
-
-
-async def tenant(
-    api: httpx.AsyncClient,
-    scratch: Database,
-    *,
-    limits: dict[str, tuple[int | None, bool]] | None = None,
-    **plan: Any,
-) -> Tenant:
-    """Register an organisation and move it to a new plan with `plan`'s columns, `limits`
-    rows (metric: (limit, hard)) and no rate limits."""
-    tag = secrets.token_hex(4)
-    response = await api.post(
-        "/v1/auth/register",
-        json={
-            "email": f"owner-{tag}@example.com",
-            "password": secrets.token_urlsafe(16),
-            "organization_name": f"Usage {tag}",
-        },
-    )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    organization_id = uuid.UUID(body["organization_id"])
-    async with scratch.transaction() as session:
-        new_plan = await create_plan(session, **plan)
-        for metric, (value, hard) in (limits or {}).items():
-            session.add(
-                PlanLimit(plan_id=new_plan.id, metric=metric, limit_value=value, is_hard=hard)
-            )
-        await session.execute(
-            sa.update(Organization)
-            .where(Organization.id == organization_id)
-            .values(plan_id=new_plan.id)
-        )
-    return Tenant(organization_id, {"Authorization": f"Bearer {body['access_token']}"})
+from tests.factories import random_code
+from tests.http import Tenant, tenant
 
 
 async def stored_events(scratch: Database, organization_id: uuid.UUID) -> list[tuple[str, int]]:
