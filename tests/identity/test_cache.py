@@ -15,9 +15,9 @@ import pytest_asyncio
 import sqlalchemy as sa
 
 from saascore import Saascore
-from saascore.identity.cache import PrincipalCache
 from saascore.identity.principal import Principal, PrincipalKind
 from saascore.kit.db import Database
+from saascore.kit.principals import PrincipalCache
 from saascore.kit.time import utcnow
 from saascore.models import ApiKey
 from tests.http import api_app, serving

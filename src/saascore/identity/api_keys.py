@@ -11,12 +11,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import SYSTEM, Actor, AuditService
-from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import ApiKeyNotFound
 from saascore.identity.keys import OPERATOR, new_key
 from saascore.identity.permissions import parse_scopes
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
+from saascore.kit.principals import PrincipalCache
 from saascore.kit.time import utcnow
 from saascore.models import ApiKey, ApiKeyEnvironment, OperatorKey
 
@@ -43,7 +43,7 @@ class ApiKeyService:
         self.audit = audit
         self.clock = clock
         #: Cleared when a key is revoked, so that this process stops accepting it at once.
-        self.principals = principals
+        self.principals = principals or PrincipalCache(0)
 
     def _check_expiry(self, expires_at: datetime | None) -> None:
         if expires_at is None:
@@ -147,8 +147,7 @@ class ApiKeyService:
             if key.revoked_at is None:
                 key.revoked_at = self.clock()
                 await s.flush()
-                if self.principals is not None:
-                    self.principals.clear_on_commit(s)
+                self.principals.clear_on_commit(s)
                 await self.audit.record(
                     org_id,
                     "api_key.revoked",
@@ -210,6 +209,5 @@ class ApiKeyService:
             if key.revoked_at is None:
                 key.revoked_at = self.clock()
                 await s.flush()
-                if self.principals is not None:
-                    self.principals.clear_on_commit(s)
+                self.principals.clear_on_commit(s)
         return key

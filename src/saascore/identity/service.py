@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService, Origin
 from saascore.config import Settings
-from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import (
     AccountDisabled,
     InvalidCredentials,
@@ -38,6 +37,7 @@ from saascore.identity.principal import Principal, PrincipalKind
 from saascore.identity.tokens import Claims, TokenCodec
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
+from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.metering.ratelimit import PlanRateLimits

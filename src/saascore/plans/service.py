@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -17,13 +17,11 @@ from sqlalchemy.orm import selectinload
 from saascore.kit.db import Database
 from saascore.kit.errors import Conflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
+from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
-
-if TYPE_CHECKING:  # identity imports the plans through tenancy
-    from saascore.identity.cache import PrincipalCache
 
 __all__ = ["UPDATABLE", "CatalogConflict", "CatalogLoadResult", "PlanNotFound", "PlanService"]
 
@@ -60,11 +58,7 @@ class PlanService:
     def __init__(self, database: Database, *, principals: PrincipalCache | None = None) -> None:
         self.database = database
         #: Cleared when a plan changes: principals carry their plan's rate limits.
-        self.principals = principals
-
-    def _forget_principals(self, session: AsyncSession) -> None:
-        if self.principals is not None:
-            self.principals.clear_on_commit(session)
+        self.principals = principals or PrincipalCache(0)
 
     async def list(
         self, *, include_inactive: bool = False, session: AsyncSession | None = None
@@ -110,7 +104,7 @@ class PlanService:
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(unknown)} here", field=unknown[0])
         async with self.database.scope(session) as s:
-            self._forget_principals(s)
+            self.principals.clear_on_commit(s)
             plan = (
                 await s.scalars(
                     sa.select(SubscriptionPlan)
@@ -177,7 +171,7 @@ class PlanService:
         now = utcnow()
         try:
             async with self.database.scope(session) as s:
-                self._forget_principals(s)
+                self.principals.clear_on_commit(s)
                 for code, meter in catalog.meters.items():
                     values = meter.model_dump()
                     row_id = new_id()

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -25,13 +25,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 from saascore.audit.service import SYSTEM, Actor, AuditService
 from saascore.kit.db import Database
 from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
-
-if TYPE_CHECKING:  # identity imports this module
-    from saascore.identity.cache import PrincipalCache
 
 __all__ = [
     "UNSET",
@@ -209,11 +207,7 @@ class OrganizationService:
         self.audit = audit if audit is not None else AuditService(database)
         self.clock = clock
         #: Cleared on a plan change, suspension or resumption, which this process sees at once.
-        self.principals = principals
-
-    def _forget_principals(self, session: AsyncSession) -> None:
-        if self.principals is not None:
-            self.principals.clear_on_commit(session)
+        self.principals = principals or PrincipalCache(0)
 
     async def create(
         self,
@@ -391,7 +385,7 @@ class OrganizationService:
         """Move the organisation to another plan (by code), audited as `plan.changed` with
         the codes from and to. Moving it to the plan it is on changes nothing."""
         async with self.database.scope(session) as s:
-            self._forget_principals(s)
+            self.principals.clear_on_commit(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
             plan = await self.plans.get_by_code(plan_code, session=s)
@@ -453,7 +447,7 @@ class OrganizationService:
         session: AsyncSession | None,
     ) -> Organization:
         async with self.database.scope(session) as s:
-            self._forget_principals(s)
+            self.principals.clear_on_commit(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
             if organization.status is not status:

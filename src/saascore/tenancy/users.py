@@ -18,11 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import SYSTEM, Actor, AuditService
-from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import LastOwner, PermissionDenied, UserExists, UserNotFound
 from saascore.identity.passwords import check_password, hash_password
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
+from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.metering.errors import LimitExceeded
@@ -56,11 +56,7 @@ class UserService:
         self.password_min_length = password_min_length
         self.clock = clock
         #: Cleared when a user changes, so that this process sees a new role at once.
-        self.principals = principals
-
-    def _forget_principals(self, session: AsyncSession) -> None:
-        if self.principals is not None:
-            self.principals.clear_on_commit(session)
+        self.principals = principals or PrincipalCache(0)
 
     async def _hash(self, password: str | None) -> str | None:
         if password is None:
@@ -168,7 +164,7 @@ class UserService:
             _guard_owner(acting_role, role)
         password_hash = await self._hash(password)
         async with self.database.scope(session) as s:
-            self._forget_principals(s)
+            self.principals.clear_on_commit(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             user = await self._locked(s, org_id, user_id)
             _guard_owner(acting_role, user.role)
@@ -231,7 +227,7 @@ class UserService:
     ) -> None:
         """Remove a user, with their API keys and sessions."""
         async with self.database.scope(session) as s:
-            self._forget_principals(s)
+            self.principals.clear_on_commit(s)
             await locked_organization(s, org_id)
             user = await self._locked(s, org_id, user_id)
             _guard_owner(acting_role, user.role)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.identity.principal import Principal
+if TYPE_CHECKING:  # kit sits below identity
+    from saascore.identity.principal import Principal
 
 __all__ = ["PrincipalCache"]
 
