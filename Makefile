@@ -30,10 +30,11 @@ serve: setup  ## run the service on the configured database
 test: setup  ## run the whole test suite (SQLite and PostgreSQL)
 	$(RUN) pytest -n 2 $(PYTEST_ARGS)
 
-lint: setup  ## ruff check, ruff format --check, mypy --strict on src/
+lint: setup  ## ruff check, ruff format --check, mypy --strict, the layers (import-linter)
 	$(RUN) ruff check src tests bench
 	$(RUN) ruff format --check src tests bench
 	$(RUN) mypy
+	$(RUN) lint-imports --no-cache --no-logo
 
 format: setup  ## apply ruff's fixes and formatting
 	$(RUN) ruff check --fix src tests bench
