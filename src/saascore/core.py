@@ -7,6 +7,7 @@ from types import TracebackType
 from saascore.audit.service import AuditService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
+from saascore.events.bus import Event, EventBus
 from saascore.identity.api_keys import ApiKeyService
 from saascore.identity.service import IdentityService
 from saascore.kit import migrate
@@ -26,7 +27,8 @@ class Saascore:
 
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.orgs`, `core.users`,
-    `core.identity`, `core.api_keys`, `core.audit`, `core.usage` and `core.credits`.
+    `core.identity`, `core.api_keys`, `core.audit`, `core.usage` and `core.credits`;
+    `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -35,30 +37,35 @@ class Saascore:
         self.settings = settings if settings is not None else load_settings()
         self.database = database if database is not None else Database(self.settings)
         self._owns_database = database is None
-        #: Authenticated principals, shared by the services whose changes must clear it.
-        principals = PrincipalCache(self.settings.auth_cache_seconds)
-        self.plans = PlanService(self.database, principals=principals)
+        #: Every service emits into this bus: the audit log writes its entries in the
+        #: transaction, and the principal cache is cleared after commit by the changes that
+        #: decide what a principal may do.
+        self.events = EventBus()
         self.audit = AuditService(self.database)
-        self.orgs = OrganizationService(
-            self.database, self.plans, self.audit, principals=principals
-        )
+        self.events.in_transaction(self.audit.handle)
+        self.principals = PrincipalCache(self.settings.auth_cache_seconds)
+        self.events.after_commit(self._forget_principals)
+        self.plans = PlanService(self.database, self.events)
+        self.orgs = OrganizationService(self.database, self.plans, self.events)
         self.users = UserService(
-            self.database,
-            self.audit,
-            password_min_length=self.settings.password_min_length,
-            principals=principals,
+            self.database, self.events, password_min_length=self.settings.password_min_length
         )
         self.identity = IdentityService(
-            self.database, self.settings, self.orgs, self.audit, principals=principals
+            self.database, self.settings, self.orgs, self.events, principals=self.principals
         )
-        self.api_keys = ApiKeyService(self.database, self.audit, principals=principals)
-        self.credits = CreditService(self.database)
+        self.api_keys = ApiKeyService(self.database, self.events)
+        self.credits = CreditService(self.database, self.events)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
             group_commit_max_events=self.settings.group_commit_max_events,
+            events=self.events,
         )
         self.rate_limiter = RateLimiter.from_settings(self.settings)
+
+    def _forget_principals(self, event: Event) -> None:
+        if event.payload.affects_access:
+            self.principals.clear()
 
     async def start(self) -> None:
         if self.settings.should_auto_migrate:

@@ -56,9 +56,12 @@ class TestEntries:
         assert newest["user_agent"] == "audit-test/1"
         assert newest["request_id"] == "req-audit-1"
         assert newest["details"] == {
+            "key_id": created.json()["id"],
             "name": "ingest",
             "prefix": created.json()["key_prefix"],
             "scopes": ["usage:write"],
+            "user_id": str(owner.user_id),
+            "expires_at": None,
         }
         assert len(newest["hash"]) == 64
         assert newest["created_at"] >= registered["created_at"]

@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 
-from saascore.audit import AuditService
+from saascore.audit import AuditService, audited_bus
 from saascore.identity import IdentityService, InvalidToken, Permission, PrincipalKind
 from saascore.kit.db import Database
 from saascore.models import ApiKey, AuditLog, OperatorKey, UserRole
@@ -42,7 +42,7 @@ async def setup(migrated_cli: Cli, empty_database: Database) -> Setup:
     orgs = OrganizationService(empty_database, plans)
     acme = await orgs.create(name="Acme", external_id="acme")
     globex = await orgs.create(name="Globex", external_id="globex")
-    users = UserService(empty_database, AuditService(empty_database))
+    users = UserService(empty_database, audited_bus(AuditService(empty_database)))
     ada = await users.create(acme.id, email="ada@example.com", role=UserRole.MEMBER)
     return Setup(migrated_cli, empty_database, acme.id, globex.id, ada.id)
 

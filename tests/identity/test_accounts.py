@@ -15,7 +15,7 @@ import jwt
 import pytest
 import sqlalchemy as sa
 
-from saascore.audit import AuditService
+from saascore.audit import AuditService, audited_bus
 from saascore.identity import ApiKeyService, IdentityService
 from saascore.kit.db import Database
 from saascore.models import (
@@ -466,8 +466,8 @@ class TestLastUsed:
         clock = Clock()
         audit = AuditService(scratch, clock=clock)
         orgs = OrganizationService(scratch, PlanService(scratch))
-        identity = IdentityService(scratch, scratch.settings, orgs, audit, clock=clock)
-        keys = ApiKeyService(scratch, audit, clock=clock)
+        identity = IdentityService(scratch, scratch.settings, orgs, audited_bus(audit), clock=clock)
+        keys = ApiKeyService(scratch, audited_bus(audit), clock=clock)
         organization = await orgs.create(name="last used")
         row, raw = await keys.create(organization.id, name="k", scopes=["usage:read"])
 
@@ -489,8 +489,10 @@ class TestLastUsed:
         clock = Clock()
         audit = AuditService(scratch, clock=clock)
         orgs = OrganizationService(scratch, PlanService(scratch))
-        identity = IdentityService(scratch, scratch.settings, orgs, audit, clock=clock)
-        row, raw = await ApiKeyService(scratch, audit, clock=clock).create_operator_key(name="op")
+        identity = IdentityService(scratch, scratch.settings, orgs, audited_bus(audit), clock=clock)
+        row, raw = await ApiKeyService(
+            scratch, audited_bus(audit), clock=clock
+        ).create_operator_key(name="op")
 
         async def stamp() -> object:
             await identity.authenticate(raw)

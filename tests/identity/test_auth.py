@@ -216,7 +216,7 @@ class TestApiKeys:
     async def test_an_expired_key(self, app: Served) -> None:
         owner = await register(app)
         clock = Clock(app.core.identity.clock() - timedelta(hours=2))
-        keys = ApiKeyService(app.database, app.core.audit, clock=clock)
+        keys = ApiKeyService(app.database, app.core.events, clock=clock)
         row, raw = await keys.create(
             owner.organization_id,
             name="short-lived",
@@ -229,7 +229,7 @@ class TestApiKeys:
 
     async def test_an_expired_operator_key(self, app: Served) -> None:
         clock = Clock(app.core.identity.clock() - timedelta(hours=2))
-        keys = ApiKeyService(app.database, app.core.audit, clock=clock)
+        keys = ApiKeyService(app.database, app.core.events, clock=clock)
         _, raw = await keys.create_operator_key(
             name="temp", expires_at=clock.now + timedelta(hours=1)
         )

@@ -10,7 +10,7 @@ from datetime import timedelta
 import jwt
 import pytest
 
-from saascore.audit import AuditService
+from saascore.audit import AuditService, audited_bus
 from saascore.identity import IdentityService, InvalidToken, PrincipalKind, TokenCodec
 from saascore.kit.db import Database
 from saascore.plans import PlanService
@@ -23,7 +23,7 @@ SECRET = "a test signing key of at least thirty-two characters"
 def identity_on(scratch: Database, clock: Clock) -> IdentityService:
     audit = AuditService(scratch, clock=clock)
     orgs = OrganizationService(scratch, PlanService(scratch))
-    return IdentityService(scratch, scratch.settings, orgs, audit, clock=clock)
+    return IdentityService(scratch, scratch.settings, orgs, audited_bus(audit), clock=clock)
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -11,7 +11,7 @@ import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.audit.service import Actor, AuditService
+from saascore.audit.service import Actor, AuditService, audited_bus
 from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.kit.errors import AlreadyExists, InvalidInput
@@ -29,7 +29,7 @@ async def orgs(database: Database, session: AsyncSession) -> OrganizationService
     """The service, with the default catalog loaded in the test's session."""
     plans = PlanService(database)
     await plans.load_catalog(read_catalog(), session=session)
-    return OrganizationService(database, plans, AuditService(database), clock=Clock())
+    return OrganizationService(database, plans, audited_bus(AuditService(database)), clock=Clock())
 
 
 async def count(session: AsyncSession, model: type, *conditions: sa.ColumnElement[bool]) -> int:

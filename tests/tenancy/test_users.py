@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.audit.service import Actor, AuditService
+from saascore.audit.service import Actor, AuditService, audited_bus
 from saascore.identity.errors import (
     LastOwner,
     PermissionDenied,
@@ -47,7 +47,7 @@ PASSWORD = "a long enough password"
 
 @pytest.fixture
 def users(database: Database) -> UserService:
-    return UserService(database, AuditService(database), clock=Clock())
+    return UserService(database, audited_bus(AuditService(database)), clock=Clock())
 
 
 async def organization(session: AsyncSession, **plan: Any) -> Organization:
@@ -93,7 +93,10 @@ class TestCreate:
         )
         assert (await verify_password(PASSWORD, row["password_hash"]))[0]
         assert await actions(session, org.id) == [
-            ("user.created", {"email": "grace@example.com", "role": "admin"})
+            (
+                "user.created",
+                {"user_id": str(user.id), "email": "grace@example.com", "role": "admin"},
+            )
         ]
 
     async def test_without_a_password_nobody_can_log_in(
@@ -370,7 +373,10 @@ class TestUpdate:
         await users.delete(org.id, member.id, actor=ADMIN_ACTOR, session=session)
         assert await session.scalar(sa.select(ApiKey.id).where(ApiKey.id == key.id)) is None
         assert await actions(session, org.id) == [
-            ("user.deleted", {"email": member.email, "role": "member"})
+            (
+                "user.deleted",
+                {"user_id": str(member.id), "email": member.email, "role": "member"},
+            )
         ]
 
 
@@ -456,7 +462,7 @@ async def test_two_racing_changes_leave_an_owner(
     """Two owners, and two admins each taking one of them away at the same moment: exactly
     one change wins, the other is `LastOwner`, and one active owner is left."""
     audit = AuditService(scratch)
-    users = UserService(scratch, audit)
+    users = UserService(scratch, audited_bus(audit))
     for _ in range(5):
         async with scratch.transaction() as s:
             plan = await create_plan(s)
@@ -481,7 +487,7 @@ async def test_two_racing_changes_leave_an_owner(
 
 async def test_seats_hold_under_racing_additions(scratch: Database) -> None:
     """Ten additions race for two free seats: two win."""
-    users = UserService(scratch, AuditService(scratch))
+    users = UserService(scratch, audited_bus(AuditService(scratch)))
     async with scratch.transaction() as s:
         plan = await create_plan(s, max_users=3)
         org = await create_organization(s, plan=plan)

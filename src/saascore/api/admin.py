@@ -9,10 +9,8 @@ audit chain with the operator as the actor.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Body, Path, Query, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,11 +31,10 @@ from saascore.kit.pagination import (
     uuid_cursor,
 )
 from saascore.metering.errors import UnknownMetric
-from saascore.models import CreditSource, CreditTransaction, OrganizationStatus, SubscriptionPlan
+from saascore.models import CreditSource, OrganizationStatus, SubscriptionPlan
 from saascore.plans.catalog import INT32, INT64, LIMIT_FIELDS, Catalog
 from saascore.plans.schemas import PlanOut
 from saascore.plans.service import CatalogConflict, PlanNotFound
-from saascore.tenancy.accounts import usage_account
 from saascore.tenancy.schemas import OrganizationOut, OrganizationSummary
 from saascore.tenancy.service import OrganizationDeleted, OrganizationExists, OrganizationNotFound
 
@@ -198,14 +195,6 @@ async def _organization_out(core: Saascore, org_id: uuid.UUID, s: AsyncSession) 
     return OrganizationOut.with_limits(organization, await core.usage.limits(org_id, session=s))
 
 
-async def _override(s: AsyncSession, org_id: uuid.UUID, metric: str) -> dict[str, Any] | None:
-    """The organisation's override on a metric, its account row locked until the request
-    ends (so that what the audit says it was is what it was)."""
-    account = await usage_account(s, org_id)
-    current = (account.overrides or {}).get(metric)
-    return dict(current) if current is not None else None
-
-
 def create_admin_router() -> APIRouter:
     """`/v1/admin`: organisations, plans and credit grants, for operators."""
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -297,21 +286,14 @@ def create_admin_router() -> APIRouter:
         """Override the plan's limit on a metric for this organisation (audited as
         `limit.overridden`)."""
         await core.orgs.get(org_id, session=session)
-        previous = await _override(session, org_id, metric)
         limit = await core.usage.set_limit(
-            org_id, metric, body.limit, hard=body.hard, session=session
+            org_id,
+            metric,
+            body.limit,
+            hard=body.hard,
+            actor=operator.actor(origin),
+            session=session,
         )
-        now = {"limit": limit.value, "hard": limit.hard}
-        if previous != now:
-            await core.audit.record(
-                org_id,
-                "limit.overridden",
-                actor=operator.actor(origin),
-                target_type="limit",
-                target_id=metric,
-                details={"metric": metric, "from": previous, "to": now},
-                session=session,
-            )
         return LimitOut(metric=metric, limit=limit.value, hard=limit.hard, overridden=True)
 
     @router.delete(
@@ -329,18 +311,9 @@ def create_admin_router() -> APIRouter:
         """Drop the organisation's override on a metric: its plan's limit applies again
         (audited as `limit.override_cleared`). Answers the limit that now applies."""
         await core.orgs.get(org_id, session=session)
-        previous = await _override(session, org_id, metric)
-        limit = await core.usage.clear_limit(org_id, metric, session=session)
-        if previous is not None:
-            await core.audit.record(
-                org_id,
-                "limit.override_cleared",
-                actor=operator.actor(origin),
-                target_type="limit",
-                target_id=metric,
-                details={"metric": metric, "from": previous},
-                session=session,
-            )
+        limit = await core.usage.clear_limit(
+            org_id, metric, actor=operator.actor(origin), session=session
+        )
         return LimitOut(metric=metric, limit=limit.value, hard=limit.hard, overridden=False)
 
     @router.post(
@@ -414,14 +387,7 @@ def create_admin_router() -> APIRouter:
         `idempotency_key`: a retry answers 200 with the first grant's transaction and grants
         nothing; the same key with other values is 409 `idempotency_conflict`."""
         await core.orgs.get(org_id, session=session)
-        await usage_account(session, org_id)  # held until the request ends: no retry races us
-        earlier = await session.scalar(
-            sa.select(CreditTransaction.id).where(
-                CreditTransaction.organization_id == org_id,
-                CreditTransaction.idempotency_key == body.idempotency_key,
-            )
-        )
-        transaction = await core.credits.grant(
+        granted = await core.credits.grant_once(
             org_id,
             body.amount,
             source=body.source,
@@ -429,27 +395,12 @@ def create_admin_router() -> APIRouter:
             expires_at=body.expires_at,
             idempotency_key=body.idempotency_key,
             description=body.description,
+            actor=operator.actor(origin),
             session=session,
         )
-        if earlier is not None:
+        if granted.replayed:
             response.status_code = status.HTTP_200_OK
-        else:
-            await core.audit.record(
-                org_id,
-                "credits.granted",
-                actor=operator.actor(origin),
-                target_type="credit_transaction",
-                target_id=transaction.id,
-                details={
-                    "amount": body.amount,
-                    "source": body.source.value,
-                    "grant_id": str(transaction.grant_id),
-                    "idempotency_key": body.idempotency_key,
-                    "expires_at": _iso(body.expires_at),
-                },
-                session=session,
-            )
-        return CreditTransactionOut.model_validate(transaction)
+        return CreditTransactionOut.model_validate(granted.transaction)
 
     # --- plans ---------------------------------------------------------------------------------
     @router.post("/plans/load", responses=error_responses(*OPERATOR_ERRORS, CatalogConflict))
@@ -487,7 +438,3 @@ def create_admin_router() -> APIRouter:
         return AdminPlanOut.of(plan)
 
     return router
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat() if moment is not None else None

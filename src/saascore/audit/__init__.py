@@ -7,7 +7,17 @@ from saascore.audit.service import (
     ChainBreak,
     ChainReport,
     Origin,
+    audited_bus,
     entry_hash,
 )
 
-__all__ = ["SYSTEM", "Actor", "AuditService", "ChainBreak", "ChainReport", "Origin", "entry_hash"]
+__all__ = [
+    "SYSTEM",
+    "Actor",
+    "AuditService",
+    "ChainBreak",
+    "ChainReport",
+    "Origin",
+    "audited_bus",
+    "entry_hash",
+]

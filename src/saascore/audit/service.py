@@ -23,6 +23,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.events.bus import Event, EventBus
+from saascore.kit.actors import SYSTEM, Actor, Origin
 from saascore.kit.db import Database
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
@@ -35,44 +37,11 @@ __all__ = [
     "ChainBreak",
     "ChainReport",
     "Origin",
+    "audited_bus",
     "entry_hash",
 ]
 
 _VERIFY_CHUNK = 1_000
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    """Where a request came from, as the audit log keeps it."""
-
-    ip_address: str | None = None
-    user_agent: str | None = None
-    request_id: str | None = None
-
-    def actor(self, type_: str, id_: object = None, user_id: uuid.UUID | None = None) -> Actor:
-        return Actor(
-            type=type_,
-            id=str(id_) if id_ is not None else None,
-            user_id=user_id,
-            ip_address=self.ip_address,
-            user_agent=self.user_agent,
-            request_id=self.request_id,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Actor:
-    """Who did it, and from where: a user, an API key, an operator or saascore itself."""
-
-    type: str
-    id: str | None = None
-    user_id: uuid.UUID | None = None
-    ip_address: str | None = None
-    user_agent: str | None = None
-    request_id: str | None = None
-
-
-SYSTEM = Actor("system")
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +156,22 @@ class AuditService:
             await s.flush()
         return entry
 
+    async def handle(self, session: AsyncSession, event: Event) -> None:
+        """The event bus's in-transaction handler: the event's audit entry, if it has one."""
+        action = event.payload.audited_as()
+        if action is None or event.organization_id is None:
+            return
+        await self.record(
+            event.organization_id,
+            action,
+            actor=event.actor,
+            target_type=event.payload.target_type,
+            target_id=event.target_id,
+            details=event.data(),
+            request_data=dict(event.request_data) if event.request_data is not None else None,
+            session=session,
+        )
+
     async def list(
         self,
         org_id: uuid.UUID,
@@ -290,3 +275,11 @@ class AuditService:
         if head[1] != prev_hash:
             return ChainBreak(org_id, last, "the head's hash is not the last entry's"), read
         return None, read
+
+
+def audited_bus(audit: AuditService) -> EventBus:
+    """An event bus whose events write their audit entries (what a service built on its own,
+    outside the facade, emits into)."""
+    bus = EventBus(clock=audit.clock)
+    bus.in_transaction(audit.handle)
+    return bus

@@ -22,7 +22,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.audit.service import AuditService, audited_bus
 from saascore.credits.errors import CreditTransactionNotFound, InsufficientCredits, NotRefundable
+from saascore.events.bus import EventBus
+from saascore.events.catalog import CreditsExpired, CreditsGranted, CreditsLow
+from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.idempotency import payload_hash
@@ -40,7 +44,7 @@ from saascore.models import (
 )
 from saascore.tenancy.accounts import usage_account
 
-__all__ = ["CreditAccount", "CreditService", "LedgerProblem"]
+__all__ = ["CreditAccount", "CreditService", "Granted", "LedgerProblem"]
 
 _DRAW_ORDER = (
     CreditGrant.priority.asc(),
@@ -60,6 +64,14 @@ class CreditAccount:
 
 
 @dataclass(frozen=True)
+class Granted:
+    """A grant's transaction, and whether it is an earlier one that its key replayed."""
+
+    transaction: CreditTransaction
+    replayed: bool
+
+
+@dataclass(frozen=True)
 class LedgerProblem:
     """A difference `verify()` found between the cached balance, the ledger and the grants."""
 
@@ -68,8 +80,15 @@ class LedgerProblem:
 
 
 class CreditService:
-    def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        database: Database,
+        events: EventBus | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.database = database
+        self.events = events if events is not None else audited_bus(AuditService(database))
         self.clock = clock
 
     # --- changes -------------------------------------------------------------------------------
@@ -84,10 +103,43 @@ class CreditService:
         idempotency_key: str | None = None,
         description: str | None = None,
         payment_id: uuid.UUID | None = None,
+        actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> CreditTransaction:
-        """Add `amount` credits as a new grant. A retry with the same key returns the first
-        transaction; the same key with different values raises `IdempotencyConflict`."""
+        """Add `amount` credits as a new grant (`grant_once`, answering the transaction)."""
+        granted = await self.grant_once(
+            org_id,
+            amount,
+            source=source,
+            priority=priority,
+            expires_at=expires_at,
+            idempotency_key=idempotency_key,
+            description=description,
+            payment_id=payment_id,
+            actor=actor,
+            session=session,
+        )
+        return granted.transaction
+
+    async def grant_once(
+        self,
+        org_id: uuid.UUID,
+        amount: int,
+        *,
+        source: CreditSource = CreditSource.MANUAL,
+        priority: int = 0,
+        expires_at: datetime | None = None,
+        idempotency_key: str | None = None,
+        description: str | None = None,
+        payment_id: uuid.UUID | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Granted:
+        """Add `amount` credits as a new grant, emitting `credits.granted`.
+
+        Idempotent on `idempotency_key`: a retry, even racing the first call, answers the first
+        transaction with `replayed` set and grants and emits nothing; the same key with
+        different values raises `IdempotencyConflict`."""
         _positive(amount)
         if expires_at is not None and expires_at <= self.clock():
             raise InvalidInput("the grant would expire before it starts", field="expires_at")
@@ -103,7 +155,7 @@ class CreditService:
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
-                return replay
+                return Granted(replay, replayed=True)
             now = self.clock()
             await self._expire_lapsed(s, account, now)
             grant = await self._new_grant(
@@ -119,7 +171,7 @@ class CreditService:
                 now=now,
             )
             account.credits_granted_total += amount
-            return await self._append(
+            transaction = await self._append(
                 s,
                 account,
                 CreditTransactionType.GRANT,
@@ -130,6 +182,22 @@ class CreditService:
                 request=request,
                 description=description,
             )
+            await self.events.emit(
+                s,
+                org_id,
+                CreditsGranted(
+                    transaction_id=transaction.id,
+                    grant_id=grant.id,
+                    amount=amount,
+                    source=CreditSource(source).value,
+                    idempotency_key=idempotency_key,
+                    expires_at=expires_at,
+                    balance=account.credit_balance,
+                ),
+                actor=actor,
+                target_id=transaction.id,
+            )
+            return Granted(transaction, replayed=False)
 
     async def consume(
         self,
@@ -624,17 +692,22 @@ class CreditService:
         for grant in lapsed:
             amount, grant.remaining, grant.expired_at = grant.remaining, 0, now
             account.credits_expired_total += amount
-            expired.append(
-                await self._append(
-                    s,
-                    account,
-                    CreditTransactionType.EXPIRE,
-                    -amount,
-                    now,
-                    grant_id=grant.id,
-                    allocations=[(grant.id, amount)],
-                    description="grant expired",
-                )
+            transaction = await self._append(
+                s,
+                account,
+                CreditTransactionType.EXPIRE,
+                -amount,
+                now,
+                grant_id=grant.id,
+                allocations=[(grant.id, amount)],
+                description="grant expired",
+            )
+            expired.append(transaction)
+            await self.events.emit(
+                s,
+                account.organization_id,
+                CreditsExpired(grant_id=grant.id, amount=amount, balance=account.credit_balance),
+                target_id=grant.id,
             )
         return expired
 
@@ -654,8 +727,17 @@ class CreditService:
         reference: str | None = None,
         description: str | None = None,
     ) -> CreditTransaction:
-        """Apply `amount` to the cached balance and append the ledger row that records it."""
+        """Apply `amount` to the cached balance and append the ledger row that records it;
+        a fall below the organisation's `credit_low_threshold` emits `credits.low`."""
+        before = account.credit_balance
         account.credit_balance += amount
+        threshold = account.credit_low_threshold
+        if threshold is not None and account.credit_balance < threshold <= before:
+            await self.events.emit(
+                s,
+                account.organization_id,
+                CreditsLow(balance=account.credit_balance, threshold=threshold),
+            )
         account.updated_at = now
         if grant_id is None and len(allocations) == 1:
             grant_id = allocations[0][0]

@@ -10,13 +10,14 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.audit.service import SYSTEM, Actor, AuditService
+from saascore.events.bus import EventBus
+from saascore.events.catalog import ApiKeyCreated, ApiKeyRevoked, OperatorKeyRevoked
 from saascore.identity.errors import ApiKeyNotFound
 from saascore.identity.keys import OPERATOR, new_key
 from saascore.identity.permissions import parse_scopes
+from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
-from saascore.kit.principals import PrincipalCache
 from saascore.kit.time import utcnow
 from saascore.models import ApiKey, ApiKeyEnvironment, OperatorKey
 
@@ -34,16 +35,13 @@ class ApiKeyService:
     def __init__(
         self,
         database: Database,
-        audit: AuditService,
+        events: EventBus,
         *,
         clock: Callable[[], datetime] = utcnow,
-        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
-        self.audit = audit
+        self.events = events
         self.clock = clock
-        #: Cleared when a key is revoked, so that this process stops accepting it at once.
-        self.principals = principals or PrincipalCache(0)
 
     def _check_expiry(self, expires_at: datetime | None) -> None:
         if expires_at is None:
@@ -89,14 +87,19 @@ class ApiKeyService:
             )
             s.add(key)
             await s.flush()
-            await self.audit.record(
+            await self.events.emit(
+                s,
                 org_id,
-                "api_key.created",
+                ApiKeyCreated(
+                    key_id=key.id,
+                    name=name,
+                    prefix=key.key_prefix,
+                    scopes=key.scopes,
+                    user_id=user_id,
+                    expires_at=expires_at,
+                ),
                 actor=actor,
-                target_type="api_key",
                 target_id=key.id,
-                details={"name": name, "prefix": key.key_prefix, "scopes": key.scopes},
-                session=s,
             )
         return key, material.raw
 
@@ -147,15 +150,12 @@ class ApiKeyService:
             if key.revoked_at is None:
                 key.revoked_at = self.clock()
                 await s.flush()
-                self.principals.clear_on_commit(s)
-                await self.audit.record(
+                await self.events.emit(
+                    s,
                     org_id,
-                    "api_key.revoked",
+                    ApiKeyRevoked(key_id=key.id, name=key.name, prefix=key.key_prefix),
                     actor=actor,
-                    target_type="api_key",
                     target_id=key.id,
-                    details={"name": key.name, "prefix": key.key_prefix},
-                    session=s,
                 )
         return key
 
@@ -209,5 +209,5 @@ class ApiKeyService:
             if key.revoked_at is None:
                 key.revoked_at = self.clock()
                 await s.flush()
-                self.principals.clear_on_commit(s)
+                await self.events.emit(s, None, OperatorKeyRevoked(key_id=key.id))
         return key

@@ -18,8 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.audit.service import AuditService, Origin
 from saascore.config import Settings
+from saascore.events.bus import EventBus
+from saascore.events.catalog import (
+    AuthLogin,
+    AuthLoginFailed,
+    AuthLogout,
+    AuthRefreshTokenReused,
+    UserProvisioned,
+    UserRegistered,
+)
 from saascore.identity.errors import (
     AccountDisabled,
     InvalidCredentials,
@@ -35,6 +43,7 @@ from saascore.identity.passwords import check_password, hash_password, verify_pa
 from saascore.identity.permissions import ROLE_PERMISSIONS, Permission, parse_scopes
 from saascore.identity.principal import Principal, PrincipalKind
 from saascore.identity.tokens import Claims, TokenCodec
+from saascore.kit.actors import Origin
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.principals import PrincipalCache
@@ -105,7 +114,7 @@ class IdentityService:
         database: Database,
         settings: Settings,
         orgs: OrganizationService,
-        audit: AuditService,
+        events: EventBus,
         *,
         clock: Callable[[], datetime] = utcnow,
         principals: PrincipalCache | None = None,
@@ -113,7 +122,7 @@ class IdentityService:
         self.database = database
         self.settings = settings
         self.orgs = orgs
-        self.audit = audit
+        self.events = events
         self.clock = clock
         self.tokens = TokenCodec(settings, clock=clock)
         #: Authenticated principals, kept `SAASCORE_AUTH_CACHE_SECONDS` (0: not at all).
@@ -146,14 +155,12 @@ class IdentityService:
             s.add(user)
             await s.flush()
             actor = origin.actor(PrincipalKind.USER.value, user.id, user.id)
-            await self.audit.record(
+            await self.events.emit(
+                s,
                 organization.id,
-                "user.registered",
+                UserRegistered(email=email, organization=organization.slug),
                 actor=actor,
-                target_type="user",
                 target_id=user.id,
-                details={"email": email, "organization": organization.slug},
-                session=s,
             )
             return await self._issue(s, user, origin)
 
@@ -201,14 +208,12 @@ class IdentityService:
         if not matches:
             async with self.database.transaction() as s:
                 for user, org in candidates:
-                    await self.audit.record(
+                    await self.events.emit(
+                        s,
                         org.id,
-                        "auth.login_failed",
+                        AuthLoginFailed(email=email),
                         actor=origin.actor("anonymous"),
-                        target_type="user",
                         target_id=user.id,
-                        details={"email": email},
-                        session=s,
                     )
             raise InvalidCredentials("the e-mail or password is wrong")
         if len(matches) > 1:
@@ -230,14 +235,12 @@ class IdentityService:
                 .where(User.organization_id == user.organization_id, User.id == user.id)
                 .values(**values)
             )
-            await self.audit.record(
+            await self.events.emit(
+                s,
                 org.id,
-                "auth.login",
+                AuthLogin(rehashed=new_hash is not None),
                 actor=origin.actor(PrincipalKind.USER.value, user.id, user.id),
-                target_type="user",
                 target_id=user.id,
-                details={"rehashed": new_hash is not None},
-                session=s,
             )
             return await self._issue(s, user, origin)
 
@@ -282,14 +285,12 @@ class IdentityService:
             if row is None or row.used_at is None:  # unknown, revoked or expired
                 raise InvalidToken("the token is invalid or has expired")
             revoked = await self._revoke_family(s, claims)
-            await self.audit.record(
+            await self.events.emit(
+                s,
                 claims.organization_id,
-                "auth.refresh_token_reused",
+                AuthRefreshTokenReused(family_id=str(claims.family_id), revoked=revoked),
                 actor=origin.actor("anonymous"),
-                target_type="user",
                 target_id=row.user_id,
-                details={"family_id": str(claims.family_id), "revoked": revoked},
-                session=s,
             )
         raise TokenReused("the refresh token was already used: every session it began is ended")
 
@@ -307,13 +308,12 @@ class IdentityService:
             if owner is None:
                 raise InvalidToken("the token is invalid or has expired")
             if await self._revoke_family(s, claims):
-                await self.audit.record(
+                await self.events.emit(
+                    s,
                     claims.organization_id,
-                    "auth.logout",
+                    AuthLogout(),
                     actor=(origin or Origin()).actor(PrincipalKind.USER.value, owner, owner),
-                    target_type="user",
                     target_id=owner,
-                    session=s,
                 )
 
     async def _revoke_family(self, s: AsyncSession, claims: Claims) -> int:
@@ -492,14 +492,12 @@ class IdentityService:
                 )
                 s.add(user)
                 await s.flush()
-                await self.audit.record(
+                await self.events.emit(
+                    s,
                     organization.id,
-                    "user.provisioned",
+                    UserProvisioned(external_platform=platform, external_id=user_external_id),
                     actor=origin.actor(PrincipalKind.OPERATOR.value),
-                    target_type="user",
                     target_id=user.id,
-                    details={"external_platform": platform, "external_id": user_external_id},
-                    session=s,
                 )
             return Provisioned(organization, user, org_created, user_created)
 

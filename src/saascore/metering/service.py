@@ -33,8 +33,12 @@ import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.audit.service import AuditService, audited_bus
 from saascore.config import DatabaseBackend
+from saascore.events.bus import EventBus
+from saascore.events.catalog import LimitOverridden, LimitOverrideCleared
 from saascore.kit import metrics
+from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import (
     DatabaseUnavailable,
@@ -231,9 +235,11 @@ class UsageService:
         clock: Callable[[], datetime] = utcnow,
         group_commit: bool = True,
         group_commit_max_events: int = 256,
+        events: EventBus | None = None,
     ) -> None:
         self.database = database
         self.clock = clock
+        self.events = events if events is not None else audited_bus(AuditService(database))
         #: Coalesce concurrent `record` calls into shared transactions (PostgreSQL; see `group`).
         self.group_commit = group_commit
         if group_commit_max_events < 1:
@@ -807,30 +813,57 @@ class UsageService:
         limit: int | None,
         *,
         hard: bool = True,
+        actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Limit:
-        """Override the plan's limit on `metric` for one organisation (None: unlimited)."""
+        """Override the plan's limit on `metric` for one organisation (None: unlimited),
+        emitting `limit.overridden` with the override before and after (nothing when the
+        override is already this one)."""
         async with self.database.scope(session) as s:
             await self._meter(s, metric)
             account = await usage_account(s, org_id)
             overrides = dict(account.overrides or {})
-            overrides[metric] = {"limit": unlimited(limit), "hard": hard}
-            account.overrides = overrides
-            account.updated_at = self.clock()
-            await s.flush()
+            previous = overrides.get(metric)
+            current = {"limit": unlimited(limit), "hard": hard}
+            if previous != current:
+                overrides[metric] = current
+                account.overrides = overrides
+                account.updated_at = self.clock()
+                await s.flush()
+                await self.events.emit(
+                    s,
+                    org_id,
+                    LimitOverridden(metric=metric, from_=previous, to=current),
+                    actor=actor,
+                    target_id=metric,
+                )
         return Limit(unlimited(limit), hard)
 
     async def clear_limit(
-        self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None
+        self,
+        org_id: uuid.UUID,
+        metric: str,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
     ) -> Limit:
-        """Drop the organisation's override: the plan's limit applies again."""
+        """Drop the organisation's override: the plan's limit applies again. Emits
+        `limit.override_cleared` when there was one."""
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)
             overrides = dict(account.overrides or {})
-            overrides.pop(metric, None)
-            account.overrides = overrides
-            account.updated_at = self.clock()
-            await s.flush()
+            previous = overrides.pop(metric, None)
+            if previous is not None:
+                account.overrides = overrides
+                account.updated_at = self.clock()
+                await s.flush()
+                await self.events.emit(
+                    s,
+                    org_id,
+                    LimitOverrideCleared(metric=metric, from_=previous),
+                    actor=actor,
+                    target_id=metric,
+                )
             return await self.limit(org_id, metric, session=s)
 
     # --- reservations --------------------------------------------------------------------------

@@ -38,6 +38,13 @@ from saascore.models.credits import (
     CreditTransaction,
     CreditTransactionType,
 )
+from saascore.models.events import (
+    DeliveryStatus,
+    OutboxEvent,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from saascore.models.identity import ApiKey, ApiKeyEnvironment, OperatorKey, RefreshToken
 from saascore.models.tenancy import (
     Organization,
@@ -105,6 +112,7 @@ __all__ = [
     "CreditSource",
     "CreditTransaction",
     "CreditTransactionType",
+    "DeliveryStatus",
     "Document",
     "DocumentFolder",
     "DocumentFolderModel",
@@ -131,6 +139,7 @@ __all__ = [
     "Organization",
     "OrganizationModel",
     "OrganizationStatus",
+    "OutboxEvent",
     "Payment",
     "PaymentMethod",
     "PaymentProvider",
@@ -162,6 +171,9 @@ __all__ = [
     "UserPreference",
     "UserPreferenceModel",
     "UserRole",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "WebhookEvent",
     "WebhookOutcome",
 ]

@@ -198,6 +198,8 @@ class UsageLimits(TenantMixin, Base):
     credits_granted_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     credits_consumed_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     credits_expired_total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: `credits.low` is emitted when the balance falls below this; None: never.
+    credit_low_threshold: Mapped[int | None] = mapped_column(sa.BigInteger)
     last_credit_refill_at: Mapped[datetime | None]
     next_credit_refill_at: Mapped[datetime | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)

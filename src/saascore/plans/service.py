@@ -14,10 +14,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from saascore.events.bus import EventBus
+from saascore.events.catalog import CatalogChanged
 from saascore.kit.db import Database
 from saascore.kit.errors import Conflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
-from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
@@ -55,10 +56,10 @@ UPDATABLE: Final = frozenset((*_PLAN_FIELDS, "limits"))
 
 
 class PlanService:
-    def __init__(self, database: Database, *, principals: PrincipalCache | None = None) -> None:
+    def __init__(self, database: Database, events: EventBus | None = None) -> None:
         self.database = database
-        #: Cleared when a plan changes: principals carry their plan's rate limits.
-        self.principals = principals or PrincipalCache(0)
+        #: A change emits `catalog.changed`: principals carry their plan's rate limits.
+        self.events = events if events is not None else EventBus()
 
     async def list(
         self, *, include_inactive: bool = False, session: AsyncSession | None = None
@@ -104,7 +105,6 @@ class PlanService:
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(unknown)} here", field=unknown[0])
         async with self.database.scope(session) as s:
-            self.principals.clear_on_commit(s)
             plan = (
                 await s.scalars(
                     sa.select(SubscriptionPlan)
@@ -140,6 +140,7 @@ class PlanService:
             await s.flush()
             if "limits" in changes:
                 await self._load_limits(s, plan.id, spec.limits)
+            await self.events.emit(s, None, CatalogChanged(plans=[code]))
             return await self.get_by_code(code, session=s)
 
     async def _check_metrics(self, s: AsyncSession, limits: Mapping[str, Any]) -> None:
@@ -171,7 +172,7 @@ class PlanService:
         now = utcnow()
         try:
             async with self.database.scope(session) as s:
-                self.principals.clear_on_commit(s)
+                await self.events.emit(s, None, CatalogChanged(plans=sorted(catalog.plans)))
                 for code, meter in catalog.meters.items():
                     values = meter.model_dump()
                     row_id = new_id()

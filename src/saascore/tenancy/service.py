@@ -1,7 +1,7 @@
 """Organisations: creating, finding, listing, editing, moving between plans, suspending.
 
-Every change an operator or an admin makes is recorded in the organisation's audit chain, in
-the caller's unit of work, with the actor the caller names.
+Every change emits its event in the caller's unit of work, with the actor the caller names:
+the audit entry and the tenant's webhooks follow from it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from saascore.audit.service import SYSTEM, Actor, AuditService
+from saascore.audit.service import AuditService, audited_bus
+from saascore.events.bus import EventBus
+from saascore.events.catalog import (
+    OrganizationCreated,
+    OrganizationPlanChanged,
+    OrganizationResumed,
+    OrganizationSuspended,
+    OrganizationUpdated,
+)
+from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
-from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.models import Organization, OrganizationStatus, UsageLimits
@@ -197,17 +205,14 @@ class OrganizationService:
         self,
         database: Database,
         plans: PlanService,
-        audit: AuditService | None = None,
+        events: EventBus | None = None,
         *,
         clock: Callable[[], datetime] = utcnow,
-        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
         self.plans = plans
-        self.audit = audit if audit is not None else AuditService(database)
+        self.events = events if events is not None else audited_bus(AuditService(database))
         self.clock = clock
-        #: Cleared on a plan change, suspension or resumption, which this process sees at once.
-        self.principals = principals or PrincipalCache(0)
 
     async def create(
         self,
@@ -224,7 +229,8 @@ class OrganizationService:
 
         Its `usage_limits` row is created in the same transaction. The slug comes from the
         name, with a random suffix when the plain slug is taken. With an `actor`, the creation
-        opens the organisation's audit chain as `organization.created`.
+        emits `organization.created`, which opens the organisation's audit chain; without
+        one (registration, provisioning), the caller's own event says what happened.
         """
         name = _name(name)
         external_id = _external_id(external_id)
@@ -265,14 +271,12 @@ class OrganizationService:
             await s.flush()
             set_committed_value(organization, "plan", plan_row)
             if actor is not None:
-                await self.audit.record(
+                await self.events.emit(
+                    s,
                     organization.id,
-                    "organization.created",
+                    OrganizationCreated(name=name, slug=organization.slug, plan=plan_row.code),
                     actor=actor,
-                    target_type="organization",
                     target_id=organization.id,
-                    details={"name": name, "slug": organization.slug, "plan": plan_row.code},
-                    session=s,
                 )
         return organization
 
@@ -363,14 +367,8 @@ class OrganizationService:
                     setattr(organization, field, change["to"])
                 organization.updated_at = self.clock()
                 await s.flush()
-                await self.audit.record(
-                    org_id,
-                    "organization.updated",
-                    actor=actor,
-                    target_type="organization",
-                    target_id=org_id,
-                    details={"changes": changes},
-                    session=s,
+                await self.events.emit(
+                    s, org_id, OrganizationUpdated(changes=changes), actor=actor, target_id=org_id
                 )
         return organization
 
@@ -385,7 +383,6 @@ class OrganizationService:
         """Move the organisation to another plan (by code), audited as `plan.changed` with
         the codes from and to. Moving it to the plan it is on changes nothing."""
         async with self.database.scope(session) as s:
-            self.principals.clear_on_commit(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
             plan = await self.plans.get_by_code(plan_code, session=s)
@@ -395,14 +392,12 @@ class OrganizationService:
                 organization.updated_at = self.clock()
                 await s.flush()
                 set_committed_value(organization, "plan", plan)
-                await self.audit.record(
+                await self.events.emit(
+                    s,
                     org_id,
-                    "plan.changed",
+                    OrganizationPlanChanged(from_=previous.code, to=plan.code),
                     actor=actor,
-                    target_type="organization",
                     target_id=org_id,
-                    details={"from": previous.code, "to": plan.code},
-                    session=s,
                 )
         return organization
 
@@ -419,7 +414,11 @@ class OrganizationService:
         with the reason; suspending a suspended organisation changes nothing."""
         reason = _reason(reason)
         return await self._set_status(
-            org_id, OrganizationStatus.SUSPENDED, "organization.suspended", reason, actor, session
+            org_id,
+            OrganizationStatus.SUSPENDED,
+            OrganizationSuspended(reason=reason),
+            actor,
+            session,
         )
 
     async def resume(
@@ -434,20 +433,18 @@ class OrganizationService:
         organisation changes nothing."""
         reason = _reason(reason) if reason is not None else None
         return await self._set_status(
-            org_id, OrganizationStatus.ACTIVE, "organization.resumed", reason, actor, session
+            org_id, OrganizationStatus.ACTIVE, OrganizationResumed(reason=reason), actor, session
         )
 
     async def _set_status(
         self,
         org_id: uuid.UUID,
         status: OrganizationStatus,
-        action: str,
-        reason: str | None,
+        event: OrganizationSuspended | OrganizationResumed,
         actor: Actor,
         session: AsyncSession | None,
     ) -> Organization:
         async with self.database.scope(session) as s:
-            self.principals.clear_on_commit(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
             if organization.status is not status:
@@ -456,15 +453,7 @@ class OrganizationService:
                 organization.suspended_at = now if status is OrganizationStatus.SUSPENDED else None
                 organization.updated_at = now
                 await s.flush()
-                await self.audit.record(
-                    org_id,
-                    action,
-                    actor=actor,
-                    target_type="organization",
-                    target_id=org_id,
-                    details={"reason": reason},
-                    session=s,
-                )
+                await self.events.emit(s, org_id, event, actor=actor, target_id=org_id)
         return organization
 
     async def _one(

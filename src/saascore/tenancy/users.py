@@ -17,12 +17,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.audit.service import SYSTEM, Actor, AuditService
+from saascore.events.bus import EventBus
+from saascore.events.catalog import UserCreated, UserRemoved, UserRoleChanged, UserUpdated
 from saascore.identity.errors import LastOwner, PermissionDenied, UserExists, UserNotFound
 from saascore.identity.passwords import check_password, hash_password
+from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
-from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.metering.errors import LimitExceeded
@@ -45,18 +46,15 @@ class UserService:
     def __init__(
         self,
         database: Database,
-        audit: AuditService,
+        events: EventBus,
         *,
         password_min_length: int = 10,
         clock: Callable[[], datetime] = utcnow,
-        principals: PrincipalCache | None = None,
     ) -> None:
         self.database = database
-        self.audit = audit
+        self.events = events
         self.password_min_length = password_min_length
         self.clock = clock
-        #: Cleared when a user changes, so that this process sees a new role at once.
-        self.principals = principals or PrincipalCache(0)
 
     async def _hash(self, password: str | None) -> str | None:
         if password is None:
@@ -129,14 +127,12 @@ class UserService:
                 if violates(error, "email"):
                     raise UserExists(f"{email} is already a user here", email=email) from None
                 raise
-            await self.audit.record(
+            await self.events.emit(
+                s,
                 org_id,
-                "user.created",
+                UserCreated(user_id=user.id, email=email, role=role.value),
                 actor=actor,
-                target_type="user",
                 target_id=user.id,
-                details={"email": email, "role": role.value},
-                session=s,
             )
         return user
 
@@ -164,7 +160,6 @@ class UserService:
             _guard_owner(acting_role, role)
         password_hash = await self._hash(password)
         async with self.database.scope(session) as s:
-            self.principals.clear_on_commit(s)
             organization = await locked_organization(s, org_id, with_plan=True)
             user = await self._locked(s, org_id, user_id)
             _guard_owner(acting_role, user.role)
@@ -188,14 +183,12 @@ class UserService:
                 await self._end_sessions(s, org_id, user_id)
             await s.flush()
             if user.role is not old_role:
-                await self.audit.record(
+                await self.events.emit(
+                    s,
                     org_id,
-                    "user.role_changed",
+                    UserRoleChanged(from_=old_role.value, to=user.role.value),
                     actor=actor,
-                    target_type="user",
                     target_id=user.id,
-                    details={"from": old_role.value, "to": user.role.value},
-                    session=s,
                 )
             details: dict[str, Any] = {}
             if user.full_name != old_name:
@@ -205,14 +198,8 @@ class UserService:
             if password_hash is not None:
                 details["password_changed"] = True
             if details:
-                await self.audit.record(
-                    org_id,
-                    "user.updated",
-                    actor=actor,
-                    target_type="user",
-                    target_id=user.id,
-                    details=details,
-                    session=s,
+                await self.events.emit(
+                    s, org_id, UserUpdated(**details), actor=actor, target_id=user.id
                 )
         return user
 
@@ -227,7 +214,6 @@ class UserService:
     ) -> None:
         """Remove a user, with their API keys and sessions."""
         async with self.database.scope(session) as s:
-            self.principals.clear_on_commit(s)
             await locked_organization(s, org_id)
             user = await self._locked(s, org_id, user_id)
             _guard_owner(acting_role, user.role)
@@ -236,14 +222,12 @@ class UserService:
             email, role = user.email, user.role
             await s.delete(user)
             await s.flush()
-            await self.audit.record(
+            await self.events.emit(
+                s,
                 org_id,
-                "user.deleted",
+                UserRemoved(user_id=user_id, email=email, role=role.value),
                 actor=actor,
-                target_type="user",
                 target_id=user_id,
-                details={"email": email, "role": role.value},
-                session=s,
             )
 
     async def _locked(self, s: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID) -> User:

@@ -1,0 +1,229 @@
+"""Domain events: what happened, emitted into the unit of work that made it happen.
+
+A service that changes state calls `await bus.emit(session, org_id, SomethingHappened(...),
+actor=...)` inside its transaction. Three things follow from that one call:
+
+- **in the transaction**, the handlers that must share the change's fate run at once, on the
+  same session (the audit entry): if the transaction rolls back, so does what they wrote;
+- **the outbox**: an event meant to leave the process (`EventPayload.public`) is written to
+  `outbox_events` in the same transaction, so it is published if and only if the change
+  committed, and the dispatcher is woken;
+- **after commit**, the in-process handlers run (clearing the principal cache, waking the
+  dispatcher); an event whose transaction, or savepoint, rolled back never reaches them.
+
+Nothing else fans a change out by hand: an endpoint, a CLI command and a library call that make
+the same change write the same audit entry and publish the same event.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from saascore.kit.actors import SYSTEM, Actor
+from saascore.kit.ids import new_id
+from saascore.kit.time import utcnow
+from saascore.models import OutboxEvent
+
+__all__ = [
+    "OUTBOX_CHANNEL",
+    "CommitHandler",
+    "Event",
+    "EventBus",
+    "EventPayload",
+    "TransactionHandler",
+]
+
+log = logging.getLogger(__name__)
+
+#: The PostgreSQL channel notified when outbox rows commit (NOTIFY is transactional).
+OUTBOX_CHANNEL = "saascore_outbox"
+
+_PENDING = "saascore.events.pending"
+
+
+class EventPayload(BaseModel):
+    """What an event says. Each event type is a subclass naming its `type`.
+
+    Class settings: `public` events leave the process through the outbox (to tenants' webhook
+    endpoints); `audit_action` names the audit entry the event writes (the type by default,
+    None for none); `affects_access` events clear the principal cache after commit.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: ClassVar[str]
+    public: ClassVar[bool] = True
+    audit_action: ClassVar[str | None] = ""
+    affects_access: ClassVar[bool] = False
+    #: The kind of thing the event is about, for the audit entry's `target_type`.
+    target_type: ClassVar[str | None] = None
+
+    @classmethod
+    def audited_as(cls) -> str | None:
+        return cls.type if cls.audit_action == "" else cls.audit_action
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An emitted event: its payload and who, where, when."""
+
+    payload: EventPayload
+    #: None for a platform-wide change (a plan of the catalog), which no tenant owns.
+    organization_id: uuid.UUID | None
+    actor: Actor = SYSTEM
+    target_id: str | None = None
+    request_data: Mapping[str, Any] | None = None
+    id: uuid.UUID = field(default_factory=new_id)
+    occurred_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def type(self) -> str:
+        return self.payload.type
+
+    def data(self) -> dict[str, Any]:
+        """The payload as JSON values."""
+        return self.payload.model_dump(mode="json", by_alias=True)
+
+    def body(self) -> dict[str, Any]:
+        """The webhook body (Standard Webhooks: `type`, `timestamp`, `data`)."""
+        return {
+            "type": self.type,
+            "timestamp": self.occurred_at.isoformat(),
+            "data": self.data(),
+        }
+
+
+TransactionHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+CommitHandler = Callable[[Event], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: Event
+    transaction: SessionTransaction | None
+
+
+class EventBus:
+    """Emits events and runs their handlers in and after the transaction.
+
+    One bus per `Saascore`; the facade subscribes the audit log (in the transaction), the
+    principal cache and the dispatcher's wake-up (after commit).
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.clock = clock
+        self._in_transaction: list[TransactionHandler] = []
+        self._after_commit: list[CommitHandler] = []
+
+    def in_transaction(self, handler: TransactionHandler) -> TransactionHandler:
+        """Run `handler(session, event)` inside the emitting transaction."""
+        self._in_transaction.append(handler)
+        return handler
+
+    def after_commit(self, handler: CommitHandler) -> CommitHandler:
+        """Run `handler(event)` once the emitting transaction has committed."""
+        self._after_commit.append(handler)
+        return handler
+
+    async def emit(
+        self,
+        session: AsyncSession,
+        organization_id: uuid.UUID | None,
+        payload: EventPayload,
+        *,
+        actor: Actor = SYSTEM,
+        target_id: object = None,
+        request_data: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """Emit `payload` into `session`'s unit of work (see the module's docstring)."""
+        emitted = Event(
+            payload=payload,
+            organization_id=organization_id,
+            actor=actor,
+            target_id=str(target_id) if target_id is not None else None,
+            request_data=request_data,
+            occurred_at=self.clock(),
+        )
+        for handler in self._in_transaction:
+            await handler(session, emitted)
+        if payload.public and organization_id is not None:
+            await self.publish(session, [emitted])
+        self._remember(session, emitted)
+        return emitted
+
+    async def publish(self, session: AsyncSession, events: Iterable[Event]) -> None:
+        """Write `events` to the outbox in `session`'s transaction (set-wise), and have the
+        dispatchers of every process woken when it commits."""
+        rows = [outbox_row(emitted) for emitted in events]
+        if not rows:
+            return
+        await session.execute(sa.insert(OutboxEvent), rows)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+
+    # --- after commit ----------------------------------------------------------------------------
+    def _remember(self, session: AsyncSession, emitted: Event) -> None:
+        if not self._after_commit:
+            return
+        sync = session.sync_session
+        pending: list[_Pending] | None = sync.info.get(_PENDING)
+        if pending is None:
+            pending = sync.info[_PENDING] = []
+            sa_event.listen(sync, "after_commit", self._committed)
+            sa_event.listen(sync, "after_soft_rollback", _rolled_back)
+        transaction = sync.get_nested_transaction() or sync.get_transaction()
+        pending.append(_Pending(emitted, transaction))
+
+    def _committed(self, sync: Session) -> None:
+        pending: list[_Pending] = sync.info.get(_PENDING) or []
+        if sync.in_nested_transaction():  # a savepoint released: the outer one may still fail
+            return
+        sync.info[_PENDING] = []
+        for item in pending:
+            self.run_after_commit(item.event)
+
+    def run_after_commit(self, emitted: Event) -> None:
+        """The after-commit handlers for one committed event; a failing one is logged, never
+        raised: the change has committed and its caller must hear so."""
+        for handler in self._after_commit:
+            try:
+                handler(emitted)
+            except Exception:
+                log.exception("after-commit handler %r failed on %s", handler, emitted.type)
+
+
+def _rolled_back(sync: Session, previous: SessionTransaction) -> None:
+    """Forget the events emitted inside the transaction or savepoint that rolled back."""
+    pending: list[_Pending] = sync.info.get(_PENDING) or []
+    sync.info[_PENDING] = [item for item in pending if not _within(item.transaction, previous)]
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def outbox_row(emitted: Event) -> dict[str, Any]:
+    """The `outbox_events` row of an event (for the set-wise writers, such as metering)."""
+    return {
+        "organization_id": emitted.organization_id,
+        "id": emitted.id,
+        "type": emitted.type,
+        "body": emitted.body(),
+        "occurred_at": emitted.occurred_at,
+        "dispatched_at": None,
+    }
