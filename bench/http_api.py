@@ -13,7 +13,7 @@ answers come back, to:
       conditional counter `UPDATE ... RETURNING` and the event `INSERT` together. No
       authentication and no rate limiting;
 and (a) again with SAASCORE_AUTH_CACHE_SECONDS=5, where a busy key skips reading its
-principal (see `saascore.kit.principals` for what that trades);
+principal (see `saascore.identity.cache` for what that trades);
 first with each client on an organisation (and key) of its own, then with every client on one
 (a hot tenant). Prints requests/s, p50 and p99 of each and the ratio a/b, with the CPU time
 spent per request by each server process and by the PostgreSQL backends serving it (read from

@@ -9,10 +9,10 @@ from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.events.bus import Event, EventBus
 from saascore.identity.api_keys import ApiKeyService
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.service import IdentityService
 from saascore.kit import migrate
 from saascore.kit.db import Database
-from saascore.kit.principals import PrincipalCache
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
 from saascore.plans.service import PlanService

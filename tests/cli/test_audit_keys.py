@@ -31,7 +31,7 @@ class Setup:
     def identity(self) -> IdentityService:
         audit = AuditService(self.database)
         orgs = OrganizationService(self.database, PlanService(self.database))
-        return IdentityService(self.database, self.database.settings, orgs, audit)
+        return IdentityService(self.database, self.database.settings, orgs, audited_bus(audit))
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -15,9 +15,11 @@ import pytest_asyncio
 import sqlalchemy as sa
 
 from saascore import Saascore
+from saascore.events import EventBus
+from saascore.events.catalog import OperatorKeyRevoked
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.principal import Principal, PrincipalKind
 from saascore.kit.db import Database
-from saascore.kit.principals import PrincipalCache
 from saascore.kit.time import utcnow
 from saascore.models import ApiKey
 from tests.http import api_app, serving
@@ -151,12 +153,35 @@ async def test_a_principal_read_before_a_clear_is_not_kept() -> None:
     assert cache.get(b"stale") is None
 
 
-async def test_a_change_clears_again_when_it_commits(scratch: Database) -> None:
-    """Until the change commits, a request would read the old rows and keep them."""
+async def test_a_change_clears_the_cache_when_it_commits_and_not_before(
+    scratch: Database,
+) -> None:
+    """The facade clears the cache after commit on an event that affects access: a request
+    reading before the commit reads the committed (old) rows, and what it keeps goes then."""
     cache = PrincipalCache(30, clock=Ticker())
+    bus = EventBus()
+    bus.after_commit(lambda event: cache.clear() if event.payload.affects_access else None)
     principal = Principal(kind=PrincipalKind.API_KEY, id=uuid.uuid4())
+    key_id = uuid.uuid4()
     async with scratch.transaction() as session:
-        cache.clear_on_commit(session)
+        await bus.emit(session, None, OperatorKeyRevoked(key_id=key_id))
         cache.put(b"read-before-commit", principal, generation=cache.generation)
         assert cache.get(b"read-before-commit") is principal
     assert cache.get(b"read-before-commit") is None
+
+
+async def test_a_change_that_rolls_back_keeps_the_cache(scratch: Database) -> None:
+    cache = PrincipalCache(30, clock=Ticker())
+    bus = EventBus()
+    bus.after_commit(lambda event: cache.clear() if event.payload.affects_access else None)
+    principal = Principal(kind=PrincipalKind.API_KEY, id=uuid.uuid4())
+
+    async def failing_change() -> None:
+        async with scratch.transaction() as session:
+            await bus.emit(session, None, OperatorKeyRevoked(key_id=uuid.uuid4()))
+            cache.put(b"kept", principal, generation=cache.generation)
+            raise RuntimeError("the change fails")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    assert cache.get(b"kept") is principal

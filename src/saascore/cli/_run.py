@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import getpass
 import os
+import socket
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,6 +32,7 @@ from alembic.util import CommandError
 
 from saascore.config import Settings
 from saascore.core import Saascore
+from saascore.kit.actors import Actor
 from saascore.kit.db import Database, describe_connection_error
 from saascore.kit.errors import ConfigurationError, DatabaseUnavailable, DomainError
 
@@ -37,6 +40,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_USAGE",
     "NO_SCHEMA",
+    "cli_actor",
     "echo_error",
     "explain",
     "explain_or_unexpected",
@@ -207,3 +211,12 @@ def run_with_core(settings: Settings, work: Callable[[Saascore], Awaitable[T]]) 
             return await work(core)
 
     return run_with_database(settings, with_core)
+
+
+def cli_actor() -> Actor:
+    """Who ran the command, as events and the audit log name it: `cli user@host`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        user = "unknown"
+    return Actor("cli", f"{user}@{socket.gethostname()}"[:255])

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from saascore.cli._output import console, new_table
-from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
+from saascore.cli._run import EXIT_ERROR, cli_actor, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.credits import CreditAccount, LedgerProblem
@@ -50,6 +50,7 @@ def grant(
             expires_at=expires,
             idempotency_key=key,
             description=description,
+            actor=cli_actor(),
         )
 
     transaction = run_with_core(load_settings(), work)

@@ -11,9 +11,7 @@ its SHA-256 is stored.
 
 from __future__ import annotations
 
-import getpass
 import re
-import socket
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,9 +20,8 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 
-from saascore.audit import Actor
 from saascore.cli._output import console, new_table
-from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core
+from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.identity import ApiKeyNotFound, UserNotFound, normalize_email
@@ -49,15 +46,6 @@ OrgOption = Annotated[
 OperatorOption = Annotated[
     bool, typer.Option("--operator", help="An operator key (the platform's staff, /v1/admin).")
 ]
-
-
-def _cli_actor() -> Actor:
-    """Who ran the command, as the audit log names it: `cli user@host`."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no login name (a container without a passwd entry)
-        user = "unknown"
-    return Actor("cli", f"{user}@{socket.gethostname()}"[:255])
 
 
 def _expiry(text: str | None) -> datetime | None:
@@ -149,7 +137,7 @@ def create(
             user_id=user_id,
             expires_at=expires_at,
             environment=ApiKeyEnvironment.TEST if test else ApiKeyEnvironment.LIVE,
-            actor=_cli_actor(),
+            actor=cli_actor(),
         )
         return _Created(key.id, key.key_prefix, raw)
 
@@ -261,7 +249,7 @@ def revoke(
                     raise ApiKeyNotFound(f"no key {identifier}", api_key=str(identifier)) from None
                 return op_key.key_prefix, op_key.revoked_at
             organization_id = found
-        key = await core.api_keys.revoke(organization_id, identifier, actor=_cli_actor())
+        key = await core.api_keys.revoke(organization_id, identifier, actor=cli_actor())
         return key.key_prefix, key.revoked_at
 
     prefix, revoked_at = run_with_core(load_settings(), work)

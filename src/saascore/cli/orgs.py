@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from saascore.cli._output import console, new_table
-from saascore.cli._run import handle_errors, run_with_core
+from saascore.cli._run import cli_actor, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.models import Organization
@@ -42,7 +42,9 @@ def create(
     settings = load_settings()
 
     async def work(core: Saascore) -> Organization:
-        return await core.orgs.create(name=name, plan=plan, external_id=external_id)
+        return await core.orgs.create(
+            name=name, plan=plan, external_id=external_id, actor=cli_actor()
+        )
 
     organization = run_with_core(settings, work)
     typer.echo(str(organization.id))

@@ -28,6 +28,7 @@ from saascore.events.catalog import (
     UserProvisioned,
     UserRegistered,
 )
+from saascore.identity.cache import PrincipalCache
 from saascore.identity.errors import (
     AccountDisabled,
     InvalidCredentials,
@@ -46,7 +47,6 @@ from saascore.identity.tokens import Claims, TokenCodec
 from saascore.kit.actors import Origin
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
-from saascore.kit.principals import PrincipalCache
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.metering.ratelimit import PlanRateLimits

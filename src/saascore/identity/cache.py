@@ -4,7 +4,8 @@ Off by default: each request then reads its credential's key, user, organisation
 (one statement). With a few seconds of cache, a busy key skips that read, at a price: a change
 made by *another* process (a key revoked, a user demoted or disabled, an organisation suspended
 or moved to another plan) takes effect there up to that many seconds later. Changes made through
-this process's services clear the cache at once, and no entry outlives its token or key.
+this process's services clear the cache when they commit (an after-commit handler of the
+event bus), and no entry outlives its token or key.
 """
 
 from __future__ import annotations
@@ -12,13 +13,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncSession
-
-if TYPE_CHECKING:  # kit sits below identity
-    from saascore.identity.principal import Principal
+from saascore.identity.principal import Principal
 
 __all__ = ["PrincipalCache"]
 
@@ -73,11 +69,3 @@ class PrincipalCache:
         """Forget every principal: something that decides what they may do has changed."""
         self._entries.clear()
         self.generation += 1
-
-    def clear_on_commit(self, session: AsyncSession) -> None:
-        """Clear now, and again when `session`'s transaction commits: until then the old rows
-        are the committed ones, and a request in between would read and keep them."""
-        if not self.enabled:
-            return
-        self.clear()
-        event.listen(session.sync_session, "after_commit", lambda _session: self.clear(), once=True)

@@ -1,0 +1,145 @@
+"""The event bus: in-transaction handlers, the outbox and after-commit handlers share the fate
+of the change that emitted them: nothing of a change that rolls back, exactly once of one that
+commits, on both databases."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from saascore.audit import AuditService
+from saascore.events import Event, EventBus
+from saascore.events.catalog import ApiKeyRevoked, AuthLogout, CreditsLow, OperatorKeyRevoked
+from saascore.kit.actors import Actor
+from saascore.kit.db import Database
+from saascore.models import AuditLog, OutboxEvent
+from tests.factories import create_organization
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+ACTOR = Actor("user", "someone")
+
+
+class Recorder:
+    """A bus wired as the facade wires it: the audit log in the transaction, a list after
+    commit (standing in for the principal cache and the dispatcher's doorbell)."""
+
+    def __init__(self, database: Database) -> None:
+        self.bus = EventBus()
+        self.bus.in_transaction(AuditService(database).handle)
+        self.committed: list[Event] = []
+        self.bus.after_commit(self.committed.append)
+
+
+async def counts(database: Database, org_id: uuid.UUID) -> tuple[int, int]:
+    """(audit entries, outbox rows) of the organisation, as committed."""
+    async with database.session(readonly=True) as s:
+        audit = await s.scalar(sa.select(sa.func.count()).where(AuditLog.organization_id == org_id))
+        outbox = await s.scalar(
+            sa.select(sa.func.count()).where(OutboxEvent.organization_id == org_id)
+        )
+    return int(audit or 0), int(outbox or 0)
+
+
+async def new_org(database: Database) -> uuid.UUID:
+    async with database.transaction() as s:
+        return (await create_organization(s)).id
+
+
+def revoked() -> ApiKeyRevoked:
+    return ApiKeyRevoked(key_id=uuid.uuid4(), name="ingest", prefix="sk_live_ab12cd34")
+
+
+class TestFate:
+    async def test_a_commit_emits_exactly_once(self, scratch: Database) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+        async with scratch.transaction() as s:
+            emitted = await recorder.bus.emit(s, org, revoked(), actor=ACTOR, target_id="k1")
+            assert recorder.committed == []  # not before the commit
+        assert recorder.committed == [emitted]
+        assert await counts(scratch, org) == (1, 1)
+        async with scratch.session(readonly=True) as s:
+            entry = (
+                await s.scalars(sa.select(AuditLog).where(AuditLog.organization_id == org))
+            ).one()
+            row = (
+                await s.scalars(sa.select(OutboxEvent).where(OutboxEvent.organization_id == org))
+            ).one()
+        assert (entry.action, entry.actor_type, entry.actor_id) == (
+            "api_key.revoked",
+            "user",
+            "someone",
+        )
+        assert (entry.target_type, entry.target_id) == ("api_key", "k1")
+        assert entry.details == emitted.data()
+        assert (row.id, row.type) == (emitted.id, "api_key.revoked")
+        assert row.body == {
+            "type": "api_key.revoked",
+            "timestamp": emitted.occurred_at.isoformat(),
+            "data": emitted.data(),
+        }
+
+    async def test_a_rollback_emits_nothing(self, scratch: Database) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+
+        async def failing_change() -> None:
+            async with scratch.transaction() as s:
+                await recorder.bus.emit(s, org, revoked(), actor=ACTOR)
+                raise RuntimeError("the change fails after its event")
+
+        with pytest.raises(RuntimeError):
+            await failing_change()
+        assert recorder.committed == []
+        assert await counts(scratch, org) == (0, 0)
+        # The session is gone; a later commit of another session runs only its own events.
+        async with scratch.transaction() as s:
+            kept = await recorder.bus.emit(s, org, revoked())
+        assert recorder.committed == [kept]
+
+    async def test_a_savepoint_that_rolls_back_takes_its_events_along(
+        self, scratch: Database
+    ) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+        async with scratch.transaction() as s:
+            outer = await recorder.bus.emit(s, org, revoked())
+
+            async def failing_step() -> None:
+                async with s.begin_nested():
+                    await recorder.bus.emit(s, org, revoked())
+                    raise RuntimeError("only the savepoint fails")
+
+            with pytest.raises(RuntimeError):
+                await failing_step()
+            async with s.begin_nested():  # a savepoint released: its event stays
+                inner = await recorder.bus.emit(s, org, revoked())
+        assert recorder.committed == [outer, inner]
+        assert await counts(scratch, org) == (2, 2)
+
+    async def test_only_public_events_reach_the_outbox(self, scratch: Database) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+        async with scratch.transaction() as s:
+            await recorder.bus.emit(s, org, AuthLogout(), actor=ACTOR)  # audited, not public
+            await recorder.bus.emit(s, org, CreditsLow(balance=1, threshold=5))  # public only
+            await recorder.bus.emit(s, None, OperatorKeyRevoked(key_id=uuid.uuid4()))
+        assert await counts(scratch, org) == (1, 1)
+        assert [event.type for event in recorder.committed] == [
+            "auth.logout",
+            "credits.low",
+            "operator_key.revoked",
+        ]
+
+    async def test_a_failing_after_commit_handler_does_not_undo_the_commit(
+        self, scratch: Database
+    ) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+
+        def broken(_event: Event) -> None:
+            raise RuntimeError("a handler bug")
+
+        recorder.bus._after_commit.insert(0, broken)
+        async with scratch.transaction() as s:
+            emitted = await recorder.bus.emit(s, org, revoked())
+        assert recorder.committed == [emitted]  # the next handler still ran
+        assert await counts(scratch, org) == (1, 1)
