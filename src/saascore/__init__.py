@@ -53,12 +53,14 @@ __all__ = [
     "DomainError",
     "InvalidInput",
     "NotFound",
+    "ReadSessionDep",
     "Saascore",
     "SaascoreError",
     "SessionDep",
     "Settings",
     "__version__",
     "db",
+    "get_read_session",
     "get_session",
     "load_settings",
 ]
@@ -92,5 +94,15 @@ async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]
         yield session
 
 
+async def get_read_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency: a session for reads. It writes nothing and commits nothing, and on
+    SQLite it does not queue for the write lock."""
+    database: Database | None = getattr(connection.app.state, "database", None)
+    async with (database or _default()).session(readonly=True) as session:
+        yield session
+
+
 #: `session: SessionDep` in an endpoint: the request's transaction, committed before responding.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+#: `session: ReadSessionDep` in an endpoint that only reads.
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]

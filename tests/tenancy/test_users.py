@@ -22,7 +22,6 @@ from saascore.identity.errors import (
     UserNotFound,
     WeakPassword,
 )
-from saascore.identity.passwords import verify_password
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.metering.errors import LimitExceeded
@@ -34,6 +33,7 @@ from saascore.models import (
     User,
     UserRole,
 )
+from saascore.tenancy.passwords import verify_password
 from saascore.tenancy.service import OrganizationNotFound
 from saascore.tenancy.users import UserService
 from tests.factories import create_api_key, create_organization, create_plan, create_user

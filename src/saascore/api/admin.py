@@ -15,7 +15,7 @@ from fastapi import APIRouter, Body, Path, Query, Response, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep
+from saascore.api.deps import CoreDep, OperatorDep, OriginDep, ReadSessionDep, SessionDep
 from saascore.api.errors import error_responses
 from saascore.core import Saascore
 from saascore.credits.schemas import CreditTransactionOut
@@ -244,11 +244,10 @@ def create_admin_router() -> APIRouter:
         responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
     )
     async def get_organization(
-        org_id: uuid.UUID, _operator: OperatorDep, core: CoreDep
+        org_id: uuid.UUID, _operator: OperatorDep, core: CoreDep, session: ReadSessionDep
     ) -> OrganizationOut:
         """One organisation, with its limits and this period's usage."""
-        async with core.database.session(readonly=True) as session:
-            return await _organization_out(core, org_id, session)
+        return await _organization_out(core, org_id, session)
 
     @router.post(
         "/organizations/{org_id}/plan",

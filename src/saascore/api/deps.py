@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from saascore import SessionDep
+from saascore import ReadSessionDep, SessionDep
 from saascore.audit.service import Origin
 from saascore.core import Saascore
 from saascore.identity.errors import PermissionDenied, Unauthenticated
@@ -30,6 +30,7 @@ __all__ = [
     "OperatorDep",
     "OriginDep",
     "PrincipalDep",
+    "ReadSessionDep",
     "SessionDep",
     "TenantDep",
     "get_core",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from saascore.api.deps import (
@@ -14,6 +13,7 @@ from saascore.api.deps import (
     OperatorDep,
     OriginDep,
     PrincipalDep,
+    ReadSessionDep,
     SessionDep,
     TenantDep,
 )
@@ -59,7 +59,6 @@ from saascore.kit.pagination import (
 )
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.ratelimit import PlanRateLimits, RateLimited
-from saascore.models import Organization, SubscriptionPlan, User
 from saascore.plans.service import PlanNotFound
 from saascore.tenancy.service import OrganizationExists
 
@@ -189,29 +188,16 @@ def create_auth_router() -> APIRouter:
         )
 
     @router.get("/me", tags=["me"], responses=error_responses(*AUTH_ERRORS))
-    async def me(principal: PrincipalDep, session: SessionDep) -> MeResponse:
+    async def me(principal: PrincipalDep, core: CoreDep, session: ReadSessionDep) -> MeResponse:
         """Who these credentials belong to, their organisation and what they may do."""
-        user = None
-        if principal.user_id is not None:
-            user = await session.scalar(
-                sa.select(User).where(
-                    User.organization_id == principal.organization_id,
-                    User.id == principal.user_id,
-                )
-            )
-        organization = None
+        user = organization = None
         if principal.organization_id is not None:
-            row = (
-                await session.execute(
-                    sa.select(Organization, SubscriptionPlan.code)
-                    .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
-                    .where(Organization.id == principal.organization_id)
-                )
-            ).one()
-            org, plan = row
+            org = await core.orgs.get(principal.organization_id, session=session)
             organization = OrganizationRef(
-                id=org.id, name=org.name, slug=org.slug, plan=plan, status=org.status.value
+                id=org.id, name=org.name, slug=org.slug, plan=org.plan.code, status=org.status.value
             )
+            if principal.user_id is not None:
+                user = await core.users.get(org.id, principal.user_id, session=session)
         return MeResponse(
             kind=principal.kind.value,
             id=principal.id,

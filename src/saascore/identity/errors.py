@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from saascore.kit.errors import AlreadyExists, Conflict, DomainError, InvalidInput, NotFound
+from saascore.kit.errors import Conflict, DomainError, NotFound, PermissionDenied
+from saascore.tenancy.errors import LastOwner, UserExists, UserNotFound, WeakPassword
 
 __all__ = [
     "AccountDisabled",
@@ -50,13 +51,6 @@ class TokenReused(Unauthenticated):
     code = "token_reused"
 
 
-class PermissionDenied(DomainError):
-    """(403) The principal is known but may not do this."""
-
-    code: ClassVar[str] = "permission_denied"
-    status_code: ClassVar[int] = 403
-
-
 class AccountDisabled(PermissionDenied):
     code = "account_disabled"
 
@@ -71,23 +65,5 @@ class OrganizationRequired(Conflict):
     code = "organization_required"
 
 
-class WeakPassword(InvalidInput):
-    code = "weak_password"
-
-
-class UserExists(AlreadyExists):
-    code = "user_exists"
-
-
-class UserNotFound(NotFound):
-    code = "user_not_found"
-
-
 class ApiKeyNotFound(NotFound):
     code = "api_key_not_found"
-
-
-class LastOwner(Conflict):
-    """The change would leave the organisation without an active owner."""
-
-    code = "last_owner"

@@ -10,6 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from saascore.identity.permissions import Permission
 from saascore.models import ApiKeyEnvironment, UserRole
+from saascore.tenancy.schemas import UserOut
 
 __all__ = [
     "ApiKeyCreate",
@@ -61,20 +62,6 @@ class TokenResponse(BaseModel):
     refresh_expires_in: int = Field(examples=[2_592_000])
     user_id: uuid.UUID
     organization_id: uuid.UUID
-
-
-class UserOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    id: uuid.UUID
-    email: str
-    full_name: str | None
-    role: UserRole
-    is_active: bool
-    external_platform: str | None = None
-    external_id: str | None = None
-    created_at: datetime
-    last_login_at: datetime | None = None
 
 
 class OrganizationRef(BaseModel):

@@ -40,7 +40,6 @@ from saascore.identity.errors import (
     UserExists,
 )
 from saascore.identity.keys import OPERATOR, hash_key
-from saascore.identity.passwords import check_password, hash_password, verify_password
 from saascore.identity.permissions import ROLE_PERMISSIONS, Permission, parse_scopes
 from saascore.identity.principal import Principal, PrincipalKind
 from saascore.identity.tokens import Claims, TokenCodec
@@ -60,6 +59,7 @@ from saascore.models import (
     User,
     UserRole,
 )
+from saascore.tenancy.passwords import check_password, verify_password
 from saascore.tenancy.service import (
     OrganizationExists,
     OrganizationNotFound,
@@ -67,7 +67,7 @@ from saascore.tenancy.service import (
     locked_organization,
     normalize_email,
 )
-from saascore.tenancy.users import check_seats
+from saascore.tenancy.users import UserService
 
 __all__ = ["IdentityService", "Provisioned", "TokenPair", "normalize_email"]
 
@@ -116,6 +116,7 @@ class IdentityService:
         orgs: OrganizationService,
         events: EventBus,
         *,
+        users: UserService | None = None,
         clock: Callable[[], datetime] = utcnow,
         principals: PrincipalCache | None = None,
     ) -> None:
@@ -123,6 +124,9 @@ class IdentityService:
         self.settings = settings
         self.orgs = orgs
         self.events = events
+        self.users = users or UserService(
+            database, events, password_min_length=settings.password_min_length, clock=clock
+        )
         self.clock = clock
         self.tokens = TokenCodec(settings, clock=clock)
         #: Authenticated principals, kept `SAASCORE_AUTH_CACHE_SECONDS` (0: not at all).
@@ -141,19 +145,18 @@ class IdentityService:
         """A new organisation on the default plan, with this user as its owner; logged in."""
         email = normalize_email(email)
         check_password(password, self.settings.password_min_length)
-        password_hash = await hash_password(password)
         origin = origin or Origin()
         async with self.database.transaction() as s:
             organization = await self.orgs.create(name=organization_name, session=s)
-            user = User(
-                organization_id=organization.id,
+            user = await self.users.create(
+                organization.id,
                 email=email,
-                full_name=name,
+                name=name,
                 role=UserRole.OWNER,
-                password_hash=password_hash,
+                password=password,
+                announce=False,
+                session=s,
             )
-            s.add(user)
-            await s.flush()
             actor = origin.actor(PrincipalKind.USER.value, user.id, user.id)
             await self.events.emit(
                 s,
@@ -475,23 +478,23 @@ class IdentityService:
             )
             user_created = user is None
             if user is None:
-                await check_seats(s, await locked_organization(s, organization.id, with_plan=True))
+                await locked_organization(s, organization.id)  # owners counted, then added
                 owners = await s.scalar(
                     sa.select(sa.func.count()).where(
                         User.organization_id == organization.id, User.role == UserRole.OWNER
                     )
                 )
-                user = User(
-                    organization_id=organization.id,
+                user = await self.users.create(
+                    organization.id,
                     email=email,
-                    full_name=name,
+                    name=name,
                     role=UserRole.MEMBER if owners else UserRole.OWNER,
                     external_platform=platform,
                     external_id=user_external_id,
                     external_store_id=store_id,
+                    announce=False,
+                    session=s,
                 )
-                s.add(user)
-                await s.flush()
                 await self.events.emit(
                     s,
                     organization.id,

@@ -4,6 +4,7 @@ SaascoreError                   every error saascore raises on purpose
 ├── ConfigurationError          a setting is missing or invalid (fails at start)
 ├── DatabaseUnavailable         the database cannot be reached
 └── DomainError                 a request that the domain refuses; has a stable `code`
+    ├── PermissionDenied            (403) the caller is known but may not do this
     ├── NotFound                    (404) the object does not exist in the caller's organisation
     ├── AlreadyExists               (409) a unique value is taken
     ├── Conflict                    (409) the request conflicts with the current state
@@ -24,6 +25,7 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidInput",
     "NotFound",
+    "PermissionDenied",
     "SaascoreError",
 ]
 
@@ -57,6 +59,13 @@ class DomainError(SaascoreError):
 class NotFound(DomainError):
     code = "not_found"
     status_code = 404
+
+
+class PermissionDenied(DomainError):
+    """(403) The principal is known but may not do this."""
+
+    code = "permission_denied"
+    status_code = 403
 
 
 class AlreadyExists(DomainError):

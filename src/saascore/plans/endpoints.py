@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from saascore.api.deps import CoreDep
+from saascore.api.deps import CoreDep, ReadSessionDep
 from saascore.plans.schemas import PlanOut, PlansResponse
 
 __all__ = ["create_plans_router"]
@@ -18,12 +18,12 @@ def create_plans_router() -> APIRouter:
     router = APIRouter(prefix="/v1/plans", tags=["plans"])
 
     @router.get("")
-    async def list_plans(core: CoreDep, response: Response) -> PlansResponse:
+    async def list_plans(
+        core: CoreDep, session: ReadSessionDep, response: Response
+    ) -> PlansResponse:
         """The active public plans in catalog order, with their prices, limits, rate limits,
         credits, features and trial days."""
-        # A read-only session: the service alone would queue for SQLite's write lock.
-        async with core.database.session(readonly=True) as session:
-            plans = await core.plans.list(session=session)
+        plans = await core.plans.list(session=session)
         response.headers["Cache-Control"] = f"public, max-age={CACHE_SECONDS}"
         return PlansResponse(plans=[PlanOut.of(plan) for plan in plans if plan.is_public])
 

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from saascore.api.deps import CoreDep, OriginDep, SessionDep, require
+from saascore.api.deps import CoreDep, OriginDep, ReadSessionDep, SessionDep, require
 from saascore.api.errors import error_responses
 from saascore.identity.endpoints import AUTH_ERRORS
 from saascore.identity.errors import (
@@ -177,12 +177,13 @@ def create_organization_router() -> APIRouter:
     router = APIRouter(prefix="/v1/organization", tags=["organization"])
 
     @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied))
-    async def get_organization(principal: ReaderDep, core: CoreDep) -> OrganizationOut:
+    async def get_organization(
+        principal: ReaderDep, core: CoreDep, session: ReadSessionDep
+    ) -> OrganizationOut:
         """Your organisation: plan, status, limits with this period's usage, settings and
         billing details."""
-        async with core.database.session(readonly=True) as session:
-            organization = await core.orgs.get(principal.tenant, session=session)
-            limits = await core.usage.limits(organization.id, session=session)
+        organization = await core.orgs.get(principal.tenant, session=session)
+        limits = await core.usage.limits(organization.id, session=session)
         return OrganizationOut.with_limits(organization, limits)
 
     @router.patch(

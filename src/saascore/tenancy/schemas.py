@@ -9,7 +9,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saascore.identity.schemas import UserOut
 from saascore.metering.schemas import UsageLimitOut
 from saascore.metering.values import UsageSnapshot
 from saascore.models import Organization, OrganizationStatus, SubscriptionStatus, UserRole
@@ -31,6 +30,20 @@ _PASSWORD = Field(
     description="Without one the user cannot log in until one is set",
     examples=["correct horse battery staple"],
 )
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    role: UserRole
+    is_active: bool
+    external_platform: str | None = None
+    external_id: str | None = None
+    created_at: datetime
+    last_login_at: datetime | None = None
 
 
 class _Body(BaseModel):

@@ -33,11 +33,12 @@ from saascore.events.catalog import (
 )
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
-from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
+from saascore.tenancy.errors import OrganizationDeleted, OrganizationExists, OrganizationNotFound
 
 __all__ = [
     "UNSET",
@@ -49,20 +50,6 @@ __all__ = [
     "normalize_email",
     "slugify",
 ]
-
-
-class OrganizationNotFound(NotFound):
-    code = "organization_not_found"
-
-
-class OrganizationExists(AlreadyExists):
-    code = "organization_exists"
-
-
-class OrganizationDeleted(Conflict):
-    """The organisation is deleted: it can no longer be changed."""
-
-    code = "organization_deleted"
 
 
 class _Unset(Enum):

@@ -19,15 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.events.bus import EventBus
 from saascore.events.catalog import UserCreated, UserRemoved, UserRoleChanged, UserUpdated
-from saascore.identity.errors import LastOwner, PermissionDenied, UserExists, UserNotFound
-from saascore.identity.passwords import check_password, hash_password
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
-from saascore.kit.errors import InvalidInput
+from saascore.kit.errors import InvalidInput, PermissionDenied
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.metering.errors import LimitExceeded
 from saascore.models import Organization, RefreshToken, User, UserRole
+from saascore.tenancy.errors import LastOwner, UserExists, UserNotFound
+from saascore.tenancy.passwords import check_password, hash_password
 from saascore.tenancy.service import locked_organization, normalize_email
 
 __all__ = ["UserService", "check_seats"]
@@ -96,12 +96,19 @@ class UserService:
         role: UserRole = UserRole.MEMBER,
         name: str | None = None,
         password: str | None = None,
+        external_platform: str | None = None,
+        external_id: str | None = None,
+        external_store_id: str | None = None,
         acting_role: UserRole = UserRole.OWNER,
         actor: Actor = SYSTEM,
+        announce: bool = True,
         session: AsyncSession | None = None,
     ) -> User:
-        """Add a user. Without a password the user cannot log in (until one is set), which
-        suits accounts that only use API keys or an external sign-in.
+        """Add a user: every path that makes one (the API, registration, provisioning from
+        an external platform) comes here. Without a password the user cannot log in (until
+        one is set), which suits accounts that only use API keys or an external sign-in.
+        `user.created` is emitted unless `announce` is false, for a caller whose own event
+        says it (`user.registered`, `user.provisioned`).
 
         `LimitExceeded` (metric `users`) when the plan's `max_users` active users are there.
         """
@@ -118,6 +125,9 @@ class UserService:
                 full_name=name,
                 role=role,
                 password_hash=password_hash,
+                external_platform=external_platform,
+                external_id=external_id,
+                external_store_id=external_store_id,
             )
             try:
                 async with s.begin_nested():
@@ -127,6 +137,8 @@ class UserService:
                 if violates(error, "email"):
                     raise UserExists(f"{email} is already a user here", email=email) from None
                 raise
+            if not announce:
+                return user
             await self.events.emit(
                 s,
                 org_id,

@@ -16,7 +16,7 @@ from pwdlib.exceptions import UnknownHashError
 from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
-from saascore.identity.errors import WeakPassword
+from saascore.tenancy.errors import WeakPassword
 
 __all__ = ["MAX_PASSWORD", "check_password", "hash_password", "verify_password"]
 
