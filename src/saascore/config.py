@@ -127,6 +127,21 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=0, ge=0, le=300)
     #: Requests per minute that one operator key may make on `/v1/admin` (None: unlimited).
     operator_requests_per_minute: int | None = Field(default=600, ge=1)
+    #: Let webhook endpoints use http and loopback, private or link-local addresses (the SSRF
+    #: guard refuses them by default): for tests and receivers on a private network.
+    webhooks_allow_private: bool = False
+    #: Run the webhook dispatcher inside `saascore serve` (in every worker; they share the work
+    #: safely). Unset means on, except in the `test` environment, where tests start their own.
+    dispatch: bool | None = None
+    #: Seconds one webhook attempt may take (connect, send, answer).
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    #: Seconds a dispatcher holds a delivery it is sending; past it, another dispatcher may send
+    #: it again (the first one died). Longer than the timeout.
+    webhook_lease_seconds: float = Field(default=60.0, gt=0)
+    #: Seconds between looks at the outbox when no commit has rung the dispatcher's doorbell.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    #: Deliveries one dispatcher sends at once.
+    webhook_concurrency: int = Field(default=32, ge=1, le=1024)
 
     @field_validator("database_url")
     @classmethod
@@ -156,6 +171,11 @@ class Settings(BaseSettings):
             )
         if self.database_schema is not None and self.database_backend is DatabaseBackend.SQLITE:
             raise ValueError("SAASCORE_DATABASE_SCHEMA applies to PostgreSQL only")
+        if self.webhook_lease_seconds <= self.webhook_timeout_seconds:
+            raise ValueError(
+                "SAASCORE_WEBHOOK_LEASE_SECONDS must exceed SAASCORE_WEBHOOK_TIMEOUT_SECONDS: "
+                "a delivery still being sent would be sent again"
+            )
         return self
 
     # --- derived --------------------------------------------------------------------------------
@@ -180,6 +200,11 @@ class Settings(BaseSettings):
     @property
     def should_auto_migrate(self) -> bool:
         return self.is_embedded if self.auto_migrate is None else self.auto_migrate
+
+    @property
+    def should_dispatch(self) -> bool:
+        """Whether `saascore serve` runs the webhook dispatcher (see `dispatch`)."""
+        return self.environment != "test" if self.dispatch is None else self.dispatch
 
     @property
     def sqlalchemy_url(self) -> URL:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 from saascore.audit.service import AuditService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.events.bus import Event, EventBus
+from saascore.events.catalog import WebhookDeliveryRetried
+from saascore.events.dispatcher import Dispatcher, Doorbell
+from saascore.events.service import WebhookService
 from saascore.identity.api_keys import ApiKeyService
 from saascore.identity.cache import PrincipalCache
 from saascore.identity.service import IdentityService
@@ -45,16 +49,28 @@ class Saascore:
         self.events.in_transaction(self.audit.handle)
         self.principals = PrincipalCache(self.settings.auth_cache_seconds)
         self.events.after_commit(self._forget_principals)
+        #: Rung when a public event commits: this process's webhook dispatcher wakes at once
+        #: (ringing only sets a flag, so the committing request never waits for it).
+        self.doorbell = Doorbell()
+        self.events.after_commit(self._ring_dispatcher)
         self.plans = PlanService(self.database, self.events)
         self.orgs = OrganizationService(self.database, self.plans, self.events)
         self.users = UserService(
             self.database, self.events, password_min_length=self.settings.password_min_length
         )
         self.identity = IdentityService(
-            self.database, self.settings, self.orgs, self.events, principals=self.principals
+            self.database,
+            self.settings,
+            self.orgs,
+            self.events,
+            users=self.users,
+            principals=self.principals,
         )
         self.api_keys = ApiKeyService(self.database, self.events)
         self.credits = CreditService(self.database, self.events)
+        self.webhooks = WebhookService(
+            self.database, self.events, allow_private=self.settings.webhooks_allow_private
+        )
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
@@ -62,6 +78,20 @@ class Saascore:
             events=self.events,
         )
         self.rate_limiter = RateLimiter.from_settings(self.settings)
+
+    def dispatcher(self, **options: Any) -> Dispatcher:
+        """A webhook dispatcher on this database, emitting into this bus (so an endpoint it
+        disables is audited) and woken by this process's commits; `options` as `Dispatcher`'s."""
+        return Dispatcher(
+            self.database, self.settings, bus=self.events, doorbell=self.doorbell, **options
+        )
+
+    def _ring_dispatcher(self, event: Event) -> None:
+        """A public event has deliveries to make; a retried delivery is due again now."""
+        if event.organization_id is not None and (
+            event.payload.public or isinstance(event.payload, WebhookDeliveryRetried)
+        ):
+            self.doorbell.ring()
 
     def _forget_principals(self, event: Event) -> None:
         if event.payload.affects_access:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,7 @@ from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
 from saascore.credits.endpoints import create_credits_router
+from saascore.events.endpoints import create_webhooks_router, document_webhooks
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
 from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
@@ -55,8 +57,10 @@ def saascore_lifespan(
     core: Saascore, *, owned: bool = True
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """A FastAPI lifespan that starts `core` (migrating when `auto_migrate` is on), puts it in
-    `app.state` where saascore's routers find it, and closes it at shutdown (unless not
-    `owned`). A host app mounting saascore's routers passes it to `FastAPI(lifespan=...)`."""
+    `app.state` where saascore's routers find it, runs the webhook dispatcher beside the app
+    when `settings.should_dispatch` (stopped, its requests in flight given a few seconds, at
+    shutdown), and closes `core` at shutdown (unless not `owned`). A host app mounting
+    saascore's routers passes it to `FastAPI(lifespan=...)`."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,9 +68,19 @@ def saascore_lifespan(
         app.state.saascore = core
         app.state.database = core.database
         logger.info("saascore %s serving on %s", __version__, core.database)
+        stop = asyncio.Event()
+        dispatcher: asyncio.Task[None] | None = None
+        if core.settings.should_dispatch:
+            dispatcher = asyncio.create_task(core.dispatcher().run(stop))
         try:
             yield
         finally:
+            if dispatcher is not None:
+                stop.set()
+                try:
+                    await dispatcher
+                except Exception:
+                    logger.exception("the webhook dispatcher failed")
             if owned:
                 await core.close()
 
@@ -112,8 +126,10 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
         create_credits_router(),
         create_audit_router(),
         create_admin_router(),
+        create_webhooks_router(),
     ):
         app.include_router(router)
+    document_webhooks(app)
     return app
 
 

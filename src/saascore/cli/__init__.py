@@ -10,6 +10,7 @@ API keys and operator keys, verify the audit log.
     saascore keys create --org acme --scopes usage:write,usage:read --name ingest
     saascore keys create --operator --name staff
     saascore audit verify              # walk every organisation's audit chain
+    saascore events dispatch           # deliver webhooks (also inside serve)
 
 Every command reports an error as one line on stderr with a non-zero exit code (see `_run`).
 """
@@ -22,7 +23,7 @@ from typing import Annotated
 import typer
 
 from saascore import __version__
-from saascore.cli import audit, credits, db, keys, orgs, plans, usage
+from saascore.cli import audit, credits, db, events, keys, orgs, plans, usage
 from saascore.cli._run import echo_error, explain_or_unexpected
 from saascore.cli.serve import demo, serve
 
@@ -44,6 +45,7 @@ app.add_typer(usage.app)
 app.add_typer(credits.app)
 app.add_typer(keys.app)
 app.add_typer(audit.app)
+app.add_typer(events.app)
 
 
 def _print_version(value: bool) -> None:

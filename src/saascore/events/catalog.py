@@ -25,6 +25,7 @@ __all__ = [
     "AuthLogout",
     "AuthRefreshTokenReused",
     "CatalogChanged",
+    "CreditLowThresholdChanged",
     "CreditsExpired",
     "CreditsGranted",
     "CreditsLow",
@@ -44,7 +45,12 @@ __all__ = [
     "UserRemoved",
     "UserRoleChanged",
     "UserUpdated",
+    "WebhookDeliveryRetried",
+    "WebhookEndpointCreated",
+    "WebhookEndpointDeleted",
     "WebhookEndpointDisabled",
+    "WebhookEndpointSecretRotated",
+    "WebhookEndpointUpdated",
     "WebhookTest",
 ]
 
@@ -127,6 +133,16 @@ class CreditsExpired(EventPayload):
     grant_id: uuid.UUID
     amount: int = Field(examples=[300])
     balance: int = Field(description="The balance after the expiry", examples=[1_200])
+
+
+class CreditLowThresholdChanged(_FromTo):
+    """The balance below which `credits.low` is sent changed (None: never)."""
+
+    type: ClassVar[str] = "credits.low_threshold_changed"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "organization"
+    from_: int | None = Field(alias="from")
+    to: int | None
 
 
 # --- organisations -------------------------------------------------------------------------------
@@ -324,6 +340,56 @@ class WebhookTest(EventPayload):
     message: str = "a test event from saascore"
 
 
+class WebhookEndpointCreated(EventPayload):
+    type: ClassVar[str] = "webhook_endpoint.created"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "webhook_endpoint"
+    endpoint_id: uuid.UUID
+    url: str
+    event_types: list[str]
+    description: str | None = None
+
+
+class WebhookEndpointUpdated(EventPayload):
+    type: ClassVar[str] = "webhook_endpoint.updated"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "webhook_endpoint"
+    endpoint_id: uuid.UUID
+    #: Each changed field: `{"from": ..., "to": ...}`.
+    changes: dict[str, Any]
+
+
+class WebhookEndpointDeleted(EventPayload):
+    type: ClassVar[str] = "webhook_endpoint.deleted"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "webhook_endpoint"
+    endpoint_id: uuid.UUID
+    url: str
+
+
+class WebhookEndpointSecretRotated(EventPayload):
+    """A new signing secret; the previous one signs beside it until `previous_expires_at`
+    (the secrets themselves are never in an event)."""
+
+    type: ClassVar[str] = "webhook_endpoint.secret_rotated"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "webhook_endpoint"
+    endpoint_id: uuid.UUID
+    previous_expires_at: datetime
+
+
+class WebhookDeliveryRetried(EventPayload):
+    """An admin asked for a delivery to be sent again now."""
+
+    type: ClassVar[str] = "webhook_delivery.retried"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "webhook_delivery"
+    endpoint_id: uuid.UUID
+    delivery_id: uuid.UUID
+    event_id: uuid.UUID
+    event_type: str
+
+
 EVENT_TYPES: dict[str, type[EventPayload]] = {
     payload.type: payload
     for payload in (
@@ -334,6 +400,7 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         CreditsGranted,
         CreditsLow,
         CreditsExpired,
+        CreditLowThresholdChanged,
         OrganizationCreated,
         OrganizationUpdated,
         OrganizationPlanChanged,
@@ -355,6 +422,11 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         OperatorKeyRevoked,
         WebhookEndpointDisabled,
         WebhookTest,
+        WebhookEndpointCreated,
+        WebhookEndpointUpdated,
+        WebhookEndpointDeleted,
+        WebhookEndpointSecretRotated,
+        WebhookDeliveryRetried,
     )
 }
 
