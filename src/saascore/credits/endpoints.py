@@ -3,17 +3,24 @@ and ledger. Reads run in read-only sessions of their own (no SQLite write lock).
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response, status
 
-from saascore.api.deps import CoreDep, require
+from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
 from saascore.api.errors import error_responses
-from saascore.credits.schemas import CreditsResponse, CreditTransactionOut
-from saascore.identity.endpoints import AUTH_ERRORS
+from saascore.credits.schemas import (
+    CreditGrantCreate,
+    CreditsResponse,
+    CreditTransactionOut,
+    LowThreshold,
+)
+from saascore.identity.endpoints import AUTH_ERRORS, OPERATOR_ERRORS
 from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
+from saascore.kit.errors import IdempotencyConflict, InvalidInput
 from saascore.kit.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -22,10 +29,15 @@ from saascore.kit.pagination import (
     paginate,
     uuid_cursor,
 )
+from saascore.tenancy.errors import OrganizationNotFound
 
-__all__ = ["create_credits_router"]
+__all__ = [
+    "create_credit_grants_admin_router",
+    "create_credits_router",
+]
 
 BillingReader = Annotated[Principal, Depends(require(Permission.BILLING_READ))]
+BillingWriter = Annotated[Principal, Depends(require(Permission.BILLING_WRITE))]
 
 
 def create_credits_router() -> APIRouter:
@@ -56,5 +68,74 @@ def create_credits_router() -> APIRouter:
         return Page(
             items=[CreditTransactionOut.model_validate(t) for t in items], next_cursor=next_cursor
         )
+
+    @router.put(
+        "/low-threshold",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidInput),
+    )
+    async def set_low_threshold(
+        body: LowThreshold,
+        principal: BillingWriter,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> LowThreshold:
+        """Have `credits.low` sent to your webhook endpoints when the balance falls below
+        `threshold` (null: never)."""
+        threshold = await core.credits.set_low_threshold(
+            principal.tenant, body.threshold, actor=principal.actor(origin), session=session
+        )
+        return LowThreshold(threshold=threshold)
+
+    return router
+
+
+def create_credit_grants_admin_router() -> APIRouter:
+    """`/v1/admin/organizations/{org_id}/credits/grants`, for operators: grant credits,
+    idempotently on a key (audited with the operator as actor)."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.post(
+        "/organizations/{org_id}/credits/grants",
+        status_code=status.HTTP_201_CREATED,
+        responses={
+            200: {
+                "description": "A retry: the grant its key made before",
+                "model": CreditTransactionOut,
+            },
+            **error_responses(
+                *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, IdempotencyConflict
+            ),
+        },
+    )
+    async def grant_credits(
+        org_id: uuid.UUID,
+        body: CreditGrantCreate,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+        response: Response,
+    ) -> CreditTransactionOut:
+        """Grant credits to the organisation (audited as `credits.granted`). Idempotent on
+        `idempotency_key`: a retry answers 200 with the first grant's transaction and grants
+        nothing; the same key with other values is 409 `idempotency_conflict`."""
+        await core.orgs.get(org_id, session=session)
+        granted = await core.credits.grant_once(
+            org_id,
+            body.amount,
+            source=body.source,
+            priority=body.priority,
+            expires_at=body.expires_at,
+            idempotency_key=body.idempotency_key,
+            description=body.description,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        if granted.replayed:
+            response.status_code = status.HTTP_200_OK
+        return CreditTransactionOut.model_validate(granted.transaction)
+
+    # --- plans ---------------------------------------------------------------------------------
 
     return router

@@ -5,12 +5,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from saascore.credits.service import CreditAccount
 from saascore.models import CreditSource, CreditTransactionType
+from saascore.plans.catalog import INT32, INT64
 
-__all__ = ["CreditGrantOut", "CreditTransactionOut", "CreditsResponse"]
+__all__ = [
+    "CreditGrantCreate",
+    "CreditGrantOut",
+    "CreditTransactionOut",
+    "CreditsResponse",
+    "LowThreshold",
+]
 
 
 class CreditGrantOut(BaseModel):
@@ -34,12 +41,17 @@ class CreditsResponse(BaseModel):
     """The organisation's credit balance and the grants it is made of, in draw order."""
 
     balance: int = Field(description="Credits available now", examples=[640])
+    low_threshold: int | None = Field(
+        description="`credits.low` is sent when the balance falls below this (null: never)",
+        examples=[100],
+    )
     grants: list[CreditGrantOut]
 
     @classmethod
     def of(cls, account: CreditAccount) -> CreditsResponse:
         return cls(
             balance=account.balance,
+            low_threshold=account.low_threshold,
             grants=[CreditGrantOut.model_validate(grant) for grant in account.grants],
         )
 
@@ -61,3 +73,29 @@ class CreditTransactionOut(BaseModel):
     reference: str | None = Field(default=None, examples=["job-4417"])
     description: str | None = Field(default=None, examples=[None])
     created_at: datetime
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreditGrantCreate(_Body):
+    amount: int = Field(ge=1, le=INT64, examples=[5_000])
+    idempotency_key: str = Field(
+        min_length=1,
+        max_length=255,
+        description="Retrying with the same key returns the first grant and grants nothing",
+        examples=["goodwill-2025-03-ticket-812"],
+    )
+    source: CreditSource = Field(default=CreditSource.MANUAL, examples=[CreditSource.PROMOTION])
+    priority: int = Field(
+        default=0, ge=-INT32, le=INT32, description="Lower is drawn first", examples=[0]
+    )
+    expires_at: AwareDatetime | None = Field(default=None, examples=[None])
+    description: str | None = Field(default=None, max_length=1000, examples=["goodwill credits"])
+
+
+class LowThreshold(_Body):
+    threshold: int | None = Field(
+        ge=1, le=INT64, description="null: never send `credits.low`", examples=[100]
+    )

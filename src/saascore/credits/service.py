@@ -25,7 +25,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore.audit.service import AuditService, audited_bus
 from saascore.credits.errors import CreditTransactionNotFound, InsufficientCredits, NotRefundable
 from saascore.events.bus import EventBus
-from saascore.events.catalog import CreditsExpired, CreditsGranted, CreditsLow
+from saascore.events.catalog import (
+    CreditLowThresholdChanged,
+    CreditsExpired,
+    CreditsGranted,
+    CreditsLow,
+)
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
@@ -46,6 +51,8 @@ from saascore.tenancy.accounts import usage_account
 
 __all__ = ["CreditAccount", "CreditService", "Granted", "LedgerProblem"]
 
+INT64_MAX = 2**63 - 1
+
 _DRAW_ORDER = (
     CreditGrant.priority.asc(),
     CreditGrant.expires_at.asc().nulls_last(),
@@ -61,6 +68,8 @@ class CreditAccount:
     organization_id: uuid.UUID
     balance: int
     grants: Sequence[CreditGrant]
+    #: `credits.low` is sent when the balance falls below this (None: never).
+    low_threshold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -473,6 +482,11 @@ class CreditService:
         now = self.clock()
         async with self.database.scope(session, readonly=True) as s:
             balance = await self.balance(org_id, session=s)
+            low_threshold = await s.scalar(
+                sa.select(UsageLimits.credit_low_threshold).where(
+                    UsageLimits.organization_id == org_id
+                )
+            )
             grants = (
                 await s.scalars(
                     sa.select(CreditGrant)
@@ -484,7 +498,37 @@ class CreditService:
                     .order_by(*_DRAW_ORDER)
                 )
             ).all()
-        return CreditAccount(organization_id=org_id, balance=balance, grants=grants)
+        return CreditAccount(
+            organization_id=org_id, balance=balance, grants=grants, low_threshold=low_threshold
+        )
+
+    async def set_low_threshold(
+        self,
+        org_id: uuid.UUID,
+        threshold: int | None,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> int | None:
+        """Send `credits.low` when a change takes the balance below `threshold` (None: never).
+        A change emits `credits.low_threshold_changed`; setting the same value changes nothing."""
+        if threshold is not None and not 0 < threshold <= INT64_MAX:
+            raise InvalidInput("the threshold is a positive number of credits", field="threshold")
+        async with self.database.scope(session) as s:
+            account = await usage_account(s, org_id)
+            previous = account.credit_low_threshold
+            if previous != threshold:
+                account.credit_low_threshold = threshold
+                account.updated_at = self.clock()
+                await s.flush()
+                await self.events.emit(
+                    s,
+                    org_id,
+                    CreditLowThresholdChanged(from_=previous, to=threshold),
+                    actor=actor,
+                    target_id=org_id,
+                )
+        return threshold
 
     async def transactions(
         self,
