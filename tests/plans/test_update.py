@@ -13,7 +13,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.models import PlanLimit, SubscriptionPlan
 from saascore.plans import Catalog, PlanNotFound, PlanService, read_catalog
-from saascore.plans.service import CatalogConflict
+from saascore.plans.errors import CatalogConflict
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

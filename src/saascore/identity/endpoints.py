@@ -59,13 +59,15 @@ from saascore.kit.pagination import (
 )
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.ratelimit import PlanRateLimits, RateLimited
-from saascore.plans.service import PlanNotFound
+from saascore.plans.errors import PlanNotFound
 from saascore.tenancy.service import OrganizationExists
 
 __all__ = ["create_api_keys_router", "create_auth_router"]
 
 #: What every authenticated endpoint can answer besides its own errors.
 AUTH_ERRORS = (Unauthenticated, InvalidToken, AccountDisabled, OrganizationSuspended, RateLimited)
+#: What every operator endpoint can answer besides its own errors (403: not an operator).
+OPERATOR_ERRORS = (*AUTH_ERRORS, PermissionDenied)
 
 
 async def limit_by_address(request: Request, response: Response, core: CoreDep) -> None:

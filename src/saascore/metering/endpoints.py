@@ -14,11 +14,11 @@ import uuid
 from datetime import date, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 
-from saascore.api.deps import CoreDep, require
+from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
 from saascore.api.errors import error_responses
-from saascore.identity.endpoints import AUTH_ERRORS
+from saascore.identity.endpoints import AUTH_ERRORS, OPERATOR_ERRORS
 from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
@@ -31,6 +31,8 @@ from saascore.metering.errors import (
 )
 from saascore.metering.schemas import (
     PLAIN_TEXT,
+    LimitOut,
+    LimitOverride,
     ReservationCreate,
     ReservationOut,
     ReservationSettle,
@@ -46,8 +48,12 @@ from saascore.metering.schemas import (
     UsageSummaryRowOut,
 )
 from saascore.metering.values import SummaryBy
+from saascore.tenancy.errors import OrganizationNotFound
 
-__all__ = ["create_usage_router"]
+__all__ = [
+    "create_limits_admin_router",
+    "create_usage_router",
+]
 
 UsageReader = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
 UsageWriter = Annotated[Principal, Depends(require(Permission.USAGE_WRITE))]
@@ -237,5 +243,62 @@ def create_usage_router() -> APIRouter:
             metric=metric,
             rows=[UsageSummaryRowOut.of(row) for row in rows],
         )
+
+    return router
+
+
+_METRIC = Path(min_length=1, max_length=100, examples=["tokens"])
+
+
+def create_limits_admin_router() -> APIRouter:
+    """`/v1/admin/organizations/{org_id}/limits/{metric}`, for operators: override a plan's
+    limit for one organisation, or drop the override (audited with the operator as actor)."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.put(
+        "/organizations/{org_id}/limits/{metric}",
+        responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound, UnknownMetric),
+    )
+    async def set_limit(
+        org_id: uuid.UUID,
+        metric: Annotated[str, _METRIC],
+        body: LimitOverride,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> LimitOut:
+        """Override the plan's limit on a metric for this organisation (audited as
+        `limit.overridden`)."""
+        await core.orgs.get(org_id, session=session)
+        limit = await core.usage.set_limit(
+            org_id,
+            metric,
+            body.limit,
+            hard=body.hard,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        return LimitOut(metric=metric, limit=limit.value, hard=limit.hard, overridden=True)
+
+    @router.delete(
+        "/organizations/{org_id}/limits/{metric}",
+        responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
+    )
+    async def clear_limit(
+        org_id: uuid.UUID,
+        metric: Annotated[str, _METRIC],
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> LimitOut:
+        """Drop the organisation's override on a metric: its plan's limit applies again
+        (audited as `limit.override_cleared`). Answers the limit that now applies."""
+        await core.orgs.get(org_id, session=session)
+        limit = await core.usage.clear_limit(
+            org_id, metric, actor=operator.actor(origin), session=session
+        )
+        return LimitOut(metric=metric, limit=limit.value, hard=limit.hard, overridden=False)
 
     return router

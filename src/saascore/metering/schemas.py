@@ -29,10 +29,13 @@ from saascore.metering.values import (
     UsageSnapshot,
 )
 from saascore.models import ReservationStatus, UsageReservation
+from saascore.plans.catalog import INT64
 
 __all__ = [
     "MAX_BATCH_EVENTS",
     "PLAIN_TEXT",
+    "LimitOut",
+    "LimitOverride",
     "ReservationCreate",
     "ReservationOut",
     "ReservationSettle",
@@ -404,3 +407,19 @@ class UsageSummaryResponse(BaseModel):
     by: SummaryBy
     metric: str | None = Field(default=None, examples=[None])
     rows: list[UsageSummaryRowOut]
+
+
+class LimitOverride(_Body):
+    limit: int | None = Field(ge=0, le=INT64, description="null: unlimited", examples=[250_000])
+    hard: bool = Field(
+        default=True, description="A hard limit refuses; a soft one only flags", examples=[True]
+    )
+
+
+class LimitOut(BaseModel):
+    """The limit that applies to the organisation on a metric now."""
+
+    metric: str = Field(examples=["tokens"])
+    limit: int | None = Field(description="null: unlimited", examples=[250_000])
+    hard: bool = Field(examples=[True])
+    overridden: bool = Field(description="Set for this organisation, not by its plan")

@@ -1,10 +1,12 @@
 """The plan catalog: plans, their prices and limits, and the meters usage is recorded on."""
 
 from saascore.plans.catalog import Catalog, MeterSpec, PlanSpec, PriceSpec, read_catalog
-from saascore.plans.service import CatalogLoadResult, PlanNotFound, PlanService
+from saascore.plans.errors import CatalogConflict, PlanNotFound
+from saascore.plans.service import CatalogLoadResult, PlanService
 
 __all__ = [
     "Catalog",
+    "CatalogConflict",
     "CatalogLoadResult",
     "MeterSpec",
     "PlanNotFound",

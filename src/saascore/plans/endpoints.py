@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
 
-from saascore.api.deps import CoreDep, ReadSessionDep
-from saascore.plans.schemas import PlanOut, PlansResponse
+from fastapi import APIRouter, Body, Path, Response
 
-__all__ = ["create_plans_router"]
+from saascore.api.deps import CoreDep, OperatorDep, ReadSessionDep, SessionDep
+from saascore.api.errors import error_responses
+from saascore.identity.endpoints import OPERATOR_ERRORS
+from saascore.kit.errors import InvalidInput
+from saascore.plans.catalog import Catalog
+from saascore.plans.errors import CatalogConflict, PlanNotFound
+from saascore.plans.schemas import AdminPlanOut, CatalogLoaded, PlanOut, PlansResponse, PlanUpdate
+
+__all__ = [
+    "create_plans_admin_router",
+    "create_plans_router",
+]
 
 #: Clients and proxies may keep the catalog this long: it changes only when a catalog is loaded.
 CACHE_SECONDS = 60
@@ -26,5 +36,63 @@ def create_plans_router() -> APIRouter:
         plans = await core.plans.list(session=session)
         response.headers["Cache-Control"] = f"public, max-age={CACHE_SECONDS}"
         return PlansResponse(plans=[PlanOut.of(plan) for plan in plans if plan.is_public])
+
+    return router
+
+
+_PLAN_CODE = Path(min_length=1, max_length=50, examples=["pro"])
+
+_CATALOG_EXAMPLE = {
+    "version": 1,
+    "meters": {"pages": {"name": "Pages", "unit": "page", "reset_period": "month"}},
+    "plans": {
+        "team": {
+            "name": "Team",
+            "monthly_token_limit": 2_000_000,
+            "requests_per_minute": 60,
+            "prices": [{"billing_cycle": "monthly", "currency": "USD", "amount": 4_900}],
+            "limits": {"pages": {"limit": 5_000}},
+        }
+    },
+}
+
+
+def create_plans_admin_router() -> APIRouter:
+    """`/v1/admin/plans`, for operators: load a catalog, change one plan."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.post("/plans/load", responses=error_responses(*OPERATOR_ERRORS, CatalogConflict))
+    async def load_plans(
+        catalog: Annotated[
+            Catalog, Body(openapi_examples={"a plan and a meter": {"value": _CATALOG_EXAMPLE}})
+        ],
+        _operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+    ) -> CatalogLoaded:
+        """Load a plan catalog (the JSON form of a catalog file): meters and plans are
+        created or updated by code, so loading the same catalog twice changes nothing."""
+        result = await core.plans.load_catalog(catalog, session=session)
+        return CatalogLoaded(
+            plans_created=result.plans_created,
+            plans_updated=result.plans_updated,
+            meters_created=result.meters_created,
+            meters_updated=result.meters_updated,
+        )
+
+    @router.patch(
+        "/plans/{code}", responses=error_responses(*OPERATOR_ERRORS, PlanNotFound, InvalidInput)
+    )
+    async def update_plan(
+        code: Annotated[str, _PLAN_CODE],
+        body: PlanUpdate,
+        _operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+    ) -> AdminPlanOut:
+        """Change a plan's name, activity, visibility, limits, rate limits, credits, features
+        or trial; every organisation on it has the new values at once."""
+        plan = await core.plans.update(code, body.changes(), session=session)
+        return AdminPlanOut.of(plan)
 
     return router

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.models import BillingCycle, SubscriptionPlan
+from saascore.plans.catalog import INT64, LIMIT_FIELDS
 
 __all__ = [
+    "AdminPlanOut",
+    "CatalogLoaded",
+    "LimitSetting",
     "PlanCredits",
     "PlanLimits",
     "PlanOut",
     "PlanPriceOut",
     "PlanRateLimitsOut",
+    "PlanUpdate",
     "PlanUsageLimit",
     "PlansResponse",
 ]
@@ -114,3 +119,82 @@ class PlansResponse(BaseModel):
     """The plans anyone may subscribe to, cheapest tier first."""
 
     plans: list[PlanOut]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LimitSetting(_Body):
+    """A plan's limit on one meter, in `PlanUpdate.limits`."""
+
+    limit: int | None = Field(ge=0, le=INT64, description="null: unlimited", examples=[250_000])
+    hard: bool = Field(default=True, description="A hard limit refuses; a soft one only flags")
+
+
+class CatalogLoaded(BaseModel):
+    """The codes a catalog load created and updated."""
+
+    plans_created: list[str] = Field(examples=[["team"]])
+    plans_updated: list[str] = Field(examples=[["free", "pro"]])
+    meters_created: list[str] = Field(examples=[[]])
+    meters_updated: list[str] = Field(examples=[["tokens"]])
+
+
+class PlanUpdate(_Body):
+    """The fields to change; those left out stay as they are. On a limit, null or -1 means
+    unlimited; on `description`, null clears it; on the other fields null changes nothing.
+    `limits` (on other meters) is merged: a metric set to null loses its limit."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=255, examples=["Pro"])
+    description: str | None = Field(default=None, examples=["Full API access."])
+    sort_order: int | None = Field(default=None, examples=[20])
+    is_active: bool | None = Field(
+        default=None, description="Offered to new customers", examples=[True]
+    )
+    is_public: bool | None = Field(default=None, description="Listed in /v1/plans", examples=[True])
+    monthly_token_limit: int | None = Field(default=None, examples=[5_000_000])
+    max_storage_mb: int | None = Field(default=None, examples=[10_240])
+    max_api_calls_per_day: int | None = Field(default=None, examples=[10_000])
+    max_products_per_batch: int | None = Field(default=None, examples=[100])
+    max_items: int | None = Field(default=None, examples=[10_000])
+    max_secondary: int | None = Field(default=None, examples=[10])
+    max_users: int | None = Field(default=None, examples=[20])
+    requests_per_minute: int | None = Field(default=None, examples=[60])
+    requests_per_hour: int | None = Field(default=None, examples=[2_000])
+    credits_per_period: int | None = Field(default=None, examples=[1_000])
+    credits_rollover: bool | None = Field(default=None, examples=[True])
+    api_access: bool | None = Field(default=None, examples=[True])
+    trial_days: int | None = Field(default=None, examples=[14])
+    features: dict[str, Any] | None = Field(default=None, examples=[{"custom_templates": True}])
+    limits: dict[str, LimitSetting | None] | None = Field(
+        default=None, examples=[{"api_calls": {"limit": 20_000, "hard": True}}]
+    )
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the request sets, as `PlanService.update` takes them."""
+        return {
+            field: value
+            for field, value in self.model_dump(exclude_unset=True).items()
+            if value is not None or field in _NULLABLE_PLAN_FIELDS
+        }
+
+
+_NULLABLE_PLAN_FIELDS = frozenset({"description", *LIMIT_FIELDS})
+
+
+class AdminPlanOut(PlanOut):
+    """A plan as operators see it, whether or not it is offered."""
+
+    is_active: bool
+    is_public: bool
+    sort_order: int
+
+    @classmethod
+    def of(cls, plan: SubscriptionPlan) -> AdminPlanOut:
+        return cls(
+            **PlanOut.of(plan).model_dump(),
+            is_active=plan.is_active,
+            is_public=plan.is_public,
+            sort_order=plan.sort_order,
+        )

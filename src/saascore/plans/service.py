@@ -17,24 +17,15 @@ from sqlalchemy.orm import selectinload
 from saascore.events.bus import EventBus
 from saascore.events.catalog import CatalogChanged
 from saascore.kit.db import Database
-from saascore.kit.errors import Conflict, InvalidInput, NotFound
+from saascore.kit.errors import InvalidInput
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
+from saascore.plans.errors import CatalogConflict, PlanNotFound
 
-__all__ = ["UPDATABLE", "CatalogConflict", "CatalogLoadResult", "PlanNotFound", "PlanService"]
-
-
-class PlanNotFound(NotFound):
-    code = "plan_not_found"
-
-
-class CatalogConflict(Conflict):
-    """The catalog clashes with itself or with the stored one (nothing was loaded)."""
-
-    code = "catalog_conflict"
+__all__ = ["UPDATABLE", "CatalogLoadResult", "PlanService"]
 
 
 @dataclass

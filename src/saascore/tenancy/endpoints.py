@@ -10,10 +10,18 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.api.deps import CoreDep, OriginDep, ReadSessionDep, SessionDep, require
+from saascore.api.deps import (
+    CoreDep,
+    OperatorDep,
+    OriginDep,
+    ReadSessionDep,
+    SessionDep,
+    require,
+)
 from saascore.api.errors import error_responses
-from saascore.identity.endpoints import AUTH_ERRORS
+from saascore.identity.endpoints import AUTH_ERRORS, OPERATOR_ERRORS
 from saascore.identity.errors import (
     LastOwner,
     PermissionDenied,
@@ -33,17 +41,28 @@ from saascore.kit.pagination import (
     uuid_cursor,
 )
 from saascore.metering.errors import LimitExceeded
-from saascore.models import UserRole
+from saascore.models import OrganizationStatus, UserRole
+from saascore.plans.errors import PlanNotFound
+from saascore.tenancy.errors import OrganizationExists, OrganizationNotFound
 from saascore.tenancy.schemas import (
+    OrganizationCreate,
     OrganizationOut,
+    OrganizationSummary,
     OrganizationUpdate,
+    PlanChange,
+    Resumption,
+    Suspension,
     UserCreate,
     UserOut,
     UserUpdate,
 )
 from saascore.tenancy.service import OrganizationDeleted
 
-__all__ = ["create_organization_router", "create_users_router"]
+__all__ = [
+    "create_organization_router",
+    "create_organizations_admin_router",
+    "create_users_router",
+]
 
 AdminDep = Annotated[Principal, Depends(require(Permission.ADMIN))]
 ReaderDep = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
@@ -209,5 +228,133 @@ def create_organization_router() -> APIRouter:
         )
         limits = await core.usage.limits(organization.id, session=session)
         return OrganizationOut.with_limits(organization, limits)
+
+    return router
+
+
+async def _organization_out(core: CoreDep, org_id: uuid.UUID, s: AsyncSession) -> OrganizationOut:
+    organization = await core.orgs.get(org_id, session=s)
+    return OrganizationOut.with_limits(organization, await core.usage.limits(org_id, session=s))
+
+
+def create_organizations_admin_router() -> APIRouter:
+    """`/v1/admin/organizations`, for operators: list, create, read, change plan, suspend and
+    resume organisations; every change is audited with the operator as the actor."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.get("/organizations", responses=error_responses(*OPERATOR_ERRORS, InvalidCursor))
+    async def list_organizations(
+        _operator: OperatorDep,
+        core: CoreDep,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        status_: Annotated[OrganizationStatus | None, Query(alias="status")] = None,
+    ) -> Page[OrganizationSummary]:
+        """Every organisation, oldest first (only those with `status` when given)."""
+        organizations = await core.orgs.list(
+            limit=limit + 1, after=uuid_cursor(cursor), status=status_
+        )
+        items, next_cursor = paginate(organizations, limit, lambda org: org.id)
+        return Page(items=[OrganizationSummary.of(org) for org in items], next_cursor=next_cursor)
+
+    @router.post(
+        "/organizations",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_responses(*OPERATOR_ERRORS, InvalidInput, PlanNotFound, OrganizationExists),
+    )
+    async def create_organization(
+        body: OrganizationCreate,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> OrganizationOut:
+        """Create an organisation (with no users yet) on a plan."""
+        organization = await core.orgs.create(
+            name=body.name,
+            plan=body.plan,
+            external_id=body.external_id,
+            domain=body.domain,
+            billing_email=body.billing_email,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        return await _organization_out(core, organization.id, session)
+
+    @router.get(
+        "/organizations/{org_id}",
+        responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
+    )
+    async def get_organization(
+        org_id: uuid.UUID, _operator: OperatorDep, core: CoreDep, session: ReadSessionDep
+    ) -> OrganizationOut:
+        """One organisation, with its limits and this period's usage."""
+        return await _organization_out(core, org_id, session)
+
+    @router.post(
+        "/organizations/{org_id}/plan",
+        responses=error_responses(
+            *OPERATOR_ERRORS, OrganizationNotFound, PlanNotFound, OrganizationDeleted
+        ),
+    )
+    async def change_plan(
+        org_id: uuid.UUID,
+        body: PlanChange,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> OrganizationOut:
+        """Move the organisation to another plan (audited as `plan.changed`)."""
+        await core.orgs.change_plan(
+            org_id, body.plan, actor=operator.actor(origin), session=session
+        )
+        return await _organization_out(core, org_id, session)
+
+    @router.post(
+        "/organizations/{org_id}/suspend",
+        responses=error_responses(
+            *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, OrganizationDeleted
+        ),
+    )
+    async def suspend_organization(
+        org_id: uuid.UUID,
+        body: Suspension,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> OrganizationOut:
+        """Suspend the organisation: its users and keys get 403 `organization_suspended`
+        until it is resumed (audited as `organization.suspended`)."""
+        await core.orgs.suspend(
+            org_id, reason=body.reason, actor=operator.actor(origin), session=session
+        )
+        return await _organization_out(core, org_id, session)
+
+    @router.post(
+        "/organizations/{org_id}/resume",
+        responses=error_responses(
+            *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, OrganizationDeleted
+        ),
+    )
+    async def resume_organization(
+        org_id: uuid.UUID,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+        body: Resumption | None = None,
+    ) -> OrganizationOut:
+        """Lift the organisation's suspension (audited as `organization.resumed`)."""
+        await core.orgs.resume(
+            org_id,
+            reason=body.reason if body is not None else None,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        return await _organization_out(core, org_id, session)
+
+    # --- credits -------------------------------------------------------------------------------
 
     return router

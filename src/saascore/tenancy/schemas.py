@@ -14,10 +14,14 @@ from saascore.metering.values import UsageSnapshot
 from saascore.models import Organization, OrganizationStatus, SubscriptionStatus, UserRole
 
 __all__ = [
+    "OrganizationCreate",
     "OrganizationOut",
     "OrganizationPlan",
     "OrganizationSummary",
     "OrganizationUpdate",
+    "PlanChange",
+    "Resumption",
+    "Suspension",
     "UserCreate",
     "UserOut",
     "UserUpdate",
@@ -164,3 +168,27 @@ def _summary(organization: Organization) -> dict[str, Any]:
         "created_at": organization.created_at,
         "suspended_at": organization.suspended_at,
     }
+
+
+class OrganizationCreate(_Body):
+    name: str = Field(min_length=1, max_length=255, examples=["Analytical Engines"])
+    plan: str | None = Field(
+        default=None, max_length=50, description="Default: the default plan", examples=["pro"]
+    )
+    external_id: str | None = Field(default=None, max_length=255, examples=["store-17"])
+    domain: str | None = Field(default=None, max_length=255, examples=["engines.example"])
+    billing_email: str | None = Field(
+        default=None, max_length=320, examples=["billing@engines.example"]
+    )
+
+
+class PlanChange(_Body):
+    plan: str = Field(min_length=1, max_length=50, examples=["business"])
+
+
+class Suspension(_Body):
+    reason: str = Field(min_length=1, max_length=500, examples=["unpaid invoices"])
+
+
+class Resumption(_Body):
+    reason: str | None = Field(default=None, max_length=500, examples=["invoices paid"])
