@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.ids import new_id
+from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.models import OutboxEvent
 
@@ -171,6 +172,38 @@ class EventBus:
         await session.execute(sa.insert(OutboxEvent), rows)
         if session.bind is not None and session.bind.dialect.name == "postgresql":
             await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+
+    async def emit_once(
+        self,
+        session: AsyncSession,
+        organization_id: uuid.UUID,
+        payload: EventPayload,
+        *,
+        key: str,
+        actor: Actor = SYSTEM,
+    ) -> Event | None:
+        """Emit a public event at most once per organisation and `key`, however many
+        transactions try (a unique key on the outbox decides); None when one already was."""
+        emitted = Event(
+            payload=payload, organization_id=organization_id, actor=actor, occurred_at=self.clock()
+        )
+        row = {**outbox_row(emitted), "dedupe_key": key}
+        statement = (
+            insert(session, OutboxEvent)
+            .values(**row)
+            .on_conflict_do_nothing(
+                index_elements=[OutboxEvent.organization_id, OutboxEvent.dedupe_key]
+            )
+            .returning(OutboxEvent.id)
+        )
+        if (await session.execute(statement)).first() is None:
+            return None
+        for handler in self._in_transaction:
+            await handler(session, emitted)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+        self._remember(session, emitted)
+        return emitted
 
     # --- after commit ----------------------------------------------------------------------------
     def _remember(self, session: AsyncSession, emitted: Event) -> None:

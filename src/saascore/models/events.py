@@ -40,8 +40,12 @@ class OutboxEvent(TenantMixin, Base):
     occurred_at: Mapped[datetime]
     #: When the dispatcher made its deliveries; None until then.
     dispatched_at: Mapped[datetime | None]
+    #: Set for an event published at most once per organisation and key (a limit refused
+    #: in a period is told once, however many requests it refuses).
+    dedupe_key: Mapped[str | None] = mapped_column(sa.String(255))
 
     __table_args__ = (
+        sa.UniqueConstraint("organization_id", "dedupe_key"),
         sa.Index(
             "ix_outbox_events_undispatched",
             "occurred_at",

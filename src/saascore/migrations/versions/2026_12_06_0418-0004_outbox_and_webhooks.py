@@ -30,6 +30,7 @@ def upgrade() -> None:
         ),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("dispatched_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("dedupe_key", sa.String(length=255), nullable=True),
         sa.ForeignKeyConstraint(
             ["organization_id"],
             ["organizations.id"],
@@ -37,6 +38,11 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("organization_id", "id", name=op.f("pk_outbox_events")),
+        sa.UniqueConstraint(
+            "organization_id",
+            "dedupe_key",
+            name=op.f("uq_outbox_events_organization_id_dedupe_key"),
+        ),
     )
     with op.batch_alter_table("outbox_events", schema=None) as batch_op:
         batch_op.create_index(
