@@ -167,7 +167,10 @@ class UsageService:
                 return await self._group().submit(item)
             return await self._record_one(item)
         async with self.database.scope(session) as s:
-            return await self._record(s, org_id, event, enforce=True)
+            outcome = await self._record(s, org_id, event, enforce=True)
+        # Raised once the transaction has ended: a refusal keeps the lapsed reservations it
+        # expired, as on the other paths.
+        return _result(outcome)
 
     async def record_many(
         self,
@@ -262,7 +265,7 @@ class UsageService:
                     return await self._group().submit(item)
                 return await self._record_one(item)
             async with self.database.transaction() as s:
-                return await self._record(s, org_id, event, enforce=False)
+                return _result(await self._record(s, org_id, event, enforce=False))
         except Exception:
             metrics.USAGE_LOG_FAILURES.inc()
             logger.exception(
@@ -329,10 +332,10 @@ class UsageService:
 
     async def _record(
         self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
-    ) -> RecordResult:
+    ) -> Outcome:
         """One event through the batch engine, in the session's transaction."""
         item = self._place(org_id, event, await self._meter(s, event.metric), enforce)
-        return _result((await self._record_batch(s, [item])).outcomes[0])
+        return (await self._record_batch(s, [item])).outcomes[0]
 
     def _place(
         self,
