@@ -387,15 +387,16 @@ def accepted(
     event_id: uuid.UUID, item: Pending, used: int, reserved: int, limit: Limit, cost: int
 ) -> RecordResult:
     """The answer to an accepted event, its counter at (`used`, `reserved`) after it."""
+    value = limit.value
     return RecordResult(
-        event_id=event_id,
-        status="accepted",
-        metric=item.meter.code,
-        quantity=item.event.quantity,
-        used=used,
-        limit=limit.value,
-        over_soft_limit=limit.value is not None and used + reserved > limit.value,
-        cost_micros=cost,
+        event_id,
+        "accepted",
+        item.meter.code,
+        item.event.quantity,
+        used,
+        value,
+        value is not None and used + reserved > value,
+        cost,
     )
 
 
