@@ -42,9 +42,12 @@ from sqlalchemy.engine import make_url
 from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict
 from saascore.metering import service as service_module
-from saascore.metering.batch import Decision, PostgresStore, Raced, SessionStore
+from saascore.metering.batch import Raced
+from saascore.metering.decision import Decision
 from saascore.metering.errors import LimitExceeded
+from saascore.metering.postgres import PostgresStore
 from saascore.metering.service import BatchOutcome, RecordResult, UsageEventIn, UsageService
+from saascore.metering.session_store import SessionStore
 from saascore.models import (
     Aggregation,
     Meter,

@@ -1,5 +1,5 @@
-"""The event checks: `_plainly_valid` (the common case, without loops) may only pass an event
-that the field-by-field checks (`_check_fields`) pass too, and it passes the plain ones."""
+"""The event checks: `plainly_valid` (the common case, without loops) may only pass an event
+that the field-by-field checks (`check_fields`) pass too, and it passes the plain ones."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from saascore.metering.service import _check_fields, _plainly_valid
+from saascore.metering.decision import check_fields, plainly_valid
 from saascore.metering.values import BIGINT_MAX, UsageEventIn
 
 edges = st.sampled_from([-1, 0, 1, 2**31 - 1, 2**31, BIGINT_MAX, BIGINT_MAX + 1])
@@ -34,15 +34,15 @@ texts: st.SearchStrategy[Any] = st.none() | st.text(max_size=2) | st.text(min_si
     batch_id=texts,
     endpoint=texts,
 )
-def test_plainly_valid_only_passes_what_the_checks_pass(**content: Any) -> None:
+def testplainly_valid_only_passes_what_the_checks_pass(**content: Any) -> None:
     event = UsageEventIn(metric="api_calls", **content)
-    if _plainly_valid(event):
-        _check_fields(event)
+    if plainly_valid(event):
+        check_fields(event)
 
 
-def test_plain_events_are_plainly_valid() -> None:
-    assert _plainly_valid(UsageEventIn("api_calls", 1, "k"))
-    assert _plainly_valid(
+def test_plain_events_areplainly_valid() -> None:
+    assert plainly_valid(UsageEventIn("api_calls", 1, "k"))
+    assert plainly_valid(
         UsageEventIn(
             "tokens",
             BIGINT_MAX,
@@ -60,5 +60,5 @@ def test_plain_events_are_plainly_valid() -> None:
             endpoint="e" * 255,
         )
     )
-    assert not _plainly_valid(UsageEventIn("api_calls", 1, ""))
-    assert not _plainly_valid(UsageEventIn("api_calls", 1, "k", response_time_ms=2**31))
+    assert not plainly_valid(UsageEventIn("api_calls", 1, ""))
+    assert not plainly_valid(UsageEventIn("api_calls", 1, "k", response_time_ms=2**31))

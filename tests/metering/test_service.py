@@ -1361,8 +1361,8 @@ class TestQueries:
 
 # --- the service's own transactions --------------------------------------------------------------
 # Called without `session=`, the service commits on its own; on PostgreSQL `record` and
-# `log_token_usage` then take a separate path (one statement, see `metering/fastpath.py`), so
-# their contract is checked again here. These tests commit: they use a database of this module's
+# `log_token_usage` then take a separate path (one statement, `RECORD` in `metering/postgres.py`),
+# so their contract is checked again here. These tests commit: they use a database of this module's
 # own (`scratch`, one per backend, migrated by the real migrations) and a new organisation each.
 @pytest.fixture
 def own(scratch: Database, clock: Clock) -> UsageService:

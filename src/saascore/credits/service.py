@@ -37,6 +37,7 @@ from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
 from saascore.kit.time import month_start, next_month_start, utcnow
+from saascore.metering.accounts import usage_account
 from saascore.models import (
     CreditAllocation,
     CreditGrant,
@@ -47,7 +48,6 @@ from saascore.models import (
     SubscriptionPlan,
     UsageLimits,
 )
-from saascore.tenancy.accounts import usage_account
 
 __all__ = ["CreditAccount", "CreditService", "Granted", "LedgerProblem"]
 

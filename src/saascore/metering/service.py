@@ -2,32 +2,39 @@
 
 Exactness comes from where the decision is made: on the organisation's counter row for the
 metric and period, while that row is locked. Two racing requests cannot both take the last
-units: the second waits for the first's lock and then sees its increment. One event on
-PostgreSQL is decided and written by one conditional statement (`fastpath`); batches, group
-commit, SQLite and calls in a caller's session lock the counters, decide in Python and write
-set-wise (`batch`).
+units: the second waits for the first's lock and then sees its increment. A record is
+idempotent by its key, which is unique per organisation in `usage_events`: a retry is answered
+"duplicate" (even when the quota is now full), the same key with another event is a conflict.
+Counters are keyed by period, so a new month (or day) starts at zero without a reset job.
 
-A record is idempotent by its key, which is unique per organisation in `usage_events`: a retry
-is answered "duplicate" (even when the quota is now full), the same key with another event is
-a conflict. Counters are keyed by period, so a new month (or day) starts at zero without a
-reset job.
+`UsageService` is the facade; the work lives along these seams:
+
+- `decision`: the pure decision (checks, counters, rollups, thresholds, outcomes), no I/O;
+- `batch`: the engine that locks, decides and writes a batch through a store;
+- `postgres`: PostgreSQL's statements: the one-statement `record` and the batch store;
+- `session_store`: the batch store over a SQLAlchemy session (SQLite, a caller's session);
+- `limits`: where an organisation's limit comes from, and limit overrides;
+- `reservations`: reserve, settle, release and sweep;
+- `group`: group commit, concurrent `record` calls sharing transactions.
+
+Which path a record takes: one event on PostgreSQL without a session is one statement
+(`postgres.RECORD`), or joins group commit; `record_many`, group commit's batches, a `max`
+meter, SQLite and calls in a caller's session take the batch engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
-import operator
 import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
@@ -40,43 +47,32 @@ from saascore.events.catalog import LimitOverridden, LimitOverrideCleared
 from saascore.kit import metrics
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
-from saascore.kit.errors import (
-    DatabaseUnavailable,
-    DomainError,
-    IdempotencyConflict,
-    InvalidInput,
-    NotFound,
-)
+from saascore.kit.errors import DatabaseUnavailable, DomainError, InvalidInput
 from saascore.kit.ids import new_id
-from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
-from saascore.metering import fastpath
-from saascore.metering.batch import (
+from saascore.metering.accounts import usage_account
+from saascore.metering.batch import record_batch
+from saascore.metering.decision import (
     Decision,
+    Outcome,
     Pending,
-    PostgresStore,
-    SessionStore,
-    price_of,
-    record_batch,
+    batch_outcome,
+    conflict,
+    duplicate,
+    place,
 )
-from saascore.metering.errors import (
-    LimitExceeded,
-    ReservationNotFound,
-    ReservationNotHeld,
-    StorageUnderflow,
-    UnknownMetric,
-)
+from saascore.metering.errors import LimitExceeded, StorageUnderflow, UnknownMetric
 from saascore.metering.group import GroupCommit
+from saascore.metering.limits import Limit, clear_override, read_limit, set_override, unlimited
+from saascore.metering.postgres import PostgresStore, answer, run_record
+from saascore.metering.reservations import Reservations, expired
+from saascore.metering.session_store import SessionStore, read_counter
 from saascore.metering.values import (
-    BIGINT_MAX,
-    EPOCH,
     METER_CACHE_SECONDS,
     STORAGE,
     TOKENS,
     BatchOutcome,
     CheckResult,
-    Limit,
-    LimitRules,
     MeterInfo,
     RecordResult,
     StorageLimitResult,
@@ -85,22 +81,14 @@ from saascore.metering.values import (
     TokenLimitResult,
     UsageEventIn,
     UsageSnapshot,
-    unlimited,
 )
 from saascore.models import (
     Aggregation,
     Meter,
-    Organization,
-    PlanLimit,
-    ReservationStatus,
-    SubscriptionPlan,
-    UsageCounter,
     UsageDailySummary,
-    UsageEvent,
     UsageLimits,
     UsageReservation,
 )
-from saascore.tenancy.accounts import usage_account
 
 __all__ = [
     "BatchOutcome",
@@ -120,89 +108,6 @@ logger = logging.getLogger("saascore.metering")
 
 #: How often a write that PostgreSQL aborted to break a deadlock is tried again.
 DEADLOCK_RETRIES = 5
-#: Events happen before this; a later one's month would end past the calendar's end.
-_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-def _expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
-    return ReservationNotHeld(
-        f"reservation {reservation_id} is expired",
-        reservation_id=str(reservation_id),
-        status="expired",
-    )
-
-
-#: Numeric event fields and their largest value (the columns' ranges).
-_NUMBERS = (
-    ("quantity", BIGINT_MAX),
-    ("input_tokens", BIGINT_MAX),
-    ("output_tokens", BIGINT_MAX),
-    ("cached_tokens", BIGINT_MAX),
-    ("credits_used", BIGINT_MAX),
-    ("response_time_ms", 2**31 - 1),
-)
-#: Text event fields and their longest length (the columns' lengths).
-_TEXTS = (
-    ("idempotency_key", 255),
-    ("feature", 100),
-    ("model", 255),
-    ("provider", 50),
-    ("request_id", 255),
-    ("batch_id", 255),
-    ("endpoint", 255),
-)
-
-
-_NUMBER_VALUES = operator.attrgetter(*(name for name, _ in _NUMBERS))
-_TEXT_VALUES = operator.attrgetter(*(name for name, _ in _TEXTS[1:]))
-
-
-def _plainly_valid(event: UsageEventIn) -> bool:
-    """Whether the event's fields are plain ints and texts that `_check_fields` accepts: the
-    common case, told without its loops."""
-    quantity, input_tokens, output_tokens, cached, credits, response_ms = _NUMBER_VALUES(event)
-    feature, model, provider, request_id, batch_id, endpoint = _TEXT_VALUES(event)
-    key = event.idempotency_key
-    return (
-        type(quantity) is int
-        and type(input_tokens) is int
-        and type(output_tokens) is int
-        and type(cached) is int
-        and type(credits) is int
-        and 0 <= quantity <= BIGINT_MAX
-        and input_tokens >= 0
-        and output_tokens >= 0
-        and input_tokens + output_tokens <= BIGINT_MAX
-        and 0 <= cached <= BIGINT_MAX
-        and 0 <= credits <= BIGINT_MAX
-        and (response_ms is None or (type(response_ms) is int and 0 <= response_ms < 2**31))
-        and type(key) is str
-        and 0 < len(key) <= 255
-        and (feature is None or (type(feature) is str and len(feature) <= 100))
-        and (model is None or (type(model) is str and len(model) <= 255))
-        and (provider is None or (type(provider) is str and len(provider) <= 50))
-        and (request_id is None or (type(request_id) is str and len(request_id) <= 255))
-        and (batch_id is None or (type(batch_id) is str and len(batch_id) <= 255))
-        and (endpoint is None or (type(endpoint) is str and len(endpoint) <= 255))
-    )
-
-
-def _check_fields(event: UsageEventIn) -> None:
-    """Refuse the first field the database would refuse (`InvalidInput`)."""
-    for name, ceiling in _NUMBERS:
-        value = getattr(event, name)
-        if value is not None and value < 0:
-            raise InvalidInput(f"the {name} must not be negative", field=name)
-        if value is not None and value > ceiling:
-            raise InvalidInput(f"the {name} must be at most {ceiling}", field=name)
-    if event.input_tokens + event.output_tokens > BIGINT_MAX:
-        raise InvalidInput("input_tokens + output_tokens is too large", field="input_tokens")
-    if not event.idempotency_key:
-        raise InvalidInput("an event needs an idempotency key", field="idempotency_key")
-    for name, length in _TEXTS:
-        value = getattr(event, name)
-        if value is not None and len(value) > length:
-            raise InvalidInput(f"{name} is longer than {length} characters", field=name)
 
 
 def _result(outcome: RecordResult | DomainError) -> RecordResult:
@@ -210,19 +115,6 @@ def _result(outcome: RecordResult | DomainError) -> RecordResult:
     if isinstance(outcome, DomainError):
         raise outcome
     return outcome
-
-
-def _batch_outcome(
-    index: int, event: UsageEventIn, outcome: RecordResult | Exception
-) -> BatchOutcome:
-    if isinstance(outcome, RecordResult):
-        return BatchOutcome(index, event.idempotency_key, outcome.status, outcome.event_id)
-    code = outcome.code if isinstance(outcome, DomainError) else "invalid_input"
-    message = outcome.message if isinstance(outcome, DomainError) else str(outcome)
-    status: Literal["refused", "invalid"] = (
-        "refused" if isinstance(outcome, LimitExceeded) else "invalid"
-    )
-    return BatchOutcome(index, event.idempotency_key, status, code=code, message=message)
 
 
 class UsageService:
@@ -250,6 +142,9 @@ class UsageService:
         ] = weakref.WeakKeyDictionary()
         self._meters: dict[str, MeterInfo] = {}
         self._meters_loaded_at = -math.inf
+        self._reservations = Reservations(
+            clock=lambda: self.clock(), meter=self._meter, unpriced=self._unpriced
+        )
 
     # --- recording -------------------------------------------------------------------------
     async def record(
@@ -273,12 +168,15 @@ class UsageService:
             metric=metric, quantity=quantity, idempotency_key=idempotency_key, **fields
         )
         if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
-            item = self._pending(org_id, event, await self._cached_meter(event.metric), True)
+            item = self._place(org_id, event, await self._cached_meter(event.metric), True)
             if self.group_commit:
                 return await self._group().submit(item)
             return await self._record_one(item)
         async with self.database.scope(session) as s:
-            return await self._record(s, org_id, event, enforce=True)
+            outcome = await self._record(s, org_id, event, enforce=True)
+        # Raised once the transaction has ended: a refusal keeps the lapsed reservations it
+        # expired, as on the other paths.
+        return _result(outcome)
 
     async def record_many(
         self,
@@ -309,9 +207,9 @@ class UsageService:
                     else:
                         meter = await self._cached_meter(event.metric)
                     meters[event.metric] = meter
-                items.append(self._pending(organization, event, meter, True, periods))
+                items.append(self._place(organization, event, meter, True, periods))
             except (DomainError, ValueError, TypeError) as error:
-                outcomes[index] = _batch_outcome(index, event, error)
+                outcomes[index] = batch_outcome(index, event, error)
                 continue
             positions.append(index)
         if items:
@@ -319,7 +217,7 @@ class UsageService:
 
             def answer(decision: Decision) -> None:
                 for index, outcome in zip(positions, decision.outcomes, strict=True):
-                    outcomes[index] = _batch_outcome(index, events[index], outcome)
+                    outcomes[index] = batch_outcome(index, events[index], outcome)
                 answered[:] = [decision]
 
             if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
@@ -368,34 +266,18 @@ class UsageService:
         )
         try:
             if self.database.backend is DatabaseBackend.POSTGRESQL:
-                item = self._pending(org_id, event, await self._cached_meter(event.metric), False)
+                item = self._place(org_id, event, await self._cached_meter(event.metric), False)
                 if self.group_commit:
                     return await self._group().submit(item)
                 return await self._record_one(item)
             async with self.database.transaction() as s:
-                return await self._record(s, org_id, event, enforce=False)
+                return _result(await self._record(s, org_id, event, enforce=False))
         except Exception:
             metrics.USAGE_LOG_FAILURES.inc()
             logger.exception(
                 "token usage not recorded: organization_id=%s event=%r", org_id, asdict(event)
             )
             return None
-
-    def _validate(self, event: UsageEventIn, meter: MeterInfo, now: datetime) -> datetime:
-        """The event's time, once its fields are checked: whatever the database would refuse
-        is refused here, so that one bad event cannot fail the batch it shares."""
-        if not _plainly_valid(event):
-            _check_fields(event)
-        if meter.code == STORAGE:
-            raise InvalidInput(
-                "storage is a gauge: change it with update_storage_used", metric=meter.code
-            )
-        occurred = event.occurred_at or now
-        if occurred.tzinfo is None:
-            raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
-        if not EPOCH <= occurred < _LATEST:  # its period must end within the calendar
-            raise InvalidInput("occurred_at must fall between 1970 and 9998", field="occurred_at")
-        return occurred
 
     async def _record_one(self, item: Pending) -> RecordResult:
         """One event on PostgreSQL in a transaction of its own: one statement, except on a
@@ -407,123 +289,61 @@ class UsageService:
     async def _record_fast(
         self, item: Pending, *, swept: bool = False, deadlocks: int = 0
     ) -> RecordResult:
-        """One event on PostgreSQL in one statement, one round trip (see `fastpath`)."""
-        org_id, event, meter, enforce = item.org_id, item.event, item.meter, item.enforce
-        occurred, period_start, period_end = item.occurred, item.period_start, item.period_end
-        fingerprint, increment, now = item.fingerprint, item.increment, self.clock()
-        parameters = (
-            org_id,
-            meter.code,
-            event.quantity,
-            increment,
-            enforce,
-            period_start,
-            period_end,
-            new_id(),
-            event.idempotency_key,
-            fingerprint,
-            event.user_id,
-            event.subscription_id,
-            event.feature,
-            event.model,
-            event.provider,
-            event.input_tokens,
-            event.output_tokens,
-            event.cached_tokens,
-            event.credits_used,
-            event.request_id,
-            event.batch_id,
-            event.endpoint,
-            event.response_time_ms,
-            json.dumps(event.properties),
-            occurred,
-            now,
-            occurred.astimezone(UTC).date(),
-            new_id(),
-            new_id(),
-            new_id(),
-            new_id(),
-        )
-        row, refused, deadlock = None, False, None
+        """One event on PostgreSQL in one statement, one round trip (`postgres.RECORD`).
+
+        A refusal on a counter with lapsed reservations expires them and tries once more, as
+        a batch does; a lost deadlock (to a batch with a copy of the event) tries again."""
+        row, deadlock = None, None
         async with self.database.driver() as driver:
             try:
-                row = await driver.fetchrow(fastpath.RECORD, *parameters)
-            except asyncpg.DeadlockDetectedError as error:  # lost to a batch with a copy
+                row = await run_record(driver, item, self.clock())
+            except asyncpg.DeadlockDetectedError as error:
                 deadlock = error
-            except asyncpg.PostgresError as error:
-                if error.sqlstate != fastpath.LIMIT_EXCEEDED_SQLSTATE:
-                    raise
-                refused = True
         if deadlock is not None:
             if deadlocks + 1 >= DEADLOCK_RETRIES:
                 raise deadlock
             return await self._record_fast(item, swept=swept, deadlocks=deadlocks + 1)
-        if refused:
-            if not swept and await self.sweep(org_id=org_id, metric=meter.code):
-                return await self._record_fast(item, swept=True)
-            metrics.USAGE_REFUSED.labels(meter.code).inc()
-            snapshot = await self.usage(org_id, meter.code)
-            assert snapshot.limit is not None
-            raise LimitExceeded(
-                meter.code, snapshot.limit, snapshot.used + snapshot.reserved, increment
-            )
-        assert row is not None
-        if not row["organization_found"]:
-            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
-        limit_value = row["limit_value"]
-        if row["event_id"] is None:
-            # A duplicate: an earlier event with this key in this period (answered from this
-            # statement), one of another period, or a copy that committed while this
-            # statement waited for it (then not in this statement's snapshot).
-            same_period = (
-                row["previous_id"] is not None
-                and meter.period(row["previous_occurred"])[0] == period_start
-            )
-            if same_period:
-                if row["previous_hash"] != fingerprint:
-                    raise IdempotencyConflict(
-                        f"idempotency key {event.idempotency_key!r} was used for a different event",
-                        idempotency_key=event.idempotency_key,
-                    )
-                return RecordResult(
-                    row["previous_id"],
-                    "duplicate",
-                    meter.code,
-                    event.quantity,
-                    int(row["current_used"] or 0),
-                    limit_value,
-                    cost_micros=int(row["previous_cost"]),
-                )
-            # Else read it now (it reports the counter of its own period).
+        if row is None:
+            return await self._refused(item, swept=swept)
+        result = answer(item, row, self._unpriced)
+        if result is None:  # a duplicate that the statement could not answer: read it now
             async with self.database.session(readonly=True) as s:
-                previous = await self._previous(s, org_id, event.idempotency_key, fingerprint)
+                previous = await self._previous(s, item)
             if previous is None:  # the copy rolled back meanwhile: try again
                 return await self._record_fast(item)
-            return previous
-        has_tokens = event.input_tokens or event.output_tokens
-        if event.model is not None and has_tokens and not row["priced"]:
-            self._unpriced(event)
-        used, reserved = int(row["used"]), int(row["reserved"])
-        metrics.USAGE_RECORDED.labels(meter.code).inc()
-        return RecordResult(
-            event_id=row["event_id"],
-            status="accepted",
-            metric=meter.code,
-            quantity=event.quantity,
-            used=used,
-            limit=limit_value,
-            over_soft_limit=limit_value is not None and used + reserved > limit_value,
-            cost_micros=int(row["cost_micros"]),
-        )
+            return _result(previous)
+        metrics.USAGE_RECORDED.labels(item.meter.code).inc()
+        return result
+
+    async def _refused(self, item: Pending, *, swept: bool) -> RecordResult:
+        """After `RECORD` refused an event: expire its counter's lapsed reservations and try
+        again if there were any, else raise `LimitExceeded` with the counter as it is."""
+        org_id, metric, period_start = item.counter
+        async with self.database.transaction() as s:
+            freed = (
+                0
+                if swept
+                else await self._reservations.sweep(
+                    s, org_id=org_id, metric=metric, period_start=period_start
+                )
+            )
+            if not freed:
+                used, reserved = await read_counter(s, org_id, metric, period_start)
+                limit = await read_limit(s, org_id, metric)
+        if freed:
+            return await self._record_fast(item, swept=True)
+        metrics.USAGE_REFUSED.labels(metric).inc()
+        assert limit.value is not None
+        raise LimitExceeded(metric, limit.value, used + reserved, item.increment)
 
     async def _record(
         self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
-    ) -> RecordResult:
+    ) -> Outcome:
         """One event through the batch engine, in the session's transaction."""
-        item = self._pending(org_id, event, await self._meter(s, event.metric), enforce)
-        return _result((await self._record_batch(s, [item])).outcomes[0])
+        item = self._place(org_id, event, await self._meter(s, event.metric), enforce)
+        return (await self._record_batch(s, [item])).outcomes[0]
 
-    def _pending(
+    def _place(
         self,
         org_id: uuid.UUID,
         event: UsageEventIn,
@@ -531,19 +351,7 @@ class UsageService:
         enforce: bool,
         periods: dict[str, tuple[datetime, datetime | None]] | None = None,
     ) -> Pending:
-        """The event checked and placed: its time, period and fingerprint. `periods` keeps
-        each meter's last period, which most events of a batch fall in."""
-        occurred = self._validate(event, meter, self.clock())
-        last = periods.get(meter.code) if periods is not None else None
-        if last is not None and (last[1] is None or last[0] <= occurred < last[1]):
-            period_start, period_end = last
-        else:
-            period_start, period_end = meter.period(occurred)
-            if periods is not None:
-                periods[meter.code] = (period_start, period_end)
-        return Pending(
-            org_id, event, meter, occurred, period_start, period_end, event.fingerprint(), enforce
-        )
+        return place(org_id, event, meter, enforce, self.clock(), periods)
 
     async def _record_batch(self, s: AsyncSession, items: Sequence[Pending]) -> Decision:
         decision = await record_batch(SessionStore(s), items, self._meters, self.clock)
@@ -644,34 +452,19 @@ class UsageService:
                 return await self._meter(s, code)
         return self._meters[code]
 
-    async def _previous(
-        self, s: AsyncSession, org_id: uuid.UUID, key: str, fingerprint: str
-    ) -> RecordResult | None:
-        row = (
-            await s.execute(
-                sa.select(
-                    UsageEvent.id,
-                    UsageEvent.payload_hash,
-                    UsageEvent.metric,
-                    UsageEvent.quantity,
-                    UsageEvent.cost_micros,
-                    UsageEvent.occurred_at,
-                ).where(UsageEvent.organization_id == org_id, UsageEvent.idempotency_key == key)
-            )
-        ).one_or_none()
-        if row is None:
+    async def _previous(self, s: AsyncSession, item: Pending) -> Outcome | None:
+        """The answer to an event whose key is stored (None if it is not, or no longer)."""
+        found = await SessionStore(s).stored([(item.org_id, item.event.idempotency_key)])
+        previous = found.get((item.org_id, item.event.idempotency_key))
+        if previous is None:
             return None
-        event_id, stored_hash, metric, quantity, cost, occurred = row
-        if stored_hash != fingerprint:
-            raise IdempotencyConflict(
-                f"idempotency key {key!r} was used for a different event", idempotency_key=key
-            )
-        meter = await self._meter(s, metric)
-        used, _ = await self._counter(s, org_id, metric, meter.period(occurred)[0])
-        limit = await self.limit(org_id, metric, session=s)
-        return RecordResult(
-            event_id, "duplicate", metric, quantity, used, limit.value, cost_micros=cost
+        if previous.payload_hash != item.fingerprint:
+            return conflict(item)
+        meter = await self._meter(s, previous.metric)
+        used, _ = await read_counter(
+            s, item.org_id, previous.metric, meter.period(previous.occurred_at)[0]
         )
+        return duplicate(item, previous, used, await read_limit(s, item.org_id, previous.metric))
 
     # --- checks and queries ----------------------------------------------------------------
     async def check(
@@ -708,8 +501,8 @@ class UsageService:
             if meter.code == STORAGE:
                 used, reserved = await self._storage_used(s, org_id), 0
             else:
-                used, reserved = await self._counter(s, org_id, meter.code, start)
-                reserved -= await self._lapsed_holds(s, org_id, meter.code, start, now)
+                used, reserved = await read_counter(s, org_id, meter.code, start)
+                reserved -= await self._reservations.lapsed_holds(s, org_id, meter.code, start, now)
         return UsageSnapshot(meter.code, start, end, used, reserved, limit.value, limit.hard)
 
     async def limits(
@@ -772,39 +565,9 @@ class UsageService:
     async def limit(
         self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None
     ) -> Limit:
-        """The organisation's limit on a metric: its override, else its plan's."""
-        query = (
-            sa.select(
-                UsageLimits.overrides,
-                PlanLimit.limit_value,
-                PlanLimit.is_hard,
-                PlanLimit.id,
-                SubscriptionPlan.monthly_token_limit,
-                SubscriptionPlan.max_storage_mb,
-                SubscriptionPlan.max_api_calls_per_day,
-            )
-            .select_from(Organization)
-            .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
-            .outerjoin(UsageLimits, UsageLimits.organization_id == Organization.id)
-            .outerjoin(
-                PlanLimit,
-                sa.and_(PlanLimit.plan_id == SubscriptionPlan.id, PlanLimit.metric == metric),
-            )
-            .where(Organization.id == org_id)
-        )
+        """The organisation's limit on a metric: its override, else its plan's (see `limits`)."""
         async with self.database.scope(session, readonly=True) as s:
-            row = (await s.execute(query)).one_or_none()
-        if row is None:
-            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
-        overrides, plan_limit, plan_hard, plan_limit_id, tokens, storage_mb, api_calls = row
-        rules = LimitRules.of(
-            overrides,
-            {} if plan_limit_id is None else {metric: (plan_limit, plan_hard)},
-            monthly_token_limit=tokens,
-            max_storage_mb=storage_mb,
-            max_api_calls_per_day=api_calls,
-        )
-        return rules.limit(metric)
+            return await read_limit(s, org_id, metric)
 
     async def set_limit(
         self,
@@ -821,15 +584,9 @@ class UsageService:
         override is already this one)."""
         async with self.database.scope(session) as s:
             await self._meter(s, metric)
-            account = await usage_account(s, org_id)
-            overrides = dict(account.overrides or {})
-            previous = overrides.get(metric)
+            previous = await set_override(s, org_id, metric, limit, hard=hard, now=self.clock())
             current = {"limit": unlimited(limit), "hard": hard}
             if previous != current:
-                overrides[metric] = current
-                account.overrides = overrides
-                account.updated_at = self.clock()
-                await s.flush()
                 await self.events.emit(
                     s,
                     org_id,
@@ -850,13 +607,8 @@ class UsageService:
         """Drop the organisation's override: the plan's limit applies again. Emits
         `limit.override_cleared` when there was one."""
         async with self.database.scope(session) as s:
-            account = await usage_account(s, org_id)
-            overrides = dict(account.overrides or {})
-            previous = overrides.pop(metric, None)
+            previous = await clear_override(s, org_id, metric, now=self.clock())
             if previous is not None:
-                account.overrides = overrides
-                account.updated_at = self.clock()
-                await s.flush()
                 await self.events.emit(
                     s,
                     org_id,
@@ -864,7 +616,7 @@ class UsageService:
                     actor=actor,
                     target_id=metric,
                 )
-            return await self.limit(org_id, metric, session=s)
+            return await read_limit(s, org_id, metric)
 
     # --- reservations --------------------------------------------------------------------------
     async def reserve(
@@ -886,64 +638,10 @@ class UsageService:
             raise InvalidInput("a reservation needs a positive quantity", field="quantity")
         if ttl <= timedelta(0):
             raise InvalidInput("the time to live must be positive", field="ttl")
-        now = self.clock()
         async with self.database.scope(session) as s:
-            meter = await self._meter(s, metric)
-            if idempotency_key is not None:
-                existing = (
-                    await s.scalars(
-                        sa.select(UsageReservation).where(
-                            UsageReservation.organization_id == org_id,
-                            UsageReservation.idempotency_key == idempotency_key,
-                        )
-                    )
-                ).one_or_none()
-                if existing is not None:
-                    if (existing.metric, existing.quantity) != (meter.code, quantity):
-                        raise IdempotencyConflict(
-                            f"idempotency key {idempotency_key!r} was used for another reservation",
-                            idempotency_key=idempotency_key,
-                        )
-                    return existing
-            await self.sweep(org_id=org_id, metric=meter.code, session=s)
-            limit = await self.limit(org_id, meter.code, session=s)
-            period_start, period_end = meter.period(now)
-            counted = await self._bump(
-                s,
-                org_id,
-                meter,
-                period_start,
-                period_end,
-                used=0,
-                reserved=quantity,
-                limit=limit,
-                now=now,
+            return await self._reservations.reserve(
+                s, org_id, metric, quantity, ttl=ttl, idempotency_key=idempotency_key
             )
-            if counted is None:
-                metrics.USAGE_REFUSED.labels(meter.code).inc()
-                used, reserved = await self._counter(s, org_id, meter.code, period_start)
-                assert limit.value is not None
-                raise LimitExceeded(meter.code, limit.value, used + reserved, quantity)
-            crossings = Decision()  # held quota counts towards the thresholds too
-            total = sum(counted)
-            crossings.add_crossings(
-                (org_id, meter.code, period_start), limit.value, total - quantity, total
-            )
-            await SessionStore(s).write(crossings, now)
-            reservation = UsageReservation(
-                organization_id=org_id,
-                id=new_id(),
-                metric=meter.code,
-                period_start=period_start,
-                quantity=quantity,
-                status=ReservationStatus.HELD,
-                idempotency_key=idempotency_key,
-                expires_at=now + ttl,
-                created_at=now,
-            )
-            s.add(reservation)
-            await s.flush()
-            return reservation
 
     async def settle(
         self,
@@ -962,97 +660,13 @@ class UsageService:
         if actual_quantity < 0:
             raise InvalidInput("the quantity must not be negative", field="actual_quantity")
         async with self.database.scope(session) as s:
-            if not await self._sweep_lapsed(s, reservation_id, org_id):
+            if not await self._reservations.sweep_lapsed(s, reservation_id, org_id):
                 # The savepoint: a refusal below also undoes the claim, in the caller's session.
                 async with s.begin_nested():
-                    return await self._settle(s, reservation_id, org_id, actual_quantity, fields)
-        raise _expired(reservation_id)
-
-    async def _settle(
-        self,
-        s: AsyncSession,
-        reservation_id: uuid.UUID,
-        org_id: uuid.UUID | None,
-        actual_quantity: int,
-        fields: dict[str, Any],
-    ) -> RecordResult:
-        now = self.clock()
-        reservation = await self._claim(
-            s, reservation_id, org_id, ReservationStatus.SETTLED, now, actual_quantity
-        )
-        meter = await self._meter(s, reservation.metric)
-        limit = await self.limit(reservation.organization_id, meter.code, session=s)
-        extra = actual_quantity - reservation.quantity
-        statement = (
-            sa.update(UsageCounter)
-            .where(
-                UsageCounter.organization_id == reservation.organization_id,
-                UsageCounter.metric == meter.code,
-                UsageCounter.period_start == reservation.period_start,
-            )
-            .values(
-                used=UsageCounter.used + actual_quantity,
-                reserved=UsageCounter.reserved - reservation.quantity,
-                updated_at=now,
-            )
-            .returning(UsageCounter.used, UsageCounter.reserved)
-        )
-        if extra > 0 and limit.hard and limit.value is not None:
-            statement = statement.where(
-                UsageCounter.used + UsageCounter.reserved + extra <= limit.value
-            )
-        counted = (await s.execute(statement)).one_or_none()
-        if counted is None:
-            used, reserved = await self._counter(
-                s, reservation.organization_id, meter.code, reservation.period_start
-            )
-            assert limit.value is not None
-            raise LimitExceeded(meter.code, limit.value, used + reserved, extra)
-        event = UsageEventIn(
-            metric=meter.code,
-            quantity=actual_quantity,
-            idempotency_key=f"reservation:{reservation.id}",
-            **{
-                **fields,
-                "properties": {
-                    **fields.get("properties", {}),
-                    "reservation_id": str(reservation.id),
-                },
-            },
-        )
-        _check_fields(event)  # as `record` does; the savepoint undoes the claim on a refusal
-        # The usage counts in the period that held the quota: if that period has ended
-        # meanwhile, the event is dated when the reservation was made, inside it.
-        occurred = now
-        if meter.period(now)[0] != reservation.period_start:
-            occurred = reservation.created_at
-        org = reservation.organization_id
-        item = Pending(
-            org, event, meter, occurred, reservation.period_start, None, event.fingerprint(), False
-        )
-        store, written = SessionStore(s), Decision()
-        prices = await store.prices({event.model}) if event.model is not None else []
-        cost = price_of(item, prices, written.unpriced)
-        event_id = written.add_event(item, cost)
-        used, reserved = counted
-        if extra > 0:
-            total = used + reserved
-            written.add_crossings(item.counter, limit.value, total - extra, total)
-        # The claim above is exclusive: no copy of the event can exist (else `Raced`).
-        await store.write(written, now)
-        for unpriced in written.unpriced:
-            self._unpriced(unpriced)
-        metrics.USAGE_RECORDED.labels(meter.code).inc()
-        return RecordResult(
-            event_id,
-            "accepted",
-            meter.code,
-            actual_quantity,
-            used,
-            limit.value,
-            limit.value is not None and used + reserved > limit.value,
-            cost,
-        )
+                    return await self._reservations.settle(
+                        s, reservation_id, org_id, actual_quantity, fields
+                    )
+        raise expired(reservation_id)
 
     async def release(
         self,
@@ -1062,44 +676,10 @@ class UsageService:
         session: AsyncSession | None = None,
     ) -> UsageReservation:
         """Stop holding a reservation's quota without recording usage."""
-        now = self.clock()
         async with self.database.scope(session) as s:
-            if not await self._sweep_lapsed(s, reservation_id, org_id):
-                reservation = await self._claim(
-                    s, reservation_id, org_id, ReservationStatus.RELEASED, now, None
-                )
-                await self._give_back(
-                    s,
-                    reservation.organization_id,
-                    reservation.metric,
-                    reservation.period_start,
-                    reserved=reservation.quantity,
-                )
-                return reservation
-        raise _expired(reservation_id)
-
-    async def _sweep_lapsed(
-        self, s: AsyncSession, reservation_id: uuid.UUID, org_id: uuid.UUID | None
-    ) -> bool:
-        """Sweep the reservation if it is still held past its time; whether it was. The caller
-        then ends its transaction before raising, so the sweep is kept."""
-        found = sa.and_(
-            UsageReservation.id == reservation_id,
-            *([UsageReservation.organization_id == org_id] if org_id is not None else []),
-        )
-        lapsed = (
-            await s.execute(
-                sa.select(UsageReservation.organization_id, UsageReservation.metric).where(
-                    found,
-                    UsageReservation.status == ReservationStatus.HELD,
-                    UsageReservation.expires_at <= self.clock(),
-                )
-            )
-        ).one_or_none()
-        if lapsed is None:
-            return False
-        await self.sweep(org_id=lapsed[0], metric=lapsed[1], session=s)
-        return True
+            if not await self._reservations.sweep_lapsed(s, reservation_id, org_id):
+                return await self._reservations.release(s, reservation_id, org_id)
+        raise expired(reservation_id)
 
     async def sweep(
         self,
@@ -1109,80 +689,8 @@ class UsageService:
         session: AsyncSession | None = None,
     ) -> int:
         """Expire held reservations past their time, giving their quota back. Returns how many."""
-        now = self.clock()
-        statement = (
-            sa.update(UsageReservation)
-            .where(
-                UsageReservation.status == ReservationStatus.HELD,
-                UsageReservation.expires_at <= now,
-            )
-            .values(status=ReservationStatus.EXPIRED, finished_at=now)
-            .returning(
-                UsageReservation.organization_id,
-                UsageReservation.metric,
-                UsageReservation.period_start,
-                UsageReservation.quantity,
-            )
-        )
-        if org_id is not None:
-            statement = statement.where(UsageReservation.organization_id == org_id)
-        if metric is not None:
-            statement = statement.where(UsageReservation.metric == metric)
         async with self.database.scope(session) as s:
-            expired = (
-                await s.execute(statement, execution_options={"synchronize_session": False})
-            ).all()
-            for organization, expired_metric, period_start, quantity in expired:
-                await self._give_back(
-                    s, organization, expired_metric, period_start, reserved=quantity
-                )
-        return len(expired)
-
-    async def _claim(
-        self,
-        s: AsyncSession,
-        reservation_id: uuid.UUID,
-        org_id: uuid.UUID | None,
-        status: ReservationStatus,
-        now: datetime,
-        settled_quantity: int | None,
-    ) -> UsageReservation:
-        """Move a held, unexpired reservation to `status`: one conditional UPDATE, so a settle,
-        a release and a sweep racing for it cannot both win."""
-        found = sa.and_(
-            UsageReservation.id == reservation_id,
-            *([UsageReservation.organization_id == org_id] if org_id is not None else []),
-        )
-        claimed = (
-            await s.execute(
-                sa.update(UsageReservation)
-                .where(
-                    found,
-                    UsageReservation.status == ReservationStatus.HELD,
-                    UsageReservation.expires_at > now,
-                )
-                .values(status=status, finished_at=now, settled_quantity=settled_quantity)
-                .returning(UsageReservation),
-                execution_options={"synchronize_session": False, "populate_existing": True},
-            )
-        ).scalar_one_or_none()
-        if claimed is not None:
-            return claimed
-        current = (await s.scalars(sa.select(UsageReservation).where(found))).one_or_none()
-        if current is None:
-            raise ReservationNotFound(
-                f"no reservation {reservation_id}", reservation_id=str(reservation_id)
-            )
-        if current.status is ReservationStatus.HELD:  # held but past its time
-            await self.sweep(org_id=current.organization_id, metric=current.metric, session=s)
-            state = "expired"
-        else:
-            state = current.status.value
-        raise ReservationNotHeld(
-            f"reservation {reservation_id} is {state}",
-            reservation_id=str(reservation_id),
-            status=state,
-        )
+            return await self._reservations.sweep(s, org_id=org_id, metric=metric)
 
     # --- seed 000's storage and token calls ----------------------------------------------------
     async def check_storage_limit(
@@ -1223,9 +731,9 @@ class UsageService:
                 )
                 .returning(UsageLimits.storage_used_bytes)
             )
-            if delta_bytes > 0 and limit.hard and limit.value is not None:
+            if delta_bytes > 0 and limit.cap is not None:
                 statement = statement.where(
-                    UsageLimits.storage_used_bytes + delta_bytes <= limit.value
+                    UsageLimits.storage_used_bytes + delta_bytes <= limit.cap
                 )
             total = (
                 await s.execute(statement, execution_options={"synchronize_session": False})
@@ -1281,135 +789,6 @@ class UsageService:
             sa.select(UsageLimits.storage_used_bytes).where(UsageLimits.organization_id == org_id)
         )
         return int(used or 0)
-
-    async def _lapsed_holds(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        metric: str,
-        period_start: datetime,
-        now: datetime,
-    ) -> int:
-        """Quota still counted as reserved by reservations past their time (not yet swept)."""
-        held = await s.scalar(
-            sa.select(sa.func.coalesce(sa.func.sum(UsageReservation.quantity), 0)).where(
-                UsageReservation.organization_id == org_id,
-                UsageReservation.metric == metric,
-                UsageReservation.period_start == period_start,
-                UsageReservation.status == ReservationStatus.HELD,
-                UsageReservation.expires_at <= now,
-            )
-        )
-        return int(held or 0)
-
-    async def _counter(
-        self, s: AsyncSession, org_id: uuid.UUID, metric: str, period_start: datetime
-    ) -> tuple[int, int]:
-        row = (
-            await s.execute(
-                sa.select(UsageCounter.used, UsageCounter.reserved).where(
-                    UsageCounter.organization_id == org_id,
-                    UsageCounter.metric == metric,
-                    UsageCounter.period_start == period_start,
-                )
-            )
-        ).one_or_none()
-        return (0, 0) if row is None else (int(row[0]), int(row[1]))
-
-    async def _bump(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        meter: MeterInfo,
-        period_start: datetime,
-        period_end: datetime | None,
-        *,
-        used: int,
-        reserved: int,
-        limit: Limit,
-        now: datetime,
-    ) -> tuple[int, int] | None:
-        """Add to the period's counter in one statement, unless a hard limit refuses it.
-        Returns the counter's new (used, reserved), or None when refused."""
-        cap = limit.value if limit.hard else None
-        values = sa.select(
-            sa.literal(org_id, sa.Uuid()),
-            sa.literal(new_id(), sa.Uuid()),
-            sa.literal(meter.code),
-            sa.literal(period_start, UsageCounter.period_start.type),
-            sa.literal(period_end, UsageCounter.period_end.type),
-            sa.literal(used, sa.BigInteger()),
-            sa.literal(reserved, sa.BigInteger()),
-            sa.literal(now, UsageCounter.updated_at.type),
-        ).where(
-            sa.true()
-            if cap is None
-            else sa.literal(used + reserved, sa.BigInteger()) <= sa.literal(cap, sa.BigInteger())
-        )
-        statement = insert(s, UsageCounter).from_select(
-            [
-                "organization_id",
-                "id",
-                "metric",
-                "period_start",
-                "period_end",
-                "used",
-                "reserved",
-                "updated_at",
-            ],
-            values,
-        )
-        excluded = statement.excluded
-        if meter.aggregation is Aggregation.MAX:
-            new_used: Any = sa.case(
-                (excluded.used > UsageCounter.used, excluded.used), else_=UsageCounter.used
-            )
-            over = new_used + UsageCounter.reserved + excluded.reserved
-        else:
-            new_used = UsageCounter.used + excluded.used
-            over = UsageCounter.used + UsageCounter.reserved + excluded.used + excluded.reserved
-        statement = statement.on_conflict_do_update(
-            index_elements=[
-                UsageCounter.organization_id,
-                UsageCounter.metric,
-                UsageCounter.period_start,
-            ],
-            set_={
-                "used": new_used,
-                "reserved": UsageCounter.reserved + excluded.reserved,
-                "updated_at": excluded.updated_at,
-            },
-            where=None if cap is None else over <= cap,
-        )
-        row = (
-            await s.execute(statement.returning(UsageCounter.used, UsageCounter.reserved))
-        ).one_or_none()
-        return None if row is None else (int(row[0]), int(row[1]))
-
-    async def _give_back(
-        self,
-        s: AsyncSession,
-        org_id: uuid.UUID,
-        metric: str,
-        period_start: datetime,
-        *,
-        used: int = 0,
-        reserved: int = 0,
-    ) -> None:
-        await s.execute(
-            sa.update(UsageCounter)
-            .where(
-                UsageCounter.organization_id == org_id,
-                UsageCounter.metric == metric,
-                UsageCounter.period_start == period_start,
-            )
-            .values(
-                used=UsageCounter.used - used,
-                reserved=UsageCounter.reserved - reserved,
-                updated_at=self.clock(),
-            ),
-            execution_options={"synchronize_session": False},
-        )
 
     def _unpriced(self, event: UsageEventIn) -> None:
         metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()

@@ -32,17 +32,6 @@ class SummaryBy(StrEnum):
 
 
 @dataclass(frozen=True)
-class Limit:
-    """An organisation's limit on a metric: None is unlimited; a soft limit never refuses."""
-
-    value: int | None
-    hard: bool = True
-
-    def refuses(self, total: int) -> bool:
-        return self.hard and self.value is not None and total > self.value
-
-
-@dataclass(frozen=True)
 class UsageEventIn:
     """One usage event to record. `cached_tokens` is the part of `input_tokens` served from the
     provider's cache (priced at the cached rate)."""
@@ -171,50 +160,6 @@ class MeterInfo:
             start = day_start(moment)
             return start, start + timedelta(days=1)
         return EPOCH, None
-
-
-def unlimited(value: Any) -> int | None:
-    """A limit as stored (None or negative: unlimited) as a limit value."""
-    return None if value is None or int(value) < 0 else int(value)
-
-
-@dataclass(frozen=True)
-class LimitRules:
-    """What decides an organisation's limits: its own overrides (`usage_limits.overrides`),
-    then its plan's `plan_limits` rows, then the plan's seed 000 columns."""
-
-    overrides: dict[str, Any]
-    plan_limits: dict[str, tuple[int | None, bool]]
-    plan_columns: dict[str, int | None]
-
-    @classmethod
-    def of(
-        cls,
-        overrides: dict[str, Any] | None,
-        plan_limits: dict[str, tuple[int | None, bool]],
-        *,
-        monthly_token_limit: int | None,
-        max_storage_mb: int | None,
-        max_api_calls_per_day: int | None,
-    ) -> LimitRules:
-        return cls(
-            overrides or {},
-            plan_limits,
-            {
-                TOKENS: monthly_token_limit,
-                STORAGE: None if max_storage_mb is None else max_storage_mb * MIB,
-                API_CALLS: max_api_calls_per_day,
-            },
-        )
-
-    def limit(self, metric: str) -> Limit:
-        override = self.overrides.get(metric)
-        if isinstance(override, dict):
-            return Limit(unlimited(override.get("limit")), bool(override.get("hard", True)))
-        if metric in self.plan_limits:
-            value, hard = self.plan_limits[metric]
-            return Limit(unlimited(value), bool(hard))
-        return Limit(unlimited(self.plan_columns.get(metric)))
 
 
 class PerMillionTokens(Protocol):
