@@ -33,8 +33,10 @@ from typing import Any
 
 import asyncpg
 
+from saascore.events.bus import OUTBOX_CHANNEL
 from saascore.kit.errors import IdempotencyConflict, NotFound
 from saascore.kit.ids import new_id
+from saascore.metering.announce import ANNOUNCED
 from saascore.metering.batch import Raced
 from saascore.metering.decision import (
     Counter,
@@ -170,8 +172,10 @@ alerted AS (
       AND counted.used + counted.reserved - $4::bigint < ceil(lim.value * t.percent / 100.0)
       AND ceil(lim.value * t.percent / 100.0) <= counted.used + counted.reserved
     ON CONFLICT (organization_id, metric, period_start, threshold_percent) DO NOTHING
-    RETURNING 1
-)
+    RETURNING organization_id, id, metric, period_start, threshold_percent, limit_value, used,
+        crossed_at
+),
+{ANNOUNCED}
 SELECT
     (SELECT count(*) FROM lim) AS organization_found,
     (SELECT id FROM ev) AS event_id,
@@ -189,6 +193,7 @@ SELECT
     ) AS current_used,
     (SELECT count(*) FROM price) AS priced,
     (SELECT count(*) FROM rolled) + (SELECT count(*) FROM alerted) AS written,
+    (SELECT count(pg_notify('saascore_outbox', '')) FROM announced) AS announced,
     CASE
         WHEN EXISTS (SELECT 1 FROM ev) AND NOT EXISTS (SELECT 1 FROM counted)
         THEN saascore_limit_exceeded($2::text, (SELECT shown FROM cap))
@@ -381,7 +386,7 @@ class PostgresStore:
         SELECT organization_id, metric, period_start, sum(quantity) AS freed
         FROM expired GROUP BY 1, 2, 3
     """
-    WRITE = """
+    WRITE = f"""
         WITH counted AS (
             UPDATE usage_counters c SET used = k.used, reserved = k.reserved, updated_at = $1
             FROM unnest($24::uuid[], $25::text[], $26::timestamptz[], $27::int8[],
@@ -421,8 +426,10 @@ class PostgresStore:
                 $47::int4[], $48::int8[], $49::int8[]) AS a (org, id, metric, period_start,
                     percent, limit_value, used)
             ON CONFLICT (organization_id, metric, period_start, threshold_percent) DO NOTHING
-            RETURNING 1
-        )
+            RETURNING organization_id, id, metric, period_start, threshold_percent,
+                limit_value, used, crossed_at
+        ),
+        {ANNOUNCED}
         INSERT INTO usage_events (organization_id, id, idempotency_key, payload_hash,
             metric, quantity, user_id, subscription_id, feature, model, provider,
             input_tokens, output_tokens, cached_tokens, total_tokens, cost_micros,
@@ -433,7 +440,7 @@ class PostgresStore:
             coalesce(e.output, 0), coalesce(e.cached, 0),
             coalesce(e.input, 0) + coalesce(e.output, 0), coalesce(e.cost, 0), 'USD',
             coalesce(e.credits, 0), e.request_id, e.batch_id, e.endpoint, e.response_ms,
-            coalesce(e.properties, '{}')::jsonb, e.occurred, $1
+            coalesce(e.properties, '{{}}')::jsonb, e.occurred, $1
         FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[],
             $7::int8[], $8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::text[],
             $13::int8[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::text[],
@@ -441,7 +448,7 @@ class PostgresStore:
             AS e (org, id, key, hash, metric, quantity, user_id, subscription_id,
                 feature, model, provider, input, output, cached, cost, credits,
                 request_id, batch_id, endpoint, response_ms, properties, occurred)
-    """
+    """  # noqa: S608
 
     #: Looking 32 keys up costs this statement more than the rest of it (a plan made while the
     #: table was small scans it whole); retries are rare enough to find them by the write.
@@ -609,6 +616,8 @@ class PostgresStore:
             if error.constraint_name != EVENT_KEY:
                 raise
             raise Raced from error
+        if decision.alerts:  # usage.threshold_reached went to the outbox: wake dispatchers
+            await self.connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.events.bus import EventBus
 from saascore.kit import metrics
 from saascore.kit.errors import IdempotencyConflict
 from saascore.kit.ids import new_id
@@ -53,8 +54,11 @@ class Reservations:
         clock: Callable[[], datetime],
         meter: Callable[[AsyncSession, str], Awaitable[MeterInfo]],
         unpriced: Callable[[UsageEventIn], None],
+        events: EventBus | None = None,
     ) -> None:
         self.clock = clock
+        #: Where the thresholds that held or settled quota crosses are told.
+        self.events = events
         self._meter = meter
         self._unpriced = unpriced
 
@@ -103,7 +107,7 @@ class Reservations:
         crossings.add_crossings(
             (org_id, meter.code, period_start), limit.value, total - quantity, total
         )
-        await SessionStore(s).write(crossings, now)
+        await SessionStore(s, self.events).write(crossings, now)
         reservation = UsageReservation(
             organization_id=org_id,
             id=new_id(),
@@ -183,7 +187,7 @@ class Reservations:
         item = Pending(
             org, event, meter, occurred, reservation.period_start, None, event.fingerprint(), False
         )
-        store, written = SessionStore(s), Decision()
+        store, written = SessionStore(s, self.events), Decision()
         prices = await store.prices({event.model}) if event.model is not None else []
         cost = price_of(item, prices, written.unpriced)
         event_id = written.add_event(item, cost)

@@ -31,7 +31,7 @@ import math
 import uuid
 import weakref
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -51,6 +51,7 @@ from saascore.kit.errors import DatabaseUnavailable, DomainError, InvalidInput
 from saascore.kit.ids import new_id
 from saascore.kit.time import utcnow
 from saascore.metering.accounts import usage_account
+from saascore.metering.announce import UsageLimitExceeded, limit_key
 from saascore.metering.batch import record_batch
 from saascore.metering.decision import (
     Decision,
@@ -110,6 +111,19 @@ logger = logging.getLogger("saascore.metering")
 DEADLOCK_RETRIES = 5
 
 
+#: Refusals told that a process remembers (past it, it forgets and the outbox decides).
+_TOLD_MAX = 10_000
+
+
+def refusals(items: Sequence[Pending], decision: Decision) -> list[tuple[Pending, LimitExceeded]]:
+    """The items a batch's decision refused over a hard limit, with their refusal."""
+    return [
+        (item, outcome)
+        for item, outcome in zip(items, decision.outcomes, strict=True)
+        if isinstance(outcome, LimitExceeded)
+    ]
+
+
 def _result(outcome: RecordResult | DomainError) -> RecordResult:
     """A batch of one's outcome, as `record` answers it: the result, or the refusal raised."""
     if isinstance(outcome, DomainError):
@@ -143,8 +157,13 @@ class UsageService:
         self._meters: dict[str, MeterInfo] = {}
         self._meters_loaded_at = -math.inf
         self._reservations = Reservations(
-            clock=lambda: self.clock(), meter=self._meter, unpriced=self._unpriced
+            clock=lambda: self.clock(),
+            meter=self._meter,
+            unpriced=self._unpriced,
+            events=self.events,
         )
+        #: The (organisation, metric, period) whose refusal this process has told.
+        self._told: set[tuple[uuid.UUID, str, datetime]] = set()
 
     # --- recording -------------------------------------------------------------------------
     async def record(
@@ -173,7 +192,10 @@ class UsageService:
                 return await self._group().submit(item)
             return await self._record_one(item)
         async with self.database.scope(session) as s:
-            outcome = await self._record(s, org_id, event, enforce=True)
+            item = self._place(org_id, event, await self._meter(s, event.metric), True)
+            outcome = (await self._record_batch(s, [item])).outcomes[0]
+        if session is None and isinstance(outcome, LimitExceeded):
+            await self._tell_refused([(item, outcome)])
         # Raised once the transaction has ended: a refusal keeps the lapsed reservations it
         # expired, as on the other paths.
         return _result(outcome)
@@ -226,6 +248,8 @@ class UsageService:
             else:
                 async with self.database.scope(session) as s:
                     decision = await self._record_batch(s, items)
+                if session is None:
+                    await self._tell_refused(refusals(items, decision))
             if not answered or answered[0] is not decision:
                 answer(decision)
         return [outcome for outcome in outcomes if outcome is not None]
@@ -334,7 +358,9 @@ class UsageService:
             return await self._record_fast(item, swept=True)
         metrics.USAGE_REFUSED.labels(metric).inc()
         assert limit.value is not None
-        raise LimitExceeded(metric, limit.value, used + reserved, item.increment)
+        refusal = LimitExceeded(metric, limit.value, used + reserved, item.increment)
+        await self._tell_refused([(item, refusal)])
+        raise refusal
 
     async def _record(
         self, s: AsyncSession, org_id: uuid.UUID, event: UsageEventIn, *, enforce: bool
@@ -354,7 +380,7 @@ class UsageService:
         return place(org_id, event, meter, enforce, self.clock(), periods)
 
     async def _record_batch(self, s: AsyncSession, items: Sequence[Pending]) -> Decision:
-        decision = await record_batch(SessionStore(s), items, self._meters, self.clock)
+        decision = await record_batch(SessionStore(s, self.events), items, self._meters, self.clock)
         self._count(decision)
         return decision
 
@@ -376,8 +402,41 @@ class UsageService:
                     raise
                 continue
             self._count(decision)
+            await self._tell_refused(refusals(items, decision))
             return decision
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _tell_refused(self, refused: Iterable[tuple[Pending, LimitExceeded]]) -> None:
+        """Tell `usage.limit_exceeded` for refusals, once per organisation, metric and period
+        (see `announce`), in a transaction of its own: the refusal itself writes nothing. A
+        failure to tell is logged, never raised: the caller's answer is the refusal."""
+        fresh: dict[tuple[uuid.UUID, str, datetime], LimitExceeded] = {}
+        for item, refusal in refused:
+            if item.counter not in self._told:
+                fresh.setdefault(item.counter, refusal)
+        if not fresh:
+            return
+        try:
+            async with self.database.transaction() as s:
+                for (org_id, metric, period_start), refusal in fresh.items():
+                    await self.events.emit_once(
+                        s,
+                        org_id,
+                        UsageLimitExceeded(
+                            metric=metric,
+                            period_start=period_start,
+                            limit=refusal.limit,
+                            used=refusal.used,
+                            requested=refusal.requested,
+                        ),
+                        key=limit_key(metric, period_start),
+                    )
+        except Exception:
+            logger.exception("usage.limit_exceeded not told for %s", sorted(map(str, fresh)))
+            return
+        if len(self._told) >= _TOLD_MAX:
+            self._told.clear()
+        self._told.update(fresh)
 
     async def _record_postgres_once(
         self,

@@ -16,8 +16,10 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.events.bus import EventBus
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
+from saascore.metering.announce import UsageThresholdReached, threshold_key
 from saascore.metering.batch import Raced
 from saascore.metering.decision import (
     Counter,
@@ -68,8 +70,11 @@ class SessionStore:
     CHUNK = 500  # bound parameters per IN list stay well under SQLite's limit
     optimistic = False  # it looks the keys up after the locks, so it never misses a copy
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, events: EventBus | None = None) -> None:
         self.s = session
+        #: Where `usage.threshold_reached` is emitted (None: nowhere, for a store that only
+        #: reads).
+        self.events = events
 
     async def lock(
         self,
@@ -328,3 +333,16 @@ class SessionStore:
                 )
                 .on_conflict_do_nothing(index_elements=ALERT_KEY)
             )
+            if self.events is not None:
+                await self.events.emit_once(
+                    self.s,
+                    org,
+                    UsageThresholdReached(
+                        metric=metric,
+                        period_start=start,
+                        threshold_percent=percent,
+                        limit=limit,
+                        used=used,
+                    ),
+                    key=threshold_key(metric, start, percent),
+                )
