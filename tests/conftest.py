@@ -12,6 +12,12 @@ Fixtures (the contract other test packages code against):
   `session`, which rolls back; tests that must commit use `empty_settings`.
 - `scratch` (function): a migrated database with the default catalog, one per test module,
   that the module's tests may commit into.
+- `race_database` (function): the database for concurrency tests, whose sessions really
+  commit and race: `scratch`'s database on an engine of its own, its pool sized for racing
+  workers (`RACE_POOL`), its PostgreSQL connections closed after each test (the server is
+  shared). Tests make organisations of their own. Marked `@pytest.mark.race_database(fresh=True)`
+  (a test or a class), a test gets instead a brand-new database of its own, migrated, without
+  the catalog, for invariants over whole tables.
 - `session` (function): an `AsyncSession` inside a connection-level transaction that is rolled
   back after the test; `session.commit()` only releases a savepoint.
 - `empty_settings` (function): `Settings` for a brand-new, empty database (no migrations).
@@ -19,6 +25,15 @@ Fixtures (the contract other test packages code against):
 - `joined_database` (function): a `Database` whose sessions join `session`'s connection, so code
   that commits (an app's requests, services called without a session) sees the test's rows and
   is rolled back with them (`tests.helpers.JoinedDatabase`).
+
+The app over HTTP (`tests.http`, `tests.admin`):
+
+- `api` (function): a client of the real app on `scratch`; organisations are made with
+  `tests.http.tenant` (built on `saascore.testing.register_tenant`).
+- `admin` (function): `tests.admin.Admin`, the real app on `scratch` with an operator key and a
+  plan without rate limits, for the operator routes (`/v1/admin`) of every domain.
+- `customer` (function): a `saascore.testing.TestTenant` registered through `admin`'s app on
+  its plan, with an API key of every scope: the organisation an operator test acts on.
 
 `tests.helpers.settings_env(settings)` gives the environment for a `saascore` subprocess.
 """
@@ -39,8 +54,11 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.config import Settings
+from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.plans import PlanService, read_catalog
+from saascore.testing import TestTenant
+from tests.admin import Admin, administered, customer_of
 from tests.helpers import (
     BACKENDS,
     JoinedDatabase,
@@ -55,6 +73,18 @@ from tests.http import api_app, serving
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+#: Enough connections for racing workers to pile up on a lock (the rest wait for the pool, far
+#: from its timeout), and few enough that two xdist workers beside other test runs and
+#: benchmarks stay under the shared server's `max_connections` (100).
+RACE_POOL = {"db_pool_size": 6, "db_max_overflow": 10, "db_pool_timeout": 60.0}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "race_database(fresh=False): fresh=True gives the test a new, empty race_database",
+    )
 
 
 # --- servers -----------------------------------------------------------------------------------
@@ -156,6 +186,47 @@ def scratch(backend: str, request: pytest.FixtureRequest) -> Database:
     return database
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def _race_sqlite(_scratch_sqlite: Database) -> AsyncIterator[Database]:
+    # SQLite keeps its connections from test to test: opening a pool's worth at once under
+    # write contention costs seconds.
+    database = Database(_scratch_sqlite.settings.model_copy(update=RACE_POOL))
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def _race_postgresql(_scratch_postgresql: Database) -> AsyncIterator[Database]:
+    # A new engine for each test, closed after it (the server is shared): a disposed
+    # `Database` would build its next engine without a pool, a connection per worker.
+    database = Database(_scratch_postgresql.settings.model_copy(update=RACE_POOL))
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def _race_fresh(empty_settings: Settings) -> AsyncIterator[Database]:
+    database = Database(empty_settings.model_copy(update=RACE_POOL))
+    try:
+        await migrate.upgrade(database)
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+def race_database(backend: str, request: pytest.FixtureRequest) -> Database:
+    """The database of concurrency tests: sessions that really commit and race."""
+    marker = request.node.get_closest_marker("race_database")
+    fresh = marker is not None and marker.kwargs.get("fresh", False)
+    value: Database = request.getfixturevalue("_race_fresh" if fresh else f"_race_{backend}")
+    return value
+
+
 @pytest.fixture
 def database(backend: str, request: pytest.FixtureRequest) -> Database:
     """The migrated database of `backend`, shared by every test of this run (and worker)."""
@@ -236,8 +307,19 @@ async def empty_database(empty_settings: Settings) -> AsyncIterator[Database]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def api(scratch: Database) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the real app on the module's scratch database (default catalog loaded).
-    Requests commit; tests make organisations of their own (`register_and_login`). Login and
+    Requests commit; tests make organisations of their own (`tests.http.tenant`). Login and
     registration are not rate limited here; plans' own limits are."""
     application, core = api_app(scratch, auth_requests_per_minute=None)
     async with serving(application, core) as client:
         yield client
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def admin(scratch: Database) -> AsyncIterator[Admin]:
+    async with administered(scratch) as value:
+        yield value
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def customer(admin: Admin) -> TestTenant:
+    return await customer_of(admin)

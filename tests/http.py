@@ -1,12 +1,14 @@
-"""Helpers for tests through the real app over HTTP (the `api` fixture is in conftest)."""
+"""Helpers for tests through the real app over HTTP (the `api` fixture is in conftest).
+
+`tenant(client, database, ...)` is the one way tests make an organisation over HTTP: it
+registers one with `saascore.testing.register_tenant` and moves it to a plan of the test's own.
+"""
 
 from __future__ import annotations
 
-import secrets
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -15,7 +17,8 @@ from fastapi import FastAPI
 from saascore import Saascore
 from saascore.api import create_app
 from saascore.kit.db import Database
-from saascore.models import Organization, PlanLimit
+from saascore.models import Organization, PlanLimit, SubscriptionPlan
+from saascore.testing import TestTenant, register_tenant
 from tests.factories import create_plan
 
 
@@ -38,43 +41,45 @@ async def serving(application: FastAPI, core: Saascore) -> AsyncIterator[httpx.A
             await core.rate_limiter.close()
 
 
-class Tenant(NamedTuple):
-    """An organisation registered through the API: its id and its owner's headers."""
-
-    id: uuid.UUID
-    headers: dict[str, str]
-
-
 async def tenant(
-    api: httpx.AsyncClient,
-    scratch: Database,
+    client: httpx.AsyncClient,
+    database: Database,
     *,
+    plan: str | None = None,
     limits: dict[str, tuple[int | None, bool]] | None = None,
-    **plan: Any,
-) -> Tenant:
-    """Register an organisation and move it to a new plan with `plan`'s columns, `limits`
-    rows (metric: (limit, hard)) and no rate limits."""
-    tag = secrets.token_hex(4)
-    response = await api.post(
-        "/v1/auth/register",
-        json={
-            "email": f"owner-{tag}@example.com",
-            "password": secrets.token_urlsafe(16),
-            "organization_name": f"Tenant {tag}",
-        },
+    scopes: Sequence[str] | None = None,
+    email: str | None = None,
+    password: str | None = None,
+    name: str | None = "Test User",
+    **columns: Any,
+) -> TestTenant:
+    """`saascore.testing.register_tenant` (an API key with `scopes` if given), then the
+    organisation moved, behind the app's back (no audit entry, no event), off the free plan's
+    5 requests a minute: to the existing plan `plan` (a code), or else to a new plan of its own
+    with `columns` (`SubscriptionPlan`'s), `limits` rows (metric: (limit, hard)) and no rate
+    limits."""
+    registered = await register_tenant(
+        client, email=email, password=password, name=name, scopes=scopes
     )
-    assert response.status_code == 201, response.text
-    body = response.json()
-    organization_id = uuid.UUID(body["organization_id"])
-    async with scratch.transaction() as session:
-        new_plan = await create_plan(session, **plan)
-        for metric, (value, hard) in (limits or {}).items():
-            session.add(
-                PlanLimit(plan_id=new_plan.id, metric=metric, limit_value=value, is_hard=hard)
-            )
+    async with database.transaction() as session:
+        if plan is not None:
+            assert not columns, "an existing plan takes no columns"
+            assert not limits, "an existing plan takes no limits"
+            plan_id = (
+                await session.scalars(
+                    sa.select(SubscriptionPlan.id).where(SubscriptionPlan.code == plan)
+                )
+            ).one()
+        else:
+            new_plan = await create_plan(session, **columns)
+            for metric, (value, hard) in (limits or {}).items():
+                session.add(
+                    PlanLimit(plan_id=new_plan.id, metric=metric, limit_value=value, is_hard=hard)
+                )
+            plan_id = new_plan.id
         await session.execute(
             sa.update(Organization)
-            .where(Organization.id == organization_id)
-            .values(plan_id=new_plan.id)
+            .where(Organization.id == registered.organization_id)
+            .values(plan_id=plan_id)
         )
-    return Tenant(organization_id, {"Authorization": f"Bearer {body['access_token']}"})
+    return registered

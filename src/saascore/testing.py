@@ -17,11 +17,15 @@ is dropped):
     sessions = create_test_session_factory(database)
     async with sessions() as session: ...
 
-And an account through the API:
+And an account through the API: `register_and_login` gives the owner's `Authorization` header,
+`register_tenant` the whole `TestTenant` (organisation and owner ids, credentials, tokens) and,
+given `scopes`, an API key of the owner's with those scopes:
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         headers = await register_and_login(c)
         await c.get("/v1/me", headers=headers)
+        tenant = await register_tenant(c, scopes=["usage:write"])
+        await c.post("/v1/usage/events", json=event, headers=tenant.key_headers)
 
 The database's sessions and services commit: give each test organisations of its own rather
 than counting on an empty database.
@@ -29,12 +33,14 @@ than counting on an empty database.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import sqlalchemy as sa
@@ -47,9 +53,11 @@ from saascore.kit.errors import ConfigurationError
 from saascore.plans import Catalog, PlanService, read_catalog
 
 __all__ = [
+    "TestTenant",
     "create_test_engine",
     "create_test_session_factory",
     "register_and_login",
+    "register_tenant",
     "temporary_database",
 ]
 
@@ -135,6 +143,79 @@ def create_test_session_factory(
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class TestTenant:
+    """An organisation registered through the API: its id, its owner's id, e-mail, password
+    and tokens, and the owner's API key if one was asked for."""
+
+    __test__: ClassVar[bool] = False  # not a test class, whatever its name
+
+    organization_id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+    api_key: str | None = None
+    api_key_id: uuid.UUID | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The owner's `Authorization` header."""
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+    @property
+    def key_headers(self) -> dict[str, str]:
+        """The `X-API-Key` header of the tenant's API key."""
+        if self.api_key is None:
+            raise AssertionError("this tenant was registered without an API key (scopes=...)")
+        return {"X-API-Key": self.api_key}
+
+
+async def register_tenant(
+    client: httpx.AsyncClient,
+    *,
+    email: str | None = None,
+    password: str | None = None,
+    organization_name: str | None = None,
+    name: str | None = "Test User",
+    scopes: Sequence[str] | None = None,
+) -> TestTenant:
+    """Register a new organisation and its owner through the API (`POST /v1/auth/register`),
+    random e-mail, password and name unless given. With `scopes`, the owner also makes an API
+    key with those scopes (`POST /v1/api-keys`: one request on the owner's rate limit)."""
+    tag = secrets.token_hex(4)
+    email = email or f"owner-{tag}@example.com"
+    password = password or secrets.token_urlsafe(16)
+    body: dict[str, Any] = {
+        "email": email,
+        "password": password,
+        "name": name,
+        "organization_name": organization_name or f"Test Organisation {tag}",
+    }
+    response = await client.post("/v1/auth/register", json=body)
+    if response.status_code != 201:
+        raise AssertionError(f"registration failed: {response.status_code} {response.text}")
+    tokens = response.json()
+    tenant = TestTenant(
+        organization_id=uuid.UUID(tokens["organization_id"]),
+        user_id=uuid.UUID(tokens["user_id"]),
+        email=email,
+        password=password,
+        access_token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+    )
+    if scopes is None:
+        return tenant
+    created = await client.post(
+        "/v1/api-keys", json={"name": "test key", "scopes": list(scopes)}, headers=tenant.headers
+    )
+    if created.status_code != 201:
+        raise AssertionError(f"API key refused: {created.status_code} {created.text}")
+    key = created.json()
+    return dataclasses.replace(tenant, api_key=key["key"], api_key_id=uuid.UUID(key["id"]))
+
+
 async def register_and_login(
     client: httpx.AsyncClient,
     *,
@@ -145,15 +226,8 @@ async def register_and_login(
 ) -> dict[str, str]:
     """Register a new organisation and its owner through the API, and return the
     `Authorization` header for the owner's access token. Each call makes a new organisation
-    (random e-mail and name unless given)."""
-    tag = secrets.token_hex(4)
-    body: dict[str, Any] = {
-        "email": email or f"owner-{tag}@example.com",
-        "password": password or secrets.token_urlsafe(16),
-        "name": name,
-        "organization_name": organization_name or f"Test Organisation {tag}",
-    }
-    response = await client.post("/v1/auth/register", json=body)
-    if response.status_code != 201:
-        raise AssertionError(f"registration failed: {response.status_code} {response.text}")
-    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+    (random e-mail and name unless given): `register_tenant(...).headers`."""
+    tenant = await register_tenant(
+        client, email=email, password=password, organization_name=organization_name, name=name
+    )
+    return tenant.headers

@@ -13,6 +13,7 @@ from saascore.api.deps import PrincipalDep
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
 from saascore.kit.db import Database
 from saascore.metering.endpoints import create_usage_router
+from saascore.testing import register_tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -38,20 +39,15 @@ async def test_a_host_app_mounts_only_the_routers_it_wants(scratch: Database) ->
     ):
         health = await client.get("/health")
         assert health.json()["service"] == "host-service"
-        registered = await client.post(
-            "/v1/auth/register",
-            json={
-                "email": "host@example.com",
-                "password": "a long enough password",
-                "organization_name": "Host Customer",
-            },
+        customer = await register_tenant(
+            client,
+            email="host@example.com",
+            password="a long enough password",
+            organization_name="Host Customer",
+            scopes=["usage:write", "usage:read"],
         )
-        assert registered.status_code == 201, registered.text
-        organization = registered.json()["organization_id"]
-        headers = {"Authorization": f"Bearer {registered.json()['access_token']}"}
-        key = await client.post("/v1/api-keys", json={"name": "host"}, headers=headers)
-        assert key.status_code == 201, key.text
-        api_key = {"X-API-Key": key.json()["key"]}
+        organization = str(customer.organization_id)
+        api_key = customer.key_headers
         event = {"id": "host-1", "metric": "api_calls", "quantity": 1}
         recorded = await client.post("/v1/usage/events", json=event, headers=api_key)
         assert recorded.status_code == 201, recorded.text

@@ -1,4 +1,4 @@
-"""Tenant isolation, generated from the app's own routes.
+"""TestTenant isolation, generated from the app's own routes.
 
 For every route that takes an object id, an owner of organisation B (every permission) asks for
 an object of organisation A: the answer is 404 and none of A's rows change. Routes are read from
@@ -23,9 +23,18 @@ from fastapi import FastAPI
 
 from saascore import Saascore
 from saascore.kit.db import Database
-from saascore.models import Base, Organization, SubscriptionPlan
+from saascore.kit.time import utcnow
+from saascore.models import (
+    Base,
+    DeliveryStatus,
+    OutboxEvent,
+    SubscriptionPlan,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from saascore.testing import TestTenant
 from tests.factories import random_code
-from tests.http import api_app, serving
+from tests.http import api_app, serving, tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -34,35 +43,68 @@ TENANT_PREFIX = "/v1/"
 OPERATOR_PREFIX = "/v1/admin"
 
 
-@dataclass
-class Tenant:
-    organization_id: uuid.UUID
-    user_id: uuid.UUID
-    headers: dict[str, str]
-
-
 # --- how to make an object of organisation A for each kind of path parameter -------------------
-async def _api_key(core: Saascore, a: Tenant) -> uuid.UUID:
+async def _api_key(core: Saascore, a: TestTenant) -> uuid.UUID:
     key, _ = await core.api_keys.create(
         a.organization_id, name="a's key", scopes=["usage:read"], user_id=a.user_id
     )
     return key.id
 
 
-async def _user(core: Saascore, a: Tenant) -> uuid.UUID:
+async def _user(core: Saascore, a: TestTenant) -> uuid.UUID:
     user = await core.users.create(a.organization_id, email=f"{random_code('u')}@example.com")
     return user.id
 
 
-async def _reservation(core: Saascore, a: Tenant) -> uuid.UUID:
+async def _reservation(core: Saascore, a: TestTenant) -> uuid.UUID:
     reservation = await core.usage.reserve(a.organization_id, "api_calls", 1)
     return reservation.id
 
 
-OBJECTS: dict[str, Callable[[Saascore, Tenant], Awaitable[uuid.UUID]]] = {
+async def _webhook_endpoint(core: Saascore, a: TestTenant) -> uuid.UUID:
+    endpoint, _ = await core.webhooks.create(a.organization_id, url="https://93.184.215.14/hook")
+    return endpoint.id
+
+
+async def _webhook_delivery(core: Saascore, a: TestTenant) -> uuid.UUID:
+    """A delivery of A's newest endpoint (made first: `{endpoint_id}` comes first in paths)."""
+    async with core.database.transaction() as s:
+        endpoint_id = await s.scalar(
+            sa.select(WebhookEndpoint.id)
+            .where(WebhookEndpoint.organization_id == a.organization_id)
+            .order_by(WebhookEndpoint.id.desc())
+            .limit(1)
+        )
+    if endpoint_id is None:
+        endpoint_id = await _webhook_endpoint(core, a)
+    async with core.database.transaction() as s:
+        event = OutboxEvent(
+            organization_id=a.organization_id,
+            type="credits.low",
+            body={"type": "credits.low", "timestamp": "", "data": {}},
+            occurred_at=utcnow(),
+            dispatched_at=utcnow(),
+        )
+        s.add(event)
+        await s.flush()
+        delivery = WebhookDelivery(
+            organization_id=a.organization_id,
+            endpoint_id=endpoint_id,
+            event_id=event.id,
+            event_type=event.type,
+            status=DeliveryStatus.FAILED,
+        )
+        s.add(delivery)
+        await s.flush()
+        return delivery.id
+
+
+OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "key_id": _api_key,
     "user_id": _user,
     "reservation_id": _reservation,
+    "endpoint_id": _webhook_endpoint,
+    "delivery_id": _webhook_delivery,
 }
 
 
@@ -72,43 +114,19 @@ class World:
     app: FastAPI
     core: Saascore
     client: httpx.AsyncClient
-    a: Tenant
-    b: Tenant
-
-
-async def _tenant(client: httpx.AsyncClient, core: Saascore, plan_id: uuid.UUID) -> Tenant:
-    body = {
-        "email": f"{random_code('owner')}@example.com",
-        "password": "a long enough password",
-        "organization_name": random_code("org"),
-    }
-    response = await client.post("/v1/auth/register", json=body)
-    assert response.status_code == 201, response.text
-    tokens = response.json()
-    async with core.database.transaction() as s:  # off the free plan's 5 requests a minute
-        await s.execute(
-            sa.update(Organization)
-            .where(Organization.id == uuid.UUID(tokens["organization_id"]))
-            .values(plan_id=plan_id)
-        )
-    return Tenant(
-        organization_id=uuid.UUID(tokens["organization_id"]),
-        user_id=uuid.UUID(tokens["user_id"]),
-        headers={"Authorization": f"Bearer {tokens['access_token']}"},
-    )
+    a: TestTenant
+    b: TestTenant
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def world(scratch: Database) -> AsyncIterator[World]:
     application, core = api_app(scratch, auth_requests_per_minute=None)
     async with serving(application, core) as client:
-        async with scratch.transaction() as s:
+        async with scratch.transaction() as s:  # off the free plan's 5 requests a minute
             plan = SubscriptionPlan(code=random_code("unlimited"), name="Unlimited")
             s.add(plan)
-            await s.flush()
-            plan_id = plan.id
-        a = await _tenant(client, core, plan_id)
-        b = await _tenant(client, core, plan_id)
+        a = await tenant(client, scratch, plan=plan.code)
+        b = await tenant(client, scratch, plan=plan.code)
         yield World(application, core, client, a, b)
 
 

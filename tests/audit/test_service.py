@@ -209,18 +209,20 @@ def _uuid_param(session: AsyncSession, value: uuid.UUID) -> object:
 
 
 class TestConcurrentAppends:
-    async def test_racing_transactions_keep_one_contiguous_chain(self, scratch: Database) -> None:
-        organization = await OrganizationService(scratch, PlanService(scratch)).create(
+    async def test_racing_transactions_keep_one_contiguous_chain(
+        self, race_database: Database
+    ) -> None:
+        organization = await OrganizationService(race_database, PlanService(race_database)).create(
             name="audit race"
         )
-        audit = AuditService(scratch)
+        audit = AuditService(race_database)
         workers = 24
 
         class Abandoned(Exception):
             pass
 
         async def worker(n: int) -> None:
-            async with scratch.transaction() as s:
+            async with race_database.transaction() as s:
                 await audit.record(organization.id, f"race.{n}.a", session=s)
                 await asyncio.sleep(0)  # let the others queue on the head
                 await audit.record(organization.id, f"race.{n}.b", session=s)
@@ -232,7 +234,7 @@ class TestConcurrentAppends:
         assert all(result is None or isinstance(result, Abandoned) for result in results)
         assert len(abandoned) == workers // 4
 
-        async with scratch.session(readonly=True) as s:
+        async with race_database.session(readonly=True) as s:
             entries = await chain(s, organization.id)
         kept = 2 * (workers - len(abandoned))
         assert [entry.seq for entry in entries] == list(range(1, kept + 1))

@@ -41,16 +41,18 @@ async def test_low_balance_is_told_once_per_fall_and_expiry_is_told(scratch: Dat
         assert (await api.get("/v1/credits", headers=org.headers)).json()["low_threshold"] == 100
     clock = Clock()
     core.credits.clock = clock
-    await core.credits.grant(org.id, 150, idempotency_key="g1")
-    await core.credits.consume(org.id, 40)  # 110: above
-    await core.credits.consume(org.id, 20)  # 90: falls below, told
-    await core.credits.consume(org.id, 10)  # 80: still below, not told again
-    await core.credits.grant(org.id, 500, expires_at=clock() + timedelta(days=1))  # 580
-    await core.credits.consume(org.id, 490)  # 90: a second fall, told again
+    await core.credits.grant(org.organization_id, 150, idempotency_key="g1")
+    await core.credits.consume(org.organization_id, 40)  # 110: above
+    await core.credits.consume(org.organization_id, 20)  # 90: falls below, told
+    await core.credits.consume(org.organization_id, 10)  # 80: still below, not told again
+    await core.credits.grant(
+        org.organization_id, 500, expires_at=clock() + timedelta(days=1)
+    )  # 580
+    await core.credits.consume(org.organization_id, 490)  # 90: a second fall, told again
     clock.advance(timedelta(days=2))
-    await core.credits.expire(org.id)  # the unused 500-grant's remainder lapses
+    await core.credits.expire(org.organization_id)  # the unused 500-grant's remainder lapses
 
-    events = await published(scratch, org.id)
+    events = await published(scratch, org.organization_id)
     assert [kind for kind, _ in events] == [
         "credits.granted",
         "credits.low",
@@ -61,7 +63,7 @@ async def test_low_balance_is_told_once_per_fall_and_expiry_is_told(scratch: Dat
     assert events[1][1] == {"balance": 90, "threshold": 100}
     assert events[3][1] == {"balance": 90, "threshold": 100}
     assert events[4][1]["amount"] == 10  # the expiring grant is drawn first: 10 of it lapse
-    entries = await core.audit.list(org.id, action="credits.low_threshold_changed")
+    entries = await core.audit.list(org.organization_id, action="credits.low_threshold_changed")
     assert [entry.details for entry in entries] == [{"from": None, "to": 100}]
 
 
@@ -69,7 +71,9 @@ async def test_the_threshold_takes_billing_write_and_a_valid_number(scratch: Dat
     application, core = api_app(scratch)
     async with serving(application, core) as api:
         org = await tenant(api, scratch)
-        _, raw = await core.api_keys.create(org.id, name="reader", scopes=["billing:read"])
+        _, raw = await core.api_keys.create(
+            org.organization_id, name="reader", scopes=["billing:read"]
+        )
         refused = await api.put(
             "/v1/credits/low-threshold", json={"threshold": 5}, headers={"X-API-Key": raw}
         )
@@ -83,5 +87,5 @@ async def test_the_threshold_takes_billing_write_and_a_valid_number(scratch: Dat
             "/v1/credits/low-threshold", json={"threshold": None}, headers=org.headers
         )
         assert cleared.json() == {"threshold": None}
-    assert (await core.credits.account(org.id)).low_threshold is None
-    assert await core.audit.list(org.id, action="credits.low_threshold_changed") == []
+    assert (await core.credits.account(org.organization_id)).low_threshold is None
+    assert await core.audit.list(org.organization_id, action="credits.low_threshold_changed") == []

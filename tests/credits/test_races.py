@@ -2,8 +2,8 @@
 own committed transaction (the service called without a session), then the totals must add up,
 whatever the interleaving was.
 
-The tests commit, so they use a database of this module's own (`scratch`, migrated by the real
-migrations), with a PostgreSQL pool large enough for the workers; each test makes its own
+The tests commit, so they use `race_database` (conftest: this module's own database, migrated by
+the real migrations, with a pool large enough for the workers); each test makes its own
 organisations and looks only at those (`verify()` looks at all, and all must be healthy).
 """
 
@@ -13,11 +13,10 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest_asyncio
 import sqlalchemy as sa
 
 from saascore.credits import CreditService, InsufficientCredits, NotRefundable
@@ -36,31 +35,7 @@ from tests.factories import create_organization, create_plan
 
 WORKERS = 64
 
-#: Enough connections for the workers to pile up on the lock (the rest wait for the pool, far
-#: from its timeout), and few enough that two xdist workers beside other test runs and
-#: benchmarks stay under the shared server's `max_connections` (100).
-RACE_POOL = {"db_pool_size": 6, "db_max_overflow": 10}
-
 CONSUME = CreditTransactionType.CONSUME
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def scratch(scratch: Database) -> AsyncIterator[Database]:
-    """The module's committed database, on an engine whose pool is sized for the workers."""
-    database = Database(scratch.settings.model_copy(update=RACE_POOL))
-    try:
-        yield database
-    finally:
-        await database.dispose()
-
-
-@pytest_asyncio.fixture(loop_scope="session", autouse=True)
-async def _release_connections(scratch: Database, backend: str) -> AsyncIterator[None]:
-    """Close the PostgreSQL pool after each test: the server is shared. (SQLite keeps its
-    connections: opening a pool's worth at once under write contention costs seconds.)"""
-    yield
-    if backend == "postgresql":
-        await scratch.dispose()
 
 
 async def new_org(database: Database, *, credits_per_period: int = 0) -> uuid.UUID:
@@ -88,9 +63,9 @@ def refused(results: list[Any], kind: type[BaseException]) -> list[Any]:
 
 
 class TestConsumeRace:
-    async def test_racing_consumers_never_overspend(self, scratch: Database) -> None:
-        credits = CreditService(scratch)
-        org = await new_org(scratch)
+    async def test_racing_consumers_never_overspend(self, race_database: Database) -> None:
+        credits = CreditService(race_database)
+        org = await new_org(race_database)
         now = utcnow()
         # Grants of every kind, so that draws cross grant boundaries: (amount, priority, expiry)
         funding = [
@@ -118,7 +93,7 @@ class TestConsumeRace:
         for ask, tx in accepted:
             assert tx.amount == -ask
 
-        transactions = await read_ledger(scratch, org)
+        transactions = await read_ledger(race_database, org)
         assert assert_running_balance(transactions) == final
         consumed = [tx for tx in transactions if tx.type == CONSUME]
         assert sorted(tx.id for tx in consumed) == sorted(tx.id for _, tx in accepted)
@@ -138,7 +113,7 @@ class TestConsumeRace:
         for amount, _, _ in sorted(funding, key=lambda g: (g[1], g[2] is None, g[2] or now)):
             expected.append(amount - min(amount, drawn))
             drawn -= min(amount, drawn)
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             rows = await grants(session, org)
         in_draw_order = sorted(
             rows, key=lambda g: (g.priority, g.expires_at is None, g.expires_at or now)
@@ -146,9 +121,9 @@ class TestConsumeRace:
         assert [g.remaining for g in in_draw_order] == expected
         assert await credits.verify() == []
 
-    async def test_organisations_race_independently(self, scratch: Database) -> None:
-        credits = CreditService(scratch)
-        orgs = [await new_org(scratch) for _ in range(4)]
+    async def test_organisations_race_independently(self, race_database: Database) -> None:
+        credits = CreditService(race_database)
+        orgs = [await new_org(race_database) for _ in range(4)]
         for org in orgs:
             await credits.grant(org, 100)
         rng = random.Random(7)
@@ -165,16 +140,16 @@ class TestConsumeRace:
             )
             final = await credits.balance(org)
             assert final == 100 - taken >= 0
-            assert assert_running_balance(await read_ledger(scratch, org)) == final
+            assert assert_running_balance(await read_ledger(race_database, org)) == final
         assert await credits.verify() == []
 
 
 class TestMixedRace:
     async def test_grants_consumes_refunds_and_adjustments_keep_the_ledger_whole(
-        self, scratch: Database
+        self, race_database: Database
     ) -> None:
-        credits = CreditService(scratch)
-        org = await new_org(scratch)
+        credits = CreditService(race_database)
+        org = await new_org(race_database)
         await credits.grant(org, 300)
         await credits.grant(org, 200, priority=1, expires_at=utcnow() + timedelta(days=1))
         consumptions = [(await credits.consume(org, 20)).id for _ in range(6)]
@@ -215,7 +190,7 @@ class TestMixedRace:
         final = await credits.balance(org)
         assert final == start + sum(tx.amount for tx in accepted)
 
-        transactions = await read_ledger(scratch, org)
+        transactions = await read_ledger(race_database, org)
         assert assert_running_balance(transactions) == final
         states = {tx.balance_after for tx in transactions}
         for (_, _), result in zip(plan, results, strict=True):
@@ -234,15 +209,17 @@ class TestMixedRace:
             if isinstance(result, NotRefundable):
                 consumption, amount = arg
                 assert amount > 20 - refunded[consumption]
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             assert sum(g.remaining for g in await grants(session, org)) == final
         assert await credits.verify() == []
 
 
 class TestIdempotentRace:
-    async def test_the_same_consume_sent_ten_times_is_applied_once(self, scratch: Database) -> None:
-        credits = CreditService(scratch)
-        org = await new_org(scratch)
+    async def test_the_same_consume_sent_ten_times_is_applied_once(
+        self, race_database: Database
+    ) -> None:
+        credits = CreditService(race_database)
+        org = await new_org(race_database)
         await credits.grant(org, 100)
 
         results = await race(
@@ -252,12 +229,14 @@ class TestIdempotentRace:
         assert refused(results, Exception) == []
         assert len({tx.id for tx in results}) == 1
         assert await credits.balance(org) == 93
-        consumed = [tx for tx in await read_ledger(scratch, org) if tx.type == CONSUME]
+        consumed = [tx for tx in await read_ledger(race_database, org) if tx.type == CONSUME]
         assert [tx.idempotency_key for tx in consumed] == ["job-1"]
 
-    async def test_one_key_with_two_payloads_applies_one_of_them(self, scratch: Database) -> None:
-        credits = CreditService(scratch)
-        org = await new_org(scratch)
+    async def test_one_key_with_two_payloads_applies_one_of_them(
+        self, race_database: Database
+    ) -> None:
+        credits = CreditService(race_database)
+        org = await new_org(race_database)
         await credits.grant(org, 100)
         amounts = [7, 8] * 5
 
@@ -271,9 +250,11 @@ class TestIdempotentRace:
         assert len(conflicts) == 5
         assert await credits.balance(org) == 100 - winner
 
-    async def test_the_same_grant_sent_ten_times_is_applied_once(self, scratch: Database) -> None:
-        credits = CreditService(scratch)
-        org = await new_org(scratch)
+    async def test_the_same_grant_sent_ten_times_is_applied_once(
+        self, race_database: Database
+    ) -> None:
+        credits = CreditService(race_database)
+        org = await new_org(race_database)
 
         results = await race(
             *(credits.grant(org, 50, idempotency_key="purchase-1") for _ in range(10))
@@ -282,15 +263,15 @@ class TestIdempotentRace:
         assert refused(results, Exception) == []
         assert len({tx.id for tx in results}) == 1
         assert await credits.balance(org) == 50
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             assert len(await grants(session, org)) == 1
 
 
 class TestRefillRace:
-    async def test_concurrent_refills_grant_once_per_month(self, scratch: Database) -> None:
+    async def test_concurrent_refills_grant_once_per_month(self, race_database: Database) -> None:
         clock = Clock(datetime(2025, 3, 10, 12, tzinfo=UTC))
-        credits = CreditService(scratch, clock=clock)
-        org = await new_org(scratch, credits_per_period=500)
+        credits = CreditService(race_database, clock=clock)
+        org = await new_org(race_database, credits_per_period=500)
 
         march = await race(*(credits.refill(org) for _ in range(16)))
         clock.set(datetime(2025, 4, 1, tzinfo=UTC))
@@ -301,28 +282,28 @@ class TestRefillRace:
             assert len({tx.id for tx in wave}) == 1
             assert wave[0].idempotency_key == key
         assert await credits.balance(org) == 500
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             plan_grants = await grants(session, org)
         assert [(g.source, g.amount) for g in plan_grants] == [(CreditSource.PLAN, 500)] * 2
-        types = [tx.type for tx in await read_ledger(scratch, org)]
+        types = [tx.type for tx in await read_ledger(race_database, org)]
         assert types == ["grant", "expire", "grant"]  # March's credits lapsed with the month
         assert await credits.verify() == []
 
 
 class TestFirstTouchRace:
     async def test_an_organisation_without_a_usage_limits_row_gets_exactly_one(
-        self, scratch: Database
+        self, race_database: Database
     ) -> None:
-        credits = CreditService(scratch)
-        org = await new_org(scratch)
-        async with scratch.transaction() as session:
+        credits = CreditService(race_database)
+        org = await new_org(race_database)
+        async with race_database.transaction() as session:
             await session.execute(sa.delete(UsageLimits).where(UsageLimits.organization_id == org))
 
         results = await race(*(credits.grant(org, n) for n in range(1, 33)))
 
         assert refused(results, Exception) == []
         assert await credits.balance(org) == sum(range(1, 33))
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             rows = await session.scalar(
                 sa.select(sa.func.count()).where(UsageLimits.organization_id == org)
             )

@@ -4,6 +4,7 @@ commits, on both databases."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -143,3 +144,45 @@ class TestFate:
             emitted = await recorder.bus.emit(s, org, revoked())
         assert recorder.committed == [emitted]  # the next handler still ran
         assert await counts(scratch, org) == (1, 1)
+
+
+class TestOnce:
+    async def test_one_event_per_key_however_many_transactions_race(
+        self, scratch: Database
+    ) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+
+        async def attempt() -> Event | None:
+            async with scratch.transaction() as s:
+                return await recorder.bus.emit_once(
+                    s, org, CreditsLow(balance=1, threshold=5), key="credits.low:2026-12"
+                )
+
+        results = await asyncio.gather(*(attempt() for _ in range(8)))
+        emitted = [result for result in results if result is not None]
+        assert len(emitted) == 1
+        assert recorder.committed == emitted
+        assert await counts(scratch, org) == (0, 1)  # credits.low is not audited
+        async with scratch.transaction() as s:  # another key is another event
+            other = await recorder.bus.emit_once(
+                s, org, CreditsLow(balance=1, threshold=5), key="credits.low:2027-01"
+            )
+        assert other is not None
+        assert await counts(scratch, org) == (0, 2)
+
+    async def test_a_rolled_back_attempt_leaves_the_key_free(self, scratch: Database) -> None:
+        recorder, org = Recorder(scratch), await new_org(scratch)
+
+        async def failing() -> None:
+            async with scratch.transaction() as s:
+                await recorder.bus.emit_once(s, org, CreditsLow(balance=1, threshold=5), key="k")
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            await failing()
+        async with scratch.transaction() as s:
+            again = await recorder.bus.emit_once(
+                s, org, CreditsLow(balance=1, threshold=5), key="k"
+            )
+        assert again is not None
+        assert recorder.committed == [again]

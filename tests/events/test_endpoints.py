@@ -34,8 +34,10 @@ from saascore.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from saascore.testing import TestTenant
 from tests.factories import create_plan
 from tests.http import api_app, serving
+from tests.http import tenant as registered
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,12 +53,6 @@ class World:
     core: Saascore
     database: Database
     plan: str
-
-
-@dataclass
-class Tenant:
-    organization_id: uuid.UUID
-    headers: dict[str, str]
 
 
 def overrides(**values: Any) -> dict[str, Any]:
@@ -88,24 +84,13 @@ async def private_world(scratch: Database) -> AsyncIterator[World]:
         yield value
 
 
-async def new_tenant(world: World) -> Tenant:
-    response = await world.client.post(
-        "/v1/auth/register",
-        json={
-            "email": f"owner-{secrets.token_hex(4)}@example.com",
-            "password": PASSWORD,
-            "organization_name": f"Org {secrets.token_hex(4)}",
-        },
-    )
-    assert response.status_code == 201, response.text
-    tokens = response.json()
-    org_id = uuid.UUID(tokens["organization_id"])
-    await world.core.orgs.change_plan(org_id, world.plan)
-    return Tenant(org_id, bearer(tokens["access_token"]))
+async def new_tenant(world: World) -> TestTenant:
+    """An organisation registered over HTTP, on the world's plan (no rate limits)."""
+    return await registered(world.client, world.database, plan=world.plan)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def tenant(world: World) -> Tenant:
+async def tenant(world: World) -> TestTenant:
     return await new_tenant(world)
 
 
@@ -113,7 +98,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def user_of(world: World, tenant: Tenant, role: UserRole) -> dict[str, str]:
+async def user_of(world: World, tenant: TestTenant, role: UserRole) -> dict[str, str]:
     email = f"{role.value}-{secrets.token_hex(4)}@example.com"
     await world.core.users.create(tenant.organization_id, email=email, role=role, password=PASSWORD)
     tokens = await world.core.identity.login(email=email, password=PASSWORD)
@@ -121,7 +106,7 @@ async def user_of(world: World, tenant: Tenant, role: UserRole) -> dict[str, str
 
 
 async def create(
-    world: World, tenant: Tenant, url: str = PUBLIC_URL, **body: Any
+    world: World, tenant: TestTenant, url: str = PUBLIC_URL, **body: Any
 ) -> dict[str, Any]:
     response = await world.client.post(BASE, json={"url": url, **body}, headers=tenant.headers)
     assert response.status_code == 201, response.text
@@ -221,7 +206,9 @@ async def add_delivery(
 
 # --- the lifecycle -------------------------------------------------------------------------------
 class TestCreate:
-    async def test_created_with_its_secret_shown_once(self, world: World, tenant: Tenant) -> None:
+    async def test_created_with_its_secret_shown_once(
+        self, world: World, tenant: TestTenant
+    ) -> None:
         created = await create(
             world, tenant, event_types=["credits.low", "api_key.created"], description=" alerts "
         )
@@ -254,12 +241,12 @@ class TestCreate:
         assert entry.details["url"] == PUBLIC_URL
         assert secret not in str(entry.details)
 
-    async def test_no_event_types_means_all(self, world: World, tenant: Tenant) -> None:
+    async def test_no_event_types_means_all(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         assert created["event_types"] == []
 
     async def test_the_organisation_comes_from_the_caller(
-        self, world: World, tenant: Tenant
+        self, world: World, tenant: TestTenant
     ) -> None:
         response = await world.client.post(
             BASE,
@@ -295,7 +282,9 @@ class TestBadInput:
             ("https://no-such-host.invalid/hook", "webhook_url_unresolvable"),
         ],
     )
-    async def test_refused_urls(self, world: World, tenant: Tenant, url: str, code: str) -> None:
+    async def test_refused_urls(
+        self, world: World, tenant: TestTenant, url: str, code: str
+    ) -> None:
         before = await snapshot(world.database, tenant.organization_id)
         response = await world.client.post(BASE, json={"url": url}, headers=tenant.headers)
         assert response.status_code == 422, response.text
@@ -307,7 +296,7 @@ class TestBadInput:
         [["credits.lowish"], ["credits.low", "nope"], ["webhook.test"], ["auth.login"]],
     )
     async def test_unknown_event_types(
-        self, world: World, tenant: Tenant, event_types: list[str]
+        self, world: World, tenant: TestTenant, event_types: list[str]
     ) -> None:
         before = await snapshot(world.database, tenant.organization_id)
         response = await world.client.post(
@@ -317,7 +306,7 @@ class TestBadInput:
         assert response.json()["error"]["code"] == "unknown_event_type"
         assert await snapshot(world.database, tenant.organization_id) == before
 
-    async def test_an_update_is_checked_too(self, world: World, tenant: Tenant) -> None:
+    async def test_an_update_is_checked_too(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         before = await snapshot(world.database, tenant.organization_id)
         for body, code in [
@@ -345,7 +334,7 @@ class TestBadInput:
 
 
 class TestListAndRead:
-    async def test_newest_first_page_by_page(self, world: World, tenant: Tenant) -> None:
+    async def test_newest_first_page_by_page(self, world: World, tenant: TestTenant) -> None:
         ids = [(await create(world, tenant, description=f"n{i}"))["id"] for i in range(3)]
         first = (await world.client.get(BASE, params={"limit": 2}, headers=tenant.headers)).json()
         assert [e["id"] for e in first["items"]] == [ids[2], ids[1]]
@@ -357,11 +346,11 @@ class TestListAndRead:
         assert [e["id"] for e in second["items"]] == [ids[0]]
         assert second["next_cursor"] is None
 
-    async def test_a_bad_cursor(self, world: World, tenant: Tenant) -> None:
+    async def test_a_bad_cursor(self, world: World, tenant: TestTenant) -> None:
         response = await world.client.get(BASE, params={"cursor": "!!"}, headers=tenant.headers)
         assert response.json()["error"]["code"] == "invalid_cursor"
 
-    async def test_the_catalogue(self, world: World, tenant: Tenant) -> None:
+    async def test_the_catalogue(self, world: World, tenant: TestTenant) -> None:
         response = await world.client.get(f"{BASE}/event-types", headers=tenant.headers)
         assert response.status_code == 200
         types = {t["type"]: t for t in response.json()}
@@ -373,7 +362,7 @@ class TestListAndRead:
 
 
 class TestUpdate:
-    async def test_fields_change_and_are_audited(self, world: World, tenant: Tenant) -> None:
+    async def test_fields_change_and_are_audited(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant, description="old")
         path = f"{BASE}/{created['id']}"
         new_url = "https://93.184.215.15/v2"
@@ -400,7 +389,7 @@ class TestUpdate:
         assert again.json()["event_types"] == ["user.created"]
         assert len(await audit(world, tenant.organization_id, "webhook_endpoint.updated")) == 1
 
-    async def test_disable_and_enable(self, world: World, tenant: Tenant) -> None:
+    async def test_disable_and_enable(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         path = f"{BASE}/{created['id']}"
         disabled = await world.client.post(f"{path}/disable", headers=tenant.headers)
@@ -435,7 +424,9 @@ class TestUpdate:
         assert off.json()["disabled_reason"] == "disabled by an admin"
         assert len(await audit(world, tenant.organization_id, "webhook_endpoint.disabled")) == 2
 
-    async def test_a_disabled_endpoint_cannot_be_tested(self, world: World, tenant: Tenant) -> None:
+    async def test_a_disabled_endpoint_cannot_be_tested(
+        self, world: World, tenant: TestTenant
+    ) -> None:
         created = await create(world, tenant)
         await world.client.post(f"{BASE}/{created['id']}/disable", headers=tenant.headers)
         response = await world.client.post(f"{BASE}/{created['id']}/test", headers=tenant.headers)
@@ -444,7 +435,7 @@ class TestUpdate:
 
 
 class TestDelete:
-    async def test_deleted_with_its_deliveries(self, world: World, tenant: Tenant) -> None:
+    async def test_deleted_with_its_deliveries(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         await add_delivery(world.database, tenant.organization_id, created["id"])
         response = await world.client.delete(f"{BASE}/{created['id']}", headers=tenant.headers)
@@ -461,7 +452,7 @@ class TestDelete:
 
 class TestRotate:
     async def test_the_previous_secret_signs_for_24_hours(
-        self, world: World, tenant: Tenant
+        self, world: World, tenant: TestTenant
     ) -> None:
         created = await create(world, tenant)
         before = utcnow()
@@ -486,7 +477,7 @@ class TestRotate:
 
 
 class TestSendTest:
-    async def test_a_test_event_goes_to_the_outbox(self, world: World, tenant: Tenant) -> None:
+    async def test_a_test_event_goes_to_the_outbox(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         response = await world.client.post(f"{BASE}/{created['id']}/test", headers=tenant.headers)
         assert response.status_code == 202, response.text
@@ -499,7 +490,7 @@ class TestSendTest:
 
 
 class TestDeliveries:
-    async def test_newest_first_with_their_attempts(self, world: World, tenant: Tenant) -> None:
+    async def test_newest_first_with_their_attempts(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         org = tenant.organization_id
         first = await add_delivery(world.database, org, created["id"], attempts=1)
@@ -523,7 +514,7 @@ class TestDeliveries:
         assert [d["id"] for d in rest["items"]] == [str(first.id)]
         assert rest["next_cursor"] is None
 
-    async def test_retry(self, world: World, tenant: Tenant) -> None:
+    async def test_retry(self, world: World, tenant: TestTenant) -> None:
         created = await create(world, tenant)
         delivery = await add_delivery(world.database, tenant.organization_id, created["id"])
         before = utcnow()
@@ -543,7 +534,9 @@ class TestDeliveries:
         [entry] = await audit(world, tenant.organization_id, "webhook_delivery.retried")
         assert entry.details["event_id"] == str(delivery.event_id)
 
-    async def test_a_delivery_being_sent_is_not_retried(self, world: World, tenant: Tenant) -> None:
+    async def test_a_delivery_being_sent_is_not_retried(
+        self, world: World, tenant: TestTenant
+    ) -> None:
         created = await create(world, tenant)
         delivery = await add_delivery(
             world.database,
@@ -600,7 +593,7 @@ class TestIsolation:
 
     @pytest.mark.parametrize("role", [UserRole.MEMBER, UserRole.VIEWER])
     async def test_members_and_viewers_may_not(
-        self, world: World, tenant: Tenant, role: UserRole
+        self, world: World, tenant: TestTenant, role: UserRole
     ) -> None:
         created = await create(world, tenant)
         delivery = await add_delivery(world.database, tenant.organization_id, created["id"])

@@ -1,5 +1,6 @@
 """Helpers for the HTTP tests of identity and audit: the real app with its facade at hand,
-accounts made through the API, and a count of every table to prove that nothing was written.
+accounts made through the API (`saascore.testing.TestTenant`s, by `tests.http.tenant`), and a
+count of every table to prove that nothing was written.
 
     async with served(scratch) as app:
         owner = await register(app)
@@ -23,16 +24,15 @@ import sqlalchemy as sa
 
 from saascore import Saascore
 from saascore.kit.db import Database
-from saascore.models import AuditLog, Base, Organization, SubscriptionPlan, UserRole
-from tests.http import api_app, serving
+from saascore.models import AuditLog, Base, UserRole
+from saascore.testing import TestTenant, register_tenant
+from tests.http import api_app, serving, tenant
 
 __all__ = [
-    "Account",
     "Served",
     "add_user",
     "audit_actions",
     "login",
-    "move_to_plan",
     "register",
     "served",
     "table_counts",
@@ -62,66 +62,20 @@ async def served(database: Database, **overrides: Any) -> AsyncIterator[Served]:
         yield Served(client, core)
 
 
-@dataclass(frozen=True)
-class Account:
-    organization_id: uuid.UUID
-    user_id: uuid.UUID
-    email: str
-    password: str
-    access_token: str
-    refresh_token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
-
-
-def _account(body: dict[str, Any], email: str, password: str) -> Account:
-    return Account(
-        organization_id=uuid.UUID(body["organization_id"]),
-        user_id=uuid.UUID(body["user_id"]),
-        email=email,
-        password=password,
-        access_token=body["access_token"],
-        refresh_token=body["refresh_token"],
-    )
-
-
 async def register(
     app: Served,
     *,
     email: str | None = None,
     password: str | None = None,
     plan: str | None = ROOMY_PLAN,
-) -> Account:
+) -> TestTenant:
     """A new organisation and its owner, through `POST /v1/auth/register`, moved to `plan`
-    (the default free plan allows 5 requests a minute)."""
-    email = email or f"owner-{secrets.token_hex(4)}@example.com"
-    password = password or secrets.token_urlsafe(12)
-    response = await app.client.post(
-        "/v1/auth/register",
-        json={
-            "email": email,
-            "password": password,
-            "name": "Owner",
-            "organization_name": f"Org {secrets.token_hex(3)}",
-        },
+    (the default free plan allows 5 requests a minute; None leaves it there)."""
+    if plan is None:
+        return await register_tenant(app.client, email=email, password=password, name="Owner")
+    return await tenant(
+        app.client, app.database, plan=plan, email=email, password=password, name="Owner"
     )
-    assert response.status_code == 201, response.text
-    account = _account(response.json(), email, password)
-    if plan is not None:
-        await move_to_plan(app.database, account.organization_id, plan)
-    return account
-
-
-async def move_to_plan(database: Database, org_id: uuid.UUID, plan: str) -> None:
-    async with database.transaction() as s:
-        plan_id = (
-            await s.scalars(sa.select(SubscriptionPlan.id).where(SubscriptionPlan.code == plan))
-        ).one()
-        await s.execute(
-            sa.update(Organization).where(Organization.id == org_id).values(plan_id=plan_id)
-        )
 
 
 async def login(
@@ -133,14 +87,23 @@ async def login(
     return await app.client.post("/v1/auth/login", json=body)
 
 
-async def add_user(app: Served, owner: Account, role: UserRole) -> Account:
-    """A user of `owner`'s organisation with `role`, logged in through the API."""
+async def add_user(app: Served, owner: TestTenant, role: UserRole) -> TestTenant:
+    """A user of `owner`'s organisation with `role`, logged in through the API (a `TestTenant`
+    of that user's: the organisation, the user, their credentials and tokens)."""
     email = f"{role.value}-{secrets.token_hex(4)}@example.com"
     password = secrets.token_urlsafe(12)
     await app.core.users.create(owner.organization_id, email=email, role=role, password=password)
     response = await login(app, email, password)
     assert response.status_code == 200, response.text
-    return _account(response.json(), email, password)
+    body = response.json()
+    return TestTenant(
+        organization_id=uuid.UUID(body["organization_id"]),
+        user_id=uuid.UUID(body["user_id"]),
+        email=email,
+        password=password,
+        access_token=body["access_token"],
+        refresh_token=body["refresh_token"],
+    )
 
 
 async def table_counts(database: Database) -> dict[str, int]:

@@ -23,9 +23,9 @@ from saascore.models import (
     User,
     UserRole,
 )
+from saascore.testing import TestTenant
 from tests.helpers import Clock, only_postgresql
 from tests.identity.support import (
-    Account,
     Served,
     add_user,
     audit_actions,
@@ -38,7 +38,7 @@ from tests.identity.support import (
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-def forge(app: Served, account: Account, *, key: str | None = None, **claims: Any) -> str:
+def forge(app: Served, account: TestTenant, *, key: str | None = None, **claims: Any) -> str:
     """An HS256 token for `account` built with PyJWT, as an attacker would: valid unless
     `claims` change it (a claim set to None is left out)."""
     settings = app.core.settings
@@ -61,7 +61,7 @@ def forge(app: Served, account: Account, *, key: str | None = None, **claims: An
     return jwt.encode(payload, signing_key, algorithm=algorithm)
 
 
-async def create_key(app: Served, account: Account, *scopes: str) -> dict[str, Any]:
+async def create_key(app: Served, account: TestTenant, *scopes: str) -> dict[str, Any]:
     response = await app.client.post(
         "/v1/api-keys", json={"name": "attack", "scopes": list(scopes)}, headers=account.headers
     )

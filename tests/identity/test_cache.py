@@ -22,6 +22,7 @@ from saascore.identity.principal import Principal, PrincipalKind
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
 from saascore.models import ApiKey
+from saascore.testing import register_tenant
 from tests.http import api_app, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -66,19 +67,9 @@ async def uncached(scratch: Database) -> AsyncIterator[Served]:
 
 async def new_key(served: Served) -> tuple[uuid.UUID, dict[str, str], dict[str, str]]:
     """A new organisation's owner headers and an API key of theirs."""
-    registered = await served.client.post(
-        "/v1/auth/register",
-        json={
-            "email": f"{uuid.uuid4().hex[:8]}@example.com",
-            "password": "a long enough password",
-            "organization_name": "Cache",
-        },
-    )
-    assert registered.status_code == 201, registered.text
-    owner = {"Authorization": f"Bearer {registered.json()['access_token']}"}
-    created = await served.client.post("/v1/api-keys", json={"name": "k"}, headers=owner)
-    assert created.status_code == 201, created.text
-    return uuid.UUID(created.json()["id"]), owner, {"X-API-Key": created.json()["key"]}
+    owner = await register_tenant(served.client, scopes=["usage:write", "usage:read"])
+    assert owner.api_key_id is not None
+    return owner.api_key_id, owner.headers, owner.key_headers
 
 
 async def revoke_behind_the_process(database: Database, key_id: uuid.UUID) -> None:

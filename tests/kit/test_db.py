@@ -218,15 +218,15 @@ class TestSQLite:
         finally:
             await database.dispose()
 
-    async def test_concurrent_writers_wait_for_each_other(self, scratch: Database) -> None:
+    async def test_concurrent_writers_wait_for_each_other(self, race_database: Database) -> None:
         series = random_code("INV")
-        async with scratch.transaction() as session:
+        async with race_database.transaction() as session:
             session.add(InvoiceSequence(series=series, last_number=0))
         row = InvoiceSequence.series == series
 
         async def increment() -> None:
             # Read-modify-write: only correct because BEGIN IMMEDIATE serialises writers.
-            async with scratch.transaction() as session:
+            async with race_database.transaction() as session:
                 value = await session.scalar(sa.select(InvoiceSequence.last_number).where(row))
                 assert value is not None
                 await session.execute(
@@ -235,7 +235,7 @@ class TestSQLite:
 
         results = await asyncio.gather(*(increment() for _ in range(20)), return_exceptions=True)
         assert [r for r in results if r is not None] == []
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             assert await session.scalar(sa.select(InvoiceSequence.last_number).where(row)) == 20
 
 

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput, NotFound
 from saascore.models import BillingCycle, Meter, PlanLimit, PlanPrice, SubscriptionPlan
@@ -282,18 +280,14 @@ class TestQueries:
         assert {active.code, retired.code} <= {plan.code for plan in everything}
 
 
+@pytest.mark.race_database(fresh=True)
 class TestOwnTransaction:
-    @pytest_asyncio.fixture(loop_scope="session")
-    async def scratch(self, empty_database: Database) -> Database:
-        await migrate.upgrade(empty_database)
-        return empty_database
-
-    async def test_concurrent_loads_create_each_plan_once(self, scratch: Database) -> None:
-        service = PlanService(scratch)
+    async def test_concurrent_loads_create_each_plan_once(self, race_database: Database) -> None:
+        service = PlanService(race_database)
         results = await asyncio.gather(*(service.load_catalog(read_catalog()) for _ in range(4)))
         for result in results:
             assert sorted(result.plans_created + result.plans_updated) == sorted(DEFAULT_PLANS)
-        async with scratch.session(readonly=True) as session:
+        async with race_database.session(readonly=True) as session:
             assert await session.scalar(sa.select(sa.func.count(SubscriptionPlan.id))) == 5
             assert await session.scalar(sa.select(sa.func.count(PlanPrice.id))) == 9
             assert await session.scalar(sa.select(sa.func.count(Meter.id))) == 3

@@ -1,5 +1,7 @@
 """`/v1/users` and `/v1/organization` through the real app: what admins may do, what members,
-viewers and narrow keys may not (403, and nothing changes), and the answers' codes."""
+viewers and narrow keys may not (403, and nothing changes), and the answers' codes; and the
+operator routes `/v1/admin/organizations`: operators list, create, read, re-plan, suspend and
+resume organisations, each change audited with the operator as the actor."""
 
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ import sqlalchemy as sa
 from saascore import Saascore
 from saascore.kit.db import Database
 from saascore.models import AuditLog, Organization, UsageLimits, User, UserRole
-from tests.factories import create_plan
+from saascore.testing import TestTenant
+from tests.admin import Admin, by_operator, entries
+from tests.factories import create_plan, random_code
 from tests.http import api_app, serving
+from tests.http import tenant as registered
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -33,13 +38,6 @@ class World:
     plan: str
 
 
-@dataclass
-class Tenant:
-    organization_id: uuid.UUID
-    owner_id: uuid.UUID
-    headers: dict[str, str]
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def world(scratch: Database) -> AsyncIterator[World]:
     application, core = api_app(scratch, auth_requests_per_minute=None)
@@ -49,26 +47,10 @@ async def world(scratch: Database) -> AsyncIterator[World]:
         yield World(client, core, plan)
 
 
-async def new_tenant(world: World, plan: str | None = None) -> Tenant:
-    """An organisation registered over HTTP, moved to `plan` (the unlimited one by default)."""
-    response = await world.client.post(
-        "/v1/auth/register",
-        json={
-            "email": f"owner-{secrets.token_hex(4)}@example.com",
-            "password": PASSWORD,
-            "organization_name": f"Org {secrets.token_hex(4)}",
-        },
-    )
-    assert response.status_code == 201, response.text
-    tokens = response.json()
-    org_id = uuid.UUID(tokens["organization_id"])
-    await world.core.orgs.change_plan(org_id, plan or world.plan)
-    return Tenant(org_id, uuid.UUID(tokens["user_id"]), bearer(tokens["access_token"]))
-
-
 @pytest_asyncio.fixture(loop_scope="session")
-async def tenant(world: World) -> Tenant:
-    return await new_tenant(world)
+async def tenant(world: World) -> TestTenant:
+    """An organisation registered over HTTP, on the world's plan (no rate or seat limits)."""
+    return await registered(world.client, world.core.database, plan=world.plan)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -76,7 +58,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def member_of(
-    world: World, tenant: Tenant, role: UserRole
+    world: World, tenant: TestTenant, role: UserRole
 ) -> tuple[uuid.UUID, dict[str, str]]:
     """A user of the tenant with `role`, logged in: their id and headers."""
     email = f"{role.value}-{secrets.token_hex(4)}@example.com"
@@ -87,7 +69,7 @@ async def member_of(
     return user.id, bearer(tokens.access_token)
 
 
-async def key_of(world: World, tenant: Tenant, *scopes: str) -> dict[str, str]:
+async def key_of(world: World, tenant: TestTenant, *scopes: str) -> dict[str, str]:
     """An API key of the organisation acting for no user."""
     _, raw = await world.core.api_keys.create(tenant.organization_id, name="svc", scopes=scopes)
     return {"X-API-Key": raw}
@@ -130,7 +112,7 @@ def admin_requests(user_id: uuid.UUID) -> list[tuple[str, str, dict[str, Any] | 
 class TestPermissionTable:
     @pytest.mark.parametrize("role", [UserRole.MEMBER, UserRole.VIEWER])
     async def test_members_and_viewers_are_refused_and_nothing_changes(
-        self, world: World, tenant: Tenant, role: UserRole
+        self, world: World, tenant: TestTenant, role: UserRole
     ) -> None:
         _, headers = await member_of(world, tenant, role)
         victim, _ = await member_of(world, tenant, UserRole.MEMBER)
@@ -142,7 +124,7 @@ class TestPermissionTable:
         assert await snapshot(world.core.database, tenant.organization_id) == before
 
     async def test_a_key_without_the_admin_scope_is_refused(
-        self, world: World, tenant: Tenant
+        self, world: World, tenant: TestTenant
     ) -> None:
         headers = await key_of(world, tenant, "usage:read", "usage:write", "billing:read")
         victim, _ = await member_of(world, tenant, UserRole.MEMBER)
@@ -154,7 +136,7 @@ class TestPermissionTable:
 
     @pytest.mark.parametrize("role", [UserRole.MEMBER, UserRole.VIEWER])
     async def test_anyone_in_the_organisation_reads_it(
-        self, world: World, tenant: Tenant, role: UserRole
+        self, world: World, tenant: TestTenant, role: UserRole
     ) -> None:
         _, headers = await member_of(world, tenant, role)
         response = await world.client.get("/v1/organization", headers=headers)
@@ -169,7 +151,7 @@ class TestPermissionTable:
 
 
 class TestUsers:
-    async def test_create_then_the_user_logs_in(self, world: World, tenant: Tenant) -> None:
+    async def test_create_then_the_user_logs_in(self, world: World, tenant: TestTenant) -> None:
         email = f"grace-{secrets.token_hex(4)}@example.com"
         response = await world.client.post(
             "/v1/users",
@@ -193,12 +175,12 @@ class TestUsers:
         [entry] = await audit(world, tenant.organization_id, "user.created")
         assert (entry.actor_type, entry.actor_id, entry.target_id) == (
             "user",
-            str(tenant.owner_id),
+            str(tenant.user_id),
             body["id"],
         )
         assert entry.ip_address == "127.0.0.1"
 
-    async def test_list_pages_by_cursor(self, world: World, tenant: Tenant) -> None:
+    async def test_list_pages_by_cursor(self, world: World, tenant: TestTenant) -> None:
         added = [(await member_of(world, tenant, UserRole.VIEWER))[0] for _ in range(3)]
         seen: list[str] = []
         cursor = None
@@ -212,11 +194,11 @@ class TestUsers:
             cursor = page.json()["next_cursor"]
             if cursor is None:
                 break
-        assert seen == [str(tenant.owner_id), *map(str, added)]
+        assert seen == [str(tenant.user_id), *map(str, added)]
         bad = await world.client.get("/v1/users?cursor=!!", headers=tenant.headers)
         assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_cursor")
 
-    async def test_read_change_and_remove(self, world: World, tenant: Tenant) -> None:
+    async def test_read_change_and_remove(self, world: World, tenant: TestTenant) -> None:
         user_id, user_headers = await member_of(world, tenant, UserRole.MEMBER)
         path = f"/v1/users/{user_id}"
         got = await world.client.get(path, headers=tenant.headers)
@@ -241,8 +223,8 @@ class TestUsers:
             again = await world.client.request(method, path, json={}, headers=tenant.headers)
             assert (again.status_code, again.json()["error"]["code"]) == (404, "user_not_found")
 
-    async def test_the_last_owner_stays(self, world: World, tenant: Tenant) -> None:
-        path = f"/v1/users/{tenant.owner_id}"
+    async def test_the_last_owner_stays(self, world: World, tenant: TestTenant) -> None:
+        path = f"/v1/users/{tenant.user_id}"
         for method, body in (("PATCH", {"role": "admin"}), ("PATCH", {"is_active": False})):
             response = await world.client.request(method, path, json=body, headers=tenant.headers)
             assert (response.status_code, response.json()["error"]["code"]) == (409, "last_owner")
@@ -251,25 +233,25 @@ class TestUsers:
         me = await world.client.get("/v1/me", headers=tenant.headers)
         assert me.json()["role"] == "owner"
 
-    async def test_an_owner_hands_over(self, world: World, tenant: Tenant) -> None:
+    async def test_an_owner_hands_over(self, world: World, tenant: TestTenant) -> None:
         heir, heir_headers = await member_of(world, tenant, UserRole.ADMIN)
         promote = await world.client.patch(
             f"/v1/users/{heir}", json={"role": "owner"}, headers=tenant.headers
         )
         assert (promote.status_code, promote.json()["role"]) == (200, "owner")
         step_down = await world.client.patch(
-            f"/v1/users/{tenant.owner_id}", json={"role": "admin"}, headers=heir_headers
+            f"/v1/users/{tenant.user_id}", json={"role": "admin"}, headers=heir_headers
         )
         assert (step_down.status_code, step_down.json()["role"]) == (200, "admin")
 
-    async def test_only_owners_touch_owners(self, world: World, tenant: Tenant) -> None:
+    async def test_only_owners_touch_owners(self, world: World, tenant: TestTenant) -> None:
         _, admin = await member_of(world, tenant, UserRole.ADMIN)
         before = await snapshot(world.core.database, tenant.organization_id)
         requests = [
             ("POST", "/v1/users", {"email": "boss@example.com", "role": "owner"}),
-            ("PATCH", f"/v1/users/{tenant.owner_id}", {"name": "Demoted"}),
-            ("PATCH", f"/v1/users/{tenant.owner_id}", {"password": "taken over at last"}),
-            ("DELETE", f"/v1/users/{tenant.owner_id}", None),
+            ("PATCH", f"/v1/users/{tenant.user_id}", {"name": "Demoted"}),
+            ("PATCH", f"/v1/users/{tenant.user_id}", {"password": "taken over at last"}),
+            ("DELETE", f"/v1/users/{tenant.user_id}", None),
         ]
         for method, path, body in requests:
             response = await world.client.request(method, path, json=body, headers=admin)
@@ -282,7 +264,7 @@ class TestUsers:
         assert made.status_code == 201, made.text
 
     async def test_an_admin_key_without_a_user_acts_as_an_admin(
-        self, world: World, tenant: Tenant
+        self, world: World, tenant: TestTenant
     ) -> None:
         key = await key_of(world, tenant, "admin")
         owner = await world.client.post(
@@ -306,14 +288,14 @@ class TestUsers:
         ],
     )
     async def test_bad_input(
-        self, world: World, tenant: Tenant, body: dict[str, Any], status: int, code: str
+        self, world: World, tenant: TestTenant, body: dict[str, Any], status: int, code: str
     ) -> None:
         before = await snapshot(world.core.database, tenant.organization_id)
         response = await world.client.post("/v1/users", json=body, headers=tenant.headers)
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
         assert await snapshot(world.core.database, tenant.organization_id) == before
 
-    async def test_a_taken_email(self, world: World, tenant: Tenant) -> None:
+    async def test_a_taken_email(self, world: World, tenant: TestTenant) -> None:
         body = {"email": "twice@example.com"}
         assert (await world.client.post("/v1/users", json=body, headers=tenant.headers)).is_success
         again = await world.client.post("/v1/users", json=body, headers=tenant.headers)
@@ -322,7 +304,7 @@ class TestUsers:
     async def test_the_plans_seats(self, world: World) -> None:
         async with world.core.database.transaction() as s:
             plan = (await create_plan(s, max_users=2)).code
-        tenant = await new_tenant(world, plan)
+        tenant = await registered(world.client, world.core.database, plan=plan)
         first = await world.client.post(
             "/v1/users", json={"email": "one@example.com"}, headers=tenant.headers
         )
@@ -340,7 +322,7 @@ class TestUsers:
 
 
 class TestOrganization:
-    async def test_read(self, world: World, tenant: Tenant) -> None:
+    async def test_read(self, world: World, tenant: TestTenant) -> None:
         response = await world.client.get("/v1/organization", headers=tenant.headers)
         assert response.status_code == 200, response.text
         body = response.json()
@@ -354,7 +336,7 @@ class TestOrganization:
         assert all(limit["used"] == 0 for limit in body["limits"])
 
     async def test_the_limits_are_the_organisations(self, world: World) -> None:
-        tenant = await new_tenant(world, "pro")
+        tenant = await registered(world.client, world.core.database, plan="pro")
         # Pro's own rate limits: fine for these few requests.
         await world.core.usage.set_limit(tenant.organization_id, "api_calls", 7)
         body = (await world.client.get("/v1/organization", headers=tenant.headers)).json()
@@ -363,7 +345,7 @@ class TestOrganization:
         assert limits["tokens"]["limit"] == 5_000_000
         assert body["plan"] == {"code": "pro", "name": "Pro"}
 
-    async def test_change(self, world: World, tenant: Tenant) -> None:
+    async def test_change(self, world: World, tenant: TestTenant) -> None:
         changes = {
             "name": "Renamed Ltd",
             "domain": "renamed.example",
@@ -389,7 +371,7 @@ class TestOrganization:
         }
         [entry] = await audit(world, tenant.organization_id, "organization.updated")
         assert set(entry.details["changes"]) == set(changes)
-        assert (entry.actor_type, entry.actor_id) == ("user", str(tenant.owner_id))
+        assert (entry.actor_type, entry.actor_id) == ("user", str(tenant.user_id))
 
         cleared = await world.client.patch(
             "/v1/organization", json={"domain": None, "name": None}, headers=tenant.headers
@@ -411,7 +393,7 @@ class TestOrganization:
     async def test_bad_input_changes_nothing(
         self,
         world: World,
-        tenant: Tenant,
+        tenant: TestTenant,
         body: dict[str, Any],
         code: str,
         field: str | None,
@@ -425,7 +407,9 @@ class TestOrganization:
             assert response.json()["error"]["details"]["field"] == field
         assert await snapshot(world.core.database, tenant.organization_id) == before
 
-    async def test_billing_fields_need_billing_write(self, world: World, tenant: Tenant) -> None:
+    async def test_billing_fields_need_billing_write(
+        self, world: World, tenant: TestTenant
+    ) -> None:
         key = await key_of(world, tenant, "admin", "usage:read")
         before = await snapshot(world.core.database, tenant.organization_id)
         for body in ({"billing_email": "b@example.com"}, {"currency": "EUR", "name": "X"}):
@@ -437,3 +421,183 @@ class TestOrganization:
         assert await snapshot(world.core.database, tenant.organization_id) == before
         renamed = await world.client.patch("/v1/organization", json={"name": "Y"}, headers=key)
         assert (renamed.status_code, renamed.json()["name"]) == (200, "Y")
+
+
+# --- the operator routes: /v1/admin/organizations ------------------------------------------
+async def create_org(admin: Admin, **body: Any) -> dict[str, Any]:
+    response = await admin.client.post(
+        "/v1/admin/organizations",
+        json={"name": random_code("Org"), **body},
+        headers=admin.operator,
+    )
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+class TestAdminOrganizations:
+    async def test_create_on_a_plan(self, admin: Admin) -> None:
+        external_id = random_code("ext")
+        body = await create_org(
+            admin,
+            plan="pro",
+            external_id=external_id,
+            domain="Made.Example",
+            billing_email="billing@made.example",
+        )
+        assert (body["plan"], body["status"], body["external_id"], body["domain"]) == (
+            {"code": "pro", "name": "Pro"},
+            "active",
+            external_id,
+            "made.example",
+        )
+        limits = {limit["metric"]: limit["limit"] for limit in body["limits"]}
+        assert limits["tokens"] == 5_000_000
+        [entry] = await entries(admin, uuid.UUID(body["id"]), "organization.created")
+        assert by_operator(admin, entry)
+        assert entry.details["plan"] == "pro"
+
+        again = await admin.client.post(
+            "/v1/admin/organizations",
+            json={"name": "Again", "external_id": external_id},
+            headers=admin.operator,
+        )
+        assert (again.status_code, again.json()["error"]["code"]) == (409, "organization_exists")
+
+    @pytest.mark.parametrize(
+        ("body", "status", "code"),
+        [
+            ({"name": "Nowhere", "plan": "platinum"}, 404, "plan_not_found"),
+            ({"name": "Badly", "domain": "not a domain"}, 422, "invalid_input"),
+            ({"plan": "pro"}, 422, "validation_error"),
+        ],
+    )
+    async def test_create_refusals(
+        self, admin: Admin, body: dict[str, Any], status: int, code: str
+    ) -> None:
+        async with admin.core.database.session(readonly=True) as s:
+            before = await s.scalar(sa.select(sa.func.count()).select_from(Organization))
+        response = await admin.client.post(
+            "/v1/admin/organizations", json=body, headers=admin.operator
+        )
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+        async with admin.core.database.session(readonly=True) as s:
+            assert await s.scalar(sa.select(sa.func.count()).select_from(Organization)) == before
+
+    async def test_list_pages_by_cursor_and_filters_by_status(self, admin: Admin) -> None:
+        made = [(await create_org(admin))["id"] for _ in range(3)]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 2}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = await admin.client.get(
+                "/v1/admin/organizations", params=params, headers=admin.operator
+            )
+            assert page.status_code == 200, page.text
+            assert len(page.json()["items"]) <= 2
+            seen += [org["id"] for org in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert [org_id for org_id in seen if org_id in made] == made
+        assert len(seen) == len(set(seen))
+
+        await admin.client.post(
+            f"/v1/admin/organizations/{made[1]}/suspend",
+            json={"reason": "test"},
+            headers=admin.operator,
+        )
+        suspended = await admin.client.get(
+            "/v1/admin/organizations",
+            params={"status": "suspended", "limit": 200},
+            headers=admin.operator,
+        )
+        ids = [org["id"] for org in suspended.json()["items"]]
+        assert made[1] in ids
+        assert made[0] not in ids
+        assert {org["status"] for org in suspended.json()["items"]} == {"suspended"}
+
+    async def test_read_one(self, admin: Admin, customer: TestTenant) -> None:
+        response = await admin.client.get(
+            f"/v1/admin/organizations/{customer.organization_id}", headers=admin.operator
+        )
+        assert response.status_code == 200, response.text
+        assert (response.json()["id"], response.json()["plan"]["code"]) == (
+            str(customer.organization_id),
+            admin.plan,
+        )
+        missing = await admin.client.get(
+            f"/v1/admin/organizations/{uuid.uuid4()}", headers=admin.operator
+        )
+        assert (missing.status_code, missing.json()["error"]["code"]) == (
+            404,
+            "organization_not_found",
+        )
+
+    async def test_change_plan(self, admin: Admin, customer: TestTenant) -> None:
+        path = f"/v1/admin/organizations/{customer.organization_id}/plan"
+        response = await admin.client.post(path, json={"plan": "business"}, headers=admin.operator)
+        assert response.status_code == 200, response.text
+        assert response.json()["plan"]["code"] == "business"
+        own = await admin.client.get("/v1/organization", headers=customer.key_headers)
+        assert own.json()["plan"]["code"] == "business"
+        [entry] = [
+            e
+            for e in await entries(admin, customer.organization_id, "plan.changed")
+            if by_operator(admin, e)
+        ]
+        assert entry.details == {"from": admin.plan, "to": "business"}
+
+        for body, status, code in (
+            ({"plan": "platinum"}, 404, "plan_not_found"),
+            ({}, 422, "validation_error"),
+        ):
+            refused = await admin.client.post(path, json=body, headers=admin.operator)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (status, code)
+        lost = await admin.client.post(
+            f"/v1/admin/organizations/{uuid.uuid4()}/plan",
+            json={"plan": "pro"},
+            headers=admin.operator,
+        )
+        assert (lost.status_code, lost.json()["error"]["code"]) == (404, "organization_not_found")
+        assert await admin.core.audit.verify(customer.organization_id) == []
+
+
+class TestAdminSuspension:
+    async def test_suspend_then_resume(self, admin: Admin, customer: TestTenant) -> None:
+        org_id = customer.organization_id
+        base = f"/v1/admin/organizations/{org_id}"
+        suspended = await admin.client.post(
+            f"{base}/suspend", json={"reason": "unpaid invoices"}, headers=admin.operator
+        )
+        assert suspended.status_code == 200, suspended.text
+        assert suspended.json()["status"] == "suspended"
+        assert suspended.json()["suspended_at"] is not None
+        for headers in (customer.headers, customer.key_headers):
+            refused = await admin.client.get("/v1/me", headers=headers)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (
+                403,
+                "organization_suspended",
+            )
+
+        resumed = await admin.client.post(f"{base}/resume", headers=admin.operator)
+        assert resumed.status_code == 200, resumed.text
+        assert (resumed.json()["status"], resumed.json()["suspended_at"]) == ("active", None)
+        for headers in (customer.headers, customer.key_headers):
+            assert (await admin.client.get("/v1/me", headers=headers)).status_code == 200
+
+        [stop] = await entries(admin, org_id, "organization.suspended")
+        [start] = await entries(admin, org_id, "organization.resumed")
+        assert by_operator(admin, stop)
+        assert by_operator(admin, start)
+        assert stop.details == {"reason": "unpaid invoices"}
+        assert await admin.core.audit.verify(org_id) == []
+
+    async def test_a_reason_is_needed(self, admin: Admin, customer: TestTenant) -> None:
+        path = f"/v1/admin/organizations/{customer.organization_id}/suspend"
+        for body, code in (({}, "validation_error"), ({"reason": "  "}, "invalid_input")):
+            response = await admin.client.post(path, json=body, headers=admin.operator)
+            assert (response.status_code, response.json()["error"]["code"]) == (422, code)
+        assert (await admin.client.get("/v1/me", headers=customer.key_headers)).status_code == 200

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import Actor, AuditService, audited_bus
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.kit.errors import AlreadyExists, InvalidInput
 from saascore.models import AuditLog, Organization, OrganizationStatus, UsageLimits
@@ -479,18 +478,14 @@ class TestCreateAudit:
         assert await count(session, Organization, Organization.name == "Bad") == 0
 
 
+@pytest.mark.race_database(fresh=True)
 class TestWithoutASession:
     """Called without a session, the service commits its own transaction."""
 
-    @pytest_asyncio.fixture(loop_scope="session")
-    async def scratch(self, empty_database: Database) -> Database:
-        await migrate.upgrade(empty_database)
-        return empty_database
-
-    async def test_create_commits(self, scratch: Database) -> None:
-        plans = PlanService(scratch)
+    async def test_create_commits(self, race_database: Database) -> None:
+        plans = PlanService(race_database)
         await plans.load_catalog(read_catalog())
-        orgs = OrganizationService(scratch, plans)
+        orgs = OrganizationService(race_database, plans)
         org = await orgs.create(name="Committed", external_id="c-1")
         assert org.plan.code == "free"
         found = await orgs.get_by_external_id("c-1")

@@ -457,14 +457,14 @@ async def active_owners(database: Database, org_id: uuid.UUID) -> int:
     ids=["demote+demote", "demote+deactivate", "remove+remove", "deactivate+remove"],
 )
 async def test_two_racing_changes_leave_an_owner(
-    scratch: Database, first: Change, second: Change
+    race_database: Database, first: Change, second: Change
 ) -> None:
     """Two owners, and two admins each taking one of them away at the same moment: exactly
     one change wins, the other is `LastOwner`, and one active owner is left."""
-    audit = AuditService(scratch)
-    users = UserService(scratch, audited_bus(audit))
+    audit = AuditService(race_database)
+    users = UserService(race_database, audited_bus(audit))
     for _ in range(5):
-        async with scratch.transaction() as s:
+        async with race_database.transaction() as s:
             plan = await create_plan(s)
             org = await create_organization(s, plan=plan)
             a = await create_user(s, org, role=UserRole.OWNER)
@@ -476,19 +476,19 @@ async def test_two_racing_changes_leave_an_owner(
         refused = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(refused) == 1, outcomes
         assert isinstance(refused[0], LastOwner), refused
-        assert await active_owners(scratch, org_id) == 1
+        assert await active_owners(race_database, org_id) == 1
         assert await audit.verify(org_id) == []
-        async with scratch.session(readonly=True) as s:
+        async with race_database.session(readonly=True) as s:
             entries = await s.scalar(
                 sa.select(sa.func.count()).where(AuditLog.organization_id == org_id)
             )
         assert entries == 1  # the winner's change only
 
 
-async def test_seats_hold_under_racing_additions(scratch: Database) -> None:
+async def test_seats_hold_under_racing_additions(race_database: Database) -> None:
     """Ten additions race for two free seats: two win."""
-    users = UserService(scratch, audited_bus(AuditService(scratch)))
-    async with scratch.transaction() as s:
+    users = UserService(race_database, audited_bus(AuditService(race_database)))
+    async with race_database.transaction() as s:
         plan = await create_plan(s, max_users=3)
         org = await create_organization(s, plan=plan)
         await create_user(s, org, role=UserRole.OWNER)
@@ -499,6 +499,6 @@ async def test_seats_hold_under_racing_additions(scratch: Database) -> None:
     )
     assert sum(isinstance(o, User) for o in outcomes) == 2
     assert all(isinstance(o, User | LimitExceeded) for o in outcomes), outcomes
-    async with scratch.session(readonly=True) as s:
+    async with race_database.session(readonly=True) as s:
         count = await s.scalar(sa.select(sa.func.count()).where(User.organization_id == org_id))
     assert count == 3

@@ -1,5 +1,6 @@
 """`/v1/credits` through the real app on both databases: the balance with its grants, the
-ledger page by page, and what other organisations and scopes may see.
+ledger page by page, and what other organisations and scopes may see; and the operator route
+`/v1/admin/organizations/{id}/credits/grants` (idempotent on its key, audited).
 
 Credits are granted and consumed with the `CreditService` on the module's scratch database
 (the API only reads them); organisations are moved to a plan without rate limits.
@@ -7,7 +8,9 @@ Credits are granted and consumed with the `CreditService` on the module's scratc
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,6 +18,8 @@ import httpx
 from saascore.credits.service import CreditService
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
+from saascore.testing import TestTenant
+from tests.admin import Admin, by_operator, entries
 from tests.http import tenant
 
 
@@ -28,13 +33,18 @@ class TestBalance:
     async def test_a_new_organisation_has_none(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        _, headers = await tenant(api, scratch)
-        assert await get(api, "/v1/credits", headers) == {"balance": 0, "grants": []}
+        headers = (await tenant(api, scratch)).headers
+        assert await get(api, "/v1/credits", headers) == {
+            "balance": 0,
+            "low_threshold": None,
+            "grants": [],
+        }
 
     async def test_the_balance_and_the_grants_in_draw_order(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        org, headers = await tenant(api, scratch)
+        registered = await tenant(api, scratch)
+        org, headers = registered.organization_id, registered.headers
         credits = CreditService(scratch)
         tomorrow = utcnow() + timedelta(days=1)
         lasting = await credits.grant(org, 100, description="lasting")
@@ -53,18 +63,24 @@ class TestBalance:
     async def test_a_spent_grant_is_no_longer_listed(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        org, headers = await tenant(api, scratch)
+        registered = await tenant(api, scratch)
+        org, headers = registered.organization_id, registered.headers
         credits = CreditService(scratch)
         await credits.grant(org, 10)
         await credits.consume(org, 10)
-        assert await get(api, "/v1/credits", headers) == {"balance": 0, "grants": []}
+        assert await get(api, "/v1/credits", headers) == {
+            "balance": 0,
+            "low_threshold": None,
+            "grants": [],
+        }
 
 
 class TestTransactions:
     async def test_newest_first_page_by_page(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        org, headers = await tenant(api, scratch)
+        registered = await tenant(api, scratch)
+        org, headers = registered.organization_id, registered.headers
         credits = CreditService(scratch)
         granted = await credits.grant(org, 100)
         consumed = await credits.consume(org, 30, reference="job-1")
@@ -86,7 +102,7 @@ class TestTransactions:
     async def test_a_cursor_it_did_not_give_is_422(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        _, headers = await tenant(api, scratch)
+        headers = (await tenant(api, scratch)).headers
         response = await api.get(
             "/v1/credits/transactions", headers=headers, params={"cursor": "not-a-cursor"}
         )
@@ -98,17 +114,22 @@ class TestWhoSeesWhat:
     async def test_another_organisations_credits_are_not_shown(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        rich, _ = await tenant(api, scratch)
-        _, headers = await tenant(api, scratch)
+        rich = (await tenant(api, scratch)).organization_id
+        headers = (await tenant(api, scratch)).headers
         await CreditService(scratch).grant(rich, 500)
-        assert await get(api, "/v1/credits", headers) == {"balance": 0, "grants": []}
+        assert await get(api, "/v1/credits", headers) == {
+            "balance": 0,
+            "low_threshold": None,
+            "grants": [],
+        }
         ledger = await get(api, "/v1/credits/transactions", headers)
         assert ledger == {"items": [], "next_cursor": None}
 
     async def test_a_key_without_billing_read_is_refused(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        org, headers = await tenant(api, scratch)
+        registered = await tenant(api, scratch)
+        org, headers = registered.organization_id, registered.headers
         await CreditService(scratch).grant(org, 5)
         created = await api.post(
             "/v1/api-keys", json={"name": "usage only", "scopes": ["usage:read"]}, headers=headers
@@ -122,7 +143,8 @@ class TestWhoSeesWhat:
     async def test_a_key_with_billing_read_sees_them(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        org, headers = await tenant(api, scratch)
+        registered = await tenant(api, scratch)
+        org, headers = registered.organization_id, registered.headers
         await CreditService(scratch).grant(org, 5)
         created = await api.post(
             "/v1/api-keys", json={"name": "billing", "scopes": ["billing:read"]}, headers=headers
@@ -135,3 +157,70 @@ class TestWhoSeesWhat:
             response = await api.get(path)
             assert response.status_code == 401, response.text
             assert response.json()["error"]["code"] == "unauthenticated"
+
+
+class TestAdminCreditGrants:
+    async def test_grant_is_idempotent_on_its_key(self, admin: Admin, customer: TestTenant) -> None:
+        org_id = customer.organization_id
+        path = f"/v1/admin/organizations/{org_id}/credits/grants"
+        body = {"amount": 500, "idempotency_key": "goodwill-1", "source": "promotion"}
+        first = await admin.client.post(path, json=body, headers=admin.operator)
+        assert first.status_code == 201, first.text
+        assert (first.json()["type"], first.json()["amount"], first.json()["balance_after"]) == (
+            "grant",
+            500,
+            500,
+        )
+        retry = await admin.client.post(path, json=body, headers=admin.operator)
+        assert retry.status_code == 200, retry.text
+        assert retry.json() == first.json()
+        assert await admin.core.credits.balance(org_id) == 500
+        [entry] = await entries(admin, org_id, "credits.granted")
+        assert by_operator(admin, entry)
+        assert (entry.target_id, entry.details["amount"], entry.details["source"]) == (
+            first.json()["id"],
+            500,
+            "promotion",
+        )
+
+        conflict = await admin.client.post(
+            path, json={**body, "amount": 501}, headers=admin.operator
+        )
+        assert (conflict.status_code, conflict.json()["error"]["code"]) == (
+            409,
+            "idempotency_conflict",
+        )
+        assert await admin.core.credits.balance(org_id) == 500
+        assert len(await entries(admin, org_id, "credits.granted")) == 1
+
+    async def test_racing_retries_grant_once(self, admin: Admin, customer: TestTenant) -> None:
+        org_id = customer.organization_id
+        path = f"/v1/admin/organizations/{org_id}/credits/grants"
+        body = {"amount": 70, "idempotency_key": "raced"}
+        answers = await asyncio.gather(
+            *(admin.client.post(path, json=body, headers=admin.operator) for _ in range(6))
+        )
+        assert sorted(answer.status_code for answer in answers) == [200] * 5 + [201]
+        assert len({answer.json()["id"] for answer in answers}) == 1
+        assert await admin.core.credits.balance(org_id) == 70
+        assert len(await entries(admin, org_id, "credits.granted")) == 1
+
+    async def test_refusals_grant_nothing(self, admin: Admin, customer: TestTenant) -> None:
+        org_id = customer.organization_id
+        path = f"/v1/admin/organizations/{org_id}/credits/grants"
+        past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+        for body, status, code in (
+            ({"amount": 0, "idempotency_key": "a"}, 422, "validation_error"),
+            ({"amount": 5}, 422, "validation_error"),
+            ({"amount": 5, "idempotency_key": "b", "expires_at": past}, 422, "invalid_input"),
+        ):
+            response = await admin.client.post(path, json=body, headers=admin.operator)
+            assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+        lost = await admin.client.post(
+            f"/v1/admin/organizations/{uuid.uuid4()}/credits/grants",
+            json={"amount": 5, "idempotency_key": "c"},
+            headers=admin.operator,
+        )
+        assert (lost.status_code, lost.json()["error"]["code"]) == (404, "organization_not_found")
+        assert await admin.core.credits.balance(org_id) == 0
+        assert await entries(admin, org_id, "credits.granted") == []

@@ -1,6 +1,7 @@
 """`/v1/usage` through the real app on both databases: one event (accepted, duplicate, conflict,
 refused), batches, checks, reservations (hold, settle, release, another organisation's), limits
-and summaries, and the whole path a backend takes.
+and summaries, and the whole path a backend takes; and the operator routes
+`/v1/admin/organizations/{id}/limits/{metric}` (overrides set and cleared, audited).
 
 Each test registers organisations of its own and moves them to a plan made for it, with the
 limits it needs and no rate limits (the default plan allows 5 requests a minute), except the
@@ -23,9 +24,10 @@ from saascore.kit.db import Database
 from saascore.kit.time import utcnow
 from saascore.metering.schemas import UsageEventPayload
 from saascore.models import ModelPricing, UsageEvent
-from saascore.testing import register_and_login
+from saascore.testing import TestTenant, register_and_login
+from tests.admin import Admin, by_operator, entries, stored
 from tests.factories import random_code
-from tests.http import Tenant, tenant
+from tests.http import tenant
 
 
 async def stored_events(scratch: Database, organization_id: uuid.UUID) -> list[tuple[str, int]]:
@@ -39,14 +41,14 @@ async def stored_events(scratch: Database, organization_id: uuid.UUID) -> list[t
         return [(key, quantity) for key, quantity in rows]
 
 
-async def usage_of(api: httpx.AsyncClient, who: Tenant, metric: str) -> dict[str, Any]:
+async def usage_of(api: httpx.AsyncClient, who: TestTenant, metric: str) -> dict[str, Any]:
     response = await api.get("/v1/usage/limits", headers=who.headers)
     assert response.status_code == 200, response.text
     (row,) = [row for row in response.json()["limits"] if row["metric"] == metric]
     return row
 
 
-async def key_with(api: httpx.AsyncClient, who: Tenant, *scopes: str) -> dict[str, str]:
+async def key_with(api: httpx.AsyncClient, who: TestTenant, *scopes: str) -> dict[str, str]:
     response = await api.post(
         "/v1/api-keys", json={"name": "scoped", "scopes": list(scopes)}, headers=who.headers
     )
@@ -73,7 +75,7 @@ class TestOneEvent:
         assert (body["metric"], body["quantity"]) == ("tokens", 300)
         assert (body["used"], body["limit"], body["over_soft_limit"]) == (300, 1000, False)
         assert uuid.UUID(body["event_id"])
-        assert await stored_events(scratch, org.id) == [("e1", 300)]
+        assert await stored_events(scratch, org.organization_id) == [("e1", 300)]
 
     async def test_the_cost_comes_from_the_models_price(
         self, api: httpx.AsyncClient, scratch: Database
@@ -117,7 +119,7 @@ class TestOneEvent:
         assert again.json()["status"] == "duplicate"
         assert again.json()["event_id"] == first.json()["event_id"]
         assert again.json()["used"] == 300
-        assert await stored_events(scratch, org.id) == [("e1", 300)]
+        assert await stored_events(scratch, org.organization_id) == [("e1", 300)]
 
     async def test_a_retry_is_a_duplicate_even_when_the_quota_is_full(
         self, api: httpx.AsyncClient, scratch: Database
@@ -145,7 +147,7 @@ class TestOneEvent:
         error = response.json()["error"]
         assert error["code"] == "idempotency_conflict"
         assert error["details"] == {"idempotency_key": "e1"}
-        assert await stored_events(scratch, org.id) == [("e1", 300)]
+        assert await stored_events(scratch, org.organization_id) == [("e1", 300)]
 
     async def test_over_a_hard_limit_is_402_with_the_numbers(
         self, api: httpx.AsyncClient, scratch: Database
@@ -159,7 +161,7 @@ class TestOneEvent:
         error = response.json()["error"]
         assert error["code"] == "limit_exceeded"
         assert error["details"] == {"metric": "tokens", "limit": 100, "used": 60, "requested": 50}
-        assert await stored_events(scratch, org.id) == [("e1", 60)]
+        assert await stored_events(scratch, org.organization_id) == [("e1", 60)]
 
     async def test_a_soft_limit_accepts_and_flags(
         self, api: httpx.AsyncClient, scratch: Database
@@ -178,13 +180,13 @@ class TestOneEvent:
     ) -> None:
         org = await tenant(api, scratch)
         other = await tenant(api, scratch)
-        body = event("e1", organization_id=str(other.id))
+        body = event("e1", organization_id=str(other.organization_id))
         response = await api.post("/v1/usage/events", json=body, headers=org.headers)
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == "validation_error"
         assert "organization_id" in response.json()["error"]["message"]
-        assert await stored_events(scratch, org.id) == []
-        assert await stored_events(scratch, other.id) == []
+        assert await stored_events(scratch, org.organization_id) == []
+        assert await stored_events(scratch, other.organization_id) == []
 
     async def test_an_unknown_metric_is_422(
         self, api: httpx.AsyncClient, scratch: Database
@@ -218,7 +220,7 @@ class TestOneEvent:
         )
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == code
-        assert await stored_events(scratch, org.id) == []
+        assert await stored_events(scratch, org.organization_id) == []
 
     @pytest.mark.parametrize(
         "fields",
@@ -243,7 +245,7 @@ class TestOneEvent:
         response = await api.post("/v1/usage/events", json=event("e1"), headers=reader)
         assert response.status_code == 403, response.text
         assert response.json()["error"]["code"] == "permission_denied"
-        assert await stored_events(scratch, org.id) == []
+        assert await stored_events(scratch, org.organization_id) == []
 
     async def test_recording_needs_credentials(self, api: httpx.AsyncClient) -> None:
         response = await api.post("/v1/usage/events", json=event("e1"))
@@ -284,7 +286,11 @@ class TestBatch:
             1,
             2,
         )
-        assert await stored_events(scratch, org.id) == [("a", 50), ("d", 40), ("earlier", 10)]
+        assert await stored_events(scratch, org.organization_id) == [
+            ("a", 50),
+            ("d", 40),
+            ("earlier", 10),
+        ]
 
     async def test_a_batch_sent_again_is_all_duplicates(
         self, api: httpx.AsyncClient, scratch: Database
@@ -299,7 +305,7 @@ class TestBatch:
         assert [r["event_id"] for r in again.json()["results"]] == [
             r["event_id"] for r in first.json()["results"]
         ]
-        assert len(await stored_events(scratch, org.id)) == 5
+        assert len(await stored_events(scratch, org.organization_id)) == 5
 
     async def test_a_thousand_events_is_the_most(
         self, api: httpx.AsyncClient, scratch: Database
@@ -313,7 +319,7 @@ class TestBatch:
         refused = await api.post("/v1/usage/events", json=too_many, headers=org.headers)
         assert refused.status_code == 422, refused.text
         assert refused.json()["error"]["code"] == "validation_error"
-        assert len(await stored_events(scratch, org.id)) == 1000
+        assert len(await stored_events(scratch, org.organization_id)) == 1000
 
     async def test_an_empty_batch_is_422(self, api: httpx.AsyncClient, scratch: Database) -> None:
         org = await tenant(api, scratch)
@@ -326,11 +332,11 @@ class TestBatch:
     ) -> None:
         org = await tenant(api, scratch)
         other = await tenant(api, scratch)
-        batch = {"events": [event("a"), event("b", organization_id=str(other.id))]}
+        batch = {"events": [event("a"), event("b", organization_id=str(other.organization_id))]}
         response = await api.post("/v1/usage/events", json=batch, headers=org.headers)
         assert response.status_code == 422, response.text
-        assert await stored_events(scratch, org.id) == []
-        assert await stored_events(scratch, other.id) == []
+        assert await stored_events(scratch, org.organization_id) == []
+        assert await stored_events(scratch, other.organization_id) == []
 
 
 class TestCheck:
@@ -371,7 +377,7 @@ class TestCheck:
 
 class TestReservations:
     async def reserve(
-        self, api: httpx.AsyncClient, who: Tenant, quantity: int, **fields: Any
+        self, api: httpx.AsyncClient, who: TestTenant, quantity: int, **fields: Any
     ) -> httpx.Response:
         return await api.post(
             "/v1/usage/reservations",
@@ -432,7 +438,9 @@ class TestReservations:
         assert (body["status"], body["quantity"], body["used"]) == ("accepted", 55, 55)
         usage = await usage_of(api, org, "tokens")
         assert (usage["used"], usage["reserved"]) == (55, 0)
-        assert await stored_events(scratch, org.id) == [(f"reservation:{reservation['id']}", 55)]
+        assert await stored_events(scratch, org.organization_id) == [
+            (f"reservation:{reservation['id']}", 55)
+        ]
         twice = await api.post(
             f"/v1/usage/reservations/{reservation['id']}/settle",
             json={"quantity": 55},
@@ -469,7 +477,7 @@ class TestReservations:
         assert response.json()["status"] == "released"
         usage = await usage_of(api, org, "tokens")
         assert (usage["used"], usage["reserved"]) == (0, 0)
-        assert await stored_events(scratch, org.id) == []
+        assert await stored_events(scratch, org.organization_id) == []
         again = await api.delete(f"/v1/usage/reservations/{reservation['id']}", headers=org.headers)
         assert again.status_code == 409, again.text
         assert again.json()["error"]["code"] == "reservation_not_held"
@@ -488,7 +496,7 @@ class TestReservations:
             assert response.json()["error"]["code"] == "reservation_not_found"
         assert (await usage_of(api, owner, "tokens"))["reserved"] == 80
         assert (await usage_of(api, stranger, "tokens"))["used"] == 0
-        assert await stored_events(scratch, stranger.id) == []
+        assert await stored_events(scratch, stranger.organization_id) == []
 
     async def test_an_unknown_reservation_is_404(
         self, api: httpx.AsyncClient, scratch: Database
@@ -608,3 +616,67 @@ class TestTheWholePath:
         assert [(r["key"], r["quantity"], r["event_count"]) for r in summary.json()["rows"]] == [
             ("tokens", 80_000, 2)
         ]
+
+
+class TestAdminLimitOverrides:
+    async def test_set_and_clear(self, admin: Admin, customer: TestTenant) -> None:
+        org_id = customer.organization_id
+        await admin.core.orgs.change_plan(org_id, "starter")  # 1,000 API calls a day
+        path = f"/v1/admin/organizations/{org_id}/limits/api_calls"
+
+        response = await admin.client.put(path, json={"limit": 1}, headers=admin.operator)
+        assert response.status_code == 200, response.text
+        assert response.json() == {
+            "metric": "api_calls",
+            "limit": 1,
+            "hard": True,
+            "overridden": True,
+        }
+        assert not (await admin.core.usage.check(org_id, "api_calls", 2)).allowed
+        same = await admin.client.put(path, json={"limit": 1, "hard": True}, headers=admin.operator)
+        assert same.status_code == 200
+        [entry] = await entries(admin, org_id, "limit.overridden")
+        assert by_operator(admin, entry)
+        assert entry.details == {
+            "metric": "api_calls",
+            "from": None,
+            "to": {"limit": 1, "hard": True},
+        }
+
+        unlimited = await admin.client.put(path, json={"limit": None}, headers=admin.operator)
+        assert unlimited.json()["limit"] is None
+        assert len(await entries(admin, org_id, "limit.overridden")) == 2
+
+        cleared = await admin.client.delete(path, headers=admin.operator)
+        assert cleared.status_code == 200, cleared.text
+        assert cleared.json() == {
+            "metric": "api_calls",
+            "limit": 1_000,
+            "hard": True,
+            "overridden": False,
+        }
+        again = await admin.client.delete(path, headers=admin.operator)
+        assert again.json()["limit"] == 1_000
+        [entry] = await entries(admin, org_id, "limit.override_cleared")
+        assert entry.details == {"metric": "api_calls", "from": {"limit": None, "hard": True}}
+        assert await admin.core.audit.verify(org_id) == []
+
+    async def test_refusals_change_nothing(self, admin: Admin, customer: TestTenant) -> None:
+        org_id = customer.organization_id
+        before = await stored(admin.core.database, org_id)
+        base = f"/v1/admin/organizations/{org_id}/limits"
+        for method, path, body, status, code in (
+            ("PUT", f"{base}/no_such_meter", {"limit": 5}, 422, "unknown_metric"),
+            ("PUT", f"{base}/tokens", {"limit": -5}, 422, "validation_error"),
+            ("PUT", f"{base}/tokens", {"limit": 5, "soft": True}, 422, "validation_error"),
+            (
+                "PUT",
+                f"/v1/admin/organizations/{uuid.uuid4()}/limits/tokens",
+                {"limit": 5},
+                404,
+                "organization_not_found",
+            ),
+        ):
+            response = await admin.client.request(method, path, json=body, headers=admin.operator)
+            assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+        assert await stored(admin.core.database, org_id) == before
