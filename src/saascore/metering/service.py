@@ -216,18 +216,25 @@ class UsageService:
         items: list[Pending] = []
         positions: list[int] = []
         meters: dict[str, MeterInfo] = {}
+        unknown: dict[str, UnknownMetric] = {}
         periods: dict[str, tuple[datetime, datetime | None]] = {}
         for index, event in enumerate(events):
             organization = event.organization_id or org_id
             try:
                 if organization is None:
                     raise InvalidInput("the event names no organisation")
+                if event.metric in unknown:  # looked up once a batch, like the known ones
+                    raise unknown[event.metric]
                 meter = meters.get(event.metric)
                 if meter is None:
-                    if session is not None:  # its transaction may hold meters others cannot see
-                        meter = await self._meter(session, event.metric)
-                    else:
-                        meter = await self._cached_meter(event.metric)
+                    try:
+                        if session is not None:  # its transaction may hold unseen meters
+                            meter = await self._meter(session, event.metric)
+                        else:
+                            meter = await self._cached_meter(event.metric)
+                    except UnknownMetric as error:
+                        unknown[event.metric] = error
+                        raise
                     meters[event.metric] = meter
                 items.append(self._place(organization, event, meter, True, periods))
             except (DomainError, ValueError, TypeError) as error:
