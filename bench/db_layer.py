@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from saascore import Saascore, Settings
-from saascore.kit import migrate
+from saascore.migrations import migrate
 from saascore.plans import read_catalog
 
 URL = os.environ.get("SAASCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

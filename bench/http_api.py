@@ -55,9 +55,9 @@ from pydantic import BaseModel
 
 from metering import LIMIT, METRIC, RAW_RECORD, URL
 from saascore import Saascore, Settings
-from saascore.kit import migrate
 from saascore.kit.ids import new_id
 from saascore.kit.time import day_start
+from saascore.migrations import migrate
 from saascore.models import UsageCounter
 from saascore.plans import Catalog, PlanSpec, read_catalog
 

@@ -32,10 +32,10 @@ import asyncpg
 import sqlalchemy as sa
 
 from saascore import Saascore, Settings
-from saascore.kit import migrate
 from saascore.kit.ids import new_id
 from saascore.kit.time import day_start
 from saascore.metering import UsageEventIn, UsageService
+from saascore.migrations import migrate
 from saascore.models import UsageCounter, UsageEvent
 from saascore.plans import read_catalog
 

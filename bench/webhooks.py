@@ -43,7 +43,7 @@ from saascore.events.bus import Event
 from saascore.events.catalog import UsageThresholdReached
 from saascore.events.dispatcher import compact_json
 from saascore.events.signing import message_id, signature_headers
-from saascore.kit import migrate
+from saascore.migrations import migrate
 from saascore.models import WebhookEndpoint
 from saascore.plans import read_catalog
 

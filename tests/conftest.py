@@ -54,8 +54,8 @@ import pytest_asyncio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.config import Settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from saascore.plans import PlanService, read_catalog
 from saascore.testing import TestTenant
 from tests.admin import Admin, administered, customer_of

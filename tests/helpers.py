@@ -124,7 +124,7 @@ async def migrated_database(
         )
     database = Database(settings)
     try:
-        from saascore.kit import migrate
+        from saascore.migrations import migrate
 
         await migrate.upgrade(database)
         yield database

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from saascore.config import DatabaseBackend, Settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from saascore.models import Organization, SubscriptionPlan, User
 from saascore.plans import PlanService
 from saascore.tenancy import OrganizationService

@@ -6,8 +6,8 @@ import itertools
 
 import sqlalchemy as sa
 
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from saascore.models import Base
 
 

@@ -12,9 +12,9 @@ from sqlalchemy.pool import NullPool
 
 from saascore import Saascore
 from saascore.api import create_app
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.kit.errors import ConfigurationError
+from saascore.migrations import migrate
 from saascore.models import Organization, SubscriptionPlan
 from saascore.plans import Catalog, PlanSpec
 from saascore.testing import (

@@ -15,10 +15,10 @@ from saascore.events.service import WebhookService
 from saascore.identity.api_keys import ApiKeyService
 from saascore.identity.cache import PrincipalCache
 from saascore.identity.service import IdentityService
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
+from saascore.migrations import migrate
 from saascore.plans.service import PlanService
 from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService

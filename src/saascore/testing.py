@@ -47,9 +47,9 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from saascore.config import DatabaseBackend, Settings, load_settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
 from saascore.kit.errors import ConfigurationError
+from saascore.migrations import migrate
 from saascore.plans import Catalog, PlanService, read_catalog
 
 __all__ = [

@@ -79,6 +79,6 @@ async def test_lifespan_builds_and_closes_its_own_database(tmp_path: Path) -> No
         core: Saascore = app.state.saascore
         assert app.state.database is core.database
         # auto_migrate ran the real migrations at start
-        from saascore.kit import migrate
+        from saascore.migrations import migrate
 
         assert await migrate.current(core.database) == migrate.head()

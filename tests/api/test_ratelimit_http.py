@@ -16,8 +16,8 @@ import sqlalchemy as sa
 
 from saascore import Saascore
 from saascore.config import Settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from saascore.models import Organization, SubscriptionPlan
 from saascore.plans import Catalog, PlanSpec, read_catalog
 from saascore.testing import register_and_login

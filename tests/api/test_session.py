@@ -12,8 +12,8 @@ from fastapi import FastAPI
 
 from saascore import SessionDep
 from saascore.api.errors import install_error_handlers
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from saascore.models import Meter
 
 

@@ -8,8 +8,8 @@ import pytest
 import pytest_asyncio
 
 from saascore.config import Settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from tests.cli.runner import SAASCORE, Cli, clean_environment
 from tests.helpers import settings_env
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from saascore.kit import migrate
+from saascore.migrations import migrate
 from tests.cli.runner import Cli
 
 NO_SCHEMA = "saascore: the database has no saascore schema; run 'saascore db upgrade'"

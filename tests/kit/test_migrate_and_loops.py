@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 from saascore.models import Organization, User
 from tests.factories import create_organization, create_user
 from tests.helpers import make_settings

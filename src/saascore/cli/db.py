@@ -14,8 +14,8 @@ import typer
 from saascore.cli._output import describe_target
 from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_database
 from saascore.config import load_settings
-from saascore.kit import migrate
 from saascore.kit.db import Database
+from saascore.migrations import migrate
 
 __all__ = ["app", "describe_difference"]
 

@@ -12,7 +12,7 @@ from saascore.cli._output import console
 from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core, run_with_database
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
-from saascore.kit import migrate
+from saascore.migrations import migrate
 from saascore.models import Organization
 from saascore.plans import read_catalog
 from saascore.tenancy import OrganizationExists, OrganizationNotFound

@@ -1,5 +1,5 @@
-"""Alembic environment. Runs on the connection it is handed (`saascore.kit.migrate`), or, when
-Alembic is run directly, on the database that `Settings` configure."""
+"""Alembic environment. Runs on the connection it is handed (`saascore.migrations.migrate`),
+or, when Alembic is run directly, on the database that `Settings` configure."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from sqlalchemy import Connection
 
 from saascore.config import load_settings
 from saascore.kit.db import Database
-from saascore.kit.migrate import not_version_table
 from saascore.kit.types import UTCDateTime
+from saascore.migrations.migrate import not_version_table
 from saascore.models import Base
 
 config = context.config
