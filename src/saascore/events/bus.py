@@ -170,8 +170,7 @@ class EventBus:
         if not rows:
             return
         await session.execute(sa.insert(OutboxEvent), rows)
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
-            await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+        await _notify_dispatchers(session)
 
     async def emit_once(
         self,
@@ -200,8 +199,7 @@ class EventBus:
             return None
         for handler in self._in_transaction:
             await handler(session, emitted)
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
-            await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+        await _notify_dispatchers(session)
         self._remember(session, emitted)
         return emitted
 
@@ -234,6 +232,13 @@ class EventBus:
                 handler(emitted)
             except Exception:
                 log.exception("after-commit handler %r failed on %s", handler, emitted.type)
+
+
+async def _notify_dispatchers(session: AsyncSession) -> None:
+    """On PostgreSQL, have every process's dispatcher woken when the transaction commits
+    (NOTIFY is transactional); elsewhere they poll, and this process's doorbell rings."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
 
 
 def _rolled_back(sync: Session, previous: SessionTransaction) -> None:

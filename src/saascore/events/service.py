@@ -310,22 +310,11 @@ class WebhookService:
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> None:
-        """Delete the endpoint with its deliveries and their attempts."""
+        """Delete the endpoint; its deliveries and their attempts go with it (the foreign
+        keys cascade)."""
         async with self.database.scope(session) as s:
             endpoint = await self._endpoint(s, org_id, endpoint_id, lock=True)
             url = endpoint.url
-            await s.execute(
-                sa.delete(WebhookAttempt).where(
-                    WebhookAttempt.organization_id == org_id,
-                    WebhookAttempt.endpoint_id == endpoint_id,
-                )
-            )
-            await s.execute(
-                sa.delete(WebhookDelivery).where(
-                    WebhookDelivery.organization_id == org_id,
-                    WebhookDelivery.endpoint_id == endpoint_id,
-                )
-            )
             await s.delete(endpoint)
             await s.flush()
             await self.events.emit(
