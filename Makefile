@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
 
-.PHONY: help setup demo serve test test-fast lint format bench clean
+.PHONY: help setup demo serve test fuzz lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ serve: setup  ## run the service on the configured database
 
 test: setup  ## run the whole test suite (SQLite and PostgreSQL)
 	$(RUN) pytest -n 2 $(PYTEST_ARGS)
+
+fuzz: setup  ## the property and state-machine tests with fresh random seeds, 10x the examples
+	HYPOTHESIS_PROFILE=fuzz $(RUN) pytest -n 2 -m hypothesis $(PYTEST_ARGS)
 
 lint: setup  ## ruff check, ruff format --check, mypy --strict, the layers (import-linter)
 	$(RUN) ruff check src tests bench

@@ -64,12 +64,15 @@ from tests.helpers import (
     JoinedDatabase,
     create_schema,
     drop_schema,
+    load_hypothesis_profile,
     make_settings,
     migrated_database,
     new_schema_name,
     plain_postgres_dsn,
 )
 from tests.http import api_app, serving
+
+load_hypothesis_profile()
 
 DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -45,9 +47,12 @@ class Clock:
 
 __all__ = [
     "BACKENDS",
+    "FUZZ_FACTOR",
     "JoinedDatabase",
     "create_schema",
     "drop_schema",
+    "examples",
+    "load_hypothesis_profile",
     "make_settings",
     "new_schema_name",
     "only_postgresql",
@@ -56,6 +61,41 @@ __all__ = [
     "settings_env",
     "worker_id",
 ]
+
+
+# --- Hypothesis profiles ---------------------------------------------------------------------
+#: `ci` (chosen when `CI=true`): derandomized and without the example database, so a red CI is a
+#: regression, never a draw. `fuzz` (`make fuzz`, `HYPOTHESIS_PROFILE=fuzz`): fresh random seeds
+#: and `FUZZ_FACTOR` times each test's examples. A failure found either way becomes an `@example`.
+PROFILES: dict[str, dict[str, Any]] = {
+    "ci": {"derandomize": True, "database": None, "print_blob": True},
+    "fuzz": {"derandomize": False, "print_blob": True},
+}
+FUZZ_FACTOR = 10
+for _name, _values in PROFILES.items():
+    hypothesis_settings.register_profile(
+        _name,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        **_values,
+    )
+
+
+def hypothesis_profile() -> str:
+    """The profile this run asks for: `HYPOTHESIS_PROFILE`, else `ci` on CI, else `default`."""
+    chosen = os.environ.get("HYPOTHESIS_PROFILE", "").strip()
+    if chosen:
+        return chosen
+    return "ci" if os.environ.get("CI", "").strip().lower() == "true" else "default"
+
+
+def load_hypothesis_profile() -> None:
+    hypothesis_settings.load_profile(hypothesis_profile())
+
+
+def examples(count: int) -> int:
+    """A test's number of examples: `count`, times `FUZZ_FACTOR` under the `fuzz` profile."""
+    return count * FUZZ_FACTOR if hypothesis_profile() == "fuzz" else count
 
 
 #: The `backend` fixture's parameters; PostgreSQL tests carry the `postgres` mark.

@@ -24,7 +24,7 @@ from saascore.kit.db import Database
 from saascore.models import Organization, SubscriptionPlan
 from tests.cli.runner import free_port
 from tests.factories import random_code
-from tests.helpers import BACKENDS, make_settings
+from tests.helpers import BACKENDS, examples, make_settings
 
 CHECKS = [
     checks.not_a_server_error,
@@ -118,7 +118,7 @@ schema = schemathesis.openapi.from_dict(create_app(make_settings()).openapi())
 
 @schema.parametrize()
 @settings(
-    max_examples=15,
+    max_examples=examples(15),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -43,14 +43,14 @@ from saascore.kit.db import Database
 from saascore.models import CreditSource, CreditTransaction, CreditTransactionType
 from tests.credits.ledger import START, Clock, allocations, assert_running_balance, grants, ledger
 from tests.factories import create_organization
-from tests.helpers import JoinedDatabase
+from tests.helpers import JoinedDatabase, examples
 
 T = TypeVar("T")
 
 NEVER = datetime.max.replace(tzinfo=UTC)
 
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=examples(40),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -384,6 +384,7 @@ class LedgerMachine(RuleBasedStateMachine):
         return {CreditTransactionType(type_): count for type_, count in rows}
 
 
+@pytest.mark.hypothesis
 def test_the_ledger_behaves_like_the_model(database: Database) -> None:
     loop = asyncio.new_event_loop()
     own = Database(database.settings)  # this loop's engine, disposed here

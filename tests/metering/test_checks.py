@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from saascore.metering.decision import check_fields, plainly_valid
 from saascore.metering.values import BIGINT_MAX, UsageEventIn
+from tests.helpers import examples
 
 edges = st.sampled_from([-1, 0, 1, 2**31 - 1, 2**31, BIGINT_MAX, BIGINT_MAX + 1])
 numbers: st.SearchStrategy[Any] = (
@@ -18,7 +19,7 @@ numbers: st.SearchStrategy[Any] = (
 texts: st.SearchStrategy[Any] = st.none() | st.text(max_size=2) | st.text(min_size=49, max_size=300)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(
     quantity=numbers,
     input_tokens=numbers,

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from saascore.kit.idempotency import attributes_hash, payload_hash
 from saascore.metering.values import UsageEventIn
+from tests.helpers import examples
 
 
 def by_payload_hash(event: UsageEventIn) -> str:
@@ -64,7 +65,7 @@ values: st.SearchStrategy[Any] = (
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     metric=st.text(max_size=10),
     quantity=values,
