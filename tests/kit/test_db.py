@@ -272,6 +272,78 @@ class TestPostgreSQLPool:
             await database.dispose()
 
 
+class TestDriver:
+    """`Database.driver()`: the asyncpg connection under a pooled one, handed back clean."""
+
+    @pytest_asyncio.fixture
+    async def small(self, postgres_url: str) -> AsyncIterator[Database]:
+        database = Database(make_settings(database_url=postgres_url, db_pool_size=1))
+        yield database
+        await database.dispose()
+
+    async def test_a_connection_comes_back_to_the_pool(self, small: Database) -> None:
+        pids = set()
+        for _ in range(3):
+            async with small.driver() as driver:
+                pids.add(await driver.fetchval("SELECT pg_backend_pid()"))
+        assert len(pids) == 1  # one pooled connection, reused
+        assert small.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    async def test_a_lost_connection_is_unavailable_then_replaced(
+        self, small: Database, postgres_url: str
+    ) -> None:
+        async with small.driver() as driver:
+            lost = await driver.fetchval("SELECT pg_backend_pid()")
+        admin = await asyncpg.connect(plain_postgres_dsn(postgres_url))
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", lost)
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the pooled connection
+        with pytest.raises(DatabaseUnavailable):
+            async with small.driver() as driver:
+                await driver.fetchval("SELECT 1")
+        async with small.driver() as driver:
+            assert await driver.fetchval("SELECT pg_backend_pid()") != lost
+
+    async def test_a_connection_left_in_a_transaction_is_not_reused(self, small: Database) -> None:
+        async with small.driver() as driver:
+            first = await driver.fetchval("SELECT pg_backend_pid()")
+            await driver.execute("BEGIN")
+        async with small.driver() as driver:
+            assert not driver.is_in_transaction()
+            assert await driver.fetchval("SELECT pg_backend_pid()") != first
+
+    async def test_a_cancelled_statement_discards_its_connection(self, small: Database) -> None:
+        async def slow() -> None:
+            async with small.driver() as driver:
+                await driver.execute("SELECT pg_sleep(30)")
+
+        async with small.driver() as driver:
+            first = await driver.fetchval("SELECT pg_backend_pid()")
+        task = asyncio.create_task(slow())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with small.driver() as driver:
+            assert await driver.fetchval("SELECT pg_backend_pid()") != first
+
+    async def test_an_exhausted_pool_is_unavailable(self, postgres_url: str) -> None:
+        database = Database(
+            make_settings(
+                database_url=postgres_url, db_pool_size=1, db_max_overflow=0, db_pool_timeout=0.1
+            )
+        )
+        try:
+            async with database.driver():
+                with pytest.raises(DatabaseUnavailable):
+                    async with database.driver():
+                        pass
+        finally:
+            await database.dispose()
+
+
 @dataclass
 class StandInConnector:
     """What `google.cloud.sql.connector.Connector` does for us, against the local server."""
