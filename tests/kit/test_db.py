@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore.config import DatabaseBackend, Settings
 from saascore.kit.db import Database
 from saascore.kit.errors import DatabaseUnavailable
-from saascore.models import InvoiceSequence, SubscriptionPlan
+from saascore.models import BillingCycle, InvoiceSequence, PlanPrice, SubscriptionPlan
 from tests.factories import random_code
 from tests.helpers import (
     create_schema,
@@ -342,6 +342,53 @@ class TestDriver:
                         pass
         finally:
             await database.dispose()
+
+
+class TestReadRow:
+    """`Database.read_row`: on PostgreSQL the raw driver, giving what SQLAlchemy gives."""
+
+    QUERY = (
+        sa.select(
+            SubscriptionPlan.id,
+            SubscriptionPlan.code,
+            SubscriptionPlan.description,
+            SubscriptionPlan.features,
+            SubscriptionPlan.monthly_token_limit,
+            SubscriptionPlan.api_access,
+            SubscriptionPlan.created_at,
+            PlanPrice.billing_cycle,
+            PlanPrice.amount,
+        )
+        .join(PlanPrice, PlanPrice.plan_id == SubscriptionPlan.id)
+        .where(SubscriptionPlan.code == sa.bindparam("code"), PlanPrice.amount > sa.bindparam("n"))
+    )
+
+    async def test_the_row_is_the_one_sqlalchemy_reads(self, scratch: Database) -> None:
+        plan = new_plan()
+        plan.features = {"deep": {"list": [1, 2.5, "x"]}, "flag": True}
+        plan.monthly_token_limit = 2**63 - 1
+        async with scratch.transaction() as session:
+            session.add(plan)
+            await session.flush()
+            session.add(
+                PlanPrice(
+                    plan_id=plan.id,
+                    billing_cycle=BillingCycle.YEARLY,
+                    currency="EUR",
+                    amount=1200,
+                )
+            )
+        parameters = {"code": plan.code, "n": 0}
+        async with scratch.engine.connect() as connection:
+            expected = (await connection.execute(self.QUERY, parameters)).one()
+        for _ in range(2):  # compiled once, then reused
+            row = await scratch.read_row(self.QUERY, parameters)
+            assert row is not None
+            assert tuple(row) == tuple(expected)
+            assert [type(value) for value in row] == [type(value) for value in expected]
+            assert row.billing_cycle is BillingCycle.YEARLY
+            assert row.features == {"deep": {"list": [1, 2.5, "x"]}, "flag": True}
+        assert await scratch.read_row(self.QUERY, {"code": plan.code, "n": 5000}) is None
 
 
 @dataclass

@@ -595,11 +595,10 @@ class IdentityService:
     async def _read(
         self, query: sa.Select[*tuple[Any, ...]], parameters: dict[str, Any]
     ) -> sa.Row[*tuple[Any, ...]] | None:
-        """One row in one round trip: no transaction (a single read needs none), and a
-        statement built once, whose compiled form SQLAlchemy caches."""
-        async with self.database.engine.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            return (await autocommit.execute(query, parameters)).first()
+        """One row in one round trip, outside a transaction (a single read needs none), by a
+        statement built once; on PostgreSQL through the raw driver (`Database.read_row`)."""
+        row: sa.Row[*tuple[Any, ...]] | None = await self.database.read_row(query, parameters)
+        return row
 
     async def _touch(
         self, model: type[ApiKey] | type[OperatorKey], now: datetime, scope: Any, key_id: uuid.UUID

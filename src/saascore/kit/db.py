@@ -11,7 +11,8 @@ halfway through its transaction when it tries to upgrade a read lock.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import namedtuple
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -70,6 +71,42 @@ class _LoopState:
     connector: CloudSQLConnector | None = None
 
 
+@dataclass(frozen=True)
+class _RawStatement:
+    """A select compiled once for asyncpg: its SQL, its parameters in `$n` order, and how to
+    turn a driver record into the row SQLAlchemy would return."""
+
+    sql: str
+    names: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
+    make_row: Callable[..., Any]
+
+    @classmethod
+    def compile(cls, query: sa.Select[Any], dialect: sa.Dialect) -> _RawStatement:
+        compiled = query.compile(dialect=dialect)
+        columns = compiled._result_columns
+        keys = [column.keyname for column in columns]
+        return cls(
+            sql=str(compiled),
+            names=tuple(compiled.positiontup or ()),
+            processors=tuple(
+                column.type._cached_result_processor(dialect, None) for column in columns
+            ),
+            make_row=namedtuple("Row", keys),
+        )
+
+    def arguments(self, parameters: Mapping[str, Any]) -> list[Any]:
+        return [parameters[name] for name in self.names]
+
+    def row(self, record: Any) -> Any:
+        return self.make_row(
+            *(
+                value if process is None else process(value)
+                for value, process in zip(record, self.processors, strict=True)
+            )
+        )
+
+
 class Database:
     """Engines and sessions for one configured database.
 
@@ -89,6 +126,7 @@ class Database:
         self._connector_factory = connector_factory or _google_connector
         self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
         self._engines_built = 0
+        self._raw_statements: dict[sa.Select[Any], _RawStatement] = {}
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
@@ -268,6 +306,27 @@ class Database:
             await greenlet_spawn(pooled.invalidate)
         else:
             await greenlet_spawn(pooled.close)
+
+    async def read_row(self, query: sa.Select[Any], parameters: Mapping[str, Any]) -> Any | None:
+        """The first row of `query` (attributes named as its columns), read outside any
+        transaction in one round trip; None when there is none.
+
+        On PostgreSQL the statement is compiled once and run on the raw driver, and each
+        value goes through its column type's result processing, so the row holds what
+        SQLAlchemy would have returned: a fraction of the CPU of `connection.execute`, for the
+        reads every request makes (authentication). On SQLite it is an ordinary execute."""
+        if self.backend is DatabaseBackend.SQLITE:
+            async with self.engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return (await autocommit.execute(query, dict(parameters))).first()
+        statement = self._raw_statements.get(query)
+        if statement is None:
+            statement = self._raw_statements[query] = _RawStatement.compile(
+                query, self.engine.dialect
+            )
+        async with self.driver() as driver:
+            record = await driver.fetchrow(statement.sql, *statement.arguments(parameters))
+        return None if record is None else statement.row(record)
 
     async def ping(self, timeout: float = 5.0) -> None:
         """Run `SELECT 1`; raise `DatabaseUnavailable` with the reason if it fails."""
