@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     rate_limit_storage: str = Field(
         default="memory://", pattern=r"^(memory|redis|rediss)://", repr=False
     )
+    #: Seconds to connect to the rate-limit Redis and for each of its answers; past them the
+    #: request answers 503 `rate_limiter_unavailable` (one immediate retry on a broken connection).
+    rate_limit_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     #: The HMAC key that signs access and refresh tokens (HS256), at least 32 characters. Unset,
     #: a random one is made and kept in `data_dir` (refused in production: every process of
     #: a deployment must share one, and it must survive deploys).

@@ -15,16 +15,17 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio
 from fastapi import Depends, FastAPI, Request
-from limits.errors import StorageError
+from redis.asyncio.connection import AbstractConnection
 
 from saascore.api.errors import install_error_handlers
-from saascore.kit.errors import ConfigurationError
+from saascore.kit.errors import ConfigurationError, RateLimiterUnavailable
 from saascore.metering.ratelimit import (
     PlanRateLimits,
     RateLimiter,
@@ -130,11 +131,17 @@ class TestConfiguration:
         finally:
             await limiter.close()
 
-    async def test_an_unreachable_redis_raises_a_storage_error(self) -> None:
+    async def test_an_unreachable_redis_raises_rate_limiter_unavailable(self) -> None:
         settings = make_settings(rate_limit_storage="redis://127.0.0.1:1/0")
         async with RateLimiter.from_settings(settings) as limiter:
-            with pytest.raises(StorageError):
-                await limiter.hit("k", PlanRateLimits(per_minute=1))
+            for call in (
+                limiter.hit("k", PlanRateLimits(per_minute=1)),
+                limiter.check("k", PlanRateLimits(per_minute=1)),
+                limiter.reset("k"),
+                limiter.ping(),
+            ):
+                with pytest.raises(RateLimiterUnavailable):
+                    await call
 
     def test_an_unknown_storage_is_a_configuration_error(self) -> None:
         with pytest.raises(ConfigurationError, match="memcached"):
@@ -366,7 +373,7 @@ class TestConcurrency:
     async def test_two_limiters_on_one_redis_race_like_two_processes(
         self, redis_url: str, redis_namespace: str
     ) -> None:
-        """Two limiters share no lock, so some racers pass the read and lose the acquire."""
+        """Two limiters share no lock: only Redis keeps them exact, in every window."""
         limits = PlanRateLimits(per_minute=20, per_hour=25)
         async with (
             RateLimiter(redis_url, namespace=redis_namespace) as first,
@@ -379,8 +386,7 @@ class TestConcurrency:
                 assert sum(r.allowed for r in results) == 20
                 assert all(r.retry_after > 0 for r in results if not r.allowed)
                 state = await first.check(key, limits)
-                assert state.windows[0].remaining == 0
-                assert state.windows[1].remaining <= 5
+                assert [w.remaining for w in state.windows] == [0, 5]
 
     @pytest.mark.redis
     async def test_two_processes_share_one_redis_limit(
@@ -421,10 +427,169 @@ class TestConcurrency:
         assert sum(allowed) == per_minute
         async with RateLimiter(redis_url, namespace=namespace) as limiter:
             state = await limiter.check("shared", PlanRateLimits(per_minute, per_hour))
-            # Every admitted request is counted in the hour window too (a process that loses a
-            # race may leave a little more: refusing early, never admitting more).
-            assert state.windows[0].remaining == 0
-            assert state.windows[1].remaining <= per_hour - per_minute
+            # Every admitted request is counted in the hour window too, and nothing else: a
+            # refused request took nothing from any window.
+            assert [w.remaining for w in state.windows] == [0, per_hour - per_minute]
+
+
+class TestSeveralKeys:
+    async def test_hit_many_counts_under_every_key(self, limiter: RateLimiter) -> None:
+        organization, credential = PlanRateLimits(per_minute=5), PlanRateLimits(per_minute=3)
+        result = await limiter.hit_many({"org": organization, "key-1": credential})
+        assert result.allowed
+        assert (result.limit, result.remaining) == (3, 2)  # the tighter of the two
+        assert [(w.key, w.window, w.remaining) for w in result.windows] == [
+            ("org", "minute", 4),
+            ("key-1", "minute", 2),
+        ]
+
+    async def test_a_refusal_by_one_key_takes_nothing_under_another(
+        self, limiter: RateLimiter
+    ) -> None:
+        organization, credential = PlanRateLimits(per_minute=5), PlanRateLimits(per_minute=2)
+        for _ in range(2):
+            assert (await limiter.hit_many({"org": organization, "key-1": credential})).allowed
+        for _ in range(3):
+            refused = await limiter.hit_many({"org": organization, "key-1": credential})
+            assert_refused(refused, "minute", 2, 60)
+        assert (await limiter.check("org", organization)).remaining == 3
+        wide = PlanRateLimits(per_minute=10)
+        for remaining in (2, 1, 0):
+            result = await limiter.hit_many({"org": organization, "key-2": wide})
+            assert (result.allowed, result.remaining) == (True, remaining)
+        assert_refused(
+            await limiter.hit_many({"org": organization, "key-3": credential}), "minute", 5, 60
+        )
+        assert (await limiter.check("key-3", credential)).remaining == 2
+
+    async def test_many_credentials_racing_share_the_organisation_limit_exactly(
+        self, limiter: RateLimiter
+    ) -> None:
+        organization, credential = PlanRateLimits(per_minute=12), PlanRateLimits(per_minute=5)
+        racers = [
+            limiter.hit_many({"org": organization, f"key-{n % 4}": credential}) for n in range(40)
+        ]
+        results = await asyncio.gather(*racers)
+        assert sum(r.allowed for r in results) == 12
+        assert (await limiter.check("org", organization)).remaining == 0
+        counted = [5 - (await limiter.check(f"key-{n}", credential)).remaining for n in range(4)]
+        assert sum(counted) == 12
+        assert all(count <= 5 for count in counted)
+
+
+@pytest.mark.redis
+class TestRedisRoundTrips:
+    async def test_each_hit_or_check_is_one_round_trip(
+        self, redis_url: str, redis_namespace: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Counted at the connection: every command or pipeline sent is one round trip."""
+        sent: list[bytes] = []
+        original = AbstractConnection.send_packed_command
+
+        async def counting(
+            connection: AbstractConnection, command: Any, check_health: bool = True
+        ) -> None:
+            sent.append(command if isinstance(command, bytes) else b"".join(command))
+            await original(connection, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+        limits = PlanRateLimits(per_minute=5, per_hour=50, per_day=500)
+        async with RateLimiter(redis_url, namespace=redis_namespace) as limiter:
+            await limiter.hit("warm-up", limits)  # connects and loads the script
+            sent.clear()
+            results = [await limiter.hit("user", limits) for _ in range(8)]
+            assert [r.allowed for r in results] == [True] * 5 + [False] * 3
+            await limiter.hit_many({"user": limits, "key": PlanRateLimits(per_minute=1)})
+            await limiter.check("user", limits)
+            assert len(sent) == 10
+            assert all(b"EVALSHA" in command.upper() for command in sent)
+
+    async def test_a_server_that_forgot_the_script_is_given_it_again(
+        self, redis_url: str, redis_namespace: str
+    ) -> None:
+        async with RateLimiter(redis_url, namespace=redis_namespace) as limiter:
+            assert (await limiter.hit("user", PlanRateLimits(per_minute=2))).remaining == 1
+            client = redis.asyncio.from_url(redis_url)
+            try:
+                await client.script_flush()
+            finally:
+                await client.aclose()
+            assert (await limiter.hit("user", PlanRateLimits(per_minute=2))).remaining == 0
+
+    async def test_the_windows_follow_the_clock_of_redis(
+        self, redis_url: str, redis_namespace: str
+    ) -> None:
+        """Entries carry Redis's `TIME`, so processes with skewed clocks agree."""
+        async with RateLimiter(redis_url, namespace=redis_namespace) as limiter:
+            await limiter.hit("user", PlanRateLimits(per_minute=5))
+        client = redis.asyncio.from_url(redis_url)
+        try:
+            seconds, micros = await client.time()
+            [entry] = await client.lrange(f"LIMITS:{redis_namespace}/user/minute", 0, -1)
+        finally:
+            await client.aclose()
+        assert seconds + micros / 1e6 - 5 < float(entry) <= seconds + micros / 1e6
+
+
+@pytest.mark.redis
+async def test_memory_and_redis_decide_alike(redis_url: str, redis_namespace: str) -> None:
+    """The same random sequence of hits, checks and resets on both storages: every answer is
+    the same (nothing here waits for a window to pass)."""
+    rng = random.Random(10)
+    plans = [
+        PlanRateLimits(per_minute=5, per_hour=8),
+        PlanRateLimits(per_minute=3),
+        PlanRateLimits(per_hour=6, per_day=7),
+        PlanRateLimits(per_minute=0),
+    ]
+    async with (
+        RateLimiter("memory://", namespace=redis_namespace) as memory,
+        RateLimiter(redis_url, namespace=redis_namespace) as shared,
+    ):
+        for _ in range(300):
+            keys = rng.sample(["a", "b", "c"], rng.randint(1, 2))
+            limits = {key: rng.choice(plans) for key in keys}
+            cost = rng.choice([1, 1, 1, 2, 4])
+            operation = rng.choice(["hit", "hit", "hit", "check", "reset"])
+            answers = []
+            for limiter in (memory, shared):
+                if operation == "reset":
+                    await limiter.reset(keys[0])
+                    answers.append(None)
+                    continue
+                if operation == "hit":
+                    result = await limiter.hit_many(limits, cost)
+                else:
+                    result = await limiter.check(keys[0], limits[keys[0]], cost)
+                answers.append(
+                    (
+                        result.allowed,
+                        result.window,
+                        result.limit,
+                        [(w.key, w.window, w.remaining) for w in result.windows],
+                    )
+                )
+            assert answers[0] == answers[1], (operation, limits, cost)
+
+
+async def test_a_silent_redis_is_unavailable_after_the_timeout() -> None:
+    """A server that accepts connections and never answers: refused, not waited on forever."""
+
+    async def accept_and_say_nothing(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with RateLimiter(f"redis://127.0.0.1:{port}/0", timeout=0.2) as limiter:
+            with pytest.raises(RateLimiterUnavailable):
+                await asyncio.wait_for(limiter.hit("k", PlanRateLimits(per_minute=1)), 30)
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # --- seed 002 ------------------------------------------------------------------------------------

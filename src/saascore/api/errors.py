@@ -14,13 +14,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from limits.errors import StorageError
 from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saascore.api.metrics import HTTP_ERRORS
-from saascore.kit.errors import DatabaseUnavailable, DomainError
+from saascore.kit.errors import DatabaseUnavailable, DomainError, RateLimiterUnavailable
 
 __all__ = [
     "ErrorBody",
@@ -154,10 +153,19 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     return await _unexpected(request, exc)
 
 
+#: Seconds a client is asked to wait after a 503 for an unreachable rate-limit storage.
+RATE_LIMITER_RETRY_AFTER = 5
+
+
 async def _rate_limit_storage_down(_request: Request, exc: Exception) -> JSONResponse:
     # Fail closed: without its windows the service cannot keep its plans' promises.
     logger.error("rate-limit storage unavailable: %s", exc)
-    return error_response(503, "rate_limiter_unavailable", "rate limiting is unavailable")
+    return error_response(
+        503,
+        "rate_limiter_unavailable",
+        "rate limiting is unavailable",
+        headers={"Retry-After": str(RATE_LIMITER_RETRY_AFTER)},
+    )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -176,5 +184,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(OSError, _database_error)
     app.add_exception_handler(TimeoutError, _database_error)
-    app.add_exception_handler(StorageError, _rate_limit_storage_down)
+    app.add_exception_handler(RateLimiterUnavailable, _rate_limit_storage_down)
     app.add_exception_handler(Exception, _unexpected)

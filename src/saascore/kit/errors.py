@@ -3,6 +3,7 @@
 SaascoreError                   every error saascore raises on purpose
 ├── ConfigurationError          a setting is missing or invalid (fails at start)
 ├── DatabaseUnavailable         the database cannot be reached
+├── RateLimiterUnavailable      the rate-limit storage (Redis) cannot be reached
 └── DomainError                 a request that the domain refuses; has a stable `code`
     ├── PermissionDenied            (403) the caller is known but may not do this
     ├── NotFound                    (404) the object does not exist in the caller's organisation
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidInput",
     "NotFound",
     "PermissionDenied",
+    "RateLimiterUnavailable",
     "SaascoreError",
 ]
 
@@ -40,6 +42,11 @@ class ConfigurationError(SaascoreError):
 
 class DatabaseUnavailable(SaascoreError):
     """The database cannot be reached (refused, timed out, authentication failed)."""
+
+
+class RateLimiterUnavailable(SaascoreError):
+    """The rate-limit storage cannot be reached (Redis refused, failed or timed out). Requests
+    that must be counted are refused (503), never let through uncounted."""
 
 
 class DomainError(SaascoreError):

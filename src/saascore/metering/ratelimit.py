@@ -1,61 +1,55 @@
-"""Request rate limits from the plan: per minute, per hour and per day, on the `limits` library.
+"""Request rate limits from the plan: per minute, per hour and per day.
 
     limiter = RateLimiter.from_settings(settings)        # memory:// or redis://...
     limits = PlanRateLimits.from_plan(plan)              # None in a window means unlimited
     result = await limiter.hit(f"org:{org_id}", limits)  # admit and count one request, or refuse
+    result = await limiter.hit_many({f"org:{org_id}": limits, f"api_key:{key_id}": per_key})
 
-**Strategy: the moving window** (`limits.aio.strategies.MovingWindowRateLimiter`). It keeps the
-timestamp of every admitted request and admits a new one only if fewer than `limit` fall in the
-trailing window, so "5 per minute" means at most 5 in *any* 60 seconds, with no burst at a window
-boundary (a fixed window allows 2x there) and no estimate (the sliding-window counter weights the
-previous window as if its requests were spread evenly, so it can admit more or fewer than the
-limit, and its own acquire may refuse a request that fits when it loses a race). Its `retry_after`
-is exact too: the moment the oldest request in the window leaves it. The price is memory: one
-timestamp per admitted request per window (in Redis a list per key and window, trimmed to the
-limit), so a window of 10,000 requests a day holds up to 10,000 entries for each active key. That
-suits per-minute and per-hour limits and moderate daily ones; large daily volumes are quotas, and
-belong to the `api_calls` meter of the UsageService, whose counters are O(1).
+**Strategy: the moving window.** Every admitted request leaves one timestamp per unit of cost
+in each of its windows, and a new request is admitted only if fewer than `limit - cost + 1` fall
+in the trailing window, so "5 per minute" means at most 5 in *any* 60 seconds, with no burst at a
+window boundary (a fixed window allows 2x there) and no estimate (a sliding-window counter
+weights the previous window as if its requests were spread evenly, so it can admit more or fewer
+than the limit). `retry_after` is exact too: the moment the oldest request in the window leaves
+it. The price is memory: one timestamp per admitted request per window (a list per key and
+window, trimmed to the limit), so a window of 10,000 requests a day holds up to 10,000 entries
+for each active key. That suits per-minute and per-hour limits and moderate daily ones; large
+daily volumes are quotas, and belong to the `api_calls` meter of the UsageService, whose
+counters are O(1).
 
-**Atomicity.** Each window's acquire is atomic in the storage (one Lua script in Redis, a lock in
-memory), so no window ever admits more than its limit, however many processes race. Across
-windows `hit` reads every window first and consumes only when each has room for `cost`; a refusal
-found in that read consumes nothing. Within one process the read-and-consume of a key is
-serialised (a per-key asyncio lock), so on the memory storage a request is exactly all or nothing.
-Between processes sharing Redis a request can still pass the read and then lose a window's acquire
-to another process: it is refused, and the windows it had already taken keep that cost, so the
-error is towards refusing early, never towards admitting more than a limit. Windows are taken
-tightest first (fewest remaining), which makes that rare: with equal costs every racer takes the
-same window first and a loser loses before it has taken anything; only when two windows' remaining
-counts cross during the race can up to `cost` per window be over-counted. (Checking then hitting
-without re-checking the hit would let requests through; hitting every window blindly would
-over-count on every refusal. A single Lua script over all windows would be exact across processes
-too, but would bypass `limits`' API and depend on its storage layout.)
+**Atomicity: one step per request.** `hit` reads every window of every key it is given and, only
+if each has room for `cost`, takes `cost` from all of them, in one indivisible step: on Redis one
+Lua script (one round trip, `EVALSHA`; Redis runs a script alone), in memory one synchronous
+function (nothing else runs on the event loop meanwhile). A request is therefore all or nothing
+across its windows and keys, and however many processes share one Redis, a window admits
+exactly its limit: never more, and never fewer because a racer took part of a request it was
+then refused. On Redis the script reads the clock of the server (`TIME`), so processes whose
+clocks differ still agree on every window; times returned to the caller are converted to the
+caller's clock.
 
-Keys: a window's storage key is `<namespace>/<key>/<minute|hour|day>`, without the limit (which
-`limits` puts in its own keys), so a plan change keeps the requests already counted and `reset(key)`
-needs no plan.
+Keys: a window's storage key is `LIMITS:<namespace>/<key>/<minute|hour|day>` on Redis (the layout
+of the `limits` library that saascore used before, so counts survive an upgrade), without the
+limit, so a plan change keeps the requests already counted and `reset(key)` needs no plan. The
+keys of one `hit_many` must live on one Redis node (no Redis Cluster across slots).
 """
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import math
 import time
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, Self, TypeVar
 
 import redis.asyncio
+import redis.exceptions
 from fastapi import Depends, Request, Response
-from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerHour, RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
-from limits.limits import safe_string
-from limits.storage import storage_from_string
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from saascore.kit.errors import ConfigurationError, DomainError
+from saascore.kit.errors import ConfigurationError, DomainError, RateLimiterUnavailable
 
 if TYPE_CHECKING:
     from saascore.config import Settings
@@ -66,11 +60,14 @@ __all__ = [
     "RateLimitResult",
     "RateLimited",
     "RateLimiter",
+    "RateLimiterUnavailable",
     "WindowStatus",
     "rate_limit_dependency",
 ]
 
 DEFAULT_NAMESPACE: Final = "saascore"
+
+_T = TypeVar("_T")
 
 
 # --- the limits of a plan ------------------------------------------------------------------------
@@ -114,6 +111,8 @@ class WindowStatus:
     remaining: int
     #: Epoch seconds. For an empty window: when a request made now would leave it.
     reset_at: float
+    #: The key the window belongs to (`hit_many` counts a request under several keys).
+    key: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"limit": self.limit, "remaining": self.remaining, "reset_at": self.reset_at}
@@ -134,7 +133,7 @@ class RateLimitResult:
     reset_at: float | None
     retry_after: int
     window: str | None
-    #: Every limited window, shortest first.
+    #: Every limited window, shortest first (key by key for `hit_many`).
     windows: tuple[WindowStatus, ...] = ()
 
     @property
@@ -168,7 +167,8 @@ class RateLimitResult:
 
     def as_info(self) -> dict[str, Any]:
         """Seed 002's `rate_info`: `rate_limits` per limited window (limit, remaining,
-        reset_at), and on a refusal `error`, `window` and `retry_after`."""
+        reset_at), and on a refusal `error`, `window` and `retry_after`. For one key (with
+        `hit_many`, a window name of one key would hide the same name of another)."""
         info: dict[str, Any] = {
             "allowed": self.allowed,
             "rate_limits": {status.window: status.as_dict() for status in self.windows},
@@ -201,8 +201,8 @@ def _allowed(states: Sequence[WindowStatus]) -> RateLimitResult:
     )
 
 
-def _refused(states: Sequence[WindowStatus], cost: int, lost: str | None = None) -> RateLimitResult:
-    refusing = [s for s in states if s.remaining < cost or s.window == lost]
+def _refused(states: Sequence[WindowStatus], cost: int) -> RateLimitResult:
+    refusing = [s for s in states if s.remaining < cost]
     # The request fits again only once every refusing window has room: wait for the last one.
     worst = max(refusing, key=lambda s: s.reset_at)
     return RateLimitResult(
@@ -216,33 +216,197 @@ def _refused(states: Sequence[WindowStatus], cost: int, lost: str | None = None)
     )
 
 
-# --- the windows in `limits` ---------------------------------------------------------------------
-class _StableKey(RateLimitItem):
-    """A limit whose storage key leaves out the amount: `<namespace>/<key>/<granularity>`."""
+# --- storage -------------------------------------------------------------------------------------
+_EXPIRY: Final[dict[str, int]] = {"minute": 60, "hour": 3600, "day": 86400}
 
-    def key_for(self, *identifiers: bytes | str | int | float) -> str:
-        return "/".join(
-            [self.namespace, *(safe_string(i) for i in identifiers), self.GRANULARITY.name]
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    key: str
+    name: str
+    limit: int
+    storage_key: str
+
+    @property
+    def expiry(self) -> int:
+        return _EXPIRY[self.name]
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    """What one step saw: per window the requests in it and the oldest one's timestamp (None
+    when empty), whether the request fit (and was counted, when consuming), and `now`, all in
+    the storage's clock."""
+
+    now: float
+    fits: bool
+    counts: tuple[int, ...]
+    oldest: tuple[float | None, ...]
+
+
+class _Storage(Protocol):
+    kind: str
+
+    async def take(self, windows: Sequence[_Window], cost: int, consume: bool) -> _Taken: ...
+
+    async def clear(self, storage_keys: Sequence[str]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _MemoryStorage:
+    """Windows in this process: per storage key, the admitted timestamps, oldest first.
+
+    `take` never awaits, so it runs whole between two requests of the event loop. Keys whose
+    newest entry has left the window are dropped by a sweep at most once a minute."""
+
+    kind = "memory"
+    SWEEP_EVERY: ClassVar[float] = 60.0
+
+    def __init__(self) -> None:
+        self._entries: dict[str, list[float]] = {}
+        self._expiry: dict[str, int] = {}
+        self._next_sweep = time.time() + self.SWEEP_EVERY
+
+    async def take(self, windows: Sequence[_Window], cost: int, consume: bool) -> _Taken:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        counts: list[int] = []
+        oldest: list[float | None] = []
+        for window in windows:
+            entries = self._entries.get(window.storage_key, [])
+            # Only the newest `limit` entries count (the list may predate a lower limit).
+            first = bisect.bisect_left(
+                entries, now - window.expiry, lo=max(0, len(entries) - window.limit)
+            )
+            counts.append(len(entries) - first)
+            oldest.append(entries[first] if first < len(entries) else None)
+        fits = all(w.limit - n >= cost for w, n in zip(windows, counts, strict=True))
+        if fits and consume:
+            for window in windows:
+                entries = self._entries.setdefault(window.storage_key, [])
+                entries.extend([now] * cost)
+                if len(entries) > window.limit:
+                    del entries[: len(entries) - window.limit]
+                self._expiry[window.storage_key] = window.expiry
+        return _Taken(now, fits, tuple(counts), tuple(oldest))
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_EVERY
+        for key, entries in list(self._entries.items()):
+            if not entries or entries[-1] < now - self._expiry.get(key, 0):
+                del self._entries[key]
+                self._expiry.pop(key, None)
+
+    async def clear(self, storage_keys: Sequence[str]) -> None:
+        for key in storage_keys:
+            self._entries.pop(key, None)
+            self._expiry.pop(key, None)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._expiry.clear()
+
+
+#: KEYS: one list per window, newest timestamp first. ARGV: cost, consume (1 or 0), then the
+#: limit and the expiry of each window. Returns the server's time, 1 if the request fit (and
+#: was counted when consuming), then per window the requests in it and the oldest one's
+#: timestamp ('' when empty). Floats travel as strings: Redis truncates Lua numbers to integers.
+_TAKE_SCRIPT: Final = """
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call('TIME')
+local stamp = time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
+local now = tonumber(stamp)
+local cost = tonumber(ARGV[1])
+local consume = ARGV[2] == '1'
+local fits = true
+local result = {stamp, 0}
+for i, key in ipairs(KEYS) do
+    local limit = tonumber(ARGV[1 + 2 * i])
+    local expiry = tonumber(ARGV[2 + 2 * i])
+    -- The entries in the window are a prefix of the newest `limit`: binary search its end.
+    local low, high, last = 0, limit - 1, -1
+    while low <= high do
+        local middle = math.floor((low + high) / 2)
+        local entry = redis.call('LINDEX', key, middle)
+        if entry and tonumber(entry) >= now - expiry then
+            last = middle
+            low = middle + 1
+        else
+            high = middle - 1
+        end
+    end
+    local oldest = ''
+    if last >= 0 then oldest = redis.call('LINDEX', key, last) end
+    result[1 + 2 * i] = last + 1
+    result[2 + 2 * i] = oldest
+    if limit - (last + 1) < cost then fits = false end
+end
+if fits then
+    result[2] = 1
+    if consume then
+        for i, key in ipairs(KEYS) do
+            local limit = tonumber(ARGV[1 + 2 * i])
+            local expiry = tonumber(ARGV[2 + 2 * i])
+            local entries = {}
+            for n = 1, cost do entries[n] = stamp end
+            for n = 1, cost, 5000 do
+                redis.call('LPUSH', key, unpack(entries, n, math.min(n + 4999, cost)))
+            end
+            redis.call('LTRIM', key, 0, limit - 1)
+            redis.call('EXPIRE', key, expiry)
+        end
+    end
+end
+return result
+"""
+
+
+class _RedisStorage:
+    """Windows in Redis, shared by every process: each step is one `EVALSHA` of `_TAKE_SCRIPT`
+    (the script is loaded on first use, and again if the server forgot it)."""
+
+    kind = "redis"
+    PREFIX: ClassVar[str] = "LIMITS:"
+
+    def __init__(self, uri: str, timeout: float) -> None:
+        # Our own pool, so that close() releases its connections. One immediate retry: a pooled
+        # connection that a Redis restart broke is replaced at once; a Redis that is down or
+        # silent answers within about twice `timeout`, never after a backoff.
+        self._pool = redis.asyncio.ConnectionPool.from_url(
+            uri,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
         )
+        self._client = redis.asyncio.Redis(connection_pool=self._pool)
+        self._script = self._client.register_script(_TAKE_SCRIPT)
 
+    async def take(self, windows: Sequence[_Window], cost: int, consume: bool) -> _Taken:
+        arguments: list[int] = [cost, int(consume)]
+        for window in windows:
+            arguments += [window.limit, window.expiry]
+        keys = [self.PREFIX + window.storage_key for window in windows]
+        reply = await self._script(keys=keys, args=arguments)
+        counts = tuple(int(count) for count in reply[2::2])
+        oldest = tuple(float(stamp) if stamp else None for stamp in reply[3::2])
+        return _Taken(float(reply[0]), int(reply[1]) == 1, counts, oldest)
 
-class _PerMinute(_StableKey, RateLimitItemPerMinute):
-    pass
+    async def clear(self, storage_keys: Sequence[str]) -> None:
+        await self._client.delete(*(self.PREFIX + key for key in storage_keys))
 
+    async def ping(self) -> None:
+        await self._client.ping()
 
-class _PerHour(_StableKey, RateLimitItemPerHour):
-    pass
-
-
-class _PerDay(_StableKey, RateLimitItemPerDay):
-    pass
-
-
-_ITEMS: Final[dict[str, type[RateLimitItem]]] = {
-    "minute": _PerMinute,
-    "hour": _PerHour,
-    "day": _PerDay,
-}
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._pool.aclose()
 
 
 # --- the limiter ---------------------------------------------------------------------------------
@@ -251,71 +415,53 @@ class RateLimiter:
     (`redis://host:port/db`, shared by every process). See the module docstring for the
     strategy and what is atomic.
 
-    Storage errors (Redis unreachable) raise `limits.errors.StorageError`.
+    A storage that cannot be reached (Redis down, or silent for `timeout` seconds) raises
+    `RateLimiterUnavailable`: the caller refuses the request rather than let it through.
     """
 
-    def __init__(self, storage_uri: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+    def __init__(
+        self, storage_uri: str, *, namespace: str = DEFAULT_NAMESPACE, timeout: float = 2.0
+    ) -> None:
         uri = storage_uri.strip().removeprefix("async+")
         scheme = uri.partition("://")[0]
-        self._pool: redis.asyncio.ConnectionPool | None = None
-        storage: object
+        self._storage: _Storage
         if scheme == "memory":
-            storage = storage_from_string("async+memory://", wrap_exceptions=True)
+            self._storage = _MemoryStorage()
         elif scheme in ("redis", "rediss"):
-            # Our own pool, so that close() can release its connections. `connection_pool` is a
-            # documented RedisStorage option; its type hint only lists scalar options.
-            self._pool = redis.asyncio.ConnectionPool.from_url(uri)
-            storage = storage_from_string(
-                f"async+{uri}",
-                implementation="redispy",
-                wrap_exceptions=True,
-                connection_pool=self._pool,  # type: ignore[arg-type]
-            )
+            self._storage = _RedisStorage(uri, timeout)
         else:
             raise ConfigurationError(
                 f"rate-limit storage {storage_uri!r} is not supported; "
                 "use memory:// or redis://host:port/db"
             )
-        assert isinstance(storage, Storage)
-        self._storage = storage
-        self._strategy = MovingWindowRateLimiter(storage)
         self._namespace = namespace
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
-        """The limiter on `settings.rate_limit_storage` (`SAASCORE_RATE_LIMIT_STORAGE`)."""
-        return cls(settings.rate_limit_storage)
+        """The limiter on `settings.rate_limit_storage` (`SAASCORE_RATE_LIMIT_STORAGE`), with
+        `settings.rate_limit_timeout_seconds` for each Redis call."""
+        return cls(settings.rate_limit_storage, timeout=settings.rate_limit_timeout_seconds)
+
+    @property
+    def storage(self) -> str:
+        """`memory` or `redis`."""
+        return self._storage.kind
 
     async def hit(self, key: str, limits: PlanRateLimits, cost: int = 1) -> RateLimitResult:
         """Admit and count a request of `cost` against every limited window of `key`, or
-        refuse it. A refusal found before consuming takes nothing from any window."""
-        windows = self._windows(key, limits, cost)
-        if not windows:
-            return _UNLIMITED
-        async with self._lock(key):
-            before = await self._read(key, windows)
-            if any(state.remaining < cost for state in before):
-                return _refused(before, cost)
-            # Tightest first (stable: shortest window first on a tie), so a racer that loses
-            # normally loses before it has taken anything.
-            order = sorted(range(len(windows)), key=lambda i: before[i].remaining)
-            for i in order:
-                name, item = windows[i]
-                if not await self._strategy.hit(item, key, cost=cost):
-                    # Another process took the room between our read and this acquire.
-                    return _refused(await self._read(key, windows), cost, lost=name)
-        return _allowed([replace(s, remaining=max(0, s.remaining - cost)) for s in before])
+        refuse it and count nothing."""
+        return await self.hit_many({key: limits}, cost)
+
+    async def hit_many(
+        self, limits_by_key: Mapping[str, PlanRateLimits], cost: int = 1
+    ) -> RateLimitResult:
+        """Admit and count a request of `cost` under every key at once (say an organisation's
+        plan limits and a per-key limit), or refuse it and count nothing under any key."""
+        return await self._step(limits_by_key, cost, consume=True)
 
     async def check(self, key: str, limits: PlanRateLimits, cost: int = 1) -> RateLimitResult:
         """What `hit` would decide now, consuming nothing."""
-        windows = self._windows(key, limits, cost)
-        if not windows:
-            return _UNLIMITED
-        states = await self._read(key, windows)
-        if any(state.remaining < cost for state in states):
-            return _refused(states, cost)
-        return _allowed(states)
+        return await self._step({key: limits}, cost, consume=False)
 
     async def check_rate_limits(
         self, key: str, limits: PlanRateLimits, *, cost: int = 1, consume: bool = True
@@ -330,18 +476,16 @@ class RateLimiter:
 
     async def reset(self, key: str) -> None:
         """Forget every window of `key`."""
-        await self._settle_memory_expiry()
-        # One after the other, with no await that yields in between on the memory storage.
-        for item in _ITEMS.values():
-            await self._strategy.clear(item(1, namespace=self._namespace), key)
+        self._check_key(key)
+        await self._call(self._storage.clear([self._storage_key(key, name) for name in _EXPIRY]))
+
+    async def ping(self) -> None:
+        """Raise `RateLimiterUnavailable` unless the storage answers (Redis: `PING`)."""
+        await self._call(self._storage.ping())
 
     async def close(self) -> None:
         """Release the storage: Redis connections are closed, in-memory windows dropped."""
-        if self._pool is not None:
-            await self._pool.aclose()
-        else:
-            await self._settle_memory_expiry()
-            await self._storage.reset()
+        await self._storage.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -355,56 +499,54 @@ class RateLimiter:
         await self.close()
 
     # --- internals -------------------------------------------------------------------------------
-    def _windows(
-        self, key: str, limits: PlanRateLimits, cost: int
-    ) -> list[tuple[str, RateLimitItem]]:
-        if not key:
-            raise ValueError("a rate-limit key must not be empty")
+    async def _step(
+        self, limits_by_key: Mapping[str, PlanRateLimits], cost: int, *, consume: bool
+    ) -> RateLimitResult:
         if cost < 1:
             raise ValueError(f"cost must be >= 1, got {cost}")
-        return [
-            (name, _ITEMS[name](limit, namespace=self._namespace))
+        windows = [
+            _Window(key, name, limit, self._storage_key(key, name))
+            for key, limits in limits_by_key.items()
+            if self._check_key(key)
             for name, limit in limits.by_window()
             if limit is not None
         ]
-
-    async def _settle_memory_expiry(self) -> None:
-        """Let the memory storage's background expiry pass finish before keys are removed.
-
-        That task (limits 5.8) snapshots the keys and yields between them; a key cleared
-        meanwhile makes it fail with a KeyError ("Task exception was never retrieved")."""
-        if isinstance(self._storage, MemoryStorage):
-            while (task := self._storage.timer) is not None and not task.done():
-                await asyncio.wait({task})
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        # Weak values: a key's lock lives only while a request holds or awaits it.
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = asyncio.Lock()
-            self._locks[key] = lock
-        return lock
-
-    async def _read(
-        self, key: str, windows: Sequence[tuple[str, RateLimitItem]]
-    ) -> list[WindowStatus]:
-        stats = await asyncio.gather(
-            *(self._strategy.get_window_stats(item, key) for _, item in windows)
-        )
+        if not windows:
+            return _UNLIMITED
+        taken = await self._call(self._storage.take(windows, cost, consume))
+        # The storage's clock may not be ours (Redis): carry its durations over to our clock.
         now = time.time()
-        states = []
-        for (name, item), (reset_at, remaining) in zip(windows, stats, strict=True):
-            if remaining >= item.amount:  # empty: a request made now would leave it then
-                reset_at = now + item.get_expiry()
-            states.append(
-                WindowStatus(
-                    window=name,
-                    limit=item.amount,
-                    remaining=max(0, remaining),
-                    reset_at=reset_at,
-                )
+        states = [
+            WindowStatus(
+                window=window.name,
+                limit=window.limit,
+                remaining=max(0, window.limit - count),
+                reset_at=now + window.expiry - (0.0 if oldest is None else taken.now - oldest),
+                key=window.key,
             )
-        return states
+            for window, count, oldest in zip(windows, taken.counts, taken.oldest, strict=True)
+        ]
+        if not taken.fits:
+            return _refused(states, cost)
+        if consume:
+            states = [replace(s, remaining=max(0, s.remaining - cost)) for s in states]
+        return _allowed(states)
+
+    @staticmethod
+    def _check_key(key: str) -> bool:
+        if not key:
+            raise ValueError("a rate-limit key must not be empty")
+        return True
+
+    def _storage_key(self, key: str, window: str) -> str:
+        return f"{self._namespace}/{key}/{window}"
+
+    @staticmethod
+    async def _call(step: Awaitable[_T]) -> _T:
+        try:
+            return await step
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise RateLimiterUnavailable(f"the rate-limit storage is unavailable: {exc}") from exc
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
