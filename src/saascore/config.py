@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     #: Seconds to connect to the rate-limit Redis and for each of its answers; past them the
     #: request answers 503 `rate_limiter_unavailable` (one immediate retry on a broken connection).
     rate_limit_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    #: Plan rate limits apply per organisation, across all its users and keys. This adds a limit
+    #: per credential (each user, each API key): requests per minute, counted atomically with the
+    #: organisation's (None: off).
+    rate_limit_per_credential_per_minute: int | None = Field(default=None, ge=1)
     #: The HMAC key that signs access and refresh tokens (HS256), at least 32 characters. Unset,
     #: a random one is made and kept in `data_dir` (refused in production: every process of
     #: a deployment must share one, and it must survive deploys).

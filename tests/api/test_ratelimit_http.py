@@ -141,29 +141,27 @@ class TestByPlan:
         assert window(await api.get("/v1/me", headers=headers))[:2] == (20, 14)
 
 
-class TestPerPrincipal:
-    async def test_a_user_and_a_key_of_one_organisation_have_separate_windows(
+class TestPerOrganisation:
+    async def test_several_keys_and_a_user_together_get_exactly_the_plan_limit(
         self, api: httpx.AsyncClient
     ) -> None:
+        """The free plan's 5 a minute are the organisation's: 3 keys and their owner, taking
+        turns, get 5 in all (per credential they would have had 20)."""
         owner = await register_and_login(api)
-        key = await create_key(api, owner)  # the owner's first request
-        for remaining in (3, 2, 1, 0):
-            assert window(await api.get("/v1/me", headers=owner))[:2] == (5, remaining)
-        assert_refused(await api.get("/v1/me", headers=owner), 5, "minute", 60)
-        for remaining in (4, 3, 2, 1, 0):
-            assert window(await api.get("/v1/me", headers=key))[:2] == (5, remaining)
-        assert_refused(await api.get("/v1/me", headers=key), 5, "minute", 60)
-        assert_refused(await api.get("/v1/me", headers=owner), 5, "minute", 60)
+        keys = [await create_key(api, owner) for _ in range(3)]  # the owner's 3 requests
+        callers = [*keys, owner]
+        answers = [await api.get("/v1/me", headers=callers[n % 4]) for n in range(12)]
+        statuses = [answer.status_code for answer in answers]
+        assert statuses == [200, 200] + [429] * 10
+        assert [answer.headers["RateLimit-Remaining"] for answer in answers[:2]] == ["1", "0"]
+        for answer in answers[2:]:
+            assert_refused(answer, 5, "minute", 60)
 
-    async def test_two_keys_of_one_organisation_have_separate_windows(
-        self, api: httpx.AsyncClient
-    ) -> None:
+    async def test_keys_racing_get_exactly_the_plan_limit(self, api: httpx.AsyncClient) -> None:
         owner = await register_and_login(api)
-        first, second = await create_key(api, owner), await create_key(api, owner)
-        for _ in range(5):
-            window(await api.get("/v1/me", headers=first))
-        assert_refused(await api.get("/v1/me", headers=first), 5, "minute", 60)
-        assert window(await api.get("/v1/me", headers=second))[:2] == (5, 4)
+        keys = [await create_key(api, owner) for _ in range(3)]  # 3 of the 5
+        answers = await asyncio.gather(*(api.get("/v1/me", headers=keys[n % 3]) for n in range(15)))
+        assert sorted(answer.status_code for answer in answers) == [200] * 2 + [429] * 13
 
     async def test_organisations_do_not_share_windows(self, api: httpx.AsyncClient) -> None:
         one, other = await register_and_login(api), await register_and_login(api)
@@ -171,6 +169,46 @@ class TestPerPrincipal:
             window(await api.get("/v1/me", headers=one))
         assert_refused(await api.get("/v1/me", headers=one), 5, "minute", 60)
         assert window(await api.get("/v1/me", headers=other))[:2] == (5, 4)
+
+
+class TestPerCredential:
+    @pytest_asyncio.fixture(loop_scope="session")
+    async def api(self, scratch: Database, storage: str) -> AsyncIterator[httpx.AsyncClient]:
+        """The app with `rate_limit_per_credential_per_minute=2` besides the plan's 5."""
+        application, core = api_app(
+            scratch,
+            rate_limit_storage=storage,
+            auth_requests_per_minute=None,
+            rate_limit_per_credential_per_minute=2,
+        )
+        async with serving(application, core) as client:
+            yield client
+
+    async def test_each_credential_is_held_to_its_own_limit_within_the_plan(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        owner = await register_and_login(api)
+        me = await api.get("/v1/me", headers=owner)
+        assert window(me)[:2] == (2, 1)  # the owner's 1 left is tighter than the plan's 4
+        first, second = await keys_of(scratch, uuid.UUID(me.json()["organization"]["id"]), 2)
+        assert window(await api.get("/v1/me", headers=owner))[:2] == (2, 0)
+        assert_refused(await api.get("/v1/me", headers=owner), 2, "minute", 60)
+        assert window(await api.get("/v1/me", headers=first))[:2] == (2, 1)
+        assert window(await api.get("/v1/me", headers=first))[:2] == (2, 0)
+        assert_refused(await api.get("/v1/me", headers=first), 2, "minute", 60)
+        # Refusals took nothing from the organisation: the plan has one request left.
+        assert window(await api.get("/v1/me", headers=second))[:2] == (5, 0)
+        assert_refused(await api.get("/v1/me", headers=second), 5, "minute", 60)
+
+
+async def keys_of(database: Database, organization: uuid.UUID, count: int) -> list[dict[str, str]]:
+    """`count` new API keys of `organization`, made without a request."""
+    keys = []
+    async with Saascore(database.settings, database=database) as core:
+        for n in range(count):
+            _, raw = await core.api_keys.create(organization, name=f"k{n}", scopes=["usage:read"])
+            keys.append({"X-API-Key": raw})
+    return keys
 
 
 async def test_without_its_storage_the_limiter_refuses(scratch: Database) -> None:

@@ -4,8 +4,10 @@
     async def things(principal: Annotated[Principal, Depends(require(Permission.USAGE_READ))]):
         ...  # principal.tenant is the only organisation this request may touch
 
-Authenticating also counts the request against the principal's rate limits (its plan's, or the
-operators' setting) and answers 429 `rate_limited` past them, with `Retry-After` and
+Authenticating also counts the request against the principal's rate limits (its organisation's
+plan, shared by all its users and keys, plus `SAASCORE_RATE_LIMIT_PER_CREDENTIAL_PER_MINUTE` per
+credential when set; the operators' setting for an operator key) and answers 429 `rate_limited`
+past them, with `Retry-After` and
 `RateLimit-*` headers on every authenticated response.
 """
 
@@ -86,7 +88,8 @@ async def get_principal(
         raise Unauthenticated("authentication required: send an API key or a bearer token")
     principal = await core.identity.authenticate(credential)
     request.state.principal = principal
-    result = await core.rate_limiter.hit(principal.rate_limit_key, principal.rate_limits)
+    per_credential = core.settings.rate_limit_per_credential_per_minute
+    result = await core.rate_limiter.hit_many(principal.rate_limits_by_key(per_credential))
     if not result.allowed:
         raise RateLimited(result)
     headers = result.http_headers()

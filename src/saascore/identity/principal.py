@@ -52,7 +52,27 @@ class Principal:
 
     @property
     def rate_limit_key(self) -> str:
+        """The key of the plan's rate limits: the organisation's, which all its users and keys
+        share (an operator key, which has none, is its own)."""
+        if self.organization_id is not None:
+            return f"org:{self.organization_id}"
+        return self.credential_key
+
+    @property
+    def credential_key(self) -> str:
+        """This one user, API key or operator key: `<kind>:<id>`."""
         return f"{self.kind.value}:{self.id}"
+
+    def rate_limits_by_key(
+        self, per_credential_per_minute: int | None = None
+    ) -> dict[str, PlanRateLimits]:
+        """The windows a request of this principal counts in (`RateLimiter.hit_many`): the
+        plan's limits under `rate_limit_key`, and for a tenant principal, when
+        `per_credential_per_minute` is set, that many a minute under `credential_key`."""
+        limits = {self.rate_limit_key: self.rate_limits}
+        if per_credential_per_minute is not None and self.organization_id is not None:
+            limits[self.credential_key] = PlanRateLimits(per_minute=per_credential_per_minute)
+        return limits
 
     def can(self, permission: Permission) -> bool:
         return permission in self.permissions
