@@ -9,6 +9,7 @@ from saascore import Saascore, __version__
 from saascore.api import create_app
 from saascore.kit.db import Database
 from tests.helpers import make_settings
+from tests.http import api_app, serving
 
 
 class TestLiveness:
@@ -31,6 +32,7 @@ class TestReadiness:
             "service": "saascore",
             "version": __version__,
             "database": {"status": "healthy", "database": database.backend.value},
+            "rate_limiter": {"status": "healthy", "storage": "memory"},
         }
 
     @pytest.mark.parametrize("backend_name", ["postgresql", "sqlite"])
@@ -57,6 +59,31 @@ class TestReadiness:
         assert body["status"] == "unhealthy"
         assert body["database"] == {"status": "unhealthy", "database": settings.database_backend}
 
+    @pytest.mark.redis
+    async def test_healthz_reports_the_rate_limiters_redis(
+        self, database: Database, redis_url: str
+    ) -> None:
+        application, core = api_app(database, rate_limit_storage=redis_url)
+        async with serving(application, core) as http:
+            response = await http.get("/healthz")
+        assert response.status_code == 200
+        assert response.json()["rate_limiter"] == {"status": "healthy", "storage": "redis"}
+
+    async def test_healthz_is_503_when_the_rate_limiters_redis_is_down(
+        self, database: Database
+    ) -> None:
+        """Nothing listens on port 1. Every authenticated request would answer 503: so does
+        readiness, naming the rate limiter, while the database is healthy."""
+        application, core = api_app(database, rate_limit_storage="redis://127.0.0.1:1/0")
+        async with serving(application, core) as http:
+            response = await http.get("/healthz")
+            head = await http.head("/healthz")
+        assert response.status_code == head.status_code == 503
+        body = response.json()
+        assert body["status"] == "unhealthy"
+        assert body["database"] == {"status": "healthy", "database": database.backend.value}
+        assert body["rate_limiter"] == {"status": "unhealthy", "storage": "redis"}
+
     async def test_a_host_app_mounts_the_health_router_alone(self, database: Database) -> None:
         from fastapi import FastAPI
 
@@ -70,6 +97,7 @@ class TestReadiness:
             response = await http.get("/healthz")
         assert response.status_code == 200
         assert response.json()["service"] == "billing-core"
+        assert "rate_limiter" not in response.json()  # it has none
 
 
 async def test_lifespan_builds_and_closes_its_own_database(tmp_path: Path) -> None:

@@ -221,8 +221,12 @@ async def test_without_its_storage_the_limiter_refuses(scratch: Database) -> Non
     )
     async with serving(application, core) as client:
         response = await client.get("/v1/me", headers=headers)
+        readiness = await client.get("/healthz")
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "rate_limiter_unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert readiness.status_code == 503
+    assert readiness.json()["rate_limiter"] == {"status": "unhealthy", "storage": "redis"}
 
 
 async def key_on_plan(database: Database, code: str, plan: PlanSpec) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Literal
 
@@ -10,12 +11,22 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from saascore.kit.db import Database
-from saascore.kit.errors import DatabaseUnavailable
+from saascore.kit.errors import DatabaseUnavailable, RateLimiterUnavailable
 from saascore.kit.time import utcnow
+from saascore.metering.ratelimit import RateLimiter
 
 logger = logging.getLogger("saascore.api")
 
-__all__ = ["DatabaseHealth", "Liveness", "Readiness", "create_health_router"]
+__all__ = [
+    "DatabaseHealth",
+    "Liveness",
+    "RateLimiterHealth",
+    "Readiness",
+    "create_health_router",
+]
+
+#: Seconds each dependency has to answer a readiness check.
+CHECK_TIMEOUT = 3.0
 
 
 class Liveness(BaseModel):
@@ -29,18 +40,28 @@ class DatabaseHealth(BaseModel):
     database: str
 
 
+class RateLimiterHealth(BaseModel):
+    status: Literal["healthy", "unhealthy"]
+    #: `memory` (in the process: always healthy) or `redis`.
+    storage: str
+
+
 class Readiness(BaseModel):
     status: Literal["ok", "unhealthy"]
     service: str
     version: str
     database: DatabaseHealth
+    #: Absent when the app has no rate limiter.
+    rate_limiter: RateLimiterHealth | None = None
 
 
 def create_health_router(service_name: str = "saascore", version: str | None = None) -> APIRouter:
-    """`GET /health` (the process is up) and `GET /healthz` (it can reach its database).
+    """`GET /health` (the process is up) and `GET /healthz` (it can reach its database, and
+    the Redis of its rate limits when they live there).
 
-    The database comes from `app.state.database`, which saascore's lifespan sets; a host app
-    mounting this router on its own sets it too.
+    The database comes from `app.state.database` and the rate limiter from the facade in
+    `app.state.saascore`, which saascore's lifespan sets; a host app mounting this router on
+    its own sets `app.state.database` too, and `app.state.rate_limiter` if it has one.
     """
     if version is None:
         from saascore import __version__ as version
@@ -56,30 +77,71 @@ def create_health_router(service_name: str = "saascore", version: str | None = N
     @router.get(
         "/healthz",
         response_model=Readiness,
+        response_model_exclude_none=True,
         summary="Readiness",
-        responses={503: {"model": Readiness, "description": "The database is unreachable"}},
+        responses={
+            503: {
+                "model": Readiness,
+                "description": "The database or the rate limiter's Redis is unreachable",
+            }
+        },
     )
     async def healthz(request: Request) -> JSONResponse:
-        """Ready to serve: the database answers. 503 with `"unhealthy"` when it does not."""
+        """Ready to serve: the database answers, and so does the rate limiter's Redis when
+        rate limits live there (without it every authenticated request would answer 503).
+        503 with `"unhealthy"` when one does not."""
         database: Database = request.app.state.database
-        try:
-            await database.ping(timeout=3.0)
-        except DatabaseUnavailable as exc:
-            # The reason goes to the log, not to whoever can reach this endpoint.
-            logger.warning("readiness check failed: %s", exc)
-            body = Readiness(
-                status="unhealthy",
-                service=service_name,
-                version=version,
-                database=DatabaseHealth(status="unhealthy", database=database.backend.value),
-            )
-            return JSONResponse(body.model_dump(), status_code=503)
+        limiter = _rate_limiter(request)
+        database_ok, limiter_ok = await asyncio.gather(
+            _database_answers(database),
+            _rate_limiter_answers(limiter) if limiter is not None else _healthy(),
+        )
         body = Readiness(
-            status="ok",
+            status="ok" if database_ok and limiter_ok else "unhealthy",
             service=service_name,
             version=version,
-            database=DatabaseHealth(status="healthy", database=database.backend.value),
+            database=DatabaseHealth(
+                status="healthy" if database_ok else "unhealthy", database=database.backend.value
+            ),
+            rate_limiter=None
+            if limiter is None
+            else RateLimiterHealth(
+                status="healthy" if limiter_ok else "unhealthy", storage=limiter.storage
+            ),
         )
-        return JSONResponse(body.model_dump())
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=200 if body.status == "ok" else 503
+        )
 
     return router
+
+
+def _rate_limiter(request: Request) -> RateLimiter | None:
+    """`app.state.rate_limiter` if a host app set one, else the saascore facade's."""
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    if limiter is None:
+        limiter = getattr(getattr(request.app.state, "saascore", None), "rate_limiter", None)
+    return limiter if isinstance(limiter, RateLimiter) else None
+
+
+async def _database_answers(database: Database) -> bool:
+    try:
+        await database.ping(timeout=CHECK_TIMEOUT)
+    except DatabaseUnavailable as exc:
+        # The reason goes to the log, not to whoever can reach this endpoint.
+        logger.warning("readiness check failed: %s", exc)
+        return False
+    return True
+
+
+async def _rate_limiter_answers(limiter: RateLimiter) -> bool:
+    try:
+        await asyncio.wait_for(limiter.ping(), CHECK_TIMEOUT)
+    except (RateLimiterUnavailable, TimeoutError) as exc:
+        logger.warning("readiness check failed: rate limiter: %s", exc)
+        return False
+    return True
+
+
+async def _healthy() -> bool:
+    return True
