@@ -26,6 +26,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from saascore.api.errors import install_error_handlers
 from saascore.kit.errors import ConfigurationError, RateLimiterUnavailable
+from saascore.metering import ratelimit
 from saascore.metering.ratelimit import (
     PlanRateLimits,
     RateLimiter,
@@ -430,6 +431,53 @@ class TestConcurrency:
             # Every admitted request is counted in the hour window too, and nothing else: a
             # refused request took nothing from any window.
             assert [w.remaining for w in state.windows] == [0, per_hour - per_minute]
+
+
+class FakeClock:
+    """Stands in for the `time` module inside saascore.metering.ratelimit."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class TestTheWindowMoves:
+    """On the memory storage, with the module's clock moved by hand (Redis keeps its own)."""
+
+    @pytest.fixture
+    def clock(self, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+        fake = FakeClock()
+        monkeypatch.setattr(ratelimit, "time", fake)
+        return fake
+
+    async def test_a_request_leaves_the_window_after_it(self, clock: FakeClock) -> None:
+        limits = PlanRateLimits(per_minute=2)
+        async with RateLimiter("memory://") as limiter:
+            assert (await limiter.hit("user", limits)).allowed
+            clock.now += 20
+            assert (await limiter.hit("user", limits)).allowed
+            clock.now += 20
+            refused = await limiter.hit("user", limits)
+            assert (refused.allowed, refused.retry_after) == (False, 20)  # the first leaves
+            clock.now += 20  # retry_after later, the first request has left: room for one
+            assert (await limiter.hit("user", limits)).allowed
+            assert not (await limiter.hit("user", limits)).allowed
+            clock.now += 60
+            assert (await limiter.check("user", limits)).remaining == 2
+
+    async def test_idle_keys_are_swept_away(self, clock: FakeClock) -> None:
+        async with RateLimiter("memory://") as limiter:
+            storage = limiter._storage
+            assert isinstance(storage, ratelimit._MemoryStorage)
+            for n in range(100):
+                await limiter.hit(f"address-{n}", PlanRateLimits(per_minute=5))
+            await limiter.hit("daily", PlanRateLimits(per_day=5))
+            assert len(storage._entries) == 101
+            clock.now += 2 * storage.SWEEP_EVERY
+            await limiter.hit("new", PlanRateLimits(per_minute=5))
+            assert set(storage._entries) == {"saascore/daily/day", "saascore/new/minute"}
 
 
 class TestSeveralKeys:

@@ -279,7 +279,8 @@ class _MemoryStorage:
         for window in windows:
             entries = self._entries.get(window.storage_key, [])
             # Only the newest `limit` entries count (the list may predate a lower limit).
-            first = bisect.bisect_left(
+            # In the window: newer than `expiry` ago (at `reset_at` exactly, an entry has left).
+            first = bisect.bisect_right(
                 entries, now - window.expiry, lo=max(0, len(entries) - window.limit)
             )
             counts.append(len(entries) - first)
@@ -335,7 +336,7 @@ for i, key in ipairs(KEYS) do
     while low <= high do
         local middle = math.floor((low + high) / 2)
         local entry = redis.call('LINDEX', key, middle)
-        if entry and tonumber(entry) >= now - expiry then
+        if entry and tonumber(entry) > now - expiry then
             last = middle
             low = middle + 1
         else
