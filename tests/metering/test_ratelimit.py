@@ -520,7 +520,9 @@ class TestSeveralKeys:
         results = await asyncio.gather(*racers)
         assert sum(r.allowed for r in results) == 12
         assert (await limiter.check("org", organization)).remaining == 0
-        counted = [5 - (await limiter.check(f"key-{n}", credential)).remaining for n in range(4)]
+        counted = [
+            5 - (await limiter.check(f"key-{n}", credential)).windows[0].remaining for n in range(4)
+        ]
         assert sum(counted) == 12
         assert all(count <= 5 for count in counted)
 
@@ -599,7 +601,7 @@ async def test_memory_and_redis_decide_alike(redis_url: str, redis_namespace: st
             limits = {key: rng.choice(plans) for key in keys}
             cost = rng.choice([1, 1, 1, 2, 4])
             operation = rng.choice(["hit", "hit", "hit", "check", "reset"])
-            answers = []
+            answers: list[Any] = []
             for limiter in (memory, shared):
                 if operation == "reset":
                     await limiter.reset(keys[0])
