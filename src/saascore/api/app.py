@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from saascore import __version__
 from saascore.api.admin import create_admin_router
+from saascore.api.deps import document_security
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
@@ -89,8 +90,10 @@ def saascore_lifespan(
 
 def install(app: FastAPI, settings: Settings) -> None:
     """What saascore's routers expect of the app that mounts them: the error envelope, the
-    request id, the input guard, CORS from settings and request metrics."""
+    request id, the input guard, CORS from settings, request metrics, and both credential schemes
+    in the OpenAPI document."""
     install_error_handlers(app)
+    document_security(app)
     app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     setup_cors(app, settings.cors_origins)

@@ -13,11 +13,12 @@ past them, with `Retry-After` and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.openapi.models import APIKey
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from saascore import ReadSessionDep, SessionDep
 from saascore.audit.service import Origin
@@ -28,6 +29,7 @@ from saascore.identity.principal import Principal
 from saascore.metering.ratelimit import RateLimited
 
 __all__ = [
+    "Caller",
     "CoreDep",
     "OperatorDep",
     "OriginDep",
@@ -35,23 +37,22 @@ __all__ = [
     "ReadSessionDep",
     "SessionDep",
     "TenantDep",
+    "document_security",
     "get_core",
     "get_origin",
     "get_principal",
     "require",
 ]
 
-_api_key_header = APIKeyHeader(
-    name="X-API-Key",
-    auto_error=False,
-    scheme_name="ApiKey",
-    description="An API key: `sk_live_...` or `sk_test_...` (`sk_op_...` for operators).",
+#: The two ways to present a credential, as the OpenAPI document names them.
+API_KEY_SCHEME = APIKey.model_validate(
+    {
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key: `sk_live_...` or `sk_test_...` (`sk_op_...` for operators).",
+    }
 )
-_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="Bearer",
-    description="An access token from `/v1/auth/login`, or an API key.",
-)
+BEARER_SCHEME = HTTPBearerModel(description="An access token from `/v1/auth/login`, or an API key.")
 
 
 async def get_core(request: Request) -> Saascore:  # async: a plain def would run in a thread
@@ -75,17 +76,28 @@ def get_origin(request: Request) -> Origin:
 OriginDep = Annotated[Origin, Depends(get_origin)]
 
 
-async def get_principal(
-    request: Request,
-    response: Response,
-    core: CoreDep,
-    api_key: Annotated[str | None, Security(_api_key_header)] = None,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> Principal:
-    """The authenticated caller, counted against its rate limits."""
-    credential = api_key or (bearer.credentials if bearer is not None else None)
+def presented_credential(request: Request) -> str | None:
+    """The credential of a request: its `X-API-Key` header, else its bearer token."""
+    headers = request.headers
+    api_key = headers.get("x-api-key")
+    if api_key:
+        return api_key
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+async def get_principal(request: Request, response: Response) -> Principal:
+    """The authenticated caller, counted against its rate limits (once per request, however
+    many dependencies ask for it)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
+    credential = presented_credential(request)
     if not credential:
         raise Unauthenticated("authentication required: send an API key or a bearer token")
+    core: Saascore = request.app.state.saascore
     principal = await core.identity.authenticate(credential)
     request.state.principal = principal
     per_credential = core.settings.rate_limit_per_credential_per_minute
@@ -98,29 +110,73 @@ async def get_principal(
     return principal
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+class Caller(SecurityBase):
+    """A dependency: the authenticated caller, who must be of an organisation (`tenant`),
+    hold `permission`, or be an operator (`operator`).
 
+    One dependency rather than a chain of them (credential headers, the facade, the caller,
+    the check): FastAPI resolves every node of a chain on every request, which the hot paths
+    feel. The OpenAPI document still names both schemes: this one is the API key, and
+    `document_security` adds the bearer token beside it."""
 
-def require(permission: Permission | None = None) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency: a user or key of an organisation, holding `permission` when one is named."""
+    def __init__(
+        self,
+        *,
+        tenant: bool = False,
+        permission: Permission | None = None,
+        operator: bool = False,
+    ) -> None:
+        self.model = API_KEY_SCHEME
+        self.scheme_name = "ApiKey"
+        self.tenant = tenant or permission is not None
+        self.permission = permission
+        self.operator = operator
 
-    async def tenant_principal(principal: PrincipalDep) -> Principal:
-        if principal.organization_id is None:
-            raise PermissionDenied("this endpoint is for an organisation's users and keys")
-        if permission is not None:
-            principal.require(permission)
+    async def __call__(self, request: Request, response: Response) -> Principal:
+        principal = await get_principal(request, response)
+        if self.operator and not principal.is_operator:
+            raise PermissionDenied("this endpoint is for operators")
+        if self.tenant:
+            if principal.organization_id is None:
+                raise PermissionDenied("this endpoint is for an organisation's users and keys")
+            if self.permission is not None:
+                principal.require(self.permission)
         return principal
 
-    return tenant_principal
+
+def require(permission: Permission | None = None) -> Caller:
+    """A dependency: a user or key of an organisation, holding `permission` when one is named."""
+    return Caller(tenant=True, permission=permission)
 
 
-async def get_operator(principal: PrincipalDep) -> Principal:
-    if not principal.is_operator:
-        raise PermissionDenied("this endpoint is for operators")
-    return principal
+def document_security(app: FastAPI) -> None:
+    """Have `app`'s OpenAPI document offer the bearer token wherever it asks for an API key
+    (`Caller` declares the one; both are accepted)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = generate()
+        schemes = document.get("components", {}).get("securitySchemes", {})
+        if "ApiKey" in schemes:
+            schemes["Bearer"] = BEARER_SCHEME.model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            )
+            for path in document.get("paths", {}).values():
+                for operation in path.values():
+                    security = operation.get("security") if isinstance(operation, dict) else None
+                    if security and {"ApiKey": []} in security and {"Bearer": []} not in security:
+                        security.append({"Bearer": []})
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
+#: The authenticated caller: any user or key, of an organisation or an operator.
+PrincipalDep = Annotated[Principal, Depends(Caller())]
 #: Any user or key of an organisation.
 TenantDep = Annotated[Principal, Depends(require())]
 #: An operator key.
-OperatorDep = Annotated[Principal, Depends(get_operator)]
+OperatorDep = Annotated[Principal, Depends(Caller(operator=True))]
