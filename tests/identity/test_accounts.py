@@ -172,7 +172,8 @@ class TestLogin:
         body = response.json()
         assert body["token_type"] == "bearer"
         claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-        assert claims["exp"] - claims["iat"] == app.core.settings.access_token_minutes * 60
+        # `iat` carries microseconds; `exp` is whole seconds from the same second.
+        assert claims["exp"] - int(claims["iat"]) == app.core.settings.access_token_minutes * 60
         assert 0 < body["expires_in"] <= app.core.settings.access_token_minutes * 60
         assert (await audit_actions(app.database, owner.organization_id))[-1] == "auth.login"
         assert (await stored_user(app.database, owner.user_id)).last_login_at is not None

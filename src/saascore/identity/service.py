@@ -67,7 +67,7 @@ from saascore.tenancy.service import (
     locked_organization,
     normalize_email,
 )
-from saascore.tenancy.users import UserService
+from saascore.tenancy.users import UserService, end_access_tokens
 
 __all__ = ["IdentityService", "Provisioned", "TokenPair", "normalize_email"]
 
@@ -288,6 +288,8 @@ class IdentityService:
             if row is None or row.used_at is None:  # unknown, revoked or expired
                 raise InvalidToken("the token is invalid or has expired")
             revoked = await self._revoke_family(s, claims)
+            if revoked:  # once: a thief replaying the token cannot keep logging the user out
+                await end_access_tokens(s, claims.organization_id, row.user_id, self.clock())
             await self.events.emit(
                 s,
                 claims.organization_id,
@@ -298,7 +300,9 @@ class IdentityService:
         raise TokenReused("the refresh token was already used: every session it began is ended")
 
     async def logout(self, refresh_token: str, *, origin: Origin | None = None) -> None:
-        """End the session the refresh token belongs to (its whole family). Idempotent."""
+        """End the session the refresh token belongs to (its whole family), and every access
+        token of the user issued until now (the user's other sessions get new ones when
+        they refresh). Idempotent."""
         claims = self.tokens.decode(refresh_token, "refresh")
         async with self.database.transaction() as s:
             owner = await s.scalar(
@@ -311,6 +315,7 @@ class IdentityService:
             if owner is None:
                 raise InvalidToken("the token is invalid or has expired")
             if await self._revoke_family(s, claims):
+                await end_access_tokens(s, claims.organization_id, owner, self.clock())
                 await self.events.emit(
                     s,
                     claims.organization_id,
@@ -355,7 +360,9 @@ class IdentityService:
     ) -> TokenPair:
         """Access and refresh tokens for the user; the refresh token starts a family, or,
         replacing a spent one, joins its family."""
-        access = self.tokens.issue("access", user.id, user.organization_id)
+        access = self.tokens.issue(
+            "access", user.id, user.organization_id, after=user.tokens_valid_after
+        )
         row_id = uuid.uuid4()
         refresh = self.tokens.issue(
             "refresh",
@@ -537,6 +544,9 @@ class IdentityService:
         if row is None:
             raise InvalidToken("the token is invalid or has expired")
         _check_active(row.is_active, row.status)
+        if row.tokens_valid_after is not None and claims.issued_at <= row.tokens_valid_after:
+            # Issued before a logout, a reused refresh token, a new password or a deactivation.
+            raise InvalidToken("the token is invalid or has expired")
         principal = Principal(
             kind=PrincipalKind.USER,
             id=claims.user_id,
@@ -620,7 +630,9 @@ class IdentityService:
 
 #: What authenticating reads, one statement each, built once.
 _ACCESS_TOKEN_USER = (
-    sa.select(User.role, User.is_active, Organization.status, *_PLAN_LIMITS)
+    sa.select(
+        User.role, User.is_active, User.tokens_valid_after, Organization.status, *_PLAN_LIMITS
+    )
     .join(Organization, Organization.id == User.organization_id)
     .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
     .where(User.organization_id == sa.bindparam("org"), User.id == sa.bindparam("user"))

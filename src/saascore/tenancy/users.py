@@ -30,7 +30,7 @@ from saascore.tenancy.errors import LastOwner, UserExists, UserNotFound
 from saascore.tenancy.passwords import check_password, hash_password
 from saascore.tenancy.service import locked_organization, normalize_email
 
-__all__ = ["UserService", "check_seats"]
+__all__ = ["UserService", "check_seats", "end_access_tokens"]
 
 
 def _check_name(name: str | None) -> str | None:
@@ -192,6 +192,7 @@ class UserService:
             if password_hash is not None:
                 user.password_hash = password_hash
             if password_hash is not None or (was_active and not user.is_active):
+                user.tokens_valid_after = self.clock()  # its access tokens end at once
                 await self._end_sessions(s, org_id, user_id)
             await s.flush()
             if user.role is not old_role:
@@ -279,6 +280,19 @@ class UserService:
             )
             .values(revoked_at=self.clock())
         )
+
+
+async def end_access_tokens(
+    s: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID, now: datetime
+) -> None:
+    """Refuse from now on every access token issued to the user until `now` (authentication
+    compares a token's `iat` with `tokens_valid_after`, read with the user on every request)."""
+    await s.execute(
+        sa.update(User)
+        .where(User.organization_id == org_id, User.id == user_id)
+        .values(tokens_valid_after=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def check_seats(s: AsyncSession, organization: Organization) -> None:
