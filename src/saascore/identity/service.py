@@ -144,7 +144,7 @@ class IdentityService:
     ) -> TokenPair:
         """A new organisation on the default plan, with this user as its owner; logged in."""
         email = normalize_email(email)
-        check_password(password, self.settings.password_min_length)
+        check_password(password, self.settings.password_min_length, email=email)
         origin = origin or Origin()
         async with self.database.transaction() as s:
             organization = await self.orgs.create(name=organization_name, session=s)

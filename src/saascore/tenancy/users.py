@@ -56,10 +56,11 @@ class UserService:
         self.password_min_length = password_min_length
         self.clock = clock
 
-    async def _hash(self, password: str | None) -> str | None:
+    async def _hash(self, password: str | None, email: str) -> str | None:
+        """The hash of a password that passes `check_password` for the account `email`."""
         if password is None:
             return None
-        check_password(password, self.password_min_length)
+        check_password(password, self.password_min_length, email=email)
         return await hash_password(password)
 
     async def list(
@@ -115,7 +116,7 @@ class UserService:
         email = normalize_email(email)
         name = _check_name(name)
         _guard_owner(acting_role, role)
-        password_hash = await self._hash(password)
+        password_hash = await self._hash(password, email)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
             await check_seats(s, organization)
@@ -170,7 +171,10 @@ class UserService:
         name = _check_name(name)
         if role is UserRole.OWNER:
             _guard_owner(acting_role, role)
-        password_hash = await self._hash(password)
+        password_hash = None
+        if password is not None:  # hashed before any lock is taken (e-mails never change)
+            email = (await self.get(org_id, user_id, session=session)).email
+            password_hash = await self._hash(password, email)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
             user = await self._locked(s, org_id, user_id)
