@@ -149,6 +149,7 @@ class TestLogin:
             headers={"User-Agent": "guesser/1"},
         )
         assert response.status_code == 401
+        await app.core.identity.settle()  # the entry is written after the answer
         assert await written_since(app.database, before) == {"audit_logs": 1}
         entry = await last_entry(app.database, owner.organization_id)
         assert entry.action == "auth.login_failed"
@@ -516,6 +517,7 @@ class TestLimitedByAddress:
             owner = await register(limited)  # the first of two
             wrong = await login(limited, owner.email, "wrong password")
             assert wrong.status_code == 401
+            await limited.core.identity.settle()
             before = await table_counts(limited.database)
             refused = await login(limited, owner.email, owner.password)
             assert refused.status_code == 429, refused.text
