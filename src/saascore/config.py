@@ -180,8 +180,9 @@ class Settings(BaseSettings):
             else:
                 value = [item.strip() for item in value.split(",") if item.strip()]
         if isinstance(value, list):
-            return [ip_network(item, strict=False) if isinstance(item, str) else item
-                    for item in value]
+            return [
+                ip_network(item, strict=False) if isinstance(item, str) else item for item in value
+            ]
         return value
 
     @model_validator(mode="after")

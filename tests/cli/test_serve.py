@@ -57,9 +57,7 @@ def test_demo(cli: Cli) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_serve_does_not_take_the_client_address_from_a_header(
-    cli: Cli, database: Database
-) -> None:
+def test_serve_does_not_take_the_client_address_from_a_header(cli: Cli, database: Database) -> None:
     """uvicorn's own proxy handling believes `X-Forwarded-For` from any loopback peer, so
     rotating the header escaped the per-address login limit. `serve` turns it off: with no
     trusted proxy (the default), the peer is the client."""

@@ -105,9 +105,7 @@ async def last_audit(database: Database, org_id: Any) -> AuditLog:
 
 
 class TestPerEmailThrottle:
-    async def test_failures_per_email_are_limited_from_any_address(
-        self, scratch: Database
-    ) -> None:
+    async def test_failures_per_email_are_limited_from_any_address(self, scratch: Database) -> None:
         async with served(
             scratch, login_failures_per_email_per_hour=3, trusted_proxies=LOOPBACK
         ) as app:
@@ -145,9 +143,7 @@ class TestPerEmailThrottle:
 
 
 class TestLoginRacingAPasswordChange:
-    async def test_the_old_passwords_rehash_never_overwrites_the_new_one(
-        self, app: Served
-    ) -> None:
+    async def test_the_old_passwords_rehash_never_overwrites_the_new_one(self, app: Served) -> None:
         """A legacy (bcrypt) hash makes a login write a re-hash. Its verification is slow
         (cost 14), and the password change, started while it runs, finishes long before it:
         the login must then fail rather than write the old password back."""
@@ -170,7 +166,8 @@ class TestLoginRacingAPasswordChange:
         assert (await login(app, email, new)).status_code == 200
         async with app.database.session(readonly=True) as s:
             stored = await s.scalar(sa.select(User.password_hash).where(User.id == user.id))
-        assert stored is not None and stored != legacy
+        assert stored is not None
+        assert stored != legacy
 
 
 class TestManyOrganisations:
@@ -213,9 +210,7 @@ class TestFailedLoginsOffTheResponsePath:
                 .where(AuditChainHead.organization_id == owner.organization_id)
                 .values(seq=AuditChainHead.seq)
             )
-            response = await asyncio.wait_for(
-                login(app, owner.email, "wrong password"), timeout=20
-            )
+            response = await asyncio.wait_for(login(app, owner.email, "wrong password"), timeout=20)
             assert response.status_code == 401
         await app.core.identity.settle()
         assert await written_since(app.database, before) == {"audit_logs": 1}
@@ -223,9 +218,7 @@ class TestFailedLoginsOffTheResponsePath:
             "auth.login_failed"
         )
 
-    async def test_known_and_unknown_emails_fail_in_the_same_time(
-        self, scratch: Database
-    ) -> None:
+    async def test_known_and_unknown_emails_fail_in_the_same_time(self, scratch: Database) -> None:
         """Medians of 30 interleaved samples each, within a factor of 1.5 either way (the
         hashing dominates both; an audit write on the path would add to one only)."""
         known: list[float] = []

@@ -58,9 +58,7 @@ class TestRefused:
         assert await written_since(app.database, before) == {}
 
     @pytest.mark.parametrize("template", WEAK)
-    async def test_for_a_new_user_and_a_password_change(
-        self, app: Served, template: str
-    ) -> None:
+    async def test_for_a_new_user_and_a_password_change(self, app: Served, template: str) -> None:
         owner = await register(app)
         email = new_email()
         before = await table_counts(app.database)

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import uuid
 import hashlib
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status

@@ -137,7 +137,7 @@ class ApiKeyCreated(ApiKeyOut):
 
 #: The bodies that set a password, whose rules the OpenAPI document states.
 NEW_PASSWORD_BODIES = (RegisterRequest, UserCreate, UserUpdate)
-PASSWORD_RULES = (
+_RULES = (
     "At least {minimum} characters (at most {maximum}). Refused: one character or pattern "
     "repeated, a run such as 1234567890, a common or breached password, and the e-mail "
     "address or a part of it (`weak_password`). No composition rules."
@@ -162,8 +162,9 @@ def publish_password_rules(app: FastAPI, minimum: int) -> None:
             for option in [field, *field.get("anyOf", [])]:
                 if option.get("type") == "string":
                     option["minLength"] = minimum
-            rules = PASSWORD_RULES.format(minimum=minimum, maximum=MAX_PASSWORD)
-            field["description"] = f"{field['description']}. {rules}" if "description" in field else rules
+            rules = _RULES.format(minimum=minimum, maximum=MAX_PASSWORD)
+            before = field.get("description")
+            field["description"] = f"{before}. {rules}" if before else rules
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -19,6 +19,7 @@ import re
 import secrets
 import unicodedata
 from functools import cache
+from itertools import pairwise
 
 from pwdlib import PasswordHash
 from pwdlib.exceptions import UnknownHashError
@@ -70,18 +71,20 @@ def _repeated(text: str) -> bool:
     if len(set(text)) < _DISTINCT:
         return True
     size = len(text)
-    return any(size % period == 0 and text == text[:period] * (size // period)
-               for period in range(1, size // 2 + 1))
+    return any(
+        size % period == 0 and text == text[:period] * (size // period)
+        for period in range(1, size // 2 + 1)
+    )
 
 
 def _sequential(text: str) -> bool:
     """Each character one after (or before) the last: `abcdefghij`, `9876543210`, and digits
     round the end (`1234567890`)."""
-    steps = {ord(b) - ord(a) for a, b in zip(text, text[1:], strict=False)}
+    steps = {ord(b) - ord(a) for a, b in pairwise(text)}
     if steps in ({1}, {-1}):
         return True
     if text.isdigit():
-        return len({(int(b) - int(a)) % 10 for a, b in zip(text, text[1:], strict=False)}) == 1
+        return len({(int(b) - int(a)) % 10 for a, b in pairwise(text)}) == 1
     return False
 
 
@@ -101,8 +104,10 @@ def check_password(password: str, minimum: int, *, email: str | None = None) -> 
     core = _DECORATION.match(text)
     stripped = core.group(1) if core is not None else text
     passwords, words = _common()
-    if text in passwords or text in words or (
-        len(stripped) >= _SHORTEST_CORE and stripped in passwords
+    if (
+        text in passwords
+        or text in words
+        or (len(stripped) >= _SHORTEST_CORE and stripped in passwords)
     ):
         raise WeakPassword("this password is too common: a leaked password or a dictionary word")
     if email is not None and _built_on_email(text, email.casefold()):
@@ -117,7 +122,8 @@ def _built_on_email(text: str, email: str) -> bool:
     context |= {_LOCAL_PARTS.sub("", word) for word in context}
     for candidate in {text, _LOCAL_PARTS.sub("", text)}:
         for word in context:
-            if word and word in candidate and _ONLY_DECORATION.match(candidate.replace(word, "", 1)):
+            rest = candidate.replace(word, "", 1)
+            if word and word in candidate and _ONLY_DECORATION.match(rest):
                 return True
     return False
 
