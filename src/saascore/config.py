@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -129,6 +130,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: Requests per minute to register, log in, refresh or log out from one client address.
     auth_requests_per_minute: int | None = Field(default=30, ge=1)
+    #: Failed logins per hour for one e-mail address (any organisation, any client address);
+    #: past it, logins for that e-mail answer 429 until the oldest failure is an hour old.
+    #: A moving window: an attacker slows the account down, never locks it for good.
+    login_failures_per_email_per_hour: int | None = Field(default=20, ge=1)
+    #: The proxies whose `X-Forwarded-For` names the client: a comma-separated list (or JSON
+    #: array) of addresses or networks (`10.0.0.0/8`, `::1`). Empty (the default) trusts no
+    #: proxy: the client is the peer that connected, whatever the header says.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
     #: Keep authenticated principals this many seconds in each process (0: read them on every
     #: request). A change made by another process then takes up to this long there.
     auth_cache_seconds: float = Field(default=0, ge=0, le=300)
@@ -165,6 +176,20 @@ class Settings(BaseSettings):
             if value.lstrip().startswith("["):
                 return json.loads(value)
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                value = json.loads(value)
+            else:
+                value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list):
+            return [
+                ip_network(item, strict=False) if isinstance(item, str) else item for item in value
+            ]
         return value
 
     @model_validator(mode="after")

@@ -102,6 +102,7 @@ class Saascore:
             await migrate.upgrade(self.database)
 
     async def close(self) -> None:
+        await self.identity.settle()  # failed logins' audit entries, written after the answer
         await self.rate_limiter.close()
         if self._owns_database:
             await self.database.dispose()

@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 from contextlib import closing
 
+import httpx
 import pytest
 
 from saascore.kit.db import Database
@@ -53,3 +54,24 @@ def test_demo(cli: Cli) -> None:
     assert f"http://127.0.0.1:{port}/healthz" in server.stdout
     assert f"http://127.0.0.1:{port}/docs" in server.stdout
     assert "Traceback" not in server.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_serve_does_not_take_the_client_address_from_a_header(cli: Cli, database: Database) -> None:
+    """uvicorn's own proxy handling believes `X-Forwarded-For` from any loopback peer, so
+    rotating the header escaped the per-address login limit. `serve` turns it off: with no
+    trusted proxy (the default), the peer is the client."""
+    port = free_port()
+    env = {**settings_env(database.settings), "SAASCORE_AUTH_REQUESTS_PER_MINUTE": "2"}
+    with cli.with_env(env).server("serve", "--port", str(port), port=port) as server:
+        server.wait_until_healthy()
+        statuses = [
+            httpx.post(
+                server.url("/v1/auth/login"),
+                json={"email": f"guess-{i}@example.com", "password": "some password"},
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                timeout=10.0,
+            ).status_code
+            for i in range(4)
+        ]
+    assert statuses == [401, 401, 429, 429]

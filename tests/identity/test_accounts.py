@@ -149,6 +149,7 @@ class TestLogin:
             headers={"User-Agent": "guesser/1"},
         )
         assert response.status_code == 401
+        await app.core.identity.settle()  # the entry is written after the answer
         assert await written_since(app.database, before) == {"audit_logs": 1}
         entry = await last_entry(app.database, owner.organization_id)
         assert entry.action == "auth.login_failed"
@@ -172,7 +173,8 @@ class TestLogin:
         body = response.json()
         assert body["token_type"] == "bearer"
         claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-        assert claims["exp"] - claims["iat"] == app.core.settings.access_token_minutes * 60
+        # `iat` carries microseconds; `exp` is whole seconds from the same second.
+        assert claims["exp"] - int(claims["iat"]) == app.core.settings.access_token_minutes * 60
         assert 0 < body["expires_in"] <= app.core.settings.access_token_minutes * 60
         assert (await audit_actions(app.database, owner.organization_id))[-1] == "auth.login"
         assert (await stored_user(app.database, owner.user_id)).last_login_at is not None
@@ -515,6 +517,7 @@ class TestLimitedByAddress:
             owner = await register(limited)  # the first of two
             wrong = await login(limited, owner.email, "wrong password")
             assert wrong.status_code == 401
+            await limited.core.identity.settle()
             before = await table_counts(limited.database)
             refused = await login(limited, owner.email, owner.password)
             assert refused.status_code == 429, refused.text

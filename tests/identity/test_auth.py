@@ -117,6 +117,15 @@ class TestAccessTokens:
             pytest.param({"org": None}, id="no-organisation"),
             pytest.param({"exp": None}, id="no-expiry"),
             pytest.param({"sub": "not-a-uuid"}, id="bad-subject"),
+            # Past the end of the calendar: 401, never an OverflowError's 500.
+            pytest.param({"exp": 2**70}, id="exp-2**70"),
+            pytest.param({"exp": 1e308}, id="exp-1e308"),
+            pytest.param({"exp": float("inf")}, id="exp-infinite"),
+            pytest.param({"exp": float("nan")}, id="exp-nan"),
+            pytest.param({"iat": -1e308}, id="iat-minus-1e308"),
+            pytest.param({"iat": -(2**70)}, id="iat-minus-2**70"),
+            pytest.param({"nbf": -1e308}, id="nbf-minus-1e308"),
+            pytest.param({"exp": 253_402_300_800}, id="exp-after-9999"),
         ],
     )
     async def test_claims_that_do_not_hold(self, app: Served, claims: dict[str, Any]) -> None:

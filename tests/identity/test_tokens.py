@@ -90,6 +90,17 @@ class TestCodec:
                 codec.issue("access", *_ids()).token, "access"
             )
 
+    def test_iat_carries_microseconds_and_passes_after(self) -> None:
+        """On a clock that has not moved, a token issued `after` an instant is still later
+        than it, so a `tokens_valid_after` set in the same microsecond cannot catch it."""
+        clock = Clock()
+        codec = self.codec(clock)
+        clock.advance(timedelta(microseconds=123_456))
+        issued = codec.issue("access", *_ids())
+        assert codec.decode(issued.token, "access").issued_at == clock.now
+        later = codec.issue("access", *_ids(), after=clock.now)
+        assert codec.decode(later.token, "access").issued_at > clock.now
+
     @pytest.mark.parametrize(
         "change",
         [

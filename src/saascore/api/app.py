@@ -24,6 +24,7 @@ from saascore.core import Saascore
 from saascore.credits.endpoints import create_credits_router
 from saascore.events.endpoints import create_webhooks_router, document_webhooks
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
+from saascore.identity.schemas import publish_password_rules
 from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     ):
         app.include_router(router)
     document_webhooks(app)
+    publish_password_rules(app, settings.password_min_length)
     return app
 
 

@@ -13,6 +13,8 @@ past them, with `Retry-After` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
@@ -37,6 +39,7 @@ __all__ = [
     "ReadSessionDep",
     "SessionDep",
     "TenantDep",
+    "client_address",
     "document_security",
     "get_core",
     "get_origin",
@@ -63,11 +66,50 @@ async def get_core(request: Request) -> Saascore:  # async: a plain def would ru
 CoreDep = Annotated[Saascore, Depends(get_core)]
 
 
+def _parse(value: str) -> IPv4Address | IPv6Address | None:
+    try:
+        return ip_address(value.strip())
+    except ValueError:
+        return None
+
+
+def _trusted(
+    address: IPv4Address | IPv6Address, proxies: Sequence[IPv4Network | IPv6Network]
+) -> bool:
+    return any(address.version == proxy.version and address in proxy for proxy in proxies)
+
+
+def client_address(request: Request) -> str | None:
+    """The client's address: the peer that connected, unless that peer is a trusted proxy
+    (`SAASCORE_TRUSTED_PROXIES`), in which case `X-Forwarded-For` is read from the right, past
+    every trusted proxy, to the first address that is not one. A header from any other peer
+    is ignored, so a client cannot name itself another address (and escape a per-address
+    limit) by sending one."""
+    if request.client is None:
+        return None
+    peer = request.client.host
+    core: Saascore | None = getattr(request.app.state, "saascore", None)
+    proxies = core.settings.trusted_proxies if core is not None else ()
+    address = _parse(peer)
+    if not proxies or address is None or not _trusted(address, proxies):
+        return peer
+    hops = [hop for value in request.headers.getlist("x-forwarded-for") for hop in value.split(",")]
+    client = peer
+    for hop in reversed(hops):
+        parsed = _parse(hop)
+        if parsed is None:  # garbage: the last address known good stands
+            break
+        client = str(parsed)
+        if not _trusted(parsed, proxies):
+            break
+    return client
+
+
 def get_origin(request: Request) -> Origin:
-    """Where the request came from, for the audit log. Behind a proxy, run uvicorn with
-    `--proxy-headers --forwarded-allow-ips ...` so that the client's address is the real one."""
+    """Where the request came from, for the audit log (the client's address as
+    `client_address` finds it, behind trusted proxies too)."""
     return Origin(
-        ip_address=request.client.host if request.client else None,
+        ip_address=client_address(request),
         user_agent=request.headers.get("user-agent"),
         request_id=getattr(request.state, "request_id", None),
     )

@@ -67,6 +67,9 @@ def serve(
         workers=workers,
         reload=reload,
         log_level=settings.log_level,
+        # uvicorn's own proxy handling believes X-Forwarded-For from any loopback peer; the
+        # app reads it only from SAASCORE_TRUSTED_PROXIES (`saascore.api.deps.client_address`).
+        proxy_headers=False,
     )
 
 
@@ -136,4 +139,10 @@ def demo(
     out = console()
     out.print(Panel(facts, title="saascore demo", title_align="left", expand=False))
     out.file.flush()
-    uvicorn.run(create_app(settings), host=DEMO_HOST, port=port, log_level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=DEMO_HOST,
+        port=port,
+        log_level=settings.log_level,
+        proxy_headers=False,  # as in `serve`: SAASCORE_TRUSTED_PROXIES decides
+    )

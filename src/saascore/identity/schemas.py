@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
+from fastapi import FastAPI
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from saascore.identity.permissions import Permission
 from saascore.models import ApiKeyEnvironment, UserRole
-from saascore.tenancy.schemas import UserOut
+from saascore.tenancy.passwords import MAX_PASSWORD
+from saascore.tenancy.schemas import UserCreate, UserOut, UserUpdate
 
 __all__ = [
     "ApiKeyCreate",
@@ -25,6 +27,7 @@ __all__ = [
     "RegisterRequest",
     "TokenResponse",
     "UserOut",
+    "publish_password_rules",
 ]
 
 _EMAIL = Field(min_length=3, max_length=320, examples=["ada@example.com"])
@@ -130,3 +133,38 @@ class ApiKeyOut(BaseModel):
 class ApiKeyCreated(ApiKeyOut):
     #: The key itself. Shown this once: only its hash is kept.
     key: str = Field(examples=["sk_live_Xk2f9QzA..."])
+
+
+#: The bodies that set a password, whose rules the OpenAPI document states.
+NEW_PASSWORD_BODIES = (RegisterRequest, UserCreate, UserUpdate)
+_RULES = (
+    "At least {minimum} characters (at most {maximum}). Refused: one character or pattern "
+    "repeated, a run such as 1234567890, a common or breached password, and the e-mail "
+    "address or a part of it (`weak_password`). No composition rules."
+)
+
+
+def publish_password_rules(app: FastAPI, minimum: int) -> None:
+    """State in `app`'s OpenAPI document the password minimum the server enforces: it is a
+    setting (`SAASCORE_PASSWORD_MIN_LENGTH`), so the request models cannot carry it, and the
+    service's `weak_password` answers it rather than a validation error."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        schemas = document.get("components", {}).get("schemas", {})
+        for body in NEW_PASSWORD_BODIES:
+            field = schemas.get(body.__name__, {}).get("properties", {}).get("password")
+            if field is None:
+                continue
+            for option in [field, *field.get("anyOf", [])]:
+                if option.get("type") == "string":
+                    option["minLength"] = minimum
+            rules = _RULES.format(minimum=minimum, maximum=MAX_PASSWORD)
+            before = field.get("description")
+            field["description"] = f"{before}. {rules}" if before else rules
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]

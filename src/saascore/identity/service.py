@@ -8,8 +8,10 @@ reuse) is committed before the refusal is raised.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -67,10 +69,14 @@ from saascore.tenancy.service import (
     locked_organization,
     normalize_email,
 )
-from saascore.tenancy.users import UserService
+from saascore.tenancy.users import UserService, end_access_tokens
 
 __all__ = ["IdentityService", "Provisioned", "TokenPair", "normalize_email"]
 
+logger = logging.getLogger("saascore.identity")
+
+#: The most accounts one login tries (verifying a password costs milliseconds of CPU each).
+MAX_LOGIN_CANDIDATES: Final = 3
 #: `last_used_at` is written at most this often per key.
 LAST_USED_EVERY: Final = timedelta(minutes=1)
 
@@ -131,6 +137,7 @@ class IdentityService:
         self.tokens = TokenCodec(settings, clock=clock)
         #: Authenticated principals, kept `SAASCORE_AUTH_CACHE_SECONDS` (0: not at all).
         self.principals = principals or PrincipalCache(settings.auth_cache_seconds)
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- accounts ------------------------------------------------------------------------------
     async def register(
@@ -144,7 +151,7 @@ class IdentityService:
     ) -> TokenPair:
         """A new organisation on the default plan, with this user as its owner; logged in."""
         email = normalize_email(email)
-        check_password(password, self.settings.password_min_length)
+        check_password(password, self.settings.password_min_length, email=email)
         origin = origin or Origin()
         async with self.database.transaction() as s:
             organization = await self.orgs.create(name=organization_name, session=s)
@@ -179,7 +186,14 @@ class IdentityService:
 
         When the pair matches accounts in several organisations, `organization` (an id or a
         slug) picks one; without it, `OrganizationRequired` lists them. Every other failure is
-        the same `InvalidCredentials`, taking the same time whether or not the e-mail exists.
+        the same `InvalidCredentials`, taking the same time whether or not the e-mail exists:
+        the failure's audit entries are written after the answer, in the background (see
+        `settle`), so a failed login never waits for an organisation's audit chain.
+
+        At most `MAX_LOGIN_CANDIDATES` accounts are tried (the oldest), so that an e-mail in
+        many organisations does not multiply the hashing work; past that, name the
+        organisation. A password changed, or an account disabled, while the password was being
+        checked fails the login, and never has the old password's re-hash written over it.
         """
         origin = origin or Origin()
         try:
@@ -195,7 +209,8 @@ class IdentityService:
                 User.is_active.is_(True),
                 Organization.status != OrganizationStatus.DELETED,
             )
-            .order_by(User.created_at)
+            .order_by(User.created_at, User.id)
+            .limit(MAX_LOGIN_CANDIDATES)
         )
         if organization is not None:
             query = query.where(_organization_is(organization))
@@ -209,15 +224,9 @@ class IdentityService:
         if not candidates:
             await verify_password(password, None)
         if not matches:
-            async with self.database.transaction() as s:
-                for user, org in candidates:
-                    await self.events.emit(
-                        s,
-                        org.id,
-                        AuthLoginFailed(email=email),
-                        actor=origin.actor("anonymous"),
-                        target_id=user.id,
-                    )
+            failed = [(org.id, user.id) for user, org in candidates]
+            if failed:
+                self._in_background(self._record_failed_login(email, failed, origin))
             raise InvalidCredentials("the e-mail or password is wrong")
         if len(matches) > 1:
             raise OrganizationRequired(
@@ -230,14 +239,29 @@ class IdentityService:
         if org.status is OrganizationStatus.SUSPENDED:
             raise OrganizationSuspended("the organisation is suspended")
         async with self.database.transaction() as s:
+            # One conditional statement: it locks the row, and writes only if the hash that
+            # was verified is still the stored one and the account still active (a password
+            # change or a deactivation that came in meanwhile wins, and this login fails).
             values: dict[str, Any] = {"last_login_at": self.clock()}
             if new_hash is not None:  # an older scheme or weaker parameters: upgrade it
                 values["password_hash"] = new_hash
-            await s.execute(
-                sa.update(User)
-                .where(User.organization_id == user.organization_id, User.id == user.id)
-                .values(**values)
-            )
+            stamped = (
+                await s.execute(
+                    sa.update(User)
+                    .where(
+                        User.organization_id == user.organization_id,
+                        User.id == user.id,
+                        User.password_hash == user.password_hash,
+                        User.is_active.is_(True),
+                    )
+                    .values(**values)
+                    .returning(User.tokens_valid_after)
+                    .execution_options(synchronize_session=False)
+                )
+            ).first()
+            if stamped is None:
+                raise InvalidCredentials("the e-mail or password is wrong")
+            user.tokens_valid_after = stamped.tokens_valid_after
             await self.events.emit(
                 s,
                 org.id,
@@ -246,6 +270,39 @@ class IdentityService:
                 target_id=user.id,
             )
             return await self._issue(s, user, origin)
+
+    async def _record_failed_login(
+        self, email: str, accounts: list[tuple[uuid.UUID, uuid.UUID]], origin: Origin
+    ) -> None:
+        """`auth.login_failed` in each organisation tried, in a transaction of its own."""
+        async with self.database.transaction() as s:
+            for org_id, user_id in accounts:
+                await self.events.emit(
+                    s,
+                    org_id,
+                    AuthLoginFailed(email=email),
+                    actor=origin.actor("anonymous"),
+                    target_id=user_id,
+                )
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` after the caller's answer; a failure is logged, never raised."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("a background write of the identity service failed")
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def settle(self) -> None:
+        """Wait for the background writes started so far (failed logins' audit entries):
+        before closing the database, and in tests."""
+        while self._background:
+            await asyncio.gather(*self._background)
 
     async def refresh(self, refresh_token: str, *, origin: Origin | None = None) -> TokenPair:
         """New tokens for a refresh token, which is spent. A spent token presented again
@@ -288,6 +345,8 @@ class IdentityService:
             if row is None or row.used_at is None:  # unknown, revoked or expired
                 raise InvalidToken("the token is invalid or has expired")
             revoked = await self._revoke_family(s, claims)
+            if revoked:  # once: a thief replaying the token cannot keep logging the user out
+                await end_access_tokens(s, claims.organization_id, row.user_id, self.clock())
             await self.events.emit(
                 s,
                 claims.organization_id,
@@ -298,7 +357,9 @@ class IdentityService:
         raise TokenReused("the refresh token was already used: every session it began is ended")
 
     async def logout(self, refresh_token: str, *, origin: Origin | None = None) -> None:
-        """End the session the refresh token belongs to (its whole family). Idempotent."""
+        """End the session the refresh token belongs to (its whole family), and every access
+        token of the user issued until now (the user's other sessions get new ones when
+        they refresh). Idempotent."""
         claims = self.tokens.decode(refresh_token, "refresh")
         async with self.database.transaction() as s:
             owner = await s.scalar(
@@ -311,6 +372,7 @@ class IdentityService:
             if owner is None:
                 raise InvalidToken("the token is invalid or has expired")
             if await self._revoke_family(s, claims):
+                await end_access_tokens(s, claims.organization_id, owner, self.clock())
                 await self.events.emit(
                     s,
                     claims.organization_id,
@@ -355,7 +417,9 @@ class IdentityService:
     ) -> TokenPair:
         """Access and refresh tokens for the user; the refresh token starts a family, or,
         replacing a spent one, joins its family."""
-        access = self.tokens.issue("access", user.id, user.organization_id)
+        access = self.tokens.issue(
+            "access", user.id, user.organization_id, after=user.tokens_valid_after
+        )
         row_id = uuid.uuid4()
         refresh = self.tokens.issue(
             "refresh",
@@ -537,6 +601,9 @@ class IdentityService:
         if row is None:
             raise InvalidToken("the token is invalid or has expired")
         _check_active(row.is_active, row.status)
+        if row.tokens_valid_after is not None and claims.issued_at <= row.tokens_valid_after:
+            # Issued before a logout, a reused refresh token, a new password or a deactivation.
+            raise InvalidToken("the token is invalid or has expired")
         principal = Principal(
             kind=PrincipalKind.USER,
             id=claims.user_id,
@@ -620,7 +687,9 @@ class IdentityService:
 
 #: What authenticating reads, one statement each, built once.
 _ACCESS_TOKEN_USER = (
-    sa.select(User.role, User.is_active, Organization.status, *_PLAN_LIMITS)
+    sa.select(
+        User.role, User.is_active, User.tokens_valid_after, Organization.status, *_PLAN_LIMITS
+    )
     .join(Organization, Organization.id == User.organization_id)
     .join(SubscriptionPlan, SubscriptionPlan.id == Organization.plan_id)
     .where(User.organization_id == sa.bindparam("org"), User.id == sa.bindparam("user"))

@@ -6,17 +6,22 @@ Every token carries `iss`, `aud`, `sub` (the user), `org`, `typ` (`access` or `r
 tokens, and checks the type, so a refresh token is never accepted as an access token. A
 refresh token's `jti` is its row in `refresh_tokens`, and `fam` names the family that rotation
 grows.
+
+`iat` carries microseconds (a JSON number such as `1765616400.123456`, which NumericDate
+allows), so that a token issued just after a user's `tokens_valid_after` is told apart from one
+issued just before it in the same second. Times outside 1970 to 9999 are refused as invalid.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -37,6 +42,9 @@ _REQUIRED: Final = ["iss", "aud", "sub", "org", "typ", "iat", "nbf", "exp", "jti
 #: Seconds of clock skew tolerated between the processes that issue and check tokens.
 _LEEWAY: Final = 5
 _SECRET_FILE: Final = "jwt-secret"  # noqa: S105 - a file name
+#: The latest time a token may name: 9999-12-31T23:59:59Z, the end of `datetime`'s range.
+_LAST_TIMESTAMP: Final = 253_402_300_799
+_MICROSECOND: Final = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +88,13 @@ class TokenCodec:
         *,
         token_id: uuid.UUID | None = None,
         family_id: uuid.UUID | None = None,
+        after: datetime | None = None,
     ) -> IssuedToken:
-        now = self.clock().replace(microsecond=0)
+        """A signed token. `after` (the user's `tokens_valid_after`) makes `iat` later than
+        it, even on a clock that has not moved since (a frozen test clock, or a coarse one)."""
+        now = self.clock()
+        if after is not None and now <= after:
+            now = after + _MICROSECOND
         claims = Claims(
             user_id=user_id,
             organization_id=organization_id,
@@ -89,7 +102,10 @@ class TokenCodec:
             token_id=token_id or uuid.uuid4(),
             family_id=family_id,
             issued_at=now,
-            expires_at=now + (self.access_ttl if type_ == "access" else self.refresh_ttl),
+            # Whole seconds, as `exp` carries it.
+            expires_at=(now + (self.access_ttl if type_ == "access" else self.refresh_ttl)).replace(
+                microsecond=0
+            ),
         )
         payload: dict[str, Any] = {
             "iss": self.settings.jwt_issuer,
@@ -97,9 +113,9 @@ class TokenCodec:
             "sub": str(user_id),
             "org": str(organization_id),
             "typ": type_,
-            "iat": now,
-            "nbf": now,
-            "exp": claims.expires_at,
+            "iat": now.timestamp(),
+            "nbf": math.floor(now.timestamp()),
+            "exp": int(claims.expires_at.timestamp()),
             "jti": str(claims.token_id),
         }
         if family_id is not None:
@@ -137,22 +153,25 @@ class TokenCodec:
                 type=expected,
                 token_id=uuid.UUID(payload["jti"]),
                 family_id=uuid.UUID(family) if family is not None else None,
-                issued_at=datetime.fromtimestamp(payload["iat"], self.clock().tzinfo),
-                expires_at=datetime.fromtimestamp(payload["exp"], self.clock().tzinfo),
+                issued_at=datetime.fromtimestamp(payload["iat"], UTC),
+                expires_at=datetime.fromtimestamp(payload["exp"], UTC),
             )
-        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError) as exc:
+        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError, OverflowError) as exc:
             logger.debug("token refused: %s", exc)
             raise InvalidToken("the token is invalid or has expired") from None
 
     def _check_times(self, payload: dict[str, Any]) -> None:
         """`exp` passed, `nbf` or `iat` still ahead: refused, with `_LEEWAY` for clock skew
-        between the processes that issue and check tokens."""
+        between the processes that issue and check tokens. A time that is not a finite number
+        from 1970 to 9999 (`2**70`, `1e308`, NaN) is refused before any date is made of it."""
         now = self.clock().timestamp()
         times = {}
         for claim in ("exp", "nbf", "iat"):
             value = payload[claim]
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise jwt.InvalidTokenError(f"{claim} is not a number")
+            if not (0 <= value <= _LAST_TIMESTAMP):  # also false for NaN
+                raise jwt.InvalidTokenError(f"{claim} is out of range")
             times[claim] = value
         if times["exp"] <= now - _LEEWAY:
             raise jwt.ExpiredSignatureError("expired")

@@ -89,6 +89,9 @@ class User(TenantMixin, TimestampMixin, Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     email_verified_at: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
+    #: Access tokens issued at or before this instant are refused: set by logout, refresh-token
+    #: reuse, a password change and deactivation, which end the user's tokens at once.
+    tokens_valid_after: Mapped[datetime | None]
     #: The user's id on the platform that provisions it (seed 004: platform user and store ids).
     external_platform: Mapped[str | None] = mapped_column(sa.String(50))
     external_id: Mapped[str | None] = mapped_column(sa.String(255))

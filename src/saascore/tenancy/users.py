@@ -30,7 +30,7 @@ from saascore.tenancy.errors import LastOwner, UserExists, UserNotFound
 from saascore.tenancy.passwords import check_password, hash_password
 from saascore.tenancy.service import locked_organization, normalize_email
 
-__all__ = ["UserService", "check_seats"]
+__all__ = ["UserService", "check_seats", "end_access_tokens"]
 
 
 def _check_name(name: str | None) -> str | None:
@@ -56,10 +56,11 @@ class UserService:
         self.password_min_length = password_min_length
         self.clock = clock
 
-    async def _hash(self, password: str | None) -> str | None:
+    async def _hash(self, password: str | None, email: str) -> str | None:
+        """The hash of a password that passes `check_password` for the account `email`."""
         if password is None:
             return None
-        check_password(password, self.password_min_length)
+        check_password(password, self.password_min_length, email=email)
         return await hash_password(password)
 
     async def list(
@@ -115,7 +116,7 @@ class UserService:
         email = normalize_email(email)
         name = _check_name(name)
         _guard_owner(acting_role, role)
-        password_hash = await self._hash(password)
+        password_hash = await self._hash(password, email)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
             await check_seats(s, organization)
@@ -170,7 +171,10 @@ class UserService:
         name = _check_name(name)
         if role is UserRole.OWNER:
             _guard_owner(acting_role, role)
-        password_hash = await self._hash(password)
+        password_hash = None
+        if password is not None:  # hashed before any lock is taken (e-mails never change)
+            email = (await self.get(org_id, user_id, session=session)).email
+            password_hash = await self._hash(password, email)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
             user = await self._locked(s, org_id, user_id)
@@ -192,6 +196,7 @@ class UserService:
             if password_hash is not None:
                 user.password_hash = password_hash
             if password_hash is not None or (was_active and not user.is_active):
+                user.tokens_valid_after = self.clock()  # its access tokens end at once
                 await self._end_sessions(s, org_id, user_id)
             await s.flush()
             if user.role is not old_role:
@@ -279,6 +284,19 @@ class UserService:
             )
             .values(revoked_at=self.clock())
         )
+
+
+async def end_access_tokens(
+    s: AsyncSession, org_id: uuid.UUID, user_id: uuid.UUID, now: datetime
+) -> None:
+    """Refuse from now on every access token issued to the user until `now` (authentication
+    compares a token's `iat` with `tokens_valid_after`, read with the user on every request)."""
+    await s.execute(
+        sa.update(User)
+        .where(User.organization_id == org_id, User.id == user_id)
+        .values(tokens_valid_after=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 async def check_seats(s: AsyncSession, organization: Organization) -> None:
