@@ -85,7 +85,7 @@ def _plain(value: Any) -> str:
     An instant that UTC cannot write (`0001-01-01T00:00+03:00` is in year 0 there) keeps
     its own offset: no API accepts it, and a fingerprint must never raise."""
     if isinstance(value, datetime) and value.utcoffset() is not None:
-        try:
+        try:  # noqa: SIM105 (cheaper than contextlib.suppress on this hot path)
             value = value.astimezone(UTC)
         except OverflowError:
             pass
