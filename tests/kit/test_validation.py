@@ -132,7 +132,7 @@ class TestInstant:
         assert adapter.validate_python(datetime(9998, 12, 31, 23, 59, tzinfo=UTC))
         assert adapter.validate_python(datetime(9999, 1, 1, 13, 59, tzinfo=east))
         with pytest.raises(ValidationError):
-            adapter.validate_python(datetime(2025, 1, 1))  # naive
+            adapter.validate_python("2025-01-01T00:00:00")  # naive
 
 
 async def stored_events(database: Database, org_id: uuid.UUID) -> int:
@@ -159,7 +159,8 @@ class TestUsageEvents:
         assert error["details"]["errors"][0]["type"] == "invalid_json"
         batch = (
             '{"events": [{"id": "b1", "metric": "api_calls", "quantity": 1},'
-            f' {{"id": "b2", "metric": "api_calls", "quantity": 1, "properties": {{"x": [{number}]}}}}]}}'
+            f' {{"id": "b2", "metric": "api_calls", "quantity": 1,'
+            f' "properties": {{"x": [{number}]}}}}]}}'
         )
         response = await post_text(api, "POST", "/v1/usage/events", batch, org.headers)
         assert response.status_code == 422, response.text
