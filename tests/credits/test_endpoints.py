@@ -224,3 +224,42 @@ class TestAdminCreditGrants:
         assert (lost.status_code, lost.json()["error"]["code"]) == (404, "organization_not_found")
         assert await admin.core.credits.balance(org_id) == 0
         assert await entries(admin, org_id, "credits.granted") == []
+
+    async def test_a_grant_past_the_largest_balance_is_refused(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        org_id = customer.organization_id
+        path = f"/v1/admin/organizations/{org_id}/credits/grants"
+        most = 2**63 - 1
+        first = await admin.client.post(
+            path, json={"amount": most, "idempotency_key": "most"}, headers=admin.operator
+        )
+        assert first.status_code == 201, first.text
+        one = await admin.client.post(
+            path, json={"amount": 1, "idempotency_key": "one"}, headers=admin.operator
+        )
+        assert (one.status_code, one.json()["error"]["code"]) == (422, "credit_balance_overflow")
+        assert await admin.core.credits.balance(org_id) == most
+        assert len(await entries(admin, org_id, "credits.granted")) == 1
+        account = await get(admin.client, "/v1/credits", customer.headers)
+        assert [grant["amount"] for grant in account["grants"]] == [most]
+
+    async def test_an_expiry_at_the_end_of_the_calendar_is_refused(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        org_id = customer.organization_id
+        path = f"/v1/admin/organizations/{org_id}/credits/grants"
+        for index, moment in enumerate(
+            ("9999-12-31T23:59:59-05:00", "9999-06-01T00:00:00Z", "0001-01-01T00:00+03:00")
+        ):
+            response = await admin.client.post(
+                path,
+                json={"amount": 5, "idempotency_key": f"far-{index}", "expires_at": moment},
+                headers=admin.operator,
+            )
+            assert (response.status_code, response.json()["error"]["code"]) == (
+                422,
+                "validation_error",
+            ), response.text
+            assert response.json()["error"]["details"]["errors"][0]["type"] == "instant_range"
+        assert await admin.core.credits.balance(org_id) == 0

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from saascore.kit.idempotency import attributes_hash, payload_hash
@@ -84,6 +84,26 @@ values: st.SearchStrategy[Any] = (
     endpoint=texts,
     response_time_ms=st.none() | numbers,
     properties=values,
+)
+# Found by CI: the UTC instant of these lies outside the calendar (years 0 and 10000).
+@example(
+    metric="",
+    quantity=0,
+    occurred_at=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=3))),
+    user_id=None,
+    subscription_id=datetime.max.replace(tzinfo=timezone(timedelta(hours=-5))),
+    feature=None,
+    model=None,
+    provider=None,
+    input_tokens=0,
+    output_tokens=0,
+    cached_tokens=0,
+    credits_used=None,
+    request_id=None,
+    batch_id=None,
+    endpoint=None,
+    response_time_ms=None,
+    properties={},
 )
 def test_fingerprint_is_payload_hash_of_the_fields(**content: Any) -> None:
     event = UsageEventIn(idempotency_key="k", organization_id=uuid.uuid4(), **content)

@@ -28,6 +28,7 @@ from saascore.kit.actors import SYSTEM, Actor, Origin
 from saascore.kit.db import Database
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
+from saascore.kit.validation import canonical_json, checked_json
 from saascore.models import AuditChainHead, AuditLog
 
 __all__ = [
@@ -67,8 +68,13 @@ class ChainReport:
 
 
 def entry_hash(entry: AuditLog) -> str:
-    """The SHA-256 (hex) of an entry's content and its predecessor's hash."""
-    content = [
+    """The SHA-256 (hex) of an entry's content and its predecessor's hash.
+
+    The content is a JSON array of the entry's fields, in which `request_data` and
+    `details` are their stored canonical texts, byte for byte: what is hashed is what is
+    stored, so no database's rewriting of JSON numbers can break an untampered chain. (For
+    entries written before the texts were stored, this is the same array as before.)"""
+    fields = [
         str(entry.organization_id),
         entry.seq,
         entry.actor_type,
@@ -81,13 +87,24 @@ def entry_hash(entry: AuditLog) -> str:
         entry.ip_address,
         entry.user_agent,
         entry.request_id,
-        entry.request_data,
-        entry.details,
+        None,  # request_data: its stored text goes here
+        None,  # details: likewise
         entry.created_at.isoformat(timespec="microseconds"),
         entry.prev_hash,
     ]
-    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(encoded.encode()).hexdigest()
+    parts = [_ENCODER.encode(value) for value in fields]
+    parts[_REQUEST_DATA], parts[_DETAILS] = entry.request_data_text, entry.details_text
+    return hashlib.sha256(f"[{','.join(parts)}]".encode()).hexdigest()
+
+
+#: Where the stored JSON texts go in the hashed array.
+_REQUEST_DATA, _DETAILS = 12, 13
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _stored(value: dict[str, Any] | None, field: str) -> str:
+    """The canonical text of an entry's JSON field (`InvalidInput` if it is not JSON)."""
+    return canonical_json(checked_json(value or {}, field=field, max_depth=None))
 
 
 def _clip(value: str | None, size: int) -> str | None:
@@ -141,8 +158,8 @@ class AuditService:
                 ip_address=_clip(actor.ip_address, 45),
                 user_agent=_clip(actor.user_agent, 512),
                 request_id=_clip(actor.request_id, 64),
-                request_data=request_data or {},
-                details=details or {},
+                request_data_text=_stored(request_data, "request_data"),
+                details_text=_stored(details, "details"),
                 prev_hash=prev_hash,
                 created_at=self.clock(),
             )

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
 from saascore.api.errors import error_responses
+from saascore.credits.errors import BalanceOverflow
 from saascore.credits.schemas import (
     CreditGrantCreate,
     CreditsResponse,
@@ -104,7 +105,11 @@ def create_credit_grants_admin_router() -> APIRouter:
                 "model": CreditTransactionOut,
             },
             **error_responses(
-                *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, IdempotencyConflict
+                *OPERATOR_ERRORS,
+                OrganizationNotFound,
+                InvalidInput,
+                BalanceOverflow,
+                IdempotencyConflict,
             ),
         },
     )

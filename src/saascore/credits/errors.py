@@ -6,7 +6,12 @@ from typing import ClassVar
 
 from saascore.kit.errors import DomainError, InvalidInput, NotFound
 
-__all__ = ["CreditTransactionNotFound", "InsufficientCredits", "NotRefundable"]
+__all__ = [
+    "BalanceOverflow",
+    "CreditTransactionNotFound",
+    "InsufficientCredits",
+    "NotRefundable",
+]
 
 
 class InsufficientCredits(DomainError):
@@ -31,3 +36,10 @@ class CreditTransactionNotFound(NotFound):
 
 class NotRefundable(InvalidInput):
     code = "not_refundable"
+
+
+class BalanceOverflow(InvalidInput):
+    """(422) The credits would take the balance past the largest amount stored; nothing was
+    granted."""
+
+    code = "credit_balance_overflow"

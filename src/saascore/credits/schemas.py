@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.credits.service import CreditAccount
+from saascore.kit.validation import Instant
 from saascore.models import CreditSource, CreditTransactionType
 from saascore.plans.catalog import INT32, INT64
 
@@ -91,7 +92,7 @@ class CreditGrantCreate(_Body):
     priority: int = Field(
         default=0, ge=-INT32, le=INT32, description="Lower is drawn first", examples=[0]
     )
-    expires_at: AwareDatetime | None = Field(default=None, examples=[None])
+    expires_at: Instant | None = Field(default=None, examples=[None])
     description: str | None = Field(default=None, max_length=1000, examples=["goodwill credits"])
 
 

@@ -23,7 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService, audited_bus
-from saascore.credits.errors import CreditTransactionNotFound, InsufficientCredits, NotRefundable
+from saascore.credits.errors import (
+    BalanceOverflow,
+    CreditTransactionNotFound,
+    InsufficientCredits,
+    NotRefundable,
+)
 from saascore.events.bus import EventBus
 from saascore.events.catalog import (
     CreditLowThresholdChanged,
@@ -37,6 +42,7 @@ from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
 from saascore.kit.time import month_start, next_month_start, utcnow
+from saascore.kit.validation import checked_instant
 from saascore.metering.accounts import usage_account
 from saascore.models import (
     CreditAllocation,
@@ -150,6 +156,8 @@ class CreditService:
         transaction with `replayed` set and grants and emits nothing; the same key with
         different values raises `IdempotencyConflict`."""
         _positive(amount)
+        if expires_at is not None:
+            checked_instant(expires_at, field="expires_at")
         if expires_at is not None and expires_at <= self.clock():
             raise InvalidInput("the grant would expire before it starts", field="expires_at")
         request = {
@@ -165,6 +173,7 @@ class CreditService:
             account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
                 return Granted(replay, replayed=True)
+            _room(account, amount)
             now = self.clock()
             await self._expire_lapsed(s, account, now)
             grant = await self._new_grant(
@@ -267,6 +276,7 @@ class CreditService:
             now = self.clock()
             await self._expire_lapsed(s, account, now)
             if amount > 0:
+                _room(account, amount)
                 grant = await self._new_grant(
                     s, org_id, amount, source=CreditSource.MANUAL, description=reason, now=now
                 )
@@ -338,6 +348,7 @@ class CreditService:
                     refundable=refundable,
                     requested=wanted,
                 )
+            _room(account, wanted, granted=False)
             allocations: list[tuple[uuid.UUID, int]] = []
             left = wanted
             for grant, share in reversed(shares):
@@ -426,6 +437,7 @@ class CreditService:
             existing = await self._find_by_key(s, org_id, key)
             if existing is not None:
                 return existing
+            _room(account, credits)
             await self._expire_lapsed(s, account, now)
             grant = await self._new_grant(
                 s,
@@ -872,6 +884,20 @@ class CreditService:
                 stale -= taken
         ordered = [(grants[grant_id], share) for grant_id, share in shares.items() if share > 0]
         return ordered, refundable
+
+
+def _room(account: UsageLimits, amount: int, *, granted: bool = True) -> None:
+    """Refuse (`BalanceOverflow`) credits that would take the balance, or the total ever
+    granted (unless they are given back, not `granted`), past what a bigint column holds:
+    checked before anything is written."""
+    if account.credit_balance + amount > INT64_MAX or (
+        granted and account.credits_granted_total + amount > INT64_MAX
+    ):
+        raise BalanceOverflow(
+            f"granting {amount} credits would take the balance past {INT64_MAX}",
+            balance=account.credit_balance,
+            requested=amount,
+        )
 
 
 def _positive(amount: int) -> None:

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import FastAPI
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.identity.permissions import Permission
+from saascore.kit.validation import Instant
 from saascore.models import ApiKeyEnvironment, UserRole
 from saascore.tenancy.passwords import MAX_PASSWORD
 from saascore.tenancy.schemas import UserCreate, UserOut, UserUpdate
@@ -110,7 +111,7 @@ class ApiKeyCreate(_Body):
         default_factory=lambda: [Permission.USAGE_WRITE, Permission.USAGE_READ],
         max_length=len(Permission),
     )
-    expires_at: AwareDatetime | None = None
+    expires_at: Instant | None = None
     environment: ApiKeyEnvironment = ApiKeyEnvironment.LIVE
 
 

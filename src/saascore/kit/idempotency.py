@@ -80,9 +80,15 @@ def _fragment(value: Any) -> str:
 
 def _plain(value: Any) -> str:
     """A datetime as the same instant in UTC (so a time zone is not a different request),
-    written as `str()` writes it, as before; anything else as `str()`."""
+    written as `str()` writes it, as before; anything else as `str()`.
+
+    An instant that UTC cannot write (`0001-01-01T00:00+03:00` is in year 0 there) keeps
+    its own offset: no API accepts it, and a fingerprint must never raise."""
     if isinstance(value, datetime) and value.utcoffset() is not None:
-        value = value.astimezone(UTC)
+        try:  # noqa: SIM105 (cheaper than contextlib.suppress on this hot path)
+            value = value.astimezone(UTC)
+        except OverflowError:
+            pass
     return str(value)
 
 

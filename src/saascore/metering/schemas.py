@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from saascore.kit.validation import MAX_JSON_DEPTH, Instant, JSONObject
 from saascore.metering.values import (
     BIGINT_MAX,
     BatchOutcome,
@@ -60,26 +53,6 @@ MAX_BATCH_EVENTS = 1_000
 MAX_RESERVATION_SECONDS = 86_400
 #: Texts PostgreSQL can store: it refuses NUL characters in text and JSON.
 PLAIN_TEXT = r"^[^\x00]*$"
-#: Event times saascore can place in a period (the calendar ends at year 9999).
-_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
-
-
-def _storable(value: Any, where: str = "properties") -> None:
-    """Refuse what a JSON column cannot hold: NUL characters and lone surrogates."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{where} holds a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(f"{where} holds text that is not valid Unicode") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key, where)
-            _storable(item, where)
-    elif isinstance(value, list):
-        for item in value:
-            _storable(item, where)
 
 
 class _Body(BaseModel):
@@ -108,16 +81,11 @@ class _EventFields(_Body):
         description="The part of `input_tokens` the provider served from its cache",
         examples=[0],
     )
-    properties: dict[str, Any] = Field(
-        default_factory=dict, description="Free-form JSON kept with the event"
+    properties: JSONObject = Field(
+        default_factory=dict,
+        description=f"Free-form JSON kept with the event (finite numbers, at most "
+        f"{MAX_JSON_DEPTH} levels deep)",
     )
-
-    @field_validator("properties")
-    @classmethod
-    def _properties(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if value:
-            _storable(value)
-        return value
 
 
 class UsageEventRequest(_EventFields):
@@ -151,16 +119,9 @@ class UsageEventRequest(_EventFields):
     )
     metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
     quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[1550])
-    occurred_at: AwareDatetime | None = Field(
+    occurred_at: Instant | None = Field(
         default=None, description="When the usage happened (default: when it is recorded)"
     )
-
-    @field_validator("occurred_at")
-    @classmethod
-    def _occurred_at(cls, value: datetime | None) -> datetime | None:
-        if value is not None and not _EARLIEST <= value < _LATEST:
-            raise ValueError("occurred_at must lie between 1970 and 9998")
-        return value
 
     def to_event(self) -> UsageEventIn:
         return UsageEventIn(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
+from saascore.kit.validation import canonical_json
 from saascore.models.base import Base, TenantMixin
 
 __all__ = ["AuditChainHead", "AuditLog"]
@@ -36,11 +38,32 @@ class AuditLog(TenantMixin, Base):
     ip_address: Mapped[str | None] = mapped_column(sa.String(45))
     user_agent: Mapped[str | None] = mapped_column(sa.String(512))
     request_id: Mapped[str | None] = mapped_column(sa.String(64))
-    request_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: `request_data` and `details` as the canonical JSON text that `hash` covers, byte for
+    #: byte (`saascore.kit.validation.canonical_json`): a JSONB column would rewrite numbers
+    #: (`-0.0`, `1e308`, `1.10`) and break the hash of an untampered entry.
+    request_data_text: Mapped[str] = mapped_column("request_data", sa.Text, default="{}")
+    details_text: Mapped[str] = mapped_column("details", sa.Text, default="{}")
     prev_hash: Mapped[str | None] = mapped_column(sa.String(64))
     hash: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime]
+
+    @property
+    def request_data(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.request_data_text)
+        return value
+
+    @request_data.setter
+    def request_data(self, value: dict[str, Any]) -> None:
+        self.request_data_text = canonical_json(value)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.details_text)
+        return value
+
+    @details.setter
+    def details(self, value: dict[str, Any]) -> None:
+        self.details_text = canonical_json(value)
 
     __table_args__ = (
         sa.UniqueConstraint("organization_id", "seq"),

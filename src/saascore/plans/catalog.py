@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saascore.kit.errors import InvalidInput
+from saascore.kit.validation import JSONObject
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
 __all__ = ["Catalog", "MeterSpec", "PlanSpec", "PriceSpec", "read_catalog"]
@@ -82,7 +83,7 @@ class PlanSpec(_Spec):
     trial_days: int = Field(default=0, ge=0, le=INT32)
     is_active: bool = True
     is_public: bool = True
-    features: dict[str, Any] = Field(default_factory=dict)
+    features: JSONObject = Field(default_factory=dict)
     prices: list[PriceSpec] = Field(default_factory=list)
     #: Limits on other meters: `{metric = {limit = N, hard = true}}`.
     limits: dict[Code, LimitSpec] = Field(default_factory=dict)

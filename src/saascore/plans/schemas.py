@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saascore.kit.validation import JSONObject
 from saascore.models import BillingCycle, SubscriptionPlan
 from saascore.plans.catalog import INT64, LIMIT_FIELDS
 
@@ -166,7 +167,7 @@ class PlanUpdate(_Body):
     credits_rollover: bool | None = Field(default=None, examples=[True])
     api_access: bool | None = Field(default=None, examples=[True])
     trial_days: int | None = Field(default=None, examples=[14])
-    features: dict[str, Any] | None = Field(default=None, examples=[{"custom_templates": True}])
+    features: JSONObject | None = Field(default=None, examples=[{"custom_templates": True}])
     limits: dict[str, LimitSetting | None] | None = Field(
         default=None, examples=[{"api_calls": {"limit": 20_000, "hard": True}}]
     )

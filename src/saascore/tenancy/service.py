@@ -6,7 +6,6 @@ the audit entry and the tenant's webhooks follow from it.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 import unicodedata
@@ -36,6 +35,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
+from saascore.kit.validation import checked_json
 from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
 from saascore.tenancy.errors import OrganizationDeleted, OrganizationExists, OrganizationNotFound
@@ -128,18 +128,8 @@ def _currency(currency: str) -> str:
 
 
 def _settings(settings: dict[str, Any]) -> dict[str, Any]:
-    if not isinstance(settings, dict):
-        raise InvalidInput("settings must be a JSON object", field="settings")
-    try:
-        text = json.dumps(settings, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        size = len(text.encode("utf-8"))
-    except (TypeError, ValueError):  # UnicodeEncodeError (a lone surrogate) is a ValueError
-        raise InvalidInput("settings must hold JSON values only", field="settings") from None
-    if size > MAX_SETTINGS_BYTES:
-        raise InvalidInput(
-            f"settings take {size} bytes as JSON; at most {MAX_SETTINGS_BYTES}", field="settings"
-        )
-    return settings
+    checked: dict[str, Any] = checked_json(settings, field="settings", max_bytes=MAX_SETTINGS_BYTES)
+    return checked
 
 
 def _external_id(external_id: str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-12-13 09:00:00.000000+00:00
+Create Date: 2026-12-06 20:00:00.000000+00:00
 """
 
 from collections.abc import Sequence

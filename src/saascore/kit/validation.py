@@ -1,0 +1,169 @@
+"""Checks of the input values every domain stores: JSON values and instants.
+
+One place decides what a JSON column can hold and which datetimes saascore can compute
+with, so that a value it cannot store or convert is a 422 where it comes in, never a 500
+where it is used:
+
+- `JSONObject` (a Pydantic type for request bodies) and `checked_json` (for services and the
+  library) refuse NaN and infinities (`1e400` parses to infinity), NUL characters and lone
+  surrogates (PostgreSQL refuses them), nesting deeper than `MAX_JSON_DEPTH`, and values
+  that are not JSON at all; `checked_json` can also cap the size.
+- `canonical_json` is the one text of a JSON value (sorted keys, no spaces, UTF-8): what the
+  audit chain stores and hashes.
+- `Instant` (a Pydantic type) is an aware datetime between `EARLIEST` and `LATEST`, so that
+  converting it to UTC, or stepping to a period's end, cannot overflow the calendar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator, AwareDatetime
+from pydantic_core import PydanticCustomError
+
+from saascore.kit.errors import InvalidInput
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "MAX_JSON_DEPTH",
+    "Instant",
+    "JSONObject",
+    "canonical_json",
+    "checked_instant",
+    "checked_json",
+    "json_problem",
+]
+
+#: How deep JSON values may nest (an object holding an object is 2 deep).
+MAX_JSON_DEPTH: Final = 32
+#: The instants saascore accepts: from 1970 to the end of 9998 (UTC), a year short of the
+#: calendar's end, so that periods and expiries computed from them stay inside it.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def json_problem(value: Any, *, max_depth: int | None = MAX_JSON_DEPTH) -> str | None:
+    """Why `value` cannot be stored as JSON, or None if it can.
+
+    Walks the value without recursion, so a value nested past Python's recursion limit is
+    refused, not a crash."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if item is None or isinstance(item, bool | int):
+            continue
+        if isinstance(item, str):
+            problem = _text_problem(item)
+            if problem:
+                return problem
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "holds a number that is not finite (NaN, Infinity or too large)"
+        elif isinstance(item, dict | list | tuple):
+            if max_depth is not None and depth > max_depth:
+                return f"nests deeper than {max_depth} levels"
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    if not isinstance(key, str):
+                        return "has an object key that is not text"
+                    problem = _text_problem(key)
+                    if problem:
+                        return problem
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        else:
+            return f"holds a {type(item).__name__}, which is not a JSON value"
+    return None
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "holds a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds text that is not valid Unicode"
+    return None
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical JSON text of a value: keys sorted, no spaces, non-ASCII as itself.
+
+    Reading the text back and writing it again gives the same text, which is what makes it
+    fit to be stored and hashed."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def checked_json(
+    value: Any,
+    *,
+    field: str,
+    max_depth: int | None = MAX_JSON_DEPTH,
+    max_bytes: int | None = None,
+    mapping: bool = True,
+) -> Any:
+    """`value` if it can be stored as JSON (an object, unless `mapping` is false), else
+    `InvalidInput` (422 `invalid_input`) naming `field`."""
+    if mapping and not isinstance(value, dict):
+        raise InvalidInput(f"{field} must be a JSON object", field=field)
+    problem = json_problem(value, max_depth=max_depth)
+    if problem is None and max_bytes is not None:
+        try:
+            size = len(canonical_json(value).encode())
+        except ValueError:  # an integer of more digits than Python writes
+            problem = "holds a number too long to write"
+        else:
+            if size > max_bytes:
+                problem = f"takes {size} bytes as JSON; at most {max_bytes}"
+    if problem is not None:
+        raise InvalidInput(f"{field} {problem}", field=field)
+    return value
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    problem = json_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("invalid_json", "the JSON value {problem}", {"problem": problem})
+    return value
+
+
+#: A JSON object a request may carry into a JSON column (422 `validation_error`, error type
+#: `invalid_json`, for what `json_problem` refuses).
+JSONObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+
+
+def checked_instant(value: datetime, *, field: str) -> datetime:
+    """`value` if it is an aware datetime between `EARLIEST` and `LATEST`, else
+    `InvalidInput` naming `field` (for the library and the CLI)."""
+    problem = _instant_problem(value)
+    if problem is not None:
+        raise InvalidInput(f"{field} {problem}", field=field)
+    return value
+
+
+def _instant_problem(value: datetime) -> str | None:
+    if value.tzinfo is None or value.utcoffset() is None:
+        return "needs a time zone"
+    # Comparing aware datetimes subtracts their offsets without building the UTC value, so
+    # it cannot overflow even where the UTC value would.
+    if not EARLIEST <= value < LATEST:
+        return "must lie between 1970 and 9998 (UTC)"
+    return None
+
+
+def _instant(value: datetime) -> datetime:
+    problem = _instant_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("instant_range", "the datetime {problem}", {"problem": problem})
+    return value
+
+
+#: An aware datetime from 1970 to the end of 9998 (UTC): every datetime a request carries.
+Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
