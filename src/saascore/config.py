@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=0, ge=0, le=300)
     #: Requests per minute that one operator key may make on `/v1/admin` (None: unlimited).
     operator_requests_per_minute: int | None = Field(default=600, ge=1)
+    #: The bearer token that `GET /metrics` requires on the API's own address. Unset, the API
+    #: does not serve `/metrics` at all (404): set this, or `metrics_port`.
+    metrics_token: SecretStr | None = Field(default=None, min_length=16, repr=False)
+    #: Where `saascore serve` opens a second listener that serves only `/metrics`, without a
+    #: token (bind it where only the scraper reaches). Unset: no such listener.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     #: Let webhook endpoints use http and loopback, private or link-local addresses (the SSRF
     #: guard refuses them by default): for tests and receivers on a private network.
     webhooks_allow_private: bool = False
@@ -280,7 +287,7 @@ def _variable_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-_SECRET = {"database_url", "database_password", "jwt_secret"}
+_SECRET = {"database_url", "database_password", "jwt_secret", "metrics_token"}
 
 
 def _without_password(value: Any) -> Any:

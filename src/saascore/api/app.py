@@ -115,7 +115,8 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     )
     install(app, settings)
     app.include_router(create_health_router(settings.service_name, __version__))
-    app.include_router(create_metrics_router())
+    if settings.metrics_token is not None:
+        app.include_router(create_metrics_router(token=settings.metrics_token.get_secret_value()))
     for router in (
         create_usage_router(),  # the hot path first: routes are matched in order
         create_auth_router(),
