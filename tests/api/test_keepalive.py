@@ -29,7 +29,7 @@ async def uvicorn_serving(application: FastAPI) -> AsyncIterator[str]:
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(30):
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
                 await asyncio.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
