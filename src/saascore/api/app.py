@@ -17,6 +17,7 @@ from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
+from saascore.api.openapi import install_openapi
 from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     ):
         app.include_router(router)
     document_webhooks(app)
+    install_openapi(app)
     return app
 
 

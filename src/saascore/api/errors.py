@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saascore.api.metrics import HTTP_ERRORS
+from saascore.api.openapi import allowed_methods
 from saascore.kit.db import is_timeout
 from saascore.kit.errors import DatabaseUnavailable, DomainError
 
@@ -133,11 +134,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", message, {"errors": errors}, headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        methods = allowed_methods(request.app.router.routes, request.scope)
+        if methods:
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+    return error_response(exc.status_code, code, message, headers=headers)
 
 
 #: How long a client should wait before retrying a request that the database (or the rate
