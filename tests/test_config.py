@@ -156,7 +156,7 @@ class TestDatabaseVariables:
             settings.db_max_overflow,
             settings.db_pool_timeout,
             settings.db_pool_recycle,
-        ) == (5, 10, 30.0, 1800)
+        ) == (5, 10, 5.0, 1800)
 
     def test_lower_case_names_work_too(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("db_pool_size", "7")

@@ -75,13 +75,21 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(default=5, ge=1, validation_alias=_env("DB_POOL_SIZE"))
     db_max_overflow: int = Field(default=10, ge=0, validation_alias=_env("DB_MAX_OVERFLOW"))
-    db_pool_timeout: float = Field(default=30.0, gt=0, validation_alias=_env("DB_POOL_TIMEOUT"))
+    #: Seconds a request waits for a pooled connection when all are in use; then 503.
+    db_pool_timeout: float = Field(default=5.0, gt=0, validation_alias=_env("DB_POOL_TIMEOUT"))
     db_pool_recycle: int = Field(default=1800, ge=-1, validation_alias=_env("DB_POOL_RECYCLE"))
     #: Test each pooled connection with a round trip before use. Off by default: it costs a
     #: round trip per checkout, and a connection found dead in use is discarded with its pool
     #: (the request answers 503; the next one reconnects). Turn on behind proxies that drop
     #: idle connections sooner than DB_POOL_RECYCLE.
     db_pool_pre_ping: bool = False
+    #: Seconds to open a connection to PostgreSQL (TCP, TLS and the startup handshake); a
+    #: server that accepts connections but never answers ends the request in 503 after it.
+    db_connect_timeout: float = Field(default=5.0, gt=0, le=300)
+    #: Seconds one statement may run: PostgreSQL's `statement_timeout` (the server cancels it),
+    #: and on the client a few seconds more, for a server that stopped answering. Both end the
+    #: request in 503. 0 turns both off. Migrations run without it.
+    db_statement_timeout: float = Field(default=10.0, ge=0, le=3600)
 
     # --- saascore's own ---------------------------------------------------------------------
     service_name: str = "saascore"
@@ -90,7 +98,8 @@ class Settings(BaseSettings):
     #: Upgrade the schema to the newest migration at start. Unset means: on for the embedded
     #: SQLite database, off for a configured server (run `saascore db upgrade` in deploys).
     auto_migrate: bool | None = None
-    sqlite_busy_timeout_ms: int = Field(default=30_000, ge=0)
+    #: Milliseconds a SQLite writer waits for the write lock before giving up (503).
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
     #: A PostgreSQL schema to use instead of `public` (tests give each run its own).
     database_schema: str | None = Field(default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     sql_echo: bool = False
@@ -145,6 +154,13 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=0, ge=0, le=300)
     #: Requests per minute that one operator key may make on `/v1/admin` (None: unlimited).
     operator_requests_per_minute: int | None = Field(default=600, ge=1)
+    #: The bearer token that `GET /metrics` requires on the API's own address. Unset, the API
+    #: does not serve `/metrics` at all (404): set this, or `metrics_port`.
+    metrics_token: SecretStr | None = Field(default=None, min_length=16, repr=False)
+    #: Where `saascore serve` opens a second listener that serves only `/metrics`, without a
+    #: token (bind it where only the scraper reaches). Unset: no such listener.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     #: Let webhook endpoints use http and loopback, private or link-local addresses (the SSRF
     #: guard refuses them by default): for tests and receivers on a private network.
     webhooks_allow_private: bool = False
@@ -303,7 +319,7 @@ def _variable_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-_SECRET = {"database_url", "database_password", "jwt_secret"}
+_SECRET = {"database_url", "database_password", "jwt_secret", "metrics_token"}
 
 
 def _without_password(value: Any) -> Any:

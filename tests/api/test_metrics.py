@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,13 +18,15 @@ import pytest_asyncio
 from fastapi import APIRouter, FastAPI
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from saascore.api.metrics import MetricsMiddleware, create_metrics_router, install_metrics
 from saascore.kit.db import Database
+from saascore.models import ModelPricing
 from saascore.testing import register_and_login
 from tests.cli.runner import SAASCORE, Cli, Server, clean_environment, free_port
 from tests.helpers import only_sqlite, settings_env
-from tests.http import api_app, serving
+from tests.http import api_app, serving, tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -41,17 +44,34 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+#: The metrics token of the apps these tests serve.
+TOKEN = "metrics-" + secrets.token_hex(16)
+AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def series(text: str) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """Every series of an exposition: its name and labels."""
+    return {
+        (found.name, tuple(sorted(found.labels.items())))
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+    }
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def metered(scratch: Database) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    """A client of the real app on the module's scratch database, its requests counted."""
-    application, core = api_app(scratch, auth_requests_per_minute=None)
+    """A client of the real app on the module's scratch database, its requests counted, its
+    metrics served with `TOKEN`."""
+    application, core = api_app(
+        scratch, auth_requests_per_minute=None, metrics_token=SecretStr(TOKEN)
+    )
     install_metrics(application)
     async with serving(application, core) as client:
         yield client, application
 
 
 async def scrape(client: httpx.AsyncClient) -> str:
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=AUTHORIZED)
     assert response.status_code == 200, response.text
     return response.text
 
@@ -165,7 +185,7 @@ class TestRouteTemplates:
         app.include_router(things, prefix="/orgs/{org}")
         app.mount("/sub", mounted)
         install_metrics(app)
-        app.include_router(create_metrics_router())
+        app.include_router(create_metrics_router(token=None))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://host") as client:
             yield client
@@ -219,7 +239,7 @@ class TestExposition:
         self, metered: tuple[httpx.AsyncClient, FastAPI]
     ) -> None:
         client, _ = metered
-        response = await client.get("/metrics")
+        response = await client.get("/metrics", headers=AUTHORIZED)
         assert response.headers["content-type"].startswith("text/plain")
         names = {family.name for family in text_string_to_metric_families(response.text)}
         assert {
@@ -235,7 +255,8 @@ class TestExposition:
     ) -> None:
         client, _ = metered
         response = await client.get(
-            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+            "/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0", **AUTHORIZED},
         )
         assert response.headers["content-type"].startswith("application/openmetrics-text")
         assert response.text.endswith("# EOF\n")
@@ -247,6 +268,95 @@ class TestExposition:
             "text/plain",
             "application/openmetrics-text",
         }
+
+
+class TestAccess:
+    """`/metrics` describes every tenant's traffic: only the scraper may read it."""
+
+    async def test_not_served_without_a_token_configured(self, scratch: Database) -> None:
+        application, core = api_app(scratch)
+        async with serving(application, core) as client:
+            response = await client.get("/metrics")
+            assert response.status_code == 404
+            assert "/metrics" not in (await client.get("/openapi.json")).json()["paths"]
+
+    async def test_a_configured_token_is_required(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            response = await client.get("/metrics", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "unauthorized"
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert "saascore_" not in response.text
+        assert (await client.get("/metrics", headers=AUTHORIZED)).status_code == 200
+
+
+class TestLabelsAreBounded:
+    async def test_200_model_names_add_no_series(
+        self, scratch: Database, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        client, _ = metered
+        owner = await tenant(client, scratch, scopes=["usage:write"])
+        events = [
+            {
+                "id": f"m{n}",
+                "metric": "tokens",
+                "quantity": 1,
+                "model": f"tenant-model-{uuid.uuid4().hex}",
+                "provider": f"tenant-provider-{n}",
+                "input_tokens": 1,
+            }
+            for n in range(200)
+        ]
+
+        async def post(batch: list[dict[str, object]]) -> None:
+            response = await client.post(
+                "/v1/usage/events", json={"events": batch}, headers=owner.key_headers
+            )
+            assert response.status_code == 200, response.text
+            assert all(item["status"] == "accepted" for item in response.json()["results"])
+
+        await post(events[:1])  # the route's and the counters' series exist from here on
+        before = await scrape(client)
+        await post(events[1:])
+        after = await scrape(client)
+        assert "tenant-model-" not in after
+        assert "tenant-provider-" not in after
+        assert series(after) == series(before)
+        assert len(after) < len(before) + 500  # only values moved
+        unpriced = {"provider": "other", "model": "other"}
+        assert sample(after, "saascore_usage_unpriced_model_total", **unpriced) == 199 + sample(
+            before, "saascore_usage_unpriced_model_total", **unpriced
+        )
+
+    async def test_a_model_the_catalog_prices_keeps_its_name(self, scratch: Database) -> None:
+        model = f"catalog-model-{uuid.uuid4().hex[:8]}"
+        async with scratch.transaction() as session:
+            session.add(
+                ModelPricing(
+                    provider="acme",
+                    model=model,
+                    input_micros_per_million=1_000_000,
+                    output_micros_per_million=0,
+                    effective_from=datetime(1970, 1, 1, tzinfo=UTC),
+                )
+            )
+        application, core = api_app(scratch, metrics_token=SecretStr(TOKEN))
+        async with serving(application, core) as client:
+            owner = await tenant(client, scratch, scopes=["usage:write"])
+            labels = {"provider": "other", "model": model}  # priced, but not at this provider
+            event = {"id": "k", "metric": "tokens", "quantity": 1, "input_tokens": 1}
+            response = await client.post(
+                "/v1/usage/events",
+                json={**event, "model": model, "provider": "unheard-of"},
+                headers=owner.key_headers,
+            )
+            assert response.status_code == 201, response.text
+            assert (
+                sample(await scrape(client), "saascore_usage_unpriced_model_total", **labels) == 1
+            )
 
 
 # --- several worker processes ---------------------------------------------------------------
@@ -307,6 +417,7 @@ def workers_cli(tmp_path: Path, database: Database, directory: Path) -> Cli:
             **settings_env(database.settings),
             "PROMETHEUS_MULTIPROC_DIR": str(directory),
             "SAASCORE_JWT_SECRET": secrets.token_urlsafe(32),
+            "SAASCORE_METRICS_TOKEN": TOKEN,
         }
     )
 
@@ -343,6 +454,29 @@ async def test_workers_are_summed_and_an_earlier_run_forgotten(
             for pid, group in held.items():
                 # Each worker answered only part of the requests, and its scrape shows all.
                 assert 0 < own[pid] < total
-                text = (await group[0].get("/metrics")).text
+                text = (await group[0].get("/metrics", headers=AUTHORIZED)).text
                 assert sample(text, ERRORS, status="404", code="not_found") == total
+    assert "Traceback" not in server.stderr
+
+
+@only_sqlite
+async def test_serve_opens_a_metrics_listener(database: Database, tmp_path: Path) -> None:
+    metrics_port = free_port()
+    cli = Cli(tmp_path, clean_environment()).with_env(
+        {
+            **settings_env(database.settings),
+            "SAASCORE_JWT_SECRET": secrets.token_urlsafe(32),
+            "SAASCORE_METRICS_PORT": str(metrics_port),
+        }
+    )
+    refused = cli("serve", "--workers", "2", "--port", str(free_port()))
+    assert "PROMETHEUS_MULTIPROC_DIR" in refused.error_line(2)
+    port = free_port()
+    with cli.server("serve", "--port", str(port), port=port) as server:
+        await asyncio.to_thread(server.wait_until_healthy)
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(server.url("/metrics"))).status_code == 404
+            private = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert private.status_code == 200
+        assert sample(private.text, REQUESTS, method="GET", route="/healthz", status="200") >= 1
     assert "Traceback" not in server.stderr

@@ -60,7 +60,7 @@ class TestCreate:
         ("body", "code"),
         [
             ({"name": "k", "scopes": ["usage:root"]}, "validation_error"),
-            ({"name": "k", "scopes": []}, "invalid_input"),
+            ({"name": "k", "scopes": []}, "validation_error"),
             ({"name": "   ", "scopes": ["usage:read"]}, "invalid_input"),
             ({"name": "k", "expires_at": "2001-01-01T00:00:00Z"}, "invalid_input"),
             ({"name": "k", "expires_at": "2999-01-01T00:00:00"}, "validation_error"),

@@ -339,7 +339,7 @@ class TestTheTwoStores:
 
             first = await record_many(usage, path, [of(a, "e1", 30), of(b, "e1", 30)])
             unpriced_before = sample(
-                "saascore_usage_unpriced_model_total", provider="acme", model=unpriced
+                "saascore_usage_unpriced_model_total", provider="acme", model="other"
             )
             second = await record_many(
                 usage,
@@ -388,7 +388,7 @@ class TestTheTwoStores:
                 ],
             )
             assert sample(
-                "saascore_usage_unpriced_model_total", provider="acme", model=unpriced
+                "saascore_usage_unpriced_model_total", provider="acme", model="other"
             ) == (unpriced_before + 1)
             ids = {
                 event_id: f"{label}:{key}"

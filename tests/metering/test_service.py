@@ -812,8 +812,9 @@ class TestPricing:
         caplog: pytest.LogCaptureFixture,
     ) -> None:
         model = random_code("unpriced")
-        labels = {"provider": "acme", "model": model}
-        assert sample("saascore_usage_unpriced_model_total", **labels) == 0
+        # A model and a provider the catalog does not name are labelled `other`.
+        labels = {"provider": "other", "model": "other"}
+        before = sample("saascore_usage_unpriced_model_total", **labels)
         with caplog.at_level(logging.WARNING, logger="saascore.metering"):
             result = await usage.record(
                 org.id,
@@ -821,13 +822,13 @@ class TestPricing:
                 30,
                 idempotency_key="k",
                 model=model,
-                provider="acme",
+                provider="nobody",
                 input_tokens=10,
                 output_tokens=20,
                 session=session,
             )
         assert (result.status, result.cost_micros, result.used) == ("accepted", 0, 30)
-        assert sample("saascore_usage_unpriced_model_total", **labels) == 1
+        assert sample("saascore_usage_unpriced_model_total", **labels) == before + 1
         assert any(model in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
         assert (await rows(session, org.id)).events == [("k", "tokens", 30)]
 
@@ -1580,9 +1581,9 @@ class TestInItsOwnTransaction:
         assert await cost("mar", model=model, provider="acme", **tokens) == 7_050
         assert await cost("half", model=halves, input_tokens=1) == 3  # 2.5 rounds up
         assert await cost("other-provider", model=model, provider="elsewhere", **tokens) == 0
-        labels = {"provider": "acme", "model": unpriced}
+        labels = {"provider": "other", "model": "other"}
         before = sample("saascore_usage_unpriced_model_total", **labels)
-        assert await cost("unpriced", model=unpriced, provider="acme", input_tokens=5) == 0
+        assert await cost("unpriced", model=unpriced, provider="nobody", input_tokens=5) == 0
         assert sample("saascore_usage_unpriced_model_total", **labels) == before + 1
         summary = await own.summary(org_id, start=date(2025, 2, 1), end=date(2025, 3, 31))
         assert [(row.key, row.cost_micros) for row in summary] == [

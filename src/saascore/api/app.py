@@ -18,6 +18,7 @@ from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
+from saascore.api.openapi import install_openapi
 from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
@@ -119,7 +120,8 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     )
     install(app, settings)
     app.include_router(create_health_router(settings.service_name, __version__))
-    app.include_router(create_metrics_router())
+    if settings.metrics_token is not None:
+        app.include_router(create_metrics_router(token=settings.metrics_token.get_secret_value()))
     for router in (
         create_usage_router(),  # the hot path first: routes are matched in order
         create_auth_router(),
@@ -135,6 +137,7 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
         app.include_router(router)
     document_webhooks(app)
     publish_password_rules(app, settings.password_min_length)
+    install_openapi(app)
     return app
 
 

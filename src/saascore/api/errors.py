@@ -19,6 +19,8 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saascore.api.metrics import HTTP_ERRORS
+from saascore.api.openapi import allowed_methods
+from saascore.kit.db import is_timeout
 from saascore.kit.errors import DatabaseUnavailable, DomainError, RateLimiterUnavailable
 
 __all__ = [
@@ -131,24 +133,43 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "validation_error", message, {"errors": errors}, headers)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        methods = allowed_methods(request.app.router.routes, request.scope)
+        if methods:
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+    return error_response(exc.status_code, code, message, headers=headers)
 
 
-async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+#: How long a client should wait before retrying a request that the database could not serve.
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.error("database unavailable: %s", exc)
-    return error_response(503, "database_unavailable", "the database is unavailable")
+    headers = {**_rate_limit_headers(request), "Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+    return error_response(503, "database_unavailable", "the database is unavailable", None, headers)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    """Losing the database mid-request is a 503 the client may retry; any other database
-    error is a bug (500)."""
-    if isinstance(
-        exc, OSError | TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError
-    ) or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated):
+    """Losing the database mid-request, or waiting past a timeout (connect, pool checkout,
+    statement, lock) is a 503 the client may retry; any other database error is a bug (500)."""
+    if (
+        isinstance(
+            exc,
+            OSError
+            | TimeoutError
+            | sa_exc.TimeoutError
+            | sa_exc.OperationalError
+            | sa_exc.InterfaceError,
+        )
+        or (isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated)
+        or is_timeout(exc)
+    ):
         return await _database_unavailable(request, exc)
     return await _unexpected(request, exc)
 
@@ -184,5 +205,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.DBAPIError, _database_error)
     app.add_exception_handler(OSError, _database_error)
     app.add_exception_handler(TimeoutError, _database_error)
+    app.add_exception_handler(sa_exc.TimeoutError, _database_error)  # no pooled connection in time
     app.add_exception_handler(RateLimiterUnavailable, _rate_limit_storage_down)
     app.add_exception_handler(Exception, _unexpected)

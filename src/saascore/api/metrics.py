@@ -27,8 +27,15 @@ to the new run's counts); under another process manager, empty the directory bef
 workers start. In that mode `/metrics` serves only what the files hold: no
 `process_*` or `python_*` metrics, and no `_created` samples.
 
-`/metrics` is not authenticated: serve it only where Prometheus, not the public, can reach it
-(a private listener, or a proxy rule).
+**Who may read it.** The metrics describe every tenant's traffic, so `create_app` serves
+`/metrics` only with `SAASCORE_METRICS_TOKEN` set, and then only to a request that carries it
+(`Authorization: Bearer <token>`; 401 otherwise). Without the token the route does not exist
+(404). `SAASCORE_METRICS_PORT` makes `saascore serve` open a second listener that serves only
+the metrics, without a token, for a scraper on a private network (`serve_metrics`).
+
+Label values are bounded (route templates, status codes, error codes, meter codes, and model
+and provider names only when the catalog knows them, else `other`): a client cannot grow the
+exposition by inventing names.
 """
 
 from __future__ import annotations
@@ -36,12 +43,15 @@ from __future__ import annotations
 import functools
 import os
 import re
+import secrets
+import threading
 import time
 from typing import Any, Final
 
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import HTTPException
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,6 +64,7 @@ __all__ = [
     "create_metrics_router",
     "install_metrics",
     "metrics_registry",
+    "serve_metrics",
 ]
 
 MULTIPROC_DIR_VARIABLE: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -91,9 +102,12 @@ def metrics_registry() -> CollectorRegistry:
     return registry
 
 
-def create_metrics_router() -> APIRouter:
-    """`GET /metrics` in Prometheus' text format (OpenMetrics when the scraper asks for it)."""
+def create_metrics_router(*, token: str | None) -> APIRouter:
+    """`GET /metrics` in Prometheus' text format (OpenMetrics when the scraper asks for it),
+    only to requests with `Authorization: Bearer <token>`. `token=None` serves it to anyone:
+    only for an app that the public cannot reach."""
     router = APIRouter(tags=["health"])
+    expected = None if token is None else f"Bearer {token}".encode()
 
     @router.get(
         "/metrics",
@@ -117,8 +131,14 @@ def create_metrics_router() -> APIRouter:
         },
     )
     async def metrics(request: Request) -> Response:
-        """Requests, latency, errors by code, usage recorded and refused. Not authenticated:
-        expose it to the scraper only."""
+        """Requests, latency, errors by code, usage recorded and refused. Requires the metrics
+        token (`Authorization: Bearer ...`) when one is configured."""
+        if expected is not None:
+            given = request.headers.get("authorization", "").encode()
+            if not secrets.compare_digest(given, expected):
+                raise HTTPException(
+                    401, "the metrics token is missing or wrong", {"WWW-Authenticate": "Bearer"}
+                )
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encode(metrics_registry()), media_type=content_type)
 
@@ -210,3 +230,11 @@ def install_metrics(app: FastAPI) -> None:
     installed: list[object] = [middleware.cls for middleware in app.user_middleware]
     if MetricsMiddleware not in installed:
         app.add_middleware(MetricsMiddleware)
+
+
+def serve_metrics(host: str, port: int) -> threading.Thread:
+    """Serve `/metrics` (and only that, without a token) on `host:port` from a daemon thread
+    of this process, as `saascore serve` does with `SAASCORE_METRICS_PORT`: this process's
+    registry, or with `PROMETHEUS_MULTIPROC_DIR` set, the sum over every worker."""
+    _server, thread = start_http_server(port, host, registry=metrics_registry())
+    return thread

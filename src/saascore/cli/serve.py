@@ -49,6 +49,7 @@ def serve(
 
     With several workers, set SAASCORE_RATE_LIMIT_STORAGE=redis://... (shared rate limits)
     and PROMETHEUS_MULTIPROC_DIR (metrics summed over the workers; emptied at start).
+    /metrics is served with SAASCORE_METRICS_TOKEN, or on SAASCORE_METRICS_PORT.
     """
     import uvicorn
 
@@ -56,6 +57,8 @@ def serve(
         fail("--reload and --workers cannot be combined", EXIT_USAGE)
     clear_metrics_directory()
     settings = load_settings()  # a bad setting stops here, before any worker starts
+    if settings.metrics_port is not None:
+        start_metrics_listener(settings, workers=workers, reload=reload, port=port)
     if settings.should_auto_migrate:
         # Once here rather than once per worker, where they would race to create the tables.
         run_with_database(settings, migrate.upgrade)
@@ -71,6 +74,29 @@ def serve(
         # app reads it only from SAASCORE_TRUSTED_PROXIES (`saascore.api.deps.client_address`).
         proxy_headers=False,
     )
+
+
+def start_metrics_listener(
+    settings: Settings, *, workers: int, reload: bool, port: int | None
+) -> None:
+    """Serve `/metrics` on `SAASCORE_METRICS_HOST:SAASCORE_METRICS_PORT` from this process.
+    Workers in processes of their own count in theirs: the listener then needs
+    PROMETHEUS_MULTIPROC_DIR to see them."""
+    from saascore.api.metrics import MULTIPROC_DIR_VARIABLE, serve_metrics
+
+    assert settings.metrics_port is not None
+    if (workers > 1 or reload) and not os.environ.get(MULTIPROC_DIR_VARIABLE):
+        fail(
+            "SAASCORE_METRICS_PORT with --workers or --reload needs PROMETHEUS_MULTIPROC_DIR: "
+            "the workers count in processes of their own",
+            EXIT_USAGE,
+        )
+    if settings.metrics_port == (port or settings.port):
+        fail("SAASCORE_METRICS_PORT must differ from the API's port", EXIT_USAGE)
+    try:
+        serve_metrics(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
 
 
 def clear_metrics_directory() -> None:

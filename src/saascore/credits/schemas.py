@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.credits.service import CreditAccount
+from saascore.kit.inputs import StrictInt
 from saascore.kit.validation import Instant
 from saascore.models import CreditSource, CreditTransactionType
 from saascore.plans.catalog import INT32, INT64
@@ -81,7 +82,7 @@ class _Body(BaseModel):
 
 
 class CreditGrantCreate(_Body):
-    amount: int = Field(ge=1, le=INT64, examples=[5_000])
+    amount: StrictInt = Field(ge=1, le=INT64, examples=[5_000])
     idempotency_key: str = Field(
         min_length=1,
         max_length=255,
@@ -89,7 +90,7 @@ class CreditGrantCreate(_Body):
         examples=["goodwill-2025-03-ticket-812"],
     )
     source: CreditSource = Field(default=CreditSource.MANUAL, examples=[CreditSource.PROMOTION])
-    priority: int = Field(
+    priority: StrictInt = Field(
         default=0, ge=-INT32, le=INT32, description="Lower is drawn first", examples=[0]
     )
     expires_at: Instant | None = Field(default=None, examples=[None])
@@ -97,6 +98,6 @@ class CreditGrantCreate(_Body):
 
 
 class LowThreshold(_Body):
-    threshold: int | None = Field(
+    threshold: StrictInt | None = Field(
         ge=1, le=INT64, description="null: never send `credits.low`", examples=[100]
     )

@@ -31,7 +31,12 @@ __all__ = [
     "publish_password_rules",
 ]
 
-_EMAIL = Field(min_length=3, max_length=320, examples=["ada@example.com"])
+_EMAIL = Field(
+    min_length=3,
+    max_length=320,
+    json_schema_extra={"format": "email"},
+    examples=["ada@example.com"],
+)
 _PASSWORD = Field(min_length=1, max_length=256, examples=["correct horse battery staple"])
 
 
@@ -109,6 +114,7 @@ class ApiKeyCreate(_Body):
     name: str = Field(min_length=1, max_length=255, examples=["ingest worker"])
     scopes: list[Permission] = Field(
         default_factory=lambda: [Permission.USAGE_WRITE, Permission.USAGE_READ],
+        min_length=1,
         max_length=len(Permission),
     )
     expires_at: Instant | None = None

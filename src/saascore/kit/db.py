@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -32,10 +33,20 @@ from sqlalchemy.util import greenlet_spawn
 from saascore.config import DatabaseBackend, Settings
 from saascore.kit.errors import DatabaseUnavailable
 
-__all__ = ["SQLITE_BEGIN", "CloudSQLConnector", "Database", "describe_connection_error"]
+__all__ = [
+    "SQLITE_BEGIN",
+    "CloudSQLConnector",
+    "Database",
+    "describe_connection_error",
+    "is_timeout",
+]
 
 #: The execution option that picks SQLite's BEGIN mode (DEFERRED unless set).
 SQLITE_BEGIN = "saascore_sqlite_begin"
+
+#: Seconds the client waits past the server's `statement_timeout` before it gives up on a
+#: statement itself: the server's cancellation is the clean one, this is for a dead server.
+STATEMENT_GRACE_SECONDS = 2.0
 
 
 class CloudSQLConnector(Protocol):
@@ -166,7 +177,7 @@ class Database:
             write_sessions=async_sessionmaker(writer, expire_on_commit=False),
         )
 
-    def _create_engine(self, *, pooled: bool = True) -> AsyncEngine:
+    def _create_engine(self, *, pooled: bool = True, statement_timeout: bool = True) -> AsyncEngine:
         settings = self.settings
         extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
         if self.backend is DatabaseBackend.SQLITE:
@@ -199,13 +210,47 @@ class Database:
         server_settings = {"application_name": settings.service_name}
         if settings.database_schema:
             server_settings["search_path"] = settings.database_schema
+        timeouts = self._timeouts(server_settings, bounded=statement_timeout)
         if settings.use_cloud_sql_connector:
-            options["async_creator"] = self._cloud_sql_creator(server_settings)
+            options["async_creator"] = self._cloud_sql_creator(server_settings, timeouts)
         else:
-            options["connect_args"] = {"server_settings": server_settings}
-        return create_async_engine(self.url, **options)
+            options["connect_args"] = {"server_settings": server_settings, **timeouts}
+        engine = create_async_engine(self.url, **options)
+        event.listen(engine.sync_engine, "handle_error", _on_statement_timeout)
+        return engine
 
-    def _cloud_sql_creator(self, server_settings: dict[str, str]) -> Callable[[], Awaitable[Any]]:
+    def _timeouts(self, server_settings: dict[str, str], *, bounded: bool) -> dict[str, Any]:
+        """asyncpg's connect `timeout` and `command_timeout`, and the server's
+        `statement_timeout` (in `server_settings`). The server cancels a slow statement first
+        (`QueryCanceledError`, the connection stays usable); the client gives up a few seconds
+        later, for a server that stopped answering altogether."""
+        settings = self.settings
+        timeouts: dict[str, Any] = {"timeout": settings.db_connect_timeout}
+        if bounded and settings.db_statement_timeout > 0:
+            server_settings["statement_timeout"] = str(int(settings.db_statement_timeout * 1000))
+            timeouts["command_timeout"] = settings.db_statement_timeout + STATEMENT_GRACE_SECONDS
+        else:
+            server_settings["statement_timeout"] = "0"
+        return timeouts
+
+    @asynccontextmanager
+    async def unbounded_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of its own with no statement timeout, for work that may rightly take
+        long (migrations). On SQLite, an ordinary connection."""
+        if self.backend is DatabaseBackend.SQLITE:
+            async with self.engine.connect() as connection:
+                yield connection
+            return
+        engine = self._create_engine(pooled=False, statement_timeout=False)
+        try:
+            async with engine.connect() as connection:
+                yield connection
+        finally:
+            await engine.dispose()
+
+    def _cloud_sql_creator(
+        self, server_settings: dict[str, str], timeouts: dict[str, Any]
+    ) -> Callable[[], Awaitable[Any]]:
         settings = self.settings
         instance = settings.cloud_sql_instance
         assert instance is not None  # Settings checks it
@@ -222,6 +267,7 @@ class Database:
                 db=settings.database_name or "postgres",
                 ip_type=settings.cloud_sql_ip_type.lower(),
                 server_settings=server_settings,
+                **timeouts,
             )
 
         return creator
@@ -292,10 +338,16 @@ class Database:
             asyncpg.CrashShutdownError,
             asyncpg.CannotConnectNowError,
         ) as exc:
+            if isinstance(exc, TimeoutError):  # silent: closing it politely would wait too
+                driver.terminate()
             await greenlet_spawn(pooled.invalidate, exc)
             if isinstance(exc, asyncpg.InterfaceError) and not driver.is_closed():
                 raise  # a misuse, not a lost connection
             await engine.dispose()
+            raise DatabaseUnavailable(describe_connection_error(exc)) from exc
+        except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
+            # The server's statement_timeout (or lock_timeout): it answers, but too slowly.
+            await greenlet_spawn(pooled.invalidate, exc)
             raise DatabaseUnavailable(describe_connection_error(exc)) from exc
         except BaseException as exc:
             # Cancelled or failed mid-statement: the server may still be inside a
@@ -351,6 +403,20 @@ class Database:
                 state.engine.sync_engine.dispose(close=False)
 
 
+def _on_statement_timeout(context: sa.engine.ExceptionContext) -> None:
+    """A statement that the client gave up on (asyncpg's `command_timeout`): the server
+    stopped answering. Drop the connection at once, as a disconnect (with its pool): a polite
+    close or a rollback on it would wait as long again."""
+    if not isinstance(context.original_exception, TimeoutError):
+        return
+    connection = context.connection
+    if connection is not None and not connection.invalidated:
+        driver = connection.connection.driver_connection
+        if driver is not None:
+            driver.terminate()
+    context.is_disconnect = True
+
+
 def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -371,7 +437,7 @@ def _configure_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
 
 def describe_connection_error(exc: BaseException) -> str:
     """One line saying why the database could not be reached, without a traceback."""
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError | sa.exc.TimeoutError) or is_timeout(exc):
         return "the database did not answer in time"
     root: BaseException = exc
     while isinstance(root, sa.exc.StatementError) and root.orig is not None:
@@ -380,3 +446,25 @@ def describe_connection_error(exc: BaseException) -> str:
         root = root.__cause__
     text = " ".join(str(root).split()) or type(root).__name__
     return f"cannot reach the database: {text}"
+
+
+#: SQLSTATEs of a statement the server ended for taking too long: `query_canceled` (its
+#: statement_timeout) and `lock_not_available` (its lock_timeout).
+TIMEOUT_SQLSTATES = frozenset({"57014", "55P03"})
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether `exc` (a driver's error, or SQLAlchemy's around one) means the database took too
+    long: a server-side statement or lock timeout, or SQLite's busy timeout ("database is
+    locked")."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "sqlstate", None) in TIMEOUT_SQLSTATES:
+            return True
+        if type(current).__name__ == "OperationalError" and "database is locked" in str(current):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False

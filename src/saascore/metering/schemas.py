@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from saascore.kit.inputs import StrictInt
 from saascore.kit.validation import MAX_JSON_DEPTH, Instant, JSONObject
 from saascore.metering.values import (
     BIGINT_MAX,
@@ -72,9 +73,9 @@ class _EventFields(_Body):
     provider: str | None = Field(
         default=None, max_length=50, pattern=PLAIN_TEXT, examples=["openai"]
     )
-    input_tokens: int = Field(default=0, ge=0, le=BIGINT_MAX, examples=[1200])
-    output_tokens: int = Field(default=0, ge=0, le=BIGINT_MAX, examples=[350])
-    cached_tokens: int = Field(
+    input_tokens: StrictInt = Field(default=0, ge=0, le=BIGINT_MAX, examples=[1200])
+    output_tokens: StrictInt = Field(default=0, ge=0, le=BIGINT_MAX, examples=[350])
+    cached_tokens: StrictInt = Field(
         default=0,
         ge=0,
         le=BIGINT_MAX,
@@ -118,7 +119,7 @@ class UsageEventRequest(_EventFields):
         examples=["evt_01J9ZK3Q8X"],
     )
     metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
-    quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[1550])
+    quantity: StrictInt = Field(ge=0, le=BIGINT_MAX, examples=[1550])
     occurred_at: Instant | None = Field(
         default=None, description="When the usage happened (default: when it is recorded)"
     )
@@ -249,7 +250,7 @@ class UsageBatchRecorded(BaseModel):
 
 class UsageCheckRequest(_Body):
     metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
-    quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[5000])
+    quantity: StrictInt = Field(ge=0, le=BIGINT_MAX, examples=[5000])
 
 
 class UsageCheckResponse(BaseModel):
@@ -274,8 +275,8 @@ class ReservationCreate(_Body):
     release it. A reservation not settled within `ttl_seconds` expires and frees its quota."""
 
     metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
-    quantity: int = Field(gt=0, le=BIGINT_MAX, examples=[4000])
-    ttl_seconds: int = Field(default=300, ge=1, le=MAX_RESERVATION_SECONDS, examples=[300])
+    quantity: StrictInt = Field(gt=0, le=BIGINT_MAX, examples=[4000])
+    ttl_seconds: StrictInt = Field(default=300, ge=1, le=MAX_RESERVATION_SECONDS, examples=[300])
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
@@ -289,7 +290,7 @@ class ReservationCreate(_Body):
 class ReservationSettle(_EventFields):
     """The real amount of a held reservation, recorded as a usage event of its metric."""
 
-    quantity: int = Field(ge=0, le=BIGINT_MAX, examples=[3620])
+    quantity: StrictInt = Field(ge=0, le=BIGINT_MAX, examples=[3620])
 
 
 class ReservationOut(BaseModel):

@@ -86,6 +86,7 @@ from saascore.metering.values import (
 from saascore.models import (
     Aggregation,
     Meter,
+    ModelPricing,
     UsageDailySummary,
     UsageLimits,
     UsageReservation,
@@ -156,6 +157,9 @@ class UsageService:
         ] = weakref.WeakKeyDictionary()
         self._meters: dict[str, MeterInfo] = {}
         self._meters_loaded_at = -math.inf
+        #: The models and providers `model_pricing` names: the only ones metrics label by name.
+        self._known_models: frozenset[str] = frozenset()
+        self._known_providers: frozenset[str] = metrics.KNOWN_PROVIDERS
         self._reservations = Reservations(
             clock=lambda: self.clock(),
             meter=self._meter,
@@ -848,6 +852,11 @@ class UsageService:
             )
         )
         self._meters = {code: MeterInfo(code, agg, reset) for code, agg, reset in rows}
+        priced = (
+            await s.execute(sa.select(ModelPricing.provider, ModelPricing.model).distinct())
+        ).all()
+        self._known_models = frozenset(model for _, model in priced)
+        self._known_providers = metrics.KNOWN_PROVIDERS | {provider for provider, _ in priced}
         self._meters_loaded_at = self.clock().timestamp()
 
     async def _storage_used(self, s: AsyncSession, org_id: uuid.UUID) -> int:
@@ -857,7 +866,10 @@ class UsageService:
         return int(used or 0)
 
     def _unpriced(self, event: UsageEventIn) -> None:
-        metrics.USAGE_UNPRICED_MODEL.labels(event.provider or "", event.model or "").inc()
+        metrics.USAGE_UNPRICED_MODEL.labels(
+            metrics.bounded_label(event.provider, self._known_providers),
+            metrics.bounded_label(event.model, self._known_models),
+        ).inc()
         logger.warning(
             "no price for model %r (provider %r): recorded at cost 0", event.model, event.provider
         )

@@ -69,7 +69,7 @@ async def _run(database: Database, fn: Any, *args: Any) -> Any:
         config.attributes["connection"] = connection
         return fn(config, *args)
 
-    async with database.engine.connect() as connection:
+    async with database.unbounded_connection() as connection:
         if database.backend is not DatabaseBackend.SQLITE:
             result = await connection.run_sync(work)
             await connection.commit()
@@ -134,7 +134,7 @@ async def current(database: Database) -> str | None:
         options = {"version_table_schema": _schema(database)}
         return MigrationContext.configure(connection, opts=options).get_current_revision()
 
-    async with database.engine.connect() as connection:
+    async with database.unbounded_connection() as connection:
         revision: str | None = await connection.run_sync(read)
     return revision
 
@@ -158,7 +158,7 @@ async def check(database: Database) -> list[Any]:
         )
         return list(compare_metadata(context, Base.metadata))
 
-    async with database.engine.connect() as connection:
+    async with database.unbounded_connection() as connection:
         diffs: list[Any] = await connection.run_sync(compare)
     return diffs
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saascore.kit.errors import InvalidInput
+from saascore.kit.inputs import StrictInt
 from saascore.kit.validation import JSONObject
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
@@ -47,7 +48,7 @@ class _Spec(BaseModel):
 class PriceSpec(_Spec):
     billing_cycle: BillingCycle
     currency: str = Field(pattern=r"^[A-Z]{3}$")
-    amount: int = Field(ge=0, le=INT64)
+    amount: StrictInt = Field(ge=0, le=INT64)
     stripe_price_id: str | None = None
     stripe_product_id: str | None = None
     lemon_squeezy_variant_id: str | None = None
@@ -55,7 +56,7 @@ class PriceSpec(_Spec):
 
 
 class LimitSpec(_Spec):
-    limit: int | None = Field(default=None, le=INT64)
+    limit: StrictInt | None = Field(default=None, le=INT64)
     hard: bool = True
 
     @field_validator("limit")
@@ -67,20 +68,20 @@ class LimitSpec(_Spec):
 class PlanSpec(_Spec):
     name: str = Field(min_length=1, max_length=255)
     description: str | None = None
-    sort_order: int = Field(default=0, ge=-INT32, le=INT32)
-    monthly_token_limit: int | None = Field(default=None, le=INT64)
-    max_storage_mb: int | None = Field(default=None, le=INT64 // (1024 * 1024))
-    max_api_calls_per_day: int | None = Field(default=None, le=INT64)
-    max_products_per_batch: int | None = Field(default=None, le=INT32)
-    max_items: int | None = Field(default=None, le=INT32)
-    max_secondary: int | None = Field(default=None, le=INT32)
-    max_users: int | None = Field(default=None, le=INT32)
-    requests_per_minute: int | None = Field(default=None, le=INT32)
-    requests_per_hour: int | None = Field(default=None, le=INT32)
-    credits_per_period: int = Field(default=0, ge=0, le=INT64)
+    sort_order: StrictInt = Field(default=0, ge=-INT32, le=INT32)
+    monthly_token_limit: StrictInt | None = Field(default=None, le=INT64)
+    max_storage_mb: StrictInt | None = Field(default=None, le=INT64 // (1024 * 1024))
+    max_api_calls_per_day: StrictInt | None = Field(default=None, le=INT64)
+    max_products_per_batch: StrictInt | None = Field(default=None, le=INT32)
+    max_items: StrictInt | None = Field(default=None, le=INT32)
+    max_secondary: StrictInt | None = Field(default=None, le=INT32)
+    max_users: StrictInt | None = Field(default=None, le=INT32)
+    requests_per_minute: StrictInt | None = Field(default=None, le=INT32)
+    requests_per_hour: StrictInt | None = Field(default=None, le=INT32)
+    credits_per_period: StrictInt = Field(default=0, ge=0, le=INT64)
     credits_rollover: bool = False
     api_access: bool = False
-    trial_days: int = Field(default=0, ge=0, le=INT32)
+    trial_days: StrictInt = Field(default=0, ge=0, le=INT32)
     is_active: bool = True
     is_public: bool = True
     features: JSONObject = Field(default_factory=dict)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saascore.kit.inputs import StrictInt
 from saascore.kit.validation import JSONObject
 from saascore.models import BillingCycle, SubscriptionPlan
 from saascore.plans.catalog import INT64, LIMIT_FIELDS
@@ -129,7 +130,9 @@ class _Body(BaseModel):
 class LimitSetting(_Body):
     """A plan's limit on one meter, in `PlanUpdate.limits`."""
 
-    limit: int | None = Field(ge=0, le=INT64, description="null: unlimited", examples=[250_000])
+    limit: StrictInt | None = Field(
+        ge=0, le=INT64, description="null: unlimited", examples=[250_000]
+    )
     hard: bool = Field(default=True, description="A hard limit refuses; a soft one only flags")
 
 
@@ -149,24 +152,24 @@ class PlanUpdate(_Body):
 
     name: str | None = Field(default=None, min_length=1, max_length=255, examples=["Pro"])
     description: str | None = Field(default=None, examples=["Full API access."])
-    sort_order: int | None = Field(default=None, examples=[20])
+    sort_order: StrictInt | None = Field(default=None, examples=[20])
     is_active: bool | None = Field(
         default=None, description="Offered to new customers", examples=[True]
     )
     is_public: bool | None = Field(default=None, description="Listed in /v1/plans", examples=[True])
-    monthly_token_limit: int | None = Field(default=None, examples=[5_000_000])
-    max_storage_mb: int | None = Field(default=None, examples=[10_240])
-    max_api_calls_per_day: int | None = Field(default=None, examples=[10_000])
-    max_products_per_batch: int | None = Field(default=None, examples=[100])
-    max_items: int | None = Field(default=None, examples=[10_000])
-    max_secondary: int | None = Field(default=None, examples=[10])
-    max_users: int | None = Field(default=None, examples=[20])
-    requests_per_minute: int | None = Field(default=None, examples=[60])
-    requests_per_hour: int | None = Field(default=None, examples=[2_000])
-    credits_per_period: int | None = Field(default=None, examples=[1_000])
+    monthly_token_limit: StrictInt | None = Field(default=None, examples=[5_000_000])
+    max_storage_mb: StrictInt | None = Field(default=None, examples=[10_240])
+    max_api_calls_per_day: StrictInt | None = Field(default=None, examples=[10_000])
+    max_products_per_batch: StrictInt | None = Field(default=None, examples=[100])
+    max_items: StrictInt | None = Field(default=None, examples=[10_000])
+    max_secondary: StrictInt | None = Field(default=None, examples=[10])
+    max_users: StrictInt | None = Field(default=None, examples=[20])
+    requests_per_minute: StrictInt | None = Field(default=None, examples=[60])
+    requests_per_hour: StrictInt | None = Field(default=None, examples=[2_000])
+    credits_per_period: StrictInt | None = Field(default=None, examples=[1_000])
     credits_rollover: bool | None = Field(default=None, examples=[True])
     api_access: bool | None = Field(default=None, examples=[True])
-    trial_days: int | None = Field(default=None, examples=[14])
+    trial_days: StrictInt | None = Field(default=None, examples=[14])
     features: JSONObject | None = Field(default=None, examples=[{"custom_templates": True}])
     limits: dict[str, LimitSetting | None] | None = Field(
         default=None, examples=[{"api_calls": {"limit": 20_000, "hard": True}}]

@@ -55,7 +55,12 @@ class _Body(BaseModel):
 
 
 class UserCreate(_Body):
-    email: str = Field(min_length=3, max_length=320, examples=["grace@example.com"])
+    email: str = Field(
+        min_length=3,
+        max_length=320,
+        json_schema_extra={"format": "email"},
+        examples=["grace@example.com"],
+    )
     name: str | None = Field(default=None, max_length=255, examples=["Grace Hopper"])
     role: UserRole = Field(default=UserRole.MEMBER, examples=[UserRole.MEMBER])
     password: str | None = _PASSWORD
@@ -80,14 +85,17 @@ class OrganizationUpdate(_Body):
     )
     domain: str | None = Field(default=None, max_length=255, examples=["engines.example"])
     billing_email: str | None = Field(
-        default=None, max_length=320, examples=["billing@engines.example"]
+        default=None,
+        max_length=320,
+        json_schema_extra={"format": "email"},
+        examples=["billing@engines.example"],
     )
     locale: str | None = Field(default=None, max_length=16, examples=["en-GB"])
     country: str | None = Field(
-        default=None, max_length=2, description="ISO 3166-1 alpha-2", examples=["GB"]
+        default=None, pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2", examples=["GB"]
     )
     currency: str | None = Field(
-        default=None, max_length=3, description="ISO 4217", examples=["GBP"]
+        default=None, pattern=r"^[A-Za-z]{3}$", description="ISO 4217", examples=["GBP"]
     )
     settings: dict[str, Any] | None = Field(
         default=None, description="At most 16 KiB as JSON", examples=[{"theme": "dark"}]
