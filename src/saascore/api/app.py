@@ -13,7 +13,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from saascore import __version__
 from saascore.api.admin import create_admin_router
-from saascore.api.deps import document_security
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
@@ -25,7 +24,6 @@ from saascore.core import Saascore
 from saascore.credits.endpoints import create_credits_router
 from saascore.events.endpoints import create_webhooks_router, document_webhooks
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
-from saascore.identity.schemas import publish_password_rules
 from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
@@ -95,7 +93,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     request id, the input guard, CORS from settings, request metrics, and both credential schemes
     in the OpenAPI document."""
     install_error_handlers(app)
-    document_security(app)
+    install_openapi(app, settings)
     app.add_middleware(InputGuardMiddleware, max_body_bytes=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)
     setup_cors(app, settings.cors_origins)
@@ -136,8 +134,6 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     ):
         app.include_router(router)
     document_webhooks(app)
-    publish_password_rules(app, settings.password_min_length)
-    install_openapi(app)
     return app
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, Request, Response
 from fastapi.openapi.models import APIKey
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
@@ -40,10 +40,10 @@ __all__ = [
     "SessionDep",
     "TenantDep",
     "client_address",
-    "document_security",
     "get_core",
     "get_origin",
     "get_principal",
+    "offer_bearer",
     "require",
 ]
 
@@ -159,7 +159,7 @@ class Caller(SecurityBase):
     One dependency rather than a chain of them (credential headers, the facade, the caller,
     the check): FastAPI resolves every node of a chain on every request, which the hot paths
     feel. The OpenAPI document still names both schemes: this one is the API key, and
-    `document_security` adds the bearer token beside it."""
+    `offer_bearer` adds the bearer token beside it."""
 
     def __init__(
         self,
@@ -191,29 +191,18 @@ def require(permission: Permission | None = None) -> Caller:
     return Caller(tenant=True, permission=permission)
 
 
-def document_security(app: FastAPI) -> None:
-    """Have `app`'s OpenAPI document offer the bearer token wherever it asks for an API key
+def offer_bearer(document: dict[str, Any]) -> None:
+    """Have an OpenAPI `document` offer the bearer token wherever it asks for an API key
     (`Caller` declares the one; both are accepted)."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        document = generate()
-        schemes = document.get("components", {}).get("securitySchemes", {})
-        if "ApiKey" in schemes:
-            schemes["Bearer"] = BEARER_SCHEME.model_dump(
-                mode="json", by_alias=True, exclude_none=True
-            )
-            for path in document.get("paths", {}).values():
-                for operation in path.values():
-                    security = operation.get("security") if isinstance(operation, dict) else None
-                    if security and {"ApiKey": []} in security and {"Bearer": []} not in security:
-                        security.append({"Bearer": []})
-        app.openapi_schema = document
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    schemes = document.get("components", {}).get("securitySchemes", {})
+    if "ApiKey" not in schemes:
+        return
+    schemes["Bearer"] = BEARER_SCHEME.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for path in document.get("paths", {}).values():
+        for operation in path.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if security and {"ApiKey": []} in security and {"Bearer": []} not in security:
+                security.append({"Bearer": []})
 
 
 #: The authenticated caller: any user or key, of an organisation or an operator.

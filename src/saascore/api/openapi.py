@@ -13,6 +13,10 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope
 
+from saascore.api.deps import offer_bearer
+from saascore.config import Settings
+from saascore.identity.schemas import publish_password_rules
+
 __all__ = ["allowed_methods", "install_openapi", "integer_bounds"]
 
 _BOUNDS = ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum")
@@ -39,13 +43,17 @@ def integer_bounds(node: Any) -> Any:
     return result
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Serve the app's OpenAPI document with integer bounds as integers."""
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    """Serve the app's OpenAPI document as the server enforces it: integer bounds as
+    integers, the bearer token offered beside the API key, the password rules of `settings`."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = integer_bounds(build())
+            document = build()
+            offer_bearer(document)
+            publish_password_rules(document, settings.password_min_length)
+            app.openapi_schema = integer_bounds(document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

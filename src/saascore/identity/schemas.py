@@ -6,7 +6,6 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.identity.permissions import Permission
@@ -151,27 +150,18 @@ _RULES = (
 )
 
 
-def publish_password_rules(app: FastAPI, minimum: int) -> None:
-    """State in `app`'s OpenAPI document the password minimum the server enforces: it is a
+def publish_password_rules(document: dict[str, Any], minimum: int) -> None:
+    """State in an OpenAPI `document` the password minimum the server enforces: it is a
     setting (`SAASCORE_PASSWORD_MIN_LENGTH`), so the request models cannot carry it, and the
     service's `weak_password` answers it rather than a validation error."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        document = build()
-        schemas = document.get("components", {}).get("schemas", {})
-        for body in NEW_PASSWORD_BODIES:
-            field = schemas.get(body.__name__, {}).get("properties", {}).get("password")
-            if field is None:
-                continue
-            for option in [field, *field.get("anyOf", [])]:
-                if option.get("type") == "string":
-                    option["minLength"] = minimum
-            rules = _RULES.format(minimum=minimum, maximum=MAX_PASSWORD)
-            before = field.get("description")
-            field["description"] = f"{before}. {rules}" if before else rules
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    schemas = document.get("components", {}).get("schemas", {})
+    for body in NEW_PASSWORD_BODIES:
+        field = schemas.get(body.__name__, {}).get("properties", {}).get("password")
+        if field is None:
+            continue
+        for option in [field, *field.get("anyOf", [])]:
+            if option.get("type") == "string":
+                option["minLength"] = minimum
+        rules = _RULES.format(minimum=minimum, maximum=MAX_PASSWORD)
+        before = field.get("description")
+        field["description"] = f"{before}. {rules}" if before else rules
