@@ -228,9 +228,7 @@ async def record_many(
     if path == "own":
         return await usage.record_many(events, org_id=org_id, backfill=backfill)
     async with usage.database.transaction() as session:
-        return await usage.record_many(
-            events, org_id=org_id, backfill=backfill, session=session
-        )
+        return await usage.record_many(events, org_id=org_id, backfill=backfill, session=session)
 
 
 # --- instrumenting the stores --------------------------------------------------------------------
@@ -1479,9 +1477,7 @@ class TestLockOrder:
         def send_the_late_event() -> None:
             yesterday = datetime(2025, 3, 10, 20, tzinfo=UTC)
             events = [ev("late", 1, "api_calls", occurred_at=yesterday), ev("n2", 1, "api_calls")]
-            late.append(
-                asyncio.create_task(usage.record_many(events, org_id=org, backfill=True))
-            )
+            late.append(asyncio.create_task(usage.record_many(events, org_id=org, backfill=True)))
 
         async def late_event_meanwhile(step: Step) -> None:
             if step.name == "lock" and step.size == 0 and not late:

@@ -93,9 +93,13 @@ class TestMonthBoundary:
             session=session,
         )
         february = await usage.record(
-            org.id, "tokens", 200, idempotency_key="early", occurred_at=FEB,
+            org.id,
+            "tokens",
+            200,
+            idempotency_key="early",
+            occurred_at=FEB,
             backfill=True,
-            session=session
+            session=session,
         )
 
         assert (january.used, february.used) == (100, 200)
@@ -168,9 +172,13 @@ class TestMonthBoundary:
             session=session,
         )
         await usage.record(
-            org.id, "tokens", 5, idempotency_key="new", occurred_at=JAN,
+            org.id,
+            "tokens",
+            5,
+            idempotency_key="new",
+            occurred_at=JAN,
             backfill=True,
-            session=session
+            session=session,
         )
         assert await counters(session, org.id) == [(december, JAN, 3, 0), (JAN, FEB, 5, 0)]
 
@@ -257,10 +265,13 @@ class TestDailyMeter:
                 session=session,
             )
         await usage.record(
-            org.id, "api_calls", 1, idempotency_key="on-time",
+            org.id,
+            "api_calls",
+            1,
+            idempotency_key="on-time",
             occurred_at=tuesday,
             backfill=True,
-            session=session
+            session=session,
         )
         assert [row[2] for row in await counters(session, org.id, "api_calls")] == [
             FREE_API_CALLS,

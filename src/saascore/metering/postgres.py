@@ -111,12 +111,13 @@ usr AS (
     ) AS known
 ),
 price AS (
-    SELECT (
-        greatest($16::bigint - $18::bigint, 0) * input_micros_per_million
-        + $18::bigint * cached_input_micros_per_million
-        + $17::bigint * output_micros_per_million
-        + 500000
-    ) / 1000000 AS cost
+    SELECT div(
+        greatest($16::bigint - $18::bigint, 0)::numeric * input_micros_per_million
+        + $18::bigint::numeric * cached_input_micros_per_million
+        + $17::bigint::numeric * output_micros_per_million
+        + 500000,
+        1000000
+    ) AS cost
     FROM model_pricing
     WHERE $14::text IS NOT NULL AND ($16::bigint > 0 OR $17::bigint > 0)
       AND model = $14::text AND ($15::text IS NULL OR provider = $15::text) AND is_active
