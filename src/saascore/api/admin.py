@@ -2,8 +2,8 @@
 only; a tenant's credentials get 403), gathered from the domains that own them.
 
 Organisations (tenancy), limit overrides and usage backfill (metering), credit grants
-(credits) and the plan catalog (plans). Every change is an event of its domain's service, audited in the
-organisation's chain with the operator as the actor.
+(credits) and the plan catalog (plans). Every change is an event of its domain's service,
+audited in the organisation's chain with the operator as the actor.
 """
 
 from __future__ import annotations
