@@ -364,7 +364,8 @@ class UsageService:
 
     async def _refused(self, item: Pending, *, swept: bool) -> RecordResult:
         """After `RECORD` refused an event: expire its counter's lapsed reservations and try
-        again if there were any, else raise `LimitExceeded` with the counter as it is."""
+        again if there were any, else raise `LimitExceeded` with the counter as it is, or
+        `CounterOverflow` when no hard limit refuses it but the counter is full."""
         org_id, metric, period_start = item.counter
         async with self.database.transaction() as s:
             freed = (
@@ -380,11 +381,13 @@ class UsageService:
         if freed:
             return await self._record_fast(item, swept=True)
         if not (item.enforce and limit.refuses(used + reserved + item.increment)):
-            if used + reserved + item.increment > BIGINT_MAX:
+            # Not the limit: the counter's BIGINT, or the counter moved meanwhile (once more).
+            if used + reserved + item.increment <= BIGINT_MAX and not swept:
+                return await self._record_fast(item, swept=True)
+            if used + reserved + item.increment > BIGINT_MAX or limit.value is None:
                 raise overflow(metric, "the counter")
-            return await self._record_fast(item, swept=True)  # the counter moved meanwhile
-        metrics.USAGE_REFUSED.labels(metric).inc()
         assert limit.value is not None
+        metrics.USAGE_REFUSED.labels(metric).inc()
         refusal = LimitExceeded(metric, limit.value, used + reserved, item.increment)
         await self._tell_refused([(item, refusal)])
         raise refusal
