@@ -195,6 +195,16 @@ class TestCounterOverflow:
         assert (await totals(scratch, org_id))[1] == [2 * third]
         assert len(await stored_keys(scratch, org_id)) == 2
 
+    async def test_storage_refuses_to_pass_the_maximum(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        usage = UsageService(scratch)
+        assert await usage.update_storage_used(org_id, MAX - 1) == MAX - 1
+        for delta in (2, 2**64):
+            with pytest.raises(CounterOverflow):
+                await usage.update_storage_used(org_id, delta)
+        assert await usage.update_storage_used(org_id, 1) == MAX
+        assert await usage.update_storage_used(org_id, -MAX) == 0
+
 
 class TestPeriodClosed:
     @pytest.mark.parametrize(

@@ -306,34 +306,42 @@ class Decision:
     #: Models that had no price.
     unpriced: list[UsageEventIn] = field(default_factory=list)
 
-    def add_event(self, item: Pending, cost: int) -> uuid.UUID:
-        """Write the event and add it to its day's rollup; its new id."""
+    def add_event(self, item: Pending, cost: int, key: RollupKey | None = None) -> uuid.UUID:
+        """Write the event and add it to its day's rollup (`key`, else worked out); its new
+        id."""
         event_id = new_id()
         self.events.append((item, event_id, cost))
-        _roll_up(self.rollups, item, cost)
+        _roll_up(self.rollups, item, cost, key)
         return event_id
 
     def rollup_fits(
-        self, item: Pending, cost: int, stored: dict[RollupKey, list[int]] | None
+        self,
+        item: Pending,
+        cost: int,
+        stored: dict[RollupKey, list[int]] | None,
+        key: RollupKey | None = None,
     ) -> bool:
-        """Whether the event's day rollup, as `stored` (None: taken as empty) plus what this
-        decision adds to it, can take the event without a total passing a BIGINT."""
-        key = rollup_key(item)
-        added = self.rollups.get(key)
-        base = stored.get(key) if stored is not None else None
+        """Whether the event's day rollup (`key`, else worked out), as `stored` (None: taken
+        as empty) plus what this decision adds to it, can take the event without a total
+        passing a BIGINT."""
+        if key is None:
+            key = rollup_key(item)
         event = item.event
-        tokens = event.input_tokens + event.output_tokens
         # Input and output tokens are each at most their total: four sums decide it.
-        sums = ((0, event.quantity), (4, event.cached_tokens), (5, tokens), (6, cost))
-        for index, amount in sums:
-            total = amount
-            if added is not None:
-                total += added[index]
-            if base is not None:
-                total += base[index]
-            if total > BIGINT_MAX:
-                return False
-        return True
+        quantity, cached = event.quantity, event.cached_tokens
+        tokens = event.input_tokens + event.output_tokens
+        for amounts in (self.rollups.get(key), stored.get(key) if stored is not None else None):
+            if amounts is not None:
+                quantity += amounts[0]
+                cached += amounts[4]
+                tokens += amounts[5]
+                cost += amounts[6]
+        return (
+            quantity <= BIGINT_MAX
+            and tokens <= BIGINT_MAX
+            and cached <= BIGINT_MAX
+            and cost <= BIGINT_MAX
+        )
 
     def add_crossings(
         self, counter: CounterKey, limit: int | None, before: int, after: int
@@ -433,12 +441,13 @@ def decide(
         if cost > BIGINT_MAX:
             outcomes.append(overflow(meter.code, "the cost"))
             continue
-        if not decision.rollup_fits(item, cost, rollups):
+        day = rollup_key(item)
+        if not decision.rollup_fits(item, cost, rollups, day):
             outcomes.append(overflow(meter.code, "the day's total"))
             continue
         counter.used = used
         changed[where] = counter
-        event_id = decision.add_event(item, cost)
+        event_id = decision.add_event(item, cost, day)
         if limit.value is not None:
             decision.add_crossings(where, limit.value, before, after)
         first_of[key] = len(outcomes)
@@ -576,9 +585,12 @@ def rollup_key(item: Pending) -> RollupKey:
     )
 
 
-def _roll_up(rollups: dict[RollupKey, list[int]], item: Pending, cost: int) -> None:
+def _roll_up(
+    rollups: dict[RollupKey, list[int]], item: Pending, cost: int, key: RollupKey | None
+) -> None:
     event = item.event
-    key = rollup_key(item)
+    if key is None:
+        key = rollup_key(item)
     amounts = rollups.get(key)
     if amounts is None:
         amounts = rollups[key] = [0] * 7

@@ -846,7 +846,7 @@ class UsageService:
                     used_bytes=used,
                     delta_bytes=delta_bytes,
                 )
-            if not limit.refuses(used + delta_bytes):
+            if limit.cap is None or used + delta_bytes > BIGINT_MAX:  # (else the limit)
                 raise overflow(STORAGE, "the storage used")
             metrics.USAGE_REFUSED.labels(STORAGE).inc()
             assert limit.value is not None
