@@ -177,8 +177,11 @@ async def batch_ingest(usage: UsageService, pool: asyncpg.Pool, orgs: list[uuid.
     print(f"      d/COPY = {batched / copied:.2f}")
 
 
-async def minimal_reference(record: Operation, pool: asyncpg.Pool, orgs: list[uuid.UUID]) -> None:
-    """(f): `record` at concurrency 32 beside the minimal CTE, both driven by 32 workers."""
+async def minimal_reference(
+    record: Operation, alone: Operation, pool: asyncpg.Pool, orgs: list[uuid.UUID]
+) -> None:
+    """(f): `record` at concurrency 32 (with group commit, and `alone` without) beside the
+    minimal CTE, all driven by 32 workers."""
     concurrency = 32
     async with pool.acquire() as connection:
         await connection.execute(MINIMAL_TABLES)
@@ -197,9 +200,11 @@ async def minimal_reference(record: Operation, pool: asyncpg.Pool, orgs: list[uu
     print("\n" + header("minimal reference, c=32"))
     f = await measure(minimal, concurrency)
     a = await measure(record, concurrency)
+    a1 = await measure(alone, concurrency)
     print(row("(f) minimal CTE, 3+5 columns", f))
     print(row("(a) saascore record", a))
-    print(f"      a/f = {a[0] / f[0]:.2f}   (goal: 0.8)")
+    print(row("    without group commit", a1))
+    print(f"      a/f = {a[0] / f[0]:.2f} (goal: 0.8)   without group commit: {a1[0] / f[0]:.2f}")
 
 
 async def main() -> None:
@@ -326,7 +331,9 @@ async def main() -> None:
                 print(f"      a/b = {a[0] / b[0]:.2f}   without group commit: {a1[0] / b[0]:.2f}")
 
             if "f" in ONLY:
-                await minimal_reference(saascore_record(own), pool, orgs)
+                await minimal_reference(
+                    saascore_record(own), saascore_record(own, alone), pool, orgs
+                )
 
             # The hot-tenant runs leave long chains of dead row versions behind; clean up as
             # autovacuum would, so that (d) and COPY both start from a tidy table.
