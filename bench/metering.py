@@ -7,14 +7,18 @@ On PostgreSQL, at concurrency 1, 8 and 32, ops/s, p50 and p99 of:
       `UPDATE ... RETURNING` and the event `INSERT` together;
   (c) the seed-style reference: an ORM session per operation with `SELECT ... FOR UPDATE`,
       the update, the insert and a commit;
-then (d) `record_many` events/s beside a raw `COPY` of the same rows, and (e) the hot tenant:
-every worker on one organisation, (a) beside (b). Ratios are printed beside the figures.
+then (d) `record_many` events/s beside a raw `COPY` of the same rows, (e) the hot tenant:
+every worker on one organisation, (a) beside (b), and (f) the minimal reference: one
+transaction per event, a CTE that updates a three-column quota row and inserts into a
+five-column event table (tables of its own), driven like (a) by 32 workers from outside
+the service, beside (a) at concurrency 32. Ratios are printed beside the figures.
 
 Each worker records on its own organisation except in (e). Limits are set high enough that
 nothing is refused, so every operation does the full work. SAASCORE_TEST_POSTGRES_URL picks
 the server (default postgresql://postgres@127.0.0.1:5432/test); BENCH_SECONDS the time per
-measurement (default 2); BENCH_ONLY the sections to run, as letters (default "abcde": "d"
-runs the batch ingest alone, any of "abc" the one-event table, "e" the hot tenant).
+measurement (default 2); BENCH_ONLY the sections to run, as letters (default "abcdef": "d"
+runs the batch ingest alone, any of "abc" the one-event table, "e" the hot tenant, "f" the
+minimal reference).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from saascore.plans import read_catalog
 URL = os.environ.get("SAASCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SECONDS = float(os.environ.get("BENCH_SECONDS", "2"))
 CONCURRENCY = tuple(int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32").split(","))
-ONLY = set(os.environ.get("BENCH_ONLY", "abcde"))
+ONLY = set(os.environ.get("BENCH_ONLY", "abcdef"))
 METRIC = "api_calls"
 LIMIT = 10**15
 BATCH = 1000
@@ -59,6 +63,22 @@ INSERT INTO usage_events (organization_id, id, idempotency_key, payload_hash, me
     input_tokens, output_tokens, cached_tokens, total_tokens, cost_micros, cost_currency,
     credits_used, properties, occurred_at, recorded_at)
 SELECT $1, $6, $7, '', $2, $3, 0, 0, 0, 0, 0, 'USD', 0, '{}', now(), now() FROM counted
+RETURNING id
+"""
+
+#: (f): the least a metered write can be: a quota row (org, used, quota) and an event row
+#: (org, id, key, quantity, at), one transaction per event.
+MINIMAL_TABLES = """
+CREATE TABLE minimal_quota (org uuid PRIMARY KEY, used bigint NOT NULL, quota bigint NOT NULL);
+CREATE TABLE minimal_events (org uuid NOT NULL, id uuid PRIMARY KEY, key text NOT NULL,
+    quantity bigint NOT NULL, at timestamptz NOT NULL);
+"""
+MINIMAL_RECORD = """
+WITH q AS (
+    UPDATE minimal_quota SET used = used + $2 WHERE org = $1 AND used + $2 <= quota
+    RETURNING org
+)
+INSERT INTO minimal_events SELECT q.org, $3, $4, $2, now() FROM q
 RETURNING id
 """
 
@@ -157,6 +177,36 @@ async def batch_ingest(usage: UsageService, pool: asyncpg.Pool, orgs: list[uuid.
     print(f"      d/COPY = {batched / copied:.2f}")
 
 
+async def minimal_reference(
+    record: Operation, alone: Operation, pool: asyncpg.Pool, orgs: list[uuid.UUID]
+) -> None:
+    """(f): `record` at concurrency 32 (with group commit, and `alone` without) beside the
+    minimal CTE, all driven by 32 workers."""
+    concurrency = 32
+    async with pool.acquire() as connection:
+        await connection.execute(MINIMAL_TABLES)
+        await connection.executemany(
+            "INSERT INTO minimal_quota VALUES ($1, 0, $2)", [(org, LIMIT) for org in orgs]
+        )
+
+    async def minimal(worker: int) -> object:
+        async with pool.acquire() as connection:
+            return await connection.fetchval(
+                MINIMAL_RECORD, orgs[worker % len(orgs)], 1, new_id(), str(new_id())
+            )
+
+    own = orgs[: max(concurrency, 1)]
+    assert len(own) >= concurrency, "(f) needs 32 organisations: BENCH_CONCURRENCY up to 32"
+    print("\n" + header("minimal reference, c=32"))
+    f = await measure(minimal, concurrency)
+    a = await measure(record, concurrency)
+    a1 = await measure(alone, concurrency)
+    print(row("(f) minimal CTE, 3+5 columns", f))
+    print(row("(a) saascore record", a))
+    print(row("    without group commit", a1))
+    print(f"      a/f = {a[0] / f[0]:.2f} (goal: 0.8)   without group commit: {a1[0] / f[0]:.2f}")
+
+
 async def main() -> None:
     schema = f"bench_{secrets.token_hex(4)}"
     admin = await asyncpg.connect(URL)
@@ -174,7 +224,7 @@ async def main() -> None:
             await core.plans.load_catalog(read_catalog())
             orgs = [
                 (await core.orgs.create(name=f"bench {n}", plan="enterprise")).id
-                for n in range(max(CONCURRENCY))
+                for n in range(max(*CONCURRENCY, 32 if "f" in ONLY else 1))
             ]
             for org in orgs:
                 await core.usage.set_limit(org, METRIC, LIMIT)
@@ -279,6 +329,11 @@ async def main() -> None:
                 print(row(f"    without group commit c={concurrency}", a1))
                 print(row(f"(b) raw asyncpg CTE      c={concurrency}", b))
                 print(f"      a/b = {a[0] / b[0]:.2f}   without group commit: {a1[0] / b[0]:.2f}")
+
+            if "f" in ONLY:
+                await minimal_reference(
+                    saascore_record(own), saascore_record(own, alone), pool, orgs
+                )
 
             # The hot-tenant runs leave long chains of dead row versions behind; clean up as
             # autovacuum would, so that (d) and COPY both start from a tidy table.

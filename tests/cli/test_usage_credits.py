@@ -67,6 +67,20 @@ def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str])
     assert restarted.stdout.strip() == "2 accepted, 1 duplicate, 0 refused, 0 invalid"
 
 
+def test_import_backfills_other_periods(org_cli: tuple[Cli, str]) -> None:
+    cli, org = org_cli
+    dated = [
+        {"organization_id": org, "id": f"old-{n}", "metric": "tokens", "quantity": 3, **when}
+        for n, when in enumerate(
+            [{"occurred_at": "1970-01-01T00:00:00+00:00"}, {"occurred_at": "2020-02-29T12:00Z"}]
+        )
+    ]
+    path = cli.cwd / "backfill.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in dated))
+    imported = cli("usage", "import", str(path)).ok()
+    assert imported.stdout.strip() == "2 accepted, 0 duplicate, 0 refused, 0 invalid"
+
+
 def test_credits_grant_balance_verify(org_cli: tuple[Cli, str]) -> None:
     cli, _ = org_cli
     granted = cli("credits", "grant", "acme", "100", "--key", "k1").ok()

@@ -222,11 +222,13 @@ async def record_many(
     path: str,
     events: Sequence[UsageEventIn],
     org_id: uuid.UUID | None = None,
+    *,
+    backfill: bool = False,
 ) -> list[BatchOutcome]:
     if path == "own":
-        return await usage.record_many(events, org_id=org_id)
+        return await usage.record_many(events, org_id=org_id, backfill=backfill)
     async with usage.database.transaction() as session:
-        return await usage.record_many(events, org_id=org_id, session=session)
+        return await usage.record_many(events, org_id=org_id, backfill=backfill, session=session)
 
 
 # --- instrumenting the stores --------------------------------------------------------------------
@@ -659,6 +661,7 @@ class TestPeriods:
                 ev("feb", 10, occurred_at=datetime(2025, 2, 28, 23, 59, 59, tzinfo=UTC)),
             ],
             org,
+            backfill=True,
         )
 
         assert [(o.idempotency_key, o.status) for o in outcomes] == [
@@ -897,7 +900,8 @@ class TestRaces:
         batches = [[rng.choice(pool) for _ in range(30)] for _ in range(5)]
 
         async def send(n: int, batch: list[UsageEventIn]) -> list[BatchOutcome]:
-            return await record_many(usage, "caller" if mixed and n % 2 else "own", batch)
+            path = "caller" if mixed and n % 2 else "own"
+            return await record_many(usage, path, batch, backfill=True)
 
         results = await asyncio.gather(*(send(n, batch) for n, batch in enumerate(batches)))
 
@@ -1473,7 +1477,7 @@ class TestLockOrder:
         def send_the_late_event() -> None:
             yesterday = datetime(2025, 3, 10, 20, tzinfo=UTC)
             events = [ev("late", 1, "api_calls", occurred_at=yesterday), ev("n2", 1, "api_calls")]
-            late.append(asyncio.create_task(usage.record_many(events, org_id=org)))
+            late.append(asyncio.create_task(usage.record_many(events, org_id=org, backfill=True)))
 
         async def late_event_meanwhile(step: Step) -> None:
             if step.name == "lock" and step.size == 0 and not late:

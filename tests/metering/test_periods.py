@@ -89,10 +89,17 @@ class TestMonthBoundary:
             100,
             idempotency_key="late",
             occurred_at=LAST_SECOND_OF_JANUARY,
+            backfill=True,
             session=session,
         )
         february = await usage.record(
-            org.id, "tokens", 200, idempotency_key="early", occurred_at=FEB, session=session
+            org.id,
+            "tokens",
+            200,
+            idempotency_key="early",
+            occurred_at=FEB,
+            backfill=True,
+            session=session,
         )
 
         assert (january.used, february.used) == (100, 200)
@@ -123,6 +130,7 @@ class TestMonthBoundary:
             7,
             idempotency_key="paris",
             occurred_at=datetime(2025, 2, 1, 0, 30, tzinfo=paris),
+            backfill=True,
             session=session,
         )
         await usage.record(
@@ -131,6 +139,7 @@ class TestMonthBoundary:
             11,
             idempotency_key="new-york",
             occurred_at=datetime(2025, 1, 31, 20, 0, tzinfo=new_york),
+            backfill=True,
             session=session,
         )
         assert await counters(session, org.id) == [(JAN, FEB, 7, 0), (FEB, MAR, 11, 0)]
@@ -159,10 +168,17 @@ class TestMonthBoundary:
             3,
             idempotency_key="old",
             occurred_at=datetime(2024, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+            backfill=True,
             session=session,
         )
         await usage.record(
-            org.id, "tokens", 5, idempotency_key="new", occurred_at=JAN, session=session
+            org.id,
+            "tokens",
+            5,
+            idempotency_key="new",
+            occurred_at=JAN,
+            backfill=True,
+            session=session,
         )
         assert await counters(session, org.id) == [(december, JAN, 3, 0), (JAN, FEB, 5, 0)]
 
@@ -245,10 +261,17 @@ class TestDailyMeter:
                 1,
                 idempotency_key="late",
                 occurred_at=tuesday - timedelta(seconds=1),
+                backfill=True,
                 session=session,
             )
         await usage.record(
-            org.id, "api_calls", 1, idempotency_key="on-time", occurred_at=tuesday, session=session
+            org.id,
+            "api_calls",
+            1,
+            idempotency_key="on-time",
+            occurred_at=tuesday,
+            backfill=True,
+            session=session,
         )
         assert [row[2] for row in await counters(session, org.id, "api_calls")] == [
             FREE_API_CALLS,

@@ -59,7 +59,7 @@ from saascore.models import (
     UsageReservation,
 )
 from saascore.plans import PlanService, read_catalog
-from tests.factories import create_organization, create_plan, random_code
+from tests.factories import create_organization, create_plan, create_user, random_code
 from tests.helpers import CLOCK_START, Clock, make_settings
 
 START = CLOCK_START
@@ -751,6 +751,7 @@ class TestPricing:
                 model=model,
                 provider="acme",
                 occurred_at=occurred_at,
+                backfill=True,
                 session=session,
                 **tokens,
             )
@@ -1287,6 +1288,7 @@ class TestQueries:
                 quantity,
                 idempotency_key=key,
                 occurred_at=occurred_at,
+                backfill=True,
                 model=model,
                 feature=feature,
                 input_tokens=inp,
@@ -1381,6 +1383,14 @@ async def committed_org(database: Database, **plan_values: Any) -> uuid.UUID:
         return (await create_organization(session, plan=plan)).id
 
 
+async def committed_user(database: Database, org_id: uuid.UUID) -> uuid.UUID:
+    """A committed user of the organisation (a usage event's `user_id` must be one)."""
+    async with database.transaction() as session:
+        organization = await session.get(Organization, org_id)
+        assert organization is not None
+        return (await create_user(session, organization)).id
+
+
 async def committed_rows(database: Database, org_id: uuid.UUID) -> Rows:
     async with database.session(readonly=True) as session:
         return await rows(session, org_id)
@@ -1390,7 +1400,8 @@ class TestInItsOwnTransaction:
     async def test_an_accepted_record_commits_counter_event_and_summary(
         self, own: UsageService, scratch: Database
     ) -> None:
-        org_id, user_id = await committed_org(scratch), uuid.uuid4()
+        org_id = await committed_org(scratch)
+        user_id = await committed_user(scratch, org_id)
         result = await own.record(
             org_id,
             "tokens",
@@ -1577,7 +1588,9 @@ class TestInItsOwnTransaction:
             return result.cost_micros
 
         february = datetime(2025, 2, 15, tzinfo=UTC)
-        assert await cost("feb", model=model, occurred_at=february, **tokens) == 9_960
+        assert (
+            await cost("feb", model=model, occurred_at=february, backfill=True, **tokens) == 9_960
+        )
         assert await cost("mar", model=model, provider="acme", **tokens) == 7_050
         assert await cost("half", model=halves, input_tokens=1) == 3  # 2.5 rounds up
         assert await cost("other-provider", model=model, provider="elsewhere", **tokens) == 0

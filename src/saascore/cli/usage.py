@@ -116,7 +116,8 @@ def import_events(
     Each event needs `organization_id`, `id` (its idempotency key), `metric` and `quantity`.
     Importing a file twice records each event once. An interrupted import resumes after the
     last committed batch (kept in FILE.jsonl.saascore-progress); duplicates are harmless
-    either way. Exits 1 if a line is invalid or refused.
+    either way. Events may be dated in any period (backfill: `occurred_at` from 1970 to
+    9998). Exits 1 if a line is invalid or refused.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -154,7 +155,9 @@ def import_events(
                     if event is not None:
                         batch.append((line_number, event))
                 if batch and (len(batch) >= BATCH or not raw):
-                    outcomes = await core.usage.record_many([event for _, event in batch])
+                    outcomes = await core.usage.record_many(
+                        [event for _, event in batch], backfill=True
+                    )
                     for (number, _), outcome in zip(batch, outcomes, strict=True):
                         tally.count(number, outcome)
                     batch = []

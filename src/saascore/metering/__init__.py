@@ -1,11 +1,14 @@
 """Metered usage: exact quotas, reservations, idempotent events, rollups, pricing, rate limits."""
 
 from saascore.metering.errors import (
+    CounterOverflow,
     LimitExceeded,
+    PeriodClosed,
     ReservationNotFound,
     ReservationNotHeld,
     StorageUnderflow,
     UnknownMetric,
+    UnknownUser,
 )
 from saascore.metering.ratelimit import (
     PlanRateLimits,
@@ -33,8 +36,10 @@ from saascore.metering.service import (
 __all__ = [
     "BatchOutcome",
     "CheckResult",
+    "CounterOverflow",
     "Limit",
     "LimitExceeded",
+    "PeriodClosed",
     "PlanRateLimits",
     "RateLimitResult",
     "RateLimited",
@@ -49,6 +54,7 @@ __all__ = [
     "SummaryRow",
     "TokenLimitResult",
     "UnknownMetric",
+    "UnknownUser",
     "UsageEventIn",
     "UsageService",
     "UsageSnapshot",

@@ -32,6 +32,14 @@ Going back:
   again, its keys now looked up after the locks.
 - The one-statement path and a batch can deadlock on such a copy (event then counter, against
   counter then event); PostgreSQL aborts one, which is tried again (`UsageService`).
+- A day rollup that the write would take past a BIGINT: `PostgresStore`'s first try checks
+  only the batch's own sums (reading the rollups would cost every batch a look-up for an
+  attack's sake); PostgreSQL then refuses the write (`numeric_value_out_of_range`), the try is
+  undone like a race, and the batch decided again on the rollups as stored (`CounterOverflow`
+  for the events that do not fit). `SessionStore` reads them at once (SQLite does not refuse
+  an overflow: it would store a float).
+- A `user_id` must be a user of the event's organisation: the pairs are looked up once per
+  batch, and only when an event names a user.
 
 The engine here only orders the steps. The decision is `decision.decide`; the I/O is a
 `Store`: `postgres.PostgresStore` does it in a few statements over asyncpg arrays,
@@ -55,17 +63,21 @@ from saascore.metering.decision import (
     EventKey,
     Pending,
     Price,
+    RollupKey,
     Snapshot,
     Stored,
     decide,
+    rollup_key,
 )
-from saascore.metering.errors import LimitExceeded
+from saascore.metering.errors import CounterOverflow, LimitExceeded, PeriodClosed, UnknownUser
 from saascore.metering.values import MeterInfo
 
 __all__ = ["ATTEMPTS", "Raced", "Store", "record_batch"]
 
 #: How often a batch is decided again after a copy of one of its events slipped in.
 ATTEMPTS = 5
+#: Refusals that may be a copy of an event stored meanwhile, looked up again after the locks.
+_REFUSALS = (LimitExceeded, PeriodClosed, UnknownUser, CounterOverflow)
 
 
 class Raced(Exception):
@@ -94,6 +106,17 @@ class Store(Protocol):
 
     async def stored(self, keys: Sequence[EventKey]) -> dict[EventKey, Stored]:
         """The events stored under these keys."""
+        ...
+
+    async def rollups(self, keys: Iterable[RollupKey]) -> dict[RollupKey, list[int]]:
+        """These day rollups as stored: quantity, events, input, output, cached, total tokens
+        and cost, as `Decision.rollups` holds them."""
+        ...
+
+    async def users(
+        self, pairs: set[tuple[uuid.UUID, uuid.UUID]]
+    ) -> set[tuple[uuid.UUID, uuid.UUID]]:
+        """The (organisation, user) pairs among these that exist."""
         ...
 
     async def peek(self, counters: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
@@ -139,7 +162,15 @@ async def record_batch(
     the batch holds its counter locks, `meanwhile(decision)` while each decision is written
     (work that needs the decision, not the write, overlaps the server's). The caller
     commits."""
-    periods = {item.counter: item.period_end for item in items}
+    periods: dict[CounterKey, datetime | None] = {}
+    for item in items:
+        if item.closed:  # refused before its counter: the current one is locked instead
+            start, end = item.meter.period(clock())  # (it reads the organisation's rules)
+            periods[(item.org_id, item.meter.code, start)] = end
+        else:
+            periods[item.counter] = item.period_end
+    named = {(item.org_id, item.event.user_id) for item in items if item.event.user_id is not None}
+    users = await store.users(named) if named else set()
     models = {
         item.event.model
         for item in items
@@ -155,6 +186,7 @@ async def record_batch(
                     periods,
                     prices,
                     meters,
+                    users,
                     clock(),
                     locked,
                     meanwhile,
@@ -172,6 +204,7 @@ async def _attempt(
     periods: dict[CounterKey, datetime | None],
     prices: Sequence[Price],
     meters: dict[str, MeterInfo],
+    users: set[tuple[uuid.UUID, uuid.UUID]],
     now: datetime,
     locked: Callable[[], None] | None,
     meanwhile: Callable[[Decision], None] | None,
@@ -188,29 +221,38 @@ async def _attempt(
         locked()
     if raced:
         snapshot.stored = await store.stored(keys)
+    if raced or not store.optimistic:  # under the counters' locks, which guard the rollups
+        snapshot.rollups = await store.rollups(
+            {rollup_key(item) for item in items if not item.closed}
+        )
     counters, rules, stored = snapshot.counters, snapshot.rules, snapshot.stored
     elsewhere = _periods_of(stored, meters, counters)
     if elsewhere:  # duplicates of events in other periods report those counters (unlocked)
         counters.update(await store.peek(elsewhere))
-    decision = decide(items, counters, rules, stored, prices, meters)
+    rollups = snapshot.rollups
+
+    def decided() -> Decision:
+        return decide(items, counters, rules, stored, prices, meters, rollups, users)
+
+    decision = decided()
     if not raced:
         # A refusal may be a copy that committed while the lock waited (its own quantity
         # then fills the counter): look its key up now that the locks are held.
         refused = [
             (item.org_id, item.event.idempotency_key)
             for item, outcome in zip(items, decision.outcomes, strict=True)
-            if isinstance(outcome, LimitExceeded)
+            if isinstance(outcome, _REFUSALS)
         ]
         late = await store.stored(refused) if refused else {}
         if late:
             stored.update(late)
-            decision = decide(items, counters, rules, stored, prices, meters)
+            decision = decided()
     if decision.refused_holding:
         freed = await store.expire_lapsed(sorted(decision.refused_holding), now)
         if freed:
             for key, quantity in freed.items():
                 counters[key].reserved -= quantity
-            decision = decide(items, counters, rules, stored, prices, meters)
+            decision = decided()
             for key in freed:  # the freed quota is written even if nothing else changed
                 decision.counters.setdefault(key, counters[key])
     await store.write(

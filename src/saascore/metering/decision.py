@@ -9,9 +9,13 @@ exactly as one `record` after another would decide them:
 - a duplicate of a stored event or of an earlier event in the batch (same key, same
   fingerprint), answered with the first event's id;
 - a conflict (same key, another event): `IdempotencyConflict`;
-- invalid (a value the columns cannot hold, an organisation that does not exist);
+- invalid (a value the columns cannot hold, an organisation that does not exist, an
+  `occurred_at` outside the window a tenant may record into, `PeriodClosed`, or a `user_id`
+  that is not a user of the organisation, `UnknownUser`);
 - refused by a hard limit, checked against the counter as the earlier events left it
   (`LimitExceeded`);
+- refused because a counter (used + reserved), a day's total or the cost would pass a BIGINT
+  (`CounterOverflow`): checked after the limit, so a full hard limit still answers 402;
 - else accepted: the event is written, its counter moves (`count` meters by one, `sum` by the
   quantity, `max` to the peak), it is added to its day's rollup, and each threshold of the
   limit (80 %, 100 % of used + reserved) that it crosses is recorded once per counter.
@@ -29,12 +33,12 @@ import operator
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
-from saascore.metering.errors import LimitExceeded
+from saascore.metering.errors import CounterOverflow, LimitExceeded, PeriodClosed, UnknownUser
 from saascore.metering.limits import Limit, LimitRules
 from saascore.metering.values import (
     BIGINT_MAX,
@@ -50,6 +54,7 @@ from saascore.metering.values import (
 from saascore.models import Aggregation
 
 __all__ = [
+    "FUTURE_SLACK",
     "Counter",
     "CounterKey",
     "Decision",
@@ -66,10 +71,14 @@ __all__ = [
     "conflict",
     "decide",
     "duplicate",
+    "overflow",
+    "period_closed",
     "place",
     "plainly_valid",
     "price_of",
+    "rollup_key",
     "threshold_marks",
+    "unknown_user",
 ]
 
 #: (organisation, metric, period start): one counter row.
@@ -82,6 +91,8 @@ Outcome = RecordResult | DomainError
 _COUNT, _MAX = Aggregation.COUNT, Aggregation.MAX
 #: Events happen before this; a later one's month would end past the calendar's end.
 LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+#: How far ahead of the clock a tenant may date an event (clocks drift; Stripe allows 5 min).
+FUTURE_SLACK = timedelta(minutes=5)
 
 
 # --- an event checked and placed -----------------------------------------------------------------
@@ -165,10 +176,15 @@ def place(
     enforce: bool,
     now: datetime,
     periods: dict[str, tuple[datetime, datetime | None]] | None = None,
+    backfill: bool = True,
 ) -> Pending:
     """The event checked and placed: its time, period and fingerprint (`InvalidInput` for
     what the database would refuse). `periods` keeps each meter's last period, which most
-    events of a batch fall in."""
+    events of a batch fall in.
+
+    Without `backfill`, an `occurred_at` before the start of the meter's current period or
+    more than `FUTURE_SLACK` ahead marks the event `closed`: `decide` refuses it
+    (`PeriodClosed`) unless it is a retry of a stored event, which is answered as one."""
     if not plainly_valid(event):
         check_fields(event)
     if meter.code == STORAGE:
@@ -180,6 +196,11 @@ def place(
         raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
     if not EPOCH <= occurred < LATEST:  # its period must end within the calendar
         raise InvalidInput("occurred_at must fall between 1970 and 9998", field="occurred_at")
+    closed = (
+        not backfill
+        and event.occurred_at is not None
+        and not meter.period(now)[0] <= occurred <= now + FUTURE_SLACK
+    )
     last = periods.get(meter.code) if periods is not None else None
     if last is not None and (last[1] is None or last[0] <= occurred < last[1]):
         period_start, period_end = last
@@ -188,7 +209,15 @@ def place(
         if periods is not None:
             periods[meter.code] = (period_start, period_end)
     return Pending(
-        org_id, event, meter, occurred, period_start, period_end, event.fingerprint(), enforce
+        org_id,
+        event,
+        meter,
+        occurred,
+        period_start,
+        period_end,
+        event.fingerprint(),
+        enforce,
+        closed,
     )
 
 
@@ -204,6 +233,8 @@ class Pending:
     period_end: datetime | None
     fingerprint: str
     enforce: bool = True
+    #: Dated outside the window its caller may record into (see `place`): refused.
+    closed: bool = False
 
     @property
     def counter(self) -> CounterKey:
@@ -253,6 +284,8 @@ class Snapshot:
     counters: dict[CounterKey, Counter] = field(default_factory=dict)
     rules: dict[uuid.UUID, LimitRules] = field(default_factory=dict)
     stored: dict[EventKey, Stored] = field(default_factory=dict)
+    #: The day rollups the batch adds to, as stored (None: not read; see `decide`).
+    rollups: dict[RollupKey, list[int]] | None = None
 
 
 @dataclass(slots=True)
@@ -273,12 +306,42 @@ class Decision:
     #: Models that had no price.
     unpriced: list[UsageEventIn] = field(default_factory=list)
 
-    def add_event(self, item: Pending, cost: int) -> uuid.UUID:
-        """Write the event and add it to its day's rollup; its new id."""
+    def add_event(self, item: Pending, cost: int, key: RollupKey | None = None) -> uuid.UUID:
+        """Write the event and add it to its day's rollup (`key`, else worked out); its new
+        id."""
         event_id = new_id()
         self.events.append((item, event_id, cost))
-        _roll_up(self.rollups, item, cost)
+        _roll_up(self.rollups, item, cost, key)
         return event_id
+
+    def rollup_fits(
+        self,
+        item: Pending,
+        cost: int,
+        stored: dict[RollupKey, list[int]] | None,
+        key: RollupKey | None = None,
+    ) -> bool:
+        """Whether the event's day rollup (`key`, else worked out), as `stored` (None: taken
+        as empty) plus what this decision adds to it, can take the event without a total
+        passing a BIGINT."""
+        if key is None:
+            key = rollup_key(item)
+        event = item.event
+        # Input and output tokens are each at most their total: four sums decide it.
+        quantity, cached = event.quantity, event.cached_tokens
+        tokens = event.input_tokens + event.output_tokens
+        for amounts in (self.rollups.get(key), stored.get(key) if stored is not None else None):
+            if amounts is not None:
+                quantity += amounts[0]
+                cached += amounts[4]
+                tokens += amounts[5]
+                cost += amounts[6]
+        return (
+            quantity <= BIGINT_MAX
+            and tokens <= BIGINT_MAX
+            and cached <= BIGINT_MAX
+            and cost <= BIGINT_MAX
+        )
 
     def add_crossings(
         self, counter: CounterKey, limit: int | None, before: int, after: int
@@ -306,8 +369,14 @@ def decide(
     stored: dict[tuple[uuid.UUID, str], Stored],
     prices: Sequence[Price],
     meters: dict[str, MeterInfo],
+    rollups: dict[RollupKey, list[int]] | None = None,
+    users: set[tuple[uuid.UUID, uuid.UUID]] | None = None,
 ) -> Decision:
-    """Decide every event in order, as one `record` after another would (see the module)."""
+    """Decide every event in order, as one `record` after another would (see the module).
+
+    `rollups` are the day rollups as stored (None: the batch's own sums are checked alone,
+    and the write fails on an overflow, see `batch`); `users` the (organisation, user) pairs
+    that exist among the events' `user_id`s (None: not checked)."""
     decision = Decision()
     state = {key: Counter(c.used, c.reserved) for key, c in counters.items()}
     first_of: dict[EventKey, int] = {}  # each key's accepted event: its place in `outcomes`
@@ -338,6 +407,12 @@ def decide(
         if key in stored:
             outcomes.append(_duplicate(item, stored[key], state, org_rules, meters))
             continue
+        if item.closed:
+            outcomes.append(period_closed(item))
+            continue
+        if event.user_id is not None and users is not None and (org, event.user_id) not in users:
+            outcomes.append(unknown_user(item))
+            continue
         limit = limits.get((org, meter.code))
         if limit is None:
             limit = limits[(org, meter.code)] = org_rules.limit(meter.code)
@@ -353,27 +428,56 @@ def decide(
             increment = event.quantity
             used = counter.used + increment
         before, after = counter.used + counter.reserved, used + counter.reserved
-        if after > BIGINT_MAX:
-            outcomes.append(InvalidInput("the counter would overflow", metric=meter.code))
-            continue
         if item.enforce and limit.refuses(after):
             assert limit.value is not None
             if counter.reserved:
                 decision.refused_holding.add(where)
             outcomes.append(LimitExceeded(meter.code, limit.value, before, increment))
             continue
+        if after > BIGINT_MAX:
+            outcomes.append(overflow(meter.code, "the counter"))
+            continue
         cost = price_of(item, prices, decision.unpriced) if event.model is not None else 0
         if cost > BIGINT_MAX:
-            outcomes.append(InvalidInput("the cost would overflow", field="cost"))
+            outcomes.append(overflow(meter.code, "the cost"))
+            continue
+        day = rollup_key(item)
+        if not decision.rollup_fits(item, cost, rollups, day):
+            outcomes.append(overflow(meter.code, "the day's total"))
             continue
         counter.used = used
         changed[where] = counter
-        event_id = decision.add_event(item, cost)
+        event_id = decision.add_event(item, cost, day)
         if limit.value is not None:
             decision.add_crossings(where, limit.value, before, after)
         first_of[key] = len(outcomes)
         outcomes.append(accepted(event_id, item, used, counter.reserved, limit, cost))
     return decision
+
+
+def overflow(metric: str, what: str = "a counter") -> CounterOverflow:
+    """The refusal of an event (or reservation) that would take `what` past a BIGINT."""
+    return CounterOverflow(
+        f"{what} of {metric} would overflow: it holds at most {BIGINT_MAX}", metric=metric
+    )
+
+
+def period_closed(item: Pending) -> PeriodClosed:
+    return PeriodClosed(
+        f"occurred_at {item.occurred.isoformat()} is outside the current period of "
+        f"{item.meter.code} (from its start to {int(FUTURE_SLACK.total_seconds()) // 60} "
+        "minutes ahead); backfill is for operators",
+        field="occurred_at",
+        metric=item.meter.code,
+    )
+
+
+def unknown_user(item: Pending) -> UnknownUser:
+    return UnknownUser(
+        f"no user {item.event.user_id} in this organisation",
+        field="user_id",
+        user_id=str(item.event.user_id),
+    )
 
 
 def conflict(item: Pending) -> IdempotencyConflict:
@@ -468,9 +572,10 @@ def price_of(item: Pending, prices: Sequence[Price], unpriced: list[UsageEventIn
     return cost_micros(best, event.input_tokens, event.output_tokens, event.cached_tokens)
 
 
-def _roll_up(rollups: dict[RollupKey, list[int]], item: Pending, cost: int) -> None:
+def rollup_key(item: Pending) -> RollupKey:
+    """The `usage_daily_summary` row the event adds to."""
     event = item.event
-    key = (
+    return (
         item.org_id,
         item.occurred.astimezone(UTC).date(),
         item.meter.code,
@@ -478,6 +583,14 @@ def _roll_up(rollups: dict[RollupKey, list[int]], item: Pending, cost: int) -> N
         event.provider or "",
         event.feature or "",
     )
+
+
+def _roll_up(
+    rollups: dict[RollupKey, list[int]], item: Pending, cost: int, key: RollupKey | None
+) -> None:
+    event = item.event
+    if key is None:
+        key = rollup_key(item)
     amounts = rollups.get(key)
     if amounts is None:
         amounts = rollups[key] = [0] * 7

@@ -24,10 +24,13 @@ from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
 from saascore.kit.errors import IdempotencyConflict, InvalidInput
 from saascore.metering.errors import (
+    CounterOverflow,
     LimitExceeded,
+    PeriodClosed,
     ReservationNotFound,
     ReservationNotHeld,
     UnknownMetric,
+    UnknownUser,
 )
 from saascore.metering.schemas import (
     PLAIN_TEXT,
@@ -41,6 +44,7 @@ from saascore.metering.schemas import (
     UsageCheckRequest,
     UsageCheckResponse,
     UsageEventRecorded,
+    UsageEventRequest,
     UsageEventsBody,
     UsageLimitOut,
     UsageLimitsResponse,
@@ -52,6 +56,7 @@ from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = [
     "create_limits_admin_router",
+    "create_usage_admin_router",
     "create_usage_router",
 ]
 
@@ -59,6 +64,16 @@ UsageReader = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
 UsageWriter = Annotated[Principal, Depends(require(Permission.USAGE_WRITE))]
 
 _READ_ERRORS = (*AUTH_ERRORS, PermissionDenied)
+#: What recording an event can refuse, beyond the caller's credentials.
+_RECORD_ERRORS = (
+    LimitExceeded,
+    IdempotencyConflict,
+    UnknownMetric,
+    UnknownUser,
+    PeriodClosed,
+    CounterOverflow,
+    InvalidInput,
+)
 _EVENT_BODY_EXAMPLES = {
     "one event": {
         "summary": "One event",
@@ -100,9 +115,7 @@ def create_usage_router() -> APIRouter:
                 "first result), or a batch's outcomes, one per event",
             },
             201: {"description": "One event was recorded (`accepted`): a `UsageEventRecorded`"},
-            **error_responses(
-                *_READ_ERRORS, LimitExceeded, IdempotencyConflict, UnknownMetric, InvalidInput
-            ),
+            **error_responses(*_READ_ERRORS, *_RECORD_ERRORS),
         },
     )
     async def record_usage(
@@ -112,31 +125,10 @@ def create_usage_router() -> APIRouter:
         response: Response,
     ) -> UsageEventRecorded | UsageBatchRecorded:
         """Record one usage event (201, or 200 for a retry) or a batch (200, one outcome per
-        event); over a hard limit one event is refused with 402 `limit_exceeded`."""
-        if isinstance(body, UsageBatch):
-            outcomes = await core.usage.record_many(
-                [event.to_event() for event in body.events], org_id=principal.tenant
-            )
-            response.status_code = status.HTTP_200_OK
-            return UsageBatchRecorded.of(outcomes)
-        result = await core.usage.record(
-            principal.tenant,
-            body.metric,
-            body.quantity,
-            idempotency_key=body.id,
-            occurred_at=body.occurred_at,
-            user_id=body.user_id,
-            feature=body.feature,
-            model=body.model,
-            provider=body.provider,
-            input_tokens=body.input_tokens,
-            output_tokens=body.output_tokens,
-            cached_tokens=body.cached_tokens,
-            properties=body.properties,
-        )
-        if result.status == "duplicate":
-            response.status_code = status.HTTP_200_OK
-        return UsageEventRecorded.of(body.id, result)
+        event); over a hard limit one event is refused with 402 `limit_exceeded`. An event
+        may be dated from the start of its meter's current period to 5 minutes ahead (else
+        422 `period_closed`); backfill is for operators."""
+        return await _record(core, principal.tenant, body, response, backfill=False)
 
     @router.post("/check", responses=error_responses(*_READ_ERRORS, UnknownMetric, InvalidInput))
     async def check_usage(
@@ -150,7 +142,12 @@ def create_usage_router() -> APIRouter:
         "/reservations",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(
-            *_READ_ERRORS, LimitExceeded, IdempotencyConflict, UnknownMetric, InvalidInput
+            *_READ_ERRORS,
+            LimitExceeded,
+            IdempotencyConflict,
+            UnknownMetric,
+            CounterOverflow,
+            InvalidInput,
         ),
     )
     async def reserve_usage(
@@ -170,7 +167,13 @@ def create_usage_router() -> APIRouter:
     @router.post(
         "/reservations/{reservation_id}/settle",
         responses=error_responses(
-            *_READ_ERRORS, ReservationNotFound, ReservationNotHeld, LimitExceeded, InvalidInput
+            *_READ_ERRORS,
+            ReservationNotFound,
+            ReservationNotHeld,
+            LimitExceeded,
+            UnknownUser,
+            CounterOverflow,
+            InvalidInput,
         ),
     )
     async def settle_reservation(
@@ -243,6 +246,76 @@ def create_usage_router() -> APIRouter:
             metric=metric,
             rows=[UsageSummaryRowOut.of(row) for row in rows],
         )
+
+    return router
+
+
+async def _record(
+    core: CoreDep,
+    org_id: uuid.UUID,
+    body: UsageEventRequest | UsageBatch,
+    response: Response,
+    *,
+    backfill: bool,
+) -> UsageEventRecorded | UsageBatchRecorded:
+    """One event or a batch for the organisation, as `POST /v1/usage/events` answers it."""
+    if isinstance(body, UsageBatch):
+        outcomes = await core.usage.record_many(
+            [event.to_event() for event in body.events], org_id=org_id, backfill=backfill
+        )
+        response.status_code = status.HTTP_200_OK
+        return UsageBatchRecorded.of(outcomes)
+    result = await core.usage.record(
+        org_id,
+        body.metric,
+        body.quantity,
+        idempotency_key=body.id,
+        backfill=backfill,
+        occurred_at=body.occurred_at,
+        user_id=body.user_id,
+        feature=body.feature,
+        model=body.model,
+        provider=body.provider,
+        input_tokens=body.input_tokens,
+        output_tokens=body.output_tokens,
+        cached_tokens=body.cached_tokens,
+        properties=body.properties,
+    )
+    if result.status == "duplicate":
+        response.status_code = status.HTTP_200_OK
+    return UsageEventRecorded.of(body.id, result)
+
+
+def create_usage_admin_router() -> APIRouter:
+    """`/v1/admin/organizations/{org_id}/usage/events`, for operators: record usage for an
+    organisation in any period (backfill), as `saascore usage import` does."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.post(
+        "/organizations/{org_id}/usage/events",
+        status_code=status.HTTP_201_CREATED,
+        response_model=UsageEventRecorded | UsageBatchRecorded,
+        responses={
+            200: {
+                "model": UsageEventRecorded | UsageBatchRecorded,
+                "description": "One event already recorded under its `id`, or a batch's "
+                "outcomes, one per event",
+            },
+            201: {"description": "One event was recorded (`accepted`)"},
+            **error_responses(*OPERATOR_ERRORS, OrganizationNotFound, *_RECORD_ERRORS),
+        },
+    )
+    async def backfill_usage(
+        org_id: uuid.UUID,
+        body: Annotated[UsageEventsBody, Body(openapi_examples=_EVENT_BODY_EXAMPLES)],
+        operator: OperatorDep,
+        core: CoreDep,
+        response: Response,
+    ) -> UsageEventRecorded | UsageBatchRecorded:
+        """Record usage for an organisation as `POST /v1/usage/events` does, but dated in any
+        period from 1970 to 9998 (backfill). Limits apply as for the tenant."""
+        await core.orgs.get(org_id)
+        return await _record(core, org_id, body, response, backfill=True)
 
     return router
 

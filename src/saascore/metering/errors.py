@@ -7,11 +7,14 @@ from typing import ClassVar
 from saascore.kit.errors import Conflict, DomainError, InvalidInput, NotFound
 
 __all__ = [
+    "CounterOverflow",
     "LimitExceeded",
+    "PeriodClosed",
     "ReservationNotFound",
     "ReservationNotHeld",
     "StorageUnderflow",
     "UnknownMetric",
+    "UnknownUser",
 ]
 
 
@@ -53,3 +56,23 @@ class StorageUnderflow(InvalidInput):
     """Freeing more bytes than are in use."""
 
     code = "storage_underflow"
+
+
+class CounterOverflow(InvalidInput):
+    """A counter, a reservation, a day's total or a cost would pass what its column holds
+    (a BIGINT); nothing was recorded, and the counter stays usable for what fits."""
+
+    code = "counter_overflow"
+
+
+class PeriodClosed(InvalidInput):
+    """The event's `occurred_at` lies outside the window a tenant may record into: from the
+    start of the meter's current period to a few minutes ahead. Backfill is for operators."""
+
+    code = "period_closed"
+
+
+class UnknownUser(InvalidInput):
+    """The event names a `user_id` that is not a user of its organisation."""
+
+    code = "unknown_user"

@@ -6,13 +6,21 @@ of `decision.decide` for a single event, made inside PostgreSQL, with the limit 
 group commit, or a batch of one under it), except for a `max` meter, which is not one
 increment and takes the batch engine:
 
-1. `lim` resolves the limit as `limits.LimitRules.limit` does;
-2. `ev` inserts the event first; its unique index makes a concurrent copy of the same key wait
-   for the first to commit and then do nothing, so a key is never counted twice;
-3. `counted` bumps the period's counter only if the event was inserted and the hard limit allows;
+1. `lim` resolves the limit as `limits.LimitRules.limit` does; `usr` says whether the event's
+   `user_id` (if any) is a user of the organisation (one look-up by primary key);
+2. `ev` inserts the event first (only for a known user); its unique index makes a concurrent
+   copy of the same key wait for the first to commit and then do nothing, so a key is never
+   counted twice;
+3. `counted` bumps the period's counter only if the event was inserted and the hard limit
+   allows, and `used + reserved` stays within a BIGINT (compared as `used + reserved <=
+   cap - increment`, which cannot overflow itself);
 4. `rolled` and `alerted` add to the day's rollup and record threshold crossings;
 5. the final SELECT calls `saascore_limit_exceeded()` when the event went in but the counter
    refused it: the error aborts the whole statement, so nothing at all is written.
+
+A day rollup or a cost that would pass a BIGINT makes PostgreSQL abort the statement
+(`numeric_value_out_of_range`): nothing is written either, and `run_record` answers
+`CounterOverflow`.
 
 Every data-modifying CTE sees the same snapshot; the order above is the order of their data
 dependencies. `saascore_limit_exceeded()` is created by the migration `0002` (PostgreSQL only).
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,10 +54,13 @@ from saascore.metering.decision import (
     EventKey,
     Pending,
     Price,
+    RollupKey,
     Snapshot,
     Stored,
     accepted,
     duplicate,
+    overflow,
+    unknown_user,
 )
 from saascore.metering.limits import Limit, LimitRules, resolution_sql
 from saascore.metering.values import RecordResult, UsageEventIn
@@ -64,6 +76,8 @@ __all__ = [
 
 #: The SQLSTATE `saascore_limit_exceeded()` raises (class SC: saascore).
 LIMIT_EXCEEDED_SQLSTATE = "SC001"
+#: numeric_value_out_of_range: a sum or a cost would pass a BIGINT.
+OUT_OF_RANGE_SQLSTATE = "22003"
 #: The unique index a copy of a stored event breaks: (organization_id, idempotency_key).
 EVENT_KEY = "uq_usage_events_organization_id_idempotency_key"
 
@@ -91,13 +105,19 @@ cap AS (
         CASE WHEN value >= 0 THEN value END AS shown
     FROM lim
 ),
+usr AS (
+    SELECT $11::uuid IS NULL OR EXISTS (
+        SELECT FROM users WHERE organization_id = $1::uuid AND id = $11::uuid
+    ) AS known
+),
 price AS (
-    SELECT (
-        greatest($16::bigint - $18::bigint, 0) * input_micros_per_million
-        + $18::bigint * cached_input_micros_per_million
-        + $17::bigint * output_micros_per_million
-        + 500000
-    ) / 1000000 AS cost
+    SELECT div(
+        greatest($16::bigint - $18::bigint, 0)::numeric * input_micros_per_million
+        + $18::bigint::numeric * cached_input_micros_per_million
+        + $17::bigint::numeric * output_micros_per_million
+        + 500000,
+        1000000
+    ) AS cost
     FROM model_pricing
     WHERE $14::text IS NOT NULL AND ($16::bigint > 0 OR $17::bigint > 0)
       AND model = $14::text AND ($15::text IS NULL OR provider = $15::text) AND is_active
@@ -122,7 +142,8 @@ ev AS (
         $16::bigint + $17::bigint, coalesce((SELECT cost FROM price), 0), 'USD', $19::bigint,
         $20::text, $21::text, $22::text, $23::integer, $24::text::jsonb, $25::timestamptz,
         $26::timestamptz
-    FROM lim
+    FROM lim, usr
+    WHERE usr.known
     ON CONFLICT (organization_id, idempotency_key) DO NOTHING
     RETURNING id, cost_micros
 ),
@@ -136,8 +157,8 @@ counted AS (
     WHERE cap.value IS NULL OR $4::bigint <= cap.value
     ON CONFLICT (organization_id, metric, period_start) DO UPDATE
         SET used = c.used + excluded.used, updated_at = excluded.updated_at
-        WHERE (SELECT value FROM cap) IS NULL
-           OR c.used + c.reserved + excluded.used <= (SELECT value FROM cap)
+        WHERE c.used + c.reserved
+            <= coalesce((SELECT value FROM cap), 9223372036854775807) - excluded.used
     RETURNING c.used, c.reserved
 ),
 rolled AS (
@@ -184,6 +205,7 @@ SELECT
     (SELECT reserved FROM counted) AS reserved,
     (SELECT shown FROM cap) AS limit_value,
     (SELECT hard FROM lim) AS hard,
+    (SELECT known FROM usr) AS user_known,
     (SELECT id FROM prev) AS previous_id,
     (SELECT payload_hash FROM prev) AS previous_hash,
     (SELECT occurred_at FROM prev) AS previous_occurred,
@@ -204,9 +226,11 @@ SELECT
 async def run_record(
     connection: asyncpg.Connection, item: Pending, now: datetime
 ) -> asyncpg.Record | None:
-    """Run `RECORD` for one event: its row, or None when the hard limit refused the event
-    (nothing was written). Raises asyncpg's `DeadlockDetectedError` when it lost a deadlock
-    to a batch with a copy. `answer` reads the row, once the connection is handed back."""
+    """Run `RECORD` for one event: its row, or None when the counter refused the event (the
+    hard limit, or a BIGINT's end; nothing was written). Raises `CounterOverflow` when a day
+    rollup or the cost would pass a BIGINT, and asyncpg's `DeadlockDetectedError` when it lost
+    a deadlock to a batch with a copy. `answer` reads the row, once the connection is handed
+    back."""
     event, meter = item.event, item.meter
     try:
         return await connection.fetchrow(
@@ -244,6 +268,8 @@ async def run_record(
             new_id(),
         )
     except asyncpg.PostgresError as error:
+        if error.sqlstate == OUT_OF_RANGE_SQLSTATE:
+            raise overflow(meter.code, "the day's total or the cost") from None
         if error.sqlstate != LIMIT_EXCEEDED_SQLSTATE:
             raise
         return None
@@ -262,6 +288,8 @@ def answer(
     limit = Limit(row["limit_value"], bool(row["hard"]))
     if row["event_id"] is None:
         previous_id = row["previous_id"]
+        if previous_id is None and not row["user_known"]:
+            raise unknown_user(item)
         if previous_id is None or meter.period(row["previous_occurred"])[0] != item.period_start:
             return None
         previous = Stored(
@@ -360,6 +388,22 @@ class PostgresStore:
             WHERE organization_id = k.org AND metric = k.metric
               AND period_start = k.period_start
         ) AS c
+    """
+    ROLLUPS = """
+        SELECT d.organization_id, d.day, d.metric, d.model, d.provider, d.feature, d.quantity,
+            d.event_count, d.input_tokens, d.output_tokens, d.cached_tokens, d.total_tokens,
+            d.cost_micros
+        FROM unnest($1::uuid[], $2::date[], $3::text[], $4::text[], $5::text[], $6::text[])
+            AS k (org, day, metric, model, provider, feature) CROSS JOIN LATERAL (
+            SELECT * FROM usage_daily_summary
+            WHERE organization_id = k.org AND day = k.day AND metric = k.metric
+              AND model = k.model AND provider = k.provider AND feature = k.feature
+        ) AS d
+    """
+    USERS = """
+        SELECT u.organization_id, u.id
+        FROM unnest($1::uuid[], $2::uuid[]) AS k (org, id)
+        JOIN users u ON u.organization_id = k.org AND u.id = k.id
     """
     PRICES = """
         SELECT model, provider, input_micros_per_million, cached_input_micros_per_million,
@@ -518,6 +562,22 @@ class PostgresStore:
         )
         return {(row[0], row[1]): Stored(*row[2:]) for row in rows}
 
+    async def rollups(self, keys: Iterable[RollupKey]) -> dict[RollupKey, list[int]]:
+        wanted = list(keys)
+        rows = await self.connection.fetch(
+            self.ROLLUPS, *([key[n] for key in wanted] for n in range(6))
+        )
+        return {tuple(row[:6]): list(row[6:]) for row in rows}
+
+    async def users(
+        self, pairs: set[tuple[uuid.UUID, uuid.UUID]]
+    ) -> set[tuple[uuid.UUID, uuid.UUID]]:
+        wanted = list(pairs)
+        rows = await self.connection.fetch(
+            self.USERS, [pair[0] for pair in wanted], [pair[1] for pair in wanted]
+        )
+        return {(row[0], row[1]) for row in rows}
+
     async def peek(self, counters: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
         keys = list(counters)
         rows = await self.connection.fetch(
@@ -615,6 +675,9 @@ class PostgresStore:
             # attempt either way.
             if error.constraint_name != EVENT_KEY:
                 raise
+            raise Raced from error
+        except asyncpg.NumericValueOutOfRangeError as error:
+            # A day rollup would pass a BIGINT: decided again on the rollups as stored.
             raise Raced from error
         if decision.alerts:  # usage.threshold_reached went to the outbox: wake dispatchers
             await self.connection.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)

@@ -26,11 +26,24 @@ from saascore.kit import metrics
 from saascore.kit.errors import IdempotencyConflict
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
-from saascore.metering.decision import Decision, Pending, accepted, check_fields, price_of
-from saascore.metering.errors import LimitExceeded, ReservationNotFound, ReservationNotHeld
+from saascore.metering.decision import (
+    Decision,
+    Pending,
+    accepted,
+    check_fields,
+    overflow,
+    price_of,
+    rollup_key,
+)
+from saascore.metering.errors import (
+    LimitExceeded,
+    ReservationNotFound,
+    ReservationNotHeld,
+    UnknownUser,
+)
 from saascore.metering.limits import Limit, read_limit
 from saascore.metering.session_store import SessionStore, read_counter
-from saascore.metering.values import MeterInfo, RecordResult, UsageEventIn
+from saascore.metering.values import BIGINT_MAX, MeterInfo, RecordResult, UsageEventIn
 from saascore.models import Aggregation, ReservationStatus, UsageCounter, UsageReservation
 
 __all__ = ["Reservations", "expired"]
@@ -98,8 +111,10 @@ class Reservations:
             s, org_id, meter, period_start, period_end, reserved=quantity, limit=limit, now=now
         )
         if counted is None:
-            metrics.USAGE_REFUSED.labels(meter.code).inc()
             used, reserved = await read_counter(s, org_id, meter.code, period_start)
+            if not limit.refuses(used + reserved + quantity):
+                raise overflow(meter.code, "the reserved quota")
+            metrics.USAGE_REFUSED.labels(meter.code).inc()
             assert limit.value is not None
             raise LimitExceeded(meter.code, limit.value, used + reserved, quantity)
         crossings = Decision()  # held quota counts towards the thresholds too
@@ -154,15 +169,16 @@ class Reservations:
             )
             .returning(UsageCounter.used, UsageCounter.reserved)
         )
-        if extra > 0 and limit.cap is not None:
-            statement = statement.where(
-                UsageCounter.used + UsageCounter.reserved + extra <= limit.cap
-            )
+        if extra > 0:  # compared so that the comparison itself cannot pass a BIGINT
+            bound = BIGINT_MAX if limit.cap is None else min(limit.cap, BIGINT_MAX)
+            statement = statement.where(UsageCounter.used + UsageCounter.reserved <= bound - extra)
         counted = (await s.execute(statement)).one_or_none()
         if counted is None:
             used, reserved = await read_counter(
                 s, reservation.organization_id, meter.code, reservation.period_start
             )
+            if not limit.refuses(used + reserved + extra):
+                raise overflow(meter.code, "the counter")
             assert limit.value is not None
             raise LimitExceeded(meter.code, limit.value, used + reserved, extra)
         event = UsageEventIn(
@@ -178,18 +194,29 @@ class Reservations:
             },
         )
         check_fields(event)  # as `record` does; the savepoint undoes the claim on a refusal
+        store = SessionStore(s, self.events)
+        org = reservation.organization_id
+        if event.user_id is not None and not await store.users({(org, event.user_id)}):
+            raise UnknownUser(
+                f"no user {event.user_id} in this organisation",
+                field="user_id",
+                user_id=str(event.user_id),
+            )
         # The usage counts in the period that held the quota: if that period has ended
         # meanwhile, the event is dated when the reservation was made, inside it.
         occurred = now
         if meter.period(now)[0] != reservation.period_start:
             occurred = reservation.created_at
-        org = reservation.organization_id
         item = Pending(
             org, event, meter, occurred, reservation.period_start, None, event.fingerprint(), False
         )
-        store, written = SessionStore(s, self.events), Decision()
+        written = Decision()
         prices = await store.prices({event.model}) if event.model is not None else []
         cost = price_of(item, prices, written.unpriced)
+        if cost > BIGINT_MAX:
+            raise overflow(meter.code, "the cost")
+        if not written.rollup_fits(item, cost, await store.rollups([rollup_key(item)])):
+            raise overflow(meter.code, "the day's total")
         event_id = written.add_event(item, cost)
         used, reserved = counted
         if extra > 0:
@@ -358,7 +385,8 @@ class Reservations:
     ) -> tuple[int, int] | None:
         """Add to the period's reserved quota in one statement, unless a hard limit refuses
         it. Returns the counter's new (used, reserved), or None when refused."""
-        cap = limit.cap
+        # Compared so that the comparison itself cannot pass a BIGINT: a counter never does.
+        bound = BIGINT_MAX if limit.cap is None else min(limit.cap, BIGINT_MAX)
         values = sa.select(
             sa.literal(org_id, sa.Uuid()),
             sa.literal(new_id(), sa.Uuid()),
@@ -368,11 +396,7 @@ class Reservations:
             sa.literal(0, sa.BigInteger()),
             sa.literal(reserved, sa.BigInteger()),
             sa.literal(now, UsageCounter.updated_at.type),
-        ).where(
-            sa.true()
-            if cap is None
-            else sa.literal(reserved, sa.BigInteger()) <= sa.literal(cap, sa.BigInteger())
-        )
+        ).where(sa.literal(reserved, sa.BigInteger()) <= sa.literal(bound, sa.BigInteger()))
         statement = insert(s, UsageCounter).from_select(
             [
                 "organization_id",
@@ -387,14 +411,13 @@ class Reservations:
             values,
         )
         excluded = statement.excluded
+        # Nothing is used by a reservation (`excluded.used` is 0): only `reserved` grows.
         if meter.aggregation is Aggregation.MAX:
             new_used: Any = sa.case(
                 (excluded.used > UsageCounter.used, excluded.used), else_=UsageCounter.used
             )
-            over = new_used + UsageCounter.reserved + excluded.reserved
         else:
             new_used = UsageCounter.used + excluded.used
-            over = UsageCounter.used + UsageCounter.reserved + excluded.used + excluded.reserved
         statement = statement.on_conflict_do_update(
             index_elements=[
                 UsageCounter.organization_id,
@@ -406,7 +429,8 @@ class Reservations:
                 "reserved": UsageCounter.reserved + excluded.reserved,
                 "updated_at": excluded.updated_at,
             },
-            where=None if cap is None else over <= cap,
+            where=UsageCounter.used + UsageCounter.reserved
+            <= sa.literal(bound - reserved, sa.BigInteger()),
         )
         row = (
             await s.execute(statement.returning(UsageCounter.used, UsageCounter.reserved))

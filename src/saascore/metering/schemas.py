@@ -64,7 +64,8 @@ class _EventFields(_Body):
     """What an event says beyond its metric and quantity (also given when settling)."""
 
     user_id: uuid.UUID | None = Field(
-        default=None, description="The user the usage is for, if any (a label: not checked)"
+        default=None,
+        description="The user the usage is for, if any: a user of the organisation",
     )
     feature: str | None = Field(
         default=None, max_length=100, pattern=PLAIN_TEXT, examples=["summarize"]

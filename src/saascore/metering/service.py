@@ -60,6 +60,7 @@ from saascore.metering.decision import (
     batch_outcome,
     conflict,
     duplicate,
+    overflow,
     place,
 )
 from saascore.metering.errors import LimitExceeded, StorageUnderflow, UnknownMetric
@@ -69,6 +70,7 @@ from saascore.metering.postgres import PostgresStore, answer, run_record
 from saascore.metering.reservations import Reservations, expired
 from saascore.metering.session_store import SessionStore, read_counter
 from saascore.metering.values import (
+    BIGINT_MAX,
     METER_CACHE_SECONDS,
     STORAGE,
     TOKENS,
@@ -177,6 +179,7 @@ class UsageService:
         quantity: int,
         *,
         idempotency_key: str,
+        backfill: bool = False,
         session: AsyncSession | None = None,
         **fields: Any,
     ) -> RecordResult:
@@ -186,17 +189,24 @@ class UsageService:
         nothing. A retry with the same key returns the first result with status "duplicate";
         the same key with a different event raises `IdempotencyConflict`. `fields` are the
         other `UsageEventIn` fields (`user_id`, `feature`, `model`, `properties`, ...).
+
+        `occurred_at` must lie from the start of the meter's current period to five minutes
+        ahead (else `PeriodClosed`), unless `backfill=True`: recording into other periods is
+        for operators and imports. A `user_id` must be a user of the organisation
+        (`UnknownUser`); a counter, day total or cost past a BIGINT is `CounterOverflow`.
         """
         event = UsageEventIn(
             metric=metric, quantity=quantity, idempotency_key=idempotency_key, **fields
         )
         if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
-            item = self._place(org_id, event, await self._cached_meter(event.metric), True)
-            if self.group_commit:
+            meter = await self._cached_meter(event.metric)
+            item = self._place(org_id, event, meter, True, backfill=backfill)
+            if self.group_commit and not item.closed:
                 return await self._group().submit(item)
             return await self._record_one(item)
         async with self.database.scope(session) as s:
-            item = self._place(org_id, event, await self._meter(s, event.metric), True)
+            meter = await self._meter(s, event.metric)
+            item = self._place(org_id, event, meter, True, backfill=backfill)
             outcome = (await self._record_batch(s, [item])).outcomes[0]
         if session is None and isinstance(outcome, LimitExceeded):
             await self._tell_refused([(item, outcome)])
@@ -209,11 +219,13 @@ class UsageService:
         events: Sequence[UsageEventIn],
         *,
         org_id: uuid.UUID | None = None,
+        backfill: bool = False,
         session: AsyncSession | None = None,
     ) -> list[BatchOutcome]:
         """Record a batch in one transaction, in order, each event on its own terms: accepted,
         duplicate (of an earlier batch or of an event earlier in this one), refused by a hard
         limit (`code` says why) or invalid. Events name their organisation or take `org_id`.
+        `backfill` as for `record`.
 
         Decided as one `record` after another would be, and written set-wise (see `batch`)."""
         outcomes: list[BatchOutcome | None] = [None] * len(events)
@@ -240,7 +252,9 @@ class UsageService:
                         unknown[event.metric] = error
                         raise
                     meters[event.metric] = meter
-                items.append(self._place(organization, event, meter, True, periods))
+                items.append(
+                    self._place(organization, event, meter, True, periods, backfill=backfill)
+                )
             except (DomainError, ValueError, TypeError) as error:
                 outcomes[index] = batch_outcome(index, event, error)
                 continue
@@ -284,7 +298,8 @@ class UsageService:
         Never raises into the caller and never refuses (the tokens are spent; use
         `check_token_limit` or `reserve` before the call to enforce a limit). It runs in a
         transaction of its own; a failure is logged with the whole event and counted in
-        `saascore_usage_log_failures_total`, then None is returned.
+        `saascore_usage_log_failures_total`, then None is returned. Being after the fact, it
+        may date the call in any period (`occurred_at`).
         """
         event = UsageEventIn(
             metric=TOKENS,
@@ -301,11 +316,12 @@ class UsageService:
         )
         try:
             if self.database.backend is DatabaseBackend.POSTGRESQL:
-                item = self._place(org_id, event, await self._cached_meter(event.metric), False)
+                meter = await self._cached_meter(event.metric)
+                item = self._place(org_id, event, meter, False, backfill=True)
                 if self.group_commit:
                     return await self._group().submit(item)
                 return await self._record_one(item)
-            async with self.database.transaction() as s:
+            async with self.database.transaction() as s:  # after the fact: any period
                 return _result(await self._record(s, org_id, event, enforce=False))
         except Exception:
             metrics.USAGE_LOG_FAILURES.inc()
@@ -317,7 +333,7 @@ class UsageService:
     async def _record_one(self, item: Pending) -> RecordResult:
         """One event on PostgreSQL in a transaction of its own: one statement, except on a
         `max` meter (not one increment), which takes the batch engine."""
-        if item.meter.aggregation is not Aggregation.MAX:
+        if item.meter.aggregation is not Aggregation.MAX and not item.closed:
             return await self._record_fast(item)
         return _result((await self._record_postgres([item])).outcomes[0])
 
@@ -352,7 +368,8 @@ class UsageService:
 
     async def _refused(self, item: Pending, *, swept: bool) -> RecordResult:
         """After `RECORD` refused an event: expire its counter's lapsed reservations and try
-        again if there were any, else raise `LimitExceeded` with the counter as it is."""
+        again if there were any, else raise `LimitExceeded` with the counter as it is, or
+        `CounterOverflow` when no hard limit refuses it but the counter is full."""
         org_id, metric, period_start = item.counter
         async with self.database.transaction() as s:
             freed = (
@@ -367,8 +384,14 @@ class UsageService:
                 limit = await read_limit(s, org_id, metric)
         if freed:
             return await self._record_fast(item, swept=True)
-        metrics.USAGE_REFUSED.labels(metric).inc()
+        if not (item.enforce and limit.refuses(used + reserved + item.increment)):
+            # Not the limit: the counter's BIGINT, or the counter moved meanwhile (once more).
+            if used + reserved + item.increment <= BIGINT_MAX and not swept:
+                return await self._record_fast(item, swept=True)
+            if used + reserved + item.increment > BIGINT_MAX or limit.value is None:
+                raise overflow(metric, "the counter")
         assert limit.value is not None
+        metrics.USAGE_REFUSED.labels(metric).inc()
         refusal = LimitExceeded(metric, limit.value, used + reserved, item.increment)
         await self._tell_refused([(item, refusal)])
         raise refusal
@@ -387,8 +410,10 @@ class UsageService:
         meter: MeterInfo,
         enforce: bool,
         periods: dict[str, tuple[datetime, datetime | None]] | None = None,
+        *,
+        backfill: bool = True,
     ) -> Pending:
-        return place(org_id, event, meter, enforce, self.clock(), periods)
+        return place(org_id, event, meter, enforce, self.clock(), periods, backfill)
 
     async def _record_batch(self, s: AsyncSession, items: Sequence[Pending]) -> Decision:
         decision = await record_batch(SessionStore(s, self.events), items, self._meters, self.clock)
@@ -548,8 +573,9 @@ class UsageService:
         """Would `quantity` more be allowed now? Records nothing."""
         snapshot = await self.usage(org_id, metric, session=session)
         limit = Limit(snapshot.limit, snapshot.hard)
+        total = snapshot.used + snapshot.reserved + quantity
         return CheckResult(
-            allowed=not limit.refuses(snapshot.used + snapshot.reserved + quantity),
+            allowed=not limit.refuses(total) and total <= BIGINT_MAX,
             metric=metric,
             requested=quantity,
             used=snapshot.used,
@@ -706,6 +732,8 @@ class UsageService:
         """
         if quantity <= 0:
             raise InvalidInput("a reservation needs a positive quantity", field="quantity")
+        if quantity > BIGINT_MAX:
+            raise overflow(metric, "the reservation")
         if ttl <= timedelta(0):
             raise InvalidInput("the time to live must be positive", field="ttl")
         async with self.database.scope(session) as s:
@@ -787,15 +815,20 @@ class UsageService:
         an increment past a hard storage limit (`LimitExceeded`); neither changes anything.
         """
         now = self.clock()
+        if abs(delta_bytes) > BIGINT_MAX:
+            raise overflow(STORAGE, "the change")
         async with self.database.scope(session) as s:
             limit = await self.limit(org_id, STORAGE, session=s)
             account = await usage_account(s, org_id, lock=False)
+            # Compared so that the comparison itself cannot pass a BIGINT.
+            fits = (
+                UsageLimits.storage_used_bytes >= -delta_bytes
+                if delta_bytes < 0
+                else UsageLimits.storage_used_bytes <= BIGINT_MAX - delta_bytes
+            )
             statement = (
                 sa.update(UsageLimits)
-                .where(
-                    UsageLimits.organization_id == account.organization_id,
-                    UsageLimits.storage_used_bytes + delta_bytes >= 0,
-                )
+                .where(UsageLimits.organization_id == account.organization_id, fits)
                 .values(
                     storage_used_bytes=UsageLimits.storage_used_bytes + delta_bytes, updated_at=now
                 )
@@ -803,7 +836,7 @@ class UsageService:
             )
             if delta_bytes > 0 and limit.cap is not None:
                 statement = statement.where(
-                    UsageLimits.storage_used_bytes + delta_bytes <= limit.cap
+                    UsageLimits.storage_used_bytes <= limit.cap - delta_bytes
                 )
             total = (
                 await s.execute(statement, execution_options={"synchronize_session": False})
@@ -817,6 +850,8 @@ class UsageService:
                     used_bytes=used,
                     delta_bytes=delta_bytes,
                 )
+            if limit.cap is None or used + delta_bytes > BIGINT_MAX:  # (else the limit)
+                raise overflow(STORAGE, "the storage used")
             metrics.USAGE_REFUSED.labels(STORAGE).inc()
             assert limit.value is not None
             raise LimitExceeded(STORAGE, limit.value, used, delta_bytes)

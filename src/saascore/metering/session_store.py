@@ -27,6 +27,7 @@ from saascore.metering.decision import (
     Decision,
     EventKey,
     Price,
+    RollupKey,
     Snapshot,
     Stored,
 )
@@ -39,6 +40,7 @@ from saascore.models import (
     UsageDailySummary,
     UsageEvent,
     UsageReservation,
+    User,
 )
 
 __all__ = ["SessionStore", "read_counter"]
@@ -146,6 +148,50 @@ class SessionStore:
             for row in rows:
                 if (row[0], row[1]) in wanted:
                     found[(row[0], row[1])] = Stored(*row[2:])
+        return found
+
+    async def rollups(self, keys: Iterable[RollupKey]) -> dict[RollupKey, list[int]]:
+        found: dict[RollupKey, list[int]] = {}
+        d = UsageDailySummary
+        for org, day, metric, model, provider, feature in keys:
+            row = (
+                await self.s.execute(
+                    sa.select(
+                        d.quantity,
+                        d.event_count,
+                        d.input_tokens,
+                        d.output_tokens,
+                        d.cached_tokens,
+                        d.total_tokens,
+                        d.cost_micros,
+                    ).where(
+                        d.organization_id == org,
+                        d.day == day,
+                        d.metric == metric,
+                        d.model == model,
+                        d.provider == provider,
+                        d.feature == feature,
+                    )
+                )
+            ).one_or_none()
+            if row is not None:
+                found[(org, day, metric, model, provider, feature)] = [int(v) for v in row]
+        return found
+
+    async def users(
+        self, pairs: set[tuple[uuid.UUID, uuid.UUID]]
+    ) -> set[tuple[uuid.UUID, uuid.UUID]]:
+        found: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        wanted = sorted(pairs)
+        for offset in range(0, len(wanted), self.CHUNK):
+            chunk = wanted[offset : offset + self.CHUNK]
+            rows = await self.s.execute(
+                sa.select(User.organization_id, User.id).where(
+                    User.organization_id.in_({org for org, _ in chunk}),
+                    User.id.in_({user for _, user in chunk}),
+                )
+            )
+            found.update((org, user) for org, user in rows if (org, user) in pairs)
         return found
 
     async def peek(self, counters: Iterable[CounterKey]) -> dict[CounterKey, Counter]:
