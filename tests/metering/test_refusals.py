@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from saascore.kit.db import Database
+from saascore.kit.errors import InvalidInput
 from saascore.kit.time import month_start, utcnow
 from saascore.metering import CounterOverflow, UsageService
 from saascore.models import ModelPricing, UsageCounter, UsageDailySummary, UsageEvent
@@ -325,3 +326,26 @@ class TestUnknownUser:
             path, json={"quantity": 5, "user_id": str(org.user_id)}, headers=org.headers
         )
         assert settled.status_code == 200, settled.text
+
+
+class TestLibraryProperties:
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            float("nan"),
+            float("inf"),
+            {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+        ],
+    )
+    async def test_properties_that_no_database_can_store_are_refused_by_the_library(
+        self, scratch: Database, bad: Any
+    ) -> None:
+        """The API's schema refuses them before the service; a library caller meets the
+        same check in the service (PostgreSQL refuses NaN in JSON; SQLite would store it)."""
+        org_id = await new_org(scratch)
+        usage = UsageService(scratch)
+        with pytest.raises(InvalidInput) as refused:
+            await usage.record(org_id, "tokens", 1, idempotency_key="nan", properties={"x": bad})
+        assert refused.value.details["field"] == "properties"
+        await usage.record(org_id, "tokens", 1, idempotency_key="ok", properties={"x": 1.5})
+        assert await stored_keys(scratch, org_id) == ["ok"]

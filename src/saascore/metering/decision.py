@@ -38,6 +38,7 @@ from typing import Literal
 
 from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
+from saascore.kit.validation import checked_json
 from saascore.metering.errors import CounterOverflow, LimitExceeded, PeriodClosed, UnknownUser
 from saascore.metering.limits import Limit, LimitRules
 from saascore.metering.values import (
@@ -187,6 +188,8 @@ def place(
     (`PeriodClosed`) unless it is a retry of a stored event, which is answered as one."""
     if not plainly_valid(event):
         check_fields(event)
+    if event.properties:  # the API's schema checked it; a library caller's may hold NaN
+        checked_json(event.properties, field="properties")
     if meter.code == STORAGE:
         raise InvalidInput(
             "storage is a gauge: change it with update_storage_used", metric=meter.code
