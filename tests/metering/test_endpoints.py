@@ -10,6 +10,7 @@ full path, which runs on the default plan as a new customer would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -421,6 +422,30 @@ class TestReservations:
         other = await self.reserve(api, org, 41, idempotency_key="job-1")
         assert other.status_code == 409, other.text
         assert other.json()["error"]["code"] == "idempotency_conflict"
+
+    async def test_copies_racing_with_one_key_hold_once(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        """Found by the attack: copies of one reservation sent at once lost the race for the
+        key's unique index with a 500 (PostgreSQL), their hold left in the counter until the
+        rollback. Each copy answers the one reservation, and the quota is held once."""
+        org = await tenant(api, scratch, monthly_token_limit=1000)
+        copies = await asyncio.gather(
+            *(self.reserve(api, org, 40, idempotency_key="job-race") for _ in range(8))
+        )
+        assert [response.status_code for response in copies] == [201] * 8, [
+            response.text for response in copies
+        ]
+        assert len({response.json()["id"] for response in copies}) == 1
+        assert (await usage_of(api, org, "tokens"))["reserved"] == 40
+        other = await asyncio.gather(
+            *(self.reserve(api, org, 40 + n, idempotency_key="job-race-2") for n in range(4))
+        )
+        statuses = sorted(response.status_code for response in other)
+        assert statuses == [201, 409, 409, 409], [response.text for response in other]
+        assert (await usage_of(api, org, "tokens"))["reserved"] == 40 + sum(
+            response.json()["quantity"] for response in other if response.status_code == 201
+        )
 
     async def test_settling_records_the_real_quantity_and_frees_the_hold(
         self, api: httpx.AsyncClient, scratch: Database

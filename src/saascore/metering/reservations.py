@@ -13,19 +13,21 @@ Everything here runs in the session it is given; `UsageService` opens it and end
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.events.bus import EventBus
 from saascore.kit import metrics
 from saascore.kit.errors import IdempotencyConflict
 from saascore.kit.ids import new_id
-from saascore.kit.sql import insert
+from saascore.kit.sql import insert, violates
 from saascore.metering.decision import (
     Decision,
     Pending,
@@ -89,26 +91,46 @@ class Reservations:
         now = self.clock()
         meter = await self._meter(s, metric)
         if idempotency_key is not None:
-            existing = (
-                await s.scalars(
-                    sa.select(UsageReservation).where(
-                        UsageReservation.organization_id == org_id,
-                        UsageReservation.idempotency_key == idempotency_key,
-                    )
-                )
-            ).one_or_none()
+            existing = await self._keyed(s, org_id, idempotency_key, meter.code, quantity)
             if existing is not None:
-                if (existing.metric, existing.quantity) != (meter.code, quantity):
-                    raise IdempotencyConflict(
-                        f"idempotency key {idempotency_key!r} was used for another reservation",
-                        idempotency_key=idempotency_key,
-                    )
                 return existing
         await self.sweep(s, org_id=org_id, metric=meter.code)
+        # A copy racing with this one for the key loses on its unique index: the savepoint
+        # undoes the loser's hold, and it answers the winner's reservation.
+        attempt = s.begin_nested() if idempotency_key is not None else contextlib.nullcontext()
+        try:
+            async with attempt:
+                return await self._hold(s, org_id, meter, quantity, ttl, idempotency_key, now)
+        except IntegrityError as error:
+            if idempotency_key is None or not violates(error, "idempotency_key"):
+                raise
+            existing = await self._keyed(s, org_id, idempotency_key, meter.code, quantity)
+            if existing is None:
+                raise
+            return existing
+
+    async def _hold(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        meter: MeterInfo,
+        quantity: int,
+        ttl: timedelta,
+        idempotency_key: str | None,
+        now: datetime,
+    ) -> UsageReservation:
+        """Add `quantity` to the counter's `reserved` and write the reservation."""
         limit = await read_limit(s, org_id, meter.code)
         period_start, period_end = meter.period(now)
         counted = await self._bump(
-            s, org_id, meter, period_start, period_end, reserved=quantity, limit=limit, now=now
+            s,
+            org_id,
+            meter,
+            period_start,
+            period_end,
+            reserved=quantity,
+            limit=limit,
+            now=now,
         )
         if counted is None:
             used, reserved = await read_counter(s, org_id, meter.code, period_start)
@@ -137,6 +159,31 @@ class Reservations:
         s.add(reservation)
         await s.flush()
         return reservation
+
+    async def _keyed(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        idempotency_key: str,
+        metric: str,
+        quantity: int,
+    ) -> UsageReservation | None:
+        """The organisation's reservation under `idempotency_key`, if any;
+        `IdempotencyConflict` if it holds another metric or quantity."""
+        existing = (
+            await s.scalars(
+                sa.select(UsageReservation).where(
+                    UsageReservation.organization_id == org_id,
+                    UsageReservation.idempotency_key == idempotency_key,
+                )
+            )
+        ).one_or_none()
+        if existing is not None and (existing.metric, existing.quantity) != (metric, quantity):
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was used for another reservation",
+                idempotency_key=idempotency_key,
+            )
+        return existing
 
     async def settle(
         self,
