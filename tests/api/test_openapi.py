@@ -98,6 +98,45 @@ class TestStrictIntegers:
         assert response.json()["error"]["code"] == "validation_error"
 
 
+class TestStrictBooleansAndDates:
+    """Found by the attack (schemathesis, ST201): `is_active: 0` deactivated a user and
+    `occurred_at: 0` was read as Unix time, where the document says `boolean` and a
+    `date-time` string."""
+
+    @pytest.mark.parametrize("value", [0, 1, "true", "no"])
+    async def test_a_boolean_must_be_true_or_false(
+        self, api: httpx.AsyncClient, scratch: Database, value: object
+    ) -> None:
+        owner = await tenant(api, scratch)
+        member = await api.post(
+            "/v1/users",
+            json={"email": "strict@example.com", "password": "a long enough password"},
+            headers=owner.headers,
+        )
+        assert member.status_code == 201, member.text
+        path = f"/v1/users/{member.json()['id']}"
+        response = await api.patch(path, json={"is_active": value}, headers=owner.headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "validation_error"
+        assert (await api.get(path, headers=owner.headers)).json()["is_active"] is True
+
+    @pytest.mark.parametrize("value", [0, 1_800_000_000, "1800000000", "1.8e9", True])
+    async def test_a_date_time_must_be_a_date_time_string(
+        self, api: httpx.AsyncClient, scratch: Database, value: object
+    ) -> None:
+        owner = await tenant(api, scratch, scopes=["usage:write", "usage:read"])
+        event = {"id": "when", "metric": "tokens", "quantity": 1, "occurred_at": value}
+        recorded = await api.post("/v1/usage/events", json=event, headers=owner.key_headers)
+        assert recorded.status_code == 422, recorded.text
+        assert recorded.json()["error"]["code"] == "validation_error"
+        keys = (await api.get("/v1/api-keys", headers=owner.headers)).json()["items"]
+        key = {"name": "k", "scopes": ["usage:read"], "expires_at": value}
+        created = await api.post("/v1/api-keys", json=key, headers=owner.headers)
+        assert created.status_code == 422, created.text
+        assert created.json()["error"]["code"] == "validation_error"
+        assert (await api.get("/v1/api-keys", headers=owner.headers)).json()["items"] == keys
+
+
 class TestMethodNotAllowed:
     @pytest.mark.parametrize(
         ("method", "path", "allowed"),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.events.bus import EventPayload
 from saascore.events.service import DeliveryRecord
+from saascore.kit.inputs import StrictBool
 from saascore.models import DeliveryStatus
 
 __all__ = [
@@ -56,7 +57,7 @@ class WebhookEndpointUpdate(BaseModel):
     url: str | None = Field(default=None, description=_URL.description)
     event_types: list[str] | None = Field(default=None, description=_EVENT_TYPES_DOC)
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
 
 
 class WebhookEndpointOut(BaseModel):

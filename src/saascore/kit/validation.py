@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 from pydantic_core import PydanticCustomError
 
 from saascore.kit.errors import InvalidInput
@@ -165,5 +166,21 @@ def _instant(value: datetime) -> datetime:
     return value
 
 
-#: An aware datetime from 1970 to the end of 9998 (UTC): every datetime a request carries.
-Instant = Annotated[AwareDatetime, AfterValidator(_instant)]
+def _instant_text(value: Any) -> Any:
+    """A date-time string (or, from the library, a datetime), as the OpenAPI document's
+    `date-time` says: Pydantic's lax mode would read a number, or a string of digits, as Unix
+    time."""
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and not _UNIX_TIME.fullmatch(value.strip()):
+        return value
+    raise PydanticCustomError(
+        "datetime_type", "Input should be an RFC 3339 date-time string such as 2026-01-31T12:00Z"
+    )
+
+
+_UNIX_TIME = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
+
+#: An aware datetime from 1970 to the end of 9998 (UTC), given as a date-time string: every
+#: datetime a request carries.
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant_text), AfterValidator(_instant)]

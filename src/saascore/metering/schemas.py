@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from saascore.kit.inputs import StrictInt
+from saascore.kit.inputs import StrictBool, StrictInt
 from saascore.kit.validation import MAX_JSON_DEPTH, Instant, JSONObject
 from saascore.metering.values import (
     BIGINT_MAX,
@@ -374,7 +374,7 @@ class UsageSummaryResponse(BaseModel):
 
 class LimitOverride(_Body):
     limit: int | None = Field(ge=0, le=INT64, description="null: unlimited", examples=[250_000])
-    hard: bool = Field(
+    hard: StrictBool = Field(
         default=True, description="A hard limit refuses; a soft one only flags", examples=[True]
     )
 

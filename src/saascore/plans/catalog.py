@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saascore.kit.errors import InvalidInput
-from saascore.kit.inputs import StrictInt
+from saascore.kit.inputs import StrictBool, StrictInt
 from saascore.kit.validation import JSONObject
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
@@ -57,7 +57,7 @@ class PriceSpec(_Spec):
 
 class LimitSpec(_Spec):
     limit: StrictInt | None = Field(default=None, le=INT64)
-    hard: bool = True
+    hard: StrictBool = True
 
     @field_validator("limit")
     @classmethod
@@ -79,11 +79,11 @@ class PlanSpec(_Spec):
     requests_per_minute: StrictInt | None = Field(default=None, le=INT32)
     requests_per_hour: StrictInt | None = Field(default=None, le=INT32)
     credits_per_period: StrictInt = Field(default=0, ge=0, le=INT64)
-    credits_rollover: bool = False
-    api_access: bool = False
+    credits_rollover: StrictBool = False
+    api_access: StrictBool = False
     trial_days: StrictInt = Field(default=0, ge=0, le=INT32)
-    is_active: bool = True
-    is_public: bool = True
+    is_active: StrictBool = True
+    is_public: StrictBool = True
     features: JSONObject = Field(default_factory=dict)
     prices: list[PriceSpec] = Field(default_factory=list)
     #: Limits on other meters: `{metric = {limit = N, hard = true}}`.

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from saascore.kit.inputs import StrictInt
+from saascore.kit.inputs import StrictBool, StrictInt
 from saascore.kit.validation import JSONObject
 from saascore.models import BillingCycle, SubscriptionPlan
 from saascore.plans.catalog import INT64, LIMIT_FIELDS
@@ -133,7 +133,9 @@ class LimitSetting(_Body):
     limit: StrictInt | None = Field(
         ge=0, le=INT64, description="null: unlimited", examples=[250_000]
     )
-    hard: bool = Field(default=True, description="A hard limit refuses; a soft one only flags")
+    hard: StrictBool = Field(
+        default=True, description="A hard limit refuses; a soft one only flags"
+    )
 
 
 class CatalogLoaded(BaseModel):
@@ -153,10 +155,12 @@ class PlanUpdate(_Body):
     name: str | None = Field(default=None, min_length=1, max_length=255, examples=["Pro"])
     description: str | None = Field(default=None, examples=["Full API access."])
     sort_order: StrictInt | None = Field(default=None, examples=[20])
-    is_active: bool | None = Field(
+    is_active: StrictBool | None = Field(
         default=None, description="Offered to new customers", examples=[True]
     )
-    is_public: bool | None = Field(default=None, description="Listed in /v1/plans", examples=[True])
+    is_public: StrictBool | None = Field(
+        default=None, description="Listed in /v1/plans", examples=[True]
+    )
     monthly_token_limit: StrictInt | None = Field(default=None, examples=[5_000_000])
     max_storage_mb: StrictInt | None = Field(default=None, examples=[10_240])
     max_api_calls_per_day: StrictInt | None = Field(default=None, examples=[10_000])
@@ -167,8 +171,8 @@ class PlanUpdate(_Body):
     requests_per_minute: StrictInt | None = Field(default=None, examples=[60])
     requests_per_hour: StrictInt | None = Field(default=None, examples=[2_000])
     credits_per_period: StrictInt | None = Field(default=None, examples=[1_000])
-    credits_rollover: bool | None = Field(default=None, examples=[True])
-    api_access: bool | None = Field(default=None, examples=[True])
+    credits_rollover: StrictBool | None = Field(default=None, examples=[True])
+    api_access: StrictBool | None = Field(default=None, examples=[True])
     trial_days: StrictInt | None = Field(default=None, examples=[14])
     features: JSONObject | None = Field(default=None, examples=[{"custom_templates": True}])
     limits: dict[str, LimitSetting | None] | None = Field(

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from saascore.kit.inputs import StrictBool
 from saascore.metering.schemas import UsageLimitOut
 from saascore.metering.values import UsageSnapshot
 from saascore.models import Organization, OrganizationStatus, SubscriptionStatus, UserRole
@@ -71,7 +72,7 @@ class UserUpdate(_Body):
 
     name: str | None = Field(default=None, max_length=255, examples=["Grace B. Hopper"])
     role: UserRole | None = Field(default=None, examples=[UserRole.ADMIN])
-    is_active: bool | None = Field(default=None, examples=[True])
+    is_active: StrictBool | None = Field(default=None, examples=[True])
     password: str | None = _PASSWORD
 
 
