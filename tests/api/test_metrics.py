@@ -292,6 +292,16 @@ class TestAccess:
             assert "saascore_" not in response.text
         assert (await client.get("/metrics", headers=AUTHORIZED)).status_code == 200
 
+    async def test_the_document_states_the_401(
+        self, metered: tuple[httpx.AsyncClient, FastAPI]
+    ) -> None:
+        """Found by schemathesis (ST103): the 401 was an undocumented status."""
+        client, _ = metered
+        document = (await client.get("/openapi.json")).json()
+        refused = document["paths"]["/metrics"]["get"]["responses"]["401"]
+        schema = refused["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
 
 class TestLabelsAreBounded:
     async def test_200_model_names_add_no_series(

@@ -106,8 +106,16 @@ def create_metrics_router(*, token: str | None) -> APIRouter:
     """`GET /metrics` in Prometheus' text format (OpenMetrics when the scraper asks for it),
     only to requests with `Authorization: Bearer <token>`. `token=None` serves it to anyone:
     only for an app that the public cannot reach."""
+    from saascore.api.errors import ErrorResponse  # here: errors counts into this module
+
     router = APIRouter(tags=["health"])
     expected = None if token is None else f"Bearer {token}".encode()
+    refused: dict[int | str, dict[str, Any]] = {
+        401: {
+            "model": ErrorResponse,
+            "description": "`unauthorized`: the token is missing or wrong",
+        }
+    }
 
     @router.get(
         "/metrics",
@@ -127,7 +135,8 @@ def create_metrics_router(*, token: str | None) -> APIRouter:
                     },
                     "application/openmetrics-text": {"schema": {"type": "string"}},
                 },
-            }
+            },
+            **(refused if expected is not None else {}),
         },
     )
     async def metrics(request: Request) -> Response:
