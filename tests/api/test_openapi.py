@@ -57,6 +57,18 @@ class TestTheDocument:
         assert currency["pattern"] == "^[A-Za-z]{3}$"
         assert prop(document, "PriceSpec", "currency")["pattern"] == "^[A-Z]{3}$"
 
+    async def test_a_plan_update_states_the_bounds_of_a_new_plan(
+        self, api: httpx.AsyncClient
+    ) -> None:
+        """Found by the attack: `PATCH /v1/admin/plans/{code}` refused what `PlanSpec`
+        refuses (`sort_order` 2**31, `trial_days` -1) while its document stated no bounds."""
+        document = (await api.get("/openapi.json")).json()
+        for name, spec in document["components"]["schemas"]["PlanSpec"]["properties"].items():
+            if name in document["components"]["schemas"]["PlanUpdate"]["properties"]:
+                stated = branch(prop(document, "PlanUpdate", name))
+                for bound in ("minimum", "maximum"):
+                    assert stated.get(bound) == branch(spec).get(bound), (name, bound)
+
 
 class TestStrictIntegers:
     @pytest.mark.parametrize("quantity", [True, False, "5", 5.0, 1.5])

@@ -200,7 +200,8 @@ class TestAdminPlans:
             code = (await create_plan(s)).code
         before = await stored(admin.core.database, customer.organization_id)
         for path, body, status, error in (
-            (f"/v1/admin/plans/{code}", {"trial_days": -1}, 422, "invalid_input"),
+            (f"/v1/admin/plans/{code}", {"trial_days": -1}, 422, "validation_error"),
+            (f"/v1/admin/plans/{code}", {"sort_order": 2**31}, 422, "validation_error"),
             (f"/v1/admin/plans/{code}", {"prices": []}, 422, "validation_error"),
             (
                 f"/v1/admin/plans/{code}",

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from saascore.kit.inputs import StrictBool, StrictInt
 from saascore.kit.validation import JSONObject
 from saascore.models import BillingCycle, SubscriptionPlan
-from saascore.plans.catalog import INT64, LIMIT_FIELDS
+from saascore.plans.catalog import INT32, INT64, LIMIT_FIELDS
 
 __all__ = [
     "AdminPlanOut",
@@ -154,26 +154,28 @@ class PlanUpdate(_Body):
 
     name: str | None = Field(default=None, min_length=1, max_length=255, examples=["Pro"])
     description: str | None = Field(default=None, examples=["Full API access."])
-    sort_order: StrictInt | None = Field(default=None, examples=[20])
+    sort_order: StrictInt | None = Field(default=None, ge=-INT32, le=INT32, examples=[20])
     is_active: StrictBool | None = Field(
         default=None, description="Offered to new customers", examples=[True]
     )
     is_public: StrictBool | None = Field(
         default=None, description="Listed in /v1/plans", examples=[True]
     )
-    monthly_token_limit: StrictInt | None = Field(default=None, examples=[5_000_000])
-    max_storage_mb: StrictInt | None = Field(default=None, examples=[10_240])
-    max_api_calls_per_day: StrictInt | None = Field(default=None, examples=[10_000])
-    max_products_per_batch: StrictInt | None = Field(default=None, examples=[100])
-    max_items: StrictInt | None = Field(default=None, examples=[10_000])
-    max_secondary: StrictInt | None = Field(default=None, examples=[10])
-    max_users: StrictInt | None = Field(default=None, examples=[20])
-    requests_per_minute: StrictInt | None = Field(default=None, examples=[60])
-    requests_per_hour: StrictInt | None = Field(default=None, examples=[2_000])
-    credits_per_period: StrictInt | None = Field(default=None, examples=[1_000])
+    monthly_token_limit: StrictInt | None = Field(default=None, le=INT64, examples=[5_000_000])
+    max_storage_mb: StrictInt | None = Field(
+        default=None, le=INT64 // (1024 * 1024), examples=[10_240]
+    )
+    max_api_calls_per_day: StrictInt | None = Field(default=None, le=INT64, examples=[10_000])
+    max_products_per_batch: StrictInt | None = Field(default=None, le=INT32, examples=[100])
+    max_items: StrictInt | None = Field(default=None, le=INT32, examples=[10_000])
+    max_secondary: StrictInt | None = Field(default=None, le=INT32, examples=[10])
+    max_users: StrictInt | None = Field(default=None, le=INT32, examples=[20])
+    requests_per_minute: StrictInt | None = Field(default=None, le=INT32, examples=[60])
+    requests_per_hour: StrictInt | None = Field(default=None, le=INT32, examples=[2_000])
+    credits_per_period: StrictInt | None = Field(default=None, ge=0, le=INT64, examples=[1_000])
     credits_rollover: StrictBool | None = Field(default=None, examples=[True])
     api_access: StrictBool | None = Field(default=None, examples=[True])
-    trial_days: StrictInt | None = Field(default=None, examples=[14])
+    trial_days: StrictInt | None = Field(default=None, ge=0, le=INT32, examples=[14])
     features: JSONObject | None = Field(default=None, examples=[{"custom_templates": True}])
     limits: dict[str, LimitSetting | None] | None = Field(
         default=None, examples=[{"api_calls": {"limit": 20_000, "hard": True}}]
