@@ -53,6 +53,11 @@ class TestTheDocument:
         assert prop(document, "ApiKeyCreate", "scopes")["minItems"] == 1
         for schema in ("RegisterRequest", "LoginRequest", "UserCreate", "ProvisionRequest"):
             assert prop(document, schema, "email")["format"] == "email"
+        for schema in (
+            "OrganizationUpdate",
+            "OrganizationCreate",
+        ):  # the latter found by the attack
+            assert prop(document, schema, "billing_email")["format"] == "email"
         currency = branch(prop(document, "OrganizationUpdate", "currency"))
         assert currency["pattern"] == "^[A-Za-z]{3}$"
         assert prop(document, "PriceSpec", "currency")["pattern"] == "^[A-Z]{3}$"

@@ -187,7 +187,10 @@ class OrganizationCreate(_Body):
     external_id: str | None = Field(default=None, max_length=255, examples=["store-17"])
     domain: str | None = Field(default=None, max_length=255, examples=["engines.example"])
     billing_email: str | None = Field(
-        default=None, max_length=320, examples=["billing@engines.example"]
+        default=None,
+        max_length=320,
+        json_schema_extra={"format": "email"},
+        examples=["billing@engines.example"],
     )
 
 
