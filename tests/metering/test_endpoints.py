@@ -613,6 +613,18 @@ class TestLimitsAndSummary:
         assert bad_group.status_code == 422, bad_group.text
         assert bad_group.json()["error"]["code"] == "validation_error"
 
+    @pytest.mark.parametrize("day", ["0", "1800000000", "1.8e9"])
+    async def test_a_day_is_a_date_not_unix_time(
+        self, api: httpx.AsyncClient, scratch: Database, day: str
+    ) -> None:
+        """Found by schemathesis (ST201): `start=0` was read as 1970-01-01, where the
+        document says a `date`."""
+        org = await tenant(api, scratch)
+        for param in ("start", "end"):
+            response = await api.get("/v1/usage/summary", params={param: day}, headers=org.headers)
+            assert response.status_code == 422, response.text
+            assert response.json()["error"]["code"] == "validation_error"
+
 
 class TestTheWholePath:
     async def test_register_key_record_until_refused_then_read_the_summary(

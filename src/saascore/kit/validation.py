@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
@@ -31,6 +32,7 @@ __all__ = [
     "EARLIEST",
     "LATEST",
     "MAX_JSON_DEPTH",
+    "Day",
     "Instant",
     "JSONObject",
     "canonical_json",
@@ -166,21 +168,32 @@ def _instant(value: datetime) -> datetime:
     return value
 
 
-def _instant_text(value: Any) -> Any:
-    """A date-time string (or, from the library, a datetime), as the OpenAPI document's
-    `date-time` says: Pydantic's lax mode would read a number, or a string of digits, as Unix
-    time."""
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str) and not _UNIX_TIME.fullmatch(value.strip()):
-        return value
-    raise PydanticCustomError(
-        "datetime_type", "Input should be an RFC 3339 date-time string such as 2026-01-31T12:00Z"
-    )
+def _not_unix_time(kind: str, example: str) -> Callable[[Any], Any]:
+    """A validator that passes a date or date-time string on (or, from the library, a `date`
+    or `datetime`), as the OpenAPI document's `date` and `date-time` say: Pydantic's lax
+    mode would read a number, or a string of digits, as Unix time."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, date):  # a datetime is a date too
+            return value
+        if isinstance(value, str) and not _UNIX_TIME.fullmatch(value.strip()):
+            return value
+        raise PydanticCustomError(
+            f"{kind}_type", f"Input should be an RFC 3339 {kind} string such as {example}"
+        )
+
+    return check
 
 
 _UNIX_TIME = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
 
 #: An aware datetime from 1970 to the end of 9998 (UTC), given as a date-time string: every
 #: datetime a request carries.
-Instant = Annotated[AwareDatetime, BeforeValidator(_instant_text), AfterValidator(_instant)]
+Instant = Annotated[
+    AwareDatetime,
+    BeforeValidator(_not_unix_time("datetime", "2026-01-31T12:00Z")),
+    AfterValidator(_instant),
+]
+
+#: A day given as a date string (`2026-01-31`), in a query or a body.
+Day = Annotated[date, BeforeValidator(_not_unix_time("date", "2026-01-31"))]

@@ -11,7 +11,7 @@ found, although it then answers 409.
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
@@ -23,6 +23,7 @@ from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
 from saascore.kit.errors import IdempotencyConflict, InvalidInput
+from saascore.kit.validation import Day
 from saascore.metering.errors import (
     CounterOverflow,
     LimitExceeded,
@@ -221,9 +222,9 @@ def create_usage_router() -> APIRouter:
         principal: UsageReader,
         core: CoreDep,
         start: Annotated[
-            date | None, Query(description="First day (UTC); default: this month's first")
+            Day | None, Query(description="First day (UTC); default: this month's first")
         ] = None,
-        end: Annotated[date | None, Query(description="Last day (UTC); default: today")] = None,
+        end: Annotated[Day | None, Query(description="Last day (UTC); default: today")] = None,
         by: SummaryBy = SummaryBy.DAY,
         metric: Annotated[
             str | None, Query(min_length=1, max_length=100, pattern=PLAIN_TEXT)
