@@ -3,6 +3,9 @@
 
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := .venv
+# Installed packages are compiled once, at install: where PYTHONDONTWRITEBYTECODE is set, every
+# process (each CLI call, each server a test starts) would otherwise compile them all again.
+export UV_COMPILE_BYTECODE := 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
@@ -17,6 +20,7 @@ help:  ## list the targets
 
 .venv/.synced: uv.lock pyproject.toml | $(UV)
 	$(UV) sync --frozen --all-extras --python $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+	$(RUN) python -m compileall -q src > /dev/null
 	touch $@
 
 setup: .venv/.synced  ## install saascore and its tools into .venv (uv, pinned by uv.lock)
