@@ -222,6 +222,22 @@ class TestApiKeys:
             await refused(app, "POST", "/v1/api-keys", headers, 401, "invalid_token", NEW_KEY)
         assert await last_used(app, key["id"]) is None
 
+    async def test_two_different_credentials_are_refused(self, app: Served) -> None:
+        """Beside a valid key, a bearer token that is not the same (or is garbage) is refused,
+        whichever of the two is the valid one; the same key in both places is one credential."""
+        owner = await register(app)
+        key = (await create_key(app, owner, "admin"))["key"]
+        for headers in (
+            {"X-API-Key": key, **bearer("garbage")},
+            {"X-API-Key": "sk_live_garbage", **owner.headers},
+            {"X-API-Key": key, **owner.headers},
+        ):
+            await refused(app, "POST", "/v1/api-keys", headers, 401, "unauthenticated", NEW_KEY)
+        same = await app.client.get("/v1/api-keys", headers={"X-API-Key": key, **bearer(key)})
+        assert same.status_code == 200, same.text
+        empty = await app.client.get("/v1/api-keys", headers={"X-API-Key": "", **bearer(key)})
+        assert empty.status_code == 200, empty.text
+
     async def test_an_expired_key(self, app: Served) -> None:
         owner = await register(app)
         clock = Clock(app.core.identity.clock() - timedelta(hours=2))

@@ -119,15 +119,16 @@ OriginDep = Annotated[Origin, Depends(get_origin)]
 
 
 def presented_credential(request: Request) -> str | None:
-    """The credential of a request: its `X-API-Key` header, else its bearer token."""
+    """The credential of a request: its `X-API-Key` header or its bearer token. Both at once
+    are refused unless they are the same (`Unauthenticated`): which one counts would otherwise
+    be the server's guess, and an invalid one would pass unnoticed beside a valid one."""
     headers = request.headers
-    api_key = headers.get("x-api-key")
-    if api_key:
-        return api_key
+    api_key = headers.get("x-api-key") or None
     scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if api_key is not None and bearer is not None and api_key != bearer:
+        raise Unauthenticated("send one credential: an X-API-Key header or a bearer token")
+    return api_key or bearer
 
 
 async def get_principal(request: Request, response: Response) -> Principal:
