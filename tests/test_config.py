@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from saascore.config import DatabaseBackend, Settings, load_settings
 from saascore.kit.errors import ConfigurationError
@@ -334,3 +335,15 @@ class TestSecretsAndCombinations:
         monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
         with pytest.raises(ConfigurationError, match="not DATABASE_URL"):
             load_settings()
+
+
+class TestMetricsToken:
+    @pytest.mark.parametrize("blank", [" " * 16, "\t" * 20, "  short-token   "])
+    def test_a_blank_or_padded_short_token_is_refused(self, blank: str) -> None:
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, metrics_token=blank)
+
+    def test_a_token_is_kept_without_its_padding(self) -> None:
+        settings = Settings(_env_file=None, metrics_token="  a-long-enough-token  ")
+        assert settings.metrics_token is not None
+        assert settings.metrics_token.get_secret_value() == "a-long-enough-token"

@@ -139,9 +139,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     #: Requests per minute to register, log in, refresh or log out from one client address.
     auth_requests_per_minute: int | None = Field(default=30, ge=1)
-    #: Failed logins per hour for one e-mail address (any organisation, any client address);
-    #: past it, logins for that e-mail answer 429 until the oldest failure is an hour old.
-    #: A moving window: an attacker slows the account down, never locks it for good.
+    #: Failed logins per hour for one e-mail address (any organisation) from one client
+    #: address, and five times that from all addresses together; past either, logins for
+    #: that e-mail (from that address) answer 429 until the oldest attempt is an hour old.
+    #: Moving windows: an attacker slows the account down, never locks it for good, and an
+    #: attacker on a few addresses does not lock out its owner on another.
     login_failures_per_email_per_hour: int | None = Field(default=20, ge=1)
     #: The proxies whose `X-Forwarded-For` names the client: a comma-separated list (or JSON
     #: array) of addresses or networks (`10.0.0.0/8`, `::1`). Empty (the default) trusts no
@@ -184,6 +186,12 @@ class Settings(BaseSettings):
             return None
         _async_url(value)  # raises ValueError with the reason
         return value.strip()
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _strip_token(cls, value: Any) -> Any:
+        # Blank padding is no secret: sixteen spaces must not pass for a token.
+        return value.strip() if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -58,6 +58,7 @@ class Saascore:
         self.users = UserService(
             self.database, self.events, password_min_length=self.settings.password_min_length
         )
+        self.rate_limiter = RateLimiter.from_settings(self.settings)
         self.identity = IdentityService(
             self.database,
             self.settings,
@@ -65,6 +66,7 @@ class Saascore:
             self.events,
             users=self.users,
             principals=self.principals,
+            rate_limiter=self.rate_limiter,
         )
         self.api_keys = ApiKeyService(self.database, self.events)
         self.credits = CreditService(self.database, self.events)
@@ -77,7 +79,6 @@ class Saascore:
             group_commit_max_events=self.settings.group_commit_max_events,
             events=self.events,
         )
-        self.rate_limiter = RateLimiter.from_settings(self.settings)
 
     def dispatcher(self, **options: Any) -> Dispatcher:
         """A webhook dispatcher on this database, emitting into this bus (so an endpoint it

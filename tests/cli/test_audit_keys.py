@@ -130,6 +130,7 @@ class TestKeys:
         assert setup.cli("keys", "list", "--org", "acme").stderr == "no keys\n"
 
     async def test_errors_are_one_line_and_write_nothing(self, setup: Setup) -> None:
+        """Each a usage error or a refusal on one line; dates past the calendar's end too."""
         before = await key_counts(setup.database)
         missing = str(uuid.uuid4())
         results = setup.cli.run_together(
@@ -138,6 +139,8 @@ class TestKeys:
             ["keys", "create", "--name", "x", "--operator", "--test"],
             ["keys", "create", "--name", "x", "--operator", "--expires", "soon"],
             ["keys", "create", "--name", "x", "--operator", "--expires", "2001-01-01"],
+            ["keys", "create", "--name", "x", "--operator", "--expires", "9999-12-31T23:59-05:00"],
+            ["keys", "create", "--name", "x", "--operator", "--expires", "99999999d"],
             ["keys", "create", "--name", "x", "--org", "nobody"],
             ["keys", "create", "--name", "x", "--org", "acme", "--scopes", "usage:root"],
             ["keys", "create", "--name", "x", "--org", "acme", "--user", "eve@example.com"],
@@ -152,8 +155,10 @@ class TestKeys:
             (2, "saascore: name the key's owner: --org ID or --operator"),
             (2, "saascore: --org and --operator exclude each other"),
             (2, "saascore: --test and --user are for organisation keys"),
-            (2, "saascore: --expires 'soon': give a date, a time or a duration such as 90d"),
+            (2, f"saascore: --expires 'soon': {NOT_AN_EXPIRY}"),
             (1, "saascore: expires_at is in the past"),
+            (2, f"saascore: --expires '9999-12-31T23:59-05:00': {NOT_AN_EXPIRY}"),
+            (2, f"saascore: --expires '99999999d': {NOT_AN_EXPIRY}"),
             (1, "saascore: no organisation nobody"),
             (
                 1,
@@ -168,6 +173,9 @@ class TestKeys:
             (1, f"saascore: no API key {missing}"),
         ]
         assert await key_counts(setup.database) == before
+
+
+NOT_AN_EXPIRY = "give a date or time from 1970 to 9998, or a duration such as 90d"
 
 
 @pytest.mark.asyncio(loop_scope="session")

@@ -105,35 +105,62 @@ async def last_audit(database: Database, org_id: Any) -> AuditLog:
 
 
 class TestPerEmailThrottle:
-    async def test_failures_per_email_are_limited_from_any_address(self, scratch: Database) -> None:
+    async def test_failures_are_limited_per_address_and_per_email(self, scratch: Database) -> None:
+        """3 a window from one address, 15 (five times that) from all: an attacker on one
+        address does not lock the owner out on another; rotating addresses ends at the
+        e-mail's own ceiling; and the refusal expires (a moving window, not a lock)."""
         async with served(
             scratch, login_failures_per_email_per_hour=3, trusted_proxies=LOOPBACK
         ) as app:
             owner = await register(app)
-            unknown = new_email()
-            wrong = [
-                await login_from(app, f"198.51.100.{i}", owner.email, "wrong password")
-                for i in range(3)
+            attacker = [
+                await login_from(app, "198.51.100.1", owner.email, "wrong password")
+                for _ in range(4)
             ]
             await app.core.identity.settle()
             before = await table_counts(app.database)
-            right = await app.client.post(
-                "/v1/auth/login", json={"email": owner.email, "password": owner.password}
-            )
+            right_from_attacker = await login_from(app, "198.51.100.1", owner.email, owner.password)
             assert await written_since(app.database, before) == {}  # not even tried
+            owner_elsewhere = await login_from(app, "203.0.113.7", owner.email, owner.password)
+            rotating = [
+                await login_from(app, f"192.0.2.{i}", owner.email, "wrong password")
+                for i in range(5)
+                for _ in range(3)
+            ]
+            ceiling = await app.client.post(
+                "/v1/auth/login",
+                json={"email": owner.email, "password": owner.password},
+                headers={"X-Forwarded-For": "203.0.113.8"},
+            )
+            unknown = new_email()
             unknowns = [
-                await login_from(app, f"192.0.2.{i}", unknown, "wrong password") for i in range(4)
+                await login_from(app, "198.51.100.2", unknown, "wrong password") for _ in range(4)
             ]
             other = await register(app)
             other_login = await login(app, other.email, other.password)
             await app.core.identity.settle()
-        assert wrong == [401, 401, 401]
-        assert right.status_code == 429, right.text
-        assert right.json()["error"]["code"] == "rate_limited"
-        # It expires: a moving window of an hour, not a lock.
-        assert 0 < int(right.headers["Retry-After"]) <= 3600
+        assert attacker == [401, 401, 401, 429]
+        assert right_from_attacker == 429
+        assert owner_elsewhere == 200
+        # The owner's success counted once against the e-mail's 15: 3 + 1 + 11 failures fit.
+        assert rotating == [401] * 11 + [429] * 4
+        assert ceiling.status_code == 429, ceiling.text
+        assert ceiling.json()["error"]["code"] == "rate_limited"
+        assert 0 < int(ceiling.headers["Retry-After"]) <= 3600
         assert unknowns == [401, 401, 401, 429]  # an unknown e-mail answers alike
         assert other_login.status_code == 200, other_login.text
+
+    async def test_concurrent_guesses_get_no_more_than_the_limit(self, scratch: Database) -> None:
+        """Each attempt is counted before its password is checked: 20 guesses sent at once
+        from one address get exactly the 3 tries the window holds."""
+        async with served(scratch, login_failures_per_email_per_hour=3) as app:
+            owner = await register(app)
+            answers = await asyncio.gather(
+                *(login(app, owner.email, f"wrong password {i}") for i in range(20))
+            )
+            await app.core.identity.settle()
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [401] * 3 + [429] * 17
 
     async def test_a_success_does_not_count(self, scratch: Database) -> None:
         async with served(scratch, login_failures_per_email_per_hour=1) as app:

@@ -14,6 +14,8 @@ import pytest
 import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 
+from saascore.events.bus import EventBus
+from saascore.identity.api_keys import ApiKeyService
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.validation import (
@@ -28,6 +30,7 @@ from saascore.kit.validation import (
 from saascore.models import Organization, SubscriptionPlan, UsageEvent, UsageReservation
 from saascore.testing import TestTenant
 from tests.admin import Admin
+from tests.factories import create_organization, create_plan
 from tests.http import tenant
 
 #: JSON texts Python's `json` reads, which PostgreSQL refuses (1e400 reads as infinity).
@@ -310,3 +313,18 @@ class TestApiKeyExpiry:
         listed = await api.get("/v1/api-keys", headers=org.headers)
         assert listed.status_code == 200, listed.text
         assert "far" not in json.dumps(listed.json())
+
+    @pytest.mark.parametrize("moment", FAR_INSTANTS[:2])
+    async def test_the_library_refuses_it_too(self, scratch: Database, moment: str) -> None:
+        """`ApiKeyService.create` checks as the API does: an expiry past the calendar's end in
+        UTC is `InvalidInput`, never an `OverflowError` from the driver."""
+        async with scratch.transaction() as session:
+            org = await create_organization(session, plan=await create_plan(session))
+        keys = ApiKeyService(scratch, EventBus())
+        expires_at = datetime.fromisoformat(moment)
+        with pytest.raises(InvalidInput) as refused:
+            await keys.create(org.id, name="far", scopes=["usage:read"], expires_at=expires_at)
+        assert refused.value.details["field"] == "expires_at"
+        with pytest.raises(InvalidInput) as refused:
+            await keys.create_operator_key(name="far", expires_at=expires_at)
+        assert refused.value.details["field"] == "expires_at"

@@ -25,6 +25,8 @@ from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_wi
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.identity import ApiKeyNotFound, UserNotFound, normalize_email
+from saascore.kit.errors import InvalidInput
+from saascore.kit.validation import checked_instant
 from saascore.models import ApiKey, ApiKeyEnvironment, OperatorKey, User
 
 __all__ = ["app"]
@@ -48,19 +50,24 @@ OperatorOption = Annotated[
 ]
 
 
+_NOT_AN_EXPIRY = "give a date or time from 1970 to 9998, or a duration such as 90d"
+
+
 def _expiry(text: str | None) -> datetime | None:
     """`90d`, `12h`, `30m` from now, or an ISO date or time (UTC unless it names a zone)."""
     if text is None:
         return None
     duration = _DURATION.match(text.strip())
-    if duration:
-        amount, unit = duration.groups()
-        return datetime.now(UTC) + timedelta(**{_UNITS[unit]: int(amount)})
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        fail(f"--expires {text!r}: give a date, a time or a duration such as 90d", EXIT_USAGE)
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        if duration:
+            amount, unit = duration.groups()
+            moment = datetime.now(UTC) + timedelta(**{_UNITS[unit]: int(amount)})
+        else:
+            moment = datetime.fromisoformat(text.strip())
+            moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        return checked_instant(moment, field="--expires")
+    except (ValueError, OverflowError, InvalidInput):
+        fail(f"--expires {text!r}: {_NOT_AN_EXPIRY}", EXIT_USAGE)
 
 
 def _key_id(text: str) -> uuid.UUID:

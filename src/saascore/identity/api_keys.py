@@ -19,6 +19,7 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.time import utcnow
+from saascore.kit.validation import checked_instant
 from saascore.models import ApiKey, ApiKeyEnvironment, OperatorKey
 
 __all__ = ["ApiKeyService"]
@@ -46,8 +47,7 @@ class ApiKeyService:
     def _check_expiry(self, expires_at: datetime | None) -> None:
         if expires_at is None:
             return
-        if expires_at.tzinfo is None:
-            raise InvalidInput("expires_at needs a time zone", field="expires_at")
+        checked_instant(expires_at, field="expires_at")
         if expires_at <= self.clock():
             raise InvalidInput("expires_at is in the past", field="expires_at")
 

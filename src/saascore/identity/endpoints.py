@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Annotated
 
@@ -85,12 +84,6 @@ async def limit_by_address(request: Request, response: Response, core: CoreDep) 
     response.headers.update(result.http_headers())
 
 
-def _failures_key(email: str) -> str:
-    """The rate-limit key of an e-mail's failed logins (its hash: no address in the store)."""
-    digest = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
-    return f"login-failures:{digest}"
-
-
 def _tokens(pair: TokenPair, core: CoreDep) -> TokenResponse:
     now = core.identity.clock()
     return TokenResponse(
@@ -135,26 +128,14 @@ def create_auth_router() -> APIRouter:
     async def login(body: LoginRequest, core: CoreDep, origin: OriginDep) -> TokenResponse:
         """Exchange an e-mail and password for an access token (15 minutes) and a refresh
         token. An e-mail with accounts in several organisations names one. Failed logins are
-        limited per e-mail as well as per address: past the limit, 429 until the oldest
-        failure leaves the window."""
-        per_hour = core.settings.login_failures_per_email_per_hour
-        limits = PlanRateLimits(per_hour=per_hour)
-        key = _failures_key(body.email)
-        if per_hour is not None:
-            throttled = await core.rate_limiter.check(key, limits)
-            if not throttled.allowed:
-                raise RateLimited(throttled)
-        try:
-            pair = await core.identity.login(
-                email=body.email,
-                password=body.password,
-                organization=body.organization,
-                origin=origin,
-            )
-        except InvalidCredentials:
-            if per_hour is not None:
-                await core.rate_limiter.hit(key, limits)
-            raise
+        limited per e-mail and client address, and per e-mail from all addresses: past the
+        limit, 429 until the oldest attempt leaves the window."""
+        pair = await core.identity.login(
+            email=body.email,
+            password=body.password,
+            organization=body.organization,
+            origin=origin,
+        )
         return _tokens(pair, core)
 
     @router.post(

@@ -9,6 +9,7 @@ reuse) is committed before the refusal is raised.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -50,7 +51,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
-from saascore.metering.ratelimit import PlanRateLimits
+from saascore.metering.ratelimit import PlanRateLimits, RateLimited, RateLimiter
 from saascore.models import (
     ApiKey,
     OperatorKey,
@@ -77,6 +78,14 @@ logger = logging.getLogger("saascore.identity")
 
 #: The most accounts one login tries (verifying a password costs milliseconds of CPU each).
 MAX_LOGIN_CANDIDATES: Final = 3
+#: An e-mail's logins from all addresses together may fail this many times as often as from
+#: one (`SAASCORE_LOGIN_FAILURES_PER_EMAIL_PER_HOUR`).
+LOGIN_ADDRESSES: Final = 5
+#: Failed logins' audit writes run in the background, this many at a time; past
+#: `MAX_PENDING_WRITES` waiting, further ones are dropped (and logged), so that a burst of
+#: failures can neither hold the connection pool nor pile up tasks.
+BACKGROUND_WRITERS: Final = 2
+MAX_PENDING_WRITES: Final = 1000
 #: `last_used_at` is written at most this often per key.
 LAST_USED_EVERY: Final = timedelta(minutes=1)
 
@@ -125,6 +134,7 @@ class IdentityService:
         users: UserService | None = None,
         clock: Callable[[], datetime] = utcnow,
         principals: PrincipalCache | None = None,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -137,7 +147,11 @@ class IdentityService:
         self.tokens = TokenCodec(settings, clock=clock)
         #: Authenticated principals, kept `SAASCORE_AUTH_CACHE_SECONDS` (0: not at all).
         self.principals = principals or PrincipalCache(settings.auth_cache_seconds)
+        #: Where login attempts are counted (`SAASCORE_LOGIN_FAILURES_PER_EMAIL_PER_HOUR`);
+        #: without one, logins are not throttled here.
+        self.rate_limiter = rate_limiter
         self._background: set[asyncio.Task[None]] = set()
+        self._writers = asyncio.Semaphore(BACKGROUND_WRITERS)
 
     # --- accounts ------------------------------------------------------------------------------
     async def register(
@@ -201,6 +215,7 @@ class IdentityService:
         except InvalidInput:
             await verify_password(password, None)
             raise InvalidCredentials("the e-mail or password is wrong") from None
+        from_address = await self._count_login_attempt(email, origin)
         query = (
             sa.select(User, Organization)
             .join(Organization, Organization.id == User.organization_id)
@@ -269,7 +284,36 @@ class IdentityService:
                 actor=origin.actor(PrincipalKind.USER.value, user.id, user.id),
                 target_id=user.id,
             )
-            return await self._issue(s, user, origin)
+            pair = await self._issue(s, user, origin)
+        if from_address is not None:  # the right password: this address starts afresh
+            await self._limiter().reset(from_address)
+        return pair
+
+    def _limiter(self) -> RateLimiter:
+        assert self.rate_limiter is not None
+        return self.rate_limiter
+
+    async def _count_login_attempt(self, email: str, origin: Origin) -> str | None:
+        """Count a login for `email` from the caller's address before its password is checked
+        (so that concurrent guesses cannot all pass one free slot), or refuse it with
+        `RateLimited`: `login_failures_per_email_per_hour` from one address, and
+        `LOGIN_ADDRESSES` times that from all of them. A login that succeeds clears its
+        address's count; the key of that count is returned. The keys hold hashes only."""
+        per_hour = self.settings.login_failures_per_email_per_hour
+        if self.rate_limiter is None or per_hour is None:
+            return None
+        account = hashlib.sha256(email.encode()).hexdigest()[:32]
+        address = hashlib.sha256((origin.ip_address or "").encode()).hexdigest()[:16]
+        from_address = f"login:{account}:{address}"
+        result = await self.rate_limiter.hit_many(
+            {
+                from_address: PlanRateLimits(per_hour=per_hour),
+                f"login:{account}": PlanRateLimits(per_hour=per_hour * LOGIN_ADDRESSES),
+            }
+        )
+        if not result.allowed:
+            raise RateLimited(result)
+        return from_address
 
     async def _record_failed_login(
         self, email: str, accounts: list[tuple[uuid.UUID, uuid.UUID]], origin: Origin
@@ -286,11 +330,17 @@ class IdentityService:
                 )
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` after the caller's answer; a failure is logged, never raised."""
+        """Run `work` after the caller's answer, `BACKGROUND_WRITERS` at a time; a failure is
+        logged, never raised. Past `MAX_PENDING_WRITES` waiting, `work` is dropped."""
+        if len(self._background) >= MAX_PENDING_WRITES:
+            work.close()
+            logger.warning("a failed login's audit entry was dropped: too many are waiting")
+            return
 
         async def guarded() -> None:
             try:
-                await work
+                async with self._writers:
+                    await work
             except Exception:
                 logger.exception("a background write of the identity service failed")
 

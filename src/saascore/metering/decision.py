@@ -38,12 +38,11 @@ from typing import Literal
 
 from saascore.kit.errors import DomainError, IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.ids import new_id
-from saascore.kit.validation import checked_json
+from saascore.kit.validation import checked_instant, checked_json
 from saascore.metering.errors import CounterOverflow, LimitExceeded, PeriodClosed, UnknownUser
 from saascore.metering.limits import Limit, LimitRules
 from saascore.metering.values import (
     BIGINT_MAX,
-    EPOCH,
     STORAGE,
     THRESHOLDS,
     BatchOutcome,
@@ -90,8 +89,6 @@ RollupKey = tuple[uuid.UUID, date, str, str, str, str]
 EventKey = tuple[uuid.UUID, str]
 Outcome = RecordResult | DomainError
 _COUNT, _MAX = Aggregation.COUNT, Aggregation.MAX
-#: Events happen before this; a later one's month would end past the calendar's end.
-LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 #: How far ahead of the clock a tenant may date an event (clocks drift; Stripe allows 5 min).
 FUTURE_SLACK = timedelta(minutes=5)
 
@@ -195,10 +192,8 @@ def place(
             "storage is a gauge: change it with update_storage_used", metric=meter.code
         )
     occurred = event.occurred_at or now
-    if occurred.tzinfo is None:
-        raise InvalidInput("occurred_at must carry a time zone", field="occurred_at")
-    if not EPOCH <= occurred < LATEST:  # its period must end within the calendar
-        raise InvalidInput("occurred_at must fall between 1970 and 9998", field="occurred_at")
+    if event.occurred_at is not None:  # its period must end within the calendar
+        checked_instant(occurred, field="occurred_at")
     closed = (
         not backfill
         and event.occurred_at is not None

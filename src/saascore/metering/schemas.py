@@ -373,7 +373,9 @@ class UsageSummaryResponse(BaseModel):
 
 
 class LimitOverride(_Body):
-    limit: int | None = Field(ge=0, le=INT64, description="null: unlimited", examples=[250_000])
+    limit: StrictInt | None = Field(
+        ge=0, le=INT64, description="null: unlimited", examples=[250_000]
+    )
     hard: StrictBool = Field(
         default=True, description="A hard limit refuses; a soft one only flags", examples=[True]
     )

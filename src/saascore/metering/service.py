@@ -385,11 +385,11 @@ class UsageService:
         if freed:
             return await self._record_fast(item, swept=True)
         if not (item.enforce and limit.refuses(used + reserved + item.increment)):
-            # Not the limit: the counter's BIGINT, or the counter moved meanwhile (once more).
-            if used + reserved + item.increment <= BIGINT_MAX and not swept:
-                return await self._record_fast(item, swept=True)
-            if used + reserved + item.increment > BIGINT_MAX or limit.value is None:
+            # Not the limit: the counter's BIGINT, or the counter moved meanwhile (a hold
+            # released, a limit raised): try again, as often as it keeps moving.
+            if used + reserved + item.increment > BIGINT_MAX:
                 raise overflow(metric, "the counter")
+            return await self._record_fast(item, swept=True)
         assert limit.value is not None
         metrics.USAGE_REFUSED.labels(metric).inc()
         refusal = LimitExceeded(metric, limit.value, used + reserved, item.increment)
