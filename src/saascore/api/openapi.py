@@ -16,11 +16,11 @@ from starlette.types import Scope
 from saascore.api.deps import offer_bearer
 from saascore.config import Settings
 from saascore.identity.schemas import publish_password_rules
+from saascore.kit.inputs import INT64_MAX, INT64_MIN
 
 __all__ = ["allowed_methods", "install_openapi", "integer_bounds"]
 
 _BOUNDS = ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def _as_integer(value: float) -> int:

@@ -13,6 +13,7 @@ from saascore.identity.endpoints import AUTH_ERRORS
 from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
+from saascore.kit.inputs import INT64_MAX
 from saascore.kit.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -25,7 +26,7 @@ from saascore.kit.pagination import (
 __all__ = ["create_audit_router"]
 
 #: `seq` is a BIGINT: a cursor past it is not one this API gave out.
-_MAX_SEQ: Final = 2**63 - 1
+_MAX_SEQ: Final = INT64_MAX
 
 AdminDep = Annotated[Principal, Depends(require(Permission.ADMIN))]
 

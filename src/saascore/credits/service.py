@@ -41,6 +41,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
 from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
+from saascore.kit.inputs import INT64_MAX
 from saascore.kit.time import month_start, next_month_start, utcnow
 from saascore.kit.validation import checked_instant
 from saascore.metering.accounts import usage_account
@@ -57,7 +58,6 @@ from saascore.models import (
 
 __all__ = ["CreditAccount", "CreditService", "Granted", "LedgerProblem"]
 
-INT64_MAX = 2**63 - 1
 
 _DRAW_ORDER = (
     CreditGrant.priority.asc(),

@@ -16,10 +16,10 @@ from typing import Annotated
 
 from pydantic import Strict
 
-__all__ = ["INT64_MAX", "StrictBool", "StrictInt"]
+__all__ = ["INT64_MAX", "INT64_MIN", "StrictBool", "StrictInt"]
 
 #: The largest value of PostgreSQL's bigint (and SQLite's integer).
-INT64_MAX = 2**63 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 #: An integer in a request body: a JSON integer only (no booleans, strings or floats).
 StrictInt = Annotated[int, Strict()]

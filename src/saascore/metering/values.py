@@ -9,13 +9,14 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from saascore.kit.idempotency import attributes_hash
+from saascore.kit.inputs import INT64_MAX
 from saascore.kit.time import day_start, month_start, next_month_start
 from saascore.models import Aggregation, ResetPeriod
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIB = 1024 * 1024
 #: The largest value a counter, a quantity or a token count can hold (a BIGINT column).
-BIGINT_MAX = 2**63 - 1
+BIGINT_MAX = INT64_MAX
 TOKENS, STORAGE, API_CALLS = "tokens", "storage_bytes", "api_calls"
 THRESHOLDS = (80, 100)
 METER_CACHE_SECONDS = 30.0

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saascore.kit.errors import InvalidInput
-from saascore.kit.inputs import StrictBool, StrictInt
+from saascore.kit.inputs import INT64_MAX, StrictBool, StrictInt
 from saascore.kit.validation import JSONObject
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
@@ -25,7 +25,7 @@ def _unlimited(value: int | None) -> int | None:
 
 
 #: The largest values the integer columns hold (BIGINT and INTEGER).
-INT64, INT32 = 2**63 - 1, 2**31 - 1
+INT64, INT32 = INT64_MAX, 2**31 - 1
 
 #: The plan columns that are limits: None (or -1 in a file) means unlimited.
 LIMIT_FIELDS = (
