@@ -26,7 +26,7 @@ __all__ = ["SAASCORE", "Cli", "Result", "Server", "clean_environment", "free_por
 SAASCORE = Path(sys.executable).with_name("saascore")
 TIMEOUT = 60.0
 #: How long a server may take to answer /healthz (imports, migrations, uvicorn).
-STARTUP_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0
 #: Variables that configure saascore; the subprocess starts without any of them.
 CONFIG_PREFIXES = ("DATABASE_", "DB_", "CLOUD_SQL_", "USE_CLOUD_SQL_CONNECTOR", "SAASCORE_")
 #: Variables that change how rich and typer lay out their output.

@@ -24,6 +24,8 @@ DEMO_HOST = "127.0.0.1"
 DEMO_EXTERNAL_ID = "demo"
 DEMO_NAME = "Demo Organization"
 DEMO_PLAN = "pro"
+#: How long a worker of `serve --workers N` may take to answer uvicorn's health check.
+WORKER_HEALTHCHECK_SECONDS = 30
 
 
 @handle_errors
@@ -73,6 +75,10 @@ def serve(
         # uvicorn's own proxy handling believes X-Forwarded-For from any loopback peer; the
         # app reads it only from SAASCORE_TRUSTED_PROXIES (`saascore.api.deps.client_address`).
         proxy_headers=False,
+        # With --workers, uvicorn restarts a worker that has not answered its ping within
+        # this many seconds, starting up included: its default (5 s) killed workers over and
+        # over on a loaded host, where importing and starting the app can take longer.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
     )
 
 
