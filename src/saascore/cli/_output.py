@@ -1,7 +1,8 @@
 """Consoles, tables and the small formatters the commands share.
 
 rich is imported when a table is printed: it is a tenth of a second that commands printing one
-line should not spend.
+line should not spend. (SQLAlchemy and the settings are imported where they are used, for the
+same reason.)
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import URL
-
-from saascore.config import DatabaseBackend, Settings
-
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
+    from sqlalchemy.engine import URL
+
+    from saascore.config import Settings
 
 __all__ = ["console", "describe_target", "limit", "new_table"]
 
@@ -53,6 +53,8 @@ def limit(value: int | None, unit: str = "") -> str:
 
 def describe_target(settings: Settings) -> str:
     """The database the settings point at, without the driver or the password."""
+    from saascore.config import DatabaseBackend
+
     url: URL = settings.sqlalchemy_url
     url = url.set(drivername=url.get_backend_name())
     text = url.render_as_string(hide_password=True)
