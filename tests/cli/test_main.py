@@ -111,3 +111,35 @@ class TestErrors:
         line = cli("plans", "load", "bad.toml").error_line(1)
         assert line == "saascore: bad.toml: plans.x.name: Input should be a valid string"
         assert not (cli.cwd / ".saascore").exists()  # read before the database is opened
+
+
+class TestExitCodes:
+    """2 for a mistake on the command line (nothing is asked of the database), 1 for a refusal."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("bogus",),
+            ("orgs", "list", "--limit", "0"),
+            ("keys", "list"),  # neither --org nor --operator
+            ("keys", "revoke", "not-a-uuid"),
+            ("keys", "create", "--org", "acme", "--name", "x", "--expires", "1969-01-01"),
+            ("credits", "grant", "acme", "10", "--expires-at", "1969-01-01"),
+            ("plans", "load", "missing.toml"),
+            ("usage", "import", "missing.jsonl"),
+            ("usage", "report", "--org", "acme", "--from", "2026-02-01", "--to", "2026-01-01"),
+        ],
+        ids=lambda args: " ".join(args),
+    )
+    def test_a_usage_error_is_2(self, cli: Cli, args: tuple[str, ...]) -> None:
+        result = cli(*args)
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr, result
+        assert not (cli.cwd / ".saascore").exists()  # the database was never opened
+
+    def test_a_refusal_is_1(self, cli: Cli) -> None:
+        # One after the other: the first creates and migrates the embedded database.
+        unknown_plan = cli("orgs", "create", "Acme", "--plan", "nope")
+        unknown_org = cli("credits", "grant", "nobody", "10")
+        assert unknown_plan.error_line(1).startswith("saascore: no plan with code 'nope'")
+        assert unknown_org.error_line(1) == "saascore: no organisation nobody"

@@ -1,7 +1,16 @@
 """The CLI's one error handler and the runners that take a command to the database.
 
 Every command is wrapped in `handle_errors`. An error saascore expects becomes one line on stderr
-and a non-zero exit code, never a traceback:
+and a non-zero exit code, never a traceback. The exit codes say whose mistake it is:
+
+- 2, a usage error: the command line is wrong before anything is asked of the database (an
+  unknown command or option, a missing file, a malformed or out-of-range value, options that
+  exclude each other: click's own errors, and `fail(..., EXIT_USAGE)`), or a setting is;
+- 1, a refusal: a well-formed command that the database or the domain refuses, or a check
+  (`verify`, `db check`) that finds a difference;
+- 130, interrupted (Ctrl-C).
+
+In detail:
 
 - a bad setting (`ConfigurationError`): exit 2, like any other usage mistake;
 - an unreachable database (`DatabaseUnavailable`, refused, timed out, unknown host): exit 1;
