@@ -10,39 +10,34 @@ Seed-style scripts may use the lazily built default database instead:
     from saascore import db, get_session
 
     async with db.session() as session: ...
+
+The names below are imported on first use (PEP 562), so that `import saascore.cli` and
+`saascore --help` do not pay for SQLAlchemy, FastAPI and every model.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Annotated, Any
-
-from fastapi import Depends
-from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.requests import HTTPConnection
-
-from saascore.config import Settings, load_settings
-from saascore.core import Saascore
-from saascore.kit.db import Database
-from saascore.kit.errors import (
-    AlreadyExists,
-    ConfigurationError,
-    Conflict,
-    DatabaseUnavailable,
-    DomainError,
-    InvalidInput,
-    NotFound,
-    SaascoreError,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    db: Database
+    from saascore.api.sessions import ReadSessionDep, SessionDep, get_read_session, get_session
+    from saascore.config import Settings, load_settings
+    from saascore.core import Saascore
+    from saascore.kit.db import Database
+    from saascore.kit.errors import (
+        AlreadyExists,
+        ConfigurationError,
+        Conflict,
+        DatabaseUnavailable,
+        DomainError,
+        InvalidInput,
+        NotFound,
+        SaascoreError,
+    )
 
-try:
-    __version__ = version("saascore")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+    db: Database
+    __version__: str
 
 __all__ = [
     "AlreadyExists",
@@ -65,44 +60,63 @@ __all__ = [
     "load_settings",
 ]
 
+#: Where each public name lives; it is imported from there on first use.
+_LAZY = {
+    "AlreadyExists": "saascore.kit.errors",
+    "ConfigurationError": "saascore.kit.errors",
+    "Conflict": "saascore.kit.errors",
+    "DatabaseUnavailable": "saascore.kit.errors",
+    "DomainError": "saascore.kit.errors",
+    "InvalidInput": "saascore.kit.errors",
+    "NotFound": "saascore.kit.errors",
+    "SaascoreError": "saascore.kit.errors",
+    "Database": "saascore.kit.db",
+    "Settings": "saascore.config",
+    "load_settings": "saascore.config",
+    "Saascore": "saascore.core",
+    "ReadSessionDep": "saascore.api.sessions",
+    "SessionDep": "saascore.api.sessions",
+    "get_read_session": "saascore.api.sessions",
+    "get_session": "saascore.api.sessions",
+}
+
 _default_database: Database | None = None
 
 
 def _default() -> Database:
+    """The default database (`saascore.db`), built from the environment on first use."""
     global _default_database
     if _default_database is None:
+        from saascore.config import load_settings
+        from saascore.kit.db import Database
+
         _default_database = Database(load_settings())
     return _default_database
+
+
+def _version() -> str:
+    # importlib.metadata is a tenth of a second of imports: read only when asked for.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("saascore")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
 
 
 def __getattr__(name: str) -> Any:
     if name == "db":
         return _default()
-    raise AttributeError(f"module 'saascore' has no attribute {name!r}")
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'saascore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
 
 
-async def get_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
-    """FastAPI dependency: one transaction per request, committed on success, rolled back on
-    error. Uses the app's database when saascore's app (or lifespan) set one, else `db`.
-
-    Declare it through `SessionDep` (or `Depends(get_session, scope="function")`): then the
-    commit happens before the response is sent, so a failed commit is an error response,
-    never a 200 for work that was not saved.
-    """
-    database: Database | None = getattr(connection.app.state, "database", None)
-    async with (database or _default()).transaction() as session:
-        yield session
-
-
-async def get_read_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
-    """FastAPI dependency: a session for reads. It writes nothing and commits nothing, and on
-    SQLite it does not queue for the write lock."""
-    database: Database | None = getattr(connection.app.state, "database", None)
-    async with (database or _default()).session(readonly=True) as session:
-        yield session
-
-
-#: `session: SessionDep` in an endpoint: the request's transaction, committed before responding.
-SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-#: `session: ReadSessionDep` in an endpoint that only reads.
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

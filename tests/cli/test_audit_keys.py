@@ -129,6 +129,30 @@ class TestKeys:
             await setup.identity().authenticate(raw)
         assert setup.cli("keys", "list", "--org", "acme").stderr == "no keys\n"
 
+    async def test_ids_are_whole_in_a_narrow_terminal(self, setup: Setup) -> None:
+        """At 60 columns the tables do not fit: ids never wrap nor shrink (nor does anything,
+        as even the ids and the longest words are wider than that)."""
+        name = "a rather long name for a key, longer than the terminal is wide"
+        created = setup.cli(
+            "keys", "create", "--org", "acme", "--name", name, "--user", "ada@example.com"
+        ).ok()
+        key_id = created.stderr.split()[2]
+        narrow = setup.cli.with_env({"COLUMNS": "60"})
+        keys, orgs, audit = narrow.run_together(
+            ["keys", "list", "--org", "acme"],
+            ["orgs", "list"],
+            ["audit", "list", "--org", "acme", "--action", "api_key.created"],
+        )
+        for result, ids in (
+            (keys, [key_id, str(setup.user_id), created.stdout.strip()[:16]]),
+            (orgs, [str(setup.org_id), str(setup.other_org_id)]),
+            (audit, [key_id]),
+        ):
+            words = {word for line in result.ok().stdout.splitlines() for word in line.split()}
+            assert set(ids) <= words, result
+            assert "…" not in result.stdout, result
+        assert name in keys.stdout
+
     async def test_errors_are_one_line_and_write_nothing(self, setup: Setup) -> None:
         """Each a usage error or a refusal on one line; dates past the calendar's end too."""
         before = await key_counts(setup.database)

@@ -22,7 +22,7 @@ from fastapi.openapi.models import APIKey
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 
-from saascore import ReadSessionDep, SessionDep
+from saascore.api.sessions import ReadSessionDep, SessionDep
 from saascore.audit.service import Origin
 from saascore.core import Saascore
 from saascore.identity.errors import PermissionDenied, Unauthenticated

@@ -17,20 +17,80 @@ Every command reports an error as one line on stderr with a non-zero exit code (
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from saascore import __version__
-from saascore.cli import audit, credits, db, events, keys, orgs, plans, usage
+import saascore
 from saascore.cli._run import echo_error, explain_or_unexpected
 from saascore.cli.serve import demo, serve
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    # typer ships its own copy of click: these are the classes TyperGroup's methods take.
+    from typer._click import Command, Context, HelpFormatter
+
+__all__ = ["GROUPS", "app", "main"]
+
+#: The command groups: name -> (module, the line `saascore --help` shows: the help of the
+#: module's `app`, which a test holds them to). A group's module, with SQLAlchemy, the models and
+#: the services it needs, is imported only when the group is run (or its own help is asked for):
+#: `saascore --help` and `--version` load none of them. A new group is added here.
+GROUPS: dict[str, tuple[str, str]] = {
+    "db": (
+        "saascore.cli.db",
+        "Migrate the database: upgrade, downgrade, current, history, check, revision.",
+    ),
+    "plans": ("saascore.cli.plans", "The plan catalog: load, list."),
+    "orgs": ("saascore.cli.orgs", "Organisations (tenants): create, list."),
+    "usage": ("saascore.cli.usage", "Usage: report, import, sweep."),
+    "credits": ("saascore.cli.credits", "Credits: grant, balance, verify."),
+    "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
+    "audit": ("saascore.cli.audit", "The audit log: verify, list."),
+    "events": ("saascore.cli.events", "Events: deliver webhooks."),
+}
+
+
+class _Unloaded(TyperCommand):
+    """Stands for a group in the root's command list until the group is needed."""
+
+
+class _LazyGroup(TyperGroup):
+    """The root group: lists every group by its line in `GROUPS`, imports one when it is run."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._listing = False
+        for name, (_, line) in GROUPS.items():
+            self.add_command(_Unloaded(name, help=line))
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if isinstance(command, _Unloaded) and not self._listing:
+            command = load_group(cmd_name)
+            self.commands[cmd_name] = command
+        return command
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        self._listing = True  # the list needs only each group's line
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def load_group(name: str) -> TyperGroup:
+    """Import the group `name` of `GROUPS` and build its click group."""
+    group = typer.main.get_group(importlib.import_module(GROUPS[name][0]).app)
+    group.name = name
+    return group
+
 
 app = typer.Typer(
     name="saascore",
+    cls=_LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -38,19 +98,11 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(demo)
-app.add_typer(db.app)
-app.add_typer(plans.app)
-app.add_typer(orgs.app)
-app.add_typer(usage.app)
-app.add_typer(credits.app)
-app.add_typer(keys.app)
-app.add_typer(audit.app)
-app.add_typer(events.app)
 
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"saascore {__version__}")
+        typer.echo(f"saascore {saascore.__version__}")
         raise typer.Exit()
 
 

@@ -1,7 +1,16 @@
 """The CLI's one error handler and the runners that take a command to the database.
 
 Every command is wrapped in `handle_errors`. An error saascore expects becomes one line on stderr
-and a non-zero exit code, never a traceback:
+and a non-zero exit code, never a traceback. The exit codes say whose mistake it is:
+
+- 2, a usage error: the command line is wrong before anything is asked of the database (an
+  unknown command or option, a missing file, a malformed or out-of-range value, options that
+  exclude each other: click's own errors, and `fail(..., EXIT_USAGE)`), or a setting is;
+- 1, a refusal: a well-formed command that the database or the domain refuses, or a check
+  (`verify`, `db check`) that finds a difference;
+- 130, interrupted (Ctrl-C).
+
+In detail:
 
 - a bad setting (`ConfigurationError`): exit 2, like any other usage mistake;
 - an unreachable database (`DatabaseUnavailable`, refused, timed out, unknown host): exit 1;
@@ -11,30 +20,28 @@ and a non-zero exit code, never a traceback:
 
 Anything else is a bug: it is reported on one line as well, and `SAASCORE_TRACEBACK=1` shows it
 in full.
+
+SQLAlchemy, Alembic and the facade are imported where they are used: `saascore --help` and
+`--version` load none of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import getpass
 import os
-import socket
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
-import sqlalchemy as sa
 import typer
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
 
-from saascore.config import Settings
-from saascore.core import Saascore
-from saascore.kit.actors import Actor
-from saascore.kit.db import Database, describe_connection_error
 from saascore.kit.errors import ConfigurationError, DatabaseUnavailable, DomainError
+
+if TYPE_CHECKING:
+    from saascore.config import Settings
+    from saascore.core import Saascore
+    from saascore.kit.actors import Actor
+    from saascore.kit.db import Database
 
 __all__ = [
     "EXIT_ERROR",
@@ -86,6 +93,8 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """The exception, the driver error it wraps, and their causes."""
+    import sqlalchemy as sa
+
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
     while pending:
@@ -100,6 +109,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def is_missing_schema(exc: BaseException) -> bool:
     """Whether a query failed because saascore's tables do not exist."""
+    import sqlite3
+
     for error in _chain(exc):
         if getattr(error, "sqlstate", None) == _UNDEFINED_TABLE:
             return True
@@ -110,6 +121,8 @@ def is_missing_schema(exc: BaseException) -> bool:
 
 def is_outdated_schema(exc: BaseException) -> bool:
     """Whether a query failed because a column of the models is missing from the database."""
+    import sqlite3
+
     for error in _chain(exc):
         if getattr(error, "sqlstate", None) == _UNDEFINED_COLUMN:
             return True
@@ -122,6 +135,12 @@ def is_outdated_schema(exc: BaseException) -> bool:
 
 def explain(exc: BaseException) -> tuple[str, int] | None:
     """The one line and exit code for an error saascore expects; None for anything else."""
+    import sqlalchemy as sa
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    from saascore.kit.db import describe_connection_error
+
     if isinstance(exc, ConfigurationError):
         return str(exc), EXIT_USAGE
     if isinstance(exc, DatabaseUnavailable):
@@ -192,6 +211,10 @@ def run_with_database(settings: Settings, work: Callable[[Database], Awaitable[T
     starts; the connections are closed however the work ends.
     """
 
+    import asyncio
+
+    from saascore.kit.db import Database
+
     async def main() -> T:
         database = Database(settings)
         try:
@@ -205,6 +228,7 @@ def run_with_database(settings: Settings, work: Callable[[Database], Awaitable[T
 
 def run_with_core(settings: Settings, work: Callable[[Saascore], Awaitable[T]]) -> T:
     """Run `work(core)` with the `Saascore` facade, which migrates where the settings say so."""
+    from saascore.core import Saascore
 
     async def with_core(database: Database) -> T:
         async with Saascore(settings, database=database) as core:
@@ -215,6 +239,11 @@ def run_with_core(settings: Settings, work: Callable[[Saascore], Awaitable[T]]) 
 
 def cli_actor() -> Actor:
     """Who ran the command, as events and the audit log name it: `cli user@host`."""
+    import getpass
+    import socket
+
+    from saascore.kit.actors import Actor
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no login name (a container without a passwd entry)

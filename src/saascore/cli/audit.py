@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from saascore.audit import ChainReport
-from saascore.cli._output import console, new_table
+from saascore.cli._output import new_table, print_table
 from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -69,7 +69,9 @@ def list_entries(
     if not entries:
         typer.echo("no audit entries", err=True)
         return
-    table = new_table("seq", "time (UTC)", "action", "actor", "target", "ip")
+    table = new_table(
+        "seq", "time (UTC)", "action", "actor", "target", "ip", ids=("actor", "target")
+    )
     for entry in entries:
         actor = entry.actor_type + (f" {entry.actor_id}" if entry.actor_id else "")
         target = (
@@ -83,4 +85,4 @@ def list_entries(
             target,
             entry.ip_address or "-",
         )
-    console().print(table)
+    print_table(table)

@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from saascore.cli._output import console, new_table
-from saascore.cli._run import EXIT_ERROR, cli_actor, handle_errors, run_with_core
+from saascore.cli._output import new_table, print_table
+from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.credits import CreditAccount, LedgerProblem
+from saascore.kit.errors import InvalidInput
+from saascore.kit.validation import checked_instant
 from saascore.models import CreditSource, CreditTransaction
 
 __all__ = ["app"]
@@ -39,6 +41,11 @@ def grant(
 ) -> None:
     """Grant credits to an organisation; prints the new balance."""
     expires = expires_at.replace(tzinfo=UTC) if expires_at and not expires_at.tzinfo else expires_at
+    if expires is not None:
+        try:  # out of range is a mistake on the command line, as for `keys create --expires`
+            checked_instant(expires, field="--expires-at")
+        except InvalidInput as exc:
+            fail(exc.message, EXIT_USAGE)
 
     async def work(core: Saascore) -> CreditTransaction:
         organization = await core.orgs.resolve(org)
@@ -71,7 +78,15 @@ def balance(
     account = run_with_core(load_settings(), work)
     typer.echo(f"balance {account.balance}")
     if account.grants:
-        table = new_table("grant", "source", "amount", "remaining", "priority", "expires (UTC)")
+        table = new_table(
+            "grant",
+            "source",
+            "amount",
+            "remaining",
+            "priority",
+            "expires (UTC)",
+            ids=("grant",),
+        )
         for item in account.grants:
             table.add_row(
                 str(item.id),
@@ -81,7 +96,7 @@ def balance(
                 str(item.priority),
                 item.expires_at.strftime("%Y-%m-%d %H:%M") if item.expires_at else "never",
             )
-        console().print(table)
+        print_table(table)
 
 
 @app.command()

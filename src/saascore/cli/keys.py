@@ -20,7 +20,7 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 
-from saascore.cli._output import console, new_table
+from saascore.cli._output import new_table, print_table
 from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -199,7 +199,9 @@ def list_keys(
         typer.echo("no keys", err=True)
         return
     if operator:
-        table = new_table("id", "name", "prefix", "created", "expires", "last used", "revoked")
+        table = new_table(
+            "id", "name", "prefix", "created", "expires", "last used", "revoked", ids=("prefix",)
+        )
         for op_key in keys:
             table.add_row(
                 str(op_key.id),
@@ -212,7 +214,16 @@ def list_keys(
             )
     else:
         table = new_table(
-            "id", "name", "prefix", "scopes", "user", "created", "expires", "last used", "revoked"
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "user",
+            "created",
+            "expires",
+            "last used",
+            "revoked",
+            ids=("prefix", "user"),
         )
         for key in keys:
             assert isinstance(key, ApiKey)
@@ -227,7 +238,7 @@ def list_keys(
                 _when(key.last_used_at, "never"),
                 _when(key.revoked_at),
             )
-    console().print(table)
+    print_table(table)
 
 
 @app.command()

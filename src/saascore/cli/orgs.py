@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from saascore.cli._output import console, new_table
+from saascore.cli._output import new_table, print_table
 from saascore.cli._run import cli_actor, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -66,7 +66,9 @@ def list_orgs(
     if not organizations:
         typer.echo("no organisations; create one with 'saascore orgs create NAME'", err=True)
         return
-    table = new_table("id", "name", "slug", "plan", "external id", "status", "created (UTC)")
+    table = new_table(
+        "id", "name", "slug", "plan", "external id", "status", "created (UTC)", ids=("slug", "plan")
+    )
     for organization in organizations:
         table.add_row(
             str(organization.id),
@@ -77,4 +79,4 @@ def list_orgs(
             organization.status.value,
             organization.created_at.strftime("%Y-%m-%d %H:%M"),
         )
-    console().print(table)
+    print_table(table)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from saascore.cli._output import console, limit, new_table
+from saascore.cli._output import limit, new_table, print_table
 from saascore.cli._run import handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -74,7 +74,9 @@ def load(
             metavar="FILE",
             help="A catalog TOML file. Without it, saascore's default catalog.",
             show_default=False,
+            exists=True,  # a missing file is a usage error (exit 2), as for `usage import`
             dir_okay=False,
+            readable=True,
         ),
     ] = None,
 ) -> None:
@@ -122,6 +124,7 @@ def list_plans(
         "credits/period",
         "rpm / rph",
         "active",
+        ids=("code",),
     )
     for column in table.columns[2:7]:
         column.justify = "right"
@@ -136,4 +139,4 @@ def list_plans(
             _rates(plan),
             "yes" if plan.is_active else "no",
         )
-    console().print(table)
+    print_table(table)

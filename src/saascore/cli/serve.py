@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from saascore.cli._output import console
 from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core, run_with_database
-from saascore.config import Settings, load_settings
-from saascore.core import Saascore
-from saascore.migrations import migrate
-from saascore.models import Organization
-from saascore.plans import read_catalog
-from saascore.tenancy import OrganizationExists, OrganizationNotFound
+
+if TYPE_CHECKING:
+    from saascore.config import Settings
+    from saascore.core import Saascore
+    from saascore.models import Organization
 
 __all__ = ["DEMO_EXTERNAL_ID", "demo", "demo_settings", "serve"]
 
@@ -54,6 +53,9 @@ def serve(
     /metrics is served with SAASCORE_METRICS_TOKEN, or on SAASCORE_METRICS_PORT.
     """
     import uvicorn
+
+    from saascore.config import load_settings
+    from saascore.migrations import migrate
 
     if reload and workers > 1:
         fail("--reload and --workers cannot be combined", EXIT_USAGE)
@@ -119,6 +121,8 @@ def clear_metrics_directory() -> None:
 
 def demo_settings() -> Settings:
     """The environment's settings, but on the embedded SQLite database, migrated at start."""
+    from saascore.config import load_settings
+
     return load_settings(
         database_url=None,
         database_host=None,
@@ -132,6 +136,9 @@ def demo_settings() -> Settings:
 
 async def prepare_demo(core: Saascore) -> Organization:
     """Load the default catalog and create the demo organisation unless it exists."""
+    from saascore.plans import read_catalog
+    from saascore.tenancy import OrganizationExists, OrganizationNotFound
+
     await core.plans.load_catalog(read_catalog())
     try:
         return await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)

@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from saascore.cli._output import console, new_table
-from saascore.cli._run import EXIT_ERROR, fail, handle_errors, run_with_core
+from saascore.cli._output import console, new_table, print_table
+from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.metering import BatchOutcome, SummaryBy, SummaryRow, UsageEventIn
@@ -46,7 +46,7 @@ def report(
     first: date = start.date() if start else today.replace(day=1)
     last: date = end.date() if end else today
     if last < first:
-        fail("--to is before --from", 2)
+        fail("--to is before --from", EXIT_USAGE)
 
     async def work(core: Saascore) -> list[SummaryRow]:
         organization = await core.orgs.resolve(org)
@@ -67,6 +67,7 @@ def report(
         "output tokens",
         "cost (USD)",
         title=f"usage {first} .. {last}",
+        ids=(by,),  # a metric's, feature's or model's name
     )
     for row in rows:
         table.add_row(
@@ -80,7 +81,7 @@ def report(
     if not rows:
         typer.echo("no usage in that range", err=True)
         return
-    console().print(table)
+    print_table(table)
 
 
 @dataclass
