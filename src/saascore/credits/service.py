@@ -458,7 +458,9 @@ class CreditService:
         """`refill_once`, answering the period's latest plan grant (None if there is none)."""
         return (await self.refill_once(org_id, session=session)).transaction
 
-    async def refill_once(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> Refill:
+    async def refill_once(
+        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+    ) -> Refill:
         """Bring the month's plan credits up to the plan's `credits_per_period`.
 
         The rule, for creation, plan changes and the period refill alike: in each calendar
@@ -498,9 +500,7 @@ class CreditService:
             )
             granted = int(
                 await s.scalar(
-                    sa.select(sa.func.coalesce(sa.func.sum(CreditGrant.amount), 0)).where(
-                        of_period
-                    )
+                    sa.select(sa.func.coalesce(sa.func.sum(CreditGrant.amount), 0)).where(of_period)
                 )
                 or 0
             )

@@ -185,8 +185,7 @@ class PlanCredits(Protocol):
     called in the same transaction when an organisation is created and when its plan changes.
     """
 
-    async def refill(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> object:
-        ...
+    async def refill(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> object: ...
 
 
 class OrganizationService:
