@@ -33,6 +33,8 @@ from saascore.models import (
     Organization,
     UsageLimits,
 )
+from saascore.plans import PlanService
+from saascore.tenancy import OrganizationService
 from tests.credits.ledger import (
     Clock,
     GrantRow,
@@ -44,8 +46,6 @@ from tests.credits.ledger import (
     row_counts,
     totals,
 )
-from saascore.plans import PlanService
-from saascore.tenancy import OrganizationService
 from tests.factories import create_organization, create_plan
 from tests.helpers import JoinedDatabase
 
