@@ -12,8 +12,7 @@ from saascore.cli._output import console, new_table
 from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
-from saascore.credits import CreditAccount, LedgerProblem
-from saascore.credits.service import Refill
+from saascore.credits import CreditAccount, LedgerProblem, Refill
 from saascore.models import CreditSource, CreditTransaction
 
 __all__ = ["app"]
