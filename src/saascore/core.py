@@ -54,7 +54,10 @@ class Saascore:
         self.doorbell = Doorbell()
         self.events.after_commit(self._ring_dispatcher)
         self.plans = PlanService(self.database, self.events)
-        self.orgs = OrganizationService(self.database, self.plans, self.events)
+        self.credits = CreditService(self.database, self.events)
+        self.orgs = OrganizationService(
+            self.database, self.plans, self.events, plan_credits=self.credits
+        )
         self.users = UserService(
             self.database, self.events, password_min_length=self.settings.password_min_length
         )
@@ -69,7 +72,6 @@ class Saascore:
             rate_limiter=self.rate_limiter,
         )
         self.api_keys = ApiKeyService(self.database, self.events)
-        self.credits = CreditService(self.database, self.events)
         self.webhooks = WebhookService(
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )

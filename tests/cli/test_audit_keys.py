@@ -187,7 +187,7 @@ class TestKeys:
             (
                 1,
                 "saascore: unknown scope 'usage:root'; known: usage:read, usage:write, "
-                "billing:read, billing:write, admin",
+                "billing:read, billing:write, credits:write, admin",
             ),
             (1, "saascore: no user eve@example.com in this organisation"),
             (1, "saascore: a key needs a name of 1 to 255 characters"),

@@ -70,7 +70,8 @@ async def test_a_credit_grant_emits_the_same_event_from_every_path(
     assert [entry.details["idempotency_key"] for entry in audit] == ["lib", "cli", "http"]
     assert len({frozenset(entry.details) for entry in audit}) == 1  # one shape
     assert [row.body["data"] for row in outbox] == [entry.details for entry in audit]
-    assert [entry.details["balance"] for entry in audit] == [10, 30, 60]
+    # On top of the free plan's 10 credits, granted when the organisation was created.
+    assert [entry.details["balance"] for entry in audit] == [20, 40, 70]
 
 
 async def test_refused_grants_emit_nothing(migrated_cli: Cli, empty_database: Database) -> None:
@@ -106,4 +107,4 @@ async def test_refused_grants_emit_nothing(migrated_cli: Cli, empty_database: Da
 
     audit, outbox = await grants(empty_database, org.id)
     assert (len(audit), len(outbox)) == (1, 1)
-    assert await core.credits.balance(org.id) == 5
+    assert await core.credits.balance(org.id) == 10 + 5  # the free plan's, and the one grant

@@ -97,3 +97,25 @@ def test_credits_grant_balance_verify(org_cli: tuple[Cli, str]) -> None:
     assert verify.ok().stdout.strip() == "credit ledger consistent"
     assert sweep.ok().stdout.strip() == "0 reservations expired"
     assert nobody.error_line(1) == "saascore: no organisation nobody"
+
+
+def test_credits_refill_grants_the_months_plan_credits_once(org_cli: tuple[Cli, str]) -> None:
+    cli, org = org_cli
+    first = cli("credits", "refill", "--org", "acme").ok()
+    assert first.stdout.strip() == f"{org}: granted 10; balance 10"  # the free plan's 10
+    again = cli("credits", "refill", "--org", org).ok()
+    assert again.stdout.strip() == f"{org}: already applied"
+    every = cli("credits", "refill", "--all").ok()
+    assert every.stdout.splitlines() == [
+        f"{org}: already applied",
+        "0 of 1 organisations granted credits",
+    ]
+    assert cli("credits", "balance", "acme").ok().stdout.splitlines()[0] == "balance 10"
+    neither, both, nobody = cli.run_together(
+        ["credits", "refill"],
+        ["credits", "refill", "--all", "--org", "acme"],
+        ["credits", "refill", "--org", "nobody"],
+    )
+    assert neither.error_line(2) == "saascore: name the organisations: --org ID or --all"
+    assert both.error_line(2) == "saascore: name the organisations: --org ID or --all"
+    assert nobody.error_line(1) == "saascore: no organisation nobody"

@@ -2,8 +2,10 @@
 ledger page by page, and what other organisations and scopes may see; and the operator route
 `/v1/admin/organizations/{id}/credits/grants` (idempotent on its key, audited).
 
-Credits are granted and consumed with the `CreditService` on the module's scratch database
-(the API only reads them); organisations are moved to a plan without rate limits.
+Credits are granted with the `CreditService` on the module's scratch database and consumed
+with it or with `POST /v1/credits/consume`; organisations are moved to a plan without rate
+limits. Registration grants the free plan's credits for the month; most tests start from an
+empty ledger instead (`tenant` here wipes it), so their numbers are the ones they grant.
 """
 
 from __future__ import annotations
@@ -14,13 +16,64 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest_asyncio
+import sqlalchemy as sa
 
 from saascore.credits.service import CreditService
 from saascore.kit.db import Database
-from saascore.kit.time import utcnow
+from saascore.kit.time import month_start, next_month_start, utcnow
+from saascore.models import CreditAllocation, CreditGrant, CreditTransaction, UsageLimits
 from saascore.testing import TestTenant
-from tests.admin import Admin, by_operator, entries
-from tests.http import tenant
+from tests.admin import Admin, by_operator, customer_of, entries
+from tests.http import tenant as registered_tenant
+
+
+async def wipe_credits(database: Database, org_id: uuid.UUID) -> None:
+    """Take the organisation back to an empty ledger, behind the app's back (the plan's
+    credits that registration granted, and their cached totals)."""
+    async with database.transaction() as session:
+        for table in (CreditAllocation, CreditTransaction, CreditGrant):
+            await session.execute(sa.delete(table).where(table.organization_id == org_id))
+        await session.execute(
+            sa.update(UsageLimits)
+            .where(UsageLimits.organization_id == org_id)
+            .values(
+                credit_balance=0,
+                credits_granted_total=0,
+                last_credit_refill_at=None,
+                next_credit_refill_at=None,
+            )
+        )
+
+
+async def tenant(api: httpx.AsyncClient, database: Database, **options: Any) -> TestTenant:
+    """`tests.http.tenant`, its ledger then emptied."""
+    registered = await registered_tenant(api, database, **options)
+    await wipe_credits(database, registered.organization_id)
+    return registered
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def customer(admin: Admin) -> TestTenant:
+    registered = await customer_of(admin)
+    await wipe_credits(admin.database, registered.organization_id)
+    return registered
+
+
+class TestPlanCreditsOnRegistration:
+    async def test_a_new_organisation_has_its_plans_credits_for_the_month(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        registered = await registered_tenant(api, scratch)
+        body = await get(api, "/v1/credits", registered.headers)
+        [grant] = body["grants"]
+        free = 10  # the default catalog's free plan
+        assert (body["balance"], grant["amount"], grant["source"]) == (free, free, "plan")
+        [tx] = (await get(api, "/v1/credits/transactions", registered.headers))["items"]
+        granted_at = datetime.fromisoformat(tx["created_at"])
+        assert (tx["type"], tx["grant_id"]) == ("grant", grant["id"])
+        assert tx["description"] == f"plan credits for {month_start(granted_at):%Y-%m}"
+        assert datetime.fromisoformat(grant["expires_at"]) == next_month_start(granted_at)
 
 
 async def get(api: httpx.AsyncClient, path: str, headers: dict[str, str], **params: Any) -> Any:
@@ -30,7 +83,7 @@ async def get(api: httpx.AsyncClient, path: str, headers: dict[str, str], **para
 
 
 class TestBalance:
-    async def test_a_new_organisation_has_none(
+    async def test_an_empty_ledger_has_no_balance(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
         headers = (await tenant(api, scratch)).headers
@@ -263,3 +316,176 @@ class TestAdminCreditGrants:
             ), response.text
             assert response.json()["error"]["details"]["errors"][0]["type"] == "instant_range"
         assert await admin.core.credits.balance(org_id) == 0
+
+
+class TestConsume:
+    @staticmethod
+    async def backend_key(
+        api: httpx.AsyncClient, registered: TestTenant, scopes: list[str]
+    ) -> dict[str, str]:
+        created = await api.post(
+            "/v1/api-keys",
+            json={"name": "backend", "scopes": scopes},
+            headers=registered.headers,
+        )
+        assert created.status_code == 201, created.text
+        return {"X-API-Key": created.json()["key"]}
+
+    async def test_a_backend_draws_credits_once_per_key(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        registered = await tenant(api, scratch)
+        org = registered.organization_id
+        await CreditService(scratch).grant(org, 100)
+        key = await self.backend_key(api, registered, ["credits:write"])
+        body = {"amount": 30, "idempotency_key": "job-1", "reference": "job-1"}
+
+        first = await api.post("/v1/credits/consume", json=body, headers=key)
+        assert first.status_code == 201, first.text
+        assert (first.json()["type"], first.json()["amount"], first.json()["balance_after"]) == (
+            "consume",
+            -30,
+            70,
+        )
+        assert first.json()["reference"] == "job-1"
+        retry = await api.post("/v1/credits/consume", json=body, headers=key)
+        assert retry.status_code == 200, retry.text
+        assert retry.json() == first.json()
+        conflict = await api.post("/v1/credits/consume", json={**body, "amount": 31}, headers=key)
+        assert (conflict.status_code, conflict.json()["error"]["code"]) == (
+            409,
+            "idempotency_conflict",
+        )
+        assert await CreditService(scratch).balance(org) == 70
+        assert await CreditService(scratch).verify() == []
+
+    async def test_a_short_balance_is_402_and_draws_nothing(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        registered = await tenant(api, scratch)
+        org = registered.organization_id
+        await CreditService(scratch).grant(org, 20)
+        response = await api.post(
+            "/v1/credits/consume",
+            json={"amount": 21, "idempotency_key": "too-much"},
+            headers=registered.headers,
+        )
+        assert response.status_code == 402, response.text
+        error = response.json()["error"]
+        assert error["code"] == "insufficient_credits"
+        assert (error["details"]["balance"], error["details"]["requested"]) == (20, 21)
+        assert await CreditService(scratch).balance(org) == 20
+        ledger = await get(api, "/v1/credits/transactions", registered.headers)
+        assert [t["type"] for t in ledger["items"]] == ["grant"]
+        # The key was not used up: the same request succeeds once there is enough.
+        await CreditService(scratch).grant(org, 1)
+        again = await api.post(
+            "/v1/credits/consume",
+            json={"amount": 21, "idempotency_key": "too-much"},
+            headers=registered.headers,
+        )
+        assert again.status_code == 201, again.text
+
+    async def test_bad_bodies_are_422_and_draw_nothing(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        registered = await tenant(api, scratch)
+        org = registered.organization_id
+        await CreditService(scratch).grant(org, 50)
+        for body, code in (
+            ({"amount": 0, "idempotency_key": "a"}, "validation_error"),
+            ({"amount": -5, "idempotency_key": "b"}, "validation_error"),
+            ({"amount": "5", "idempotency_key": "c"}, "validation_error"),
+            ({"amount": 2**63, "idempotency_key": "d"}, "validation_error"),
+            ({"amount": 5}, "validation_error"),
+            ({"amount": 5, "idempotency_key": ""}, "validation_error"),
+            ({"amount": 5, "idempotency_key": "e\x00"}, "invalid_character"),
+            (
+                {"amount": 5, "idempotency_key": "f", "organization_id": str(org)},
+                "validation_error",
+            ),
+        ):
+            response = await api.post("/v1/credits/consume", json=body, headers=registered.headers)
+            assert response.status_code == 422, (body, response.text)
+            assert response.json()["error"]["code"] == code
+        assert await CreditService(scratch).balance(org) == 50
+
+    async def test_consuming_needs_credits_write(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        registered = await tenant(api, scratch)
+        await CreditService(scratch).grant(registered.organization_id, 50)
+        body = {"amount": 5, "idempotency_key": "x"}
+        for scopes in (["billing:read", "usage:write"], ["billing:write"]):
+            key = await self.backend_key(api, registered, scopes)
+            response = await api.post("/v1/credits/consume", json=body, headers=key)
+            assert (response.status_code, response.json()["error"]["code"]) == (
+                403,
+                "permission_denied",
+            )
+        anonymous = await api.post("/v1/credits/consume", json=body)
+        assert anonymous.status_code == 401, anonymous.text
+        assert await CreditService(scratch).balance(registered.organization_id) == 50
+
+    async def test_another_organisations_credits_are_not_drawn(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        rich = (await tenant(api, scratch)).organization_id
+        poor = await tenant(api, scratch)
+        await CreditService(scratch).grant(rich, 500)
+        response = await api.post(
+            "/v1/credits/consume",
+            json={"amount": 5, "idempotency_key": "steal"},
+            headers=poor.headers,
+        )
+        assert response.status_code == 402, response.text
+        assert await CreditService(scratch).balance(rich) == 500
+
+    async def test_racing_consumers_never_overdraw(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        """Jepsen's bank, over HTTP: 24 consumers of 7 race for 100 credits; exactly 14 win,
+        each answered 201, the others 402, and the ledger adds up."""
+        registered = await tenant(api, scratch)
+        org = registered.organization_id
+        await CreditService(scratch).grant(org, 100)
+        answers = await asyncio.gather(
+            *(
+                api.post(
+                    "/v1/credits/consume",
+                    json={"amount": 7, "idempotency_key": f"racer-{n}"},
+                    headers=registered.headers,
+                )
+                for n in range(24)
+            )
+        )
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [201] * 14 + [402] * 10, [a.text for a in answers]
+        assert {a.json()["error"]["code"] for a in answers if a.status_code == 402} == {
+            "insufficient_credits"
+        }
+        assert sorted(a.json()["balance_after"] for a in answers if a.status_code == 201) == list(
+            range(2, 100, 7)
+        )
+        assert await CreditService(scratch).balance(org) == 2
+        assert await CreditService(scratch).verify() == []
+
+    async def test_racing_retries_draw_once(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        registered = await tenant(api, scratch)
+        org = registered.organization_id
+        await CreditService(scratch).grant(org, 100)
+        answers = await asyncio.gather(
+            *(
+                api.post(
+                    "/v1/credits/consume",
+                    json={"amount": 40, "idempotency_key": "once"},
+                    headers=registered.headers,
+                )
+                for _ in range(6)
+            )
+        )
+        assert sorted(answer.status_code for answer in answers) == [200] * 5 + [201]
+        assert len({answer.json()["id"] for answer in answers}) == 1
+        assert await CreditService(scratch).balance(org) == 60

@@ -23,7 +23,16 @@ from saascore.credits import CreditService, InsufficientCredits, NotRefundable
 from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict
 from saascore.kit.time import utcnow
-from saascore.models import CreditSource, CreditTransaction, CreditTransactionType, UsageLimits
+from saascore.models import (
+    CreditSource,
+    CreditTransaction,
+    CreditTransactionType,
+    Organization,
+    OrganizationStatus,
+    UsageLimits,
+)
+from saascore.plans import PlanService
+from saascore.tenancy import OrganizationService
 from tests.credits.ledger import (
     Clock,
     TransactionRow,
@@ -309,3 +318,52 @@ class TestFirstTouchRace:
             )
         assert rows == 1
         assert await credits.verify() == []
+
+
+class TestPlanCreditsRace:
+    async def test_an_upgrade_racing_refills_grants_the_new_allowance_in_all(
+        self, race_database: Database
+    ) -> None:
+        clock = Clock(datetime(2025, 3, 10, 12, tzinfo=UTC))
+        credits = CreditService(race_database, clock=clock)
+        plans = PlanService(race_database)
+        orgs = OrganizationService(race_database, plans, plan_credits=credits)
+        async with race_database.transaction() as session:
+            small = (await create_plan(session, credits_per_period=100)).code
+            large = (await create_plan(session, credits_per_period=1000)).code
+        org = (await orgs.create(name="Racer", plan=small)).id
+
+        results = await race(
+            orgs.change_plan(org, large), *(credits.refill_once(org) for _ in range(8))
+        )
+
+        assert refused(results, Exception) == []
+        assert await credits.balance(org) == 1000
+        async with race_database.session(readonly=True) as session:
+            assert sum(g.amount for g in await grants(session, org)) == 1000
+        assert await credits.verify() == []
+
+
+class TestRefillAll:
+    async def test_every_live_organisation_once_however_often_it_runs(
+        self, race_database: Database
+    ) -> None:
+        clock = Clock(datetime(2025, 3, 10, 12, tzinfo=UTC))
+        credits = CreditService(race_database, clock=clock)
+        none, some, more, gone = [
+            await new_org(race_database, credits_per_period=n) for n in (0, 30, 40, 50)
+        ]
+        async with race_database.transaction() as session:
+            await session.execute(
+                sa.update(Organization)
+                .where(Organization.id == gone)
+                .values(status=OrganizationStatus.DELETED)
+            )
+
+        first = {o.organization_id: o.granted async for o in credits.refill_all()}
+        second = {o.organization_id: o.granted async for o in credits.refill_all()}
+
+        assert [first[org] for org in (none, some, more)] == [0, 30, 40]
+        assert [second[org] for org in (none, some, more)] == [0, 0, 0]
+        assert gone not in first
+        assert [await credits.balance(org) for org in (none, some, more, gone)] == [0, 30, 40, 0]

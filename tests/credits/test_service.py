@@ -33,6 +33,8 @@ from saascore.models import (
     Organization,
     UsageLimits,
 )
+from saascore.plans import PlanService
+from saascore.tenancy import OrganizationService
 from tests.credits.ledger import (
     Clock,
     GrantRow,
@@ -849,6 +851,116 @@ class TestRefill:
     ) -> None:
         with pytest.raises(NotFound):
             await credits.refill(uuid.uuid4(), session=session)
+
+
+class TestPlanCredits:
+    """The rule: in each month, an organisation's plan grants add up to the allowance of the
+    richest plan it was on during the month; creation and plan changes apply it at once."""
+
+    @staticmethod
+    def orgs(database: Database, credits: CreditService) -> OrganizationService:
+        return OrganizationService(database, PlanService(database), plan_credits=credits)
+
+    async def test_a_new_organisation_gets_its_plans_credits_in_the_same_transaction(
+        self, database: Database, credits: CreditService, session: AsyncSession, clock: Clock
+    ) -> None:
+        plan = await create_plan(session, credits_per_period=250, credits_rollover=False)
+        org = await self.orgs(database, credits).create(
+            name="Fresh", plan=plan.code, session=session
+        )
+        [tx] = await ledger(session, org.id)
+        assert (tx.type, tx.amount, tx.balance_after, tx.idempotency_key) == (
+            GRANT,
+            250,
+            250,
+            "refill:2025-03",
+        )
+        [grant] = await grants(session, org.id)
+        assert (grant.source, grant.expires_at) == (
+            CreditSource.PLAN,
+            datetime(2025, 4, 1, tzinfo=UTC),
+        )
+        refill = await credits.refill_once(org.id, session=session)  # the month's refill
+        assert refill.granted == 0
+        assert refill.transaction is not None
+        assert refill.transaction.id == tx.id
+        assert await credits.balance(org.id, session=session) == 250
+
+    async def test_without_the_hook_an_organisation_gets_nothing(
+        self, database: Database, session: AsyncSession
+    ) -> None:
+        plan = await create_plan(session, credits_per_period=250)
+        org = await OrganizationService(database, PlanService(database)).create(
+            name="Bare", plan=plan.code, session=session
+        )
+        assert await ledger(session, org.id) == []
+
+    async def test_an_upgrade_tops_up_to_the_new_allowance_keeping_what_was_spent(
+        self, database: Database, credits: CreditService, session: AsyncSession, clock: Clock
+    ) -> None:
+        small = await create_plan(session, credits_per_period=100, credits_rollover=False)
+        large = await create_plan(session, credits_per_period=1000, credits_rollover=False)
+        orgs = self.orgs(database, credits)
+        org = await orgs.create(name="Up", plan=small.code, session=session)
+        await credits.consume(org.id, 60, session=session)
+        clock.advance(DAY)
+
+        await orgs.change_plan(org.id, large.code, session=session)
+
+        top_up = (await ledger(session, org.id))[-1]
+        assert (top_up.type, top_up.amount, top_up.balance_after, top_up.idempotency_key) == (
+            GRANT,
+            900,
+            940,
+            "refill:2025-03:1000",
+        )
+        assert sum(g.amount for g in await grants(session, org.id)) == 1000
+        assert (await credits.refill_once(org.id, session=session)).granted == 0
+        assert await credits.verify(session=session) == []
+
+    async def test_a_downgrade_takes_nothing_back_and_a_return_grants_nothing_more(
+        self, database: Database, credits: CreditService, session: AsyncSession, clock: Clock
+    ) -> None:
+        small = await create_plan(session, credits_per_period=100, credits_rollover=False)
+        large = await create_plan(session, credits_per_period=1000, credits_rollover=False)
+        middle = await create_plan(session, credits_per_period=500, credits_rollover=False)
+        orgs = self.orgs(database, credits)
+        org = await orgs.create(name="Down", plan=large.code, session=session)
+        await credits.consume(org.id, 700, session=session)
+
+        await orgs.change_plan(org.id, small.code, session=session)
+        assert await credits.balance(org.id, session=session) == 300
+        await orgs.change_plan(org.id, middle.code, session=session)
+        await orgs.change_plan(org.id, large.code, session=session)
+        assert await credits.balance(org.id, session=session) == 300  # never past 1000 a month
+        assert len(await ledger(session, org.id)) == 2
+
+        clock.set(datetime(2025, 4, 3, tzinfo=UTC))
+        await orgs.change_plan(org.id, small.code, session=session)  # April: the small plan's
+        april = await credits.refill_once(org.id, session=session)
+        assert april.granted == 0  # the plan change already granted April's
+        assert await credits.balance(org.id, session=session) == 100
+        assert [(tx.type, tx.amount) for tx in await ledger(session, org.id)][-2:] == [
+            (EXPIRE, -300),
+            (GRANT, 100),
+        ]
+
+    async def test_a_plan_change_before_the_months_refill_grants_the_allowance_once(
+        self, database: Database, credits: CreditService, session: AsyncSession, clock: Clock
+    ) -> None:
+        small = await create_plan(session, credits_per_period=100, credits_rollover=True)
+        large = await create_plan(session, credits_per_period=1000, credits_rollover=True)
+        orgs = self.orgs(database, credits)
+        org = await orgs.create(name="Early", plan=small.code, session=session)
+        clock.set(datetime(2025, 4, 2, tzinfo=UTC))
+
+        await orgs.change_plan(org.id, large.code, session=session)
+        refill = await credits.refill_once(org.id, session=session)
+
+        assert refill.granted == 0
+        assert refill.transaction is not None
+        assert refill.transaction.idempotency_key == "refill:2025-04"
+        assert await credits.balance(org.id, session=session) == 1100  # March's 100 rolled over
 
 
 class TestBalanceAfter:

@@ -1,4 +1,5 @@
-"""`saascore credits`: grant credits, show a balance, verify the ledger."""
+"""`saascore credits`: grant credits, refill the plans' credits, show a balance, verify the
+ledger."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from saascore.cli._output import new_table, print_table
 from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
-from saascore.credits import CreditAccount, LedgerProblem
+from saascore.credits import CreditAccount, LedgerProblem, Refill
 from saascore.kit.errors import InvalidInput
 from saascore.kit.validation import checked_instant
 from saascore.models import CreditSource, CreditTransaction
 
 __all__ = ["app"]
 
-app = typer.Typer(name="credits", help="Credits: grant, balance, verify.", no_args_is_help=True)
+app = typer.Typer(
+    name="credits", help="Credits: grant, refill, balance, verify.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -62,6 +65,45 @@ def grant(
 
     transaction = run_with_core(load_settings(), work)
     typer.echo(f"granted {transaction.amount}; balance {transaction.balance_after}")
+
+
+@app.command()
+@handle_errors
+def refill(
+    org: Annotated[
+        str | None, typer.Option("--org", help="One organisation: its id or external id.")
+    ] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every organisation that is not deleted.")
+    ] = False,
+) -> None:
+    """Grant the month's plan credits: up to each plan's credits_per_period, once a month
+    (running it twice grants once; a replay says "already applied")."""
+    if (org is None) == (not all_):
+        fail("name the organisations: --org ID or --all", EXIT_USAGE)
+
+    async def work(core: Saascore) -> list[Refill]:
+        if org is not None:
+            organization = await core.orgs.resolve(org)
+            return [await core.credits.refill_once(organization.id)]
+        return [outcome async for outcome in core.credits.refill_all()]
+
+    outcomes = run_with_core(load_settings(), work)
+    granted = 0
+    for outcome in outcomes:
+        if outcome.granted:
+            granted += 1
+            assert outcome.transaction is not None
+            typer.echo(
+                f"{outcome.organization_id}: granted {outcome.granted}; "
+                f"balance {outcome.transaction.balance_after}"
+            )
+        elif outcome.transaction is None:
+            typer.echo(f"{outcome.organization_id}: its plan grants no credits")
+        else:
+            typer.echo(f"{outcome.organization_id}: already applied")
+    if all_:
+        typer.echo(f"{granted} of {len(outcomes)} organisations granted credits")
 
 
 @app.command()

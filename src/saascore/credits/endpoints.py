@@ -10,8 +10,9 @@ from fastapi import APIRouter, Depends, Query, Response, status
 
 from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
 from saascore.api.errors import error_responses
-from saascore.credits.errors import BalanceOverflow
+from saascore.credits.errors import BalanceOverflow, InsufficientCredits
 from saascore.credits.schemas import (
+    CreditConsume,
     CreditGrantCreate,
     CreditsResponse,
     CreditTransactionOut,
@@ -39,6 +40,7 @@ __all__ = [
 
 BillingReader = Annotated[Principal, Depends(require(Permission.BILLING_READ))]
 BillingWriter = Annotated[Principal, Depends(require(Permission.BILLING_WRITE))]
+CreditsWriter = Annotated[Principal, Depends(require(Permission.CREDITS_WRITE))]
 
 
 def create_credits_router() -> APIRouter:
@@ -69,6 +71,43 @@ def create_credits_router() -> APIRouter:
         return Page(
             items=[CreditTransactionOut.model_validate(t) for t in items], next_cursor=next_cursor
         )
+
+    @router.post(
+        "/consume",
+        status_code=status.HTTP_201_CREATED,
+        responses={
+            200: {
+                "description": "A retry: the consumption its key made before",
+                "model": CreditTransactionOut,
+            },
+            **error_responses(
+                *AUTH_ERRORS, PermissionDenied, InsufficientCredits, IdempotencyConflict
+            ),
+        },
+    )
+    async def consume_credits(
+        body: CreditConsume,
+        principal: CreditsWriter,
+        core: CoreDep,
+        session: SessionDep,
+        response: Response,
+    ) -> CreditTransactionOut:
+        """Draw credits from your organisation's balance (needs `credits:write`), from the
+        grants in draw order. A balance short of `amount` is 402 `insufficient_credits` and
+        draws nothing; racing requests never draw past the balance. Idempotent on
+        `idempotency_key`: a retry answers 200 with the first consumption and draws nothing;
+        the same key with another amount or reference is 409 `idempotency_conflict`."""
+        consumed = await core.credits.consume_once(
+            principal.tenant,
+            body.amount,
+            idempotency_key=body.idempotency_key,
+            reference=body.reference,
+            description=body.description,
+            session=session,
+        )
+        if consumed.replayed:
+            response.status_code = status.HTTP_200_OK
+        return CreditTransactionOut.model_validate(consumed.transaction)
 
     @router.put(
         "/low-threshold",

@@ -10,10 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from saascore.credits.service import CreditAccount
 from saascore.kit.inputs import StrictInt
 from saascore.kit.validation import Instant
+from saascore.metering.schemas import PLAIN_TEXT
 from saascore.models import CreditSource, CreditTransactionType
 from saascore.plans.catalog import INT32, INT64
 
 __all__ = [
+    "CreditConsume",
     "CreditGrantCreate",
     "CreditGrantOut",
     "CreditTransactionOut",
@@ -95,6 +97,29 @@ class CreditGrantCreate(_Body):
     )
     expires_at: Instant | None = Field(default=None, examples=[None])
     description: str | None = Field(default=None, max_length=1000, examples=["goodwill credits"])
+
+
+class CreditConsume(_Body):
+    """Credits to draw from your organisation's balance, once per `idempotency_key`."""
+
+    amount: StrictInt = Field(ge=1, le=INT64, description="Credits to draw", examples=[30])
+    idempotency_key: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=PLAIN_TEXT,
+        description="Retrying with the same key answers the first consumption and draws nothing",
+        examples=["job-4417"],
+    )
+    reference: str | None = Field(
+        default=None,
+        max_length=255,
+        pattern=PLAIN_TEXT,
+        description="Your own reference for the ledger (a job, a request)",
+        examples=["job-4417"],
+    )
+    description: str | None = Field(
+        default=None, max_length=1000, pattern=PLAIN_TEXT, examples=["PDF summary"]
+    )
 
 
 class LowThreshold(_Body):

@@ -14,7 +14,7 @@ with an `expire` transaction by the next operation on its organisation or by `ex
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,11 +52,12 @@ from saascore.models import (
     CreditTransaction,
     CreditTransactionType,
     Organization,
+    OrganizationStatus,
     SubscriptionPlan,
     UsageLimits,
 )
 
-__all__ = ["CreditAccount", "CreditService", "Granted", "LedgerProblem"]
+__all__ = ["Consumed", "CreditAccount", "CreditService", "Granted", "LedgerProblem", "Refill"]
 
 
 _DRAW_ORDER = (
@@ -84,6 +85,25 @@ class Granted:
 
     transaction: CreditTransaction
     replayed: bool
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A consumption's transaction, and whether it is an earlier one that its key replayed."""
+
+    transaction: CreditTransaction
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Refill:
+    """What `refill_once` did for one organisation."""
+
+    organization_id: uuid.UUID
+    #: Credits this call granted; 0 when the month's plan credits were already granted.
+    granted: int
+    #: The grant it made, or else the month's latest plan grant (None: the plan grants none).
+    transaction: CreditTransaction | None
 
 
 @dataclass(frozen=True)
@@ -227,22 +247,45 @@ class CreditService:
         description: str | None = None,
         session: AsyncSession | None = None,
     ) -> CreditTransaction:
+        """Take `amount` credits (`consume_once`, answering the transaction)."""
+        consumed = await self.consume_once(
+            org_id,
+            amount,
+            idempotency_key=idempotency_key,
+            reference=reference,
+            description=description,
+            session=session,
+        )
+        return consumed.transaction
+
+    async def consume_once(
+        self,
+        org_id: uuid.UUID,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        reference: str | None = None,
+        description: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> Consumed:
         """Take `amount` credits, drawing on grants in draw order.
 
         Raises `InsufficientCredits(balance, requested)` and consumes nothing when the balance
-        is short.
+        is short. Idempotent on `idempotency_key`: a retry, even racing the first call, answers
+        the first transaction with `replayed` set; the same key with a different amount or
+        reference raises `IdempotencyConflict`.
         """
         _positive(amount)
         request = {"op": "consume", "amount": amount, "reference": reference}
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)
             if (replay := await self._replay(s, org_id, idempotency_key, request)) is not None:
-                return replay
+                return Consumed(replay, replayed=True)
             now = self.clock()
             await self._expire_lapsed(s, account, now)
             draws = await self._draw(s, account, amount, now)
             account.credits_consumed_total += amount
-            return await self._append(
+            transaction = await self._append(
                 s,
                 account,
                 CreditTransactionType.CONSUME,
@@ -254,6 +297,7 @@ class CreditService:
                 reference=reference,
                 description=description,
             )
+            return Consumed(transaction, replayed=False)
 
     async def adjust(
         self,
@@ -411,12 +455,29 @@ class CreditService:
     async def refill(
         self, org_id: uuid.UUID, *, session: AsyncSession | None = None
     ) -> CreditTransaction | None:
-        """Grant the plan's `credits_per_period` for the current month, once per month however
-        many callers race. Without rollover, the grant expires when the month ends. Returns
-        the month's grant transaction (None if the plan grants no credits)."""
+        """`refill_once`, answering the period's latest plan grant (None if there is none)."""
+        return (await self.refill_once(org_id, session=session)).transaction
+
+    async def refill_once(
+        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+    ) -> Refill:
+        """Bring the month's plan credits up to the plan's `credits_per_period`.
+
+        The rule, for creation, plan changes and the period refill alike: in each calendar
+        month (UTC) the organisation's plan grants add up to the allowance of the richest plan
+        it was on during the month, never more. So the first call of a month grants the
+        allowance (key `refill:YYYY-MM`); after an upgrade, the next call grants the
+        difference (key `refill:YYYY-MM:<allowance>`); a downgrade takes nothing back (what
+        was granted stays, spent or not), and the next month grants the new plan's allowance.
+        Without rollover, the month's plan grants expire when it ends.
+
+        Runs under the organisation's credit lock, so racing calls grant once; a call with
+        nothing to grant changes nothing and answers `granted == 0`."""
         now = self.clock()
         period = month_start(now)
+        key = f"refill:{period:%Y-%m}"
         async with self.database.scope(session) as s:
+            account = await usage_account(s, org_id)  # the lock first: the plan read is current
             plan = (
                 await s.execute(
                     sa.select(
@@ -428,41 +489,92 @@ class CreditService:
             ).one_or_none()
             if plan is None:
                 raise NotFound(f"no organisation {org_id}", organization=str(org_id))
-            credits, rollover = plan
-            if credits <= 0:
-                return None
-            key = f"refill:{period:%Y-%m}"
+            allowance, rollover = plan
+            of_period = sa.and_(
+                CreditGrant.organization_id == org_id,
+                CreditGrant.source == CreditSource.PLAN,
+                sa.or_(
+                    CreditGrant.idempotency_key == key,
+                    CreditGrant.idempotency_key.like(f"{key}:%"),
+                ),
+            )
+            granted = int(
+                await s.scalar(
+                    sa.select(sa.func.coalesce(sa.func.sum(CreditGrant.amount), 0)).where(of_period)
+                )
+                or 0
+            )
+            if allowance <= granted:
+                latest = (
+                    await s.scalars(
+                        sa.select(CreditTransaction)
+                        .join(
+                            CreditGrant,
+                            sa.and_(
+                                CreditGrant.organization_id == CreditTransaction.organization_id,
+                                CreditGrant.id == CreditTransaction.grant_id,
+                            ),
+                        )
+                        .where(of_period, CreditTransaction.type == CreditTransactionType.GRANT)
+                        .order_by(CreditTransaction.id.desc())
+                        .limit(1)
+                    )
+                ).one_or_none()
+                return Refill(org_id, 0, latest)
+            amount = allowance - granted
+            if granted:
+                key = f"{key}:{allowance}"
             ends = next_month_start(now)
-            account = await usage_account(s, org_id)
-            existing = await self._find_by_key(s, org_id, key)
-            if existing is not None:
-                return existing
-            _room(account, credits)
+            _room(account, amount)
             await self._expire_lapsed(s, account, now)
             grant = await self._new_grant(
                 s,
                 org_id,
-                credits,
+                amount,
                 source=CreditSource.PLAN,
                 expires_at=None if rollover else ends,
                 idempotency_key=key,
-                description=f"plan credits for {period:%Y-%m}",
+                description=f"plan credits for {period:%Y-%m}"
+                + (f" (up to {allowance})" if granted else ""),
                 now=now,
             )
-            account.credits_granted_total += credits
+            account.credits_granted_total += amount
             account.last_credit_refill_at = now
             account.next_credit_refill_at = ends
-            return await self._append(
+            transaction = await self._append(
                 s,
                 account,
                 CreditTransactionType.GRANT,
-                credits,
+                amount,
                 now,
                 grant_id=grant.id,
                 idempotency_key=key,
-                request={"op": "refill", "period": period},
+                request={"op": "refill", "period": period, "allowance": allowance},
                 description=grant.description,
             )
+            return Refill(org_id, amount, transaction)
+
+    async def refill_all(self) -> AsyncIterator[Refill]:
+        """`refill_once` for every organisation that is not deleted, oldest first, each in a
+        transaction of its own (so one organisation's lock is held only for its own refill);
+        yields each organisation's outcome as it commits."""
+        after: uuid.UUID | None = None
+        while True:
+            query = (
+                sa.select(Organization.id)
+                .where(Organization.status != OrganizationStatus.DELETED)
+                .order_by(Organization.id)
+                .limit(500)
+            )
+            if after is not None:
+                query = query.where(Organization.id > after)
+            async with self.database.scope(None, readonly=True) as s:
+                ids = (await s.scalars(query)).all()
+            if not ids:
+                return
+            for org_id in ids:
+                yield await self.refill_once(org_id)
+            after = ids[-1]
 
     # --- reads ---------------------------------------------------------------------------------
     async def balance(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> int:

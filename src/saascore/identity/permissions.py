@@ -6,6 +6,7 @@
 | `usage:write`   | yes   | yes   | yes    |        | usage events and reservations                |
 | `billing:read`  | yes   | yes   | yes    | yes    | credits and their transactions               |
 | `billing:write` | yes   | yes   |        |        | plan and billing changes                     |
+| `credits:write` | yes   | yes   | yes    |        | drawing credits (`POST /v1/credits/consume`) |
 | `admin`         | yes   | yes   |        |        | users, everyone's API keys, settings, audit  |
 
 Only an owner may make or unmake an owner. An API key's scopes are permissions; a key that acts
@@ -30,6 +31,7 @@ class Permission(StrEnum):
     USAGE_WRITE = "usage:write"
     BILLING_READ = "billing:read"
     BILLING_WRITE = "billing:write"
+    CREDITS_WRITE = "credits:write"
     ADMIN = "admin"
 
 
@@ -39,7 +41,7 @@ _READ: Final = frozenset({Permission.USAGE_READ, Permission.BILLING_READ})
 ROLE_PERMISSIONS: Final[dict[UserRole, frozenset[Permission]]] = {
     UserRole.OWNER: _ALL,
     UserRole.ADMIN: _ALL,
-    UserRole.MEMBER: _READ | {Permission.USAGE_WRITE},
+    UserRole.MEMBER: _READ | {Permission.USAGE_WRITE, Permission.CREDITS_WRITE},
     UserRole.VIEWER: _READ,
 }
 

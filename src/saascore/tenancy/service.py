@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +46,7 @@ __all__ = [
     "OrganizationExists",
     "OrganizationNotFound",
     "OrganizationService",
+    "PlanCredits",
     "locked_organization",
     "normalize_email",
     "slugify",
@@ -177,6 +178,16 @@ async def locked_organization(
     return organization
 
 
+class PlanCredits(Protocol):
+    """What grants an organisation its plan's credits (`CreditService`, wired by `Saascore`).
+
+    `refill` brings the month's plan credits up to the organisation's current plan; it is
+    called in the same transaction when an organisation is created and when its plan changes.
+    """
+
+    async def refill(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> object: ...
+
+
 class OrganizationService:
     def __init__(
         self,
@@ -184,10 +195,13 @@ class OrganizationService:
         plans: PlanService,
         events: EventBus | None = None,
         *,
+        plan_credits: PlanCredits | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
         self.plans = plans
+        #: Grants the plan's credits at creation and on a plan change (None: no credits).
+        self.plan_credits = plan_credits
         self.events = events if events is not None else audited_bus(AuditService(database))
         self.clock = clock
 
@@ -204,7 +218,8 @@ class OrganizationService:
     ) -> Organization:
         """Create an organisation on a plan (by code; the default plan if None).
 
-        Its `usage_limits` row is created in the same transaction. The slug comes from the
+        Its `usage_limits` row, and the plan's credits for the month (with `plan_credits`), are
+        created in the same transaction. The slug comes from the
         name, with a random suffix when the plain slug is taken. With an `actor`, the creation
         emits `organization.created`, which opens the organisation's audit chain; without
         one (registration, provisioning), the caller's own event says what happened.
@@ -255,6 +270,8 @@ class OrganizationService:
                     actor=actor,
                     target_id=organization.id,
                 )
+            if self.plan_credits is not None:
+                await self.plan_credits.refill(organization.id, session=s)
         return organization
 
     async def get(
@@ -358,7 +375,9 @@ class OrganizationService:
         session: AsyncSession | None = None,
     ) -> Organization:
         """Move the organisation to another plan (by code), audited as `plan.changed` with
-        the codes from and to. Moving it to the plan it is on changes nothing."""
+        the codes from and to, and bring the month's plan credits up to the new plan's
+        allowance (see `CreditService.refill_once`: nothing is taken back on a downgrade).
+        Moving it to the plan it is on changes nothing."""
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id, with_plan=True)
             _check_not_deleted(organization)
@@ -376,6 +395,8 @@ class OrganizationService:
                     actor=actor,
                     target_id=org_id,
                 )
+                if self.plan_credits is not None:
+                    await self.plan_credits.refill(org_id, session=s)
         return organization
 
     async def suspend(
