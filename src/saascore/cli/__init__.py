@@ -46,7 +46,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "plans": ("saascore.cli.plans", "The plan catalog: load, list."),
     "orgs": ("saascore.cli.orgs", "Organisations (tenants): create, list."),
     "usage": ("saascore.cli.usage", "Usage: report, import, sweep."),
-    "credits": ("saascore.cli.credits", "Credits: grant, balance, verify."),
+    "credits": ("saascore.cli.credits", "Credits: grant, refill, balance, verify."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),
