@@ -19,7 +19,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_a_host_app_mounts_only_the_routers_it_wants(scratch: Database) -> None:
-    settings = scratch.settings.model_copy(update={"auth_requests_per_minute": None})
+    # New customers start on Pro, a plan with API access (the default catalog's free plan has none).
+    settings = scratch.settings.model_copy(
+        update={"auth_requests_per_minute": None, "default_plan": "pro"}
+    )
     core = Saascore(settings, database=scratch)
     app = FastAPI(lifespan=saascore_lifespan(core, owned=False))
     install(app, settings)

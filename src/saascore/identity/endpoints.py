@@ -33,6 +33,7 @@ from saascore.identity.errors import (
     WeakPassword,
 )
 from saascore.identity.permissions import Permission
+from saascore.plans.errors import PlanFeatureMissing
 from saascore.identity.principal import Principal, PrincipalKind
 from saascore.identity.schemas import (
     ApiKeyCreate,
@@ -238,7 +239,7 @@ def create_api_keys_router() -> APIRouter:
     @router.post(
         "",
         status_code=status.HTTP_201_CREATED,
-        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidInput),
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, PlanFeatureMissing, InvalidInput),
     )
     async def create_api_key(
         body: ApiKeyCreate,
@@ -248,7 +249,8 @@ def create_api_keys_router() -> APIRouter:
         origin: OriginDep,
     ) -> ApiKeyCreated:
         """Create a key acting for you (or, for a service key made with an admin key, for the
-        organisation). Its scopes cannot exceed your own permissions."""
+        organisation). Its scopes cannot exceed your own permissions, and the organisation's
+        plan must include API access (403 `plan_feature_missing` otherwise)."""
         own_only(principal)
         beyond = sorted(set(body.scopes) - principal.permissions)
         if beyond:
