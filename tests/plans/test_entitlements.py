@@ -63,13 +63,16 @@ class TestApiKeysNeedApiAccess:
             assert await keys_of(scratch, org.id) == 0
             async with scratch.session(readonly=True) as s:
                 actions = (
-                    await s.scalars(sa.select(AuditLog.action).where(AuditLog.organization_id == org.id))
+                    await s.scalars(
+                        sa.select(AuditLog.action).where(AuditLog.organization_id == org.id)
+                    )
                 ).all()
             assert "api_key.created" not in actions
 
             pro = await core.orgs.create(name="Pro Co", plan="pro")
             key, raw = await core.api_keys.create(pro.id, name="k", scopes=["usage:read"])
-            assert raw.startswith("sk_live_") and key.organization_id == pro.id
+            assert raw.startswith("sk_live_")
+            assert key.organization_id == pro.id
 
     async def test_operator_keys_need_no_plan(self, scratch: Database) -> None:
         async with Saascore(scratch.settings, database=scratch) as core:
@@ -142,7 +145,7 @@ class TestRequire:
 class TestExampleCatalog:
     async def test_it_loads_and_its_features_and_limits_apply(self, scratch: Database) -> None:
         catalog = read_catalog(EXAMPLE_CATALOG)
-        assert PRODUCT_FEATURES <= set(catalog.plans["pro"].features)
+        assert set(catalog.plans["pro"].features) >= PRODUCT_FEATURES
         async with Saascore(scratch.settings, database=scratch) as core:
             await core.plans.load_catalog(catalog)
             free = await core.orgs.create(name="Example Free", plan="free")
@@ -169,4 +172,5 @@ class TestExampleCatalog:
                     .join(Organization, Organization.plan_id == SubscriptionPlan.id)
                     .where(Organization.id == free.id)
                 )
-            assert plan is not None and plan.max_products_per_batch == 5
+            assert plan is not None
+            assert plan.max_products_per_batch == 5

@@ -33,7 +33,6 @@ from saascore.identity.errors import (
     WeakPassword,
 )
 from saascore.identity.permissions import Permission
-from saascore.plans.errors import PlanFeatureMissing
 from saascore.identity.principal import Principal, PrincipalKind
 from saascore.identity.schemas import (
     ApiKeyCreate,
@@ -61,7 +60,7 @@ from saascore.kit.pagination import (
 )
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.ratelimit import PlanRateLimits, RateLimited
-from saascore.plans.errors import PlanNotFound
+from saascore.plans.errors import PlanFeatureMissing, PlanNotFound
 from saascore.tenancy.service import OrganizationExists
 
 __all__ = ["create_api_keys_router", "create_auth_router"]

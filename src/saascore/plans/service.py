@@ -109,9 +109,7 @@ class PlanService:
             raise NotFound(f"no organisation {org_id}", organization=str(org_id))
         return plan
 
-    async def has(
-        self, org_id: UUID, *, feature: str, session: AsyncSession | None = None
-    ) -> bool:
+    async def has(self, org_id: UUID, *, feature: str, session: AsyncSession | None = None) -> bool:
         """Whether the organisation's plan includes `feature` (see `plan_has`)."""
         return plan_has(await self.plan_of(org_id, session=session), feature)
 
