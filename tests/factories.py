@@ -62,8 +62,13 @@ async def _save(session: AsyncSession, row: T) -> T:
 async def create_plan(
     session: AsyncSession, *, code: str | None = None, **overrides: Any
 ) -> SubscriptionPlan:
+    """A plan with API access (so its organisations can make keys) unless `api_access=False`."""
     code = code or random_code("plan")
-    values: dict[str, Any] = {"name": code.replace("_", " ").title(), **overrides}
+    values: dict[str, Any] = {
+        "name": code.replace("_", " ").title(),
+        "api_access": True,
+        **overrides,
+    }
     return await _save(session, SubscriptionPlan(code=code, **values))
 
 

@@ -18,7 +18,7 @@ from saascore import Saascore
 from saascore.api import create_app
 from saascore.kit.db import Database
 from saascore.models import Organization, PlanLimit, SubscriptionPlan
-from saascore.testing import TestTenant, register_tenant
+from saascore.testing import TestTenant, add_api_key, register_tenant
 from tests.factories import create_plan
 
 
@@ -53,14 +53,12 @@ async def tenant(
     name: str | None = "Test User",
     **columns: Any,
 ) -> TestTenant:
-    """`saascore.testing.register_tenant` (an API key with `scopes` if given), then the
-    organisation moved, behind the app's back (no audit entry, no event), off the free plan's
-    5 requests a minute: to the existing plan `plan` (a code), or else to a new plan of its own
-    with `columns` (`SubscriptionPlan`'s), `limits` rows (metric: (limit, hard)) and no rate
-    limits."""
-    registered = await register_tenant(
-        client, email=email, password=password, name=name, scopes=scopes
-    )
+    """`saascore.testing.register_tenant`, then the organisation moved, behind the app's back
+    (no audit entry, no event), off the free plan's 5 requests a minute: to the existing plan
+    `plan` (a code), or else to a new plan of its own with `columns` (`SubscriptionPlan`'s;
+    API access unless `api_access=False`), `limits` rows (metric: (limit, hard)) and no rate
+    limits; then an API key with `scopes` if given, made on that plan."""
+    registered = await register_tenant(client, email=email, password=password, name=name)
     async with database.transaction() as session:
         if plan is not None:
             assert not columns, "an existing plan takes no columns"
@@ -82,4 +80,6 @@ async def tenant(
             .where(Organization.id == registered.organization_id)
             .values(plan_id=plan_id)
         )
+    if scopes is not None:
+        registered = await add_api_key(client, registered, scopes)
     return registered

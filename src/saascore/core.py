@@ -71,7 +71,7 @@ class Saascore:
             principals=self.principals,
             rate_limiter=self.rate_limiter,
         )
-        self.api_keys = ApiKeyService(self.database, self.events)
+        self.api_keys = ApiKeyService(self.database, self.events, plans=self.plans)
         self.webhooks = WebhookService(
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )

@@ -19,7 +19,9 @@ is dropped):
 
 And an account through the API: `register_and_login` gives the owner's `Authorization` header,
 `register_tenant` the whole `TestTenant` (organisation and owner ids, credentials, tokens) and,
-given `scopes`, an API key of the owner's with those scopes:
+given `scopes`, an API key of the owner's with those scopes (the new organisation is on the
+`default_plan`, which must then include API access; or move it to such a plan, then
+`add_api_key`):
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         headers = await register_and_login(c)
@@ -54,6 +56,7 @@ from saascore.plans import Catalog, PlanService, read_catalog
 
 __all__ = [
     "TestTenant",
+    "add_api_key",
     "create_test_engine",
     "create_test_session_factory",
     "register_and_login",
@@ -207,8 +210,17 @@ async def register_tenant(
     )
     if scopes is None:
         return tenant
+    return await add_api_key(client, tenant, scopes)
+
+
+async def add_api_key(
+    client: httpx.AsyncClient, tenant: TestTenant, scopes: Sequence[str], *, name: str = "test key"
+) -> TestTenant:
+    """The tenant with a new API key of its owner's (`POST /v1/api-keys`). The organisation's
+    plan must include API access (in the default catalog, Pro and up): a tenant registered on
+    the free plan is moved to such a plan first, or the host app's `default_plan` is one."""
     created = await client.post(
-        "/v1/api-keys", json={"name": "test key", "scopes": list(scopes)}, headers=tenant.headers
+        "/v1/api-keys", json={"name": name, "scopes": list(scopes)}, headers=tenant.headers
     )
     if created.status_code != 201:
         raise AssertionError(f"API key refused: {created.status_code} {created.text}")

@@ -19,8 +19,13 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_a_host_app_mounts_only_the_routers_it_wants(scratch: Database) -> None:
-    settings = scratch.settings.model_copy(update={"auth_requests_per_minute": None})
-    core = Saascore(settings, database=scratch)
+    # New customers start on Pro, a plan with API access (the default catalog's free plan has
+    # none): the database's settings name the plan that organisations are created on.
+    settings = scratch.settings.model_copy(
+        update={"auth_requests_per_minute": None, "default_plan": "pro"}
+    )
+    database = Database(settings)
+    core = Saascore(settings, database=database)
     app = FastAPI(lifespan=saascore_lifespan(core, owned=False))
     install(app, settings)
     app.include_router(create_health_router("host-service"))
@@ -59,3 +64,4 @@ async def test_a_host_app_mounts_only_the_routers_it_wants(scratch: Database) ->
         assert refused.json()["error"]["code"] == "unauthenticated"
         assert (await client.get("/v1/credits", headers=api_key)).status_code == 404
     await core.rate_limiter.close()
+    await database.dispose()

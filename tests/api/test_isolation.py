@@ -123,7 +123,9 @@ async def world(scratch: Database) -> AsyncIterator[World]:
     application, core = api_app(scratch, auth_requests_per_minute=None)
     async with serving(application, core) as client:
         async with scratch.transaction() as s:  # off the free plan's 5 requests a minute
-            plan = SubscriptionPlan(code=random_code("unlimited"), name="Unlimited")
+            plan = SubscriptionPlan(
+                code=random_code("unlimited"), name="Unlimited", api_access=True
+            )
             s.add(plan)
         a = await tenant(client, scratch, plan=plan.code)
         b = await tenant(client, scratch, plan=plan.code)

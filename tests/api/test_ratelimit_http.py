@@ -24,7 +24,7 @@ from saascore.testing import register_and_login
 from tests.api.test_metrics import connections_on_each_worker, per_process, workers_cli
 from tests.cli.runner import free_port
 from tests.helpers import only_postgresql
-from tests.http import api_app, serving
+from tests.http import api_app, serving, tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -143,11 +143,11 @@ class TestByPlan:
 
 class TestPerOrganisation:
     async def test_several_keys_and_a_user_together_get_exactly_the_plan_limit(
-        self, api: httpx.AsyncClient
+        self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        """The free plan's 5 a minute are the organisation's: 3 keys and their owner, taking
-        turns, get 5 in all (per credential they would have had 20)."""
-        owner = await register_and_login(api)
+        """A plan's 5 a minute (the free plan's, with API access) are the organisation's: 3 keys
+        and their owner, taking turns, get 5 in all (per credential they would have had 20)."""
+        owner = (await tenant(api, scratch, requests_per_minute=5)).headers
         keys = [await create_key(api, owner) for _ in range(3)]  # the owner's 3 requests
         callers = [*keys, owner]
         answers = [await api.get("/v1/me", headers=callers[n % 4]) for n in range(12)]
@@ -157,8 +157,10 @@ class TestPerOrganisation:
         for answer in answers[2:]:
             assert_refused(answer, 5, "minute", 60)
 
-    async def test_keys_racing_get_exactly_the_plan_limit(self, api: httpx.AsyncClient) -> None:
-        owner = await register_and_login(api)
+    async def test_keys_racing_get_exactly_the_plan_limit(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        owner = (await tenant(api, scratch, requests_per_minute=5)).headers
         keys = [await create_key(api, owner) for _ in range(3)]  # 3 of the 5
         answers = await asyncio.gather(*(api.get("/v1/me", headers=keys[n % 3]) for n in range(15)))
         assert sorted(answer.status_code for answer in answers) == [200] * 2 + [429] * 13
@@ -187,7 +189,7 @@ class TestPerCredential:
     async def test_each_credential_is_held_to_its_own_limit_within_the_plan(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        owner = await register_and_login(api)
+        owner = (await tenant(api, scratch, requests_per_minute=5)).headers
         me = await api.get("/v1/me", headers=owner)
         assert window(me)[:2] == (2, 1)  # the owner's 1 left is tighter than the plan's 4
         first, second = await keys_of(scratch, uuid.UUID(me.json()["organization"]["id"]), 2)
@@ -230,7 +232,8 @@ async def test_without_its_storage_the_limiter_refuses(scratch: Database) -> Non
 
 
 async def key_on_plan(database: Database, code: str, plan: PlanSpec) -> dict[str, str]:
-    """An API key of a new organisation on a new plan `code`."""
+    """An API key of a new organisation on a new plan `code` (`plan` with API access)."""
+    plan = plan.model_copy(update={"api_access": True})
     async with Saascore(database.settings, database=database) as core:
         await core.plans.load_catalog(Catalog(plans={code: plan}))
         organization = await core.orgs.create(name=f"On {code}", plan=code)

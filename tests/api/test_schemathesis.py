@@ -62,7 +62,8 @@ class Server:
 
 
 def owner_key(server: Server) -> str:
-    """An API key with every scope, of a new organisation on a plan without rate limits."""
+    """An API key with every scope, of a new organisation on a plan without rate limits (and
+    with API access)."""
     tag = uuid.uuid4().hex[:8]
     registered = httpx.post(
         f"{server.url}/v1/auth/register",
@@ -79,7 +80,7 @@ def owner_key(server: Server) -> str:
         database = Database(server.settings)
         try:
             async with database.transaction() as s:
-                plan = SubscriptionPlan(code=random_code("fuzz"), name="Fuzz")
+                plan = SubscriptionPlan(code=random_code("fuzz"), name="Fuzz", api_access=True)
                 s.add(plan)
                 await s.flush()
                 await s.execute(

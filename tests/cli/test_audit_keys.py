@@ -36,11 +36,12 @@ class Setup:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def setup(migrated_cli: Cli, empty_database: Database) -> Setup:
-    """The default catalog; organisation `acme` with a member ada@example.com, and `globex`."""
+    """The default catalog; organisation `acme` (on Pro, which has API access) with a member
+    ada@example.com, and `globex` (on Free, which has none)."""
     plans = PlanService(empty_database)
     await plans.load_catalog(read_catalog())
     orgs = OrganizationService(empty_database, plans)
-    acme = await orgs.create(name="Acme", external_id="acme")
+    acme = await orgs.create(name="Acme", external_id="acme", plan="pro")
     globex = await orgs.create(name="Globex", external_id="globex")
     users = UserService(empty_database, audited_bus(AuditService(empty_database)))
     ada = await users.create(acme.id, email="ada@example.com", role=UserRole.MEMBER)
@@ -169,6 +170,7 @@ class TestKeys:
             ["keys", "create", "--name", "x", "--org", "acme", "--scopes", "usage:root"],
             ["keys", "create", "--name", "x", "--org", "acme", "--user", "eve@example.com"],
             ["keys", "create", "--name", "  ", "--org", "acme"],
+            ["keys", "create", "--name", "x", "--org", "globex"],
             ["keys", "list"],
             ["keys", "revoke", "not-a-key"],
             ["keys", "revoke", missing],
@@ -191,6 +193,7 @@ class TestKeys:
             ),
             (1, "saascore: no user eve@example.com in this organisation"),
             (1, "saascore: a key needs a name of 1 to 255 characters"),
+            (1, "saascore: the Free plan does not include API access"),
             (2, "saascore: name the key's owner: --org ID or --operator"),
             (2, "saascore: 'not-a-key' is not a key id (a UUID, as 'saascore keys list' shows)"),
             (1, f"saascore: no key {missing}"),

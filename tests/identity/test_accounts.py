@@ -470,7 +470,7 @@ class TestLastUsed:
         orgs = OrganizationService(scratch, PlanService(scratch))
         identity = IdentityService(scratch, scratch.settings, orgs, audited_bus(audit), clock=clock)
         keys = ApiKeyService(scratch, audited_bus(audit), clock=clock)
-        organization = await orgs.create(name="last used")
+        organization = await orgs.create(name="last used", plan="pro")  # API access
         row, raw = await keys.create(organization.id, name="k", scopes=["usage:read"])
 
         async def stamp() -> object:

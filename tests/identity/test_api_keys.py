@@ -9,8 +9,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from saascore.kit.db import Database
 from saascore.models import ApiKey, UserRole
-from saascore.testing import register_and_login
+from tests.http import tenant
 from tests.identity.support import Served, add_user, audit_actions, register
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -141,9 +142,9 @@ class TestKeysManagingKeys:
     not mint a successor or revoke its user's other keys."""
 
     async def test_a_key_without_admin_cannot_create_list_or_revoke_keys(
-        self, api: httpx.AsyncClient
+        self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        owner = await register_and_login(api)
+        owner = (await tenant(api, scratch)).headers
         made = await api.post(
             "/v1/api-keys", json={"name": "reader", "scopes": ["usage:read"]}, headers=owner
         )

@@ -22,8 +22,7 @@ from saascore.identity.principal import Principal, PrincipalKind
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
 from saascore.models import ApiKey
-from saascore.testing import register_tenant
-from tests.http import api_app, serving
+from tests.http import api_app, serving, tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -67,7 +66,7 @@ async def uncached(scratch: Database) -> AsyncIterator[Served]:
 
 async def new_key(served: Served) -> tuple[uuid.UUID, dict[str, str], dict[str, str]]:
     """A new organisation's owner headers and an API key of theirs."""
-    owner = await register_tenant(served.client, scopes=["usage:write", "usage:read"])
+    owner = await tenant(served.client, served.core.database, scopes=["usage:write", "usage:read"])
     assert owner.api_key_id is not None
     return owner.api_key_id, owner.headers, owner.key_headers
 

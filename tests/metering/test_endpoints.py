@@ -25,7 +25,7 @@ from saascore.kit.db import Database
 from saascore.kit.time import utcnow
 from saascore.metering.schemas import UsageEventPayload
 from saascore.models import ModelPricing, UsageEvent
-from saascore.testing import TestTenant, register_and_login
+from saascore.testing import TestTenant
 from tests.admin import Admin, by_operator, entries, stored
 from tests.factories import random_code
 from tests.http import tenant
@@ -628,10 +628,11 @@ class TestLimitsAndSummary:
 
 class TestTheWholePath:
     async def test_register_key_record_until_refused_then_read_the_summary(
-        self, api: httpx.AsyncClient
+        self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
-        """As a new customer on the default (free) plan: 100,000 tokens a month."""
-        owner = await register_and_login(api)
+        """As a new customer on a plan with the free plan's 100,000 tokens a month, and the API
+        access that the free plan lacks."""
+        owner = (await tenant(api, scratch, monthly_token_limit=100_000)).headers
         created = await api.post(
             "/v1/api-keys",
             json={"name": "backend", "scopes": ["usage:write", "usage:read"]},

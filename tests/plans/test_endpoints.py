@@ -46,17 +46,17 @@ class TestCatalog:
             "monthly_tokens": 1_000_000,
             "storage_mb": 1024,
             "api_calls_per_day": 1000,
-            "products_per_batch": 25,
-            "items": 1000,
-            "secondary": 3,
+            "products_per_batch": None,
+            "items": None,
+            "secondary": None,
             "users": 5,
             "metrics": {},
         }
         assert starter["rate_limits"] == {"requests_per_minute": 20, "requests_per_hour": 500}
         assert starter["credits"] == {"per_period": 100, "rollover": False}
         assert starter["trial_days"] == 14
-        assert starter["api_access"] is True
-        assert starter["features"]["email_support"] is True
+        assert starter["api_access"] is False  # from Pro up (seed 002)
+        assert starter["features"] == {"email_support": True}
 
     async def test_unlimited_is_null(self, api: httpx.AsyncClient) -> None:
         (enterprise,) = [plan for plan in await catalog(api) if plan["code"] == "enterprise"]

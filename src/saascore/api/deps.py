@@ -37,6 +37,7 @@ __all__ = [
     "OriginDep",
     "PrincipalDep",
     "ReadSessionDep",
+    "RequireFeature",
     "SessionDep",
     "TenantDep",
     "client_address",
@@ -184,6 +185,29 @@ class Caller(SecurityBase):
                 raise PermissionDenied("this endpoint is for an organisation's users and keys")
             if self.permission is not None:
                 principal.require(self.permission)
+        return principal
+
+
+class RequireFeature(Caller):
+    """A dependency for a host app's routes: a user or key of an organisation (holding
+    `permission` when one is named) whose plan includes `feature`, else 403
+    `plan_feature_missing` (`core.plans.require`):
+
+        @app.post("/uploads", responses=error_responses(PlanFeatureMissing))
+        async def upload(principal: Annotated[Principal, Depends(RequireFeature("csv_upload"))]):
+            ...
+
+    A feature is a key of the plan's `features` (or `api_access`). Countable limits are meters:
+    `await core.usage.check(principal.tenant, "items", 1)`."""
+
+    def __init__(self, feature: str, *, permission: Permission | None = None) -> None:
+        super().__init__(tenant=True, permission=permission)
+        self.feature = feature
+
+    async def __call__(self, request: Request, response: Response) -> Principal:
+        principal = await super().__call__(request, response)
+        core: Saascore = request.app.state.saascore
+        await core.plans.require(principal.tenant, feature=self.feature)
         return principal
 
 

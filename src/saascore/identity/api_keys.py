@@ -21,6 +21,7 @@ from saascore.kit.errors import InvalidInput
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant
 from saascore.models import ApiKey, ApiKeyEnvironment, OperatorKey
+from saascore.plans.service import API_ACCESS, PlanService
 
 __all__ = ["ApiKeyService"]
 
@@ -39,10 +40,13 @@ class ApiKeyService:
         events: EventBus,
         *,
         clock: Callable[[], datetime] = utcnow,
+        plans: PlanService | None = None,
     ) -> None:
         self.database = database
         self.events = events
         self.clock = clock
+        #: An organisation makes keys only on a plan with API access.
+        self.plans = plans if plans is not None else PlanService(database, events)
 
     def _check_expiry(self, expires_at: datetime | None) -> None:
         if expires_at is None:
@@ -65,7 +69,9 @@ class ApiKeyService:
     ) -> tuple[ApiKey, str]:
         """A new key and its raw value, which is not stored and cannot be shown again.
 
-        A key with a `user_id` acts for that user, and never beyond what the user may do."""
+        A key with a `user_id` acts for that user, and never beyond what the user may do.
+        An organisation whose plan lacks `api_access` is refused (`PlanFeatureMissing`);
+        operators' keys (`create_operator_key`) belong to no plan."""
         name = _check_name(name)
         permissions = parse_scopes(scopes)
         if not permissions:
@@ -73,6 +79,7 @@ class ApiKeyService:
         self._check_expiry(expires_at)
         material = new_key(ApiKeyEnvironment(environment).value)
         async with self.database.scope(session) as s:
+            await self.plans.require(org_id, feature=API_ACCESS, session=s)
             key = ApiKey(
                 organization_id=org_id,
                 user_id=user_id,

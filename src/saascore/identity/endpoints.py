@@ -60,7 +60,7 @@ from saascore.kit.pagination import (
 )
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.ratelimit import PlanRateLimits, RateLimited
-from saascore.plans.errors import PlanNotFound
+from saascore.plans.errors import PlanFeatureMissing, PlanNotFound
 from saascore.tenancy.service import OrganizationExists
 
 __all__ = ["create_api_keys_router", "create_auth_router"]
@@ -238,7 +238,7 @@ def create_api_keys_router() -> APIRouter:
     @router.post(
         "",
         status_code=status.HTTP_201_CREATED,
-        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidInput),
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, PlanFeatureMissing, InvalidInput),
     )
     async def create_api_key(
         body: ApiKeyCreate,
@@ -248,7 +248,8 @@ def create_api_keys_router() -> APIRouter:
         origin: OriginDep,
     ) -> ApiKeyCreated:
         """Create a key acting for you (or, for a service key made with an admin key, for the
-        organisation). Its scopes cannot exceed your own permissions."""
+        organisation). Its scopes cannot exceed your own permissions, and the organisation's
+        plan must include API access (403 `plan_feature_missing` otherwise)."""
         own_only(principal)
         beyond = sorted(set(body.scopes) - principal.permissions)
         if beyond:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from saascore.kit.errors import Conflict, NotFound
+from saascore.kit.errors import Conflict, NotFound, PermissionDenied
 
-__all__ = ["CatalogConflict", "PlanNotFound"]
+__all__ = ["CatalogConflict", "PlanFeatureMissing", "PlanNotFound"]
 
 
 class PlanNotFound(NotFound):
@@ -15,3 +15,9 @@ class CatalogConflict(Conflict):
     """The catalog clashes with itself or with the stored one (nothing was loaded)."""
 
     code = "catalog_conflict"
+
+
+class PlanFeatureMissing(PermissionDenied):
+    """The organisation's plan does not include this feature: a higher plan does."""
+
+    code = "plan_feature_missing"

@@ -17,15 +17,27 @@ from sqlalchemy.orm import selectinload
 from saascore.events.bus import EventBus
 from saascore.events.catalog import CatalogChanged
 from saascore.kit.db import Database
-from saascore.kit.errors import InvalidInput
+from saascore.kit.errors import InvalidInput, NotFound
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
-from saascore.models import Meter, PlanLimit, PlanPrice, SubscriptionPlan
+from saascore.models import Meter, Organization, PlanLimit, PlanPrice, SubscriptionPlan
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
-from saascore.plans.errors import CatalogConflict, PlanNotFound
+from saascore.plans.errors import CatalogConflict, PlanFeatureMissing, PlanNotFound
 
-__all__ = ["UPDATABLE", "CatalogLoadResult", "PlanService"]
+__all__ = ["API_ACCESS", "UPDATABLE", "CatalogLoadResult", "PlanService", "plan_has"]
+
+
+#: The feature that lets an organisation make API keys: the plan's `api_access` column.
+API_ACCESS: Final = "api_access"
+
+
+def plan_has(plan: SubscriptionPlan, feature: str) -> bool:
+    """Whether a plan includes a feature: `api_access` is the plan's column, any other feature
+    an entry of its `features` that is true (a missing, false, zero or empty entry is not)."""
+    if feature == API_ACCESS:
+        return bool(plan.api_access)
+    return bool(plan.features.get(feature))
 
 
 @dataclass
@@ -81,6 +93,41 @@ class PlanService:
         if plan is None:
             raise PlanNotFound(f"no plan with code {code!r}", plan=code)
         return plan
+
+    async def plan_of(
+        self, org_id: UUID, *, session: AsyncSession | None = None
+    ) -> SubscriptionPlan:
+        """The plan an organisation is on (`NotFound` for an organisation that does not exist)."""
+        query = (
+            sa.select(SubscriptionPlan)
+            .join(Organization, Organization.plan_id == SubscriptionPlan.id)
+            .where(Organization.id == org_id)
+        )
+        async with self.database.scope(session, readonly=True) as s:
+            plan = (await s.scalars(query)).one_or_none()
+        if plan is None:
+            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+        return plan
+
+    async def has(self, org_id: UUID, *, feature: str, session: AsyncSession | None = None) -> bool:
+        """Whether the organisation's plan includes `feature` (see `plan_has`)."""
+        return plan_has(await self.plan_of(org_id, session=session), feature)
+
+    async def require(
+        self, org_id: UUID, *, feature: str, session: AsyncSession | None = None
+    ) -> None:
+        """`PlanFeatureMissing` (403 `plan_feature_missing`) unless the organisation's plan
+        includes `feature`: `api_access`, or any key of the plan's `features`
+        (`await core.plans.require(org_id, feature="csv_upload")`). Countable limits are
+        meters instead: `await core.usage.check(org_id, "items", 1)`."""
+        plan = await self.plan_of(org_id, session=session)
+        if not plan_has(plan, feature):
+            label = "API access" if feature == API_ACCESS else repr(feature)
+            raise PlanFeatureMissing(
+                f"the {plan.name} plan does not include {label}",
+                feature=feature,
+                plan=plan.code,
+            )
 
     async def update(
         self, code: str, changes: Mapping[str, Any], *, session: AsyncSession | None = None
