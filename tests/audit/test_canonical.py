@@ -93,7 +93,8 @@ class TestCanonicalText:
             ("ip_address", "'203.0.113.8'"),
             ("user_agent", "'tests u'"),
             ("request_id", "'r2'"),
-            ("hash", "'0' || substr(hash, 2)"),
+            # Another first digit, whatever it was (a hash starts with 0 one time in 16).
+            ("hash", "CASE WHEN substr(hash, 1, 1) = '0' THEN '1' ELSE '0' END || substr(hash, 2)"),
             ("user_id", None),
             ("processing_job_id", None),
             ("created_at", None),
