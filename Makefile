@@ -26,7 +26,7 @@ help:  ## list the targets
 setup: .venv/.synced  ## install saascore and its tools into .venv (uv, pinned by uv.lock)
 
 demo: setup  ## run the service on the embedded SQLite database at http://127.0.0.1:8000
-	$(RUN) saascore demo
+	$(RUN) saascore demo $(if $(PORT),--port $(PORT))
 
 serve: setup  ## run the service on the configured database
 	$(RUN) saascore serve

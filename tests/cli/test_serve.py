@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 import uuid
 from contextlib import closing
@@ -54,6 +55,22 @@ def test_demo(cli: Cli) -> None:
     assert f"http://127.0.0.1:{port}/healthz" in server.stdout
     assert f"http://127.0.0.1:{port}/docs" in server.stdout
     assert "Traceback" not in server.stderr
+
+
+def test_demo_on_a_busy_port_says_so_in_one_line(cli: Cli) -> None:
+    """Before any banner or database work: one line and exit 1, nothing created."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = cli("demo", "--port", str(port))
+    line = result.error_line(1)
+    assert line == (
+        f"saascore: port {port} on 127.0.0.1 is in use: stop what holds it, or pick another "
+        "with --port (make demo PORT=8010)"
+    )
+    assert result.stdout == ""
+    assert not (cli.cwd / ".saascore").exists()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

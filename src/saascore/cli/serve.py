@@ -158,6 +158,7 @@ def demo(
 
     Ignores the DATABASE_* variables. The data stays under ./.saascore (SAASCORE_DATA_DIR).
     """
+    _check_port_free(DEMO_HOST, port)
     import uvicorn
     from rich.panel import Panel
     from rich.table import Table
@@ -185,3 +186,18 @@ def demo(
         log_level=settings.log_level,
         proxy_headers=False,  # as in `serve`: SAASCORE_TRUSTED_PROXIES decides
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line, before any work or banner, when `port` is taken on `host`."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            fail(
+                f"port {port} on {host} is in use: stop what holds it, or pick another with "
+                "--port (make demo PORT=8010)"
+            )
