@@ -8,12 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import pytest_asyncio
 import uvicorn
 from fastapi import FastAPI
 
 from saascore.kit.db import Database
-from tests.api.test_timeouts import SilentServer
+from tests.api.conftest import SilentServer
 from tests.cli.runner import free_port
 from tests.helpers import make_settings
 from tests.http import api_app
@@ -35,16 +34,6 @@ async def uvicorn_serving(application: FastAPI) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def silent() -> AsyncIterator[SilentServer]:
-    server = SilentServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def local_address(response: httpx.Response) -> object:

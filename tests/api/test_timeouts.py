@@ -5,48 +5,22 @@ pool checkout, statement), never in a 500 or a wait of a minute."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import pytest_asyncio
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from saascore.kit.db import Database
 from saascore.kit.errors import DatabaseUnavailable
+from tests.api.conftest import SilentServer
 from tests.helpers import make_settings, only_postgresql
 from tests.http import api_app, serving, tenant
 
 #: Far above every timeout the tests configure, far below the defaults they replace (30 s to
 #: 90 s): a request that hangs fails the test instead of the run.
 GUARD_SECONDS = 20
-
-
-class SilentServer:
-    """A TCP server that accepts connections and reads from them, but never writes a byte."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.append(writer)
-        while await reader.read(65_536):
-            pass
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        for writer in self.writers:
-            writer.transport.abort()
-        await self.server.wait_closed()
 
 
 class StallingProxy:
@@ -85,16 +59,6 @@ class StallingProxy:
                 pass
 
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def silent() -> AsyncIterator[SilentServer]:
-    server = SilentServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def assert_unavailable(response: httpx.Response) -> None:
