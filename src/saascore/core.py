@@ -19,6 +19,7 @@ from saascore.kit.db import Database
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
 from saascore.migrations import migrate
+from saascore.plans.pricing import ModelPricingService
 from saascore.plans.service import PlanService
 from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService
@@ -30,9 +31,9 @@ class Saascore:
     """saascore in one object: `async with Saascore(settings) as core: await core.orgs.create(...)`.
 
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
-    its connections. Services are attributes: `core.plans`, `core.orgs`, `core.users`,
-    `core.identity`, `core.api_keys`, `core.audit`, `core.usage` and `core.credits`;
-    `core.events` is the bus they emit into.
+    its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
+    `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage` and
+    `core.credits`; `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class Saascore:
         self.doorbell = Doorbell()
         self.events.after_commit(self._ring_dispatcher)
         self.plans = PlanService(self.database, self.events)
+        self.pricing = ModelPricingService(self.database)
         self.credits = CreditService(self.database, self.events)
         self.orgs = OrganizationService(
             self.database, self.plans, self.events, plan_credits=self.credits

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -180,6 +180,9 @@ class ModelPricing(GlobalMixin, TimestampMixin, Base):
     effective_from: Mapped[datetime]
     effective_to: Mapped[datetime | None]
     is_active: Mapped[bool] = mapped_column(default=True)
+    #: Where the price was read (the provider's pricing page) and the day it was read there.
+    source: Mapped[str | None] = mapped_column(sa.String(2048))
+    as_of: Mapped[date | None]
 
     __table_args__ = (
         sa.UniqueConstraint("provider", "model", "effective_from"),

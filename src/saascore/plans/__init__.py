@@ -1,7 +1,16 @@
 """The plan catalog: plans, their prices and limits, and the meters usage is recorded on."""
 
-from saascore.plans.catalog import Catalog, MeterSpec, PlanSpec, PriceSpec, read_catalog
+from saascore.plans.catalog import (
+    Catalog,
+    MeterSpec,
+    ModelPriceSpec,
+    PlanSpec,
+    PriceSpec,
+    read_catalog,
+    read_default_pricing,
+)
 from saascore.plans.errors import CatalogConflict, PlanFeatureMissing, PlanNotFound
+from saascore.plans.pricing import ModelPricingService, PricingLoadResult
 from saascore.plans.service import CatalogLoadResult, PlanService
 
 __all__ = [
@@ -9,10 +18,14 @@ __all__ = [
     "CatalogConflict",
     "CatalogLoadResult",
     "MeterSpec",
+    "ModelPriceSpec",
+    "ModelPricingService",
     "PlanFeatureMissing",
     "PlanNotFound",
     "PlanService",
     "PlanSpec",
     "PriceSpec",
+    "PricingLoadResult",
     "read_catalog",
+    "read_default_pricing",
 ]

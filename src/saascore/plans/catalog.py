@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from datetime import UTC, date, datetime, time
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -11,10 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saascore.kit.errors import InvalidInput
 from saascore.kit.inputs import INT64_MAX, StrictBool, StrictInt
-from saascore.kit.validation import JSONObject
+from saascore.kit.validation import Day, Instant, JSONObject
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
-__all__ = ["Catalog", "MeterSpec", "PlanSpec", "PriceSpec", "read_catalog"]
+__all__ = [
+    "Catalog",
+    "MeterSpec",
+    "ModelPriceSpec",
+    "PlanSpec",
+    "PriceSpec",
+    "read_catalog",
+    "read_default_pricing",
+]
 
 Code = str
 
@@ -111,10 +120,111 @@ class MeterSpec(_Spec):
     reset_period: ResetPeriod = ResetPeriod.MONTH
 
 
+#: Texts PostgreSQL can store (no NUL), with something in them besides spaces.
+_NAME = r"^[^\x00\s]([^\x00]*[^\x00\s])?$"
+_MICROS = Field(
+    ge=0,
+    le=INT64,
+    description="Integer micro-units of the currency (USD) per million tokens: "
+    "2_500_000 is $2.50 per million tokens",
+    examples=[2_500_000],
+)
+
+
+def _midnight_utc(value: Any) -> Any:
+    """A day (`2025-06-01`) means its start in UTC; a date-time is taken as it is."""
+    if isinstance(value, str) and len(value.strip()) == 10:
+        try:
+            value = date.fromisoformat(value.strip())
+        except ValueError:
+            return value
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime.combine(value, time(), tzinfo=UTC)
+    return value
+
+
+class ModelPriceSpec(_Spec):
+    """One price version of a model: what a million tokens cost from `effective_from` on.
+
+    Prices are integer micro-units of USD per million tokens (`model_pricing` stores them
+    as they are): $2.50 per million tokens is `2_500_000`. Usage events' costs are USD
+    micro-units, so a price in another currency is refused until costs carry theirs.
+    """
+
+    provider: str = Field(min_length=1, max_length=50, pattern=_NAME, examples=["openai"])
+    model: str = Field(min_length=1, max_length=255, pattern=_NAME, examples=["gpt-4o"])
+    currency: Literal["USD"] = "USD"
+    input_micros_per_million: StrictInt = _MICROS
+    output_micros_per_million: StrictInt = _MICROS
+    #: Cached prompt tokens; left out, they cost what other input tokens cost.
+    cached_input_micros_per_million: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=INT64,
+        description="Cached input tokens, in the same unit; default: the input price",
+        examples=[1_250_000],
+    )
+    effective_from: Instant = Field(
+        description="From when the price applies (a day means its start in UTC); a later "
+        "effective_from is a new price version, the earlier ones keep pricing the past",
+        examples=["2025-06-01"],
+    )
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        pattern=_NAME,
+        description="Where the price was read: the provider's pricing page",
+        examples=["https://openai.com/api/pricing/"],
+    )
+    as_of: Day | None = Field(
+        default=None, description="The day the price was read there", examples=["2025-06-01"]
+    )
+
+    @field_validator("effective_from", mode="before")
+    @classmethod
+    def _day(cls, value: Any) -> Any:
+        return _midnight_utc(value)
+
+    @property
+    def key(self) -> tuple[str, str, datetime]:
+        """The price version's identity: one price per provider, model and start."""
+        return self.provider, self.model, self.effective_from
+
+    def columns(self) -> dict[str, Any]:
+        """The `model_pricing` columns this price sets (besides its key)."""
+        cached = self.cached_input_micros_per_million
+        return {
+            "currency": self.currency,
+            "input_micros_per_million": self.input_micros_per_million,
+            "output_micros_per_million": self.output_micros_per_million,
+            "cached_input_micros_per_million": (
+                self.input_micros_per_million if cached is None else cached
+            ),
+            "source": self.source,
+            "as_of": self.as_of,
+        }
+
+
 class Catalog(_Spec):
     version: Literal[1] = 1
     meters: dict[Code, MeterSpec] = Field(default_factory=dict)
     plans: dict[Code, PlanSpec] = Field(default_factory=dict)
+    #: `[[model_pricing]]` entries: token prices, one version per provider, model and start.
+    model_pricing: list[ModelPriceSpec] = Field(default_factory=list)
+
+    @field_validator("model_pricing")
+    @classmethod
+    def _one_price_per_version(cls, prices: list[ModelPriceSpec]) -> list[ModelPriceSpec]:
+        seen: set[tuple[str, str, datetime]] = set()
+        for price in prices:
+            if price.key in seen:
+                raise ValueError(
+                    f"two prices of {price.provider} {price.model} from "
+                    f"{price.effective_from.isoformat()}"
+                )
+            seen.add(price.key)
+        return prices
 
     @field_validator("plans", "meters")
     @classmethod
@@ -130,17 +240,33 @@ class Catalog(_Spec):
 
 
 DEFAULT_CATALOG = "default_catalog.toml"
+#: saascore's price list: the `[[model_pricing]]` of the default catalog, in a file of its own.
+DEFAULT_PRICING = "default_pricing.toml"
 
 
 def read_catalog(path: str | Path | None = None) -> Catalog:
-    """Read and validate a catalog file; with no path, saascore's default catalog."""
+    """Read and validate a catalog file; with no path, saascore's default catalog (its plans
+    and meters, with the model prices of the default price list)."""
+    if path is None:
+        catalog = _read(None, DEFAULT_CATALOG, "the default catalog")
+        prices = _read(None, DEFAULT_PRICING, "the default price list")
+        return catalog.model_copy(
+            update={"model_pricing": [*catalog.model_pricing, *prices.model_pricing]}
+        )
+    return _read(Path(path), "", str(path))
+
+
+def read_default_pricing() -> Catalog:
+    """The default price list alone (a catalog of `[[model_pricing]]` entries)."""
+    return _read(None, DEFAULT_PRICING, "the default price list")
+
+
+def _read(path: Path | None, resource: str, where: str) -> Catalog:
     try:
         if path is None:
-            text = files("saascore.plans").joinpath(DEFAULT_CATALOG).read_text("utf-8")
-            where = "the default catalog"
+            text = files("saascore.plans").joinpath(resource).read_text("utf-8")
         else:
-            text = Path(path).read_text("utf-8")
-            where = str(path)
+            text = path.read_text("utf-8")
     except OSError as exc:
         raise InvalidInput(f"cannot read catalog {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -24,6 +24,7 @@ from saascore.kit.time import utcnow
 from saascore.models import Meter, Organization, PlanLimit, PlanPrice, SubscriptionPlan
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
 from saascore.plans.errors import CatalogConflict, PlanFeatureMissing, PlanNotFound
+from saascore.plans.pricing import PricingLoadResult, load_model_prices
 
 __all__ = ["API_ACCESS", "UPDATABLE", "CatalogLoadResult", "PlanService", "plan_has"]
 
@@ -48,6 +49,8 @@ class CatalogLoadResult:
     plans_updated: list[str] = field(default_factory=list)
     meters_created: list[str] = field(default_factory=list)
     meters_updated: list[str] = field(default_factory=list)
+    #: The catalog's `[[model_pricing]]` versions: created, updated, unchanged.
+    prices: PricingLoadResult = field(default_factory=PricingLoadResult)
 
 
 #: The columns of `subscription_plans` that a catalog sets (its prices and extra limits are rows
@@ -204,7 +207,8 @@ class PlanService:
         with the same values (only `updated_at` moves). Whether a row was created or updated is
         read from the statement's own `RETURNING id`, so it is right under concurrent loads.
         Prices missing from the catalog are deactivated, not deleted: subscriptions may still
-        point at them.
+        point at them. The catalog's `[[model_pricing]]` versions are loaded as
+        `saascore.plans.pricing` says (a version is never deleted: it prices the past).
         """
         result = CatalogLoadResult()
         now = utcnow()
@@ -236,6 +240,7 @@ class PlanService:
                     (result.plans_created if plan_id == row_id else result.plans_updated).append(
                         code
                     )
+                result.prices = await load_model_prices(s, catalog.model_pricing)
                 await s.flush()
         except IntegrityError as error:
             if violates(error, "stripe_price_id") or violates(error, "lemon_squeezy_variant_id"):
