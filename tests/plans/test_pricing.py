@@ -70,10 +70,14 @@ class TestDefaultPriceList:
     def test_names_the_major_providers_each_price_with_its_source_and_date(self) -> None:
         prices = read_default_pricing().model_pricing
         assert {p.provider for p in prices} >= {"openai", "anthropic", "google", "mistral"}
+        today = datetime.now(UTC).date()
         for entry in prices:
-            assert entry.source is not None and entry.source.startswith("https://")
-            assert entry.as_of is not None and entry.as_of <= date.today()
-            assert entry.input_micros_per_million > 0 and entry.output_micros_per_million > 0
+            assert entry.source is not None
+            assert entry.source.startswith("https://")
+            assert entry.as_of is not None
+            assert entry.as_of <= today
+            assert entry.input_micros_per_million > 0
+            assert entry.output_micros_per_million > 0
         # the unit: micro-dollars per million tokens ($2.50 per million is 2_500_000)
         gpt4o = next(p for p in prices if (p.provider, p.model) == ("openai", "gpt-4o"))
         assert (gpt4o.input_micros_per_million, gpt4o.output_micros_per_million) == (
@@ -145,7 +149,8 @@ class TestLoad:
     ) -> None:
         prices = read_default_pricing().model_pricing
         first = await pricing.load(prices, session=session)
-        assert len(first.created) == len(prices) and first.updated == first.unchanged == []
+        assert len(first.created) == len(prices)
+        assert first.updated == first.unchanged == []
         stored = await versions(session, "gpt-4o")
         again = await pricing.load(prices, session=session)
         assert again.created == again.updated == []
