@@ -3,7 +3,8 @@ API keys and operator keys, verify the audit log.
 
     saascore demo                      # everything on the embedded SQLite database
     saascore db upgrade                # migrate the configured database
-    saascore plans load                # the default plan catalog
+    saascore plans load                # the default plan catalog (and price list)
+    saascore pricing list              # model prices, with the day each was taken
     saascore orgs create Acme --plan pro
     saascore usage import events.jsonl # idempotent, resumable bulk ingest
     saascore credits verify            # check every ledger
@@ -44,6 +45,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "Migrate the database: upgrade, downgrade, current, history, check, revision.",
     ),
     "plans": ("saascore.cli.plans", "The plan catalog: load, list."),
+    "pricing": ("saascore.cli.pricing", "Model prices (per million tokens): load, list."),
     "orgs": ("saascore.cli.orgs", "Organisations (tenants): create, list."),
     "usage": ("saascore.cli.usage", "Usage: report, import, sweep."),
     "credits": ("saascore.cli.credits", "Credits: grant, refill, balance, verify."),

@@ -98,6 +98,12 @@ def load(
         f"  meters: {_codes('created', result.meters_created)}, "
         f"{_codes('updated', result.meters_updated)}"
     )
+    if result.prices.created or result.prices.updated or result.prices.unchanged:
+        prices = result.prices
+        typer.echo(
+            f"  model prices: {len(prices.created)} created, {len(prices.updated)} updated, "
+            f"{len(prices.unchanged)} unchanged"
+        )
 
 
 @app.command("list")

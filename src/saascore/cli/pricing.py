@@ -1,0 +1,148 @@
+"""`saascore pricing`: load a price list of models' token prices and list the prices."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from saascore.cli._output import new_table, print_table
+from saascore.cli._run import fail, handle_errors, run_with_core
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.models import ModelPricing
+from saascore.plans import PricingLoadResult, read_catalog, read_default_pricing
+
+__all__ = ["app", "format_per_million", "price_json"]
+
+app = typer.Typer(
+    name="pricing", help="Model prices (per million tokens): load, list.", no_args_is_help=True
+)
+
+
+def format_per_million(micros: int) -> str:
+    """Micro-units per million tokens as units per million: `2_500_000` -> `2.50`,
+    `75_000` -> `0.075` (at least two decimals, no trailing zeros beyond them)."""
+    units = Decimal(micros).scaleb(-6)
+    text = f"{units:,.6f}".rstrip("0")
+    whole, _, decimals = text.partition(".")
+    return f"{whole}.{decimals.ljust(2, '0')}"
+
+
+def price_json(row: ModelPricing) -> dict[str, Any]:
+    """One price version as `pricing list --json` prints it (prices in micro-units of the
+    currency per million tokens, as stored)."""
+    return {
+        "provider": row.provider,
+        "model": row.model,
+        "currency": row.currency,
+        "input_micros_per_million": row.input_micros_per_million,
+        "cached_input_micros_per_million": row.cached_input_micros_per_million,
+        "output_micros_per_million": row.output_micros_per_million,
+        "effective_from": row.effective_from.isoformat(),
+        "effective_to": row.effective_to.isoformat() if row.effective_to else None,
+        "active": row.is_active,
+        "as_of": row.as_of.isoformat() if row.as_of else None,
+        "source": row.source,
+    }
+
+
+@app.command()
+@handle_errors
+def load(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            help="A TOML file of [[model_pricing]] entries (a catalog's are read, its plans "
+            "left alone). Without it, saascore's default price list.",
+            show_default=False,
+            exists=True,  # a missing file is a usage error (exit 2)
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+) -> None:
+    """Load model prices: a version per provider, model and effective_from (idempotent: a
+    version already stored is unchanged; a later effective_from adds a version)."""
+    settings = load_settings()
+    catalog = read_default_pricing() if file is None else read_catalog(file)  # fails first
+    source = str(file) if file is not None else "the default price list"
+    if not catalog.model_pricing:
+        fail(f"no [[model_pricing]] entries in {source}; nothing loaded")
+
+    async def work(core: Saascore) -> PricingLoadResult:
+        return await core.pricing.load(catalog.model_pricing)
+
+    result = run_with_core(settings, work)
+    typer.echo(f"Loaded {source}: {describe(result)}")
+    for outcome in ("created", "updated"):
+        for name in getattr(result, outcome):
+            typer.echo(f"  {outcome} {name}")
+
+
+def describe(result: PricingLoadResult) -> str:
+    """`3 created, 1 updated, 35 unchanged`, or `already applied (39 unchanged)`."""
+    if not result.created and not result.updated:
+        return f"already applied ({len(result.unchanged)} unchanged)"
+    return (
+        f"{len(result.created)} created, {len(result.updated)} updated, "
+        f"{len(result.unchanged)} unchanged"
+    )
+
+
+@app.command("list")
+@handle_errors
+def list_prices(
+    provider: Annotated[str | None, typer.Option(help="Only this provider's models.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a JSON array (prices in micro-units).")
+    ] = False,
+) -> None:
+    """List every price version, newest first per model, with the day each price was taken
+    (as of) and where (source). Prices are per million tokens."""
+    settings = load_settings()
+
+    async def work(core: Saascore) -> list[ModelPricing]:
+        return list(await core.pricing.list(provider=provider, model=model))
+
+    rows = run_with_core(settings, work)
+    if as_json:
+        typer.echo(json.dumps([price_json(row) for row in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no model prices; load the default list with 'saascore pricing load'", err=True)
+        return
+    table = new_table(
+        "provider",
+        "model",
+        "input",
+        "cached input",
+        "output",
+        "currency",
+        "effective from",
+        "as of",
+        "source",
+        title="Prices per million tokens",
+        ids=("model",),
+    )
+    for column in table.columns[2:5]:
+        column.justify = "right"
+    for row in rows:
+        start = row.effective_from
+        table.add_row(
+            row.provider,
+            row.model,
+            format_per_million(row.input_micros_per_million),
+            format_per_million(row.cached_input_micros_per_million),
+            format_per_million(row.output_micros_per_million),
+            row.currency,
+            start.date().isoformat() if start.time().isoformat() == "00:00:00" else str(start),
+            row.as_of.isoformat() if row.as_of else "-",
+            row.source or "-",
+        )
+    print_table(table)
