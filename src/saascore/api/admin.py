@@ -2,8 +2,8 @@
 only; a tenant's credentials get 403), gathered from the domains that own them.
 
 Organisations (tenancy), limit overrides and usage backfill (metering), credit grants
-(credits) and the plan catalog (plans). Every change is an event of its domain's service,
-audited in the organisation's chain with the operator as the actor.
+(credits) and the plan catalog with its model prices (plans). Every change is an event of its
+domain's service, audited in the organisation's chain with the operator as the actor.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi import APIRouter
 
 from saascore.credits.endpoints import create_credit_grants_admin_router
 from saascore.metering.endpoints import create_limits_admin_router, create_usage_admin_router
-from saascore.plans.endpoints import create_plans_admin_router
+from saascore.plans.endpoints import create_model_pricing_admin_router, create_plans_admin_router
 from saascore.tenancy.endpoints import create_organizations_admin_router
 
 __all__ = ["create_admin_router"]
@@ -27,4 +27,5 @@ def create_admin_router() -> APIRouter:
     router.include_router(create_usage_admin_router())
     router.include_router(create_credit_grants_admin_router())
     router.include_router(create_plans_admin_router())
+    router.include_router(create_model_pricing_admin_router())
     return router

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Path, Response
+from fastapi import APIRouter, Body, Path, Query, Response, status
 
 from saascore.api.deps import CoreDep, OperatorDep, ReadSessionDep, SessionDep
 from saascore.api.errors import error_responses
 from saascore.identity.endpoints import OPERATOR_ERRORS
 from saascore.kit.errors import InvalidInput
-from saascore.plans.catalog import Catalog
+from saascore.plans.catalog import Catalog, ModelPriceSpec
 from saascore.plans.errors import CatalogConflict, PlanNotFound
-from saascore.plans.schemas import AdminPlanOut, CatalogLoaded, PlanOut, PlansResponse, PlanUpdate
+from saascore.plans.schemas import (
+    AdminPlanOut,
+    CatalogLoaded,
+    ModelPriceOut,
+    ModelPricesResponse,
+    ModelPriceWritten,
+    PlanOut,
+    PlansResponse,
+    PlanUpdate,
+)
 
 __all__ = [
+    "create_model_pricing_admin_router",
     "create_plans_admin_router",
     "create_plans_router",
 ]
@@ -94,5 +104,64 @@ def create_plans_admin_router() -> APIRouter:
         or trial; every organisation on it has the new values at once."""
         plan = await core.plans.update(code, body.changes(), session=session)
         return AdminPlanOut.of(plan)
+
+    return router
+
+
+_PRICE_EXAMPLE = {
+    "provider": "openai",
+    "model": "gpt-4o",
+    "input_micros_per_million": 2_500_000,
+    "cached_input_micros_per_million": 1_250_000,
+    "output_micros_per_million": 10_000_000,
+    "effective_from": "2025-09-01",
+    "source": "https://openai.com/api/pricing/",
+    "as_of": "2025-09-01",
+}
+
+
+def create_model_pricing_admin_router() -> APIRouter:
+    """`/v1/admin/model-pricing`, for operators: list model prices, set one price version."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.get("/model-pricing", responses=error_responses(*OPERATOR_ERRORS))
+    async def list_model_prices(
+        _operator: OperatorDep,
+        core: CoreDep,
+        session: ReadSessionDep,
+        provider: Annotated[str | None, Query(min_length=1, max_length=50)] = None,
+        model: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    ) -> ModelPricesResponse:
+        """Every price version (micro-units per million tokens), newest first per model,
+        with the day each price was taken and its source."""
+        rows = await core.pricing.list(provider=provider, model=model, session=session)
+        return ModelPricesResponse(prices=[ModelPriceOut.of(row) for row in rows])
+
+    async def put_model_price(
+        body: Annotated[
+            ModelPriceSpec, Body(openapi_examples={"a price": {"value": _PRICE_EXAMPLE}})
+        ],
+        _operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        response: Response,
+    ) -> ModelPriceWritten:
+        """Create a price version (201), or bring the version of the same provider, model
+        and `effective_from` to these values (200; `unchanged` for a replay). A later
+        `effective_from` is a new version: usage already recorded keeps its cost."""
+        row, outcome = await core.pricing.put(body, session=session)
+        if outcome != "created":
+            response.status_code = status.HTTP_200_OK
+        return ModelPriceWritten(**ModelPriceOut.of(row).model_dump(), outcome=outcome)
+
+    for method in ("PUT", "POST"):
+        router.add_api_route(
+            "/model-pricing",
+            put_model_price,
+            methods=[method],
+            status_code=status.HTTP_201_CREATED,
+            responses=error_responses(*OPERATOR_ERRORS),
+            operation_id=f"{method.lower()}_model_price",
+        )
 
     return router

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.kit.inputs import StrictBool, StrictInt
 from saascore.kit.validation import JSONObject
-from saascore.models import BillingCycle, SubscriptionPlan
+from saascore.models import BillingCycle, ModelPricing, SubscriptionPlan
 from saascore.plans.catalog import INT32, INT64, LIMIT_FIELDS
+from saascore.plans.pricing import PriceOutcome
 
 __all__ = [
     "AdminPlanOut",
     "CatalogLoaded",
     "LimitSetting",
+    "ModelPriceOut",
+    "ModelPriceWritten",
+    "ModelPricesResponse",
     "PlanCredits",
     "PlanLimits",
     "PlanOut",
@@ -208,3 +213,57 @@ class AdminPlanOut(PlanOut):
             is_public=plan.is_public,
             sort_order=plan.sort_order,
         )
+
+
+class ModelPriceOut(BaseModel):
+    """One price version of a model: integer micro-units of the currency per million tokens."""
+
+    provider: str = Field(examples=["openai"])
+    model: str = Field(examples=["gpt-4o"])
+    currency: str = Field(description="ISO 4217", examples=["USD"])
+    input_micros_per_million: int = Field(
+        description="Micro-units per million input tokens (2_500_000 is $2.50)",
+        examples=[2_500_000],
+    )
+    cached_input_micros_per_million: int = Field(
+        description="Micro-units per million cached input tokens", examples=[1_250_000]
+    )
+    output_micros_per_million: int = Field(
+        description="Micro-units per million output tokens", examples=[10_000_000]
+    )
+    effective_from: datetime = Field(description="From when the price applies")
+    effective_to: datetime | None = Field(description="Until when, if it was ended")
+    active: bool
+    as_of: date | None = Field(description="The day the price was taken at its source")
+    source: str | None = Field(
+        description="Where it was taken: the provider's pricing page",
+        examples=["https://openai.com/api/pricing/"],
+    )
+
+    @classmethod
+    def of(cls, row: ModelPricing) -> ModelPriceOut:
+        return cls(
+            provider=row.provider,
+            model=row.model,
+            currency=row.currency,
+            input_micros_per_million=row.input_micros_per_million,
+            cached_input_micros_per_million=row.cached_input_micros_per_million,
+            output_micros_per_million=row.output_micros_per_million,
+            effective_from=row.effective_from,
+            effective_to=row.effective_to,
+            active=row.is_active,
+            as_of=row.as_of,
+            source=row.source,
+        )
+
+
+class ModelPriceWritten(ModelPriceOut):
+    """The stored price version, and what the request did to it."""
+
+    outcome: PriceOutcome = Field(
+        description="`created`, `updated` (a value differed) or `unchanged` (a replay)"
+    )
+
+
+class ModelPricesResponse(BaseModel):
+    prices: list[ModelPriceOut]
