@@ -11,8 +11,9 @@ found, although it then answers 409.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 
@@ -49,6 +50,8 @@ from saascore.metering.schemas import (
     UsageEventsBody,
     UsageLimitOut,
     UsageLimitsResponse,
+    UsageMetric,
+    UsageResponse,
     UsageSummaryResponse,
     UsageSummaryRowOut,
 )
@@ -56,13 +59,42 @@ from saascore.metering.values import SummaryBy
 from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = [
+    "GetUsage",
+    "UsageReader",
+    "UsageWriter",
     "create_limits_admin_router",
     "create_usage_admin_router",
     "create_usage_router",
+    "saascore_usage",
 ]
 
+#: The caller, a user or key of an organisation holding `usage:read` (a host app's usage
+#: function may ask for it too: it is resolved once per request).
 UsageReader = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
 UsageWriter = Annotated[Principal, Depends(require(Permission.USAGE_WRITE))]
+
+#: A usage function for `GET /v1/usage`: a FastAPI dependency (it may ask for `UsageReader`,
+#: `ReadSessionDep`, `CoreDep` or the host's own dependencies) answering a `UsageResponse`.
+GetUsage = Callable[..., Awaitable[UsageResponse] | UsageResponse]
+
+
+async def saascore_usage(principal: UsageReader, core: CoreDep) -> UsageResponse:
+    """saascore's own usage: every metered metric in its current period, with its limit."""
+    snapshots = await core.usage.limits(principal.tenant)
+    return UsageResponse(
+        metrics=[
+            UsageMetric(
+                metric=s.metric,
+                used=s.used,
+                limit=s.limit,
+                reserved=s.reserved,
+                period_start=s.period_start,
+                period_end=s.period_end,
+            )
+            for s in snapshots
+        ]
+    )
+
 
 _READ_ERRORS = (*AUTH_ERRORS, PermissionDenied)
 #: What recording an event can refuse, beyond the caller's credentials.
@@ -101,9 +133,24 @@ _EVENT_BODY_EXAMPLES = {
 }
 
 
-def create_usage_router() -> APIRouter:
-    """`/v1/usage`: record events, check and reserve quota, read limits and summaries."""
+def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
+    """`/v1/usage`: record events, check and reserve quota, read limits and summaries.
+
+    `GET /v1/usage` answers what `get_usage` counts (seed 004's `get_usage_fn`): by default
+    `saascore_usage`, saascore's meters; a host app passes its own, a FastAPI dependency
+    answering a `UsageResponse`, to count its own resources (research runs, generations).
+    The caller is authenticated (`usage:read`) before `get_usage` runs.
+    """
     router = APIRouter(prefix="/v1/usage", tags=["usage"])
+
+    @router.get("", responses=error_responses(*_READ_ERRORS))
+    async def read_usage(
+        principal: UsageReader,
+        # A default, not `Annotated`: annotations are strings here, and `get_usage` is local.
+        usage: Any = Depends(get_usage),  # noqa: B008
+    ) -> UsageResponse:
+        """The organisation's usage per metric: used, limit and period."""
+        return UsageResponse.model_validate(usage, from_attributes=True)
 
     @router.post(
         "/events",

@@ -44,6 +44,8 @@ __all__ = [
     "UsageEventsBody",
     "UsageLimitOut",
     "UsageLimitsResponse",
+    "UsageMetric",
+    "UsageResponse",
     "UsageSummaryResponse",
     "UsageSummaryRowOut",
 ]
@@ -388,3 +390,20 @@ class LimitOut(BaseModel):
     limit: int | None = Field(description="null: unlimited", examples=[250_000])
     hard: bool = Field(examples=[True])
     overridden: bool = Field(description="Set for this organisation, not by its plan")
+
+
+class UsageMetric(BaseModel):
+    """One metric of `GET /v1/usage`: how much was used, of how much (seed 004's shape)."""
+
+    metric: str = Field(min_length=1, examples=["research_runs"])
+    used: int = Field(examples=[12])
+    limit: int | None = Field(default=None, description="null: unlimited", examples=[50])
+    reserved: int = Field(default=0, description="Held by reservations", examples=[0])
+    period_start: datetime | None = Field(default=None, description="null: not periodic")
+    period_end: datetime | None = Field(default=None, description="null: never resets")
+
+
+class UsageResponse(BaseModel):
+    """`GET /v1/usage`: the organisation's usage, as the app's usage function counts it."""
+
+    metrics: list[UsageMetric]
