@@ -1,0 +1,300 @@
+"""Every code block of README.md runs, so that the README cannot drift from the code.
+
+- Python blocks run as scripts, each with the venv's Python in a temporary directory of its own,
+  on an embedded database there.
+- Shell blocks (`bash`, `sh`, `shell`, `console`) run in order in one bash with `set -e`, in a
+  temporary directory, with `saascore` (and the venv's `python3`) first on the PATH. In a
+  `console` block the commands are the lines after `$ ` (with their continuation lines); the
+  other lines are the output shown, not checked. `127.0.0.1:8000` and `localhost:8000` become
+  a free port, which `SAASCORE_PORT` names too. A command that puts a server in the background
+  (`... &`) is followed by a wait until the server answers `/healthz`, as a reader waits for its
+  banner. If no block starts a server, the test serves `saascore demo` on that port first.
+- A block that cannot run is marked by an HTML comment on the line before it, with the reason:
+  `<!-- readme-test: skip (serves forever) -->`. A block that must fail, such as an example of
+  an error, is marked `<!-- readme-test: fails (why) -->`: it runs on its own, must exit
+  non-zero, and must print each output line it shows (those without `...`).
+
+Blocks in other languages (JSON, TOML, plain text) are not code and are not run. A block in a
+runnable language without a marker is never skipped; a failing block fails the test with its
+line number and its output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.cli.runner import SAASCORE, Cli, clean_environment, free_port
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+PYTHON_LANGUAGES = {"python", "py"}
+SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
+MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|fails)\b\s*(.*?)\s*-->")
+FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)")
+README_PORT = re.compile(r"\b(127\.0\.0\.1|localhost):8000\b")
+SERVER = re.compile(r"\b(saascore\s+(serve|demo)|make\s+(demo|serve))\b")
+#: The whole README's shell blocks, and each Python block, must finish within this.
+TIMEOUT = 240.0
+
+
+@dataclass(frozen=True)
+class Block:
+    line: int  # of the opening fence, 1-based
+    language: str
+    text: str
+    marker: str | None  # "skip" or "fails"
+    reason: str
+
+    @property
+    def runnable(self) -> bool:
+        return self.language in PYTHON_LANGUAGES | SHELL_LANGUAGES
+
+
+def read_blocks(markdown: str) -> list[Block]:
+    """The fenced code blocks of `markdown`, each with the marker on the line before it."""
+    blocks: list[Block] = []
+    lines = markdown.splitlines()
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        fence, language = opening.group(1), opening.group(2).lower()
+        end = index + 1
+        while end < len(lines) and not lines[end].startswith(fence):
+            end += 1
+        previous = next((line for line in reversed(lines[:index]) if line.strip()), "")
+        marked = MARKER.search(previous)
+        blocks.append(
+            Block(
+                line=index + 1,
+                language=language,
+                text="\n".join(lines[index + 1 : end]) + "\n",
+                marker=marked.group(1) if marked else None,
+                reason=marked.group(2) if marked else "",
+            )
+        )
+        index = end + 1
+    return blocks
+
+
+def console_commands(block: Block) -> tuple[list[str], list[str]]:
+    """A console block's commands (joined with their continuation lines) and its output lines."""
+    commands: list[str] = []
+    output: list[str] = []
+    current: list[str] | None = None
+    for line in block.text.splitlines():
+        if current is not None:
+            current.append(line)
+        elif line.startswith("$ "):
+            current = [line[2:]]
+        else:
+            if line.strip():
+                output.append(line)
+            continue
+        command = "\n".join(current)
+        if not command.endswith("\\") and _complete(command):
+            commands.append(command)
+            current = None
+    if current is not None:
+        commands.append("\n".join(current))
+    return commands, output
+
+
+def _complete(command: str) -> bool:
+    try:
+        shlex.split(command, comments=True)
+    except ValueError:  # an open quote: the command goes on on the next line
+        return False
+    return True
+
+
+def shell_script(block: Block) -> str:
+    """The block as bash, its commands each on their own, and a wait after each server started."""
+    if block.language != "console":
+        commands = [block.text]
+    else:
+        commands, _ = console_commands(block)
+    script = []
+    for command in commands:
+        script.append(command)
+        if command.rstrip().endswith("&") and SERVER.search(command):
+            script.append("readme_wait_for_server")
+    return "\n".join(script) + "\n"
+
+
+def starts_server(block: Block) -> bool:
+    return any(
+        line.rstrip().endswith("&") and SERVER.search(line) for line in block.text.splitlines()
+    )
+
+
+PRELUDE = """\
+set -euo pipefail
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+readme_wait_for_server() {
+    for _ in $(seq 600); do
+        if curl -sf "$README_BASE/healthz" > /dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "the server did not answer $README_BASE/healthz" >&2
+    return 1
+}
+"""
+
+
+@dataclass(frozen=True)
+class Place:
+    directory: Path
+    port: int
+    env: dict[str, str]
+
+    def localize(self, text: str) -> str:
+        return README_PORT.sub(rf"\1:{self.port}", text)
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> Place:
+    port = free_port()
+    bin_dir = str(SAASCORE.parent)
+    env = {
+        **clean_environment(),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(SAASCORE.parent.parent),
+        "SAASCORE_DATA_DIR": str(tmp_path / ".saascore"),
+        "SAASCORE_PORT": str(port),
+        "SAASCORE_ENVIRONMENT": "test",
+        "README_BASE": f"http://127.0.0.1:{port}",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    return Place(tmp_path, port, env)
+
+
+def run(args: list[str], place: Place, cwd: Path, stdin: str | None = None) -> tuple[int, str]:
+    try:
+        done = subprocess.run(
+            args,
+            input=stdin,
+            cwd=cwd,
+            env=place.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    except subprocess.TimeoutExpired as exc:
+        output = exc.stdout if isinstance(exc.stdout, str) else ""
+        return -1, f"{output}\n(timed out after {TIMEOUT:.0f}s)"
+    return done.returncode, done.stdout
+
+
+@contextmanager
+def demo_unless_served(blocks: list[Block], place: Place) -> Iterator[None]:
+    """`saascore demo` on the test's port, unless a block starts a server of its own."""
+    if any(starts_server(block) for block in blocks):
+        yield
+        return
+    cli = Cli(place.directory, place.env)
+    with cli.server("demo", "--port", str(place.port), port=place.port) as server:
+        server.wait_until_healthy()
+        yield
+
+
+def check_fails(block: Block, place: Place) -> None:
+    code, output = run(["bash", "-c", shell_script(block)], place, place.directory)
+    assert code != 0, f"README.md:{block.line}: the block should fail, but exited 0:\n{output}"
+    for line in console_commands(block)[1] if block.language == "console" else []:
+        if "..." not in line:
+            assert line in output, f"README.md:{block.line}: {line!r} not in its output:\n{output}"
+
+
+def check_python(block: Block, place: Place) -> None:
+    directory = place.directory / f"python-{block.line}"
+    directory.mkdir()
+    script = directory / "readme_block.py"
+    script.write_text(block.text)
+    code, output = run([sys.executable, str(script)], place, directory)
+    assert code == 0, f"README.md:{block.line}: the Python block exited {code}:\n{output}"
+
+
+def check_shell(blocks: list[Block], place: Place) -> None:
+    parts = [PRELUDE]
+    for block in blocks:
+        parts.append(f"echo '@@ README.md:{block.line}'\n")
+        parts.append(place.localize(shell_script(block)))
+    script = "".join(parts)
+    code, output = run(["bash", "-s"], place, place.directory, stdin=script)
+    if code != 0:
+        last = output.rsplit("@@ README.md:", 1)
+        line, _, rest = last[-1].partition("\n") if len(last) == 2 else ("?", "", output)
+        pytest.fail(f"README.md:{line}: the shell block failed (exit {code}):\n{rest}")
+
+
+class TestReadBlocks:
+    """The parser the README test stands on."""
+
+    def test_blocks_markers_and_line_numbers(self) -> None:
+        markdown = (
+            "text\n\n<!-- readme-test: skip (serves forever) -->\n```bash\nmake demo\n```\n"
+            "\n```python\nprint(1)\n```\n```json\n{}\n```\n"
+        )
+        blocks = read_blocks(markdown)
+        assert [(b.line, b.language, b.marker, b.reason) for b in blocks] == [
+            (4, "bash", "skip", "(serves forever)"),
+            (8, "python", None, ""),
+            (11, "json", None, ""),
+        ]
+        assert blocks[1].text == "print(1)\n"
+        assert [b.runnable for b in blocks] == [True, True, False]
+
+    def test_console_commands_with_continuations_and_output(self) -> None:
+        block = Block(
+            1,
+            "console",
+            "$ a=$(curl x \\\n    -d '{\"k\":\n     1}')\n$ echo hi   # note\nhi\n",
+            None,
+            "",
+        )
+        commands, output = console_commands(block)
+        assert commands == ["a=$(curl x \\\n    -d '{\"k\":\n     1}')", "echo hi   # note"]
+        assert output == ["hi"]
+
+    def test_a_server_in_the_background_is_waited_for(self) -> None:
+        block = Block(1, "console", "$ saascore serve &\n$ curl localhost:8000/x\n", None, "")
+        assert starts_server(block)
+        assert shell_script(block) == (
+            "saascore serve &\nreadme_wait_for_server\ncurl localhost:8000/x\n"
+        )
+
+
+@pytest.mark.slow
+def test_every_block_of_the_readme_runs(place: Place) -> None:
+    blocks = read_blocks(README.read_text(encoding="utf-8"))
+    for block in blocks:
+        if block.marker == "skip":
+            assert block.reason, f"README.md:{block.line}: a skip marker needs its reason"
+    runnable = [b for b in blocks if b.runnable and b.marker != "skip"]
+    assert runnable, "README.md has no runnable block"
+
+    for block in runnable:
+        if block.marker == "fails":
+            check_fails(block, place)
+        elif block.language in PYTHON_LANGUAGES:
+            check_python(block, place)
+    shell = [b for b in runnable if b.language in SHELL_LANGUAGES and b.marker is None]
+    if shell:
+        with demo_unless_served(shell, place):
+            check_shell(shell, place)
+
+    skipped = sum(1 for b in blocks if b.runnable and b.marker == "skip")
+    print(f"README.md: {len(runnable)} blocks ran, {skipped} skipped with a reason")
