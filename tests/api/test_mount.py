@@ -67,9 +67,7 @@ async def test_the_service_mounted_under_a_path_answers_through_it(scratch: Data
             scopes=["usage:write", "usage:read"],
         )
         event = {"id": "mounted-1", "metric": "tokens", "quantity": 7}
-        recorded = await client.post(
-            "/v1/usage/events", json=event, headers=customer.key_headers
-        )
+        recorded = await client.post("/v1/usage/events", json=event, headers=customer.key_headers)
         assert recorded.status_code == 201, recorded.text
         assert recorded.json()["used"] == 7
         unknown = await client.get("/v1/no-such-route")

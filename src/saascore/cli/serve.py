@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -39,7 +39,7 @@ DEMO_PLAN = "demo"
 #: The demo organisation's owner. The demo serves on 127.0.0.1 only, so the password can be
 #: fixed and documented (the README's walkthrough logs in with it).
 DEMO_EMAIL = "demo@example.com"
-DEMO_PASSWORD = "saascore-demo-walkthrough"
+DEMO_PASSWORD = "saascore-demo-walkthrough"  # noqa: S105 (printed and documented on purpose)
 DEMO_USER_NAME = "Demo Owner"
 DEMO_KEY_NAME = "demo"
 DEMO_KEY_SCOPES = ("usage:read", "usage:write", "billing:read", "credits:write")
@@ -158,9 +158,9 @@ def demo_catalog() -> Catalog:
     """The default catalog and the hidden `demo` plan: every feature of the top tier, without
     a limit a walkthrough could hit (no rate limits, token, storage, seat or call limits).
     It lives here, not in the default catalog, so no other deployment ever loads it."""
+    from saascore.models import BillingCycle
     from saascore.plans import read_catalog
     from saascore.plans.catalog import LIMIT_FIELDS, PriceSpec
-    from saascore.models import BillingCycle
 
     catalog = read_catalog()
     top = max(catalog.plans.values(), key=lambda plan: plan.sort_order)
@@ -261,7 +261,7 @@ def demo_curl(base: str, api_key: str) -> str:
 
     event = {"id": f"demo-{secrets.token_hex(4)}", "metric": "tokens", "quantity": 1200}
     return (
-        f"curl -s -X POST {base}/v1/usage/events -H \"Authorization: Bearer {api_key}\" "
+        f'curl -s -X POST {base}/v1/usage/events -H "Authorization: Bearer {api_key}" '
         f"-H 'Content-Type: application/json' -d '{json.dumps(event)}'"
     )
 
