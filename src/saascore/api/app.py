@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -28,7 +28,14 @@ from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
 
-__all__ = ["app_factory", "create_app", "install", "saascore_lifespan", "setup_cors"]
+__all__ = [
+    "app_factory",
+    "create_app",
+    "install",
+    "mounted_lifespan",
+    "saascore_lifespan",
+    "setup_cors",
+]
 
 logger = logging.getLogger("saascore.api")
 
@@ -84,6 +91,31 @@ def saascore_lifespan(
                     logger.exception("the webhook dispatcher failed")
             if owned:
                 await core.close()
+
+    return lifespan
+
+
+def mounted_lifespan(
+    *apps: FastAPI, then: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A lifespan for a host app that mounts `apps` (made by `create_app`): it runs their
+    lifespans, which start their `Saascore`, since Starlette runs only the lifespan of the
+    app it serves, never those of mounted apps. `then` is the host's own lifespan, run
+    inside theirs::
+
+        saas = create_app(settings)
+        host = FastAPI(lifespan=mounted_lifespan(saas))
+        host.mount("/saas", saas)
+    """
+
+    @asynccontextmanager
+    async def lifespan(host: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for app in apps:
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            if then is not None:
+                await stack.enter_async_context(then(host))
+            yield
 
     return lifespan
 
