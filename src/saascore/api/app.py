@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from saascore import __version__
 from saascore.api.admin import create_admin_router
+from saascore.api.docs import install_docs, install_home
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
@@ -132,9 +133,16 @@ def install(app: FastAPI, settings: Settings) -> None:
     install_metrics(app)
 
 
-def create_app(settings: Settings | None = None, *, core: Saascore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    core: Saascore | None = None,
+    docs_url: str | None = "/docs",
+    redoc_url: str | None = "/redoc",
+) -> FastAPI:
     """The saascore service: every router, on a `Saascore` built from `settings` at start
-    (or on `core`, which the caller then closes)."""
+    (or on `core`, which the caller then closes); Swagger UI at `docs_url` and ReDoc at
+    `redoc_url` (None leaves one out), both working offline, and a home page at `/`."""
     settings = settings if settings is not None else load_settings()
     lifespan = saascore_lifespan(core or Saascore(settings), owned=core is None)
     app = FastAPI(
@@ -142,6 +150,9 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
         version=__version__,
         description="Tenants, identity, plans, exact metering, credits, billing and audit.",
         lifespan=lifespan,
+        # FastAPI's own pages load their assets from a CDN: install_docs serves them instead.
+        docs_url=None,
+        redoc_url=None,
         responses={
             400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
             422: {"model": ErrorResponse, "description": "The request is invalid"},
@@ -166,6 +177,8 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     ):
         app.include_router(router)
     document_webhooks(app)
+    install_docs(app, docs_url=docs_url, redoc_url=redoc_url)
+    install_home(app, health_urls={"liveness": "/health", "readiness": "/healthz"})
     return app
 
 
