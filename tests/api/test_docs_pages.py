@@ -106,6 +106,11 @@ async def test_redoc_loads_its_assets_from_the_app(database: Database) -> None:
             "/openapi.json",
         }
         assert "fonts.googleapis" not in (await client.get("/redoc")).text
+        script = await client.get("/docs/static/redoc.standalone.js")
+        assert "javascript" in script.headers["content-type"]
+        assert "Redoc" in script.text
+        # Its sidebar logo would come from Redocly's CDN.
+        assert "cdn.redoc.ly" not in script.text
 
 
 async def test_the_oauth2_redirect_page_is_served(database: Database) -> None:

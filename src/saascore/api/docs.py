@@ -9,7 +9,9 @@ mounted under a path of a host app (`host.mount("/saas", create_app())`).
 
 from __future__ import annotations
 
+from functools import cache
 from html import escape
+from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -18,7 +20,7 @@ from fastapi.openapi.docs import (
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from starlette.staticfiles import StaticFiles
 
 __all__ = ["ASSETS_PACKAGE", "home_page", "install_docs", "install_home"]
@@ -26,6 +28,11 @@ __all__ = ["ASSETS_PACKAGE", "home_page", "install_docs", "install_home"]
 #: The package whose `static/` folder holds swagger-ui-bundle.js, swagger-ui.css,
 #: redoc.standalone.js and favicon.png.
 ASSETS_PACKAGE = "fastapi_offline"
+
+#: ReDoc's sidebar shows Redocly's logo from their CDN; an image that cannot load is dropped, so
+#: the bundle is served with an empty image in its place.
+REDOC_LOGO = b'src:"https://cdn.redoc.ly/redoc/logo-mini.svg"'
+NO_IMAGE = b'src:"data:,"'
 
 #: Swagger UI checks the document against a public validator and shows its badge: off, since
 #: it is a request to the internet.
@@ -35,6 +42,13 @@ SWAGGER_UI_PARAMETERS: dict[str, Any] = {"validatorUrl": None}
 def _root(request: Request) -> str:
     root_path: str = request.scope.get("root_path", "")
     return root_path.rstrip("/")
+
+
+@cache
+def redoc_bundle() -> bytes:
+    """ReDoc's standalone bundle, asking nothing of another host."""
+    bundle = (files(ASSETS_PACKAGE) / "static" / "redoc.standalone.js").read_bytes()
+    return bundle.replace(REDOC_LOGO, NO_IMAGE)
 
 
 def install_docs(
@@ -53,6 +67,12 @@ def install_docs(
         return
     app.docs_url = docs_url
     app.redoc_url = redoc_url
+
+    async def redoc_script(request: Request) -> Response:
+        return Response(redoc_bundle(), media_type="text/javascript; charset=utf-8")
+
+    # Before the mount, which would serve the file as it is.
+    app.add_route(f"{assets_url}/redoc.standalone.js", redoc_script, include_in_schema=False)
     app.mount(assets_url, StaticFiles(packages=[(ASSETS_PACKAGE, "static")]), name="docs-assets")
     favicon = f"{assets_url}/favicon.png"
 
