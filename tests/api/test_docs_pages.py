@@ -52,7 +52,8 @@ async def served(
     database: Database, *, prefix: str = "", **options: str | None
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A client of the real app, mounted under `prefix` of a host app when one is given."""
-    app = create_app(database.settings, core=Saascore(database.settings, database=database), **options)
+    core = Saascore(database.settings, database=database)
+    app = create_app(database.settings, core=core, **options)
     outer: FastAPI = app
     if prefix:
         outer = FastAPI()

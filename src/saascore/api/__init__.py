@@ -8,6 +8,7 @@ from saascore.api.app import (
     saascore_lifespan,
     setup_cors,
 )
+from saascore.api.docs import install_docs, install_home
 from saascore.api.errors import ErrorResponse, error_response
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
@@ -20,6 +21,8 @@ __all__ = [
     "create_metrics_router",
     "error_response",
     "install",
+    "install_docs",
+    "install_home",
     "install_metrics",
     "mounted_lifespan",
     "saascore_lifespan",
