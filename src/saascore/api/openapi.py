@@ -147,7 +147,7 @@ def _callers(dependant: Dependant) -> list[Caller]:
     return found + [caller for sub in dependant.dependencies for caller in _callers(sub)]
 
 
-def _who(callers: list[Caller]) -> str | None:
+def _who(callers: list[Caller]) -> str:
     if any(caller.operator for caller in callers):
         return "an operator key."
     permissions = sorted({f"`{c.permission}`" for c in callers if c.permission is not None})
@@ -160,7 +160,7 @@ def _who(callers: list[Caller]) -> str | None:
         return "a user's access token or an API key of an organisation."
     if callers:
         return "any access token or API key (a user's, an organisation key or an operator key)."
-    return None
+    return "none."
 
 
 def _errors(responses: dict[str, Any]) -> str | None:
@@ -186,7 +186,7 @@ def describe_access(document: dict[str, Any], routes: list[BaseRoute]) -> None:
             if operation is None:
                 continue
             parts = [operation.get("description", "").strip()]
-            if who is not None and "**Credentials:**" not in parts[0]:
+            if "**Credentials:**" not in parts[0]:
                 parts.append(f"**Credentials:** {who}")
             errors = _errors(operation.get("responses", {}))
             if errors is not None and "**Errors:**" not in parts[0]:
