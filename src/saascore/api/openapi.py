@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi import routing
+from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope

@@ -327,7 +327,7 @@ def _envelope(name: str, payload: type[EventPayload]) -> type[BaseModel]:
         __doc__=f"The body of the `{name}` webhook.",
         type=(Literal[name], Field(description="The event type")),  # type: ignore[arg-type]
         timestamp=(datetime, Field(description="When the event happened")),
-        data=(payload, ...),
+        data=(payload, Field(description="The event's payload")),
     )
     return model
 
