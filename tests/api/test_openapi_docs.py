@@ -34,9 +34,7 @@ def operations(document: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 class TestTags:
-    def test_every_tag_used_is_declared_with_a_description(
-        self, document: dict[str, Any]
-    ) -> None:
+    def test_every_tag_used_is_declared_with_a_description(self, document: dict[str, Any]) -> None:
         declared = {tag["name"]: tag.get("description", "") for tag in document["tags"]}
         used = {tag for _, operation in operations(document) for tag in operation["tags"]}
         assert used <= set(declared), used - set(declared)

@@ -28,6 +28,7 @@ __all__ = [
     "OPENAPI_TAGS",
     "allowed_methods",
     "describe_access",
+    "describe_fastapi_schemas",
     "install_openapi",
     "integer_bounds",
 ]
@@ -135,10 +136,35 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             offer_bearer(document)
             publish_password_rules(document, settings.password_min_length)
             describe_access(document, app.routes)
+            describe_fastapi_schemas(document)
             app.openapi_schema = integer_bounds(document)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: The fields of the schemas FastAPI adds on its own (for the 422 of a webhook's receiver).
+_FASTAPI_FIELDS = {
+    "HTTPValidationError": {"detail": "What is wrong with the request, one entry per problem"},
+    "ValidationError": {
+        "loc": "Where the problem is: `body`, `query` or `path`, then the field's path",
+        "msg": "What is wrong, for a human",
+        "type": "The kind of problem, stable",
+        "input": "The value refused",
+        "ctx": "Facts about the problem (the bound crossed, the pattern missed)",
+    },
+}
+
+
+def describe_fastapi_schemas(document: dict[str, Any]) -> None:
+    """Describe the fields of FastAPI's own validation error schemas, where the document
+    has them."""
+    schemas = document.get("components", {}).get("schemas", {})
+    for name, fields in _FASTAPI_FIELDS.items():
+        properties = schemas.get(name, {}).get("properties", {})
+        for field, description in fields.items():
+            if field in properties:
+                properties[field].setdefault("description", description)
 
 
 def _callers(dependant: Dependant) -> list[Caller]:
