@@ -18,7 +18,7 @@ from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
-from saascore.api.openapi import install_openapi
+from saascore.api.openapi import OPENAPI_TAGS, install_openapi
 from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
@@ -153,6 +153,7 @@ def create_app(
         # FastAPI's own pages load their assets from a CDN: install_docs serves them instead.
         docs_url=None,
         redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
         responses={
             400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
             422: {"model": ErrorResponse, "description": "The request is invalid"},

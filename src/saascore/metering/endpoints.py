@@ -107,6 +107,7 @@ def create_usage_router() -> APIRouter:
 
     @router.post(
         "/events",
+        summary="Record usage events",
         status_code=status.HTTP_201_CREATED,
         response_model=UsageEventRecorded | UsageBatchRecorded,
         responses={
@@ -131,7 +132,11 @@ def create_usage_router() -> APIRouter:
         422 `period_closed`); backfill is for operators."""
         return await _record(core, principal.tenant, body, response, backfill=False)
 
-    @router.post("/check", responses=error_responses(*_READ_ERRORS, UnknownMetric, InvalidInput))
+    @router.post(
+        "/check",
+        summary="Check a quantity against its limit",
+        responses=error_responses(*_READ_ERRORS, UnknownMetric, InvalidInput),
+    )
     async def check_usage(
         body: UsageCheckRequest, principal: UsageReader, core: CoreDep
     ) -> UsageCheckResponse:
@@ -141,6 +146,7 @@ def create_usage_router() -> APIRouter:
 
     @router.post(
         "/reservations",
+        summary="Reserve usage",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(
             *_READ_ERRORS,
@@ -167,6 +173,7 @@ def create_usage_router() -> APIRouter:
 
     @router.post(
         "/reservations/{reservation_id}/settle",
+        summary="Settle a reservation",
         responses=error_responses(
             *_READ_ERRORS,
             ReservationNotFound,
@@ -202,6 +209,7 @@ def create_usage_router() -> APIRouter:
 
     @router.delete(
         "/reservations/{reservation_id}",
+        summary="Release a reservation",
         responses=error_responses(*_READ_ERRORS, ReservationNotFound, ReservationNotHeld),
     )
     async def release_reservation(
@@ -211,13 +219,17 @@ def create_usage_router() -> APIRouter:
         reservation = await core.usage.release(reservation_id, org_id=principal.tenant)
         return ReservationOut.of(reservation)
 
-    @router.get("/limits", responses=error_responses(*_READ_ERRORS))
+    @router.get("/limits", summary="Get usage limits", responses=error_responses(*_READ_ERRORS))
     async def usage_limits(principal: UsageReader, core: CoreDep) -> UsageLimitsResponse:
         """Every metric's usage, reservations and limit in its current period."""
         snapshots = await core.usage.limits(principal.tenant)
         return UsageLimitsResponse(limits=[UsageLimitOut.of(s) for s in snapshots])
 
-    @router.get("/summary", responses=error_responses(*_READ_ERRORS, InvalidInput))
+    @router.get(
+        "/summary",
+        summary="Get a usage summary",
+        responses=error_responses(*_READ_ERRORS, InvalidInput),
+    )
     async def usage_summary(
         principal: UsageReader,
         core: CoreDep,
@@ -294,6 +306,7 @@ def create_usage_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations/{org_id}/usage/events",
+        summary="Backfill usage events",
         status_code=status.HTTP_201_CREATED,
         response_model=UsageEventRecorded | UsageBatchRecorded,
         responses={
@@ -331,6 +344,7 @@ def create_limits_admin_router() -> APIRouter:
 
     @router.put(
         "/organizations/{org_id}/limits/{metric}",
+        summary="Override a limit",
         responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound, UnknownMetric),
     )
     async def set_limit(
@@ -357,6 +371,7 @@ def create_limits_admin_router() -> APIRouter:
 
     @router.delete(
         "/organizations/{org_id}/limits/{metric}",
+        summary="Clear a limit override",
         responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
     )
     async def clear_limit(
