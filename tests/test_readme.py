@@ -34,12 +34,14 @@ line number and its output.
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import shlex
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -253,9 +255,8 @@ def fragment_names(block: Block) -> list[str]:
     inside = re.fullmatch(r"\((.*)\)", block.reason)
     names = [name.strip() for name in inside.group(1).split(",")] if inside else []
     known = {*FRAGMENT_BINDINGS, "app"}
-    assert names and all(name in known for name in names) and (
-        "app" not in names or names == ["app"]
-    ), (
+    valid = bool(names) and set(names) <= known and ("app" not in names or names == ["app"])
+    assert valid, (
         f"README.md:{block.line}: a fragment marker lists the names it uses, "
         f"from {sorted(known)} (app on its own), not {block.reason!r}"
     )
@@ -450,12 +451,114 @@ class TestReadBlocks:
         )
 
 
+class TestSessionOrder:
+    """A block that needs a variable runs after the block that sets it."""
+
+    def test_a_needs_block_moves_after_the_block_that_sets_its_variable(self) -> None:
+        blocks = read_blocks(
+            '<!-- readme-test: needs ($KEY, from below) -->\n```bash\ncurl -H "k: $KEY"\n```\n'
+            "```bash\necho first\n```\n"
+            '```console\n$ KEY=$(echo sk_test)\n$ echo "$KEY"\n```\n'
+            "```bash\necho last\n```\n"
+        )
+        assert [block.line for block in session_order(blocks)] == [5, 8, 2, 12]
+
+    def test_a_needs_block_stays_in_place_when_set_before(self) -> None:
+        blocks = read_blocks(
+            "```bash\nKEY=1\n```\n```bash\necho 2\n```\n"
+            "<!-- readme-test: needs ($KEY) -->\n```bash\necho $KEY\n```\n"
+        )
+        assert [block.line for block in session_order(blocks)] == [1, 4, 8]
+
+    def test_an_option_is_no_assignment(self) -> None:
+        blocks = read_blocks(
+            "<!-- readme-test: needs ($KEY) -->\n```bash\necho $KEY\n```\n"
+            "```bash\ncurl --KEY=1 x\n```\n"
+        )
+        with pytest.raises(AssertionError, match=r"README\.md:2: no shell block sets \$KEY"):
+            session_order(blocks)
+
+
+class TestFragments:
+    """A fragment runs inside a prelude with exactly the names its marker lists."""
+
+    def test_an_unknown_name_is_refused(self) -> None:
+        block = Block(3, "python", "print(org)\n", "fragment", "(core, tenant)")
+        with pytest.raises(AssertionError, match=r"README\.md:3: a fragment marker lists"):
+            python_script(block)
+
+    def test_only_the_listed_names_are_bound(self) -> None:
+        script, offset = python_script(
+            Block(3, "python", "print(request_id)\n", "fragment", "(request_id)")
+        )
+        bound = {line.split("=")[0].strip() for line in script.splitlines() if " = " in line}
+        assert {"request_id"} <= bound
+        assert not bound & {"core", "org", "org_id", "user_id", "app"}
+        assert script.splitlines()[offset] == "        print(request_id)"
+
+    @pytest.mark.slow
+    def test_a_fragment_that_fails_names_its_readme_line(self, place: Place) -> None:
+        # `org` is not in the marker: NameError on the fragment's second line, README line 5.
+        block = Block(3, "python", "print(core.settings)\nprint(org)\n", "fragment", "(core)")
+        with pytest.raises(AssertionError) as failure:
+            check_python(block, place)
+        message = str(failure.value)
+        assert message.startswith("README.md:3: the Python block exited 1")
+        assert "(README.md:5)" in message
+        assert "NameError: name 'org' is not defined" in message
+
+    @pytest.mark.slow
+    def test_an_app_fragment_whose_route_fails_fails(self, place: Place) -> None:
+        text = (
+            "from uuid import UUID\n\n"
+            "@app.get('/orgs/{org_id}')\nasync def read(org_id: UUID):\n    return 1 / 0\n"
+        )
+        with pytest.raises(AssertionError, match=r"README\.md:7: the Python block exited 1"):
+            check_python(Block(7, "python", text, "fragment", "(app)"), place)
+
+
+class NotFoundHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/ok" else 404)
+        self.end_headers()
+        self.wfile.write(b"answer\n")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class TestCurl:
+    """A curl in a shell block that gets an HTTP error fails the block."""
+
+    @pytest.fixture
+    def base(self) -> Iterator[str]:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFoundHandler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+        thread.join()
+
+    def test_an_http_error_fails_the_block(self, base: str, place: Place) -> None:
+        blocks = [Block(9, "bash", f"curl -s {base}/missing\n", None, "")]
+        with pytest.raises(pytest.fail.Exception, match=r"README\.md:9: .*\(exit 22\)"):
+            check_shell(blocks, place)
+
+    def test_a_success_and_an_explicit_fail_option_pass(self, base: str, place: Place) -> None:
+        blocks = [Block(9, "bash", f"curl -s {base}/ok\ncurl -sf {base}/ok\n", None, "")]
+        check_shell(blocks, place)
+
+
 @pytest.mark.slow
 def test_every_block_of_the_readme_runs(place: Place) -> None:
     blocks = read_blocks(README.read_text(encoding="utf-8"))
     for block in blocks:
         if block.marker == "skip":
             assert block.reason, f"README.md:{block.line}: a skip marker needs its reason"
+        if block.marker == "fragment":
+            assert block.language in PYTHON_LANGUAGES, f"README.md:{block.line}: not Python"
+        if block.marker == "needs":
+            assert block.language in SHELL_LANGUAGES, f"README.md:{block.line}: not a shell block"
     runnable = [b for b in blocks if b.runnable and b.marker != "skip"]
     assert runnable, "README.md has no runnable block"
 
