@@ -9,8 +9,11 @@ export UV_COMPILE_BYTECODE := 1
 PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen --no-sync
+# The browser test (tests/api/test_docs_browser.py) drives Debian's Chromium, never a download.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup demo serve test fuzz lint format bench clean
+.PHONY: help setup chromium demo serve test fuzz lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,12 +26,25 @@ help:  ## list the targets
 	$(RUN) python -m compileall -q src > /dev/null
 	touch $@
 
-setup: .venv/.synced  ## install saascore and its tools into .venv (uv, pinned by uv.lock)
+setup: .venv/.synced chromium  ## install saascore, its tools (uv, pinned by uv.lock), chromium
 
-demo: setup  ## run the service on the embedded SQLite database at http://127.0.0.1:8000
+# Debian's chromium when it is missing; where it cannot be installed the browser test skips,
+# except on CI (CI=true), where that is a failure.
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  { $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; \
+	  } || if [ "$$CI" = true ]; then \
+	    echo "chromium could not be installed, and CI runs the browser test" >&2; exit 1; \
+	  else \
+	    echo "chromium could not be installed: the browser test will skip"; \
+	  fi; }
+
+demo: .venv/.synced  ## run the service on the embedded SQLite database at http://127.0.0.1:8000
 	$(RUN) saascore demo $(if $(PORT),--port $(PORT))
 
-serve: setup  ## run the service on the configured database
+serve: .venv/.synced  ## run the service on the configured database
 	$(RUN) saascore serve
 
 test: setup  ## run the whole test suite (SQLite and PostgreSQL)

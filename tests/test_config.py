@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from saascore import config
 from saascore.config import DatabaseBackend, Settings, load_settings
 from saascore.kit.errors import ConfigurationError
 
@@ -347,3 +348,135 @@ class TestMetricsToken:
         settings = Settings(_env_file=None, metrics_token="  a-long-enough-token  ")
         assert settings.metrics_token is not None
         assert settings.metrics_token.get_secret_value() == "a-long-enough-token"
+
+
+class TestSeedAliases:
+    """Seed 002's `DB_*` variables are read where the saascore variable is not set, warned once."""
+
+    @pytest.fixture(autouse=True)
+    def fresh_warnings(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(config, "_warned", set())
+
+    @staticmethod
+    def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "saascore.config"]
+
+    def test_the_parts_are_read_as_database_variables(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        for name, value in {
+            "DB_HOST": "db.internal",
+            "DB_PORT": "5433",
+            "DB_NAME": "ai_descriptions",
+            "DB_USER": "app",
+            "DB_PASSWORD": "s3cret",
+        }.items():
+            monkeypatch.setenv(name, value)
+        settings = load_settings()
+        assert settings.database_host == "db.internal"
+        assert settings.database_port == 5433
+        assert (
+            settings.sqlalchemy_url.render_as_string(hide_password=False)
+            == "postgresql+asyncpg://app:s3cret@db.internal:5433/ai_descriptions"
+        )
+        assert self.warnings(caplog) == [
+            f"{alias} is read as {name}; rename it" for alias, name in config.SEED_ALIASES.items()
+        ]
+
+    def test_each_alias_is_warned_about_once(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setenv("DB_HOST", "db.internal")
+        load_settings()
+        load_settings()
+        assert self.warnings(caplog) == ["DB_HOST is read as DATABASE_HOST; rename it"]
+
+    def test_the_saascore_variable_wins(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setenv("DB_HOST", "old.internal")
+        monkeypatch.setenv("DATABASE_HOST", "new.internal")
+        assert load_settings().database_host == "new.internal"
+        assert self.warnings(caplog) == [
+            "DB_HOST is ignored: DATABASE_HOST is set and wins; remove DB_HOST"
+        ]
+
+    def test_an_alias_in_dotenv_is_read(self, tmp_path: Path) -> None:
+        (tmp_path / ".env").write_text("DB_HOST=from-file\nDB_NAME=app\n")
+        settings = load_settings()
+        assert settings.sqlalchemy_url.host == "from-file"
+        assert settings.sqlalchemy_url.database == "app"
+
+    def test_the_saascore_variable_in_dotenv_wins_over_an_alias_in_the_environment(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        (tmp_path / ".env").write_text("DATABASE_HOST=new.internal\n")
+        monkeypatch.setenv("DB_HOST", "old.internal")
+        assert load_settings().database_host == "new.internal"
+
+    def test_seed_002s_whole_block_keeps_its_database_url(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        block = {
+            "DATABASE_URL": "postgresql://user:password@localhost:5432/ai_descriptions",
+            "DB_TYPE": "postgresql",
+            "DB_HOST": "localhost",
+            "DB_PORT": "5432",
+            "DB_NAME": "ai_descriptions",
+            "DB_USER": "postgres",
+            "DB_PASSWORD": "your_password",
+        }
+        for name, value in block.items():
+            monkeypatch.setenv(name, value)
+        url = load_settings().sqlalchemy_url
+        assert url.render_as_string(hide_password=False) == (
+            "postgresql+asyncpg://user:password@localhost:5432/ai_descriptions"
+        )
+        assert "DB_TYPE is ignored: DATABASE_URL is set and wins; remove it" in self.warnings(
+            caplog
+        )
+
+    def test_db_type_sqlite_with_a_name_is_that_file(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        monkeypatch.setenv("DB_TYPE", "sqlite")
+        monkeypatch.setenv("DB_NAME", "data/app.db")
+        monkeypatch.setenv("DB_HOST", "ignored.internal")
+        settings = load_settings()
+        assert settings.database_backend is DatabaseBackend.SQLITE
+        assert settings.sqlalchemy_url.render_as_string() == "sqlite+aiosqlite:///data/app.db"
+        assert self.warnings(caplog) == [
+            "DB_HOST is ignored with DB_TYPE=sqlite; remove it",
+            "DB_TYPE=sqlite is read as DATABASE_URL=sqlite:///data/app.db; remove it",
+        ]
+
+    def test_db_type_sqlite_alone_is_the_embedded_database(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DB_TYPE", "SQLite")
+        settings = load_settings()
+        assert settings.is_embedded
+        assert settings.database_backend is DatabaseBackend.SQLITE
+
+    def test_db_type_postgresql_alone_is_the_default_server(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DB_TYPE", "postgres")
+        settings = load_settings()
+        assert settings.database_backend is DatabaseBackend.POSTGRESQL
+        assert settings.sqlalchemy_url.render_as_string() == (
+            "postgresql+asyncpg://postgres@localhost:5432/postgres"
+        )
+
+    def test_an_unknown_db_type_is_one_line(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DB_TYPE", "mysql")
+        with pytest.raises(ConfigurationError) as error:
+            load_settings()
+        assert str(error.value) == (
+            "invalid setting DB_TYPE: use postgresql or sqlite (got 'mysql')"
+        )
+
+    def test_a_bad_alias_value_names_the_alias(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("DB_PORT", "abc")
+        with pytest.raises(ConfigurationError, match=r"^invalid setting DB_PORT: .*'abc'"):
+            load_settings()

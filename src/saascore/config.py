@@ -8,6 +8,9 @@ With no database configured, saascore uses an embedded SQLite file under `./.saa
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Mapping
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -21,21 +24,124 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 from pydantic_settings.exceptions import SettingsError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from saascore.kit.errors import ConfigurationError
 
-__all__ = ["DatabaseBackend", "Settings", "load_settings"]
+__all__ = ["SEED_ALIASES", "DatabaseBackend", "Settings", "load_settings"]
 
 ENV_PREFIX = "SAASCORE_"
+
+logger = logging.getLogger("saascore.config")
+
+#: Seed 002's database variables and the saascore variables they are read as. `DB_TYPE` has no
+#: variable of its own: it picks the backend (`postgresql` or `sqlite`) of the parts.
+SEED_ALIASES: dict[str, str] = {
+    "DB_HOST": "DATABASE_HOST",
+    "DB_PORT": "DATABASE_PORT",
+    "DB_NAME": "DATABASE_NAME",
+    "DB_USER": "DATABASE_USER",
+    "DB_PASSWORD": "DATABASE_PASSWORD",
+}
+#: The aliases already warned about in this process (each is said once).
+_warned: set[str] = set()
 
 
 class DatabaseBackend(StrEnum):
     POSTGRESQL = "postgresql"
     SQLITE = "sqlite"
+
+
+#: The values of seed 002's `DB_TYPE` and the backend each picks.
+_DB_TYPES = {
+    "postgresql": DatabaseBackend.POSTGRESQL,
+    "postgres": DatabaseBackend.POSTGRESQL,
+    "sqlite": DatabaseBackend.SQLITE,
+}
+
+
+def _warn_once(name: str, message: str) -> None:
+    if name not in _warned:
+        _warned.add(name)
+        logger.warning(message)
+
+
+class SeedAliasSource(PydanticBaseSettingsSource):
+    """Seed 002's `DB_*` variables, read where the saascore variable is not set.
+
+    It reads what the environment and `.env` sources read (so an alias in `.env` counts too),
+    and comes after them: a saascore variable set in either always wins. Every alias in use is
+    warned about once per process, so that deployments rename them.
+    """
+
+    def __init__(
+        self, settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource
+    ) -> None:
+        super().__init__(settings_cls)
+        self._sources = sources
+
+    def _variables(self) -> dict[str, str]:
+        variables: dict[str, str] = {}
+        for source in reversed(self._sources):  # the environment over `.env`
+            env_vars: Mapping[str, str | None] = getattr(source, "env_vars", {})
+            variables.update({k.upper(): v for k, v in env_vars.items() if v is not None})
+        return variables
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the variables at once
+
+    def __call__(self) -> dict[str, Any]:
+        variables = self._variables()
+        db_type = variables.get("DB_TYPE")
+        backend = None if db_type is None else _DB_TYPES.get(db_type.strip().lower())
+        if db_type is not None and backend is None:
+            raise ConfigurationError(
+                f"invalid setting DB_TYPE: use postgresql or sqlite (got {db_type!r})"
+            )
+        if backend is not None and "DATABASE_URL" in variables:
+            _warn_once("DB_TYPE", "DB_TYPE is ignored: DATABASE_URL is set and wins; remove it")
+            backend = None
+        values: dict[str, Any] = {}
+        for alias, name in SEED_ALIASES.items():
+            if alias not in variables:
+                continue
+            if name in variables:
+                _warn_once(alias, f"{alias} is ignored: {name} is set and wins; remove {alias}")
+            elif backend is DatabaseBackend.SQLITE:
+                if alias == "DB_NAME":  # the file, said with DB_TYPE below
+                    values[name.lower()] = variables[alias]
+                else:
+                    _warn_once(alias, f"{alias} is ignored with DB_TYPE=sqlite; remove it")
+            else:
+                _warn_once(alias, f"{alias} is read as {name}; rename it")
+                values[name.lower()] = variables[alias]
+        if backend is DatabaseBackend.SQLITE:
+            # DB_NAME names the SQLite file; without it, the embedded database is used.
+            path = values.pop("database_name", None)
+            if path is not None:
+                values["database_url"] = f"sqlite:///{path}"
+            _warn_once(
+                "DB_TYPE",
+                "DB_TYPE=sqlite is read as "
+                + ("the embedded database" if path is None else f"DATABASE_URL=sqlite:///{path}")
+                + "; remove it",
+            )
+        elif backend is DatabaseBackend.POSTGRESQL:
+            if not ({"DATABASE_HOST", "DATABASE_NAME"} & variables.keys()) and not (
+                {"database_host", "database_name"} & values.keys()
+            ):
+                values["database_host"] = "localhost"  # PostgreSQL from the default parts
+            _warn_once("DB_TYPE", "DB_TYPE=postgresql is implied by DATABASE_HOST; remove it")
+        return values
 
 
 def _env(name: str) -> Any:
@@ -52,6 +158,18 @@ class Settings(BaseSettings):
         populate_by_name=True,
         validate_default=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        aliases = SeedAliasSource(settings_cls, env_settings, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, aliases
 
     # --- the database, named as the seeds name it -------------------------------------------
     database_url: str | None = Field(
@@ -327,6 +445,15 @@ def _variable_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def _alias_in_use(name: str) -> str | None:
+    """The seed alias that set the variable `name`, if the environment has it instead."""
+    present = {key.upper() for key in os.environ}
+    for alias, target in SEED_ALIASES.items():
+        if target == name and alias in present and name not in present:
+            return alias
+    return None
+
+
 _SECRET = {"database_url", "database_password", "jwt_secret", "metrics_token"}
 
 
@@ -354,8 +481,9 @@ def load_settings(**overrides: Any) -> Settings:
         if not field:
             raise ConfigurationError(f"invalid settings: {message}") from None
         name = _variable_name(field)
+        name = _alias_in_use(name) or name
         value = error.get("input")
-        if field in _SECRET or name in ("DATABASE_URL", "DATABASE_PASSWORD"):
+        if field in _SECRET or name in ("DATABASE_URL", "DATABASE_PASSWORD", "DB_PASSWORD"):
             value = _without_password(value)
         shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
         raise ConfigurationError(f"invalid setting {name}: {message}{shown}") from None

@@ -9,6 +9,8 @@ of them: each one spends most of a second importing, so independent commands sha
 from __future__ import annotations
 
 import os
+import re
+import select
 import socket
 import subprocess
 import sys
@@ -126,6 +128,8 @@ class Server:
     stdout: str = ""
     stderr: str = ""
     stopped: bool = False
+    #: What `read_stdout_until` read while the server ran (`stdout` starts with it).
+    early_stdout: str = ""
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -147,6 +151,24 @@ class Server:
             time.sleep(0.2)
         pytest.fail(f"{self.url('/healthz')} did not answer 200 within {STARTUP_TIMEOUT}s")
 
+    def read_stdout_until(self, pattern: str, timeout: float = STARTUP_TIMEOUT) -> re.Match[str]:
+        """Read the running server's stdout until `pattern` (a regex, multiline) matches.
+        Reads the pipe's file descriptor directly, so that `stop` later reads on from here."""
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        data = self.early_stdout.encode()
+        deadline = time.monotonic() + timeout
+        while (found := re.search(pattern, data.decode(errors="replace"), re.M)) is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                pytest.fail(f"no {pattern!r} on the server's stdout within {timeout}s:\n{data!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                pytest.fail(f"the server closed stdout before {pattern!r}:\n{data!r}")
+            data += chunk
+        self.early_stdout = data.decode(errors="replace")
+        return found
+
     def stop(self) -> None:
         """Stop the server (SIGTERM: uvicorn shuts down cleanly) and keep its output."""
         if self.stopped:
@@ -159,6 +181,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.stdout, self.stderr = self.process.communicate()
+        self.stdout = self.early_stdout + self.stdout
 
 
 def free_port() -> int:

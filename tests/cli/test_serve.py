@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import socket
 import sqlite3
+import subprocess
 import uuid
 from contextlib import closing
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from saascore.kit.db import Database
-from tests.cli.runner import Cli, free_port
+from tests.cli.runner import Cli, Server, free_port
 from tests.helpers import settings_env
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -54,6 +58,112 @@ def test_demo(cli: Cli) -> None:
     assert str(database_file) in server.stdout
     assert f"http://127.0.0.1:{port}/healthz" in server.stdout
     assert f"http://127.0.0.1:{port}/docs" in server.stdout
+    assert "Traceback" not in server.stderr
+
+
+@dataclass(frozen=True)
+class DemoBanner:
+    email: str
+    password: str
+    key: str
+    curl: str
+
+
+def read_banner(server: Server) -> DemoBanner:
+    """The login, key and curl command the running demo printed."""
+    server.wait_until_healthy()
+    curl = server.read_stdout_until(r"^curl .*\n").group(0).strip()
+    printed = server.early_stdout
+    email = re.search(r"login e-mail\s+(\S+)", printed)
+    password = re.search(r"password\s+(\S+)", printed)
+    key = re.search(r"API key\s+(\S+)", printed)
+    assert email, printed
+    assert password, printed
+    assert key, printed
+    return DemoBanner(email[1], password[1], key[1], curl)
+
+
+def run_printed_curl(command: str) -> dict[str, object]:
+    """Run the command as a user pasting it into a shell would."""
+    done = subprocess.run(  # noqa: S602 (the command is the demo's, pasted as a user would)
+        command, shell=True, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    body: dict[str, object] = json.loads(done.stdout)
+    return body
+
+
+def log_in(server: Server, banner: DemoBanner) -> str:
+    response = httpx.post(
+        server.url("/v1/auth/login"),
+        json={"email": banner.email, "password": banner.password},
+        timeout=10.0,
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def tokens_used(server: Server, credential: str) -> int:
+    response = httpx.get(
+        server.url("/v1/usage/limits"),
+        headers={"Authorization": f"Bearer {credential}"},
+        timeout=10.0,
+    )
+    assert response.status_code == 200, response.text
+    (tokens,) = [row for row in response.json()["limits"] if row["metric"] == "tokens"]
+    used: int = tokens["used"]
+    return used
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the printed command runs curl")
+def test_demo_lets_a_user_in_and_prints_a_curl_that_records_an_event(cli: Cli) -> None:
+    """The login works over HTTP; the key is an `sk_test_` key; the printed curl, pasted
+    into a shell, records an event; and the plan's rate limits are out of a walkthrough's
+    reach (more requests than Pro allows in a minute all pass). A restart on the same data
+    keeps the login, and its new key replaces the old one."""
+    port = free_port()
+    with cli.server("demo", "--port", str(port), port=port) as server:
+        first = read_banner(server)
+        assert first.key.startswith("sk_test_")
+        assert first.key in first.curl
+        assert first.curl.startswith(f"curl -s -X POST http://127.0.0.1:{port}/v1/usage/events ")
+        access = log_in(server, first)
+        me = httpx.get(
+            server.url("/v1/me"), headers={"Authorization": f"Bearer {access}"}, timeout=10.0
+        )
+        assert me.status_code == 200, me.text
+        assert me.json()["user"]["email"] == first.email
+        assert me.json()["role"] == "owner"
+
+        recorded = run_printed_curl(first.curl)
+        assert recorded["status"] == "accepted", recorded
+        quantity = recorded["quantity"]
+        assert isinstance(quantity, int)
+        assert quantity > 0
+        assert tokens_used(server, access) == quantity
+        assert run_printed_curl(first.curl)["status"] == "duplicate"  # idempotent on its id
+
+        with httpx.Client(headers={"Authorization": f"Bearer {first.key}"}) as client:
+            statuses = {client.get(server.url("/v1/usage/limits")).status_code for _ in range(60)}
+        assert statuses == {200}
+
+    port = free_port()
+    with cli.server("demo", "--port", str(port), port=port) as server:
+        second = read_banner(server)
+        assert (second.email, second.password) == (first.email, first.password)
+        assert second.key.startswith("sk_test_")
+        assert second.key != first.key
+        access = log_in(server, second)
+        recorded = run_printed_curl(second.curl)
+        assert recorded["status"] == "accepted", recorded
+        assert tokens_used(server, second.key) == 2 * quantity
+        revoked = httpx.get(
+            server.url("/v1/usage/limits"),
+            headers={"Authorization": f"Bearer {first.key}"},
+            timeout=10.0,
+        )
+        assert revoked.status_code == 401
     assert "Traceback" not in server.stderr
 
 

@@ -6,18 +6,19 @@ import asyncio
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from saascore import __version__
 from saascore.api.admin import create_admin_router
+from saascore.api.docs import install_docs, install_home
 from saascore.api.errors import ErrorResponse, install_error_handlers
 from saascore.api.health import create_health_router
 from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
-from saascore.api.openapi import install_openapi
+from saascore.api.openapi import OPENAPI_TAGS, install_openapi
 from saascore.audit.endpoints import create_audit_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
@@ -28,7 +29,14 @@ from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
 
-__all__ = ["app_factory", "create_app", "install", "saascore_lifespan", "setup_cors"]
+__all__ = [
+    "app_factory",
+    "create_app",
+    "install",
+    "mounted_lifespan",
+    "saascore_lifespan",
+    "setup_cors",
+]
 
 logger = logging.getLogger("saascore.api")
 
@@ -88,6 +96,31 @@ def saascore_lifespan(
     return lifespan
 
 
+def mounted_lifespan(
+    *apps: FastAPI, then: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A lifespan for a host app that mounts `apps` (made by `create_app`): it runs their
+    lifespans, which start their `Saascore`, since Starlette runs only the lifespan of the
+    app it serves, never those of mounted apps. `then` is the host's own lifespan, run
+    inside theirs::
+
+        saas = create_app(settings)
+        host = FastAPI(lifespan=mounted_lifespan(saas))
+        host.mount("/saas", saas)
+    """
+
+    @asynccontextmanager
+    async def lifespan(host: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for app in apps:
+                await stack.enter_async_context(app.router.lifespan_context(app))
+            if then is not None:
+                await stack.enter_async_context(then(host))
+            yield
+
+    return lifespan
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """What saascore's routers expect of the app that mounts them: the error envelope, the
     request id, the input guard, CORS from settings, request metrics, and both credential schemes
@@ -100,9 +133,16 @@ def install(app: FastAPI, settings: Settings) -> None:
     install_metrics(app)
 
 
-def create_app(settings: Settings | None = None, *, core: Saascore | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    core: Saascore | None = None,
+    docs_url: str | None = "/docs",
+    redoc_url: str | None = "/redoc",
+) -> FastAPI:
     """The saascore service: every router, on a `Saascore` built from `settings` at start
-    (or on `core`, which the caller then closes)."""
+    (or on `core`, which the caller then closes); Swagger UI at `docs_url` and ReDoc at
+    `redoc_url` (None leaves one out), both working offline, and a home page at `/`."""
     settings = settings if settings is not None else load_settings()
     lifespan = saascore_lifespan(core or Saascore(settings), owned=core is None)
     app = FastAPI(
@@ -110,6 +150,10 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
         version=__version__,
         description="Tenants, identity, plans, exact metering, credits, billing and audit.",
         lifespan=lifespan,
+        # FastAPI's own pages load their assets from a CDN: install_docs serves them instead.
+        docs_url=None,
+        redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
         responses={
             400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
             422: {"model": ErrorResponse, "description": "The request is invalid"},
@@ -134,6 +178,8 @@ def create_app(settings: Settings | None = None, *, core: Saascore | None = None
     ):
         app.include_router(router)
     document_webhooks(app)
+    install_docs(app, docs_url=docs_url, redoc_url=redoc_url)
+    install_home(app, health_urls={"liveness": "/health", "readiness": "/healthz"})
     return app
 
 

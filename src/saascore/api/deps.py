@@ -60,7 +60,14 @@ BEARER_SCHEME = HTTPBearerModel(description="An access token from `/v1/auth/logi
 
 
 async def get_core(request: Request) -> Saascore:  # async: a plain def would run in a thread
-    core: Saascore = request.app.state.saascore
+    core: Saascore | None = getattr(request.app.state, "saascore", None)
+    if core is None:
+        raise RuntimeError(
+            "saascore's lifespan has not run in this app: pass saascore_lifespan(core) to "
+            "FastAPI(lifespan=...), or, for an app made by create_app() and mounted in "
+            "another, give the host FastAPI(lifespan=mounted_lifespan(app)) (Starlette runs "
+            "no lifespan of a mounted app)"
+        )
     return core
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -35,15 +35,26 @@ logger = logging.getLogger("saascore.api")
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = {}
+    code: str = Field(
+        description="A stable, machine-readable code to switch on", examples=["limit_exceeded"]
+    )
+    message: str = Field(
+        description="What went wrong, for a human",
+        examples=["the tokens limit of this period is reached"],
+    )
+    details: dict[str, Any] = Field(
+        default={},
+        description=(
+            "Facts about the error, by code (the metric and limit, the fields refused, ...)"
+        ),
+        examples=[{"metric": "tokens", "limit": 100000}],
+    )
 
 
 class ErrorResponse(BaseModel):
     """Every error saascore answers has this shape; switch on `error.code`."""
 
-    error: ErrorBody
+    error: ErrorBody = Field(description="The error")
 
 
 def error_response(

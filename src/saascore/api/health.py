@@ -8,7 +8,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from saascore.kit.db import Database
 from saascore.kit.errors import DatabaseUnavailable, RateLimiterUnavailable
@@ -30,29 +30,39 @@ CHECK_TIMEOUT = 3.0
 
 
 class Liveness(BaseModel):
-    status: Literal["ok"] = "ok"
-    service: str
-    timestamp: str
+    status: Literal["ok"] = Field(default="ok", description="Always `ok` when the process answers")
+    service: str = Field(description="The service's name", examples=["saascore"])
+    timestamp: str = Field(description="The server's time, ISO 8601 UTC")
 
 
 class DatabaseHealth(BaseModel):
-    status: Literal["healthy", "unhealthy"]
-    database: str
+    status: Literal["healthy", "unhealthy"] = Field(
+        description="Whether the database answered in time"
+    )
+    database: str = Field(
+        description="The database backend: `postgresql` or `sqlite`", examples=["postgresql"]
+    )
 
 
 class RateLimiterHealth(BaseModel):
-    status: Literal["healthy", "unhealthy"]
+    status: Literal["healthy", "unhealthy"] = Field(
+        description="Whether the rate limiter's storage answered in time"
+    )
     #: `memory` (in the process: always healthy) or `redis`.
-    storage: str
+    storage: str = Field(description="`memory` (in the process: always healthy) or `redis`.")
 
 
 class Readiness(BaseModel):
-    status: Literal["ok", "unhealthy"]
-    service: str
-    version: str
-    database: DatabaseHealth
+    status: Literal["ok", "unhealthy"] = Field(
+        description="`ok` when every dependency answers, else `unhealthy` (503)"
+    )
+    service: str = Field(description="The service's name", examples=["saascore"])
+    version: str = Field(description="The saascore version")
+    database: DatabaseHealth = Field(description="The database's health")
     #: Absent when the app has no rate limiter.
-    rate_limiter: RateLimiterHealth | None = None
+    rate_limiter: RateLimiterHealth | None = Field(
+        default=None, description="The rate limiter's health; absent without one"
+    )
 
 
 def create_health_router(service_name: str = "saascore", version: str | None = None) -> APIRouter:

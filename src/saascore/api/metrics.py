@@ -140,8 +140,10 @@ def create_metrics_router(*, token: str | None) -> APIRouter:
         },
     )
     async def metrics(request: Request) -> Response:
-        """Requests, latency, errors by code, usage recorded and refused. Requires the metrics
-        token (`Authorization: Bearer ...`) when one is configured."""
+        """Requests, latency, errors by code, usage recorded and refused.
+
+        **Credentials:** the metrics token (`Authorization: Bearer ...`,
+        `SAASCORE_METRICS_TOKEN`), not a user's or a key's."""
         if expected is not None:
             given = request.headers.get("authorization", "").encode()
             if not secrets.compare_digest(given, expected):

@@ -42,7 +42,11 @@ def create_audit_router() -> APIRouter:
     """The organisation's audit trail, newest first, for principals with `admin`."""
     router = APIRouter(prefix="/v1/audit-logs", tags=["audit"])
 
-    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor))
+    @router.get(
+        "",
+        summary="List audit log entries",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
+    )
     async def list_audit_logs(
         principal: AdminDep,
         core: CoreDep,

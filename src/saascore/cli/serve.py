@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -15,14 +16,33 @@ if TYPE_CHECKING:
     from saascore.config import Settings
     from saascore.core import Saascore
     from saascore.models import Organization
+    from saascore.plans.catalog import Catalog
 
-__all__ = ["DEMO_EXTERNAL_ID", "demo", "demo_settings", "serve"]
+__all__ = [
+    "DEMO_EMAIL",
+    "DEMO_EXTERNAL_ID",
+    "DEMO_PASSWORD",
+    "DemoAccess",
+    "demo",
+    "demo_catalog",
+    "demo_settings",
+    "prepare_demo",
+    "serve",
+]
 
 APP_FACTORY = "saascore.api.app:app_factory"
 DEMO_HOST = "127.0.0.1"
 DEMO_EXTERNAL_ID = "demo"
 DEMO_NAME = "Demo Organization"
-DEMO_PLAN = "pro"
+#: A hidden plan that only the demo loads (see `demo_catalog`).
+DEMO_PLAN = "demo"
+#: The demo organisation's owner. The demo serves on 127.0.0.1 only, so the password can be
+#: fixed and documented (the README's walkthrough logs in with it).
+DEMO_EMAIL = "demo@example.com"
+DEMO_PASSWORD = "saascore-demo-walkthrough"  # noqa: S105 (printed and documented on purpose)
+DEMO_USER_NAME = "Demo Owner"
+DEMO_KEY_NAME = "demo"
+DEMO_KEY_SCOPES = ("usage:read", "usage:write", "billing:read", "credits:write")
 #: How long a worker of `serve --workers N` may take to answer uvicorn's health check.
 WORKER_HEALTHCHECK_SECONDS = 30
 
@@ -134,20 +154,116 @@ def demo_settings() -> Settings:
     )
 
 
-async def prepare_demo(core: Saascore) -> Organization:
-    """Load the default catalog and create the demo organisation unless it exists."""
+def demo_catalog() -> Catalog:
+    """The default catalog and the hidden `demo` plan: every feature of the top tier, without
+    a limit a walkthrough could hit (no rate limits, token, storage, seat or call limits).
+    It lives here, not in the default catalog, so no other deployment ever loads it."""
+    from saascore.models import BillingCycle
     from saascore.plans import read_catalog
-    from saascore.tenancy import OrganizationExists, OrganizationNotFound
+    from saascore.plans.catalog import LIMIT_FIELDS, PriceSpec
 
-    await core.plans.load_catalog(read_catalog())
+    catalog = read_catalog()
+    top = max(catalog.plans.values(), key=lambda plan: plan.sort_order)
+    unlimited: dict[str, Any] = dict.fromkeys(LIMIT_FIELDS)
+    demo = top.model_copy(
+        update={
+            **unlimited,
+            "name": "Demo",
+            "description": "saascore demo: every feature, no limit a walkthrough can hit.",
+            "sort_order": top.sort_order + 1,
+            "api_access": True,
+            "is_public": False,
+            "trial_days": 0,
+            "limits": {},
+            "prices": [PriceSpec(billing_cycle=BillingCycle.MONTHLY, currency="USD", amount=0)],
+        }
+    )
+    return catalog.model_copy(update={"plans": {**catalog.plans, DEMO_PLAN: demo}})
+
+
+@dataclass(frozen=True)
+class DemoAccess:
+    """What `saascore demo` prints: the organisation, its owner's login and a new API key."""
+
+    organization: Organization
+    email: str
+    password: str
+    api_key: str
+
+
+async def prepare_demo(core: Saascore) -> DemoAccess:
+    """Set up the demo, idempotently: load the catalog, make sure the demo organisation
+    exists on the demo plan with an active owner whose password is `DEMO_PASSWORD`, and
+    replace its `demo` API key with a new `sk_test_` key (a raw key is shown only once, so
+    each start makes one and revokes the one before)."""
+    from saascore.models import ApiKeyEnvironment, UserRole
+    from saascore.tenancy import OrganizationExists, OrganizationNotFound
+    from saascore.tenancy.errors import UserNotFound
+    from saascore.tenancy.passwords import verify_password
+
+    await core.plans.load_catalog(demo_catalog())
     try:
-        return await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
+        organization = await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
     except OrganizationNotFound:
-        pass
-    try:
-        return await core.orgs.create(name=DEMO_NAME, plan=DEMO_PLAN, external_id=DEMO_EXTERNAL_ID)
-    except OrganizationExists:  # another demo created it meanwhile
-        return await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
+        try:
+            organization = await core.orgs.create(
+                name=DEMO_NAME, plan=DEMO_PLAN, external_id=DEMO_EXTERNAL_ID
+            )
+        except OrganizationExists:  # another demo created it meanwhile
+            organization = await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
+    async with core.database.transaction() as session:
+        # A demo database from before the demo plan has its organisation on another one.
+        organization = await core.orgs.change_plan(organization.id, DEMO_PLAN, session=session)
+        try:
+            user = await core.users.get_by_email(organization.id, DEMO_EMAIL, session=session)
+        except UserNotFound:
+            await core.users.create(
+                organization.id,
+                email=DEMO_EMAIL,
+                name=DEMO_USER_NAME,
+                role=UserRole.OWNER,
+                password=DEMO_PASSWORD,
+                session=session,
+            )
+        else:
+            # Keep the user (and its sessions) as it is when the printed login works.
+            works, _ = await verify_password(DEMO_PASSWORD, user.password_hash)
+            if not (works and user.is_active and user.role is UserRole.OWNER):
+                await core.users.update(
+                    organization.id,
+                    user.id,
+                    role=UserRole.OWNER,
+                    is_active=True,
+                    password=None if works else DEMO_PASSWORD,
+                    session=session,
+                )
+        after = None
+        while keys := await core.api_keys.list(organization.id, after=after, session=session):
+            for key in keys:
+                if key.name == DEMO_KEY_NAME:
+                    await core.api_keys.revoke(organization.id, key.id, session=session)
+            after = keys[-1].id
+        _, raw_key = await core.api_keys.create(
+            organization.id,
+            name=DEMO_KEY_NAME,
+            scopes=DEMO_KEY_SCOPES,
+            environment=ApiKeyEnvironment.TEST,
+            session=session,
+        )
+    return DemoAccess(organization, DEMO_EMAIL, DEMO_PASSWORD, raw_key)
+
+
+def demo_curl(base: str, api_key: str) -> str:
+    """A command that records one event with `api_key`: a new event id each start, so the
+    first paste answers 201 and a second one 200, the duplicate."""
+    import json
+    import secrets
+
+    event = {"id": f"demo-{secrets.token_hex(4)}", "metric": "tokens", "quantity": 1200}
+    return (
+        f'curl -s -X POST {base}/v1/usage/events -H "Authorization: Bearer {api_key}" '
+        f"-H 'Content-Type: application/json' -d '{json.dumps(event)}'"
+    )
 
 
 @handle_errors
@@ -166,7 +282,8 @@ def demo(
     from saascore.api.app import create_app
 
     settings = demo_settings()
-    organization = run_with_core(settings, prepare_demo)
+    access = run_with_core(settings, prepare_demo)
+    organization = access.organization
     base = f"http://{DEMO_HOST}:{port}"
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
@@ -174,10 +291,15 @@ def demo(
     facts.add_row("database", str(Path(settings.sqlite_path).resolve()))
     facts.add_row("organization", f"{organization.name} ({organization.plan.code} plan)")
     facts.add_row("organization id", str(organization.id))
+    facts.add_row("login e-mail", access.email)
+    facts.add_row("password", access.password)
+    facts.add_row("API key", access.api_key)
     facts.add_row("health", f"{base}/healthz")
     facts.add_row("API docs", f"{base}/docs")
     out = console()
     out.print(Panel(facts, title="saascore demo", title_align="left", expand=False))
+    out.print("The API key is new at each start (the last one is revoked). Record an event:")
+    out.print(demo_curl(base, access.api_key), soft_wrap=True)  # one line, to paste
     out.file.flush()
     uvicorn.run(
         create_app(settings),

@@ -47,13 +47,18 @@ def create_credits_router() -> APIRouter:
     """`/v1/credits`: the balance with its grants, and the ledger of transactions."""
     router = APIRouter(prefix="/v1/credits", tags=["credits"])
 
-    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied))
+    @router.get(
+        "",
+        summary="Get the credit balance",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied),
+    )
     async def get_credits(principal: BillingReader, core: CoreDep) -> CreditsResponse:
         """Your organisation's credit balance and the grants that still hold credits."""
         return CreditsResponse.of(await core.credits.account(principal.tenant))
 
     @router.get(
         "/transactions",
+        summary="List credit transactions",
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
     )
     async def list_credit_transactions(
@@ -74,6 +79,7 @@ def create_credits_router() -> APIRouter:
 
     @router.post(
         "/consume",
+        summary="Consume credits",
         status_code=status.HTTP_201_CREATED,
         responses={
             200: {
@@ -111,6 +117,7 @@ def create_credits_router() -> APIRouter:
 
     @router.put(
         "/low-threshold",
+        summary="Set the low-balance threshold",
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidInput),
     )
     async def set_low_threshold(
@@ -137,6 +144,7 @@ def create_credit_grants_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations/{org_id}/credits/grants",
+        summary="Grant credits",
         status_code=status.HTTP_201_CREATED,
         responses={
             200: {

@@ -30,15 +30,22 @@ class CreditGrantOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The grant's id")
     amount: int = Field(description="Credits granted", examples=[1000])
     remaining: int = Field(description="Credits left in the grant", examples=[640])
-    priority: int = Field(examples=[0])
-    source: CreditSource
-    description: str | None = Field(default=None, examples=["plan credits for 2025-03"])
-    effective_at: datetime
+    priority: int = Field(
+        description=("Grants with a lower priority are drawn first (then the soonest to expire)"),
+        examples=[0],
+    )
+    source: CreditSource = Field(
+        description=("Where the credits came from: `plan`, `purchase`, `promotion`, `manual`, ...")
+    )
+    description: str | None = Field(
+        description="A note on the grant", default=None, examples=["plan credits for 2025-03"]
+    )
+    effective_at: datetime = Field(description="When the credits became usable")
     expires_at: datetime | None = Field(default=None, description="null: never expires")
-    created_at: datetime
+    created_at: datetime = Field(description="When the grant was made")
 
 
 class CreditsResponse(BaseModel):
@@ -49,7 +56,9 @@ class CreditsResponse(BaseModel):
         description="`credits.low` is sent when the balance falls below this (null: never)",
         examples=[100],
     )
-    grants: list[CreditGrantOut]
+    grants: list[CreditGrantOut] = Field(
+        description="The grants with credits left, in the order they are drawn"
+    )
 
     @classmethod
     def of(cls, account: CreditAccount) -> CreditsResponse:
@@ -66,17 +75,29 @@ class CreditTransactionOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
-    type: CreditTransactionType
-    amount: int = Field(examples=[-360])
-    balance_after: int = Field(examples=[640])
+    id: uuid.UUID = Field(description="The transaction's id")
+    type: CreditTransactionType = Field(
+        description="`grant`, `consume`, `expire`, `refund` or `adjust`"
+    )
+    amount: int = Field(
+        description="The change of the balance: positive adds, negative draws", examples=[-360]
+    )
+    balance_after: int = Field(
+        description="The balance once the transaction counted", examples=[640]
+    )
     grant_id: uuid.UUID | None = Field(default=None, description="The grant it made or drew on")
     related_transaction_id: uuid.UUID | None = Field(
         default=None, description="The consumption a refund gives back"
     )
-    reference: str | None = Field(default=None, examples=["job-4417"])
-    description: str | None = Field(default=None, examples=[None])
-    created_at: datetime
+    reference: str | None = Field(
+        description="The caller's reference, such as the job the credits paid for",
+        default=None,
+        examples=["job-4417"],
+    )
+    description: str | None = Field(
+        description="A note on the transaction", default=None, examples=[None]
+    )
+    created_at: datetime = Field(description="When it happened")
 
 
 class _Body(BaseModel):
@@ -84,19 +105,30 @@ class _Body(BaseModel):
 
 
 class CreditGrantCreate(_Body):
-    amount: StrictInt = Field(ge=1, le=INT64, examples=[5_000])
+    amount: StrictInt = Field(description="Credits to grant", ge=1, le=INT64, examples=[5_000])
     idempotency_key: str = Field(
         min_length=1,
         max_length=255,
         description="Retrying with the same key returns the first grant and grants nothing",
         examples=["goodwill-2025-03-ticket-812"],
     )
-    source: CreditSource = Field(default=CreditSource.MANUAL, examples=[CreditSource.PROMOTION])
+    source: CreditSource = Field(
+        description="Where the credits come from",
+        default=CreditSource.MANUAL,
+        examples=[CreditSource.PROMOTION],
+    )
     priority: StrictInt = Field(
         default=0, ge=-INT32, le=INT32, description="Lower is drawn first", examples=[0]
     )
-    expires_at: Instant | None = Field(default=None, examples=[None])
-    description: str | None = Field(default=None, max_length=1000, examples=["goodwill credits"])
+    expires_at: Instant | None = Field(
+        description="When unused credits expire; null: never", default=None, examples=[None]
+    )
+    description: str | None = Field(
+        description="A note kept with the grant",
+        default=None,
+        max_length=1000,
+        examples=["goodwill credits"],
+    )
 
 
 class CreditConsume(_Body):
@@ -118,7 +150,11 @@ class CreditConsume(_Body):
         examples=["job-4417"],
     )
     description: str | None = Field(
-        default=None, max_length=1000, pattern=PLAIN_TEXT, examples=["PDF summary"]
+        description="A note kept with the transaction",
+        default=None,
+        max_length=1000,
+        pattern=PLAIN_TEXT,
+        examples=["PDF summary"],
     )
 
 

@@ -65,11 +65,13 @@ class UsageThresholdReached(EventPayload):
 
     type: ClassVar[str] = "usage.threshold_reached"
     audit_action: ClassVar[str | None] = None
-    metric: str = Field(examples=["tokens"])
-    period_start: datetime
-    threshold_percent: int = Field(examples=[80])
-    limit: int = Field(examples=[1_000_000])
-    used: int = Field(examples=[800_512])
+    metric: str = Field(description="The meter's code", examples=["tokens"])
+    period_start: datetime = Field(description="The start of the meter's current period")
+    threshold_percent: int = Field(
+        description="The share of the limit reached, in percent", examples=[80]
+    )
+    limit: int = Field(description="The limit this period", examples=[1_000_000])
+    used: int = Field(description="Usage this period", examples=[800_512])
 
 
 class UsageLimitExceeded(EventPayload):
@@ -77,11 +79,11 @@ class UsageLimitExceeded(EventPayload):
 
     type: ClassVar[str] = "usage.limit_exceeded"
     audit_action: ClassVar[str | None] = None
-    metric: str = Field(examples=["tokens"])
-    period_start: datetime
-    limit: int = Field(examples=[1_000_000])
-    used: int = Field(examples=[999_000])
-    requested: int = Field(examples=[4_000])
+    metric: str = Field(description="The meter's code", examples=["tokens"])
+    period_start: datetime = Field(description="The start of the meter's current period")
+    limit: int = Field(description="The limit this period", examples=[1_000_000])
+    used: int = Field(description="Usage this period", examples=[999_000])
+    requested: int = Field(description="The quantity refused", examples=[4_000])
 
 
 class LimitOverridden(_FromTo):
@@ -107,12 +109,16 @@ class CreditsGranted(EventPayload):
 
     type: ClassVar[str] = "credits.granted"
     target_type: ClassVar[str | None] = "credit_transaction"
-    transaction_id: uuid.UUID
-    grant_id: uuid.UUID
-    amount: int = Field(examples=[5_000])
-    source: str = Field(examples=["manual"])
-    idempotency_key: str | None = Field(examples=["goodwill-812"])
-    expires_at: datetime | None = None
+    transaction_id: uuid.UUID = Field(description="The ledger transaction of the grant")
+    grant_id: uuid.UUID = Field(description="The grant's id")
+    amount: int = Field(description="Credits granted", examples=[5_000])
+    source: str = Field(description="Where the credits came from", examples=["manual"])
+    idempotency_key: str | None = Field(
+        description="The key the grant was made with", examples=["goodwill-812"]
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="When unused credits expire; null: never"
+    )
     balance: int = Field(description="The balance after the grant", examples=[12_500])
 
 
@@ -121,8 +127,8 @@ class CreditsLow(EventPayload):
 
     type: ClassVar[str] = "credits.low"
     audit_action: ClassVar[str | None] = None
-    balance: int = Field(examples=[90])
-    threshold: int = Field(examples=[100])
+    balance: int = Field(description="The balance now", examples=[90])
+    threshold: int = Field(description="The organisation's low-balance threshold", examples=[100])
 
 
 class CreditsExpired(EventPayload):
@@ -130,8 +136,8 @@ class CreditsExpired(EventPayload):
 
     type: ClassVar[str] = "credits.expired"
     target_type: ClassVar[str | None] = "credit_grant"
-    grant_id: uuid.UUID
-    amount: int = Field(examples=[300])
+    grant_id: uuid.UUID = Field(description="The grant that expired")
+    amount: int = Field(description="Credits that expired unused", examples=[300])
     balance: int = Field(description="The balance after the expiry", examples=[1_200])
 
 
@@ -169,8 +175,8 @@ class OrganizationPlanChanged(_FromTo):
     audit_action: ClassVar[str | None] = "plan.changed"
     affects_access: ClassVar[bool] = True
     target_type: ClassVar[str | None] = "organization"
-    from_: str = Field(alias="from", examples=["free"])
-    to: str = Field(examples=["pro"])
+    from_: str = Field(description="The previous plan's code", alias="from", examples=["free"])
+    to: str = Field(description="The new plan's code", examples=["pro"])
 
 
 class OrganizationSuspended(EventPayload):
@@ -179,7 +185,9 @@ class OrganizationSuspended(EventPayload):
     type: ClassVar[str] = "organization.suspended"
     affects_access: ClassVar[bool] = True
     target_type: ClassVar[str | None] = "organization"
-    reason: str | None = Field(examples=["unpaid invoices"])
+    reason: str | None = Field(
+        description="Why, as the operator gave it", examples=["unpaid invoices"]
+    )
 
 
 class OrganizationResumed(EventPayload):
@@ -188,7 +196,9 @@ class OrganizationResumed(EventPayload):
     type: ClassVar[str] = "organization.resumed"
     affects_access: ClassVar[bool] = True
     target_type: ClassVar[str | None] = "organization"
-    reason: str | None = Field(examples=["invoices paid"])
+    reason: str | None = Field(
+        description="Why, as the operator gave it", examples=["invoices paid"]
+    )
 
 
 class CatalogChanged(EventPayload):
@@ -207,9 +217,9 @@ class UserCreated(EventPayload):
 
     type: ClassVar[str] = "user.created"
     target_type: ClassVar[str | None] = "user"
-    user_id: uuid.UUID
-    email: str = Field(examples=["ada@engines.example"])
-    role: str = Field(examples=["member"])
+    user_id: uuid.UUID = Field(description="The new user's id")
+    email: str = Field(description="The user's e-mail address", examples=["ada@engines.example"])
+    role: str = Field(description="The user's role", examples=["member"])
 
 
 class UserRemoved(EventPayload):
@@ -219,9 +229,9 @@ class UserRemoved(EventPayload):
     audit_action: ClassVar[str | None] = "user.deleted"
     affects_access: ClassVar[bool] = True
     target_type: ClassVar[str | None] = "user"
-    user_id: uuid.UUID
-    email: str = Field(examples=["ada@engines.example"])
-    role: str = Field(examples=["member"])
+    user_id: uuid.UUID = Field(description="The removed user's id")
+    email: str = Field(description="The user's e-mail address", examples=["ada@engines.example"])
+    role: str = Field(description="The role the user had", examples=["member"])
 
 
 class UserRoleChanged(_FromTo):
@@ -291,12 +301,18 @@ class ApiKeyCreated(EventPayload):
 
     type: ClassVar[str] = "api_key.created"
     target_type: ClassVar[str | None] = "api_key"
-    key_id: uuid.UUID
-    name: str = Field(examples=["ingest"])
-    prefix: str = Field(examples=["sk_live_ab12cd34"])
-    scopes: list[str] = Field(examples=[["usage:write"]])
-    user_id: uuid.UUID | None = None
-    expires_at: datetime | None = None
+    key_id: uuid.UUID = Field(description="The key's id")
+    name: str = Field(description="The key's name", examples=["ingest"])
+    prefix: str = Field(
+        description="The start of the key, to recognise it", examples=["sk_live_ab12cd34"]
+    )
+    scopes: list[str] = Field(description="What the key may do", examples=[["usage:write"]])
+    user_id: uuid.UUID | None = Field(
+        default=None, description="The user the key acts for; null: a service key"
+    )
+    expires_at: datetime | None = Field(
+        default=None, description="When it stops working; null: never"
+    )
 
 
 class ApiKeyRevoked(EventPayload):
@@ -305,9 +321,11 @@ class ApiKeyRevoked(EventPayload):
     type: ClassVar[str] = "api_key.revoked"
     affects_access: ClassVar[bool] = True
     target_type: ClassVar[str | None] = "api_key"
-    key_id: uuid.UUID
-    name: str = Field(examples=["ingest"])
-    prefix: str = Field(examples=["sk_live_ab12cd34"])
+    key_id: uuid.UUID = Field(description="The key's id")
+    name: str = Field(description="The key's name", examples=["ingest"])
+    prefix: str = Field(
+        description="The start of the key, to recognise it", examples=["sk_live_ab12cd34"]
+    )
 
 
 class OperatorKeyRevoked(EventPayload):
@@ -326,9 +344,9 @@ class WebhookEndpointDisabled(EventPayload):
 
     type: ClassVar[str] = "webhook_endpoint.disabled"
     target_type: ClassVar[str | None] = "webhook_endpoint"
-    endpoint_id: uuid.UUID
-    url: str
-    reason: str
+    endpoint_id: uuid.UUID = Field(description="The endpoint's id")
+    url: str = Field(description="The endpoint's URL")
+    reason: str = Field(description="Why it was disabled")
 
 
 class WebhookTest(EventPayload):
@@ -336,8 +354,8 @@ class WebhookTest(EventPayload):
 
     type: ClassVar[str] = "webhook.test"
     audit_action: ClassVar[str | None] = None
-    endpoint_id: uuid.UUID
-    message: str = "a test event from saascore"
+    endpoint_id: uuid.UUID = Field(description="The endpoint tested")
+    message: str = Field(default="a test event from saascore", description="A fixed text")
 
 
 class WebhookEndpointCreated(EventPayload):
@@ -356,7 +374,7 @@ class WebhookEndpointUpdated(EventPayload):
     target_type: ClassVar[str | None] = "webhook_endpoint"
     endpoint_id: uuid.UUID
     #: Each changed field: `{"from": ..., "to": ...}`.
-    changes: dict[str, Any]
+    changes: dict[str, Any] = Field(description='Each changed field: `{"from": ..., "to": ...}`.')
 
 
 class WebhookEndpointDeleted(EventPayload):

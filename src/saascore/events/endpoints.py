@@ -77,7 +77,11 @@ def create_webhooks_router() -> APIRouter:
     Webhooks, and what happened to each delivery. For admins (`admin` permission)."""
     router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
 
-    @router.get("/event-types", responses=error_responses(*AUTH_ERRORS, PermissionDenied))
+    @router.get(
+        "/event-types",
+        summary="List event types",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied),
+    )
     async def list_event_types(principal: TenantDep) -> list[EventTypeOut]:
         """The event types an endpoint may subscribe to, each with the JSON schema of its
         `data`."""
@@ -85,6 +89,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.post(
         "",
+        summary="Create a webhook endpoint",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, *URL_ERRORS),
     )
@@ -109,7 +114,11 @@ def create_webhooks_router() -> APIRouter:
             **WebhookEndpointOut.model_validate(endpoint).model_dump(), secret=secret
         )
 
-    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor))
+    @router.get(
+        "",
+        summary="List webhook endpoints",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
+    )
     async def list_webhook_endpoints(
         principal: Admin,
         core: CoreDep,
@@ -128,6 +137,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.get(
         "/{endpoint_id}",
+        summary="Get a webhook endpoint",
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound),
     )
     async def get_webhook_endpoint(
@@ -139,6 +149,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.patch(
         "/{endpoint_id}",
+        summary="Update a webhook endpoint",
         responses=error_responses(
             *AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound, *URL_ERRORS
         ),
@@ -169,6 +180,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.post(
         "/{endpoint_id}/disable",
+        summary="Disable a webhook endpoint",
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound),
     )
     async def disable_webhook_endpoint(
@@ -187,6 +199,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.delete(
         "/{endpoint_id}",
+        summary="Delete a webhook endpoint",
         status_code=status.HTTP_204_NO_CONTENT,
         response_class=Response,
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound),
@@ -205,6 +218,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.post(
         "/{endpoint_id}/rotate-secret",
+        summary="Rotate a webhook endpoint's secret",
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound),
     )
     async def rotate_webhook_secret(
@@ -225,6 +239,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.post(
         "/{endpoint_id}/test",
+        summary="Send a test event",
         status_code=status.HTTP_202_ACCEPTED,
         responses=error_responses(
             *AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound, EndpointDisabled
@@ -245,6 +260,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.get(
         "/{endpoint_id}/deliveries",
+        summary="List an endpoint's deliveries",
         responses=error_responses(
             *AUTH_ERRORS, PermissionDenied, WebhookEndpointNotFound, InvalidCursor
         ),
@@ -271,6 +287,7 @@ def create_webhooks_router() -> APIRouter:
 
     @router.post(
         "/{endpoint_id}/deliveries/{delivery_id}/retry",
+        summary="Retry a delivery",
         status_code=status.HTTP_202_ACCEPTED,
         responses=error_responses(
             *AUTH_ERRORS,
@@ -310,7 +327,7 @@ def _envelope(name: str, payload: type[EventPayload]) -> type[BaseModel]:
         __doc__=f"The body of the `{name}` webhook.",
         type=(Literal[name], Field(description="The event type")),  # type: ignore[arg-type]
         timestamp=(datetime, Field(description="When the event happened")),
-        data=(payload, ...),
+        data=(payload, Field(description="The event's payload")),
     )
     return model
 

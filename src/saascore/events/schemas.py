@@ -44,7 +44,12 @@ class WebhookEndpointCreate(BaseModel):
         description=_EVENT_TYPES_DOC,
         examples=[["credits.low", "usage.threshold_reached"]],
     )
-    description: str | None = Field(default=None, max_length=500, examples=["billing alerts"])
+    description: str | None = Field(
+        description="A note to recognise the endpoint by",
+        default=None,
+        max_length=500,
+        examples=["billing alerts"],
+    )
 
 
 class WebhookEndpointUpdate(BaseModel):
@@ -56,8 +61,15 @@ class WebhookEndpointUpdate(BaseModel):
 
     url: str | None = Field(default=None, description=_URL.description)
     event_types: list[str] | None = Field(default=None, description=_EVENT_TYPES_DOC)
-    description: str | None = Field(default=None, max_length=500)
-    enabled: StrictBool | None = None
+    description: str | None = Field(
+        description="A note to recognise the endpoint by", default=None, max_length=500
+    )
+    enabled: StrictBool | None = Field(
+        default=None,
+        description=(
+            "False stops deliveries; true enables it again (and clears its failure record)"
+        ),
+    )
 
 
 class WebhookEndpointOut(BaseModel):
@@ -65,25 +77,31 @@ class WebhookEndpointOut(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
-    url: str = Field(examples=["https://hooks.example.com/saascore"])
-    description: str | None = None
+    id: uuid.UUID = Field(description="The endpoint's id")
+    url: str = Field(
+        description="Where events are POSTed", examples=["https://hooks.example.com/saascore"]
+    )
+    description: str | None = Field(default=None, description="A note to recognise the endpoint by")
     event_types: list[str] = Field(description="The types sent; empty for all")
-    enabled: bool
+    enabled: bool = Field(description="Whether events are delivered to it")
     disabled_reason: str | None = Field(
-        default=None, examples=["failing for 3 days", "disabled by an admin"]
+        default=None,
+        description="Why it was disabled: after failing too long, or by an admin",
+        examples=["failing for 3 days", "disabled by an admin"],
     )
     failing_since: datetime | None = Field(
         default=None, description="The first failure since the last success"
     )
-    last_success_at: datetime | None = None
+    last_success_at: datetime | None = Field(
+        default=None, description="When a delivery last succeeded"
+    )
     previous_secret_expires_at: datetime | None = Field(
         default=None,
         description="Until then, the secret before the last rotation still signs beside the "
         "current one",
     )
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime = Field(description="When it was created")
+    updated_at: datetime = Field(description="When it last changed")
 
 
 class WebhookEndpointWithSecret(WebhookEndpointOut):
@@ -98,37 +116,51 @@ class WebhookEndpointWithSecret(WebhookEndpointOut):
 class WebhookTestSent(BaseModel):
     """The test event was emitted: it is delivered like any other, with this `webhook-id`."""
 
-    event_id: uuid.UUID
+    event_id: uuid.UUID = Field(description="The test event's id: the `webhook-id` of its delivery")
 
 
 class WebhookAttemptOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    number: int = Field(examples=[1])
+    number: int = Field(description="The attempt's number, from 1", examples=[1])
     status_code: int | None = Field(
         default=None, description="null: no response (timeout, refused)", examples=[500]
     )
-    duration_ms: int = Field(examples=[182])
-    error: str | None = Field(default=None, examples=["HTTP 500"])
+    duration_ms: int = Field(
+        description="How long the endpoint took to answer, in milliseconds", examples=[182]
+    )
+    error: str | None = Field(
+        description="Why the attempt failed; null when it succeeded",
+        default=None,
+        examples=["HTTP 500"],
+    )
     response_body: str | None = Field(
         default=None, description="The first 1000 characters of the response"
     )
-    attempted_at: datetime
+    attempted_at: datetime = Field(description="When it was made")
 
 
 class WebhookDeliveryOut(BaseModel):
     """One event for one endpoint, and every attempt at sending it (oldest first)."""
 
-    id: uuid.UUID
+    id: uuid.UUID = Field(description="The delivery's id")
     event_id: uuid.UUID = Field(description="The `webhook-id` every attempt carries")
-    event_type: str = Field(examples=["credits.low"])
-    status: DeliveryStatus
-    next_attempt_at: datetime | None = None
-    last_status_code: int | None = None
-    last_error: str | None = None
-    created_at: datetime
-    completed_at: datetime | None = None
-    attempts: list[WebhookAttemptOut]
+    event_type: str = Field(description="The event type delivered", examples=["credits.low"])
+    status: DeliveryStatus = Field(
+        description=(
+            "`pending` (tried again at `next_attempt_at`), `succeeded` or `failed` (gave up)"
+        )
+    )
+    next_attempt_at: datetime | None = Field(
+        default=None, description="When it is tried next; null when finished"
+    )
+    last_status_code: int | None = Field(
+        default=None, description="The HTTP status of the last attempt"
+    )
+    last_error: str | None = Field(default=None, description="Why the last attempt failed")
+    created_at: datetime = Field(description="When the event was queued for the endpoint")
+    completed_at: datetime | None = Field(default=None, description="When it succeeded or gave up")
+    attempts: list[WebhookAttemptOut] = Field(description="Each attempt, oldest first")
 
     @classmethod
     def of(cls, record: DeliveryRecord) -> WebhookDeliveryOut:
@@ -152,9 +184,9 @@ class EventTypeOut(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    type: str = Field(examples=["credits.low"])
-    description: str
-    json_schema: dict[str, Any] = Field(alias="schema")
+    type: str = Field(description="The event type", examples=["credits.low"])
+    description: str = Field(description="When it is sent")
+    json_schema: dict[str, Any] = Field(alias="schema", description="The JSON schema of its `data`")
 
     @classmethod
     def of(cls, name: str, payload: builtins.type[EventPayload]) -> EventTypeOut:

@@ -98,11 +98,13 @@ def _tokens(pair: TokenPair, core: CoreDep) -> TokenResponse:
 
 def create_auth_router() -> APIRouter:
     """Accounts and tokens: register, login, refresh, logout, provision, and `GET /v1/me`."""
-    router = APIRouter(prefix="/v1", tags=["auth"])
+    router = APIRouter(prefix="/v1")
     limited = [Depends(limit_by_address)]
 
     @router.post(
         "/auth/register",
+        summary="Register an organisation",
+        tags=["auth"],
         status_code=status.HTTP_201_CREATED,
         dependencies=limited,
         responses=error_responses(WeakPassword, InvalidInput, RateLimited),
@@ -120,6 +122,8 @@ def create_auth_router() -> APIRouter:
 
     @router.post(
         "/auth/login",
+        summary="Log in",
+        tags=["auth"],
         dependencies=limited,
         responses=error_responses(
             InvalidCredentials, OrganizationRequired, OrganizationSuspended, RateLimited
@@ -140,6 +144,8 @@ def create_auth_router() -> APIRouter:
 
     @router.post(
         "/auth/refresh",
+        summary="Refresh tokens",
+        tags=["auth"],
         dependencies=limited,
         responses=error_responses(
             InvalidToken, TokenReused, AccountDisabled, OrganizationSuspended, RateLimited
@@ -147,21 +153,29 @@ def create_auth_router() -> APIRouter:
     )
     async def refresh(body: RefreshRequest, core: CoreDep, origin: OriginDep) -> TokenResponse:
         """Spend a refresh token for new tokens. A refresh token works once: presenting a spent
-        one ends every session that descends from its login."""
+        one ends every session that descends from its login.
+
+        **Credentials:** none: the refresh token in the body."""
         return _tokens(await core.identity.refresh(body.refresh_token, origin=origin), core)
 
     @router.post(
         "/auth/logout",
+        summary="Log out",
+        tags=["auth"],
         status_code=status.HTTP_204_NO_CONTENT,
         dependencies=limited,
         responses=error_responses(InvalidToken, RateLimited),
     )
     async def logout(body: RefreshRequest, core: CoreDep, origin: OriginDep) -> None:
-        """End the session of a refresh token (its access tokens expire on their own)."""
+        """End the session of a refresh token (its access tokens expire on their own).
+
+        **Credentials:** none: the refresh token in the body."""
         await core.identity.logout(body.refresh_token, origin=origin)
 
     @router.post(
         "/auth/provision",
+        summary="Provision an external user",
+        tags=["auth"],
         responses=error_responses(
             *AUTH_ERRORS,
             PermissionDenied,
@@ -195,7 +209,7 @@ def create_auth_router() -> APIRouter:
             user_created=result.user_created,
         )
 
-    @router.get("/me", tags=["me"], responses=error_responses(*AUTH_ERRORS))
+    @router.get("/me", summary="Who am I", tags=["me"], responses=error_responses(*AUTH_ERRORS))
     async def me(principal: PrincipalDep, core: CoreDep, session: ReadSessionDep) -> MeResponse:
         """Who these credentials belong to, their organisation and what they may do."""
         user = organization = None
@@ -237,6 +251,7 @@ def create_api_keys_router() -> APIRouter:
 
     @router.post(
         "",
+        summary="Create an API key",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, PlanFeatureMissing, InvalidInput),
     )
@@ -268,7 +283,11 @@ def create_api_keys_router() -> APIRouter:
         )
         return ApiKeyCreated(**ApiKeyOut.model_validate(key).model_dump(), key=raw)
 
-    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor))
+    @router.get(
+        "",
+        summary="List API keys",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
+    )
     async def list_api_keys(
         principal: TenantDep,
         core: CoreDep,
@@ -292,6 +311,7 @@ def create_api_keys_router() -> APIRouter:
 
     @router.delete(
         "/{key_id}",
+        summary="Revoke an API key",
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, ApiKeyNotFound),
     )
     async def revoke_api_key(

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from saascore.kit.errors import InvalidInput
 
@@ -39,9 +39,11 @@ class InvalidCursor(InvalidInput):
 
 
 class Page(BaseModel, Generic[T]):
-    items: list[T]
+    items: list[T] = Field(description="This page's items")
     #: Pass as `cursor` for the next page; null on the last one.
-    next_cursor: str | None = None
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last one."
+    )
 
 
 def encode_cursor(position: str | int | uuid.UUID) -> str:

@@ -154,6 +154,7 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
 
     @router.post(
         "/events",
+        summary="Record usage events",
         status_code=status.HTTP_201_CREATED,
         response_model=UsageEventRecorded | UsageBatchRecorded,
         responses={
@@ -178,7 +179,11 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
         422 `period_closed`); backfill is for operators."""
         return await _record(core, principal.tenant, body, response, backfill=False)
 
-    @router.post("/check", responses=error_responses(*_READ_ERRORS, UnknownMetric, InvalidInput))
+    @router.post(
+        "/check",
+        summary="Check a quantity against its limit",
+        responses=error_responses(*_READ_ERRORS, UnknownMetric, InvalidInput),
+    )
     async def check_usage(
         body: UsageCheckRequest, principal: UsageReader, core: CoreDep
     ) -> UsageCheckResponse:
@@ -188,6 +193,7 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
 
     @router.post(
         "/reservations",
+        summary="Reserve usage",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(
             *_READ_ERRORS,
@@ -214,6 +220,7 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
 
     @router.post(
         "/reservations/{reservation_id}/settle",
+        summary="Settle a reservation",
         responses=error_responses(
             *_READ_ERRORS,
             ReservationNotFound,
@@ -249,6 +256,7 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
 
     @router.delete(
         "/reservations/{reservation_id}",
+        summary="Release a reservation",
         responses=error_responses(*_READ_ERRORS, ReservationNotFound, ReservationNotHeld),
     )
     async def release_reservation(
@@ -258,13 +266,17 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
         reservation = await core.usage.release(reservation_id, org_id=principal.tenant)
         return ReservationOut.of(reservation)
 
-    @router.get("/limits", responses=error_responses(*_READ_ERRORS))
+    @router.get("/limits", summary="Get usage limits", responses=error_responses(*_READ_ERRORS))
     async def usage_limits(principal: UsageReader, core: CoreDep) -> UsageLimitsResponse:
         """Every metric's usage, reservations and limit in its current period."""
         snapshots = await core.usage.limits(principal.tenant)
         return UsageLimitsResponse(limits=[UsageLimitOut.of(s) for s in snapshots])
 
-    @router.get("/summary", responses=error_responses(*_READ_ERRORS, InvalidInput))
+    @router.get(
+        "/summary",
+        summary="Get a usage summary",
+        responses=error_responses(*_READ_ERRORS, InvalidInput),
+    )
     async def usage_summary(
         principal: UsageReader,
         core: CoreDep,
@@ -341,6 +353,7 @@ def create_usage_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations/{org_id}/usage/events",
+        summary="Backfill usage events",
         status_code=status.HTTP_201_CREATED,
         response_model=UsageEventRecorded | UsageBatchRecorded,
         responses={
@@ -378,6 +391,7 @@ def create_limits_admin_router() -> APIRouter:
 
     @router.put(
         "/organizations/{org_id}/limits/{metric}",
+        summary="Override a limit",
         responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound, UnknownMetric),
     )
     async def set_limit(
@@ -404,6 +418,7 @@ def create_limits_admin_router() -> APIRouter:
 
     @router.delete(
         "/organizations/{org_id}/limits/{metric}",
+        summary="Clear a limit override",
         responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
     )
     async def clear_limit(

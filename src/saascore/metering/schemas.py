@@ -70,14 +70,32 @@ class _EventFields(_Body):
         description="The user the usage is for, if any: a user of the organisation",
     )
     feature: str | None = Field(
-        default=None, max_length=100, pattern=PLAIN_TEXT, examples=["summarize"]
+        description="The product feature that used it, for summaries by feature",
+        default=None,
+        max_length=100,
+        pattern=PLAIN_TEXT,
+        examples=["summarize"],
     )
-    model: str | None = Field(default=None, max_length=255, pattern=PLAIN_TEXT, examples=["gpt-4o"])
+    model: str | None = Field(
+        description=("The AI model used; priced from the model price list when known"),
+        default=None,
+        max_length=255,
+        pattern=PLAIN_TEXT,
+        examples=["gpt-4o"],
+    )
     provider: str | None = Field(
-        default=None, max_length=50, pattern=PLAIN_TEXT, examples=["openai"]
+        description="The model's provider",
+        default=None,
+        max_length=50,
+        pattern=PLAIN_TEXT,
+        examples=["openai"],
     )
-    input_tokens: StrictInt = Field(default=0, ge=0, le=BIGINT_MAX, examples=[1200])
-    output_tokens: StrictInt = Field(default=0, ge=0, le=BIGINT_MAX, examples=[350])
+    input_tokens: StrictInt = Field(
+        description="Tokens sent to the model", default=0, ge=0, le=BIGINT_MAX, examples=[1200]
+    )
+    output_tokens: StrictInt = Field(
+        description="Tokens the model produced", default=0, ge=0, le=BIGINT_MAX, examples=[350]
+    )
     cached_tokens: StrictInt = Field(
         default=0,
         ge=0,
@@ -121,8 +139,16 @@ class UsageEventRequest(_EventFields):
         description="Idempotency key of the event",
         examples=["evt_01J9ZK3Q8X"],
     )
-    metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
-    quantity: StrictInt = Field(ge=0, le=BIGINT_MAX, examples=[1550])
+    metric: str = Field(
+        description="The meter's code: a metric of the plan catalog",
+        min_length=1,
+        max_length=100,
+        pattern=PLAIN_TEXT,
+        examples=["tokens"],
+    )
+    quantity: StrictInt = Field(
+        description="How much was used, in the meter's unit", ge=0, le=BIGINT_MAX, examples=[1550]
+    )
     occurred_at: Instant | None = Field(
         default=None, description="When the usage happened (default: when it is recorded)"
     )
@@ -158,7 +184,11 @@ class UsageEventPayload(UsageEventRequest):
 class UsageBatch(_Body):
     """Up to 1,000 events, recorded in one transaction, each on its own terms."""
 
-    events: list[UsageEventRequest] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+    events: list[UsageEventRequest] = Field(
+        description="The events, each recorded or refused on its own",
+        min_length=1,
+        max_length=MAX_BATCH_EVENTS,
+    )
 
 
 def _body_kind(value: Any) -> str:
@@ -178,9 +208,12 @@ class UsageEventRecorded(BaseModel):
 
     id: str = Field(description="The event's idempotency key", examples=["evt_01J9ZK3Q8X"])
     event_id: uuid.UUID = Field(description="saascore's id of the stored event")
-    status: Literal["accepted", "duplicate"]
-    metric: str = Field(examples=["tokens"])
-    quantity: int = Field(examples=[1550])
+    status: Literal["accepted", "duplicate"] = Field(
+        description=("`accepted`: recorded now; `duplicate`: recorded before under this key"),
+        examples=["accepted"],
+    )
+    metric: str = Field(description="The event's metric", examples=["tokens"])
+    quantity: int = Field(description="The event's quantity", examples=[1550])
     cost_micros: int = Field(
         description="The event's cost in micro-units of USD, from the model's price",
         examples=[4375],
@@ -215,11 +248,23 @@ class UsageBatchOutcome(BaseModel):
     `idempotency_conflict`, `invalid_input`, ...). Neither recorded anything."""
 
     index: int = Field(description="The event's position in the batch", examples=[0])
-    id: str = Field(examples=["evt_01J9ZK3Q8X"])
-    status: Literal["accepted", "duplicate", "refused", "invalid"]
-    event_id: uuid.UUID | None = None
-    code: str | None = Field(default=None, examples=[None, "limit_exceeded"])
-    message: str | None = Field(default=None, examples=[None])
+    id: str = Field(description="The event's idempotency key", examples=["evt_01J9ZK3Q8X"])
+    status: Literal["accepted", "duplicate", "refused", "invalid"] = Field(
+        description=("`accepted`, `duplicate`, `refused` (a hard limit) or `invalid`"),
+        examples=["accepted"],
+    )
+    event_id: uuid.UUID | None = Field(
+        default=None,
+        description=("saascore's id of the stored event; null when refused or invalid"),
+    )
+    code: str | None = Field(
+        description="The error code of a refused or invalid event",
+        default=None,
+        examples=[None, "limit_exceeded"],
+    )
+    message: str | None = Field(
+        description="Why the event was refused or invalid", default=None, examples=[None]
+    )
 
     @classmethod
     def of(cls, outcome: BatchOutcome) -> UsageBatchOutcome:
@@ -236,11 +281,13 @@ class UsageBatchOutcome(BaseModel):
 class UsageBatchRecorded(BaseModel):
     """One outcome per event of a batch, in the batch's order, and how many of each."""
 
-    accepted: int = Field(examples=[998])
-    duplicate: int = Field(examples=[1])
-    refused: int = Field(examples=[1])
-    invalid: int = Field(examples=[0])
-    results: list[UsageBatchOutcome]
+    accepted: int = Field(description="Events recorded now", examples=[998])
+    duplicate: int = Field(description="Events recorded before under the same key", examples=[1])
+    refused: int = Field(description="Events a hard limit refused", examples=[1])
+    invalid: int = Field(description="Events that are wrong in themselves", examples=[0])
+    results: list[UsageBatchOutcome] = Field(
+        description="One outcome per event, in the batch's order"
+    )
 
     @classmethod
     def of(cls, outcomes: list[BatchOutcome]) -> UsageBatchRecorded:
@@ -252,21 +299,35 @@ class UsageBatchRecorded(BaseModel):
 
 
 class UsageCheckRequest(_Body):
-    metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
-    quantity: StrictInt = Field(ge=0, le=BIGINT_MAX, examples=[5000])
+    metric: str = Field(
+        description="The meter's code",
+        min_length=1,
+        max_length=100,
+        pattern=PLAIN_TEXT,
+        examples=["tokens"],
+    )
+    quantity: StrictInt = Field(
+        description="The quantity you are about to use", ge=0, le=BIGINT_MAX, examples=[5000]
+    )
 
 
 class UsageCheckResponse(BaseModel):
     """Whether `requested` more would be allowed now (nothing is recorded or held)."""
 
-    allowed: bool = Field(examples=[True])
-    metric: str = Field(examples=["tokens"])
-    requested: int = Field(examples=[5000])
-    used: int = Field(examples=[81550])
+    allowed: bool = Field(
+        description="Whether the quantity fits under the limit now", examples=[True]
+    )
+    metric: str = Field(description="The meter's code", examples=["tokens"])
+    requested: int = Field(description="The quantity asked about", examples=[5000])
+    used: int = Field(description="Usage recorded this period", examples=[81550])
     reserved: int = Field(description="Held by open reservations", examples=[0])
-    limit: int | None = Field(examples=[100000])
+    limit: int | None = Field(
+        description="The limit this period; null: unlimited", examples=[100000]
+    )
     hard: bool = Field(description="A hard limit refuses; a soft one only flags", examples=[True])
-    remaining: int | None = Field(examples=[18450])
+    remaining: int | None = Field(
+        description="What is left after usage and reservations; null: unlimited", examples=[18450]
+    )
 
     @classmethod
     def of(cls, result: CheckResult) -> UsageCheckResponse:
@@ -277,9 +338,23 @@ class ReservationCreate(_Body):
     """Hold quota before slow work (an LLM call), then settle it with the real amount or
     release it. A reservation not settled within `ttl_seconds` expires and frees its quota."""
 
-    metric: str = Field(min_length=1, max_length=100, pattern=PLAIN_TEXT, examples=["tokens"])
-    quantity: StrictInt = Field(gt=0, le=BIGINT_MAX, examples=[4000])
-    ttl_seconds: StrictInt = Field(default=300, ge=1, le=MAX_RESERVATION_SECONDS, examples=[300])
+    metric: str = Field(
+        description="The meter's code",
+        min_length=1,
+        max_length=100,
+        pattern=PLAIN_TEXT,
+        examples=["tokens"],
+    )
+    quantity: StrictInt = Field(
+        description="The quantity to hold", gt=0, le=BIGINT_MAX, examples=[4000]
+    )
+    ttl_seconds: StrictInt = Field(
+        description=("Seconds before an unsettled reservation expires and frees its quota"),
+        default=300,
+        ge=1,
+        le=MAX_RESERVATION_SECONDS,
+        examples=[300],
+    )
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
@@ -293,22 +368,35 @@ class ReservationCreate(_Body):
 class ReservationSettle(_EventFields):
     """The real amount of a held reservation, recorded as a usage event of its metric."""
 
-    quantity: StrictInt = Field(ge=0, le=BIGINT_MAX, examples=[3620])
+    quantity: StrictInt = Field(
+        description=(
+            "The quantity really used, recorded as a usage event (may differ from the held one)"
+        ),
+        ge=0,
+        le=BIGINT_MAX,
+        examples=[3620],
+    )
 
 
 class ReservationOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
-    metric: str = Field(examples=["tokens"])
+    id: uuid.UUID = Field(description="The reservation's id, to settle or release it")
+    metric: str = Field(description="The meter's code", examples=["tokens"])
     quantity: int = Field(description="The quantity held", examples=[4000])
-    status: ReservationStatus
-    settled_quantity: int | None = Field(default=None, examples=[None])
-    idempotency_key: str | None = Field(default=None, examples=["job-4417"])
-    period_start: datetime
-    expires_at: datetime
-    created_at: datetime
-    finished_at: datetime | None = None
+    status: ReservationStatus = Field(description="`held`, then `settled`, `released` or `expired`")
+    settled_quantity: int | None = Field(
+        description="The quantity recorded when it was settled", default=None, examples=[None]
+    )
+    idempotency_key: str | None = Field(
+        description="The key it was created with, if any", default=None, examples=["job-4417"]
+    )
+    period_start: datetime = Field(description="The start of the meter period it holds quota in")
+    expires_at: datetime = Field(description="When it expires unless settled or released")
+    created_at: datetime = Field(description="When it was created")
+    finished_at: datetime | None = Field(
+        default=None, description="When it was settled, released or expired"
+    )
 
     @classmethod
     def of(cls, reservation: UsageReservation) -> ReservationOut:
@@ -318,14 +406,16 @@ class ReservationOut(BaseModel):
 class UsageLimitOut(BaseModel):
     """A metric's usage and limit in its current period."""
 
-    metric: str = Field(examples=["tokens"])
-    period_start: datetime
+    metric: str = Field(description="The meter's code", examples=["tokens"])
+    period_start: datetime = Field(description="The start of the current period")
     period_end: datetime | None = Field(description="null: the meter never resets")
-    used: int = Field(examples=[81550])
-    reserved: int = Field(examples=[4000])
+    used: int = Field(description="Usage recorded this period", examples=[81550])
+    reserved: int = Field(description="Held by open reservations", examples=[4000])
     limit: int | None = Field(description="null: unlimited", examples=[100000])
-    hard: bool = Field(examples=[True])
-    remaining: int | None = Field(examples=[14450])
+    hard: bool = Field(description="A hard limit refuses; a soft one only flags", examples=[True])
+    remaining: int | None = Field(
+        description="What is left after usage and reservations; null: unlimited", examples=[14450]
+    )
 
     @classmethod
     def of(cls, snapshot: UsageSnapshot) -> UsageLimitOut:
@@ -344,7 +434,7 @@ class UsageLimitOut(BaseModel):
 class UsageLimitsResponse(BaseModel):
     """Every active meter's usage and limit, by metric code."""
 
-    limits: list[UsageLimitOut]
+    limits: list[UsageLimitOut] = Field(description="One entry per active meter")
 
 
 class UsageSummaryRowOut(BaseModel):
@@ -352,12 +442,14 @@ class UsageSummaryRowOut(BaseModel):
         description="The day (YYYY-MM-DD), metric, model or feature; '' for none",
         examples=["2025-03-14"],
     )
-    quantity: int = Field(examples=[81550])
-    event_count: int = Field(examples=[42])
-    input_tokens: int = Field(examples=[60000])
-    output_tokens: int = Field(examples=[21550])
-    total_tokens: int = Field(examples=[81550])
-    cost_micros: int = Field(examples=[237500])
+    quantity: int = Field(description="The sum of the events' quantities", examples=[81550])
+    event_count: int = Field(description="How many events", examples=[42])
+    input_tokens: int = Field(description="Tokens sent to models", examples=[60000])
+    output_tokens: int = Field(description="Tokens produced by models", examples=[21550])
+    total_tokens: int = Field(description="Input and output tokens together", examples=[81550])
+    cost_micros: int = Field(
+        description="The events' cost in micro-units of USD", examples=[237500]
+    )
 
     @classmethod
     def of(cls, row: SummaryRow) -> UsageSummaryRowOut:
@@ -367,11 +459,19 @@ class UsageSummaryRowOut(BaseModel):
 class UsageSummaryResponse(BaseModel):
     """Usage between two days (inclusive, UTC), grouped by day, metric, model or feature."""
 
-    start: date
-    end: date
-    by: SummaryBy
-    metric: str | None = Field(default=None, examples=[None])
-    rows: list[UsageSummaryRowOut]
+    start: date = Field(description="The first day, inclusive (UTC)")
+    end: date = Field(description="The last day, inclusive (UTC)")
+    by: SummaryBy = Field(
+        description=("What the rows are grouped by: `day`, `metric`, `model` or `feature`")
+    )
+    metric: str | None = Field(
+        description=(
+            "The metric the summary is limited to; null: every metric (grouped by metric)"
+        ),
+        default=None,
+        examples=[None],
+    )
+    rows: list[UsageSummaryRowOut] = Field(description="One row per group")
 
 
 class LimitOverride(_Body):
@@ -386,9 +486,9 @@ class LimitOverride(_Body):
 class LimitOut(BaseModel):
     """The limit that applies to the organisation on a metric now."""
 
-    metric: str = Field(examples=["tokens"])
+    metric: str = Field(description="The meter's code", examples=["tokens"])
     limit: int | None = Field(description="null: unlimited", examples=[250_000])
-    hard: bool = Field(examples=[True])
+    hard: bool = Field(description="A hard limit refuses; a soft one only flags", examples=[True])
     overridden: bool = Field(description="Set for this organisation, not by its plan")
 
 

@@ -55,18 +55,37 @@ class _Spec(BaseModel):
 
 
 class PriceSpec(_Spec):
-    billing_cycle: BillingCycle
-    currency: str = Field(pattern=r"^[A-Z]{3}$")
-    amount: StrictInt = Field(ge=0, le=INT64)
-    stripe_price_id: str | None = None
-    stripe_product_id: str | None = None
-    lemon_squeezy_variant_id: str | None = None
-    lemon_squeezy_product_id: str | None = None
+    billing_cycle: BillingCycle = Field(
+        description="How often the price is charged: `monthly` or `yearly`"
+    )
+    currency: str = Field(
+        description="ISO 4217 currency code, upper case", examples=["USD"], pattern=r"^[A-Z]{3}$"
+    )
+    amount: StrictInt = Field(
+        description="Integer minor units of the currency (999 is $9.99)",
+        examples=[999],
+        ge=0,
+        le=INT64,
+    )
+    stripe_price_id: str | None = Field(
+        default=None, description="The Stripe price it maps to", examples=["price_1Nx..."]
+    )
+    stripe_product_id: str | None = Field(default=None, description="The Stripe product it maps to")
+    lemon_squeezy_variant_id: str | None = Field(
+        default=None, description="The Lemon Squeezy variant it maps to"
+    )
+    lemon_squeezy_product_id: str | None = Field(
+        default=None, description="The Lemon Squeezy product it maps to"
+    )
 
 
 class LimitSpec(_Spec):
-    limit: StrictInt | None = Field(default=None, le=INT64)
-    hard: StrictBool = True
+    limit: StrictInt | None = Field(
+        description="The limit; null: unlimited", examples=[250000], default=None, le=INT64
+    )
+    hard: StrictBool = Field(
+        default=True, description="A hard limit refuses; a soft one only flags"
+    )
 
     @field_validator("limit")
     @classmethod
@@ -75,28 +94,59 @@ class LimitSpec(_Spec):
 
 
 class PlanSpec(_Spec):
-    name: str = Field(min_length=1, max_length=255)
-    description: str | None = None
-    sort_order: StrictInt = Field(default=0, ge=-INT32, le=INT32)
-    monthly_token_limit: StrictInt | None = Field(default=None, le=INT64)
-    max_storage_mb: StrictInt | None = Field(default=None, le=INT64 // (1024 * 1024))
-    max_api_calls_per_day: StrictInt | None = Field(default=None, le=INT64)
-    max_products_per_batch: StrictInt | None = Field(default=None, le=INT32)
-    max_items: StrictInt | None = Field(default=None, le=INT32)
-    max_secondary: StrictInt | None = Field(default=None, le=INT32)
-    max_users: StrictInt | None = Field(default=None, le=INT32)
-    requests_per_minute: StrictInt | None = Field(default=None, le=INT32)
-    requests_per_hour: StrictInt | None = Field(default=None, le=INT32)
-    credits_per_period: StrictInt = Field(default=0, ge=0, le=INT64)
-    credits_rollover: StrictBool = False
-    api_access: StrictBool = False
-    trial_days: StrictInt = Field(default=0, ge=0, le=INT32)
-    is_active: StrictBool = True
-    is_public: StrictBool = True
-    features: JSONObject = Field(default_factory=dict)
-    prices: list[PriceSpec] = Field(default_factory=list)
+    name: str = Field(description="The plan's name", examples=["Pro"], min_length=1, max_length=255)
+    description: str | None = Field(default=None, description="What the plan is for")
+    sort_order: StrictInt = Field(
+        description="Its place in listings, lowest first", default=0, ge=-INT32, le=INT32
+    )
+    monthly_token_limit: StrictInt | None = Field(
+        description="AI tokens a month; null: unlimited", default=None, le=INT64
+    )
+    max_storage_mb: StrictInt | None = Field(
+        description="Storage in MiB; null: unlimited", default=None, le=INT64 // (1024 * 1024)
+    )
+    max_api_calls_per_day: StrictInt | None = Field(
+        description="API calls a day; null: unlimited", default=None, le=INT64
+    )
+    max_products_per_batch: StrictInt | None = Field(
+        description="Products in one batch; null: unlimited", default=None, le=INT32
+    )
+    max_items: StrictInt | None = Field(
+        description="The `items` limit; null: unlimited", default=None, le=INT32
+    )
+    max_secondary: StrictInt | None = Field(
+        description="The `secondary` limit; null: unlimited", default=None, le=INT32
+    )
+    max_users: StrictInt | None = Field(
+        description="Users in an organisation; null: unlimited", default=None, le=INT32
+    )
+    requests_per_minute: StrictInt | None = Field(
+        description="Requests a minute per user or key; null: unlimited", default=None, le=INT32
+    )
+    requests_per_hour: StrictInt | None = Field(
+        description="Requests an hour per user or key; null: unlimited", default=None, le=INT32
+    )
+    credits_per_period: StrictInt = Field(
+        description="Credits granted each period", default=0, ge=0, le=INT64
+    )
+    credits_rollover: StrictBool = Field(
+        default=False, description="Whether unused credits carry over"
+    )
+    api_access: StrictBool = Field(
+        default=False, description="Whether its organisations may create API keys"
+    )
+    trial_days: StrictInt = Field(description="Days of free trial", default=0, ge=0, le=INT32)
+    is_active: StrictBool = Field(default=True, description="Offered to new customers")
+    is_public: StrictBool = Field(default=True, description="Listed in `/v1/plans`")
+    features: JSONObject = Field(description="Feature flags and settings", default_factory=dict)
+    prices: list[PriceSpec] = Field(
+        description="Its prices, by billing cycle and currency", default_factory=list
+    )
     #: Limits on other meters: `{metric = {limit = N, hard = true}}`.
-    limits: dict[Code, LimitSpec] = Field(default_factory=dict)
+    limits: dict[Code, LimitSpec] = Field(
+        description=("Limits on other meters: `{metric = {limit = N, hard = true}}`."),
+        default_factory=dict,
+    )
 
     @field_validator(*LIMIT_FIELDS)
     @classmethod
@@ -113,11 +163,17 @@ class PlanSpec(_Spec):
 
 
 class MeterSpec(_Spec):
-    name: str = Field(min_length=1, max_length=255)
-    description: str | None = None
-    aggregation: Aggregation = Aggregation.SUM
-    unit: str = "unit"
-    reset_period: ResetPeriod = ResetPeriod.MONTH
+    name: str = Field(
+        description="The meter's name", examples=["AI tokens"], min_length=1, max_length=255
+    )
+    description: str | None = Field(default=None, description="What it measures")
+    aggregation: Aggregation = Field(
+        default=Aggregation.SUM, description="How events add up in a period"
+    )
+    unit: str = Field(default="unit", description="The unit of its quantities", examples=["token"])
+    reset_period: ResetPeriod = Field(
+        default=ResetPeriod.MONTH, description="When its counters start again"
+    )
 
 
 #: Texts PostgreSQL can store (no NUL), with something in them besides spaces.
@@ -207,11 +263,13 @@ class ModelPriceSpec(_Spec):
 
 
 class Catalog(_Spec):
-    version: Literal[1] = 1
-    meters: dict[Code, MeterSpec] = Field(default_factory=dict)
-    plans: dict[Code, PlanSpec] = Field(default_factory=dict)
-    #: `[[model_pricing]]` entries: token prices, one version per provider, model and start.
-    model_pricing: list[ModelPriceSpec] = Field(default_factory=list)
+    version: Literal[1] = Field(default=1, description="The catalog format's version")
+    meters: dict[Code, MeterSpec] = Field(description="Meters by metric code", default_factory=dict)
+    plans: dict[Code, PlanSpec] = Field(description="Plans by code", default_factory=dict)
+    model_pricing: list[ModelPriceSpec] = Field(
+        description="Token prices: one version per provider, model and effective_from",
+        default_factory=list,
+    )
 
     @field_validator("model_pricing")
     @classmethod

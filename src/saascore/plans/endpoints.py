@@ -37,7 +37,7 @@ def create_plans_router() -> APIRouter:
     """`/v1/plans`: the public catalog."""
     router = APIRouter(prefix="/v1/plans", tags=["plans"])
 
-    @router.get("")
+    @router.get("", summary="List the public plans")
     async def list_plans(
         core: CoreDep, session: ReadSessionDep, response: Response
     ) -> PlansResponse:
@@ -71,7 +71,11 @@ def create_plans_admin_router() -> APIRouter:
     """`/v1/admin/plans`, for operators: load a catalog, change one plan."""
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-    @router.post("/plans/load", responses=error_responses(*OPERATOR_ERRORS, CatalogConflict))
+    @router.post(
+        "/plans/load",
+        summary="Load a plan catalog",
+        responses=error_responses(*OPERATOR_ERRORS, CatalogConflict),
+    )
     async def load_plans(
         catalog: Annotated[
             Catalog, Body(openapi_examples={"a plan and a meter": {"value": _CATALOG_EXAMPLE}})
@@ -91,7 +95,9 @@ def create_plans_admin_router() -> APIRouter:
         )
 
     @router.patch(
-        "/plans/{code}", responses=error_responses(*OPERATOR_ERRORS, PlanNotFound, InvalidInput)
+        "/plans/{code}",
+        summary="Update a plan",
+        responses=error_responses(*OPERATOR_ERRORS, PlanNotFound, InvalidInput),
     )
     async def update_plan(
         code: Annotated[str, _PLAN_CODE],

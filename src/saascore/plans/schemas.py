@@ -32,7 +32,9 @@ __all__ = [
 
 
 class PlanPriceOut(BaseModel):
-    billing_cycle: BillingCycle
+    billing_cycle: BillingCycle = Field(
+        description="How often the price is charged: `monthly` or `yearly`"
+    )
     currency: str = Field(description="ISO 4217", examples=["USD"])
     amount: int = Field(
         description="Integer minor units of the currency (999 is $9.99)", examples=[999]
@@ -49,22 +51,29 @@ class PlanUsageLimit(BaseModel):
 class PlanLimits(BaseModel):
     """What the plan allows; null means unlimited."""
 
-    monthly_tokens: int | None = Field(examples=[1_000_000])
-    storage_mb: int | None = Field(examples=[1024])
-    api_calls_per_day: int | None = Field(examples=[1000])
-    products_per_batch: int | None = Field(examples=[25])
-    items: int | None = Field(examples=[1000])
-    secondary: int | None = Field(examples=[3])
-    users: int | None = Field(examples=[5])
+    monthly_tokens: int | None = Field(description="AI tokens a month", examples=[1_000_000])
+    storage_mb: int | None = Field(description="Storage, in MiB", examples=[1024])
+    api_calls_per_day: int | None = Field(description="API calls a day", examples=[1000])
+    products_per_batch: int | None = Field(description="Products in one batch", examples=[25])
+    items: int | None = Field(
+        description="Items (a countable limit for host apps: the `items` meter)", examples=[1000]
+    )
+    secondary: int | None = Field(
+        description=("Secondary objects (a countable limit for host apps: the `secondary` meter)"),
+        examples=[3],
+    )
+    users: int | None = Field(description="Users in the organisation", examples=[5])
     #: Limits on other metrics, by metric code.
-    metrics: dict[str, PlanUsageLimit] = Field(default_factory=dict, examples=[{}])
+    metrics: dict[str, PlanUsageLimit] = Field(
+        description="Limits on other metrics, by metric code.", default_factory=dict, examples=[{}]
+    )
 
 
 class PlanRateLimitsOut(BaseModel):
     """Requests each user or API key may make; null means unlimited."""
 
-    requests_per_minute: int | None = Field(examples=[20])
-    requests_per_hour: int | None = Field(examples=[500])
+    requests_per_minute: int | None = Field(description="Requests a minute", examples=[20])
+    requests_per_hour: int | None = Field(description="Requests an hour", examples=[500])
 
 
 class PlanCredits(BaseModel):
@@ -73,16 +82,21 @@ class PlanCredits(BaseModel):
 
 
 class PlanOut(BaseModel):
-    code: str = Field(examples=["starter"])
-    name: str = Field(examples=["Starter"])
-    description: str | None = Field(examples=["Enhanced generation and e-mail support."])
-    prices: list[PlanPriceOut]
-    limits: PlanLimits
-    rate_limits: PlanRateLimitsOut
-    credits: PlanCredits
-    api_access: bool
-    trial_days: int = Field(examples=[14])
-    features: dict[str, Any] = Field(examples=[{"ai_generation": True, "email_support": True}])
+    code: str = Field(description="The plan's code, unique", examples=["starter"])
+    name: str = Field(description="The plan's name", examples=["Starter"])
+    description: str | None = Field(
+        description="What the plan is for", examples=["Enhanced generation and e-mail support."]
+    )
+    prices: list[PlanPriceOut] = Field(description="Its prices, by billing cycle and currency")
+    limits: PlanLimits = Field(description="What it allows")
+    rate_limits: PlanRateLimitsOut = Field(description="Requests each user or key may make")
+    credits: PlanCredits = Field(description="The credits it grants")
+    api_access: bool = Field(description="Whether its organisations may create API keys")
+    trial_days: int = Field(description="Days of free trial before the first charge", examples=[14])
+    features: dict[str, Any] = Field(
+        description="Feature flags and settings, checked with `RequireFeature`",
+        examples=[{"ai_generation": True, "email_support": True}],
+    )
 
     @classmethod
     def of(cls, plan: SubscriptionPlan) -> PlanOut:
@@ -125,7 +139,7 @@ class PlanOut(BaseModel):
 class PlansResponse(BaseModel):
     """The plans anyone may subscribe to, cheapest tier first."""
 
-    plans: list[PlanOut]
+    plans: list[PlanOut] = Field(description="The public, active plans, in their sort order")
 
 
 class _Body(BaseModel):
@@ -146,10 +160,14 @@ class LimitSetting(_Body):
 class CatalogLoaded(BaseModel):
     """The codes a catalog load created and updated."""
 
-    plans_created: list[str] = Field(examples=[["team"]])
-    plans_updated: list[str] = Field(examples=[["free", "pro"]])
-    meters_created: list[str] = Field(examples=[[]])
-    meters_updated: list[str] = Field(examples=[["tokens"]])
+    plans_created: list[str] = Field(description="Codes of the plans created", examples=[["team"]])
+    plans_updated: list[str] = Field(
+        description="Codes of the plans updated", examples=[["free", "pro"]]
+    )
+    meters_created: list[str] = Field(description="Codes of the meters created", examples=[[]])
+    meters_updated: list[str] = Field(
+        description="Codes of the meters updated", examples=[["tokens"]]
+    )
 
 
 class PlanUpdate(_Body):
@@ -157,33 +175,102 @@ class PlanUpdate(_Body):
     unlimited; on `description`, null clears it; on the other fields null changes nothing.
     `limits` (on other meters) is merged: a metric set to null loses its limit."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=255, examples=["Pro"])
-    description: str | None = Field(default=None, examples=["Full API access."])
-    sort_order: StrictInt | None = Field(default=None, ge=-INT32, le=INT32, examples=[20])
+    name: str | None = Field(
+        description="The plan's name", default=None, min_length=1, max_length=255, examples=["Pro"]
+    )
+    description: str | None = Field(
+        description="What the plan is for; null clears it",
+        default=None,
+        examples=["Full API access."],
+    )
+    sort_order: StrictInt | None = Field(
+        description="Its place in listings, lowest first",
+        default=None,
+        ge=-INT32,
+        le=INT32,
+        examples=[20],
+    )
     is_active: StrictBool | None = Field(
         default=None, description="Offered to new customers", examples=[True]
     )
     is_public: StrictBool | None = Field(
         default=None, description="Listed in /v1/plans", examples=[True]
     )
-    monthly_token_limit: StrictInt | None = Field(default=None, le=INT64, examples=[5_000_000])
-    max_storage_mb: StrictInt | None = Field(
-        default=None, le=INT64 // (1024 * 1024), examples=[10_240]
+    monthly_token_limit: StrictInt | None = Field(
+        description="AI tokens a month; null or -1: unlimited",
+        default=None,
+        le=INT64,
+        examples=[5_000_000],
     )
-    max_api_calls_per_day: StrictInt | None = Field(default=None, le=INT64, examples=[10_000])
-    max_products_per_batch: StrictInt | None = Field(default=None, le=INT32, examples=[100])
-    max_items: StrictInt | None = Field(default=None, le=INT32, examples=[10_000])
-    max_secondary: StrictInt | None = Field(default=None, le=INT32, examples=[10])
-    max_users: StrictInt | None = Field(default=None, le=INT32, examples=[20])
-    requests_per_minute: StrictInt | None = Field(default=None, le=INT32, examples=[60])
-    requests_per_hour: StrictInt | None = Field(default=None, le=INT32, examples=[2_000])
-    credits_per_period: StrictInt | None = Field(default=None, ge=0, le=INT64, examples=[1_000])
-    credits_rollover: StrictBool | None = Field(default=None, examples=[True])
-    api_access: StrictBool | None = Field(default=None, examples=[True])
-    trial_days: StrictInt | None = Field(default=None, ge=0, le=INT32, examples=[14])
-    features: JSONObject | None = Field(default=None, examples=[{"custom_templates": True}])
+    max_storage_mb: StrictInt | None = Field(
+        description="Storage in MiB; null or -1: unlimited",
+        default=None,
+        le=INT64 // (1024 * 1024),
+        examples=[10_240],
+    )
+    max_api_calls_per_day: StrictInt | None = Field(
+        description="API calls a day; null or -1: unlimited",
+        default=None,
+        le=INT64,
+        examples=[10_000],
+    )
+    max_products_per_batch: StrictInt | None = Field(
+        description="Products in one batch; null or -1: unlimited",
+        default=None,
+        le=INT32,
+        examples=[100],
+    )
+    max_items: StrictInt | None = Field(
+        description="The `items` limit; null or -1: unlimited",
+        default=None,
+        le=INT32,
+        examples=[10_000],
+    )
+    max_secondary: StrictInt | None = Field(
+        description="The `secondary` limit; null or -1: unlimited",
+        default=None,
+        le=INT32,
+        examples=[10],
+    )
+    max_users: StrictInt | None = Field(
+        description="Users in an organisation; null or -1: unlimited",
+        default=None,
+        le=INT32,
+        examples=[20],
+    )
+    requests_per_minute: StrictInt | None = Field(
+        description="Requests a minute per user or key; null or -1: unlimited",
+        default=None,
+        le=INT32,
+        examples=[60],
+    )
+    requests_per_hour: StrictInt | None = Field(
+        description="Requests an hour per user or key; null or -1: unlimited",
+        default=None,
+        le=INT32,
+        examples=[2_000],
+    )
+    credits_per_period: StrictInt | None = Field(
+        description="Credits granted each period", default=None, ge=0, le=INT64, examples=[1_000]
+    )
+    credits_rollover: StrictBool | None = Field(
+        description="Whether unused credits carry over", default=None, examples=[True]
+    )
+    api_access: StrictBool | None = Field(
+        description="Whether its organisations may create API keys", default=None, examples=[True]
+    )
+    trial_days: StrictInt | None = Field(
+        description="Days of free trial", default=None, ge=0, le=INT32, examples=[14]
+    )
+    features: JSONObject | None = Field(
+        description="Feature flags and settings; replaces the whole object",
+        default=None,
+        examples=[{"custom_templates": True}],
+    )
     limits: dict[str, LimitSetting | None] | None = Field(
-        default=None, examples=[{"api_calls": {"limit": 20_000, "hard": True}}]
+        description=("Limits on other meters by metric code, merged; null removes one"),
+        default=None,
+        examples=[{"api_calls": {"limit": 20_000, "hard": True}}],
     )
 
     def changes(self) -> dict[str, Any]:
@@ -201,9 +288,9 @@ _NULLABLE_PLAN_FIELDS = frozenset({"description", *LIMIT_FIELDS})
 class AdminPlanOut(PlanOut):
     """A plan as operators see it, whether or not it is offered."""
 
-    is_active: bool
-    is_public: bool
-    sort_order: int
+    is_active: bool = Field(description="Offered to new customers")
+    is_public: bool = Field(description="Listed in `/v1/plans`")
+    sort_order: int = Field(description="Its place in listings, lowest first")
 
     @classmethod
     def of(cls, plan: SubscriptionPlan) -> AdminPlanOut:

@@ -84,7 +84,11 @@ def create_users_router() -> APIRouter:
     active owner (409 `last_owner`)."""
     router = APIRouter(prefix="/v1/users", tags=["users"])
 
-    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor))
+    @router.get(
+        "",
+        summary="List users",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
+    )
     async def list_users(
         principal: AdminDep,
         core: CoreDep,
@@ -98,6 +102,7 @@ def create_users_router() -> APIRouter:
 
     @router.post(
         "",
+        summary="Create a user",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(
             *AUTH_ERRORS, PermissionDenied, UserExists, WeakPassword, InvalidInput, LimitExceeded
@@ -125,7 +130,9 @@ def create_users_router() -> APIRouter:
         return UserOut.model_validate(user)
 
     @router.get(
-        "/{user_id}", responses=error_responses(*AUTH_ERRORS, PermissionDenied, UserNotFound)
+        "/{user_id}",
+        summary="Get a user",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, UserNotFound),
     )
     async def get_user(user_id: uuid.UUID, principal: AdminDep, core: CoreDep) -> UserOut:
         """One user of the organisation."""
@@ -133,6 +140,7 @@ def create_users_router() -> APIRouter:
 
     @router.patch(
         "/{user_id}",
+        summary="Update a user",
         responses=error_responses(
             *AUTH_ERRORS,
             PermissionDenied,
@@ -168,6 +176,7 @@ def create_users_router() -> APIRouter:
 
     @router.delete(
         "/{user_id}",
+        summary="Delete a user",
         status_code=status.HTTP_204_NO_CONTENT,
         responses=error_responses(*AUTH_ERRORS, PermissionDenied, UserNotFound, LastOwner),
     )
@@ -195,7 +204,11 @@ def create_organization_router() -> APIRouter:
     changed by its admins."""
     router = APIRouter(prefix="/v1/organization", tags=["organization"])
 
-    @router.get("", responses=error_responses(*AUTH_ERRORS, PermissionDenied))
+    @router.get(
+        "",
+        summary="Get your organisation",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied),
+    )
     async def get_organization(
         principal: ReaderDep, core: CoreDep, session: ReadSessionDep
     ) -> OrganizationOut:
@@ -207,6 +220,7 @@ def create_organization_router() -> APIRouter:
 
     @router.patch(
         "",
+        summary="Update your organisation",
         responses=error_responses(
             *AUTH_ERRORS, PermissionDenied, InvalidInput, OrganizationDeleted
         ),
@@ -242,7 +256,11 @@ def create_organizations_admin_router() -> APIRouter:
     resume organisations; every change is audited with the operator as the actor."""
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-    @router.get("/organizations", responses=error_responses(*OPERATOR_ERRORS, InvalidCursor))
+    @router.get(
+        "/organizations",
+        summary="List organisations",
+        responses=error_responses(*OPERATOR_ERRORS, InvalidCursor),
+    )
     async def list_organizations(
         _operator: OperatorDep,
         core: CoreDep,
@@ -259,6 +277,7 @@ def create_organizations_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations",
+        summary="Create an organisation",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(*OPERATOR_ERRORS, InvalidInput, PlanNotFound, OrganizationExists),
     )
@@ -283,6 +302,7 @@ def create_organizations_admin_router() -> APIRouter:
 
     @router.get(
         "/organizations/{org_id}",
+        summary="Get an organisation",
         responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
     )
     async def get_organization(
@@ -293,6 +313,7 @@ def create_organizations_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations/{org_id}/plan",
+        summary="Change an organisation's plan",
         responses=error_responses(
             *OPERATOR_ERRORS, OrganizationNotFound, PlanNotFound, OrganizationDeleted
         ),
@@ -313,6 +334,7 @@ def create_organizations_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations/{org_id}/suspend",
+        summary="Suspend an organisation",
         responses=error_responses(
             *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, OrganizationDeleted
         ),
@@ -334,6 +356,7 @@ def create_organizations_admin_router() -> APIRouter:
 
     @router.post(
         "/organizations/{org_id}/resume",
+        summary="Resume an organisation",
         responses=error_responses(
             *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, OrganizationDeleted
         ),

@@ -40,15 +40,28 @@ _PASSWORD = Field(
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
-    email: str
-    full_name: str | None
-    role: UserRole
-    is_active: bool
-    external_platform: str | None = None
-    external_id: str | None = None
-    created_at: datetime
-    last_login_at: datetime | None = None
+    id: uuid.UUID = Field(description="The user's id")
+    email: str = Field(
+        description="The user's e-mail address, unique in the organisation",
+        examples=["grace@example.com"],
+    )
+    full_name: str | None = Field(description="The user's full name", examples=["Grace Hopper"])
+    role: UserRole = Field(
+        description="`owner`, `admin`, `member` or `viewer`: what the user may do"
+    )
+    is_active: bool = Field(
+        description="An inactive user cannot log in, and their keys are refused"
+    )
+    external_platform: str | None = Field(
+        default=None,
+        description="The platform the user was provisioned from, if any",
+        examples=[None],
+    )
+    external_id: str | None = Field(
+        default=None, description="The user's id on that platform", examples=[None]
+    )
+    created_at: datetime = Field(description="When the user was created")
+    last_login_at: datetime | None = Field(default=None, description="When the user last logged in")
 
 
 class _Body(BaseModel):
@@ -57,22 +70,40 @@ class _Body(BaseModel):
 
 class UserCreate(_Body):
     email: str = Field(
+        description="The user's e-mail address, unique in the organisation",
         min_length=3,
         max_length=320,
         json_schema_extra={"format": "email"},
         examples=["grace@example.com"],
     )
-    name: str | None = Field(default=None, max_length=255, examples=["Grace Hopper"])
-    role: UserRole = Field(default=UserRole.MEMBER, examples=[UserRole.MEMBER])
+    name: str | None = Field(
+        description="The user's full name", default=None, max_length=255, examples=["Grace Hopper"]
+    )
+    role: UserRole = Field(
+        description="What the user may do (an admin cannot make an owner)",
+        default=UserRole.MEMBER,
+        examples=[UserRole.MEMBER],
+    )
     password: str | None = _PASSWORD
 
 
 class UserUpdate(_Body):
     """The fields to change; those left out (or null) stay as they are."""
 
-    name: str | None = Field(default=None, max_length=255, examples=["Grace B. Hopper"])
-    role: UserRole | None = Field(default=None, examples=[UserRole.ADMIN])
-    is_active: StrictBool | None = Field(default=None, examples=[True])
+    name: str | None = Field(
+        description="The user's full name",
+        default=None,
+        max_length=255,
+        examples=["Grace B. Hopper"],
+    )
+    role: UserRole | None = Field(
+        description="The user's new role", default=None, examples=[UserRole.ADMIN]
+    )
+    is_active: StrictBool | None = Field(
+        description=("False deactivates the user: they cannot log in, and their keys are refused"),
+        default=None,
+        examples=[True],
+    )
     password: str | None = _PASSWORD
 
 
@@ -82,16 +113,31 @@ class OrganizationUpdate(_Body):
     replaces the whole document. `billing_email` and `currency` also need `billing:write`."""
 
     name: str | None = Field(
-        default=None, min_length=1, max_length=255, examples=["Analytical Engines"]
+        description="The organisation's name",
+        default=None,
+        min_length=1,
+        max_length=255,
+        examples=["Analytical Engines"],
     )
-    domain: str | None = Field(default=None, max_length=255, examples=["engines.example"])
+    domain: str | None = Field(
+        description="The organisation's web domain",
+        default=None,
+        max_length=255,
+        examples=["engines.example"],
+    )
     billing_email: str | None = Field(
+        description="Where invoices go (needs `billing:write`)",
         default=None,
         max_length=320,
         json_schema_extra={"format": "email"},
         examples=["billing@engines.example"],
     )
-    locale: str | None = Field(default=None, max_length=16, examples=["en-GB"])
+    locale: str | None = Field(
+        description=("The language and region of texts sent to the organisation (BCP 47)"),
+        default=None,
+        max_length=16,
+        examples=["en-GB"],
+    )
     country: str | None = Field(
         default=None, pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2", examples=["GB"]
     )
@@ -115,19 +161,27 @@ _CLEARABLE = frozenset({"domain", "billing_email", "country"})
 
 
 class OrganizationPlan(BaseModel):
-    code: str = Field(examples=["starter"])
-    name: str = Field(examples=["Starter"])
+    code: str = Field(description="The plan's code", examples=["starter"])
+    name: str = Field(description="The plan's name", examples=["Starter"])
 
 
 class OrganizationSummary(BaseModel):
-    id: uuid.UUID
-    name: str = Field(examples=["Analytical Engines"])
-    slug: str = Field(examples=["analytical-engines"])
-    status: OrganizationStatus
-    plan: OrganizationPlan
-    external_id: str | None = Field(examples=[None])
-    created_at: datetime
-    suspended_at: datetime | None = Field(examples=[None])
+    id: uuid.UUID = Field(description="The organisation's id")
+    name: str = Field(description="The organisation's name", examples=["Analytical Engines"])
+    slug: str = Field(
+        description="Its URL-safe short name, unique", examples=["analytical-engines"]
+    )
+    status: OrganizationStatus = Field(
+        description="`active` or `suspended` (its users and keys are refused)"
+    )
+    plan: OrganizationPlan = Field(description="The plan it is on")
+    external_id: str | None = Field(
+        description="Its id on an external platform, if provisioned from one", examples=[None]
+    )
+    created_at: datetime = Field(description="When it was created")
+    suspended_at: datetime | None = Field(
+        description="When it was suspended; null when active", examples=[None]
+    )
 
     @classmethod
     def of(cls, organization: Organization) -> OrganizationSummary:
@@ -139,14 +193,24 @@ class OrganizationOut(OrganizationSummary):
     """An organisation: its plan, status, limits (with this period's usage), settings and
     billing details."""
 
-    domain: str | None = Field(examples=["engines.example"])
-    billing_email: str | None = Field(examples=["billing@engines.example"])
-    locale: str = Field(examples=["en"])
-    country: str | None = Field(examples=["GB"])
-    currency: str = Field(examples=["USD"])
-    subscription_status: SubscriptionStatus
-    settings: dict[str, Any] = Field(examples=[{"theme": "dark"}])
-    limits: list[UsageLimitOut]
+    domain: str | None = Field(description="Its web domain", examples=["engines.example"])
+    billing_email: str | None = Field(
+        description="Where invoices go", examples=["billing@engines.example"]
+    )
+    locale: str = Field(
+        description="The language and region of texts sent to it (BCP 47)", examples=["en"]
+    )
+    country: str | None = Field(description="ISO 3166-1 alpha-2 country code", examples=["GB"])
+    currency: str = Field(description="ISO 4217 currency it is billed in", examples=["USD"])
+    subscription_status: SubscriptionStatus = Field(
+        description=("The state of its subscription (`trialing`, `active`, `past_due`, ...)")
+    )
+    settings: dict[str, Any] = Field(
+        description="Free-form JSON settings of the organisation", examples=[{"theme": "dark"}]
+    )
+    limits: list[UsageLimitOut] = Field(
+        description="Each active meter's usage and limit this period"
+    )
 
     @classmethod
     def with_limits(
@@ -180,13 +244,26 @@ def _summary(organization: Organization) -> dict[str, Any]:
 
 
 class OrganizationCreate(_Body):
-    name: str = Field(min_length=1, max_length=255, examples=["Analytical Engines"])
+    name: str = Field(
+        description="The organisation's name; its slug is made from it",
+        min_length=1,
+        max_length=255,
+        examples=["Analytical Engines"],
+    )
     plan: str | None = Field(
         default=None, max_length=50, description="Default: the default plan", examples=["pro"]
     )
-    external_id: str | None = Field(default=None, max_length=255, examples=["store-17"])
-    domain: str | None = Field(default=None, max_length=255, examples=["engines.example"])
+    external_id: str | None = Field(
+        description="Its id on an external platform, unique",
+        default=None,
+        max_length=255,
+        examples=["store-17"],
+    )
+    domain: str | None = Field(
+        description="Its web domain", default=None, max_length=255, examples=["engines.example"]
+    )
     billing_email: str | None = Field(
+        description="Where invoices go",
         default=None,
         max_length=320,
         json_schema_extra={"format": "email"},
@@ -195,12 +272,24 @@ class OrganizationCreate(_Body):
 
 
 class PlanChange(_Body):
-    plan: str = Field(min_length=1, max_length=50, examples=["business"])
+    plan: str = Field(
+        description="The code of the new plan", min_length=1, max_length=50, examples=["business"]
+    )
 
 
 class Suspension(_Body):
-    reason: str = Field(min_length=1, max_length=500, examples=["unpaid invoices"])
+    reason: str = Field(
+        description=("Why, kept in the audit trail and sent in `organization.suspended`"),
+        min_length=1,
+        max_length=500,
+        examples=["unpaid invoices"],
+    )
 
 
 class Resumption(_Body):
-    reason: str | None = Field(default=None, max_length=500, examples=["invoices paid"])
+    reason: str | None = Field(
+        description=("Why, kept in the audit trail and sent in `organization.resumed`"),
+        default=None,
+        max_length=500,
+        examples=["invoices paid"],
+    )

@@ -89,6 +89,19 @@ class UserService:
             raise UserNotFound(f"no user {user_id}", user=str(user_id))
         return user
 
+    async def get_by_email(
+        self, org_id: uuid.UUID, email: str, *, session: AsyncSession | None = None
+    ) -> User:
+        """The organisation's user with this e-mail (compared as `create` stores it)."""
+        email = normalize_email(email)
+        async with self.database.scope(session, readonly=True) as s:
+            user = await s.scalar(
+                sa.select(User).where(User.organization_id == org_id, User.email == email)
+            )
+        if user is None:
+            raise UserNotFound(f"no user {email}", email=email)
+        return user
+
     async def create(
         self,
         org_id: uuid.UUID,
