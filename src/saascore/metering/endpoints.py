@@ -143,7 +143,7 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
     """
     router = APIRouter(prefix="/v1/usage", tags=["usage"])
 
-    @router.get("", responses=error_responses(*_READ_ERRORS))
+    @router.get("", summary="Read the usage per metric", responses=error_responses(*_READ_ERRORS))
     async def read_usage(
         principal: UsageReader,
         # A default, not `Annotated`: annotations are strings here, and `get_usage` is local.

@@ -495,8 +495,8 @@ class LimitOut(BaseModel):
 class UsageMetric(BaseModel):
     """One metric of `GET /v1/usage`: how much was used, of how much (seed 004's shape)."""
 
-    metric: str = Field(min_length=1, examples=["research_runs"])
-    used: int = Field(examples=[12])
+    metric: str = Field(description="What is counted", min_length=1, examples=["research_runs"])
+    used: int = Field(description="How much was used in the period", examples=[12])
     limit: int | None = Field(default=None, description="null: unlimited", examples=[50])
     reserved: int = Field(default=0, description="Held by reservations", examples=[0])
     period_start: datetime | None = Field(default=None, description="null: not periodic")
@@ -506,4 +506,4 @@ class UsageMetric(BaseModel):
 class UsageResponse(BaseModel):
     """`GET /v1/usage`: the organisation's usage, as the app's usage function counts it."""
 
-    metrics: list[UsageMetric]
+    metrics: list[UsageMetric] = Field(description="One entry per metric")

@@ -207,9 +207,23 @@ class ModelPriceSpec(_Spec):
     micro-units, so a price in another currency is refused until costs carry theirs.
     """
 
-    provider: str = Field(min_length=1, max_length=50, pattern=_NAME, examples=["openai"])
-    model: str = Field(min_length=1, max_length=255, pattern=_NAME, examples=["gpt-4o"])
-    currency: Literal["USD"] = "USD"
+    provider: str = Field(
+        description="The model's provider",
+        min_length=1,
+        max_length=50,
+        pattern=_NAME,
+        examples=["openai"],
+    )
+    model: str = Field(
+        description="The model's name, exactly as usage events report it",
+        min_length=1,
+        max_length=255,
+        pattern=_NAME,
+        examples=["gpt-4o"],
+    )
+    currency: Literal["USD"] = Field(
+        default="USD", description="USD only: usage events' costs are USD micro-units"
+    )
     input_micros_per_million: StrictInt = _MICROS
     output_micros_per_million: StrictInt = _MICROS
     #: Cached prompt tokens; left out, they cost what other input tokens cost.

@@ -130,7 +130,11 @@ def create_model_pricing_admin_router() -> APIRouter:
     """`/v1/admin/model-pricing`, for operators: list model prices, set one price version."""
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-    @router.get("/model-pricing", responses=error_responses(*OPERATOR_ERRORS))
+    @router.get(
+        "/model-pricing",
+        summary="List the model prices",
+        responses=error_responses(*OPERATOR_ERRORS),
+    )
     async def list_model_prices(
         _operator: OperatorDep,
         core: CoreDep,
@@ -166,6 +170,7 @@ def create_model_pricing_admin_router() -> APIRouter:
             put_model_price,
             methods=[method],
             status_code=status.HTTP_201_CREATED,
+            summary="Set one model price version",
             responses=error_responses(*OPERATOR_ERRORS),
             operation_id=f"{method.lower()}_model_price",
         )

@@ -305,8 +305,8 @@ class AdminPlanOut(PlanOut):
 class ModelPriceOut(BaseModel):
     """One price version of a model: integer micro-units of the currency per million tokens."""
 
-    provider: str = Field(examples=["openai"])
-    model: str = Field(examples=["gpt-4o"])
+    provider: str = Field(description="The model's provider", examples=["openai"])
+    model: str = Field(description="The model's name, as events report it", examples=["gpt-4o"])
     currency: str = Field(description="ISO 4217", examples=["USD"])
     input_micros_per_million: int = Field(
         description="Micro-units per million input tokens (2_500_000 is $2.50)",
@@ -320,7 +320,7 @@ class ModelPriceOut(BaseModel):
     )
     effective_from: datetime = Field(description="From when the price applies")
     effective_to: datetime | None = Field(description="Until when, if it was ended")
-    active: bool
+    active: bool = Field(description="Whether the version prices usage")
     as_of: date | None = Field(description="The day the price was taken at its source")
     source: str | None = Field(
         description="Where it was taken: the provider's pricing page",
@@ -353,4 +353,6 @@ class ModelPriceWritten(ModelPriceOut):
 
 
 class ModelPricesResponse(BaseModel):
-    prices: list[ModelPriceOut]
+    prices: list[ModelPriceOut] = Field(
+        description="Every price version, by provider and model, the newest version first"
+    )
