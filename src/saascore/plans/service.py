@@ -58,6 +58,21 @@ _PLAN_FIELDS = tuple(name for name in PlanSpec.model_fields if name not in ("pri
 UPDATABLE: Final = frozenset((*_PLAN_FIELDS, "limits"))
 
 
+async def _unknown_plan(s: AsyncSession, code: str) -> PlanNotFound:
+    """The error for a plan code that does not exist, listing the active plans' codes."""
+    codes = list(
+        (
+            await s.scalars(
+                sa.select(SubscriptionPlan.code)
+                .where(SubscriptionPlan.is_active.is_(True))
+                .order_by(SubscriptionPlan.sort_order, SubscriptionPlan.code)
+            )
+        ).all()
+    )
+    valid = f"valid plans are {', '.join(codes)}" if codes else "no plans are loaded"
+    return PlanNotFound(f"unknown plan {code!r}: {valid}", plan=code, valid_plans=codes)
+
+
 class PlanService:
     def __init__(self, database: Database, events: EventBus | None = None) -> None:
         self.database = database
@@ -90,8 +105,8 @@ class PlanService:
         )
         async with self.database.scope(session, readonly=True) as s:
             plan = (await s.scalars(query)).one_or_none()
-        if plan is None:
-            raise PlanNotFound(f"no plan with code {code!r}", plan=code)
+            if plan is None:
+                raise await _unknown_plan(s, code)
         return plan
 
     async def plan_of(
@@ -153,7 +168,7 @@ class PlanService:
                 )
             ).one_or_none()
             if plan is None:
-                raise PlanNotFound(f"no plan with code {code!r}", plan=code)
+                raise await _unknown_plan(s, code)
             limits: dict[str, Any] = {
                 limit.metric: {"limit": limit.limit_value, "hard": limit.is_hard}
                 for limit in plan.limits
