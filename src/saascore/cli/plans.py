@@ -89,14 +89,21 @@ def load(
 
     result = run_with_core(settings, work)
     source = str(file) if file is not None else "the default catalog"
-    typer.echo(f"Loaded {source}:")
+    plans_updated = [c for c in result.plans_updated if c not in result.plans_unchanged]
+    meters_updated = [c for c in result.meters_updated if c not in result.meters_unchanged]
+    if not (result.plans_created or result.meters_created or plans_updated or meters_updated):
+        typer.echo(f"{source}: already applied (nothing changed)")
+    else:
+        typer.echo(f"Loaded {source}:")
     typer.echo(
         f"  plans:  {_codes('created', result.plans_created)}, "
-        f"{_codes('updated', result.plans_updated)}"
+        f"{_codes('updated', plans_updated)}, "
+        f"{_codes('already applied', result.plans_unchanged)}"
     )
     typer.echo(
         f"  meters: {_codes('created', result.meters_created)}, "
-        f"{_codes('updated', result.meters_updated)}"
+        f"{_codes('updated', meters_updated)}, "
+        f"{_codes('already applied', result.meters_unchanged)}"
     )
 
 

@@ -149,10 +149,11 @@ def import_events(
     """Ingest usage events, one JSON object a line, in batches of 500.
 
     Each event needs `organization_id`, `id` (its idempotency key), `metric` and `quantity`.
-    Importing a file twice records each event once. An interrupted import resumes after the
-    last committed batch (kept in FILE.jsonl.saascore-progress); duplicates are harmless
-    either way. Events may be dated in any period (backfill: `occurred_at` from 1970 to
-    9998). Exits 1 if a line is invalid or refused.
+    Importing a file twice records each event once (the second time, as "already applied").
+    An interrupted import resumes after the last committed batch (kept in
+    FILE.jsonl.saascore-progress); duplicates are harmless either way. Events may be dated
+    in any period (backfill: `occurred_at` from 1970 to 9998). Exits 1 if a line is invalid
+    or refused.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -205,7 +206,7 @@ def import_events(
     run_with_core(settings, work)
     checkpoint.unlink(missing_ok=True)
     typer.echo(
-        f"{tally.accepted} accepted, {tally.duplicate} duplicate, {tally.refused} refused, "
+        f"{tally.accepted} accepted, {tally.duplicate} already applied, {tally.refused} refused, "
         f"{tally.invalid} invalid"
     )
     for problem in tally.problems[:20]:
