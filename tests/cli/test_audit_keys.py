@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import pytest
 import pytest_asyncio
@@ -110,9 +112,25 @@ class TestKeys:
         )
         assert principal.permissions == {Permission.USAGE_READ, Permission.USAGE_WRITE}
 
-        listed, audit = setup.cli.run_together(
+        listed, audit, as_json, ids, audit_json = setup.cli.run_together(
             ["keys", "list", "--org", str(setup.org_id)],
             ["audit", "list", "--org", "acme", "--action", "api_key.created"],
+            ["keys", "list", "--org", "acme", "--json"],
+            ["keys", "list", "--org", "acme", "--ids"],
+            ["audit", "list", "--org", "acme", "--action", "api_key.created", "--json"],
+        )
+        [key] = json.loads(as_json.ok().stdout)
+        assert key["id"] == str(principal.id)
+        assert key["scopes"] == ["usage:read", "usage:write"]
+        assert key["user_id"] == str(setup.user_id)
+        assert key["revoked_at"] is None
+        assert datetime.fromisoformat(key["created_at"]).tzinfo is not None
+        assert ids.ok().stdout == f"{principal.id}\n"  # only the id, for xargs
+        [logged] = json.loads(audit_json.ok().stdout)
+        assert (logged["seq"], logged["action"], logged["actor_type"]) == (
+            2,
+            "api_key.created",
+            "cli",
         )
         row = table_row(listed.ok().stdout, str(principal.id))
         assert row[1:5] == [

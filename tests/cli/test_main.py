@@ -16,6 +16,7 @@ from tests.cli.runner import Cli, clean_environment
 COMMANDS = {
     "serve": [],
     "demo": [],
+    "status": [],
     "db": ["upgrade", "downgrade", "current", "history", "check", "revision"],
     "plans": ["load", "list"],
     "orgs": ["create", "list"],
@@ -95,7 +96,7 @@ class TestStartup:
         root = typer.main.get_command(saascore.cli.app)
         assert isinstance(root, TyperGroup)
         names = root.list_commands(typer.Context(root))
-        assert names == ["serve", "demo", *saascore.cli.GROUPS]
+        assert names == ["serve", "demo", "status", *saascore.cli.GROUPS]
 
 
 class TestErrors:
@@ -128,6 +129,9 @@ class TestExitCodes:
             ("plans", "load", "missing.toml"),
             ("usage", "import", "missing.jsonl"),
             ("usage", "report", "--org", "acme", "--from", "2026-02-01", "--to", "2026-01-01"),
+            ("orgs", "list", "--json", "--ids"),
+            ("keys", "list", "--org", "acme", "--json", "--ids"),
+            ("credits", "balance", "acme", "--json", "--ids"),
         ],
         ids=lambda args: " ".join(args),
     )
@@ -138,8 +142,13 @@ class TestExitCodes:
         assert not (cli.cwd / ".saascore").exists()  # the database was never opened
 
     def test_a_refusal_is_1(self, cli: Cli) -> None:
-        # One after the other: the first creates and migrates the embedded database.
+        # One after the other: the first creates and migrates the embedded database, and says
+        # so (only the first).
         unknown_plan = cli("orgs", "create", "Acme", "--plan", "nope")
         unknown_org = cli("credits", "grant", "nobody", "10")
-        assert unknown_plan.error_line(1).startswith("saascore: no plan with code 'nope'")
+        assert unknown_plan.returncode == 1
+        assert unknown_plan.stderr.splitlines() == [
+            "created the embedded database at .saascore/saascore.db (set DATABASE_URL for another)",
+            "saascore: unknown plan 'nope': no plans are loaded",
+        ]
         assert unknown_org.error_line(1) == "saascore: no organisation nobody"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from datetime import datetime, timedelta
 
 import pytest_asyncio
 
@@ -26,11 +28,15 @@ def test_create_and_list(catalog_cli: Cli) -> None:
     )
     organization_id = uuid.UUID(created.ok().stdout.strip())  # only the id, for scripts
     assert created.stdout == f"{organization_id}\n"
-    assert unknown_plan.error_line(1) == "saascore: no plan with code 'nope'"
+    assert unknown_plan.error_line(1) == (
+        "saascore: unknown plan 'nope': valid plans are free, starter, pro, business, enterprise"
+    )
 
-    taken, listed = catalog_cli.run_together(
+    taken, listed, as_json, ids = catalog_cli.run_together(
         ["orgs", "create", "Acme again", "--plan", "pro", "--external-id", "x1"],
         ["orgs", "list"],
+        ["orgs", "list", "--json"],
+        ["orgs", "list", "--ids"],
     )
     assert taken.error_line(1) == "saascore: an organisation with external id 'x1' exists"
     rows = [line.split() for line in listed.ok().stdout.splitlines()]
@@ -39,3 +45,14 @@ def test_create_and_list(catalog_cli: Cli) -> None:
     ]
     assert "Nobody" not in listed.stdout
     assert "again" not in listed.stdout
+    [acme] = json.loads(as_json.ok().stdout)  # a JSON array of typed objects
+    assert {key: acme[key] for key in ("id", "name", "plan", "external_id", "status")} == {
+        "id": str(organization_id),
+        "name": "Acme",
+        "plan": "pro",
+        "external_id": "x1",
+        "status": "active",
+    }
+    assert acme["domain"] is None
+    assert datetime.fromisoformat(acme["created_at"]).utcoffset() == timedelta(0)
+    assert ids.ok().stdout == f"{organization_id}\n"

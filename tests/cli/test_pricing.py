@@ -73,7 +73,7 @@ def test_a_later_price_is_a_new_version(migrated_cli: Cli, tmp_path: Path) -> No
 
 def test_plans_load_brings_the_prices(migrated_cli: Cli) -> None:
     first = migrated_cli("plans", "load").ok()
-    assert f"model prices: {PRICES} created, 0 updated, 0 unchanged" in first.stdout
+    assert f"model prices: {PRICES} created, 0 updated, 0 already applied" in first.stdout
     assert "already applied" in migrated_cli("pricing", "load").ok().stdout
 
 

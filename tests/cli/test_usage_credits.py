@@ -42,17 +42,17 @@ def test_import_is_idempotent_and_reports_each_line(org_cli: tuple[Cli, str]) ->
     path = events_file(cli.cwd, org, 7, "not json")
     first = cli("usage", "import", str(path))
     assert first.returncode == 1  # a refused and an invalid line
-    assert first.stdout.strip() == "5 accepted, 0 duplicate, 2 refused, 1 invalid"
+    assert first.stdout.strip() == "5 accepted, 0 already applied, 2 refused, 1 invalid"
     assert "line 6: limit_exceeded" in first.stderr
     assert "line 8: not JSON" in first.stderr
     assert not Path(str(path) + ".saascore-progress").exists()  # done: no checkpoint left
 
     again = cli("usage", "import", str(path))
-    assert again.stdout.strip() == "0 accepted, 5 duplicate, 2 refused, 1 invalid"
+    assert again.stdout.strip() == "0 accepted, 5 already applied, 2 refused, 1 invalid"
 
     report = cli("usage", "report", "--org", "acme", "--by", "metric").ok()
     row = next(line.split() for line in report.stdout.splitlines() if "api_calls" in line)
-    assert row[:3] == ["api_calls", "5", "5"]  # quantity 5 from 5 events, counted once
+    assert row[:4] == ["api_calls", "5", "call", "5"]  # quantity 5 from 5 events, counted once
 
 
 def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str]) -> None:
@@ -62,9 +62,9 @@ def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str])
     first_two = len("\n".join(path.read_text().splitlines()[:2])) + 1
     Path(str(path) + ".saascore-progress").write_text(str(first_two))
     resumed = cli("usage", "import", str(path)).ok()
-    assert resumed.stdout.strip() == "1 accepted, 0 duplicate, 0 refused, 0 invalid"
+    assert resumed.stdout.strip() == "1 accepted, 0 already applied, 0 refused, 0 invalid"
     restarted = cli("usage", "import", "--restart", str(path)).ok()
-    assert restarted.stdout.strip() == "2 accepted, 1 duplicate, 0 refused, 0 invalid"
+    assert restarted.stdout.strip() == "2 accepted, 1 already applied, 0 refused, 0 invalid"
 
 
 def test_import_backfills_other_periods(org_cli: tuple[Cli, str]) -> None:
@@ -78,7 +78,7 @@ def test_import_backfills_other_periods(org_cli: tuple[Cli, str]) -> None:
     path = cli.cwd / "backfill.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in dated))
     imported = cli("usage", "import", str(path)).ok()
-    assert imported.stdout.strip() == "2 accepted, 0 duplicate, 0 refused, 0 invalid"
+    assert imported.stdout.strip() == "2 accepted, 0 already applied, 0 refused, 0 invalid"
 
 
 def test_credits_grant_balance_verify(org_cli: tuple[Cli, str]) -> None:
@@ -86,14 +86,21 @@ def test_credits_grant_balance_verify(org_cli: tuple[Cli, str]) -> None:
     granted = cli("credits", "grant", "acme", "100", "--key", "k1").ok()
     assert granted.stdout.strip() == "granted 100; balance 100"
     again = cli("credits", "grant", "acme", "100", "--key", "k1").ok()
-    assert again.stdout.strip() == "granted 100; balance 100"  # the key: granted once
-    balance, verify, sweep, nobody = cli.run_together(
+    assert again.stdout.strip() == "already applied: key 'k1' granted 100; nothing granted now"
+    balance, verify, sweep, nobody, as_json, ids = cli.run_together(
         ["credits", "balance", "acme"],
         ["credits", "verify"],
         ["usage", "sweep"],
         ["credits", "balance", "nobody"],
+        ["credits", "balance", "acme", "--json"],
+        ["credits", "balance", "acme", "--ids"],
     )
     assert balance.ok().stdout.splitlines()[0] == "balance 100"
+    account = json.loads(as_json.ok().stdout)
+    assert account["balance"] == 100  # a number, not text
+    [grant] = account["grants"]
+    assert (grant["amount"], grant["remaining"], grant["source"]) == (100, 100, "manual")
+    assert ids.ok().stdout == f"{grant['id']}\n"
     assert verify.ok().stdout.strip() == "credit ledger consistent"
     assert sweep.ok().stdout.strip() == "0 reservations expired"
     assert nobody.error_line(1) == "saascore: no organisation nobody"
@@ -119,3 +126,42 @@ def test_credits_refill_grants_the_months_plan_credits_once(org_cli: tuple[Cli, 
     assert neither.error_line(2) == "saascore: name the organisations: --org ID or --all"
     assert both.error_line(2) == "saascore: name the organisations: --org ID or --all"
     assert nobody.error_line(1) == "saascore: no organisation nobody"
+
+
+def test_report_never_adds_different_metrics(org_cli: tuple[Cli, str]) -> None:
+    cli, org = org_cli
+    events = [
+        {"organization_id": org, "id": f"m{n}", "metric": metric, "quantity": quantity, **when}
+        for n, (metric, quantity, when) in enumerate(
+            [
+                ("api_calls", 2, {"occurred_at": "2026-01-05T10:00:00Z"}),
+                ("tokens", 700, {"occurred_at": "2026-01-05T11:00:00Z"}),
+                ("tokens", 300, {"occurred_at": "2026-01-06T11:00:00Z"}),
+            ]
+        )
+    ]
+    path = cli.cwd / "two-metrics.jsonl"
+    path.write_text("".join(json.dumps(event) + "\n" for event in events))
+    cli("usage", "import", str(path)).ok()
+    window = ["--org", "acme", "--from", "2026-01-01", "--to", "2026-01-31"]
+    table, as_json = cli.run_together(
+        ["usage", "report", *window], ["usage", "report", *window, "--json"]
+    )
+    rows = [line.split() for line in table.ok().stdout.splitlines()]
+    # Per day and metric (never 702 on the 5th), then a total per metric with its unit.
+    assert [row[:4] for row in rows if row and row[0].startswith("2026-")] == [
+        ["2026-01-05", "api_calls", "2", "call"],
+        ["2026-01-05", "tokens", "700", "token"],
+        ["2026-01-06", "tokens", "300", "token"],
+    ]
+    assert [row[:4] for row in rows if row and row[0] == "total"] == [
+        ["total", "api_calls", "2", "call"],
+        ["total", "tokens", "1,000", "token"],
+    ]
+    assert [
+        (r["day"], r["metric"], r["quantity"], r["unit"]) for r in json.loads(as_json.stdout)
+    ] == [
+        ("2026-01-05", "api_calls", 2, "call"),
+        ("2026-01-05", "tokens", 700, "token"),
+        ("2026-01-06", "tokens", 300, "token"),
+    ]

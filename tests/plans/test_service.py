@@ -266,7 +266,14 @@ class TestQueries:
             await plans.get_by_code("no-such-plan", session=session)
         assert isinstance(info.value, NotFound)
         assert info.value.code == "plan_not_found"
-        assert info.value.details == {"plan": "no-such-plan"}
+        codes = [plan.code for plan in await plans.list(session=session)]
+        # The message and the details name the valid codes, so a typo can be corrected.
+        assert info.value.details == {"plan": "no-such-plan", "valid_plans": codes}
+        assert info.value.message == (
+            f"unknown plan 'no-such-plan': valid plans are {', '.join(codes)}"
+            if codes
+            else "unknown plan 'no-such-plan': no plans are loaded"
+        )
 
     async def test_list_hides_inactive_plans(
         self, plans: PlanService, session: AsyncSession

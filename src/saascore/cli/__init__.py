@@ -2,6 +2,7 @@
 API keys and operator keys, verify the audit log.
 
     saascore demo                      # everything on the embedded SQLite database
+    saascore status                    # the database in use and its state
     saascore db upgrade                # migrate the configured database
     saascore plans load                # the default plan catalog (and price list)
     saascore pricing list              # model prices, with the day each was taken
@@ -11,6 +12,7 @@ API keys and operator keys, verify the audit log.
     saascore keys create --org acme --scopes usage:write,usage:read --name ingest
     saascore keys create --operator --name staff
     saascore audit verify              # walk every organisation's audit chain
+    saascore orgs list --json          # every list: --json, and --ids for xargs
     saascore events dispatch           # deliver webhooks (also inside serve)
 
 Every command reports an error as one line on stderr with a non-zero exit code (see `_run`).
@@ -28,6 +30,7 @@ from typer.core import TyperCommand, TyperGroup
 import saascore
 from saascore.cli._run import echo_error, explain_or_unexpected
 from saascore.cli.serve import demo, serve
+from saascore.cli.status import status
 
 if TYPE_CHECKING:
     # typer ships its own copy of click: these are the classes TyperGroup's methods take.
@@ -100,6 +103,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(demo)
+app.command()(status)
 
 
 def _print_version(value: bool) -> None:

@@ -1,4 +1,15 @@
-"""Consoles, tables and the small formatters the commands share.
+"""Consoles, tables, JSON and the small formatters the commands share.
+
+Every list command prints its rows with `print_rows`, in one of three formats: a table (for
+people), `--json` (a JSON array of objects with typed fields: ids as strings, numbers as
+numbers, times in ISO 8601) or `--ids` (one id a line, for `xargs`). A command describes its
+rows once, as `Column`s, and takes the two options as `JsonOption` and `IdsOption`:
+
+    @app.command("list")
+    def list_things(as_json: JsonOption = False, only_ids: IdsOption = False) -> None:
+        output = output_format(as_json, only_ids)  # both: a usage error (exit 2)
+        rows = ...
+        print_rows(rows, COLUMNS, output, ids=lambda row: str(row.id), empty="no things")
 
 rich is imported when a table is printed: it is a tenth of a second that commands printing one
 line should not spend. (SQLAlchemy and the settings are imported where they are used, for the
@@ -7,10 +18,19 @@ same reason.)
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from collections.abc import Collection
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import Enum, StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+
+import typer
+
+from saascore.cli._run import EXIT_USAGE, fail
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -19,7 +39,23 @@ if TYPE_CHECKING:
 
     from saascore.config import Settings
 
-__all__ = ["console", "describe_target", "limit", "new_table", "print_table"]
+__all__ = [
+    "Column",
+    "IdsOption",
+    "JsonOption",
+    "Output",
+    "console",
+    "describe_target",
+    "limit",
+    "new_table",
+    "output_format",
+    "print_json",
+    "print_rows",
+    "print_table",
+    "rows_as_json",
+]
+
+T = TypeVar("T")
 
 #: Width when the output is a pipe or a file, so that tables are not folded at 80 columns.
 PIPE_WIDTH = 200
@@ -90,3 +126,133 @@ def describe_target(settings: Settings) -> str:
     if settings.database_schema and settings.database_backend is DatabaseBackend.POSTGRESQL:
         text += f" (schema {settings.database_schema})"
     return text
+
+
+class Output(StrEnum):
+    """How a list command prints its rows."""
+
+    TABLE = "table"
+    JSON = "json"
+    IDS = "ids"
+
+
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print a JSON array of objects (ids as strings, times in ISO 8601)."
+    ),
+]
+IdsOption = Annotated[
+    bool, typer.Option("--ids", help="Print only the ids, one a line (for xargs).")
+]
+
+
+def output_format(as_json: bool, only_ids: bool = False) -> Output:
+    """The format the options ask for; `--json` with `--ids` is a usage error (exit 2)."""
+    if as_json and only_ids:
+        fail("--json and --ids exclude each other", EXIT_USAGE)
+    if as_json:
+        return Output.JSON
+    return Output.IDS if only_ids else Output.TABLE
+
+
+def _text(value: Any) -> str:
+    """A typed value as a table cell."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, list | tuple):
+        return ",".join(_text(item) for item in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Column(Generic[T]):
+    """One field of a listed row: `value` reads it, typed, from the row (JSON prints it as it
+    is); the table shows `text(value)` under `header`."""
+
+    name: str
+    value: Callable[[T], Any]
+    header: str | None = None
+    text: Callable[[Any], str] = _text
+    justify: Literal["left", "right"] = "left"
+    #: An id or code: never wrapped or cut in the table.
+    is_id: bool = False
+    in_table: bool = True
+    in_json: bool = True
+
+    @property
+    def title(self) -> str:
+        return self.header if self.header is not None else self.name.replace("_", " ")
+
+
+def to_json(value: Any) -> Any:
+    """`json.dumps`' fallback for the types rows hold: ids and decimals as strings, times in
+    ISO 8601, enums as their values."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def rows_as_json(rows: Iterable[T], columns: Sequence[Column[T]]) -> list[dict[str, Any]]:
+    """The rows as JSON objects, one key per column (the table-only columns left out)."""
+    return [{c.name: c.value(row) for c in columns if c.in_json} for row in rows]
+
+
+def print_json(document: Any) -> None:
+    """Print `document` as JSON on stdout."""
+    typer.echo(json.dumps(document, default=to_json, ensure_ascii=False, indent=2))
+
+
+def print_rows(
+    rows: Sequence[T],
+    columns: Sequence[Column[T]],
+    output: Output = Output.TABLE,
+    *,
+    ids: Callable[[T], str] | None = None,
+    empty: str | None = None,
+    title: str | None = None,
+    table: Callable[[Table, Sequence[T]], None] | None = None,
+) -> None:
+    """Print rows as `output` asks: a table (with `title`; `empty` on stderr when there are no
+    rows), a JSON array of objects, or `ids(row)` one a line. `table(table, rows)` may add to
+    the table before it is printed (totals)."""
+    if output is Output.JSON:
+        print_json(rows_as_json(rows, columns))
+        return
+    if output is Output.IDS:
+        if ids is None:  # a command without ids does not take --ids
+            raise AssertionError("print_rows(..., Output.IDS) without ids")
+        for row in rows:
+            typer.echo(ids(row))
+        return
+    if not rows:
+        if empty is not None:
+            typer.echo(empty, err=True)
+        return
+    shown = [column for column in columns if column.in_table]
+    result = new_table(
+        *(column.title for column in shown),
+        title=title,
+        ids=[column.title for column in shown if column.is_id],
+    )
+    for rendered, column in zip(result.columns, shown, strict=True):
+        rendered.justify = column.justify
+    for row in rows:
+        result.add_row(*(column.text(column.value(row)) for column in shown))
+    if table is not None:
+        table(result, rows)
+    print_table(result)

@@ -48,6 +48,7 @@ __all__ = [
     "EXIT_USAGE",
     "NO_SCHEMA",
     "cli_actor",
+    "create_embedded",
     "echo_error",
     "explain",
     "explain_or_unexpected",
@@ -204,16 +205,40 @@ def explain_or_unexpected(exc: Exception) -> tuple[str, int]:
     )
 
 
+def create_embedded(settings: Settings) -> None:
+    """Create the embedded SQLite file if it does not exist yet, and say so on stderr.
+
+    The file is created empty (an empty file is an empty SQLite database) with O_EXCL, so of
+    several commands started at once on a new data directory exactly one says it."""
+    if not settings.is_embedded:
+        return
+    path = settings.sqlite_path
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    typer.echo(
+        f"created the embedded database at {path} (set DATABASE_URL for another)",
+        err=True,
+    )
+
+
 def run_with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     """Run `work(database)` in a new event loop, after checking the database answers.
 
     The ping turns every way of failing to connect into `DatabaseUnavailable` before any work
-    starts; the connections are closed however the work ends.
+    starts; the connections are closed however the work ends. The embedded database is
+    created (and that said, once) when it does not exist.
     """
 
     import asyncio
 
     from saascore.kit.db import Database
+
+    create_embedded(settings)
 
     async def main() -> T:
         database = Database(settings)

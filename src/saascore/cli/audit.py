@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
 from saascore.audit import ChainReport
-from saascore.cli._output import new_table, print_table
+from saascore.cli._output import Column, JsonOption, output_format, print_rows
 from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -50,6 +51,37 @@ def verify(org: OrgOption = None) -> None:
     raise typer.Exit(EXIT_ERROR)
 
 
+def _actor(entry: AuditLog) -> str:
+    return entry.actor_type + (f" {entry.actor_id}" if entry.actor_id else "")
+
+
+def _target(entry: AuditLog) -> str | None:
+    if not entry.target_type:
+        return None
+    return f"{entry.target_type} {entry.target_id or ''}".strip()
+
+
+def _second(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+#: An audit entry as `audit list` prints it.
+COLUMNS: list[Column[AuditLog]] = [
+    Column("id", lambda e: e.id, in_table=False),
+    Column("seq", lambda e: e.seq, text=str),
+    Column("created_at", lambda e: e.created_at, header="time (UTC)", text=_second),
+    Column("action", lambda e: e.action),
+    Column("actor", _actor, is_id=True, in_json=False),
+    Column("actor_type", lambda e: e.actor_type, in_table=False),
+    Column("actor_id", lambda e: e.actor_id, in_table=False),
+    Column("user_id", lambda e: e.user_id, in_table=False),
+    Column("target", _target, is_id=True, in_json=False),
+    Column("target_type", lambda e: e.target_type, in_table=False),
+    Column("target_id", lambda e: e.target_id, in_table=False),
+    Column("ip_address", lambda e: e.ip_address, header="ip"),
+]
+
+
 @app.command("list")
 @handle_errors
 def list_entries(
@@ -58,31 +90,14 @@ def list_entries(
         str | None, typer.Option(help="Only this action, e.g. auth.login_failed.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=1_000, help="Show at most this many.")] = 50,
+    as_json: JsonOption = False,
 ) -> None:
     """An organisation's audit entries, newest first."""
+    output = output_format(as_json)
 
     async def work(core: Saascore) -> list[AuditLog]:
         organization = await core.orgs.resolve(org)
         return list(await core.audit.list(organization.id, limit=limit, action=action))
 
     entries = run_with_core(load_settings(), work)
-    if not entries:
-        typer.echo("no audit entries", err=True)
-        return
-    table = new_table(
-        "seq", "time (UTC)", "action", "actor", "target", "ip", ids=("actor", "target")
-    )
-    for entry in entries:
-        actor = entry.actor_type + (f" {entry.actor_id}" if entry.actor_id else "")
-        target = (
-            f"{entry.target_type} {entry.target_id or ''}".strip() if entry.target_type else "-"
-        )
-        table.add_row(
-            str(entry.seq),
-            entry.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-            entry.action,
-            actor,
-            target,
-            entry.ip_address or "-",
-        )
-    print_table(table)
+    print_rows(entries, COLUMNS, output, empty="no audit entries")

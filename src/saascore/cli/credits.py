@@ -8,14 +8,22 @@ from typing import Annotated
 
 import typer
 
-from saascore.cli._output import new_table, print_table
+from saascore.cli._output import (
+    Column,
+    Output,
+    output_format,
+    print_json,
+    print_rows,
+    rows_as_json,
+)
 from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.credits import CreditAccount, LedgerProblem, Refill
+from saascore.credits.service import Granted
 from saascore.kit.errors import InvalidInput
 from saascore.kit.validation import checked_instant
-from saascore.models import CreditSource, CreditTransaction
+from saascore.models import CreditGrant, CreditSource
 
 __all__ = ["app"]
 
@@ -42,7 +50,8 @@ def grant(
     ] = None,
     description: Annotated[str | None, typer.Option(help="Shown in the ledger.")] = None,
 ) -> None:
-    """Grant credits to an organisation; prints the new balance."""
+    """Grant credits to an organisation; prints the new balance (or "already applied" when
+    --key granted before)."""
     expires = expires_at.replace(tzinfo=UTC) if expires_at and not expires_at.tzinfo else expires_at
     if expires is not None:
         try:  # out of range is a mistake on the command line, as for `keys create --expires`
@@ -50,9 +59,9 @@ def grant(
         except InvalidInput as exc:
             fail(exc.message, EXIT_USAGE)
 
-    async def work(core: Saascore) -> CreditTransaction:
+    async def work(core: Saascore) -> Granted:
         organization = await core.orgs.resolve(org)
-        return await core.credits.grant(
+        return await core.credits.grant_once(
             organization.id,
             amount,
             source=source,
@@ -63,7 +72,13 @@ def grant(
             actor=cli_actor(),
         )
 
-    transaction = run_with_core(load_settings(), work)
+    granted = run_with_core(load_settings(), work)
+    transaction = granted.transaction
+    if granted.replayed:
+        typer.echo(
+            f"already applied: key {key!r} granted {transaction.amount}; nothing granted now"
+        )
+        return
     typer.echo(f"granted {transaction.amount}; balance {transaction.balance_after}")
 
 
@@ -106,39 +121,58 @@ def refill(
         typer.echo(f"{granted} of {len(outcomes)} organisations granted credits")
 
 
+def _expires(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "never"
+
+
+#: A grant as `credits balance` prints it, in draw order.
+GRANT_COLUMNS: list[Column[CreditGrant]] = [
+    Column("id", lambda g: g.id, header="grant", is_id=True),
+    Column("source", lambda g: g.source),
+    Column("amount", lambda g: g.amount, justify="right"),
+    Column("remaining", lambda g: g.remaining, justify="right"),
+    Column("priority", lambda g: g.priority, text=str, justify="right"),
+    Column("expires_at", lambda g: g.expires_at, header="expires (UTC)", text=_expires),
+    Column("created_at", lambda g: g.created_at, in_table=False),
+]
+
+
 @app.command()
 @handle_errors
 def balance(
     org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='Print {"organization_id", "balance", "grants": [...]} as JSON.',
+        ),
+    ] = False,
+    only_ids: Annotated[
+        bool, typer.Option("--ids", help="Print only the grants' ids, one a line.")
+    ] = False,
 ) -> None:
     """An organisation's balance and the grants it is made of, in draw order."""
+    output = output_format(as_json, only_ids)
 
     async def work(core: Saascore) -> CreditAccount:
         organization = await core.orgs.resolve(org)
         return await core.credits.account(organization.id)
 
     account = run_with_core(load_settings(), work)
-    typer.echo(f"balance {account.balance}")
-    if account.grants:
-        table = new_table(
-            "grant",
-            "source",
-            "amount",
-            "remaining",
-            "priority",
-            "expires (UTC)",
-            ids=("grant",),
+    grants = list(account.grants)
+    if output is Output.JSON:
+        print_json(
+            {
+                "organization_id": account.organization_id,
+                "balance": account.balance,
+                "grants": rows_as_json(grants, GRANT_COLUMNS),
+            }
         )
-        for item in account.grants:
-            table.add_row(
-                str(item.id),
-                item.source.value,
-                f"{item.amount:,}",
-                f"{item.remaining:,}",
-                str(item.priority),
-                item.expires_at.strftime("%Y-%m-%d %H:%M") if item.expires_at else "never",
-            )
-        print_table(table)
+        return
+    if output is Output.TABLE:
+        typer.echo(f"balance {account.balance}")
+    print_rows(grants, GRANT_COLUMNS, output, ids=lambda g: str(g.id))
 
 
 @app.command()

@@ -20,7 +20,7 @@ from typing import Annotated
 import sqlalchemy as sa
 import typer
 
-from saascore.cli._output import new_table, print_table
+from saascore.cli._output import Column, IdsOption, JsonOption, output_format, print_rows
 from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -167,15 +167,47 @@ async def _user_id(core: Saascore, org_id: uuid.UUID, email: str) -> uuid.UUID:
     return user_id
 
 
+def _never(moment: datetime | None) -> str:
+    return _when(moment, "never")
+
+
+#: An organisation's API key as `keys list` prints it (never the key itself).
+KEY_COLUMNS: list[Column[ApiKey]] = [
+    Column("id", lambda k: k.id),
+    Column("name", lambda k: k.name),
+    Column("prefix", lambda k: k.key_prefix, is_id=True),
+    Column("scopes", lambda k: list(k.scopes)),
+    Column("user_id", lambda k: k.user_id, header="user", is_id=True),
+    Column("environment", lambda k: k.environment, in_table=False),
+    Column("created_at", lambda k: k.created_at, header="created"),
+    Column("expires_at", lambda k: k.expires_at, header="expires", text=_never),
+    Column("last_used_at", lambda k: k.last_used_at, header="last used", text=_never),
+    Column("revoked_at", lambda k: k.revoked_at, header="revoked"),
+]
+#: An operator key as `keys list --operator` prints it.
+OPERATOR_COLUMNS: list[Column[OperatorKey]] = [
+    Column("id", lambda k: k.id),
+    Column("name", lambda k: k.name),
+    Column("prefix", lambda k: k.key_prefix, is_id=True),
+    Column("created_at", lambda k: k.created_at, header="created"),
+    Column("expires_at", lambda k: k.expires_at, header="expires", text=_never),
+    Column("last_used_at", lambda k: k.last_used_at, header="last used", text=_never),
+    Column("revoked_at", lambda k: k.revoked_at, header="revoked"),
+]
+
+
 @app.command("list")
 @handle_errors
 def list_keys(
     org: OrgOption = None,
     operator: OperatorOption = False,
     all_keys: Annotated[bool, typer.Option("--all", help="Revoked keys too.")] = False,
+    as_json: JsonOption = False,
+    only_ids: IdsOption = False,
 ) -> None:
     """An organisation's keys, or the operators', newest first; never the keys themselves."""
     _owner(org, operator)
+    output = output_format(as_json, only_ids)
 
     async def work(core: Saascore) -> list[ApiKey] | list[OperatorKey]:
         if operator:
@@ -195,50 +227,14 @@ def list_keys(
             after = page[-1].id
 
     keys = run_with_core(load_settings(), work)
-    if not keys:
-        typer.echo("no keys", err=True)
-        return
     if operator:
-        table = new_table(
-            "id", "name", "prefix", "created", "expires", "last used", "revoked", ids=("prefix",)
+        operator_keys = [k for k in keys if isinstance(k, OperatorKey)]
+        print_rows(
+            operator_keys, OPERATOR_COLUMNS, output, ids=lambda k: str(k.id), empty="no keys"
         )
-        for op_key in keys:
-            table.add_row(
-                str(op_key.id),
-                op_key.name,
-                op_key.key_prefix,
-                _when(op_key.created_at),
-                _when(op_key.expires_at, "never"),
-                _when(op_key.last_used_at, "never"),
-                _when(op_key.revoked_at),
-            )
     else:
-        table = new_table(
-            "id",
-            "name",
-            "prefix",
-            "scopes",
-            "user",
-            "created",
-            "expires",
-            "last used",
-            "revoked",
-            ids=("prefix", "user"),
-        )
-        for key in keys:
-            assert isinstance(key, ApiKey)
-            table.add_row(
-                str(key.id),
-                key.name,
-                key.key_prefix,
-                ",".join(key.scopes),
-                str(key.user_id) if key.user_id else "-",
-                _when(key.created_at),
-                _when(key.expires_at, "never"),
-                _when(key.last_used_at, "never"),
-                _when(key.revoked_at),
-            )
-    print_table(table)
+        api_keys = [k for k in keys if isinstance(k, ApiKey)]
+        print_rows(api_keys, KEY_COLUMNS, output, ids=lambda k: str(k.id), empty="no keys")
 
 
 @app.command()

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from saascore.cli._output import new_table, print_table
+from saascore.cli._output import Column, IdsOption, JsonOption, output_format, print_rows
 from saascore.cli._run import cli_actor, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -50,33 +50,39 @@ def create(
     typer.echo(str(organization.id))
 
 
+#: An organisation as `orgs list` prints it.
+COLUMNS: list[Column[Organization]] = [
+    Column("id", lambda o: o.id),
+    Column("name", lambda o: o.name),
+    Column("slug", lambda o: o.slug, is_id=True),
+    Column("plan", lambda o: o.plan.code, is_id=True),
+    Column("external_id", lambda o: o.external_id),
+    Column("domain", lambda o: o.domain, in_table=False),
+    Column("status", lambda o: o.status),
+    Column("subscription_status", lambda o: o.subscription_status, in_table=False),
+    Column("created_at", lambda o: o.created_at, header="created (UTC)"),
+]
+
+
 @app.command("list")
 @handle_errors
 def list_orgs(
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
     offset: Annotated[int, typer.Option(min=0, help="Skip this many first.")] = 0,
+    as_json: JsonOption = False,
+    only_ids: IdsOption = False,
 ) -> None:
     """List the organisations, oldest first."""
+    output = output_format(as_json, only_ids)
     settings = load_settings()
 
     async def work(core: Saascore) -> list[Organization]:
         return list(await core.orgs.list(limit=limit, offset=offset))
 
-    organizations = run_with_core(settings, work)
-    if not organizations:
-        typer.echo("no organisations; create one with 'saascore orgs create NAME'", err=True)
-        return
-    table = new_table(
-        "id", "name", "slug", "plan", "external id", "status", "created (UTC)", ids=("slug", "plan")
+    print_rows(
+        run_with_core(settings, work),
+        COLUMNS,
+        output,
+        ids=lambda o: str(o.id),
+        empty="no organisations; create one with 'saascore orgs create NAME'",
     )
-    for organization in organizations:
-        table.add_row(
-            str(organization.id),
-            organization.name,
-            organization.slug,
-            organization.plan.code,
-            organization.external_id or "-",
-            organization.status.value,
-            organization.created_at.strftime("%Y-%m-%d %H:%M"),
-        )
-    print_table(table)

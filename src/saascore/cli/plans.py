@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from saascore.cli._output import limit, new_table, print_table
+from saascore.cli._output import Column, JsonOption, limit, output_format, print_rows
 from saascore.cli._run import handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -89,60 +89,118 @@ def load(
 
     result = run_with_core(settings, work)
     source = str(file) if file is not None else "the default catalog"
-    typer.echo(f"Loaded {source}:")
+    plans_updated = [c for c in result.plans_updated if c not in result.plans_unchanged]
+    meters_updated = [c for c in result.meters_updated if c not in result.meters_unchanged]
+    prices = result.prices
+    if not (
+        result.plans_created
+        or result.meters_created
+        or plans_updated
+        or meters_updated
+        or prices.created
+        or prices.updated
+    ):
+        typer.echo(f"{source}: already applied (nothing changed)")
+    else:
+        typer.echo(f"Loaded {source}:")
     typer.echo(
         f"  plans:  {_codes('created', result.plans_created)}, "
-        f"{_codes('updated', result.plans_updated)}"
+        f"{_codes('updated', plans_updated)}, "
+        f"{_codes('already applied', result.plans_unchanged)}"
     )
     typer.echo(
         f"  meters: {_codes('created', result.meters_created)}, "
-        f"{_codes('updated', result.meters_updated)}"
+        f"{_codes('updated', meters_updated)}, "
+        f"{_codes('already applied', result.meters_unchanged)}"
     )
-    if result.prices.created or result.prices.updated or result.prices.unchanged:
-        prices = result.prices
+    if prices.created or prices.updated or prices.unchanged:
         typer.echo(
             f"  model prices: {len(prices.created)} created, {len(prices.updated)} updated, "
-            f"{len(prices.unchanged)} unchanged"
+            f"{len(prices.unchanged)} already applied"
         )
+
+
+def _prices(plan: SubscriptionPlan) -> list[dict[str, Any]]:
+    return [
+        {
+            "billing_cycle": price.billing_cycle.value,
+            "currency": price.currency,
+            "amount": price.amount,  # minor units (cents)
+        }
+        for price in plan.prices
+        if price.is_active
+    ]
+
+
+def _limits(plan: SubscriptionPlan) -> dict[str, Any]:
+    return {item.metric: {"limit": item.limit_value, "hard": item.is_hard} for item in plan.limits}
+
+
+#: A plan as `plans list` prints it: the table shows the usual limits, JSON every field.
+COLUMNS: list[Column[SubscriptionPlan]] = [
+    Column("id", lambda p: p.id, in_table=False),
+    Column("code", lambda p: p.code, is_id=True),
+    Column("name", lambda p: p.name),
+    Column("description", lambda p: p.description, in_table=False),
+    Column("monthly_price", lambda p: _monthly_price(p.prices), justify="right", in_json=False),
+    Column("prices", _prices, in_table=False),
+    Column(
+        "monthly_token_limit",
+        lambda p: p.monthly_token_limit,
+        header="token limit",
+        text=limit,
+        justify="right",
+    ),
+    Column(
+        "max_storage_mb",
+        lambda p: p.max_storage_mb,
+        header="storage",
+        text=_storage,
+        justify="right",
+    ),
+    Column("max_api_calls_per_day", lambda p: p.max_api_calls_per_day, in_table=False),
+    Column("max_users", lambda p: p.max_users, in_table=False),
+    Column("max_items", lambda p: p.max_items, in_table=False),
+    Column("max_secondary", lambda p: p.max_secondary, in_table=False),
+    Column(
+        "credits_per_period",
+        lambda p: p.credits_per_period,
+        header="credits/period",
+        justify="right",
+    ),
+    Column("credits_rollover", lambda p: p.credits_rollover, in_table=False),
+    Column("rates", _rates, header="rpm / rph", justify="right", in_json=False),
+    Column("requests_per_minute", lambda p: p.requests_per_minute, in_table=False),
+    Column("requests_per_hour", lambda p: p.requests_per_hour, in_table=False),
+    Column("api_access", lambda p: p.api_access, in_table=False),
+    Column("trial_days", lambda p: p.trial_days, in_table=False),
+    Column("features", lambda p: p.features, in_table=False),
+    Column("limits", _limits, in_table=False),
+    Column("is_active", lambda p: p.is_active, header="active"),
+    Column("is_public", lambda p: p.is_public, in_table=False),
+]
 
 
 @app.command("list")
 @handle_errors
 def list_plans(
     all_plans: Annotated[bool, typer.Option("--all", help="Include inactive plans.")] = False,
+    as_json: JsonOption = False,
+    only_codes: Annotated[
+        bool, typer.Option("--ids", help="Print only the plans' codes, one a line (for xargs).")
+    ] = False,
 ) -> None:
     """List the plans with their prices and limits, in catalog order."""
+    output = output_format(as_json, only_codes)
     settings = load_settings()
 
     async def work(core: Saascore) -> list[SubscriptionPlan]:
         return list(await core.plans.list(include_inactive=all_plans))
 
-    plans = run_with_core(settings, work)
-    if not plans:
-        typer.echo("no plans; load the default catalog with 'saascore plans load'", err=True)
-        return
-    table = new_table(
-        "code",
-        "name",
-        "monthly price",
-        "token limit",
-        "storage",
-        "credits/period",
-        "rpm / rph",
-        "active",
-        ids=("code",),
+    print_rows(
+        run_with_core(settings, work),
+        COLUMNS,
+        output,
+        ids=lambda p: p.code,
+        empty="no plans; load the default catalog with 'saascore plans load'",
     )
-    for column in table.columns[2:7]:
-        column.justify = "right"
-    for plan in plans:
-        table.add_row(
-            plan.code,
-            plan.name,
-            _monthly_price(plan.prices),
-            limit(plan.monthly_token_limit),
-            _storage(plan.max_storage_mb),
-            f"{plan.credits_per_period:,}",
-            _rates(plan),
-            "yes" if plan.is_active else "no",
-        )
-    print_table(table)

@@ -4,26 +4,76 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
-from saascore.cli._output import console, new_table, print_table
+from saascore.cli._output import Column, JsonOption, console, output_format, print_rows
 from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.metering import BatchOutcome, SummaryBy, SummaryRow, UsageEventIn
 from saascore.metering.schemas import UsageEventPayload
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 __all__ = ["app"]
 
 app = typer.Typer(name="usage", help="Usage: report, import, sweep.", no_args_is_help=True)
 
 BATCH = 500
+
+
+def _usd(micros: int) -> str:
+    return f"{micros / 1_000_000:,.6f}"
+
+
+def _columns(by: SummaryBy) -> list[Column[SummaryRow]]:
+    """A report's row: its group (`by`), the metric and unit its quantity counts, the sums."""
+    columns: list[Column[SummaryRow]] = [Column(by.value, lambda r: r.key or None, is_id=True)]
+    if by is not SummaryBy.METRIC:
+        columns.append(Column("metric", lambda r: r.metric, is_id=True))
+    return [
+        *columns,
+        Column("quantity", lambda r: r.quantity, justify="right"),
+        Column("unit", lambda r: r.unit),
+        Column("events", lambda r: r.event_count, justify="right"),
+        Column("input_tokens", lambda r: r.input_tokens, justify="right"),
+        Column("output_tokens", lambda r: r.output_tokens, justify="right"),
+        Column("total_tokens", lambda r: r.total_tokens, in_table=False),
+        Column("cost_micros", lambda r: r.cost_micros, header="cost (USD)", text=_usd,
+               justify="right"),
+    ]  # fmt: skip
+
+
+def _totals(by: SummaryBy) -> Callable[[Table, Sequence[SummaryRow]], None]:
+    """Add a total per metric (and unit) under a report's rows: never one across metrics."""
+
+    def add(table: Table, rows: Sequence[SummaryRow]) -> None:
+        if by is SummaryBy.METRIC or len({r.key for r in rows}) < 2:
+            return  # each row is already one metric's total
+        totals: dict[tuple[str, str], list[int]] = {}
+        for row in rows:
+            sums = totals.setdefault((row.metric or "", row.unit or ""), [0] * 5)
+            for index, value in enumerate(
+                (row.quantity, row.event_count, row.input_tokens, row.output_tokens,
+                 row.cost_micros)
+            ):  # fmt: skip
+                sums[index] += value
+        table.add_section()
+        for (metric, unit), (quantity, events, inputs, outputs, cost) in sorted(totals.items()):
+            table.add_row(
+                "total", metric, f"{quantity:,}", unit, f"{events:,}", f"{inputs:,}",
+                f"{outputs:,}", _usd(cost),
+            )  # fmt: skip
+
+    return add
 
 
 @app.command()
@@ -40,8 +90,11 @@ def report(
     ] = None,
     by: Annotated[SummaryBy, typer.Option(help="What to group by.")] = SummaryBy.DAY,
     metric: Annotated[str | None, typer.Option(help="Only this metric.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Usage of one organisation from the daily rollups, as a table."""
+    """Usage of one organisation from the daily rollups: a row per group and metric (different
+    metrics are never added together), then each metric's total."""
+    output = output_format(as_json)
     today = datetime.now(UTC).date()
     first: date = start.date() if start else today.replace(day=1)
     last: date = end.date() if end else today
@@ -51,37 +104,18 @@ def report(
     async def work(core: Saascore) -> list[SummaryRow]:
         organization = await core.orgs.resolve(org)
         return await core.usage.summary(
-            organization.id,
-            start=first,
-            end=last,
-            by=by,
-            metric=metric,
+            organization.id, start=first, end=last, by=by, metric=metric, per_metric=True
         )
 
     rows = run_with_core(load_settings(), work)
-    table = new_table(
-        by,
-        "quantity",
-        "events",
-        "input tokens",
-        "output tokens",
-        "cost (USD)",
+    print_rows(
+        rows,
+        _columns(by),
+        output,
+        empty="no usage in that range",
         title=f"usage {first} .. {last}",
-        ids=(by,),  # a metric's, feature's or model's name
+        table=_totals(by),
     )
-    for row in rows:
-        table.add_row(
-            row.key or "-",
-            f"{row.quantity:,}",
-            f"{row.event_count:,}",
-            f"{row.input_tokens:,}",
-            f"{row.output_tokens:,}",
-            f"{row.cost_micros / 1_000_000:,.6f}",
-        )
-    if not rows:
-        typer.echo("no usage in that range", err=True)
-        return
-    print_table(table)
 
 
 @dataclass
@@ -115,10 +149,11 @@ def import_events(
     """Ingest usage events, one JSON object a line, in batches of 500.
 
     Each event needs `organization_id`, `id` (its idempotency key), `metric` and `quantity`.
-    Importing a file twice records each event once. An interrupted import resumes after the
-    last committed batch (kept in FILE.jsonl.saascore-progress); duplicates are harmless
-    either way. Events may be dated in any period (backfill: `occurred_at` from 1970 to
-    9998). Exits 1 if a line is invalid or refused.
+    Importing a file twice records each event once (the second time, as "already applied").
+    An interrupted import resumes after the last committed batch (kept in
+    FILE.jsonl.saascore-progress); duplicates are harmless either way. Events may be dated
+    in any period (backfill: `occurred_at` from 1970 to 9998). Exits 1 if a line is invalid
+    or refused.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -171,7 +206,7 @@ def import_events(
     run_with_core(settings, work)
     checkpoint.unlink(missing_ok=True)
     typer.echo(
-        f"{tally.accepted} accepted, {tally.duplicate} duplicate, {tally.refused} refused, "
+        f"{tally.accepted} accepted, {tally.duplicate} already applied, {tally.refused} refused, "
         f"{tally.invalid} invalid"
     )
     for problem in tally.problems[:20]:

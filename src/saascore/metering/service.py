@@ -617,9 +617,14 @@ class UsageService:
         end: date,
         by: SummaryBy | str = SummaryBy.DAY,
         metric: str | None = None,
+        per_metric: bool = False,
         session: AsyncSession | None = None,
     ) -> list[SummaryRow]:
-        """Usage from `usage_daily_summary` between two days (inclusive), grouped `by`."""
+        """Usage from `usage_daily_summary` between two days (inclusive), grouped `by`.
+
+        With `per_metric`, each group is split by metric, so quantities of different metrics
+        (calls, tokens, bytes) are never added together; each row then names its metric and
+        its meter's unit."""
         try:
             grouping = SummaryBy(by)
         except ValueError:
@@ -632,9 +637,14 @@ class UsageService:
             SummaryBy.MODEL: UsageDailySummary.model,
             SummaryBy.FEATURE: UsageDailySummary.feature,
         }[grouping]
+        groups: list[Any] = [column]
+        if per_metric:
+            if grouping is not SummaryBy.METRIC:
+                groups.append(UsageDailySummary.metric)
+            groups.append(sa.func.coalesce(Meter.unit, "unit"))
         query = (
             sa.select(
-                column,
+                *groups,
                 sa.func.sum(UsageDailySummary.quantity),
                 sa.func.sum(UsageDailySummary.event_count),
                 sa.func.sum(UsageDailySummary.input_tokens),
@@ -647,16 +657,36 @@ class UsageService:
                 UsageDailySummary.day >= start,
                 UsageDailySummary.day <= end,
             )
-            .group_by(column)
-            .order_by(column)
+            .group_by(*groups)
+            .order_by(*groups)
         )
+        if per_metric:
+            query = query.outerjoin(Meter, Meter.code == UsageDailySummary.metric)
         if metric is not None:
             query = query.where(UsageDailySummary.metric == metric)
         async with self.database.scope(session, readonly=True) as s:
             rows = (await s.execute(query)).all()
-        return [
-            SummaryRow(str(key), *(int(value or 0) for value in values)) for key, *values in rows
-        ]
+        named = len(groups)
+        result = []
+        for row in rows:
+            key, *labels = (str(label) for label in row[:named])
+            q, events, inputs, outputs, total, cost = (int(value or 0) for value in row[named:])
+            result.append(
+                SummaryRow(key, q, events, inputs, outputs, total, cost)
+                if not per_metric
+                else SummaryRow(
+                    key,
+                    q,
+                    events,
+                    inputs,
+                    outputs,
+                    total,
+                    cost,
+                    metric=labels[0] if len(labels) == 2 else key,
+                    unit=labels[-1],
+                )
+            )
+        return result
 
     async def limit(
         self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None

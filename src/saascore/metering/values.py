@@ -146,6 +146,10 @@ class SummaryRow:
     output_tokens: int
     total_tokens: int
     cost_micros: int
+    #: With `summary(..., per_metric=True)`: the metric of the row's quantity and its meter's
+    #: unit ('unit' for a metric without a meter).
+    metric: str | None = None
+    unit: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -98,12 +103,41 @@ async def _run(database: Database, fn: Any, *args: Any) -> Any:
     return result
 
 
+@asynccontextmanager
+async def _migration_lock(database: Database) -> AsyncIterator[None]:
+    """On a SQLite file, hold an exclusive lock on `<file>.migrate.lock` (fcntl).
+
+    Alembic commits after each migration on SQLite, so BEGIN IMMEDIATE alone lets two processes
+    that start together on a new database interleave their migrations (the second then fails to
+    move a version the first already moved). With the lock, one migrates and the others wait,
+    then find the database at head. PostgreSQL takes an advisory lock instead (see env.py).
+    Where fcntl does not exist (Windows), nothing is locked."""
+    path = database.url.database if database.backend is DatabaseBackend.SQLITE else None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        path = None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    lock_path = Path(path).with_name(Path(path).name + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 async def upgrade(database: Database, revision: str = "head") -> None:
-    await _run(database, command.upgrade, revision)
+    async with _migration_lock(database):
+        await _run(database, command.upgrade, revision)
 
 
 async def downgrade(database: Database, revision: str) -> None:
-    await _run(database, command.downgrade, revision)
+    async with _migration_lock(database):
+        await _run(database, command.downgrade, revision)
 
 
 async def revision(database: Database, message: str) -> str:

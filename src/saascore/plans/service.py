@@ -51,6 +51,10 @@ class CatalogLoadResult:
     meters_updated: list[str] = field(default_factory=list)
     #: The catalog's `[[model_pricing]]` versions: created, updated, unchanged.
     prices: PricingLoadResult = field(default_factory=PricingLoadResult)
+    #: The codes among the updated ones whose stored values the catalog already had: loading
+    #: them again was a replay that changed nothing.
+    plans_unchanged: list[str] = field(default_factory=list)
+    meters_unchanged: list[str] = field(default_factory=list)
 
 
 #: The columns of `subscription_plans` that a catalog sets (its prices and extra limits are rows
@@ -59,6 +63,65 @@ _PLAN_FIELDS = tuple(name for name in PlanSpec.model_fields if name not in ("pri
 #: What `PlanService.update` may change: everything a catalog sets but the prices, which
 #: subscriptions and payment providers refer to (load a catalog to change them).
 UPDATABLE: Final = frozenset((*_PLAN_FIELDS, "limits"))
+
+
+async def _unchanged(s: AsyncSession, catalog: Catalog) -> tuple[list[str], list[str]]:
+    """The codes of the catalog's plans and meters stored with exactly its values (read before
+    the load writes them)."""
+    meters = {
+        meter.code: meter
+        for meter in await s.scalars(sa.select(Meter).where(Meter.code.in_(list(catalog.meters))))
+    }
+    same_meters = [
+        code
+        for code, spec in catalog.meters.items()
+        if code in meters
+        and all(getattr(meters[code], name) == value for name, value in spec.model_dump().items())
+    ]
+    plans = {
+        plan.code: plan
+        for plan in await s.scalars(
+            sa.select(SubscriptionPlan)
+            .where(SubscriptionPlan.code.in_(list(catalog.plans)))
+            .options(selectinload(SubscriptionPlan.prices), selectinload(SubscriptionPlan.limits))
+            .execution_options(populate_existing=True)
+        )
+    }
+    same_plans = []
+    for code, spec in catalog.plans.items():
+        plan = plans.get(code)
+        if plan is None or any(getattr(plan, name) != getattr(spec, name) for name in _PLAN_FIELDS):
+            continue
+        prices = {
+            (price.billing_cycle, price.currency): price for price in plan.prices if price.is_active
+        }
+        if set(prices) != {(price.billing_cycle, price.currency) for price in spec.prices}:
+            continue
+        if any(
+            getattr(prices[(price.billing_cycle, price.currency)], name) != value
+            for price in spec.prices
+            for name, value in price.model_dump(exclude={"billing_cycle", "currency"}).items()
+        ):
+            continue
+        limits = {limit.metric: (limit.limit_value, limit.is_hard) for limit in plan.limits}
+        if limits == {metric: (limit.limit, limit.hard) for metric, limit in spec.limits.items()}:
+            same_plans.append(code)
+    return same_plans, same_meters
+
+
+async def _unknown_plan(s: AsyncSession, code: str) -> PlanNotFound:
+    """The error for a plan code that does not exist, listing the active plans' codes."""
+    codes = list(
+        (
+            await s.scalars(
+                sa.select(SubscriptionPlan.code)
+                .where(SubscriptionPlan.is_active.is_(True))
+                .order_by(SubscriptionPlan.sort_order, SubscriptionPlan.code)
+            )
+        ).all()
+    )
+    valid = f"valid plans are {', '.join(codes)}" if codes else "no plans are loaded"
+    return PlanNotFound(f"unknown plan {code!r}: {valid}", plan=code, valid_plans=codes)
 
 
 class PlanService:
@@ -93,8 +156,8 @@ class PlanService:
         )
         async with self.database.scope(session, readonly=True) as s:
             plan = (await s.scalars(query)).one_or_none()
-        if plan is None:
-            raise PlanNotFound(f"no plan with code {code!r}", plan=code)
+            if plan is None:
+                raise await _unknown_plan(s, code)
         return plan
 
     async def plan_of(
@@ -156,7 +219,7 @@ class PlanService:
                 )
             ).one_or_none()
             if plan is None:
-                raise PlanNotFound(f"no plan with code {code!r}", plan=code)
+                raise await _unknown_plan(s, code)
             limits: dict[str, Any] = {
                 limit.metric: {"limit": limit.limit_value, "hard": limit.is_hard}
                 for limit in plan.limits
@@ -214,6 +277,7 @@ class PlanService:
         now = utcnow()
         try:
             async with self.database.scope(session) as s:
+                result.plans_unchanged, result.meters_unchanged = await _unchanged(s, catalog)
                 await self.events.emit(s, None, CatalogChanged(plans=sorted(catalog.plans)))
                 for code, meter in catalog.meters.items():
                     values = meter.model_dump()
