@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
+from saascore import SessionDep
 from saascore.kit.errors import Conflict, NotFound
 
 
@@ -34,6 +36,11 @@ def routes(app: FastAPI) -> FastAPI:
     @app.get("/_test/crash")
     async def crash() -> None:
         raise RuntimeError("secret internals")
+
+    @app.get("/_test/overflow")
+    async def overflow(session: SessionDep) -> None:
+        # abs(-2**63) overflows int64 on both backends (an OperationalError on SQLite).
+        await session.execute(sa.text("SELECT abs(CAST(-9223372036854775807 AS BIGINT) - 1)"))
 
     return app
 
@@ -91,6 +98,16 @@ class TestErrorEnvelope:
         error = assert_envelope(response.json(), "internal_error")
         assert "secret" not in response.text
         assert error["details"] == {}
+
+    async def test_an_arithmetic_error_is_a_500_not_an_unavailable_database(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        """SQLite raises "integer overflow" as an OperationalError, like a lost database: it
+        was answered 503 `database_unavailable` with Retry-After, when retrying cannot help."""
+        response = await client.get("/_test/overflow")
+        assert response.status_code == 500
+        assert_envelope(response.json(), "internal_error")
+        assert "Retry-After" not in response.headers
 
     async def test_openapi_documents_the_error_shape(self, client: httpx.AsyncClient) -> None:
         schema = (await client.get("/openapi.json")).json()

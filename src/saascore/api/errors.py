@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saascore.api.metrics import HTTP_ERRORS
 from saascore.api.openapi import allowed_methods
-from saascore.kit.db import is_timeout
+from saascore.kit.db import is_arithmetic_error, is_timeout
 from saascore.kit.errors import DatabaseUnavailable, DomainError, RateLimiterUnavailable
 
 __all__ = [
@@ -168,7 +168,11 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """Losing the database mid-request, or waiting past a timeout (connect, pool checkout,
-    statement, lock) is a 503 the client may retry; any other database error is a bug (500)."""
+    statement, lock) is a 503 the client may retry; any other database error is a bug (500),
+    a statement's arithmetic error too (SQLite's "integer overflow" is an OperationalError, but
+    retrying cannot help)."""
+    if is_arithmetic_error(exc):
+        return await _unexpected(request, exc)
     if (
         isinstance(
             exc,

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import QueryableAttribute
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import greenlet_spawn
 
@@ -38,7 +39,10 @@ __all__ = [
     "CloudSQLConnector",
     "Database",
     "describe_connection_error",
+    "exact_sum",
+    "is_arithmetic_error",
     "is_timeout",
+    "joined_sum",
 ]
 
 #: The execution option that picks SQLite's BEGIN mode (DEFERRED unless set).
@@ -468,3 +472,48 @@ def is_timeout(exc: BaseException) -> bool:
         orig = getattr(current, "orig", None)
         current = orig if isinstance(orig, BaseException) else current.__cause__
     return False
+
+
+#: SQLSTATE class of PostgreSQL's data exceptions: out of range, division by zero, ...
+_DATA_EXCEPTION_CLASS = "22"
+
+#: How many low bits `exact_sum` sums apart from the high ones.
+_LOW_BITS = 32
+
+
+def is_arithmetic_error(exc: BaseException) -> bool:
+    """Whether `exc` (a driver's error, or SQLAlchemy's around one) is a statement's data or
+    arithmetic error (PostgreSQL's SQLSTATE class 22, SQLite's "integer overflow"): a bug
+    to fix, never a database that is unavailable, although SQLite raises it as an
+    OperationalError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa.exc.DataError):
+            return True
+        if str(getattr(current, "sqlstate", None) or "").startswith(_DATA_EXCEPTION_CLASS):
+            return True
+        if type(current).__name__ == "OperationalError" and "integer overflow" in str(current):
+            return True
+        orig = getattr(current, "orig", None)
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+    return False
+
+
+def exact_sum(
+    column: sa.ColumnElement[int] | QueryableAttribute[int],
+) -> tuple[sa.ColumnElement[Any], ...]:
+    """`SUM(column)` of a BIGINT column, in two sums that cannot overflow: of its high 32
+    bits and of its low 32 bits. SQLite's SUM raises "integer overflow" past int64 (and
+    its TOTAL is a float); each part here stays within int64 up to 2**31 rows. Select both
+    and add them up exactly with `joined_sum`."""
+    return (
+        sa.func.sum(column.bitwise_rshift(sa.literal(_LOW_BITS, sa.Integer))),
+        sa.func.sum(column.bitwise_and((1 << _LOW_BITS) - 1)),
+    )
+
+
+def joined_sum(high: Any, low: Any) -> int:
+    """The exact total of the two parts of an `exact_sum` (None: no rows, 0)."""
+    return (int(high or 0) << _LOW_BITS) + int(low or 0)
