@@ -165,3 +165,13 @@ def test_report_never_adds_different_metrics(org_cli: tuple[Cli, str]) -> None:
         ("2026-01-05", "tokens", 700, "token"),
         ("2026-01-06", "tokens", 300, "token"),
     ]
+
+
+def test_report_refuses_an_unknown_metric(org_cli: tuple[Cli, str]) -> None:
+    """It said "no usage in that range" with exit 0, where the API answers unknown_metric."""
+    cli, _ = org_cli
+    unknown = cli("usage", "report", "--org", "acme", "--metric", "nosuch")
+    assert unknown.error_line(1) == "saascore: no meter 'nosuch'"
+    assert unknown.stdout == ""
+    quiet = cli("usage", "report", "--org", "acme", "--metric", "tokens").ok()
+    assert "no usage in that range" in quiet.stdout + quiet.stderr

@@ -586,7 +586,46 @@ class TestLimitsAndSummary:
         assert {r["key"]: r["quantity"] for r in by_model.json()["rows"]} == {"m1": 100, "m2": 50}
         by_day = await api.get("/v1/usage/summary", headers=org.headers)
         assert by_day.status_code == 200, by_day.text
-        assert [(r["key"], r["event_count"]) for r in by_day.json()["rows"]] == [(today, 3)]
+        # A row per day and metric: 3 calls and 150 tokens are never added together.
+        assert [
+            (r["key"], r["metric"], r["unit"], r["quantity"], r["event_count"])
+            for r in by_day.json()["rows"]
+        ] == [(today, "api_calls", "call", 3, 1), (today, "tokens", "token", 150, 2)]
+        by_feature = await api.get(
+            "/v1/usage/summary", params={"by": "feature"}, headers=org.headers
+        )
+        assert [(r["key"], r["metric"], r["quantity"]) for r in by_feature.json()["rows"]] == [
+            ("", "api_calls", 3),
+            ("", "tokens", 150),
+        ]
+
+    async def test_a_summary_past_int64_is_exact_not_unavailable(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        """Two accepted events whose input tokens add up past int64 made every summary a 503
+        `database_unavailable` on SQLite ("integer overflow"), for good."""
+        top = 2**63 - 1
+        org = await tenant(api, scratch)
+        for key, model, inputs in (("a", "m1", top), ("b", "m2", 1)):
+            one = event(key, quantity=1, model=model, input_tokens=inputs)
+            response = await api.post("/v1/usage/events", json=one, headers=org.headers)
+            assert response.status_code == 201, response.text
+        for by in ("metric", "day"):
+            summary = await api.get("/v1/usage/summary", params={"by": by}, headers=org.headers)
+            assert summary.status_code == 200, summary.text
+            [row] = summary.json()["rows"]
+            assert (row["metric"], row["quantity"], row["event_count"]) == ("tokens", 2, 2)
+            assert row["input_tokens"] == row["total_tokens"] == top + 1
+
+    async def test_a_summary_of_an_unknown_metric_is_422(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        org = await tenant(api, scratch)
+        response = await api.get(
+            "/v1/usage/summary", params={"metric": "nosuch"}, headers=org.headers
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "unknown_metric"
 
     async def test_a_summary_shows_only_the_callers_usage(
         self, api: httpx.AsyncClient, scratch: Database

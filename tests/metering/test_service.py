@@ -1306,23 +1306,33 @@ class TestQueries:
                 **options,  # type: ignore[arg-type]
             )
             return [
-                (r.key, r.quantity, r.event_count, r.input_tokens, r.output_tokens) for r in result
+                (r.key, r.metric, r.quantity, r.event_count, r.input_tokens, r.output_tokens)
+                for r in result
             ]
 
+        # Never 205 on the 9th: 5 calls and 200 tokens are not added together.
         assert await summary("day") == [
-            ("2025-03-08", 100, 1, 60, 40),
-            ("2025-03-09", 205, 2, 150, 50),
+            ("2025-03-08", "tokens", 100, 1, 60, 40),
+            ("2025-03-09", "api_calls", 5, 1, 0, 0),
+            ("2025-03-09", "tokens", 200, 1, 150, 50),
         ]
-        assert await summary("metric") == [("api_calls", 5, 1, 0, 0), ("tokens", 300, 2, 210, 90)]
+        assert await summary("metric") == [
+            ("api_calls", "api_calls", 5, 1, 0, 0),
+            ("tokens", "tokens", 300, 2, 210, 90),
+        ]
         assert await summary("model") == [
-            ("", 5, 1, 0, 0),
-            ("a", 100, 1, 60, 40),
-            ("b", 200, 1, 150, 50),
+            ("", "api_calls", 5, 1, 0, 0),
+            ("a", "tokens", 100, 1, 60, 40),
+            ("b", "tokens", 200, 1, 150, 50),
         ]
-        assert await summary("feature") == [("chat", 105, 2, 60, 40), ("search", 200, 1, 150, 50)]
+        assert await summary("feature") == [
+            ("chat", "api_calls", 5, 1, 0, 0),
+            ("chat", "tokens", 100, 1, 60, 40),
+            ("search", "tokens", 200, 1, 150, 50),
+        ]
         assert await summary("day", metric="tokens") == [
-            ("2025-03-08", 100, 1, 60, 40),
-            ("2025-03-09", 200, 1, 150, 50),
+            ("2025-03-08", "tokens", 100, 1, 60, 40),
+            ("2025-03-09", "tokens", 200, 1, 150, 50),
         ]
         everything = await usage.summary(
             org.id, start=date(2025, 3, 1), end=date(2025, 3, 31), by="metric", session=session
@@ -1331,6 +1341,66 @@ class TestQueries:
             ("api_calls", 5, 0),
             ("tokens", 1000, 1000),
         ]
+
+    async def test_summary_totals_past_int64_are_exact(
+        self, usage: UsageService, session: AsyncSession, org: Organization
+    ) -> None:
+        """Each stored counter fits in int64, their sum need not: SQLite's SUM raised
+        "integer overflow" (and the summary failed for good) where Python's ints are exact."""
+        top = 2**63 - 1
+        await usage.set_limit(org.id, "tokens", None, session=session)
+        events = [
+            ("a", top, datetime(2025, 1, 10, tzinfo=UTC), "m1", top),
+            ("b", top, datetime(2025, 2, 10, tzinfo=UTC), "m2", top),
+            ("c", 1, datetime(2025, 3, 10, tzinfo=UTC), "m1", 1),
+        ]
+        for key, quantity, occurred_at, model, inputs in events:
+            result = await usage.record(
+                org.id,
+                "tokens",
+                quantity,
+                idempotency_key=key,
+                occurred_at=occurred_at,
+                backfill=True,
+                model=model,
+                input_tokens=inputs,
+                session=session,
+            )
+            assert result.status == "accepted", result
+
+        async def summary(by: str) -> list[tuple[str, int, int, int, int]]:
+            rows = await usage.summary(
+                org.id,
+                start=date(1970, 1, 1),
+                end=date(9998, 12, 31),
+                by=by,
+                session=session,
+            )
+            return [
+                (r.key, r.quantity, r.event_count, r.input_tokens, r.total_tokens) for r in rows
+            ]
+
+        assert await summary("metric") == [("tokens", 2 * top + 1, 3, 2 * top + 1, 2 * top + 1)]
+        assert await summary("model") == [
+            ("m1", top + 1, 2, top + 1, top + 1),
+            ("m2", top, 1, top, top),
+        ]
+        assert [row[:2] for row in await summary("day")] == [
+            ("2025-01-10", top),
+            ("2025-02-10", top),
+            ("2025-03-10", 1),
+        ]
+
+    async def test_summary_refuses_an_unknown_metric(
+        self, usage: UsageService, session: AsyncSession, org: Organization
+    ) -> None:
+        start, end = date(2025, 3, 1), date(2025, 3, 31)
+        with pytest.raises(UnknownMetric) as info:
+            await usage.summary(org.id, start=start, end=end, metric="nosuch", session=session)
+        assert (info.value.code, info.value.message) == ("unknown_metric", "no meter 'nosuch'")
+        # A metric with a meter but no usage in the range is an empty summary, not a refusal.
+        empty = await usage.summary(org.id, start=start, end=end, metric="tokens", session=session)
+        assert empty == []
 
     async def test_limits_lists_every_meter(
         self, usage: UsageService, session: AsyncSession, org: Organization

@@ -104,7 +104,7 @@ def report(
     async def work(core: Saascore) -> list[SummaryRow]:
         organization = await core.orgs.resolve(org)
         return await core.usage.summary(
-            organization.id, start=first, end=last, by=by, metric=metric, per_metric=True
+            organization.id, start=first, end=last, by=by, metric=metric
         )
 
     rows = run_with_core(load_settings(), work)

@@ -275,7 +275,7 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
     @router.get(
         "/summary",
         summary="Get a usage summary",
-        responses=error_responses(*_READ_ERRORS, InvalidInput),
+        responses=error_responses(*_READ_ERRORS, InvalidInput, UnknownMetric),
     )
     async def usage_summary(
         principal: UsageReader,
@@ -290,7 +290,8 @@ def create_usage_router(get_usage: GetUsage = saascore_usage) -> APIRouter:
         ] = None,
     ) -> UsageSummaryResponse:
         """Usage, tokens and cost between two days (inclusive), grouped by day, metric, model
-        or feature."""
+        or feature, and by metric: different metrics are never added together. Sums are
+        exact and may exceed int64."""
         today = core.usage.clock().date()
         start = start if start is not None else today.replace(day=1)
         end = end if end is not None else today

@@ -437,27 +437,49 @@ class UsageLimitsResponse(BaseModel):
     limits: list[UsageLimitOut] = Field(description="One entry per active meter")
 
 
+_UNBOUNDED = (
+    "; exact, and may exceed int64 (2^63 - 1) when added up over days and rows: read it as an"
+    " arbitrary-precision integer"
+)
+
+
 class UsageSummaryRowOut(BaseModel):
+    """One group's usage of one metric: different metrics are never added together. The sums
+    are exact integers of any size (JSON numbers past int64 when they add up that far)."""
+
     key: str = Field(
         description="The day (YYYY-MM-DD), metric, model or feature; '' for none",
         examples=["2025-03-14"],
     )
-    quantity: int = Field(description="The sum of the events' quantities", examples=[81550])
-    event_count: int = Field(description="How many events", examples=[42])
-    input_tokens: int = Field(description="Tokens sent to models", examples=[60000])
-    output_tokens: int = Field(description="Tokens produced by models", examples=[21550])
-    total_tokens: int = Field(description="Input and output tokens together", examples=[81550])
+    metric: str = Field(description="The metric the row's quantity counts", examples=["tokens"])
+    unit: str = Field(
+        description="The unit of that metric's quantity ('unit' for a metric without a meter)",
+        examples=["tokens"],
+    )
+    quantity: int = Field(
+        description="The sum of the events' quantities" + _UNBOUNDED, examples=[81550]
+    )
+    event_count: int = Field(description="How many events" + _UNBOUNDED, examples=[42])
+    input_tokens: int = Field(description="Tokens sent to models" + _UNBOUNDED, examples=[60000])
+    output_tokens: int = Field(
+        description="Tokens produced by models" + _UNBOUNDED, examples=[21550]
+    )
+    total_tokens: int = Field(
+        description="Input and output tokens together" + _UNBOUNDED, examples=[81550]
+    )
     cost_micros: int = Field(
-        description="The events' cost in micro-units of USD", examples=[237500]
+        description="The events' cost in micro-units of USD" + _UNBOUNDED, examples=[237500]
     )
 
     @classmethod
     def of(cls, row: SummaryRow) -> UsageSummaryRowOut:
-        return cls(**asdict(row))
+        fields = asdict(row)
+        return cls(**{**fields, "metric": row.metric or row.key, "unit": row.unit or "unit"})
 
 
 class UsageSummaryResponse(BaseModel):
-    """Usage between two days (inclusive, UTC), grouped by day, metric, model or feature."""
+    """Usage between two days (inclusive, UTC), grouped by day, metric, model or feature, and
+    always by metric: a row per group and metric."""
 
     start: date = Field(description="The first day, inclusive (UTC)")
     end: date = Field(description="The last day, inclusive (UTC)")
@@ -471,7 +493,9 @@ class UsageSummaryResponse(BaseModel):
         default=None,
         examples=[None],
     )
-    rows: list[UsageSummaryRowOut] = Field(description="One row per group")
+    rows: list[UsageSummaryRowOut] = Field(
+        description="One row per group and metric, ordered by group, then metric"
+    )
 
 
 class LimitOverride(_Body):

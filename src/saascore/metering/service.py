@@ -46,7 +46,7 @@ from saascore.events.bus import EventBus
 from saascore.events.catalog import LimitOverridden, LimitOverrideCleared
 from saascore.kit import metrics
 from saascore.kit.actors import SYSTEM, Actor
-from saascore.kit.db import Database
+from saascore.kit.db import Database, exact_sum, joined_sum
 from saascore.kit.errors import DatabaseUnavailable, DomainError, InvalidInput
 from saascore.kit.ids import new_id
 from saascore.kit.time import utcnow
@@ -617,14 +617,14 @@ class UsageService:
         end: date,
         by: SummaryBy | str = SummaryBy.DAY,
         metric: str | None = None,
-        per_metric: bool = False,
         session: AsyncSession | None = None,
     ) -> list[SummaryRow]:
         """Usage from `usage_daily_summary` between two days (inclusive), grouped `by`.
 
-        With `per_metric`, each group is split by metric, so quantities of different metrics
-        (calls, tokens, bytes) are never added together; each row then names its metric and
-        its meter's unit."""
+        Each group is split by metric, so quantities of different metrics (calls, tokens,
+        bytes) are never added together: each row names its metric and its meter's unit.
+        The sums are exact whatever they add up to, past int64 too (see `exact_sum`).
+        Refuses (`UnknownMetric`) a `metric` that has no meter and no usage."""
         try:
             grouping = SummaryBy(by)
         except ValueError:
@@ -638,20 +638,24 @@ class UsageService:
             SummaryBy.FEATURE: UsageDailySummary.feature,
         }[grouping]
         groups: list[Any] = [column]
-        if per_metric:
-            if grouping is not SummaryBy.METRIC:
-                groups.append(UsageDailySummary.metric)
-            groups.append(sa.func.coalesce(Meter.unit, "unit"))
-        query = (
-            sa.select(
-                *groups,
-                sa.func.sum(UsageDailySummary.quantity),
-                sa.func.sum(UsageDailySummary.event_count),
-                sa.func.sum(UsageDailySummary.input_tokens),
-                sa.func.sum(UsageDailySummary.output_tokens),
-                sa.func.sum(UsageDailySummary.total_tokens),
-                sa.func.sum(UsageDailySummary.cost_micros),
+        if grouping is not SummaryBy.METRIC:
+            groups.append(UsageDailySummary.metric)
+        groups.append(sa.func.coalesce(Meter.unit, "unit"))
+        sums = [
+            part
+            for counter in (
+                UsageDailySummary.quantity,
+                UsageDailySummary.event_count,
+                UsageDailySummary.input_tokens,
+                UsageDailySummary.output_tokens,
+                UsageDailySummary.total_tokens,
+                UsageDailySummary.cost_micros,
             )
+            for part in exact_sum(counter)
+        ]
+        query = (
+            sa.select(*groups, *sums)
+            .outerjoin(Meter, Meter.code == UsageDailySummary.metric)
             .where(
                 UsageDailySummary.organization_id == org_id,
                 UsageDailySummary.day >= start,
@@ -660,21 +664,22 @@ class UsageService:
             .group_by(*groups)
             .order_by(*groups)
         )
-        if per_metric:
-            query = query.outerjoin(Meter, Meter.code == UsageDailySummary.metric)
         if metric is not None:
             query = query.where(UsageDailySummary.metric == metric)
         async with self.database.scope(session, readonly=True) as s:
             rows = (await s.execute(query)).all()
+            if not rows and metric is not None:
+                await self._known_metric(s, org_id, metric)
         named = len(groups)
         result = []
         for row in rows:
             key, *labels = (str(label) for label in row[:named])
-            q, events, inputs, outputs, total, cost = (int(value or 0) for value in row[named:])
+            parts = row[named:]
+            q, events, inputs, outputs, total, cost = (
+                joined_sum(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)
+            )
             result.append(
-                SummaryRow(key, q, events, inputs, outputs, total, cost)
-                if not per_metric
-                else SummaryRow(
+                SummaryRow(
                     key,
                     q,
                     events,
@@ -687,6 +692,20 @@ class UsageService:
                 )
             )
         return result
+
+    async def _known_metric(self, s: AsyncSession, org_id: uuid.UUID, metric: str) -> None:
+        """Refuse a metric that has no meter (active or not) and no usage of the organisation."""
+        known = await s.scalar(
+            sa.select(
+                sa.exists().where(Meter.code == metric)
+                | sa.exists().where(
+                    UsageDailySummary.organization_id == org_id,
+                    UsageDailySummary.metric == metric,
+                )
+            )
+        )
+        if not known:
+            raise UnknownMetric(f"no meter {metric!r}", metric=metric)
 
     async def limit(
         self, org_id: uuid.UUID, metric: str, *, session: AsyncSession | None = None

@@ -146,8 +146,8 @@ class SummaryRow:
     output_tokens: int
     total_tokens: int
     cost_micros: int
-    #: With `summary(..., per_metric=True)`: the metric of the row's quantity and its meter's
-    #: unit ('unit' for a metric without a meter).
+    #: The metric of the row's quantity and its meter's unit ('unit' for a metric without a
+    #: meter); `summary` always sets them.
     metric: str | None = None
     unit: str | None = None
 
