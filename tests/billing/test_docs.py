@@ -32,9 +32,8 @@ def test_the_diagram_in_the_docs_is_the_one_the_table_draws() -> None:
 def test_the_diagram_has_an_arrow_per_allowed_pair_and_nothing_else() -> None:
     arrows = [line.strip() for line in mermaid_diagram().splitlines()[1:]]
     pairs = {tuple(arrow.split(":")[0].split(" --> ")) for arrow in arrows if "[*]" not in arrow}
-    assert pairs == {
-        (current.value, target.value) for current, targets in TRANSITIONS.items() for target in targets
-    }
+    table = {(current, target) for current, targets in TRANSITIONS.items() for target in targets}
+    assert pairs == {(current.value, target.value) for current, target in table}
     assert "    trialing --> canceled: cancel now or period end after cancel" in (
         mermaid_diagram().splitlines()
     )

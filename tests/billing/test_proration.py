@@ -13,7 +13,6 @@ from saascore.billing import OutsidePeriod, Period, period, prorate, prorate_cha
 from saascore.kit.errors import InvalidInput
 from saascore.models.catalog import BillingCycle
 
-
 #: April 2024 from the 1st: 30 days, 2,592,000 seconds.
 APRIL = period(datetime(2024, 4, 1, tzinfo=UTC), BillingCycle.MONTHLY, 0)
 SECOND = timedelta(seconds=1)
@@ -128,7 +127,9 @@ class TestAnUpgradeInApril:
 class TestAgainstTheReference:
     @given(
         anchor=st.datetimes(
-            min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+            min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - bounds are naive; values are UTC
+            max_value=datetime(2100, 1, 1),  # noqa: DTZ001
+            timezones=st.just(UTC),
         ),
         cycle=st.sampled_from(list(BillingCycle)),
         index=st.integers(0, 240),
@@ -164,5 +165,3 @@ class TestAgainstTheReference:
         assert change.charge == half_up(Fraction(new * left, total))
         assert 0 <= change.credit <= paid
         assert 0 <= change.charge <= new
-
-

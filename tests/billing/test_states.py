@@ -114,8 +114,7 @@ class TestTriggers:
             check_transition(current, target, trigger)
         assert refused.value.details["trigger"] == trigger.value
         assert str(refused.value) == (
-            f"a subscription cannot go from {current.value} to {target.value} on "
-            f"{trigger.value!r}"
+            f"a subscription cannot go from {current.value} to {target.value} on {trigger.value!r}"
         )
 
     def test_plain_strings_are_read_as_statuses(self) -> None:
@@ -124,10 +123,10 @@ class TestTriggers:
 
 class TestShape:
     def test_a_subscription_starts_trialing_active_or_incomplete(self) -> None:
-        assert INITIAL_STATUSES == {S.TRIALING, S.ACTIVE, S.INCOMPLETE}
+        assert {S.TRIALING, S.ACTIVE, S.INCOMPLETE} == INITIAL_STATUSES
 
     def test_canceled_and_expired_are_final(self) -> None:
-        assert FINAL_STATUSES == {S.CANCELED, S.EXPIRED, S.INCOMPLETE_EXPIRED}
+        assert {S.CANCELED, S.EXPIRED, S.INCOMPLETE_EXPIRED} == FINAL_STATUSES
 
     @pytest.mark.parametrize("legacy", [S.UNPAID, S.PAUSED, S.INCOMPLETE_EXPIRED])
     def test_saascore_never_enters_stripes_extra_statuses(self, legacy: S) -> None:

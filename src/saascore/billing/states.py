@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Final
+from typing import Final, TypeAlias
 
 from saascore.billing.errors import InvalidTransition
 from saascore.models.enums import SubscriptionStatus
@@ -60,9 +60,10 @@ T = Trigger
 #: first payment.
 INITIAL_STATUSES: Final = frozenset({S.TRIALING, S.ACTIVE, S.INCOMPLETE})
 
+Table: TypeAlias = Mapping[SubscriptionStatus, Mapping[SubscriptionStatus, tuple[Trigger, ...]]]
+
 #: status -> {status it may go to: the triggers that take it there}. The one table.
-TRANSITIONS: Final[Mapping[SubscriptionStatus, Mapping[SubscriptionStatus, tuple[Trigger, ...]]]]
-TRANSITIONS = MappingProxyType(
+TRANSITIONS: Final[Table] = MappingProxyType(
     {
         S.INCOMPLETE: MappingProxyType(
             {
@@ -103,9 +104,7 @@ TRANSITIONS = MappingProxyType(
         S.CANCELED: MappingProxyType({}),
         S.EXPIRED: MappingProxyType({}),
         # Stripe's names, never entered by saascore (see the module's docstring).
-        S.UNPAID: MappingProxyType(
-            {S.ACTIVE: (T.PAYMENT_SUCCEEDS,), S.CANCELED: (T.CANCEL_NOW,)}
-        ),
+        S.UNPAID: MappingProxyType({S.ACTIVE: (T.PAYMENT_SUCCEEDS,), S.CANCELED: (T.CANCEL_NOW,)}),
         S.PAUSED: MappingProxyType({S.ACTIVE: (T.RESUME,), S.CANCELED: (T.CANCEL_NOW,)}),
         S.INCOMPLETE_EXPIRED: MappingProxyType({}),
     }
