@@ -22,16 +22,20 @@ down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-LIVE = "status IN ('trialing', 'active', 'past_due', 'unpaid', 'paused', 'incomplete', 'suspended')"
+LIVE_STATUSES = ("trialing", "active", "past_due", "unpaid", "paused", "incomplete", "suspended")
+LIVE = "status IN (" + ", ".join(f"'{status}'" for status in LIVE_STATUSES) + ")"
 
 
 def upgrade() -> None:
-    duplicated = op.get_bind().scalar(
-        sa.text(
-            f"SELECT count(*) FROM (SELECT organization_id FROM subscriptions WHERE {LIVE} "
-            "GROUP BY organization_id HAVING count(*) > 1) AS duplicated"
-        )
+    subscriptions = sa.table("subscriptions", sa.column("organization_id"), sa.column("status"))
+    organizations = (
+        sa.select(subscriptions.c.organization_id)
+        .where(subscriptions.c.status.in_(LIVE_STATUSES))
+        .group_by(subscriptions.c.organization_id)
+        .having(sa.func.count() > 1)
+        .subquery()
     )
+    duplicated = op.get_bind().scalar(sa.select(sa.func.count()).select_from(organizations))
     if duplicated:
         raise RuntimeError(
             f"{duplicated} organisation(s) have more than one live subscription: cancel or "

@@ -1,0 +1,1 @@
+"""Billing: subscriptions, invoices with gapless numbers, payments and the billing run."""
