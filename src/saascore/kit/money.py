@@ -448,8 +448,8 @@ def format_money(amount: Money, locale: str | Locale, *, numbering_system: str =
 
     Every minor unit is shown (the currency's decimals, never rounded). The numbering system
     is the locale's default: `ar_YE` and `ar_SA` write Arabic-Indic digits with Arabic
-    separators, and Babel adds the right-to-left marks (U+200F) around the amount and its
-    symbol; `numbering_system="latn"` keeps ASCII digits. Not for parsing back: use
+    separators, after a RIGHT-TO-LEFT MARK (U+200F) and before the symbol, as Babel's pattern
+    for the locale gives; `numbering_system="latn"` keeps ASCII digits. Not for parsing back: use
     `Money.decimal_text()` for that."""
     babel_locale = _checked_locale(locale)
     system = (
