@@ -151,3 +151,19 @@ class TestPerCredential:
     def test_a_tenant_route_still_lists_them(self, document: dict[str, Any]) -> None:
         usage = document["paths"]["/v1/usage"]["get"]
         assert {"account_disabled", "organization_suspended"} <= codes(usage, 403)
+
+
+class TestNoBillingYet:
+    """Billing is not built yet: nothing the newcomer reads first may promise it."""
+
+    def test_the_service_and_the_cli_do_not_claim_billing(self, document: dict[str, Any]) -> None:
+        import tomllib
+        from pathlib import Path
+
+        from saascore.cli import _root
+
+        assert "billing" not in document["info"]["description"].lower()
+        assert "billing" not in (_root.__doc__ or "").split("\n")[0].lower()
+        pyproject = Path(__file__).parents[2] / "pyproject.toml"
+        project = tomllib.loads(pyproject.read_text())["project"]
+        assert "billing" not in project["description"].lower()

@@ -148,7 +148,7 @@ def create_app(
     app = FastAPI(
         title="saascore",
         version=__version__,
-        description="Tenants, identity, plans, exact metering, credits, billing and audit.",
+        description="Tenants, identity, plans, exact metering, credits and audit.",
         lifespan=lifespan,
         # FastAPI's own pages load their assets from a CDN: install_docs serves them instead.
         docs_url=None,
