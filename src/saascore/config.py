@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import string
 from collections.abc import Mapping
 from enum import StrEnum
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -37,7 +38,16 @@ from sqlalchemy.exc import ArgumentError
 
 from saascore.kit.errors import ConfigurationError
 
-__all__ = ["SEED_ALIASES", "DatabaseBackend", "Settings", "load_settings"]
+__all__ = [
+    "INVOICE_NUMBER_MAX_LENGTH",
+    "INVOICE_TEMPLATE_FIELDS",
+    "SEED_ALIASES",
+    "DatabaseBackend",
+    "InvoiceSequenceScope",
+    "Settings",
+    "invoice_template_fields",
+    "load_settings",
+]
 
 ENV_PREFIX = "SAASCORE_"
 
@@ -67,6 +77,48 @@ _DB_TYPES = {
     "postgres": DatabaseBackend.POSTGRESQL,
     "sqlite": DatabaseBackend.SQLITE,
 }
+
+
+class InvoiceSequenceScope(StrEnum):
+    """Whose invoices share one gapless series of numbers."""
+
+    PLATFORM = "platform"
+    ORGANIZATION = "organization"
+
+
+#: The placeholders an invoice number template may use; `seq` is required.
+INVOICE_TEMPLATE_FIELDS = frozenset({"prefix", "year", "seq"})
+#: The longest invoice number (`invoices.number`).
+INVOICE_NUMBER_MAX_LENGTH = 64
+
+
+def invoice_template_fields(template: str) -> frozenset[str]:
+    """The placeholders of an invoice number template, checked; ValueError says what is wrong.
+
+    A template is a `str.format` string over `prefix` (text), `year` (int) and `seq` (int):
+    `{prefix}-{year}-{seq:04d}`. It must contain `{seq}`, and nothing else in braces.
+    """
+    fields: set[str] = set()
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        if name not in INVOICE_TEMPLATE_FIELDS:
+            known = ", ".join(f"{{{field}}}" for field in sorted(INVOICE_TEMPLATE_FIELDS))
+            raise ValueError(f"unknown placeholder {{{name}}}: use {known}")
+        fields.add(name)
+    if "seq" not in fields:
+        raise ValueError("the template must contain {seq}, the number in the series")
+    try:
+        sample = template.format(prefix="X", year=2025, seq=1)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a valid template: {exc}") from None
+    if len(sample) > INVOICE_NUMBER_MAX_LENGTH:
+        raise ValueError(f"the numbers would exceed {INVOICE_NUMBER_MAX_LENGTH} characters")
+    return frozenset(fields)
 
 
 def _warn_once(name: str, message: str) -> None:
@@ -297,6 +349,26 @@ class Settings(BaseSettings):
     #: Deliveries one dispatcher sends at once.
     webhook_concurrency: int = Field(default=32, ge=1, le=1024)
 
+    # --- billing ----------------------------------------------------------------------------
+    #: How invoice numbers read: a `str.format` template over `{prefix}`, `{year}` (the year of
+    #: finalisation, UTC) and `{seq}` (the gapless number in the series). With `{year}` in it,
+    #: the series restarts at 1 each year.
+    invoice_number_template: str = "{prefix}-{year}-{seq:04d}"
+    #: The `{prefix}` of invoice numbers (seed 003 used `SAH`).
+    invoice_prefix: str = Field(default="INV", pattern=r"^[^\s{}]{1,20}$")
+    #: One series of invoice numbers for the whole platform, or one per organisation.
+    invoice_sequence_scope: InvoiceSequenceScope = InvoiceSequenceScope.PLATFORM
+    #: Days from an invoice's finalisation to its due date.
+    invoice_due_days: int = Field(default=14, ge=0, le=365)
+    #: Days an invoice may stay overdue before its organisation is suspended.
+    dunning_grace_days: int = Field(default=7, ge=0, le=365)
+
+    @field_validator("invoice_number_template")
+    @classmethod
+    def _check_invoice_template(cls, value: str) -> str:
+        invoice_template_fields(value)
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
@@ -349,6 +421,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SAASCORE_WEBHOOK_LEASE_SECONDS must exceed SAASCORE_WEBHOOK_TIMEOUT_SECONDS: "
                 "a delivery still being sent would be sent again"
+            )
+        first = self.invoice_number_template.format(prefix=self.invoice_prefix, year=2025, seq=1)
+        if len(first) > INVOICE_NUMBER_MAX_LENGTH:
+            raise ValueError(
+                f"SAASCORE_INVOICE_PREFIX is too long for SAASCORE_INVOICE_NUMBER_TEMPLATE: "
+                f"{first!r} exceeds {INVOICE_NUMBER_MAX_LENGTH} characters"
             )
         return self
 

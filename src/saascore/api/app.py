@@ -148,17 +148,14 @@ def create_app(
     app = FastAPI(
         title="saascore",
         version=__version__,
-        description="Tenants, identity, plans, exact metering, credits, billing and audit.",
+        description="Tenants, identity, plans, exact metering, credits and audit.",
         lifespan=lifespan,
         # FastAPI's own pages load their assets from a CDN: install_docs serves them instead.
         docs_url=None,
         redoc_url=None,
         openapi_tags=OPENAPI_TAGS,
-        responses={
-            400: {"model": ErrorResponse, "description": "The body cannot be parsed"},
-            422: {"model": ErrorResponse, "description": "The request is invalid"},
-            500: {"model": ErrorResponse, "description": "An unexpected error"},
-        },
+        # 400, 413, 422 and 503 are added per operation, where it can meet them (openapi.py).
+        responses={500: {"model": ErrorResponse, "description": "An unexpected error"}},
     )
     install(app, settings)
     app.include_router(create_health_router(settings.service_name, __version__))

@@ -17,15 +17,28 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope
 
 from saascore.api.metrics import HTTP_ERRORS
-from saascore.api.openapi import allowed_methods
 from saascore.kit.db import is_arithmetic_error, is_timeout
-from saascore.kit.errors import DatabaseUnavailable, DomainError, RateLimiterUnavailable
+from saascore.kit.errors import (
+    DatabaseUnavailable,
+    DomainError,
+    InvalidInput,
+    RateLimiterUnavailable,
+)
 
 __all__ = [
+    "BadRequest",
     "ErrorBody",
+    "ErrorClass",
     "ErrorResponse",
+    "InvalidCharacter",
+    "PayloadTooLarge",
+    "ValidationFailed",
+    "allowed_methods",
+    "document_errors",
     "error_response",
     "error_responses",
     "install_error_handlers",
@@ -70,48 +83,115 @@ def error_response(
     return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def error_responses(*errors: type[DomainError]) -> dict[int | str, dict[str, Any]]:
+class BadRequest(DomainError):
+    """(400) The body cannot be read at all (not UTF-8, or cut off)."""
+
+    code = "bad_request"
+    status_code = 400
+
+
+class PayloadTooLarge(DomainError):
+    """(413) The body is over the size limit (`SAASCORE_MAX_REQUEST_BYTES`, 4 MiB by default);
+    `details.limit` states it."""
+
+    code = "payload_too_large"
+    status_code = 413
+
+
+class ValidationFailed(InvalidInput):
+    """(422) A parameter or a field of the body breaks its schema (type, bound, format,
+    required); `details.errors` lists each problem with its location."""
+
+    code = "validation_error"
+
+
+class InvalidCharacter(InvalidInput):
+    """(422) The path, the query or the body holds a NUL character, or the body half a
+    surrogate pair, which no field takes."""
+
+    code = "invalid_character"
+
+
+#: An error the API answers with a stable `code`: a domain refusal, or an unavailable part.
+ErrorClass = type[DomainError] | type[DatabaseUnavailable] | type[RateLimiterUnavailable]
+
+
+def error_responses(*errors: ErrorClass) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for the domain errors an endpoint can answer, grouped by status,
     with an example of each code:
 
         @router.post("/v1/things", responses=error_responses(ThingExists, RateLimited))
     """
-    by_status: dict[int, list[type[DomainError]]] = {}
+    by_status: dict[int, list[ErrorClass]] = {}
     for error in errors:
         by_status.setdefault(error.status_code, []).append(error)
-    responses: dict[int | str, dict[str, Any]] = {}
-    for status, group in sorted(by_status.items()):
-        examples = {
-            error.code: {
-                "summary": _summary(error),
-                "value": {"error": {"code": error.code, "message": _summary(error), "details": {}}},
-            }
-            for error in group
-        }
-        responses[status] = {
+    return {
+        status: {
             "model": ErrorResponse,
             "description": " / ".join(f"`{error.code}`" for error in group),
-            "content": {"application/json": {"examples": examples}},
+            "content": {"application/json": {"examples": _examples(group)}},
         }
-    return responses
+        for status, group in sorted(by_status.items())
+    }
 
 
-def _summary(error: type[DomainError]) -> str:
-    doc = error.__doc__ or ""
-    if error.__doc__ == DomainError.__doc__ or not doc.strip():
-        return HTTPStatus(error.status_code).phrase
-    return doc.strip().splitlines()[0]
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def document_errors(responses: dict[str, Any], *errors: ErrorClass) -> None:
+    """Add `errors` to the `responses` of an operation in an OpenAPI document (where
+    `error_responses` serves a route's declaration): each joins the codes its status already
+    lists, or replaces a response of another shape (FastAPI's own 422)."""
+    for error in errors:
+        status = str(error.status_code)
+        response = responses.get(status)
+        content = (response or {}).get("content", {}).get("application/json", {})
+        if response is None or content.get("schema") != _ERROR_SCHEMA:
+            json_content = {"schema": _ERROR_SCHEMA}
+            response = {"description": "", "content": {"application/json": json_content}}
+            responses[status] = response
+            content = response["content"]["application/json"]
+        examples = content.setdefault("examples", {})
+        if error.code in examples:
+            continue
+        examples.update(_examples([error]))
+        described = response["description"] if "`" in response["description"] else ""
+        response["description"] = " / ".join(filter(None, (described, f"`{error.code}`")))
+    ordered = sorted(responses.items(), key=lambda item: item[0])
+    responses.clear()
+    responses.update(ordered)
+
+
+def _examples(errors: list[ErrorClass]) -> dict[str, Any]:
+    return {
+        error.code: {
+            "summary": _summary(error),
+            "value": {"error": {"code": error.code, "message": _summary(error), "details": {}}},
+        }
+        for error in errors
+    }
+
+
+def _summary(error: ErrorClass) -> str:
+    """The first paragraph of the error's docstring, whole, without its status: what a client
+    reads in the document."""
+    doc = error.__doc__ if error.__doc__ not in (None, DomainError.__doc__) else None
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    text = " ".join(paragraph.split())
+    if text.startswith(f"({error.status_code})"):
+        text = text[len(f"({error.status_code})") :].strip()
+    return text or f"The request is refused with `{error.code}`."
 
 
 _HTTP_CODES = {
-    400: "bad_request",
+    400: BadRequest.code,
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
-    413: "payload_too_large",
+    413: PayloadTooLarge.code,
     415: "unsupported_media_type",
     429: "rate_limited",
 }
@@ -141,7 +221,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"location": "request", "message": "invalid"}
     message = f"invalid request: {first['location']}: {first['message']}"
     headers = _rate_limit_headers(request) or None
-    return error_response(422, "validation_error", message, {"errors": errors}, headers)
+    code = ValidationFailed.code
+    return error_response(422, code, message, {"errors": errors}, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -156,6 +237,21 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=headers)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route serves at the request's path (Starlette's 405 names only the
+    first route's), in a stable order. Asks each route whether it would fully match the
+    request with another method, so included routers answer for their own routes."""
+    allowed = []
+    for method in _METHODS:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
+
+
 #: How long a client should wait before retrying a request that the database could not serve.
 DATABASE_RETRY_AFTER_SECONDS = 5
 
@@ -163,7 +259,8 @@ DATABASE_RETRY_AFTER_SECONDS = 5
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     logger.error("database unavailable: %s", exc)
     headers = {**_rate_limit_headers(request), "Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
-    return error_response(503, "database_unavailable", "the database is unavailable", None, headers)
+    code = DatabaseUnavailable.code
+    return error_response(503, code, "the database is unavailable", None, headers)
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
@@ -198,7 +295,7 @@ async def _rate_limit_storage_down(_request: Request, exc: Exception) -> JSONRes
     logger.error("rate-limit storage unavailable: %s", exc)
     return error_response(
         503,
-        "rate_limiter_unavailable",
+        RateLimiterUnavailable.code,
         "rate limiting is unavailable",
         headers={"Retry-After": str(RATE_LIMITER_RETRY_AFTER)},
     )

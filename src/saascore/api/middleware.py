@@ -15,7 +15,7 @@ from typing import Final
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from saascore.api.errors import error_response
+from saascore.api.errors import InvalidCharacter, PayloadTooLarge, error_response
 
 __all__ = ["REQUEST_ID_HEADER", "InputGuardMiddleware", "RequestIdMiddleware"]
 
@@ -88,7 +88,7 @@ class InputGuardMiddleware:
             if size > self.max_body_bytes:
                 limit = self.max_body_bytes
                 message_text = f"the body is over the limit of {limit} bytes"
-                response = error_response(413, "payload_too_large", message_text, {"limit": limit})
+                response = error_response(413, PayloadTooLarge.code, message_text, {"limit": limit})
                 await response(scope, receive, send)
                 return
             more = message.get("more_body", False)
@@ -136,5 +136,5 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
 
 async def _refuse_character(scope: Scope, receive: Receive, send: Send) -> None:
     message = "the request holds a NUL character or half a surrogate pair, which no field takes"
-    response = error_response(422, "invalid_character", message)
+    response = error_response(422, InvalidCharacter.code, message)
     await response(scope, receive, send)

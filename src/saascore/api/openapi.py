@@ -1,9 +1,11 @@
 """The OpenAPI document as the server enforces it, and as a reader meets it.
 
 `OPENAPI_TAGS` declares the tags in reading order, each with a description; every operation
-carries one of them. `install_openapi` adds to each operation's description who may call it
-(read from its `Caller` dependency) and the error codes it can answer (from its `responses=`),
-so the two never drift from the code.
+carries one of them. `install_openapi` adds to each operation the errors the app answers
+around every route (a body it cannot read or too large, a schema or a character refused, the
+database or the rate limiter unreachable) where the route can meet them, then to its
+description who may call it (read from its `Caller` dependency) and the error codes it can
+answer (from its `responses=`), so the two never drift from the code.
 
 FastAPI's OpenAPI models hold `maximum` and `minimum` as floats, so a bound of 2**63 - 1 was
 published as 9.223372036854776e18, which is 2**63: a client or fuzzer that trusts it sends a
@@ -16,18 +18,29 @@ from typing import Any
 
 from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
-from starlette.routing import BaseRoute, Match
-from starlette.types import Scope
+from starlette.routing import BaseRoute
 
-from saascore.api.deps import Caller, offer_bearer
+from saascore.api.deps import Caller, get_core, offer_bearer
+from saascore.api.errors import (
+    BadRequest,
+    ErrorClass,
+    InvalidCharacter,
+    PayloadTooLarge,
+    ValidationFailed,
+    allowed_methods,
+    document_errors,
+)
+from saascore.api.sessions import get_read_session, get_session
 from saascore.config import Settings
 from saascore.identity.schemas import publish_password_rules
+from saascore.kit.errors import DatabaseUnavailable, RateLimiterUnavailable
 from saascore.kit.inputs import INT64_MAX, INT64_MIN
 
 __all__ = [
     "OPENAPI_TAGS",
     "allowed_methods",
     "describe_access",
+    "describe_app_errors",
     "describe_fastapi_schemas",
     "install_openapi",
     "integer_bounds",
@@ -135,6 +148,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             document = build()
             offer_bearer(document)
             publish_password_rules(document, settings.password_min_length)
+            describe_app_errors(document, app.routes)
             describe_access(document, app.routes)
             describe_fastapi_schemas(document)
             app.openapi_schema = integer_bounds(document)
@@ -219,16 +233,45 @@ def describe_access(document: dict[str, Any], routes: list[BaseRoute]) -> None:
             operation["description"] = "\n\n".join(part for part in parts if part)
 
 
-_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+_BODY_METHODS = {"post", "put", "patch", "delete"}  # the ones `InputGuardMiddleware` reads
+_DATABASE_DEPENDENCIES = (get_core, get_session, get_read_session)
 
 
-def allowed_methods(routes: list[BaseRoute], scope: Scope) -> list[str]:
-    """Every method some route serves at the request's path (Starlette's 405 names only the
-    first route's), in a stable order. Asks each route whether it would fully match the
-    request with another method, so included routers answer for their own routes."""
-    allowed = []
-    for method in _METHODS:
-        probe = {**scope, "method": method}
-        if any(route.matches(probe)[0] is Match.FULL for route in routes):
-            allowed.append(method)
-    return allowed
+def _touches_database(dependant: Dependant) -> bool:
+    if isinstance(dependant.call, Caller) or dependant.call in _DATABASE_DEPENDENCIES:
+        return True
+    return any(_touches_database(sub) for sub in dependant.dependencies)
+
+
+def _app_errors(method: str, operation: dict[str, Any], dependant: Dependant) -> list[ErrorClass]:
+    """The errors answered around a route rather than by it, where it can meet them."""
+    errors: list[ErrorClass] = []
+    if "requestBody" in operation:
+        errors.append(BadRequest)
+    if method in _BODY_METHODS:
+        errors.append(PayloadTooLarge)
+    if "requestBody" in operation or operation.get("parameters"):
+        errors.append(ValidationFailed)
+    errors.append(InvalidCharacter)  # a NUL in the path reaches every route
+    if _touches_database(dependant):
+        errors.append(DatabaseUnavailable)
+    examples = operation.get("responses", {}).get("429", {}).get("content", {})
+    if "rate_limited" in examples.get("application/json", {}).get("examples", {}):
+        errors.append(RateLimiterUnavailable)  # what counts the requests may be unreachable
+    return errors
+
+
+def describe_app_errors(document: dict[str, Any], routes: list[BaseRoute]) -> None:
+    """Add to each operation of `document` the app-wide errors it can answer, each with its
+    example: 400 `bad_request`, 413 `payload_too_large`, 422 `validation_error` and
+    `invalid_character`, 503 `database_unavailable` and `rate_limiter_unavailable`."""
+    paths = document.get("paths", {})
+    for route in routing.iter_route_contexts(routes):
+        dependant = getattr(route, "dependant", None)
+        if not isinstance(dependant, Dependant) or not getattr(route, "include_in_schema", False):
+            continue
+        for method in route.methods or ():
+            operation = paths.get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                errors = _app_errors(method.lower(), operation, dependant)
+                document_errors(operation.setdefault("responses", {}), *errors)

@@ -124,7 +124,7 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    """saascore: tenants, plans, metering and billing for multi-tenant SaaS backends.
+    """saascore: tenants, plans, exact metering and credits for multi-tenant SaaS backends.
 
     Settings come from the environment and .env: DATABASE_URL (or DATABASE_HOST, ...), SAASCORE_*.
 

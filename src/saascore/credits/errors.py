@@ -31,10 +31,14 @@ class InsufficientCredits(DomainError):
 
 
 class CreditTransactionNotFound(NotFound):
+    """No credit transaction with this id in the organisation."""
+
     code = "credit_transaction_not_found"
 
 
 class NotRefundable(InvalidInput):
+    """Only a consumption can be refunded, and only up to what remains of it."""
+
     code = "not_refundable"
 
 

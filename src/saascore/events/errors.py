@@ -78,10 +78,14 @@ class UnknownEventType(InvalidInput):
 
 
 class WebhookEndpointNotFound(NotFound):
+    """No webhook endpoint with this id in the caller's organisation."""
+
     code = "webhook_endpoint_not_found"
 
 
 class WebhookDeliveryNotFound(NotFound):
+    """No delivery with this id for this webhook endpoint."""
+
     code = "webhook_delivery_not_found"
 
 

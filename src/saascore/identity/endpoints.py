@@ -67,8 +67,9 @@ __all__ = ["create_api_keys_router", "create_auth_router"]
 
 #: What every authenticated endpoint can answer besides its own errors.
 AUTH_ERRORS = (Unauthenticated, InvalidToken, AccountDisabled, OrganizationSuspended, RateLimited)
-#: What every operator endpoint can answer besides its own errors (403: not an operator).
-OPERATOR_ERRORS = (*AUTH_ERRORS, PermissionDenied)
+#: What every operator endpoint can answer an operator key besides its own errors (403: not an
+#: operator). An operator key has no account to disable and no organisation to suspend.
+OPERATOR_ERRORS = (Unauthenticated, InvalidToken, PermissionDenied, RateLimited)
 
 
 async def limit_by_address(request: Request, response: Response, core: CoreDep) -> None:

@@ -52,10 +52,15 @@ class TokenReused(Unauthenticated):
 
 
 class AccountDisabled(PermissionDenied):
+    """The user's account is disabled: the credentials sent no longer work."""
+
     code = "account_disabled"
 
 
 class OrganizationSuspended(PermissionDenied):
+    """The organisation is suspended: its users and keys are refused until an operator
+    resumes it."""
+
     code = "organization_suspended"
 
 
@@ -66,4 +71,6 @@ class OrganizationRequired(Conflict):
 
 
 class ApiKeyNotFound(NotFound):
+    """No API key with this id in the caller's organisation."""
+
     code = "api_key_not_found"

@@ -5,9 +5,12 @@
 | `usage:read`    | yes   | yes   | yes    | yes    | limits, checks, summaries, the organisation  |
 | `usage:write`   | yes   | yes   | yes    |        | usage events and reservations                |
 | `billing:read`  | yes   | yes   | yes    | yes    | credits and their transactions               |
-| `billing:write` | yes   | yes   |        |        | plan and billing changes                     |
+| `billing:write` | yes   | yes   |        |        | the billing e-mail and currency              |
 | `credits:write` | yes   | yes   | yes    |        | drawing credits (`POST /v1/credits/consume`) |
 | `admin`         | yes   | yes   |        |        | users, everyone's API keys, settings, audit  |
+
+`billing:read` and `billing:write` are reserved too for subscriptions, invoices and payments,
+which come with billing (not built yet).
 
 Only an owner may make or unmake an owner. An API key's scopes are permissions; a key that acts
 for a user is also held to what that user's role allows *now*, so demoting a user demotes their

@@ -41,12 +41,19 @@ class ConfigurationError(SaascoreError):
 
 
 class DatabaseUnavailable(SaascoreError):
-    """The database cannot be reached (refused, timed out, authentication failed)."""
+    """(503) The database cannot be reached (refused, timed out, authentication failed):
+    retry after `Retry-After` seconds."""
+
+    code: ClassVar[str] = "database_unavailable"
+    status_code: ClassVar[int] = 503
 
 
 class RateLimiterUnavailable(SaascoreError):
-    """The rate-limit storage cannot be reached (Redis refused, failed or timed out). Requests
-    that must be counted are refused (503), never let through uncounted."""
+    """(503) The rate-limit storage cannot be reached (Redis refused, failed or timed out).
+    Requests that must be counted are refused, never let through uncounted."""
+
+    code: ClassVar[str] = "rate_limiter_unavailable"
+    status_code: ClassVar[int] = 503
 
 
 class DomainError(SaascoreError):
@@ -64,6 +71,8 @@ class DomainError(SaascoreError):
 
 
 class NotFound(DomainError):
+    """(404) The object does not exist in the caller's organisation."""
+
     code = "not_found"
     status_code = 404
 
@@ -76,11 +85,15 @@ class PermissionDenied(DomainError):
 
 
 class AlreadyExists(DomainError):
+    """(409) A value that must be unique is taken."""
+
     code = "already_exists"
     status_code = 409
 
 
 class Conflict(DomainError):
+    """(409) The request conflicts with the current state."""
+
     code = "conflict"
     status_code = 409
 
@@ -92,5 +105,7 @@ class IdempotencyConflict(Conflict):
 
 
 class InvalidInput(DomainError):
+    """(422) The request is well-formed but one of its values is refused."""
+
     code = "invalid_input"
     status_code = 422

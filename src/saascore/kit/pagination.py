@@ -35,6 +35,8 @@ MAX_LIMIT = 200
 
 
 class InvalidCursor(InvalidInput):
+    """The cursor is not one this API gave out."""
+
     code = "invalid_cursor"
 
 

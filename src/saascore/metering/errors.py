@@ -39,10 +39,14 @@ class LimitExceeded(DomainError):
 
 
 class UnknownMetric(InvalidInput):
+    """The metric is not one of the catalog's meters."""
+
     code = "unknown_metric"
 
 
 class ReservationNotFound(NotFound):
+    """No reservation with this id in the caller's organisation."""
+
     code = "reservation_not_found"
 
 

@@ -8,6 +8,7 @@ keep seed 000's names working.
 from saascore.models.audit import AuditChainHead, AuditLog
 from saascore.models.base import Base, TenantMixin
 from saascore.models.billing import (
+    LIVE_SUBSCRIPTION_STATUSES,
     Invoice,
     InvoiceLine,
     InvoiceSequence,
@@ -97,6 +98,7 @@ UsageLimitsModel = UsageLimits
 ModelPricingModel = ModelPricing
 
 __all__ = [
+    "LIVE_SUBSCRIPTION_STATUSES",
     "Aggregation",
     "ApiKey",
     "ApiKeyEnvironment",

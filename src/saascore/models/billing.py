@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from saascore.models.catalog import SubscriptionPlan
 
 __all__ = [
+    "LIVE_SUBSCRIPTION_STATUSES",
     "Invoice",
     "InvoiceLine",
     "InvoiceSequence",
@@ -79,6 +80,23 @@ class WebhookOutcome(StrEnum):
     FAILED = "failed"
 
 
+#: The statuses of a subscription that still holds its organisation: it may bill, be paid or
+#: resume. An organisation has at most one such subscription (a partial unique index); a new
+#: one starts once the last has ended (canceled, expired or incomplete_expired).
+LIVE_SUBSCRIPTION_STATUSES: tuple[SubscriptionStatus, ...] = (
+    SubscriptionStatus.TRIALING,
+    SubscriptionStatus.ACTIVE,
+    SubscriptionStatus.PAST_DUE,
+    SubscriptionStatus.UNPAID,
+    SubscriptionStatus.PAUSED,
+    SubscriptionStatus.INCOMPLETE,
+    SubscriptionStatus.SUSPENDED,
+)
+_LIVE = sa.text(
+    "status IN (" + ", ".join(f"'{status.value}'" for status in LIVE_SUBSCRIPTION_STATUSES) + ")"
+)
+
+
 class Subscription(TenantMixin, TimestampMixin, Base):
     """An organisation's subscription to a plan (seeds 002, 003, 004 unified)."""
 
@@ -129,6 +147,14 @@ class Subscription(TenantMixin, TimestampMixin, Base):
         ),
         *non_negative("unit_amount", "quantity"),
         sa.CheckConstraint("current_period_end >= current_period_start", name="period_order"),
+        # One live subscription per organisation, whatever races to make a second one.
+        sa.Index(
+            "uq_subscriptions_live_organization_id",
+            "organization_id",
+            unique=True,
+            postgresql_where=_LIVE,
+            sqlite_where=_LIVE,
+        ),
         # Seed 003's names.
         sa.Index("idx_subscription_tenant_status", "organization_id", "status"),
         sa.Index("idx_subscription_next_billing", "next_billing_at", "status"),

@@ -8,6 +8,8 @@ __all__ = ["CatalogConflict", "PlanFeatureMissing", "PlanNotFound"]
 
 
 class PlanNotFound(NotFound):
+    """No plan with this code in the catalog."""
+
     code = "plan_not_found"
 
 

@@ -16,10 +16,14 @@ __all__ = [
 
 
 class OrganizationNotFound(NotFound):
+    """No organisation with this id."""
+
     code = "organization_not_found"
 
 
 class OrganizationExists(AlreadyExists):
+    """An organisation with this slug, domain or external id exists already."""
+
     code = "organization_exists"
 
 
@@ -30,10 +34,14 @@ class OrganizationDeleted(Conflict):
 
 
 class UserNotFound(NotFound):
+    """No user with this id in the caller's organisation."""
+
     code = "user_not_found"
 
 
 class UserExists(AlreadyExists):
+    """A user with this e-mail (or external id) exists already in the organisation."""
+
     code = "user_exists"
 
 
@@ -44,4 +52,6 @@ class LastOwner(Conflict):
 
 
 class WeakPassword(InvalidInput):
+    """The password is too short, too long, or one character or pattern repeated."""
+
     code = "weak_password"
