@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from saascore.cli._output import Column, output_format, print_rows
-from saascore.cli._run import fail, handle_errors, run_with_core
+from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.models import ModelPricing
@@ -83,7 +83,7 @@ def load(
     catalog = read_default_pricing() if file is None else read_catalog(file)  # fails first
     source = str(file) if file is not None else "the default price list"
     if not catalog.model_pricing:
-        fail(f"no [[model_pricing]] entries in {source}; nothing loaded")
+        fail(f"no [[model_pricing]] entries in {source}; nothing loaded", EXIT_USAGE)
 
     async def work(core: Saascore) -> PricingLoadResult:
         return await core.pricing.load(catalog.model_pricing)
