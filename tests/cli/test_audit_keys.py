@@ -200,17 +200,17 @@ class TestKeys:
             (2, "saascore: --org and --operator exclude each other"),
             (2, "saascore: --test and --user are for organisation keys"),
             (2, f"saascore: --expires 'soon': {NOT_AN_EXPIRY}"),
-            (1, "saascore: expires_at is in the past"),
+            (2, "saascore: --expires is in the past"),  # invalid by itself: names the option
             (2, f"saascore: --expires '9999-12-31T23:59-05:00': {NOT_AN_EXPIRY}"),
             (2, f"saascore: --expires '99999999d': {NOT_AN_EXPIRY}"),
             (1, "saascore: no organisation nobody"),
             (
-                1,
+                2,
                 "saascore: unknown scope 'usage:root'; known: usage:read, usage:write, "
                 "billing:read, billing:write, credits:write, admin",
             ),
             (1, "saascore: no user eve@example.com in this organisation"),
-            (1, "saascore: a key needs a name of 1 to 255 characters"),
+            (2, "saascore: --name: a key needs a name of 1 to 255 characters"),
             (1, "saascore: the Free plan does not include API access"),
             (2, "saascore: name the key's owner: --org ID or --operator"),
             (2, "saascore: 'not-a-key' is not a key id (a UUID, as 'saascore keys list' shows)"),

@@ -39,3 +39,12 @@ def test_history_lists_the_initial_revision(cli: Cli) -> None:
     lines = cli("db", "history").ok().stdout.splitlines()
     assert f" -> {migrate.head()} (head), " in lines[0]  # newest first
     assert lines[-1].startswith("<base> -> 0001")
+
+
+def test_concurrent_upgrades_say_from_base_once(empty_cli: Cli) -> None:
+    """The starting revision is read under the migration lock: of several processes that
+    upgrade a new database at once, one migrates it from base, the others find it at head."""
+    results = empty_cli.run_together(*[["db", "upgrade"]] * 3)
+    lines = [result.ok().stdout for result in results]
+    assert sum(" from base to " in line for line in lines) == 1, lines
+    assert sum(" is already at " in line for line in lines) == 2, lines

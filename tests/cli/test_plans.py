@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest_asyncio
+
+from saascore.cli.serve import demo_catalog
+from saascore.kit.db import Database
+from saascore.plans import PlanService
 from tests.cli.runner import Cli
 
 CODES = ["free", "starter", "pro", "business", "enterprise"]
@@ -46,3 +51,25 @@ def test_load_says_what_a_changed_catalog_updates(migrated_cli: Cli) -> None:
     changed = migrated_cli("plans", "load", str(catalog)).ok()
     assert changed.stdout.startswith("Loaded ")
     assert "plans:  0 created, 1 updated (solo), 0 already applied" in changed.stdout
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def demo_plans_cli(migrated_cli: Cli, empty_database: Database) -> Cli:
+    """`saascore` on a database with the demo's catalog: the default one and the hidden
+    `demo` plan."""
+    async with empty_database.transaction() as session:
+        await PlanService(empty_database).load_catalog(demo_catalog(), session=session)
+    return migrated_cli
+
+
+def test_list_shows_the_public_plans_as_the_api_does(demo_plans_cli: Cli) -> None:
+    public, every, table = demo_plans_cli.run_together(
+        ["plans", "list", "--ids"], ["plans", "list", "--all", "--json"], ["plans", "list", "--all"]
+    )
+    assert public.ok().stdout.split() == CODES  # GET /v1/plans leaves the hidden plan out
+    plans = {plan["code"]: plan for plan in json.loads(every.ok().stdout)}
+    assert list(plans) == [*CODES, "demo"]
+    assert plans["demo"]["is_public"] is False
+    assert plans["pro"]["is_public"] is True
+    demo_row = next(line for line in table.ok().stdout.splitlines() if line.split()[:1] == ["demo"])
+    assert demo_row.split()[-2:] == ["yes", "no"]  # active, not public

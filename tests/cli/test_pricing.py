@@ -86,10 +86,9 @@ def test_bad_input_is_one_line_and_an_exit_code(migrated_cli: Cli, tmp_path: Pat
     )
     assert "model_pricing.0.input_micros_per_million" in migrated_cli(
         "pricing", "load", str(bad)
-    ).error_line(1)
+    ).error_line(2)  # invalid by itself: a usage error
     assert migrated_cli("pricing", "load", str(tmp_path / "missing.toml")).returncode == 2
     empty = tmp_path / "empty.toml"
     empty.write_text("version = 1\n", encoding="utf-8")
-    assert "no [[model_pricing]] entries" in migrated_cli("pricing", "load", str(empty)).error_line(
-        1
-    )
+    nothing = migrated_cli("pricing", "load", str(empty))
+    assert "no [[model_pricing]] entries" in nothing.error_line(2)

@@ -202,3 +202,14 @@ def test_serve_does_not_take_the_client_address_from_a_header(cli: Cli, database
             for i in range(4)
         ]
     assert statuses == [401, 401, 429, 429]
+
+
+def test_demo_serves_on_saascore_port_by_default(cli: Cli) -> None:
+    """`demo` defaults to the configured port, as `serve` does: a busy SAASCORE_PORT is the
+    port it refuses (before any banner), not 8000."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = cli.with_env({"SAASCORE_PORT": str(port)})("demo")
+    assert result.error_line(1).startswith(f"saascore: port {port} on 127.0.0.1 is in use")

@@ -21,20 +21,23 @@ Every command reports an error as one line on stderr with a non-zero exit code (
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 
 import saascore
-from saascore.cli._run import echo_error, explain_or_unexpected
+from saascore.cli._run import EXIT_ERROR, echo_error, explain_or_unexpected
 from saascore.cli.serve import demo, serve
 from saascore.cli.status import status
 
 if TYPE_CHECKING:
     # typer ships its own copy of click: these are the classes TyperGroup's methods take.
     from typer._click import Command, Context, HelpFormatter
+    from typer._click.exceptions import ClickException
 
 __all__ = ["GROUPS", "app", "main"]
 
@@ -58,6 +61,53 @@ GROUPS: dict[str, tuple[str, str]] = {
 }
 
 
+def reflow(text: str | None) -> str | None:
+    """A docstring as help: each paragraph on one line, for the help to wrap to the terminal.
+    A paragraph that holds an indented line (an example) or starts with `\\b` keeps its lines."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        paragraph
+        if paragraph.startswith("\b") or any(line[:1].isspace() for line in paragraph.splitlines())
+        else " ".join(line.strip() for line in paragraph.splitlines())
+        for paragraph in paragraphs
+    )
+
+
+class _HelpNames:
+    """The one thing `Command.get_help_option` reads of a context: the help options' names."""
+
+    help_option_names: ClassVar[list[str]] = ["-h", "--help"]
+
+
+def tidy(command: Command) -> None:
+    """Lay out the help of `command` and of the commands under it alike: paragraphs that wrap,
+    arguments named in capitals (ORG, AMOUNT), and no type shown for a flag (`--json`, `--help`)."""
+    command.help = reflow(command.help)
+    for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = str(param.name).upper()
+        elif getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    help_option = command.get_help_option(cast("Context", _HelpNames()))
+    if help_option is not None:
+        help_option.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        if not isinstance(sub, _Unloaded):
+            tidy(sub)
+
+
+def describe_usage_error(error: ClickException) -> str:
+    """click's message for a usage error on one line, pointing at the command's help."""
+    message = error.format_message()
+    message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+    context = getattr(error, "ctx", None)
+    if context is not None and context.help_option_names:
+        message += f" (see '{context.command_path} {context.help_option_names[0]}')"
+    return message
+
+
 class _Unloaded(TyperCommand):
     """Stands for a group in the root's command list until the group is needed."""
 
@@ -70,6 +120,35 @@ class _LazyGroup(TyperGroup):
         self._listing = False
         for name, (_, line) in GROUPS.items():
             self.add_command(_Unloaded(name, help=line))
+        tidy(self)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the command line; a usage error is one line on stderr and exit code 2."""
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+        try:
+            result = super().main(
+                args, prog_name, complete_var, False, windows_expand_args, **extra
+            )
+        except NoArgsIsHelpError as error:  # the help is printed already
+            sys.exit(error.exit_code)
+        except ClickException as error:
+            echo_error(describe_usage_error(error))
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            echo_error("aborted")
+            sys.exit(EXIT_ERROR)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -90,6 +169,7 @@ def load_group(name: str) -> TyperGroup:
     """Import the group `name` of `GROUPS` and build its click group."""
     group = typer.main.get_group(importlib.import_module(GROUPS[name][0]).app)
     group.name = name
+    tidy(group)
     return group
 
 

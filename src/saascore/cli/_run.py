@@ -16,7 +16,11 @@ In detail:
 - an unreachable database (`DatabaseUnavailable`, refused, timed out, unknown host): exit 1;
 - a database without saascore's tables, or with a column missing: exit 1, pointing at
   `saascore db upgrade`;
-- a refusal by the domain (`DomainError`: unknown plan, taken external id, bad catalog): exit 1.
+- a value the domain finds invalid by itself (`InvalidInput`: an empty name, an unknown scope,
+  a malformed catalog): exit 2, a usage error like click's own, and the message names the
+  option or argument of the field it is about (`--expires is in the past`);
+- a refusal that depends on what is stored (`NotFound`, `AlreadyExists`, `Conflict`, too few
+  credits, and the few `InvalidInput`s that depend on stored state, `STATEFUL_CODES`): exit 1.
 
 Anything else is a bug: it is reported on one line as well, and `SAASCORE_TRACEBACK=1` shows it
 in full.
@@ -29,13 +33,19 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import typer
 
-from saascore.kit.errors import ConfigurationError, DatabaseUnavailable, DomainError
+from saascore.kit.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    DomainError,
+    InvalidInput,
+)
 
 if TYPE_CHECKING:
     from saascore.config import Settings
@@ -54,6 +64,7 @@ __all__ = [
     "explain_or_unexpected",
     "fail",
     "handle_errors",
+    "name_option",
     "run_with_core",
     "run_with_database",
 ]
@@ -74,6 +85,20 @@ PING_TIMEOUT = 10.0
 OUTDATED_SCHEMA = (
     "the database schema does not match saascore's models (a column is missing); "
     "run 'saascore db upgrade', or see 'saascore db check'"
+)
+
+#: The codes of `InvalidInput` errors that depend on what is stored, not on the input alone
+#: (the balance, a counter, the meters or users of the organisation): refusals, exit 1.
+STATEFUL_CODES = frozenset(
+    {
+        "credit_balance_overflow",
+        "counter_overflow",
+        "storage_underflow",
+        "period_closed",
+        "unknown_user",
+        "unknown_metric",
+        "not_refundable",
+    }
 )
 
 #: PostgreSQL's SQLSTATEs for "relation does not exist" and "column does not exist".
@@ -146,6 +171,8 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), EXIT_USAGE
     if isinstance(exc, DatabaseUnavailable):
         return str(exc), EXIT_ERROR
+    if isinstance(exc, InvalidInput) and exc.code not in STATEFUL_CODES:
+        return name_option(exc.message, exc.details.get("field")), EXIT_USAGE
     if isinstance(exc, DomainError):
         return exc.message, EXIT_ERROR
     if isinstance(exc, CommandError | RevisionError):
@@ -162,6 +189,29 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         # The runners ping first, so the connection worked: the statement itself failed.
         return f"database error: {exc.orig}", EXIT_ERROR
     return None
+
+
+def name_option(message: str, field: object) -> str:
+    """`message` with the domain's `field` named as the running command takes it: the option
+    (`--expires`) or the argument (`NAME`) called after the field (or after it without `_at`).
+    The field is replaced where the message starts with it, else the option leads the message."""
+    from typer._click.globals import get_current_context
+
+    context = get_current_context(silent=True)
+    if not isinstance(field, str) or context is None:
+        return message
+    names = (field, field.removesuffix("_at"))
+    for param in context.command.params:
+        if param.name not in names:
+            continue
+        if param.param_type_name == "option":
+            label = param.opts[0]
+        else:
+            label = param.metavar or str(param.name).upper()
+        if re.match(rf"{re.escape(field)}(?![\w-])", message):
+            return label + message[len(field) :]
+        return f"{label}: {message}"
+    return message
 
 
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -22,6 +22,7 @@ from saascore.core import Saascore
 from saascore.credits import CreditAccount, LedgerProblem, Refill
 from saascore.credits.service import Granted
 from saascore.kit.errors import InvalidInput
+from saascore.kit.inputs import INT64_MAX, PRIORITY_MAX, PRIORITY_MIN
 from saascore.kit.validation import checked_instant
 from saascore.models import CreditGrant, CreditSource
 
@@ -32,15 +33,24 @@ app = typer.Typer(
 )
 
 
-@app.command()
+#: `-1` is read as a value (and refused as an amount), not as an unknown option.
+_NUMBERS = {"ignore_unknown_options": True}
+
+
+@app.command(context_settings=_NUMBERS)
 @handle_errors
 def grant(
     org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
-    amount: Annotated[int, typer.Argument(min=1, help="How many credits.")],
+    amount: Annotated[
+        int, typer.Argument(min=1, max=INT64_MAX, help="How many credits.", show_default=False)
+    ],
     source: Annotated[CreditSource, typer.Option(help="Where they come from.")] = (
         CreditSource.MANUAL
     ),
-    priority: Annotated[int, typer.Option(help="Draw order: lower is drawn first.")] = 0,
+    priority: Annotated[
+        int,
+        typer.Option(min=PRIORITY_MIN, max=PRIORITY_MAX, help="Draw order: lower is drawn first."),
+    ] = 0,
     expires_at: Annotated[
         datetime | None,
         typer.Option(help="When they lapse (UTC), e.g. 2027-01-01 or 2027-01-01T12:00:00."),

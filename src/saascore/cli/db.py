@@ -34,7 +34,7 @@ def _label(revision: str | None, head: str) -> str:
     return f"{revision} (head)" if revision == head else revision
 
 
-Step = Callable[[Database, str], Awaitable[None]]
+Step = Callable[[Database, str], Awaitable[tuple[str | None, str | None]]]
 
 
 def _move(step: Step, verb: str, revision: str) -> None:
@@ -42,9 +42,7 @@ def _move(step: Step, verb: str, revision: str) -> None:
     settings = load_settings()
 
     async def move(database: Database) -> tuple[str | None, str | None]:
-        before = await migrate.current(database)
-        await step(database, revision)
-        return before, await migrate.current(database)
+        return await step(database, revision)  # both read under the migration lock
 
     before, after = run_with_database(settings, move)
     head, target = migrate.head(), describe_target(settings)

@@ -10,6 +10,7 @@ from saascore.cli._output import Column, IdsOption, JsonOption, output_format, p
 from saascore.cli._run import cli_actor, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
+from saascore.kit.inputs import INT64_MAX
 from saascore.models import Organization
 
 __all__ = ["app"]
@@ -67,8 +68,8 @@ COLUMNS: list[Column[Organization]] = [
 @app.command("list")
 @handle_errors
 def list_orgs(
-    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
-    offset: Annotated[int, typer.Option(min=0, help="Skip this many first.")] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=INT64_MAX, help="Show at most this many.")] = 100,
+    offset: Annotated[int, typer.Option(min=0, max=INT64_MAX, help="Skip this many first.")] = 0,
     as_json: JsonOption = False,
     only_ids: IdsOption = False,
 ) -> None:
@@ -76,13 +77,21 @@ def list_orgs(
     output = output_format(as_json, only_ids)
     settings = load_settings()
 
-    async def work(core: Saascore) -> list[Organization]:
-        return list(await core.orgs.list(limit=limit, offset=offset))
+    async def work(core: Saascore) -> tuple[list[Organization], int | None]:
+        found = list(await core.orgs.list(limit=limit, offset=offset))
+        # Nothing at a later offset is not the same as nothing at all.
+        total = await core.orgs.count() if not found and offset else None
+        return found, total
 
+    organizations, total = run_with_core(settings, work)
     print_rows(
-        run_with_core(settings, work),
+        organizations,
         COLUMNS,
         output,
         ids=lambda o: str(o.id),
-        empty="no organisations; create one with 'saascore orgs create NAME'",
+        empty=(
+            f"no organisations at offset {offset:,} ({total:,} in all)"
+            if total
+            else "no organisations; create one with 'saascore orgs create NAME'"
+        ),
     )

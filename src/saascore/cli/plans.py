@@ -177,30 +177,42 @@ COLUMNS: list[Column[SubscriptionPlan]] = [
     Column("features", lambda p: p.features, in_table=False),
     Column("limits", _limits, in_table=False),
     Column("is_active", lambda p: p.is_active, header="active"),
-    Column("is_public", lambda p: p.is_public, in_table=False),
+    Column("is_public", lambda p: p.is_public, header="public"),
 ]
 
 
 @app.command("list")
 @handle_errors
 def list_plans(
-    all_plans: Annotated[bool, typer.Option("--all", help="Include inactive plans.")] = False,
+    all_plans: Annotated[
+        bool,
+        typer.Option("--all", help="Every plan: hidden (not public) and inactive ones too."),
+    ] = False,
     as_json: JsonOption = False,
     only_codes: Annotated[
         bool, typer.Option("--ids", help="Print only the plans' codes, one a line (for xargs).")
     ] = False,
 ) -> None:
-    """List the plans with their prices and limits, in catalog order."""
+    """List the plans with their prices and limits, in catalog order: the public, active plans
+    (those GET /v1/plans offers), or with --all every plan."""
     output = output_format(as_json, only_codes)
     settings = load_settings()
 
-    async def work(core: Saascore) -> list[SubscriptionPlan]:
-        return list(await core.plans.list(include_inactive=all_plans))
+    async def work(core: Saascore) -> tuple[list[SubscriptionPlan], int]:
+        plans = await core.plans.list(include_inactive=all_plans, include_hidden=all_plans)
+        if plans or all_plans:
+            return list(plans), 0
+        return [], len(await core.plans.list(include_inactive=True))
 
+    plans, others = run_with_core(settings, work)
     print_rows(
-        run_with_core(settings, work),
+        plans,
         COLUMNS,
         output,
         ids=lambda p: p.code,
-        empty="no plans; load the default catalog with 'saascore plans load'",
+        empty=(
+            f"no public, active plans ({others} others: see 'saascore plans list --all')"
+            if others
+            else "no plans; load the default catalog with 'saascore plans load'"
+        ),
     )

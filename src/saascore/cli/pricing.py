@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import json
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from saascore.cli._output import new_table, print_table
-from saascore.cli._run import fail, handle_errors, run_with_core
+from saascore.cli._output import Column, output_format, print_rows
+from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.models import ModelPricing
 from saascore.plans import PricingLoadResult, read_catalog, read_default_pricing
 
-__all__ = ["app", "format_per_million", "price_json"]
+__all__ = ["COLUMNS", "app", "format_per_million"]
 
 app = typer.Typer(
     name="pricing", help="Model prices (per million tokens): load, list.", no_args_is_help=True
@@ -32,22 +32,33 @@ def format_per_million(micros: int) -> str:
     return f"{whole}.{decimals.ljust(2, '0')}"
 
 
-def price_json(row: ModelPricing) -> dict[str, Any]:
-    """One price version as `pricing list --json` prints it (prices in micro-units of the
-    currency per million tokens, as stored)."""
-    return {
-        "provider": row.provider,
-        "model": row.model,
-        "currency": row.currency,
-        "input_micros_per_million": row.input_micros_per_million,
-        "cached_input_micros_per_million": row.cached_input_micros_per_million,
-        "output_micros_per_million": row.output_micros_per_million,
-        "effective_from": row.effective_from.isoformat(),
-        "effective_to": row.effective_to.isoformat() if row.effective_to else None,
-        "active": row.is_active,
-        "as_of": row.as_of.isoformat() if row.as_of else None,
-        "source": row.source,
-    }
+def _day_or_time(moment: datetime) -> str:
+    """A price's start: the day alone when it starts at midnight."""
+    return moment.date().isoformat() if moment.time().isoformat() == "00:00:00" else str(moment)
+
+
+def _as_of(day: date | None) -> str:
+    return day.isoformat() if day is not None else "-"
+
+
+#: A price version as `pricing list` prints it (JSON: prices in micro-units of the currency
+#: per million tokens, as stored).
+COLUMNS: list[Column[ModelPricing]] = [
+    Column("provider", lambda r: r.provider),
+    Column("model", lambda r: r.model, is_id=True),
+    Column("input_micros_per_million", lambda r: r.input_micros_per_million, header="input",
+           text=format_per_million, justify="right"),
+    Column("cached_input_micros_per_million", lambda r: r.cached_input_micros_per_million,
+           header="cached input", text=format_per_million, justify="right"),
+    Column("output_micros_per_million", lambda r: r.output_micros_per_million,
+           header="output", text=format_per_million, justify="right"),
+    Column("currency", lambda r: r.currency),
+    Column("effective_from", lambda r: r.effective_from, text=_day_or_time),
+    Column("effective_to", lambda r: r.effective_to, in_table=False),
+    Column("active", lambda r: r.is_active, in_table=False),
+    Column("as_of", lambda r: r.as_of, header="as of", text=_as_of),
+    Column("source", lambda r: r.source),
+]  # fmt: skip
 
 
 @app.command()
@@ -72,7 +83,7 @@ def load(
     catalog = read_default_pricing() if file is None else read_catalog(file)  # fails first
     source = str(file) if file is not None else "the default price list"
     if not catalog.model_pricing:
-        fail(f"no [[model_pricing]] entries in {source}; nothing loaded")
+        fail(f"no [[model_pricing]] entries in {source}; nothing loaded", EXIT_USAGE)
 
     async def work(core: Saascore) -> PricingLoadResult:
         return await core.pricing.load(catalog.model_pricing)
@@ -110,39 +121,10 @@ def list_prices(
     async def work(core: Saascore) -> list[ModelPricing]:
         return list(await core.pricing.list(provider=provider, model=model))
 
-    rows = run_with_core(settings, work)
-    if as_json:
-        typer.echo(json.dumps([price_json(row) for row in rows], indent=2))
-        return
-    if not rows:
-        typer.echo("no model prices; load the default list with 'saascore pricing load'", err=True)
-        return
-    table = new_table(
-        "provider",
-        "model",
-        "input",
-        "cached input",
-        "output",
-        "currency",
-        "effective from",
-        "as of",
-        "source",
+    print_rows(
+        run_with_core(settings, work),
+        COLUMNS,
+        output_format(as_json),
+        empty="no model prices; load the default list with 'saascore pricing load'",
         title="Prices per million tokens",
-        ids=("model",),
     )
-    for column in table.columns[2:5]:
-        column.justify = "right"
-    for row in rows:
-        start = row.effective_from
-        table.add_row(
-            row.provider,
-            row.model,
-            format_per_million(row.input_micros_per_million),
-            format_per_million(row.cached_input_micros_per_million),
-            format_per_million(row.output_micros_per_million),
-            row.currency,
-            start.date().isoformat() if start.time().isoformat() == "00:00:00" else str(start),
-            row.as_of.isoformat() if row.as_of else "-",
-            row.source or "-",
-        )
-    print_table(table)

@@ -43,6 +43,8 @@ DEMO_PASSWORD = "saascore-demo-walkthrough"  # noqa: S105 (printed and documente
 DEMO_USER_NAME = "Demo Owner"
 DEMO_KEY_NAME = "demo"
 DEMO_KEY_SCOPES = ("usage:read", "usage:write", "billing:read", "credits:write")
+#: More worker processes than any host runs usefully (and a bound for the option).
+MAX_WORKERS = 1024
 #: How long a worker of `serve --workers N` may take to answer uvicorn's health check.
 WORKER_HEALTHCHECK_SECONDS = 30
 
@@ -61,7 +63,7 @@ def serve(
             min=1, max=65535, help="The port. Default: SAASCORE_PORT (8000).", show_default=False
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=MAX_WORKERS, help="Worker processes.")] = 1,
     reload: Annotated[
         bool, typer.Option("--reload", help="Restart when the code changes (development).")
     ] = False,
@@ -268,12 +270,19 @@ def demo_curl(base: str, api_key: str) -> str:
 
 @handle_errors
 def demo(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="The port to serve on.")] = 8000,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="The port. Default: SAASCORE_PORT (8000).", show_default=False
+        ),
+    ] = None,
 ) -> None:
     """Run saascore on the embedded SQLite database with a demo organisation: no setup needed.
 
     Ignores the DATABASE_* variables. The data stays under ./.saascore (SAASCORE_DATA_DIR).
     """
+    settings = demo_settings()  # a bad setting stops here, as in `serve`
+    port = port or settings.port
     _check_port_free(DEMO_HOST, port)
     import uvicorn
     from rich.panel import Panel
@@ -281,7 +290,6 @@ def demo(
 
     from saascore.api.app import create_app
 
-    settings = demo_settings()
     access = run_with_core(settings, prepare_demo)
     organization = access.organization
     base = f"http://{DEMO_HOST}:{port}"

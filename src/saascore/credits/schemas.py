@@ -8,11 +8,11 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.credits.service import CreditAccount
-from saascore.kit.inputs import StrictInt
+from saascore.kit.inputs import PRIORITY_MAX, PRIORITY_MIN, StrictInt
 from saascore.kit.validation import Instant
 from saascore.metering.schemas import PLAIN_TEXT
 from saascore.models import CreditSource, CreditTransactionType
-from saascore.plans.catalog import INT32, INT64
+from saascore.plans.catalog import INT64
 
 __all__ = [
     "CreditConsume",
@@ -118,7 +118,11 @@ class CreditGrantCreate(_Body):
         examples=[CreditSource.PROMOTION],
     )
     priority: StrictInt = Field(
-        default=0, ge=-INT32, le=INT32, description="Lower is drawn first", examples=[0]
+        default=0,
+        ge=PRIORITY_MIN,
+        le=PRIORITY_MAX,
+        description="Lower is drawn first",
+        examples=[0],
     )
     expires_at: Instant | None = Field(
         description="When unused credits expire; null: never", default=None, examples=[None]

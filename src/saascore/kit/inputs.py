@@ -16,10 +16,24 @@ from typing import Annotated
 
 from pydantic import Strict
 
-__all__ = ["INT64_MAX", "INT64_MIN", "StrictBool", "StrictInt"]
+__all__ = [
+    "INT32_MAX",
+    "INT32_MIN",
+    "INT64_MAX",
+    "INT64_MIN",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
+    "StrictBool",
+    "StrictInt",
+]
 
-#: The largest value of PostgreSQL's bigint (and SQLite's integer).
+#: The range of PostgreSQL's bigint (and SQLite's integer).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The range of PostgreSQL's integer.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+#: A credit grant's draw order (an integer column): the API and the CLI take the same range.
+PRIORITY_MIN, PRIORITY_MAX = -INT32_MAX, INT32_MAX
 
 #: An integer in a request body: a JSON integer only (no booleans, strings or floats).
 StrictInt = Annotated[int, Strict()]

@@ -12,12 +12,10 @@ from sqlalchemy import Connection
 from saascore.config import load_settings
 from saascore.kit.db import Database
 from saascore.kit.types import UTCDateTime
-from saascore.migrations.migrate import not_version_table
+from saascore.migrations.migrate import MIGRATION_LOCK, not_version_table
 from saascore.models import Base
 
 config = context.config
-#: The advisory lock key that serializes migrations (an arbitrary constant: "saascore").
-MIGRATION_LOCK = 0x5AA5C0
 
 target_metadata = Base.metadata
 

@@ -22,7 +22,11 @@ from saascore.kit.db import SQLITE_BEGIN, Database
 from saascore.kit.errors import SaascoreError
 from saascore.models import Base
 
+#: The advisory lock key that serializes migrations (an arbitrary constant: "saascore").
+MIGRATION_LOCK = 0x5AA5C0
+
 __all__ = [
+    "MIGRATION_LOCK",
     "MigrationError",
     "Revision",
     "alembic_config",
@@ -130,14 +134,42 @@ async def _migration_lock(database: Database) -> AsyncIterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
-async def upgrade(database: Database, revision: str = "head") -> None:
-    async with _migration_lock(database):
-        await _run(database, command.upgrade, revision)
+def _moving(step: Any) -> Any:
+    """`step(config, revision)` that returns the revisions before and after it, read in the
+    migration's transaction: after the lock is taken, so that of several processes migrating
+    at once, those that waited say they found the database already moved."""
+
+    def move(config: Config, revision: str) -> tuple[str | None, str | None]:
+        connection = config.attributes["connection"]
+        settings = config.attributes.get("settings")
+        options = {"version_table_schema": settings.database_schema if settings else None}
+        if connection.dialect.name == "postgresql":
+            # env.py takes this (re-entrant) lock too; taken here, it covers the first read.
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        before = MigrationContext.configure(connection, opts=options).get_current_revision()
+        step(config, revision)
+        after = MigrationContext.configure(connection, opts=options).get_current_revision()
+        return before, after
+
+    return move
 
 
-async def downgrade(database: Database, revision: str) -> None:
+async def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str | None]:
+    """Upgrade to `revision`; returns the revisions before and after (None: no revision)."""
     async with _migration_lock(database):
-        await _run(database, command.downgrade, revision)
+        moved: tuple[str | None, str | None] = await _run(
+            database, _moving(command.upgrade), revision
+        )
+    return moved
+
+
+async def downgrade(database: Database, revision: str) -> tuple[str | None, str | None]:
+    """Downgrade to `revision`; returns the revisions before and after (None: no revision)."""
+    async with _migration_lock(database):
+        moved: tuple[str | None, str | None] = await _run(
+            database, _moving(command.downgrade), revision
+        )
+    return moved
 
 
 async def revision(database: Database, message: str) -> str:

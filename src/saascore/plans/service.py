@@ -131,9 +131,14 @@ class PlanService:
         self.events = events if events is not None else EventBus()
 
     async def list(
-        self, *, include_inactive: bool = False, session: AsyncSession | None = None
+        self,
+        *,
+        include_inactive: bool = False,
+        include_hidden: bool = True,
+        session: AsyncSession | None = None,
     ) -> Sequence[SubscriptionPlan]:
-        """Plans in catalog order, with their prices and extra limits loaded."""
+        """Plans in catalog order, with their prices and extra limits loaded; without
+        `include_hidden`, only the public ones (those `GET /v1/plans` offers)."""
         query = (
             sa.select(SubscriptionPlan)
             .options(selectinload(SubscriptionPlan.prices), selectinload(SubscriptionPlan.limits))
@@ -142,6 +147,8 @@ class PlanService:
         )
         if not include_inactive:
             query = query.where(SubscriptionPlan.is_active.is_(True))
+        if not include_hidden:
+            query = query.where(SubscriptionPlan.is_public.is_(True))
         async with self.database.scope(session, readonly=True) as s:
             return (await s.scalars(query)).all()
 

@@ -318,6 +318,19 @@ class OrganizationService:
         async with self.database.scope(session, readonly=True) as s:
             return (await s.scalars(query)).all()
 
+    async def count(
+        self,
+        *,
+        status: OrganizationStatus | None = None,
+        session: AsyncSession | None = None,
+    ) -> int:
+        """How many organisations there are (with `status`, if given)."""
+        query = sa.select(sa.func.count()).select_from(Organization)
+        if status is not None:
+            query = query.where(Organization.status == status)
+        async with self.database.scope(session, readonly=True) as s:
+            return int(await s.scalar(query) or 0)
+
     async def update(
         self,
         org_id: uuid.UUID,
