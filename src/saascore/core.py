@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import Any
 
 from saascore.audit.service import AuditService
+from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.events.bus import Event, EventBus
@@ -32,8 +33,8 @@ class Saascore:
 
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
-    `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage` and
-    `core.credits`; `core.events` is the bus they emit into.
+    `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
+    `core.credits` and `core.subscriptions`; `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class Saascore:
         self.orgs = OrganizationService(
             self.database, self.plans, self.events, plan_credits=self.credits
         )
+        self.subscriptions = SubscriptionService(self.database, self.plans, self.orgs, self.events)
         self.users = UserService(
             self.database, self.events, password_min_length=self.settings.password_min_length
         )

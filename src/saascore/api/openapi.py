@@ -97,6 +97,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "idempotent consumption, and the low-balance threshold.",
     },
     {
+        "name": "billing",
+        "description": "Billing: your organisation's subscription, its plan, status and "
+        "current period.",
+    },
+    {
         "name": "webhooks",
         "description": "Your webhook endpoints, the events they receive (signed per Standard "
         "Webhooks, retried with backoff) and each delivery's attempts.",

@@ -55,6 +55,10 @@ GROUPS: dict[str, tuple[str, str]] = {
     "orgs": ("saascore.cli.orgs", "Organisations (tenants): create, list."),
     "usage": ("saascore.cli.usage", "Usage: report, import, sweep."),
     "credits": ("saascore.cli.credits", "Credits: grant, refill, balance, verify."),
+    "subscriptions": (
+        "saascore.cli.subscriptions",
+        "Subscriptions: create, show, change-plan, cancel, resume.",
+    ),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),

@@ -37,6 +37,10 @@ __all__ = [
     "OrganizationResumed",
     "OrganizationSuspended",
     "OrganizationUpdated",
+    "SubscriptionCanceled",
+    "SubscriptionCreated",
+    "SubscriptionExpired",
+    "SubscriptionUpdated",
     "UsageLimitExceeded",
     "UsageThresholdReached",
     "UserCreated",
@@ -199,6 +203,53 @@ class OrganizationResumed(EventPayload):
     reason: str | None = Field(
         description="Why, as the operator gave it", examples=["invoices paid"]
     )
+
+
+# --- subscriptions -------------------------------------------------------------------------------
+class _SubscriptionEvent(EventPayload):
+    target_type: ClassVar[str | None] = "subscription"
+    subscription_id: uuid.UUID = Field(description="The subscription's id")
+    plan: str = Field(description="The plan's code", examples=["pro"])
+    status: str = Field(description="The subscription's status now", examples=["active"])
+    billing_cycle: str = Field(description="monthly, quarterly or yearly", examples=["monthly"])
+    currency: str = Field(description="ISO 4217 code of the price", examples=["USD"])
+    unit_amount: int = Field(
+        description="The price per period, in minor units of `currency`", examples=[2_999]
+    )
+    current_period_start: datetime = Field(description="Start of the current period")
+    current_period_end: datetime = Field(description="End of the current period (excluded)")
+    cancel_at_period_end: bool = Field(description="Whether it ends at the current period's end")
+    trial_end: datetime | None = Field(default=None, description="When the trial ends; null: none")
+
+
+class SubscriptionCreated(_SubscriptionEvent):
+    """The organisation subscribed to a plan."""
+
+    type: ClassVar[str] = "subscription.created"
+
+
+class SubscriptionUpdated(_SubscriptionEvent):
+    """The plan changed (an upgrade at once), or a downgrade or a cancellation was scheduled
+    for the period's end, or withdrawn."""
+
+    type: ClassVar[str] = "subscription.updated"
+    changes: dict[str, Any] = Field(
+        description="Each changed field's `from` and `to`",
+        examples=[{"plan": {"from": "starter", "to": "pro"}}],
+    )
+
+
+class SubscriptionCanceled(_SubscriptionEvent):
+    """The subscription ended by choice: canceled now, or at the end of its period."""
+
+    type: ClassVar[str] = "subscription.canceled"
+    ends_at: datetime = Field(description="When what was paid for ends: the plan stays until then")
+
+
+class SubscriptionExpired(_SubscriptionEvent):
+    """The subscription ended unpaid."""
+
+    type: ClassVar[str] = "subscription.expired"
 
 
 class CatalogChanged(EventPayload):
@@ -424,6 +475,10 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         OrganizationPlanChanged,
         OrganizationSuspended,
         OrganizationResumed,
+        SubscriptionCreated,
+        SubscriptionUpdated,
+        SubscriptionCanceled,
+        SubscriptionExpired,
         CatalogChanged,
         UserCreated,
         UserRemoved,

@@ -250,7 +250,8 @@ class InvoiceLine(TenantMixin, Base):
 
     __table_args__ = (
         tenant_fk("invoice_id", "invoices", ondelete="CASCADE"),
-        *non_negative("quantity", "unit_amount", "amount"),
+        # A credit (a proration's unused time) is a line with a negative amount.
+        *non_negative("quantity"),
         sa.Index("ix_invoice_lines_organization_id_invoice_id", "organization_id", "invoice_id"),
     )
 

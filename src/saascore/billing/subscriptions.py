@@ -1,0 +1,626 @@
+"""Subscriptions: creating one, changing its plan, canceling and resuming it, ending it.
+
+An organisation has at most one live subscription (the database's partial unique index), and
+its plan and `subscription_status` follow that subscription. Every change of status goes
+through `check_transition`, and every change emits its event (`subscription.created`,
+`.updated`, `.canceled`, `.expired`) in the caller's unit of work: the audit entry and the
+tenant's webhooks follow from it. A plan change of the organisation takes tenancy's path
+(`OrganizationService.change_plan`), so `plan.changed` and the plan's credits follow too.
+
+Plan changes: an upgrade (a higher price per period) applies at once, and its proration (a
+credit for the old price's unused time and a charge of the new price for the same time, to the
+second) goes on the subscription's **upcoming invoice**: the draft `Invoice` with its
+`subscription_id` and `period_start` = the next period's start, created when missing. Its lines
+carry `metadata["kind"] == "proration"`; the credit is a negative line. A downgrade (a lower
+price) waits for the period's end: it is kept in the subscription's `metadata` under
+`scheduled_change` until `end_due` applies it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.attributes import set_committed_value
+
+from saascore.audit.service import AuditService, audited_bus
+from saascore.billing.errors import (
+    InvalidTransition,
+    PeriodEnded,
+    PeriodOutOfRange,
+    PlanPriceMissing,
+    SubscriptionExists,
+    SubscriptionNotFound,
+)
+from saascore.billing.periods import Period, as_utc, period_containing, trial_end
+from saascore.billing.proration import Proration, prorate_change
+from saascore.billing.states import FINAL_STATUSES, Trigger, check_transition
+from saascore.events.bus import EventBus, EventPayload
+from saascore.events.catalog import (
+    SubscriptionCanceled,
+    SubscriptionCreated,
+    SubscriptionExpired,
+    SubscriptionUpdated,
+)
+from saascore.kit.actors import SYSTEM, Actor
+from saascore.kit.db import Database
+from saascore.kit.sql import violates
+from saascore.kit.time import utcnow
+from saascore.models import (
+    LIVE_SUBSCRIPTION_STATUSES,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    Organization,
+    Subscription,
+    SubscriptionPlan,
+    SubscriptionStatus,
+)
+from saascore.models.catalog import BillingCycle, PlanPrice
+from saascore.plans.service import PlanService
+from saascore.tenancy.service import OrganizationService, locked_organization
+
+__all__ = ["MAX_TRIAL_DAYS", "DueResult", "SubscriptionService", "upcoming_invoice"]
+
+S = SubscriptionStatus
+P = TypeVar("P", bound=EventPayload)
+
+#: The longest trial an operator may give.
+MAX_TRIAL_DAYS: Final = 730
+#: Statuses whose plan may change: a suspended subscription pays first.
+_CHANGEABLE: Final = frozenset({S.TRIALING, S.ACTIVE, S.PAST_DUE})
+#: The key of a scheduled downgrade in `Subscription.metadata`.
+SCHEDULED: Final = "scheduled_change"
+#: Set in `Subscription.metadata` once an ended subscription has returned its organisation to
+#: the default plan, so that `end_due` does it once.
+RETURNED: Final = "returned_to_default_at"
+
+
+@dataclass(frozen=True)
+class DueResult:
+    """What `end_due` did for one organisation."""
+
+    subscription: Subscription | None
+    #: "canceled", "expired", "downgraded", "returned_to_default": in the order done.
+    actions: list[str] = field(default_factory=list)
+
+
+def _price(plan: SubscriptionPlan, cycle: BillingCycle, currency: str) -> PlanPrice:
+    for price in plan.prices:
+        if price.is_active and price.billing_cycle == cycle and price.currency == currency:
+            return price
+    raise PlanPriceMissing(
+        f"the {plan.code} plan has no {cycle.value} price in {currency}",
+        plan=plan.code,
+        billing_cycle=cycle.value,
+        currency=currency,
+    )
+
+
+def _current_period(subscription: Subscription) -> Period:
+    return Period(0, subscription.current_period_start, subscription.current_period_end)
+
+
+def _next_period(subscription: Subscription) -> Period:
+    return period_containing(
+        subscription.started_at, subscription.billing_cycle, subscription.current_period_end
+    )
+
+
+async def upcoming_invoice(
+    session: AsyncSession, subscription: Subscription, *, create: bool = False
+) -> Invoice | None:
+    """The subscription's upcoming invoice: its draft whose `period_start` is the next
+    period's start (created, empty, with `create=True` when missing), lines loaded."""
+    query = (
+        sa.select(Invoice)
+        .where(
+            Invoice.organization_id == subscription.organization_id,
+            Invoice.subscription_id == subscription.id,
+            Invoice.status == InvoiceStatus.DRAFT,
+            Invoice.period_start == subscription.current_period_end,
+        )
+        .options(joinedload(Invoice.lines))
+        .order_by(Invoice.id)
+        .limit(1)
+    )
+    invoice = (await session.scalars(query)).unique().one_or_none()
+    if invoice is None and create:
+        following = _next_period(subscription)
+        invoice = Invoice(
+            organization_id=subscription.organization_id,
+            subscription_id=subscription.id,
+            status=InvoiceStatus.DRAFT,
+            currency=subscription.currency,
+            period_start=following.start,
+            period_end=following.end,
+            metadata_={},
+            notes_localized={},
+        )
+        session.add(invoice)
+        await session.flush()
+        set_committed_value(invoice, "lines", [])
+    return invoice
+
+
+def _reconcile(invoice: Invoice) -> None:
+    """subtotal = the lines' sum; total = subtotal - discount + tax; due = total - paid."""
+    invoice.subtotal = sum(line.amount for line in invoice.lines)
+    invoice.total = invoice.subtotal - invoice.discount_amount + invoice.tax_amount
+    invoice.amount_due = invoice.total - invoice.amount_paid
+
+
+class SubscriptionService:
+    """`core.subscriptions`: every method takes the organisation's id, an optional `at`
+    (aware; now by default), an `actor` and an optional `session` (the caller's unit of work)."""
+
+    def __init__(
+        self,
+        database: Database,
+        plans: PlanService,
+        orgs: OrganizationService,
+        events: EventBus | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.plans = plans
+        self.orgs = orgs
+        self.events = events if events is not None else audited_bus(AuditService(database))
+        self.clock = clock
+
+    # --- reading ---------------------------------------------------------------------------
+    async def get(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> Subscription:
+        """The organisation's subscription: the live one, else the latest that ended
+        (`SubscriptionNotFound` when it never had one). Its plan is loaded."""
+        async with self.database.scope(session, readonly=True) as s:
+            return await self._current(s, org_id, lock=False)
+
+    async def _current(self, s: AsyncSession, org_id: uuid.UUID, *, lock: bool) -> Subscription:
+        live = sa.case((Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES), 0), else_=1)
+        query = (
+            sa.select(Subscription)
+            .where(Subscription.organization_id == org_id)
+            .order_by(live, Subscription.id.desc())
+            .limit(1)
+            .options(joinedload(Subscription.plan))
+            .execution_options(populate_existing=True)
+        )
+        if lock:
+            query = query.with_for_update(of=Subscription)
+        subscription = (await s.scalars(query)).one_or_none()
+        if subscription is None:
+            raise SubscriptionNotFound(
+                f"organisation {org_id} has no subscription", organization=str(org_id)
+            )
+        return subscription
+
+    # --- creating --------------------------------------------------------------------------
+    async def create(
+        self,
+        org_id: uuid.UUID,
+        plan: str,
+        cycle: BillingCycle | str = BillingCycle.MONTHLY,
+        *,
+        trial_days: int | None = None,
+        at: datetime | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Subscription:
+        """Subscribe the organisation to `plan` (a code) for `cycle`, from `at`.
+
+        The price is the plan's for the cycle in the organisation's currency
+        (`PlanPriceMissing` without one). With a trial (`trial_days`, the plan's by default) it
+        starts `trialing`, else `active`; its periods are anchored at `at`. A second live
+        subscription is refused with `SubscriptionExists`."""
+        cycle = BillingCycle(cycle)
+        start = as_utc(at if at is not None else self.clock(), "at")
+        async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
+            plan_row = await self.plans.get_by_code(plan, session=s)
+            price = _price(plan_row, cycle, organization.currency)
+            days = plan_row.trial_days if trial_days is None else trial_days
+            if not 0 <= days <= MAX_TRIAL_DAYS:
+                raise PeriodOutOfRange(
+                    f"a trial lasts 0 to {MAX_TRIAL_DAYS} days, not {days}", trial_days=days
+                )
+            live = await s.scalar(
+                sa.select(Subscription.id).where(
+                    Subscription.organization_id == org_id,
+                    Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES),
+                )
+            )
+            if live is not None:
+                raise _exists(org_id, live)
+            status = S.TRIALING if days > 0 else S.ACTIVE
+            first = period_containing(start, cycle, start)
+            subscription = Subscription(
+                organization_id=org_id,
+                plan_id=plan_row.id,
+                status=status,
+                billing_cycle=cycle,
+                currency=price.currency,
+                unit_amount=price.amount,
+                quantity=1,
+                started_at=start,
+                current_period_start=first.start,
+                current_period_end=first.end,
+                next_billing_at=first.end,
+                trial_start=start if days else None,
+                trial_end=trial_end(start, days) if days else None,
+                provider_price_id=price.stripe_price_id,
+                metadata_={},
+            )
+            try:
+                async with s.begin_nested():
+                    s.add(subscription)
+                    await s.flush()
+            except IntegrityError as error:
+                if violates(error, "subscriptions", "organization_id"):
+                    raise _exists(org_id, None) from None
+                raise
+            set_committed_value(subscription, "plan", plan_row)
+            organization.subscription_status = status
+            await self.events.emit(
+                s,
+                org_id,
+                _payload(SubscriptionCreated, subscription),
+                actor=actor,
+                target_id=subscription.id,
+            )
+            await self._follow_plan(s, organization, plan_row, actor)
+        return subscription
+
+    # --- canceling and resuming ------------------------------------------------------------
+    async def cancel(
+        self,
+        org_id: uuid.UUID,
+        *,
+        at_period_end: bool = True,
+        at: datetime | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Subscription:
+        """Cancel at the period's end (the default: `cancel_at_period_end`, the status stays
+        until `end_due`) or now (`canceled` at once). Either way the organisation keeps its
+        plan until the end of what was paid: the current period's end, or now for a trial."""
+        moment = as_utc(at if at is not None else self.clock(), "at")
+        async with self.database.scope(session) as s:
+            subscription = await self._current(s, org_id, lock=True)
+            if at_period_end:
+                check_transition(subscription.status, S.CANCELED, Trigger.PERIOD_END_AFTER_CANCEL)
+                if not subscription.cancel_at_period_end:
+                    subscription.cancel_at_period_end = True
+                    subscription.canceled_at = moment
+                    subscription.ends_at = subscription.current_period_end
+                    await self._updated(
+                        s,
+                        subscription,
+                        {"cancel_at_period_end": {"from": False, "to": True}},
+                        actor,
+                    )
+                return subscription
+            check_transition(subscription.status, S.CANCELED, Trigger.CANCEL_NOW)
+            paid_until = (
+                moment
+                if subscription.status in (S.TRIALING, S.INCOMPLETE)
+                else max(moment, subscription.current_period_end)
+            )
+            await self._end(s, subscription, S.CANCELED, moment, paid_until, actor)
+        return subscription
+
+    async def resume(
+        self,
+        org_id: uuid.UUID,
+        *,
+        at: datetime | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Subscription:
+        """Withdraw a cancellation at the period's end, before that end (`PeriodEnded` after
+        it). A subscription that ended is refused (`invalid_transition`); one that was not
+        canceling is left as it is."""
+        moment = as_utc(at if at is not None else self.clock(), "at")
+        async with self.database.scope(session) as s:
+            subscription = await self._current(s, org_id, lock=True)
+            if subscription.status in FINAL_STATUSES:
+                raise InvalidTransition(subscription.status.value, S.ACTIVE.value, "resume")
+            if subscription.cancel_at_period_end:
+                if moment >= subscription.current_period_end:
+                    raise PeriodEnded(
+                        "the period ended: the cancellation took effect; subscribe again",
+                        current_period_end=subscription.current_period_end.isoformat(),
+                    )
+                subscription.cancel_at_period_end = False
+                subscription.canceled_at = None
+                subscription.ends_at = None
+                await self._updated(
+                    s, subscription, {"cancel_at_period_end": {"from": True, "to": False}}, actor
+                )
+        return subscription
+
+    # --- changing the plan -----------------------------------------------------------------
+    async def change_plan(
+        self,
+        org_id: uuid.UUID,
+        plan: str,
+        *,
+        at: datetime | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Subscription:
+        """Move the subscription to `plan` (a code), at the same cycle and currency.
+
+        An upgrade (a higher price per period), or any change during a trial, applies at once;
+        outside a trial its proration goes on the upcoming invoice (see the module). A
+        downgrade is scheduled for the period's end. Changing to the plan the subscription is
+        on withdraws a scheduled downgrade."""
+        moment = as_utc(at if at is not None else self.clock(), "at")
+        async with self.database.scope(session) as s:
+            subscription = await self._current(s, org_id, lock=True)
+            if subscription.status not in _CHANGEABLE:
+                raise InvalidTransition(
+                    subscription.status.value, subscription.status.value, "plan change"
+                )
+            new = await self.plans.get_by_code(plan, session=s)
+            price = _price(new, subscription.billing_cycle, subscription.currency)
+            old = subscription.plan
+            scheduled = subscription.metadata_.get(SCHEDULED)
+            if new.id == old.id:
+                if scheduled is not None:
+                    subscription.metadata_ = _without(subscription.metadata_, SCHEDULED)
+                    await self._updated(
+                        s,
+                        subscription,
+                        {"scheduled_plan": {"from": scheduled["plan"], "to": None}},
+                        actor,
+                    )
+                return subscription
+            trialing = subscription.status is S.TRIALING
+            if price.amount < subscription.unit_amount and not trialing:
+                subscription.metadata_ = {
+                    **subscription.metadata_,
+                    SCHEDULED: {
+                        "plan": new.code,
+                        "unit_amount": price.amount,
+                        "at": subscription.current_period_end.isoformat(),
+                    },
+                }
+                await self._updated(
+                    s,
+                    subscription,
+                    {"scheduled_plan": {"from": scheduled and scheduled["plan"], "to": new.code}},
+                    actor,
+                )
+                return subscription
+            if not trialing:
+                proration = prorate_change(
+                    _current_period(subscription), moment, subscription.unit_amount, price.amount
+                )
+                await self._record_proration(s, subscription, old, new, moment, proration)
+            changes = {
+                "plan": {"from": old.code, "to": new.code},
+                "unit_amount": {"from": subscription.unit_amount, "to": price.amount},
+            }
+            subscription.plan_id = new.id
+            subscription.unit_amount = price.amount
+            subscription.provider_price_id = price.stripe_price_id
+            if scheduled is not None:
+                subscription.metadata_ = _without(subscription.metadata_, SCHEDULED)
+            set_committed_value(subscription, "plan", new)
+            await self._updated(s, subscription, changes, actor)
+            organization = await locked_organization(s, org_id, with_plan=True)
+            await self._follow_plan(s, organization, new, actor)
+        return subscription
+
+    async def _record_proration(
+        self,
+        s: AsyncSession,
+        subscription: Subscription,
+        old: SubscriptionPlan,
+        new: SubscriptionPlan,
+        moment: datetime,
+        proration: Proration,
+    ) -> None:
+        lines = [
+            (f"Unused time on {old.name}", -proration.credit, "credit", old.code),
+            (f"Remaining time on {new.name}", proration.charge, "charge", new.code),
+        ]
+        lines = [line for line in lines if line[1] != 0]
+        if not lines:
+            return
+        invoice = await upcoming_invoice(s, subscription, create=True)
+        assert invoice is not None
+        position = max((line.position for line in invoice.lines), default=-1)
+        for description, amount, kind, code in lines:
+            position += 1
+            invoice.lines.append(
+                InvoiceLine(
+                    organization_id=subscription.organization_id,
+                    invoice_id=invoice.id,
+                    position=position,
+                    description=f"{description} from {moment.isoformat()}",
+                    quantity=1,
+                    unit_amount=amount,
+                    amount=amount,
+                    period_start=moment,
+                    period_end=subscription.current_period_end,
+                    metadata_={
+                        "kind": "proration",
+                        "proration": kind,
+                        "plan": code,
+                        "subscription_id": str(subscription.id),
+                        "unused_seconds": proration.unused_seconds,
+                        "period_seconds": proration.period_seconds,
+                    },
+                )
+            )
+        _reconcile(invoice)
+        await s.flush()
+
+    # --- ending ----------------------------------------------------------------------------
+    async def end_due(
+        self,
+        org_id: uuid.UUID,
+        *,
+        at: datetime | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> DueResult:
+        """Do what is due at `at` for the organisation's subscription (the billing run's
+        step for one organisation; running it again changes nothing):
+
+        - at the period's end, a cancellation at the period's end takes effect (`canceled`),
+          a suspended subscription expires unpaid (`expired`), and a scheduled downgrade
+          applies (the next period's opening is the renewal's);
+        - once what was paid has run out (`ends_at`), an ended subscription returns the
+          organisation to the default plan."""
+        moment = as_utc(at if at is not None else self.clock(), "at")
+        actions: list[str] = []
+        async with self.database.scope(session) as s:
+            try:
+                subscription = await self._current(s, org_id, lock=True)
+            except SubscriptionNotFound:
+                return DueResult(None, actions)
+            period_over = moment >= subscription.current_period_end
+            if subscription.status not in FINAL_STATUSES and period_over:
+                end = subscription.current_period_end
+                if subscription.cancel_at_period_end:
+                    check_transition(
+                        subscription.status, S.CANCELED, Trigger.PERIOD_END_AFTER_CANCEL
+                    )
+                    await self._end(s, subscription, S.CANCELED, end, end, actor)
+                    actions.append("canceled")
+                elif subscription.status is S.SUSPENDED:
+                    check_transition(subscription.status, S.EXPIRED, Trigger.PERIOD_ENDS_UNPAID)
+                    await self._end(s, subscription, S.EXPIRED, end, end, actor)
+                    actions.append("expired")
+                elif SCHEDULED in subscription.metadata_:
+                    await self._apply_scheduled(s, subscription, actor)
+                    actions.append("downgraded")
+            if (
+                subscription.status in FINAL_STATUSES
+                and RETURNED not in subscription.metadata_
+                and subscription.ends_at is not None
+                and moment >= subscription.ends_at
+            ):
+                organization = await locked_organization(s, org_id, with_plan=True)
+                default = await self.plans.get_by_code(
+                    self.database.settings.default_plan, session=s
+                )
+                subscription.metadata_ = {**subscription.metadata_, RETURNED: moment.isoformat()}
+                await s.flush()
+                await self._follow_plan(s, organization, default, actor)
+                actions.append("returned_to_default")
+        return DueResult(subscription, actions)
+
+    async def _apply_scheduled(
+        self, s: AsyncSession, subscription: Subscription, actor: Actor
+    ) -> None:
+        scheduled = subscription.metadata_[SCHEDULED]
+        new = await self.plans.get_by_code(scheduled["plan"], session=s)
+        price = _price(new, subscription.billing_cycle, subscription.currency)
+        changes = {
+            "plan": {"from": subscription.plan.code, "to": new.code},
+            "unit_amount": {"from": subscription.unit_amount, "to": price.amount},
+            "scheduled_plan": {"from": new.code, "to": None},
+        }
+        subscription.plan_id = new.id
+        subscription.unit_amount = price.amount
+        subscription.provider_price_id = price.stripe_price_id
+        subscription.metadata_ = _without(subscription.metadata_, SCHEDULED)
+        set_committed_value(subscription, "plan", new)
+        await self._updated(s, subscription, changes, actor)
+        organization = await locked_organization(s, subscription.organization_id, with_plan=True)
+        await self._follow_plan(s, organization, new, actor)
+
+    async def _end(
+        self,
+        s: AsyncSession,
+        subscription: Subscription,
+        status: SubscriptionStatus,
+        moment: datetime,
+        paid_until: datetime,
+        actor: Actor,
+    ) -> None:
+        subscription.status = status
+        subscription.ended_at = moment
+        subscription.ends_at = paid_until
+        subscription.next_billing_at = None
+        if status is S.CANCELED and subscription.canceled_at is None:
+            subscription.canceled_at = moment
+        subscription.updated_at = self.clock()
+        if SCHEDULED in subscription.metadata_:
+            subscription.metadata_ = _without(subscription.metadata_, SCHEDULED)
+        await s.flush()
+        organization = await locked_organization(s, subscription.organization_id)
+        organization.subscription_status = status
+        await s.flush()
+        payload: SubscriptionCanceled | SubscriptionExpired
+        if status is S.CANCELED:
+            payload = _payload(SubscriptionCanceled, subscription, ends_at=paid_until)
+        else:
+            payload = _payload(SubscriptionExpired, subscription)
+        await self.events.emit(
+            s, subscription.organization_id, payload, actor=actor, target_id=subscription.id
+        )
+
+    # --- shared ----------------------------------------------------------------------------
+    async def _updated(
+        self, s: AsyncSession, subscription: Subscription, changes: dict[str, Any], actor: Actor
+    ) -> None:
+        subscription.updated_at = self.clock()
+        await s.flush()
+        await self.events.emit(
+            s,
+            subscription.organization_id,
+            _payload(SubscriptionUpdated, subscription, changes=changes),
+            actor=actor,
+            target_id=subscription.id,
+        )
+
+    async def _follow_plan(
+        self, s: AsyncSession, organization: Organization, plan: SubscriptionPlan, actor: Actor
+    ) -> None:
+        """Tenancy's plan change: `plan.changed`, and the new plan's credits."""
+        if organization.plan_id != plan.id:
+            await self.orgs.change_plan(organization.id, plan.code, actor=actor, session=s)
+
+
+def _exists(org_id: uuid.UUID, live: uuid.UUID | None) -> SubscriptionExists:
+    details: dict[str, str] = {"organization": str(org_id)}
+    if live is not None:
+        details["subscription"] = str(live)
+    return SubscriptionExists(
+        f"organisation {org_id} already has a live subscription: cancel it or change its plan",
+        **details,
+    )
+
+
+def _without(metadata: dict[str, Any], key: str) -> dict[str, Any]:
+    return {name: value for name, value in metadata.items() if name != key}
+
+
+def _payload(kind: type[P], subscription: Subscription, **extra: Any) -> P:
+    return kind.model_validate(
+        {
+            "subscription_id": subscription.id,
+            "plan": subscription.plan.code,
+            "status": subscription.status.value,
+            "billing_cycle": subscription.billing_cycle.value,
+            "currency": subscription.currency,
+            "unit_amount": subscription.unit_amount,
+            "current_period_start": subscription.current_period_start,
+            "current_period_end": subscription.current_period_end,
+            "cancel_at_period_end": subscription.cancel_at_period_end,
+            "trial_end": subscription.trial_end,
+            **extra,
+        }
+    )

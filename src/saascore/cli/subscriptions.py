@@ -1,0 +1,160 @@
+"""`saascore subscriptions`: an organisation's subscription: create, show, change-plan,
+cancel, resume."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from saascore.cli._output import Column, output_format, print_rows
+from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.kit.errors import InvalidInput
+from saascore.kit.validation import checked_instant
+from saascore.models import Organization, Subscription
+from saascore.models.catalog import BillingCycle
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="subscriptions",
+    help="Subscriptions: create, show, change-plan, cancel, resume.",
+    no_args_is_help=True,
+)
+
+Org = Annotated[str, typer.Argument(help="The organisation: its id or external id.")]
+At = Annotated[
+    datetime | None,
+    typer.Option(help="When (UTC unless a zone is given), e.g. 2027-01-01T12:00:00; now."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the subscription as JSON.")]
+
+
+def _time(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
+
+
+COLUMNS: list[Column[Subscription]] = [
+    Column("id", lambda s: s.id, header="subscription", is_id=True),
+    Column("organization_id", lambda s: s.organization_id, in_table=False),
+    Column("plan", lambda s: s.plan.code, is_id=True),
+    Column("status", lambda s: s.status),
+    Column("billing_cycle", lambda s: s.billing_cycle, header="cycle"),
+    Column("unit_amount", lambda s: s.unit_amount, header="price", justify="right", text=str),
+    Column("currency", lambda s: s.currency),
+    Column("current_period_start", lambda s: s.current_period_start, header="from", text=_time),
+    Column("current_period_end", lambda s: s.current_period_end, header="to", text=_time),
+    Column("trial_end", lambda s: s.trial_end, header="trial ends", text=_time),
+    Column("cancel_at_period_end", lambda s: s.cancel_at_period_end, header="cancels", text=str),
+    Column("ends_at", lambda s: s.ends_at, header="ends", text=_time),
+    Column(
+        "scheduled_plan",
+        lambda s: (s.metadata_.get("scheduled_change") or {}).get("plan"),
+        header="next plan",
+        text=lambda value: value or "-",
+    ),
+]
+
+
+def _at(at: datetime | None) -> datetime | None:
+    if at is None:
+        return None
+    moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    try:
+        return checked_instant(moment, field="--at")
+    except InvalidInput as exc:
+        fail(exc.message, EXIT_USAGE)
+
+
+def _run(
+    org: str,
+    as_json: bool,
+    action: Callable[[Saascore, Organization], Awaitable[Subscription]],
+) -> None:
+    async def work(core: Saascore) -> Subscription:
+        return await action(core, await core.orgs.resolve(org))
+
+    subscription = run_with_core(load_settings(), work)
+    print_rows([subscription], COLUMNS, output_format(as_json))
+
+
+@app.command()
+@handle_errors
+def create(
+    org: Org,
+    plan: Annotated[str, typer.Option(help="The plan's code.")],
+    cycle: Annotated[BillingCycle, typer.Option(help="The billing cycle.")] = BillingCycle.MONTHLY,
+    trial_days: Annotated[
+        int | None, typer.Option(min=0, help="Days of trial; the plan's by default.")
+    ] = None,
+    at: At = None,
+    as_json: Json = False,
+) -> None:
+    """Subscribe an organisation to a plan, at the plan's price in its currency."""
+    moment = _at(at)
+    _run(
+        org,
+        as_json,
+        lambda core, o: core.subscriptions.create(
+            o.id, plan, cycle, trial_days=trial_days, at=moment, actor=cli_actor()
+        ),
+    )
+
+
+@app.command()
+@handle_errors
+def show(org: Org, as_json: Json = False) -> None:
+    """An organisation's subscription: the live one, else the last that ended."""
+    _run(org, as_json, lambda core, o: core.subscriptions.get(o.id))
+
+
+@app.command("change-plan")
+@handle_errors
+def change_plan(
+    org: Org,
+    plan: Annotated[str, typer.Option(help="The new plan's code.")],
+    at: At = None,
+    as_json: Json = False,
+) -> None:
+    """Upgrade at once (prorated on the upcoming invoice) or downgrade at the period's end."""
+    moment = _at(at)
+    _run(
+        org,
+        as_json,
+        lambda core, o: core.subscriptions.change_plan(o.id, plan, at=moment, actor=cli_actor()),
+    )
+
+
+@app.command()
+@handle_errors
+def cancel(
+    org: Org,
+    now: Annotated[
+        bool, typer.Option("--now", help="End it now, not at the period's end.")
+    ] = False,
+    at: At = None,
+    as_json: Json = False,
+) -> None:
+    """Cancel at the period's end (or --now); the plan stays until what was paid ends."""
+    moment = _at(at)
+    _run(
+        org,
+        as_json,
+        lambda core, o: core.subscriptions.cancel(
+            o.id, at_period_end=not now, at=moment, actor=cli_actor()
+        ),
+    )
+
+
+@app.command()
+@handle_errors
+def resume(org: Org, at: At = None, as_json: Json = False) -> None:
+    """Withdraw a cancellation at the period's end, before that end."""
+    moment = _at(at)
+    _run(
+        org, as_json, lambda core, o: core.subscriptions.resume(o.id, at=moment, actor=cli_actor())
+    )
