@@ -1,30 +1,55 @@
 """Billing's refusals.
 
 DomainError
+├── NotFound
+│   └── InvoiceNotFound         (404) no such invoice in the organisation
 ├── Conflict
-│   └── InvalidTransition       (409) the subscription's status may not go where it was asked
+│   ├── InvalidTransition       (409) a subscription's or invoice's status may not go there
+│   ├── InvoiceNotDraft         (409) only a draft's lines may change
+│   ├── EmptyInvoice            (409) a draft without lines cannot be finalised
+│   └── NegativeInvoiceTotal    (409) a draft whose credits exceed its charges
 └── InvalidInput
     ├── NaiveDatetime           (422) a timestamp without a time zone
     ├── PeriodOutOfRange        (422) a period or trial before its anchor or past 9999-12-31
-    └── OutsidePeriod           (422) a moment outside the period it is prorated in
+    ├── OutsidePeriod           (422) a moment outside the period it is prorated in
+    └── InvalidInvoiceLine      (422) a line's description, amount or quantity is refused
 """
 
 from __future__ import annotations
 
-from saascore.kit.errors import Conflict, InvalidInput
+from saascore.kit.errors import Conflict, InvalidInput, NotFound
 
-__all__ = ["InvalidTransition", "NaiveDatetime", "OutsidePeriod", "PeriodOutOfRange"]
+__all__ = [
+    "EmptyInvoice",
+    "InvalidInvoiceLine",
+    "InvalidTransition",
+    "InvoiceNotDraft",
+    "InvoiceNotFound",
+    "NaiveDatetime",
+    "NegativeInvoiceTotal",
+    "OutsidePeriod",
+    "PeriodOutOfRange",
+]
 
 
 class InvalidTransition(Conflict):
-    """(409) The subscription's status may not change to the one asked for; nothing changed."""
+    """(409) The status (of a subscription, or of an invoice) may not change to the one asked
+    for; nothing changed."""
 
     code = "invalid_transition"
 
-    def __init__(self, current: str, target: str, trigger: str | None = None) -> None:
+    def __init__(
+        self,
+        current: str,
+        target: str,
+        trigger: str | None = None,
+        *,
+        subject: str = "subscription",
+    ) -> None:
         how = f" on {trigger!r}" if trigger is not None else ""
         super().__init__(
-            f"a subscription cannot go from {current} to {target}{how}",
+            f"{'an' if subject[0] in 'aeiou' else 'a'} {subject} cannot go from {current} to "
+            f"{target}{how}",
             current=current,
             target=target,
             **({"trigger": trigger} if trigger is not None else {}),
@@ -50,3 +75,33 @@ class OutsidePeriod(InvalidInput):
     """(422) The moment of a plan change lies outside the period being prorated."""
 
     code = "outside_period"
+
+
+class InvoiceNotFound(NotFound):
+    """(404) No invoice with this id (or number) in the organisation."""
+
+    code = "invoice_not_found"
+
+
+class InvoiceNotDraft(Conflict):
+    """(409) Lines are added and removed on a draft only; a finalised invoice is frozen."""
+
+    code = "invoice_not_draft"
+
+
+class EmptyInvoice(Conflict):
+    """(409) A draft without lines cannot be finalised."""
+
+    code = "empty_invoice"
+
+
+class NegativeInvoiceTotal(Conflict):
+    """(409) The draft's credits exceed its charges: a finalised invoice is never negative."""
+
+    code = "negative_invoice_total"
+
+
+class InvalidInvoiceLine(InvalidInput):
+    """(422) An invoice line's description, amount or quantity is refused, or too many lines."""
+
+    code = "invalid_invoice_line"
