@@ -123,15 +123,18 @@ class TestDrafts:
             notes_localized={"ar": "شكرا لكم", "fr-FR": "Merci"},
             session=session,
         )
-        assert draft.number is None and draft.status is InvoiceStatus.DRAFT
-        assert draft.issue_date is None and draft.due_date is None
+        assert draft.number is None
+        assert draft.status is InvoiceStatus.DRAFT
+        assert draft.issue_date is None
+        assert draft.due_date is None
         assert draft.currency == "USD"
         assert [(line.description, line.amount, line.tax_amount) for line in draft.lines] == [
             ("Setup", 2999, 450),  # 449.85 -> 450
             ("Seats", 3000, 450),
         ]
         assert (draft.subtotal, draft.tax_amount, draft.total) == (5999, 900, 6899)
-        assert draft.amount_due == 6899 and draft.amount_paid == 0
+        assert draft.amount_due == 6899
+        assert draft.amount_paid == 0
         assert draft.notes_localized == {"ar": "شكرا لكم", "fr-FR": "Merci"}
         stored = await invoices.get(org, draft.id, session=session)
         assert [line.position for line in stored.lines] == [0, 1]
@@ -190,17 +193,13 @@ class TestDrafts:
         with pytest.raises(UnknownCurrency):
             await invoices.create_draft(org, "XYZ", [("A", 1)], session=session)
         with pytest.raises(InvalidInvoiceLine, match="at most 200"):
-            await invoices.create_draft(
-                org, "USD", [("A", 1)] * (MAX_LINES + 1), session=session
-            )
+            await invoices.create_draft(org, "USD", [("A", 1)] * (MAX_LINES + 1), session=session)
         with pytest.raises(InvalidInput, match="locale"):
             await invoices.create_draft(
                 org, "USD", notes_localized={"not a locale": "x"}, session=session
             )
         with pytest.raises(InvalidInput):
-            await invoices.create_draft(
-                org, "USD", subscription_id=uuid.uuid4(), session=session
-            )
+            await invoices.create_draft(org, "USD", subscription_id=uuid.uuid4(), session=session)
         with pytest.raises(OrganizationNotFound):
             await invoices.create_draft(uuid.uuid4(), "USD", session=session)
 
@@ -225,7 +224,8 @@ class TestFinalize:
         second = await invoices.create_draft(org, "USD", [("B", 2000)], session=session)
         await invoices.finalize(org, second.id, session=session)
         await invoices.finalize(org, first.id, session=session)
-        assert second.number == "INV-2026-0001" and first.number == "INV-2026-0002"
+        assert second.number == "INV-2026-0001"
+        assert first.number == "INV-2026-0002"
         assert first.status is InvoiceStatus.OPEN
         assert first.issue_date == date(2026, 3, 10)
         assert first.due_date == date(2026, 3, 10) + timedelta(days=PER_ORG.invoice_due_days)
@@ -266,9 +266,7 @@ class TestFinalize:
         assert outbox[0].body["data"]["number"] == "INV-2026-0001"
         assert outbox[0].body["data"]["total"] == 500
         actions = (
-            await session.scalars(
-                sa.select(AuditLog.action).where(AuditLog.organization_id == org)
-            )
+            await session.scalars(sa.select(AuditLog.action).where(AuditLog.organization_id == org))
         ).all()
         assert {"invoice.finalized", "invoice.voided"} <= set(actions)
 
@@ -280,7 +278,8 @@ class TestFinalize:
         draft = await invoices.create_draft(org, "USD", session=session)
         with pytest.raises(EmptyInvoice):
             await invoices.finalize(org, draft.id, session=session)
-        assert draft.status is InvoiceStatus.DRAFT and draft.number is None
+        assert draft.status is InvoiceStatus.DRAFT
+        assert draft.number is None
 
     async def test_credits_reduce_the_total_and_tax(
         self, database: Database, session: AsyncSession
@@ -306,7 +305,8 @@ class TestFinalize:
         with pytest.raises(NegativeInvoiceTotal):
             await invoices.finalize(org, draft.id, session=session)
         stored = await invoices.get(org, draft.id, session=session)
-        assert stored.status is InvoiceStatus.DRAFT and stored.number is None
+        assert stored.status is InvoiceStatus.DRAFT
+        assert stored.number is None
         await invoices.add_line(org, draft.id, ("Plan", 1500), session=session)
         assert (await invoices.finalize(org, draft.id, session=session)).number == "INV-2026-0001"
         assert draft.total == 500
@@ -317,7 +317,8 @@ class TestFinalize:
         draft = await invoices.create_draft(org, "USD", [("A", 100)], session=session)
         await invoices.finalize(org, draft.id, session=session)
         voided = await invoices.void(org, draft.id, session=session)
-        assert voided.status is InvoiceStatus.VOID and voided.number == "INV-2026-0001"
+        assert voided.status is InvoiceStatus.VOID
+        assert voided.number == "INV-2026-0001"
         again = await invoices.create_draft(org, "USD", [("B", 100)], session=session)
         assert (await invoices.finalize(org, again.id, session=session)).number == "INV-2026-0002"
 
@@ -474,7 +475,8 @@ class TestConstraints:
                 await invoices.finalize(org, invoice_id, session=session)
                 session.expire_all()
                 stored = await invoices.get(org, invoice_id, session=session)
-                assert stored.number is not None and stored.total >= 0
+                assert stored.number is not None
+                assert stored.total >= 0
             for line, amount, exact in zip(stored.lines, amounts, exact_taxes, strict=True):
                 assert line.amount == amount
                 assert abs(line.tax_amount - exact) <= Fraction(1, 2)  # rounded once, per line

@@ -60,7 +60,10 @@ class Organization(TimestampMixin, Base):
     locale: Mapped[str] = mapped_column(sa.String(16), default="en")
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
     #: The tax rate of its invoices, in basis points (1500 = 15 %), set by an operator.
-    tax_rate_bps: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
+    #: The database's default only (no Python default), so that an INSERT leaves the column
+    #: out unless it is set: organisations are written the same way at earlier revisions.
+    #: Read it from a fresh SELECT (`locked_organization`), not from a just-inserted object.
+    tax_rate_bps: Mapped[int] = mapped_column(server_default=sa.text("0"))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: The organisation as a customer of its payment provider (seed 004's Stripe customer id),
     #: kept from the first checkout so later ones reuse it.
