@@ -97,6 +97,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "idempotent consumption, and the low-balance threshold.",
     },
     {
+        "name": "invoices",
+        "description": "Your organisation's invoices: drafts, open, paid, void and "
+        "uncollectible, with tax per line, gapless numbers and a computed `overdue`.",
+    },
+    {
         "name": "webhooks",
         "description": "Your webhook endpoints, the events they receive (signed per Standard "
         "Webhooks, retried with backoff) and each delivery's attempts.",
@@ -110,8 +115,8 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "name": "admin",
         "description": "For platform operators only (operator keys; a tenant's credentials "
         "get 403): organisations, plans and suspension, limit overrides, usage backfill, "
-        "credit grants and the plan catalog. Every change is audited with the operator as "
-        "the actor.",
+        "credit grants, invoices and tax rates, and the plan catalog. Every change is "
+        "audited with the operator as the actor.",
     },
 ]
 

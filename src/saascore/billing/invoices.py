@@ -66,6 +66,8 @@ __all__ = [
     "MAX_DESCRIPTION_LENGTH",
     "MAX_LINES",
     "MAX_NOTES_LENGTH",
+    "MAX_NOTE_LOCALES",
+    "MAX_QUANTITY",
     "InvoiceService",
     "InvoiceTotals",
     "LineItem",
