@@ -9,6 +9,7 @@ API keys and operator keys, verify the audit log.
     saascore orgs create Acme --plan pro
     saascore usage import events.jsonl # idempotent, resumable bulk ingest
     saascore credits verify            # check every ledger
+    saascore invoices create acme --line "Setup:29.99" && saascore invoices finalize ID
     saascore keys create --org acme --scopes usage:write,usage:read --name ingest
     saascore keys create --operator --name staff
     saascore audit verify              # walk every organisation's audit chain
@@ -52,6 +53,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "orgs": ("saascore.cli.orgs", "Organisations (tenants): create, list."),
     "usage": ("saascore.cli.usage", "Usage: report, import, sweep."),
     "credits": ("saascore.cli.credits", "Credits: grant, refill, balance, verify."),
+    "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),
