@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.kit.ids import new_id
 from saascore.kit.time import utcnow
 from saascore.models import (
     ApiKey,
@@ -87,6 +90,21 @@ async def create_organization(
     organization = await _save(session, Organization(plan_id=plan.id, **values))
     await _save(session, UsageLimits(organization_id=organization.id))
     return organization
+
+
+async def create_organization_row(
+    session: AsyncSession, *, plan: SubscriptionPlan | None = None
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """An organisation written with only the columns it had at revision 0001, for tests that
+    migrate up from an earlier revision: (its id, its plan's id)."""
+    if plan is None:
+        plan = await create_plan(session)
+    slug = random_code("org").replace("_", "-")
+    org_id = new_id()
+    await session.execute(
+        sa.insert(Organization).values(id=org_id, name=slug, slug=slug, plan_id=plan.id)
+    )
+    return org_id, plan.id
 
 
 async def create_user(

@@ -7,6 +7,7 @@ from typing import Any
 
 from saascore.audit.service import AuditService
 from saascore.billing.subscriptions import SubscriptionService
+from saascore.billing.invoices import InvoiceService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.events.bus import Event, EventBus
@@ -34,7 +35,8 @@ class Saascore:
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
-    `core.credits` and `core.subscriptions`; `core.events` is the bus they emit into.
+    `core.credits`, `core.subscriptions` and `core.invoices`; `core.events` is the bus they
+    emit into.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Saascore:
         self.webhooks = WebhookService(
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )
+        self.invoices = InvoiceService(self.database, self.settings, self.events)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,

@@ -99,12 +99,18 @@ async def _webhook_delivery(core: Saascore, a: TestTenant) -> uuid.UUID:
         return delivery.id
 
 
+async def _invoice(core: Saascore, a: TestTenant) -> uuid.UUID:
+    draft = await core.invoices.create_draft(a.organization_id, "USD", [("A's line", 100)])
+    return draft.id
+
+
 OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "key_id": _api_key,
     "user_id": _user,
     "reservation_id": _reservation,
     "endpoint_id": _webhook_endpoint,
     "delivery_id": _webhook_delivery,
+    "invoice_id": _invoice,
 }
 
 

@@ -28,6 +28,15 @@ NOT_ON_HTTP = {
     "credit_transaction_not_found": "`core.credits.refund` only",
     "not_refundable": "`core.credits.refund` only",
     "storage_underflow": "`update_storage_used` only",
+    "invoice_not_draft": "`core.invoices.add_line` and `remove_line` only",
+    # Billing's library, ahead of its routes (subscriptions, payments, the billing run).
+    "currency_mismatch": "`Money` arithmetic",
+    "invalid_amount": "`Money.parse`",
+    "invalid_proration": "`prorate`",
+    "unknown_locale": "`format_money`",
+    "naive_datetime": "billing periods",
+    "period_out_of_range": "billing periods",
+    "outside_period": "`prorate_change`",
 }
 
 

@@ -20,7 +20,7 @@ from saascore.audit import AuditService, ChainBreak, Origin
 from saascore.kit.db import Database
 from saascore.migrations import migrate
 from saascore.models import AuditLog
-from tests.factories import create_organization
+from tests.factories import create_organization, create_organization_row
 from tests.http import tenant
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -200,8 +200,8 @@ class TestMigration:
             {"text": "東京", "nested": {"z": {"y": [1, 2, {"x": 0.25}]}}},
             {},
         ]
-        async with database.transaction() as session:  # organisations are as at the head
-            org_id = (await create_organization(session)).id
+        async with database.transaction() as session:  # organisations as at 0004
+            org_id, _ = await create_organization_row(session)
         async with database.engine.begin() as connection:
             prev: str | None = None
             for seq, details in enumerate(values, start=1):

@@ -36,7 +36,7 @@ from saascore.models import (
     Subscription,
     SubscriptionStatus,
 )
-from tests.factories import create_organization, create_plan
+from tests.factories import create_organization, create_organization_row, create_plan
 
 AT = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
 ORG = uuid.UUID("01936f3a-0000-7000-8000-000000000001")
@@ -387,10 +387,10 @@ class TestMigration0008:
         self, empty_database: Database
     ) -> None:
         await migrate.upgrade(empty_database, "0007")
-        async with empty_database.transaction() as session:
-            org = await create_organization(session)
+        async with empty_database.transaction() as session:  # organisations as at 0007
+            org_id, plan_id = await create_organization_row(session)
             session.add_all(
-                [_subscription(org.id, org.plan_id, SubscriptionStatus.ACTIVE) for _ in range(2)]
+                [_subscription(org_id, plan_id, SubscriptionStatus.ACTIVE) for _ in range(2)]
             )
         with pytest.raises(RuntimeError, match="1 organisation\\(s\\) have more than one live"):
             await migrate.upgrade(empty_database)
@@ -399,7 +399,7 @@ class TestMigration0008:
         async with empty_database.transaction() as session:
             await session.execute(
                 sa.update(Subscription)
-                .where(Subscription.organization_id == org.id)
+                .where(Subscription.organization_id == org_id)
                 .values(status=SubscriptionStatus.CANCELED)
             )
         await migrate.upgrade(empty_database)

@@ -118,26 +118,49 @@ class TestNonNegative:
     async def test_invoice_total(self, session: AsyncSession) -> None:
         org = await create_organization(session)
         invoices = table(Invoice)
-        # subtotal - discount + tax = total holds, so only `total >= 0` is broken.
+        # The totals add up, so only `total >= 0` of an issued invoice is broken. A draft may
+        # be negative while it is built (a credit line before its charges).
         await accepted(
             session,
-            sa.insert(invoices).values(organization_id=org.id, currency="USD", subtotal=1, total=1),
+            sa.insert(invoices).values(
+                organization_id=org.id, currency="USD", subtotal=1, total=1, amount_due=1
+            ),
+        )
+        negative = {"subtotal": 0, "discount_amount": 1, "total": -1, "amount_due": -1}
+        await accepted(
+            session, sa.insert(invoices).values(organization_id=org.id, currency="USD", **negative)
         )
         await refused(
             session,
             sa.insert(invoices).values(
-                organization_id=org.id, currency="USD", subtotal=0, discount_amount=1, total=-1
+                organization_id=org.id, currency="USD", status="open", number="N-1", **negative
             ),
-            "ck_invoices_total_non_negative",
+            "ck_invoices_issued_totals_non_negative",
         )
-        assert await count(session, Invoice, Invoice.organization_id == org.id) == 1
+        assert await count(session, Invoice, Invoice.organization_id == org.id) == 2
+
+    async def test_invoice_amount_due_adds_up(self, session: AsyncSession) -> None:
+        org = await create_organization(session)
+        await refused(
+            session,
+            sa.insert(table(Invoice)).values(
+                organization_id=org.id, currency="USD", subtotal=10, total=10, amount_due=9
+            ),
+            "ck_invoices_due_adds_up",
+        )
+        assert await count(session, Invoice, Invoice.organization_id == org.id) == 0
 
     async def test_invoice_total_adds_up(self, session: AsyncSession) -> None:
         org = await create_organization(session)
         await refused(
             session,
             sa.insert(table(Invoice)).values(
-                organization_id=org.id, currency="USD", subtotal=10, tax_amount=2, total=11
+                organization_id=org.id,
+                currency="USD",
+                subtotal=10,
+                tax_amount=2,
+                total=11,
+                amount_due=11,
             ),
             "ck_invoices_total_adds_up",
         )

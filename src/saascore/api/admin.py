@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from saascore.billing.endpoints import create_subscription_admin_router
+from saascore.billing.endpoints import create_invoices_admin_router
 from saascore.credits.endpoints import create_credit_grants_admin_router
 from saascore.metering.endpoints import create_limits_admin_router, create_usage_admin_router
 from saascore.plans.endpoints import create_model_pricing_admin_router, create_plans_admin_router
@@ -28,6 +29,7 @@ def create_admin_router() -> APIRouter:
     router.include_router(create_usage_admin_router())
     router.include_router(create_credit_grants_admin_router())
     router.include_router(create_subscription_admin_router())
+    router.include_router(create_invoices_admin_router())
     router.include_router(create_plans_admin_router())
     router.include_router(create_model_pricing_admin_router())
     return router

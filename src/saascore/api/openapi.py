@@ -100,6 +100,9 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "name": "billing",
         "description": "Billing: your organisation's subscription, its plan, status and "
         "current period.",
+        "name": "invoices",
+        "description": "Your organisation's invoices: drafts, open, paid, void and "
+        "uncollectible, with tax per line, gapless numbers and a computed `overdue`.",
     },
     {
         "name": "webhooks",
@@ -115,8 +118,8 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "name": "admin",
         "description": "For platform operators only (operator keys; a tenant's credentials "
         "get 403): organisations, plans and suspension, limit overrides, usage backfill, "
-        "credit grants and the plan catalog. Every change is audited with the operator as "
-        "the actor.",
+        "credit grants, invoices and tax rates, and the plan catalog. Every change is "
+        "audited with the operator as the actor.",
     },
 ]
 

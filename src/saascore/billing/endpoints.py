@@ -1,19 +1,24 @@
-"""Subscription routes: the tenant's `GET /v1/subscription`, and the operators'
-`/v1/admin/organizations/{org_id}/subscription` (create, change the plan, cancel, resume).
-Every change is an event of `SubscriptionService`, audited with the operator as the actor."""
+"""Billing's routes. Tenants: `GET /v1/subscription` and `/v1/invoices` (`billing:read`).
+Operators, under `/v1/admin`: an organisation's subscription (create, change the plan, cancel,
+resume), invoices (drafts with lines, finalise, void, mark uncollectible) and an organisation's
+tax rate. Every change is an event of its service, audited with the operator as the actor."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Query, status
 
 from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
 from saascore.api.errors import error_responses
 from saascore.billing.errors import (
+    EmptyInvoice,
+    InvalidInvoiceLine,
     InvalidTransition,
+    InvoiceNotFound,
     NaiveDatetime,
+    NegativeInvoiceTotal,
     OutsidePeriod,
     PeriodEnded,
     PeriodOutOfRange,
@@ -21,22 +26,41 @@ from saascore.billing.errors import (
     SubscriptionExists,
     SubscriptionNotFound,
 )
+from saascore.billing.invoices import LineItem
 from saascore.billing.schemas import (
+    InvoiceDraftCreate,
+    InvoiceOut,
     SubscriptionCancel,
     SubscriptionCreate,
     SubscriptionOut,
     SubscriptionPlanChange,
     SubscriptionResume,
+    TaxRate,
 )
 from saascore.identity.endpoints import AUTH_ERRORS, OPERATOR_ERRORS
 from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
 from saascore.kit.errors import InvalidInput
+from saascore.kit.money import AmountOutOfRange, InvalidRate, UnknownCurrency
+from saascore.kit.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    InvalidCursor,
+    Page,
+    paginate,
+    uuid_cursor,
+)
+from saascore.models import InvoiceStatus
 from saascore.plans.errors import PlanNotFound
 from saascore.tenancy.errors import OrganizationNotFound
 
-__all__ = ["create_subscription_admin_router", "create_subscription_router"]
+__all__ = [
+    "create_invoices_admin_router",
+    "create_invoices_router",
+    "create_subscription_admin_router",
+    "create_subscription_router",
+]
 
 BillingReader = Annotated[Principal, Depends(require(Permission.BILLING_READ))]
 _PATH = "/organizations/{org_id}/subscription"
@@ -205,5 +229,193 @@ def create_subscription_admin_router() -> APIRouter:
             org_id, at=body.at, actor=operator.actor(origin), session=session
         )
         return SubscriptionOut.of(subscription)
+
+    return router
+
+
+def create_invoices_router() -> APIRouter:
+    """`/v1/invoices`: your organisation's invoices, drafts included."""
+    router = APIRouter(prefix="/v1/invoices", tags=["invoices"])
+
+    @router.get(
+        "",
+        summary="List invoices",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
+    )
+    async def list_invoices(
+        principal: BillingReader,
+        core: CoreDep,
+        invoice_status: Annotated[
+            InvoiceStatus | None,
+            Query(
+                alias="status",
+                description="Only invoices in this status; `overdue`: open and past due",
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> Page[InvoiceOut]:
+        """Your organisation's invoices, newest first, with their lines. `status=overdue`
+        lists open invoices past their due date (overdue is computed, never stored)."""
+        overdue = True if invoice_status is InvoiceStatus.OVERDUE else None
+        found = await core.invoices.list(
+            principal.tenant,
+            status=None if overdue else invoice_status,
+            overdue=overdue,
+            limit=limit + 1,
+            before=uuid_cursor(cursor),
+        )
+        items, next_cursor = paginate(found, limit, lambda invoice: invoice.id)
+        today = core.invoices.clock().date()
+        return Page(items=[InvoiceOut.of(i, today) for i in items], next_cursor=next_cursor)
+
+    @router.get(
+        "/{invoice_id}",
+        summary="Get an invoice",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvoiceNotFound),
+    )
+    async def get_invoice(
+        invoice_id: uuid.UUID, principal: BillingReader, core: CoreDep
+    ) -> InvoiceOut:
+        """One of your organisation's invoices with its lines, tax per line and totals;
+        another organisation's invoice is 404 `invoice_not_found`."""
+        invoice = await core.invoices.get(principal.tenant, invoice_id)
+        return InvoiceOut.of(invoice, core.invoices.clock().date())
+
+    return router
+
+
+def create_invoices_admin_router() -> APIRouter:
+    """`/v1/admin/...invoices`, for operators: drafts with lines, the changes of status and
+    an organisation's tax rate (audited with the operator as actor)."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.post(
+        "/organizations/{org_id}/invoices",
+        summary="Create a draft invoice",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_responses(
+            *OPERATOR_ERRORS,
+            OrganizationNotFound,
+            InvalidInput,
+            InvalidInvoiceLine,
+            UnknownCurrency,
+            AmountOutOfRange,
+        ),
+    )
+    async def create_invoice(
+        org_id: uuid.UUID,
+        body: InvoiceDraftCreate,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> InvoiceOut:
+        """A draft invoice for the organisation with one-off lines (a negative
+        `unit_amount` is a credit), taxed at its rate. It has no number until finalised."""
+        invoice = await core.invoices.create_draft(
+            org_id,
+            body.currency,
+            [LineItem(line.description, line.unit_amount, line.quantity) for line in body.lines],
+            notes=body.notes,
+            notes_localized=body.notes_localized,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        return InvoiceOut.of(invoice, core.invoices.clock().date())
+
+    async def _change(
+        action: str,
+        invoice_id: uuid.UUID,
+        operator: Principal,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> InvoiceOut:
+        found = await core.invoices.get(None, invoice_id, session=session)
+        change = {
+            "finalize": core.invoices.finalize,
+            "void": core.invoices.void,
+            "uncollectible": core.invoices.mark_uncollectible,
+        }[action]
+        invoice = await change(
+            found.organization_id, invoice_id, actor=operator.actor(origin), session=session
+        )
+        return InvoiceOut.of(invoice, core.invoices.clock().date())
+
+    @router.post(
+        "/invoices/{invoice_id}/finalize",
+        summary="Finalize an invoice",
+        responses=error_responses(
+            *OPERATOR_ERRORS,
+            InvoiceNotFound,
+            InvalidTransition,
+            EmptyInvoice,
+            NegativeInvoiceTotal,
+        ),
+    )
+    async def finalize_invoice(
+        invoice_id: uuid.UUID,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> InvoiceOut:
+        """`draft -> open`: the totals are frozen at the organisation's tax rate, the invoice
+        takes its gapless number and its due date (`invoice.finalized`)."""
+        return await _change("finalize", invoice_id, operator, core, session, origin)
+
+    @router.post(
+        "/invoices/{invoice_id}/void",
+        summary="Void an invoice",
+        responses=error_responses(*OPERATOR_ERRORS, InvoiceNotFound, InvalidTransition),
+    )
+    async def void_invoice(
+        invoice_id: uuid.UUID,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> InvoiceOut:
+        """`open -> void` (or `uncollectible -> void`): nothing is owed; the invoice keeps
+        its number (`invoice.voided`)."""
+        return await _change("void", invoice_id, operator, core, session, origin)
+
+    @router.post(
+        "/invoices/{invoice_id}/uncollectible",
+        summary="Mark an invoice uncollectible",
+        responses=error_responses(*OPERATOR_ERRORS, InvoiceNotFound, InvalidTransition),
+    )
+    async def mark_invoice_uncollectible(
+        invoice_id: uuid.UUID,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> InvoiceOut:
+        """`open -> uncollectible`: written off, yet it may still be paid or voided."""
+        return await _change("uncollectible", invoice_id, operator, core, session, origin)
+
+    @router.put(
+        "/organizations/{org_id}/tax-rate",
+        summary="Set an organisation's tax rate",
+        responses=error_responses(
+            *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, InvalidRate
+        ),
+    )
+    async def set_tax_rate(
+        org_id: uuid.UUID,
+        body: TaxRate,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> TaxRate:
+        """The tax rate of the organisation's invoices, in basis points: its drafts take it
+        when they change or are finalised; issued invoices keep theirs."""
+        organization = await core.invoices.set_tax_rate(
+            org_id, body.tax_rate_bps, actor=operator.actor(origin), session=session
+        )
+        return TaxRate(tax_rate_bps=organization.tax_rate_bps)
 
     return router

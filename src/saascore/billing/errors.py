@@ -2,17 +2,22 @@
 
 DomainError
 ├── NotFound
-│   └── SubscriptionNotFound    (404) the organisation has no subscription
+│   ├── SubscriptionNotFound    (404) the organisation has no subscription
+│   └── InvoiceNotFound         (404) no such invoice in the organisation
 ├── AlreadyExists
 │   └── SubscriptionExists      (409) the organisation already has a live subscription
 ├── Conflict
-│   ├── InvalidTransition       (409) the subscription's status may not go where it was asked
-│   └── PeriodEnded             (409) too late: the period the request is about has ended
+│   ├── InvalidTransition       (409) a subscription's or invoice's status may not go there
+│   ├── PeriodEnded             (409) too late: the period the request is about has ended
+│   ├── InvoiceNotDraft         (409) only a draft's lines may change
+│   ├── EmptyInvoice            (409) a draft without lines cannot be finalised
+│   └── NegativeInvoiceTotal    (409) a draft whose credits exceed its charges
 └── InvalidInput
     ├── PlanPriceMissing        (422) the plan has no price for that cycle and currency
     ├── NaiveDatetime           (422) a timestamp without a time zone
     ├── PeriodOutOfRange        (422) a period or trial before its anchor or past 9999-12-31
-    └── OutsidePeriod           (422) a moment outside the period it is prorated in
+    ├── OutsidePeriod           (422) a moment outside the period it is prorated in
+    └── InvalidInvoiceLine      (422) a line's description, amount or quantity is refused
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from __future__ import annotations
 from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
 __all__ = [
+    "EmptyInvoice",
+    "InvalidInvoiceLine",
     "InvalidTransition",
+    "InvoiceNotDraft",
+    "InvoiceNotFound",
     "NaiveDatetime",
+    "NegativeInvoiceTotal",
     "OutsidePeriod",
     "PeriodEnded",
     "PeriodOutOfRange",
@@ -32,14 +42,23 @@ __all__ = [
 
 
 class InvalidTransition(Conflict):
-    """(409) The subscription's status may not change to the one asked for; nothing changed."""
+    """(409) The status (of a subscription, or of an invoice) may not change to the one asked
+    for; nothing changed."""
 
     code = "invalid_transition"
 
-    def __init__(self, current: str, target: str, trigger: str | None = None) -> None:
+    def __init__(
+        self,
+        current: str,
+        target: str,
+        trigger: str | None = None,
+        *,
+        subject: str = "subscription",
+    ) -> None:
         how = f" on {trigger!r}" if trigger is not None else ""
         super().__init__(
-            f"a subscription cannot go from {current} to {target}{how}",
+            f"{'an' if subject[0] in 'aeiou' else 'a'} {subject} cannot go from {current} to "
+            f"{target}{how}",
             current=current,
             target=target,
             **({"trigger": trigger} if trigger is not None else {}),
@@ -89,3 +108,33 @@ class PlanPriceMissing(InvalidInput):
     """(422) The plan has no active price for that billing cycle and currency."""
 
     code = "plan_price_missing"
+
+
+class InvoiceNotFound(NotFound):
+    """(404) No invoice with this id (or number) in the organisation."""
+
+    code = "invoice_not_found"
+
+
+class InvoiceNotDraft(Conflict):
+    """(409) Lines are added and removed on a draft only; a finalised invoice is frozen."""
+
+    code = "invoice_not_draft"
+
+
+class EmptyInvoice(Conflict):
+    """(409) A draft without lines cannot be finalised."""
+
+    code = "empty_invoice"
+
+
+class NegativeInvoiceTotal(Conflict):
+    """(409) The draft's credits exceed its charges: a finalised invoice is never negative."""
+
+    code = "negative_invoice_total"
+
+
+class InvalidInvoiceLine(InvalidInput):
+    """(422) An invoice line's description, amount or quantity is refused, or too many lines."""
+
+    code = "invalid_invoice_line"

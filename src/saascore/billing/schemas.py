@@ -1,25 +1,41 @@
-"""Request and response bodies of the subscription routes."""
+"""Request and response bodies of billing's routes: the subscription (`/v1/subscription`),
+invoices (`/v1/invoices`) and their operators' routes. Amounts are integers of minor units of
+the currency (docs/billing.md, "Money")."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import date, datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from saascore.billing.invoices import (
+    MAX_DESCRIPTION_LENGTH,
+    MAX_LINES,
+    MAX_NOTE_LOCALES,
+    MAX_NOTES_LENGTH,
+    MAX_QUANTITY,
+    is_overdue,
+)
 from saascore.billing.subscriptions import MAX_TRIAL_DAYS, SCHEDULED
-from saascore.kit.inputs import StrictInt
+from saascore.kit.inputs import INT64_MAX, StrictInt
+from saascore.kit.money import MAX_BASIS_POINTS
 from saascore.kit.validation import Instant
-from saascore.models import Subscription, SubscriptionStatus
+from saascore.models import Invoice, InvoiceLine, InvoiceStatus, Subscription, SubscriptionStatus
 from saascore.models.catalog import BillingCycle
 
 __all__ = [
+    "InvoiceDraftCreate",
+    "InvoiceLineIn",
+    "InvoiceLineOut",
+    "InvoiceOut",
     "SubscriptionCancel",
     "SubscriptionCreate",
     "SubscriptionOut",
     "SubscriptionPlanChange",
     "SubscriptionResume",
+    "TaxRate",
 ]
 
 _AT = "When it happens (ISO 8601 with a time zone); now when left out"
@@ -120,3 +136,166 @@ class SubscriptionOut(BaseModel):
             ends_at=subscription.ends_at,
             scheduled_plan=scheduled["plan"] if scheduled else None,
         )
+
+
+_TEXT = r"^[^\x00]*$"
+Note = Annotated[str, StringConstraints(max_length=MAX_NOTES_LENGTH, pattern=_TEXT)]
+LocaleKey = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+
+
+class InvoiceLineOut(BaseModel):
+    """One line: `amount = unit_amount * quantity` (negative for a credit), its discount and
+    its tax each rounded once, and `total = amount - discount_amount + tax_amount`."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID = Field(description="The line's id")
+    position: int = Field(description="The line's place on the invoice, from 0", examples=[0])
+    description: str = Field(description="What the line is for", examples=["Pro plan, March"])
+    quantity: int = Field(description="How many units", examples=[1])
+    unit_amount: int = Field(description="The price of one unit, in minor units", examples=[2999])
+    amount: int = Field(description="`unit_amount * quantity`, in minor units", examples=[2999])
+    discount_amount: int = Field(description="The line's discount, in minor units", examples=[0])
+    tax_amount: int = Field(description="The line's tax, in minor units", examples=[450])
+    total: int = Field(description="`amount - discount_amount + tax_amount`", examples=[3449])
+    period_start: datetime | None = Field(default=None, description="The period it covers")
+    period_end: datetime | None = Field(default=None, description="The end of that period")
+
+    @classmethod
+    def of(cls, line: InvoiceLine) -> InvoiceLineOut:
+        return cls(
+            id=line.id,
+            position=line.position,
+            description=line.description,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount=line.amount,
+            discount_amount=line.discount_amount,
+            tax_amount=line.tax_amount,
+            total=line.amount - line.discount_amount + line.tax_amount,
+            period_start=line.period_start,
+            period_end=line.period_end,
+        )
+
+
+class InvoiceOut(BaseModel):
+    """An invoice. `total = subtotal - discount_amount + tax_amount` and
+    `amount_due = total - amount_paid`, always; amounts are minor units of `currency`."""
+
+    id: uuid.UUID = Field(description="The invoice's id")
+    number: str | None = Field(
+        description="The gapless number, given at finalisation; null for a draft",
+        examples=["INV-2026-0001"],
+    )
+    status: InvoiceStatus = Field(
+        description="`draft`, `open`, `paid`, `void` or `uncollectible`", examples=["open"]
+    )
+    overdue: bool = Field(
+        description="Open and past its due date (computed, never a status)", examples=[False]
+    )
+    currency: str = Field(description="ISO 4217 currency code", examples=["USD"])
+    subscription_id: uuid.UUID | None = Field(
+        default=None, description="The subscription it bills, if any"
+    )
+    issue_date: date | None = Field(default=None, description="The day it was finalised")
+    due_date: date | None = Field(default=None, description="The day it falls due")
+    paid_at: datetime | None = Field(default=None, description="When it was paid in full")
+    period_start: datetime | None = Field(default=None, description="The period it bills")
+    period_end: datetime | None = Field(default=None, description="The end of that period")
+    subtotal: int = Field(description="The sum of the lines' amounts", examples=[2999])
+    discount_amount: int = Field(description="The sum of the lines' discounts", examples=[0])
+    tax_rate_bps: int = Field(description="The tax rate, in basis points", examples=[1500])
+    tax_amount: int = Field(description="The sum of the lines' taxes", examples=[450])
+    total: int = Field(description="`subtotal - discount_amount + tax_amount`", examples=[3449])
+    amount_paid: int = Field(description="What has been paid", examples=[0])
+    amount_due: int = Field(description="`total - amount_paid`", examples=[3449])
+    locale: str = Field(description="The locale the invoice is shown in", examples=["en"])
+    notes: str | None = Field(default=None, description="Notes shown on the invoice")
+    notes_localized: dict[str, str] = Field(
+        description="Notes in other languages, by locale", examples=[{"ar": "شكرا لكم"}]
+    )
+    lines: list[InvoiceLineOut] = Field(description="The lines, in order")
+    created_at: datetime = Field(description="When the draft was made")
+
+    @classmethod
+    def of(cls, invoice: Invoice, today: date) -> InvoiceOut:
+        return cls(
+            id=invoice.id,
+            number=invoice.number,
+            status=invoice.status,
+            overdue=is_overdue(invoice, today),
+            currency=invoice.currency,
+            subscription_id=invoice.subscription_id,
+            issue_date=invoice.issue_date,
+            due_date=invoice.due_date,
+            paid_at=invoice.paid_at,
+            period_start=invoice.period_start,
+            period_end=invoice.period_end,
+            subtotal=invoice.subtotal,
+            discount_amount=invoice.discount_amount,
+            tax_rate_bps=invoice.tax_rate_bps,
+            tax_amount=invoice.tax_amount,
+            total=invoice.total,
+            amount_paid=invoice.amount_paid,
+            amount_due=invoice.amount_due,
+            locale=invoice.locale,
+            notes=invoice.notes,
+            notes_localized=dict(invoice.notes_localized or {}),
+            lines=[InvoiceLineOut.of(line) for line in invoice.lines],
+            created_at=invoice.created_at,
+        )
+
+
+class InvoiceLineIn(BaseModel):
+    """A line to put on a draft: a negative `unit_amount` is a credit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(
+        min_length=1,
+        max_length=MAX_DESCRIPTION_LENGTH,
+        description="What the line is for (no control characters)",
+        examples=["Onboarding workshop"],
+    )
+    unit_amount: StrictInt = Field(
+        ge=-INT64_MAX,
+        le=INT64_MAX,
+        description="The price of one unit, in minor units of the invoice's currency",
+        examples=[50000],
+    )
+    quantity: StrictInt = Field(
+        default=1, ge=1, le=MAX_QUANTITY, description="How many units", examples=[1]
+    )
+
+
+class InvoiceDraftCreate(BaseModel):
+    """A draft invoice with one-off lines; it gets a number when it is finalised."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str = Field(
+        min_length=3, max_length=3, description="ISO 4217 currency code", examples=["USD"]
+    )
+    lines: list[InvoiceLineIn] = Field(
+        default_factory=list, max_length=MAX_LINES, description="The lines, in order"
+    )
+    notes: Note | None = Field(default=None, description="Notes shown on the invoice")
+    notes_localized: dict[LocaleKey, Note] = Field(
+        default_factory=dict,
+        max_length=MAX_NOTE_LOCALES,
+        description="Notes in other languages, by locale",
+        examples=[{"ar": "شكرا لكم"}],
+    )
+
+
+class TaxRate(BaseModel):
+    """An organisation's tax rate, applied to each line of its invoices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tax_rate_bps: StrictInt = Field(
+        ge=0,
+        le=MAX_BASIS_POINTS,
+        description="Basis points: 1500 is 15 %, 0 no tax",
+        examples=[1500],
+    )

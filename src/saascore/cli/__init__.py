@@ -9,6 +9,7 @@ API keys and operator keys, verify the audit log.
     saascore orgs create Acme --plan pro
     saascore usage import events.jsonl # idempotent, resumable bulk ingest
     saascore credits verify            # check every ledger
+    saascore invoices create acme --line "Setup:29.99" && saascore invoices finalize ID
     saascore keys create --org acme --scopes usage:write,usage:read --name ingest
     saascore keys create --operator --name staff
     saascore audit verify              # walk every organisation's audit chain
@@ -59,6 +60,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "saascore.cli.subscriptions",
         "Subscriptions: create, show, change-plan, cancel, resume.",
     ),
+    "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),

@@ -8,7 +8,7 @@ audit entry's `details` as well as the webhook's `data`.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, ClassVar
 
 from pydantic import ConfigDict, Field
@@ -29,6 +29,9 @@ __all__ = [
     "CreditsExpired",
     "CreditsGranted",
     "CreditsLow",
+    "InvoiceFinalized",
+    "InvoiceMarkedUncollectible",
+    "InvoiceVoided",
     "LimitOverridden",
     "LimitOverrideCleared",
     "OperatorKeyRevoked",
@@ -36,6 +39,7 @@ __all__ = [
     "OrganizationPlanChanged",
     "OrganizationResumed",
     "OrganizationSuspended",
+    "OrganizationTaxRateChanged",
     "OrganizationUpdated",
     "SubscriptionCanceled",
     "SubscriptionCreated",
@@ -105,6 +109,48 @@ class LimitOverrideCleared(_FromTo):
     target_type: ClassVar[str | None] = "limit"
     metric: str
     from_: dict[str, Any] | None = Field(alias="from")
+
+
+# --- invoices ------------------------------------------------------------------------------------
+class _InvoiceEvent(EventPayload):
+    target_type: ClassVar[str | None] = "invoice"
+    invoice_id: uuid.UUID = Field(description="The invoice's id")
+    number: str = Field(description="The invoice's number", examples=["INV-2026-0001"])
+    currency: str = Field(description="ISO 4217 currency code", examples=["USD"])
+    total: int = Field(description="The total, in minor units of the currency", examples=[3449])
+    amount_due: int = Field(
+        description="What is left to pay, in minor units of the currency", examples=[3449]
+    )
+
+
+class InvoiceFinalized(_InvoiceEvent):
+    """A draft invoice was finalised: it has its number and is open for payment."""
+
+    type: ClassVar[str] = "invoice.finalized"
+    due_date: date = Field(description="The day the invoice falls due")
+
+
+class InvoiceVoided(_InvoiceEvent):
+    """An open invoice was voided: nothing is owed on it; it keeps its number."""
+
+    type: ClassVar[str] = "invoice.voided"
+
+
+class OrganizationTaxRateChanged(_FromTo):
+    """An operator set the organisation's tax rate (basis points)."""
+
+    type: ClassVar[str] = "organization.tax_rate_changed"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "organization"
+    from_: int = Field(alias="from")
+    to: int
+
+
+class InvoiceMarkedUncollectible(_InvoiceEvent):
+    """An operator wrote an open invoice off as uncollectible."""
+
+    type: ClassVar[str] = "invoice.marked_uncollectible"
+    public: ClassVar[bool] = False
 
 
 # --- credits -------------------------------------------------------------------------------------
@@ -470,6 +516,10 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         CreditsLow,
         CreditsExpired,
         CreditLowThresholdChanged,
+        InvoiceFinalized,
+        InvoiceVoided,
+        InvoiceMarkedUncollectible,
+        OrganizationTaxRateChanged,
         OrganizationCreated,
         OrganizationUpdated,
         OrganizationPlanChanged,

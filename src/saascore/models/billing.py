@@ -200,6 +200,8 @@ class Invoice(TenantMixin, TimestampMixin, Base):
     period_end: Mapped[datetime | None]
     subtotal: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     discount_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: The organisation's tax rate the lines' taxes were computed at, in basis points.
+    tax_rate_bps: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     tax_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     total: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     amount_paid: Mapped[int] = mapped_column(sa.BigInteger, default=0)
@@ -219,10 +221,16 @@ class Invoice(TenantMixin, TimestampMixin, Base):
     __table_args__ = (
         sa.UniqueConstraint("organization_id", "number"),
         tenant_fk("subscription_id", "subscriptions"),
-        *non_negative(
-            "subtotal", "discount_amount", "tax_amount", "total", "amount_paid", "amount_due"
-        ),
+        *non_negative("discount_amount", "amount_paid", "tax_rate_bps"),
         sa.CheckConstraint("total = subtotal - discount_amount + tax_amount", name="total_adds_up"),
+        sa.CheckConstraint("amount_due = total - amount_paid", name="due_adds_up"),
+        # A draft may hold more credit lines than charges while it is being built; an issued
+        # invoice never owes a negative amount, and is never paid above its total.
+        sa.CheckConstraint(
+            "status = 'draft' OR (subtotal >= 0 AND tax_amount >= 0 AND total >= 0 "
+            "AND amount_due >= 0)",
+            name="issued_totals_non_negative",
+        ),
         # Seed 003's names.
         sa.Index("idx_invoice_tenant_status", "organization_id", "status"),
         sa.Index("idx_invoice_due_date_status", "due_date", "status"),
@@ -243,7 +251,14 @@ class InvoiceLine(TenantMixin, Base):
     metric: Mapped[str | None] = mapped_column(sa.String(100))
     quantity: Mapped[int] = mapped_column(sa.BigInteger, default=1)
     unit_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: `quantity * unit_amount`, in minor units: negative for a credit (a proration credit).
     amount: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    #: The line's discount, rounded once (0 until coupons come).
+    discount_amount: Mapped[int] = mapped_column(
+        sa.BigInteger, default=0, server_default=sa.text("0")
+    )
+    #: The line's tax, `apply_rate(amount - discount_amount, rate)`, rounded once.
+    tax_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
     period_start: Mapped[datetime | None]
     period_end: Mapped[datetime | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)

@@ -59,6 +59,11 @@ class Organization(TimestampMixin, Base):
     country: Mapped[str | None] = mapped_column(sa.String(2))
     locale: Mapped[str] = mapped_column(sa.String(16), default="en")
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
+    #: The tax rate of its invoices, in basis points (1500 = 15 %), set by an operator.
+    #: The database's default only (no Python default), so that an INSERT leaves the column
+    #: out unless it is set: organisations are written the same way at earlier revisions.
+    #: Read it from a fresh SELECT (`locked_organization`), not from a just-inserted object.
+    tax_rate_bps: Mapped[int] = mapped_column(server_default=sa.text("0"))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: The organisation as a customer of its payment provider (seed 004's Stripe customer id),
     #: kept from the first checkout so later ones reuse it.
@@ -72,6 +77,7 @@ class Organization(TimestampMixin, Base):
 
     __table_args__ = (
         sa.CheckConstraint("length(currency) = 3", name="currency_iso"),
+        sa.CheckConstraint("tax_rate_bps BETWEEN 0 AND 100000", name="tax_rate_bps_range"),
         sa.UniqueConstraint("billing_provider", "provider_customer_id"),
     )
 

@@ -1,0 +1,749 @@
+"""Invoices: drafts with lines, tax per line, finalisation with a gapless number, void and
+uncollectible (docs/billing.md, "Invoices").
+
+- A **draft** has no number. Its lines (one-off items, plan fees, proration credits, which are
+  negative) may be added and removed; every change recomputes its totals.
+- **Totals** are computed by `compute_totals`, a pure function: each line is rounded once
+  (its discount, then its tax on what is left, half up, with `apply_rate`), and the invoice's
+  subtotal, discount, tax and total are sums of the rounded lines, never rounded again.
+  `total = subtotal - discount + tax` and `amount_due = total - amount_paid` always hold,
+  and the database checks both.
+- **Finalising** (`draft -> open`) recomputes the draft at its organisation's tax rate, freezes
+  the totals, sets the issue and due dates and takes the next number of its series last, in
+  the same transaction. An empty draft, or one whose credits exceed its charges (a negative
+  total), is refused: a finalised invoice never owes a negative amount.
+- Every other change of status follows `INVOICE_TRANSITIONS`; anything else is refused with
+  `InvalidTransition` (409, `invalid_transition`).
+- **Overdue** is computed, never stored: an open invoice whose due date has passed
+  (`is_overdue`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from types import MappingProxyType
+from typing import Any, Final
+
+import sqlalchemy as sa
+from babel import Locale, UnknownLocaleError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from saascore.audit.service import AuditService, audited_bus
+from saascore.billing.errors import (
+    EmptyInvoice,
+    InvalidInvoiceLine,
+    InvalidTransition,
+    InvoiceNotDraft,
+    InvoiceNotFound,
+    NegativeInvoiceTotal,
+)
+from saascore.billing.numbering import allocate_invoice_number
+from saascore.billing.periods import Period
+from saascore.config import Settings
+from saascore.events.bus import EventBus
+from saascore.events.catalog import (
+    InvoiceFinalized,
+    InvoiceMarkedUncollectible,
+    InvoiceVoided,
+    OrganizationTaxRateChanged,
+)
+from saascore.kit.actors import SYSTEM, Actor
+from saascore.kit.db import Database
+from saascore.kit.errors import InvalidInput
+from saascore.kit.money import BasisPoints, Money, apply_rate
+from saascore.kit.time import utcnow
+from saascore.kit.validation import checked_instant
+from saascore.models import Invoice, InvoiceLine, InvoiceStatus, Organization, Subscription
+from saascore.tenancy.errors import OrganizationNotFound
+from saascore.tenancy.service import locked_organization
+
+__all__ = [
+    "INVOICE_TRANSITIONS",
+    "MAX_DESCRIPTION_LENGTH",
+    "MAX_LINES",
+    "MAX_NOTES_LENGTH",
+    "MAX_NOTE_LOCALES",
+    "MAX_QUANTITY",
+    "InvoiceService",
+    "InvoiceTotals",
+    "LineItem",
+    "LineTotals",
+    "check_invoice_transition",
+    "compute_totals",
+    "is_overdue",
+    "line_totals",
+]
+
+#: The most lines one invoice holds.
+MAX_LINES: Final = 200
+#: The longest description of a line, in characters.
+MAX_DESCRIPTION_LENGTH: Final = 500
+#: The longest notes, in characters (per locale).
+MAX_NOTES_LENGTH: Final = 5000
+#: The most locales of localized notes.
+MAX_NOTE_LOCALES: Final = 20
+#: The largest quantity of one line.
+MAX_QUANTITY: Final = 1_000_000_000
+
+S = InvoiceStatus
+
+#: status -> {status it may go to: what takes it there}. Everything else is refused.
+INVOICE_TRANSITIONS: Final[Mapping[InvoiceStatus, Mapping[InvoiceStatus, str]]] = MappingProxyType(
+    {
+        S.DRAFT: MappingProxyType({S.OPEN: "finalize"}),
+        S.OPEN: MappingProxyType(
+            {S.PAID: "paid in full", S.VOID: "void", S.UNCOLLECTIBLE: "mark uncollectible"}
+        ),
+        # Seed 003 stored "overdue"; saascore computes it, but such rows behave as open.
+        S.OVERDUE: MappingProxyType(
+            {S.PAID: "paid in full", S.VOID: "void", S.UNCOLLECTIBLE: "mark uncollectible"}
+        ),
+        # Written off, an invoice may still be paid after all, or voided.
+        S.UNCOLLECTIBLE: MappingProxyType({S.PAID: "paid in full", S.VOID: "void"}),
+        S.PAID: MappingProxyType({}),
+        S.VOID: MappingProxyType({}),
+        S.REFUNDED: MappingProxyType({}),
+    }
+)
+
+_OPEN_STATUSES: Final = (S.OPEN, S.OVERDUE)
+
+
+def check_invoice_transition(current: InvoiceStatus, target: InvoiceStatus) -> None:
+    """Nothing when `INVOICE_TRANSITIONS` allows `current -> target`, else
+    `InvalidTransition`."""
+    current, target = InvoiceStatus(current), InvoiceStatus(target)
+    if target not in INVOICE_TRANSITIONS[current]:
+        raise InvalidTransition(current.value, target.value, subject="invoice")
+
+
+def is_overdue(invoice: Invoice, today: date) -> bool:
+    """An open invoice whose due date is before `today` (a computed state, never stored)."""
+    return (
+        invoice.status in _OPEN_STATUSES
+        and invoice.due_date is not None
+        and invoice.due_date < today
+    )
+
+
+# --- totals: pure ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LineTotals:
+    """One line's amounts, each rounded once: `amount - discount + tax` is the line's total."""
+
+    amount: Money
+    discount: Money
+    tax: Money
+
+    @property
+    def total(self) -> Money:
+        return self.amount - self.discount + self.tax
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceTotals:
+    """An invoice's totals: sums of its rounded lines, never rounded again."""
+
+    lines: tuple[LineTotals, ...]
+    subtotal: Money
+    discount: Money
+    tax: Money
+    total: Money
+
+
+def line_totals(
+    amount: Money, tax_rate: BasisPoints, discount_rate: BasisPoints | None = None
+) -> LineTotals:
+    """A line's discount (`apply_rate(amount, discount_rate)`) and its tax on what is left
+    (`apply_rate(amount - discount, tax_rate)`), each rounded once, half up. A credit (a
+    negative amount) gets the negative of the charge's discount and tax."""
+    discount = (
+        apply_rate(amount, discount_rate)
+        if discount_rate is not None
+        else Money.zero(amount.currency)
+    )
+    return LineTotals(amount=amount, discount=discount, tax=apply_rate(amount - discount, tax_rate))
+
+
+def compute_totals(
+    currency: str,
+    amounts: Sequence[Money],
+    tax_rate: BasisPoints,
+    discount_rate: BasisPoints | None = None,
+) -> InvoiceTotals:
+    """The totals of lines of `amounts` at `tax_rate` (and `discount_rate`, none until coupons
+    come): each line rounded once, the invoice's amounts the sums of the lines'."""
+    lines = tuple(line_totals(amount, tax_rate, discount_rate) for amount in amounts)
+    zero = Money.zero(currency)
+    subtotal = sum((line.amount for line in lines), zero)
+    discount = sum((line.discount for line in lines), zero)
+    tax = sum((line.tax for line in lines), zero)
+    return InvoiceTotals(
+        lines=lines, subtotal=subtotal, discount=discount, tax=tax, total=subtotal - discount + tax
+    )
+
+
+# --- input ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LineItem:
+    """A line to add: a description, a unit amount (a `Money`, or minor units of the
+    invoice's currency; negative for a credit) and a quantity (at least 1)."""
+
+    description: str
+    unit_amount: Money | int
+    quantity: int = 1
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    metric: str | None = None
+
+
+LineInput = LineItem | tuple[str, Money | int] | tuple[str, Money | int, int]
+
+
+def _line_item(line: LineInput) -> LineItem:
+    if isinstance(line, LineItem):
+        return line
+    if isinstance(line, tuple) and len(line) in (2, 3):
+        return LineItem(*line)
+    raise InvalidInvoiceLine(
+        "a line is a LineItem or a tuple (description, amount[, quantity])", field="lines"
+    )
+
+
+def _description(text: object) -> str:
+    if not isinstance(text, str):
+        raise InvalidInvoiceLine("a line's description must be text", field="description")
+    text = text.strip()
+    if not text:
+        raise InvalidInvoiceLine("a line needs a description", field="description")
+    if len(text) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInvoiceLine(
+            f"a line's description is at most {MAX_DESCRIPTION_LENGTH} characters",
+            field="description",
+        )
+    if any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in text):
+        raise InvalidInvoiceLine(
+            "a line's description may not hold control characters", field="description"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInvoiceLine(
+            "a line's description is not valid Unicode", field="description"
+        ) from None
+    return text
+
+
+def _quantity(quantity: object) -> int:
+    if not isinstance(quantity, int) or isinstance(quantity, bool):
+        raise InvalidInvoiceLine("a line's quantity must be an integer", field="quantity")
+    if not 1 <= quantity <= MAX_QUANTITY:
+        raise InvalidInvoiceLine(
+            f"a line's quantity is 1 to {MAX_QUANTITY}, not {quantity}", field="quantity"
+        )
+    return quantity
+
+
+def _unit_amount(amount: object, currency: str) -> Money:
+    if isinstance(amount, Money):
+        if amount.currency != currency:
+            raise InvalidInvoiceLine(
+                f"a {amount.currency} line on a {currency} invoice",
+                field="unit_amount",
+                currency=amount.currency,
+            )
+        return amount
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise InvalidInvoiceLine(
+            "a line's amount is a Money or an integer of minor units", field="unit_amount"
+        )
+    return Money(amount, currency)
+
+
+def _checked_line(line: LineInput, currency: str) -> tuple[LineItem, Money, Money]:
+    """The line checked, its unit amount and its amount (`unit * quantity`, within int64)."""
+    item = _line_item(line)
+    quantity = _quantity(item.quantity)
+    unit = _unit_amount(item.unit_amount, currency)
+    for moment, name in ((item.period_start, "period_start"), (item.period_end, "period_end")):
+        if moment is not None:
+            checked_instant(moment, field=name)
+    if item.period_start and item.period_end and item.period_end < item.period_start:
+        raise InvalidInvoiceLine("a line's period ends before it starts", field="period_end")
+    item = LineItem(
+        _description(item.description),
+        unit,
+        quantity,
+        item.period_start,
+        item.period_end,
+        item.metric,
+    )
+    return item, unit, unit * quantity
+
+
+def _notes(notes: str | None) -> str | None:
+    if notes is None:
+        return None
+    if not isinstance(notes, str) or "\x00" in notes or len(notes) > MAX_NOTES_LENGTH:
+        raise InvalidInput(
+            f"notes are text of at most {MAX_NOTES_LENGTH} characters, without NUL",
+            field="notes",
+        )
+    return notes
+
+
+def _locale_key(locale: object) -> str:
+    if isinstance(locale, str) and 0 < len(locale) <= 16:
+        try:
+            Locale.parse(locale.replace("-", "_"))
+        except (UnknownLocaleError, ValueError, TypeError):
+            pass
+        else:
+            return locale
+    raise InvalidInput(
+        f"{str(locale)[:16]!r} is not a locale such as 'ar' or 'ar-YE'", field="notes_localized"
+    )
+
+
+def _localized(notes: Mapping[str, str] | None) -> dict[str, str]:
+    if not notes:
+        return {}
+    if len(notes) > MAX_NOTE_LOCALES:
+        raise InvalidInput(f"notes in at most {MAX_NOTE_LOCALES} locales", field="notes_localized")
+    checked: dict[str, str] = {}
+    for locale, text in notes.items():
+        if _notes(text) is None:
+            raise InvalidInput("a note must be text", field="notes_localized")
+        checked[_locale_key(locale)] = text
+    return checked
+
+
+def _period(period: Period | tuple[datetime, datetime] | None) -> tuple[datetime, datetime] | None:
+    if period is None:
+        return None
+    start, end = (period.start, period.end) if isinstance(period, Period) else period
+    start = checked_instant(start, field="period_start")
+    end = checked_instant(end, field="period_end")
+    if end < start:
+        raise InvalidInput("the period ends before it starts", field="period_end")
+    return start, end
+
+
+# --- the service ---------------------------------------------------------------------------------
+class InvoiceService:
+    """Drafts, their lines, finalisation and the end of an invoice's life (module docstring).
+
+    Every method takes the organisation: an invoice of another organisation is not found.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        events: EventBus | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.settings = settings
+        self.events = events if events is not None else audited_bus(AuditService(database))
+        self.clock = clock
+
+    # --- tax ---------------------------------------------------------------------------------
+    async def set_tax_rate(
+        self,
+        org_id: uuid.UUID,
+        basis_points: int,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Organization:
+        """Set the organisation's tax rate (0 to 100 000 basis points): its drafts take it
+        when they change or are finalised; finalised invoices keep theirs."""
+        rate = BasisPoints(basis_points)
+        async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id)
+            previous = organization.tax_rate_bps
+            if previous != rate.value:
+                organization.tax_rate_bps = rate.value
+                await s.flush()
+                await self.events.emit(
+                    s,
+                    org_id,
+                    OrganizationTaxRateChanged(from_=previous, to=rate.value),
+                    actor=actor,
+                    target_id=org_id,
+                )
+            return organization
+
+    # --- drafts ------------------------------------------------------------------------------
+    async def create_draft(
+        self,
+        org_id: uuid.UUID,
+        currency: str,
+        lines: Sequence[LineInput] = (),
+        *,
+        notes: str | None = None,
+        notes_localized: Mapping[str, str] | None = None,
+        subscription_id: uuid.UUID | None = None,
+        period: Period | tuple[datetime, datetime] | None = None,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """A draft invoice of `org_id` in `currency` with `lines` (one-off items; a negative
+        amount is a credit). It has no number until it is finalised.
+
+        By convention (shared with subscriptions), the upcoming invoice of a subscription is
+        its draft with that `subscription_id` and `period_start` the next period's start."""
+        del actor  # a draft is not an event; finalising it is
+        currency = Money.zero(currency).currency
+        checked = [_checked_line(line, currency) for line in lines]
+        if len(checked) > MAX_LINES:
+            raise InvalidInvoiceLine(f"an invoice holds at most {MAX_LINES} lines", field="lines")
+        text = _notes(notes)
+        localized = _localized(notes_localized)
+        span = _period(period)
+        async with self.database.scope(session) as s:
+            organization = await s.get(Organization, org_id)
+            if organization is None:
+                raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+            if subscription_id is not None:
+                found = await s.scalar(
+                    sa.select(Subscription.id).where(
+                        Subscription.organization_id == org_id, Subscription.id == subscription_id
+                    )
+                )
+                if found is None:
+                    raise InvalidInput(
+                        f"no subscription {subscription_id} in this organisation",
+                        field="subscription_id",
+                    )
+            invoice = Invoice(
+                organization_id=org_id,
+                currency=currency,
+                status=InvoiceStatus.DRAFT,
+                subscription_id=subscription_id,
+                period_start=span[0] if span else None,
+                period_end=span[1] if span else None,
+                locale=organization.locale,
+                notes=text,
+                notes_localized=localized,
+                amount_paid=0,
+            )
+            invoice.lines = [
+                _line_row(org_id, position, item, unit, amount)
+                for position, (item, unit, amount) in enumerate(checked)
+            ]
+            _recompute(invoice, BasisPoints(organization.tax_rate_bps))
+            s.add(invoice)
+            await s.flush()
+            return invoice
+
+    async def add_line(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        line: LineInput,
+        *,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """Add a line to a draft (`invoice_not_draft` otherwise) and recompute its totals."""
+        async with self.database.scope(session) as s:
+            invoice = await self._locked(s, org_id, invoice_id)
+            _draft_only(invoice)
+            item, unit, amount = _checked_line(line, invoice.currency)
+            if len(invoice.lines) >= MAX_LINES:
+                raise InvalidInvoiceLine(
+                    f"an invoice holds at most {MAX_LINES} lines", field="lines"
+                )
+            position = max((existing.position for existing in invoice.lines), default=-1) + 1
+            invoice.lines.append(_line_row(org_id, position, item, unit, amount))
+            _recompute(invoice, await _tax_rate(s, org_id))
+            await s.flush()
+            return invoice
+
+    async def remove_line(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        line_id: uuid.UUID,
+        *,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """Remove a line from a draft and recompute its totals."""
+        async with self.database.scope(session) as s:
+            invoice = await self._locked(s, org_id, invoice_id)
+            _draft_only(invoice)
+            line = next((line for line in invoice.lines if line.id == line_id), None)
+            if line is None:
+                raise InvalidInvoiceLine(
+                    f"no line {line_id} on invoice {invoice_id}", field="line_id"
+                )
+            invoice.lines.remove(line)
+            _recompute(invoice, await _tax_rate(s, org_id))
+            await s.flush()
+            return invoice
+
+    # --- status --------------------------------------------------------------------------------
+    async def finalize(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """`draft -> open`: recompute at the organisation's tax rate, freeze the totals, set
+        the issue and due dates (`SAASCORE_INVOICE_DUE_DAYS`) and take the invoice's number,
+        last, in this transaction. Emits `invoice.finalized`."""
+        async with self.database.scope(session) as s:
+            invoice = await self._locked(s, org_id, invoice_id)
+            check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
+            if not invoice.lines:
+                raise EmptyInvoice(
+                    "a draft without lines cannot be finalised", invoice=str(invoice_id)
+                )
+            _recompute(invoice, await _tax_rate(s, org_id))
+            if invoice.total < 0:
+                raise NegativeInvoiceTotal(
+                    "the draft's credits exceed its charges: its total would be "
+                    f"{Money(invoice.total, invoice.currency)}",
+                    invoice=str(invoice_id),
+                    total=invoice.total,
+                )
+            now = self.clock()
+            issued = now.date()
+            invoice.issue_date = issued
+            invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
+            invoice.status = InvoiceStatus.OPEN
+            # The series stays locked from here to the commit: the number is taken last.
+            invoice.number = await allocate_invoice_number(
+                s, organization_id=org_id, at=now, settings=self.settings
+            )
+            await s.flush()
+            await self.events.emit(
+                s,
+                org_id,
+                InvoiceFinalized(
+                    invoice_id=invoice.id,
+                    number=invoice.number,
+                    currency=invoice.currency,
+                    total=invoice.total,
+                    amount_due=invoice.amount_due,
+                    due_date=invoice.due_date,
+                ),
+                actor=actor,
+                target_id=invoice.id,
+            )
+            return invoice
+
+    async def void(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """`open -> void` (or uncollectible -> void): nothing is owed; the number stays.
+        Emits `invoice.voided`."""
+        async with self.database.scope(session) as s:
+            invoice = await self._locked(s, org_id, invoice_id)
+            check_invoice_transition(invoice.status, InvoiceStatus.VOID)
+            invoice.status = InvoiceStatus.VOID
+            await s.flush()
+            assert invoice.number is not None  # only issued invoices may be voided
+            await self.events.emit(
+                s,
+                org_id,
+                InvoiceVoided(
+                    invoice_id=invoice.id,
+                    number=invoice.number,
+                    currency=invoice.currency,
+                    total=invoice.total,
+                    amount_due=invoice.amount_due,
+                ),
+                actor=actor,
+                target_id=invoice.id,
+            )
+            return invoice
+
+    async def mark_uncollectible(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """`open -> uncollectible`: written off; it may still be paid or voided. Audited."""
+        async with self.database.scope(session) as s:
+            invoice = await self._locked(s, org_id, invoice_id)
+            check_invoice_transition(invoice.status, InvoiceStatus.UNCOLLECTIBLE)
+            invoice.status = InvoiceStatus.UNCOLLECTIBLE
+            await s.flush()
+            assert invoice.number is not None
+            await self.events.emit(
+                s,
+                org_id,
+                InvoiceMarkedUncollectible(
+                    invoice_id=invoice.id,
+                    number=invoice.number,
+                    currency=invoice.currency,
+                    total=invoice.total,
+                    amount_due=invoice.amount_due,
+                ),
+                actor=actor,
+                target_id=invoice.id,
+            )
+            return invoice
+
+    # --- reads ---------------------------------------------------------------------------------
+    async def get(
+        self,
+        org_id: uuid.UUID | None,
+        invoice_id: uuid.UUID,
+        *,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """The invoice with its lines; `org_id=None` is an operator's look-up across tenants."""
+        query = _with_lines().where(Invoice.id == invoice_id)
+        if org_id is not None:
+            query = query.where(Invoice.organization_id == org_id)
+        return await self._one(query, session, str(invoice_id))
+
+    async def get_by_number(
+        self,
+        org_id: uuid.UUID | None,
+        number: str,
+        *,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """The invoice numbered `number` (of `org_id`, or of any organisation for None)."""
+        query = _with_lines().where(Invoice.number == number).order_by(Invoice.id).limit(2)
+        if org_id is not None:
+            query = query.where(Invoice.organization_id == org_id)
+        return await self._one(query, session, number)
+
+    async def resolve(
+        self, org_id: uuid.UUID | None, reference: str, *, session: AsyncSession | None = None
+    ) -> Invoice:
+        """An invoice by its id or, failing that, its number (for people typing)."""
+        try:
+            invoice_id = uuid.UUID(reference)
+        except ValueError:
+            return await self.get_by_number(org_id, reference, session=session)
+        return await self.get(org_id, invoice_id, session=session)
+
+    async def list(
+        self,
+        org_id: uuid.UUID | None,
+        *,
+        status: InvoiceStatus | None = None,
+        overdue: bool | None = None,
+        limit: int = 50,
+        before: uuid.UUID | None = None,
+        session: AsyncSession | None = None,
+    ) -> Sequence[Invoice]:
+        """Invoices newest first with their lines: of `org_id` (or every organisation, for
+        None), in `status`, overdue or not (computed: open and past due), before the id
+        `before` (a cursor)."""
+        query = _with_lines().order_by(Invoice.id.desc()).limit(limit)
+        if org_id is not None:
+            query = query.where(Invoice.organization_id == org_id)
+        if status is not None:
+            query = query.where(Invoice.status == InvoiceStatus(status))
+        if overdue is not None:
+            today = self.clock().date()
+            late = sa.and_(Invoice.status.in_(_OPEN_STATUSES), Invoice.due_date < today)
+            query = query.where(late if overdue else sa.not_(late))
+        if before is not None:
+            query = query.where(Invoice.id < before)
+        async with self.database.scope(session, readonly=True) as s:
+            return (await s.scalars(query)).unique().all()
+
+    def overdue(self, invoice: Invoice) -> bool:
+        """Whether `invoice` is overdue today (by this service's clock)."""
+        return is_overdue(invoice, self.clock().date())
+
+    async def _one(
+        self, query: sa.Select[Invoice], session: AsyncSession | None, reference: str
+    ) -> Invoice:
+        async with self.database.scope(session, readonly=True) as s:
+            found = (await s.scalars(query)).unique().all()
+        if len(found) != 1:
+            raise InvoiceNotFound(f"no invoice {reference}", invoice=reference)
+        return found[0]
+
+    async def _locked(self, s: AsyncSession, org_id: uuid.UUID, invoice_id: uuid.UUID) -> Invoice:
+        """The invoice with its lines, its row locked until the transaction ends."""
+        query = (
+            _with_lines()
+            .where(Invoice.organization_id == org_id, Invoice.id == invoice_id)
+            .with_for_update(of=Invoice)
+            .execution_options(populate_existing=True)
+        )
+        invoice = (await s.scalars(query)).unique().one_or_none()
+        if invoice is None:
+            raise InvoiceNotFound(f"no invoice {invoice_id}", invoice=str(invoice_id))
+        return invoice
+
+
+def _with_lines() -> sa.Select[Invoice]:
+    return sa.select(Invoice).options(selectinload(Invoice.lines))
+
+
+def _draft_only(invoice: Invoice) -> None:
+    if invoice.status is not InvoiceStatus.DRAFT:
+        raise InvoiceNotDraft(
+            f"invoice {invoice.number or invoice.id} is {invoice.status.value}: only a draft's "
+            "lines may change",
+            invoice=str(invoice.id),
+            status=invoice.status.value,
+        )
+
+
+async def _tax_rate(s: AsyncSession, org_id: uuid.UUID) -> BasisPoints:
+    rate = await s.scalar(sa.select(Organization.tax_rate_bps).where(Organization.id == org_id))
+    return BasisPoints(rate or 0)
+
+
+def _line_row(
+    org_id: uuid.UUID, position: int, item: LineItem, unit: Money, amount: Money
+) -> InvoiceLine:
+    metadata: dict[str, Any] = {}
+    return InvoiceLine(
+        organization_id=org_id,
+        position=position,
+        description=item.description,
+        metric=item.metric,
+        quantity=item.quantity,
+        unit_amount=unit.minor,
+        amount=amount.minor,
+        discount_amount=0,
+        tax_amount=0,
+        period_start=item.period_start,
+        period_end=item.period_end,
+        metadata_=metadata,
+    )
+
+
+def _recompute(invoice: Invoice, tax_rate: BasisPoints) -> None:
+    """Set every line's discount and tax and the invoice's totals from its lines."""
+    currency = invoice.currency
+    totals = compute_totals(
+        currency, [Money(line.amount, currency) for line in invoice.lines], tax_rate
+    )
+    for line, computed in zip(invoice.lines, totals.lines, strict=True):
+        line.discount_amount = computed.discount.minor
+        line.tax_amount = computed.tax.minor
+    invoice.tax_rate_bps = tax_rate.value
+    invoice.subtotal = totals.subtotal.minor
+    invoice.discount_amount = totals.discount.minor
+    invoice.tax_amount = totals.tax.minor
+    invoice.total = totals.total.minor
+    invoice.amount_due = invoice.total - (invoice.amount_paid or 0)

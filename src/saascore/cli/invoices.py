@@ -1,0 +1,222 @@
+"""`saascore invoices`: list and show invoices, create a one-off draft, finalize and void.
+
+Amounts on the command line are in major units of the currency (`29.99` USD, `1500` JPY);
+an invoice is named by its id or its number (`INV-2026-0001`)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from saascore.billing.invoices import LineItem, is_overdue
+from saascore.cli._output import (
+    Column,
+    IdsOption,
+    JsonOption,
+    output_format,
+    print_json,
+    print_rows,
+    rows_as_json,
+)
+from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.kit.errors import InvalidInput
+from saascore.kit.money import Money
+from saascore.kit.time import utcnow
+from saascore.models import Invoice, InvoiceLine, InvoiceStatus
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    name="invoices",
+    help="Invoices: list, show, create, finalize, void.",
+    no_args_is_help=True,
+)
+
+_AMOUNT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
+
+
+def _money(minor: int, invoice: Invoice) -> str:
+    return Money(minor, invoice.currency).decimal_text()
+
+
+def _columns() -> list[Column[Invoice]]:
+    today = utcnow().date()
+    return [
+        Column("id", lambda i: i.id, is_id=True, in_table=False),
+        Column("number", lambda i: i.number, is_id=True),
+        Column("organization_id", lambda i: i.organization_id, header="organisation", is_id=True),
+        Column("status", lambda i: i.status),
+        Column("overdue", lambda i: is_overdue(i, today)),
+        Column("currency", lambda i: i.currency),
+        Column("total", lambda i: Money(i.total, i.currency).decimal_text(), justify="right"),
+        Column(
+            "amount_due",
+            lambda i: Money(i.amount_due, i.currency).decimal_text(),
+            header="due",
+            justify="right",
+        ),
+        Column("due_date", lambda i: i.due_date, header="due date"),
+    ]
+
+
+def _line_columns(invoice: Invoice) -> list[Column[InvoiceLine]]:
+    return [
+        Column("description", lambda line: line.description),
+        Column("quantity", lambda line: line.quantity, justify="right"),
+        Column("unit_amount", lambda line: _money(line.unit_amount, invoice), justify="right"),
+        Column("amount", lambda line: _money(line.amount, invoice), justify="right"),
+        Column("tax_amount", lambda line: _money(line.tax_amount, invoice), justify="right"),
+    ]
+
+
+def _parse_line(text: str) -> tuple[str, str]:
+    """`"description:amount"` (the last colon splits) as (description, amount text)."""
+    description, colon, amount = text.rpartition(":")
+    if not colon or not description.strip() or not _AMOUNT.fullmatch(amount.strip()):
+        fail(f"--line {text!r}: write it as DESCRIPTION:AMOUNT, e.g. 'Setup fee:29.99'", EXIT_USAGE)
+    return description.strip(), amount.strip()
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    org: Annotated[
+        str | None, typer.Option("--org", help="One organisation: its id or external id.")
+    ] = None,
+    status: Annotated[
+        InvoiceStatus | None,
+        typer.Option(help="Only this status; overdue: open and past due."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many.")] = 100,
+    as_json: JsonOption = False,
+    only_ids: IdsOption = False,
+) -> None:
+    """Invoices, newest first."""
+    output = output_format(as_json, only_ids)
+
+    async def work(core: Saascore) -> Sequence[Invoice]:
+        org_id = (await core.orgs.resolve(org)).id if org is not None else None
+        overdue = True if status is InvoiceStatus.OVERDUE else None
+        return await core.invoices.list(
+            org_id, status=None if overdue else status, overdue=overdue, limit=limit
+        )
+
+    invoices = list(run_with_core(load_settings(), work))
+    print_rows(invoices, _columns(), output, ids=lambda i: str(i.id), empty="no invoices")
+
+
+async def _find(core: Saascore, reference: str, org: str | None) -> Invoice:
+    org_id = (await core.orgs.resolve(org)).id if org is not None else None
+    return await core.invoices.resolve(org_id, reference)
+
+
+def _show(invoice: Invoice, as_json: bool) -> None:
+    if as_json:
+        document = rows_as_json([invoice], _columns())[0]
+        document["lines"] = rows_as_json(invoice.lines, _line_columns(invoice))
+        document.update(
+            subtotal=_money(invoice.subtotal, invoice),
+            tax_amount=_money(invoice.tax_amount, invoice),
+            tax_rate_bps=invoice.tax_rate_bps,
+        )
+        print_json(document)
+        return
+    typer.echo(
+        f"{invoice.number or 'draft'} ({invoice.id}) {invoice.status.value}, "
+        f"{invoice.currency}, organisation {invoice.organization_id}"
+    )
+    print_rows(invoice.lines, _line_columns(invoice), empty="no lines")
+    typer.echo(
+        f"subtotal {_money(invoice.subtotal, invoice)}  "
+        f"tax {_money(invoice.tax_amount, invoice)} ({invoice.tax_rate_bps} bp)  "
+        f"total {_money(invoice.total, invoice)}  due {_money(invoice.amount_due, invoice)}"
+        + (f" by {invoice.due_date}" if invoice.due_date else "")
+    )
+
+
+ReferenceArgument = Annotated[str, typer.Argument(help="The invoice: its number or id.")]
+OrgOption = Annotated[
+    str | None,
+    typer.Option("--org", help="Its organisation (id or external id), when numbers repeat."),
+]
+
+
+@app.command()
+@handle_errors
+def show(
+    reference: ReferenceArgument,
+    org: OrgOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+) -> None:
+    """An invoice with its lines and totals."""
+
+    async def work(core: Saascore) -> Invoice:
+        return await _find(core, reference, org)
+
+    _show(run_with_core(load_settings(), work), as_json)
+
+
+@app.command()
+@handle_errors
+def create(
+    org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+    line: Annotated[
+        list[str],
+        typer.Option(
+            "--line", help="DESCRIPTION:AMOUNT in major units (negative: a credit); repeat it."
+        ),
+    ],
+    currency: Annotated[
+        str | None, typer.Option(help="ISO 4217 code (default: the organisation's).")
+    ] = None,
+    notes: Annotated[str | None, typer.Option(help="Notes shown on the invoice.")] = None,
+) -> None:
+    """Create a one-off draft invoice (no number until it is finalized)."""
+    parsed = [_parse_line(text) for text in line]
+
+    async def work(core: Saascore) -> Invoice:
+        organization = await core.orgs.resolve(org)
+        code = currency or organization.currency
+        try:
+            items = [LineItem(text, Money.parse(amount, code)) for text, amount in parsed]
+        except InvalidInput as exc:
+            fail(f"--line: {exc.message}", EXIT_USAGE)
+        return await core.invoices.create_draft(
+            organization.id, code, items, notes=notes, actor=cli_actor()
+        )
+
+    _show(run_with_core(load_settings(), work), as_json=False)
+
+
+@app.command()
+@handle_errors
+def finalize(reference: ReferenceArgument, org: OrgOption = None) -> None:
+    """Finalize a draft: it takes its number and due date and is open for payment."""
+
+    async def work(core: Saascore) -> Invoice:
+        found = await _find(core, reference, org)
+        return await core.invoices.finalize(found.organization_id, found.id, actor=cli_actor())
+
+    invoice = run_with_core(load_settings(), work)
+    typer.echo(
+        f"{invoice.number} open: total {_money(invoice.total, invoice)} {invoice.currency}, "
+        f"due {invoice.due_date}"
+    )
+
+
+@app.command()
+@handle_errors
+def void(reference: ReferenceArgument, org: OrgOption = None) -> None:
+    """Void an open invoice: nothing is owed; it keeps its number."""
+
+    async def work(core: Saascore) -> Invoice:
+        found = await _find(core, reference, org)
+        return await core.invoices.void(found.organization_id, found.id, actor=cli_actor())
+
+    invoice = run_with_core(load_settings(), work)
+    typer.echo(f"{invoice.number} void")

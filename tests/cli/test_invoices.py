@@ -1,0 +1,73 @@
+"""`saascore invoices`, through the console script: a one-off draft, finalised, shown, listed
+and voided; bad lines are usage errors and refusals exit 1 with one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest_asyncio
+
+from saascore.kit.db import Database
+from saascore.plans import PlanService, read_catalog
+from saascore.tenancy import OrganizationService
+from tests.cli.runner import Cli
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def org_cli(migrated_cli: Cli, empty_database: Database) -> Cli:
+    """A migrated database with the default catalog and organisation `acme`."""
+    plans = PlanService(empty_database)
+    await plans.load_catalog(read_catalog())
+    await OrganizationService(empty_database, plans).create(
+        name="Acme", plan="free", external_id="acme"
+    )
+    return migrated_cli
+
+
+def test_create_finalize_show_list_void(org_cli: Cli) -> None:
+    cli = org_cli
+    created = cli(
+        "invoices", "create", "acme", "--line", "Setup: fee:29.99", "--line", "Credit:-5"
+    ).ok()
+    assert created.stdout.startswith("draft (")
+    assert "total 24.99" in created.stdout
+    draft = json.loads(cli("invoices", "list", "--org", "acme", "--json").ok().stdout)
+    assert [(row["number"], row["status"], row["total"]) for row in draft] == [
+        (None, "draft", "24.99")
+    ]
+    invoice_id = draft[0]["id"]
+
+    finalized = cli("invoices", "finalize", invoice_id).ok()
+    number = finalized.stdout.split()[0]
+    assert number.startswith("INV-")
+    assert "open: total 24.99 USD" in finalized.stdout
+
+    shown = json.loads(cli("invoices", "show", number, "--json").ok().stdout)
+    assert shown["id"] == invoice_id
+    assert [line["description"] for line in shown["lines"]] == ["Setup: fee", "Credit"]
+    assert [line["amount"] for line in shown["lines"]] == ["29.99", "-5.00"]
+
+    assert cli("invoices", "list", "--status", "open", "--ids").ok().stdout.split() == [invoice_id]
+    assert cli("invoices", "void", number).ok().stdout.strip() == f"{number} void"
+    again = cli("invoices", "void", number)
+    assert again.returncode == 1
+    assert again.stderr.strip() == "saascore: an invoice cannot go from void to void"
+
+
+def test_bad_input(org_cli: Cli) -> None:
+    cli = org_cli
+    for line in ("no amount", "Setup:12,50", ":5"):
+        bad = cli("invoices", "create", "acme", "--line", line)
+        assert bad.returncode == 2, line
+        assert bad.stderr.startswith("saascore: --line"), bad.stderr
+    too_fine = cli("invoices", "create", "acme", "--line", "Setup:0.001")
+    assert too_fine.returncode == 2
+    assert "USD amounts have 2 decimals at most" in too_fine.stderr
+    missing = cli("invoices", "show", "INV-1999-0001")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "saascore: no invoice INV-1999-0001"
+    empty = cli("invoices", "create", "acme", "--line", "Credit:-1").ok()
+    draft_id = empty.stdout.split("(")[1].split(")")[0]
+    refused = cli("invoices", "finalize", draft_id)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("saascore: the draft's credits exceed its charges")
