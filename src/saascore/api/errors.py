@@ -141,7 +141,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"location": "request", "message": "invalid"}
     message = f"invalid request: {first['location']}: {first['message']}"
     headers = _rate_limit_headers(request) or None
-    return error_response(422, "validation_error", message, {"errors": errors}, headers)
+    # A text refused for its characters alone answers as the middleware's NUL check does.
+    code = (
+        "invalid_character"
+        if errors and all(error["type"] == "invalid_character" for error in errors)
+        else "validation_error"
+    )
+    return error_response(422, code, message, {"errors": errors}, headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

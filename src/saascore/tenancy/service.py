@@ -35,7 +35,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
-from saascore.kit.validation import checked_json
+from saascore.kit.validation import checked_json, checked_text
 from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
 from saascore.tenancy.errors import OrganizationDeleted, OrganizationExists, OrganizationNotFound
@@ -86,7 +86,7 @@ def normalize_email(email: str, field: str = "email") -> str:
 
 
 def _name(name: str) -> str:
-    name = name.strip()
+    name = checked_text(name, field="name").strip()
     if not name or len(name) > 255:
         raise InvalidInput("an organisation needs a name of 1 to 255 characters", field="name")
     return name
@@ -140,7 +140,7 @@ def _external_id(external_id: str | None) -> str | None:
 
 
 def _reason(reason: str) -> str:
-    reason = reason.strip()
+    reason = checked_text(reason, field="reason").strip()
     if not reason or len(reason) > _REASON_MAX:
         raise InvalidInput(f"a reason of 1 to {_REASON_MAX} characters is needed", field="reason")
     return reason
