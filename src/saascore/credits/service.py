@@ -457,13 +457,13 @@ class CreditService:
             return expired
 
     async def refill(
-        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
     ) -> CreditTransaction | None:
         """`refill_once`, answering the period's latest plan grant (None if there is none)."""
-        return (await self.refill_once(org_id, session=session)).transaction
+        return (await self.refill_once(org_id, actor=actor, session=session)).transaction
 
     async def refill_once(
-        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
     ) -> Refill:
         """Bring the month's plan credits up to the plan's `credits_per_period`.
 
@@ -475,8 +475,9 @@ class CreditService:
         was granted stays, spent or not), and the next month grants the new plan's allowance.
         Without rollover, the month's plan grants expire when it ends.
 
+        A grant emits `credits.granted` (source `plan`, by `actor`), as every grant does.
         Runs under the organisation's credit lock, so racing calls grant once; a call with
-        nothing to grant changes nothing and answers `granted == 0`."""
+        nothing to grant changes nothing, emits nothing and answers `granted == 0`."""
         now = self.clock()
         period = month_start(now)
         key = f"refill:{period:%Y-%m}"
@@ -555,6 +556,21 @@ class CreditService:
                 idempotency_key=key,
                 request={"op": "refill", "period": period, "allowance": allowance},
                 description=grant.description,
+            )
+            await self.events.emit(
+                s,
+                org_id,
+                CreditsGranted(
+                    transaction_id=transaction.id,
+                    grant_id=grant.id,
+                    amount=amount,
+                    source=CreditSource.PLAN.value,
+                    idempotency_key=key,
+                    expires_at=grant.expires_at,
+                    balance=account.credit_balance,
+                ),
+                actor=actor,
+                target_id=transaction.id,
             )
             return Refill(org_id, amount, transaction)
 
