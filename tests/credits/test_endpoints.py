@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from saascore.credits.service import CreditService
 from saascore.kit.db import Database
 from saascore.kit.time import month_start, next_month_start, utcnow
-from saascore.models import CreditAllocation, CreditGrant, CreditTransaction, UsageLimits
+from saascore.models import AuditLog, CreditAllocation, CreditGrant, CreditTransaction, UsageLimits
 from saascore.testing import TestTenant
 from tests.admin import Admin, by_operator, customer_of, entries
 from tests.http import tenant as registered_tenant
