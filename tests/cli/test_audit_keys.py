@@ -128,7 +128,7 @@ class TestKeys:
         assert ids.ok().stdout == f"{principal.id}\n"  # only the id, for xargs
         [logged] = json.loads(audit_json.ok().stdout)
         assert (logged["seq"], logged["action"], logged["actor_type"]) == (
-            2,
+            3,  # after organization.created and user.created
             "api_key.created",
             "cli",
         )
