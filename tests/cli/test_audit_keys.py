@@ -139,7 +139,7 @@ class TestKeys:
             "usage:read,usage:write",
             str(setup.user_id),
         ]
-        entry = table_row(audit.ok().stdout, "2")  # user.created, then this
+        entry = table_row(audit.ok().stdout, "3")  # organization.created, user.created, this
         assert entry[3:5] == ["api_key.created", "cli"]
 
         revoked = setup.cli("keys", "revoke", str(principal.id)).ok()  # its organisation found
