@@ -43,11 +43,14 @@ class TestEntries:
         assert response.status_code == 200, response.text
         page = response.json()
         assert page["next_cursor"] is None
-        newest, registered = page["items"]
-        assert (newest["seq"], newest["action"]) == (2, "api_key.created")
-        assert (registered["seq"], registered["action"]) == (1, "user.registered")
+        newest, registered, granted, opened = page["items"]
+        assert (newest["seq"], newest["action"]) == (4, "api_key.created")
+        assert (registered["seq"], registered["action"]) == (3, "user.registered")
+        assert (granted["seq"], granted["action"]) == (2, "credits.granted")  # the plan's
+        assert (opened["seq"], opened["action"]) == (1, "organization.created")
         assert newest["prev_hash"] == registered["hash"]
-        assert registered["prev_hash"] is None
+        assert registered["prev_hash"] == granted["hash"]
+        assert opened["prev_hash"] is None
         assert newest["actor_type"] == "user"
         assert newest["actor_id"] == str(owner.user_id)
         assert newest["user_id"] == str(owner.user_id)
@@ -85,7 +88,7 @@ class TestEntries:
             cursor = response.json()["next_cursor"]
             if cursor is None:
                 break
-        assert seen == [5, 4, 3, 2, 1]
+        assert seen == [7, 6, 5, 4, 3, 2, 1]
 
         only = await app.client.get(
             "/v1/audit-logs", params={"action": "user.registered"}, headers=owner.headers
@@ -113,7 +116,12 @@ class TestEntries:
             response = await app.client.get("/v1/audit-logs", headers=headers)
             assert response.status_code == 200, response.text
             items = response.json()["items"]
-            assert [item["action"] for item in items] == ["api_key.created", "user.registered"]
+            assert [item["action"] for item in items] == [
+                "api_key.created",
+                "user.registered",
+                "credits.granted",
+                "organization.created",
+            ]
             assert str(first.user_id) not in {item["actor_id"] for item in items}
             assert str(first.user_id) not in {item["target_id"] for item in items}
 

@@ -128,7 +128,7 @@ class TestKeys:
         assert ids.ok().stdout == f"{principal.id}\n"  # only the id, for xargs
         [logged] = json.loads(audit_json.ok().stdout)
         assert (logged["seq"], logged["action"], logged["actor_type"]) == (
-            2,
+            3,  # after organization.created and user.created
             "api_key.created",
             "cli",
         )
@@ -139,7 +139,7 @@ class TestKeys:
             "usage:read,usage:write",
             str(setup.user_id),
         ]
-        entry = table_row(audit.ok().stdout, "2")  # user.created, then this
+        entry = table_row(audit.ok().stdout, "3")  # organization.created, user.created, this
         assert entry[3:5] == ["api_key.created", "cli"]
 
         revoked = setup.cli("keys", "revoke", str(principal.id)).ok()  # its organisation found

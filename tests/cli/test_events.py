@@ -64,7 +64,14 @@ async def test_a_credit_grant_emits_the_same_event_from_every_path(
             statuses.append(response.status_code)
     assert statuses == [201, 200]
 
-    audit, outbox = await grants(empty_database, org.id)
+    (plan, *audit), (plan_event, *outbox) = await grants(empty_database, org.id)
+    # The free plan's 10 credits, granted (by saascore) when the organisation was created.
+    assert (plan.details["source"], plan.details["amount"], plan.actor_type) == (
+        "plan",
+        10,
+        "system",
+    )
+    assert plan_event.body["data"] == plan.details
     assert [entry.details["amount"] for entry in audit] == [10, 20, 30]
     assert [entry.actor_type for entry in audit] == ["script", "cli", "operator"]
     assert [entry.details["idempotency_key"] for entry in audit] == ["lib", "cli", "http"]
@@ -106,5 +113,5 @@ async def test_refused_grants_emit_nothing(migrated_cli: Cli, empty_database: Da
         await failing_unit()
 
     audit, outbox = await grants(empty_database, org.id)
-    assert (len(audit), len(outbox)) == (1, 1)
+    assert (len(audit), len(outbox)) == (2, 2)  # the plan's grant at creation, and the one
     assert await core.credits.balance(org.id) == 10 + 5  # the free plan's, and the one grant

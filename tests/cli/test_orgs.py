@@ -6,11 +6,13 @@ import json
 import uuid
 from datetime import datetime, timedelta
 
+import pytest
 import pytest_asyncio
 
 from saascore.kit.db import Database
 from saascore.plans import PlanService, read_catalog
 from tests.cli.runner import Cli
+from tests.factories import create_organization
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -56,3 +58,21 @@ def test_create_and_list(catalog_cli: Cli) -> None:
     assert acme["domain"] is None
     assert datetime.fromisoformat(acme["created_at"]).utcoffset() == timedelta(0)
     assert ids.ok().stdout == f"{organization_id}\n"
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_control_characters_are_refused_and_listed_escaped(
+    catalog_cli: Cli, empty_database: Database
+) -> None:
+    """A name with ESC is refused (exit 1, one line); one stored before the check, or
+    behind saascore's back, is listed with its ESC written out, and `--json` stays JSON."""
+    refused = catalog_cli("orgs", "create", "evil\x1b[31mRED")
+    line = refused.error_line(1)
+    assert line.startswith("saascore: name holds the control character '\\x1b'"), line
+    async with empty_database.transaction() as session:
+        await create_organization(session, name="old\x1b[31mname\x01")
+    listed, as_json = catalog_cli.run_together(["orgs", "list"], ["orgs", "list", "--json"])
+    assert "old\\x1b[31mname\\x01" in listed.ok().stdout
+    assert "\x1b" not in listed.stdout
+    assert "evil" not in listed.stdout
+    assert [org["name"] for org in json.loads(as_json.ok().stdout)] == ["old\x1b[31mname\x01"]

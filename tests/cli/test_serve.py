@@ -54,6 +54,12 @@ def test_demo(cli: Cli) -> None:
             "SELECT id FROM organizations WHERE external_id = 'demo' AND name = ?",
             ("Demo Organization",),
         ).fetchone()
+        actions = connection.execute(
+            "SELECT action, actor_type FROM audit_logs WHERE organization_id = ? ORDER BY seq",
+            (stored_id,),
+        ).fetchall()
+    # Its chain opens with its creation and the plan's credits, as every organisation's does.
+    assert actions[:2] == [("organization.created", "system"), ("credits.granted", "system")]
     assert UUID.findall(server.stdout) == [str(uuid.UUID(stored_id))]
     assert str(database_file) in server.stdout
     assert f"http://127.0.0.1:{port}/healthz" in server.stdout

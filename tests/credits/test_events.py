@@ -52,7 +52,8 @@ async def test_low_balance_is_told_once_per_fall_and_expiry_is_told(scratch: Dat
     clock.advance(timedelta(days=2))
     await core.credits.expire(org.organization_id)  # the unused 500-grant's remainder lapses
 
-    events = await published(scratch, org.organization_id)
+    (registered, granted), *events = await published(scratch, org.organization_id)
+    assert (registered, granted["source"]) == ("credits.granted", "plan")  # at registration
     assert [kind for kind, _ in events] == [
         "credits.granted",
         "credits.low",

@@ -23,9 +23,11 @@ from saascore.credits import (
     InsufficientCredits,
     NotRefundable,
 )
+from saascore.kit.actors import Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import IdempotencyConflict, InvalidInput, NotFound
 from saascore.models import (
+    AuditLog,
     CreditGrant,
     CreditSource,
     CreditTransaction,
@@ -885,6 +887,51 @@ class TestPlanCredits:
         assert refill.transaction is not None
         assert refill.transaction.id == tx.id
         assert await credits.balance(org.id, session=session) == 250
+
+    async def test_creation_and_every_plan_grant_are_audited(
+        self, database: Database, credits: CreditService, session: AsyncSession, clock: Clock
+    ) -> None:
+        """The organisation's chain opens with `organization.created`; each plan grant,
+        at creation, on an upgrade and at the month's refill, is a `credits.granted` as a
+        manual grant is; a refill with nothing to grant writes nothing."""
+        small = await create_plan(session, credits_per_period=250, credits_rollover=False)
+        large = await create_plan(session, credits_per_period=400, credits_rollover=False)
+        operator = Actor("operator", "op-1")
+        orgs = self.orgs(database, credits)
+        org = await orgs.create(name="Audited", plan=small.code, actor=operator, session=session)
+        await credits.refill_once(org.id, session=session)  # nothing left to grant
+        await orgs.change_plan(org.id, large.code, actor=operator, session=session)
+        clock.set(datetime(2025, 4, 1, tzinfo=UTC))
+        await credits.refill_once(org.id, session=session)  # the period refill, by saascore
+
+        entries = (
+            await session.scalars(
+                sa.select(AuditLog).where(AuditLog.organization_id == org.id).order_by(AuditLog.seq)
+            )
+        ).all()
+        assert [(e.seq, e.action, e.actor_type, e.actor_id) for e in entries] == [
+            (1, "organization.created", "operator", "op-1"),
+            (2, "credits.granted", "operator", "op-1"),
+            (3, "plan.changed", "operator", "op-1"),
+            (4, "credits.granted", "operator", "op-1"),
+            (5, "credits.expired", "system", None),  # March's two plan grants lapse
+            (6, "credits.expired", "system", None),
+            (7, "credits.granted", "system", None),
+        ]
+        granted = [
+            (e.details["source"], e.details["amount"], e.details["idempotency_key"])
+            for e in entries
+            if e.action == "credits.granted"
+        ]
+        assert granted == [
+            ("plan", 250, "refill:2025-03"),
+            ("plan", 150, "refill:2025-03:400"),
+            ("plan", 400, "refill:2025-04"),
+        ]
+        transactions = {tx.id for tx in await ledger(session, org.id) if tx.type == GRANT}
+        assert {uuid.UUID(e.target_id) for e in entries if e.action == "credits.granted"} == (
+            transactions
+        )
 
     async def test_without_the_hook_an_organisation_gets_nothing(
         self, database: Database, session: AsyncSession

@@ -78,7 +78,13 @@ class TestRegister:
         assert (body["kind"], body["role"]) == ("user", "owner")
         assert body["user"]["email"] == "ada.register@example.com"
         assert body["organization"]["plan"] == app.core.settings.default_plan
-        assert await audit_actions(app.database, owner.organization_id) == ["user.registered"]
+        assert await audit_actions(app.database, owner.organization_id) == [
+            "organization.created",  # by the registering user, who has no id yet
+            "credits.granted",  # the plan's credits
+            "user.registered",
+        ]
+        [created] = await app.core.audit.list(owner.organization_id, action="organization.created")
+        assert (created.actor_type, created.actor_id) == ("user", None)
         stored = await stored_user(app.database, owner.user_id)
         assert stored.password_hash is not None
         assert stored.password_hash.startswith("$argon2id$")
@@ -353,7 +359,11 @@ class TestProvision:
             "shopify",
             body["external_user_id"],
         )
-        assert await audit_actions(app.database, org_id) == ["user.provisioned"]
+        assert await audit_actions(app.database, org_id) == [
+            "organization.created",
+            "credits.granted",
+            "user.provisioned",
+        ]
 
     async def test_a_second_user_joins_the_organisation_as_a_member(self, app: Served) -> None:
         headers = await operator_headers(app)

@@ -25,6 +25,7 @@ from saascore.kit.db import is_arithmetic_error, is_timeout
 from saascore.kit.errors import (
     DatabaseUnavailable,
     DomainError,
+    InvalidCharacter,
     InvalidInput,
     RateLimiterUnavailable,
 )
@@ -103,13 +104,6 @@ class ValidationFailed(InvalidInput):
     required); `details.errors` lists each problem with its location."""
 
     code = "validation_error"
-
-
-class InvalidCharacter(InvalidInput):
-    """(422) The path, the query or the body holds a NUL character, or the body half a
-    surrogate pair, which no field takes."""
-
-    code = "invalid_character"
 
 
 #: An error the API answers with a stable `code`: a domain refusal, or an unavailable part.
@@ -221,7 +215,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     first = errors[0] if errors else {"location": "request", "message": "invalid"}
     message = f"invalid request: {first['location']}: {first['message']}"
     headers = _rate_limit_headers(request) or None
-    code = ValidationFailed.code
+    # A text refused for its characters alone answers as the middleware's NUL check does.
+    code = (
+        InvalidCharacter.code
+        if errors and all(error["type"] == InvalidCharacter.code for error in errors)
+        else ValidationFailed.code
+    )
     return error_response(422, code, message, {"errors": errors}, headers)
 
 

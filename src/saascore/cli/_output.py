@@ -11,6 +11,10 @@ rows once, as `Column`s, and takes the two options as `JsonOption` and `IdsOptio
         rows = ...
         print_rows(rows, COLUMNS, output, ids=lambda row: str(row.id), empty="no things")
 
+Every cell and title of a table is printed with its control characters escaped (`visible`):
+names come from tenants, and an ESC stored in one must reach an operator's terminal as the
+four characters `\x1b`, not as the start of an escape sequence. JSON escapes them itself.
+
 rich is imported when a table is printed: it is a tenth of a second that commands printing one
 line should not spend. (SQLAlchemy and the settings are imported where they are used, for the
 same reason.)
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -53,12 +58,23 @@ __all__ = [
     "print_rows",
     "print_table",
     "rows_as_json",
+    "visible",
 ]
 
 T = TypeVar("T")
 
 #: Width when the output is a pipe or a file, so that tables are not folded at 80 columns.
 PIPE_WIDTH = 200
+
+
+#: The C0 controls, DEL and the C1 controls: what a terminal may act on instead of showing.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """`text` with each control character written out as `\\xNN` (ESC as `\\x1b`), so that
+    printing it cannot move the cursor, recolour or rewrite the terminal."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
 
 
 def console(*, stderr: bool = False, width: int | None = None) -> Console:
@@ -100,6 +116,11 @@ def print_table(table: Table, *, stderr: bool = False) -> None:
     from rich.measure import Measurement
 
     out = console(stderr=stderr)
+    if isinstance(table.title, str):
+        table.title = visible(table.title)
+    for column in table.columns:
+        # Every cell, whoever added it: a table's rows are not all made by `print_rows`.
+        column._cells = [visible(c) if isinstance(c, str) else c for c in column._cells]
     for column in table.columns:
         if column.no_wrap:  # a fixed width: rich narrows only the columns that may wrap
             column.width = max(cell_len(str(cell)) for cell in [column.header, *column.cells])

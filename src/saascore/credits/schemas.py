@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.credits.service import CreditAccount
 from saascore.kit.inputs import PRIORITY_MAX, PRIORITY_MIN, StrictInt
-from saascore.kit.validation import Instant
+from saascore.kit.validation import Instant, Label
 from saascore.metering.schemas import PLAIN_TEXT
 from saascore.models import CreditSource, CreditTransactionType
 from saascore.plans.catalog import INT64
@@ -127,7 +127,7 @@ class CreditGrantCreate(_Body):
     expires_at: Instant | None = Field(
         description="When unused credits expire; null: never", default=None, examples=[None]
     )
-    description: str | None = Field(
+    description: Label | None = Field(
         description="A note kept with the grant",
         default=None,
         max_length=1000,
@@ -146,14 +146,14 @@ class CreditConsume(_Body):
         description="Retrying with the same key answers the first consumption and draws nothing",
         examples=["job-4417"],
     )
-    reference: str | None = Field(
+    reference: Label | None = Field(
         default=None,
         max_length=255,
         pattern=PLAIN_TEXT,
         description="Your own reference for the ledger (a job, a request)",
         examples=["job-4417"],
     )
-    description: str | None = Field(
+    description: Label | None = Field(
         description="A note kept with the transaction",
         default=None,
         max_length=1000,

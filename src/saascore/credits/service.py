@@ -43,7 +43,7 @@ from saascore.kit.idempotency import payload_hash
 from saascore.kit.ids import new_id
 from saascore.kit.inputs import INT64_MAX
 from saascore.kit.time import month_start, next_month_start, utcnow
-from saascore.kit.validation import checked_instant
+from saascore.kit.validation import checked_instant, checked_text
 from saascore.metering.accounts import usage_account
 from saascore.models import (
     CreditAllocation,
@@ -176,6 +176,7 @@ class CreditService:
         transaction with `replayed` set and grants and emits nothing; the same key with
         different values raises `IdempotencyConflict`."""
         _positive(amount)
+        _texts(description=description)
         if expires_at is not None:
             checked_instant(expires_at, field="expires_at")
         if expires_at is not None and expires_at <= self.clock():
@@ -276,6 +277,7 @@ class CreditService:
         reference raises `IdempotencyConflict`.
         """
         _positive(amount)
+        _texts(reference=reference, description=description)
         request = {"op": "consume", "amount": amount, "reference": reference}
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)
@@ -312,6 +314,7 @@ class CreditService:
         negative one draws like a consumption (and cannot take the balance below zero)."""
         if amount == 0:
             raise InvalidInput("an adjustment needs a non-zero amount", field="amount")
+        _texts(reason=reason)
         request = {"op": "adjust", "amount": amount, "reason": reason}
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)
@@ -367,6 +370,7 @@ class CreditService:
         """
         if amount is not None:
             _positive(amount)
+        _texts(description=description)
         request = {"op": "refund", "transaction_id": transaction_id, "amount": amount}
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)
@@ -453,13 +457,13 @@ class CreditService:
             return expired
 
     async def refill(
-        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
     ) -> CreditTransaction | None:
         """`refill_once`, answering the period's latest plan grant (None if there is none)."""
-        return (await self.refill_once(org_id, session=session)).transaction
+        return (await self.refill_once(org_id, actor=actor, session=session)).transaction
 
     async def refill_once(
-        self, org_id: uuid.UUID, *, session: AsyncSession | None = None
+        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
     ) -> Refill:
         """Bring the month's plan credits up to the plan's `credits_per_period`.
 
@@ -471,8 +475,9 @@ class CreditService:
         was granted stays, spent or not), and the next month grants the new plan's allowance.
         Without rollover, the month's plan grants expire when it ends.
 
+        A grant emits `credits.granted` (source `plan`, by `actor`), as every grant does.
         Runs under the organisation's credit lock, so racing calls grant once; a call with
-        nothing to grant changes nothing and answers `granted == 0`."""
+        nothing to grant changes nothing, emits nothing and answers `granted == 0`."""
         now = self.clock()
         period = month_start(now)
         key = f"refill:{period:%Y-%m}"
@@ -551,6 +556,21 @@ class CreditService:
                 idempotency_key=key,
                 request={"op": "refill", "period": period, "allowance": allowance},
                 description=grant.description,
+            )
+            await self.events.emit(
+                s,
+                org_id,
+                CreditsGranted(
+                    transaction_id=transaction.id,
+                    grant_id=grant.id,
+                    amount=amount,
+                    source=CreditSource.PLAN.value,
+                    idempotency_key=key,
+                    expires_at=grant.expires_at,
+                    balance=account.credit_balance,
+                ),
+                actor=actor,
+                target_id=transaction.id,
             )
             return Refill(org_id, amount, transaction)
 
@@ -1010,6 +1030,14 @@ def _room(account: UsageLimits, amount: int, *, granted: bool = True) -> None:
             balance=account.credit_balance,
             requested=amount,
         )
+
+
+def _texts(**texts: str | None) -> None:
+    """Refuse a note, reason or reference holding a control character (it is printed in
+    ledgers on operators' terminals)."""
+    for field, text in texts.items():
+        if text is not None:
+            checked_text(text, field=field)
 
 
 def _positive(amount: int) -> None:

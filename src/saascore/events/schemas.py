@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from saascore.events.bus import EventPayload
 from saascore.events.service import DeliveryRecord
 from saascore.kit.inputs import StrictBool
+from saascore.kit.validation import Label
 from saascore.models import DeliveryStatus
 
 __all__ = [
@@ -44,7 +45,7 @@ class WebhookEndpointCreate(BaseModel):
         description=_EVENT_TYPES_DOC,
         examples=[["credits.low", "usage.threshold_reached"]],
     )
-    description: str | None = Field(
+    description: Label | None = Field(
         description="A note to recognise the endpoint by",
         default=None,
         max_length=500,
@@ -61,7 +62,7 @@ class WebhookEndpointUpdate(BaseModel):
 
     url: str | None = Field(default=None, description=_URL.description)
     event_types: list[str] | None = Field(default=None, description=_EVENT_TYPES_DOC)
-    description: str | None = Field(
+    description: Label | None = Field(
         description="A note to recognise the endpoint by", default=None, max_length=500
     )
     enabled: StrictBool | None = Field(

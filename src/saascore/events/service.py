@@ -45,6 +45,7 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.time import utcnow
+from saascore.kit.validation import checked_text
 from saascore.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -106,7 +107,7 @@ def _check_event_types(event_types: Iterable[str]) -> builtins.list[str]:
 def _check_description(description: str | None) -> str | None:
     if description is None:
         return None
-    description = description.strip()
+    description = checked_text(description, field="description").strip()
     if len(description) > _MAX_DESCRIPTION:
         raise InvalidInput(
             f"a description has at most {_MAX_DESCRIPTION} characters", field="description"

@@ -19,7 +19,7 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.time import utcnow
-from saascore.kit.validation import checked_instant
+from saascore.kit.validation import checked_instant, checked_text
 from saascore.models import ApiKey, ApiKeyEnvironment, OperatorKey
 from saascore.plans.service import API_ACCESS, PlanService
 
@@ -27,7 +27,7 @@ __all__ = ["ApiKeyService"]
 
 
 def _check_name(name: str) -> str:
-    name = name.strip()
+    name = checked_text(name, field="name").strip()
     if not 0 < len(name) <= 255:
         raise InvalidInput("a key needs a name of 1 to 255 characters", field="name")
     return name

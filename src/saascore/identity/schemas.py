@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.identity.permissions import Permission
-from saascore.kit.validation import Instant
+from saascore.kit.validation import Instant, Label
 from saascore.models import ApiKeyEnvironment, UserRole
 from saascore.tenancy.passwords import MAX_PASSWORD
 from saascore.tenancy.schemas import UserCreate, UserOut, UserUpdate
@@ -52,10 +52,10 @@ class _Body(BaseModel):
 class RegisterRequest(_Body):
     email: str = _EMAIL
     password: str = _PASSWORD
-    name: str | None = Field(
+    name: Label | None = Field(
         description="Your full name", default=None, max_length=255, examples=["Ada Lovelace"]
     )
-    organization_name: str = Field(
+    organization_name: Label = Field(
         description=("The name of the organisation to create; its slug is made from it"),
         min_length=1,
         max_length=255,
@@ -151,7 +151,7 @@ class ProvisionRequest(_Body):
         examples=["store-17"],
     )
     email: str = _EMAIL
-    name: str | None = Field(
+    name: Label | None = Field(
         description="The user's full name", examples=["Ada Lovelace"], default=None, max_length=255
     )
     organization_external_id: str = Field(
@@ -160,7 +160,7 @@ class ProvisionRequest(_Body):
         max_length=255,
         examples=["store-17"],
     )
-    organization_name: str = Field(
+    organization_name: Label = Field(
         description="The organisation's name, when it is created",
         min_length=1,
         max_length=255,
@@ -184,7 +184,7 @@ class ProvisionResponse(BaseModel):
 
 
 class ApiKeyCreate(_Body):
-    name: str = Field(
+    name: Label = Field(
         description="A name to recognise the key by",
         min_length=1,
         max_length=255,

@@ -168,7 +168,10 @@ class IdentityService:
         check_password(password, self.settings.password_min_length, email=email)
         origin = origin or Origin()
         async with self.database.transaction() as s:
-            organization = await self.orgs.create(name=organization_name, session=s)
+            # The user does not exist yet: the creation is by an anonymous user, from here.
+            organization = await self.orgs.create(
+                name=organization_name, actor=origin.actor(PrincipalKind.USER.value), session=s
+            )
             user = await self.users.create(
                 organization.id,
                 email=email,
@@ -580,7 +583,11 @@ class IdentityService:
                 organization = await self.orgs.get_by_external_id(org_external_id, session=s)
             except OrganizationNotFound:
                 organization = await self.orgs.create(
-                    name=org_name, plan=plan, external_id=org_external_id, session=s
+                    name=org_name,
+                    plan=plan,
+                    external_id=org_external_id,
+                    actor=origin.actor(PrincipalKind.OPERATOR.value),
+                    session=s,
                 )
                 org_created = True
             user = await s.scalar(

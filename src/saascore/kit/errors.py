@@ -10,6 +10,7 @@ SaascoreError                   every error saascore raises on purpose
     ├── AlreadyExists               (409) a unique value is taken
     ├── Conflict                    (409) the request conflicts with the current state
     └── InvalidInput                (422) the request is well-formed but its values are wrong
+        └── InvalidCharacter            (422) a text holds a character no field takes
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DomainError",
     "IdempotencyConflict",
+    "InvalidCharacter",
     "InvalidInput",
     "NotFound",
     "PermissionDenied",
@@ -109,3 +111,11 @@ class InvalidInput(DomainError):
 
     code = "invalid_input"
     status_code = 422
+
+
+class InvalidCharacter(InvalidInput):
+    """(422) A text holds a character no field of its kind takes: a control character in a
+    name or a note (which would reach an operator's terminal as an escape sequence), a NUL
+    anywhere in the request, or half a surrogate pair."""
+
+    code = "invalid_character"

@@ -10,6 +10,12 @@ where it is used:
   that are not JSON at all; `checked_json` can also cap the size.
 - `canonical_json` is the one text of a JSON value (sorted keys, no spaces, UTF-8): what the
   audit chain stores and hashes.
+- `Label` and `Note` (Pydantic types for request bodies) and `checked_text` (for services and
+  the library) refuse control characters in the names and notes people choose: an
+  organisation's name, a key's name, a grant's description. Printed on an operator's
+  terminal, ESC starts an escape sequence that can recolour, move or rewrite what is shown.
+  A `Label` is one line and takes no C0 or C1 control character at all (nor DEL); a `Note`
+  is free text that may run over lines, and takes line feeds and tabs only.
 - `Instant` (a Pydantic type) is an aware datetime between `EARLIEST` and `LATEST`, so that
   converting it to UTC, or stepping to a period's end, cannot overflow the calendar.
 """
@@ -26,7 +32,7 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from saascore.kit.errors import InvalidInput
+from saascore.kit.errors import InvalidCharacter, InvalidInput
 
 __all__ = [
     "EARLIEST",
@@ -35,9 +41,13 @@ __all__ = [
     "Day",
     "Instant",
     "JSONObject",
+    "Label",
+    "Note",
     "canonical_json",
     "checked_instant",
     "checked_json",
+    "checked_text",
+    "control_character",
     "json_problem",
 ]
 
@@ -128,6 +138,57 @@ def checked_json(
     if problem is not None:
         raise InvalidInput(f"{field} {problem}", field=field)
     return value
+
+
+#: The C0 controls, DEL and the C1 controls; a multi-line text keeps line feeds and tabs.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def control_character(text: str, *, multiline: bool = False) -> str | None:
+    """The first control character in `text` that it may not hold, or None. A one-line text
+    takes none; a `multiline` one takes line feeds and tabs."""
+    found = (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text)
+    return found.group() if found else None
+
+
+def _character_problem(text: str, multiline: bool) -> str | None:
+    character = control_character(text, multiline=multiline)
+    if character is None:
+        return None
+    allowed = " (line feeds and tabs are)" if multiline else ""
+    return f"holds the control character {character!r}, which it may not{allowed}"
+
+
+def checked_text(value: str, *, field: str, multiline: bool = False) -> str:
+    """`value` if it holds no control character (but line feeds and tabs, when `multiline`),
+    else `InvalidCharacter` (422 `invalid_character`) naming `field`. For the names and notes
+    the library and the CLI take, as `Label` and `Note` check them in request bodies."""
+    problem = _character_problem(value, multiline)
+    if problem is not None:
+        raise InvalidCharacter(f"{field} {problem}", field=field)
+    return value
+
+
+def _text_validator(multiline: bool) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        problem = _character_problem(value, multiline)
+        if problem is not None:
+            raise PydanticCustomError(
+                "invalid_character", "the text {problem}", {"problem": problem}
+            )
+        return value
+
+    return check
+
+
+#: A name or label in a request body: one line, no control character (422
+#: `invalid_character`).
+Label = Annotated[str, AfterValidator(_text_validator(multiline=False))]
+
+#: Free text in a request body that may run over lines: no control character but line feeds
+#: and tabs (422 `invalid_character`).
+Note = Annotated[str, AfterValidator(_text_validator(multiline=True))]
 
 
 def _json_object(value: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from saascore.kit.errors import InvalidInput
+from saascore.kit.errors import InvalidCharacter, InvalidInput
 from saascore.kit.inputs import INT64_MAX, StrictBool, StrictInt
-from saascore.kit.validation import Day, Instant, JSONObject
+from saascore.kit.validation import Day, Instant, JSONObject, Label, Note
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
 __all__ = [
@@ -48,6 +48,12 @@ LIMIT_FIELDS = (
     "requests_per_minute",
     "requests_per_hour",
 )
+
+
+def spec_error(error: Any) -> type[InvalidInput]:
+    """The error a catalog's validation error is raised as: `InvalidCharacter` for a control
+    character in a name or a description, `InvalidInput` for anything else."""
+    return InvalidCharacter if error.get("type") == "invalid_character" else InvalidInput
 
 
 class _Spec(BaseModel):
@@ -94,8 +100,10 @@ class LimitSpec(_Spec):
 
 
 class PlanSpec(_Spec):
-    name: str = Field(description="The plan's name", examples=["Pro"], min_length=1, max_length=255)
-    description: str | None = Field(default=None, description="What the plan is for")
+    name: Label = Field(
+        description="The plan's name", examples=["Pro"], min_length=1, max_length=255
+    )
+    description: Note | None = Field(default=None, description="What the plan is for")
     sort_order: StrictInt = Field(
         description="Its place in listings, lowest first", default=0, ge=-INT32, le=INT32
     )
@@ -163,14 +171,16 @@ class PlanSpec(_Spec):
 
 
 class MeterSpec(_Spec):
-    name: str = Field(
+    name: Label = Field(
         description="The meter's name", examples=["AI tokens"], min_length=1, max_length=255
     )
-    description: str | None = Field(default=None, description="What it measures")
+    description: Note | None = Field(default=None, description="What it measures")
     aggregation: Aggregation = Field(
         default=Aggregation.SUM, description="How events add up in a period"
     )
-    unit: str = Field(default="unit", description="The unit of its quantities", examples=["token"])
+    unit: Label = Field(
+        default="unit", description="The unit of its quantities", examples=["token"]
+    )
     reset_period: ResetPeriod = Field(
         default=ResetPeriod.MONTH, description="When its counters start again"
     )
@@ -350,4 +360,4 @@ def _read(path: Path | None, resource: str, where: str) -> Catalog:
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(part) for part in error["loc"])
-        raise InvalidInput(f"{where}: {loc}: {error['msg']}") from None
+        raise spec_error(error)(f"{where}: {loc}: {error['msg']}") from None

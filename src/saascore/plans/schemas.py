@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.kit.inputs import StrictBool, StrictInt
-from saascore.kit.validation import JSONObject
+from saascore.kit.validation import JSONObject, Label, Note
 from saascore.models import BillingCycle, ModelPricing, SubscriptionPlan
 from saascore.plans.catalog import INT32, INT64, LIMIT_FIELDS
 from saascore.plans.pricing import PriceOutcome
@@ -175,10 +175,10 @@ class PlanUpdate(_Body):
     unlimited; on `description`, null clears it; on the other fields null changes nothing.
     `limits` (on other meters) is merged: a metric set to null loses its limit."""
 
-    name: str | None = Field(
+    name: Label | None = Field(
         description="The plan's name", default=None, min_length=1, max_length=255, examples=["Pro"]
     )
-    description: str | None = Field(
+    description: Note | None = Field(
         description="What the plan is for; null clears it",
         default=None,
         examples=["Full API access."],

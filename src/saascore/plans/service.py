@@ -22,7 +22,7 @@ from saascore.kit.ids import new_id
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, Organization, PlanLimit, PlanPrice, SubscriptionPlan
-from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec
+from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec, spec_error
 from saascore.plans.errors import CatalogConflict, PlanFeatureMissing, PlanNotFound
 from saascore.plans.pricing import PricingLoadResult, load_model_prices
 
@@ -243,7 +243,7 @@ class PlanService:
             except ValidationError as exc:
                 error = exc.errors()[0]
                 where = ".".join(str(part) for part in error["loc"])
-                raise InvalidInput(f"{where}: {error['msg']}", field=where) from None
+                raise spec_error(error)(f"{where}: {error['msg']}", field=where) from None
             if "limits" in changes:
                 await self._check_metrics(s, changes["limits"] or {})
             for name in fields:

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.kit.inputs import StrictBool
+from saascore.kit.validation import Label
 from saascore.metering.schemas import UsageLimitOut
 from saascore.metering.values import UsageSnapshot
 from saascore.models import Organization, OrganizationStatus, SubscriptionStatus, UserRole
@@ -76,7 +77,7 @@ class UserCreate(_Body):
         json_schema_extra={"format": "email"},
         examples=["grace@example.com"],
     )
-    name: str | None = Field(
+    name: Label | None = Field(
         description="The user's full name", default=None, max_length=255, examples=["Grace Hopper"]
     )
     role: UserRole = Field(
@@ -90,7 +91,7 @@ class UserCreate(_Body):
 class UserUpdate(_Body):
     """The fields to change; those left out (or null) stay as they are."""
 
-    name: str | None = Field(
+    name: Label | None = Field(
         description="The user's full name",
         default=None,
         max_length=255,
@@ -112,7 +113,7 @@ class OrganizationUpdate(_Body):
     `billing_email` or `country`, and leaves the other fields as they are. `settings`
     replaces the whole document. `billing_email` and `currency` also need `billing:write`."""
 
-    name: str | None = Field(
+    name: Label | None = Field(
         description="The organisation's name",
         default=None,
         min_length=1,
@@ -244,7 +245,7 @@ def _summary(organization: Organization) -> dict[str, Any]:
 
 
 class OrganizationCreate(_Body):
-    name: str = Field(
+    name: Label = Field(
         description="The organisation's name; its slug is made from it",
         min_length=1,
         max_length=255,
@@ -278,7 +279,7 @@ class PlanChange(_Body):
 
 
 class Suspension(_Body):
-    reason: str = Field(
+    reason: Label = Field(
         description=("Why, kept in the audit trail and sent in `organization.suspended`"),
         min_length=1,
         max_length=500,
@@ -287,7 +288,7 @@ class Suspension(_Body):
 
 
 class Resumption(_Body):
-    reason: str | None = Field(
+    reason: Label | None = Field(
         description=("Why, kept in the audit trail and sent in `organization.resumed`"),
         default=None,
         max_length=500,

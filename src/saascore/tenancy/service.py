@@ -35,7 +35,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
-from saascore.kit.validation import checked_json
+from saascore.kit.validation import checked_json, checked_text
 from saascore.models import Organization, OrganizationStatus, UsageLimits
 from saascore.plans.service import PlanService
 from saascore.tenancy.errors import OrganizationDeleted, OrganizationExists, OrganizationNotFound
@@ -86,7 +86,7 @@ def normalize_email(email: str, field: str = "email") -> str:
 
 
 def _name(name: str) -> str:
-    name = name.strip()
+    name = checked_text(name, field="name").strip()
     if not name or len(name) > 255:
         raise InvalidInput("an organisation needs a name of 1 to 255 characters", field="name")
     return name
@@ -140,7 +140,7 @@ def _external_id(external_id: str | None) -> str | None:
 
 
 def _reason(reason: str) -> str:
-    reason = reason.strip()
+    reason = checked_text(reason, field="reason").strip()
     if not reason or len(reason) > _REASON_MAX:
         raise InvalidInput(f"a reason of 1 to {_REASON_MAX} characters is needed", field="reason")
     return reason
@@ -182,10 +182,13 @@ class PlanCredits(Protocol):
     """What grants an organisation its plan's credits (`CreditService`, wired by `Saascore`).
 
     `refill` brings the month's plan credits up to the organisation's current plan; it is
-    called in the same transaction when an organisation is created and when its plan changes.
+    called in the same transaction when an organisation is created and when its plan changes,
+    with the actor of that change, whom the grant's `credits.granted` names.
     """
 
-    async def refill(self, org_id: uuid.UUID, *, session: AsyncSession | None = None) -> object: ...
+    async def refill(
+        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
+    ) -> object: ...
 
 
 class OrganizationService:
@@ -213,16 +216,16 @@ class OrganizationService:
         external_id: str | None = None,
         domain: str | None = None,
         billing_email: str | None = None,
-        actor: Actor | None = None,
+        actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Organization:
         """Create an organisation on a plan (by code; the default plan if None).
 
         Its `usage_limits` row, and the plan's credits for the month (with `plan_credits`), are
         created in the same transaction. The slug comes from the
-        name, with a random suffix when the plain slug is taken. With an `actor`, the creation
-        emits `organization.created`, which opens the organisation's audit chain; without
-        one (registration, provisioning), the caller's own event says what happened.
+        name, with a random suffix when the plain slug is taken. The creation emits
+        `organization.created` (by `actor`, saascore itself by default), which opens the
+        organisation's audit chain, before the plan's grant emits `credits.granted`.
         """
         name = _name(name)
         external_id = _external_id(external_id)
@@ -262,16 +265,15 @@ class OrganizationService:
             s.add(UsageLimits(organization_id=organization.id))
             await s.flush()
             set_committed_value(organization, "plan", plan_row)
-            if actor is not None:
-                await self.events.emit(
-                    s,
-                    organization.id,
-                    OrganizationCreated(name=name, slug=organization.slug, plan=plan_row.code),
-                    actor=actor,
-                    target_id=organization.id,
-                )
+            await self.events.emit(
+                s,
+                organization.id,
+                OrganizationCreated(name=name, slug=organization.slug, plan=plan_row.code),
+                actor=actor,
+                target_id=organization.id,
+            )
             if self.plan_credits is not None:
-                await self.plan_credits.refill(organization.id, session=s)
+                await self.plan_credits.refill(organization.id, actor=actor, session=s)
         return organization
 
     async def get(
@@ -409,7 +411,7 @@ class OrganizationService:
                     target_id=org_id,
                 )
                 if self.plan_credits is not None:
-                    await self.plan_credits.refill(org_id, session=s)
+                    await self.plan_credits.refill(org_id, actor=actor, session=s)
         return organization
 
     async def suspend(

@@ -24,6 +24,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput, PermissionDenied
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
+from saascore.kit.validation import checked_text
 from saascore.metering.errors import LimitExceeded
 from saascore.models import Organization, RefreshToken, User, UserRole
 from saascore.tenancy.errors import LastOwner, UserExists, UserNotFound
@@ -36,7 +37,7 @@ __all__ = ["UserService", "check_seats", "end_access_tokens"]
 def _check_name(name: str | None) -> str | None:
     if name is None:
         return None
-    name = name.strip()
+    name = checked_text(name, field="name").strip()
     if len(name) > 255:
         raise InvalidInput("a name has at most 255 characters", field="name")
     return name or None
