@@ -6,8 +6,8 @@ from types import TracebackType
 from typing import Any
 
 from saascore.audit.service import AuditService
-from saascore.billing.subscriptions import SubscriptionService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
 from saascore.events.bus import Event, EventBus

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from saascore.billing.endpoints import create_subscription_admin_router
-from saascore.billing.endpoints import create_invoices_admin_router
+from saascore.billing.endpoints import (
+    create_invoices_admin_router,
+    create_subscription_admin_router,
+)
 from saascore.credits.endpoints import create_credit_grants_admin_router
 from saascore.metering.endpoints import create_limits_admin_router, create_usage_admin_router
 from saascore.plans.endpoints import create_model_pricing_admin_router, create_plans_admin_router

@@ -100,6 +100,8 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "name": "billing",
         "description": "Billing: your organisation's subscription, its plan, status and "
         "current period.",
+    },
+    {
         "name": "invoices",
         "description": "Your organisation's invoices: drafts, open, paid, void and "
         "uncollectible, with tax per line, gapless numbers and a computed `overdue`.",
