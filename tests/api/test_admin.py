@@ -6,6 +6,7 @@ with a revoked operator key. Each domain's operator routes are tested in its own
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from fastapi import FastAPI
@@ -31,7 +32,12 @@ class TestOnlyOperators:
     ) -> None:
         routes = admin_routes(admin.app)
         assert len(routes) >= 11, routes
-        values = {"org_id": str(customer.organization_id), "metric": "tokens", "code": admin.plan}
+        values = {
+            "org_id": str(customer.organization_id),
+            "metric": "tokens",
+            "code": admin.plan,
+            "invoice_id": str(uuid.uuid4()),
+        }
         before = await stored(admin.core.database, customer.organization_id)
         for headers in (customer.headers, customer.key_headers):
             for method, template in routes:

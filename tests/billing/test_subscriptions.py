@@ -395,7 +395,7 @@ class TestUpgrade:
         row = await billing.org_row(org.id)
         assert row.plan.code == "pro"
         actions = await billing.actions(org.id)
-        assert actions[-2:] == ["subscription.updated", "plan.changed"]
+        assert actions[-3:] == ["subscription.updated", "plan.changed", "credits.granted"]
 
     async def test_known_amounts(self, billing: Billing) -> None:
         """docs/billing.md's table: 29.00 paid in April, a change to 99.00 on the 11th."""

@@ -64,11 +64,11 @@ def test_create_and_list(catalog_cli: Cli) -> None:
 async def test_control_characters_are_refused_and_listed_escaped(
     catalog_cli: Cli, empty_database: Database
 ) -> None:
-    """A name with ESC is refused (exit 1, one line); one stored before the check, or
+    """A name with ESC is refused (exit 2: invalid input, one line); one stored before the check, or
     behind saascore's back, is listed with its ESC written out, and `--json` stays JSON."""
     refused = catalog_cli("orgs", "create", "evil\x1b[31mRED")
-    line = refused.error_line(1)
-    assert line.startswith("saascore: name holds the control character '\\x1b'"), line
+    line = refused.error_line(2)
+    assert line.startswith("saascore: NAME holds the control character '\\x1b'"), line
     async with empty_database.transaction() as session:
         await create_organization(session, name="old\x1b[31mname\x01")
     listed, as_json = catalog_cli.run_together(["orgs", "list"], ["orgs", "list", "--json"])

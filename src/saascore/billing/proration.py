@@ -21,22 +21,18 @@ from datetime import datetime, timedelta
 from saascore.billing.errors import OutsidePeriod
 from saascore.billing.periods import Period, as_utc
 from saascore.kit.errors import InvalidInput
+from saascore.kit.money import divide_half_up
 
 __all__ = ["Proration", "prorate", "prorate_change", "unused_seconds"]
 
 
 def prorate(amount_minor: int, numerator: int, denominator: int) -> int:
-    """`amount_minor * numerator / denominator`, rounded half-up (away from zero) to an integer.
-
-    Exact for integers of any size. `denominator` must be positive.
+    """`amount_minor * numerator / denominator`, rounded half-up (away from zero) to an integer:
+    money's one rounding rule (`kit.money.divide_half_up`). `denominator` must be positive.
     """
     if denominator <= 0:
         raise ValueError(f"denominator must be positive, not {denominator}")
-    product = amount_minor * numerator
-    quotient, remainder = divmod(abs(product), denominator)
-    if 2 * remainder >= denominator:
-        quotient += 1
-    return -quotient if product < 0 else quotient
+    return divide_half_up(amount_minor * numerator, denominator)
 
 
 def unused_seconds(period: Period, at: datetime) -> int:

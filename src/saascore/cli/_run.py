@@ -98,6 +98,8 @@ STATEFUL_CODES = frozenset(
         "unknown_user",
         "unknown_metric",
         "not_refundable",
+        "plan_price_missing",
+        "outside_period",
     }
 )
 
