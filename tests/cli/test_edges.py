@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import pytest_asyncio
 
-from saascore.cli._run import STATEFUL_CODES
+from saascore.credits.errors import BalanceOverflow
 from saascore.kit.db import Database
 from saascore.kit.inputs import INT64_MAX, PRIORITY_MAX
 from saascore.plans import PlanService, read_catalog
@@ -91,7 +91,7 @@ class TestInvalidIsTwoRefusedIsOne:
         # The organisation's plan credits are already in its balance: the grant would pass
         # the largest balance, which depends on the balance, not on the command line.
         assert "would take the balance past" in first.error_line(1)
-        assert "credit_balance_overflow" in STATEFUL_CODES
+        assert BalanceOverflow.stateful
         unknown = acme_cli("credits", "grant", "nobody", "5")
         assert unknown.error_line(1) == "saascore: no organisation nobody"
 

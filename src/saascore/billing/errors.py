@@ -84,6 +84,7 @@ class OutsidePeriod(InvalidInput):
     """(422) The moment of a plan change lies outside the period being prorated."""
 
     code = "outside_period"
+    stateful = True
 
 
 class SubscriptionNotFound(NotFound):
@@ -108,6 +109,7 @@ class PlanPriceMissing(InvalidInput):
     """(422) The plan has no active price for that billing cycle and currency."""
 
     code = "plan_price_missing"
+    stateful = True
 
 
 class InvoiceNotFound(NotFound):

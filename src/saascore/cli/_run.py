@@ -20,7 +20,7 @@ In detail:
   a malformed catalog): exit 2, a usage error like click's own, and the message names the
   option or argument of the field it is about (`--expires is in the past`);
 - a refusal that depends on what is stored (`NotFound`, `AlreadyExists`, `Conflict`, too few
-  credits, and the few `InvalidInput`s that depend on stored state, `STATEFUL_CODES`): exit 1.
+  credits, and the few `InvalidInput`s that depend on stored state, `stateful`): exit 1.
 
 Anything else is a bug: it is reported on one line as well, and `SAASCORE_TRACEBACK=1` shows it
 in full.
@@ -85,22 +85,6 @@ PING_TIMEOUT = 10.0
 OUTDATED_SCHEMA = (
     "the database schema does not match saascore's models (a column is missing); "
     "run 'saascore db upgrade', or see 'saascore db check'"
-)
-
-#: The codes of `InvalidInput` errors that depend on what is stored, not on the input alone
-#: (the balance, a counter, the meters or users of the organisation): refusals, exit 1.
-STATEFUL_CODES = frozenset(
-    {
-        "credit_balance_overflow",
-        "counter_overflow",
-        "storage_underflow",
-        "period_closed",
-        "unknown_user",
-        "unknown_metric",
-        "not_refundable",
-        "plan_price_missing",
-        "outside_period",
-    }
 )
 
 #: PostgreSQL's SQLSTATEs for "relation does not exist" and "column does not exist".
@@ -173,7 +157,7 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return str(exc), EXIT_USAGE
     if isinstance(exc, DatabaseUnavailable):
         return str(exc), EXIT_ERROR
-    if isinstance(exc, InvalidInput) and exc.code not in STATEFUL_CODES:
+    if isinstance(exc, InvalidInput) and not exc.stateful:
         return name_option(exc.message, exc.details.get("field")), EXIT_USAGE
     if isinstance(exc, DomainError):
         return exc.message, EXIT_ERROR

@@ -40,6 +40,7 @@ class NotRefundable(InvalidInput):
     """Only a consumption can be refunded, and only up to what remains of it."""
 
     code = "not_refundable"
+    stateful = True
 
 
 class BalanceOverflow(InvalidInput):
@@ -47,3 +48,4 @@ class BalanceOverflow(InvalidInput):
     granted."""
 
     code = "credit_balance_overflow"
+    stateful = True

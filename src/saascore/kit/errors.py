@@ -111,6 +111,10 @@ class InvalidInput(DomainError):
 
     code = "invalid_input"
     status_code = 422
+    #: True where the refusal depends on what is stored (a balance, a counter, the meters or
+    #: users of the organisation, a plan's prices), not on the input alone: the CLI answers
+    #: those with exit 1, a refusal, and every other invalid input with exit 2, a usage error.
+    stateful: ClassVar[bool] = False
 
 
 class InvalidCharacter(InvalidInput):

@@ -42,6 +42,7 @@ class UnknownMetric(InvalidInput):
     """The metric is not one of the catalog's meters."""
 
     code = "unknown_metric"
+    stateful = True
 
 
 class ReservationNotFound(NotFound):
@@ -60,6 +61,7 @@ class StorageUnderflow(InvalidInput):
     """Freeing more bytes than are in use."""
 
     code = "storage_underflow"
+    stateful = True
 
 
 class CounterOverflow(InvalidInput):
@@ -67,6 +69,7 @@ class CounterOverflow(InvalidInput):
     (a BIGINT); nothing was recorded, and the counter stays usable for what fits."""
 
     code = "counter_overflow"
+    stateful = True
 
 
 class PeriodClosed(InvalidInput):
@@ -74,9 +77,11 @@ class PeriodClosed(InvalidInput):
     start of the meter's current period to a few minutes ahead. Backfill is for operators."""
 
     code = "period_closed"
+    stateful = True
 
 
 class UnknownUser(InvalidInput):
     """The event names a `user_id` that is not a user of its organisation."""
 
     code = "unknown_user"
+    stateful = True
