@@ -76,6 +76,7 @@ __all__ = [
     "compute_totals",
     "is_overdue",
     "line_totals",
+    "recompute_totals",
 ]
 
 #: The most lines one invoice holds.
@@ -462,7 +463,7 @@ class InvoiceService:
                 )
             position = max((existing.position for existing in invoice.lines), default=-1) + 1
             invoice.lines.append(_line_row(org_id, position, item, unit, amount))
-            _recompute(invoice, await _tax_rate(s, org_id))
+            await recompute_totals(s, invoice)
             await s.flush()
             return invoice
 
@@ -484,7 +485,7 @@ class InvoiceService:
                     f"no line {line_id} on invoice {invoice_id}", field="line_id"
                 )
             invoice.lines.remove(line)
-            _recompute(invoice, await _tax_rate(s, org_id))
+            await recompute_totals(s, invoice)
             await s.flush()
             return invoice
 
@@ -507,7 +508,7 @@ class InvoiceService:
                 raise EmptyInvoice(
                     "a draft without lines cannot be finalised", invoice=str(invoice_id)
                 )
-            _recompute(invoice, await _tax_rate(s, org_id))
+            await recompute_totals(s, invoice)
             if invoice.total < 0:
                 raise NegativeInvoiceTotal(
                     "the draft's credits exceed its charges: its total would be "
@@ -551,26 +552,9 @@ class InvoiceService:
     ) -> Invoice:
         """`open -> void` (or uncollectible -> void): nothing is owed; the number stays.
         Emits `invoice.voided`."""
-        async with self.database.scope(session) as s:
-            invoice = await self._locked(s, org_id, invoice_id)
-            check_invoice_transition(invoice.status, InvoiceStatus.VOID)
-            invoice.status = InvoiceStatus.VOID
-            await s.flush()
-            assert invoice.number is not None  # only issued invoices may be voided
-            await self.events.emit(
-                s,
-                org_id,
-                InvoiceVoided(
-                    invoice_id=invoice.id,
-                    number=invoice.number,
-                    currency=invoice.currency,
-                    total=invoice.total,
-                    amount_due=invoice.amount_due,
-                ),
-                actor=actor,
-                target_id=invoice.id,
-            )
-            return invoice
+        return await self._move(
+            org_id, invoice_id, InvoiceStatus.VOID, InvoiceVoided, actor=actor, session=session
+        )
 
     async def mark_uncollectible(
         self,
@@ -581,16 +565,36 @@ class InvoiceService:
         session: AsyncSession | None = None,
     ) -> Invoice:
         """`open -> uncollectible`: written off; it may still be paid or voided. Audited."""
+        return await self._move(
+            org_id,
+            invoice_id,
+            InvoiceStatus.UNCOLLECTIBLE,
+            InvoiceMarkedUncollectible,
+            actor=actor,
+            session=session,
+        )
+
+    async def _move(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        target: InvoiceStatus,
+        event: type[InvoiceVoided | InvoiceMarkedUncollectible],
+        *,
+        actor: Actor,
+        session: AsyncSession | None,
+    ) -> Invoice:
+        """Move an issued invoice to `target` along the table and emit `event` with it."""
         async with self.database.scope(session) as s:
             invoice = await self._locked(s, org_id, invoice_id)
-            check_invoice_transition(invoice.status, InvoiceStatus.UNCOLLECTIBLE)
-            invoice.status = InvoiceStatus.UNCOLLECTIBLE
+            check_invoice_transition(invoice.status, target)
+            invoice.status = target
             await s.flush()
-            assert invoice.number is not None
+            assert invoice.number is not None  # only issued invoices leave `open`
             await self.events.emit(
                 s,
                 org_id,
-                InvoiceMarkedUncollectible(
+                event(
                     invoice_id=invoice.id,
                     number=invoice.number,
                     currency=invoice.currency,
@@ -707,9 +711,13 @@ def _draft_only(invoice: Invoice) -> None:
         )
 
 
-async def _tax_rate(s: AsyncSession, org_id: uuid.UUID) -> BasisPoints:
-    rate = await s.scalar(sa.select(Organization.tax_rate_bps).where(Organization.id == org_id))
-    return BasisPoints(rate or 0)
+async def recompute_totals(s: AsyncSession, invoice: Invoice) -> None:
+    """Set a draft's line taxes and totals from its lines, at its organisation's tax rate: the
+    one place totals are computed, for drafts built here and by `SubscriptionService`."""
+    rate = await s.scalar(
+        sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
+    )
+    _recompute(invoice, BasisPoints(rate or 0))
 
 
 def _line_row(

@@ -39,6 +39,7 @@ from saascore.billing.errors import (
     SubscriptionExists,
     SubscriptionNotFound,
 )
+from saascore.billing.invoices import recompute_totals
 from saascore.billing.periods import Period, as_utc, period_containing, trial_end
 from saascore.billing.proration import Proration, prorate_change
 from saascore.billing.states import FINAL_STATUSES, Trigger, check_transition
@@ -148,13 +149,6 @@ async def upcoming_invoice(
         await session.flush()
         set_committed_value(invoice, "lines", [])
     return invoice
-
-
-def _reconcile(invoice: Invoice) -> None:
-    """subtotal = the lines' sum; total = subtotal - discount + tax; due = total - paid."""
-    invoice.subtotal = sum(line.amount for line in invoice.lines)
-    invoice.total = invoice.subtotal - invoice.discount_amount + invoice.tax_amount
-    invoice.amount_due = invoice.total - invoice.amount_paid
 
 
 class SubscriptionService:
@@ -462,7 +456,7 @@ class SubscriptionService:
                     },
                 )
             )
-        _reconcile(invoice)
+        await recompute_totals(s, invoice)
         await s.flush()
 
     # --- ending ----------------------------------------------------------------------------
