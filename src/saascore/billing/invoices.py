@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -71,6 +72,7 @@ __all__ = [
     "InvoiceService",
     "InvoiceTotals",
     "LineItem",
+    "LineKind",
     "LineTotals",
     "check_invoice_transition",
     "compute_totals",
@@ -91,6 +93,24 @@ MAX_NOTE_LOCALES: Final = 20
 MAX_QUANTITY: Final = 1_000_000_000
 
 S = InvoiceStatus
+
+
+class LineKind(StrEnum):
+    """What a line bills, kept in its `metadata["kind"]`: the billing run, payments (a paid
+    credit pack grants its credits) and the renderings read it."""
+
+    #: The plan's fee for a period.
+    PLAN = "plan"
+    #: A meter's usage above the plan's included amount, at the plan's price per unit.
+    USAGE = "usage"
+    #: A plan change's credit for unused time, or its charge for the new plan's time.
+    PRORATION = "proration"
+    #: A credit pack: `metadata["credit_pack"]` is its code, `metadata["credits"]` the credits
+    #: a full payment of the invoice grants, once.
+    CREDIT_PACK = "credit_pack"
+    #: Anything else an operator bills.
+    ONE_OFF = "one_off"
+
 
 #: status -> {status it may go to: what takes it there}. Everything else is refused.
 INVOICE_TRANSITIONS: Final[Mapping[InvoiceStatus, Mapping[InvoiceStatus, str]]] = MappingProxyType(
@@ -200,6 +220,9 @@ class LineItem:
     period_start: datetime | None = None
     period_end: datetime | None = None
     metric: str | None = None
+    kind: LineKind = LineKind.ONE_OFF
+    #: Kept on the line beside its kind (JSON values).
+    metadata: Mapping[str, Any] | None = None
 
 
 LineInput = LineItem | tuple[str, Money | int] | tuple[str, Money | int, int]
@@ -282,6 +305,8 @@ def _checked_line(line: LineInput, currency: str) -> tuple[LineItem, Money, Mone
         item.period_start,
         item.period_end,
         item.metric,
+        LineKind(item.kind),
+        item.metadata,
     )
     return item, unit, unit * quantity
 
@@ -723,7 +748,7 @@ async def recompute_totals(s: AsyncSession, invoice: Invoice) -> None:
 def _line_row(
     org_id: uuid.UUID, position: int, item: LineItem, unit: Money, amount: Money
 ) -> InvoiceLine:
-    metadata: dict[str, Any] = {}
+    metadata: dict[str, Any] = {**(item.metadata or {}), "kind": item.kind.value}
     return InvoiceLine(
         organization_id=org_id,
         position=position,

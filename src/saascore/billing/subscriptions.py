@@ -39,7 +39,7 @@ from saascore.billing.errors import (
     SubscriptionExists,
     SubscriptionNotFound,
 )
-from saascore.billing.invoices import recompute_totals
+from saascore.billing.invoices import LineKind, recompute_totals
 from saascore.billing.periods import Period, as_utc, period_containing, trial_end
 from saascore.billing.proration import Proration, prorate_change
 from saascore.billing.states import FINAL_STATUSES, Trigger, check_transition
@@ -447,7 +447,7 @@ class SubscriptionService:
                     period_start=moment,
                     period_end=subscription.current_period_end,
                     metadata_={
-                        "kind": "proration",
+                        "kind": LineKind.PRORATION.value,
                         "proration": kind,
                         "plan": code,
                         "subscription_id": str(subscription.id),
