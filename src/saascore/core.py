@@ -6,6 +6,7 @@ from types import TracebackType
 from typing import Any
 
 from saascore.audit.service import AuditService
+from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
@@ -35,8 +36,8 @@ class Saascore:
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
-    `core.credits`, `core.subscriptions` and `core.invoices`; `core.events` is the bus they
-    emit into.
+    `core.credits`, `core.subscriptions`, `core.invoices` and `core.dunning` (unpaid
+    invoices); `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -82,6 +83,9 @@ class Saascore:
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )
         self.invoices = InvoiceService(self.database, self.settings, self.events)
+        self.dunning = DunningService(
+            self.database, self.settings, self.subscriptions, self.orgs, self.events
+        )
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,

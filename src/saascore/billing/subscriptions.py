@@ -19,7 +19,7 @@ price) waits for the period's end: it is kept in the subscription's `metadata` u
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -458,6 +458,41 @@ class SubscriptionService:
             )
         await recompute_totals(s, invoice)
         await s.flush()
+
+    # --- payment-driven moves ---------------------------------------------------------------
+    async def transition(
+        self,
+        org_id: uuid.UUID,
+        target: SubscriptionStatus,
+        trigger: Trigger,
+        *,
+        when: Collection[SubscriptionStatus],
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Subscription | None:
+        """Move the organisation's subscription to `target` by `trigger` (along the table)
+        when its status is one of `when`, with the organisation's `subscription_status`,
+        emitting `subscription.updated`. None, changing nothing, when it has no subscription
+        or is in another status: dunning and payments call it again and again."""
+        async with self.database.scope(session) as s:
+            try:
+                subscription = await self._current(s, org_id, lock=True)
+            except SubscriptionNotFound:
+                return None
+            current = subscription.status
+            if current not in when:
+                return None
+            check_transition(current, target, trigger)
+            subscription.status = SubscriptionStatus(target)
+            organization = await locked_organization(s, org_id)
+            organization.subscription_status = subscription.status
+            await self._updated(
+                s,
+                subscription,
+                {"status": {"from": current.value, "to": subscription.status.value}},
+                actor,
+            )
+        return subscription
 
     # --- ending ----------------------------------------------------------------------------
     async def end_due(
