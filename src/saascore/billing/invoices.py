@@ -389,11 +389,15 @@ class InvoiceService:
         session: AsyncSession | None = None,
     ) -> Organization:
         """Set the organisation's tax rate (0 to 100 000 basis points): its drafts take it
-        when they change or are finalised; finalised invoices keep theirs."""
+        when they change or are finalised; finalised invoices keep theirs. The rate is then
+        the operator's (`tax_rate_source`): a later change of country leaves it alone."""
         rate = BasisPoints(basis_points)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id)
             previous = organization.tax_rate_bps
+            if organization.tax_rate_source != "operator":
+                organization.tax_rate_source = "operator"
+                await s.flush()
             if previous != rate.value:
                 organization.tax_rate_bps = rate.value
                 await s.flush()
