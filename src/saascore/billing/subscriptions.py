@@ -39,7 +39,7 @@ from saascore.billing.errors import (
     SubscriptionExists,
     SubscriptionNotFound,
 )
-from saascore.billing.invoices import LineKind, recompute_totals
+from saascore.billing.invoices import LineKind, draft_in, recompute_totals
 from saascore.billing.periods import Period, as_utc, period_containing, trial_end
 from saascore.billing.proration import Proration, prorate_change
 from saascore.billing.states import FINAL_STATUSES, Trigger, check_transition
@@ -134,20 +134,13 @@ async def upcoming_invoice(
     )
     invoice = (await session.scalars(query)).unique().one_or_none()
     if invoice is None and create:
-        following = _next_period(subscription)
-        invoice = Invoice(
-            organization_id=subscription.organization_id,
+        invoice = await draft_in(
+            session,
+            subscription.organization_id,
+            subscription.currency,
             subscription_id=subscription.id,
-            status=InvoiceStatus.DRAFT,
-            currency=subscription.currency,
-            period_start=following.start,
-            period_end=following.end,
-            metadata_={},
-            notes_localized={},
+            period=_next_period(subscription),
         )
-        session.add(invoice)
-        await session.flush()
-        set_committed_value(invoice, "lines", [])
     return invoice
 
 
