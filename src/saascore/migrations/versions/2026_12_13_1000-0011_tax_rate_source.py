@@ -5,7 +5,7 @@
   later change of country leaves alone). Existing organisations with a non-zero rate had it
   set by an operator (0010 had no other way); the others follow their country from now on.
 
-Revision ID: 0014
+Revision ID: 0011
 Revises: 0010
 Create Date: 2026-12-14 10:00:00.000000+00:00
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
+revision: str = "0011"
 down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
