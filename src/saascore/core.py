@@ -7,6 +7,7 @@ from typing import Any
 
 from saascore.audit.service import AuditService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.render import InvoiceRenderer
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -35,8 +36,8 @@ class Saascore:
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
-    `core.credits`, `core.subscriptions` and `core.invoices`; `core.events` is the bus they
-    emit into.
+    `core.credits`, `core.subscriptions`, `core.invoices` and `core.invoice_renderer` (their
+    HTML and PDF); `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -82,6 +83,8 @@ class Saascore:
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )
         self.invoices = InvoiceService(self.database, self.settings, self.events)
+        #: The invoices as HTML pages and PDFs.
+        self.invoice_renderer = InvoiceRenderer(self.invoices)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
