@@ -8,6 +8,7 @@ from typing import Any
 from saascore.audit.service import AuditService
 from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.render import InvoiceRenderer
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -36,8 +37,9 @@ class Saascore:
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
-    `core.credits`, `core.subscriptions`, `core.invoices` and `core.dunning` (unpaid
-    invoices); `core.events` is the bus they emit into.
+    `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
+    HTML and PDF) and `core.dunning` (unpaid invoices); `core.events` is the bus they
+    emit into.
     """
 
     def __init__(
@@ -86,6 +88,8 @@ class Saascore:
         self.dunning = DunningService(
             self.database, self.settings, self.subscriptions, self.orgs, self.events
         )
+        #: The invoices as HTML pages and PDFs.
+        self.invoice_renderer = InvoiceRenderer(self.invoices)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
