@@ -9,6 +9,7 @@ from saascore.audit.service import AuditService
 from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
 from saascore.billing.render import InvoiceRenderer
+from saascore.billing.payments import PaymentService
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -38,8 +39,8 @@ class Saascore:
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
     `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
-    HTML and PDF) and `core.dunning` (unpaid invoices); `core.events` is the bus they
-    emit into.
+    HTML and PDF), `core.dunning` (unpaid invoices) and `core.payments`; `core.events` is the
+    bus they emit into.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class Saascore:
         )
         #: The invoices as HTML pages and PDFs.
         self.invoice_renderer = InvoiceRenderer(self.invoices)
+        self.payments = PaymentService(self.database, self.credits, self.subscriptions, self.events)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,

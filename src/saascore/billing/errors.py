@@ -3,21 +3,31 @@
 DomainError
 ├── NotFound
 │   ├── SubscriptionNotFound    (404) the organisation has no subscription
-│   └── InvoiceNotFound         (404) no such invoice in the organisation
+│   ├── InvoiceNotFound         (404) no such invoice in the organisation
+│   └── PaymentNotFound         (404) no such payment in the organisation
 ├── AlreadyExists
-│   └── SubscriptionExists      (409) the organisation already has a live subscription
+│   ├── SubscriptionExists      (409) the organisation already has a live subscription
+│   └── PaymentExists           (409) the provider's payment id is already recorded
 ├── Conflict
 │   ├── InvalidTransition       (409) a subscription's or invoice's status may not go there
 │   ├── PeriodEnded             (409) too late: the period the request is about has ended
 │   ├── InvoiceNotDraft         (409) only a draft's lines may change
 │   ├── EmptyInvoice            (409) a draft without lines cannot be finalised
-│   └── NegativeInvoiceTotal    (409) a draft whose credits exceed its charges
+│   ├── NegativeInvoiceTotal    (409) a draft whose credits exceed its charges
+│   ├── InvoiceNotPayable       (409) only an open or uncollectible invoice takes payments
+│   ├── Overpayment             (409) a payment above the invoice's amount due
+│   ├── PaymentNotRefundable    (409) only a succeeded payment is refunded
+│   └── RefundExceedsPayment    (409) a refund above what is left of the payment
 └── InvalidInput
     ├── PlanPriceMissing        (422) the plan has no price for that cycle and currency
     ├── NaiveDatetime           (422) a timestamp without a time zone
     ├── PeriodOutOfRange        (422) a period or trial before its anchor or past 9999-12-31
     ├── OutsidePeriod           (422) a moment outside the period it is prorated in
-    └── InvalidInvoiceLine      (422) a line's description, amount or quantity is refused
+    ├── InvalidInvoiceLine      (422) a line's description, amount or quantity is refused
+    └── InvalidPayment          (422) a payment's amount, method, key or texts are refused
+
+A payment or refund key reused for different content is the kit's `IdempotencyConflict`
+(409, `idempotency_conflict`), as for credits and usage.
 """
 
 from __future__ import annotations
@@ -27,15 +37,22 @@ from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 __all__ = [
     "EmptyInvoice",
     "InvalidInvoiceLine",
+    "InvalidPayment",
     "InvalidTransition",
     "InvoiceNotDraft",
     "InvoiceNotFound",
+    "InvoiceNotPayable",
     "NaiveDatetime",
     "NegativeInvoiceTotal",
     "OutsidePeriod",
+    "Overpayment",
+    "PaymentExists",
+    "PaymentNotFound",
+    "PaymentNotRefundable",
     "PeriodEnded",
     "PeriodOutOfRange",
     "PlanPriceMissing",
+    "RefundExceedsPayment",
     "SubscriptionExists",
     "SubscriptionNotFound",
 ]
@@ -140,3 +157,46 @@ class InvalidInvoiceLine(InvalidInput):
     """(422) An invoice line's description, amount or quantity is refused, or too many lines."""
 
     code = "invalid_invoice_line"
+
+
+class PaymentNotFound(NotFound):
+    """(404) No payment with this id in the organisation."""
+
+    code = "payment_not_found"
+
+
+class PaymentExists(AlreadyExists):
+    """(409) The provider's payment id is already recorded for another payment."""
+
+    code = "payment_exists"
+
+
+class InvoiceNotPayable(Conflict):
+    """(409) Payments go to an open (or uncollectible) invoice only: a draft is not owed yet,
+    a paid, void or refunded invoice is closed."""
+
+    code = "invoice_not_payable"
+
+
+class Overpayment(Conflict):
+    """(409) The payment is above the invoice's amount due; nothing was written."""
+
+    code = "overpayment"
+
+
+class PaymentNotRefundable(Conflict):
+    """(409) Only a succeeded (or partially refunded) payment is refunded."""
+
+    code = "payment_not_refundable"
+
+
+class RefundExceedsPayment(Conflict):
+    """(409) The refund is above what is left of the payment (paid minus refunded)."""
+
+    code = "refund_exceeds_payment"
+
+
+class InvalidPayment(InvalidInput):
+    """(422) A payment's or refund's amount, method, key or texts are refused."""
+
+    code = "invalid_payment"

@@ -126,7 +126,8 @@ INVOICE_TRANSITIONS: Final[Mapping[InvoiceStatus, Mapping[InvoiceStatus, str]]] 
         ),
         # Written off, an invoice may still be paid after all, or voided.
         S.UNCOLLECTIBLE: MappingProxyType({S.PAID: "paid in full", S.VOID: "void"}),
-        S.PAID: MappingProxyType({}),
+        # A payment refunded in full leaves nothing paid (`PaymentService.refund`).
+        S.PAID: MappingProxyType({S.REFUNDED: "refunded in full"}),
         S.VOID: MappingProxyType({}),
         S.REFUNDED: MappingProxyType({}),
     }

@@ -594,6 +594,34 @@ class SubscriptionService:
             s, subscription.organization_id, payload, actor=actor, target_id=subscription.id
         )
 
+    # --- paying ----------------------------------------------------------------------------
+    async def reactivate_paid(
+        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
+    ) -> Subscription | None:
+        """The organisation has paid what was overdue: a `past_due` or `suspended` live
+        subscription goes back to `active` (`payment succeeds`, `subscription.updated`), and
+        an organisation suspended with it is resumed. Answers the subscription it reactivated,
+        else None (none, or nothing to do). `PaymentService` calls it when an invoice is paid
+        and no other invoice of the organisation is past due."""
+        async with self.database.scope(session) as s:
+            try:
+                subscription = await self._current(s, org_id, lock=True)
+            except SubscriptionNotFound:
+                return None
+            previous = subscription.status
+            if previous not in (S.PAST_DUE, S.SUSPENDED, S.UNPAID):
+                return None
+            check_transition(previous, S.ACTIVE, Trigger.PAYMENT_SUCCEEDS)
+            subscription.status = S.ACTIVE
+            organization = await locked_organization(s, org_id)
+            organization.subscription_status = S.ACTIVE
+            await self._updated(
+                s, subscription, {"status": {"from": previous.value, "to": S.ACTIVE.value}}, actor
+            )
+            if previous is not S.PAST_DUE:
+                await self.orgs.resume(org_id, reason="invoices paid", actor=actor, session=s)
+            return subscription
+
     # --- shared ----------------------------------------------------------------------------
     async def _updated(
         self, s: AsyncSession, subscription: Subscription, changes: dict[str, Any], actor: Actor

@@ -29,9 +29,11 @@ __all__ = [
     "CreditsExpired",
     "CreditsGranted",
     "CreditsLow",
+    "CreditsPurchased",
     "InvoiceFinalized",
     "InvoiceMarkedUncollectible",
     "InvoiceOverdue",
+    "InvoicePaid",
     "InvoiceVoided",
     "LimitOverridden",
     "LimitOverrideCleared",
@@ -42,6 +44,9 @@ __all__ = [
     "OrganizationSuspended",
     "OrganizationTaxRateChanged",
     "OrganizationUpdated",
+    "PaymentFailed",
+    "PaymentRefunded",
+    "PaymentSucceeded",
     "SubscriptionCanceled",
     "SubscriptionCreated",
     "SubscriptionExpired",
@@ -162,6 +167,66 @@ class InvoiceMarkedUncollectible(_InvoiceEvent):
     public: ClassVar[bool] = False
 
 
+class InvoicePaid(_InvoiceEvent):
+    """A payment brought the invoice's amount due to zero: it is paid in full."""
+
+    type: ClassVar[str] = "invoice.paid"
+    amount_paid: int = Field(
+        description="What was paid, in minor units of the currency", examples=[3449]
+    )
+    paid_at: datetime = Field(description="When the last payment made it paid")
+
+
+# --- payments ------------------------------------------------------------------------------------
+class _PaymentEvent(EventPayload):
+    target_type: ClassVar[str | None] = "payment"
+    payment_id: uuid.UUID = Field(description="The payment's id")
+    invoice_id: uuid.UUID | None = Field(description="The invoice it pays, if any")
+    invoice_number: str | None = Field(
+        default=None, description="That invoice's number", examples=["INV-2026-0001"]
+    )
+    currency: str = Field(description="ISO 4217 currency code", examples=["USD"])
+    amount: int = Field(
+        description="The payment's amount, in minor units of the currency", examples=[1500]
+    )
+    method: str = Field(description="How it was paid", examples=["credit_card"])
+    method_name: str | None = Field(
+        default=None,
+        description="The provider-specific method's name, when not one of the methods",
+        examples=["tharwatt"],
+    )
+    status: str = Field(description="The payment's status now", examples=["succeeded"])
+
+
+class PaymentSucceeded(_PaymentEvent):
+    """A payment was received and applied to its invoice."""
+
+    type: ClassVar[str] = "payment.succeeded"
+    amount_due: int = Field(
+        description="What is left to pay on the invoice after it, in minor units", examples=[0]
+    )
+
+
+class PaymentFailed(_PaymentEvent):
+    """A payment failed; the invoice is unchanged."""
+
+    type: ClassVar[str] = "payment.failed"
+    failure_reason: str = Field(
+        description="Why it failed, as reported", examples=["card declined"]
+    )
+
+
+class PaymentRefunded(_PaymentEvent):
+    """Part or all of a payment was refunded; its invoice's amount paid went down by as much."""
+
+    type: ClassVar[str] = "payment.refunded"
+    refund_amount: int = Field(description="This refund, in minor units", examples=[500])
+    refunded_amount: int = Field(
+        description="Everything refunded of the payment so far, in minor units", examples=[500]
+    )
+    reason: str | None = Field(default=None, description="Why, as given", examples=["goodwill"])
+
+
 # --- credits -------------------------------------------------------------------------------------
 class CreditsGranted(EventPayload):
     """Credits were added to the organisation's balance."""
@@ -178,6 +243,19 @@ class CreditsGranted(EventPayload):
     expires_at: datetime | None = Field(
         default=None, description="When unused credits expire; null: never"
     )
+    balance: int = Field(description="The balance after the grant", examples=[12_500])
+
+
+class CreditsPurchased(EventPayload):
+    """A paid invoice's credit packs granted their credits (once per invoice)."""
+
+    type: ClassVar[str] = "credits.purchased"
+    target_type: ClassVar[str | None] = "payment"
+    payment_id: uuid.UUID = Field(description="The payment that paid the invoice in full")
+    invoice_id: uuid.UUID = Field(description="The invoice of the credit packs")
+    credits: int = Field(description="Credits granted", examples=[100])
+    packs: list[str] = Field(description="The packs' codes, one per line", examples=[["p100"]])
+    transaction_id: uuid.UUID = Field(description="The ledger transaction of the grant")
     balance: int = Field(description="The balance after the grant", examples=[12_500])
 
 
@@ -523,12 +601,17 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         LimitOverrideCleared,
         CreditsGranted,
         CreditsLow,
+        CreditsPurchased,
         CreditsExpired,
         CreditLowThresholdChanged,
         InvoiceFinalized,
         InvoiceOverdue,
         InvoiceVoided,
         InvoiceMarkedUncollectible,
+        InvoicePaid,
+        PaymentSucceeded,
+        PaymentFailed,
+        PaymentRefunded,
         OrganizationTaxRateChanged,
         OrganizationCreated,
         OrganizationUpdated,
