@@ -104,6 +104,13 @@ async def _invoice(core: Saascore, a: TestTenant) -> uuid.UUID:
     return draft.id
 
 
+async def _payment(core: Saascore, a: TestTenant) -> uuid.UUID:
+    """A payment of A's: half of an issued invoice."""
+    invoice = await core.invoices.finalize(a.organization_id, await _invoice(core, a))
+    payment = await core.payments.record(a.organization_id, invoice.id, 50, "cash")
+    return payment.id
+
+
 OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "key_id": _api_key,
     "user_id": _user,
@@ -111,6 +118,7 @@ OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "endpoint_id": _webhook_endpoint,
     "delivery_id": _webhook_delivery,
     "invoice_id": _invoice,
+    "payment_id": _payment,
 }
 
 

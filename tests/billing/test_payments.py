@@ -198,9 +198,7 @@ class TestRecord:
         assert await billing.payment_count(org) == 1
         assert len(await billing.outbox(org)) == events
 
-    async def test_a_failed_payment_changes_nothing_on_the_invoice(
-        self, billing: Billing
-    ) -> None:
+    async def test_a_failed_payment_changes_nothing_on_the_invoice(self, billing: Billing) -> None:
         org = await billing.org()
         invoice = await billing.invoice(org)
         failed = await billing.payments.record(
@@ -366,7 +364,13 @@ class TestRefunds:
         org, other = await billing.org(), await billing.org()
         invoice = await billing.invoice(org)
         failed = await billing.payments.record(
-            org, invoice.id, 100, "card", status="failed", failure_reason="no", session=billing.session
+            org,
+            invoice.id,
+            100,
+            "card",
+            status="failed",
+            failure_reason="no",
+            session=billing.session,
         )
         with pytest.raises(PaymentNotRefundable):
             await billing.payments.refund(org, failed.id, 100, session=billing.session)
@@ -381,9 +385,13 @@ class TestCreditPacks:
         org = await billing.org()
         before = await billing.credits.balance(org, session=billing.session)
         invoice = await billing.invoice(org, pack(100), pack(250, "p250", 2_000))
-        first = await billing.payments.record(org, invoice.id, 1_000, "card", session=billing.session)
+        first = await billing.payments.record(
+            org, invoice.id, 1_000, "card", session=billing.session
+        )
         assert first.credits_awarded == 0
-        last = await billing.payments.record(org, invoice.id, 2_000, "card", session=billing.session)
+        last = await billing.payments.record(
+            org, invoice.id, 2_000, "card", session=billing.session
+        )
         assert last.credits_awarded == 350
         assert await billing.credits.balance(org, session=billing.session) == before + 350
         purchased = [e for e in await billing.outbox(org) if e.type == "credits.purchased"]
@@ -398,9 +406,7 @@ class TestResumeOnPayment:
         await billing.subs.create(org, "pro", "monthly", at=AT, session=billing.session)
         assert billing.session is not None
         await billing.session.execute(
-            sa.update(Subscription)
-            .where(Subscription.organization_id == org)
-            .values(status=status)
+            sa.update(Subscription).where(Subscription.organization_id == org).values(status=status)
         )
         if status is SubscriptionStatus.SUSPENDED:
             await billing.orgs.suspend(org, reason="unpaid invoices", session=billing.session)
@@ -464,9 +470,7 @@ class TestRaces:
         assert len({result.id for result in results if isinstance(result, Payment)}) == 1
         async with race_database.session(readonly=True) as s:
             stored = await s.get_one(Invoice, (org, invoice.id), populate_existing=True)
-            count = await s.scalar(
-                sa.select(sa.func.count()).where(Payment.organization_id == org)
-            )
+            count = await s.scalar(sa.select(sa.func.count()).where(Payment.organization_id == org))
         assert (stored.amount_paid, stored.amount_due, count) == (1_500, 8_500, 1)
 
     async def test_racing_partial_payments_grant_the_pack_once(

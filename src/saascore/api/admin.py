@@ -12,6 +12,7 @@ from fastapi import APIRouter
 
 from saascore.billing.endpoints import (
     create_invoices_admin_router,
+    create_payments_admin_router,
     create_subscription_admin_router,
 )
 from saascore.credits.endpoints import create_credit_grants_admin_router
@@ -32,6 +33,7 @@ def create_admin_router() -> APIRouter:
     router.include_router(create_credit_grants_admin_router())
     router.include_router(create_subscription_admin_router())
     router.include_router(create_invoices_admin_router())
+    router.include_router(create_payments_admin_router())
     router.include_router(create_plans_admin_router())
     router.include_router(create_model_pricing_admin_router())
     return router

@@ -107,6 +107,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "uncollectible, with tax per line, gapless numbers and a computed `overdue`.",
     },
     {
+        "name": "payments",
+        "description": "Your organisation's payment history: payments against invoices, "
+        "partial or in full, failed ones with their reason, and refunds.",
+    },
+    {
         "name": "webhooks",
         "description": "Your webhook endpoints, the events they receive (signed per Standard "
         "Webhooks, retried with backoff) and each delivery's attempts.",
@@ -120,8 +125,8 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "name": "admin",
         "description": "For platform operators only (operator keys; a tenant's credentials "
         "get 403): organisations, plans and suspension, limit overrides, usage backfill, "
-        "credit grants, invoices and tax rates, and the plan catalog. Every change is "
-        "audited with the operator as the actor.",
+        "credit grants, invoices, payments and refunds, tax rates, and the plan catalog. "
+        "Every change is audited with the operator as the actor.",
     },
 ]
 

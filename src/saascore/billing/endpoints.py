@@ -1,7 +1,8 @@
-"""Billing's routes. Tenants: `GET /v1/subscription` and `/v1/invoices` (`billing:read`).
-Operators, under `/v1/admin`: an organisation's subscription (create, change the plan, cancel,
-resume), invoices (drafts with lines, finalise, void, mark uncollectible) and an organisation's
-tax rate. Every change is an event of its service, audited with the operator as the actor."""
+"""Billing's routes. Tenants: `GET /v1/subscription`, `/v1/invoices` and `/v1/payments`
+(`billing:read`). Operators, under `/v1/admin`: an organisation's subscription (create, change
+the plan, cancel, resume), invoices (drafts with lines, finalise, void, mark uncollectible),
+payments and refunds, and an organisation's tax rate. Every change is an event of its service,
+audited with the operator as the actor."""
 
 from __future__ import annotations
 
@@ -17,14 +18,21 @@ from saascore.api.errors import error_responses
 from saascore.billing.errors import (
     EmptyInvoice,
     InvalidInvoiceLine,
+    InvalidPayment,
     InvalidTransition,
     InvoiceNotFound,
+    InvoiceNotPayable,
     NaiveDatetime,
     NegativeInvoiceTotal,
     OutsidePeriod,
+    Overpayment,
+    PaymentExists,
+    PaymentNotFound,
+    PaymentNotRefundable,
     PeriodEnded,
     PeriodOutOfRange,
     PlanPriceMissing,
+    RefundExceedsPayment,
     SubscriptionExists,
     SubscriptionNotFound,
 )
@@ -33,6 +41,9 @@ from saascore.billing.render import filename
 from saascore.billing.schemas import (
     InvoiceDraftCreate,
     InvoiceOut,
+    PaymentOut,
+    PaymentRecord,
+    RefundCreate,
     SubscriptionCancel,
     SubscriptionCreate,
     SubscriptionOut,
@@ -44,8 +55,14 @@ from saascore.identity.endpoints import AUTH_ERRORS, OPERATOR_ERRORS
 from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
-from saascore.kit.errors import InvalidInput
-from saascore.kit.money import AmountOutOfRange, InvalidRate, UnknownCurrency, UnknownLocale
+from saascore.kit.errors import IdempotencyConflict, InvalidCharacter, InvalidInput
+from saascore.kit.money import (
+    AmountOutOfRange,
+    CurrencyMismatch,
+    InvalidRate,
+    UnknownCurrency,
+    UnknownLocale,
+)
 from saascore.kit.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -54,13 +71,15 @@ from saascore.kit.pagination import (
     paginate,
     uuid_cursor,
 )
-from saascore.models import InvoiceStatus
+from saascore.models import InvoiceStatus, PaymentStatus
 from saascore.plans.errors import PlanNotFound
 from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = [
     "create_invoices_admin_router",
     "create_invoices_router",
+    "create_payments_admin_router",
+    "create_payments_router",
     "create_subscription_admin_router",
     "create_subscription_router",
 ]
@@ -493,5 +512,155 @@ def create_invoices_admin_router() -> APIRouter:
             org_id, body.tax_rate_bps, actor=operator.actor(origin), session=session
         )
         return TaxRate(tax_rate_bps=organization.tax_rate_bps)
+
+    return router
+
+
+def create_payments_router() -> APIRouter:
+    """`/v1/payments`: your organisation's payment history."""
+    router = APIRouter(prefix="/v1/payments", tags=["payments"])
+
+    @router.get(
+        "",
+        summary="List payments",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, InvalidCursor),
+    )
+    async def list_payments(
+        principal: BillingReader,
+        core: CoreDep,
+        payment_status: Annotated[
+            PaymentStatus | None, Query(alias="status", description="Only payments in this status")
+        ] = None,
+        invoice_id: Annotated[
+            uuid.UUID | None, Query(description="Only the payments of this invoice")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> Page[PaymentOut]:
+        """Your organisation's payments, newest first: succeeded, failed and refunded ones."""
+        found = await core.payments.list(
+            principal.tenant,
+            invoice_id=invoice_id,
+            status=payment_status,
+            limit=limit + 1,
+            before=uuid_cursor(cursor),
+        )
+        items, next_cursor = paginate(found, limit, lambda payment: payment.id)
+        return Page(items=[PaymentOut.of(p) for p in items], next_cursor=next_cursor)
+
+    @router.get(
+        "/{payment_id}",
+        summary="Get a payment",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, PaymentNotFound),
+    )
+    async def get_payment(
+        payment_id: uuid.UUID, principal: BillingReader, core: CoreDep
+    ) -> PaymentOut:
+        """One of your organisation's payments; another organisation's is 404
+        `payment_not_found`."""
+        return PaymentOut.of(await core.payments.get(principal.tenant, payment_id))
+
+    return router
+
+
+def create_payments_admin_router() -> APIRouter:
+    """`/v1/admin/invoices/{id}/payments` and `/v1/admin/payments/{id}/refunds`, for
+    operators: manual payments and refunds (audited with the operator as actor)."""
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.post(
+        "/invoices/{invoice_id}/payments",
+        summary="Record a payment",
+        status_code=status.HTTP_201_CREATED,
+        responses=error_responses(
+            *OPERATOR_ERRORS,
+            InvoiceNotFound,
+            InvoiceNotPayable,
+            Overpayment,
+            IdempotencyConflict,
+            PaymentExists,
+            InvalidPayment,
+            InvalidCharacter,
+            AmountOutOfRange,
+            CurrencyMismatch,
+        ),
+    )
+    async def record_payment(
+        invoice_id: uuid.UUID,
+        body: PaymentRecord,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> PaymentOut:
+        """A payment received for the invoice (partial payments allowed), or one that failed
+        (`failure_reason`, the invoice unchanged). Above the amount due is 409 `overpayment`;
+        when nothing is left due the invoice is paid, its credit packs grant their credits,
+        and a past-due subscription is active again. Idempotent on `idempotency_key`."""
+        invoice = await core.invoices.get(None, invoice_id, session=session)
+        payment = await core.payments.record(
+            invoice.organization_id,
+            invoice_id,
+            body.amount,
+            body.method,
+            key=body.idempotency_key,
+            status=body.status,
+            failure_reason=body.failure_reason,
+            provider_payment_id=body.provider_payment_id,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        return PaymentOut.of(payment)
+
+    @router.get(
+        "/invoices/{invoice_id}/payments",
+        summary="List an invoice's payments",
+        responses=error_responses(*OPERATOR_ERRORS, InvoiceNotFound),
+    )
+    async def list_invoice_payments(
+        invoice_id: uuid.UUID, operator: OperatorDep, core: CoreDep, session: SessionDep
+    ) -> list[PaymentOut]:
+        """The invoice's payments, newest first (at most the page limit's maximum)."""
+        invoice = await core.invoices.get(None, invoice_id, session=session)
+        found = await core.payments.list(
+            invoice.organization_id, invoice_id=invoice_id, limit=MAX_LIMIT, session=session
+        )
+        return [PaymentOut.of(payment) for payment in found]
+
+    @router.post(
+        "/payments/{payment_id}/refunds",
+        summary="Refund a payment",
+        responses=error_responses(
+            *OPERATOR_ERRORS,
+            PaymentNotFound,
+            PaymentNotRefundable,
+            RefundExceedsPayment,
+            IdempotencyConflict,
+            InvalidPayment,
+            InvalidCharacter,
+        ),
+    )
+    async def refund_payment(
+        payment_id: uuid.UUID,
+        body: RefundCreate,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> PaymentOut:
+        """Refund part or all of a succeeded payment, up to what is left of it (409
+        `refund_exceeds_payment`); its invoice's amount paid goes down by as much, and a paid
+        invoice refunded in full is `refunded`. Idempotent on `idempotency_key`."""
+        found = await core.payments.get(None, payment_id, session=session)
+        payment = await core.payments.refund(
+            found.organization_id,
+            payment_id,
+            body.amount,
+            key=body.idempotency_key,
+            reason=body.reason,
+            actor=operator.actor(origin),
+            session=session,
+        )
+        return PaymentOut.of(payment)
 
     return router

@@ -1,6 +1,6 @@
-"""Request and response bodies of billing's routes: the subscription (`/v1/subscription`),
-invoices (`/v1/invoices`) and their operators' routes. Amounts are integers of minor units of
-the currency (docs/billing.md, "Money")."""
+"""Request and response bodies of billing's routes: the subscription (`/v1/subscription`), invoices
+(`/v1/invoices`), payments (`/v1/payments`) and their operators' routes. Amounts are integers of
+minor units of the currency (docs/billing.md, "Money")."""
 
 from __future__ import annotations
 
@@ -18,11 +18,21 @@ from saascore.billing.invoices import (
     MAX_QUANTITY,
     is_overdue,
 )
+from saascore.billing.payments import MAX_KEY_LENGTH, MAX_REASON_LENGTH, method_name
 from saascore.billing.subscriptions import MAX_TRIAL_DAYS, SCHEDULED
 from saascore.kit.inputs import INT64_MAX, StrictInt
 from saascore.kit.money import MAX_BASIS_POINTS
 from saascore.kit.validation import Instant
-from saascore.models import Invoice, InvoiceLine, InvoiceStatus, Subscription, SubscriptionStatus
+from saascore.models import (
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    Payment,
+    PaymentMethod,
+    PaymentStatus,
+    Subscription,
+    SubscriptionStatus,
+)
 from saascore.models.catalog import BillingCycle
 
 __all__ = [
@@ -30,6 +40,9 @@ __all__ = [
     "InvoiceLineIn",
     "InvoiceLineOut",
     "InvoiceOut",
+    "PaymentOut",
+    "PaymentRecord",
+    "RefundCreate",
     "SubscriptionCancel",
     "SubscriptionCreate",
     "SubscriptionOut",
@@ -298,4 +311,121 @@ class TaxRate(BaseModel):
         le=MAX_BASIS_POINTS,
         description="Basis points: 1500 is 15 %, 0 no tax",
         examples=[1500],
+    )
+
+
+class PaymentOut(BaseModel):
+    """A payment against an invoice (the payment history). Amounts are minor units of
+    `currency`."""
+
+    id: uuid.UUID = Field(description="The payment's id")
+    invoice_id: uuid.UUID | None = Field(description="The invoice it pays")
+    subscription_id: uuid.UUID | None = Field(
+        default=None, description="The subscription that invoice bills, if any"
+    )
+    amount: int = Field(description="The amount paid, in minor units", examples=[1500])
+    refunded_amount: int = Field(description="What has been refunded of it", examples=[0])
+    currency: str = Field(description="ISO 4217 currency code", examples=["USD"])
+    status: PaymentStatus = Field(
+        description="`succeeded`, `failed`, `partially_refunded` or `refunded` (`pending` and "
+        "`processing` come from providers)",
+        examples=["succeeded"],
+    )
+    method: PaymentMethod = Field(
+        description="How it was paid; `other` with a provider's `method_name`",
+        examples=["credit_card"],
+    )
+    method_name: str | None = Field(
+        default=None,
+        description="The provider-specific method's name (seed 003's `tharwatt`)",
+        examples=["tharwatt"],
+    )
+    transaction_type: str = Field(
+        description="`subscription`, `credit_purchase` or `one_time`", examples=["subscription"]
+    )
+    idempotency_key: str | None = Field(default=None, description="The key it was recorded with")
+    provider_payment_id: str | None = Field(
+        default=None, description="The provider's id of the payment"
+    )
+    credits_awarded: int = Field(
+        description="Credits its credit packs granted (when it paid the invoice in full)",
+        examples=[0],
+    )
+    failure_reason: str | None = Field(default=None, description="Why it failed")
+    paid_at: datetime | None = Field(default=None, description="When it succeeded")
+    created_at: datetime = Field(description="When it was recorded")
+
+    @classmethod
+    def of(cls, payment: Payment) -> PaymentOut:
+        return cls(
+            id=payment.id,
+            invoice_id=payment.invoice_id,
+            subscription_id=payment.subscription_id,
+            amount=payment.amount,
+            refunded_amount=payment.refunded_amount,
+            currency=payment.currency,
+            status=payment.status,
+            method=payment.method,
+            method_name=method_name(payment),
+            transaction_type=payment.transaction_type.value,
+            idempotency_key=payment.idempotency_key,
+            provider_payment_id=payment.provider_payment_id,
+            credits_awarded=payment.credits_awarded,
+            failure_reason=payment.failure_reason,
+            paid_at=payment.paid_at,
+            created_at=payment.created_at,
+        )
+
+
+_Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH)]
+_Reason = Annotated[str, StringConstraints(min_length=1, max_length=MAX_REASON_LENGTH)]
+
+
+class PaymentRecord(_Body):
+    """A payment received for the invoice (or one that failed), recorded by an operator."""
+
+    amount: StrictInt = Field(
+        ge=1,
+        le=INT64_MAX,
+        description="The amount, in minor units of the invoice's currency",
+        examples=[1500],
+    )
+    method: str = Field(
+        min_length=1,
+        max_length=50,
+        description="card, bank_transfer, mobile_money, cash, wallet, ... or a provider's "
+        "method name (kept as `method_name`)",
+        examples=["card"],
+    )
+    status: PaymentStatus = Field(
+        default=PaymentStatus.SUCCEEDED,
+        description="`succeeded` (applied to the invoice) or `failed` (with its reason)",
+    )
+    failure_reason: _Reason | None = Field(
+        default=None, description="Why it failed (failed payments only)"
+    )
+    idempotency_key: _Key | None = Field(
+        default=None,
+        description="A retry with the same key and content answers the first payment",
+        examples=["pay-2026-0001"],
+    )
+    provider_payment_id: _Key | None = Field(
+        default=None, description="The provider's id of the payment, if any"
+    )
+
+
+class RefundCreate(_Body):
+    """A refund of part or all of a payment."""
+
+    amount: StrictInt = Field(
+        ge=1,
+        le=INT64_MAX,
+        description="The amount to refund, in minor units, up to what is left of the payment",
+        examples=[500],
+    )
+    reason: _Reason | None = Field(default=None, description="Why", examples=["goodwill"])
+    idempotency_key: _Key | None = Field(
+        default=None,
+        description="A retry with the same key and content refunds nothing more",
+        examples=["refund-1"],
     )
