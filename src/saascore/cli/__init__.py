@@ -10,6 +10,7 @@ API keys and operator keys, verify the audit log.
     saascore usage import events.jsonl # idempotent, resumable bulk ingest
     saascore credits verify            # check every ledger
     saascore invoices create acme --line "Setup:29.99" && saascore invoices finalize ID
+    saascore payments record INV-2026-0001 --amount 12.50 --method card --key pay-1
     saascore keys create --org acme --scopes usage:write,usage:read --name ingest
     saascore keys create --operator --name staff
     saascore audit verify              # walk every organisation's audit chain
@@ -61,6 +62,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "Subscriptions: create, show, change-plan, cancel, resume.",
     ),
     "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
+    "payments": ("saascore.cli.payments", "Payments: record, refund, list."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),
