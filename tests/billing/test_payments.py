@@ -498,3 +498,45 @@ class TestRaces:
                 )
             )
         assert (stored.status, stored.amount_paid, purchased) == (InvoiceStatus.PAID, 1_000, 1)
+
+    async def test_one_key_raced_onto_two_invoices_is_one_payment(
+        self, race_database: Database
+    ) -> None:
+        billing = Billing(race_database)
+        org = await billing.org()
+        invoices = [await billing.invoice(org), await billing.invoice(org)]
+        results = await asyncio.gather(
+            *(
+                billing.payments.record(org, invoices[i % 2].id, 1_000, "card", key="shared")
+                for i in range(WORKERS)
+            ),
+            return_exceptions=True,
+        )
+        won = {r.id for r in results if isinstance(r, Payment)}
+        lost = [r for r in results if isinstance(r, IdempotencyConflict)]
+        assert len(won) == 1
+        assert len(lost) + sum(isinstance(r, Payment) for r in results) == WORKERS, results
+        async with race_database.session(readonly=True) as s:
+            paid = await s.scalars(
+                sa.select(Invoice.amount_paid).where(Invoice.organization_id == org)
+            )
+            count = await s.scalar(sa.select(sa.func.count()).where(Payment.organization_id == org))
+        assert (sorted(paid.all()), count) == ([0, 1_000], 1)
+
+    async def test_racing_refunds_never_exceed_the_payment(self, race_database: Database) -> None:
+        billing = Billing(race_database)
+        org = await billing.org()
+        invoice = await billing.invoice(org)
+        payment = await billing.payments.record(org, invoice.id, 10_000, "card")
+        results = await asyncio.gather(
+            *(billing.payments.refund(org, payment.id, 700) for _ in range(WORKERS)),
+            return_exceptions=True,
+        )
+        done = [r for r in results if isinstance(r, Payment)]
+        refused = [r for r in results if isinstance(r, RefundExceedsPayment)]
+        assert (len(done), len(refused)) == (14, WORKERS - 14), results
+        async with race_database.session(readonly=True) as s:
+            stored = await s.get_one(Payment, (org, payment.id))
+            owed = await s.get_one(Invoice, (org, invoice.id))
+        assert (stored.refunded_amount, stored.status) == (9_800, PaymentStatus.PARTIALLY_REFUNDED)
+        assert (owed.amount_paid, owed.amount_due, owed.status) == (200, 9_800, InvoiceStatus.PAID)
