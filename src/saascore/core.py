@@ -8,8 +8,8 @@ from typing import Any
 from saascore.audit.service import AuditService
 from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
-from saascore.billing.render import InvoiceRenderer
 from saascore.billing.payments import PaymentService
+from saascore.billing.render import InvoiceRenderer
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
