@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService
+from saascore.billing.dunning import DunningService
 from saascore.billing.errors import (
     InvalidPayment,
     InvoiceNotFound,
@@ -69,8 +70,9 @@ class Billing:
 
     def __init__(self, database: Database, session: AsyncSession | None = None) -> None:
         self.session = session
+        self.database = database
         self.clock = Clock()
-        bus = EventBus()
+        self.bus = bus = EventBus()
         bus.in_transaction(AuditService(database).handle)
         self.plans = PlanService(database, bus)
         self.credits = CreditService(database, bus, clock=self.clock)
@@ -448,6 +450,31 @@ class TestResumeOnPayment:
         assert (await billing.subs.get(org, session=billing.session)).status is (
             SubscriptionStatus.ACTIVE
         )
+
+    async def test_paying_undoes_what_dunning_did(self, billing: Billing) -> None:
+        org = await billing.org()
+        await billing.subs.create(
+            org, "pro", "monthly", trial_days=0, at=AT, session=billing.session
+        )
+        invoice = await billing.invoice(org)
+        dunning = DunningService(
+            billing.database, PER_ORG, billing.subs, billing.orgs, billing.bus, billing.clock
+        )
+        late = AT + timedelta(days=40)
+        done = await dunning.run(org, late, session=billing.session)
+        assert done[1:] == ["past_due", "suspended", "organization_suspended"]
+        billing.clock.now = late
+        await billing.payments.record(
+            org, invoice.id, invoice.total, "cash", session=billing.session
+        )
+        assert billing.session is not None
+        billing.session.expire_all()
+        assert (await billing.subs.get(org, session=billing.session)).status is (
+            SubscriptionStatus.ACTIVE
+        )
+        organization = await billing.session.get_one(Organization, org)
+        assert organization.status is OrganizationStatus.ACTIVE
+        assert await dunning.run(org, late + timedelta(days=1), session=billing.session) == []
 
 
 # --- races: these commit ------------------------------------------------------------------------
