@@ -6,7 +6,9 @@ from types import TracebackType
 from typing import Any
 
 from saascore.audit.service import AuditService
+from saascore.billing.coupons import CouponService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.packs import CreditPackService
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -82,6 +84,8 @@ class Saascore:
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )
         self.invoices = InvoiceService(self.database, self.settings, self.events)
+        self.coupons = CouponService(self.database, self.events)
+        self.credit_packs = CreditPackService(self.database, self.invoices)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
