@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from saascore.billing.catalog_endpoints import (
+    create_coupons_admin_router,
+    create_credit_packs_admin_router,
+)
 from saascore.billing.endpoints import (
     create_invoices_admin_router,
     create_subscription_admin_router,
@@ -32,6 +36,8 @@ def create_admin_router() -> APIRouter:
     router.include_router(create_credit_grants_admin_router())
     router.include_router(create_subscription_admin_router())
     router.include_router(create_invoices_admin_router())
+    router.include_router(create_coupons_admin_router())
+    router.include_router(create_credit_packs_admin_router())
     router.include_router(create_plans_admin_router())
     router.include_router(create_model_pricing_admin_router())
     return router

@@ -20,6 +20,7 @@ from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
 from saascore.api.openapi import OPENAPI_TAGS, install_openapi
 from saascore.audit.endpoints import create_audit_router
+from saascore.billing.catalog_endpoints import create_credit_packs_router
 from saascore.billing.endpoints import create_invoices_router, create_subscription_router
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
@@ -172,6 +173,7 @@ def create_app(
         create_credits_router(),
         create_subscription_router(),
         create_invoices_router(),
+        create_credit_packs_router(),
         create_audit_router(),
         create_admin_router(),
         create_webhooks_router(),

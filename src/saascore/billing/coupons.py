@@ -94,6 +94,22 @@ def _name(name: object, default: str) -> str:
     return name.strip()
 
 
+def _amount_off(amount: Money | int | None, currency: str | None) -> Money | None:
+    if isinstance(amount, Money):
+        if currency is not None and Money.zero(currency).currency != amount.currency:
+            raise InvalidCoupon("amount_off and currency disagree", field="currency")
+        return amount
+    if amount is None:
+        if currency is not None:
+            raise InvalidCoupon("a currency goes with amount_off only", field="currency")
+        return None
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        raise InvalidCoupon("amount_off is an amount of money", field="amount_off")
+    if currency is None:
+        raise InvalidCoupon("amount_off needs its currency", field="currency")
+    return Money(amount, currency)
+
+
 def _bounded_int(value: object, field: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidCoupon(f"{field} is an integer from {low} to {high}", field=field)
@@ -121,7 +137,8 @@ class CouponService:
         *,
         name: str | None = None,
         percent_off: int | None = None,
-        amount_off: Money | None = None,
+        amount_off: Money | int | None = None,
+        currency: str | None = None,
         duration: CouponDuration | str = CouponDuration.ONCE,
         duration_periods: int | None = None,
         max_redemptions: int | None = None,
@@ -129,9 +146,11 @@ class CouponService:
         session: AsyncSession | None = None,
     ) -> Coupon:
         """A coupon taking `percent_off` basis points (1 to 10 000) or `amount_off` (a
-        positive `Money`) off, exactly one of them, for `duration` (`repeating` needs
-        `duration_periods`, the others refuse it). `coupon_exists` when the code is taken."""
+        positive `Money`, or minor units of `currency`) off, exactly one of them, for
+        `duration` (`repeating` needs `duration_periods`, the others refuse it).
+        `coupon_exists` when the code is taken."""
         code = coupon_code(code)
+        amount_off = _amount_off(amount_off, currency)
         if (percent_off is None) == (amount_off is None):
             raise InvalidCoupon(
                 "a coupon takes either a percentage or an amount off", field="percent_off"
