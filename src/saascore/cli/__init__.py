@@ -61,6 +61,8 @@ GROUPS: dict[str, tuple[str, str]] = {
         "Subscriptions: create, show, change-plan, cancel, resume.",
     ),
     "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
+    "coupons": ("saascore.cli.coupons", "Coupons: create, list, deactivate, redeem."),
+    "packs": ("saascore.cli.packs", "Credit packs: create, list."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),
