@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from saascore.billing.catalog_endpoints import (
+from saascore.billing.endpoints import (
     create_coupons_admin_router,
     create_credit_packs_admin_router,
-)
-from saascore.billing.endpoints import (
     create_invoices_admin_router,
     create_subscription_admin_router,
 )

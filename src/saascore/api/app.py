@@ -20,8 +20,11 @@ from saascore.api.metrics import create_metrics_router, install_metrics
 from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
 from saascore.api.openapi import OPENAPI_TAGS, install_openapi
 from saascore.audit.endpoints import create_audit_router
-from saascore.billing.catalog_endpoints import create_credit_packs_router
-from saascore.billing.endpoints import create_invoices_router, create_subscription_router
+from saascore.billing.endpoints import (
+    create_credit_packs_router,
+    create_invoices_router,
+    create_subscription_router,
+)
 from saascore.config import Settings, load_settings
 from saascore.core import Saascore
 from saascore.credits.endpoints import create_credits_router
