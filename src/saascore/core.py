@@ -37,8 +37,8 @@ class Saascore:
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
-    `core.credits`, `core.subscriptions` and `core.invoices`; `core.events` is the bus they
-    emit into.
+    `core.credits`, `core.subscriptions`, `core.invoices`, `core.coupons` and
+    `core.credit_packs`; `core.events` is the bus they emit into.
     """
 
     def __init__(

@@ -448,3 +448,32 @@ class TestRedemptionLimitRace:
                 )
             )
         assert (stored.times_redeemed, redemptions, discounted) == (5, 5, 5)
+
+
+class TestOncePeriodRace:
+    async def test_concurrent_finalisations_use_a_once_coupon_once(
+        self, race_database: Database
+    ) -> None:
+        plans = PlanService(race_database)
+        await plans.load_catalog(read_catalog())
+        orgs = OrganizationService(race_database, plans)
+        subs = SubscriptionService(race_database, plans, orgs)
+        invoices = InvoiceService(race_database, PER_ORG)
+        coupons = CouponService(race_database)
+        org = (await orgs.create(name="Racer")).id
+        sub = await subs.create(org, "pro", trial_days=0, at=APRIL)
+        coupon = await coupons.create(code(), percent_off=10_000)
+        await coupons.redeem(org, coupon.code)
+        drafts = [
+            await invoices.create_draft(org, "USD", [("Pro", 1_000)], subscription_id=sub.id)
+            for _ in range(6)
+        ]
+        finals = await asyncio.gather(*(invoices.finalize(org, d.id) for d in drafts))
+        assert sorted(f.total for f in finals) == [0] + [1_000] * 5
+        async with race_database.session(readonly=True) as s:
+            used = await s.scalar(
+                sa.select(CouponRedemption.periods_used).where(
+                    CouponRedemption.organization_id == org
+                )
+            )
+        assert used == 1

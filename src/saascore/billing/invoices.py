@@ -4,7 +4,8 @@ uncollectible (docs/billing.md, "Invoices").
 - A **draft** has no number. Its lines (one-off items, plan fees, proration credits, which are
   negative) may be added and removed; every change recomputes its totals.
 - **Totals** are computed by `compute_totals`, a pure function: each line is rounded once
-  (its discount, then its tax on what is left, half up, with `apply_rate`), and the invoice's
+  (its discount, a coupon's share as `billing.discounts` says, then its tax on what is left,
+  half up, with `apply_rate`), and the invoice's
   subtotal, discount, tax and total are sums of the rounded lines, never rounded again.
   `total = subtotal - discount + tax` and `amount_due = total - amount_paid` always hold,
   and the database checks both.
