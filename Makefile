@@ -13,7 +13,7 @@ RUN := $(UV) run --frozen --no-sync
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup chromium demo serve test fuzz lint format bench clean
+.PHONY: help setup chromium pdf demo serve test fuzz lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,7 +26,7 @@ help:  ## list the targets
 	$(RUN) python -m compileall -q src > /dev/null
 	touch $@
 
-setup: .venv/.synced chromium  ## install saascore, its tools (uv, pinned by uv.lock), chromium
+setup: .venv/.synced chromium pdf  ## install saascore, its tools (uv, pinned by uv.lock), chromium, PDF libraries
 
 # Debian's chromium when it is missing; where it cannot be installed the browser test skips,
 # except on CI (CI=true), where that is a failure.
@@ -40,6 +40,24 @@ chromium:
 	  else \
 	    echo "chromium could not be installed: the browser test will skip"; \
 	  fi; }
+
+# WeasyPrint (invoice PDFs) needs Debian's Pango and a font that covers Arabic script: DejaVu
+# Sans, with Amiri as a fallback. Installed when missing; where they cannot be, the PDF tests
+# skip, except on CI (CI=true), where that is a failure.
+PDF_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core fonts-hosny-amiri
+pdf:
+	@missing=$$(for package in $(PDF_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q 'ok installed' || echo $$package; \
+	done); \
+	test -z "$$missing" && exit 0; \
+	echo "installing Debian's Pango and fonts for invoice PDFs"; \
+	{ $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing > /dev/null; \
+	} || if [ "$$CI" = true ]; then \
+	  echo "the PDF libraries could not be installed, and CI runs the PDF tests" >&2; exit 1; \
+	else \
+	  echo "the PDF libraries could not be installed: the PDF tests will skip"; \
+	fi
 
 demo: .venv/.synced  ## run the service on the embedded SQLite database at http://127.0.0.1:8000
 	$(RUN) saascore demo $(if $(PORT),--port $(PORT))

@@ -362,6 +362,10 @@ class Settings(BaseSettings):
     invoice_due_days: int = Field(default=14, ge=0, le=365)
     #: Days an invoice may stay overdue before its organisation is suspended.
     dunning_grace_days: int = Field(default=7, ge=0, le=365)
+    #: The seller printed at the top of every rendered invoice (HTML and PDF).
+    invoice_issuer_name: str = Field(default="saascore", min_length=1, max_length=200)
+    #: The seller's postal address on rendered invoices; lines separated by newlines.
+    invoice_issuer_address: str = Field(default="", max_length=1000)
 
     @field_validator("invoice_number_template")
     @classmethod

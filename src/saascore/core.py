@@ -7,8 +7,10 @@ from typing import Any
 
 from saascore.audit.service import AuditService
 from saascore.billing.coupons import CouponService
+from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
 from saascore.billing.packs import CreditPackService
+from saascore.billing.render import InvoiceRenderer
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -37,8 +39,9 @@ class Saascore:
     Entering builds the `Database` (and migrates it when `auto_migrate` is on); leaving closes
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
-    `core.credits`, `core.subscriptions`, `core.invoices`, `core.coupons` and
-    `core.credit_packs`; `core.events` is the bus they emit into.
+    `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
+    HTML and PDF), `core.dunning` (unpaid invoices), `core.coupons` and `core.credit_packs`;
+    `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -84,6 +87,11 @@ class Saascore:
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )
         self.invoices = InvoiceService(self.database, self.settings, self.events)
+        self.dunning = DunningService(
+            self.database, self.settings, self.subscriptions, self.orgs, self.events
+        )
+        #: The invoices as HTML pages and PDFs.
+        self.invoice_renderer = InvoiceRenderer(self.invoices)
         self.coupons = CouponService(self.database, self.events)
         self.credit_packs = CreditPackService(self.database, self.invoices)
         self.usage = UsageService(

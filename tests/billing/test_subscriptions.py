@@ -466,6 +466,24 @@ class TestUpgrade:
             == 1
         )
 
+    async def test_the_upcoming_invoice_takes_the_organisations_defaults(
+        self, billing: Billing
+    ) -> None:
+        """The upcoming invoice is begun where every draft is (`draft_in`): in the
+        organisation's locale, at its country's tax rate."""
+        org = await billing.orgs.create(name="Aden", country="YE", session=billing.session)
+        await billing.orgs.update(org.id, locale="ar-YE", session=billing.session)
+        sub = await billing.subs.create(
+            org.id, "starter", trial_days=0, at=APRIL, session=billing.session
+        )
+        await billing.subs.change_plan(
+            org.id, "pro", at=datetime(2024, 4, 11, tzinfo=UTC), session=billing.session
+        )
+        invoice = await billing.draft(sub)
+        assert invoice is not None
+        assert (invoice.locale, invoice.tax_rate_bps) == ("ar-YE", 500)
+        assert invoice.tax_amount == sum(line.tax_amount for line in invoice.lines) != 0
+
     async def test_in_a_trial_applies_at_once_without_proration(self, billing: Billing) -> None:
         org = await billing.org()
         sub = await billing.subs.create(org.id, "starter", at=APRIL, session=billing.session)

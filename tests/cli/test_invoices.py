@@ -4,12 +4,14 @@ and voided; bad lines are usage errors and refusals exit 1 with one line."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest_asyncio
 
 from saascore.kit.db import Database
 from saascore.plans import PlanService, read_catalog
 from saascore.tenancy import OrganizationService
+from tests.billing.test_render import pdf_text, pdf_unavailable, set_customer
 from tests.cli.runner import Cli
 
 
@@ -71,3 +73,40 @@ def test_bad_input(org_cli: Cli) -> None:
     refused = cli("invoices", "finalize", draft_id)
     assert refused.returncode == 1
     assert refused.stderr.startswith("saascore: the draft's credits exceed its charges")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def arabic_cli(org_cli: Cli, empty_database: Database) -> Cli:
+    """`org_cli`, with `acme` billed in Yemen, in ar-YE."""
+    org = await OrganizationService(empty_database, PlanService(empty_database)).resolve("acme")
+    await set_customer(empty_database, org.id, locale="ar-YE", country="YE", email="a@ye.example")
+    return org_cli
+
+
+def test_show_writes_the_renderings(arabic_cli: Cli, tmp_path: Path) -> None:
+    cli = arabic_cli
+    cli("invoices", "create", "acme", "--line", "Setup:1500", "--currency", "YER").ok()
+    number = cli("invoices", "finalize", *_only_draft(cli)).ok().stdout.split()[0]
+    html, pdf = tmp_path / "invoice.html", tmp_path / "invoice.pdf"
+    cli("invoices", "show", number, "--html", str(html)).ok()
+    page = html.read_text(encoding="utf-8")
+    assert 'dir="rtl"' in page
+    assert number in page
+    english = tmp_path / "en.html"
+    cli("invoices", "show", number, "--html", str(english), "--locale", "en").ok()
+    assert 'dir="ltr"' in english.read_text(encoding="utf-8")
+    bad = cli("invoices", "show", number, "--html", str(english), "--locale", "xx-QQ")
+    assert bad.returncode == 2
+    assert "is not a known locale" in bad.stderr
+    unwritable = cli("invoices", "show", number, "--html", str(tmp_path / "no" / "x.html"))
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.startswith("saascore: cannot write the rendering")
+    if pdf_unavailable() is None:
+        cli("invoices", "show", number, "--pdf", str(pdf)).ok()
+        assert number in pdf_text(pdf.read_bytes())
+
+
+def _only_draft(cli: Cli) -> list[str]:
+    return (
+        cli("invoices", "list", "--org", "acme", "--status", "draft", "--ids").ok().stdout.split()
+    )

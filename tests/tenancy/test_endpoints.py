@@ -370,7 +370,9 @@ class TestOrganization:
             "settings": {"theme": "dark"},
         }
         [entry] = await audit(world, tenant.organization_id, "organization.updated")
-        assert set(entry.details["changes"]) == set(changes)
+        # A new country brings its default tax rate (docs/billing.md, "Tax").
+        assert set(entry.details["changes"]) == {*changes, "tax_rate_bps"}
+        assert entry.details["changes"]["tax_rate_bps"] == {"from": 0, "to": 2000}
         assert (entry.actor_type, entry.actor_id) == ("user", str(tenant.user_id))
 
         cleared = await world.client.patch(

@@ -8,9 +8,11 @@ service, audited with the operator as the actor."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Path, Query, status
+from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi.responses import HTMLResponse
 
 from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
 from saascore.api.errors import error_responses
@@ -50,6 +52,7 @@ from saascore.billing.errors import (
     SubscriptionNotFound,
 )
 from saascore.billing.invoices import LineItem
+from saascore.billing.render import filename
 from saascore.billing.schemas import (
     InvoiceDraftCreate,
     InvoiceOut,
@@ -65,7 +68,13 @@ from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
 from saascore.kit.errors import InvalidInput
-from saascore.kit.money import AmountOutOfRange, InvalidRate, Money, UnknownCurrency
+from saascore.kit.money import (
+    AmountOutOfRange,
+    InvalidRate,
+    Money,
+    UnknownCurrency,
+    UnknownLocale,
+)
 from saascore.kit.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -89,6 +98,35 @@ __all__ = [
 ]
 
 BillingReader = Annotated[Principal, Depends(require(Permission.BILLING_READ))]
+LocaleQuery = Annotated[
+    str | None,
+    Query(
+        description="The locale of the page (`en`, `ar-YE`); the invoice's own by default",
+        examples=["ar-YE"],
+    ),
+]
+_PDF_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The invoice as a PDF document",
+        "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+_HTML_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The invoice as a printable HTML page",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _disposition(kind: str, name: str) -> str:
+    """`Content-Disposition` with the file name, ASCII-safe and in full (RFC 6266)."""
+    ascii_name = "".join(
+        c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name
+    )
+    return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
 _PATH = "/organizations/{org_id}/subscription"
 
 
@@ -294,6 +332,50 @@ def create_invoices_router() -> APIRouter:
         items, next_cursor = paginate(found, limit, lambda invoice: invoice.id)
         today = core.invoices.clock().date()
         return Page(items=[InvoiceOut.of(i, today) for i in items], next_cursor=next_cursor)
+
+    # Before "/{invoice_id}", which would take "<id>.html" for its id and answer 422.
+    @router.get(
+        "/{invoice_id}.html",
+        summary="Get an invoice as an HTML page",
+        response_class=HTMLResponse,
+        responses={
+            **_HTML_RESPONSE,
+            **error_responses(*AUTH_ERRORS, PermissionDenied, InvoiceNotFound, UnknownLocale),
+        },
+    )
+    async def get_invoice_html(
+        invoice_id: uuid.UUID, principal: BillingReader, core: CoreDep, locale: LocaleQuery = None
+    ) -> HTMLResponse:
+        """One of your organisation's invoices as a printable page: amounts and dates in the
+        locale, right to left for Arabic, Hebrew, Persian and Urdu, the notes in that locale
+        (422 `unknown_locale` for a locale Babel does not know)."""
+        invoice = await core.invoices.get(principal.tenant, invoice_id)
+        page = await core.invoice_renderer.html(invoice, locale=locale)
+        return HTMLResponse(
+            page, headers={"Content-Disposition": _disposition("inline", filename(invoice, "html"))}
+        )
+
+    @router.get(
+        "/{invoice_id}.pdf",
+        summary="Get an invoice as a PDF",
+        response_class=Response,
+        responses={
+            **_PDF_RESPONSE,
+            **error_responses(*AUTH_ERRORS, PermissionDenied, InvoiceNotFound, UnknownLocale),
+        },
+    )
+    async def get_invoice_pdf(
+        invoice_id: uuid.UUID, principal: BillingReader, core: CoreDep, locale: LocaleQuery = None
+    ) -> Response:
+        """The printable page of the invoice (`GET /v1/invoices/{invoice_id}.html`) as a PDF
+        document, named after the invoice's number."""
+        invoice = await core.invoices.get(principal.tenant, invoice_id)
+        document = await core.invoice_renderer.pdf(invoice, locale=locale)
+        return Response(
+            document,
+            media_type="application/pdf",
+            headers={"Content-Disposition": _disposition("attachment", filename(invoice, "pdf"))},
+        )
 
     @router.get(
         "/{invoice_id}",

@@ -84,6 +84,7 @@ __all__ = [
     "LineTotals",
     "check_invoice_transition",
     "compute_totals",
+    "draft_in",
     "is_overdue",
     "line_totals",
     "recompute_totals",
@@ -414,11 +415,15 @@ class InvoiceService:
         session: AsyncSession | None = None,
     ) -> Organization:
         """Set the organisation's tax rate (0 to 100 000 basis points): its drafts take it
-        when they change or are finalised; finalised invoices keep theirs."""
+        when they change or are finalised; finalised invoices keep theirs. The rate is then
+        the operator's (`tax_rate_source`): a later change of country leaves it alone."""
         rate = BasisPoints(basis_points)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id)
             previous = organization.tax_rate_bps
+            if organization.tax_rate_source != "operator":
+                organization.tax_rate_source = "operator"
+                await s.flush()
             if previous != rate.value:
                 organization.tax_rate_bps = rate.value
                 await s.flush()
@@ -451,50 +456,17 @@ class InvoiceService:
         By convention (shared with subscriptions), the upcoming invoice of a subscription is
         its draft with that `subscription_id` and `period_start` the next period's start."""
         del actor  # a draft is not an event; finalising it is
-        currency = Money.zero(currency).currency
-        checked = [_checked_line(line, currency) for line in lines]
-        if len(checked) > MAX_LINES:
-            raise InvalidInvoiceLine(f"an invoice holds at most {MAX_LINES} lines", field="lines")
-        text = _notes(notes)
-        localized = _localized(notes_localized)
-        span = _period(period)
         async with self.database.scope(session) as s:
-            organization = await s.get(Organization, org_id)
-            if organization is None:
-                raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
-            if subscription_id is not None:
-                found = await s.scalar(
-                    sa.select(Subscription.id).where(
-                        Subscription.organization_id == org_id, Subscription.id == subscription_id
-                    )
-                )
-                if found is None:
-                    raise InvalidInput(
-                        f"no subscription {subscription_id} in this organisation",
-                        field="subscription_id",
-                    )
-            invoice = Invoice(
-                organization_id=org_id,
-                currency=currency,
-                status=InvoiceStatus.DRAFT,
+            return await draft_in(
+                s,
+                org_id,
+                currency,
+                lines,
+                notes=notes,
+                notes_localized=notes_localized,
                 subscription_id=subscription_id,
-                period_start=span[0] if span else None,
-                period_end=span[1] if span else None,
-                locale=organization.locale,
-                notes=text,
-                notes_localized=localized,
-                amount_paid=0,
+                period=period,
             )
-            invoice.lines = [
-                _line_row(org_id, position, item, unit, amount)
-                for position, (item, unit, amount) in enumerate(checked)
-            ]
-            s.add(invoice)
-            await s.flush()
-            # A subscription's draft takes the subscription's coupon (`discounts`).
-            await recompute_totals(s, invoice)
-            await s.flush()
-            return invoice
 
     async def add_line(
         self,
@@ -777,6 +749,71 @@ async def recompute_totals(s: AsyncSession, invoice: Invoice, *, attach: bool = 
     if attach:
         await attach_subscription_coupon(s, invoice)
     _recompute(invoice, BasisPoints(rate or 0), await discount_of(s, invoice))
+
+
+async def draft_in(
+    s: AsyncSession,
+    org_id: uuid.UUID,
+    currency: str,
+    lines: Sequence[LineInput] = (),
+    *,
+    notes: str | None = None,
+    notes_localized: Mapping[str, str] | None = None,
+    subscription_id: uuid.UUID | None = None,
+    period: Period | tuple[datetime, datetime] | None = None,
+) -> Invoice:
+    """A new draft of `org_id` in the session `s`, lines loaded: the one place an invoice is
+    begun, by `InvoiceService.create_draft` and by the subscriptions' upcoming invoice, so
+    that its defaults (the organisation's locale and tax rate) come from here. Everything is
+    checked before anything is written."""
+    currency = Money.zero(currency).currency
+    checked = [_checked_line(line, currency) for line in lines]
+    if len(checked) > MAX_LINES:
+        raise InvalidInvoiceLine(f"an invoice holds at most {MAX_LINES} lines", field="lines")
+    text = _notes(notes)
+    localized = _localized(notes_localized)
+    span = _period(period)
+    organization = await s.scalar(
+        sa.select(Organization)
+        .where(Organization.id == org_id)
+        .execution_options(populate_existing=True)
+    )
+    if organization is None:
+        raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+    if subscription_id is not None:
+        found = await s.scalar(
+            sa.select(Subscription.id).where(
+                Subscription.organization_id == org_id, Subscription.id == subscription_id
+            )
+        )
+        if found is None:
+            raise InvalidInput(
+                f"no subscription {subscription_id} in this organisation",
+                field="subscription_id",
+            )
+    invoice = Invoice(
+        organization_id=org_id,
+        currency=currency,
+        status=InvoiceStatus.DRAFT,
+        subscription_id=subscription_id,
+        period_start=span[0] if span else None,
+        period_end=span[1] if span else None,
+        locale=organization.locale,
+        notes=text,
+        notes_localized=localized,
+        metadata_={},
+        amount_paid=0,
+    )
+    invoice.lines = [
+        _line_row(org_id, position, item, unit, amount)
+        for position, (item, unit, amount) in enumerate(checked)
+    ]
+    s.add(invoice)
+    await s.flush()
+    # A subscription's draft takes the subscription's coupon (`billing.discounts`).
+    await recompute_totals(s, invoice)
+    await s.flush()
+    return invoice
 
 
 def _line_row(

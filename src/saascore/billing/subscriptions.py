@@ -19,7 +19,7 @@ price) waits for the period's end: it is kept in the subscription's `metadata` u
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -39,7 +39,7 @@ from saascore.billing.errors import (
     SubscriptionExists,
     SubscriptionNotFound,
 )
-from saascore.billing.invoices import LineKind, recompute_totals
+from saascore.billing.invoices import LineKind, draft_in, recompute_totals
 from saascore.billing.periods import Period, as_utc, period_containing, trial_end
 from saascore.billing.proration import Proration, prorate_change
 from saascore.billing.states import FINAL_STATUSES, Trigger, check_transition
@@ -134,20 +134,13 @@ async def upcoming_invoice(
     )
     invoice = (await session.scalars(query)).unique().one_or_none()
     if invoice is None and create:
-        following = _next_period(subscription)
-        invoice = Invoice(
-            organization_id=subscription.organization_id,
+        invoice = await draft_in(
+            session,
+            subscription.organization_id,
+            subscription.currency,
             subscription_id=subscription.id,
-            status=InvoiceStatus.DRAFT,
-            currency=subscription.currency,
-            period_start=following.start,
-            period_end=following.end,
-            metadata_={},
-            notes_localized={},
+            period=_next_period(subscription),
         )
-        session.add(invoice)
-        await session.flush()
-        set_committed_value(invoice, "lines", [])
     return invoice
 
 
@@ -458,6 +451,41 @@ class SubscriptionService:
             )
         await recompute_totals(s, invoice)
         await s.flush()
+
+    # --- payment-driven moves ---------------------------------------------------------------
+    async def transition(
+        self,
+        org_id: uuid.UUID,
+        target: SubscriptionStatus,
+        trigger: Trigger,
+        *,
+        when: Collection[SubscriptionStatus],
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Subscription | None:
+        """Move the organisation's subscription to `target` by `trigger` (along the table)
+        when its status is one of `when`, with the organisation's `subscription_status`,
+        emitting `subscription.updated`. None, changing nothing, when it has no subscription
+        or is in another status: dunning and payments call it again and again."""
+        async with self.database.scope(session) as s:
+            try:
+                subscription = await self._current(s, org_id, lock=True)
+            except SubscriptionNotFound:
+                return None
+            current = subscription.status
+            if current not in when:
+                return None
+            check_transition(current, target, trigger)
+            subscription.status = SubscriptionStatus(target)
+            organization = await locked_organization(s, org_id)
+            organization.subscription_status = subscription.status
+            await self._updated(
+                s,
+                subscription,
+                {"status": {"from": current.value, "to": subscription.status.value}},
+                actor,
+            )
+        return subscription
 
     # --- ending ----------------------------------------------------------------------------
     async def end_due(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -21,7 +22,7 @@ from saascore.cli._output import (
     print_rows,
     rows_as_json,
 )
-from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
+from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.kit.errors import InvalidInput
@@ -152,13 +153,36 @@ def show(
     reference: ReferenceArgument,
     org: OrgOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print it as JSON.")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Also write the printable page to this file.", dir_okay=False),
+    ] = None,
+    pdf: Annotated[
+        Path | None,
+        typer.Option("--pdf", help="Also write the invoice as a PDF to this file.", dir_okay=False),
+    ] = None,
+    locale: Annotated[
+        str | None,
+        typer.Option(help="The locale of --html and --pdf (default: the invoice's, e.g. ar-YE)."),
+    ] = None,
 ) -> None:
-    """An invoice with its lines and totals."""
+    """An invoice with its lines and totals; --html and --pdf write its renderings."""
 
-    async def work(core: Saascore) -> Invoice:
-        return await _find(core, reference, org)
+    async def work(core: Saascore) -> tuple[Invoice, str | None, bytes | None]:
+        invoice = await _find(core, reference, org)
+        page = await core.invoice_renderer.html(invoice, locale=locale) if html else None
+        document = await core.invoice_renderer.pdf(invoice, locale=locale) if pdf else None
+        return invoice, page, document
 
-    _show(run_with_core(load_settings(), work), as_json)
+    invoice, page, document = run_with_core(load_settings(), work)
+    try:
+        if html is not None and page is not None:
+            html.write_text(page, encoding="utf-8")
+        if pdf is not None and document is not None:
+            pdf.write_bytes(document)
+    except OSError as exc:
+        fail(f"cannot write the rendering: {exc.strerror or exc} ({exc.filename})", EXIT_ERROR)
+    _show(invoice, as_json)
 
 
 @app.command()

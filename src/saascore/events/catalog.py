@@ -32,6 +32,7 @@ __all__ = [
     "CreditsLow",
     "InvoiceFinalized",
     "InvoiceMarkedUncollectible",
+    "InvoiceOverdue",
     "InvoiceVoided",
     "LimitOverridden",
     "LimitOverrideCleared",
@@ -129,6 +130,14 @@ class InvoiceFinalized(_InvoiceEvent):
 
     type: ClassVar[str] = "invoice.finalized"
     due_date: date = Field(description="The day the invoice falls due")
+
+
+class InvoiceOverdue(_InvoiceEvent):
+    """An open invoice passed its due date unpaid (sent once per invoice, by the billing
+    run's dunning step)."""
+
+    type: ClassVar[str] = "invoice.overdue"
+    due_date: date = Field(description="The day the invoice fell due")
 
 
 class InvoiceVoided(_InvoiceEvent):
@@ -530,6 +539,7 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         CreditsExpired,
         CreditLowThresholdChanged,
         InvoiceFinalized,
+        InvoiceOverdue,
         InvoiceVoided,
         InvoiceMarkedUncollectible,
         OrganizationTaxRateChanged,

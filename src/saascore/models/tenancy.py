@@ -59,11 +59,15 @@ class Organization(TimestampMixin, Base):
     country: Mapped[str | None] = mapped_column(sa.String(2))
     locale: Mapped[str] = mapped_column(sa.String(16), default="en")
     currency: Mapped[str] = mapped_column(sa.String(3), default="USD")
-    #: The tax rate of its invoices, in basis points (1500 = 15 %), set by an operator.
+    #: The tax rate of its invoices, in basis points (1500 = 15 %): its country's default
+    #: (`kit/tax_rates.toml`) or set by an operator, as `tax_rate_source` says.
     #: The database's default only (no Python default), so that an INSERT leaves the column
     #: out unless it is set: organisations are written the same way at earlier revisions.
     #: Read it from a fresh SELECT (`locked_organization`), not from a just-inserted object.
     tax_rate_bps: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    #: "country" (follows the country when it changes) or "operator" (kept). Like
+    #: `tax_rate_bps`, a database default only.
+    tax_rate_source: Mapped[str] = mapped_column(sa.String(16), server_default=sa.text("'country'"))
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: The organisation as a customer of its payment provider (seed 004's Stripe customer id),
     #: kept from the first checkout so later ones reuse it.
@@ -78,6 +82,9 @@ class Organization(TimestampMixin, Base):
     __table_args__ = (
         sa.CheckConstraint("length(currency) = 3", name="currency_iso"),
         sa.CheckConstraint("tax_rate_bps BETWEEN 0 AND 100000", name="tax_rate_bps_range"),
+        sa.CheckConstraint(
+            "tax_rate_source IN ('country', 'operator')", name="tax_rate_source_known"
+        ),
         sa.UniqueConstraint("billing_provider", "provider_customer_id"),
     )
 

@@ -34,6 +34,7 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
+from saascore.kit.tax import default_tax_rate
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_json, checked_text
 from saascore.models import Organization, OrganizationStatus, UsageLimits
@@ -216,10 +217,13 @@ class OrganizationService:
         external_id: str | None = None,
         domain: str | None = None,
         billing_email: str | None = None,
+        country: str | None = None,
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Organization:
-        """Create an organisation on a plan (by code; the default plan if None).
+        """Create an organisation on a plan (by code; the default plan if None), in
+        `country` (ISO 3166), whose default tax rate it takes (`kit/tax_rates.toml`; 0 for a
+        country not listed, or none).
 
         Its `usage_limits` row, and the plan's credits for the month (with `plan_credits`), are
         created in the same transaction. The slug comes from the
@@ -231,6 +235,7 @@ class OrganizationService:
         external_id = _external_id(external_id)
         domain = _domain(domain)
         billing_email = _billing_email(billing_email)
+        country = _country(country)
         async with self.database.scope(session) as s:
             plan_row = await self.plans.get_by_code(
                 plan or self.database.settings.default_plan, session=s
@@ -245,7 +250,10 @@ class OrganizationService:
                     external_id=external_id,
                     domain=domain,
                     billing_email=billing_email,
+                    country=country,
                 )
+                if country is not None:  # else the database's default, as at old revisions
+                    organization.tax_rate_bps = default_tax_rate(country)
                 try:
                     async with s.begin_nested():
                         s.add(organization)
@@ -350,7 +358,10 @@ class OrganizationService:
         """Change the fields given (`UNSET` leaves one alone; None clears `domain`,
         `billing_email` or `country`). `settings` replaces the whole document. Every field is
         checked before anything is written; a change is audited as `organization.updated`
-        with each changed field's old and new value."""
+        with each changed field's old and new value.
+
+        A new country brings its default tax rate (`tax_rate_bps` among the changes), unless
+        an operator set the rate (`tax_rate_source == "operator"`)."""
         given = {
             "name": name,
             "domain": domain,
@@ -371,6 +382,10 @@ class OrganizationService:
                 for field, value in values.items()
                 if getattr(organization, field) != value
             }
+            if "country" in changes and organization.tax_rate_source != "operator":
+                rate = default_tax_rate(changes["country"]["to"])
+                if rate != organization.tax_rate_bps:
+                    changes["tax_rate_bps"] = {"from": organization.tax_rate_bps, "to": rate}
             if changes:
                 for field, change in changes.items():
                     setattr(organization, field, change["to"])

@@ -7,9 +7,9 @@
   draft invoice; one per (organisation, coupon, subscription) and per invoice.
 - `credit_packs` (global): credits for a price.
 
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-13 10:00:00.000000+00:00
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-13 11:00:00.000000+00:00
 """
 
 from collections.abc import Sequence
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | None = "0010"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,306 @@
+"""Invoices as documents: a printable HTML page, and a PDF made from that same page with
+WeasyPrint (docs/billing.md, "Renderings").
+
+- Every text that comes from the database (descriptions, notes, names, even the number) is
+  hostile: the Jinja2 template escapes everything it prints.
+- Amounts are formatted by `format_money` and dates by Babel in the rendering's locale: the
+  locale asked for, else the invoice's own. A right-to-left locale (Arabic, Hebrew, Persian,
+  Urdu: Babel's `character_order`) gives `dir="rtl"`.
+- The notes are the invoice's notes in that locale (`notes_localized`, by the locale as given,
+  then its language), else its plain `notes`.
+- A draft reads "DRAFT" and shows no number; an open invoice past its due date reads overdue.
+- The PDF needs Pango (Debian's `libpango-1.0-0`) and a font that covers Arabic script;
+  `make setup` installs both. WeasyPrint is imported on first use, so that the rest of
+  saascore works where they are missing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from functools import cache
+from typing import Any, Final
+
+import anyio
+import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.billing.invoices import InvoiceService, is_overdue
+from saascore.config import Settings
+from saascore.kit.money import BasisPoints, Money, UnknownLocale, format_money
+from saascore.kit.time import utcnow
+from saascore.models import Invoice, InvoiceStatus, Organization
+from saascore.tenancy.errors import OrganizationNotFound
+
+__all__ = [
+    "MAX_LOCALE_LENGTH",
+    "InvoiceRenderer",
+    "Issuer",
+    "checked_locale",
+    "filename",
+    "html_to_pdf",
+    "invoice_html",
+    "invoice_pdf",
+]
+
+#: The longest locale a rendering accepts (`ar-YE`, `zh-Hant-TW`, ...).
+MAX_LOCALE_LENGTH: Final = 16
+_LOCALE_TEXT: Final = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}")
+_FALLBACK_LOCALE: Final = "en"
+
+# The words of the page. English is the fallback for every other language.
+_LABELS: Final[Mapping[str, Mapping[str, str]]] = {
+    "en": {
+        "invoice": "Invoice",
+        "draft": "DRAFT",
+        "bill_to": "Bill to",
+        "issue_date": "Issue date",
+        "due_date": "Due date",
+        "currency": "Currency",
+        "description": "Description",
+        "quantity": "Quantity",
+        "unit": "Unit price",
+        "amount": "Amount",
+        "discount": "Discount",
+        "tax": "Tax",
+        "subtotal": "Subtotal",
+        "total": "Total",
+        "paid": "Paid",
+        "due": "Amount due",
+        "status_draft": "draft",
+        "status_open": "open",
+        "status_overdue": "overdue",
+        "status_paid": "paid",
+        "status_void": "void",
+        "status_uncollectible": "uncollectible",
+        "status_refunded": "refunded",
+    },
+    "ar": {
+        "invoice": "فاتورة",
+        "draft": "مسودة DRAFT",
+        "bill_to": "إلى",
+        "issue_date": "تاريخ الإصدار",
+        "due_date": "تاريخ الاستحقاق",
+        "currency": "العملة",
+        "description": "الوصف",
+        "quantity": "الكمية",
+        "unit": "سعر الوحدة",
+        "amount": "المبلغ",
+        "discount": "الخصم",
+        "tax": "الضريبة",
+        "subtotal": "المجموع الفرعي",
+        "total": "الإجمالي",
+        "paid": "المدفوع",
+        "due": "المبلغ المستحق",
+        "status_draft": "مسودة",
+        "status_open": "مفتوحة",
+        "status_overdue": "متأخرة",
+        "status_paid": "مدفوعة",
+        "status_void": "ملغاة",
+        "status_uncollectible": "غير قابلة للتحصيل",
+        "status_refunded": "مستردة",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """The seller printed on every invoice (`SAASCORE_INVOICE_ISSUER_NAME` and `_ADDRESS`)."""
+
+    name: str
+    address: str = ""
+
+    @classmethod
+    def of(cls, settings: Settings) -> Issuer:
+        return cls(settings.invoice_issuer_name, settings.invoice_issuer_address)
+
+
+def checked_locale(locale: object) -> Locale:
+    """`locale` (`ar`, `ar-YE`, `en_US`) as a Babel locale, or `UnknownLocale` (422
+    `unknown_locale`) for anything else: too long, control characters, unknown to CLDR."""
+    if (
+        isinstance(locale, str)
+        and len(locale) <= MAX_LOCALE_LENGTH
+        and _LOCALE_TEXT.fullmatch(locale)
+    ):
+        try:
+            return Locale.parse(locale.replace("-", "_"))
+        except (UnknownLocaleError, ValueError, TypeError):
+            pass
+    shown = str(locale)[:MAX_LOCALE_LENGTH]
+    raise UnknownLocale(f"{shown!r} is not a known locale (e.g. en, ar-YE)", locale=shown)
+
+
+def _stored_locale(text: str) -> Locale:
+    """The invoice's own locale; a stored value Babel no longer knows falls back to English."""
+    try:
+        return checked_locale(text)
+    except UnknownLocale:
+        return Locale.parse(_FALLBACK_LOCALE)
+
+
+def _notes(invoice: Invoice, asked: str | None, locale: Locale) -> str | None:
+    localized: Mapping[str, Any] = invoice.notes_localized or {}
+    wanted = [
+        asked,
+        str(locale),
+        str(locale).replace("_", "-"),
+        locale.language,
+    ]
+    for key in wanted:
+        if key is not None and isinstance(localized.get(key), str):
+            text: str = localized[key]
+            return text
+    return invoice.notes
+
+
+def invoice_html(
+    invoice: Invoice,
+    organization: Organization,
+    *,
+    locale: str | None = None,
+    issuer: Issuer | None = None,
+    today: date | None = None,
+) -> str:
+    """The invoice as a printable HTML page in `locale` (the invoice's own by default).
+
+    `invoice` has its lines loaded; `organization` is its customer. `today` decides whether
+    an open invoice reads overdue (the current UTC day by default)."""
+    babel_locale = checked_locale(locale) if locale is not None else _stored_locale(invoice.locale)
+    labels = {**_LABELS[_FALLBACK_LOCALE], **_LABELS.get(babel_locale.language, {})}
+    if today is None:
+        today = utcnow().date()
+    issuer = issuer or Issuer("saascore")
+
+    def money(minor: int) -> str:
+        return format_money(Money(minor, invoice.currency), babel_locale)
+
+    def day(value: date | None) -> str | None:
+        return None if value is None else format_date(value, "long", locale=babel_locale)
+
+    draft = invoice.status is InvoiceStatus.DRAFT
+    overdue = is_overdue(invoice, today)
+    status = "overdue" if overdue else InvoiceStatus(invoice.status).value
+    number = None if draft else invoice.number
+    country = organization.country
+    context = {
+        "lang": str(babel_locale).replace("_", "-"),
+        "direction": "rtl" if babel_locale.character_order == "right-to-left" else "ltr",
+        "title": f"{labels['invoice']} {number}" if number else labels["draft"],
+        "labels": labels,
+        "draft": draft,
+        "number": number,
+        "overdue": overdue,
+        "status": labels.get(f"status_{status}", status),
+        "issuer_name": issuer.name,
+        "issuer_address": issuer.address,
+        "customer_name": organization.name,
+        "customer_email": organization.billing_email,
+        "customer_country": (
+            babel_locale.territories.get(country.upper(), country) if country else None
+        ),
+        "issue_date": day(invoice.issue_date),
+        "due_date": day(invoice.due_date),
+        "currency": invoice.currency,
+        "lines": [
+            {
+                "description": line.description,
+                "quantity": line.quantity,
+                "unit": money(line.unit_amount),
+                "amount": money(line.amount),
+                "discount": money(line.discount_amount),
+                "tax": money(line.tax_amount),
+            }
+            for line in invoice.lines
+        ],
+        "tax_rate": str(BasisPoints(invoice.tax_rate_bps)),
+        "totals": {
+            "subtotal": money(invoice.subtotal),
+            "discount": money(invoice.discount_amount),
+            "tax": money(invoice.tax_amount),
+            "total": money(invoice.total),
+            "paid": money(invoice.amount_paid),
+            "due": money(invoice.amount_due),
+        },
+        "notes": _notes(invoice, locale, babel_locale),
+        "notes_lang": str(babel_locale).replace("_", "-"),
+    }
+    return _template().render(context)
+
+
+def html_to_pdf(html: str) -> bytes:
+    """A PDF of the page `html` by WeasyPrint. CPU-bound: async callers run it in a thread."""
+    import weasyprint
+
+    pdf: bytes = weasyprint.HTML(string=html).write_pdf()
+    return pdf
+
+
+def invoice_pdf(
+    invoice: Invoice,
+    organization: Organization,
+    *,
+    locale: str | None = None,
+    issuer: Issuer | None = None,
+    today: date | None = None,
+) -> bytes:
+    """The invoice as a PDF, made from `invoice_html` (same arguments)."""
+    return html_to_pdf(
+        invoice_html(invoice, organization, locale=locale, issuer=issuer, today=today)
+    )
+
+
+class InvoiceRenderer:
+    """Renders an invoice of `InvoiceService` with its organisation, the configured issuer and
+    the service's clock (`core.invoice_renderer`)."""
+
+    def __init__(self, invoices: InvoiceService) -> None:
+        self.invoices = invoices
+
+    async def html(
+        self, invoice: Invoice, *, locale: str | None = None, session: AsyncSession | None = None
+    ) -> str:
+        """`invoice_html` of `invoice` (loaded with its lines, e.g. by `InvoiceService.get`)."""
+        if locale is not None:
+            checked_locale(locale)
+        async with self.invoices.database.scope(session, readonly=True) as s:
+            organization = await s.get(Organization, invoice.organization_id)
+        if organization is None:
+            raise OrganizationNotFound(
+                f"no organisation {invoice.organization_id}",
+                organization=str(invoice.organization_id),
+            )
+        return invoice_html(
+            invoice,
+            organization,
+            locale=locale,
+            issuer=Issuer.of(self.invoices.settings),
+            today=self.invoices.clock().date(),
+        )
+
+    async def pdf(
+        self, invoice: Invoice, *, locale: str | None = None, session: AsyncSession | None = None
+    ) -> bytes:
+        """`invoice_pdf` of `invoice`; WeasyPrint runs in a worker thread, off the event loop."""
+        html = await self.html(invoice, locale=locale, session=session)
+        return await anyio.to_thread.run_sync(html_to_pdf, html)
+
+
+def filename(invoice: Invoice, extension: str) -> str:
+    """The file name of a rendering: the number (`INV-2026-0001.pdf`), `draft-<id>` for a draft."""
+    stem = invoice.number if invoice.number else f"draft-{invoice.id}"
+    return f"{stem}.{extension}"
+
+
+@cache
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("saascore.billing", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return environment.get_template("invoice.html")
