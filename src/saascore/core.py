@@ -6,8 +6,10 @@ from types import TracebackType
 from typing import Any
 
 from saascore.audit.service import AuditService
+from saascore.billing.coupons import CouponService
 from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.packs import CreditPackService
 from saascore.billing.payments import PaymentService
 from saascore.billing.render import InvoiceRenderer
 from saascore.billing.subscriptions import SubscriptionService
@@ -39,8 +41,8 @@ class Saascore:
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
     `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
-    HTML and PDF), `core.dunning` (unpaid invoices) and `core.payments`; `core.events` is the
-    bus they emit into.
+    HTML and PDF), `core.dunning` (unpaid invoices), `core.payments`, `core.coupons` and
+    `core.credit_packs`; `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -92,6 +94,8 @@ class Saascore:
         #: The invoices as HTML pages and PDFs.
         self.invoice_renderer = InvoiceRenderer(self.invoices)
         self.payments = PaymentService(self.database, self.credits, self.subscriptions, self.events)
+        self.coupons = CouponService(self.database, self.events)
+        self.credit_packs = CreditPackService(self.database, self.invoices)
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,

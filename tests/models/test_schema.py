@@ -20,8 +20,8 @@ from saascore.models import Base
 ORGANIZATION_ID = "organization_id"
 #: Tables with an `organization_id` column that are not tenant tables.
 NOT_TENANT_TABLES = frozenset({"organizations", "webhook_events"})
-#: The documented global tables: the catalog, invoice series, webhook events, the tenants, and
-#: the operators' keys (operators belong to no organisation).
+#: The documented global tables: the catalog (coupons and credit packs too), invoice series,
+#: webhook events, the tenants, and the operators' keys (operators belong to no organisation).
 GLOBAL_TABLES = frozenset(
     {
         "organizations",
@@ -30,6 +30,8 @@ GLOBAL_TABLES = frozenset(
         "plan_limits",
         "meters",
         "model_pricing",
+        "coupons",
+        "credit_packs",
         "invoice_sequences",
         "webhook_events",
         "operator_keys",

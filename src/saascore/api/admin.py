@@ -11,6 +11,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from saascore.billing.endpoints import (
+    create_coupons_admin_router,
+    create_credit_packs_admin_router,
     create_invoices_admin_router,
     create_payments_admin_router,
     create_subscription_admin_router,
@@ -34,6 +36,8 @@ def create_admin_router() -> APIRouter:
     router.include_router(create_subscription_admin_router())
     router.include_router(create_invoices_admin_router())
     router.include_router(create_payments_admin_router())
+    router.include_router(create_coupons_admin_router())
+    router.include_router(create_credit_packs_admin_router())
     router.include_router(create_plans_admin_router())
     router.include_router(create_model_pricing_admin_router())
     return router

@@ -112,6 +112,12 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "partial or in full, failed ones with their reason, and refunds.",
     },
     {
+        "name": "coupons",
+        "description": "For platform operators: the coupon catalog (a percentage or a fixed "
+        "amount, once, repeating or forever, with a redemption limit and an expiry), "
+        "redemptions for an organisation, and the credit-pack catalog.",
+    },
+    {
         "name": "webhooks",
         "description": "Your webhook endpoints, the events they receive (signed per Standard "
         "Webhooks, retried with backoff) and each delivery's attempts.",

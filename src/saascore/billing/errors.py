@@ -4,10 +4,14 @@ DomainError
 ├── NotFound
 │   ├── SubscriptionNotFound    (404) the organisation has no subscription
 │   ├── InvoiceNotFound         (404) no such invoice in the organisation
-│   └── PaymentNotFound         (404) no such payment in the organisation
+│   ├── PaymentNotFound         (404) no such payment in the organisation
+│   ├── CouponNotFound          (404) no coupon with this code
+│   └── CreditPackNotFound      (404) no (active) credit pack with this code
 ├── AlreadyExists
 │   ├── SubscriptionExists      (409) the organisation already has a live subscription
-│   └── PaymentExists           (409) the provider's payment id is already recorded
+│   ├── PaymentExists           (409) the provider's payment id is already recorded
+│   ├── CouponExists            (409) a coupon with this code exists
+│   └── CreditPackExists        (409) a credit pack with this code exists
 ├── Conflict
 │   ├── InvalidTransition       (409) a subscription's or invoice's status may not go there
 │   ├── PeriodEnded             (409) too late: the period the request is about has ended
@@ -17,14 +21,21 @@ DomainError
 │   ├── InvoiceNotPayable       (409) only an open or uncollectible invoice takes payments
 │   ├── Overpayment             (409) a payment above the invoice's amount due
 │   ├── PaymentNotRefundable    (409) only a succeeded payment is refunded
-│   └── RefundExceedsPayment    (409) a refund above what is left of the payment
+│   ├── RefundExceedsPayment    (409) a refund above what is left of the payment
+│   ├── CouponInactive          (409) the coupon was deactivated
+│   ├── CouponExpired           (409) the coupon's last day of redemption has passed
+│   ├── CouponExhausted         (409) the coupon reached its redemption limit
+│   └── CouponAlreadyApplied    (409) the subscription or draft already has a coupon
 └── InvalidInput
     ├── PlanPriceMissing        (422) the plan has no price for that cycle and currency
     ├── NaiveDatetime           (422) a timestamp without a time zone
     ├── PeriodOutOfRange        (422) a period or trial before its anchor or past 9999-12-31
     ├── OutsidePeriod           (422) a moment outside the period it is prorated in
     ├── InvalidInvoiceLine      (422) a line's description, amount or quantity is refused
-    └── InvalidPayment          (422) a payment's amount, method, key or texts are refused
+    ├── InvalidPayment          (422) a payment's amount, method, key or texts are refused
+    ├── InvalidCoupon           (422) a coupon's code, discount or duration is refused
+    ├── CouponCurrencyMismatch  (422) a fixed-amount coupon in another currency
+    └── InvalidCreditPack       (422) a credit pack's code, credits or price is refused
 
 A payment or refund key reused for different content is the kit's `IdempotencyConflict`
 (409, `idempotency_conflict`), as for credits and usage.
@@ -35,7 +46,18 @@ from __future__ import annotations
 from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
 __all__ = [
+    "CouponAlreadyApplied",
+    "CouponCurrencyMismatch",
+    "CouponExhausted",
+    "CouponExists",
+    "CouponExpired",
+    "CouponInactive",
+    "CouponNotFound",
+    "CreditPackExists",
+    "CreditPackNotFound",
     "EmptyInvoice",
+    "InvalidCoupon",
+    "InvalidCreditPack",
     "InvalidInvoiceLine",
     "InvalidPayment",
     "InvalidTransition",
@@ -200,3 +222,71 @@ class InvalidPayment(InvalidInput):
     """(422) A payment's or refund's amount, method, key or texts are refused."""
 
     code = "invalid_payment"
+
+
+class CouponNotFound(NotFound):
+    """(404) No coupon with this code."""
+
+    code = "coupon_not_found"
+
+
+class CouponExists(AlreadyExists):
+    """(409) A coupon with this code exists: codes are unique, and never reused."""
+
+    code = "coupon_exists"
+
+
+class CouponInactive(Conflict):
+    """(409) The coupon was deactivated: no new redemptions."""
+
+    code = "coupon_inactive"
+
+
+class CouponExpired(Conflict):
+    """(409) The coupon's `expires_at` has passed: no new redemptions."""
+
+    code = "coupon_expired"
+
+
+class CouponExhausted(Conflict):
+    """(409) The coupon has been redeemed `max_redemptions` times."""
+
+    code = "coupon_exhausted"
+
+
+class CouponAlreadyApplied(Conflict):
+    """(409) The subscription (or draft) already applies a coupon: one at a time, and one
+    organisation redeems a coupon once per subscription."""
+
+    code = "coupon_already_applied"
+
+
+class InvalidCoupon(InvalidInput):
+    """(422) A coupon's code, name, discount, duration, limit or expiry is refused."""
+
+    code = "invalid_coupon"
+
+
+class CouponCurrencyMismatch(InvalidInput):
+    """(422) A fixed-amount coupon in a currency other than the invoice's or subscription's."""
+
+    code = "coupon_currency_mismatch"
+    stateful = True
+
+
+class CreditPackNotFound(NotFound):
+    """(404) No credit pack with this code (or, for a purchase, no active one)."""
+
+    code = "credit_pack_not_found"
+
+
+class CreditPackExists(AlreadyExists):
+    """(409) A credit pack with this code exists."""
+
+    code = "credit_pack_exists"
+
+
+class InvalidCreditPack(InvalidInput):
+    """(422) A credit pack's code, name, credits or price is refused."""
+
+    code = "invalid_credit_pack"

@@ -4,7 +4,8 @@ uncollectible (docs/billing.md, "Invoices").
 - A **draft** has no number. Its lines (one-off items, plan fees, proration credits, which are
   negative) may be added and removed; every change recomputes its totals.
 - **Totals** are computed by `compute_totals`, a pure function: each line is rounded once
-  (its discount, then its tax on what is left, half up, with `apply_rate`), and the invoice's
+  (its discount, a coupon's share as `billing.discounts` says, then its tax on what is left,
+  half up, with `apply_rate`), and the invoice's
   subtotal, discount, tax and total are sums of the rounded lines, never rounded again.
   `total = subtotal - discount + tax` and `amount_due = total - amount_paid` always hold,
   and the database checks both.
@@ -34,6 +35,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from saascore.audit.service import AuditService, audited_bus
+from saascore.billing.discounts import (
+    Discount,
+    attach_subscription_coupon,
+    discount_of,
+    spread_amount_off,
+    use_coupon_period,
+)
 from saascore.billing.errors import (
     EmptyInvoice,
     InvalidInvoiceLine,
@@ -179,16 +187,22 @@ class InvoiceTotals:
 
 
 def line_totals(
-    amount: Money, tax_rate: BasisPoints, discount_rate: BasisPoints | None = None
+    amount: Money,
+    tax_rate: BasisPoints,
+    discount_rate: BasisPoints | None = None,
+    *,
+    discount: Money | None = None,
 ) -> LineTotals:
-    """A line's discount (`apply_rate(amount, discount_rate)`) and its tax on what is left
-    (`apply_rate(amount - discount, tax_rate)`), each rounded once, half up. A credit (a
-    negative amount) gets the negative of the charge's discount and tax."""
-    discount = (
-        apply_rate(amount, discount_rate)
-        if discount_rate is not None
-        else Money.zero(amount.currency)
-    )
+    """A line's discount (`apply_rate(amount, discount_rate)`, or a share of a fixed
+    discount given as `discount`) and its tax on what is left (`apply_rate(amount - discount,
+    tax_rate)`), each rounded once, half up. A credit (a negative amount) gets the negative of
+    the charge's discount and tax."""
+    if discount is None:
+        discount = (
+            apply_rate(amount, discount_rate)
+            if discount_rate is not None
+            else Money.zero(amount.currency)
+        )
     return LineTotals(amount=amount, discount=discount, tax=apply_rate(amount - discount, tax_rate))
 
 
@@ -197,10 +211,21 @@ def compute_totals(
     amounts: Sequence[Money],
     tax_rate: BasisPoints,
     discount_rate: BasisPoints | None = None,
+    *,
+    amount_off: Money | None = None,
 ) -> InvoiceTotals:
-    """The totals of lines of `amounts` at `tax_rate` (and `discount_rate`, none until coupons
-    come): each line rounded once, the invoice's amounts the sums of the lines'."""
-    lines = tuple(line_totals(amount, tax_rate, discount_rate) for amount in amounts)
+    """The totals of lines of `amounts` at `tax_rate`, after a coupon's discount: a
+    percentage (`discount_rate`, per line) or a fixed `amount_off` (spread over the positive
+    lines by `spread_amount_off`). Each line is rounded once; the invoice's amounts are the
+    sums of the lines'."""
+    if amount_off is not None:
+        shares = spread_amount_off(amounts, Money(amount_off.minor, currency))
+        lines = tuple(
+            line_totals(amount, tax_rate, discount=share)
+            for amount, share in zip(amounts, shares, strict=True)
+        )
+    else:
+        lines = tuple(line_totals(amount, tax_rate, discount_rate) for amount in amounts)
     zero = Money.zero(currency)
     subtotal = sum((line.amount for line in lines), zero)
     discount = sum((line.discount for line in lines), zero)
@@ -509,6 +534,9 @@ class InvoiceService:
                     "a draft without lines cannot be finalised", invoice=str(invoice_id)
                 )
             await recompute_totals(s, invoice)
+            # The coupon's period is used now; with none left, the invoice goes without it.
+            if not await use_coupon_period(s, invoice):
+                await recompute_totals(s, invoice, attach=False)
             if invoice.total < 0:
                 raise NegativeInvoiceTotal(
                     "the draft's credits exceed its charges: its total would be "
@@ -711,13 +739,17 @@ def _draft_only(invoice: Invoice) -> None:
         )
 
 
-async def recompute_totals(s: AsyncSession, invoice: Invoice) -> None:
-    """Set a draft's line taxes and totals from its lines, at its organisation's tax rate: the
-    one place totals are computed, for drafts built here and by `SubscriptionService`."""
+async def recompute_totals(s: AsyncSession, invoice: Invoice, *, attach: bool = True) -> None:
+    """Set a draft's line discounts, taxes and totals from its lines, at its organisation's
+    tax rate and after its coupon: the one place totals are computed, for drafts built here
+    and by `SubscriptionService`. A subscription's draft without a coupon first takes the
+    subscription's live redemption (`attach_subscription_coupon`; not with `attach=False`)."""
     rate = await s.scalar(
         sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
     )
-    _recompute(invoice, BasisPoints(rate or 0))
+    if attach:
+        await attach_subscription_coupon(s, invoice)
+    _recompute(invoice, BasisPoints(rate or 0), await discount_of(s, invoice))
 
 
 async def draft_in(
@@ -777,8 +809,10 @@ async def draft_in(
         _line_row(org_id, position, item, unit, amount)
         for position, (item, unit, amount) in enumerate(checked)
     ]
-    _recompute(invoice, BasisPoints(organization.tax_rate_bps))
     s.add(invoice)
+    await s.flush()
+    # A subscription's draft takes the subscription's coupon (`billing.discounts`).
+    await recompute_totals(s, invoice)
     await s.flush()
     return invoice
 
@@ -803,11 +837,15 @@ def _line_row(
     )
 
 
-def _recompute(invoice: Invoice, tax_rate: BasisPoints) -> None:
+def _recompute(invoice: Invoice, tax_rate: BasisPoints, discount: Discount | None) -> None:
     """Set every line's discount and tax and the invoice's totals from its lines."""
     currency = invoice.currency
     totals = compute_totals(
-        currency, [Money(line.amount, currency) for line in invoice.lines], tax_rate
+        currency,
+        [Money(line.amount, currency) for line in invoice.lines],
+        tax_rate,
+        discount.rate if discount else None,
+        amount_off=discount.amount_off if discount else None,
     )
     for line, computed in zip(invoice.lines, totals.lines, strict=True):
         line.discount_amount = computed.discount.minor

@@ -63,6 +63,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     ),
     "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
     "payments": ("saascore.cli.payments", "Payments: record, refund, list."),
+    "coupons": ("saascore.cli.coupons", "Coupons: create, list, deactivate, redeem."),
+    "packs": ("saascore.cli.packs", "Credit packs: create, list."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),

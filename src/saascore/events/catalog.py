@@ -25,6 +25,7 @@ __all__ = [
     "AuthLogout",
     "AuthRefreshTokenReused",
     "CatalogChanged",
+    "CouponRedeemed",
     "CreditLowThresholdChanged",
     "CreditsExpired",
     "CreditsGranted",
@@ -148,6 +149,18 @@ class InvoiceVoided(_InvoiceEvent):
     """An open invoice was voided: nothing is owed on it; it keeps its number."""
 
     type: ClassVar[str] = "invoice.voided"
+
+
+class CouponRedeemed(EventPayload):
+    """The organisation redeemed a coupon, on its subscription or on a draft invoice."""
+
+    type: ClassVar[str] = "coupon.redeemed"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "coupon_redemption"
+    redemption_id: uuid.UUID = Field(description="The redemption's id")
+    coupon: str = Field(description="The coupon's code")
+    subscription_id: uuid.UUID | None = Field(description="The subscription it applies to")
+    invoice_id: uuid.UUID | None = Field(description="The draft invoice it applies to")
 
 
 class OrganizationTaxRateChanged(_FromTo):

@@ -32,6 +32,7 @@ from saascore.models.catalog import (
     ResetPeriod,
     SubscriptionPlan,
 )
+from saascore.models.coupons import Coupon, CouponDuration, CouponRedemption, CreditPack
 from saascore.models.credits import (
     CreditAllocation,
     CreditGrant,
@@ -109,8 +110,12 @@ __all__ = [
     "BillingCycle",
     "ConversationSummary",
     "ConversationSummaryModel",
+    "Coupon",
+    "CouponDuration",
+    "CouponRedemption",
     "CreditAllocation",
     "CreditGrant",
+    "CreditPack",
     "CreditSource",
     "CreditTransaction",
     "CreditTransactionType",

@@ -1,0 +1,158 @@
+"""Credit packs: a catalog of credits for a price, and their purchase (docs/billing.md,
+"Credit packs").
+
+A purchase is an invoice: one `credit_pack` line (`metadata["credit_pack"]` the code,
+`metadata["credits"]` the credits), finalised at once, so it has its number and is open for
+payment. The credits are granted by the payment that pays the invoice in full, once, in that
+payment's transaction; buying grants nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Final
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.billing.errors import CreditPackExists, CreditPackNotFound, InvalidCreditPack
+from saascore.billing.invoices import InvoiceService, LineItem, LineKind
+from saascore.kit.actors import SYSTEM, Actor
+from saascore.kit.db import Database
+from saascore.kit.inputs import INT64_MAX
+from saascore.kit.money import Money
+from saascore.kit.validation import control_character
+from saascore.models import CreditPack, Invoice
+
+__all__ = ["CreditPackService", "pack_code"]
+
+_CODE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,49}")
+_MAX_NAME: Final = 255
+
+
+def pack_code(code: object) -> str:
+    """A pack's code: 1 to 50 lower-case letters, digits, `_`, `.` or `-`."""
+    if not isinstance(code, str) or not _CODE.fullmatch(code):
+        raise InvalidCreditPack(
+            f"{str(code)[:60]!r} is not a pack code: 1 to 50 lower-case letters, digits, "
+            "'_', '.' or '-'",
+            field="code",
+        )
+    return code
+
+
+class CreditPackService:
+    """`core.credit_packs`: the catalog (operators) and purchases (per organisation)."""
+
+    def __init__(self, database: Database, invoices: InvoiceService) -> None:
+        self.database = database
+        self.invoices = invoices
+
+    async def create(
+        self,
+        code: str,
+        *,
+        credits: int,
+        price: Money,
+        name: str | None = None,
+        session: AsyncSession | None = None,
+    ) -> CreditPack:
+        """A pack of `credits` (positive) for `price` (a positive `Money`);
+        `credit_pack_exists` when the code is taken."""
+        code = pack_code(code)
+        if not isinstance(credits, int) or isinstance(credits, bool) or not credits > 0:
+            raise InvalidCreditPack("credits is a positive integer", field="credits")
+        if credits > INT64_MAX:
+            raise InvalidCreditPack("credits is too large", field="credits")
+        if not isinstance(price, Money) or price.minor <= 0:
+            raise InvalidCreditPack("price is a positive amount of money", field="price")
+        if name is not None and (
+            not isinstance(name, str)
+            or not name.strip()
+            or len(name) > _MAX_NAME
+            or control_character(name) is not None
+        ):
+            raise InvalidCreditPack(
+                f"a pack's name is 1 to {_MAX_NAME} characters without control characters",
+                field="name",
+            )
+        pack = CreditPack(
+            code=code,
+            name=(name or code).strip(),
+            credits=credits,
+            price=price.minor,
+            currency=price.currency,
+            active=True,
+        )
+        async with self.database.scope(session) as s:
+            if await s.scalar(sa.select(CreditPack.id).where(CreditPack.code == code)):
+                raise CreditPackExists(f"a credit pack {code} exists", credit_pack=code)
+            try:
+                async with s.begin_nested():
+                    s.add(pack)
+                    await s.flush()
+            except IntegrityError:
+                raise CreditPackExists(f"a credit pack {code} exists", credit_pack=code) from None
+            return pack
+
+    async def list(
+        self, *, active: bool | None = None, session: AsyncSession | None = None
+    ) -> Sequence[CreditPack]:
+        """Every pack by code, or only the active (or inactive) ones."""
+        query = sa.select(CreditPack).order_by(CreditPack.code)
+        if active is not None:
+            query = query.where(CreditPack.active.is_(active))
+        async with self.database.scope(session, readonly=True) as s:
+            return (await s.scalars(query)).all()
+
+    async def get(self, code: str, *, session: AsyncSession | None = None) -> CreditPack:
+        """The pack with this code, or `credit_pack_not_found`."""
+        async with self.database.scope(session, readonly=True) as s:
+            pack = None
+            if isinstance(code, str) and _CODE.fullmatch(code):
+                pack = await s.scalar(sa.select(CreditPack).where(CreditPack.code == code))
+        if pack is None:
+            raise CreditPackNotFound(f"no credit pack {code[:60]!r}", credit_pack=code[:60])
+        return pack
+
+    async def deactivate(self, code: str, *, session: AsyncSession | None = None) -> CreditPack:
+        """Take the pack off sale (idempotent); its open invoices stay payable."""
+        async with self.database.scope(session) as s:
+            pack = await self.get(code, session=s)
+            pack.active = False
+            await s.flush()
+            return pack
+
+    async def purchase(
+        self,
+        org_id: uuid.UUID,
+        code: str,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> Invoice:
+        """Buy an active pack: an invoice with its one `credit_pack` line, finalised (it
+        has its number and is open; `invoice.finalized`). Paying it in full grants the
+        credits. An inactive pack is `credit_pack_not_found`."""
+        async with self.database.scope(session) as s:
+            pack = await self.get(code, session=s)
+            if not pack.active:
+                raise CreditPackNotFound(f"no credit pack {code} on sale", credit_pack=code)
+            draft = await self.invoices.create_draft(
+                org_id,
+                pack.currency,
+                [
+                    LineItem(
+                        pack.name,
+                        Money(pack.price, pack.currency),
+                        kind=LineKind.CREDIT_PACK,
+                        metadata={"credit_pack": pack.code, "credits": pack.credits},
+                    )
+                ],
+                actor=actor,
+                session=s,
+            )
+            return await self.invoices.finalize(org_id, draft.id, actor=actor, session=s)

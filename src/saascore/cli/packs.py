@@ -1,0 +1,78 @@
+"""`saascore packs`: the credit-pack catalog (create, list). The price is in major units of
+its currency (`9.99` USD, `1500` JPY)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from saascore.cli._output import Column, IdsOption, JsonOption, output_format, print_rows
+from saascore.cli._run import EXIT_USAGE, fail, handle_errors, run_with_core
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.kit.errors import InvalidInput
+from saascore.kit.money import Money
+from saascore.models import CreditPack
+
+__all__ = ["app"]
+
+app = typer.Typer(name="packs", help="Credit packs: create, list.", no_args_is_help=True)
+
+COLUMNS: list[Column[CreditPack]] = [
+    Column("code", lambda p: p.code, is_id=True),
+    Column("name", lambda p: p.name),
+    Column("credits", lambda p: p.credits, justify="right", text=str),
+    Column(
+        "price",
+        lambda p: Money(p.price, p.currency).decimal_text(),
+        justify="right",
+    ),
+    Column("currency", lambda p: p.currency),
+    Column("active", lambda p: p.active, text=str),
+]
+
+
+@app.command()
+@handle_errors
+def create(
+    code: Annotated[str, typer.Argument(help="The pack's code, e.g. credits-1k.")],
+    credits: Annotated[int, typer.Option(help="The credits it grants when paid.")],
+    price: Annotated[str, typer.Option(help="Its price in major units, e.g. 9.99.")],
+    currency: Annotated[str, typer.Option(help="ISO 4217 code of the price.")] = "USD",
+    name: Annotated[str | None, typer.Option(help="A name (default: the code).")] = None,
+) -> None:
+    """Create a credit pack."""
+    try:
+        amount = Money.parse(price, currency)
+    except InvalidInput as exc:
+        fail(f"--price: {exc.message}", EXIT_USAGE)
+
+    async def work(core: Saascore) -> CreditPack:
+        return await core.credit_packs.create(code, credits=credits, price=amount, name=name)
+
+    pack = run_with_core(load_settings(), work)
+    typer.echo(
+        f"pack {pack.code}: {pack.credits} credits for "
+        f"{Money(pack.price, pack.currency).decimal_text()} {pack.currency}"
+    )
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    active: Annotated[
+        bool | None, typer.Option("--active/--inactive", help="Only those on sale (or not).")
+    ] = None,
+    as_json: JsonOption = False,
+    only_ids: IdsOption = False,
+) -> None:
+    """Every credit pack by code."""
+    output = output_format(as_json, only_ids)
+
+    async def work(core: Saascore) -> Sequence[CreditPack]:
+        return await core.credit_packs.list(active=active)
+
+    packs = list(run_with_core(load_settings(), work))
+    print_rows(packs, COLUMNS, output, ids=lambda p: p.code, empty="no credit packs")
