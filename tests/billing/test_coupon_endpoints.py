@@ -212,6 +212,25 @@ class TestCreditPacks:
             "credits": 1000,
         }
 
+        # Paying the invoice in full, in two parts, grants the pack's credits once.
+        async def balance() -> int:
+            answer = await admin.client.get("/v1/credits", headers=customer.headers)
+            assert answer.status_code == 200, answer.text
+            value: int = answer.json()["balance"]
+            return value
+
+        before = await balance()
+        payments = f"/v1/admin/invoices/{invoice['id']}/payments"
+        for amount in (500, 499 + invoice["tax_amount"]):
+            paid = await admin.client.post(
+                payments, json={"amount": amount, "method": "cash"}, headers=admin.operator
+            )
+            assert paid.status_code == 201, paid.text
+        assert paid.json()["credits_awarded"] == 1000
+        assert await balance() == before + 1000
+        settled = await admin.client.get(f"/v1/invoices/{invoice['id']}", headers=customer.headers)
+        assert (settled.json()["status"], settled.json()["amount_due"]) == ("paid", 0)
+
     async def test_refusals(self, admin: Admin, customer: TestTenant) -> None:
         for body in (
             {"code": "Bad Code", "credits": 1, "price": 1, "currency": "USD"},
