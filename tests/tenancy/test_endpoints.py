@@ -385,6 +385,11 @@ class TestOrganization:
         [
             ({"country": "Britain"}, "validation_error", None),
             ({"country": "G1"}, "validation_error", None),  # the schema's pattern
+            # Codes that are no country: they would mean a 0 % tax rate.
+            ({"country": "XX"}, "invalid_input", "country"),
+            ({"country": "UK"}, "invalid_input", "country"),
+            ({"country": "EU"}, "invalid_input", "country"),
+            ({"country": "ZZ"}, "invalid_input", "country"),
             ({"domain": "not a domain"}, "invalid_input", "domain"),
             ({"currency": "12"}, "validation_error", None),
             ({"billing_email": "nobody"}, "invalid_input", "billing_email"),
@@ -414,7 +419,12 @@ class TestOrganization:
     ) -> None:
         key = await key_of(world, tenant, "admin", "usage:read")
         before = await snapshot(world.core.database, tenant.organization_id)
-        for body in ({"billing_email": "b@example.com"}, {"currency": "EUR", "name": "X"}):
+        bodies: tuple[dict[str, Any], ...] = (
+            {"billing_email": "b@example.com"},
+            {"currency": "EUR", "name": "X"},
+            {"country": "US"},  # it sets the tax rate
+        )
+        for body in bodies:
             response = await world.client.patch("/v1/organization", json=body, headers=key)
             assert (response.status_code, response.json()["error"]["code"]) == (
                 403,

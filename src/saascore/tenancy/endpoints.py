@@ -67,8 +67,9 @@ __all__ = [
 AdminDep = Annotated[Principal, Depends(require(Permission.ADMIN))]
 ReaderDep = Annotated[Principal, Depends(require(Permission.USAGE_READ))]
 
-#: Fields of `PATCH /v1/organization` that are billing changes (`billing:write`).
-BILLING_FIELDS = frozenset({"billing_email", "currency"})
+#: Fields of `PATCH /v1/organization` that are billing changes (`billing:write`): the country
+#: sets the default tax rate of the organisation's invoices.
+BILLING_FIELDS = frozenset({"billing_email", "currency", "country"})
 
 
 def acting_role(principal: Principal) -> UserRole:
@@ -232,8 +233,9 @@ def create_organization_router() -> APIRouter:
         session: SessionDep,
         origin: OriginDep,
     ) -> OrganizationOut:
-        """Change your organisation's name, domain, locale, country, settings (`admin`) or
-        billing e-mail and currency (`admin` and `billing:write`)."""
+        """Change your organisation's name, domain, locale, settings (`admin`) or billing
+        e-mail, currency and country (`admin` and `billing:write`: the country sets the
+        default tax rate of its invoices, unless an operator set one)."""
         changes = body.changes()
         if BILLING_FIELDS & changes.keys():
             principal.require(Permission.BILLING_WRITE)

@@ -111,7 +111,8 @@ class UserUpdate(_Body):
 class OrganizationUpdate(_Body):
     """The fields to change; those left out stay as they are. Null clears `domain`,
     `billing_email` or `country`, and leaves the other fields as they are. `settings`
-    replaces the whole document. `billing_email` and `currency` also need `billing:write`."""
+    replaces the whole document. `billing_email`, `currency` and `country` (which sets the
+    default tax rate) also need `billing:write`."""
 
     name: Label | None = Field(
         description="The organisation's name",
@@ -140,7 +141,10 @@ class OrganizationUpdate(_Body):
         examples=["en-GB"],
     )
     country: str | None = Field(
-        default=None, pattern=r"^[A-Za-z]{2}$", description="ISO 3166-1 alpha-2", examples=["GB"]
+        default=None,
+        pattern=r"^[A-Za-z]{2}$",
+        description="ISO 3166-1 alpha-2; sets the default tax rate (needs `billing:write`)",
+        examples=["GB"],
     )
     currency: str | None = Field(
         default=None, pattern=r"^[A-Za-z]{3}$", description="ISO 4217", examples=["GBP"]

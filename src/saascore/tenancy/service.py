@@ -31,6 +31,7 @@ from saascore.events.catalog import (
     OrganizationUpdated,
 )
 from saascore.kit.actors import SYSTEM, Actor
+from saascore.kit.countries import is_country
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.sql import violates
@@ -117,8 +118,11 @@ def _country(country: str | None) -> str | None:
     if country is None:
         return None
     code = country.strip().upper()
-    if not _COUNTRY.match(code):
-        raise InvalidInput(f"{country!r} is not an ISO 3166 country code", field="country")
+    if not (_COUNTRY.match(code) and is_country(code)):
+        raise InvalidInput(
+            f"{country[:8]!r} is not an ISO 3166-1 country code such as 'GB' or 'SA'",
+            field="country",
+        )
     return code
 
 
