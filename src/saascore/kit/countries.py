@@ -28,7 +28,11 @@ def country_codes() -> frozenset[str]:
     return frozenset(
         code
         for code in territories
-        if len(code) == 2 and code.isascii() and code.isalpha() and code not in NOT_COUNTRIES
+        if isinstance(code, str)
+        and len(code) == 2
+        and code.isascii()
+        and code.isalpha()
+        and code not in NOT_COUNTRIES
     )
 
 
