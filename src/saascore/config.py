@@ -366,6 +366,12 @@ class Settings(BaseSettings):
     invoice_issuer_name: str = Field(default="saascore", min_length=1, max_length=200)
     #: The seller's postal address on rendered invoices; lines separated by newlines.
     invoice_issuer_address: str = Field(default="", max_length=1000)
+    #: How many invoice PDFs a process renders at once; more requests wait their turn. A
+    #: rendering takes a CPU for 0.2 to 3 s, so the rest of the service keeps the others.
+    pdf_concurrency: int = Field(default=2, ge=1, le=64)
+    #: How many rendered PDFs a process keeps, by the hash of their page: a tenant asking for
+    #: the same invoice again gets it without rendering (0 keeps none).
+    pdf_cache_size: int = Field(default=32, ge=0, le=10_000)
 
     @field_validator("invoice_number_template")
     @classmethod

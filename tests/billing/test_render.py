@@ -4,6 +4,7 @@ text holds the number and the notes; every text from the database is escaped."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -16,6 +17,10 @@ import pytest
 import sqlalchemy as sa
 from pypdf import PdfReader
 
+import saascore.billing.render as render_module
+from saascore.billing.invoices import InvoiceService
+from saascore.billing.render import InvoiceRenderer
+from saascore.config import Settings
 from saascore.kit.db import Database
 from saascore.kit.money import UnknownLocale
 from saascore.models import Invoice, Organization
@@ -181,6 +186,45 @@ class TestPdf:
         # The notes word for word (not merely some Arabic letters), in logical order.
         assert unicodedata.normalize("NFKC", NOTES_AR) in text
         assert "Thank you" not in text  # the Arabic notes, not the plain ones
+
+    async def test_pdfs_are_cached_by_page_and_rendered_few_at_once(
+        self, admin: Admin, customer: TestTenant, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        needs_pdf()
+        invoice = await _usd_invoice(admin, customer.organization_id)
+        renderer = InvoiceRenderer(
+            InvoiceService(admin.database, Settings(pdf_concurrency=2, pdf_cache_size=2))
+        )
+        rendered: list[str] = []
+        running = peak = 0
+        real = render_module.html_to_pdf
+
+        def counting(html: str) -> bytes:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            try:
+                rendered.append(html)
+                return real(html)
+            finally:
+                running -= 1
+
+        monkeypatch.setattr(render_module, "html_to_pdf", counting)
+        first = await renderer.pdf(invoice)
+        assert await renderer.pdf(invoice) == first  # the same page: not rendered again
+        assert len(rendered) == 1
+        arabic_page = await renderer.pdf(invoice, locale="ar-YE")  # another page
+        assert arabic_page != first
+        assert len(rendered) == 2
+        # Six other pages at once: at most two renderings run together, all come back.
+        locales = ["fr", "de", "es", "it", "nl", "pt"]
+        documents = await asyncio.gather(*(renderer.pdf(invoice, locale=lc) for lc in locales))
+        assert all(document.startswith(b"%PDF-") for document in documents)
+        assert len(rendered) == 8
+        assert peak == 2
+        # The cache keeps the last two pages: the first page is rendered again.
+        await renderer.pdf(invoice)
+        assert len(rendered) == 9
 
 
 class TestHttp:

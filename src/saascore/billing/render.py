@@ -16,7 +16,9 @@ WeasyPrint (docs/billing.md, "Renderings").
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -260,6 +262,13 @@ class InvoiceRenderer:
 
     def __init__(self, invoices: InvoiceService) -> None:
         self.invoices = invoices
+        settings = invoices.settings
+        #: At most `SAASCORE_PDF_CONCURRENCY` renderings at once, in worker threads.
+        self._limiter = anyio.CapacityLimiter(settings.pdf_concurrency)
+        #: The last `SAASCORE_PDF_CACHE_SIZE` PDFs by the SHA-256 of their page: the same page
+        #: (same invoice, amounts, status, locale and day) is the same document.
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cache_size = settings.pdf_cache_size
 
     async def html(
         self, invoice: Invoice, *, locale: str | None = None, session: AsyncSession | None = None
@@ -285,9 +294,20 @@ class InvoiceRenderer:
     async def pdf(
         self, invoice: Invoice, *, locale: str | None = None, session: AsyncSession | None = None
     ) -> bytes:
-        """`invoice_pdf` of `invoice`; WeasyPrint runs in a worker thread, off the event loop."""
+        """`invoice_pdf` of `invoice`. WeasyPrint runs in a worker thread, off the event loop,
+        at most `SAASCORE_PDF_CONCURRENCY` at once; a page rendered lately is not rendered
+        again."""
         html = await self.html(invoice, locale=locale, session=session)
-        return await anyio.to_thread.run_sync(html_to_pdf, html)
+        digest = hashlib.sha256(html.encode("utf-8")).digest()
+        if (cached := self._cache.get(digest)) is not None:
+            self._cache.move_to_end(digest)
+            return cached
+        document = await anyio.to_thread.run_sync(html_to_pdf, html, limiter=self._limiter)
+        if self._cache_size:
+            self._cache[digest] = document
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return document
 
 
 def filename(invoice: Invoice, extension: str) -> str:
