@@ -7,6 +7,7 @@ from typing import Any
 
 from saascore.audit.service import AuditService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -82,6 +83,9 @@ class Saascore:
             self.database, self.events, allow_private=self.settings.webhooks_allow_private
         )
         self.invoices = InvoiceService(self.database, self.settings, self.events)
+        self.billing_run = BillingRun(
+            self.database, self.settings, self.plans, self.orgs, self.events
+        )
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
