@@ -60,6 +60,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "saascore.cli.subscriptions",
         "Subscriptions: create, show, change-plan, cancel, resume.",
     ),
+    "billing": ("saascore.cli.billing", "Billing: run."),
     "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),

@@ -11,8 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from saascore.kit.errors import InvalidCharacter, InvalidInput
-from saascore.kit.money import Money
 from saascore.kit.inputs import INT64_MAX, StrictBool, StrictInt
+from saascore.kit.money import Money
 from saascore.kit.validation import Day, Instant, JSONObject, Label, Note
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
