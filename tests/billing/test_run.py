@@ -137,7 +137,8 @@ class TestRenewal:
         assert summary.counts["renewed"] == 1
         assert summary.counts["invoices_issued"] == 1
         (invoice,) = await env.invoices(org_id)
-        assert invoice.status is InvoiceStatus.OPEN and invoice.number
+        assert invoice.status is InvoiceStatus.OPEN
+        assert invoice.number
         kinds = sorted(line.metadata_["kind"] for line in invoice.lines)
         assert kinds == ["plan", "proration", "proration", "usage"]
         usage = next(line for line in invoice.lines if line.metadata_["kind"] == "usage")
@@ -294,7 +295,8 @@ class TestTwoRunsAtOnce:
         first, second = await asyncio.gather(
             env.run.run(FEB, organizations=ids), env.run.run(FEB, organizations=ids)
         )
-        assert first.failures == [] and second.failures == []
+        assert first.failures == []
+        assert second.failures == []
         assert first.counts["renewed"] + second.counts["renewed"] == 500
         of = Invoice.organization_id.in_(ids)
         per_org = await env.count(
