@@ -51,7 +51,7 @@ class Saascore:
         #: decide what a principal may do.
         self.events = EventBus()
         self.audit = AuditService(self.database)
-        self.events.in_transaction(self.audit.handle)
+        self.events.in_transaction(self.audit.handle, many=self.audit.handle_many)
         self.principals = PrincipalCache(self.settings.auth_cache_seconds)
         self.events.after_commit(self._forget_principals)
         #: Rung when a public event commits: this process's webhook dispatcher wakes at once

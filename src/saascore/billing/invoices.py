@@ -438,10 +438,9 @@ class InvoiceService:
             if organization is None:
                 raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
             if subscription_id is not None:
-                found = await s.scalar(
-                    sa.select(Subscription.id).where(
-                        Subscription.organization_id == org_id, Subscription.id == subscription_id
-                    )
+                # By primary key: no query when the caller has it loaded (the billing run).
+                found = await s.get(
+                    Subscription, {"organization_id": org_id, "id": subscription_id}
                 )
                 if found is None:
                     raise InvalidInput(
@@ -528,44 +527,52 @@ class InvoiceService:
         last, in this transaction. Emits `invoice.finalized`."""
         async with self.database.scope(session) as s:
             invoice = await self._locked(s, org_id, invoice_id)
-            check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
-            if not invoice.lines:
-                raise EmptyInvoice(
-                    "a draft without lines cannot be finalised", invoice=str(invoice_id)
-                )
-            await recompute_totals(s, invoice)
-            if invoice.total < 0:
-                raise NegativeInvoiceTotal(
-                    "the draft's credits exceed its charges: its total would be "
-                    f"{Money(invoice.total, invoice.currency)}",
-                    invoice=str(invoice_id),
-                    total=invoice.total,
-                )
-            now = self.clock()
-            issued = now.date()
-            invoice.issue_date = issued
-            invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
-            invoice.status = InvoiceStatus.OPEN
-            # The series stays locked from here to the commit: the number is taken last.
-            invoice.number = await allocate_invoice_number(
-                s, organization_id=org_id, at=now, settings=self.settings
+            return await self.finalize_locked(s, invoice, actor=actor)
+
+    async def finalize_locked(
+        self, s: AsyncSession, invoice: Invoice, *, actor: Actor = SYSTEM
+    ) -> Invoice:
+        """`finalize` for a caller whose transaction holds the invoice row already (it created
+        the draft in it, or locked it): the same checks and event, without reading it back."""
+        org_id, invoice_id = invoice.organization_id, invoice.id
+        check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
+        if not invoice.lines:
+            raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
+        await recompute_totals(s, invoice)
+        if invoice.total < 0:
+            raise NegativeInvoiceTotal(
+                "the draft's credits exceed its charges: its total would be "
+                f"{Money(invoice.total, invoice.currency)}",
+                invoice=str(invoice_id),
+                total=invoice.total,
             )
-            await s.flush()
-            await self.events.emit(
-                s,
-                org_id,
-                InvoiceFinalized(
-                    invoice_id=invoice.id,
-                    number=invoice.number,
-                    currency=invoice.currency,
-                    total=invoice.total,
-                    amount_due=invoice.amount_due,
-                    due_date=invoice.due_date,
-                ),
-                actor=actor,
-                target_id=invoice.id,
-            )
-            return invoice
+        now = self.clock()
+        issued = now.date()
+        # The series stays locked from here to the commit: the number is taken last, and the
+        # invoice is written once with it.
+        number = await allocate_invoice_number(
+            s, organization_id=org_id, at=now, settings=self.settings
+        )
+        invoice.issue_date = issued
+        invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
+        invoice.status = InvoiceStatus.OPEN
+        invoice.number = number
+        await s.flush()
+        await self.events.emit(
+            s,
+            org_id,
+            InvoiceFinalized(
+                invoice_id=invoice.id,
+                number=number,
+                currency=invoice.currency,
+                total=invoice.total,
+                amount_due=invoice.amount_due,
+                due_date=invoice.due_date,
+            ),
+            actor=actor,
+            target_id=invoice.id,
+        )
+        return invoice
 
     async def void(
         self,
@@ -739,10 +746,9 @@ def _draft_only(invoice: Invoice) -> None:
 async def recompute_totals(s: AsyncSession, invoice: Invoice) -> None:
     """Set a draft's line taxes and totals from its lines, at its organisation's tax rate: the
     one place totals are computed, for drafts built here and by `SubscriptionService`."""
-    rate = await s.scalar(
-        sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
-    )
-    _recompute(invoice, BasisPoints(rate or 0))
+    # By primary key: the organisation as this transaction loaded it, or read now.
+    organization = await s.get(Organization, invoice.organization_id)
+    _recompute(invoice, BasisPoints(organization.tax_rate_bps if organization else 0))
 
 
 def _line_row(

@@ -265,12 +265,13 @@ async def _issue(
             period=period,
             session=s,
         )
-    else:
-        draft.period_start, draft.period_end = period.start, period.end
-        for line in lines:
-            draft = await invoices.add_line(org_id, draft.id, line, session=s)
-        if not draft.lines:
-            return None
+        # Created in this transaction: nobody else can hold or change it.
+        return await invoices.finalize_locked(s, draft, actor=actor)
+    draft.period_start, draft.period_end = period.start, period.end
+    for line in lines:
+        draft = await invoices.add_line(org_id, draft.id, line, session=s)
+    if not draft.lines:
+        return None
     if draft.total < 0:
         # Credits above the charges stay on the draft (never an invoice owing a negative
         # amount); an operator settles them.

@@ -408,7 +408,7 @@ class BillingRun:
                 for org_id, steps in todo.items():
                     counts: Counter[str] = Counter()
                     try:
-                        async with s.begin_nested():
+                        async with s.begin_nested(), self.events.deferred(s):
                             for step in steps:
                                 await step.apply(s, org_id, context, counts)
                     except Exception as error:  # one organisation's failure never stops the run
