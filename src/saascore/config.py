@@ -362,6 +362,12 @@ class Settings(BaseSettings):
     invoice_due_days: int = Field(default=14, ge=0, le=365)
     #: Days an invoice may stay overdue before its organisation is suspended.
     dunning_grace_days: int = Field(default=7, ge=0, le=365)
+    #: Run the billing run (`saascore billing run`) inside the webhook dispatcher's loop, so a
+    #: deployment running `saascore events dispatch` needs no scheduler of its own.
+    billing_autorun: bool = False
+    #: Seconds between two autoruns (the first one runs when the dispatcher starts). A run
+    #: does nothing twice, so a short interval only costs its queries.
+    billing_autorun_interval: float = Field(default=300.0, ge=1, le=86_400)
 
     @field_validator("invoice_number_template")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -28,6 +29,8 @@ from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService
 
 __all__ = ["Saascore"]
+
+log = logging.getLogger(__name__)
 
 
 class Saascore:
@@ -96,9 +99,22 @@ class Saascore:
     def dispatcher(self, **options: Any) -> Dispatcher:
         """A webhook dispatcher on this database, emitting into this bus (so an endpoint it
         disables is audited) and woken by this process's commits; `options` as `Dispatcher`'s."""
+        if self.settings.billing_autorun:
+            options.setdefault("periodic", self._billing_autorun)
+            options.setdefault("periodic_interval", self.settings.billing_autorun_interval)
         return Dispatcher(
             self.database, self.settings, bus=self.events, doorbell=self.doorbell, **options
         )
+
+    async def _billing_autorun(self) -> None:
+        """`SAASCORE_BILLING_AUTORUN`: the billing run, now, from the dispatcher's loop."""
+        summary = await self.billing_run.run()
+        if summary.failures:
+            log.warning(
+                "billing autorun: %d organisation(s) failed, first: %s",
+                len(summary.failures),
+                summary.failures[0],
+            )
 
     def _ring_dispatcher(self, event: Event) -> None:
         """A public event has deliveries to make; a retried delivery is due again now."""

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from saascore import Saascore
 from saascore.audit.service import AuditService
 from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
@@ -18,6 +19,7 @@ from saascore.credits import CreditService
 from saascore.events.bus import EventBus
 from saascore.kit.db import Database
 from saascore.kit.ids import new_id
+from saascore.kit.time import utcnow
 from saascore.models import (
     CreditGrant,
     Invoice,
@@ -33,7 +35,7 @@ from saascore.models import (
     UsageLimits,
 )
 from saascore.models.catalog import BillingCycle
-from saascore.plans import PlanService
+from saascore.plans import PlanService, read_catalog
 from saascore.tenancy.service import OrganizationService
 from tests.factories import random_code
 
@@ -316,3 +318,36 @@ class TestTwoRunsAtOnce:
             .where(Subscription.organization_id.in_(ids), Subscription.current_period_start == FEB)
         )
         assert periods == 500
+
+
+class TestAutorun:
+    async def test_off_by_default(self, database: Database) -> None:
+        core = Saascore(database.settings, database=database)
+        assert core.settings.billing_autorun is False
+        assert core.dispatcher().periodic is None
+
+    @pytest.mark.race_database(fresh=True)
+    async def test_the_dispatcher_loop_renews_what_is_due(self, race_database: Database) -> None:
+        settings = race_database.settings.model_copy(
+            update={"billing_autorun": True, "billing_autorun_interval": 1.0}
+        )
+        core = Saascore(settings, database=race_database)
+        await core.plans.load_catalog(read_catalog())
+        (org_id,) = await bulk_due(race_database, 1)
+        env = Env(race_database)
+        stop = asyncio.Event()
+        running = asyncio.create_task(core.dispatcher(poll_interval=0.05).run(stop))
+        try:
+            for _ in range(400):
+                if (await env.subscription(org_id)).current_period_end > utcnow():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await running
+        subscription = await env.subscription(org_id)
+        assert subscription.current_period_end > utcnow()
+        invoices = await env.invoices(org_id)
+        assert invoices
+        assert {invoice.status for invoice in invoices} == {InvoiceStatus.OPEN}
+        assert "subscription.renewed" in await env.outbox(org_id)
