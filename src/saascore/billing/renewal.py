@@ -20,14 +20,14 @@ transaction: the subscription row is locked and re-checked, so two runs at once 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 
 from saascore.billing.invoices import InvoiceService, LineItem, LineKind
 from saascore.billing.periods import Period, period_containing
@@ -40,6 +40,7 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.money import Money, divide_half_up, prorate
 from saascore.models import (
     Invoice,
+    InvoiceStatus,
     Organization,
     PlanLimit,
     Subscription,
@@ -51,8 +52,10 @@ __all__ = [
     "MAX_PERIODS_PER_RUN",
     "TRIAL_NOTICE",
     "TRIAL_NOTICE_SENT",
+    "Prefetched",
     "Renewal",
     "plan_line",
+    "prefetch",
     "renew_due",
     "renewal_lines",
     "usage_lines",
@@ -78,6 +81,97 @@ class Renewal:
     trial_will_end: int = 0
     invoices: list[uuid.UUID] = field(default_factory=list)
     credits_refilled: int = 0
+
+
+@dataclass
+class Prefetched:
+    """What the renewals of a group of organisations read, loaded set-wise in their
+    transaction after their subscriptions were locked (`prefetch`): a few queries for the
+    group instead of five for each organisation. Valid for that transaction only, and only
+    while nothing else changed these organisations' subscriptions in it."""
+
+    #: The organisations loaded: the others read for themselves.
+    organizations: set[uuid.UUID] = field(default_factory=set)
+    #: Each organisation's live (active or trialing) subscription, locked, with its plan.
+    subscriptions: dict[uuid.UUID, Subscription] = field(default_factory=dict)
+    #: Each plan's limits (by metric).
+    limits: dict[uuid.UUID, list[PlanLimit]] = field(default_factory=dict)
+    #: Each organisation's counters closing by the run's moment: (metric, used, period_end).
+    counters: dict[uuid.UUID, list[tuple[str, int, datetime]]] = field(default_factory=dict)
+    #: The organisations themselves (held so the session keeps them).
+    loaded: list[Organization] = field(default_factory=list)
+    #: The drafts of these subscriptions, by (subscription id, period_start), lines loaded.
+    drafts: dict[tuple[uuid.UUID, datetime], Invoice] = field(default_factory=dict)
+
+
+async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> Prefetched:
+    """Lock and load, set-wise, what `renew_due` reads for `org_ids` (see `Prefetched`); the
+    organisations are loaded too, so reading one by id needs no query."""
+    found = Prefetched(organizations=set(org_ids))
+    subscriptions = (
+        await s.scalars(
+            sa.select(Subscription)
+            .where(
+                Subscription.organization_id.in_(org_ids),
+                Subscription.status.in_((S.ACTIVE, S.TRIALING)),
+            )
+            .options(joinedload(Subscription.plan))
+            .order_by(Subscription.id)
+            .with_for_update(of=Subscription)
+            .execution_options(populate_existing=True)
+        )
+    ).all()
+    for subscription in subscriptions:
+        found.subscriptions.setdefault(subscription.organization_id, subscription)
+    # Kept by the session (its identity map): `s.get(Organization, id)` needs no query.
+    found.loaded = list(
+        (
+            await s.scalars(
+                sa.select(Organization)
+                .where(Organization.id.in_(org_ids))
+                .execution_options(populate_existing=True)
+            )
+        ).all()
+    )
+    live = list(found.subscriptions.values())
+    if not live:
+        return found
+    plan_ids = {subscription.plan_id for subscription in live}
+    for limit in await s.scalars(
+        sa.select(PlanLimit).where(PlanLimit.plan_id.in_(plan_ids)).order_by(PlanLimit.metric)
+    ):
+        found.limits.setdefault(limit.plan_id, []).append(limit)
+    since = min(subscription.current_period_start for subscription in live)
+    rows = await s.execute(
+        sa.select(
+            UsageCounter.organization_id,
+            UsageCounter.metric,
+            UsageCounter.used,
+            UsageCounter.period_end,
+        ).where(
+            UsageCounter.organization_id.in_(list(found.subscriptions)),
+            UsageCounter.period_end > since,
+            UsageCounter.period_end <= at,
+        )
+    )
+    for org_id, metric, used, period_end in rows:
+        found.counters.setdefault(org_id, []).append((metric, int(used), period_end))
+    drafts = (
+        await s.scalars(
+            sa.select(Invoice)
+            .where(
+                Invoice.organization_id.in_(list(found.subscriptions)),
+                Invoice.subscription_id.in_([subscription.id for subscription in live]),
+                Invoice.status == InvoiceStatus.DRAFT,
+            )
+            .options(selectinload(Invoice.lines))
+            .order_by(Invoice.id)
+        )
+    ).all()
+    for draft in drafts:
+        if draft.subscription_id is not None and draft.period_start is not None:
+            found.drafts.setdefault((draft.subscription_id, draft.period_start), draft)
+    return found
 
 
 def _previous(subscription: Subscription, period: Period) -> Period | None:
@@ -127,16 +221,25 @@ def plan_line(
     )
 
 
-async def usage_lines(s: AsyncSession, subscription: Subscription, ended: Period) -> list[LineItem]:
+async def usage_lines(
+    s: AsyncSession,
+    subscription: Subscription,
+    ended: Period,
+    *,
+    prefetched: Prefetched | None = None,
+) -> list[LineItem]:
     """Per meter with an overage price in the subscription's currency, the usage above the
     plan's included amount in the counters that closed in `ended` (module docstring)."""
-    limits = (
-        await s.scalars(
-            sa.select(PlanLimit)
-            .where(PlanLimit.plan_id == subscription.plan_id)
-            .order_by(PlanLimit.metric)
-        )
-    ).all()
+    if prefetched is not None:
+        limits: Sequence[PlanLimit] = prefetched.limits.get(subscription.plan_id, [])
+    else:
+        limits = (
+            await s.scalars(
+                sa.select(PlanLimit)
+                .where(PlanLimit.plan_id == subscription.plan_id)
+                .order_by(PlanLimit.metric)
+            )
+        ).all()
     priced = {
         limit.metric: limit
         for limit in limits
@@ -146,16 +249,27 @@ async def usage_lines(s: AsyncSession, subscription: Subscription, ended: Period
     }
     if not priced:
         return []
-    counters = (
-        await s.execute(
-            sa.select(UsageCounter.metric, UsageCounter.used).where(
-                UsageCounter.organization_id == subscription.organization_id,
-                UsageCounter.metric.in_(list(priced)),
-                UsageCounter.period_end > ended.start,
-                UsageCounter.period_end <= ended.end,
+    counters: Sequence[tuple[str, int]]
+    if prefetched is not None:
+        counters = [
+            (metric, used)
+            for metric, used, period_end in prefetched.counters.get(
+                subscription.organization_id, []
             )
-        )
-    ).all()
+            if metric in priced and ended.start < period_end <= ended.end
+        ]
+    else:
+        counters = [
+            (metric, int(used))
+            for metric, used in await s.execute(
+                sa.select(UsageCounter.metric, UsageCounter.used).where(
+                    UsageCounter.organization_id == subscription.organization_id,
+                    UsageCounter.metric.in_(list(priced)),
+                    UsageCounter.period_end > ended.start,
+                    UsageCounter.period_end <= ended.end,
+                )
+            )
+        ]
     over: dict[str, int] = {}
     for metric, used in counters:
         included = priced[metric].limit_value or 0
@@ -194,7 +308,11 @@ async def usage_lines(s: AsyncSession, subscription: Subscription, ended: Period
 
 
 async def renewal_lines(
-    s: AsyncSession, subscription: Subscription, period: Period
+    s: AsyncSession,
+    subscription: Subscription,
+    period: Period,
+    *,
+    prefetched: Prefetched | None = None,
 ) -> list[LineItem]:
     """The lines of the invoice that opens `period`: the plan's fee for it (billed in advance)
     and the usage lines of the period before it (billed in arrears). Reads only; the
@@ -205,7 +323,7 @@ async def renewal_lines(
         lines.append(fee)
     ended = _previous(subscription, period)
     if ended is not None:
-        lines.extend(await usage_lines(s, subscription, ended))
+        lines.extend(await usage_lines(s, subscription, ended, prefetched=prefetched))
     return lines
 
 
@@ -249,11 +367,15 @@ async def _issue(
     period: Period,
     lines: list[LineItem],
     actor: Actor,
+    prefetched: Prefetched | None = None,
 ) -> Invoice | None:
     """The period's invoice, finalised: the upcoming draft (its proration lines) with `lines`
     added, or a new draft of `lines`. None when there is nothing to bill (a free plan)."""
     org_id = subscription.organization_id
-    draft = await upcoming_invoice(s, subscription)
+    if prefetched is not None:
+        draft = prefetched.drafts.get((subscription.id, subscription.current_period_end))
+    else:
+        draft = await upcoming_invoice(s, subscription)
     if draft is None:
         if not lines:
             return None
@@ -288,6 +410,7 @@ async def renew_due(
     credits: CreditService,
     events: EventBus,
     actor: Actor = SYSTEM,
+    prefetched: Prefetched | None = None,
 ) -> Renewal:
     """One organisation's renewals due at `at`, in `s` (the caller's transaction).
 
@@ -300,7 +423,12 @@ async def renew_due(
     `invoices` should have its clock at `at` (the issue date); `credits` gets its clock set
     to each new period's start, so the refill is that period's."""
     done = Renewal()
-    subscription = await _locked_subscription(s, org_id)
+    if prefetched is not None and org_id not in prefetched.organizations:
+        prefetched = None
+    if prefetched is not None:
+        subscription = prefetched.subscriptions.get(org_id)
+    else:
+        subscription = await _locked_subscription(s, org_id)
     if subscription is None or subscription.cancel_at_period_end:
         return done
     organization = await s.get(Organization, org_id)
@@ -311,7 +439,9 @@ async def renew_due(
             paid = period_containing(subscription.started_at, subscription.billing_cycle, trial_end)
             fee = plan_line(subscription, paid, since=trial_end)
             # The draft keyed on the old period's end holds any proration: carry it over.
-            invoice = await _issue(s, invoices, subscription, paid, [fee] if fee else [], actor)
+            invoice = await _issue(
+                s, invoices, subscription, paid, [fee] if fee else [], actor, prefetched
+            )
             subscription.status = S.ACTIVE
             subscription.current_period_start, subscription.current_period_end = (
                 paid.start,
@@ -361,8 +491,8 @@ async def renew_due(
         )
         invoice = None
         if subscription.status is S.ACTIVE:
-            lines = await renewal_lines(s, subscription, following)
-            invoice = await _issue(s, invoices, subscription, following, lines, actor)
+            lines = await renewal_lines(s, subscription, following, prefetched=prefetched)
+            invoice = await _issue(s, invoices, subscription, following, lines, actor, prefetched)
         subscription.current_period_start = following.start
         subscription.current_period_end = following.end
         subscription.next_billing_at = following.end

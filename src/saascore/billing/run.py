@@ -11,7 +11,10 @@ its own**, in which the steps run in order:
    their invoice and the period's credits;
 3. `expire_credits`: lapsed credit grants written off.
 
-A step is an object with a `name`, `candidates` and `apply`; dunning plugs in as one more.
+A step is an object with a `name`, `candidates` and `apply`, and optionally `prepare(s,
+organizations, context)`, called once per transaction after its subscriptions are locked with
+the organisations for which it is the first step (an earlier one may change what it would
+read), to load set-wise what `apply` reads; dunning plugs in as one more.
 An organisation that fails rolls back to its savepoint alone and is counted in `errors`; the
 run goes on. One commit per transaction, not per organisation, is what makes the run fast:
 every finalisation takes the platform's invoice-number series lock until the commit (gapless
@@ -38,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore.audit.service import AuditService, audited_bus
 from saascore.billing.invoices import InvoiceService
 from saascore.billing.periods import as_utc
-from saascore.billing.renewal import TRIAL_NOTICE, renew_due
+from saascore.billing.renewal import TRIAL_NOTICE, Prefetched, prefetch, renew_due
 from saascore.billing.subscriptions import RETURNED, SCHEDULED, SubscriptionService
 from saascore.config import Settings
 from saascore.credits.service import CreditService
@@ -128,6 +131,8 @@ class StepContext:
     invoices: InvoiceService
     credits: CreditService
     events: EventBus
+    #: What `RenewStep.prepare` loaded for the transaction's organisations.
+    prefetched: Prefetched | None = None
 
 
 class BillingStep(Protocol):
@@ -189,6 +194,12 @@ class EndDueStep:
 class RenewStep:
     name = "renew"
 
+    async def prepare(
+        self, s: AsyncSession, organizations: Sequence[uuid.UUID], context: StepContext
+    ) -> None:
+        """Load, set-wise, what the renewals of `organizations` read (`renewal.prefetch`)."""
+        context.prefetched = await prefetch(s, list(organizations), context.at)
+
     async def candidates(
         self, s: AsyncSession, at: datetime, organizations: Sequence[uuid.UUID]
     ) -> set[uuid.UUID]:
@@ -218,6 +229,7 @@ class RenewStep:
             invoices=context.invoices,
             credits=context.credits,
             events=context.events,
+            prefetched=context.prefetched,
         )
         counts["renewed"] += done.renewed
         counts["trials_ended"] += done.trials_ended
@@ -405,6 +417,13 @@ class BillingRun:
                     .order_by(Subscription.id)
                     .with_for_update()
                 )
+                for step in self.steps:
+                    prepare = getattr(step, "prepare", None)
+                    if prepare is not None:
+                        # Only where it runs first: an earlier step may change what it loads.
+                        first = [org for org, steps in todo.items() if steps[0] is step]
+                        if first:
+                            await prepare(s, first, context)
                 for org_id, steps in todo.items():
                     counts: Counter[str] = Counter()
                     try:
