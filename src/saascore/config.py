@@ -366,6 +366,12 @@ class Settings(BaseSettings):
     invoice_issuer_name: str = Field(default="saascore", min_length=1, max_length=200)
     #: The seller's postal address on rendered invoices; lines separated by newlines.
     invoice_issuer_address: str = Field(default="", max_length=1000)
+    #: Run the billing run (`saascore billing run`) inside the webhook dispatcher's loop, so a
+    #: deployment running `saascore events dispatch` needs no scheduler of its own.
+    billing_autorun: bool = False
+    #: Seconds between two autoruns (the first one runs when the dispatcher starts). A run
+    #: does nothing twice, so a short interval only costs its queries.
+    billing_autorun_interval: float = Field(default=300.0, ge=1, le=86_400)
 
     @field_validator("invoice_number_template")
     @classmethod

@@ -528,47 +528,55 @@ class InvoiceService:
         last, in this transaction. Emits `invoice.finalized`."""
         async with self.database.scope(session) as s:
             invoice = await self._locked(s, org_id, invoice_id)
-            check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
-            if not invoice.lines:
-                raise EmptyInvoice(
-                    "a draft without lines cannot be finalised", invoice=str(invoice_id)
-                )
-            await recompute_totals(s, invoice)
-            # The coupon's period is used now; with none left, the invoice goes without it.
-            if not await use_coupon_period(s, invoice):
-                await recompute_totals(s, invoice, attach=False)
-            if invoice.total < 0:
-                raise NegativeInvoiceTotal(
-                    "the draft's credits exceed its charges: its total would be "
-                    f"{Money(invoice.total, invoice.currency)}",
-                    invoice=str(invoice_id),
-                    total=invoice.total,
-                )
-            now = self.clock()
-            issued = now.date()
-            invoice.issue_date = issued
-            invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
-            invoice.status = InvoiceStatus.OPEN
-            # The series stays locked from here to the commit: the number is taken last.
-            invoice.number = await allocate_invoice_number(
-                s, organization_id=org_id, at=now, settings=self.settings
+            return await self.finalize_locked(s, invoice, actor=actor)
+
+    async def finalize_locked(
+        self, s: AsyncSession, invoice: Invoice, *, actor: Actor = SYSTEM
+    ) -> Invoice:
+        """`finalize` for a caller whose transaction holds the invoice row already (it created
+        the draft in it, or locked it): the same checks and event, without reading it back."""
+        org_id, invoice_id = invoice.organization_id, invoice.id
+        check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
+        if not invoice.lines:
+            raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
+        await recompute_totals(s, invoice)
+        # The coupon's period is used now; with none left, the invoice goes without it.
+        if not await use_coupon_period(s, invoice):
+            await recompute_totals(s, invoice, attach=False)
+        if invoice.total < 0:
+            raise NegativeInvoiceTotal(
+                "the draft's credits exceed its charges: its total would be "
+                f"{Money(invoice.total, invoice.currency)}",
+                invoice=str(invoice_id),
+                total=invoice.total,
             )
-            await s.flush()
-            await self.events.emit(
-                s,
-                org_id,
-                InvoiceFinalized(
-                    invoice_id=invoice.id,
-                    number=invoice.number,
-                    currency=invoice.currency,
-                    total=invoice.total,
-                    amount_due=invoice.amount_due,
-                    due_date=invoice.due_date,
-                ),
-                actor=actor,
-                target_id=invoice.id,
-            )
-            return invoice
+        now = self.clock()
+        issued = now.date()
+        # The series stays locked from here to the commit: the number is taken last, and the
+        # invoice is written once with it.
+        number = await allocate_invoice_number(
+            s, organization_id=org_id, at=now, settings=self.settings
+        )
+        invoice.issue_date = issued
+        invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
+        invoice.status = InvoiceStatus.OPEN
+        invoice.number = number
+        await s.flush()
+        await self.events.emit(
+            s,
+            org_id,
+            InvoiceFinalized(
+                invoice_id=invoice.id,
+                number=number,
+                currency=invoice.currency,
+                total=invoice.total,
+                amount_due=invoice.amount_due,
+                due_date=invoice.due_date,
+            ),
+            actor=actor,
+            target_id=invoice.id,
+        )
+        return invoice
 
     async def void(
         self,
