@@ -10,6 +10,7 @@ from saascore.audit.service import AuditService
 from saascore.billing.coupons import CouponService
 from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.overview import BillingOverviewService
 from saascore.billing.packs import CreditPackService
 from saascore.billing.payments import PaymentService
 from saascore.billing.render import InvoiceRenderer
@@ -100,6 +101,10 @@ class Saascore:
         self.payments = PaymentService(self.database, self.credits, self.subscriptions, self.events)
         self.coupons = CouponService(self.database, self.events)
         self.credit_packs = CreditPackService(self.database, self.invoices)
+        #: The billing overview and the upcoming invoice's preview (reads only).
+        self.billing = BillingOverviewService(
+            self.database, self.subscriptions, self.credits, self.payments
+        )
         self.billing_run = BillingRun(
             self.database, self.settings, self.plans, self.orgs, self.events
         )

@@ -87,6 +87,7 @@ __all__ = [
     "draft_in",
     "is_overdue",
     "line_totals",
+    "preview_in",
     "recompute_totals",
 ]
 
@@ -823,6 +824,67 @@ async def draft_in(
     await recompute_totals(s, invoice)
     await s.flush()
     return invoice
+
+
+async def preview_in(
+    s: AsyncSession,
+    org_id: uuid.UUID,
+    currency: str,
+    lines: Sequence[LineInput] = (),
+    *,
+    base: Invoice | None = None,
+    subscription_id: uuid.UUID | None = None,
+    period: Period | tuple[datetime, datetime] | None = None,
+) -> Invoice:
+    """A draft that is never added to the session, so nothing of it is written: `base`'s
+    lines (copied; a subscription's upcoming draft) followed by `lines`, with its coupon and
+    totals set by `recompute_totals`, as finalising it would set them. The upcoming invoice's
+    preview is built here so that its totals come from the one path that computes them."""
+    currency = Money.zero(currency).currency
+    checked = [_checked_line(line, currency) for line in lines]
+    span = _period(period)
+    organization = await s.get(Organization, org_id)
+    if organization is None:
+        raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+    preview = Invoice(
+        organization_id=org_id,
+        currency=currency,
+        status=InvoiceStatus.DRAFT,
+        subscription_id=subscription_id,
+        period_start=span[0] if span else None,
+        period_end=span[1] if span else None,
+        locale=base.locale if base is not None else organization.locale,
+        notes=base.notes if base is not None else None,
+        notes_localized=dict(base.notes_localized or {}) if base is not None else {},
+        metadata_=dict(base.metadata_ or {}) if base is not None else {},
+        amount_paid=0,
+    )
+    copied = [
+        InvoiceLine(
+            organization_id=org_id,
+            position=position,
+            description=line.description,
+            metric=line.metric,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount=line.amount,
+            discount_amount=0,
+            tax_amount=0,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            metadata_=dict(line.metadata_ or {}),
+        )
+        for position, line in enumerate(
+            sorted(base.lines, key=lambda line: line.position) if base is not None else ()
+        )
+    ]
+    added = [
+        _line_row(org_id, len(copied) + index, item, unit, amount)
+        for index, (item, unit, amount) in enumerate(checked)
+    ]
+    preview.lines = copied + added
+    await recompute_totals(s, preview)
+    return preview
 
 
 def _line_row(
