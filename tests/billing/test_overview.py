@@ -75,7 +75,9 @@ async def billed(admin: Admin, customer: TestTenant) -> dict[str, str]:
     base = f"/v1/admin/organizations/{org_id}"
     basic, plus = await plan(admin, 1_000, 2), await plan(admin, 3_000, 3)
     headers = admin.operator
-    await ok(await admin.client.put(f"{base}/tax-rate", json={"tax_rate_bps": 1500}, headers=headers))
+    await ok(
+        await admin.client.put(f"{base}/tax-rate", json={"tax_rate_bps": 1500}, headers=headers)
+    )
     await ok(
         await admin.client.post(
             f"{base}/subscription",
@@ -98,7 +100,9 @@ async def billed(admin: Admin, customer: TestTenant) -> dict[str, str]:
         ),
         201,
     )
-    await ok(await admin.client.post(f"{base}/coupons", json={"code": coupon}, headers=headers), 201)
+    await ok(
+        await admin.client.post(f"{base}/coupons", json={"code": coupon}, headers=headers), 201
+    )
     async with admin.database.transaction() as s:
         s.add(
             UsageCounter(
@@ -211,7 +215,9 @@ class TestUpcoming:
         self, admin: Admin, customer: TestTenant
     ) -> None:
         await billed(admin, customer)
-        preview = await ok(await admin.client.get("/v1/invoices/upcoming", headers=customer.headers))
+        preview = await ok(
+            await admin.client.get("/v1/invoices/upcoming", headers=customer.headers)
+        )
         summary = await admin.core.billing_run.run(FEB, organizations=[customer.organization_id])
         assert summary.counts["invoices_issued"] == 1
         found = await ok(

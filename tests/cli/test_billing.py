@@ -52,3 +52,17 @@ def test_dry_run_then_run_then_nothing_left(org_cli: Cli) -> None:
 def test_a_bad_moment_is_one_line(org_cli: Cli) -> None:
     result = org_cli("billing", "run", "--at", "yesterday")
     assert result.returncode != 0
+
+
+def test_overview_and_upcoming(org_cli: Cli) -> None:
+    cli = org_cli
+    cli("subscriptions", "create", "acme", "--plan", "starter", "--trial-days", "0").ok()
+    upcoming = json.loads(cli("invoices", "upcoming", "acme", "--json").ok().stdout)
+    assert [line["kind"] for line in upcoming["lines"]] == ["plan"]
+    overview = json.loads(cli("billing", "overview", "acme", "--json").ok().stdout)
+    assert overview["upcoming_invoice"] == upcoming
+    assert overview["subscription"]["status"] == "active"
+    text = cli("billing", "overview", "acme").ok().stdout
+    assert "upcoming invoice" in text
+    missing = cli("invoices", "upcoming", "nobody")
+    assert missing.returncode != 0

@@ -1,9 +1,10 @@
 """Billing's routes. Tenants: `GET /v1/subscription`, `/v1/invoices` (with the upcoming
-invoice's preview), `/v1/payments` and `/v1/billing/overview` (`billing:read`); the credit packs on sale, and buying one (`/v1/credit-packs`). Operators,
-under `/v1/admin`: an organisation's subscription (create, change the plan, cancel, resume),
-invoices (drafts with lines, finalise, void, mark uncollectible), payments and refunds, an
-organisation's tax rate, the coupon catalog with redemptions, and the credit-pack catalog.
-Every change is an event of its service, audited with the operator as the actor."""
+invoice's preview), `/v1/payments` and `/v1/billing/overview` (`billing:read`); the credit
+packs on sale, and buying one (`/v1/credit-packs`). Operators, under `/v1/admin`: an
+organisation's subscription (create, change the plan, cancel, resume), invoices (drafts with
+lines, finalise, void, mark uncollectible), payments and refunds, an organisation's tax rate,
+the coupon catalog with redemptions, and the credit-pack catalog. Every change is an event of
+its service, audited with the operator as the actor."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ from saascore.billing.errors import (
     InvoiceNotFound,
     InvoiceNotPayable,
     NaiveDatetime,
-    NoUpcomingInvoice,
     NegativeInvoiceTotal,
+    NoUpcomingInvoice,
     OutsidePeriod,
     Overpayment,
     PaymentExists,

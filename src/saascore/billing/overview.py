@@ -39,6 +39,7 @@ from saascore.billing.subscriptions import SubscriptionService, upcoming_invoice
 from saascore.credits.service import CreditService
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
+from saascore.models import LIVE_SUBSCRIPTION_STATUSES as LIVE
 from saascore.models import (
     Invoice,
     Organization,
@@ -49,7 +50,6 @@ from saascore.models import (
     SubscriptionStatus,
     UsageCounter,
 )
-from saascore.models import LIVE_SUBSCRIPTION_STATUSES as LIVE
 from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = ["RECENT_PAYMENTS", "BillingOverview", "BillingOverviewService", "MeterUsage"]
@@ -137,9 +137,7 @@ class BillingOverviewService:
             if organization is None:
                 raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
             try:
-                subscription: Subscription | None = await self.subscriptions.get(
-                    org_id, session=s
-                )
+                subscription: Subscription | None = await self.subscriptions.get(org_id, session=s)
             except SubscriptionNotFound:
                 subscription = None
             live = subscription if subscription and subscription.status in LIVE else None
@@ -155,9 +153,7 @@ class BillingOverviewService:
                 usage=usage,
                 credit_balance=await self.credits.balance(org_id, session=s),
                 upcoming_invoice=upcoming,
-                recent_payments=await self.payments.list(
-                    org_id, limit=RECENT_PAYMENTS, session=s
-                ),
+                recent_payments=await self.payments.list(org_id, limit=RECENT_PAYMENTS, session=s),
             )
 
 

@@ -155,7 +155,8 @@ async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> P
         )
     )
     for org_id, metric, used, period_end in rows:
-        found.counters.setdefault(org_id, []).append((metric, int(used), period_end))
+        if period_end is not None:  # always, by the query; the column is nullable
+            found.counters.setdefault(org_id, []).append((metric, int(used), period_end))
     drafts = (
         await s.scalars(
             sa.select(Invoice)
