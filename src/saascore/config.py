@@ -372,6 +372,12 @@ class Settings(BaseSettings):
     #: How many rendered PDFs a process keeps, by the hash of their page: a tenant asking for
     #: the same invoice again gets it without rendering (0 keeps none).
     pdf_cache_size: int = Field(default=32, ge=0, le=10_000)
+    #: Run the billing run (`saascore billing run`) inside the webhook dispatcher's loop, so a
+    #: deployment running `saascore events dispatch` needs no scheduler of its own.
+    billing_autorun: bool = False
+    #: Seconds between two autoruns (the first one runs when the dispatcher starts). A run
+    #: does nothing twice, so a short interval only costs its queries.
+    billing_autorun_interval: float = Field(default=300.0, ge=1, le=86_400)
 
     @field_validator("invoice_number_template")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 from typing import Any
 
@@ -9,9 +10,11 @@ from saascore.audit.service import AuditService
 from saascore.billing.coupons import CouponService
 from saascore.billing.dunning import DunningService
 from saascore.billing.invoices import InvoiceService
+from saascore.billing.overview import BillingOverviewService
 from saascore.billing.packs import CreditPackService
 from saascore.billing.payments import PaymentService
 from saascore.billing.render import InvoiceRenderer
+from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings, load_settings
 from saascore.credits.service import CreditService
@@ -32,6 +35,8 @@ from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService
 
 __all__ = ["Saascore"]
+
+log = logging.getLogger(__name__)
 
 
 class Saascore:
@@ -56,7 +61,7 @@ class Saascore:
         #: decide what a principal may do.
         self.events = EventBus()
         self.audit = AuditService(self.database)
-        self.events.in_transaction(self.audit.handle)
+        self.events.in_transaction(self.audit.handle, many=self.audit.handle_many)
         self.principals = PrincipalCache(self.settings.auth_cache_seconds)
         self.events.after_commit(self._forget_principals)
         #: Rung when a public event commits: this process's webhook dispatcher wakes at once
@@ -96,6 +101,13 @@ class Saascore:
         self.payments = PaymentService(self.database, self.credits, self.subscriptions, self.events)
         self.coupons = CouponService(self.database, self.events)
         self.credit_packs = CreditPackService(self.database, self.invoices)
+        #: The billing overview and the upcoming invoice's preview (reads only).
+        self.billing = BillingOverviewService(
+            self.database, self.subscriptions, self.credits, self.payments
+        )
+        self.billing_run = BillingRun(
+            self.database, self.settings, self.plans, self.orgs, self.events
+        )
         self.usage = UsageService(
             self.database,
             group_commit=self.settings.group_commit,
@@ -106,9 +118,22 @@ class Saascore:
     def dispatcher(self, **options: Any) -> Dispatcher:
         """A webhook dispatcher on this database, emitting into this bus (so an endpoint it
         disables is audited) and woken by this process's commits; `options` as `Dispatcher`'s."""
+        if self.settings.billing_autorun:
+            options.setdefault("periodic", self._billing_autorun)
+            options.setdefault("periodic_interval", self.settings.billing_autorun_interval)
         return Dispatcher(
             self.database, self.settings, bus=self.events, doorbell=self.doorbell, **options
         )
+
+    async def _billing_autorun(self) -> None:
+        """`SAASCORE_BILLING_AUTORUN`: the billing run, now, from the dispatcher's loop."""
+        summary = await self.billing_run.run()
+        if summary.failures:
+            log.warning(
+                "billing autorun: %d organisation(s) failed, first: %s",
+                len(summary.failures),
+                summary.failures[0],
+            )
 
     def _ring_dispatcher(self, event: Event) -> None:
         """A public event has deliveries to make; a retried delivery is due again now."""

@@ -21,6 +21,7 @@ from saascore.api.middleware import InputGuardMiddleware, RequestIdMiddleware
 from saascore.api.openapi import OPENAPI_TAGS, install_openapi
 from saascore.audit.endpoints import create_audit_router
 from saascore.billing.endpoints import (
+    create_billing_router,
     create_credit_packs_router,
     create_invoices_router,
     create_payments_router,
@@ -177,6 +178,7 @@ def create_app(
         create_credits_router(),
         create_subscription_router(),
         create_invoices_router(),
+        create_billing_router(),
         create_payments_router(),
         create_credit_packs_router(),
         create_audit_router(),

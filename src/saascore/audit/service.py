@@ -111,6 +111,19 @@ def _clip(value: str | None, size: int) -> str | None:
     return value[:size] if value is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One entry to append, before its place in the chain is known."""
+
+    action: str
+    actor: Actor
+    target_type: str | None
+    target_id: str | uuid.UUID | None
+    details: dict[str, Any] | None
+    request_data: dict[str, Any] | None
+    processing_job_id: uuid.UUID | None = None
+
+
 class AuditService:
     def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.database = database
@@ -135,59 +148,94 @@ class AuditService:
         the transaction ends; `details` and `request_data` must be JSON values.
         """
         async with self.database.scope(session) as s:
-            advance = (
-                insert(s, AuditChainHead)
-                .values(organization_id=org_id, seq=1, hash=None)
-                .on_conflict_do_update(
-                    index_elements=[AuditChainHead.organization_id],
-                    set_={"seq": AuditChainHead.seq + 1},
-                )
-                .returning(AuditChainHead.seq, AuditChainHead.hash)
+            (entry,) = await self._append(
+                s,
+                org_id,
+                [
+                    _Item(
+                        action,
+                        actor,
+                        target_type,
+                        target_id,
+                        details,
+                        request_data,
+                        processing_job_id,
+                    )
+                ],
             )
-            seq, prev_hash = (await s.execute(advance)).one()
+        return entry
+
+    async def _append(
+        self, s: AsyncSession, org_id: uuid.UUID, items: Sequence[_Item]
+    ) -> list[AuditLog]:
+        """Append `items` to the organisation's chain in `s`: the head advances by their
+        number in one statement and takes the last hash in another, however many there are."""
+        advance = (
+            insert(s, AuditChainHead)
+            .values(organization_id=org_id, seq=len(items), hash=None)
+            .on_conflict_do_update(
+                index_elements=[AuditChainHead.organization_id],
+                set_={"seq": AuditChainHead.seq + len(items)},
+            )
+            .returning(AuditChainHead.seq, AuditChainHead.hash)
+        )
+        last_seq, prev_hash = (await s.execute(advance)).one()
+        entries: list[AuditLog] = []
+        for seq, item in enumerate(items, start=last_seq - len(items) + 1):
+            actor = item.actor
             entry = AuditLog(
                 organization_id=org_id,
                 seq=seq,
                 actor_type=actor.type,
                 actor_id=actor.id,
                 user_id=actor.user_id,
-                action=action,
-                target_type=target_type,
-                target_id=str(target_id) if target_id is not None else None,
-                processing_job_id=processing_job_id,
+                action=item.action,
+                target_type=item.target_type,
+                target_id=str(item.target_id) if item.target_id is not None else None,
+                processing_job_id=item.processing_job_id,
                 ip_address=_clip(actor.ip_address, 45),
                 user_agent=_clip(actor.user_agent, 512),
                 request_id=_clip(actor.request_id, 64),
-                request_data_text=_stored(request_data, "request_data"),
-                details_text=_stored(details, "details"),
+                request_data_text=_stored(item.request_data, "request_data"),
+                details_text=_stored(item.details, "details"),
                 prev_hash=prev_hash,
                 created_at=self.clock(),
             )
-            entry.hash = entry_hash(entry)
-            s.add(entry)
-            await s.execute(
-                sa.update(AuditChainHead)
-                .where(AuditChainHead.organization_id == org_id)
-                .values(hash=entry.hash)
-            )
-            await s.flush()
-        return entry
+            entry.hash = prev_hash = entry_hash(entry)
+            entries.append(entry)
+        s.add_all(entries)
+        await s.execute(
+            sa.update(AuditChainHead)
+            .where(AuditChainHead.organization_id == org_id)
+            .values(hash=prev_hash)
+        )
+        await s.flush()
+        return entries
 
     async def handle(self, session: AsyncSession, event: Event) -> None:
         """The event bus's in-transaction handler: the event's audit entry, if it has one."""
-        action = event.payload.audited_as()
-        if action is None or event.organization_id is None:
-            return
-        await self.record(
-            event.organization_id,
-            action,
-            actor=event.actor,
-            target_type=event.payload.target_type,
-            target_id=event.target_id,
-            details=event.data(),
-            request_data=dict(event.request_data) if event.request_data is not None else None,
-            session=session,
-        )
+        await self.handle_many(session, [event])
+
+    async def handle_many(self, session: AsyncSession, events: Sequence[Event]) -> None:
+        """The same for events emitted together (`EventBus.deferred`): one chain advance per
+        organisation, in the order they were emitted."""
+        by_org: dict[uuid.UUID, list[_Item]] = {}
+        for event in events:
+            action = event.payload.audited_as()
+            if action is None or event.organization_id is None:
+                continue
+            by_org.setdefault(event.organization_id, []).append(
+                _Item(
+                    action,
+                    event.actor,
+                    event.payload.target_type,
+                    event.target_id,
+                    event.data(),
+                    dict(event.request_data) if event.request_data is not None else None,
+                )
+            )
+        for org_id, items in by_org.items():
+            await self._append(session, org_id, items)
 
     async def list(
         self,
@@ -298,5 +346,5 @@ def audited_bus(audit: AuditService) -> EventBus:
     """An event bus whose events write their audit entries (what a service built on its own,
     outside the facade, emits into)."""
     bus = EventBus(clock=audit.clock)
-    bus.in_transaction(audit.handle)
+    bus.in_transaction(audit.handle, many=audit.handle_many)
     return bus

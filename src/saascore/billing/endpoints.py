@@ -1,9 +1,10 @@
-"""Billing's routes. Tenants: `GET /v1/subscription`, `/v1/invoices` and `/v1/payments`
-(`billing:read`); the credit packs on sale, and buying one (`/v1/credit-packs`). Operators,
-under `/v1/admin`: an organisation's subscription (create, change the plan, cancel, resume),
-invoices (drafts with lines, finalise, void, mark uncollectible), payments and refunds, an
-organisation's tax rate, the coupon catalog with redemptions, and the credit-pack catalog.
-Every change is an event of its service, audited with the operator as the actor."""
+"""Billing's routes. Tenants: `GET /v1/subscription`, `/v1/invoices` (with the upcoming
+invoice's preview), `/v1/payments` and `/v1/billing/overview` (`billing:read`); the credit
+packs on sale, and buying one (`/v1/credit-packs`). Operators, under `/v1/admin`: an
+organisation's subscription (create, change the plan, cancel, resume), invoices (drafts with
+lines, finalise, void, mark uncollectible), payments and refunds, an organisation's tax rate,
+the coupon catalog with redemptions, and the credit-pack catalog. Every change is an event of
+its service, audited with the operator as the actor."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from saascore.billing.errors import (
     InvoiceNotPayable,
     NaiveDatetime,
     NegativeInvoiceTotal,
+    NoUpcomingInvoice,
     OutsidePeriod,
     Overpayment,
     PaymentExists,
@@ -61,6 +63,7 @@ from saascore.billing.errors import (
 from saascore.billing.invoices import LineItem
 from saascore.billing.render import filename
 from saascore.billing.schemas import (
+    BillingOverviewOut,
     InvoiceDraftCreate,
     InvoiceOut,
     PaymentOut,
@@ -72,6 +75,7 @@ from saascore.billing.schemas import (
     SubscriptionPlanChange,
     SubscriptionResume,
     TaxRate,
+    UpcomingInvoiceOut,
 )
 from saascore.identity.endpoints import AUTH_ERRORS, OPERATOR_ERRORS
 from saascore.identity.errors import PermissionDenied
@@ -99,6 +103,7 @@ from saascore.plans.errors import PlanNotFound
 from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = [
+    "create_billing_router",
     "create_coupons_admin_router",
     "create_credit_packs_admin_router",
     "create_credit_packs_router",
@@ -156,6 +161,25 @@ def create_subscription_router() -> APIRouter:
         """Your organisation's subscription: the live one, else the last that ended (404
         `subscription_not_found` when there never was one)."""
         return SubscriptionOut.of(await core.subscriptions.get(principal.tenant))
+
+    return router
+
+
+def create_billing_router() -> APIRouter:
+    """`/v1/billing/overview`: your organisation's billing at a glance."""
+    router = APIRouter(prefix="/v1/billing", tags=["billing"])
+
+    @router.get(
+        "/overview",
+        summary="Get the billing overview",
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied),
+    )
+    async def get_billing_overview(principal: BillingReader, core: CoreDep) -> BillingOverviewOut:
+        """Your organisation's plan, subscription (status, cycle, current period, cancellation,
+        trial, scheduled change), usage this period against the plan's included amounts,
+        credit balance, the upcoming invoice's preview and the latest payments, read at one
+        moment (seed 004's `get_billing_overview`)."""
+        return BillingOverviewOut.of(await core.billing.overview(principal.tenant))
 
     return router
 
@@ -345,6 +369,22 @@ def create_invoices_router() -> APIRouter:
         items, next_cursor = paginate(found, limit, lambda invoice: invoice.id)
         today = core.invoices.clock().date()
         return Page(items=[InvoiceOut.of(i, today) for i in items], next_cursor=next_cursor)
+
+    # Before "/{invoice_id}", which would take "upcoming" for an id and answer 422.
+    @router.get(
+        "/upcoming",
+        summary="Preview the upcoming invoice",
+        responses=error_responses(
+            *AUTH_ERRORS, PermissionDenied, SubscriptionNotFound, NoUpcomingInvoice
+        ),
+    )
+    async def get_upcoming_invoice(principal: BillingReader, core: CoreDep) -> UpcomingInvoiceOut:
+        """The invoice the billing run will issue next for your organisation's subscription
+        (at its period's end, or its trial's): the plan's fee, the usage above the included
+        amounts, the proration lines waiting, the coupon and the tax, computed as the run
+        computes them. Nothing is stored. 404 `subscription_not_found` without a live
+        subscription, `no_upcoming_invoice` when none will be issued."""
+        return UpcomingInvoiceOut.of(await core.billing.upcoming(principal.tenant))
 
     # Before "/{invoice_id}", which would take "<id>.html" for its id and answer 422.
     @router.get(

@@ -6,6 +6,7 @@ DomainError
 │   ├── InvoiceNotFound         (404) no such invoice in the organisation
 │   ├── PaymentNotFound         (404) no such payment in the organisation
 │   ├── CouponNotFound          (404) no coupon with this code
+│   ├── NoUpcomingInvoice       (404) the billing run would issue no invoice next
 │   └── CreditPackNotFound      (404) no (active) credit pack with this code
 ├── AlreadyExists
 │   ├── SubscriptionExists      (409) the organisation already has a live subscription
@@ -66,6 +67,7 @@ __all__ = [
     "InvoiceNotPayable",
     "NaiveDatetime",
     "NegativeInvoiceTotal",
+    "NoUpcomingInvoice",
     "OutsidePeriod",
     "Overpayment",
     "PaymentExists",
@@ -130,6 +132,13 @@ class SubscriptionNotFound(NotFound):
     """(404) The organisation has no subscription (or is not the caller's)."""
 
     code = "subscription_not_found"
+
+
+class NoUpcomingInvoice(NotFound):
+    """(404) The live subscription renews into no invoice: it ends at its period's end, it is
+    past due, or its plan is free with nothing waiting on its upcoming draft."""
+
+    code = "no_upcoming_invoice"
 
 
 class SubscriptionExists(AlreadyExists):

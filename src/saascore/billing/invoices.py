@@ -87,6 +87,7 @@ __all__ = [
     "draft_in",
     "is_overdue",
     "line_totals",
+    "preview_in",
     "recompute_totals",
 ]
 
@@ -528,47 +529,55 @@ class InvoiceService:
         last, in this transaction. Emits `invoice.finalized`."""
         async with self.database.scope(session) as s:
             invoice = await self._locked(s, org_id, invoice_id)
-            check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
-            if not invoice.lines:
-                raise EmptyInvoice(
-                    "a draft without lines cannot be finalised", invoice=str(invoice_id)
-                )
-            await recompute_totals(s, invoice)
-            # The coupon's period is used now; with none left, the invoice goes without it.
-            if not await use_coupon_period(s, invoice):
-                await recompute_totals(s, invoice, attach=False)
-            if invoice.total < 0:
-                raise NegativeInvoiceTotal(
-                    "the draft's credits exceed its charges: its total would be "
-                    f"{Money(invoice.total, invoice.currency)}",
-                    invoice=str(invoice_id),
-                    total=invoice.total,
-                )
-            now = self.clock()
-            issued = now.date()
-            invoice.issue_date = issued
-            invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
-            invoice.status = InvoiceStatus.OPEN
-            # The series stays locked from here to the commit: the number is taken last.
-            invoice.number = await allocate_invoice_number(
-                s, organization_id=org_id, at=now, settings=self.settings
+            return await self.finalize_locked(s, invoice, actor=actor)
+
+    async def finalize_locked(
+        self, s: AsyncSession, invoice: Invoice, *, actor: Actor = SYSTEM
+    ) -> Invoice:
+        """`finalize` for a caller whose transaction holds the invoice row already (it created
+        the draft in it, or locked it): the same checks and event, without reading it back."""
+        org_id, invoice_id = invoice.organization_id, invoice.id
+        check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
+        if not invoice.lines:
+            raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
+        await recompute_totals(s, invoice)
+        # The coupon's period is used now; with none left, the invoice goes without it.
+        if not await use_coupon_period(s, invoice):
+            await recompute_totals(s, invoice, attach=False)
+        if invoice.total < 0:
+            raise NegativeInvoiceTotal(
+                "the draft's credits exceed its charges: its total would be "
+                f"{Money(invoice.total, invoice.currency)}",
+                invoice=str(invoice_id),
+                total=invoice.total,
             )
-            await s.flush()
-            await self.events.emit(
-                s,
-                org_id,
-                InvoiceFinalized(
-                    invoice_id=invoice.id,
-                    number=invoice.number,
-                    currency=invoice.currency,
-                    total=invoice.total,
-                    amount_due=invoice.amount_due,
-                    due_date=invoice.due_date,
-                ),
-                actor=actor,
-                target_id=invoice.id,
-            )
-            return invoice
+        now = self.clock()
+        issued = now.date()
+        # The series stays locked from here to the commit: the number is taken last, and the
+        # invoice is written once with it.
+        number = await allocate_invoice_number(
+            s, organization_id=org_id, at=now, settings=self.settings
+        )
+        invoice.issue_date = issued
+        invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
+        invoice.status = InvoiceStatus.OPEN
+        invoice.number = number
+        await s.flush()
+        await self.events.emit(
+            s,
+            org_id,
+            InvoiceFinalized(
+                invoice_id=invoice.id,
+                number=number,
+                currency=invoice.currency,
+                total=invoice.total,
+                amount_due=invoice.amount_due,
+                due_date=invoice.due_date,
+            ),
+            actor=actor,
+            target_id=invoice.id,
+        )
+        return invoice
 
     async def void(
         self,
@@ -815,6 +824,67 @@ async def draft_in(
     await recompute_totals(s, invoice)
     await s.flush()
     return invoice
+
+
+async def preview_in(
+    s: AsyncSession,
+    org_id: uuid.UUID,
+    currency: str,
+    lines: Sequence[LineInput] = (),
+    *,
+    base: Invoice | None = None,
+    subscription_id: uuid.UUID | None = None,
+    period: Period | tuple[datetime, datetime] | None = None,
+) -> Invoice:
+    """A draft that is never added to the session, so nothing of it is written: `base`'s
+    lines (copied; a subscription's upcoming draft) followed by `lines`, with its coupon and
+    totals set by `recompute_totals`, as finalising it would set them. The upcoming invoice's
+    preview is built here so that its totals come from the one path that computes them."""
+    currency = Money.zero(currency).currency
+    checked = [_checked_line(line, currency) for line in lines]
+    span = _period(period)
+    organization = await s.get(Organization, org_id)
+    if organization is None:
+        raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+    preview = Invoice(
+        organization_id=org_id,
+        currency=currency,
+        status=InvoiceStatus.DRAFT,
+        subscription_id=subscription_id,
+        period_start=span[0] if span else None,
+        period_end=span[1] if span else None,
+        locale=base.locale if base is not None else organization.locale,
+        notes=base.notes if base is not None else None,
+        notes_localized=dict(base.notes_localized or {}) if base is not None else {},
+        metadata_=dict(base.metadata_ or {}) if base is not None else {},
+        amount_paid=0,
+    )
+    copied = [
+        InvoiceLine(
+            organization_id=org_id,
+            position=position,
+            description=line.description,
+            metric=line.metric,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount=line.amount,
+            discount_amount=0,
+            tax_amount=0,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            metadata_=dict(line.metadata_ or {}),
+        )
+        for position, line in enumerate(
+            sorted(base.lines, key=lambda line: line.position) if base is not None else ()
+        )
+    ]
+    added = [
+        _line_row(org_id, len(copied) + index, item, unit, amount)
+        for index, (item, unit, amount) in enumerate(checked)
+    ]
+    preview.lines = copied + added
+    await recompute_totals(s, preview)
+    return preview
 
 
 def _line_row(

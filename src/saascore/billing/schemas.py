@@ -18,6 +18,7 @@ from saascore.billing.invoices import (
     MAX_QUANTITY,
     is_overdue,
 )
+from saascore.billing.overview import BillingOverview
 from saascore.billing.payments import MAX_KEY_LENGTH, MAX_REASON_LENGTH, method_name
 from saascore.billing.subscriptions import MAX_TRIAL_DAYS, SCHEDULED
 from saascore.kit.inputs import INT64_MAX, StrictInt
@@ -36,12 +37,15 @@ from saascore.models import (
 from saascore.models.catalog import BillingCycle
 
 __all__ = [
+    "BillingOverviewOut",
     "InvoiceDraftCreate",
     "InvoiceLineIn",
     "InvoiceLineOut",
     "InvoiceOut",
+    "MeterUsageOut",
     "PaymentOut",
     "PaymentRecord",
+    "PlanSummaryOut",
     "RefundCreate",
     "SubscriptionCancel",
     "SubscriptionCreate",
@@ -49,6 +53,8 @@ __all__ = [
     "SubscriptionPlanChange",
     "SubscriptionResume",
     "TaxRate",
+    "UpcomingInvoiceOut",
+    "UpcomingLineOut",
 ]
 
 _AT = "When it happens (ISO 8601 with a time zone); now when left out"
@@ -429,3 +435,135 @@ class RefundCreate(_Body):
         description="A retry with the same key and content refunds nothing more",
         examples=["refund-1"],
     )
+
+
+# --- the overview and the upcoming invoice ---------------------------------------------------
+class UpcomingLineOut(BaseModel):
+    """A line of the upcoming invoice: `total = amount - discount_amount + tax_amount`."""
+
+    description: str = Field(description="What the line is for", examples=["Pro (monthly)"])
+    kind: str = Field(
+        description="What it bills: `plan`, `usage`, `proration` or `one_off`", examples=["plan"]
+    )
+    metric: str | None = Field(default=None, description="The meter a usage line bills")
+    quantity: int = Field(description="How many units", examples=[1])
+    unit_amount: int = Field(description="The price of one unit, in minor units", examples=[2999])
+    amount: int = Field(description="`unit_amount * quantity`, in minor units", examples=[2999])
+    discount_amount: int = Field(description="The line's discount, in minor units", examples=[0])
+    tax_amount: int = Field(description="The line's tax, in minor units", examples=[450])
+    total: int = Field(description="`amount - discount_amount + tax_amount`", examples=[3449])
+    period_start: datetime | None = Field(default=None, description="The period it covers")
+    period_end: datetime | None = Field(default=None, description="The end of that period")
+
+    @classmethod
+    def of(cls, line: InvoiceLine) -> UpcomingLineOut:
+        return cls(
+            description=line.description,
+            kind=str((line.metadata_ or {}).get("kind", "one_off")),
+            metric=line.metric,
+            quantity=line.quantity,
+            unit_amount=line.unit_amount,
+            amount=line.amount,
+            discount_amount=line.discount_amount,
+            tax_amount=line.tax_amount,
+            total=line.amount - line.discount_amount + line.tax_amount,
+            period_start=line.period_start,
+            period_end=line.period_end,
+        )
+
+
+class UpcomingInvoiceOut(BaseModel):
+    """The preview of the invoice the billing run issues next for the subscription (never
+    stored: it has no id and no number yet). Amounts are minor units of `currency`."""
+
+    subscription_id: uuid.UUID | None = Field(description="The subscription it bills")
+    currency: str = Field(description="ISO 4217 currency code", examples=["USD"])
+    period_start: datetime | None = Field(description="The period it bills")
+    period_end: datetime | None = Field(description="The end of that period")
+    coupon: str | None = Field(description="The coupon's code it applies; null: none")
+    subtotal: int = Field(description="The sum of the lines' amounts", examples=[2999])
+    discount_amount: int = Field(description="The sum of the lines' discounts", examples=[0])
+    tax_rate_bps: int = Field(description="The tax rate, in basis points", examples=[1500])
+    tax_amount: int = Field(description="The sum of the lines' taxes", examples=[450])
+    total: int = Field(description="`subtotal - discount_amount + tax_amount`", examples=[3449])
+    amount_due: int = Field(description="What will be owed: the total", examples=[3449])
+    lines: list[UpcomingLineOut] = Field(description="The lines, in order")
+
+    @classmethod
+    def of(cls, invoice: Invoice) -> UpcomingInvoiceOut:
+        coupon: Any = (invoice.metadata_ or {}).get("coupon")
+        return cls(
+            subscription_id=invoice.subscription_id,
+            currency=invoice.currency,
+            period_start=invoice.period_start,
+            period_end=invoice.period_end,
+            coupon=str(coupon["code"]) if isinstance(coupon, dict) and "code" in coupon else None,
+            subtotal=invoice.subtotal,
+            discount_amount=invoice.discount_amount,
+            tax_rate_bps=invoice.tax_rate_bps,
+            tax_amount=invoice.tax_amount,
+            total=invoice.total,
+            amount_due=invoice.amount_due,
+            lines=[UpcomingLineOut.of(line) for line in invoice.lines],
+        )
+
+
+class MeterUsageOut(BaseModel):
+    """One meter of the plan in the usage period, against the plan's included amount."""
+
+    metric: str = Field(description="The meter", examples=["tokens"])
+    used: int = Field(description="Used in the period", examples=[1_250_000])
+    included: int | None = Field(
+        description="The plan's included amount; null: unlimited", examples=[1_000_000]
+    )
+    over: int = Field(description="Units above the included amount, billed next", examples=[0])
+
+
+class PlanSummaryOut(BaseModel):
+    """The plan the organisation is on."""
+
+    code: str = Field(description="The plan's code", examples=["pro"])
+    name: str = Field(description="The plan's name", examples=["Pro"])
+
+
+class BillingOverviewOut(BaseModel):
+    """The organisation's billing at a glance (seed 004's billing overview)."""
+
+    organization_id: uuid.UUID = Field(description="The organisation's id")
+    plan: PlanSummaryOut = Field(description="The plan: the live subscription's, else the default")
+    subscription: SubscriptionOut | None = Field(
+        description="The live subscription, else the last that ended; null: never subscribed"
+    )
+    usage_period_start: datetime | None = Field(
+        description="Start of the period the usage is counted in (the subscription's current "
+        "one); null: the meters' current periods"
+    )
+    usage_period_end: datetime | None = Field(description="End of that period")
+    usage: list[MeterUsageOut] = Field(description="Per meter of the plan, by metric")
+    credit_balance: int = Field(description="The credits available now", examples=[500])
+    upcoming_invoice: UpcomingInvoiceOut | None = Field(
+        description="The preview of the next invoice; null: none will be issued"
+    )
+    recent_payments: list[PaymentOut] = Field(description="The latest payments, newest first")
+
+    @classmethod
+    def of(cls, overview: BillingOverview) -> BillingOverviewOut:
+        period = overview.usage_period
+        return cls(
+            organization_id=overview.organization.id,
+            plan=PlanSummaryOut(code=overview.plan.code, name=overview.plan.name),
+            subscription=SubscriptionOut.of(overview.subscription)
+            if overview.subscription is not None
+            else None,
+            usage_period_start=period[0] if period else None,
+            usage_period_end=period[1] if period else None,
+            usage=[
+                MeterUsageOut(metric=m.metric, used=m.used, included=m.included, over=m.over)
+                for m in overview.usage
+            ],
+            credit_balance=overview.credit_balance,
+            upcoming_invoice=UpcomingInvoiceOut.of(overview.upcoming_invoice)
+            if overview.upcoming_invoice is not None
+            else None,
+            recent_payments=[PaymentOut.of(p) for p in overview.recent_payments],
+        )

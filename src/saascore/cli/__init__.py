@@ -61,6 +61,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "saascore.cli.subscriptions",
         "Subscriptions: create, show, change-plan, cancel, resume.",
     ),
+    "billing": ("saascore.cli.billing", "Billing: run."),
     "invoices": ("saascore.cli.invoices", "Invoices: list, show, create, finalize, void."),
     "payments": ("saascore.cli.payments", "Payments: record, refund, list."),
     "coupons": ("saascore.cli.coupons", "Coupons: create, list, deactivate, redeem."),

@@ -1,4 +1,5 @@
-"""`saascore invoices`: list and show invoices, create a one-off draft, finalize and void.
+"""`saascore invoices`: list and show invoices, create a one-off draft, finalize and void,
+preview the upcoming one.
 
 Amounts on the command line are in major units of the currency (`29.99` USD, `1500` JPY);
 an invoice is named by its id or its number (`INV-2026-0001`)."""
@@ -13,6 +14,7 @@ from typing import Annotated
 import typer
 
 from saascore.billing.invoices import LineItem, is_overdue
+from saascore.billing.schemas import UpcomingInvoiceOut, UpcomingLineOut
 from saascore.cli._output import (
     Column,
     IdsOption,
@@ -34,7 +36,7 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="invoices",
-    help="Invoices: list, show, create, finalize, void.",
+    help="Invoices: list, show, create, finalize, void, upcoming.",
     no_args_is_help=True,
 )
 
@@ -244,3 +246,55 @@ def void(reference: ReferenceArgument, org: OrgOption = None) -> None:
 
     invoice = run_with_core(load_settings(), work)
     typer.echo(f"{invoice.number} void")
+
+
+@app.command()
+@handle_errors
+def upcoming(
+    org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print it as JSON (as GET /v1/invoices/upcoming).")
+    ] = False,
+) -> None:
+    """Preview the invoice the billing run issues next for the organisation's subscription.
+
+    Nothing is written. Exits 1 when there is no live subscription or no upcoming invoice.
+    """
+
+    async def work(core: Saascore) -> UpcomingInvoiceOut:
+        organization = await core.orgs.resolve(org)
+        return UpcomingInvoiceOut.of(await core.billing.upcoming(organization.id))
+
+    preview = run_with_core(load_settings(), work)
+    if as_json:
+        print_json(preview.model_dump(mode="json"))
+        return
+    print_upcoming(preview)
+
+
+def print_upcoming(preview: UpcomingInvoiceOut) -> None:
+    """The preview as lines and totals, amounts in major units."""
+
+    def money(minor: int) -> str:
+        return Money(minor, preview.currency).decimal_text()
+
+    start, end = preview.period_start, preview.period_end
+    typer.echo(
+        f"upcoming invoice, {preview.currency}"
+        + (f", {start:%Y-%m-%d} to {end:%Y-%m-%d}" if start and end else "")
+        + (f", coupon {preview.coupon}" if preview.coupon else "")
+    )
+    columns: list[Column[UpcomingLineOut]] = [
+        Column("description", lambda line: line.description),
+        Column("kind", lambda line: line.kind),
+        Column("quantity", lambda line: line.quantity, justify="right"),
+        Column("amount", lambda line: money(line.amount), justify="right"),
+        Column("discount", lambda line: money(line.discount_amount), justify="right"),
+        Column("tax", lambda line: money(line.tax_amount), justify="right"),
+    ]
+    print_rows(preview.lines, columns, empty="no lines")
+    typer.echo(
+        f"subtotal {money(preview.subtotal)}  discount {money(preview.discount_amount)}  "
+        f"tax {money(preview.tax_amount)} ({preview.tax_rate_bps} bp)  "
+        f"total {money(preview.total)}"
+    )

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -38,6 +39,7 @@ from saascore.models import OutboxEvent
 
 __all__ = [
     "OUTBOX_CHANNEL",
+    "BatchHandler",
     "CommitHandler",
     "Event",
     "EventBus",
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 OUTBOX_CHANNEL = "saascore_outbox"
 
 _PENDING = "saascore.events.pending"
+_DEFERRED = "saascore.events.deferred"
 
 
 class EventPayload(BaseModel):
@@ -106,6 +109,7 @@ class Event:
 
 
 TransactionHandler = Callable[[AsyncSession, Event], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
 CommitHandler = Callable[[Event], None]
 
 
@@ -124,12 +128,15 @@ class EventBus:
 
     def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.clock = clock
-        self._in_transaction: list[TransactionHandler] = []
+        self._in_transaction: list[tuple[TransactionHandler, BatchHandler | None]] = []
         self._after_commit: list[CommitHandler] = []
 
-    def in_transaction(self, handler: TransactionHandler) -> TransactionHandler:
-        """Run `handler(session, event)` inside the emitting transaction."""
-        self._in_transaction.append(handler)
+    def in_transaction(
+        self, handler: TransactionHandler, *, many: BatchHandler | None = None
+    ) -> TransactionHandler:
+        """Run `handler(session, event)` inside the emitting transaction; `many(session,
+        events)`, if given, does the same for the events of a `deferred` block at once."""
+        self._in_transaction.append((handler, many))
         return handler
 
     def after_commit(self, handler: CommitHandler) -> CommitHandler:
@@ -156,12 +163,45 @@ class EventBus:
             request_data=request_data,
             occurred_at=self.clock(),
         )
-        for handler in self._in_transaction:
-            await handler(session, emitted)
-        if payload.public and organization_id is not None:
-            await self.publish(session, [emitted])
+        deferred: list[Event] | None = session.sync_session.info.get(_DEFERRED)
+        if deferred is not None:
+            deferred.append(emitted)
+        else:
+            await self._handle(session, [emitted])
         self._remember(session, emitted)
         return emitted
+
+    async def _handle(self, session: AsyncSession, events: Sequence[Event]) -> None:
+        """The in-transaction handlers and the outbox, for `events` in the order emitted."""
+        for handler, many in self._in_transaction:
+            if many is not None:
+                await many(session, events)
+            else:
+                for emitted in events:
+                    await handler(session, emitted)
+        await self.publish(
+            session, [e for e in events if e.payload.public and e.organization_id is not None]
+        )
+
+    @asynccontextmanager
+    async def deferred(self, session: AsyncSession) -> AsyncIterator[None]:
+        """Hold the in-transaction work of the events emitted in `session` within the block
+        and do it set-wise when the block ends without error (still in the same transaction):
+        one audit chain advance per organisation, one outbox insert, one dispatcher wake-up,
+        however many events. Nothing emitted in the block reads its audit entries or outbox
+        rows back before the block ends, so this changes only how many statements are sent.
+        On an error nothing is written: the caller's transaction (or savepoint) rolls back."""
+        info = session.sync_session.info
+        if _DEFERRED in info:  # already deferred by an enclosing block
+            yield
+            return
+        events: list[Event] = []
+        info[_DEFERRED] = events
+        try:
+            yield
+        finally:
+            del info[_DEFERRED]
+        await self._handle(session, events)
 
     async def publish(self, session: AsyncSession, events: Iterable[Event]) -> None:
         """Write `events` to the outbox in `session`'s transaction (set-wise), and have the
@@ -197,7 +237,7 @@ class EventBus:
         )
         if (await session.execute(statement)).first() is None:
             return None
-        for handler in self._in_transaction:
+        for handler, _many in self._in_transaction:
             await handler(session, emitted)
         await _notify_dispatchers(session)
         self._remember(session, emitted)

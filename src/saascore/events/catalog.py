@@ -51,6 +51,8 @@ __all__ = [
     "SubscriptionCanceled",
     "SubscriptionCreated",
     "SubscriptionExpired",
+    "SubscriptionRenewed",
+    "SubscriptionTrialWillEnd",
     "SubscriptionUpdated",
     "UsageLimitExceeded",
     "UsageThresholdReached",
@@ -398,6 +400,25 @@ class SubscriptionExpired(_SubscriptionEvent):
     type: ClassVar[str] = "subscription.expired"
 
 
+class SubscriptionRenewed(_SubscriptionEvent):
+    """The billing run opened the subscription's next period (or ended its trial) and issued
+    the period's invoice (none for a free plan)."""
+
+    type: ClassVar[str] = "subscription.renewed"
+    invoice_id: uuid.UUID | None = Field(
+        default=None, description="The period's invoice; null: nothing was billed (a free plan)"
+    )
+    trial_ended: bool = Field(
+        default=False, description="Whether this renewal ended a trial (the first paid period)"
+    )
+
+
+class SubscriptionTrialWillEnd(_SubscriptionEvent):
+    """The trial ends in three days or less: sent once per trial, by the billing run."""
+
+    type: ClassVar[str] = "subscription.trial_will_end"
+
+
 class CatalogChanged(EventPayload):
     """A plan of the catalog changed (platform-wide: no organisation, no audit chain)."""
 
@@ -635,6 +656,8 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         SubscriptionUpdated,
         SubscriptionCanceled,
         SubscriptionExpired,
+        SubscriptionRenewed,
+        SubscriptionTrialWillEnd,
         CatalogChanged,
         UserCreated,
         UserRemoved,

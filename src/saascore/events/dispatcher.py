@@ -47,7 +47,7 @@ import random
 import time
 import uuid
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
@@ -345,6 +345,8 @@ class Dispatcher:
         allow_private: bool | None = None,
         listen: bool = True,
         jitter: Callable[[], float] = random.random,
+        periodic: Callable[[], Awaitable[object]] | None = None,
+        periodic_interval: float = 300.0,
     ) -> None:
         settings = settings if settings is not None else database.settings
         self.database = database
@@ -369,6 +371,11 @@ class Dispatcher:
         self.jitter = jitter
         self._clients = _Clients(client_factory or self._default_client, self.timeout + 1)
         self._postgres = database.backend is DatabaseBackend.POSTGRESQL
+        #: Work run in the loop at most every `periodic_interval` seconds (the billing run, with
+        #: `SAASCORE_BILLING_AUTORUN`); a failure is logged and retried at the next interval.
+        self.periodic = periodic
+        self.periodic_interval = periodic_interval
+        self._periodic_due = 0.0
 
     def _default_client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -415,6 +422,7 @@ class Dispatcher:
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while not stop.is_set():
+                await self._run_periodic()
                 free = self.concurrency - len(in_flight)
                 try:
                     await self.fan_out()
@@ -443,6 +451,16 @@ class Dispatcher:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
             await self.aclose()
+
+    async def _run_periodic(self) -> None:
+        """The periodic work, when its interval has passed since it last started."""
+        if self.periodic is None or time.monotonic() < self._periodic_due:
+            return
+        self._periodic_due = time.monotonic() + self.periodic_interval
+        try:
+            await self.periodic()
+        except Exception:
+            log.exception("the dispatcher's periodic work failed")
 
     async def _ring_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

@@ -138,10 +138,18 @@ class PlanLimit(GlobalMixin, Base):
     metric: Mapped[str] = mapped_column(sa.String(100))
     limit_value: Mapped[int | None] = mapped_column(sa.BigInteger)
     is_hard: Mapped[bool] = mapped_column(default=True)
+    #: The price of usage above `limit_value` (the included amount), per currency: minor
+    #: units per `overage_per` units of the meter. Empty: no overage is billed.
+    overage_prices: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    overage_per: Mapped[int] = mapped_column(sa.BigInteger, default=1)
 
     plan: Mapped[SubscriptionPlan] = relationship(lazy="raise", back_populates="limits")
 
-    __table_args__ = (sa.UniqueConstraint("plan_id", "metric"), *non_negative("limit_value"))
+    __table_args__ = (
+        sa.UniqueConstraint("plan_id", "metric"),
+        *non_negative("limit_value"),
+        sa.CheckConstraint("overage_per >= 1", name="overage_per_positive"),
+    )
 
 
 class Meter(GlobalMixin, TimestampMixin, Base):

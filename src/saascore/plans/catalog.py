@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from saascore.kit.errors import InvalidCharacter, InvalidInput
 from saascore.kit.inputs import INT64_MAX, StrictBool, StrictInt
+from saascore.kit.money import Money
 from saascore.kit.validation import Day, Instant, JSONObject, Label, Note
 from saascore.models import Aggregation, BillingCycle, ResetPeriod
 
@@ -92,6 +93,30 @@ class LimitSpec(_Spec):
     hard: StrictBool = Field(
         default=True, description="A hard limit refuses; a soft one only flags"
     )
+    overage: dict[str, StrictInt] = Field(
+        default_factory=dict,
+        description=(
+            "The price of usage above the limit, per ISO 4217 currency, in minor units per "
+            "`overage_per` units (billed at each renewal); empty: no overage"
+        ),
+        examples=[{"USD": 2}],
+        max_length=50,
+    )
+    overage_per: StrictInt = Field(
+        default=1, ge=1, le=INT64, description="How many units `overage` prices", examples=[1000]
+    )
+
+    @field_validator("overage")
+    @classmethod
+    def _overage(cls, value: dict[str, int]) -> dict[str, int]:
+        for currency, price in value.items():
+            try:
+                Money(price, currency)  # a known currency, within int64
+            except InvalidInput as error:
+                raise ValueError(str(error)) from None
+            if price < 0:
+                raise ValueError(f"an overage price is not negative, not {price}")
+        return value
 
     @field_validator("limit")
     @classmethod

@@ -103,8 +103,19 @@ async def _unchanged(s: AsyncSession, catalog: Catalog) -> tuple[list[str], list
             for name, value in price.model_dump(exclude={"billing_cycle", "currency"}).items()
         ):
             continue
-        limits = {limit.metric: (limit.limit_value, limit.is_hard) for limit in plan.limits}
-        if limits == {metric: (limit.limit, limit.hard) for metric, limit in spec.limits.items()}:
+        limits = {
+            limit.metric: (
+                limit.limit_value,
+                limit.is_hard,
+                limit.overage_prices,
+                limit.overage_per,
+            )
+            for limit in plan.limits
+        }
+        if limits == {
+            metric: (limit.limit, limit.hard, dict(limit.overage), limit.overage_per)
+            for metric, limit in spec.limits.items()
+        }:
             same_plans.append(code)
     return same_plans, same_meters
 
@@ -228,7 +239,12 @@ class PlanService:
             if plan is None:
                 raise await _unknown_plan(s, code)
             limits: dict[str, Any] = {
-                limit.metric: {"limit": limit.limit_value, "hard": limit.is_hard}
+                limit.metric: {
+                    "limit": limit.limit_value,
+                    "hard": limit.is_hard,
+                    "overage": limit.overage_prices,
+                    "overage_per": limit.overage_per,
+                }
                 for limit in plan.limits
             }
             for metric, value in (changes.get("limits") or {}).items():
@@ -357,7 +373,12 @@ class PlanService:
             delete = delete.where(PlanLimit.metric.not_in(list(limits)))
         await s.execute(delete)
         for metric, limit in limits.items():
-            values = {"limit_value": limit.limit, "is_hard": limit.hard}
+            values = {
+                "limit_value": limit.limit,
+                "is_hard": limit.hard,
+                "overage_prices": dict(limit.overage),
+                "overage_per": limit.overage_per,
+            }
             statement = insert(s, PlanLimit).values(
                 id=new_id(), plan_id=plan_id, metric=metric, **values
             )

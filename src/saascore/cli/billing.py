@@ -1,0 +1,123 @@
+"""`saascore billing`: the billing run and an organisation's billing overview."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from saascore.billing.run import ACTIONS, BillingSummary
+from saascore.billing.schemas import BillingOverviewOut
+from saascore.cli._output import console, new_table, print_json, print_table
+from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
+from saascore.cli.invoices import print_upcoming
+from saascore.cli.subscriptions import _at
+from saascore.config import load_settings
+from saascore.core import Saascore
+from saascore.kit.money import Money
+
+__all__ = ["app"]
+
+app = typer.Typer(name="billing", help="Billing: run, overview.", no_args_is_help=True)
+
+
+@app.command()
+@handle_errors
+def run(
+    at: Annotated[
+        datetime | None,
+        typer.Option(help="The moment to bill at (UTC unless a zone is given); now."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be done; write nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Do what is due: end subscriptions, renew and invoice them, end trials, expire credits.
+
+    Running it again at the same moment does nothing. Exits 1 if an organisation failed (the
+    others are done).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    moment = _at(at)
+    err = console(stderr=True)
+
+    async def work(core: Saascore) -> BillingSummary:
+        if not err.is_terminal or as_json:
+            return await core.billing_run.run(moment, dry_run=dry_run)
+        with Progress(
+            TextColumn("billing"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        ) as progress:
+            task = progress.add_task("billing", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            return await core.billing_run.run(moment, dry_run=dry_run, progress=advance)
+
+    summary = run_with_core(load_settings(), work)
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        title = "billing run (dry: nothing written)" if dry_run else "billing run"
+        table = new_table("action", "count", title=f"{title} at {summary.at:%Y-%m-%d %H:%M}")
+        table.add_row("organizations", str(summary.organizations))
+        for action in ACTIONS:
+            table.add_row(action.replace("_", " "), str(summary.counts.get(action, 0)))
+        print_table(table)
+        for org_id, error in summary.failures:
+            err.print(f"organisation {org_id}: {error}", markup=False, highlight=False)
+    if summary.failures:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+@handle_errors
+def overview(
+    org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print it as JSON (as GET /v1/billing/overview).")
+    ] = False,
+) -> None:
+    """An organisation's billing at a glance: plan, subscription, usage this period against
+    the plan's included amounts, credits, the upcoming invoice and the latest payments."""
+
+    async def work(core: Saascore) -> BillingOverviewOut:
+        organization = await core.orgs.resolve(org)
+        return BillingOverviewOut.of(await core.billing.overview(organization.id))
+
+    found = run_with_core(load_settings(), work)
+    if as_json:
+        print_json(found.model_dump(mode="json"))
+        return
+    sub = found.subscription
+    typer.echo(f"organisation {found.organization_id}, plan {found.plan.code} ({found.plan.name})")
+    if sub is None:
+        typer.echo("no subscription")
+    else:
+        typer.echo(
+            f"subscription {sub.status.value}, {sub.billing_cycle.value}, "
+            f"{sub.current_period_start:%Y-%m-%d} to {sub.current_period_end:%Y-%m-%d}"
+            + (", cancels at period end" if sub.cancel_at_period_end else "")
+            + (f", trial ends {sub.trial_end:%Y-%m-%d}" if sub.trial_end else "")
+            + (f", moves to {sub.scheduled_plan}" if sub.scheduled_plan else "")
+        )
+    table = new_table("meter", "used", "included", "over")
+    for meter in found.usage:
+        included = "unlimited" if meter.included is None else str(meter.included)
+        table.add_row(meter.metric, str(meter.used), included, str(meter.over))
+    if found.usage:
+        print_table(table)
+    typer.echo(f"credits {found.credit_balance}")
+    if found.upcoming_invoice is not None:
+        print_upcoming(found.upcoming_invoice)
+    else:
+        typer.echo("no upcoming invoice")
+    for payment in found.recent_payments:
+        amount = Money(payment.amount, payment.currency).decimal_text()
+        typer.echo(
+            f"payment {payment.created_at:%Y-%m-%d} {amount} {payment.currency} "
+            f"{payment.status.value}"
+        )

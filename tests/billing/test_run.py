@@ -1,0 +1,353 @@
+"""The billing run: renewals with their invoice lines, month-end anchors over a year, trials
+and their notice, credits refilled once per period, dry runs, idempotency, and two runs at
+once over the same 500 due subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from saascore import Saascore
+from saascore.audit.service import AuditService
+from saascore.billing.run import BillingRun
+from saascore.billing.subscriptions import SubscriptionService
+from saascore.credits import CreditService
+from saascore.events.bus import EventBus
+from saascore.kit.db import Database
+from saascore.kit.ids import new_id
+from saascore.kit.time import utcnow
+from saascore.models import (
+    CreditGrant,
+    Invoice,
+    InvoiceStatus,
+    Organization,
+    OutboxEvent,
+    PlanLimit,
+    PlanPrice,
+    Subscription,
+    SubscriptionPlan,
+    SubscriptionStatus,
+    UsageCounter,
+    UsageLimits,
+)
+from saascore.models.catalog import BillingCycle
+from saascore.plans import PlanService, read_catalog
+from saascore.tenancy.service import OrganizationService
+from tests.factories import random_code
+
+S = SubscriptionStatus
+JAN = datetime(2025, 1, 1, tzinfo=UTC)
+FEB = datetime(2025, 2, 1, tzinfo=UTC)
+
+
+class Env:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        bus = EventBus()
+        bus.in_transaction(AuditService(database).handle)
+        self.plans = PlanService(database, bus)
+        self.orgs = OrganizationService(
+            database, self.plans, bus, plan_credits=CreditService(database, bus)
+        )
+        self.subs = SubscriptionService(database, self.plans, self.orgs, bus)
+        self.run = BillingRun(database, database.settings, self.plans, self.orgs, bus)
+
+    async def plan(self, amount: int, *, overage: dict[str, int] | None = None) -> str:
+        code = random_code("plan")
+        async with self.database.transaction() as s:
+            plan = SubscriptionPlan(code=code, name=code.title(), credits_per_period=50)
+            s.add(plan)
+            await s.flush()
+            s.add(
+                PlanPrice(
+                    plan_id=plan.id,
+                    billing_cycle=BillingCycle.MONTHLY,
+                    currency="USD",
+                    amount=amount,
+                )
+            )
+            s.add(
+                PlanLimit(
+                    plan_id=plan.id,
+                    metric="tokens",
+                    limit_value=1_000_000,
+                    is_hard=False,
+                    overage_prices=overage or {},
+                    overage_per=1000,
+                )
+            )
+        return code
+
+    async def subscribed(
+        self, plan: str, at: datetime = JAN, trial_days: int = 0
+    ) -> tuple[uuid.UUID, Subscription]:
+        org = await self.orgs.create(name="Acme")
+        sub = await self.subs.create(org.id, plan, "monthly", trial_days=trial_days, at=at)
+        return org.id, sub
+
+    async def invoices(self, org_id: uuid.UUID) -> list[Invoice]:
+        async with self.database.session(readonly=True) as s:
+            query = (
+                sa.select(Invoice)
+                .where(Invoice.organization_id == org_id)
+                .options(sa.orm.selectinload(Invoice.lines))
+                .order_by(Invoice.id)
+            )
+            return list((await s.scalars(query)).all())
+
+    async def count(self, query: sa.Select[tuple[int]]) -> int:
+        async with self.database.session(readonly=True) as s:
+            return int(await s.scalar(query) or 0)
+
+    async def subscription(self, org_id: uuid.UUID) -> Subscription:
+        async with self.database.session(readonly=True) as s:
+            query = sa.select(Subscription).where(Subscription.organization_id == org_id)
+            return (await s.scalars(query)).one()
+
+    async def outbox(self, org_id: uuid.UUID) -> list[str]:
+        async with self.database.session(readonly=True) as s:
+            query = sa.select(OutboxEvent.type).where(OutboxEvent.organization_id == org_id)
+            return list((await s.scalars(query)).all())
+
+
+@pytest.fixture
+def env(scratch: Database) -> Env:
+    return Env(scratch)
+
+
+class TestRenewal:
+    async def test_one_invoice_with_fee_overage_and_carried_proration(self, env: Env) -> None:
+        basic = await env.plan(1_000, overage={"USD": 2})
+        plus = await env.plan(3_000, overage={"USD": 3})
+        org_id, _ = await env.subscribed(basic)
+        await env.subs.change_plan(org_id, plus, at=JAN + timedelta(days=15, hours=12))
+        async with env.database.transaction() as s:
+            s.add(
+                UsageCounter(
+                    organization_id=org_id,
+                    metric="tokens",
+                    period_start=JAN,
+                    period_end=FEB,
+                    used=1_500_499,
+                )
+            )
+        summary = await env.run.run(FEB, organizations=[org_id])
+        assert summary.counts["renewed"] == 1
+        assert summary.counts["invoices_issued"] == 1
+        (invoice,) = await env.invoices(org_id)
+        assert invoice.status is InvoiceStatus.OPEN
+        assert invoice.number
+        kinds = sorted(line.metadata_["kind"] for line in invoice.lines)
+        assert kinds == ["plan", "proration", "proration", "usage"]
+        usage = next(line for line in invoice.lines if line.metadata_["kind"] == "usage")
+        # 500,499 tokens above 1,000,000 at 3 per 1000: 1501.497, half up once: 1501.
+        assert (usage.metric, usage.amount, usage.metadata_["units"]) == ("tokens", 1501, 500_499)
+        fee = next(line for line in invoice.lines if line.metadata_["kind"] == "plan")
+        assert (fee.amount, fee.period_start, fee.period_end) == (
+            3_000,
+            FEB,
+            datetime(2025, 3, 1, tzinfo=UTC),
+        )
+        assert invoice.total == sum(line.amount for line in invoice.lines)
+        sub = await env.subscription(org_id)
+        assert sub.current_period_start == FEB
+        assert "subscription.renewed" in await env.outbox(org_id)
+
+    async def test_month_end_anchors_over_a_year(self, env: Env) -> None:
+        plan = await env.plan(1_000)
+        start = datetime(2024, 1, 31, 9, 30, tzinfo=UTC)
+        org_id, sub = await env.subscribed(plan, at=start)
+        ends = []
+        at = sub.current_period_end
+        for _ in range(12):
+            summary = await env.run.run(at, organizations=[org_id])
+            assert summary.counts["renewed"] == 1
+            at = (await env.subscription(org_id)).current_period_end
+            ends.append(at.date().isoformat())
+        assert ends[:4] == ["2024-03-31", "2024-04-30", "2024-05-31", "2024-06-30"]
+        assert ends[-2:] == ["2025-01-31", "2025-02-28"]
+        invoices = await env.invoices(org_id)
+        assert len(invoices) == 12
+        assert len({invoice.number for invoice in invoices}) == 12
+
+    async def test_a_free_plan_renews_without_an_invoice(self, env: Env) -> None:
+        org_id, _ = await env.subscribed(await env.plan(0))
+        summary = await env.run.run(FEB, organizations=[org_id])
+        assert (summary.counts["renewed"], summary.counts["invoices_issued"]) == (1, 0)
+        assert await env.invoices(org_id) == []
+
+
+class TestTrials:
+    async def test_notice_once_then_the_trial_ends_with_a_prorated_invoice(self, env: Env) -> None:
+        plan = await env.plan(3_100)
+        org_id, sub = await env.subscribed(plan, trial_days=14)
+        assert sub.trial_end == JAN + timedelta(days=14)
+        early = await env.run.run(JAN + timedelta(days=11), organizations=[org_id])
+        again = await env.run.run(JAN + timedelta(days=13), organizations=[org_id])
+        assert (early.counts["trial_will_end"], again.counts["trial_will_end"]) == (1, 0)
+        ended = await env.run.run(JAN + timedelta(days=14), organizations=[org_id])
+        assert ended.counts["trials_ended"] == 1
+        (invoice,) = await env.invoices(org_id)
+        # 17 of January's 31 days, to the second: 3100 * 17 / 31 = 1700.
+        assert invoice.total == 1_700
+        assert (await env.subscription(org_id)).status is S.ACTIVE
+        outbox = await env.outbox(org_id)
+        assert outbox.count("subscription.trial_will_end") == 1
+        assert (await env.run.run(JAN + timedelta(days=14), organizations=[org_id])).counts[
+            "trials_ended"
+        ] == 0
+
+
+class TestOnce:
+    async def test_credits_refilled_once_per_period(self, env: Env) -> None:
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        for at in (FEB, FEB, FEB + timedelta(days=3)):
+            await env.run.run(at, organizations=[org_id])
+        grants = await env.count(
+            sa.select(sa.func.count())
+            .select_from(CreditGrant)
+            .where(
+                CreditGrant.organization_id == org_id,
+                CreditGrant.idempotency_key == "refill:2025-02",
+            )
+        )
+        assert grants == 1
+
+    async def test_a_second_run_at_the_same_moment_does_nothing(self, env: Env) -> None:
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        first = await env.run.run(FEB, organizations=[org_id])
+        second = await env.run.run(FEB, organizations=[org_id])
+        assert first.counts["renewed"] == 1
+        assert sum(second.counts.values()) == 0
+        assert len(await env.invoices(org_id)) == 1
+
+    async def test_a_dry_run_writes_nothing(self, env: Env) -> None:
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        before = await env.outbox(org_id)
+        summary = await env.run.run(FEB, dry_run=True, organizations=[org_id])
+        assert (summary.counts["renewed"], summary.counts["invoices_issued"]) == (1, 1)
+        assert await env.invoices(org_id) == []
+        assert await env.outbox(org_id) == before
+        assert (await env.subscription(org_id)).current_period_start == JAN
+
+
+async def bulk_due(database: Database, count: int) -> list[uuid.UUID]:
+    """`count` organisations on the pro plan, each with a monthly subscription due at FEB."""
+    async with database.transaction() as s:
+        plan = (
+            await s.execute(
+                sa.select(SubscriptionPlan.id, PlanPrice.amount)
+                .join(PlanPrice, PlanPrice.plan_id == SubscriptionPlan.id)
+                .where(
+                    SubscriptionPlan.code == "pro",
+                    PlanPrice.currency == "USD",
+                    PlanPrice.billing_cycle == BillingCycle.MONTHLY,
+                )
+            )
+        ).one()
+        ids = [new_id() for _ in range(count)]
+        tag = random_code("bulk")
+        await s.execute(
+            sa.insert(Organization),
+            [
+                {
+                    "id": org_id,
+                    "name": f"{tag}-{n}",
+                    "slug": f"{tag}-{n}".replace("_", "-"),
+                    "plan_id": plan.id,
+                    "subscription_status": S.ACTIVE,
+                }
+                for n, org_id in enumerate(ids)
+            ],
+        )
+        await s.execute(sa.insert(UsageLimits), [{"organization_id": org_id} for org_id in ids])
+        await s.execute(
+            sa.insert(Subscription),
+            [
+                {
+                    "organization_id": org_id,
+                    "id": new_id(),
+                    "plan_id": plan.id,
+                    "status": S.ACTIVE,
+                    "billing_cycle": BillingCycle.MONTHLY,
+                    "currency": "USD",
+                    "unit_amount": plan.amount,
+                    "quantity": 1,
+                    "started_at": JAN,
+                    "current_period_start": JAN,
+                    "current_period_end": FEB,
+                    "next_billing_at": FEB,
+                    "metadata_": {},
+                }
+                for org_id in ids
+            ],
+        )
+    return ids
+
+
+class TestTwoRunsAtOnce:
+    @pytest.mark.race_database
+    async def test_each_renewal_invoice_and_refill_once(self, race_database: Database) -> None:
+        env = Env(race_database)
+        ids = await bulk_due(race_database, 500)
+        first, second = await asyncio.gather(
+            env.run.run(FEB, organizations=ids), env.run.run(FEB, organizations=ids)
+        )
+        assert first.failures == []
+        assert second.failures == []
+        assert first.counts["renewed"] + second.counts["renewed"] == 500
+        of = Invoice.organization_id.in_(ids)
+        per_org = await env.count(
+            sa.select(sa.func.count(sa.distinct(Invoice.organization_id))).where(of)
+        )
+        assert per_org == 500
+        assert await env.count(sa.select(sa.func.count()).select_from(Invoice).where(of)) == 500
+        refills = await env.count(
+            sa.select(sa.func.count())
+            .select_from(CreditGrant)
+            .where(CreditGrant.organization_id.in_(ids), CreditGrant.source == "plan")
+        )
+        assert refills == 500
+        periods = await env.count(
+            sa.select(sa.func.count())
+            .select_from(Subscription)
+            .where(Subscription.organization_id.in_(ids), Subscription.current_period_start == FEB)
+        )
+        assert periods == 500
+
+
+class TestAutorun:
+    async def test_off_by_default(self, database: Database) -> None:
+        core = Saascore(database.settings, database=database)
+        assert core.settings.billing_autorun is False
+        assert core.dispatcher().periodic is None
+
+    @pytest.mark.race_database(fresh=True)
+    async def test_the_dispatcher_loop_renews_what_is_due(self, race_database: Database) -> None:
+        settings = race_database.settings.model_copy(
+            update={"billing_autorun": True, "billing_autorun_interval": 1.0}
+        )
+        core = Saascore(settings, database=race_database)
+        await core.plans.load_catalog(read_catalog())
+        (org_id,) = await bulk_due(race_database, 1)
+        env = Env(race_database)
+        stop = asyncio.Event()
+        running = asyncio.create_task(core.dispatcher(poll_interval=0.05).run(stop))
+        try:
+            for _ in range(400):
+                if (await env.subscription(org_id)).current_period_end > utcnow():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stop.set()
+            await running
+        subscription = await env.subscription(org_id)
+        assert subscription.current_period_end > utcnow()
+        invoices = await env.invoices(org_id)
+        assert invoices
+        assert {invoice.status for invoice in invoices} == {InvoiceStatus.OPEN}
+        assert "subscription.renewed" in await env.outbox(org_id)
