@@ -85,6 +85,18 @@ RETURNING last_number
 """
 
 
+def typed(sql: str) -> sa.TextClause:
+    """`sql` with its parameters typed as the columns they compare with (SQLite needs it)."""
+    columns = {
+        "org": Subscription.__table__.c.organization_id,
+        "plan": Subscription.__table__.c.plan_id,
+        "a": UsageCounter.__table__.c.period_end,
+        "b": UsageCounter.__table__.c.period_end,
+    }
+    names = [name for name in columns if f":{name}" in sql]
+    return sa.text(sql).bindparams(*(sa.bindparam(n, type_=columns[n].type) for n in names))
+
+
 async def bare_work(database: Database, ids: list[object]) -> float:
     """(b): the run's core writes as bare SQL, in the run's transaction grouping."""
     invoices = Invoice.__table__
@@ -97,11 +109,27 @@ async def bare_work(database: Database, ids: list[object]) -> float:
         async with database.transaction() as s:
             for org_id in ids[start : start + TRANSACTION_SIZE]:
                 sub = (
-                    await s.execute(sa.text(SUBSCRIPTION + locking), {"org": org_id, "b": FEB})
+                    await s.execute(
+                        typed(SUBSCRIPTION + locking).columns(
+                            sa.column("id"),
+                            sa.column("unit_amount"),
+                            sa.column("quantity"),
+                            sa.column("currency"),
+                            Subscription.__table__.c.plan_id,
+                        ),
+                        {"org": org_id, "b": FEB},
+                    )
                 ).one()
                 counters = (
                     await s.execute(
-                        sa.text(COUNTERS), {"org": org_id, "plan": sub.plan_id, "a": JAN, "b": FEB}
+                        typed(COUNTERS).columns(
+                            sa.column("metric"),
+                            sa.column("used"),
+                            sa.column("limit_value"),
+                            PlanLimit.__table__.c.overage_prices,
+                            sa.column("overage_per"),
+                        ),
+                        {"org": org_id, "plan": sub.plan_id, "a": JAN, "b": FEB},
                     )
                 ).all()
                 fee = sub.unit_amount * sub.quantity
@@ -109,7 +137,7 @@ async def bare_work(database: Database, ids: list[object]) -> float:
                     max(c.used - c.limit_value, 0) * c.overage_prices["USD"] // c.overage_per
                     for c in counters
                 )
-                seq = (await s.execute(sa.text(BUMP))).scalar_one()
+                seq = (await s.execute(typed(BUMP))).scalar_one()
                 invoice_id = new_id()
                 await s.execute(
                     sa.insert(invoices).values(
@@ -254,7 +282,7 @@ async def main() -> None:
             await s.commit()
         started = time.perf_counter()
         async with core.database.session(readonly=True) as s:
-            rows = (await s.execute(sa.text(READ), {"a": JAN, "b": FEB})).all()
+            rows = (await s.execute(typed(READ), {"a": JAN, "b": FEB})).all()
         read = time.perf_counter() - started
         bare = await bare_work(core.database, ids)
         started = time.perf_counter()

@@ -225,6 +225,20 @@ class TestOnce:
         assert sum(second.counts.values()) == 0
         assert len(await env.invoices(org_id)) == 1
 
+    async def test_each_change_has_its_audit_entry_in_an_intact_chain(self, env: Env) -> None:
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        audit = AuditService(env.database)
+        before = len(await audit.list(org_id, limit=500))
+        await env.run.run(FEB, organizations=[org_id])
+        actions = [entry.action for entry in await audit.list(org_id, limit=500)]
+        # Newest first: the run's three, written together, in the order they were emitted.
+        assert actions[: len(actions) - before] == [
+            "subscription.renewed",
+            "credits.granted",
+            "invoice.finalized",
+        ]
+        assert await audit.verify(org_id) == []
+
     async def test_a_dry_run_writes_nothing(self, env: Env) -> None:
         org_id, _ = await env.subscribed(await env.plan(1_000))
         before = await env.outbox(org_id)

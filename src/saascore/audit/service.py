@@ -166,10 +166,12 @@ class AuditService:
         return entry
 
     async def _append(
-        self, s: AsyncSession, org_id: uuid.UUID, items: Sequence[_Item]
+        self, s: AsyncSession, org_id: uuid.UUID, items: Sequence[_Item], *, keep: bool = True
     ) -> list[AuditLog]:
         """Append `items` to the organisation's chain in `s`: the head advances by their
-        number in one statement and takes the last hash in another, however many there are."""
+        number in one statement and takes the last hash in another, however many there are.
+        With `keep=False` the entries are inserted as rows (one bulk INSERT, no unit of work)
+        and the returned objects are not in the session: for callers that never read them."""
         advance = (
             insert(s, AuditChainHead)
             .values(organization_id=org_id, seq=len(items), hash=None)
@@ -203,13 +205,23 @@ class AuditService:
             )
             entry.hash = prev_hash = entry_hash(entry)
             entries.append(entry)
-        s.add_all(entries)
+        if keep:
+            s.add_all(entries)
+        else:
+            await s.execute(
+                sa.insert(AuditLog),
+                [
+                    {key: value for key, value in vars(entry).items() if not key.startswith("_")}
+                    for entry in entries
+                ],
+            )
         await s.execute(
             sa.update(AuditChainHead)
             .where(AuditChainHead.organization_id == org_id)
             .values(hash=prev_hash)
         )
-        await s.flush()
+        if keep:
+            await s.flush()
         return entries
 
     async def handle(self, session: AsyncSession, event: Event) -> None:
@@ -235,7 +247,7 @@ class AuditService:
                 )
             )
         for org_id, items in by_org.items():
-            await self._append(session, org_id, items)
+            await self._append(session, org_id, items, keep=False)
 
     async def list(
         self,

@@ -155,8 +155,9 @@ async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> P
         )
     )
     for org_id, metric, used, period_end in rows:
-        if period_end is not None:  # always, by the query; the column is nullable
-            found.counters.setdefault(org_id, []).append((metric, int(used), period_end))
+        if period_end is None:  # never: the query bounds it
+            continue
+        found.counters.setdefault(org_id, []).append((metric, int(used), period_end))
     drafts = (
         await s.scalars(
             sa.select(Invoice)
