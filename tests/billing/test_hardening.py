@@ -44,7 +44,6 @@ from tests.admin import Admin
 from tests.factories import random_code
 from tests.helpers import Clock
 
-
 APRIL = datetime(2024, 4, 1, 9, 0, tzinfo=UTC)
 SETTINGS = Settings(
     invoice_sequence_scope="organization", invoice_due_days=14, dunning_grace_days=7
