@@ -10,6 +10,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from saascore.billing.coupons import MAX_DURATION_PERIODS, MAX_REDEMPTIONS
+from saascore.billing.packs import MAX_PACK_CREDITS
 from saascore.kit.inputs import INT64_MAX, StrictInt
 from saascore.kit.money import MAX_DISCOUNT_BASIS_POINTS
 from saascore.kit.validation import Instant
@@ -159,7 +160,10 @@ class CreditPackCreate(_Body):
         default=None, min_length=1, max_length=255, description="A name; the code by default"
     )
     credits: StrictInt = Field(
-        ge=1, le=INT64_MAX, description="The credits it grants when paid", examples=[1000]
+        ge=1,
+        le=MAX_PACK_CREDITS,
+        description="The credits it grants when paid (at most 10^12)",
+        examples=[1000],
     )
     price: StrictInt = Field(
         ge=1, le=INT64_MAX, description="Its price in minor units of `currency`", examples=[999]

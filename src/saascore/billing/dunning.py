@@ -2,10 +2,11 @@
 
 For one organisation at a moment `at` (the billing run's step, or `core.dunning.run` alone):
 
-- every open invoice whose due date is before `at`'s day is **overdue** (computed, never a
-  status: `is_overdue`). The first step that sees it so emits `invoice.overdue` and writes the
-  moment into the invoice's `metadata` (`overdue_at`), in the same transaction and under the
-  invoice's row lock, so that the event goes out once even when two runs race;
+- every open invoice with something due whose due date is before `at`'s day is **overdue**
+  (computed, never a status: `is_overdue`; one owing nothing never is). The first step that
+  sees it so emits `invoice.overdue` and writes the moment into the invoice's `metadata`
+  (`overdue_at`), in the same transaction and under the invoice's row lock, so that the
+  event goes out once even when two runs race;
 - the organisation's subscription, if `active`, goes `past_due` (`payment fails`);
 - once an overdue invoice's due date is more than `SAASCORE_DUNNING_GRACE_DAYS` days before
   `at`'s day, the subscription, if `past_due` (or still `active`), goes `suspended` (`grace
@@ -28,6 +29,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.billing.invoices import overdue_clause
 from saascore.billing.periods import as_utc
 from saascore.billing.states import Trigger
 from saascore.billing.subscriptions import SubscriptionService
@@ -37,7 +39,7 @@ from saascore.events.catalog import InvoiceOverdue
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
-from saascore.models import Invoice, InvoiceStatus, OrganizationStatus, SubscriptionStatus
+from saascore.models import Invoice, OrganizationStatus, SubscriptionStatus
 from saascore.tenancy.service import OrganizationService
 
 __all__ = [
@@ -53,7 +55,6 @@ S = SubscriptionStatus
 OVERDUE_MARK: Final = "overdue_at"
 #: Set in an invoice's `metadata` when its grace period ended in a suspension: once per invoice.
 SUSPENDED_MARK: Final = "dunning_suspended_at"
-_OPEN: Final = (InvoiceStatus.OPEN, InvoiceStatus.OVERDUE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,15 +159,11 @@ async def dunning_step(
 
 
 async def _overdue_invoices(s: AsyncSession, org_id: uuid.UUID, today: date) -> list[Invoice]:
-    """The organisation's open invoices due before `today`, oldest due first, their rows
-    locked (and re-read: a racing run's marks are seen once it commits)."""
+    """The organisation's open invoices owing something and due before `today`, oldest due
+    first, their rows locked (and re-read: a racing run's marks are seen once it commits)."""
     query = (
         sa.select(Invoice)
-        .where(
-            Invoice.organization_id == org_id,
-            Invoice.status.in_(_OPEN),
-            Invoice.due_date < today,
-        )
+        .where(Invoice.organization_id == org_id, overdue_clause(today))
         .order_by(Invoice.due_date, Invoice.id)
         .with_for_update(of=Invoice)
         .execution_options(populate_existing=True)

@@ -34,6 +34,7 @@ from saascore.billing.errors import (
     CouponExpired,
     CouponInactive,
     CouponNotFound,
+    CreditPackCurrencyMismatch,
     CreditPackExists,
     CreditPackNotFound,
     EmptyInvoice,
@@ -42,6 +43,7 @@ from saascore.billing.errors import (
     InvalidInvoiceLine,
     InvalidPayment,
     InvalidTransition,
+    InvoiceHasPayments,
     InvoiceNotDraft,
     InvoiceNotFound,
     InvoiceNotPayable,
@@ -529,7 +531,9 @@ def create_invoices_admin_router() -> APIRouter:
     @router.post(
         "/invoices/{invoice_id}/void",
         summary="Void an invoice",
-        responses=error_responses(*OPERATOR_ERRORS, InvoiceNotFound, InvalidTransition),
+        responses=error_responses(
+            *OPERATOR_ERRORS, InvoiceNotFound, InvalidTransition, InvoiceHasPayments
+        ),
     )
     async def void_invoice(
         invoice_id: uuid.UUID,
@@ -539,7 +543,8 @@ def create_invoices_admin_router() -> APIRouter:
         origin: OriginDep,
     ) -> InvoiceOut:
         """`open -> void` (or `uncollectible -> void`): nothing is owed; the invoice keeps
-        its number (`invoice.voided`)."""
+        its number (`invoice.voided`). An invoice with payments on it is refused
+        (`invoice_has_payments`): refund the payments first."""
         return await _change("void", invoice_id, operator, core, session, origin)
 
     @router.post(
@@ -898,7 +903,11 @@ def create_credit_packs_router() -> APIRouter:
         summary="Buy a credit pack",
         status_code=status.HTTP_201_CREATED,
         responses=error_responses(
-            *AUTH_ERRORS, PermissionDenied, CreditPackNotFound, AmountOutOfRange
+            *AUTH_ERRORS,
+            PermissionDenied,
+            CreditPackNotFound,
+            CreditPackCurrencyMismatch,
+            AmountOutOfRange,
         ),
     )
     async def purchase_credit_pack(
@@ -909,7 +918,8 @@ def create_credit_packs_router() -> APIRouter:
         origin: OriginDep,
     ) -> InvoiceOut:
         """Buy a pack on sale: an open invoice with its one line, numbered and due. The
-        credits are granted, once, when the invoice is paid in full."""
+        credits are granted, once, when the invoice is paid in full. Only a pack in the
+        organisation's currency is sold to it (`credit_pack_currency_mismatch`)."""
         invoice = await core.credit_packs.purchase(
             principal.tenant, body.code, actor=principal.actor(origin), session=session
         )

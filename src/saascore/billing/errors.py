@@ -19,6 +19,7 @@ DomainError
 │   ├── InvoiceNotDraft         (409) only a draft's lines may change
 │   ├── EmptyInvoice            (409) a draft without lines cannot be finalised
 │   ├── NegativeInvoiceTotal    (409) a draft whose credits exceed its charges
+│   ├── InvoiceHasPayments      (409) an invoice with payments on it is not voided
 │   ├── InvoiceNotPayable       (409) only an open or uncollectible invoice takes payments
 │   ├── Overpayment             (409) a payment above the invoice's amount due
 │   ├── PaymentNotRefundable    (409) only a succeeded payment is refunded
@@ -36,7 +37,8 @@ DomainError
     ├── InvalidPayment          (422) a payment's amount, method, key or texts are refused
     ├── InvalidCoupon           (422) a coupon's code, discount or duration is refused
     ├── CouponCurrencyMismatch  (422) a fixed-amount coupon in another currency
-    └── InvalidCreditPack       (422) a credit pack's code, credits or price is refused
+    ├── InvalidCreditPack       (422) a credit pack's code, credits or price is refused
+    └── CreditPackCurrencyMismatch (422) a pack in another currency than the organisation's
 
 A payment or refund key reused for different content is the kit's `IdempotencyConflict`
 (409, `idempotency_conflict`), as for credits and usage.
@@ -54,6 +56,7 @@ __all__ = [
     "CouponExpired",
     "CouponInactive",
     "CouponNotFound",
+    "CreditPackCurrencyMismatch",
     "CreditPackExists",
     "CreditPackNotFound",
     "EmptyInvoice",
@@ -62,6 +65,7 @@ __all__ = [
     "InvalidInvoiceLine",
     "InvalidPayment",
     "InvalidTransition",
+    "InvoiceHasPayments",
     "InvoiceNotDraft",
     "InvoiceNotFound",
     "InvoiceNotPayable",
@@ -184,6 +188,13 @@ class NegativeInvoiceTotal(Conflict):
     code = "negative_invoice_total"
 
 
+class InvoiceHasPayments(Conflict):
+    """(409) The invoice has payments on it (`amount_paid > 0`): voiding it would leave the
+    rest owed on a void invoice. Refund the payments first, then void it."""
+
+    code = "invoice_has_payments"
+
+
 class InvalidInvoiceLine(InvalidInput):
     """(422) An invoice line's description, amount or quantity is refused, or too many lines."""
 
@@ -299,3 +310,12 @@ class InvalidCreditPack(InvalidInput):
     """(422) A credit pack's code, name, credits or price is refused."""
 
     code = "invalid_credit_pack"
+
+
+class CreditPackCurrencyMismatch(InvalidInput):
+    """(422) The pack is priced in another currency than the buying organisation's
+    (`Organization.currency`, the currency its subscription is billed in): an organisation
+    pays in one currency, and exchange rates are not saascore's business."""
+
+    code = "credit_pack_currency_mismatch"
+    stateful = True

@@ -12,11 +12,13 @@ uncollectible (docs/billing.md, "Invoices").
 - **Finalising** (`draft -> open`) recomputes the draft at its organisation's tax rate, freezes
   the totals, sets the issue and due dates and takes the next number of its series last, in
   the same transaction. An empty draft, or one whose credits exceed its charges (a negative
-  total), is refused: a finalised invoice never owes a negative amount.
+  total), is refused: a finalised invoice never owes a negative amount. One that owes
+  nothing (a 100 % coupon, lines of 0) is `paid` at once (`invoice.paid` after
+  `invoice.finalized`): left open, it could never be paid and dunning would chase it.
 - Every other change of status follows `INVOICE_TRANSITIONS`; anything else is refused with
   `InvalidTransition` (409, `invalid_transition`).
-- **Overdue** is computed, never stored: an open invoice whose due date has passed
-  (`is_overdue`).
+- **Overdue** is computed, never stored: an open invoice with something due whose due date
+  has passed (`is_overdue`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from saascore.billing.errors import (
     EmptyInvoice,
     InvalidInvoiceLine,
     InvalidTransition,
+    InvoiceHasPayments,
     InvoiceNotDraft,
     InvoiceNotFound,
     NegativeInvoiceTotal,
@@ -57,6 +60,7 @@ from saascore.events.bus import EventBus
 from saascore.events.catalog import (
     InvoiceFinalized,
     InvoiceMarkedUncollectible,
+    InvoicePaid,
     InvoiceVoided,
     OrganizationTaxRateChanged,
 )
@@ -65,7 +69,7 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.money import BasisPoints, Money, apply_rate
 from saascore.kit.time import utcnow
-from saascore.kit.validation import checked_instant
+from saascore.kit.validation import checked_instant, checked_text, control_character
 from saascore.models import Invoice, InvoiceLine, InvoiceStatus, Organization, Subscription
 from saascore.tenancy.errors import OrganizationNotFound
 from saascore.tenancy.service import locked_organization
@@ -85,8 +89,11 @@ __all__ = [
     "check_invoice_transition",
     "compute_totals",
     "draft_in",
+    "emit_invoice_paid",
     "is_overdue",
     "line_totals",
+    "mark_paid",
+    "overdue_clause",
     "preview_in",
     "recompute_totals",
 ]
@@ -154,11 +161,54 @@ def check_invoice_transition(current: InvoiceStatus, target: InvoiceStatus) -> N
 
 
 def is_overdue(invoice: Invoice, today: date) -> bool:
-    """An open invoice whose due date is before `today` (a computed state, never stored)."""
+    """An open invoice with something due whose due date is before `today` (a computed
+    state, never stored). An invoice owing nothing is never overdue, whatever its status:
+    dunning must not suspend an organisation over it."""
     return (
         invoice.status in _OPEN_STATUSES
+        and invoice.amount_due > 0
         and invoice.due_date is not None
         and invoice.due_date < today
+    )
+
+
+def overdue_clause(today: date) -> sa.ColumnElement[bool]:
+    """`is_overdue` as SQL: what the invoice list, dunning and payments select on."""
+    return sa.and_(
+        Invoice.status.in_(_OPEN_STATUSES), Invoice.amount_due > 0, Invoice.due_date < today
+    )
+
+
+def mark_paid(invoice: Invoice, at: datetime) -> None:
+    """Nothing is left due: the invoice goes `paid` at `at` (along `INVOICE_TRANSITIONS`).
+    The caller flushes, then emits `invoice.paid` with `emit_invoice_paid`."""
+    check_invoice_transition(invoice.status, InvoiceStatus.PAID)
+    invoice.status = InvoiceStatus.PAID
+    invoice.paid_at = at
+
+
+async def emit_invoice_paid(
+    s: AsyncSession, events: EventBus, invoice: Invoice, actor: Actor
+) -> None:
+    """Emit `invoice.paid` for an invoice `mark_paid` closed, in the transaction `s`: the
+    one place it is emitted, by the payment that pays an invoice in full and by the
+    finalisation of an invoice that owes nothing."""
+    assert invoice.number is not None  # only an issued invoice is paid
+    assert invoice.paid_at is not None
+    await events.emit(
+        s,
+        invoice.organization_id,
+        InvoicePaid(
+            invoice_id=invoice.id,
+            number=invoice.number,
+            currency=invoice.currency,
+            total=invoice.total,
+            amount_due=invoice.amount_due,
+            amount_paid=invoice.amount_paid,
+            paid_at=invoice.paid_at,
+        ),
+        actor=actor,
+        target_id=invoice.id,
     )
 
 
@@ -277,9 +327,10 @@ def _description(text: object) -> str:
             f"a line's description is at most {MAX_DESCRIPTION_LENGTH} characters",
             field="description",
         )
-    if any(ord(char) < 32 or 0x7F <= ord(char) < 0xA0 for char in text):
+    if control_character(text) is not None:
         raise InvalidInvoiceLine(
-            "a line's description may not hold control characters", field="description"
+            "a line's description may not hold control or bidirectional control characters",
+            field="description",
         )
     try:
         text.encode("utf-8")
@@ -339,15 +390,13 @@ def _checked_line(line: LineInput, currency: str) -> tuple[LineItem, Money, Mone
     return item, unit, unit * quantity
 
 
-def _notes(notes: str | None) -> str | None:
+def _notes(notes: str | None, field: str = "notes") -> str | None:
     if notes is None:
         return None
-    if not isinstance(notes, str) or "\x00" in notes or len(notes) > MAX_NOTES_LENGTH:
-        raise InvalidInput(
-            f"notes are text of at most {MAX_NOTES_LENGTH} characters, without NUL",
-            field="notes",
-        )
-    return notes
+    if not isinstance(notes, str) or len(notes) > MAX_NOTES_LENGTH:
+        raise InvalidInput(f"notes are text of at most {MAX_NOTES_LENGTH} characters", field=field)
+    # Printed on a terminal or a rendered invoice: lines and tabs, no other control.
+    return checked_text(notes, field=field, multiline=True)
 
 
 def _locale_key(locale: object) -> str:
@@ -370,7 +419,7 @@ def _localized(notes: Mapping[str, str] | None) -> dict[str, str]:
         raise InvalidInput(f"notes in at most {MAX_NOTE_LOCALES} locales", field="notes_localized")
     checked: dict[str, str] = {}
     for locale, text in notes.items():
-        if _notes(text) is None:
+        if _notes(text, "notes_localized") is None:
             raise InvalidInput("a note must be text", field="notes_localized")
         checked[_locale_key(locale)] = text
     return checked
@@ -526,7 +575,8 @@ class InvoiceService:
     ) -> Invoice:
         """`draft -> open`: recompute at the organisation's tax rate, freeze the totals, set
         the issue and due dates (`SAASCORE_INVOICE_DUE_DAYS`) and take the invoice's number,
-        last, in this transaction. Emits `invoice.finalized`."""
+        last, in this transaction. Emits `invoice.finalized`; an invoice owing nothing is
+        then `paid` at once (`invoice.paid`)."""
         async with self.database.scope(session) as s:
             invoice = await self._locked(s, org_id, invoice_id)
             return await self.finalize_locked(s, invoice, actor=actor)
@@ -535,7 +585,7 @@ class InvoiceService:
         self, s: AsyncSession, invoice: Invoice, *, actor: Actor = SYSTEM
     ) -> Invoice:
         """`finalize` for a caller whose transaction holds the invoice row already (it created
-        the draft in it, or locked it): the same checks and event, without reading it back."""
+        the draft in it, or locked it): the same checks and events, without reading it back."""
         org_id, invoice_id = invoice.organization_id, invoice.id
         check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
         if not invoice.lines:
@@ -577,6 +627,10 @@ class InvoiceService:
             actor=actor,
             target_id=invoice.id,
         )
+        if invoice.amount_due == 0:
+            mark_paid(invoice, now)
+            await s.flush()
+            await emit_invoice_paid(s, self.events, invoice, actor)
         return invoice
 
     async def void(
@@ -588,7 +642,9 @@ class InvoiceService:
         session: AsyncSession | None = None,
     ) -> Invoice:
         """`open -> void` (or uncollectible -> void): nothing is owed; the number stays.
-        Emits `invoice.voided`."""
+        An invoice with payments on it is refused (`invoice_has_payments`): they are refunded
+        first, so that `amount_due = total - amount_paid` never shows a void invoice owing
+        the rest, nor a refund reopening one. Emits `invoice.voided`."""
         return await self._move(
             org_id, invoice_id, InvoiceStatus.VOID, InvoiceVoided, actor=actor, session=session
         )
@@ -625,6 +681,14 @@ class InvoiceService:
         async with self.database.scope(session) as s:
             invoice = await self._locked(s, org_id, invoice_id)
             check_invoice_transition(invoice.status, target)
+            if target is InvoiceStatus.VOID and invoice.amount_paid > 0:
+                raise InvoiceHasPayments(
+                    f"invoice {invoice.number or invoice.id} has "
+                    f"{Money(invoice.amount_paid, invoice.currency)} paid on it: refund the "
+                    "payments first",
+                    invoice=str(invoice.id),
+                    amount_paid=invoice.amount_paid,
+                )
             invoice.status = target
             await s.flush()
             assert invoice.number is not None  # only issued invoices leave `open`
@@ -691,7 +755,7 @@ class InvoiceService:
         session: AsyncSession | None = None,
     ) -> Sequence[Invoice]:
         """Invoices newest first with their lines: of `org_id` (or every organisation, for
-        None), in `status`, overdue or not (computed: open and past due), before the id
+        None), in `status`, overdue or not (computed: open, owing and past due), before the id
         `before` (a cursor)."""
         query = _with_lines().order_by(Invoice.id.desc()).limit(limit)
         if org_id is not None:
@@ -700,7 +764,7 @@ class InvoiceService:
             query = query.where(Invoice.status == InvoiceStatus(status))
         if overdue is not None:
             today = self.clock().date()
-            late = sa.and_(Invoice.status.in_(_OPEN_STATUSES), Invoice.due_date < today)
+            late = overdue_clause(today)
             query = query.where(late if overdue else sa.not_(late))
         if before is not None:
             query = query.where(Invoice.id < before)

@@ -5,6 +5,10 @@ A purchase is an invoice: one `credit_pack` line (`metadata["credit_pack"]` the 
 `metadata["credits"]` the credits), finalised at once, so it has its number and is open for
 payment. The credits are granted by the payment that pays the invoice in full, once, in that
 payment's transaction; buying grants nothing.
+
+An organisation buys only the packs priced in its own currency (`Organization.currency`), and
+a pack holds at most `MAX_PACK_CREDITS`: paying for more could never be granted (the balance
+would pass what it holds), and the invoice would go overdue however it is paid.
 """
 
 from __future__ import annotations
@@ -18,16 +22,25 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.billing.errors import CreditPackExists, CreditPackNotFound, InvalidCreditPack
+from saascore.billing.errors import (
+    CreditPackCurrencyMismatch,
+    CreditPackExists,
+    CreditPackNotFound,
+    InvalidCreditPack,
+)
 from saascore.billing.invoices import InvoiceService, LineItem, LineKind
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
-from saascore.kit.inputs import INT64_MAX
 from saascore.kit.money import Money
 from saascore.kit.validation import control_character
-from saascore.models import CreditPack, Invoice
+from saascore.models import CreditPack, Invoice, Organization
+from saascore.tenancy.errors import OrganizationNotFound
 
-__all__ = ["CreditPackService", "pack_code"]
+__all__ = ["MAX_PACK_CREDITS", "CreditPackService", "pack_code"]
+
+#: The most credits one pack grants: a trillion, far below what a balance holds (int64), so
+#: that granting a paid pack never overflows it.
+MAX_PACK_CREDITS: Final = 10**12
 
 _CODE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,49}")
 _MAX_NAME: Final = 255
@@ -65,8 +78,10 @@ class CreditPackService:
         code = pack_code(code)
         if not isinstance(credits, int) or isinstance(credits, bool) or not credits > 0:
             raise InvalidCreditPack("credits is a positive integer", field="credits")
-        if credits > INT64_MAX:
-            raise InvalidCreditPack("credits is too large", field="credits")
+        if credits > MAX_PACK_CREDITS:
+            raise InvalidCreditPack(
+                f"a pack grants at most {MAX_PACK_CREDITS} credits", field="credits"
+            )
         if not isinstance(price, Money) or price.minor <= 0:
             raise InvalidCreditPack("price is a positive amount of money", field="price")
         if name is not None and (
@@ -136,11 +151,25 @@ class CreditPackService:
     ) -> Invoice:
         """Buy an active pack: an invoice with its one `credit_pack` line, finalised (it
         has its number and is open; `invoice.finalized`). Paying it in full grants the
-        credits. An inactive pack is `credit_pack_not_found`."""
+        credits. An inactive pack is `credit_pack_not_found`; one in another currency than
+        the organisation's is `credit_pack_currency_mismatch`."""
         async with self.database.scope(session) as s:
             pack = await self.get(code, session=s)
             if not pack.active:
                 raise CreditPackNotFound(f"no credit pack {code} on sale", credit_pack=code)
+            currency = await s.scalar(
+                sa.select(Organization.currency).where(Organization.id == org_id)
+            )
+            if currency is None:
+                raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+            if pack.currency != currency:
+                raise CreditPackCurrencyMismatch(
+                    f"credit pack {pack.code} is priced in {pack.currency}; this organisation "
+                    f"pays in {currency}",
+                    credit_pack=pack.code,
+                    currency=pack.currency,
+                    organization_currency=currency,
+                )
             draft = await self.invoices.create_draft(
                 org_id,
                 pack.currency,

@@ -53,13 +53,18 @@ from saascore.billing.errors import (
     PaymentNotRefundable,
     RefundExceedsPayment,
 )
-from saascore.billing.invoices import LineKind, check_invoice_transition
+from saascore.billing.invoices import (
+    LineKind,
+    check_invoice_transition,
+    emit_invoice_paid,
+    mark_paid,
+    overdue_clause,
+)
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.credits.service import CreditService
 from saascore.events.bus import EventBus
 from saascore.events.catalog import (
     CreditsPurchased,
-    InvoicePaid,
     PaymentFailed,
     PaymentRefunded,
     PaymentSucceeded,
@@ -311,9 +316,7 @@ class PaymentService:
             invoice.amount_due -= minor
             paid = invoice.amount_due == 0
             if paid:
-                check_invoice_transition(invoice.status, InvoiceStatus.PAID)
-                invoice.status = InvoiceStatus.PAID
-                invoice.paid_at = now
+                mark_paid(invoice, now)
             await s.flush()
             await self._emit(
                 s, org_id, PaymentSucceeded, payment, invoice, actor, amount_due=invoice.amount_due
@@ -327,23 +330,7 @@ class PaymentService:
     ) -> None:
         """The invoice is paid in full by `payment`: `invoice.paid`, its credit packs, and the
         subscription resumed when nothing else is past due."""
-        assert invoice.number is not None
-        assert invoice.paid_at is not None
-        await self.events.emit(
-            s,
-            invoice.organization_id,
-            InvoicePaid(
-                invoice_id=invoice.id,
-                number=invoice.number,
-                currency=invoice.currency,
-                total=invoice.total,
-                amount_due=invoice.amount_due,
-                amount_paid=invoice.amount_paid,
-                paid_at=invoice.paid_at,
-            ),
-            actor=actor,
-            target_id=invoice.id,
-        )
+        await emit_invoice_paid(s, self.events, invoice, actor)
         await self._award_packs(s, invoice, payment, actor)
         late = await s.scalar(
             sa.select(sa.func.count())
@@ -351,8 +338,7 @@ class PaymentService:
             .where(
                 Invoice.organization_id == invoice.organization_id,
                 Invoice.id != invoice.id,
-                Invoice.status.in_((InvoiceStatus.OPEN, InvoiceStatus.OVERDUE)),
-                Invoice.due_date < now.date(),
+                overdue_clause(now.date()),
             )
         )
         if not late:

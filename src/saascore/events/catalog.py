@@ -183,13 +183,16 @@ class InvoiceMarkedUncollectible(_InvoiceEvent):
 
 
 class InvoicePaid(_InvoiceEvent):
-    """A payment brought the invoice's amount due to zero: it is paid in full."""
+    """A payment brought the invoice's amount due to zero, or it was finalised owing
+    nothing (a 100 % coupon): it is paid in full."""
 
     type: ClassVar[str] = "invoice.paid"
     amount_paid: int = Field(
         description="What was paid, in minor units of the currency", examples=[3449]
     )
-    paid_at: datetime = Field(description="When the last payment made it paid")
+    paid_at: datetime = Field(
+        description="When the last payment made it paid (or, owing nothing, it was finalised)"
+    )
 
 
 # --- payments ------------------------------------------------------------------------------------

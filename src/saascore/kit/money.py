@@ -4,7 +4,10 @@ compute with them (docs/billing.md, "Money").
 - `Money(minor, currency)` holds an integer number of minor units (cents for USD, fils for KWD,
   yen for JPY). The currency's exponent (its number of decimals) comes from Babel's CLDR data:
   JPY 0, USD 2, KWD 3, and YER 0 (CLDR's figure; ISO 4217 lists 2, but the fils is not used).
-  A code Babel does not know is refused (`unknown_currency`).
+  A code Babel does not know is refused (`unknown_currency`), and so is one that is legal
+  tender nowhere today (Babel's territory data): the testing code XTS, "no currency" XXX,
+  units of account (CLF, with 4 decimals), funds codes (USN) and metals (XAU) are not money
+  anyone pays an invoice in. The shared currencies (XAF, XOF, XCD, XPF) are tender.
 - Amounts stay within a signed 64-bit integer (a PostgreSQL BIGINT), symmetrically:
   `-INT64_MAX <= minor <= INT64_MAX`, so negating an amount never overflows. Any result
   outside is refused (`amount_out_of_range`), never wrapped or clipped.
@@ -20,7 +23,7 @@ compute with them (docs/billing.md, "Money").
 Exceptions, all `InvalidInput` (422) with a stable code:
 
     InvalidInput
-    ├── UnknownCurrency     unknown_currency     not an ISO 4217 code Babel knows
+    ├── UnknownCurrency     unknown_currency     not an ISO 4217 code Babel knows as tender
     ├── InvalidAmount       invalid_amount       not a number, NaN, Infinity, too many decimals
     ├── AmountOutOfRange    amount_out_of_range  outside +-INT64_MAX minor units
     ├── CurrencyMismatch    currency_mismatch    two currencies in one sum or comparison
@@ -38,10 +41,12 @@ from functools import cache, lru_cache
 from typing import Final
 
 from babel import Locale, UnknownLocaleError
+from babel.core import get_global
 from babel.numbers import (
     UnsupportedNumberingSystemError,
     format_currency,
     get_currency_precision,
+    get_territory_currencies,
     list_currencies,
 )
 
@@ -87,7 +92,8 @@ _MAX_PERCENT_TEXT_LENGTH: Final = 16
 
 
 class UnknownCurrency(InvalidInput):
-    """The code is not an ISO 4217 currency that Babel (CLDR) knows."""
+    """The code is not an ISO 4217 currency that Babel (CLDR) knows as legal tender in some
+    territory today."""
 
     code = "unknown_currency"
 
@@ -133,11 +139,30 @@ def _known_currencies() -> frozenset[str]:
     return frozenset(list_currencies())
 
 
+@cache
+def _tender_currencies() -> frozenset[str]:
+    """The currencies that are legal tender in some territory today, per CLDR: computed
+    once per process."""
+    territories = get_global("territory_currencies").keys()
+    return frozenset(
+        currency
+        for territory in territories
+        for currency in get_territory_currencies(territory, tender=True)
+    )
+
+
 def _checked_currency(code: object) -> str:
     if isinstance(code, str) and code.isascii():
         upper = code.upper()
         if len(upper) == 3 and upper.isalpha() and upper in _known_currencies():
-            return upper
+            if upper in _tender_currencies():
+                return upper
+            raise UnknownCurrency(
+                f"{upper} is an ISO 4217 code but not legal tender anywhere (a testing code, "
+                "a unit of account, a fund or a metal): invoices are in money people pay "
+                "with (e.g. USD, EUR, KWD)",
+                currency=upper,
+            )
     raise UnknownCurrency(
         f"{code!r} is not a known ISO 4217 currency code (e.g. USD, EUR, KWD)",
         currency=str(code),

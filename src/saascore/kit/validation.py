@@ -15,7 +15,11 @@ where it is used:
   organisation's name, a key's name, a grant's description. Printed on an operator's
   terminal, ESC starts an escape sequence that can recolour, move or rewrite what is shown.
   A `Label` is one line and takes no C0 or C1 control character at all (nor DEL); a `Note`
-  is free text that may run over lines, and takes line feeds and tabs only.
+  is free text that may run over lines, and takes line feeds and tabs only. Neither takes
+  the bidirectional overrides and isolates (U+202A..U+202E, U+2066..U+2069): they reorder
+  how the text around them is shown, so that an invoice line or a name can display as
+  something else than what it says ("Trojan Source"). The marks (U+200E, U+200F, U+061C),
+  which right-to-left text needs, stay allowed.
 - `Instant` (a Pydantic type) is an aware datetime between `EARLIEST` and `LATEST`, so that
   converting it to UTC, or stepping to a period's end, cannot overflow the calendar.
 """
@@ -140,14 +144,19 @@ def checked_json(
     return value
 
 
-#: The C0 controls, DEL and the C1 controls; a multi-line text keeps line feeds and tabs.
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_LINES: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: The bidirectional embeddings, overrides (U+202A..U+202E) and isolates (U+2066..U+2069).
+_BIDI: Final = "\u202a-\u202e\u2066-\u2069"
+#: The C0 controls, DEL, the C1 controls and `_BIDI`; a multi-line text keeps line feeds
+#: and tabs.
+_CONTROL: Final = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+_CONTROL_BUT_LINES: Final = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI}]")
+_BIDI_CHARACTER: Final = re.compile(f"[{_BIDI}]")
 
 
 def control_character(text: str, *, multiline: bool = False) -> str | None:
     """The first control character in `text` that it may not hold, or None. A one-line text
-    takes none; a `multiline` one takes line feeds and tabs."""
+    takes none; a `multiline` one takes line feeds and tabs. Bidirectional overrides and
+    isolates count as control characters (module docstring)."""
     found = (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text)
     return found.group() if found else None
 
@@ -156,6 +165,11 @@ def _character_problem(text: str, multiline: bool) -> str | None:
     character = control_character(text, multiline=multiline)
     if character is None:
         return None
+    if _BIDI_CHARACTER.fullmatch(character):
+        return (
+            f"holds the bidirectional control character U+{ord(character):04X}, which can "
+            "make it display as something else"
+        )
     allowed = " (line feeds and tabs are)" if multiline else ""
     return f"holds the control character {character!r}, which it may not{allowed}"
 
