@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import shutil
 import subprocess
 import unicodedata
@@ -124,6 +125,32 @@ class TestHtml:
         assert arabic("14,012") in page
         assert "pay@example.ye" in page
         assert "اليمن" in page  # the country, named in the locale
+
+    async def test_every_number_in_the_locales_digits(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        invoice = await _yer_invoice(admin, customer.organization_id)
+        assert invoice.issue_date is not None
+        page = await admin.core.invoice_renderer.html(invoice)
+        # Everything the page formats (not the database's text, isolated in <bdi>, nor
+        # markup): no Latin digit.
+        body = re.sub(r"<bdi[^>]*>.*?</bdi>", "", page.split("<body>", 1)[1], flags=re.S)
+        text = re.sub(r"<[^>]*>", "", body)
+        assert not re.search(r"[0-9]", text), re.findall(r".{0,20}[0-9].{0,20}", text)
+        assert f">{arabic('2')}<" in page  # the second line's quantity
+        # The tax rate: 5 % in Arabic-Indic digits.
+        assert re.search(r"\(\u0665\u200f?[%\u066a]", page)
+        assert arabic(str(invoice.issue_date.year)) in page
+        # The draft's header is one label in the page's language.
+        draft = await admin.core.invoices.create_draft(customer.organization_id, "YER", [("x", 1)])
+        draft_page = await admin.core.invoice_renderer.html(
+            await admin.core.invoices.get(customer.organization_id, draft.id)
+        )
+        assert '<span class="draft">مسودة</span>' in draft_page
+        assert "DRAFT" not in draft_page
+        # A locale whose default digits are Latin keeps them: ar-MA.
+        moroccan = await admin.core.invoice_renderer.html(invoice, locale="ar-MA")
+        assert not ARABIC_DIGITS & set(moroccan)
 
     async def test_database_text_is_escaped(self, admin: Admin, customer: TestTenant) -> None:
         invoice = await _yer_invoice(admin, customer.organization_id)

@@ -56,6 +56,27 @@ def test_create_finalize_show_list_void(org_cli: Cli) -> None:
     assert again.stderr.strip() == "saascore: an invoice cannot go from void to void"
 
 
+def test_delete_a_draft_and_nothing_due_once_void(org_cli: Cli) -> None:
+    cli = org_cli
+    cli("invoices", "create", "acme", "--line", "Setup:17.25").ok()
+    [draft_id] = _only_draft(cli)
+    assert cli("invoices", "delete", draft_id).ok().stdout.strip() == f"draft {draft_id} deleted"
+    assert _only_draft(cli) == []
+    missing = cli("invoices", "delete", draft_id)
+    assert missing.error_line(1) == f"saascore: no invoice {draft_id}"
+    cli("invoices", "create", "acme", "--line", "Setup:17.25").ok()
+    number = cli("invoices", "finalize", *_only_draft(cli)).ok().stdout.split()[0]
+    assert "due 17.25 by " in cli("invoices", "show", number).ok().stdout
+    issued = cli("invoices", "delete", number)
+    assert issued.error_line(1).endswith("only a draft is deleted (void an issued invoice)")
+    cli("invoices", "void", number).ok()
+    shown = cli("invoices", "show", number).ok().stdout
+    assert "total 17.25" in shown
+    assert "due" not in shown.splitlines()[-1]
+    row = json.loads(cli("invoices", "show", number, "--json").ok().stdout)
+    assert (row["amount_due"], row["amount_owed"]) == ("17.25", "0.00")
+
+
 def test_bad_input(org_cli: Cli) -> None:
     cli = org_cli
     for line in ("no amount", "Setup:12,50", ":5"):

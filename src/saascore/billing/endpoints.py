@@ -37,6 +37,7 @@ from saascore.billing.errors import (
     CreditPackCurrencyMismatch,
     CreditPackExists,
     CreditPackNotFound,
+    DraftNotDeletable,
     EmptyInvoice,
     InvalidCoupon,
     InvalidCreditPack,
@@ -487,6 +488,80 @@ def create_invoices_admin_router() -> APIRouter:
         )
         return InvoiceOut.of(invoice, core.invoices.clock().date())
 
+    @router.get(
+        "/organizations/{org_id}/invoices",
+        summary="List an organisation's invoices",
+        responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound, InvalidCursor),
+    )
+    async def list_organization_invoices(
+        org_id: uuid.UUID,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        invoice_status: Annotated[
+            InvoiceStatus | None,
+            Query(
+                alias="status",
+                description="Only invoices in this status; `overdue`: open and past due",
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> Page[InvoiceOut]:
+        """Any organisation's invoices, drafts included, newest first, with their lines, as
+        `GET /v1/invoices` gives them to the organisation (404 for an unknown organisation)."""
+        await core.orgs.get(org_id, session=session)
+        overdue = True if invoice_status is InvoiceStatus.OVERDUE else None
+        found = await core.invoices.list(
+            org_id,
+            status=None if overdue else invoice_status,
+            overdue=overdue,
+            limit=limit + 1,
+            before=uuid_cursor(cursor),
+            session=session,
+        )
+        items, next_cursor = paginate(found, limit, lambda invoice: invoice.id)
+        today = core.invoices.clock().date()
+        return Page(items=[InvoiceOut.of(i, today) for i in items], next_cursor=next_cursor)
+
+    @router.get(
+        "/invoices/{invoice_id}",
+        summary="Get any organisation's invoice",
+        responses=error_responses(*OPERATOR_ERRORS, InvoiceNotFound),
+    )
+    async def get_any_invoice(
+        invoice_id: uuid.UUID, operator: OperatorDep, core: CoreDep, session: SessionDep
+    ) -> InvoiceOut:
+        """An invoice of any organisation, drafts included, with its lines, tax per line and
+        totals (its organisation is `GET /v1/admin/organizations/{id}`'s to look up)."""
+        invoice = await core.invoices.get(None, invoice_id, session=session)
+        return InvoiceOut.of(invoice, core.invoices.clock().date())
+
+    @router.delete(
+        "/invoices/{invoice_id}",
+        summary="Delete a draft invoice",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=error_responses(
+            *OPERATOR_ERRORS, InvoiceNotFound, InvoiceNotDraft, DraftNotDeletable
+        ),
+    )
+    async def delete_draft_invoice(
+        invoice_id: uuid.UUID,
+        operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+        origin: OriginDep,
+    ) -> Response:
+        """Discard a draft: it has no number, so no gap is left (`invoice.draft_deleted`,
+        audited). An issued invoice is 409 `invoice_not_draft` (void it instead); a draft
+        carrying a subscription's proration or a redeemed coupon is 409
+        `draft_not_deletable`."""
+        found = await core.invoices.get(None, invoice_id, session=session)
+        await core.invoices.delete_draft(
+            found.organization_id, invoice_id, actor=operator.actor(origin), session=session
+        )
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
     async def _change(
         action: str,
         invoice_id: uuid.UUID,
@@ -566,7 +641,7 @@ def create_invoices_admin_router() -> APIRouter:
         "/organizations/{org_id}/tax-rate",
         summary="Set an organisation's tax rate",
         responses=error_responses(
-            *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, InvalidRate
+            *OPERATOR_ERRORS, OrganizationNotFound, InvalidInput, InvalidRate, AmountOutOfRange
         ),
     )
     async def set_tax_rate(
@@ -577,8 +652,9 @@ def create_invoices_admin_router() -> APIRouter:
         session: SessionDep,
         origin: OriginDep,
     ) -> TaxRate:
-        """The tax rate of the organisation's invoices, in basis points: its drafts take it
-        when they change or are finalised; issued invoices keep theirs."""
+        """The tax rate of the organisation's invoices, in basis points: its drafts are
+        recomputed at it at once; issued invoices keep theirs. A rate that would overflow a
+        draft's totals is 422 `amount_out_of_range`, with nothing changed."""
         organization = await core.invoices.set_tax_rate(
             org_id, body.tax_rate_bps, actor=operator.actor(origin), session=session
         )

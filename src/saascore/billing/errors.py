@@ -17,6 +17,7 @@ DomainError
 │   ├── InvalidTransition       (409) a subscription's or invoice's status may not go there
 │   ├── PeriodEnded             (409) too late: the period the request is about has ended
 │   ├── InvoiceNotDraft         (409) only a draft's lines may change
+│   ├── DraftNotDeletable       (409) a draft carrying a proration or a coupon stays
 │   ├── EmptyInvoice            (409) a draft without lines cannot be finalised
 │   ├── NegativeInvoiceTotal    (409) a draft whose credits exceed its charges
 │   ├── InvoiceHasPayments      (409) an invoice with payments on it is not voided
@@ -59,6 +60,7 @@ __all__ = [
     "CreditPackCurrencyMismatch",
     "CreditPackExists",
     "CreditPackNotFound",
+    "DraftNotDeletable",
     "EmptyInvoice",
     "InvalidCoupon",
     "InvalidCreditPack",
@@ -174,6 +176,14 @@ class InvoiceNotDraft(Conflict):
     """(409) Lines are added and removed on a draft only; a finalised invoice is frozen."""
 
     code = "invoice_not_draft"
+
+
+class DraftNotDeletable(Conflict):
+    """(409) The draft carries what deleting it would lose: a subscription's proration lines
+    (owed on its next invoice), or a coupon redeemed on it (which counts against the coupon's
+    redemptions)."""
+
+    code = "draft_not_deletable"
 
 
 class EmptyInvoice(Conflict):

@@ -45,6 +45,7 @@ from saascore.billing.discounts import (
     use_coupon_period,
 )
 from saascore.billing.errors import (
+    DraftNotDeletable,
     EmptyInvoice,
     InvalidInvoiceLine,
     InvalidTransition,
@@ -58,6 +59,7 @@ from saascore.billing.periods import Period
 from saascore.config import Settings
 from saascore.events.bus import EventBus
 from saascore.events.catalog import (
+    InvoiceDraftDeleted,
     InvoiceFinalized,
     InvoiceMarkedUncollectible,
     InvoicePaid,
@@ -70,7 +72,14 @@ from saascore.kit.errors import InvalidInput
 from saascore.kit.money import BasisPoints, Money, apply_rate
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_text, control_character
-from saascore.models import Invoice, InvoiceLine, InvoiceStatus, Organization, Subscription
+from saascore.models import (
+    CouponRedemption,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    Organization,
+    Subscription,
+)
 from saascore.tenancy.errors import OrganizationNotFound
 from saascore.tenancy.service import locked_organization
 
@@ -81,11 +90,13 @@ __all__ = [
     "MAX_NOTES_LENGTH",
     "MAX_NOTE_LOCALES",
     "MAX_QUANTITY",
+    "OWED_STATUSES",
     "InvoiceService",
     "InvoiceTotals",
     "LineItem",
     "LineKind",
     "LineTotals",
+    "amount_owed",
     "check_invoice_transition",
     "compute_totals",
     "draft_in",
@@ -210,6 +221,18 @@ async def emit_invoice_paid(
         actor=actor,
         target_id=invoice.id,
     )
+
+
+#: The statuses in which an invoice's `amount_due` is owed: issued and not yet settled.
+OWED_STATUSES: Final = (S.OPEN, S.OVERDUE, S.UNCOLLECTIBLE)
+
+
+def amount_owed(invoice: Invoice) -> int:
+    """What the customer owes on `invoice`, in minor units: its `amount_due` while it is open
+    or uncollectible, else 0. `amount_due` stays the stored `total - amount_paid` (the
+    CHECK's balance), which a void or refunded invoice keeps although nothing is owed on it,
+    and a draft has although nothing is owed before it is issued."""
+    return invoice.amount_due if invoice.status in OWED_STATUSES else 0
 
 
 # --- totals: pure ---------------------------------------------------------------------------
@@ -465,9 +488,11 @@ class InvoiceService:
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Organization:
-        """Set the organisation's tax rate (0 to 100 000 basis points): its drafts take it
-        when they change or are finalised; finalised invoices keep theirs. The rate is then
-        the operator's (`tax_rate_source`): a later change of country leaves it alone."""
+        """Set the organisation's tax rate (0 to 100 000 basis points): its drafts are
+        recomputed at it in this transaction (`recompute_totals`), so a draft always shows the
+        rate it will be issued at; finalised invoices keep theirs. A rate that would overflow
+        a draft's totals is refused (`amount_out_of_range`) with nothing changed. The rate is
+        then the operator's (`tax_rate_source`): a later change of country leaves it alone."""
         rate = BasisPoints(basis_points)
         async with self.database.scope(session) as s:
             organization = await locked_organization(s, org_id)
@@ -478,6 +503,7 @@ class InvoiceService:
             if previous != rate.value:
                 organization.tax_rate_bps = rate.value
                 await s.flush()
+                await self._recompute_drafts(s, org_id)
                 await self.events.emit(
                     s,
                     org_id,
@@ -487,7 +513,74 @@ class InvoiceService:
                 )
             return organization
 
+    async def _recompute_drafts(self, s: AsyncSession, org_id: uuid.UUID) -> None:
+        """Recompute the organisation's drafts at its (new) rate, each row locked."""
+        query = (
+            _with_lines()
+            .where(Invoice.organization_id == org_id, Invoice.status == InvoiceStatus.DRAFT)
+            .order_by(Invoice.id)
+            .with_for_update(of=Invoice)
+            .execution_options(populate_existing=True)
+        )
+        for draft in (await s.scalars(query)).unique().all():
+            await recompute_totals(s, draft)
+        await s.flush()
+
     # --- drafts ------------------------------------------------------------------------------
+    async def delete_draft(
+        self,
+        org_id: uuid.UUID,
+        invoice_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> None:
+        """Delete a draft with its lines: it has no number, so nothing leaves a gap. Only a
+        draft (`invoice_not_draft` otherwise: an issued invoice is voided, never deleted).
+        A draft with a subscription's proration lines, or with a coupon redeemed on it, is
+        refused (`draft_not_deletable`): the proration is owed on the subscription's next
+        invoice, and the redemption counts against the coupon. Audited
+        (`invoice.draft_deleted`)."""
+        async with self.database.scope(session) as s:
+            invoice = await self._locked(s, org_id, invoice_id)
+            if invoice.status is not InvoiceStatus.DRAFT:
+                raise InvoiceNotDraft(
+                    f"invoice {invoice.number or invoice.id} is {invoice.status.value}: only a "
+                    "draft is deleted (void an issued invoice)",
+                    invoice=str(invoice.id),
+                    status=invoice.status.value,
+                )
+            if any(
+                (line.metadata_ or {}).get("kind") == LineKind.PRORATION for line in invoice.lines
+            ):
+                raise DraftNotDeletable(
+                    "the draft carries the subscription's proration, owed on its next invoice",
+                    invoice=str(invoice.id),
+                    reason="proration",
+                )
+            redeemed = await s.scalar(
+                sa.select(sa.func.count())
+                .select_from(CouponRedemption)
+                .where(
+                    CouponRedemption.organization_id == org_id,
+                    CouponRedemption.invoice_id == invoice.id,
+                )
+            )
+            if redeemed:
+                raise DraftNotDeletable(
+                    "a coupon was redeemed on the draft", invoice=str(invoice.id), reason="coupon"
+                )
+            payload = InvoiceDraftDeleted(
+                invoice_id=invoice.id,
+                currency=invoice.currency,
+                total=invoice.total,
+                lines=len(invoice.lines),
+                subscription_id=invoice.subscription_id,
+            )
+            await s.delete(invoice)
+            await s.flush()
+            await self.events.emit(s, org_id, payload, actor=actor, target_id=invoice_id)
+
     async def create_draft(
         self,
         org_id: uuid.UUID,

@@ -3,12 +3,18 @@ WeasyPrint (docs/billing.md, "Renderings").
 
 - Every text that comes from the database (descriptions, notes, names, even the number) is
   hostile: the Jinja2 template escapes everything it prints.
-- Amounts are formatted by `format_money` and dates by Babel in the rendering's locale: the
-  locale asked for, else the invoice's own. A right-to-left locale (Arabic, Hebrew, Persian,
+- Amounts are formatted by `format_money`, quantities, the tax rate and dates by Babel, in the
+  rendering's locale (the locale asked for, else the invoice's own), and every one of them in
+  the locale's default numbering system, as `format_money` writes amounts: Arabic-Indic digits
+  for `ar-YE`, never a page of mixed digits. The invoice's number is an identifier: it stays
+  as issued. A right-to-left locale (Arabic, Hebrew, Persian,
   Urdu: Babel's `character_order`) gives `dir="rtl"`.
 - The notes are the invoice's notes in that locale (`notes_localized`, by the locale as given,
   then its language), else its plain `notes`.
-- A draft reads "DRAFT" and shows no number; an open invoice past its due date reads overdue.
+- A draft reads "DRAFT" (in the page's language) and shows no number; an open invoice past its
+  due date reads overdue.
+- The amount due is shown only where it is owed (`amount_owed`: open or uncollectible): a
+  draft, a paid, void or refunded invoice owes nothing, whatever its stored `amount_due`.
 - The PDF needs Pango (Debian's `libpango-1.0-0`) and a font that covers Arabic script;
   `make setup` installs both. WeasyPrint is imported on first use, so that the rest of
   saascore works where they are missing.
@@ -22,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from functools import cache
 from typing import Any, Final
 
@@ -29,11 +36,18 @@ import anyio
 import jinja2
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
+from babel.numbers import format_decimal, format_percent
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.billing.invoices import InvoiceService, is_overdue
+from saascore.billing.invoices import OWED_STATUSES, InvoiceService, amount_owed, is_overdue
 from saascore.config import Settings
-from saascore.kit.money import BasisPoints, Money, UnknownLocale, format_money
+from saascore.kit.money import (
+    BASIS_POINTS_PER_UNIT,
+    Money,
+    UnknownLocale,
+    format_money,
+    localize_digits,
+)
 from saascore.kit.time import utcnow
 from saascore.models import Invoice, InvoiceStatus, Organization
 from saascore.tenancy.errors import OrganizationNotFound
@@ -83,7 +97,7 @@ _LABELS: Final[Mapping[str, Mapping[str, str]]] = {
     },
     "ar": {
         "invoice": "فاتورة",
-        "draft": "مسودة DRAFT",
+        "draft": "مسودة",
         "bill_to": "إلى",
         "issue_date": "تاريخ الإصدار",
         "due_date": "تاريخ الاستحقاق",
@@ -181,8 +195,24 @@ def invoice_html(
     def money(minor: int) -> str:
         return format_money(Money(minor, invoice.currency), babel_locale)
 
+    system = babel_locale.default_numbering_system
+
     def day(value: date | None) -> str | None:
-        return None if value is None else format_date(value, "long", locale=babel_locale)
+        if value is None:
+            return None
+        return localize_digits(format_date(value, "long", locale=babel_locale), babel_locale)
+
+    def decimal(value: int) -> str:
+        return localize_digits(
+            format_decimal(value, locale=babel_locale, numbering_system=system), babel_locale
+        )
+
+    def rate(basis_points: int) -> str:
+        fraction = Decimal(basis_points) / BASIS_POINTS_PER_UNIT
+        text = format_percent(
+            fraction, locale=babel_locale, numbering_system=system, decimal_quantization=False
+        )
+        return localize_digits(text, babel_locale)
 
     draft = invoice.status is InvoiceStatus.DRAFT
     overdue = is_overdue(invoice, today)
@@ -211,7 +241,7 @@ def invoice_html(
         "lines": [
             {
                 "description": line.description,
-                "quantity": line.quantity,
+                "quantity": decimal(line.quantity),
                 "unit": money(line.unit_amount),
                 "amount": money(line.amount),
                 "discount": money(line.discount_amount),
@@ -219,15 +249,16 @@ def invoice_html(
             }
             for line in invoice.lines
         ],
-        "tax_rate": str(BasisPoints(invoice.tax_rate_bps)),
+        "tax_rate": rate(invoice.tax_rate_bps),
         "totals": {
             "subtotal": money(invoice.subtotal),
             "discount": money(invoice.discount_amount),
             "tax": money(invoice.tax_amount),
             "total": money(invoice.total),
             "paid": money(invoice.amount_paid),
-            "due": money(invoice.amount_due),
         },
+        # Nothing is due on a draft, a paid, void or refunded invoice: no line says otherwise.
+        "due": money(amount_owed(invoice)) if invoice.status in OWED_STATUSES else None,
         "notes": _notes(invoice, locale, babel_locale),
         "notes_lang": str(babel_locale).replace("_", "-"),
     }

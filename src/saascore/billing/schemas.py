@@ -16,6 +16,7 @@ from saascore.billing.invoices import (
     MAX_NOTE_LOCALES,
     MAX_NOTES_LENGTH,
     MAX_QUANTITY,
+    amount_owed,
     is_overdue,
 )
 from saascore.billing.overview import BillingOverview
@@ -199,7 +200,9 @@ class InvoiceLineOut(BaseModel):
 
 class InvoiceOut(BaseModel):
     """An invoice. `total = subtotal - discount_amount + tax_amount` and
-    `amount_due = total - amount_paid`, always; amounts are minor units of `currency`."""
+    `amount_due = total - amount_paid`, always; amounts are minor units of `currency`.
+    `amount_owed` is what the customer owes: `amount_due` while open or uncollectible, else 0
+    (a void or refunded invoice keeps its `amount_due`, yet nothing is owed on it)."""
 
     id: uuid.UUID = Field(description="The invoice's id")
     number: str | None = Field(
@@ -227,7 +230,16 @@ class InvoiceOut(BaseModel):
     tax_amount: int = Field(description="The sum of the lines' taxes", examples=[450])
     total: int = Field(description="`subtotal - discount_amount + tax_amount`", examples=[3449])
     amount_paid: int = Field(description="What has been paid", examples=[0])
-    amount_due: int = Field(description="`total - amount_paid`", examples=[3449])
+    amount_due: int = Field(
+        description="`total - amount_paid`, the stored balance, whatever the status: read "
+        "`amount_owed` for what is owed",
+        examples=[3449],
+    )
+    amount_owed: int = Field(
+        description="What the customer owes: `amount_due` while the invoice is open or "
+        "uncollectible, 0 for a draft, a paid, void or refunded invoice",
+        examples=[3449],
+    )
     locale: str = Field(description="The locale the invoice is shown in", examples=["en"])
     notes: str | None = Field(default=None, description="Notes shown on the invoice")
     notes_localized: dict[str, str] = Field(
@@ -257,6 +269,7 @@ class InvoiceOut(BaseModel):
             total=invoice.total,
             amount_paid=invoice.amount_paid,
             amount_due=invoice.amount_due,
+            amount_owed=amount_owed(invoice),
             locale=invoice.locale,
             notes=invoice.notes,
             notes_localized=dict(invoice.notes_localized or {}),

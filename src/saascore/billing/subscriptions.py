@@ -144,6 +144,15 @@ async def upcoming_invoice(
     return invoice
 
 
+def paid_end(subscription: Subscription) -> datetime:
+    """Where a cancellation at the period's end takes effect: the current period's end, or
+    the trial's end when the subscription is trialing (nothing was paid beyond it)."""
+    end = subscription.current_period_end
+    if subscription.status is S.TRIALING and subscription.trial_end is not None:
+        return min(subscription.trial_end, end)
+    return end
+
+
 class SubscriptionService:
     """`core.subscriptions`: every method takes the organisation's id, an optional `at`
     (aware; now by default), an `actor` and an optional `session` (the caller's unit of work)."""
@@ -277,7 +286,9 @@ class SubscriptionService:
     ) -> Subscription:
         """Cancel at the period's end (the default: `cancel_at_period_end`, the status stays
         until `end_due`) or now (`canceled` at once). Either way the organisation keeps its
-        plan until the end of what was paid: the current period's end, or now for a trial."""
+        plan until the end of what was paid: the current period's end. During a trial nothing
+        was paid: canceled now it ends now, at the period's end it ends at the trial's end
+        (`paid_end`), never later."""
         moment = as_utc(at if at is not None else self.clock(), "at")
         async with self.database.scope(session) as s:
             subscription = await self._current(s, org_id, lock=True)
@@ -286,7 +297,7 @@ class SubscriptionService:
                 if not subscription.cancel_at_period_end:
                     subscription.cancel_at_period_end = True
                     subscription.canceled_at = moment
-                    subscription.ends_at = subscription.current_period_end
+                    subscription.ends_at = paid_end(subscription)
                     await self._updated(
                         s,
                         subscription,
@@ -320,7 +331,7 @@ class SubscriptionService:
             if subscription.status in FINAL_STATUSES:
                 raise InvalidTransition(subscription.status.value, S.ACTIVE.value, "resume")
             if subscription.cancel_at_period_end:
-                if moment >= subscription.current_period_end:
+                if moment >= paid_end(subscription):
                     raise PeriodEnded(
                         "the period ended: the cancellation took effect; subscribe again",
                         current_period_end=subscription.current_period_end.isoformat(),
@@ -511,9 +522,13 @@ class SubscriptionService:
                 subscription = await self._current(s, org_id, lock=True)
             except SubscriptionNotFound:
                 return DueResult(None, actions)
-            period_over = moment >= subscription.current_period_end
+            end = (
+                paid_end(subscription)
+                if subscription.cancel_at_period_end
+                else subscription.current_period_end
+            )
+            period_over = moment >= end
             if subscription.status not in FINAL_STATUSES and period_over:
-                end = subscription.current_period_end
                 if subscription.cancel_at_period_end:
                     check_transition(
                         subscription.status, S.CANCELED, Trigger.PERIOD_END_AFTER_CANCEL

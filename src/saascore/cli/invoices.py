@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from saascore.billing.invoices import LineItem, is_overdue
+from saascore.billing.invoices import OWED_STATUSES, LineItem, amount_owed, is_overdue
 from saascore.billing.schemas import UpcomingInvoiceOut, UpcomingLineOut
 from saascore.cli._output import (
     Column,
@@ -36,7 +36,7 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="invoices",
-    help="Invoices: list, show, create, finalize, void, upcoming.",
+    help="Invoices: list, show, create, finalize, void, delete a draft, upcoming.",
     no_args_is_help=True,
 )
 
@@ -60,6 +60,12 @@ def _columns() -> list[Column[Invoice]]:
         Column(
             "amount_due",
             lambda i: Money(i.amount_due, i.currency).decimal_text(),
+            in_table=False,
+        ),
+        # What is owed: nothing on a draft, a paid, void or refunded invoice.
+        Column(
+            "amount_owed",
+            lambda i: Money(amount_owed(i), i.currency).decimal_text(),
             header="due",
             justify="right",
         ),
@@ -137,8 +143,13 @@ def _show(invoice: Invoice, as_json: bool) -> None:
     typer.echo(
         f"subtotal {_money(invoice.subtotal, invoice)}  "
         f"tax {_money(invoice.tax_amount, invoice)} ({invoice.tax_rate_bps} bp)  "
-        f"total {_money(invoice.total, invoice)}  due {_money(invoice.amount_due, invoice)}"
-        + (f" by {invoice.due_date}" if invoice.due_date else "")
+        f"total {_money(invoice.total, invoice)}"
+        + (
+            f"  due {_money(amount_owed(invoice), invoice)}"
+            + (f" by {invoice.due_date}" if invoice.due_date else "")
+            if invoice.status in OWED_STATUSES
+            else ""
+        )
     )
 
 
@@ -246,6 +257,24 @@ def void(reference: ReferenceArgument, org: OrgOption = None) -> None:
 
     invoice = run_with_core(load_settings(), work)
     typer.echo(f"{invoice.number} void")
+
+
+@app.command()
+@handle_errors
+def delete(
+    reference: Annotated[str, typer.Argument(help="The draft: its id (a draft has no number).")],
+    org: OrgOption = None,
+) -> None:
+    """Delete a draft: it has no number, so no gap is left. An issued invoice is voided,
+    never deleted; a draft carrying a subscription's proration or a coupon stays."""
+
+    async def work(core: Saascore) -> Invoice:
+        found = await _find(core, reference, org)
+        await core.invoices.delete_draft(found.organization_id, found.id, actor=cli_actor())
+        return found
+
+    invoice = run_with_core(load_settings(), work)
+    typer.echo(f"draft {invoice.id} deleted")
 
 
 @app.command()

@@ -31,6 +31,7 @@ __all__ = [
     "CreditsGranted",
     "CreditsLow",
     "CreditsPurchased",
+    "InvoiceDraftDeleted",
     "InvoiceFinalized",
     "InvoiceMarkedUncollectible",
     "InvoiceOverdue",
@@ -173,6 +174,19 @@ class OrganizationTaxRateChanged(_FromTo):
     target_type: ClassVar[str | None] = "organization"
     from_: int = Field(alias="from")
     to: int
+
+
+class InvoiceDraftDeleted(EventPayload):
+    """An operator deleted a draft invoice: it had no number, so no gap is left."""
+
+    type: ClassVar[str] = "invoice.draft_deleted"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "invoice"
+    invoice_id: uuid.UUID = Field(description="The draft's id")
+    currency: str = Field(description="ISO 4217 currency code", examples=["USD"])
+    total: int = Field(description="Its total, in minor units of the currency", examples=[3449])
+    lines: int = Field(description="How many lines it had", examples=[2])
+    subscription_id: uuid.UUID | None = Field(description="The subscription it billed, if any")
 
 
 class InvoiceMarkedUncollectible(_InvoiceEvent):
@@ -645,6 +659,7 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         InvoiceOverdue,
         InvoiceVoided,
         InvoiceMarkedUncollectible,
+        InvoiceDraftDeleted,
         InvoicePaid,
         PaymentSucceeded,
         PaymentFailed,

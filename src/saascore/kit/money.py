@@ -71,6 +71,7 @@ __all__ = [
     "currency_exponent",
     "divide_half_up",
     "format_money",
+    "localize_digits",
     "prorate",
 ]
 
@@ -457,6 +458,14 @@ def _digit_table(system: str) -> dict[int, str]:
     if zero is None:
         return {}
     return {ord("0") + i: chr(zero + i) for i in range(10)}
+
+
+def localize_digits(text: str, locale: str | Locale) -> str:
+    """`text` with its ASCII digits in the locale's default numbering system (Arabic-Indic
+    for `ar_YE`, unchanged for `en` or `ar_MA`), as `format_money` writes amounts: for what
+    Babel formats with ASCII digits whatever the locale (its dates), or leaves so (numbers)."""
+    babel_locale = _checked_locale(locale)
+    return text.translate(_digit_table(babel_locale.default_numbering_system))
 
 
 def _checked_locale(locale: str | Locale) -> Locale:
