@@ -49,10 +49,14 @@ def _columns() -> list[Column[Payment]]:
 
 
 def _amount(text: str, currency: str) -> Money:
+    """`--amount` in major units; its errors quote the amount as typed, not in minor units."""
     try:
-        return Money.parse(text, currency)
+        amount = Money.parse(text, currency)
     except InvalidInput as exc:
-        fail(f"--amount {text!r}: {exc.message}", EXIT_USAGE)
+        fail(f"--amount {text[:60]!r}: {exc.message}", EXIT_USAGE)
+    if amount.minor <= 0:
+        fail(f"--amount {text[:60]!r}: an amount is more than 0", EXIT_USAGE)
+    return amount
 
 
 KeyOption = Annotated[
