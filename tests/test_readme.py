@@ -575,3 +575,44 @@ def test_every_block_of_the_readme_runs(place: Place) -> None:
 
     skipped = sum(1 for b in blocks if b.runnable and b.marker == "skip")
     print(f"README.md: {len(runnable)} blocks ran, {skipped} skipped with a reason")
+
+
+#: One `main()` as the README's first library block has it: the organisation found, or made.
+IN_ORDER_PRELUDE = """\
+import asyncio as _readme_asyncio
+import uuid as _readme_uuid
+
+from saascore import Saascore as _ReadmeSaascore
+from saascore import Settings as _ReadmeSettings
+from saascore.plans import read_catalog as _readme_read_catalog
+from saascore.tenancy import OrganizationNotFound as _ReadmeOrganizationNotFound
+
+
+async def _readme_main() -> None:
+    async with _ReadmeSaascore(_ReadmeSettings()) as core:
+        await core.plans.load_catalog(_readme_read_catalog())
+        try:
+            org = await core.orgs.get_by_external_id("acme-42")
+        except _ReadmeOrganizationNotFound:
+            org = await core.orgs.create(name="Acme", plan="pro", external_id="acme-42")
+        org_id = org.id
+        user_id = (
+            await core.users.create(org.id, email=f"{_readme_uuid.uuid4().hex}@example.com")
+        ).id
+        request_id = str(_readme_uuid.uuid4())
+"""
+
+
+def test_the_library_fragments_run_in_order_in_one_main_twice(place: Place) -> None:
+    """The README says its snippets go inside one `main()`, with the same `org`: run that way,
+    in the README's order, they must agree with each other (amounts, keys, codes), and a
+    second run on the same database must pass too, as the first block's does."""
+    blocks = read_blocks(README.read_text(encoding="utf-8"))
+    fragments = [b for b in blocks if b.marker == "fragment" and fragment_names(b) != ["app"]]
+    assert len(fragments) > 5
+    body = "".join(textwrap.indent(f"# README.md:{b.line}\n{b.text}", " " * 8) for b in fragments)
+    script = place.directory / "in_order.py"
+    script.write_text(IN_ORDER_PRELUDE + body + ASYNC_EPILOGUE)
+    for attempt in ("first", "second"):
+        code, output = run([sys.executable, str(script)], place, place.directory)
+        assert code == 0, f"the {attempt} run in order exited {code}:\n{output}"

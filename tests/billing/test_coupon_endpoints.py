@@ -249,3 +249,72 @@ class TestCreditPacks:
         assert missing.json()["error"]["code"] == "credit_pack_not_found"
         tenant_admin = await admin.client.get("/v1/admin/credit-packs", headers=customer.headers)
         assert tenant_admin.status_code == 403
+
+
+class TestCreditPackDeactivation:
+    async def test_a_deactivated_pack_is_off_sale_and_its_invoice_stays_payable(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        pack_code = random_code("pack").replace("_", "-")
+        created = await admin.client.post(
+            "/v1/admin/credit-packs",
+            json={"code": pack_code, "credits": 10, "price": 100, "currency": "USD"},
+            headers=admin.operator,
+        )
+        assert created.status_code == 201, created.text
+        bought = await admin.client.post(
+            "/v1/credit-packs/purchase", json={"code": pack_code}, headers=customer.headers
+        )
+        assert bought.status_code == 201, bought.text
+        path = f"/v1/admin/credit-packs/{pack_code}/deactivate"
+        for _ in range(2):  # twice changes nothing
+            done = await admin.client.post(path, headers=admin.operator)
+            assert done.status_code == 200, done.text
+            assert (done.json()["code"], done.json()["active"]) == (pack_code, False)
+        on_sale = await admin.client.get("/v1/credit-packs", headers=customer.headers)
+        assert pack_code not in [p["code"] for p in on_sale.json()]
+        again = await admin.client.post(
+            "/v1/credit-packs/purchase", json={"code": pack_code}, headers=customer.headers
+        )
+        assert again.json()["error"]["code"] == "credit_pack_not_found"
+        invoice = bought.json()
+        paid = await admin.client.post(
+            f"/v1/admin/invoices/{invoice['id']}/payments",
+            json={"amount": invoice["amount_due"], "method": "cash"},
+            headers=admin.operator,
+        )
+        assert paid.status_code == 201, paid.text
+        assert paid.json()["credits_awarded"] == 10
+
+    async def test_unknown_codes_and_tenants_are_refused(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        for path_code in ("no-such-pack", "x" * 64, "%1b[31m"):
+            missing = await admin.client.post(
+                f"/v1/admin/credit-packs/{path_code}/deactivate", headers=admin.operator
+            )
+            assert missing.status_code == 404, (path_code, missing.text)
+            assert missing.json()["error"]["code"] == "credit_pack_not_found"
+        tenant = await admin.client.post(
+            "/v1/admin/credit-packs/no-such-pack/deactivate", headers=customer.headers
+        )
+        assert tenant.status_code == 403
+
+
+class TestOrganizationCountry:
+    async def test_an_operator_creates_an_organisation_in_a_country(self, admin: Admin) -> None:
+        created = await admin.client.post(
+            "/v1/admin/organizations",
+            json={"name": "Riyadh Dates", "country": "SA"},
+            headers=admin.operator,
+        )
+        assert created.status_code == 201, created.text
+        org = await admin.core.orgs.get(uuid.UUID(created.json()["id"]))
+        assert (org.country, org.tax_rate_bps) == ("SA", 1500)
+        for country in ("XX", "S", "SAU", "1A"):
+            refused = await admin.client.post(
+                "/v1/admin/organizations",
+                json={"name": "Nowhere", "country": country},
+                headers=admin.operator,
+            )
+            assert refused.status_code == 422, (country, refused.text)

@@ -334,7 +334,7 @@ class TestFinalize:
             assert caught.value.code == "invalid_transition"
             assert caught.value.current == "draft"
         await invoices.finalize(org, draft.id, session=session)
-        with pytest.raises(InvalidTransition, match="an invoice cannot go from open to open"):
+        with pytest.raises(InvalidTransition, match="the invoice is already open"):
             await invoices.finalize(org, draft.id, session=session)
         with pytest.raises(InvoiceNotDraft):
             await invoices.add_line(org, draft.id, ("late", 1), session=session)

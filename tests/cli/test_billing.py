@@ -33,18 +33,18 @@ def test_dry_run_then_run_then_nothing_left(org_cli: Cli) -> None:
         "--trial-days",
         "0",
         "--at",
-        "2024-04-01T00:00:00",
+        "2024-04-01T00:00:00Z",
     ).ok()
     dry = json.loads(
-        cli("billing", "run", "--at", "2024-05-01T00:00:00", "--dry-run", "--json").ok().stdout
+        cli("billing", "run", "--at", "2024-05-01T00:00:00Z", "--dry-run", "--json").ok().stdout
     )
     assert (dry["dry_run"], dry["renewed"], dry["invoices_issued"]) == (True, 1, 1)
-    done = json.loads(cli("billing", "run", "--at", "2024-05-01T00:00:00", "--json").ok().stdout)
+    done = json.loads(cli("billing", "run", "--at", "2024-05-01T00:00:00Z", "--json").ok().stdout)
     assert (done["renewed"], done["invoices_issued"]) == (1, 1)
-    table = cli("billing", "run", "--at", "2024-05-01T00:00:00").ok().stdout
+    table = cli("billing", "run", "--at", "2024-05-01T00:00:00Z").ok().stdout
     assert "renewed" in table
     assert "invoices issued" in table
-    again = json.loads(cli("billing", "run", "--at", "2024-05-01T00:00:00", "--json").ok().stdout)
+    again = json.loads(cli("billing", "run", "--at", "2024-05-01T00:00:00Z", "--json").ok().stdout)
     assert again["renewed"] == 0
     assert again["invoices_issued"] == 0
 

@@ -42,7 +42,7 @@ def test_create_list_redeem_deactivate(org_cli: Cli) -> None:
         "--periods",
         "3",
         "--expires",
-        "2099-01-01T00:00:00",
+        "2099-01-01T00:00:00Z",
     ).ok()
     assert fixed.stdout.strip() == "coupon FIVE: 5.00 USD off, repeating 3"
     listed = json.loads(cli("coupons", "list", "--json").ok().stdout)
@@ -57,7 +57,9 @@ def test_create_list_redeem_deactivate(org_cli: Cli) -> None:
     redeemed = cli("coupons", "redeem", "acme", "welcome", "--invoice", invoice_id).ok()
     assert redeemed.stdout.startswith(f"coupon WELCOME redeemed on invoice {invoice_id}")
     shown = json.loads(cli("invoices", "show", invoice_id, "--json").ok().stdout)
-    assert shown["total"] == "80.00"
+    assert (shown["subtotal"], shown["discount_amount"], shown["total"]) == (10000, 2000, 8000)
+    assert shown["amount_paid"] == 0
+    assert shown["lines"][0]["discount_amount"] == 2000
 
     again = cli("coupons", "redeem", "acme", "FIVE", "--invoice", invoice_id)
     assert again.returncode == 1

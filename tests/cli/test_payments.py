@@ -45,7 +45,7 @@ def test_record_replay_refund_list(org_cli: Cli) -> None:
     assert over.stderr.startswith("saascore: 7.51 USD is above the 7.50 USD due")
     cli(*pay[:3], "--method", "tharwatt", "--amount", "7.50").ok()
     shown = json.loads(cli("invoices", "show", number, "--json").ok().stdout)
-    assert (shown["status"], shown["amount_due"]) == ("paid", "0.00")
+    assert (shown["status"], shown["amount_due"]) == ("paid", 0)
 
     refunded = cli("payments", "refund", payment_id, "--amount", "2.50", "--reason", "goodwill")
     assert "partially_refunded: 2.50 of 12.50 USD refunded" in refunded.ok().stdout
@@ -54,10 +54,11 @@ def test_record_replay_refund_list(org_cli: Cli) -> None:
     assert "above the 10.00 USD left" in too_much.stderr
 
     listed = json.loads(cli("payments", "list", "--org", "acme", "--json").ok().stdout)
-    assert [(row["method"], row["amount"]) for row in listed] == [
-        ("tharwatt", "7.50"),
-        ("credit_card", "12.50"),
+    assert [(row["method"], row["method_name"], row["amount"]) for row in listed] == [
+        ("other", "tharwatt", 750),
+        ("credit_card", None, 1250),
     ]
+    assert [row["refunded_amount"] for row in listed] == [0, 250]
     assert cli("payments", "list", "--ids").ok().stdout.split()[-1] == payment_id
 
 

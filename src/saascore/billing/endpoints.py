@@ -955,6 +955,22 @@ def create_credit_packs_admin_router() -> APIRouter:
         packs = await core.credit_packs.list(active=active, session=session)
         return [CreditPackOut.of(pack) for pack in packs]
 
+    @router.post(
+        "/credit-packs/{code}/deactivate",
+        summary="Take a credit pack off sale",
+        responses=error_responses(*OPERATOR_ERRORS, CreditPackNotFound),
+    )
+    async def deactivate_credit_pack(
+        code: Annotated[str, Path(min_length=1, max_length=64, description="The pack's code")],
+        _operator: OperatorDep,
+        core: CoreDep,
+        session: SessionDep,
+    ) -> CreditPackOut:
+        """No new purchases of the pack (idempotent); invoices already issued for it stay
+        payable and grant its credits when paid. 404 `credit_pack_not_found` for an unknown
+        code."""
+        return CreditPackOut.of(await core.credit_packs.deactivate(code, session=session))
+
     return router
 
 

@@ -103,9 +103,15 @@ class InvalidTransition(Conflict):
         subject: str = "subscription",
     ) -> None:
         how = f" on {trigger!r}" if trigger is not None else ""
+        # "from open to open" reads as a riddle: a refusal to stay put says where it stands.
+        message = (
+            f"the {subject} is already {current}"
+            if current == target
+            else f"{'an' if subject[0] in 'aeiou' else 'a'} {subject} cannot go from {current} "
+            f"to {target}{how}"
+        )
         super().__init__(
-            f"{'an' if subject[0] in 'aeiou' else 'a'} {subject} cannot go from {current} to "
-            f"{target}{how}",
+            message,
             current=current,
             target=target,
             **({"trigger": trigger} if trigger is not None else {}),

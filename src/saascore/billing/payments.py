@@ -434,7 +434,9 @@ class PaymentService:
                         return payment
             if payment.status not in _REFUNDABLE:
                 raise PaymentNotRefundable(
-                    f"payment {payment.id} is {payment.status.value}: only a succeeded "
+                    f"payment {payment.id} is already refunded in full"
+                    if payment.status is PaymentStatus.REFUNDED
+                    else f"payment {payment.id} is {payment.status.value}: only a succeeded "
                     "payment is refunded",
                     payment=str(payment.id),
                     status=payment.status.value,

@@ -45,12 +45,14 @@ if TYPE_CHECKING:
     from saascore.config import Settings
 
 __all__ = [
+    "AtOption",
     "Column",
     "IdsOption",
     "JsonOption",
     "Output",
     "console",
     "describe_target",
+    "instant",
     "limit",
     "new_table",
     "output_format",
@@ -277,3 +279,41 @@ def print_rows(
     if table is not None:
         table(result, rows)
     print_table(result)
+
+
+#: A moment on the command line: ISO 8601 with a time zone, as the HTTP API takes it.
+AtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="When, in ISO 8601 with a time zone, e.g. 2027-01-01T12:00:00Z; now when left out.",
+        show_default=False,
+    ),
+]
+
+
+def instant(text: str | None, option: str = "--at") -> datetime | None:
+    """`text` as an aware datetime, or a usage error (exit 2) naming `option`.
+
+    A timestamp without a time zone is refused, as the HTTP API refuses it (`timezone_aware`):
+    reading it as UTC would bill at another moment than the operator's clock says. Every
+    command taking a moment parses it here, so they all refuse the same things."""
+    from saascore.kit.errors import InvalidInput
+    from saascore.kit.validation import checked_instant
+
+    if text is None:
+        return None
+    shown = repr(text[:60])
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        fail(f"{option} {shown}: not an ISO 8601 timestamp, e.g. 2027-01-01T12:00:00Z", EXIT_USAGE)
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        fail(
+            f"{option} {shown} needs a time zone, e.g. {text.strip()[:60]}Z or +03:00",
+            EXIT_USAGE,
+        )
+    try:
+        return checked_instant(moment, field=option)
+    except InvalidInput as exc:
+        fail(exc.message, EXIT_USAGE)

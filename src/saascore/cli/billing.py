@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 import typer
 
 from saascore.billing.run import ACTIONS, BillingSummary
 from saascore.billing.schemas import BillingOverviewOut
-from saascore.cli._output import console, new_table, print_json, print_table
+from saascore.cli._output import AtOption, console, instant, new_table, print_json, print_table
 from saascore.cli._run import EXIT_ERROR, handle_errors, run_with_core
 from saascore.cli.invoices import print_upcoming
-from saascore.cli.subscriptions import _at
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.kit.money import Money
@@ -25,10 +23,7 @@ app = typer.Typer(name="billing", help="Billing: run, overview.", no_args_is_hel
 @app.command()
 @handle_errors
 def run(
-    at: Annotated[
-        datetime | None,
-        typer.Option(help="The moment to bill at (UTC unless a zone is given); now."),
-    ] = None,
+    at: AtOption = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report what would be done; write nothing.")
     ] = False,
@@ -41,7 +36,7 @@ def run(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    moment = _at(at)
+    moment = instant(at)
     err = console(stderr=True)
 
     async def work(core: Saascore) -> BillingSummary:

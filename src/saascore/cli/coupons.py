@@ -6,17 +6,16 @@ have two decimals (`20`, `7.5`)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
-from saascore.cli._output import Column, IdsOption, JsonOption, output_format, print_rows
+from saascore.cli._output import Column, IdsOption, JsonOption, instant, output_format, print_rows
 from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.kit.errors import InvalidInput
-from saascore.kit.money import BasisPoints, Money
+from saascore.kit.money import MAX_DISCOUNT_BASIS_POINTS, BasisPoints, Money
 from saascore.models import Coupon, CouponDuration, CouponRedemption
 
 __all__ = ["app"]
@@ -64,10 +63,20 @@ COLUMNS: list[Column[Coupon]] = [
 ]
 
 
-def _instant(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+def _percent(text: str) -> int:
+    """`--percent` as basis points: a percentage above 0 and up to 100 with at most two
+    decimals, read exactly (`20.5` is 2050 bp); a third decimal is refused, never rounded."""
+    try:
+        rate = BasisPoints.parse_percent(text.strip()).value
+    except InvalidInput:
+        rate = None
+    if rate is None or not 0 < rate <= MAX_DISCOUNT_BASIS_POINTS:
+        fail(
+            f"--percent {text[:20]!r}: a percentage above 0 and up to 100, with at most two "
+            "decimals (20, 7.5, 12.25)",
+            EXIT_USAGE,
+        )
+    return rate
 
 
 @app.command()
@@ -91,8 +100,8 @@ def create(
         int | None, typer.Option(help="How many times it may be redeemed in all.")
     ] = None,
     expires: Annotated[
-        datetime | None,
-        typer.Option(help="The last moment of redemption (UTC unless a zone is given)."),
+        str | None,
+        typer.Option(help="The last moment of redemption, with a time zone: 2027-01-01T00:00Z."),
     ] = None,
     name: Annotated[str | None, typer.Option(help="A name (default: the code).")] = None,
 ) -> None:
@@ -101,13 +110,14 @@ def create(
         fail("give --percent or --amount (with --currency), not both", EXIT_USAGE)
     if amount is not None and currency is None:
         fail("--amount needs --currency", EXIT_USAGE)
+    percent_off = _percent(percent) if percent is not None else None
+    expires_at = instant(expires, "--expires")
     try:
-        percent_off = BasisPoints.parse_percent(percent).value if percent is not None else None
         amount_off = (
             Money.parse(amount, currency) if amount is not None and currency is not None else None
         )
     except InvalidInput as exc:
-        fail(exc.message, EXIT_USAGE)
+        fail(f"--amount {amount!r}: {exc.message}", EXIT_USAGE)
 
     async def work(core: Saascore) -> Coupon:
         return await core.coupons.create(
@@ -118,7 +128,7 @@ def create(
             duration=duration,
             duration_periods=periods,
             max_redemptions=max_redemptions,
-            expires_at=_instant(expires),
+            expires_at=expires_at,
         )
 
     coupon = run_with_core(load_settings(), work)

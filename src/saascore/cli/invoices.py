@@ -1,5 +1,5 @@
 """`saascore invoices`: list and show invoices, create a one-off draft, finalize and void,
-preview the upcoming one.
+preview the upcoming one, set an organisation's tax rate.
 
 Amounts on the command line are in major units of the currency (`29.99` USD, `1500` JPY);
 an invoice is named by its id or its number (`INV-2026-0001`)."""
@@ -14,21 +14,21 @@ from typing import Annotated
 import typer
 
 from saascore.billing.invoices import OWED_STATUSES, LineItem, amount_owed, is_overdue
-from saascore.billing.schemas import UpcomingInvoiceOut, UpcomingLineOut
+from saascore.billing.schemas import InvoiceOut, UpcomingInvoiceOut, UpcomingLineOut
 from saascore.cli._output import (
     Column,
     IdsOption,
     JsonOption,
+    Output,
     output_format,
     print_json,
     print_rows,
-    rows_as_json,
 )
 from saascore.cli._run import EXIT_ERROR, EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.kit.errors import InvalidInput
-from saascore.kit.money import Money
+from saascore.kit.money import MAX_BASIS_POINTS, BasisPoints, Money
 from saascore.kit.time import utcnow
 from saascore.models import Invoice, InvoiceLine, InvoiceStatus
 
@@ -36,7 +36,7 @@ __all__ = ["app"]
 
 app = typer.Typer(
     name="invoices",
-    help="Invoices: list, show, create, finalize, void, delete a draft, upcoming.",
+    help="Invoices: list, show, create, finalize, void, delete a draft, upcoming, tax-rate.",
     no_args_is_help=True,
 )
 
@@ -50,7 +50,8 @@ def _money(minor: int, invoice: Invoice) -> str:
 def _columns() -> list[Column[Invoice]]:
     today = utcnow().date()
     return [
-        Column("id", lambda i: i.id, is_id=True, in_table=False),
+        # A draft has no number yet: its id is the only way to name it.
+        Column("id", lambda i: i.id, is_id=True),
         Column("number", lambda i: i.number, is_id=True),
         Column("organization_id", lambda i: i.organization_id, header="organisation", is_id=True),
         Column("status", lambda i: i.status),
@@ -79,8 +80,32 @@ def _line_columns(invoice: Invoice) -> list[Column[InvoiceLine]]:
         Column("quantity", lambda line: line.quantity, justify="right"),
         Column("unit_amount", lambda line: _money(line.unit_amount, invoice), justify="right"),
         Column("amount", lambda line: _money(line.amount, invoice), justify="right"),
-        Column("tax_amount", lambda line: _money(line.tax_amount, invoice), justify="right"),
+        Column(
+            "discount_amount",
+            lambda line: _money(line.discount_amount, invoice),
+            header="discount",
+            justify="right",
+        ),
+        Column(
+            "tax_amount",
+            lambda line: _money(line.tax_amount, invoice),
+            header="tax",
+            justify="right",
+        ),
+        Column(
+            "total",
+            lambda line: _money(line.amount - line.discount_amount + line.tax_amount, invoice),
+            justify="right",
+        ),
     ]
+
+
+def invoice_document(invoice: Invoice) -> dict[str, object]:
+    """The invoice as `GET /v1/invoices/{id}` answers it (amounts in minor units, with the
+    currency), plus its organisation: an operator's lists span every tenant."""
+    document: dict[str, object] = {"organization_id": str(invoice.organization_id)}
+    document.update(InvoiceOut.of(invoice, utcnow().date()).model_dump(mode="json"))
+    return document
 
 
 def _parse_line(text: str) -> tuple[str, str]:
@@ -116,6 +141,9 @@ def list_(
         )
 
     invoices = list(run_with_core(load_settings(), work))
+    if output is Output.JSON:
+        print_json([invoice_document(invoice) for invoice in invoices])
+        return
     print_rows(invoices, _columns(), output, ids=lambda i: str(i.id), empty="no invoices")
 
 
@@ -126,24 +154,21 @@ async def _find(core: Saascore, reference: str, org: str | None) -> Invoice:
 
 def _show(invoice: Invoice, as_json: bool) -> None:
     if as_json:
-        document = rows_as_json([invoice], _columns())[0]
-        document["lines"] = rows_as_json(invoice.lines, _line_columns(invoice))
-        document.update(
-            subtotal=_money(invoice.subtotal, invoice),
-            tax_amount=_money(invoice.tax_amount, invoice),
-            tax_rate_bps=invoice.tax_rate_bps,
-        )
-        print_json(document)
+        print_json(invoice_document(invoice))
         return
     typer.echo(
         f"{invoice.number or 'draft'} ({invoice.id}) {invoice.status.value}, "
         f"{invoice.currency}, organisation {invoice.organization_id}"
     )
     print_rows(invoice.lines, _line_columns(invoice), empty="no lines")
+    # Every total, so that they add up on the page: subtotal - discount + tax = total, and
+    # total - paid = due.
     typer.echo(
         f"subtotal {_money(invoice.subtotal, invoice)}  "
-        f"tax {_money(invoice.tax_amount, invoice)} ({invoice.tax_rate_bps} bp)  "
-        f"total {_money(invoice.total, invoice)}"
+        f"discount {_money(invoice.discount_amount, invoice)}  "
+        f"tax {_money(invoice.tax_amount, invoice)} "
+        f"({BasisPoints(invoice.tax_rate_bps)}, {invoice.tax_rate_bps} bp)  "
+        f"total {_money(invoice.total, invoice)}  paid {_money(invoice.amount_paid, invoice)}"
         + (
             f"  due {_money(amount_owed(invoice), invoice)}"
             + (f" by {invoice.due_date}" if invoice.due_date else "")
@@ -215,6 +240,11 @@ def create(
 ) -> None:
     """Create a one-off draft invoice (no number until it is finalized)."""
     parsed = [_parse_line(text) for text in line]
+    if currency is not None:
+        try:
+            Money(0, currency)  # an unknown code is --currency's fault, not the lines'
+        except InvalidInput as exc:
+            fail(f"--currency: {exc.message}", EXIT_USAGE)
 
     async def work(core: Saascore) -> Invoice:
         organization = await core.orgs.resolve(org)
@@ -327,3 +357,25 @@ def print_upcoming(preview: UpcomingInvoiceOut) -> None:
         f"tax {money(preview.tax_amount)} ({preview.tax_rate_bps} bp)  "
         f"total {money(preview.total)}"
     )
+
+
+@app.command("tax-rate")
+@handle_errors
+def tax_rate(
+    org: Annotated[str, typer.Argument(help="The organisation: its id or external id.")],
+    bps: Annotated[
+        int,
+        typer.Argument(
+            metavar="BPS", min=0, max=MAX_BASIS_POINTS, help="Basis points: 1500 is 15 %, 0 none."
+        ),
+    ],
+) -> None:
+    """Set the organisation's tax rate: its drafts take it; finalised invoices keep theirs."""
+
+    async def work(core: Saascore) -> int:
+        organization = await core.orgs.resolve(org)
+        await core.invoices.set_tax_rate(organization.id, bps, actor=cli_actor())
+        return bps
+
+    rate = run_with_core(load_settings(), work)
+    typer.echo(f"tax rate {BasisPoints(rate)} ({rate} bp)")

@@ -38,13 +38,20 @@ def create(
             show_default=False,
         ),
     ] = None,
+    country: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO 3166-1 alpha-2 code, e.g. SA: it takes that country's standard tax rate.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create an organisation and print its id (only the id, so scripts can capture it)."""
     settings = load_settings()
 
     async def work(core: Saascore) -> Organization:
         return await core.orgs.create(
-            name=name, plan=plan, external_id=external_id, actor=cli_actor()
+            name=name, plan=plan, external_id=external_id, country=country, actor=cli_actor()
         )
 
     organization = run_with_core(settings, work)

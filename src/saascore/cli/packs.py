@@ -1,5 +1,5 @@
-"""`saascore packs`: the credit-pack catalog (create, list). The price is in major units of
-its currency (`9.99` USD, `1500` JPY)."""
+"""`saascore packs`: the credit-pack catalog (create, list, deactivate). The price is in major
+units of its currency (`9.99` USD, `1500` JPY)."""
 
 from __future__ import annotations
 
@@ -18,16 +18,22 @@ from saascore.models import CreditPack
 
 __all__ = ["app"]
 
-app = typer.Typer(name="packs", help="Credit packs: create, list.", no_args_is_help=True)
+app = typer.Typer(
+    name="packs", help="Credit packs: create, list, deactivate.", no_args_is_help=True
+)
 
 COLUMNS: list[Column[CreditPack]] = [
     Column("code", lambda p: p.code, is_id=True),
     Column("name", lambda p: p.name),
     Column("credits", lambda p: p.credits, justify="right", text=str),
+    # JSON as GET /v1/admin/credit-packs: the price in minor units with its currency.
+    Column("price", lambda p: p.price, in_table=False),
     Column(
-        "price",
+        "price_text",
         lambda p: Money(p.price, p.currency).decimal_text(),
+        header="price",
         justify="right",
+        in_json=False,
     ),
     Column("currency", lambda p: p.currency),
     Column("active", lambda p: p.active, text=str),
@@ -76,3 +82,14 @@ def list_(
 
     packs = list(run_with_core(load_settings(), work))
     print_rows(packs, COLUMNS, output, ids=lambda p: p.code, empty="no credit packs")
+
+
+@app.command()
+@handle_errors
+def deactivate(code: Annotated[str, typer.Argument(help="The pack's code.")]) -> None:
+    """Take a pack off sale (twice changes nothing); invoices issued for it stay payable."""
+
+    async def work(core: Saascore) -> CreditPack:
+        return await core.credit_packs.deactivate(code)
+
+    typer.echo(f"pack {run_with_core(load_settings(), work).code} inactive")

@@ -12,7 +12,16 @@ from typing import Annotated
 import typer
 
 from saascore.billing.payments import method_name
-from saascore.cli._output import Column, IdsOption, JsonOption, output_format, print_rows
+from saascore.billing.schemas import PaymentOut
+from saascore.cli._output import (
+    Column,
+    IdsOption,
+    JsonOption,
+    Output,
+    output_format,
+    print_json,
+    print_rows,
+)
 from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
@@ -49,10 +58,14 @@ def _columns() -> list[Column[Payment]]:
 
 
 def _amount(text: str, currency: str) -> Money:
+    """`--amount` in major units; its errors quote the amount as typed, not in minor units."""
     try:
-        return Money.parse(text, currency)
+        amount = Money.parse(text, currency)
     except InvalidInput as exc:
-        fail(f"--amount {text!r}: {exc.message}", EXIT_USAGE)
+        fail(f"--amount {text[:60]!r}: {exc.message}", EXIT_USAGE)
+    if amount.minor <= 0:
+        fail(f"--amount {text[:60]!r}: an amount is more than 0", EXIT_USAGE)
+    return amount
 
 
 KeyOption = Annotated[
@@ -154,4 +167,17 @@ def list_(
         return await core.payments.list(org_id, status=status, limit=limit)
 
     payments = list(run_with_core(load_settings(), work))
+    if output is Output.JSON:
+        # As GET /v1/payments answers (minor units beside the currency), plus the organisation:
+        # an operator's list spans every tenant.
+        print_json(
+            [
+                {
+                    "organization_id": str(p.organization_id),
+                    **PaymentOut.of(p).model_dump(mode="json"),
+                }
+                for p in payments
+            ]
+        )
+        return
     print_rows(payments, _columns(), output, ids=lambda p: str(p.id), empty="no payments")

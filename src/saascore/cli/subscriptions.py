@@ -4,17 +4,17 @@ cancel, resume."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 import typer
 
-from saascore.cli._output import Column, output_format, print_rows
-from saascore.cli._run import EXIT_USAGE, cli_actor, fail, handle_errors, run_with_core
+from saascore.billing.schemas import SubscriptionOut
+from saascore.cli._output import AtOption, Column, instant, print_json, print_rows
+from saascore.cli._run import cli_actor, handle_errors, run_with_core
 from saascore.config import load_settings
 from saascore.core import Saascore
-from saascore.kit.errors import InvalidInput
-from saascore.kit.validation import checked_instant
+from saascore.kit.money import Money
 from saascore.models import Organization, Subscription
 from saascore.models.catalog import BillingCycle
 
@@ -27,11 +27,11 @@ app = typer.Typer(
 )
 
 Org = Annotated[str, typer.Argument(help="The organisation: its id or external id.")]
-At = Annotated[
-    datetime | None,
-    typer.Option(help="When (UTC unless a zone is given), e.g. 2027-01-01T12:00:00; now."),
+At = AtOption
+Json = Annotated[
+    bool,
+    typer.Option("--json", help="Print the subscription as JSON (as GET /v1/subscription)."),
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print the subscription as JSON.")]
 
 
 def _time(moment: datetime | None) -> str:
@@ -44,7 +44,12 @@ COLUMNS: list[Column[Subscription]] = [
     Column("plan", lambda s: s.plan.code, is_id=True),
     Column("status", lambda s: s.status),
     Column("billing_cycle", lambda s: s.billing_cycle, header="cycle"),
-    Column("unit_amount", lambda s: s.unit_amount, header="price", justify="right", text=str),
+    Column(
+        "unit_amount",
+        lambda s: Money(s.unit_amount, s.currency).decimal_text(),
+        header="price",
+        justify="right",
+    ),
     Column("currency", lambda s: s.currency),
     Column("current_period_start", lambda s: s.current_period_start, header="from", text=_time),
     Column("current_period_end", lambda s: s.current_period_end, header="to", text=_time),
@@ -60,16 +65,6 @@ COLUMNS: list[Column[Subscription]] = [
 ]
 
 
-def _at(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    moment = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    try:
-        return checked_instant(moment, field="--at")
-    except InvalidInput as exc:
-        fail(exc.message, EXIT_USAGE)
-
-
 def _run(
     org: str,
     as_json: bool,
@@ -79,7 +74,11 @@ def _run(
         return await action(core, await core.orgs.resolve(org))
 
     subscription = run_with_core(load_settings(), work)
-    print_rows([subscription], COLUMNS, output_format(as_json))
+    if as_json:
+        # One object, in the HTTP document's shape: the price in minor units with its currency.
+        print_json(SubscriptionOut.of(subscription).model_dump(mode="json"))
+        return
+    print_rows([subscription], COLUMNS)
 
 
 @app.command()
@@ -95,7 +94,7 @@ def create(
     as_json: Json = False,
 ) -> None:
     """Subscribe an organisation to a plan, at the plan's price in its currency."""
-    moment = _at(at)
+    moment = instant(at)
     _run(
         org,
         as_json,
@@ -121,7 +120,7 @@ def change_plan(
     as_json: Json = False,
 ) -> None:
     """Upgrade at once (prorated on the upcoming invoice) or downgrade at the period's end."""
-    moment = _at(at)
+    moment = instant(at)
     _run(
         org,
         as_json,
@@ -140,7 +139,7 @@ def cancel(
     as_json: Json = False,
 ) -> None:
     """Cancel at the period's end (or --now); the plan stays until what was paid ends."""
-    moment = _at(at)
+    moment = instant(at)
     _run(
         org,
         as_json,
@@ -154,7 +153,7 @@ def cancel(
 @handle_errors
 def resume(org: Org, at: At = None, as_json: Json = False) -> None:
     """Withdraw a cancellation at the period's end, before that end."""
-    moment = _at(at)
+    moment = instant(at)
     _run(
         org, as_json, lambda core, o: core.subscriptions.resume(o.id, at=moment, actor=cli_actor())
     )

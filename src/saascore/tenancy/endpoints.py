@@ -297,6 +297,7 @@ def create_organizations_admin_router() -> APIRouter:
             external_id=body.external_id,
             domain=body.domain,
             billing_email=body.billing_email,
+            country=body.country,
             actor=operator.actor(origin),
             session=session,
         )

@@ -274,6 +274,12 @@ class OrganizationCreate(_Body):
         json_schema_extra={"format": "email"},
         examples=["billing@engines.example"],
     )
+    country: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z]{2}$",
+        description="ISO 3166-1 alpha-2; the organisation takes its standard tax rate",
+        examples=["SA"],
+    )
 
 
 class PlanChange(_Body):
