@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from saascore import Saascore
 from saascore.audit.service import AuditService
+from saascore.billing.payments import PaymentService
 from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.credits import CreditService
@@ -25,6 +26,7 @@ from saascore.models import (
     Invoice,
     InvoiceStatus,
     Organization,
+    OrganizationStatus,
     OutboxEvent,
     PlanLimit,
     PlanPrice,
@@ -49,6 +51,7 @@ class Env:
         self.database = database
         bus = EventBus()
         bus.in_transaction(AuditService(database).handle)
+        self.bus = bus
         self.plans = PlanService(database, bus)
         self.orgs = OrganizationService(
             database, self.plans, bus, plan_credits=CreditService(database, bus)
@@ -301,6 +304,47 @@ async def bulk_due(database: Database, count: int) -> list[uuid.UUID]:
             ],
         )
     return ids
+
+
+class TestDunning:
+    async def test_unpaid_renewal_goes_overdue_past_due_suspended_and_pays_back(
+        self, env: Env
+    ) -> None:
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        await env.run.run(FEB, organizations=[org_id])
+        [invoice] = [i for i in await env.invoices(org_id) if i.status is InvoiceStatus.OPEN]
+        assert invoice.due_date == (FEB + timedelta(days=14)).date()
+
+        late = FEB + timedelta(days=15)  # a day past due
+        summary = await env.run.run(late, organizations=[org_id])
+        assert (summary.counts["invoices_overdue"], summary.counts["past_due"]) == (1, 1)
+        assert summary.counts["suspended"] == 0
+        assert (await env.subscription(org_id)).status is S.PAST_DUE
+        again = await env.run.run(late, organizations=[org_id])
+        assert again.counts["invoices_overdue"] == again.counts["past_due"] == 0
+
+        # More than the grace period (7 days) past due: suspended, with the organisation.
+        summary = await env.run.run(late + timedelta(days=7), organizations=[org_id])
+        assert summary.counts["suspended"] == summary.counts["organization_suspended"] == 1
+        assert (await env.subscription(org_id)).status is S.SUSPENDED
+        async with env.database.session(readonly=True) as s:
+            organization = await s.get(Organization, org_id)
+            assert organization is not None
+            assert organization.status is OrganizationStatus.SUSPENDED
+        assert (await env.outbox(org_id)).count("invoice.overdue") == 1
+
+        # Paying the invoice makes the subscription active and lifts the suspension.
+        payments = PaymentService(
+            env.database, CreditService(env.database, env.bus), env.subs, env.bus
+        )
+        await payments.record(org_id, invoice.id, invoice.amount_due, "cash")
+        assert (await env.subscription(org_id)).status is S.ACTIVE
+        async with env.database.session(readonly=True) as s:
+            organization = await s.get(Organization, org_id)
+            assert organization is not None
+            assert organization.status is OrganizationStatus.ACTIVE
+        quiet = await env.run.run(late + timedelta(days=8), organizations=[org_id])
+        assert quiet.counts["invoices_overdue"] == quiet.counts["suspended"] == 0
 
 
 class TestTwoRunsAtOnce:

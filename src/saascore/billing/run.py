@@ -9,12 +9,14 @@ its own**, in which the steps run in order:
    subscriptions expiring, scheduled downgrades, returning ended ones to the default plan;
 2. `renew` (`renewal.renew_due`): trials ending (and their three-day notice), renewals with
    their invoice and the period's credits;
-3. `expire_credits`: lapsed credit grants written off.
+3. `expire_credits`: lapsed credit grants written off;
+4. `dunning` (`DunningService`): unpaid invoices past due marked overdue once, their
+   subscription past due, and after the grace period suspended with its organisation.
 
 A step is an object with a `name`, `candidates` and `apply`, and optionally `prepare(s,
 organizations, context)`, called once per transaction after its subscriptions are locked with
 the organisations for which it is the first step (an earlier one may change what it would
-read), to load set-wise what `apply` reads; dunning plugs in as one more.
+read), to load set-wise what `apply` reads.
 An organisation that fails rolls back to its savepoint alone and is counted in `errors`; the
 run goes on. One commit per transaction, not per organisation, is what makes the run fast:
 every finalisation takes the platform's invoice-number series lock until the commit (gapless
@@ -39,7 +41,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService, audited_bus
-from saascore.billing.invoices import InvoiceService
+from saascore.billing.dunning import DunningService, dunning_step
+from saascore.billing.invoices import InvoiceService, overdue_clause
 from saascore.billing.periods import as_utc
 from saascore.billing.renewal import TRIAL_NOTICE, Prefetched, prefetch, renew_due
 from saascore.billing.subscriptions import RETURNED, SCHEDULED, SubscriptionService
@@ -50,6 +53,7 @@ from saascore.kit.db import Database, is_timeout
 from saascore.kit.time import utcnow
 from saascore.models import (
     CreditGrant,
+    Invoice,
     Organization,
     OrganizationStatus,
     Subscription,
@@ -66,6 +70,7 @@ __all__ = [
     "BillingRun",
     "BillingStep",
     "BillingSummary",
+    "DunningStep",
     "EndDueStep",
     "ExpireCreditsStep",
     "RenewStep",
@@ -95,6 +100,10 @@ ACTIONS: Final = (
     "downgraded",
     "returned_to_default",
     "credits_expired",
+    "invoices_overdue",
+    "past_due",
+    "suspended",
+    "organization_suspended",
     "errors",
 )
 
@@ -131,6 +140,7 @@ class StepContext:
     invoices: InvoiceService
     credits: CreditService
     events: EventBus
+    dunning: DunningService
     #: What `RenewStep.prepare` loaded for the transaction's organisations.
     prefetched: Prefetched | None = None
 
@@ -263,8 +273,34 @@ class ExpireCreditsStep:
         counts["credits_expired"] += len(expired)
 
 
+class DunningStep:
+    name = "dunning"
+
+    async def candidates(
+        self, s: AsyncSession, at: datetime, organizations: Sequence[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        rows = await s.scalars(
+            sa.select(Invoice.organization_id)
+            .where(Invoice.organization_id.in_(organizations), overdue_clause(at.date()))
+            .distinct()
+        )
+        return set(rows)
+
+    async def apply(
+        self, s: AsyncSession, org_id: uuid.UUID, context: StepContext, counts: Counter[str]
+    ) -> None:
+        for action in await dunning_step(context.dunning, org_id, context.at, s):
+            # "overdue <number>", "past_due", "suspended", "organization_suspended"
+            counts["invoices_overdue" if action.startswith("overdue ") else action] += 1
+
+
 #: The steps of a run, in order.
-DEFAULT_STEPS: Final[tuple[BillingStep, ...]] = (EndDueStep(), RenewStep(), ExpireCreditsStep())
+DEFAULT_STEPS: Final[tuple[BillingStep, ...]] = (
+    EndDueStep(),
+    RenewStep(),
+    ExpireCreditsStep(),
+    DunningStep(),
+)
 
 
 class _DryRun(Exception):
@@ -304,14 +340,18 @@ class BillingRun:
         def fixed() -> datetime:
             return at
 
+        subscriptions = SubscriptionService(
+            self.database, self.plans, self.orgs, self.events, clock=fixed
+        )
         return StepContext(
             at=at,
-            subscriptions=SubscriptionService(
-                self.database, self.plans, self.orgs, self.events, clock=fixed
-            ),
+            subscriptions=subscriptions,
             invoices=InvoiceService(self.database, self.settings, self.events, clock=fixed),
             credits=CreditService(self.database, self.events, clock=fixed),
             events=self.events,
+            dunning=DunningService(
+                self.database, self.settings, subscriptions, self.orgs, self.events, clock=fixed
+            ),
         )
 
     async def count(self) -> int:
