@@ -249,6 +249,46 @@ class TestOnce:
         assert (await env.subscription(org_id)).current_period_start == JAN
 
 
+class TestBatchRefill:
+    """The period refills of a transaction's organisations read set-wise (`prefetch_refills`)
+    and still grant exactly what `refill_once` alone would."""
+
+    async def grants(self, env: Env, org_id: uuid.UUID) -> list[tuple[str | None, int]]:
+        """The organisation's plan grants of the run's year (not those of its creation)."""
+        async with env.database.session(readonly=True) as s:
+            rows = await s.execute(
+                sa.select(CreditGrant.idempotency_key, CreditGrant.amount)
+                .where(
+                    CreditGrant.organization_id == org_id,
+                    CreditGrant.idempotency_key.like("refill:2025-%"),
+                )
+                .order_by(CreditGrant.idempotency_key)
+            )
+            return [(key, int(amount)) for key, amount in rows]
+
+    async def test_a_batch_refills_each_once_and_the_ledger_verifies(self, env: Env) -> None:
+        plan = await env.plan(1_000)
+        orgs = [(await env.subscribed(plan))[0] for _ in range(5)]
+        for _ in range(2):  # the second run finds each refill done
+            await env.run.run(FEB, organizations=orgs)
+        for org_id in orgs:
+            assert await self.grants(env, org_id) == [("refill:2025-02", 50)]
+        assert await CreditService(env.database, EventBus()).verify() == []
+
+    async def test_a_lagging_run_refills_every_month_it_opens(self, env: Env) -> None:
+        plan = await env.plan(1_000)
+        orgs = [(await env.subscribed(plan))[0] for _ in range(3)]
+        summary = await env.run.run(datetime(2025, 4, 1, tzinfo=UTC), organizations=orgs)
+        assert summary.counts["credits_refilled"] == 9
+        for org_id in orgs:
+            assert await self.grants(env, org_id) == [
+                ("refill:2025-02", 50),
+                ("refill:2025-03", 50),
+                ("refill:2025-04", 50),
+            ]
+        assert await CreditService(env.database, EventBus()).verify() == []
+
+
 async def bulk_due(database: Database, count: int) -> list[uuid.UUID]:
     """`count` organisations on the pro plan, each with a monthly subscription due at FEB."""
     async with database.transaction() as s:

@@ -197,8 +197,20 @@ class RenewStep:
     async def prepare(
         self, s: AsyncSession, organizations: Sequence[uuid.UUID], context: StepContext
     ) -> None:
-        """Load, set-wise, what the renewals of `organizations` read (`renewal.prefetch`)."""
-        context.prefetched = await prefetch(s, list(organizations), context.at)
+        """Load, set-wise, what the renewals of `organizations` read (`renewal.prefetch`),
+        and what their first period refills read (`CreditService.prefetch_refills`): a
+        renewal opens the period starting at its current one's end."""
+        found = await prefetch(s, list(organizations), context.at)
+        found.refills = await context.credits.prefetch_refills(
+            s,
+            {
+                org_id: subscription.current_period_end
+                for org_id, subscription in found.subscriptions.items()
+                if subscription.current_period_end <= context.at
+                and not subscription.cancel_at_period_end
+            },
+        )
+        context.prefetched = found
 
     async def candidates(
         self, s: AsyncSession, at: datetime, organizations: Sequence[uuid.UUID]
