@@ -39,6 +39,7 @@ from saascore.billing.discounts import (
     Discount,
     attach_subscription_coupon,
     discount_of,
+    has_coupon,
     spread_amount_off,
     use_coupon_period,
 )
@@ -541,8 +542,9 @@ class InvoiceService:
         if not invoice.lines:
             raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
         await recompute_totals(s, invoice)
-        # The coupon's period is used now; with none left, the invoice goes without it.
-        if not await use_coupon_period(s, invoice):
+        # The coupon's period is used now; with none left, the invoice goes without it (and
+        # without a coupon there is nothing to recompute).
+        if has_coupon(invoice) and not await use_coupon_period(s, invoice):
             await recompute_totals(s, invoice, attach=False)
         if invoice.total < 0:
             raise NegativeInvoiceTotal(
@@ -748,14 +750,19 @@ def _draft_only(invoice: Invoice) -> None:
         )
 
 
-async def recompute_totals(s: AsyncSession, invoice: Invoice, *, attach: bool = True) -> None:
+async def recompute_totals(
+    s: AsyncSession, invoice: Invoice, *, attach: bool = True, tax_rate_bps: int | None = None
+) -> None:
     """Set a draft's line discounts, taxes and totals from its lines, at its organisation's
     tax rate and after its coupon: the one place totals are computed, for drafts built here
     and by `SubscriptionService`. A subscription's draft without a coupon first takes the
-    subscription's live redemption (`attach_subscription_coupon`; not with `attach=False`)."""
-    rate = await s.scalar(
-        sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
-    )
+    subscription's live redemption (`attach_subscription_coupon`; not with `attach=False`).
+    `tax_rate_bps` is the organisation's rate when the caller has just read it in `s`."""
+    rate = tax_rate_bps
+    if rate is None:
+        rate = await s.scalar(
+            sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
+        )
     if attach:
         await attach_subscription_coupon(s, invoice)
     _recompute(invoice, BasisPoints(rate or 0), await discount_of(s, invoice))
@@ -818,10 +825,10 @@ async def draft_in(
         _line_row(org_id, position, item, unit, amount)
         for position, (item, unit, amount) in enumerate(checked)
     ]
+    # A subscription's draft takes the subscription's coupon (`billing.discounts`). Totals
+    # first: the invoice and its lines are then inserted once, already computed.
+    await recompute_totals(s, invoice, tax_rate_bps=organization.tax_rate_bps)
     s.add(invoice)
-    await s.flush()
-    # A subscription's draft takes the subscription's coupon (`billing.discounts`).
-    await recompute_totals(s, invoice)
     await s.flush()
     return invoice
 

@@ -422,7 +422,7 @@ class BillingRun:
         done: Counter[str] = Counter()
         failures: list[tuple[uuid.UUID, str]] = []
         try:
-            async with self.database.transaction() as s:
+            async with self.database.transaction() as s, self.events.one_wakeup(s):
                 await s.execute(
                     sa.select(Subscription.id)
                     .where(Subscription.organization_id.in_(list(todo)))
