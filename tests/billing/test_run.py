@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from saascore import Saascore
 from saascore.audit.service import AuditService
+from saascore.billing.invoices import InvoiceService
 from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.credits import CreditService
@@ -231,11 +232,12 @@ class TestOnce:
         before = len(await audit.list(org_id, limit=500))
         await env.run.run(FEB, organizations=[org_id])
         actions = [entry.action for entry in await audit.list(org_id, limit=500)]
-        # Newest first: the run's three, written together, in the order they were emitted.
+        # Newest first: the run's three in the order they were emitted, `invoice.finalized`
+        # last, once the transaction's invoices took their numbers (it carries the number).
         assert actions[: len(actions) - before] == [
+            "invoice.finalized",
             "subscription.renewed",
             "credits.granted",
-            "invoice.finalized",
         ]
         assert await audit.verify(org_id) == []
 
@@ -287,6 +289,38 @@ class TestBatchRefill:
                 ("refill:2025-04", 50),
             ]
         assert await CreditService(env.database, EventBus()).verify() == []
+
+
+class TestNumbersAtEnd:
+    async def test_numbered_at_the_end_in_id_order_and_a_rolled_back_one_gives_it_back(
+        self, env: Env
+    ) -> None:
+        org_id = (await env.orgs.create(name="Acme")).id
+        invoices = InvoiceService(env.database, env.database.settings, EventBus())
+        inside: list[str | None] = []
+        async with env.database.transaction() as s, invoices.numbers_at_end(s):
+            for n in range(4):
+                try:
+                    async with s.begin_nested():
+                        draft = await invoices.create_draft(
+                            org_id, "USD", [("item", 100)], session=s
+                        )
+                        finalized = await invoices.finalize_locked(s, draft)
+                        inside.append(finalized.number)
+                        if n == 2:
+                            raise RuntimeError("this organisation fails")
+                except RuntimeError:
+                    pass
+        assert inside == [None, None, None, None]  # no number, so no lock, until the end
+        later = await invoices.create_draft(org_id, "USD", [("item", 100)])
+        await invoices.finalize(org_id, later.id)
+        kept = await env.invoices(org_id)
+        assert [invoice.status for invoice in kept] == [InvoiceStatus.OPEN] * 4
+        seqs = [int((invoice.number or "").rsplit("-", 1)[1]) for invoice in kept]
+        # The rolled-back invoice's number went back to the series: 1, 2, 3, then 4.
+        assert seqs == list(range(seqs[0], seqs[0] + 4))
+        outbox = await env.outbox(org_id)
+        assert outbox.count("invoice.finalized") == 4
 
 
 async def bulk_due(database: Database, count: int) -> list[uuid.UUID]:
@@ -360,6 +394,14 @@ class TestTwoRunsAtOnce:
         )
         assert per_org == 500
         assert await env.count(sa.select(sa.func.count()).select_from(Invoice).where(of)) == 500
+        # Each transaction numbers its invoices at its end, in one statement, in id order:
+        # across both runs the numbers are gapless and follow the invoices' ids.
+        async with race_database.session(readonly=True) as s:
+            numbers = list(
+                await s.scalars(sa.select(Invoice.number).where(of).order_by(Invoice.id))
+            )
+        seqs = [int((number or "").rsplit("-", 1)[1]) for number in numbers]
+        assert seqs == list(range(seqs[0], seqs[0] + 500))
         refills = await env.count(
             sa.select(sa.func.count())
             .select_from(CreditGrant)

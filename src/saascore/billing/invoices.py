@@ -22,7 +22,8 @@ uncollectible (docs/billing.md, "Invoices").
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -51,7 +52,12 @@ from saascore.billing.errors import (
     InvoiceNotFound,
     NegativeInvoiceTotal,
 )
-from saascore.billing.numbering import allocate_invoice_number
+from saascore.billing.numbering import (
+    allocate_in_series,
+    allocate_invoice_number,
+    format_invoice_number,
+    series_key,
+)
 from saascore.billing.periods import Period
 from saascore.config import Settings
 from saascore.events.bus import EventBus
@@ -70,6 +76,10 @@ from saascore.kit.validation import checked_instant
 from saascore.models import Invoice, InvoiceLine, InvoiceStatus, Organization, Subscription
 from saascore.tenancy.errors import OrganizationNotFound
 from saascore.tenancy.service import locked_organization
+
+#: Set in a session's info within `InvoiceService.numbers_at_end`: the invoices finalised
+#: there, waiting for their numbers (with the moment and actor of their finalisation).
+_NUMBERS_AT_END: Final = "saascore.billing.numbers_at_end"
 
 __all__ = [
     "INVOICE_TRANSITIONS",
@@ -555,22 +565,32 @@ class InvoiceService:
             )
         now = self.clock()
         issued = now.date()
-        # The series stays locked from here to the commit: the number is taken last, and the
-        # invoice is written once with it.
-        number = await allocate_invoice_number(
-            s, organization_id=org_id, at=now, settings=self.settings
-        )
         invoice.issue_date = issued
         invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
         invoice.status = InvoiceStatus.OPEN
-        invoice.number = number
+        pending: list[tuple[Invoice, datetime, Actor]] | None = s.sync_session.info.get(
+            _NUMBERS_AT_END
+        )
+        if pending is not None:  # numbered, and announced, at the end of `numbers_at_end`
+            await s.flush()
+            pending.append((invoice, now, actor))
+            return invoice
+        # The series stays locked from here to the commit: the number is taken last, and the
+        # invoice is written once with it.
+        invoice.number = await allocate_invoice_number(
+            s, organization_id=org_id, at=now, settings=self.settings
+        )
         await s.flush()
+        await self._finalized(s, invoice, actor)
+        return invoice
+
+    async def _finalized(self, s: AsyncSession, invoice: Invoice, actor: Actor) -> None:
         await self.events.emit(
             s,
-            org_id,
+            invoice.organization_id,
             InvoiceFinalized(
                 invoice_id=invoice.id,
-                number=number,
+                number=invoice.number or "",
                 currency=invoice.currency,
                 total=invoice.total,
                 amount_due=invoice.amount_due,
@@ -579,7 +599,53 @@ class InvoiceService:
             actor=actor,
             target_id=invoice.id,
         )
-        return invoice
+
+    @asynccontextmanager
+    async def numbers_at_end(self, s: AsyncSession) -> AsyncIterator[None]:
+        """Number the invoices finalised in `s` within the block at its end, when it ends
+        without error, still in its transaction: per series, one statement takes as many
+        numbers as it has invoices (`allocate_in_series`), given in invoice id order, and
+        only then is each `invoice.finalized` emitted (it carries the number). The series
+        is so locked from the block's end to the commit, not from its first finalisation:
+        many finalisations (the billing run's transaction) hold it for one short moment.
+        Numbers stay gapless: a rollback gives them back. Invoices finalised in a savepoint
+        that rolled back are left out. Inside the block a finalised invoice has no number."""
+        info = s.sync_session.info
+        if _NUMBERS_AT_END in info:  # already held by an enclosing block
+            yield
+            return
+        pending: list[tuple[Invoice, datetime, Actor]] = []
+        info[_NUMBERS_AT_END] = pending
+        try:
+            yield
+        finally:
+            del info[_NUMBERS_AT_END]
+        if not pending:
+            return
+        kept = set(
+            await s.scalars(
+                sa.select(Invoice.id).where(
+                    Invoice.id.in_([invoice.id for invoice, _, _ in pending]),
+                    Invoice.status == InvoiceStatus.OPEN,
+                    Invoice.number.is_(None),
+                )
+            )
+        )
+        series: dict[str, list[tuple[Invoice, datetime, Actor]]] = {}
+        for invoice, at, actor in sorted(pending, key=lambda item: item[0].id):
+            if invoice.id in kept:
+                key = series_key(self.settings, organization_id=invoice.organization_id, at=at)
+                series.setdefault(key, []).append((invoice, at, actor))
+        for key in sorted(series):
+            members = series[key]
+            numbers = await allocate_in_series(s, key, len(members))
+            for (invoice, at, _), seq in zip(members, numbers, strict=True):
+                invoice.number = format_invoice_number(self.settings, seq=seq, at=at)
+        await s.flush()
+        async with self.events.deferred(s):
+            for members in series.values():
+                for invoice, _, actor in members:
+                    await self._finalized(s, invoice, actor)
 
     async def void(
         self,

@@ -422,7 +422,11 @@ class BillingRun:
         done: Counter[str] = Counter()
         failures: list[tuple[uuid.UUID, str]] = []
         try:
-            async with self.database.transaction() as s, self.events.one_wakeup(s):
+            async with (
+                self.database.transaction() as s,
+                self.events.one_wakeup(s),
+                context.invoices.numbers_at_end(s),
+            ):
                 await s.execute(
                     sa.select(Subscription.id)
                     .where(Subscription.organization_id.in_(list(todo)))
