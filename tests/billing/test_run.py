@@ -292,6 +292,28 @@ class TestBatchRefill:
 
 
 class TestNumbersAtEnd:
+    async def test_an_existing_draft_finalised_in_a_rolled_back_savepoint_stays_a_draft(
+        self, env: Env
+    ) -> None:
+        org_id = (await env.orgs.create(name="Acme")).id
+        invoices = InvoiceService(env.database, env.database.settings, EventBus())
+        draft = await invoices.create_draft(org_id, "USD", [("item", 100)])
+        async with env.database.transaction() as s, invoices.numbers_at_end(s):
+            try:
+                async with s.begin_nested():
+                    await invoices.finalize(org_id, draft.id, session=s)
+                    raise RuntimeError("this organisation fails")
+            except RuntimeError:
+                pass
+            kept = await invoices.create_draft(org_id, "USD", [("item", 200)], session=s)
+            await invoices.finalize_locked(s, kept)
+        rows = await env.invoices(org_id)
+        assert [(row.status, row.number is None) for row in rows] == [
+            (InvoiceStatus.DRAFT, True),
+            (InvoiceStatus.OPEN, False),
+        ]
+        assert (await env.outbox(org_id)).count("invoice.finalized") == 1
+
     async def test_numbered_at_the_end_in_id_order_and_a_rolled_back_one_gives_it_back(
         self, env: Env
     ) -> None:

@@ -568,12 +568,13 @@ class InvoiceService:
         invoice.issue_date = issued
         invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
         invoice.status = InvoiceStatus.OPEN
-        pending: list[tuple[Invoice, datetime, Actor]] | None = s.sync_session.info.get(
+        pending: list[tuple[uuid.UUID, Invoice, datetime, Actor]] | None = s.sync_session.info.get(
             _NUMBERS_AT_END
         )
         if pending is not None:  # numbered, and announced, at the end of `numbers_at_end`
             await s.flush()
-            pending.append((invoice, now, actor))
+            # The id kept aside: a savepoint that rolls back expires the invoice's attributes.
+            pending.append((invoice_id, invoice, now, actor))
             return invoice
         # The series stays locked from here to the commit: the number is taken last, and the
         # invoice is written once with it.
@@ -614,7 +615,7 @@ class InvoiceService:
         if _NUMBERS_AT_END in info:  # already held by an enclosing block
             yield
             return
-        pending: list[tuple[Invoice, datetime, Actor]] = []
+        pending: list[tuple[uuid.UUID, Invoice, datetime, Actor]] = []
         info[_NUMBERS_AT_END] = pending
         try:
             yield
@@ -625,15 +626,15 @@ class InvoiceService:
         kept = set(
             await s.scalars(
                 sa.select(Invoice.id).where(
-                    Invoice.id.in_([invoice.id for invoice, _, _ in pending]),
+                    Invoice.id.in_([invoice_id for invoice_id, _, _, _ in pending]),
                     Invoice.status == InvoiceStatus.OPEN,
                     Invoice.number.is_(None),
                 )
             )
         )
         series: dict[str, list[tuple[Invoice, datetime, Actor]]] = {}
-        for invoice, at, actor in sorted(pending, key=lambda item: item[0].id):
-            if invoice.id in kept:
+        for invoice_id, invoice, at, actor in sorted(pending, key=lambda item: item[0]):
+            if invoice_id in kept:
                 key = series_key(self.settings, organization_id=invoice.organization_id, at=at)
                 series.setdefault(key, []).append((invoice, at, actor))
         for key in sorted(series):
