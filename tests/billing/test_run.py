@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 from saascore import Saascore
 from saascore.audit.service import AuditService
+from saascore.billing.coupons import CouponService
+from saascore.billing.invoices import InvoiceService
 from saascore.billing.payments import PaymentService
 from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
@@ -234,11 +236,12 @@ class TestOnce:
         before = len(await audit.list(org_id, limit=500))
         await env.run.run(FEB, organizations=[org_id])
         actions = [entry.action for entry in await audit.list(org_id, limit=500)]
-        # Newest first: the run's three, written together, in the order they were emitted.
+        # Newest first: the run's three in the order they were emitted, `invoice.finalized`
+        # last, once the transaction's invoices took their numbers (it carries the number).
         assert actions[: len(actions) - before] == [
+            "invoice.finalized",
             "subscription.renewed",
             "credits.granted",
-            "invoice.finalized",
         ]
         assert await audit.verify(org_id) == []
 
@@ -250,6 +253,100 @@ class TestOnce:
         assert await env.invoices(org_id) == []
         assert await env.outbox(org_id) == before
         assert (await env.subscription(org_id)).current_period_start == JAN
+
+
+class TestBatchRefill:
+    """The period refills of a transaction's organisations read set-wise (`prefetch_refills`)
+    and still grant exactly what `refill_once` alone would."""
+
+    async def grants(self, env: Env, org_id: uuid.UUID) -> list[tuple[str | None, int]]:
+        """The organisation's plan grants of the run's year (not those of its creation)."""
+        async with env.database.session(readonly=True) as s:
+            rows = await s.execute(
+                sa.select(CreditGrant.idempotency_key, CreditGrant.amount)
+                .where(
+                    CreditGrant.organization_id == org_id,
+                    CreditGrant.idempotency_key.like("refill:2025-%"),
+                )
+                .order_by(CreditGrant.idempotency_key)
+            )
+            return [(key, int(amount)) for key, amount in rows]
+
+    async def test_a_batch_refills_each_once_and_the_ledger_verifies(self, env: Env) -> None:
+        plan = await env.plan(1_000)
+        orgs = [(await env.subscribed(plan))[0] for _ in range(5)]
+        for _ in range(2):  # the second run finds each refill done
+            await env.run.run(FEB, organizations=orgs)
+        for org_id in orgs:
+            assert await self.grants(env, org_id) == [("refill:2025-02", 50)]
+        assert await CreditService(env.database, EventBus()).verify() == []
+
+    async def test_a_lagging_run_refills_every_month_it_opens(self, env: Env) -> None:
+        plan = await env.plan(1_000)
+        orgs = [(await env.subscribed(plan))[0] for _ in range(3)]
+        summary = await env.run.run(datetime(2025, 4, 1, tzinfo=UTC), organizations=orgs)
+        assert summary.counts["credits_refilled"] == 9
+        for org_id in orgs:
+            assert await self.grants(env, org_id) == [
+                ("refill:2025-02", 50),
+                ("refill:2025-03", 50),
+                ("refill:2025-04", 50),
+            ]
+        assert await CreditService(env.database, EventBus()).verify() == []
+
+
+class TestNumbersAtEnd:
+    async def test_an_existing_draft_finalised_in_a_rolled_back_savepoint_stays_a_draft(
+        self, env: Env
+    ) -> None:
+        org_id = (await env.orgs.create(name="Acme")).id
+        invoices = InvoiceService(env.database, env.database.settings, EventBus())
+        draft = await invoices.create_draft(org_id, "USD", [("item", 100)])
+        async with env.database.transaction() as s, invoices.numbers_at_end(s):
+            try:
+                async with s.begin_nested():
+                    await invoices.finalize(org_id, draft.id, session=s)
+                    raise RuntimeError("this organisation fails")
+            except RuntimeError:
+                pass
+            kept = await invoices.create_draft(org_id, "USD", [("item", 200)], session=s)
+            await invoices.finalize_locked(s, kept)
+        rows = await env.invoices(org_id)
+        assert [(row.status, row.number is None) for row in rows] == [
+            (InvoiceStatus.DRAFT, True),
+            (InvoiceStatus.OPEN, False),
+        ]
+        assert (await env.outbox(org_id)).count("invoice.finalized") == 1
+
+    async def test_numbered_at_the_end_in_id_order_and_a_rolled_back_one_gives_it_back(
+        self, env: Env
+    ) -> None:
+        org_id = (await env.orgs.create(name="Acme")).id
+        invoices = InvoiceService(env.database, env.database.settings, EventBus())
+        inside: list[str | None] = []
+        async with env.database.transaction() as s, invoices.numbers_at_end(s):
+            for n in range(4):
+                try:
+                    async with s.begin_nested():
+                        draft = await invoices.create_draft(
+                            org_id, "USD", [("item", 100)], session=s
+                        )
+                        finalized = await invoices.finalize_locked(s, draft)
+                        inside.append(finalized.number)
+                        if n == 2:
+                            raise RuntimeError("this organisation fails")
+                except RuntimeError:
+                    pass
+        assert inside == [None, None, None, None]  # no number, so no lock, until the end
+        later = await invoices.create_draft(org_id, "USD", [("item", 100)])
+        await invoices.finalize(org_id, later.id)
+        kept = await env.invoices(org_id)
+        assert [invoice.status for invoice in kept] == [InvoiceStatus.OPEN] * 4
+        seqs = [int((invoice.number or "").rsplit("-", 1)[1]) for invoice in kept]
+        # The rolled-back invoice's number went back to the series: 1, 2, 3, then 4.
+        assert seqs == list(range(seqs[0], seqs[0] + 4))
+        outbox = await env.outbox(org_id)
+        assert outbox.count("invoice.finalized") == 4
 
 
 async def bulk_due(database: Database, count: int) -> list[uuid.UUID]:
@@ -347,6 +444,25 @@ class TestDunning:
         assert quiet.counts["invoices_overdue"] == quiet.counts["suspended"] == 0
 
 
+class TestFreeOfCharge:
+    async def test_a_renewal_owing_nothing_is_paid_at_once_and_never_dunned(self, env: Env) -> None:
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        code = random_code("FREE").upper()
+        coupons = CouponService(env.database, env.bus)
+        await coupons.create(code, percent_off=10_000, duration="forever")
+        await coupons.redeem(org_id, code)
+        summary = await env.run.run(FEB, organizations=[org_id])
+        assert summary.counts["invoices_issued"] == 1
+        [invoice] = [i for i in await env.invoices(org_id) if i.status is not InvoiceStatus.DRAFT]
+        assert (invoice.status, invoice.total, invoice.amount_due) == (InvoiceStatus.PAID, 0, 0)
+        assert invoice.number is not None
+        assert invoice.paid_at == FEB
+        events = await env.outbox(org_id)
+        assert events.count("invoice.finalized") == events.count("invoice.paid") == 1
+        later = await env.run.run(FEB + timedelta(days=30), organizations=[org_id])
+        assert later.counts["invoices_overdue"] == later.counts["past_due"] == 0
+
+
 class TestTwoRunsAtOnce:
     @pytest.mark.race_database
     async def test_each_renewal_invoice_and_refill_once(self, race_database: Database) -> None:
@@ -364,6 +480,14 @@ class TestTwoRunsAtOnce:
         )
         assert per_org == 500
         assert await env.count(sa.select(sa.func.count()).select_from(Invoice).where(of)) == 500
+        # Each transaction numbers its invoices at its end, in one statement, in id order:
+        # across both runs the numbers are gapless and follow the invoices' ids.
+        async with race_database.session(readonly=True) as s:
+            numbers = list(
+                await s.scalars(sa.select(Invoice.number).where(of).order_by(Invoice.id))
+            )
+        seqs = [int((number or "").rsplit("-", 1)[1]) for number in numbers]
+        assert seqs == list(range(seqs[0], seqs[0] + 500))
         refills = await env.count(
             sa.select(sa.func.count())
             .select_from(CreditGrant)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from saascore.audit import AuditService
 from saascore.events import Event, EventBus
+from saascore.events.bus import OUTBOX_CHANNEL
 from saascore.events.catalog import ApiKeyRevoked, AuthLogout, CreditsLow, OperatorKeyRevoked
 from saascore.kit.actors import Actor
 from saascore.kit.db import Database
@@ -186,3 +187,45 @@ class TestOnce:
             )
         assert again is not None
         assert recorder.committed == [again]
+
+
+class TestOneWakeup:
+    async def test_a_block_of_savepoints_publishes_all_and_wakes_once(
+        self, scratch: Database
+    ) -> None:
+        org_id = await new_org(scratch)
+        recorder = Recorder(scratch)
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        async with scratch.engine.connect() as listening:
+            if scratch.engine.dialect.name == "postgresql":
+                raw = (await listening.get_raw_connection()).driver_connection
+                assert raw is not None
+                await raw.add_listener(OUTBOX_CHANNEL, lambda *args: heard.put_nowait(args[2]))
+            async with scratch.transaction() as s, recorder.bus.one_wakeup(s):
+                for n in range(3):
+                    try:
+                        async with s.begin_nested(), recorder.bus.deferred(s):
+                            await recorder.bus.emit(s, org_id, revoked(), actor=ACTOR)
+                            if n == 1:
+                                raise RuntimeError("this one rolls back")
+                    except RuntimeError:
+                        pass
+            assert await counts(scratch, org_id) == (2, 2)
+            assert len(recorder.committed) == 2
+            if scratch.engine.dialect.name == "postgresql":
+                # NOTIFY is delivered at the commit: one wake-up for the block's events.
+                assert await asyncio.wait_for(heard.get(), timeout=10) == OUTBOX_CHANNEL
+
+    async def test_a_block_that_fails_publishes_nothing(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        recorder = Recorder(scratch)
+
+        async def failing() -> None:
+            async with scratch.transaction() as s, recorder.bus.one_wakeup(s):
+                await recorder.bus.emit(s, org_id, revoked(), actor=ACTOR)
+                raise RuntimeError("rolled back")
+
+        with pytest.raises(RuntimeError):
+            await failing()
+        assert await counts(scratch, org_id) == (0, 0)
+        assert recorder.committed == []

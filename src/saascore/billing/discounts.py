@@ -34,6 +34,7 @@ __all__ = [
     "Discount",
     "attach_subscription_coupon",
     "discount_of",
+    "has_coupon",
     "spread_amount_off",
     "use_coupon_period",
 ]
@@ -83,6 +84,11 @@ def _redemption_id(invoice: Invoice) -> uuid.UUID | None:
         return uuid.UUID(str(entry.get("redemption_id")))
     except ValueError:
         return None
+
+
+def has_coupon(invoice: Invoice) -> bool:
+    """Whether the invoice applies a coupon (a redemption is attached to it)."""
+    return _redemption_id(invoice) is not None
 
 
 async def _redemption(s: AsyncSession, invoice: Invoice) -> tuple[CouponRedemption, Coupon] | None:

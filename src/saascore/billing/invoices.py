@@ -24,7 +24,8 @@ uncollectible (docs/billing.md, "Invoices").
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -41,6 +42,7 @@ from saascore.billing.discounts import (
     Discount,
     attach_subscription_coupon,
     discount_of,
+    has_coupon,
     spread_amount_off,
     use_coupon_period,
 )
@@ -54,7 +56,12 @@ from saascore.billing.errors import (
     InvoiceNotFound,
     NegativeInvoiceTotal,
 )
-from saascore.billing.numbering import allocate_invoice_number
+from saascore.billing.numbering import (
+    allocate_in_series,
+    allocate_invoice_number,
+    format_invoice_number,
+    series_key,
+)
 from saascore.billing.periods import Period
 from saascore.config import Settings
 from saascore.events.bus import EventBus
@@ -82,6 +89,10 @@ from saascore.models import (
 )
 from saascore.tenancy.errors import OrganizationNotFound
 from saascore.tenancy.service import locked_organization
+
+#: Set in a session's info within `InvoiceService.numbers_at_end`: the invoices finalised
+#: there, waiting for their numbers (with the moment and actor of their finalisation).
+_NUMBERS_AT_END: Final = "saascore.billing.numbers_at_end"
 
 __all__ = [
     "INVOICE_TRANSITIONS",
@@ -684,8 +695,9 @@ class InvoiceService:
         if not invoice.lines:
             raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
         await recompute_totals(s, invoice)
-        # The coupon's period is used now; with none left, the invoice goes without it.
-        if not await use_coupon_period(s, invoice):
+        # The coupon's period is used now; with none left, the invoice goes without it (and
+        # without a coupon there is nothing to recompute).
+        if has_coupon(invoice) and not await use_coupon_period(s, invoice):
             await recompute_totals(s, invoice, attach=False)
         if invoice.total < 0:
             raise NegativeInvoiceTotal(
@@ -696,22 +708,38 @@ class InvoiceService:
             )
         now = self.clock()
         issued = now.date()
-        # The series stays locked from here to the commit: the number is taken last, and the
-        # invoice is written once with it.
-        number = await allocate_invoice_number(
-            s, organization_id=org_id, at=now, settings=self.settings
-        )
         invoice.issue_date = issued
         invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
         invoice.status = InvoiceStatus.OPEN
-        invoice.number = number
+        pending: list[tuple[uuid.UUID, Invoice, datetime, Actor]] | None = s.sync_session.info.get(
+            _NUMBERS_AT_END
+        )
+        if pending is not None:  # numbered, and announced, at the end of `numbers_at_end`
+            await s.flush()
+            # The id kept aside: a savepoint that rolls back expires the invoice's attributes.
+            pending.append((invoice_id, invoice, now, actor))
+            return invoice
+        # The series stays locked from here to the commit: the number is taken last, and the
+        # invoice is written once with it.
+        invoice.number = await allocate_invoice_number(
+            s, organization_id=org_id, at=now, settings=self.settings
+        )
         await s.flush()
+        await self._finalized(s, invoice, actor, now)
+        return invoice
+
+    async def _finalized(
+        self, s: AsyncSession, invoice: Invoice, actor: Actor, at: datetime
+    ) -> None:
+        """The numbered invoice is issued: `invoice.finalized`; and one owing nothing (a 100 %
+        coupon, lines of 0) is `paid` at once (`invoice.paid`): left open, it could never be
+        paid, and dunning would chase it."""
         await self.events.emit(
             s,
-            org_id,
+            invoice.organization_id,
             InvoiceFinalized(
                 invoice_id=invoice.id,
-                number=number,
+                number=invoice.number or "",
                 currency=invoice.currency,
                 total=invoice.total,
                 amount_due=invoice.amount_due,
@@ -721,10 +749,56 @@ class InvoiceService:
             target_id=invoice.id,
         )
         if invoice.amount_due == 0:
-            mark_paid(invoice, now)
+            mark_paid(invoice, at)
             await s.flush()
             await emit_invoice_paid(s, self.events, invoice, actor)
-        return invoice
+
+    @asynccontextmanager
+    async def numbers_at_end(self, s: AsyncSession) -> AsyncIterator[None]:
+        """Number the invoices finalised in `s` within the block at its end, when it ends
+        without error, still in its transaction: per series, one statement takes as many
+        numbers as it has invoices (`allocate_in_series`), given in invoice id order, and
+        only then is each `invoice.finalized` emitted (it carries the number). The series
+        is so locked from the block's end to the commit, not from its first finalisation:
+        many finalisations (the billing run's transaction) hold it for one short moment.
+        Numbers stay gapless: a rollback gives them back. Invoices finalised in a savepoint
+        that rolled back are left out. Inside the block a finalised invoice has no number."""
+        info = s.sync_session.info
+        if _NUMBERS_AT_END in info:  # already held by an enclosing block
+            yield
+            return
+        pending: list[tuple[uuid.UUID, Invoice, datetime, Actor]] = []
+        info[_NUMBERS_AT_END] = pending
+        try:
+            yield
+        finally:
+            del info[_NUMBERS_AT_END]
+        if not pending:
+            return
+        kept = set(
+            await s.scalars(
+                sa.select(Invoice.id).where(
+                    Invoice.id.in_([invoice_id for invoice_id, _, _, _ in pending]),
+                    Invoice.status == InvoiceStatus.OPEN,
+                    Invoice.number.is_(None),
+                )
+            )
+        )
+        series: dict[str, list[tuple[Invoice, datetime, Actor]]] = {}
+        for invoice_id, invoice, at, actor in sorted(pending, key=lambda item: item[0]):
+            if invoice_id in kept:
+                key = series_key(self.settings, organization_id=invoice.organization_id, at=at)
+                series.setdefault(key, []).append((invoice, at, actor))
+        for key in sorted(series):
+            members = series[key]
+            numbers = await allocate_in_series(s, key, len(members))
+            for (invoice, at, _), seq in zip(members, numbers, strict=True):
+                invoice.number = format_invoice_number(self.settings, seq=seq, at=at)
+        await s.flush()
+        async with self.events.deferred(s):
+            for members in series.values():
+                for invoice, at, actor in members:
+                    await self._finalized(s, invoice, actor, at)
 
     async def void(
         self,
@@ -905,14 +979,19 @@ def _draft_only(invoice: Invoice) -> None:
         )
 
 
-async def recompute_totals(s: AsyncSession, invoice: Invoice, *, attach: bool = True) -> None:
+async def recompute_totals(
+    s: AsyncSession, invoice: Invoice, *, attach: bool = True, tax_rate_bps: int | None = None
+) -> None:
     """Set a draft's line discounts, taxes and totals from its lines, at its organisation's
     tax rate and after its coupon: the one place totals are computed, for drafts built here
     and by `SubscriptionService`. A subscription's draft without a coupon first takes the
-    subscription's live redemption (`attach_subscription_coupon`; not with `attach=False`)."""
-    rate = await s.scalar(
-        sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
-    )
+    subscription's live redemption (`attach_subscription_coupon`; not with `attach=False`).
+    `tax_rate_bps` is the organisation's rate when the caller has just read it in `s`."""
+    rate = tax_rate_bps
+    if rate is None:
+        rate = await s.scalar(
+            sa.select(Organization.tax_rate_bps).where(Organization.id == invoice.organization_id)
+        )
     if attach:
         await attach_subscription_coupon(s, invoice)
     _recompute(invoice, BasisPoints(rate or 0), await discount_of(s, invoice))
@@ -975,10 +1054,10 @@ async def draft_in(
         _line_row(org_id, position, item, unit, amount)
         for position, (item, unit, amount) in enumerate(checked)
     ]
+    # A subscription's draft takes the subscription's coupon (`billing.discounts`). Totals
+    # first: the invoice and its lines are then inserted once, already computed.
+    await recompute_totals(s, invoice, tax_rate_bps=organization.tax_rate_bps)
     s.add(invoice)
-    await s.flush()
-    # A subscription's draft takes the subscription's coupon (`billing.discounts`).
-    await recompute_totals(s, invoice)
     await s.flush()
     return invoice
 

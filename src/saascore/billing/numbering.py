@@ -29,6 +29,7 @@ from saascore.kit.time import utcnow
 from saascore.models import InvoiceSequence
 
 __all__ = [
+    "allocate_in_series",
     "allocate_invoice_number",
     "format_invoice_number",
     "next_in_series",
@@ -93,6 +94,28 @@ async def next_in_series(session: AsyncSession, series: str) -> int:
     )
     number: int = (await session.execute(statement)).scalar_one()
     return number
+
+
+async def allocate_in_series(session: AsyncSession, series: str, count: int) -> list[int]:
+    """Take the next `count` numbers of `series` at once, in one statement (`last_number +
+    count`), inside the session's transaction: consecutive, and locked like `next_in_series`'s
+    until the transaction ends (a rollback gives them all back)."""
+    if count < 1:
+        raise ValueError(f"count must be positive, not {count}")
+    insert = sql.insert(session, InvoiceSequence)
+    statement = (
+        insert.values(series=series, last_number=count, updated_at=utcnow())
+        .on_conflict_do_update(
+            index_elements=[InvoiceSequence.series],
+            set_={
+                "last_number": InvoiceSequence.last_number + count,
+                "updated_at": insert.excluded.updated_at,
+            },
+        )
+        .returning(InvoiceSequence.last_number)
+    )
+    last: int = (await session.execute(statement)).scalar_one()
+    return list(range(last - count + 1, last + 1))
 
 
 async def allocate_invoice_number(

@@ -33,7 +33,7 @@ from saascore.billing.invoices import InvoiceService, LineItem, LineKind
 from saascore.billing.periods import Period, period_containing
 from saascore.billing.states import Trigger, check_transition
 from saascore.billing.subscriptions import upcoming_invoice
-from saascore.credits.service import CreditService
+from saascore.credits.service import CreditService, RefillPrefetch
 from saascore.events.bus import EventBus
 from saascore.events.catalog import SubscriptionRenewed, SubscriptionTrialWillEnd
 from saascore.kit.actors import SYSTEM, Actor
@@ -102,6 +102,8 @@ class Prefetched:
     loaded: list[Organization] = field(default_factory=list)
     #: The drafts of these subscriptions, by (subscription id, period_start), lines loaded.
     drafts: dict[tuple[uuid.UUID, datetime], Invoice] = field(default_factory=dict)
+    #: What the first period refill of each due subscription reads (`prefetch_refills`).
+    refills: RefillPrefetch | None = None
 
 
 async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> Prefetched:
@@ -501,7 +503,12 @@ async def renew_due(
         subscription.updated_at = at
         await s.flush()
         credits.clock = _fixed(following.start)
-        refill = await credits.refill_once(org_id, actor=actor, session=s)
+        refill = await credits.refill_once(
+            org_id,
+            actor=actor,
+            session=s,
+            prefetched=prefetched.refills if prefetched is not None else None,
+        )
         done.credits_refilled += 1 if refill.granted else 0
         if subscription.status is not S.ACTIVE:
             continue  # a trial's periods roll without an invoice

@@ -207,8 +207,20 @@ class RenewStep:
     async def prepare(
         self, s: AsyncSession, organizations: Sequence[uuid.UUID], context: StepContext
     ) -> None:
-        """Load, set-wise, what the renewals of `organizations` read (`renewal.prefetch`)."""
-        context.prefetched = await prefetch(s, list(organizations), context.at)
+        """Load, set-wise, what the renewals of `organizations` read (`renewal.prefetch`),
+        and what their first period refills read (`CreditService.prefetch_refills`): a
+        renewal opens the period starting at its current one's end."""
+        found = await prefetch(s, list(organizations), context.at)
+        found.refills = await context.credits.prefetch_refills(
+            s,
+            {
+                org_id: subscription.current_period_end
+                for org_id, subscription in found.subscriptions.items()
+                if subscription.current_period_end <= context.at
+                and not subscription.cancel_at_period_end
+            },
+        )
+        context.prefetched = found
 
     async def candidates(
         self, s: AsyncSession, at: datetime, organizations: Sequence[uuid.UUID]
@@ -450,7 +462,11 @@ class BillingRun:
         done: Counter[str] = Counter()
         failures: list[tuple[uuid.UUID, str]] = []
         try:
-            async with self.database.transaction() as s:
+            async with (
+                self.database.transaction() as s,
+                self.events.one_wakeup(s),
+                context.invoices.numbers_at_end(s),
+            ):
                 await s.execute(
                     sa.select(Subscription.id)
                     .where(Subscription.organization_id.in_(list(todo)))

@@ -57,7 +57,15 @@ from saascore.models import (
     UsageLimits,
 )
 
-__all__ = ["Consumed", "CreditAccount", "CreditService", "Granted", "LedgerProblem", "Refill"]
+__all__ = [
+    "Consumed",
+    "CreditAccount",
+    "CreditService",
+    "Granted",
+    "LedgerProblem",
+    "Refill",
+    "RefillPrefetch",
+]
 
 
 _DRAW_ORDER = (
@@ -104,6 +112,21 @@ class Refill:
     granted: int
     #: The grant it made, or else the month's latest plan grant (None: the plan grants none).
     transaction: CreditTransaction | None
+
+
+@dataclass
+class RefillPrefetch:
+    """What the month's refills of a group of organisations read, loaded set-wise in their
+    transaction (`CreditService.prefetch_refills`): four queries for the group instead of four
+    for each organisation. Each entry serves one `refill_once` of its month and is then
+    dropped, so a second refill (another month, or after a grant in the same transaction)
+    reads for itself; an organisation with nothing left to grant is left out and reads for
+    itself too (it answers with the month's latest grant)."""
+
+    #: Per organisation: its locked account, the month (start) the entry is for, the plan's
+    #: allowance and rollover, what the month's plan grants already add up to, and whether
+    #: it may hold grants lapsed by then (to expire first, as `refill_once` does).
+    entries: dict[uuid.UUID, tuple[UsageLimits, datetime, int, bool, int, bool]]
 
 
 @dataclass(frozen=True)
@@ -463,7 +486,12 @@ class CreditService:
         return (await self.refill_once(org_id, actor=actor, session=session)).transaction
 
     async def refill_once(
-        self, org_id: uuid.UUID, *, actor: Actor = SYSTEM, session: AsyncSession | None = None
+        self,
+        org_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+        prefetched: RefillPrefetch | None = None,
     ) -> Refill:
         """Bring the month's plan credits up to the plan's `credits_per_period`.
 
@@ -481,6 +509,22 @@ class CreditService:
         now = self.clock()
         period = month_start(now)
         key = f"refill:{period:%Y-%m}"
+        entry = prefetched.entries.pop(org_id, None) if prefetched is not None else None
+        if entry is not None and session is not None and entry[1] == period:
+            account, _, allowance, rollover, granted, lapsed = entry
+            _room(account, allowance - granted)
+            if lapsed:
+                await self._expire_lapsed(session, account, now)
+            return await self._grant_refill(
+                session,
+                account,
+                amount=allowance - granted,
+                granted=granted,
+                allowance=allowance,
+                rollover=rollover,
+                now=now,
+                actor=actor,
+            )
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)  # the lock first: the plan read is current
             plan = (
@@ -526,53 +570,18 @@ class CreditService:
                     )
                 ).one_or_none()
                 return Refill(org_id, 0, latest)
-            amount = allowance - granted
-            if granted:
-                key = f"{key}:{allowance}"
-            ends = next_month_start(now)
-            _room(account, amount)
+            _room(account, allowance - granted)
             await self._expire_lapsed(s, account, now)
-            grant = await self._new_grant(
-                s,
-                org_id,
-                amount,
-                source=CreditSource.PLAN,
-                expires_at=None if rollover else ends,
-                idempotency_key=key,
-                description=f"plan credits for {period:%Y-%m}"
-                + (f" (up to {allowance})" if granted else ""),
-                now=now,
-            )
-            account.credits_granted_total += amount
-            account.last_credit_refill_at = now
-            account.next_credit_refill_at = ends
-            transaction = await self._append(
+            return await self._grant_refill(
                 s,
                 account,
-                CreditTransactionType.GRANT,
-                amount,
-                now,
-                grant_id=grant.id,
-                idempotency_key=key,
-                request={"op": "refill", "period": period, "allowance": allowance},
-                description=grant.description,
-            )
-            await self.events.emit(
-                s,
-                org_id,
-                CreditsGranted(
-                    transaction_id=transaction.id,
-                    grant_id=grant.id,
-                    amount=amount,
-                    source=CreditSource.PLAN.value,
-                    idempotency_key=key,
-                    expires_at=grant.expires_at,
-                    balance=account.credit_balance,
-                ),
+                amount=allowance - granted,
+                granted=granted,
+                allowance=allowance,
+                rollover=rollover,
+                now=now,
                 actor=actor,
-                target_id=transaction.id,
             )
-            return Refill(org_id, amount, transaction)
 
     async def refill_all(self) -> AsyncIterator[Refill]:
         """`refill_once` for every organisation that is not deleted, oldest first, each in a
@@ -796,6 +805,142 @@ class CreditService:
                 f"idempotency key {key!r} was used for a different request", idempotency_key=key
             )
         return existing
+
+    async def prefetch_refills(
+        self, s: AsyncSession, months: dict[uuid.UUID, datetime]
+    ) -> RefillPrefetch:
+        """Lock and read, set-wise in `s`, what `refill_once` reads for each organisation of
+        `months` in the month containing its instant (see `RefillPrefetch`). The accounts are
+        locked in organisation order."""
+        found = RefillPrefetch(entries={})
+        org_ids = sorted(months)
+        if not org_ids:
+            return found
+        accounts = {
+            account.organization_id: account
+            for account in await s.scalars(
+                sa.select(UsageLimits)
+                .where(UsageLimits.organization_id.in_(org_ids))
+                .order_by(UsageLimits.organization_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        }
+        plans = {
+            org_id: (int(allowance), bool(rollover))
+            for org_id, allowance, rollover in await s.execute(
+                sa.select(
+                    Organization.id,
+                    SubscriptionPlan.credits_per_period,
+                    SubscriptionPlan.credits_rollover,
+                )
+                .join(SubscriptionPlan, Organization.plan_id == SubscriptionPlan.id)
+                .where(Organization.id.in_(org_ids))
+            )
+        }
+        latest = max(months.values())
+        lapsed = set(
+            await s.scalars(
+                sa.select(CreditGrant.organization_id)
+                .where(
+                    CreditGrant.organization_id.in_(org_ids),
+                    CreditGrant.remaining > 0,
+                    CreditGrant.expires_at <= latest,
+                )
+                .distinct()
+            )
+        )
+        granted: dict[tuple[uuid.UUID, str], int] = {}
+        for org_id, key, amount in await s.execute(
+            sa.select(
+                CreditGrant.organization_id, CreditGrant.idempotency_key, CreditGrant.amount
+            ).where(
+                CreditGrant.organization_id.in_(org_ids),
+                CreditGrant.source == CreditSource.PLAN,
+                CreditGrant.idempotency_key.like("refill:%"),
+            )
+        ):
+            month = (key or "")[len("refill:") : len("refill:YYYY-MM")]
+            granted[org_id, month] = granted.get((org_id, month), 0) + int(amount)
+        for org_id in org_ids:
+            account, plan = accounts.get(org_id), plans.get(org_id)
+            if account is None or plan is None:
+                continue  # made on first use, or gone: the slow path
+            allowance, rollover = plan
+            period = month_start(months[org_id])
+            already = granted.get((org_id, f"{period:%Y-%m}"), 0)
+            if allowance <= already:
+                continue  # nothing to grant: the slow path answers with the latest grant
+            found.entries[org_id] = (
+                account,
+                period,
+                allowance,
+                rollover,
+                already,
+                org_id in lapsed,
+            )
+        return found
+
+    async def _grant_refill(
+        self,
+        s: AsyncSession,
+        account: UsageLimits,
+        *,
+        amount: int,
+        granted: int,
+        allowance: int,
+        rollover: bool,
+        now: datetime,
+        actor: Actor,
+    ) -> Refill:
+        """Grant `amount` of the month's plan credits to the locked `account` (`refill_once`)."""
+        org_id = account.organization_id
+        period = month_start(now)
+        key = f"refill:{period:%Y-%m}"
+        if granted:
+            key = f"{key}:{allowance}"
+        ends = next_month_start(now)
+        grant = await self._new_grant(
+            s,
+            org_id,
+            amount,
+            source=CreditSource.PLAN,
+            expires_at=None if rollover else ends,
+            idempotency_key=key,
+            description=f"plan credits for {period:%Y-%m}"
+            + (f" (up to {allowance})" if granted else ""),
+            now=now,
+        )
+        account.credits_granted_total += amount
+        account.last_credit_refill_at = now
+        account.next_credit_refill_at = ends
+        transaction = await self._append(
+            s,
+            account,
+            CreditTransactionType.GRANT,
+            amount,
+            now,
+            grant_id=grant.id,
+            idempotency_key=key,
+            request={"op": "refill", "period": period, "allowance": allowance},
+            description=grant.description,
+        )
+        await self.events.emit(
+            s,
+            org_id,
+            CreditsGranted(
+                transaction_id=transaction.id,
+                grant_id=grant.id,
+                amount=amount,
+                source=CreditSource.PLAN.value,
+                idempotency_key=key,
+                expires_at=grant.expires_at,
+                balance=account.credit_balance,
+            ),
+            actor=actor,
+            target_id=transaction.id,
+        )
+        return Refill(org_id, amount, transaction)
 
     async def _new_grant(
         self,

@@ -54,6 +54,9 @@ OUTBOX_CHANNEL = "saascore_outbox"
 
 _PENDING = "saascore.events.pending"
 _DEFERRED = "saascore.events.deferred"
+#: Set in a session's info while `one_wakeup` holds the dispatchers' wake-up to its end:
+#: whether one is owed.
+_WAKE_OWED = "saascore.events.wake_owed"
 
 
 class EventPayload(BaseModel):
@@ -203,6 +206,25 @@ class EventBus:
             del info[_DEFERRED]
         await self._handle(session, events)
 
+    @asynccontextmanager
+    async def one_wakeup(self, session: AsyncSession) -> AsyncIterator[None]:
+        """Wake the dispatchers once for all the events published in `session` within the
+        block, when it ends without error (still in its transaction), instead of once per
+        publication: a batch of many small transactions' worth of events in one (the billing
+        run). A wake-up is only a hint (dispatchers also poll), so one sent for events a
+        savepoint then rolled back costs a poll, nothing more."""
+        info = session.sync_session.info
+        if _WAKE_OWED in info:  # already held by an enclosing block
+            yield
+            return
+        info[_WAKE_OWED] = False
+        try:
+            yield
+        finally:
+            owed = info.pop(_WAKE_OWED)
+        if owed:
+            await _notify_dispatchers(session)
+
     async def publish(self, session: AsyncSession, events: Iterable[Event]) -> None:
         """Write `events` to the outbox in `session`'s transaction (set-wise), and have the
         dispatchers of every process woken when it commits."""
@@ -276,7 +298,12 @@ class EventBus:
 
 async def _notify_dispatchers(session: AsyncSession) -> None:
     """On PostgreSQL, have every process's dispatcher woken when the transaction commits
-    (NOTIFY is transactional); elsewhere they poll, and this process's doorbell rings."""
+    (NOTIFY is transactional); elsewhere they poll, and this process's doorbell rings.
+    Within `EventBus.one_wakeup` the wake-up is only noted, and sent at the block's end."""
+    info = session.sync_session.info
+    if _WAKE_OWED in info:
+        info[_WAKE_OWED] = True
+        return
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
 
