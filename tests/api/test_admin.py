@@ -37,6 +37,7 @@ class TestOnlyOperators:
             "metric": "tokens",
             "code": admin.plan,
             "invoice_id": str(uuid.uuid4()),
+            "payment_id": str(uuid.uuid4()),
         }
         before = await stored(admin.core.database, customer.organization_id)
         for headers in (customer.headers, customer.key_headers):

@@ -74,7 +74,7 @@ def test_delete_a_draft_and_nothing_due_once_void(org_cli: Cli) -> None:
     assert "total 17.25" in shown
     assert "due" not in shown.splitlines()[-1]
     row = json.loads(cli("invoices", "show", number, "--json").ok().stdout)
-    assert (row["amount_due"], row["amount_owed"]) == ("17.25", "0.00")
+    assert (row["amount_due"], row["amount_owed"]) == (1725, 0)
 
 
 def test_bad_input(org_cli: Cli) -> None:
