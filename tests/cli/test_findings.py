@@ -7,12 +7,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import pytest_asyncio
 
 from saascore.kit.db import Database
 from saascore.plans import PlanService, read_catalog
 from saascore.tenancy import OrganizationService
 from tests.cli.runner import Cli
+
+#: The commands' own behaviour (arguments, output, exit codes) is the same on both databases,
+#: and the billing services beneath are tested on both: these run once, on PostgreSQL (CI's
+#: database), as each command costs a process start.
+pytestmark = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
