@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, TypeVar
+from typing import Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,7 +32,7 @@ from sqlalchemy.orm import joinedload, selectinload
 from saascore.billing.invoices import InvoiceService, LineItem, LineKind
 from saascore.billing.periods import Period, period_containing
 from saascore.billing.states import Trigger, check_transition
-from saascore.billing.subscriptions import upcoming_invoice
+from saascore.billing.subscriptions import subscription_payload, upcoming_invoice
 from saascore.credits.service import CreditService, RefillPrefetch
 from saascore.events.bus import EventBus
 from saascore.events.catalog import SubscriptionRenewed, SubscriptionTrialWillEnd
@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 S = SubscriptionStatus
-_P = TypeVar("_P", SubscriptionRenewed, SubscriptionTrialWillEnd)
 
 #: How long before a trial's end `subscription.trial_will_end` is sent.
 TRIAL_NOTICE: Final = timedelta(days=3)
@@ -346,24 +345,6 @@ async def _locked_subscription(s: AsyncSession, org_id: uuid.UUID) -> Subscripti
     return (await s.scalars(query)).one_or_none()
 
 
-def _payload(kind: type[_P], subscription: Subscription, **extra: object) -> _P:
-    return kind.model_validate(
-        {
-            "subscription_id": subscription.id,
-            "plan": subscription.plan.code,
-            "status": subscription.status.value,
-            "billing_cycle": subscription.billing_cycle.value,
-            "currency": subscription.currency,
-            "unit_amount": subscription.unit_amount,
-            "current_period_start": subscription.current_period_start,
-            "current_period_end": subscription.current_period_end,
-            "cancel_at_period_end": subscription.cancel_at_period_end,
-            "trial_end": subscription.trial_end,
-            **extra,
-        }
-    )
-
-
 async def _issue(
     s: AsyncSession,
     invoices: InvoiceService,
@@ -462,7 +443,7 @@ async def renew_due(
             await events.emit(
                 s,
                 org_id,
-                _payload(
+                subscription_payload(
                     SubscriptionRenewed,
                     subscription,
                     invoice_id=invoice.id if invoice else None,
@@ -482,7 +463,7 @@ async def renew_due(
             await events.emit(
                 s,
                 org_id,
-                _payload(SubscriptionTrialWillEnd, subscription),
+                subscription_payload(SubscriptionTrialWillEnd, subscription),
                 actor=actor,
                 target_id=subscription.id,
             )
@@ -518,7 +499,9 @@ async def renew_due(
         await events.emit(
             s,
             org_id,
-            _payload(SubscriptionRenewed, subscription, invoice_id=invoice.id if invoice else None),
+            subscription_payload(
+                SubscriptionRenewed, subscription, invoice_id=invoice.id if invoice else None
+            ),
             actor=actor,
             target_id=subscription.id,
         )

@@ -68,7 +68,13 @@ from saascore.models.catalog import BillingCycle, PlanPrice
 from saascore.plans.service import PlanService
 from saascore.tenancy.service import OrganizationService, locked_organization
 
-__all__ = ["MAX_TRIAL_DAYS", "DueResult", "SubscriptionService", "upcoming_invoice"]
+__all__ = [
+    "MAX_TRIAL_DAYS",
+    "DueResult",
+    "SubscriptionService",
+    "subscription_payload",
+    "upcoming_invoice",
+]
 
 S = SubscriptionStatus
 P = TypeVar("P", bound=EventPayload)
@@ -267,7 +273,7 @@ class SubscriptionService:
             await self.events.emit(
                 s,
                 org_id,
-                _payload(SubscriptionCreated, subscription),
+                subscription_payload(SubscriptionCreated, subscription),
                 actor=actor,
                 target_id=subscription.id,
             )
@@ -602,9 +608,9 @@ class SubscriptionService:
         await s.flush()
         payload: SubscriptionCanceled | SubscriptionExpired
         if status is S.CANCELED:
-            payload = _payload(SubscriptionCanceled, subscription, ends_at=paid_until)
+            payload = subscription_payload(SubscriptionCanceled, subscription, ends_at=paid_until)
         else:
-            payload = _payload(SubscriptionExpired, subscription)
+            payload = subscription_payload(SubscriptionExpired, subscription)
         await self.events.emit(
             s, subscription.organization_id, payload, actor=actor, target_id=subscription.id
         )
@@ -646,7 +652,7 @@ class SubscriptionService:
         await self.events.emit(
             s,
             subscription.organization_id,
-            _payload(SubscriptionUpdated, subscription, changes=changes),
+            subscription_payload(SubscriptionUpdated, subscription, changes=changes),
             actor=actor,
             target_id=subscription.id,
         )
@@ -673,7 +679,9 @@ def _without(metadata: dict[str, Any], key: str) -> dict[str, Any]:
     return {name: value for name, value in metadata.items() if name != key}
 
 
-def _payload(kind: type[P], subscription: Subscription, **extra: Any) -> P:
+def subscription_payload(kind: type[P], subscription: Subscription, **extra: Any) -> P:
+    """The `subscription.*` event `kind` of `subscription`, with `extra` fields: the one
+    place these payloads are built (subscriptions, the billing run, dunning)."""
     return kind.model_validate(
         {
             "subscription_id": subscription.id,
