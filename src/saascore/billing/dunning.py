@@ -29,7 +29,7 @@ from typing import Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.billing.invoices import overdue_clause
+from saascore.billing.invoices import issued_fields, overdue_clause
 from saascore.billing.periods import as_utc
 from saascore.billing.states import Trigger
 from saascore.billing.subscriptions import SubscriptionService
@@ -103,14 +103,7 @@ class DunningService:
             await self.events.emit(
                 s,
                 org_id,
-                InvoiceOverdue(
-                    invoice_id=invoice.id,
-                    number=invoice.number,
-                    currency=invoice.currency,
-                    total=invoice.total,
-                    amount_due=invoice.amount_due,
-                    due_date=_due(invoice),
-                ),
+                InvoiceOverdue(**issued_fields(invoice), due_date=_due(invoice)),
                 actor=actor,
                 target_id=invoice.id,
             )

@@ -113,6 +113,7 @@ __all__ = [
     "draft_in",
     "emit_invoice_paid",
     "is_overdue",
+    "issued_fields",
     "line_totals",
     "mark_paid",
     "overdue_clause",
@@ -209,6 +210,18 @@ def mark_paid(invoice: Invoice, at: datetime) -> None:
     invoice.paid_at = at
 
 
+def issued_fields(invoice: Invoice) -> dict[str, Any]:
+    """The fields every `invoice.*` event of an issued invoice carries (finalized, paid,
+    overdue, voided, marked_uncollectible): its id, number, currency, total and amount due."""
+    return {
+        "invoice_id": invoice.id,
+        "number": invoice.number or "",
+        "currency": invoice.currency,
+        "total": invoice.total,
+        "amount_due": invoice.amount_due,
+    }
+
+
 async def emit_invoice_paid(
     s: AsyncSession, events: EventBus, invoice: Invoice, actor: Actor
 ) -> None:
@@ -221,11 +234,7 @@ async def emit_invoice_paid(
         s,
         invoice.organization_id,
         InvoicePaid(
-            invoice_id=invoice.id,
-            number=invoice.number,
-            currency=invoice.currency,
-            total=invoice.total,
-            amount_due=invoice.amount_due,
+            **issued_fields(invoice),
             amount_paid=invoice.amount_paid,
             paid_at=invoice.paid_at,
         ),
@@ -737,14 +746,7 @@ class InvoiceService:
         await self.events.emit(
             s,
             invoice.organization_id,
-            InvoiceFinalized(
-                invoice_id=invoice.id,
-                number=invoice.number or "",
-                currency=invoice.currency,
-                total=invoice.total,
-                amount_due=invoice.amount_due,
-                due_date=invoice.due_date,
-            ),
+            InvoiceFinalized(**issued_fields(invoice), due_date=invoice.due_date),
             actor=actor,
             target_id=invoice.id,
         )
@@ -862,13 +864,7 @@ class InvoiceService:
             await self.events.emit(
                 s,
                 org_id,
-                event(
-                    invoice_id=invoice.id,
-                    number=invoice.number,
-                    currency=invoice.currency,
-                    total=invoice.total,
-                    amount_due=invoice.amount_due,
-                ),
+                event(**issued_fields(invoice)),
                 actor=actor,
                 target_id=invoice.id,
             )
