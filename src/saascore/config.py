@@ -44,6 +44,7 @@ __all__ = [
     "SEED_ALIASES",
     "DatabaseBackend",
     "InvoiceSequenceScope",
+    "PaymentProviderChoice",
     "Settings",
     "invoice_template_fields",
     "load_settings",
@@ -76,6 +77,26 @@ _DB_TYPES = {
     "postgresql": DatabaseBackend.POSTGRESQL,
     "postgres": DatabaseBackend.POSTGRESQL,
     "sqlite": DatabaseBackend.SQLITE,
+}
+
+
+class PaymentProviderChoice(StrEnum):
+    """The payment provider a deployment sells through (`SAASCORE_PAYMENT_PROVIDER`)."""
+
+    MOCK = "mock"
+    STRIPE = "stripe"
+    LEMONSQUEEZY = "lemonsqueezy"
+
+
+#: The settings each provider cannot start without.
+PROVIDER_REQUIRED: dict[PaymentProviderChoice, tuple[str, ...]] = {
+    PaymentProviderChoice.MOCK: (),
+    PaymentProviderChoice.STRIPE: ("stripe_secret_key", "stripe_webhook_secret"),
+    PaymentProviderChoice.LEMONSQUEEZY: (
+        "lemonsqueezy_api_key",
+        "lemonsqueezy_store_id",
+        "lemonsqueezy_signing_secret",
+    ),
 }
 
 
@@ -379,6 +400,32 @@ class Settings(BaseSettings):
     #: does nothing twice, so a short interval only costs its queries.
     billing_autorun_interval: float = Field(default=300.0, ge=1, le=86_400)
 
+    # --- payment providers --------------------------------------------------------------------
+    #: Where checkouts, portals and subscription changes go: `mock` (the default: a checkout
+    #: completes at once on a local confirmation page), `stripe` or `lemonsqueezy`. An
+    #: organisation keeps the provider it started with.
+    payment_provider: PaymentProviderChoice = PaymentProviderChoice.MOCK
+    stripe_secret_key: SecretStr | None = Field(default=None, min_length=1, repr=False)
+    #: The `whsec_...` secret that Stripe signs this endpoint's webhooks with.
+    stripe_webhook_secret: SecretStr | None = Field(default=None, min_length=1, repr=False)
+    #: Stripe's API base URL, for a proxy or a test server (unset: Stripe's own).
+    stripe_api_base: str | None = Field(default=None, pattern=r"^https?://")
+    lemonsqueezy_api_key: SecretStr | None = Field(default=None, min_length=1, repr=False)
+    lemonsqueezy_store_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+    #: The secret Lemon Squeezy signs webhooks with (`X-Signature`, HMAC-SHA256).
+    lemonsqueezy_signing_secret: SecretStr | None = Field(default=None, min_length=1, repr=False)
+    #: Lemon Squeezy's API base URL, for a proxy or a test server (unset: its own).
+    lemonsqueezy_api_base: str | None = Field(default=None, pattern=r"^https?://")
+    #: Where a provider sends the customer after a checkout, and after they abandon it.
+    checkout_success_url: str = Field(
+        default="http://127.0.0.1:8000/?checkout=success", pattern=r"^https?://"
+    )
+    checkout_cancel_url: str = Field(
+        default="http://127.0.0.1:8000/?checkout=cancel", pattern=r"^https?://"
+    )
+    #: The largest provider webhook body accepted, in bytes (larger ones get 413).
+    provider_webhook_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
+
     @field_validator("invoice_number_template")
     @classmethod
     def _check_invoice_template(cls, value: str) -> str:
@@ -438,6 +485,12 @@ class Settings(BaseSettings):
                 "SAASCORE_WEBHOOK_LEASE_SECONDS must exceed SAASCORE_WEBHOOK_TIMEOUT_SECONDS: "
                 "a delivery still being sent would be sent again"
             )
+        for name in PROVIDER_REQUIRED[self.payment_provider]:
+            if getattr(self, name) is None:
+                raise ValueError(
+                    f"SAASCORE_PAYMENT_PROVIDER={self.payment_provider.value} needs "
+                    f"{ENV_PREFIX}{name.upper()}"
+                )
         first = self.invoice_number_template.format(prefix=self.invoice_prefix, year=2025, seq=1)
         if len(first) > INVOICE_NUMBER_MAX_LENGTH:
             raise ValueError(
@@ -548,7 +601,16 @@ def _alias_in_use(name: str) -> str | None:
     return None
 
 
-_SECRET = {"database_url", "database_password", "jwt_secret", "metrics_token"}
+_SECRET = {
+    "database_url",
+    "database_password",
+    "jwt_secret",
+    "metrics_token",
+    "stripe_secret_key",
+    "stripe_webhook_secret",
+    "lemonsqueezy_api_key",
+    "lemonsqueezy_signing_secret",
+}
 
 
 def _without_password(value: Any) -> Any:
