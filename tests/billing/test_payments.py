@@ -567,3 +567,41 @@ class TestRaces:
             owed = await s.get_one(Invoice, (org, invoice.id))
         assert (stored.refunded_amount, stored.status) == (9_800, PaymentStatus.PARTIALLY_REFUNDED)
         assert (owed.amount_paid, owed.amount_due, owed.status) == (200, 9_800, InvoiceStatus.PAID)
+
+
+class TestRefundedPacks:
+    async def test_a_refund_takes_the_credits_back_in_proportion(self, billing: Billing) -> None:
+        org = await billing.org()
+        before = await billing.credits.balance(org, session=billing.session)
+        invoice = await billing.invoice(org, pack(1_000, amount=4_000))
+        first = await billing.payments.record(
+            org, invoice.id, 1_000, "card", session=billing.session
+        )
+        last = await billing.payments.record(
+            org, invoice.id, 3_000, "card", session=billing.session
+        )
+        assert last.credits_awarded == 1_000
+        # A quarter of the invoice refunded, from the payment that did not grant the credits.
+        await billing.payments.refund(org, first.id, 1_000, key="r1", session=billing.session)
+        assert await billing.credits.balance(org, session=billing.session) == before + 750
+        # The same key again takes nothing more.
+        await billing.payments.refund(org, first.id, 1_000, key="r1", session=billing.session)
+        assert await billing.credits.balance(org, session=billing.session) == before + 750
+        await billing.payments.refund(org, last.id, 3_000, session=billing.session)
+        assert await billing.credits.balance(org, session=billing.session) == before
+        refunded = [e for e in await billing.outbox(org) if e.type == "payment.refunded"]
+        assert [e.body["data"]["credits_reversed"] for e in refunded] == [250, 750]
+
+    async def test_spent_credits_are_not_taken_below_zero(self, billing: Billing) -> None:
+        org = await billing.org()
+        start = await billing.credits.balance(org, session=billing.session)
+        invoice = await billing.invoice(org, pack(100, amount=1_000))
+        paid = await billing.payments.record(
+            org, invoice.id, 1_000, "card", session=billing.session
+        )
+        await billing.credits.consume(org, start + 60, session=billing.session)
+        refunded = await billing.payments.refund(org, paid.id, 1_000, session=billing.session)
+        assert await billing.credits.balance(org, session=billing.session) == 0
+        assert refunded.metadata_["refunds"][-1]["credits_reversed"] == 40
+        assert refunded.metadata_["refunds"][-1]["credits_short"] == 60
+        assert refunded.status is PaymentStatus.REFUNDED

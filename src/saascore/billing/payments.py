@@ -28,6 +28,11 @@
   merchant's choice: it is not owed again, and is never overdue). An open invoice stays open.
   Refunds are kept on the payment (`metadata["refunds"]`), each with its key, under the
   payment's row lock: the same key again answers the payment unchanged.
+- **A refunded credit pack takes its credits back** in proportion: after any refund of a
+  payment on a pack's invoice, the credits the invoice granted have been taken back in the
+  share the invoice's payments have been refunded of its total (rounded down), drawn like a
+  consumption in the refund's transaction. Credits already spent are not taken below a zero
+  balance: what could not be taken back is kept on the refund as `credits_short`.
 """
 
 from __future__ import annotations
@@ -112,6 +117,7 @@ _ALIASES: Final = {"card": PaymentMethod.CREDIT_CARD, "bank": PaymentMethod.BANK
 _METHOD_NAME: Final = "method_name"
 _REQUEST: Final = "request_hash"
 _REFUNDS: Final = "refunds"
+_CREDITS_BACK: Final = "credits_taken_back"
 
 
 def parse_method(method: PaymentMethod | str) -> tuple[PaymentMethod, str | None]:
@@ -462,6 +468,12 @@ class PaymentService:
                 else PaymentStatus.PARTIALLY_REFUNDED
             )
             refunds.append({"key": key, "amount": minor, "reason": reason, "at": now.isoformat()})
+            taken, short = (
+                await self._take_back_credits(s, invoice, payment, len(refunds), key)
+                if invoice is not None
+                else (0, 0)
+            )
+            refunds[-1] |= {"credits_reversed": taken, "credits_short": short}
             payment.metadata_ = {**(payment.metadata_ or {}), _REFUNDS: refunds}
             if invoice is not None:
                 invoice.amount_paid -= minor
@@ -480,8 +492,49 @@ class PaymentService:
                 refund_amount=minor,
                 refunded_amount=payment.refunded_amount,
                 reason=reason,
+                credits_reversed=taken,
             )
             return payment
+
+    async def _take_back_credits(
+        self, s: AsyncSession, invoice: Invoice, payment: Payment, nth: int, key: str | None
+    ) -> tuple[int, int]:
+        """The credits a refund takes back of a credit pack's invoice (module docstring):
+        (taken, short of what was due back). Runs under the invoice's lock, after the refund
+        is counted on `payment`; the running total is kept on the payment that granted them."""
+        await s.flush()
+        granted = await s.scalar(
+            sa.select(Payment).where(
+                Payment.organization_id == invoice.organization_id,
+                Payment.invoice_id == invoice.id,
+                Payment.credits_awarded > 0,
+            )
+        )
+        if granted is None or invoice.total <= 0:
+            return 0, 0
+        refunded = await s.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(Payment.refunded_amount), 0)).where(
+                Payment.organization_id == invoice.organization_id,
+                Payment.invoice_id == invoice.id,
+            )
+        )
+        due = granted.credits_awarded * min(int(refunded or 0), invoice.total) // invoice.total
+        before = int((granted.metadata_ or {}).get(_CREDITS_BACK, 0))
+        owed = max(0, due - before)
+        if owed == 0:
+            return 0, 0
+        balance = await self.credits.balance(invoice.organization_id, session=s)
+        taken = min(owed, max(0, balance))
+        if taken:
+            await self.credits.adjust(
+                invoice.organization_id,
+                -taken,
+                reason=f"Credits of refunded invoice {invoice.number}",
+                idempotency_key=f"refund:{payment.id}:{nth}:{key or ''}",
+                session=s,
+            )
+        granted.metadata_ = {**(granted.metadata_ or {}), _CREDITS_BACK: before + owed}
+        return taken, owed - taken
 
     # --- reads ---------------------------------------------------------------------------------
     async def get(

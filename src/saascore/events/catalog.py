@@ -257,6 +257,11 @@ class PaymentRefunded(_PaymentEvent):
         description="Everything refunded of the payment so far, in minor units", examples=[500]
     )
     reason: str | None = Field(default=None, description="Why, as given", examples=["goodwill"])
+    credits_reversed: int = Field(
+        default=0,
+        description="Credits of a refunded credit pack taken back by this refund",
+        examples=[0],
+    )
 
 
 # --- credits -------------------------------------------------------------------------------------
