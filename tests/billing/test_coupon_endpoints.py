@@ -61,6 +61,7 @@ class TestCoupons:
         assert redeemed.json()["invoice_id"] == invoice_id
         shown = await admin.client.get(f"/v1/invoices/{invoice_id}", headers=customer.headers)
         assert (shown.json()["discount_amount"], shown.json()["total"]) == (2_000, 8_000)
+        assert shown.json()["coupon"] == created["code"]
 
         off = await admin.client.post(
             f"/v1/admin/coupons/{created['code']}/deactivate", headers=admin.operator

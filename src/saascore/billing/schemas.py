@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from saascore.billing.discounts import COUPON_KEY
 from saascore.billing.invoices import (
     MAX_DESCRIPTION_LENGTH,
     MAX_LINES,
@@ -198,6 +199,12 @@ class InvoiceLineOut(BaseModel):
         )
 
 
+def coupon_code(invoice: Invoice) -> str | None:
+    """The code of the coupon an invoice's discount comes from, if any."""
+    coupon: Any = (invoice.metadata_ or {}).get(COUPON_KEY)
+    return str(coupon["code"]) if isinstance(coupon, dict) and "code" in coupon else None
+
+
 class InvoiceOut(BaseModel):
     """An invoice. `total = subtotal - discount_amount + tax_amount` and
     `amount_due = total - amount_paid`, always; amounts are minor units of `currency`.
@@ -225,6 +232,9 @@ class InvoiceOut(BaseModel):
     period_start: datetime | None = Field(default=None, description="The period it bills")
     period_end: datetime | None = Field(default=None, description="The end of that period")
     subtotal: int = Field(description="The sum of the lines' amounts", examples=[2999])
+    coupon: str | None = Field(
+        default=None, description="The code of the coupon whose discount it carries; null: none"
+    )
     discount_amount: int = Field(description="The sum of the lines' discounts", examples=[0])
     tax_rate_bps: int = Field(description="The tax rate, in basis points", examples=[1500])
     tax_amount: int = Field(description="The sum of the lines' taxes", examples=[450])
@@ -263,6 +273,7 @@ class InvoiceOut(BaseModel):
             period_start=invoice.period_start,
             period_end=invoice.period_end,
             subtotal=invoice.subtotal,
+            coupon=coupon_code(invoice),
             discount_amount=invoice.discount_amount,
             tax_rate_bps=invoice.tax_rate_bps,
             tax_amount=invoice.tax_amount,
@@ -504,13 +515,12 @@ class UpcomingInvoiceOut(BaseModel):
 
     @classmethod
     def of(cls, invoice: Invoice) -> UpcomingInvoiceOut:
-        coupon: Any = (invoice.metadata_ or {}).get("coupon")
         return cls(
             subscription_id=invoice.subscription_id,
             currency=invoice.currency,
             period_start=invoice.period_start,
             period_end=invoice.period_end,
-            coupon=str(coupon["code"]) if isinstance(coupon, dict) and "code" in coupon else None,
+            coupon=coupon_code(invoice),
             subtotal=invoice.subtotal,
             discount_amount=invoice.discount_amount,
             tax_rate_bps=invoice.tax_rate_bps,
