@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from saascore.kit.errors import ConfigurationError
 from saascore.models.catalog import BillingCycle
 from saascore.models.enums import PaymentProvider
 from saascore.providers.base import (
@@ -164,10 +165,19 @@ class TestApi:
         url = await adapter.create_portal_session(mine, "https://app.example/back")
         assert url == "https://store.example/mine"
 
-    async def test_portal_without_a_subscription_is_refused(
+    async def test_portal_without_a_subscription_is_the_customers_link(
         self, adapter: LemonSqueezyAdapter, fake_lemonsqueezy: FakeLemonSqueezy
     ) -> None:
         customer = fake_lemonsqueezy.add_customer()
+        link = "https://store.example/billing?customer=1"
+        fake_lemonsqueezy.state.customers[customer]["attributes"]["urls"]["customer_portal"] = link
+        assert await adapter.create_portal_session(customer, "https://app.example/back") == link
+
+    async def test_portal_without_any_link_is_refused(
+        self, adapter: LemonSqueezyAdapter, fake_lemonsqueezy: FakeLemonSqueezy
+    ) -> None:
+        customer = fake_lemonsqueezy.add_customer()
+        del fake_lemonsqueezy.state.customers[customer]["attributes"]["urls"]
         with pytest.raises(ProviderUnavailable):
             await adapter.create_portal_session(customer, "https://app.example/back")
         with pytest.raises(ProviderUnavailable):
@@ -237,10 +247,22 @@ class TestApi:
 
 
 class TestFailures:
+    def test_settings_without_keys_are_refused(self) -> None:
+        values = FakeLemonSqueezy().settings_values()
+        for name in [
+            "lemonsqueezy_api_key",
+            "lemonsqueezy_store_id",
+            "lemonsqueezy_signing_secret",
+        ]:
+            settings = make_settings(**{**values, "payment_provider": "mock", name: None})
+            with pytest.raises(ConfigurationError, match=name.upper()):
+                LemonSqueezyAdapter(settings)
+
+    @pytest.mark.parametrize("status", [500, 502, 503, 504, 429])
     async def test_5xx_is_retried_then_succeeds(
-        self, adapter: LemonSqueezyAdapter, fake_lemonsqueezy: FakeLemonSqueezy
+        self, adapter: LemonSqueezyAdapter, fake_lemonsqueezy: FakeLemonSqueezy, status: int
     ) -> None:
-        fake_lemonsqueezy.fail_next(2, status=503)
+        fake_lemonsqueezy.fail_next(2, status=status)
         customer_id = await adapter.create_customer(Customer(organization_id=ORG, name="Acme"))
         assert customer_id in fake_lemonsqueezy.state.customers
         assert len(fake_lemonsqueezy.requests) == 3
@@ -315,6 +337,26 @@ class TestFailures:
                 await adapter.create_checkout(checkout())
         finally:
             await adapter.aclose()
+
+    async def test_a_failed_connection_is_retried(self) -> None:
+        calls = []
+
+        def refused(request: httpx.Request) -> httpx.Response:
+            calls.append(request)
+            if len(calls) < 3:
+                raise httpx.ConnectError("refused", request=request)
+            return httpx.Response(200, json={"data": {"type": "subscriptions", "id": "1"}})
+
+        adapter = LemonSqueezyAdapter(
+            make_settings(**FakeLemonSqueezy().settings_values()),
+            retry_backoff=0,
+            transport=httpx.MockTransport(refused),
+        )
+        try:
+            await adapter.resume_subscription("1")
+        finally:
+            await adapter.aclose()
+        assert len(calls) == 3
 
     async def test_a_read_timeout_is_not_retried(self) -> None:
         calls = []

@@ -28,8 +28,10 @@ What Lemon Squeezy does differently from Stripe, and what this adapter does abou
   `created_at`; the period's end is left `None`.
 
 Calls are retried on a 5xx, a 429 and a failure to connect, at most three tries with a small
-backoff; anything else that goes wrong raises `ProviderUnavailable`, whose message never holds
-the API key.
+backoff; anything else that goes wrong (a 4xx, a timeout once the request was sent, an answer
+that is not JSON:API) raises `ProviderUnavailable`, whose message never holds the API key.
+Lemon Squeezy takes no idempotency key, so a POST retried after a 5xx may make a second
+checkout (an unused link, harmless) or a second customer (the caller keeps the id it got).
 """
 
 from __future__ import annotations
@@ -241,7 +243,8 @@ class LemonSqueezyAdapter:
 
     async def create_portal_session(self, customer_id: str, return_url: str) -> str:
         """The customer's portal link, from their most recently changed subscription that has
-        one (Lemon Squeezy signs it; it has no session API). `return_url` is not used."""
+        one, else from the customer (Lemon Squeezy signs it; it has no session API).
+        `return_url` is not used: the portal has no way back."""
         customer = _data(await self._request("GET", f"/v1/customers/{_path(customer_id)}"))
         email = _attributes(customer).get("email")
         params = {"filter[user_email]": email} if isinstance(email, str) and email else {}
@@ -250,12 +253,18 @@ class LemonSqueezyAdapter:
             attributes = _attributes(item)
             urls = attributes.get("urls")
             portal = urls.get("customer_portal") if isinstance(urls, dict) else None
-            if str(attributes.get("customer_id")) != customer_id or not isinstance(portal, str):
+            if str(attributes.get("customer_id")) != customer_id or not _https(portal):
                 continue
             changed = _when(attributes.get("updated_at")) or datetime.min.replace(tzinfo=UTC)
             if best is None or changed > best[0]:
-                best = (changed, portal)
+                best = (changed, str(portal))
         if best is None:
+            # A customer without a subscription (a credit pack's buyer) may still have a link
+            # of their own, which Lemon Squeezy gives on the customer.
+            urls = _attributes(customer).get("urls")
+            portal = urls.get("customer_portal") if isinstance(urls, dict) else None
+            if _https(portal):
+                return str(portal)
             raise ProviderUnavailable(
                 "Lemon Squeezy has no subscription with a customer portal for this customer"
             )
@@ -662,3 +671,7 @@ def _path(value: str) -> str:
 
 def _to_one(kind: str, identifier: str) -> dict[str, Any]:
     return {"data": {"type": kind, "id": identifier}}
+
+
+def _https(url: Any) -> bool:
+    return isinstance(url, str) and url.startswith("https://") and len(url) <= 2048
