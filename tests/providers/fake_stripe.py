@@ -289,11 +289,15 @@ def invoice_object(
     status: str = "paid",
     failure_message: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    subscription_metadata: Mapping[str, str] | None = None,
+    organization_id: uuid.UUID | str | None = None,
     created: int | datetime | None = None,
     legacy: bool = False,
 ) -> dict[str, Any]:
     """A subscription's `invoice`, with one subscription line for the period. `legacy` uses
-    the pre-2025 shape (`subscription` on the invoice, `price` on the line)."""
+    the pre-2025 shape (`subscription` on the invoice, `price` on the line).
+    `organization_id` goes where Stripe copies the subscription's metadata to."""
+    copied = _org_metadata(organization_id, subscription_metadata)
     invoice_id = id or new_id("in")
     start = _ts(period_start, int(time.time()))
     assert start is not None
@@ -336,6 +340,7 @@ def invoice_object(
     }
     if legacy:
         body["subscription"] = subscription
+        body["subscription_details"] = {"metadata": copied}
         body["charge"] = (
             {"id": new_id("ch"), "object": "charge", "failure_message": failure_message}
             if failure_message is not None
@@ -353,7 +358,7 @@ def invoice_object(
             {
                 "type": "subscription_details",
                 "quote_details": None,
-                "subscription_details": {"metadata": {}, "subscription": subscription},
+                "subscription_details": {"metadata": copied, "subscription": subscription},
             }
             if subscription is not None
             else None
@@ -518,9 +523,7 @@ class FakeStripeState:
             customer = session["customer"]
             if customer is None:
                 customer = self._new_customer({"email": session.get("customer_email")})["id"]
-            session.update(
-                customer=customer, status="complete", payment_status="paid", url=None
-            )
+            session.update(customer=customer, status="complete", payment_status="paid", url=None)
             if session["mode"] == "payment":
                 session["payment_intent"] = new_id("pi")
                 return [event("checkout.session.completed", session, created=now)]
@@ -539,6 +542,7 @@ class FakeStripeState:
                 amount=session["amount_total"],
                 currency=session["currency"],
                 price=request["price"],
+                subscription_metadata=request["subscription_metadata"],
                 period_start=now,
                 created=now,
             )
@@ -591,7 +595,9 @@ class FakeStripe:
         host, port = self._server.server_address[:2]
         self.url = f"http://{host!s}:{port}"
         self.state.base_url = self.url
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -813,17 +819,17 @@ class _Handler(BaseHTTPRequestHandler):
         )
         key = recorded.idempotency_key
         state = self.owner.state
-        replay = state.idempotent.get((recorded.path, key)) if key else None
-        if replay is not None:
-            with state.lock:
+        with state.lock:
+            replay = state.idempotent.get((recorded.path, key)) if key else None
+            if replay is not None:
                 self.owner.requests.append(recorded)
-            status, body = replay
-            extra: dict[str, str] = {"idempotent-replayed": "true"}
-        else:
-            status, payload, extra = self.owner.answer(recorded)
-            body = json.dumps(payload).encode()
-            if key and self.command == "POST" and status < 500:
-                state.idempotent[(recorded.path, key)] = (status, body)
+                status, body = replay
+                extra: dict[str, str] = {"idempotent-replayed": "true"}
+            else:
+                status, payload, extra = self.owner.answer(recorded)
+                body = json.dumps(payload).encode()
+                if key and self.command == "POST" and status < 500:
+                    state.idempotent[(recorded.path, key)] = (status, body)
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))

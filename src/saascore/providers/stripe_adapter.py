@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -338,14 +338,14 @@ def _event(data: Mapping[str, Any]) -> ProviderEvent:
         payment = _invoice(obj, failed=failed)
         return made(
             EventKind.PAYMENT_FAILED if failed else EventKind.PAYMENT_SUCCEEDED,
-            organization_id=_organization(_metadata(obj)),
+            organization_id=_invoice_organization(obj),
             customer_id=payment.customer_id,
             payment=payment,
         )
     return made(EventKind.UNHANDLED)
 
 
-def _checkout(obj: Mapping[str, Any], made: Any) -> ProviderEvent:
+def _checkout(obj: Mapping[str, Any], made: Callable[..., ProviderEvent]) -> ProviderEvent:
     metadata = _metadata(obj)
     organization_id = _organization(metadata) or _as_uuid(obj.get("client_reference_id"))
     session_id = _text(obj, "id")
@@ -436,6 +436,21 @@ def _invoice(obj: Mapping[str, Any], *, failed: bool) -> ProviderPayment:
         failure_reason=_failure_reason(obj) if failed else None,
         price_id=_line_price(line) if line else None,
     )
+
+
+def _invoice_organization(obj: Mapping[str, Any]) -> uuid.UUID | None:
+    """The organisation on the invoice's own metadata, or on the snapshot of its
+    subscription's metadata (`parent.subscription_details`, or `subscription_details` before
+    2025), which is where the checkout's `subscription_data.metadata` ends up."""
+    parent = obj.get("parent")
+    holders = [obj, parent.get("subscription_details") if isinstance(parent, dict) else None]
+    holders.append(obj.get("subscription_details"))
+    for holder in holders:
+        if isinstance(holder, dict):
+            organization_id = _organization(_metadata(holder))
+            if organization_id is not None:
+                return organization_id
+    return None
 
 
 def _subscription_line(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
