@@ -241,7 +241,8 @@ class StripeAdapter:
         except stripe.SignatureVerificationError:
             raise WebhookSignatureInvalid("The webhook's signature does not match") from None
         signed_at = _signed_at(header)
-        if abs(now.timestamp() - signed_at) > WEBHOOK_TOLERANCE_SECONDS:
+        # In integers: a signed `t` may be far beyond what a float holds.
+        if abs(int(now.timestamp()) - signed_at) > WEBHOOK_TOLERANCE_SECONDS:
             raise WebhookStale(
                 f"The webhook was signed more than {WEBHOOK_TOLERANCE_SECONDS} s from now"
             )
