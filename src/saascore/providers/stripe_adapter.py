@@ -318,6 +318,10 @@ def _event(data: Mapping[str, Any]) -> ProviderEvent:
 
     if type_ in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         return _checkout(obj, made)
+    if type_.startswith("customer.subscription.") and _unknown_status(obj):
+        # A status Stripe adds later: stored and acknowledged (refused, it would come back
+        # for days), acted on once saascore knows it (`saascore webhooks replay`).
+        return made(EventKind.UNHANDLED)
     if type_ in ("customer.subscription.created", "customer.subscription.updated"):
         subscription = _subscription(obj, updated_at=occurred_at)
         return made(
@@ -378,6 +382,11 @@ def _checkout(obj: Mapping[str, Any], made: Callable[..., ProviderEvent]) -> Pro
     else:
         event = made(EventKind.UNHANDLED, organization_id=organization_id, checkout_id=session_id)
     return event
+
+
+def _unknown_status(obj: Mapping[str, Any]) -> bool:
+    status = obj.get("status")
+    return isinstance(status, str) and bool(status) and status not in _STATUSES
 
 
 def _subscription(obj: Mapping[str, Any], *, updated_at: datetime | None) -> ProviderSubscription:
