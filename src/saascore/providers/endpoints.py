@@ -250,7 +250,7 @@ button{{font-size:1rem;padding:.6rem 1.2rem}}</style></head>
 <body><h1>Mock checkout</h1>
 <p>This is saascore's mock payment provider: nothing is charged.</p>
 <p><strong>{what}</strong>: {amount}</p>
-<form method="post"><button type="submit">Confirm payment</button></form>
+<form method="post"><button type="submit" name="confirm" value="1">Confirm payment</button></form>
 <p><a href="{cancel}">Cancel</a></p></body></html>
 """
 

@@ -154,11 +154,11 @@ class ProviderWebhooks:
         source = (
             provider if isinstance(provider, PaymentProvider) else provider_from_url(provider)
         )
-        limit = self.database.settings.provider_webhook_max_bytes
+        limit = self.registry.settings.provider_webhook_max_bytes
         if len(body) > limit:
             raise WebhookTooLarge(f"the body is over {limit} bytes", limit=limit)
         if source is PaymentProvider.MOCK:
-            if self.database.settings.payment_provider is not PaymentProviderChoice.MOCK:
+            if self.registry.settings.payment_provider is not PaymentProviderChoice.MOCK:
                 raise MockWebhookRefused("mock webhooks are taken only in mock mode")
             if not _loopback(client_host):
                 raise MockWebhookRefused("mock webhooks are taken only from loopback")
