@@ -111,9 +111,7 @@ def payment_event(
 
 async def send(client: httpx.AsyncClient, body: dict[str, Any] | bytes) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return await client.post(
-        WEBHOOK, content=content, headers={"content-type": "application/json"}
-    )
+    return await client.post(WEBHOOK, content=content, headers={"content-type": "application/json"})
 
 
 async def subscriptions_of(database: Database, org_id: uuid.UUID) -> list[Subscription]:

@@ -121,7 +121,9 @@ class TestOrder:
         mine = (await admin.client.get("/v1/subscription", headers=customer.headers)).json()
         assert mine["plan"] == "business"
         row = await stored_event(admin.database, earlier["id"])
-        assert row is not None and row.outcome is WebhookOutcome.IGNORED and row.error
+        assert row is not None
+        assert row.outcome is WebhookOutcome.IGNORED
+        assert row.error
 
     async def test_failure_after_a_later_payment_changes_nothing(
         self, admin: Admin, customer: TestTenant
@@ -183,12 +185,17 @@ class TestOrder:
 
     async def test_unknown_type_is_stored_and_acknowledged(self, admin: Admin) -> None:
         event_id = unique("mock_evt")
-        body = {"id": event_id, "type": "customer.tax_id.created", "occurred_at": "2026-01-01T00:00:00Z"}
+        body = {
+            "id": event_id,
+            "type": "customer.tax_id.created",
+            "occurred_at": "2026-01-01T00:00:00Z",
+        }
         answer = await send(admin.client, body)
         assert answer.status_code == 200
         assert answer.json()["outcome"] == "ignored"
         row = await stored_event(admin.database, event_id)
-        assert row is not None and row.outcome is WebhookOutcome.IGNORED
+        assert row is not None
+        assert row.outcome is WebhookOutcome.IGNORED
 
 
 class TestFailure:
@@ -214,7 +221,8 @@ class TestFailure:
         row = await stored_event(admin.database, paid["id"])
         assert row is not None
         assert (row.outcome, row.attempts) == (WebhookOutcome.FAILED, 1)
-        assert row.error and "subscription_not_found" in row.error.lower() or row.error
+        assert row.error
+        assert "SubscriptionNotFound" in row.error
         assert await payments_of(admin.database, org) == []
 
         await send(
@@ -287,7 +295,8 @@ class TestIsolation:
         assert (await send(admin.client, steal)).json()["outcome"] == "ignored"
         [subscription] = await subscriptions_of(admin.database, a.organization_id)
         mine = (await admin.client.get("/v1/subscription", headers=a.headers)).json()
-        assert mine["plan"] == "pro" and subscription.provider_customer_id == ids.customer
+        assert mine["plan"] == "pro"
+        assert subscription.provider_customer_id == ids.customer
 
 
 class TestRefusals:
@@ -302,8 +311,12 @@ class TestRefusals:
             (json.dumps({"id": "x", "type": "t"}).encode(), 400, "malformed_webhook"),
             (
                 json.dumps(
-                    {"id": "x", "type": "t", "occurred_at": "2026-01-01T00:00:00Z",
-                     "provider": "stripe"}
+                    {
+                        "id": "x",
+                        "type": "t",
+                        "occurred_at": "2026-01-01T00:00:00Z",
+                        "provider": "stripe",
+                    }
                 ).encode(),
                 400,
                 "malformed_webhook",
@@ -345,4 +358,3 @@ class TestRefusals:
         assert answer.status_code == 403
         assert answer.json()["error"]["code"] == "mock_webhook_refused"
         assert WEBHOOK.endswith("mock")
-

@@ -155,9 +155,7 @@ class ProviderBilling:
                 sa.select(Organization).where(Organization.id == org_id).with_for_update()
             )
             if organization is None:
-                raise CustomerLinkedElsewhere(
-                    f"no organisation {org_id}", organization=str(org_id)
-                )
+                raise CustomerLinkedElsewhere(f"no organisation {org_id}", organization=str(org_id))
             owner = await self.organization_of_customer(provider, customer_id, session=s)
             if owner is not None and owner != org_id:
                 raise CustomerLinkedElsewhere(
@@ -258,9 +256,7 @@ class ProviderBilling:
                         "card",
                         key=key,
                         status=PaymentStatus.FAILED,
-                        failure_reason=(charge.failure_reason or "the provider declined it")[
-                            :1000
-                        ],
+                        failure_reason=(charge.failure_reason or "the provider declined it")[:1000],
                         provider_payment_id=charge.payment_id,
                         provider=charge.provider,
                         actor=actor,

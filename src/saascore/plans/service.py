@@ -22,8 +22,8 @@ from saascore.kit.ids import new_id
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, Organization, PlanLimit, PlanPrice, SubscriptionPlan
-from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec, spec_error
 from saascore.models.enums import PaymentProvider
+from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec, spec_error
 from saascore.plans.errors import (
     CatalogConflict,
     PlanFeatureMissing,

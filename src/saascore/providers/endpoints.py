@@ -328,4 +328,3 @@ def create_mock_checkout_router() -> APIRouter:
         return confirmed
 
     return router
-

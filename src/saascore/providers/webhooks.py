@@ -151,9 +151,7 @@ class ProviderWebhooks:
     ) -> WebhookReceipt:
         """Verify, store and apply one delivery (module docstring). `provider` is a
         `PaymentProvider` or the URL's name; `headers` have lower-case names."""
-        source = (
-            provider if isinstance(provider, PaymentProvider) else provider_from_url(provider)
-        )
+        source = provider if isinstance(provider, PaymentProvider) else provider_from_url(provider)
         limit = self.registry.settings.provider_webhook_max_bytes
         if len(body) > limit:
             raise WebhookTooLarge(f"the body is over {limit} bytes", limit=limit)
@@ -186,14 +184,14 @@ class ProviderWebhooks:
                 _settle(row, applied, self.clock())
                 await s.flush()
                 receipt = WebhookReceipt(
-                    row.id, applied.outcome, reason=applied.reason,
+                    row.id,
+                    applied.outcome,
+                    reason=applied.reason,
                     organization_id=applied.organization_id,
                 )
         except Exception as error:
             await self._record_failure(event, error)
-            log.warning(
-                "provider webhook %s %s failed: %s", event.provider.value, event.id, error
-            )
+            log.warning("provider webhook %s %s failed: %s", event.provider.value, event.id, error)
             raise WebhookFailed(
                 "the event could not be applied; it is recorded and a redelivery applies it",
                 event_id=event.id,
@@ -221,7 +219,9 @@ class ProviderWebhooks:
                 _settle(row, applied, self.clock())
                 await s.flush()
                 return WebhookReceipt(
-                    row.id, applied.outcome, reason=applied.reason,
+                    row.id,
+                    applied.outcome,
+                    reason=applied.reason,
                     organization_id=applied.organization_id,
                 )
         except Exception as error:

@@ -52,9 +52,7 @@ def downgrade() -> None:
     with op.batch_alter_table("subscriptions", schema=None) as batch_op:
         batch_op.drop_column("provider_updated_at")
     with op.batch_alter_table("credit_packs", schema=None) as batch_op:
-        batch_op.drop_constraint(
-            op.f("uq_credit_packs_lemon_squeezy_variant_id"), type_="unique"
-        )
+        batch_op.drop_constraint(op.f("uq_credit_packs_lemon_squeezy_variant_id"), type_="unique")
         batch_op.drop_constraint(op.f("uq_credit_packs_stripe_price_id"), type_="unique")
         batch_op.drop_column("lemon_squeezy_variant_id")
         batch_op.drop_column("stripe_price_id")
