@@ -13,6 +13,7 @@ from saascore.billing.invoices import InvoiceService
 from saascore.billing.overview import BillingOverviewService
 from saascore.billing.packs import CreditPackService
 from saascore.billing.payments import PaymentService
+from saascore.billing.provider_sync import ProviderBilling
 from saascore.billing.render import InvoiceRenderer
 from saascore.billing.run import BillingRun
 from saascore.billing.subscriptions import SubscriptionService
@@ -25,12 +26,16 @@ from saascore.events.service import WebhookService
 from saascore.identity.api_keys import ApiKeyService
 from saascore.identity.cache import PrincipalCache
 from saascore.identity.service import IdentityService
+from saascore.identity.tokens import signing_key
 from saascore.kit.db import Database
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
 from saascore.migrations import migrate
 from saascore.plans.pricing import ModelPricingService
 from saascore.plans.service import PlanService
+from saascore.providers.registry import ProviderRegistry
+from saascore.providers.service import PaymentProviderService
+from saascore.providers.webhooks import ProviderWebhooks
 from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService
 
@@ -46,8 +51,11 @@ class Saascore:
     its connections. Services are attributes: `core.plans`, `core.pricing` (model prices),
     `core.orgs`, `core.users`, `core.identity`, `core.api_keys`, `core.audit`, `core.usage`,
     `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
-    HTML and PDF), `core.dunning` (unpaid invoices), `core.payments`, `core.coupons` and
-    `core.credit_packs`; `core.events` is the bus they emit into.
+    HTML and PDF), `core.dunning` (unpaid invoices), `core.payments`, `core.coupons`,
+    `core.credit_packs`, `core.providers` (checkouts and subscription changes at the payment
+    provider), `core.provider_webhooks` (their webhooks' intake) and
+    `core.provider_billing` (what those webhooks become); `core.events` is the bus they
+    emit into.
     """
 
     def __init__(
@@ -101,6 +109,29 @@ class Saascore:
         self.payments = PaymentService(self.database, self.credits, self.subscriptions, self.events)
         self.coupons = CouponService(self.database, self.events)
         self.credit_packs = CreditPackService(self.database, self.invoices)
+        #: The payment providers' adapters (mock, Stripe, Lemon Squeezy), closed on close.
+        self.provider_registry = ProviderRegistry(
+            self.settings, signing_key=lambda: signing_key(self.settings)
+        )
+        self.provider_billing = ProviderBilling(
+            self.database, self.subscriptions, self.invoices, self.payments, self.credit_packs
+        )
+        self.providers = PaymentProviderService(
+            self.database,
+            self.settings,
+            self.provider_registry,
+            self.plans,
+            self.credit_packs,
+            self.subscriptions,
+        )
+        self.provider_webhooks = ProviderWebhooks(
+            self.database,
+            self.provider_registry,
+            self.plans,
+            self.credit_packs,
+            self.subscriptions,
+            self.provider_billing,
+        )
         #: The billing overview and the upcoming invoice's preview (reads only).
         self.billing = BillingOverviewService(
             self.database, self.subscriptions, self.credits, self.payments
@@ -153,6 +184,7 @@ class Saascore:
     async def close(self) -> None:
         await self.identity.settle()  # failed logins' audit entries, written after the answer
         await self.rate_limiter.close()
+        await self.provider_registry.aclose()
         if self._owns_database:
             await self.database.dispose()
 

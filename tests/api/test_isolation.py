@@ -172,12 +172,20 @@ def _routes(app: FastAPI) -> list[tuple[str, str]]:
     )
 
 
+#: Routes whose path parameter names no tenant object, and why: they take no credentials.
+NOT_TENANT_OBJECTS = {
+    "/v1/webhooks/{provider}": "a payment provider's webhooks: the signature is the proof",
+    "/v1/checkout/mock/{token}": "the mock checkout's page: the signed token is the checkout",
+}
+
+
 def tenant_routes_with_ids(app: FastAPI) -> list[tuple[str, str]]:
     return [
         (method, path)
         for method, path in _routes(app)
         if path.startswith(TENANT_PREFIX)
         and not path.startswith(OPERATOR_PREFIX)
+        and path not in NOT_TENANT_OBJECTS
         and PARAMETER.search(path)
     ]
 
@@ -293,3 +301,26 @@ async def test_operator_routes_refuse_tenants(world: World) -> None:
         )
         assert response.status_code == 403, f"{method} {path}: {response.status_code}"
         assert await snapshot(world.core.database, world.a.organization_id) == before
+
+
+async def test_provider_routes_act_on_the_callers_organisation(world: World) -> None:
+    """The payment-provider routes take no ids: they act on the caller's organisation, so B
+    cannot cancel, resume, re-plan or open the portal of A's subscription."""
+    started = await world.client.post(
+        "/v1/subscription/checkout", json={"plan": "pro"}, headers=world.a.headers
+    )
+    assert started.status_code == 200, started.text
+    page = started.json()["url"].removeprefix("http://testserver")
+    assert (await world.client.post(page)).status_code == 200
+    before = await snapshot(world.core.database, world.a.organization_id)
+    for path, body, status in (
+        ("/v1/subscription/cancel", {"at_period_end": False}, 404),
+        ("/v1/subscription/resume", None, 404),
+        ("/v1/subscription/change-plan", {"plan": "business"}, 404),
+        ("/v1/subscription/portal", None, 409),
+    ):
+        response = await world.client.post(path, json=body, headers=world.b.headers)
+        assert response.status_code == status, (path, response.text)
+    assert await snapshot(world.core.database, world.a.organization_id) == before
+    for path in NOT_TENANT_OBJECTS:
+        assert any(p == path for _, p in _routes(world.app)), path

@@ -37,6 +37,11 @@ NOT_ON_HTTP = {
     "naive_datetime": "billing periods",
     "period_out_of_range": "billing periods",
     "outside_period": "`prorate_change`",
+    # Payment providers: the webhook intake records these on the stored event.
+    "webhook_rejected": "a category: `invalid_signature`, `stale_webhook`, ...",
+    "provider_customer_conflict": "a webhook's reason for ignoring an event",
+    "provider_price_unknown": "a webhook's failure (500 `webhook_failed`), then retried",
+    "webhook_event_not_found": "`saascore webhooks replay` only",
 }
 
 

@@ -34,6 +34,11 @@ from saascore.events.endpoints import create_webhooks_router, document_webhooks
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
 from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
+from saascore.providers.endpoints import (
+    create_mock_checkout_router,
+    create_provider_subscription_router,
+    create_provider_webhooks_router,
+)
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
 
 __all__ = [
@@ -177,6 +182,7 @@ def create_app(
         create_plans_router(),
         create_credits_router(),
         create_subscription_router(),
+        create_provider_subscription_router(),
         create_invoices_router(),
         create_billing_router(),
         create_payments_router(),
@@ -184,6 +190,8 @@ def create_app(
         create_audit_router(),
         create_admin_router(),
         create_webhooks_router(),
+        create_provider_webhooks_router(),
+        create_mock_checkout_router(),
     ):
         app.include_router(router)
     document_webhooks(app)

@@ -123,6 +123,12 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "Webhooks, retried with backoff) and each delivery's attempts.",
     },
     {
+        "name": "payment-providers",
+        "description": "The payment providers' webhooks (Stripe, Lemon Squeezy, and the "
+        "mock provider of development), verified on the raw body, stored once and applied "
+        "once, and the mock provider's checkout confirmation page.",
+    },
+    {
         "name": "audit",
         "description": "The organisation's audit trail: every change, who made it and from "
         "where, hash-chained so that tampering is detectable.",

@@ -169,6 +169,12 @@ class CreditPackCreate(_Body):
         ge=1, le=INT64_MAX, description="Its price in minor units of `currency`", examples=[999]
     )
     currency: str = Field(pattern=_CURRENCY, description="ISO 4217 code", examples=["USD"])
+    stripe_price_id: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Its price id at Stripe"
+    )
+    lemon_squeezy_variant_id: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Its variant id at Lemon Squeezy"
+    )
 
 
 class CreditPackOut(BaseModel):
@@ -180,6 +186,10 @@ class CreditPackOut(BaseModel):
     price: int = Field(description="Its price in minor units of `currency`")
     currency: str = Field(description="ISO 4217 code", examples=["USD"])
     active: bool = Field(description="Whether it is on sale")
+    stripe_price_id: str | None = Field(default=None, description="Its price id at Stripe")
+    lemon_squeezy_variant_id: str | None = Field(
+        default=None, description="Its variant id at Lemon Squeezy"
+    )
 
     @classmethod
     def of(cls, pack: CreditPack) -> CreditPackOut:
@@ -190,6 +200,8 @@ class CreditPackOut(BaseModel):
             price=pack.price,
             currency=pack.currency,
             active=pack.active,
+            stripe_price_id=pack.stripe_price_id,
+            lemon_squeezy_variant_id=pack.lemon_squeezy_variant_id,
         )
 
 

@@ -936,6 +936,8 @@ def create_credit_packs_admin_router() -> APIRouter:
             credits=body.credits,
             price=Money(body.price, body.currency),
             name=body.name,
+            stripe_price_id=body.stripe_price_id,
+            lemon_squeezy_variant_id=body.lemon_squeezy_variant_id,
             session=session,
         )
         return CreditPackOut.of(pack)

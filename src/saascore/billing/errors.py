@@ -28,7 +28,8 @@ DomainError
 │   ├── CouponInactive          (409) the coupon was deactivated
 │   ├── CouponExpired           (409) the coupon's last day of redemption has passed
 │   ├── CouponExhausted         (409) the coupon reached its redemption limit
-│   └── CouponAlreadyApplied    (409) the subscription or draft already has a coupon
+│   ├── CouponAlreadyApplied    (409) the subscription or draft already has a coupon
+│   └── CustomerLinkedElsewhere (409) a provider's customer belongs to another organisation
 └── InvalidInput
     ├── PlanPriceMissing        (422) the plan has no price for that cycle and currency
     ├── NaiveDatetime           (422) a timestamp without a time zone
@@ -60,6 +61,7 @@ __all__ = [
     "CreditPackCurrencyMismatch",
     "CreditPackExists",
     "CreditPackNotFound",
+    "CustomerLinkedElsewhere",
     "DraftNotDeletable",
     "EmptyInvoice",
     "InvalidCoupon",
@@ -335,3 +337,10 @@ class CreditPackCurrencyMismatch(InvalidInput):
 
     code = "credit_pack_currency_mismatch"
     stateful = True
+
+
+class CustomerLinkedElsewhere(Conflict):
+    """(409) The payment provider's customer is another organisation's (or the organisation
+    is another customer already): a customer is never moved between organisations."""
+
+    code = "provider_customer_conflict"

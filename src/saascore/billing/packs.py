@@ -32,8 +32,9 @@ from saascore.billing.invoices import InvoiceService, LineItem, LineKind
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.money import Money
+from saascore.kit.sql import violates
 from saascore.kit.validation import control_character
-from saascore.models import CreditPack, Invoice, Organization
+from saascore.models import CreditPack, Invoice, Organization, PaymentProvider
 from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = ["MAX_PACK_CREDITS", "CreditPackService", "pack_code"]
@@ -57,6 +58,21 @@ def pack_code(code: object) -> str:
     return code
 
 
+def _provider_id(value: object, field: str) -> str | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= _MAX_NAME
+        or not value.strip()
+        or control_character(value) is not None
+    ):
+        raise InvalidCreditPack(
+            f"{field} is 1 to {_MAX_NAME} characters without control characters", field=field
+        )
+    return value.strip()
+
+
 class CreditPackService:
     """`core.credit_packs`: the catalog (operators) and purchases (per organisation)."""
 
@@ -71,10 +87,17 @@ class CreditPackService:
         credits: int,
         price: Money,
         name: str | None = None,
+        stripe_price_id: str | None = None,
+        lemon_squeezy_variant_id: str | None = None,
         session: AsyncSession | None = None,
     ) -> CreditPack:
-        """A pack of `credits` (positive) for `price` (a positive `Money`);
-        `credit_pack_exists` when the code is taken."""
+        """A pack of `credits` (positive) for `price` (a positive `Money`), with its price at
+        Stripe and its variant at Lemon Squeezy when it is sold there; `credit_pack_exists`
+        when the code (or a provider id) is taken."""
+        stripe_price_id = _provider_id(stripe_price_id, "stripe_price_id")
+        lemon_squeezy_variant_id = _provider_id(
+            lemon_squeezy_variant_id, "lemon_squeezy_variant_id"
+        )
         code = pack_code(code)
         if not isinstance(credits, int) or isinstance(credits, bool) or not credits > 0:
             raise InvalidCreditPack("credits is a positive integer", field="credits")
@@ -101,6 +124,8 @@ class CreditPackService:
             price=price.minor,
             currency=price.currency,
             active=True,
+            stripe_price_id=stripe_price_id,
+            lemon_squeezy_variant_id=lemon_squeezy_variant_id,
         )
         async with self.database.scope(session) as s:
             if await s.scalar(sa.select(CreditPack.id).where(CreditPack.code == code)):
@@ -109,9 +134,29 @@ class CreditPackService:
                 async with s.begin_nested():
                     s.add(pack)
                     await s.flush()
-            except IntegrityError:
+            except IntegrityError as error:
+                if violates(error, "stripe_price_id") or violates(
+                    error, "lemon_squeezy_variant_id"
+                ):
+                    raise CreditPackExists(
+                        "another credit pack has this provider price id", credit_pack=code
+                    ) from None
                 raise CreditPackExists(f"a credit pack {code} exists", credit_pack=code) from None
             return pack
+
+    async def by_provider_price(
+        self, provider: PaymentProvider, price_id: str, *, session: AsyncSession | None = None
+    ) -> CreditPack | None:
+        """The pack sold at `provider` under `price_id` (a Stripe price, a Lemon Squeezy
+        variant), if any."""
+        column = {
+            PaymentProvider.STRIPE: CreditPack.stripe_price_id,
+            PaymentProvider.LEMON_SQUEEZY: CreditPack.lemon_squeezy_variant_id,
+        }.get(provider)
+        if column is None or not isinstance(price_id, str):
+            return None
+        async with self.database.scope(session, readonly=True) as s:
+            return await s.scalar(sa.select(CreditPack).where(column == price_id))
 
     async def list(
         self, *, active: bool | None = None, session: AsyncSession | None = None

@@ -220,6 +220,7 @@ class PaymentService:
         status: PaymentStatus | str = PaymentStatus.SUCCEEDED,
         failure_reason: str | None = None,
         provider_payment_id: str | None = None,
+        provider: PaymentProvider = PaymentProvider.MANUAL,
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Payment:
@@ -289,7 +290,7 @@ class PaymentService:
                 currency=invoice.currency,
                 status=outcome,
                 method=kind,
-                provider=PaymentProvider.MANUAL,
+                provider=PaymentProvider(provider),
                 transaction_type=_transaction_type(invoice),
                 provider_payment_id=provider_id,
                 idempotency_key=key,
@@ -330,6 +331,13 @@ class PaymentService:
             if paid:
                 await self._paid(s, invoice, payment, now, actor)
             return payment
+
+    async def by_key(
+        self, org_id: uuid.UUID, key: str, *, session: AsyncSession | None = None
+    ) -> Payment | None:
+        """The organisation's payment recorded with idempotency `key`, if any."""
+        async with self.database.scope(session, readonly=True) as s:
+            return await _by_key(s, org_id, key)
 
     async def _paid(
         self, s: AsyncSession, invoice: Invoice, payment: Payment, now: datetime, actor: Actor

@@ -15,6 +15,9 @@ nothing.
 
 `renew_due` is one organisation's renewal step of the billing run, in the caller's
 transaction: the subscription row is locked and re-checked, so two runs at once renew it once.
+A payment provider's subscription (one with `provider_subscription_id`) is not renewed here:
+the provider renews and bills it, and its webhooks move the period and pay saascore's
+invoice (`billing.provider_sync`).
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> P
             .where(
                 Subscription.organization_id.in_(org_ids),
                 Subscription.status.in_((S.ACTIVE, S.TRIALING)),
+                # A payment provider's subscription is renewed and billed by the provider.
+                Subscription.provider_subscription_id.is_(None),
             )
             .options(joinedload(Subscription.plan))
             .order_by(Subscription.id)
@@ -336,6 +341,7 @@ async def _locked_subscription(s: AsyncSession, org_id: uuid.UUID) -> Subscripti
         .where(
             Subscription.organization_id == org_id,
             Subscription.status.in_((S.ACTIVE, S.TRIALING)),
+            Subscription.provider_subscription_id.is_(None),
         )
         .options(joinedload(Subscription.plan))
         .with_for_update(of=Subscription)

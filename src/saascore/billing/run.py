@@ -230,6 +230,7 @@ class RenewStep:
                 Subscription.organization_id.in_(organizations),
                 Subscription.status.in_((S.ACTIVE, S.TRIALING)),
                 Subscription.cancel_at_period_end.is_(False),
+                Subscription.provider_subscription_id.is_(None),
                 sa.or_(
                     Subscription.current_period_end <= at,
                     sa.and_(

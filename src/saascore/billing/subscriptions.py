@@ -60,6 +60,7 @@ from saascore.models import (
     InvoiceLine,
     InvoiceStatus,
     Organization,
+    PaymentProvider,
     Subscription,
     SubscriptionPlan,
     SubscriptionStatus,
@@ -71,6 +72,8 @@ from saascore.tenancy.service import OrganizationService, locked_organization
 __all__ = [
     "MAX_TRIAL_DAYS",
     "DueResult",
+    "ProviderApplied",
+    "ProviderState",
     "SubscriptionService",
     "subscription_payload",
     "upcoming_invoice",
@@ -97,6 +100,38 @@ class DueResult:
     subscription: Subscription | None
     #: "canceled", "expired", "downgraded", "returned_to_default": in the order done.
     actions: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ProviderState:
+    """A payment provider's subscription in billing's words: a full snapshot that
+    `SubscriptionService.apply_provider_state` brings saascore's subscription to."""
+
+    provider: PaymentProvider
+    subscription_id: str
+    plan: str
+    cycle: BillingCycle
+    status: SubscriptionStatus
+    current_period_start: datetime
+    current_period_end: datetime
+    customer_id: str | None = None
+    price_id: str | None = None
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    trial_end: datetime | None = None
+    #: The provider's own time of the snapshot. None for a change saascore made at the
+    #: provider itself: it is applied, and the provider's next snapshot is never older.
+    provider_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ProviderApplied:
+    """What `apply_provider_state` did: `applied` False, with the `reason`, when the snapshot
+    changed nothing because it was older than the subscription or the subscription ended."""
+
+    subscription: Subscription | None
+    applied: bool
+    reason: str | None = None
 
 
 def _price(plan: SubscriptionPlan, cycle: BillingCycle, currency: str) -> PlanPrice:
@@ -469,6 +504,185 @@ class SubscriptionService:
         await recompute_totals(s, invoice)
         await s.flush()
 
+    # --- provider-driven changes -------------------------------------------------------------
+    async def provider_subscription(
+        self,
+        org_id: uuid.UUID,
+        provider: PaymentProvider,
+        subscription_id: str,
+        *,
+        session: AsyncSession | None = None,
+    ) -> Subscription | None:
+        """The organisation's subscription mirrored from `provider`'s `subscription_id`."""
+        async with self.database.scope(session, readonly=True) as s:
+            return await _by_provider_id(s, org_id, provider, subscription_id, lock=False)
+
+    async def apply_provider_state(
+        self,
+        org_id: uuid.UUID,
+        state: ProviderState,
+        *,
+        actor: Actor = SYSTEM,
+        session: AsyncSession | None = None,
+    ) -> ProviderApplied:
+        """Bring the organisation's subscription mirrored from the provider to `state`.
+
+        The provider bills, so its word is taken as it is: no proration, no status table; the
+        subscription is found by the provider's id, or made (a live subscription of
+        saascore's own is canceled now: the provider's replaces it). A snapshot older than
+        the last one applied (`provider_updated_at`) changes nothing, nor does one of a
+        subscription that already ended. An ended snapshot ends it and returns the
+        organisation to the default plan at once (the provider ends it when it runs out).
+        Emits `subscription.created`, `.updated` or `.canceled`; the organisation follows
+        the plan (`plan.changed`)."""
+        moment = self.clock()
+        async with self.database.scope(session) as s:
+            organization = await locked_organization(s, org_id, with_plan=True)
+            subscription = await _by_provider_id(
+                s, org_id, state.provider, state.subscription_id, lock=True
+            )
+            if (
+                subscription is not None
+                and state.provider_time is not None
+                and subscription.provider_updated_at is not None
+                and state.provider_time < subscription.provider_updated_at
+            ):
+                return ProviderApplied(subscription, False, "older than the subscription")
+            ended = state.status in FINAL_STATUSES
+            if subscription is None:
+                if ended:
+                    return ProviderApplied(None, False, "ended before saascore knew it")
+                subscription = await self._create_from_provider(
+                    s, organization, state, moment, actor
+                )
+                return ProviderApplied(subscription, True)
+            if subscription.status in FINAL_STATUSES:
+                return ProviderApplied(subscription, False, "the subscription has ended")
+            if state.provider_time is not None:
+                subscription.provider_updated_at = state.provider_time
+            if ended:
+                end = state.canceled_at or moment
+                await self._end(s, subscription, SubscriptionStatus(state.status), end, end, actor)
+                default = await self.plans.get_by_code(
+                    self.database.settings.default_plan, session=s
+                )
+                subscription.metadata_ = {**subscription.metadata_, RETURNED: moment.isoformat()}
+                await s.flush()
+                organization = await locked_organization(s, org_id, with_plan=True)
+                await self._follow_plan(s, organization, default, actor)
+                return ProviderApplied(subscription, True)
+            changes: dict[str, Any] = {}
+            new_plan = subscription.plan
+            if state.plan != subscription.plan.code:
+                new_plan = await self.plans.get_by_code(state.plan, session=s)
+                price = _price(new_plan, state.cycle, subscription.currency)
+                changes["plan"] = {"from": subscription.plan.code, "to": new_plan.code}
+                changes["unit_amount"] = {"from": subscription.unit_amount, "to": price.amount}
+                subscription.plan_id = new_plan.id
+                subscription.unit_amount = price.amount
+                subscription.billing_cycle = state.cycle
+                set_committed_value(subscription, "plan", new_plan)
+            if state.price_id is not None:
+                subscription.provider_price_id = state.price_id
+            if state.customer_id is not None:
+                subscription.provider_customer_id = state.customer_id
+            if subscription.status != state.status:
+                changes["status"] = {"from": subscription.status.value, "to": state.status.value}
+                subscription.status = SubscriptionStatus(state.status)
+                organization.subscription_status = subscription.status
+            start, end = as_utc(state.current_period_start), as_utc(state.current_period_end)
+            if (subscription.current_period_start, subscription.current_period_end) != (
+                start,
+                end,
+            ):
+                changes["current_period_end"] = {
+                    "from": subscription.current_period_end.isoformat(),
+                    "to": end.isoformat(),
+                }
+                subscription.current_period_start, subscription.current_period_end = start, end
+                subscription.next_billing_at = end
+            if subscription.cancel_at_period_end != state.cancel_at_period_end:
+                changes["cancel_at_period_end"] = {
+                    "from": subscription.cancel_at_period_end,
+                    "to": state.cancel_at_period_end,
+                }
+                subscription.cancel_at_period_end = state.cancel_at_period_end
+                subscription.canceled_at = (
+                    (state.canceled_at or moment) if state.cancel_at_period_end else None
+                )
+                subscription.ends_at = end if state.cancel_at_period_end else None
+            if state.trial_end != subscription.trial_end and state.trial_end is not None:
+                subscription.trial_end = state.trial_end
+            if not changes:
+                await s.flush()
+                return ProviderApplied(subscription, True)
+            await self._updated(s, subscription, changes, actor)
+            if "plan" in changes:
+                await self._follow_plan(s, organization, new_plan, actor)
+            return ProviderApplied(subscription, True)
+
+    async def _create_from_provider(
+        self,
+        s: AsyncSession,
+        organization: Organization,
+        state: ProviderState,
+        moment: datetime,
+        actor: Actor,
+    ) -> Subscription:
+        plan_row = await self.plans.get_by_code(state.plan, session=s)
+        price = _price(plan_row, state.cycle, organization.currency)
+        live = (
+            await s.scalars(
+                sa.select(Subscription)
+                .where(
+                    Subscription.organization_id == organization.id,
+                    Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES),
+                )
+                .options(joinedload(Subscription.plan))
+                .with_for_update(of=Subscription)
+            )
+        ).one_or_none()
+        if live is not None:
+            await self._end(s, live, S.CANCELED, moment, moment, actor)
+        start, end = as_utc(state.current_period_start), as_utc(state.current_period_end)
+        subscription = Subscription(
+            organization_id=organization.id,
+            plan_id=plan_row.id,
+            status=SubscriptionStatus(state.status),
+            billing_cycle=state.cycle,
+            currency=price.currency,
+            unit_amount=price.amount,
+            quantity=1,
+            started_at=start,
+            current_period_start=start,
+            current_period_end=end,
+            next_billing_at=end,
+            trial_start=start if state.trial_end is not None else None,
+            trial_end=state.trial_end,
+            cancel_at_period_end=state.cancel_at_period_end,
+            canceled_at=(state.canceled_at or moment) if state.cancel_at_period_end else None,
+            ends_at=end if state.cancel_at_period_end else None,
+            provider=state.provider,
+            provider_subscription_id=state.subscription_id,
+            provider_customer_id=state.customer_id,
+            provider_price_id=state.price_id,
+            provider_updated_at=state.provider_time,
+            metadata_={},
+        )
+        s.add(subscription)
+        await s.flush()
+        set_committed_value(subscription, "plan", plan_row)
+        organization.subscription_status = subscription.status
+        await self.events.emit(
+            s,
+            organization.id,
+            subscription_payload(SubscriptionCreated, subscription),
+            actor=actor,
+            target_id=subscription.id,
+        )
+        await self._follow_plan(s, organization, plan_row, actor)
+        return subscription
+
     # --- payment-driven moves ---------------------------------------------------------------
     async def transition(
         self,
@@ -663,6 +877,29 @@ class SubscriptionService:
         """Tenancy's plan change: `plan.changed`, and the new plan's credits."""
         if organization.plan_id != plan.id:
             await self.orgs.change_plan(organization.id, plan.code, actor=actor, session=s)
+
+
+async def _by_provider_id(
+    s: AsyncSession,
+    org_id: uuid.UUID,
+    provider: PaymentProvider,
+    subscription_id: str,
+    *,
+    lock: bool,
+) -> Subscription | None:
+    query = (
+        sa.select(Subscription)
+        .where(
+            Subscription.organization_id == org_id,
+            Subscription.provider == provider,
+            Subscription.provider_subscription_id == subscription_id,
+        )
+        .options(joinedload(Subscription.plan))
+        .execution_options(populate_existing=True)
+    )
+    if lock:
+        query = query.with_for_update(of=Subscription)
+    return (await s.scalars(query)).one_or_none()
 
 
 def _exists(org_id: uuid.UUID, live: uuid.UUID | None) -> SubscriptionExists:

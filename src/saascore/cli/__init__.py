@@ -72,6 +72,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "keys": ("saascore.cli.keys", "API keys of organisations and operators: create, list, revoke."),
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),
+    "webhooks": ("saascore.cli.webhooks", "Payment providers' webhooks: list, replay."),
 }
 
 

@@ -37,6 +37,8 @@ COLUMNS: list[Column[CreditPack]] = [
     ),
     Column("currency", lambda p: p.currency),
     Column("active", lambda p: p.active, text=str),
+    Column("stripe_price_id", lambda p: p.stripe_price_id, in_table=False),
+    Column("lemon_squeezy_variant_id", lambda p: p.lemon_squeezy_variant_id, in_table=False),
 ]
 
 
@@ -48,15 +50,29 @@ def create(
     price: Annotated[str, typer.Option(help="Its price in major units, e.g. 9.99.")],
     currency: Annotated[str, typer.Option(help="ISO 4217 code of the price.")] = "USD",
     name: Annotated[str | None, typer.Option(help="A name (default: the code).")] = None,
+    stripe_price: Annotated[
+        str | None, typer.Option("--stripe-price", help="Its price id at Stripe (price_...).")
+    ] = None,
+    lemonsqueezy_variant: Annotated[
+        str | None,
+        typer.Option("--lemonsqueezy-variant", help="Its variant id at Lemon Squeezy."),
+    ] = None,
 ) -> None:
-    """Create a credit pack."""
+    """Create a credit pack, with its ids at the payment providers it is sold through."""
     try:
         amount = Money.parse(price, currency)
     except InvalidInput as exc:
         fail(f"--price: {exc.message}", EXIT_USAGE)
 
     async def work(core: Saascore) -> CreditPack:
-        return await core.credit_packs.create(code, credits=credits, price=amount, name=name)
+        return await core.credit_packs.create(
+            code,
+            credits=credits,
+            price=amount,
+            name=name,
+            stripe_price_id=stripe_price,
+            lemon_squeezy_variant_id=lemonsqueezy_variant,
+        )
 
     pack = run_with_core(load_settings(), work)
     typer.echo(

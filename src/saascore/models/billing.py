@@ -134,6 +134,9 @@ class Subscription(TenantMixin, TimestampMixin, Base):
     provider_subscription_id: Mapped[str | None] = mapped_column(sa.String(255))
     provider_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
     provider_price_id: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The provider's own time of the last snapshot of it that was applied: an older one,
+    #: delivered late, is stored and ignored.
+    provider_updated_at: Mapped[datetime | None]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
     plan: Mapped[SubscriptionPlan] = relationship(lazy="raise")
@@ -343,6 +346,9 @@ class WebhookEvent(Base):
         sa.ForeignKey("organizations.id", ondelete="SET NULL"), index=True
     )
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The event as saascore parsed it from the verified body (`providers.codec`), so that a
+    #: replay applies it again without the signature.
+    parsed: Mapped[dict[str, Any] | None]
     outcome: Mapped[WebhookOutcome] = mapped_column(
         str_enum(WebhookOutcome, "outcome"), default=WebhookOutcome.RECEIVED
     )

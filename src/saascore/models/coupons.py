@@ -111,6 +111,10 @@ class CreditPack(GlobalMixin, TimestampMixin, Base):
     price: Mapped[int] = mapped_column(sa.BigInteger)
     currency: Mapped[str] = mapped_column(sa.String(3))
     active: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
+    #: The pack's price at Stripe, and its variant at Lemon Squeezy: a provider's one-off
+    #: order names one of them, which tells saascore the pack it bought.
+    stripe_price_id: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
+    lemon_squeezy_variant_id: Mapped[str | None] = mapped_column(sa.String(255), unique=True)
 
     __table_args__ = (
         sa.CheckConstraint("credits > 0", name="credits_positive"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from saascore.kit.errors import Conflict, NotFound, PermissionDenied
 
-__all__ = ["CatalogConflict", "PlanFeatureMissing", "PlanNotFound"]
+__all__ = ["CatalogConflict", "PlanFeatureMissing", "PlanNotFound", "ProviderPriceUnknown"]
 
 
 class PlanNotFound(NotFound):
@@ -23,3 +23,9 @@ class PlanFeatureMissing(PermissionDenied):
     """The organisation's plan does not include this feature: a higher plan does."""
 
     code = "plan_feature_missing"
+
+
+class ProviderPriceUnknown(NotFound):
+    """No active plan price has this payment provider's price (or variant) id."""
+
+    code = "provider_price_unknown"

@@ -22,8 +22,14 @@ from saascore.kit.ids import new_id
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, Organization, PlanLimit, PlanPrice, SubscriptionPlan
+from saascore.models.enums import PaymentProvider
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec, spec_error
-from saascore.plans.errors import CatalogConflict, PlanFeatureMissing, PlanNotFound
+from saascore.plans.errors import (
+    CatalogConflict,
+    PlanFeatureMissing,
+    PlanNotFound,
+    ProviderPriceUnknown,
+)
 from saascore.plans.pricing import PricingLoadResult, load_model_prices
 
 __all__ = ["API_ACCESS", "UPDATABLE", "CatalogLoadResult", "PlanService", "plan_has"]
@@ -177,6 +183,43 @@ class PlanService:
             if plan is None:
                 raise await _unknown_plan(s, code)
         return plan
+
+    async def resolve_price_id(
+        self, provider: PaymentProvider, price_id: str, *, session: AsyncSession | None = None
+    ) -> PlanPrice:
+        """The plan price (its plan loaded) that the provider sells as `price_id`: a Stripe
+        price or a Lemon Squeezy variant of the catalog (seed 004's
+        `resolve_plan_from_price_id`); `provider_price_unknown` otherwise."""
+        column = {
+            PaymentProvider.STRIPE: PlanPrice.stripe_price_id,
+            PaymentProvider.LEMON_SQUEEZY: PlanPrice.lemon_squeezy_variant_id,
+        }.get(PaymentProvider(provider))
+        price = None
+        if column is not None and isinstance(price_id, str):
+            async with self.database.scope(session, readonly=True) as s:
+                price = await s.scalar(
+                    sa.select(PlanPrice)
+                    .where(column == price_id)
+                    .options(selectinload(PlanPrice.plan))
+                )
+        if price is None:
+            raise ProviderPriceUnknown(
+                f"no plan is sold at {provider.value} as {str(price_id)[:100]!r}",
+                provider=provider.value,
+                price_id=str(price_id)[:100],
+            )
+        return price
+
+    async def get_price(
+        self, price_id: UUID, *, session: AsyncSession | None = None
+    ) -> PlanPrice | None:
+        """The plan price with this id (its plan loaded), if any."""
+        async with self.database.scope(session, readonly=True) as s:
+            return await s.scalar(
+                sa.select(PlanPrice)
+                .where(PlanPrice.id == price_id)
+                .options(selectinload(PlanPrice.plan))
+            )
 
     async def plan_of(
         self, org_id: UUID, *, session: AsyncSession | None = None

@@ -116,6 +116,10 @@ class CheckoutRequest:
     pack: str | None = None
     #: Sent as the provider's idempotency key where it has one.
     idempotency_key: str | None = None
+    #: What the checkout charges, in minor units of `currency`, as saascore prices it (the
+    #: mock charges it; real providers charge their own price and ignore it).
+    amount: int | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

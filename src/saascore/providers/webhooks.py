@@ -1,0 +1,506 @@
+"""The intake of payment providers' webhooks: verified, stored once, applied once, in order.
+
+`ProviderWebhooks.receive` is `POST /v1/webhooks/{provider}`:
+
+1. The body is capped (`SAASCORE_PROVIDER_WEBHOOK_MAX_BYTES`, 413 `webhook_too_large`) and
+   verified by the provider's adapter (400 `invalid_signature`, `stale_webhook`,
+   `malformed_webhook`): a refused webhook writes nothing. Mock webhooks are unsigned, so
+   they are taken only in mock mode and from loopback (403 `mock_webhook_refused`).
+2. In ONE transaction the `webhook_events` row is inserted (unique per provider and event id)
+   and the event's effects applied (`billing.provider_sync`); only after the commit is the
+   answer 2xx. A copy of an event already stored is acknowledged and not applied again, even
+   when copies race: the unique index makes the second wait for the first.
+3. When applying fails, everything of it is rolled back, the failure is recorded on the
+   event's row (`failed`, the error, the attempts) in a transaction of its own, and the answer
+   is 500 `webhook_failed`: the provider redelivers, and a redelivery of a failed event
+   applies it.
+
+Stored and ignored (outcome `ignored`, with the reason in `error`), and answered 200:
+
+- a type saascore does not act on;
+- a snapshot older than the subscription's last (`subscriptions.provider_updated_at`, the
+  provider's own clock), or a failed payment older than the last success;
+- an event whose organisation cannot be trusted: the organisation named in custom data is
+  believed only because the body was verified, and only when the customer is not another
+  organisation's, nor the subscription.
+
+`replay` applies a stored event again (`saascore webhooks replay ID`); every operation is
+idempotent, so a replay of an applied event changes nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from saascore.billing.errors import CustomerLinkedElsewhere
+from saascore.billing.packs import CreditPackService
+from saascore.billing.periods import period_containing
+from saascore.billing.provider_sync import ProviderBilling, ProviderCharge, ProviderResult
+from saascore.billing.subscriptions import ProviderState, SubscriptionService
+from saascore.config import PaymentProviderChoice
+from saascore.kit.actors import Actor
+from saascore.kit.db import Database
+from saascore.kit.ids import new_id
+from saascore.kit.sql import insert
+from saascore.kit.time import utcnow
+from saascore.models import Organization, WebhookEvent, WebhookOutcome
+from saascore.models.catalog import BillingCycle
+from saascore.models.enums import PaymentProvider, SubscriptionStatus
+from saascore.plans.errors import ProviderPriceUnknown
+from saascore.plans.service import PlanService
+from saascore.providers.base import EventKind, ProviderEvent, ProviderSubscriptionStatus
+from saascore.providers.codec import event_from_json, event_to_json
+from saascore.providers.errors import (
+    MockWebhookRefused,
+    WebhookEventNotFound,
+    WebhookFailed,
+    WebhookTooLarge,
+)
+from saascore.providers.mock import pack_from_price_id, plan_price_from_id
+from saascore.providers.registry import ProviderRegistry, provider_from_url
+
+__all__ = ["MAX_LIST", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
+
+log = logging.getLogger(__name__)
+
+#: The most stored events one listing answers.
+MAX_LIST: Final = 1000
+_MAX_ERROR: Final = 2000
+_STATUS: Final = {
+    ProviderSubscriptionStatus.TRIALING: SubscriptionStatus.TRIALING,
+    ProviderSubscriptionStatus.ACTIVE: SubscriptionStatus.ACTIVE,
+    ProviderSubscriptionStatus.PAST_DUE: SubscriptionStatus.PAST_DUE,
+    ProviderSubscriptionStatus.PAUSED: SubscriptionStatus.SUSPENDED,
+    ProviderSubscriptionStatus.CANCELED: SubscriptionStatus.CANCELED,
+    ProviderSubscriptionStatus.INCOMPLETE: SubscriptionStatus.INCOMPLETE,
+}
+
+
+def provider_actor(provider: PaymentProvider) -> Actor:
+    """Who the audit log says made a change a provider's webhook brought."""
+    return Actor("provider", provider.value)
+
+
+@dataclass(frozen=True)
+class WebhookReceipt:
+    """What became of a delivered event: its stored row's id and outcome; `duplicate` when
+    this delivery was a copy of one already applied (nothing was applied now)."""
+
+    id: uuid.UUID | None
+    outcome: WebhookOutcome
+    duplicate: bool = False
+    reason: str | None = None
+    organization_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class _Applied:
+    outcome: WebhookOutcome
+    organization_id: uuid.UUID | None = None
+    reason: str | None = None
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ProviderWebhooks:
+    """`core.provider_webhooks`: the intake (module docstring)."""
+
+    def __init__(
+        self,
+        database: Database,
+        registry: ProviderRegistry,
+        plans: PlanService,
+        packs: CreditPackService,
+        subscriptions: SubscriptionService,
+        billing: ProviderBilling,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.registry = registry
+        self.plans = plans
+        self.packs = packs
+        self.subscriptions = subscriptions
+        self.billing = billing
+        self.clock = clock
+
+    # --- receiving -----------------------------------------------------------------------------
+    async def receive(
+        self,
+        provider: PaymentProvider | str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        client_host: str | None,
+    ) -> WebhookReceipt:
+        """Verify, store and apply one delivery (module docstring). `provider` is a
+        `PaymentProvider` or the URL's name; `headers` have lower-case names."""
+        source = provider if isinstance(provider, PaymentProvider) else provider_from_url(provider)
+        limit = self.registry.settings.provider_webhook_max_bytes
+        if len(body) > limit:
+            raise WebhookTooLarge(f"the body is over {limit} bytes", limit=limit)
+        if source is PaymentProvider.MOCK:
+            if self.registry.settings.payment_provider is not PaymentProviderChoice.MOCK:
+                raise MockWebhookRefused("mock webhooks are taken only in mock mode")
+            if not _loopback(client_host):
+                raise MockWebhookRefused("mock webhooks are taken only from loopback")
+        adapter = self.registry.get(source)
+        event = adapter.parse_webhook(
+            {name.lower(): value for name, value in headers.items()}, body, now=self.clock()
+        )
+        return await self.ingest(event)
+
+    async def ingest(self, event: ProviderEvent) -> WebhookReceipt:
+        """Store and apply a verified event, once (the mock's confirmation page comes here
+        too). Raises `WebhookFailed` when applying it failed (recorded on its row)."""
+        try:
+            async with self.database.transaction() as s:
+                row = await self._claim(s, event)
+                if row is None:
+                    found = await self._find(s, event.provider, event.id)
+                    return WebhookReceipt(
+                        found.id if found else None,
+                        found.outcome if found else WebhookOutcome.PROCESSED,
+                        duplicate=True,
+                        organization_id=found.organization_id if found else None,
+                    )
+                applied = await self._apply(s, event)
+                _settle(row, applied, self.clock())
+                await s.flush()
+                receipt = WebhookReceipt(
+                    row.id,
+                    applied.outcome,
+                    reason=applied.reason,
+                    organization_id=applied.organization_id,
+                )
+        except Exception as error:
+            await self._record_failure(event, error)
+            log.warning("provider webhook %s %s failed: %s", event.provider.value, event.id, error)
+            raise WebhookFailed(
+                "the event could not be applied; it is recorded and a redelivery applies it",
+                event_id=event.id,
+            ) from error
+        return receipt
+
+    async def replay(self, row_id: uuid.UUID) -> WebhookReceipt:
+        """Apply the stored event again (idempotent: what was applied changes nothing)."""
+        async with self.database.session(readonly=True) as s:
+            stored = await s.get(WebhookEvent, row_id)
+            if stored is None or stored.parsed is None:
+                raise WebhookEventNotFound(f"no stored webhook event {row_id}", id=str(row_id))
+            event = event_from_json(stored.parsed, payload=stored.payload)
+        try:
+            async with self.database.transaction() as s:
+                row = await s.scalar(
+                    sa.select(WebhookEvent)
+                    .where(WebhookEvent.id == row_id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+                assert row is not None
+                row.attempts += 1
+                applied = await self._apply(s, event)
+                _settle(row, applied, self.clock())
+                await s.flush()
+                return WebhookReceipt(
+                    row.id,
+                    applied.outcome,
+                    reason=applied.reason,
+                    organization_id=applied.organization_id,
+                )
+        except Exception as error:
+            await self._record_failure(event, error)
+            raise WebhookFailed(
+                f"replaying event {row_id} failed: {error}", id=str(row_id)
+            ) from error
+
+    # --- reading -------------------------------------------------------------------------------
+    async def list(
+        self,
+        *,
+        provider: PaymentProvider | None = None,
+        outcome: WebhookOutcome | None = None,
+        limit: int = 100,
+    ) -> Sequence[WebhookEvent]:
+        """The stored events, the latest first."""
+        query = sa.select(WebhookEvent).order_by(WebhookEvent.id.desc())
+        if provider is not None:
+            query = query.where(WebhookEvent.provider == provider)
+        if outcome is not None:
+            query = query.where(WebhookEvent.outcome == outcome)
+        async with self.database.session(readonly=True) as s:
+            return (await s.scalars(query.limit(max(1, min(limit, MAX_LIST))))).all()
+
+    async def get(self, row_id: uuid.UUID) -> WebhookEvent:
+        async with self.database.session(readonly=True) as s:
+            row = await s.get(WebhookEvent, row_id)
+        if row is None:
+            raise WebhookEventNotFound(f"no stored webhook event {row_id}", id=str(row_id))
+        return row
+
+    # --- storing -------------------------------------------------------------------------------
+    def _values(self, event: ProviderEvent) -> dict[str, Any]:
+        return {
+            "provider": event.provider,
+            "event_id": event.id,
+            "event_type": event.type[:100],
+            "payload": dict(event.payload),
+            "parsed": event_to_json(event),
+        }
+
+    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> WebhookEvent | None:
+        """The event's row, new or a failed one to try again (locked), or None for a copy of
+        an event stored already."""
+        statement = (
+            insert(s, WebhookEvent)
+            .values(
+                id=new_id(),
+                outcome=WebhookOutcome.RECEIVED,
+                attempts=1,
+                received_at=self.clock(),
+                **self._values(event),
+            )
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(WebhookEvent.id)
+        )
+        inserted = (await s.execute(statement)).scalar_one_or_none()
+        row = await self._find(s, event.provider, event.id, lock=True)
+        if row is None:  # pragma: no cover - the row was inserted or conflicted
+            raise RuntimeError("the webhook event's row vanished")
+        if inserted is not None:
+            return row
+        if row.outcome is not WebhookOutcome.FAILED:
+            return None
+        row.attempts += 1
+        return row
+
+    async def _find(
+        self, s: AsyncSession, provider: PaymentProvider, event_id: str, *, lock: bool = False
+    ) -> WebhookEvent | None:
+        query = (
+            sa.select(WebhookEvent)
+            .where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
+            .execution_options(populate_existing=True)
+        )
+        if lock:
+            query = query.with_for_update()
+        return (await s.scalars(query)).one_or_none()
+
+    async def _record_failure(self, event: ProviderEvent, error: BaseException) -> None:
+        """The failure on the event's row, in a transaction of its own (never raises)."""
+        message = f"{type(error).__name__}: {error}"[:_MAX_ERROR]
+        try:
+            async with self.database.transaction() as s:
+                table = WebhookEvent.__table__
+                statement = (
+                    insert(s, WebhookEvent)
+                    .values(
+                        id=new_id(),
+                        outcome=WebhookOutcome.FAILED,
+                        error=message,
+                        attempts=1,
+                        received_at=self.clock(),
+                        **self._values(event),
+                    )
+                    .on_conflict_do_update(
+                        index_elements=["provider", "event_id"],
+                        set_={
+                            "outcome": WebhookOutcome.FAILED.value,
+                            "error": message,
+                            "attempts": table.c.attempts + 1,
+                            "processed_at": None,
+                        },
+                    )
+                )
+                await s.execute(statement)
+        except Exception:  # the answer is 500 either way; the provider retries
+            log.exception("could not record the failure of webhook %s", event.id)
+
+    # --- applying ------------------------------------------------------------------------------
+    async def _apply(self, s: AsyncSession, event: ProviderEvent) -> _Applied:
+        if event.kind is EventKind.UNHANDLED:
+            return _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
+        org_id, refusal = await self._organization(s, event)
+        if refusal is not None:
+            return _Applied(WebhookOutcome.IGNORED, org_id, refusal)
+        if org_id is None:
+            return _Applied(WebhookOutcome.IGNORED, reason="names no organisation saascore knows")
+        actor = provider_actor(event.provider)
+        result: ProviderResult
+        match event.kind:
+            case EventKind.CHECKOUT_COMPLETED:
+                result = ProviderResult(True)
+            case EventKind.SUBSCRIPTION_UPDATED | EventKind.SUBSCRIPTION_ENDED:
+                state = await self._state(s, event)
+                done = await self.subscriptions.apply_provider_state(
+                    org_id, state, actor=actor, session=s
+                )
+                result = ProviderResult(done.applied, done.reason)
+            case EventKind.PAYMENT_SUCCEEDED:
+                result = await self.billing.payment_succeeded(
+                    org_id, self._charge(event), actor=actor, session=s
+                )
+            case EventKind.PAYMENT_FAILED:
+                result = await self.billing.payment_failed(
+                    org_id, self._charge(event), actor=actor, session=s
+                )
+            case EventKind.ORDER_PAID:
+                pack = await self._pack(s, event)
+                result = await self.billing.order_paid(
+                    org_id, pack, self._charge(event), actor=actor, session=s
+                )
+            case _:  # pragma: no cover - every kind is above
+                return _Applied(WebhookOutcome.IGNORED, org_id, "not acted on")
+        if not result.applied:
+            return _Applied(WebhookOutcome.IGNORED, org_id, result.reason)
+        return _Applied(WebhookOutcome.PROCESSED, org_id, result.reason)
+
+    async def _organization(
+        self, s: AsyncSession, event: ProviderEvent
+    ) -> tuple[uuid.UUID | None, str | None]:
+        """The organisation the event is about, or why it cannot be trusted."""
+        provider = event.provider
+        subscription, payment = event.subscription, event.payment
+        customer = (
+            event.customer_id
+            or (subscription.customer_id if subscription else None)
+            or (payment.customer_id if payment else None)
+        )
+        claimed = event.organization_id or (subscription.organization_id if subscription else None)
+        linked = (
+            await self.billing.organization_of_customer(provider, customer, session=s)
+            if customer
+            else None
+        )
+        if linked is not None and claimed is not None and linked != claimed:
+            return linked, "the customer belongs to another organisation than the one named"
+        provider_subscription = (subscription.id if subscription else None) or (
+            payment.subscription_id if payment else None
+        )
+        owner = (
+            await self.billing.organization_of_subscription(
+                provider, provider_subscription, session=s
+            )
+            if provider_subscription
+            else None
+        )
+        org_id = linked or claimed
+        if owner is not None and org_id is not None and owner != org_id:
+            return owner, "the subscription belongs to another organisation"
+        org_id = org_id or owner
+        if org_id is None:
+            return None, None
+        if linked is None and customer:
+            exists = await s.scalar(sa.select(Organization.id).where(Organization.id == org_id))
+            if exists is None:
+                return None, "the organisation named does not exist"
+            try:
+                async with s.begin_nested():
+                    await self.billing.link_customer(org_id, provider, customer, session=s)
+            except CustomerLinkedElsewhere as refused:
+                return org_id, refused.message
+        return org_id, None
+
+    async def _resolve_price(
+        self, s: AsyncSession, provider: PaymentProvider, price_id: str | None
+    ) -> tuple[str, BillingCycle]:
+        if provider is PaymentProvider.MOCK:
+            row_id = plan_price_from_id(price_id)
+            price = await self.plans.get_price(row_id, session=s) if row_id else None
+            if price is None:
+                raise ProviderPriceUnknown(
+                    f"no plan price is the mock's {price_id!r}", price_id=str(price_id)[:100]
+                )
+        else:
+            price = await self.plans.resolve_price_id(provider, price_id or "", session=s)
+        return price.plan.code, price.billing_cycle
+
+    async def _state(self, s: AsyncSession, event: ProviderEvent) -> ProviderState:
+        subscription = event.subscription
+        if subscription is None:
+            raise ValueError(f"event {event.id} carries no subscription")
+        status = _STATUS[subscription.status]
+        if event.kind is EventKind.SUBSCRIPTION_ENDED:
+            status = SubscriptionStatus.CANCELED
+        try:
+            plan, cycle = await self._resolve_price(s, event.provider, subscription.price_id)
+        except ProviderPriceUnknown:
+            if status is not SubscriptionStatus.CANCELED:
+                raise
+            plan, cycle = "", BillingCycle.MONTHLY  # an end needs no plan
+        start, end = subscription.current_period_start, subscription.current_period_end
+        if start is None or end is None or end < start:
+            period = period_containing(event.occurred_at, cycle, event.occurred_at)
+            start, end = period.start, period.end
+        return ProviderState(
+            provider=event.provider,
+            subscription_id=subscription.id,
+            plan=plan,
+            cycle=cycle,
+            status=status,
+            current_period_start=start,
+            current_period_end=end,
+            customer_id=subscription.customer_id,
+            price_id=subscription.price_id,
+            cancel_at_period_end=subscription.cancel_at_period_end,
+            canceled_at=subscription.ended_at or subscription.canceled_at,
+            trial_end=subscription.trial_end,
+            provider_time=subscription.updated_at or event.occurred_at,
+        )
+
+    def _charge(self, event: ProviderEvent) -> ProviderCharge:
+        payment = event.payment
+        if payment is None:
+            raise ValueError(f"event {event.id} carries no payment")
+        return ProviderCharge(
+            provider=event.provider,
+            payment_id=payment.id,
+            amount=payment.amount,
+            currency=payment.currency,
+            subscription_id=payment.subscription_id,
+            period_start=payment.period_start,
+            period_end=payment.period_end,
+            failure_reason=payment.failure_reason,
+            occurred_at=event.occurred_at,
+        )
+
+    async def _pack(self, s: AsyncSession, event: ProviderEvent) -> str:
+        payment = event.payment
+        assert payment is not None
+        if event.provider is PaymentProvider.MOCK:
+            code = payment.pack or pack_from_price_id(payment.price_id)
+            if code:
+                return code
+        if payment.price_id is not None:
+            pack = await self.packs.by_provider_price(event.provider, payment.price_id, session=s)
+            if pack is not None:
+                return pack.code
+        if payment.pack:
+            return payment.pack
+        raise ProviderPriceUnknown(
+            f"no credit pack is sold at {event.provider.value} as {payment.price_id!r}",
+            price_id=str(payment.price_id)[:100],
+        )
+
+
+def _settle(row: WebhookEvent, applied: _Applied, at: datetime) -> None:
+    row.outcome = applied.outcome
+    row.organization_id = applied.organization_id
+    row.error = applied.reason[:_MAX_ERROR] if applied.reason else None
+    row.processed_at = at

@@ -1,0 +1,360 @@
+"""`POST /v1/webhooks/{provider}` with mock-shaped events from loopback: each event applied
+once (twice in a row, ten at once), in the right order whatever the delivery order, unknown
+types stored, failures answered 500 and applied on redelivery, isolation between
+organisations, and the refusals that write nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from saascore.config import PaymentProviderChoice
+from saascore.kit.db import Database
+from saascore.models import SubscriptionStatus, WebhookOutcome
+from saascore.testing import TestTenant
+from tests.admin import Admin, customer_of, entries
+from tests.http import api_app, serving
+from tests.providers.helpers import (
+    WEBHOOK,
+    count_events,
+    invoices_of,
+    mock_price,
+    payment_event,
+    payments_of,
+    send,
+    stored_event,
+    subscription_event,
+    subscriptions_of,
+    unique,
+)
+
+
+class Ids:
+    def __init__(self) -> None:
+        self.customer = unique("mock_cus")
+        self.subscription = unique("mock_sub")
+
+
+class TestOnce:
+    async def test_duplicate_is_acknowledged_not_applied(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        body = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "pro"),
+            org=org,
+        )
+        first = await send(admin.client, body)
+        assert first.status_code == 200, first.text
+        assert (first.json()["outcome"], first.json()["duplicate"]) == ("processed", False)
+        second = await send(admin.client, body)
+        assert second.status_code == 200
+        assert second.json()["duplicate"] is True
+        assert len(await subscriptions_of(admin.database, org)) == 1
+        assert len(await entries(admin, org, "subscription.created")) == 1
+
+    async def test_ten_concurrent_copies_apply_once(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        price = await mock_price(admin.database, "pro")
+        created = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=price,
+            org=org,
+        )
+        assert (await send(admin.client, created)).status_code == 200
+        paid = payment_event(
+            unique("mock_evt"),
+            minute=2,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            payment=unique("mock_pay"),
+            amount=2999,
+        )
+        answers = await asyncio.gather(*(send(admin.client, paid) for _ in range(10)))
+        assert [answer.status_code for answer in answers] == [200] * 10
+        assert sum(not answer.json()["duplicate"] for answer in answers) == 1
+        [payment] = await payments_of(admin.database, org)
+        assert payment.amount == 2999
+        [invoice] = await invoices_of(admin.database, org)
+        assert invoice.amount_due == 0
+        assert len(await entries(admin, org, "payment.succeeded")) == 1
+
+
+class TestOrder:
+    async def test_updated_before_created_ends_right(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        later = subscription_event(
+            unique("mock_evt"),
+            minute=5,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "business"),
+            org=org,
+        )
+        earlier = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "pro"),
+            org=org,
+        )
+        assert (await send(admin.client, later)).json()["outcome"] == "processed"
+        stale = await send(admin.client, earlier)
+        assert stale.status_code == 200
+        assert stale.json()["outcome"] == "ignored"
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.provider_subscription_id == ids.subscription
+        mine = (await admin.client.get("/v1/subscription", headers=customer.headers)).json()
+        assert mine["plan"] == "business"
+        row = await stored_event(admin.database, earlier["id"])
+        assert row is not None
+        assert row.outcome is WebhookOutcome.IGNORED
+        assert row.error
+
+    async def test_failure_after_a_later_payment_changes_nothing(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        await send(
+            admin.client,
+            subscription_event(
+                unique("mock_evt"),
+                minute=1,
+                subscription=ids.subscription,
+                customer=ids.customer,
+                price=await mock_price(admin.database, "pro"),
+                org=org,
+            ),
+        )
+        paid = payment_event(
+            unique("mock_evt"),
+            minute=10,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            payment=unique("mock_pay"),
+            amount=2999,
+        )
+        failed = payment_event(
+            unique("mock_evt"),
+            minute=5,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            payment=unique("mock_pay"),
+            amount=2999,
+            failed=True,
+        )
+        assert (await send(admin.client, paid)).json()["outcome"] == "processed"
+        late = await send(admin.client, failed)
+        assert late.json()["outcome"] == "ignored"
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.status is SubscriptionStatus.ACTIVE
+
+        # A failure after the last success does make it past due, with a failed payment.
+        newer = payment_event(
+            unique("mock_evt"),
+            minute=20,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            payment=unique("mock_pay"),
+            amount=2999,
+            failed=True,
+        )
+        newer["payment"]["period_start"] = "2026-02-01T00:00:00+00:00"
+        newer["payment"]["period_end"] = "2026-03-01T00:00:00+00:00"
+        assert (await send(admin.client, newer)).json()["outcome"] == "processed"
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.status is SubscriptionStatus.PAST_DUE
+        assert [p.status.value for p in await payments_of(admin.database, org)] == [
+            "succeeded",
+            "failed",
+        ]
+
+    async def test_unknown_type_is_stored_and_acknowledged(self, admin: Admin) -> None:
+        event_id = unique("mock_evt")
+        body = {
+            "id": event_id,
+            "type": "customer.tax_id.created",
+            "occurred_at": "2026-01-01T00:00:00Z",
+        }
+        answer = await send(admin.client, body)
+        assert answer.status_code == 200
+        assert answer.json()["outcome"] == "ignored"
+        row = await stored_event(admin.database, event_id)
+        assert row is not None
+        assert row.outcome is WebhookOutcome.IGNORED
+
+
+class TestFailure:
+    async def test_failure_is_500_and_a_redelivery_applies_it(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        await admin.core.provider_billing.link_customer(
+            org, admin.core.provider_registry.default, ids.customer
+        )
+        # The payment comes before the subscription it pays: applying it fails.
+        paid = payment_event(
+            unique("mock_evt"),
+            minute=2,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            payment=unique("mock_pay"),
+            amount=2999,
+        )
+        failed = await send(admin.client, paid)
+        assert failed.status_code == 500
+        assert failed.json()["error"]["code"] == "webhook_failed"
+        row = await stored_event(admin.database, paid["id"])
+        assert row is not None
+        assert (row.outcome, row.attempts) == (WebhookOutcome.FAILED, 1)
+        assert row.error
+        assert "SubscriptionNotFound" in row.error
+        assert await payments_of(admin.database, org) == []
+
+        await send(
+            admin.client,
+            subscription_event(
+                unique("mock_evt"),
+                minute=1,
+                subscription=ids.subscription,
+                customer=ids.customer,
+                price=await mock_price(admin.database, "pro"),
+                org=org,
+            ),
+        )
+        redelivered = await send(admin.client, paid)
+        assert redelivered.status_code == 200, redelivered.text
+        assert redelivered.json()["outcome"] == "processed"
+        row = await stored_event(admin.database, paid["id"])
+        assert row is not None
+        assert (row.outcome, row.attempts, row.error) == (WebhookOutcome.PROCESSED, 2, None)
+        [payment] = await payments_of(admin.database, org)
+        assert payment.amount == 2999
+
+
+class TestIsolation:
+    async def test_customer_of_a_names_b_changes_nothing(self, admin: Admin) -> None:
+        a, b = await customer_of(admin), await customer_of(admin)
+        ids = Ids()
+        checkout = {
+            "id": unique("mock_evt"),
+            "type": "checkout_completed",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "organization_id": str(a.organization_id),
+            "customer_id": ids.customer,
+        }
+        assert (await send(admin.client, checkout)).json()["outcome"] == "processed"
+        hostile = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "business"),
+            org=b.organization_id,
+        )
+        answer = await send(admin.client, hostile)
+        assert answer.status_code == 200
+        assert answer.json()["outcome"] == "ignored"
+        assert "another organisation" in answer.json()["reason"]
+        assert await subscriptions_of(admin.database, a.organization_id) == []
+        assert await subscriptions_of(admin.database, b.organization_id) == []
+
+        # B's own customer cannot take A's subscription by its id either.
+        own = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "pro"),
+            org=a.organization_id,
+        )
+        assert (await send(admin.client, own)).json()["outcome"] == "processed"
+        other = Ids()
+        steal = subscription_event(
+            unique("mock_evt"),
+            minute=9,
+            subscription=ids.subscription,
+            customer=other.customer,
+            price=await mock_price(admin.database, "business"),
+            org=b.organization_id,
+        )
+        assert (await send(admin.client, steal)).json()["outcome"] == "ignored"
+        [subscription] = await subscriptions_of(admin.database, a.organization_id)
+        mine = (await admin.client.get("/v1/subscription", headers=a.headers)).json()
+        assert mine["plan"] == "pro"
+        assert subscription.provider_customer_id == ids.customer
+
+
+class TestRefusals:
+    async def test_bad_bodies_write_nothing(self, admin: Admin) -> None:
+        before = await count_events(admin.database)
+        limit = admin.core.settings.provider_webhook_max_bytes
+        for body, status, code in (
+            (b"", 400, "malformed_webhook"),
+            (b"{not json", 400, "malformed_webhook"),
+            (b"[1, 2]", 400, "malformed_webhook"),
+            (b"[" * 100_000 + b"]" * 100_000, 400, "malformed_webhook"),
+            (json.dumps({"id": "x", "type": "t"}).encode(), 400, "malformed_webhook"),
+            (
+                json.dumps(
+                    {
+                        "id": "x",
+                        "type": "t",
+                        "occurred_at": "2026-01-01T00:00:00Z",
+                        "provider": "stripe",
+                    }
+                ).encode(),
+                400,
+                "malformed_webhook",
+            ),
+            (b" " * (limit + 1), 413, "webhook_too_large"),
+        ):
+            answer = await send(admin.client, body)
+            assert answer.status_code == status, (body[:40], answer.text)
+            assert answer.json()["error"]["code"] == code
+        unknown = await admin.client.post("/v1/webhooks/paypal", content=b"{}")
+        assert unknown.status_code == 404
+        assert unknown.json()["error"]["code"] == "provider_not_found"
+        unconfigured = await admin.client.post("/v1/webhooks/stripe", content=b"{}")
+        assert unconfigured.status_code == 409
+        assert await count_events(admin.database) == before
+
+    async def test_not_from_loopback_refused(self, admin: Admin) -> None:
+        transport = httpx.ASGITransport(
+            app=admin.app, raise_app_exceptions=False, client=("203.0.113.9", 4242)
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            body = {"id": unique("mock_evt"), "type": "x", "occurred_at": "2026-01-01T00:00:00Z"}
+            answer = await send(c, body)
+        assert answer.status_code == 403
+        assert answer.json()["error"]["code"] == "mock_webhook_refused"
+        assert await stored_event(admin.database, body["id"]) is None
+
+    async def test_not_in_mock_mode_refused(self, scratch: Database) -> None:
+        application, core = api_app(
+            scratch,
+            payment_provider=PaymentProviderChoice.LEMONSQUEEZY,
+            lemonsqueezy_api_key="key",
+            lemonsqueezy_store_id="1",
+            lemonsqueezy_signing_secret="secret",
+        )
+        async with serving(application, core) as client:
+            body = {"id": unique("mock_evt"), "type": "x", "occurred_at": "2026-01-01T00:00:00Z"}
+            answer = await send(client, body)
+        assert answer.status_code == 403
+        assert answer.json()["error"]["code"] == "mock_webhook_refused"
+        assert WEBHOOK.endswith("mock")
