@@ -465,6 +465,7 @@ class BillingRun:
             async with (
                 self.database.transaction() as s,
                 self.events.one_wakeup(s),
+                self.events.deferred(s),
                 context.invoices.numbers_at_end(s),
             ):
                 await s.execute(
