@@ -76,6 +76,7 @@ from saascore.events.catalog import (
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
+from saascore.kit.ids import new_id
 from saascore.kit.money import BasisPoints, Money, apply_rate
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_text, control_character
@@ -1014,6 +1015,7 @@ async def draft_in(
     organization: Organization | None = None,
     subscription: Subscription | None = None,
     attach: bool = True,
+    flush: bool = True,
 ) -> Invoice:
     """A new draft of `org_id` in the session `s`, lines loaded: the one place an invoice is
     begun, by `InvoiceService.create_draft` and by the subscriptions' upcoming invoice, so
@@ -1023,7 +1025,8 @@ async def draft_in(
     A caller that has read them in `s`'s transaction (the billing run, set-wise) passes the
     `organization` and the `subscription` (instead of `subscription_id`), which are then not
     read again, and `attach=False` when it read that the subscription has no coupon
-    redemption (`recompute_totals`)."""
+    redemption (`recompute_totals`), and `flush=False` when it finalises the draft at once:
+    the invoice is then inserted once, already open, by the finalisation's flush."""
     currency = Money.zero(currency).currency
     checked = [_checked_line(line, currency) for line in lines]
     if len(checked) > MAX_LINES:
@@ -1061,6 +1064,7 @@ async def draft_in(
                 field="subscription_id",
             )
     invoice = Invoice(
+        id=new_id(),
         organization_id=org_id,
         currency=currency,
         status=InvoiceStatus.DRAFT,
@@ -1081,7 +1085,8 @@ async def draft_in(
     # first: the invoice and its lines are then inserted once, already computed.
     await recompute_totals(s, invoice, attach=attach, tax_rate_bps=organization.tax_rate_bps)
     s.add(invoice)
-    await s.flush()
+    if flush:
+        await s.flush()
     return invoice
 
 

@@ -390,7 +390,8 @@ async def _issue(
             # Created in this transaction: nobody else can hold or change it.
             return await invoices.finalize_locked(s, draft, actor=actor)
         # The organisation, its locked subscription and whether that has a coupon were read
-        # in this transaction (`prefetch`); the draft took the organisation's tax rate.
+        # in this transaction (`prefetch`); the draft took the organisation's tax rate. It is
+        # finalised before it is written: one INSERT of an open invoice.
         attach = subscription.id in prefetched.with_coupons
         draft = await draft_in(
             s,
@@ -401,6 +402,7 @@ async def _issue(
             organization=await s.get(Organization, org_id),
             subscription=subscription,
             attach=attach,
+            flush=False,
         )
         return await invoices.finalize_locked(
             s, draft, actor=actor, tax_rate_bps=draft.tax_rate_bps, attach=attach
