@@ -102,6 +102,8 @@ _REQUEST_DATA, _DETAILS = 12, 13
 #: The entries' bulk INSERT: NULLs rendered, so rows with and without, say, a target go in
 #: one statement (the ORM otherwise groups the rows by which of their values are None).
 _BULK_INSERT_ENTRIES = sa.insert(AuditLog).execution_options(render_nulls=True)
+#: Chain heads advanced per upsert: its bound parameters stay well within both databases'.
+_HEADS_PER_STATEMENT = 1_000
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -238,28 +240,32 @@ class AuditService:
 
     async def _append_many(self, s: AsyncSession, items: dict[uuid.UUID, list[_Item]]) -> None:
         """`_append(keep=False)` for many organisations' chains at once, in three statements
-        however many there are: their heads advance in one upsert (in organisation id order,
-        so two such appends lock the heads in the same order), the entries are inserted in
-        one bulk INSERT, and the heads take their last hashes in one executemany UPDATE."""
+        (for up to `_HEADS_PER_STATEMENT` of them): their heads advance in one upsert (in
+        organisation id order, so two such appends lock the heads in the same order), the
+        entries are inserted in one bulk INSERT, and the heads take their last hashes in one
+        executemany UPDATE."""
         if len(items) == 1:
             ((org_id, only),) = items.items()
             await self._append(s, org_id, only, keep=False)
             return
-        upsert = insert(s, AuditChainHead)
-        advance = (
-            upsert.values(
-                [
-                    {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
-                    for org_id in sorted(items)
-                ]
+        ordered = sorted(items)
+        heads: dict[uuid.UUID, tuple[int, str | None]] = {}
+        for start in range(0, len(ordered), _HEADS_PER_STATEMENT):
+            upsert = insert(s, AuditChainHead)
+            advance = (
+                upsert.values(
+                    [
+                        {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
+                        for org_id in ordered[start : start + _HEADS_PER_STATEMENT]
+                    ]
+                )
+                .on_conflict_do_update(
+                    index_elements=[AuditChainHead.organization_id],
+                    set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
+                )
+                .returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
             )
-            .on_conflict_do_update(
-                index_elements=[AuditChainHead.organization_id],
-                set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
-            )
-            .returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
-        )
-        heads = {org_id: (seq, hash_) for org_id, seq, hash_ in await s.execute(advance)}
+            heads.update((org_id, (seq, hash_)) for org_id, seq, hash_ in await s.execute(advance))
         rows: list[dict[str, Any]] = []
         last_hashes: list[dict[str, Any]] = []
         for org_id in sorted(items):
