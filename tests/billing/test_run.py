@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore import Saascore
 from saascore.audit.service import AuditService
 from saascore.billing.coupons import CouponService
 from saascore.billing.invoices import InvoiceService
 from saascore.billing.payments import PaymentService
-from saascore.billing.run import DEFAULT_STEPS, BillingRun
+from saascore.billing.run import DEFAULT_STEPS, BillingRun, StepContext
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.credits import CreditService
 from saascore.events.bus import EventBus
@@ -471,6 +474,74 @@ class TestFreeOfCharge:
         assert events.count("invoice.finalized") == events.count("invoice.paid") == 1
         later = await env.run.run(FEB + timedelta(days=30), organizations=[org_id])
         assert later.counts["invoices_overdue"] == later.counts["past_due"] == 0
+
+
+class FailsFor:
+    """A last step that fails for one organisation: its whole renewal must roll back alone."""
+
+    name = "fails"
+
+    def __init__(self, org_id: uuid.UUID) -> None:
+        self.org_id = org_id
+
+    async def candidates(
+        self, s: AsyncSession, at: datetime, organizations: Sequence[uuid.UUID]
+    ) -> set[uuid.UUID]:
+        return {self.org_id} & set(organizations)
+
+    async def apply(
+        self, s: AsyncSession, org_id: uuid.UUID, context: StepContext, counts: Counter[str]
+    ) -> None:
+        raise RuntimeError("this organisation fails")
+
+
+class TestOneFails:
+    async def test_the_others_of_its_transaction_renew_once_and_it_rolls_back_alone(
+        self, env: Env
+    ) -> None:
+        ids = sorted(await bulk_due(env.database, 5))
+        failing = ids[2]
+        run = BillingRun(
+            env.database,
+            env.database.settings,
+            env.plans,
+            env.orgs,
+            env.bus,
+            steps=(*DEFAULT_STEPS, FailsFor(failing)),
+        )
+        summary = await run.run(FEB, organizations=ids)
+        assert summary.failures == [(failing, "RuntimeError: this organisation fails")]
+        assert summary.counts["errors"] == 1
+        assert summary.counts["renewed"] == summary.counts["invoices_issued"] == 4
+        assert summary.counts["credits_refilled"] == 4
+        others = [org_id for org_id in ids if org_id != failing]
+        assert await env.invoices(failing) == []
+        assert await env.outbox(failing) == []
+        assert (await env.subscription(failing)).current_period_end == FEB
+        numbers: list[str | None] = []
+        for org_id in others:
+            (invoice,) = await env.invoices(org_id)
+            numbers.append(invoice.number)
+            assert invoice.status is InvoiceStatus.OPEN
+            outbox = await env.outbox(org_id)
+            assert outbox.count("subscription.renewed") == outbox.count("invoice.finalized") == 1
+            assert (await env.subscription(org_id)).current_period_start == FEB
+        # Numbered once each, at the transaction's end: consecutive, none for the failure.
+        seqs = [int((number or "").rsplit("-", 1)[1]) for number in numbers]
+        assert sorted(seqs) == list(range(min(seqs), min(seqs) + 4))
+        grants = await env.count(
+            sa.select(sa.func.count())
+            .select_from(CreditGrant)
+            .where(CreditGrant.organization_id.in_(ids), CreditGrant.source == "plan")
+        )
+        assert grants == 4
+        assert await AuditService(env.database).verify() == []
+        assert await CreditService(env.database, EventBus()).verify() == []
+        # Without the failure, the next run renews it, and only it.
+        again = await env.run.run(FEB, organizations=ids)
+        assert again.failures == []
+        assert again.counts["renewed"] == 1
+        assert len(await env.invoices(failing)) == 1
 
 
 class TestTwoRunsAtOnce:

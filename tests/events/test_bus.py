@@ -229,3 +229,43 @@ class TestOneWakeup:
             await failing()
         assert await counts(scratch, org_id) == (0, 0)
         assert recorder.committed == []
+
+
+class TestNestedDeferred:
+    async def test_the_outer_block_writes_all_but_a_rolled_back_inner_one(
+        self, scratch: Database
+    ) -> None:
+        """The billing run's shape: one deferred block for the transaction, one nested block
+        per organisation in its savepoint; the audit log's batch handler advances every
+        chain at once, in emission order per organisation."""
+        orgs = [await new_org(scratch) for _ in range(3)]
+        audit = AuditService(scratch)
+        bus = EventBus()
+        bus.in_transaction(audit.handle, many=audit.handle_many)
+        async with scratch.transaction() as s:  # a chain that already has an entry
+            await bus.emit(s, orgs[0], revoked(), actor=ACTOR)
+        async with scratch.transaction() as s, bus.deferred(s):
+            for n, org_id in enumerate([*orgs, *orgs]):
+                try:
+                    async with s.begin_nested(), bus.deferred(s):
+                        await bus.emit(s, org_id, revoked(), actor=ACTOR, target_id=n)
+                        if n == 4:
+                            raise RuntimeError("this one rolls back")
+                except RuntimeError:
+                    pass
+        assert [await counts(scratch, org_id) for org_id in orgs] == [(3, 3), (1, 1), (2, 2)]
+        async with scratch.session(readonly=True) as s:
+            targets = (
+                await s.execute(
+                    sa.select(AuditLog.organization_id, AuditLog.seq, AuditLog.target_id)
+                    .where(AuditLog.organization_id.in_(orgs))
+                    .order_by(AuditLog.organization_id, AuditLog.seq)
+                )
+            ).all()
+        by_org = {
+            org_id: [(seq, target) for o, seq, target in targets if o == org_id] for org_id in orgs
+        }
+        assert by_org[orgs[0]] == [(1, None), (2, "0"), (3, "3")]
+        assert by_org[orgs[1]] == [(1, "1")]
+        assert by_org[orgs[2]] == [(1, "2"), (2, "5")]
+        assert await audit.verify() == []

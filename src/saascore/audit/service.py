@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -99,6 +99,11 @@ def entry_hash(entry: AuditLog) -> str:
 
 #: Where the stored JSON texts go in the hashed array.
 _REQUEST_DATA, _DETAILS = 12, 13
+#: The entries' bulk INSERT: NULLs rendered, so rows with and without, say, a target go in
+#: one statement (the ORM otherwise groups the rows by which of their values are None).
+_BULK_INSERT_ENTRIES = sa.insert(AuditLog).execution_options(render_nulls=True)
+#: Chain heads advanced per upsert: its bound parameters stay well within both databases'.
+_HEADS_PER_STATEMENT = 1_000
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -182,6 +187,32 @@ class AuditService:
             .returning(AuditChainHead.seq, AuditChainHead.hash)
         )
         last_seq, prev_hash = (await s.execute(advance)).one()
+        entries = self._entries(org_id, items, last_seq, prev_hash)
+        prev_hash = entries[-1].hash
+        if keep:
+            s.add_all(entries)
+        else:
+            await s.execute(
+                _BULK_INSERT_ENTRIES,
+                [
+                    {key: value for key, value in vars(entry).items() if not key.startswith("_")}
+                    for entry in entries
+                ],
+            )
+        await s.execute(
+            sa.update(AuditChainHead)
+            .where(AuditChainHead.organization_id == org_id)
+            .values(hash=prev_hash)
+        )
+        if keep:
+            await s.flush()
+        return entries
+
+    def _entries(
+        self, org_id: uuid.UUID, items: Sequence[_Item], last_seq: int, prev_hash: str | None
+    ) -> list[AuditLog]:
+        """The entries of `items`, hash-chained after `prev_hash`, the last numbered
+        `last_seq` (the chain head's `seq` once advanced by `len(items)`)."""
         entries: list[AuditLog] = []
         for seq, item in enumerate(items, start=last_seq - len(items) + 1):
             actor = item.actor
@@ -205,32 +236,62 @@ class AuditService:
             )
             entry.hash = prev_hash = entry_hash(entry)
             entries.append(entry)
-        if keep:
-            s.add_all(entries)
-        else:
-            await s.execute(
-                sa.insert(AuditLog),
-                [
-                    {key: value for key, value in vars(entry).items() if not key.startswith("_")}
-                    for entry in entries
-                ],
-            )
-        await s.execute(
-            sa.update(AuditChainHead)
-            .where(AuditChainHead.organization_id == org_id)
-            .values(hash=prev_hash)
-        )
-        if keep:
-            await s.flush()
         return entries
+
+    async def _append_many(self, s: AsyncSession, items: dict[uuid.UUID, list[_Item]]) -> None:
+        """`_append(keep=False)` for many organisations' chains at once, in three statements
+        (for up to `_HEADS_PER_STATEMENT` of them): their heads advance in one upsert (in
+        organisation id order, so two such appends lock the heads in the same order), the
+        entries are inserted in one bulk INSERT, and the heads take their last hashes in one
+        executemany UPDATE."""
+        if len(items) == 1:
+            ((org_id, only),) = items.items()
+            await self._append(s, org_id, only, keep=False)
+            return
+        ordered = sorted(items)
+        heads: dict[uuid.UUID, tuple[int, str | None]] = {}
+        for start in range(0, len(ordered), _HEADS_PER_STATEMENT):
+            upsert = insert(s, AuditChainHead)
+            advance = (
+                upsert.values(
+                    [
+                        {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
+                        for org_id in ordered[start : start + _HEADS_PER_STATEMENT]
+                    ]
+                )
+                .on_conflict_do_update(
+                    index_elements=[AuditChainHead.organization_id],
+                    set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
+                )
+                .returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
+            )
+            heads.update((org_id, (seq, hash_)) for org_id, seq, hash_ in await s.execute(advance))
+        rows: list[dict[str, Any]] = []
+        last_hashes: list[dict[str, Any]] = []
+        for org_id in sorted(items):
+            last_seq, prev_hash = heads[org_id]
+            entries = self._entries(org_id, items[org_id], last_seq, prev_hash)
+            rows.extend(
+                {key: value for key, value in vars(entry).items() if not key.startswith("_")}
+                for entry in entries
+            )
+            last_hashes.append({"head_org": org_id, "head_hash": entries[-1].hash})
+        await s.execute(_BULK_INSERT_ENTRIES, rows)
+        heads_table = cast(sa.Table, AuditChainHead.__table__)
+        await s.execute(
+            sa.update(heads_table)
+            .where(heads_table.c.organization_id == sa.bindparam("head_org"))
+            .values(hash=sa.bindparam("head_hash")),
+            last_hashes,
+        )
 
     async def handle(self, session: AsyncSession, event: Event) -> None:
         """The event bus's in-transaction handler: the event's audit entry, if it has one."""
         await self.handle_many(session, [event])
 
     async def handle_many(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """The same for events emitted together (`EventBus.deferred`): one chain advance per
-        organisation, in the order they were emitted."""
+        """The same for events emitted together (`EventBus.deferred`), in the order they were
+        emitted: every organisation's chain advanced at once (`_append_many`)."""
         by_org: dict[uuid.UUID, list[_Item]] = {}
         for event in events:
             action = event.payload.audited_as()
@@ -246,8 +307,8 @@ class AuditService:
                     dict(event.request_data) if event.request_data is not None else None,
                 )
             )
-        for org_id, items in by_org.items():
-            await self._append(session, org_id, items, keep=False)
+        if by_org:
+            await self._append_many(session, by_org)
 
     async def list(
         self,

@@ -76,6 +76,7 @@ from saascore.events.catalog import (
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
+from saascore.kit.ids import new_id
 from saascore.kit.money import BasisPoints, Money, apply_rate
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_text, control_character
@@ -695,15 +696,23 @@ class InvoiceService:
             return await self.finalize_locked(s, invoice, actor=actor)
 
     async def finalize_locked(
-        self, s: AsyncSession, invoice: Invoice, *, actor: Actor = SYSTEM
+        self,
+        s: AsyncSession,
+        invoice: Invoice,
+        *,
+        actor: Actor = SYSTEM,
+        tax_rate_bps: int | None = None,
+        attach: bool = True,
     ) -> Invoice:
         """`finalize` for a caller whose transaction holds the invoice row already (it created
-        the draft in it, or locked it): the same checks and events, without reading it back."""
+        the draft in it, or locked it): the same checks and events, without reading it back.
+        `tax_rate_bps` and `attach` are `recompute_totals`'s, for a caller that has just read
+        the organisation's rate, or the subscription's redemptions (none), in `s`."""
         org_id, invoice_id = invoice.organization_id, invoice.id
         check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
         if not invoice.lines:
             raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
-        await recompute_totals(s, invoice)
+        await recompute_totals(s, invoice, attach=attach, tax_rate_bps=tax_rate_bps)
         # The coupon's period is used now; with none left, the invoice goes without it (and
         # without a coupon there is nothing to recompute).
         if has_coupon(invoice) and not await use_coupon_period(s, invoice):
@@ -1003,11 +1012,21 @@ async def draft_in(
     notes_localized: Mapping[str, str] | None = None,
     subscription_id: uuid.UUID | None = None,
     period: Period | tuple[datetime, datetime] | None = None,
+    organization: Organization | None = None,
+    subscription: Subscription | None = None,
+    attach: bool = True,
+    flush: bool = True,
 ) -> Invoice:
     """A new draft of `org_id` in the session `s`, lines loaded: the one place an invoice is
     begun, by `InvoiceService.create_draft` and by the subscriptions' upcoming invoice, so
     that its defaults (the organisation's locale and tax rate) come from here. Everything is
-    checked before anything is written."""
+    checked before anything is written.
+
+    A caller that has read them in `s`'s transaction (the billing run, set-wise) passes the
+    `organization` and the `subscription` (instead of `subscription_id`), which are then not
+    read again, and `attach=False` when it read that the subscription has no coupon
+    redemption (`recompute_totals`), and `flush=False` when it finalises the draft at once:
+    the invoice is then inserted once, already open, by the finalisation's flush."""
     currency = Money.zero(currency).currency
     checked = [_checked_line(line, currency) for line in lines]
     if len(checked) > MAX_LINES:
@@ -1015,14 +1034,25 @@ async def draft_in(
     text = _notes(notes)
     localized = _localized(notes_localized)
     span = _period(period)
-    organization = await s.scalar(
-        sa.select(Organization)
-        .where(Organization.id == org_id)
-        .execution_options(populate_existing=True)
-    )
     if organization is None:
+        organization = await s.scalar(
+            sa.select(Organization)
+            .where(Organization.id == org_id)
+            .execution_options(populate_existing=True)
+        )
+    if organization is None or organization.id != org_id:
         raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
-    if subscription_id is not None:
+    if subscription is not None:
+        if subscription.organization_id != org_id or subscription_id not in (
+            None,
+            subscription.id,
+        ):
+            raise InvalidInput(
+                f"no subscription {subscription.id} in this organisation",
+                field="subscription_id",
+            )
+        subscription_id = subscription.id
+    elif subscription_id is not None:
         found = await s.scalar(
             sa.select(Subscription.id).where(
                 Subscription.organization_id == org_id, Subscription.id == subscription_id
@@ -1034,6 +1064,7 @@ async def draft_in(
                 field="subscription_id",
             )
     invoice = Invoice(
+        id=new_id(),
         organization_id=org_id,
         currency=currency,
         status=InvoiceStatus.DRAFT,
@@ -1052,9 +1083,10 @@ async def draft_in(
     ]
     # A subscription's draft takes the subscription's coupon (`billing.discounts`). Totals
     # first: the invoice and its lines are then inserted once, already computed.
-    await recompute_totals(s, invoice, tax_rate_bps=organization.tax_rate_bps)
+    await recompute_totals(s, invoice, attach=attach, tax_rate_bps=organization.tax_rate_bps)
     s.add(invoice)
-    await s.flush()
+    if flush:
+        await s.flush()
     return invoice
 
 

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from saascore.billing.invoices import InvoiceService, LineItem, LineKind
+from saascore.billing.invoices import InvoiceService, LineItem, LineKind, draft_in
 from saascore.billing.periods import Period, period_containing
 from saascore.billing.states import Trigger, check_transition
 from saascore.billing.subscriptions import subscription_payload, upcoming_invoice
@@ -42,6 +42,7 @@ from saascore.events.catalog import SubscriptionRenewed, SubscriptionTrialWillEn
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.money import Money, divide_half_up, prorate
 from saascore.models import (
+    CouponRedemption,
     Invoice,
     InvoiceStatus,
     Organization,
@@ -106,6 +107,9 @@ class Prefetched:
     drafts: dict[tuple[uuid.UUID, datetime], Invoice] = field(default_factory=dict)
     #: What the first period refill of each due subscription reads (`prefetch_refills`).
     refills: RefillPrefetch | None = None
+    #: Those of the subscriptions that have a coupon redemption: only their invoices look
+    #: for one to attach (`recompute_totals`).
+    with_coupons: set[uuid.UUID] = field(default_factory=set)
 
 
 async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> Prefetched:
@@ -179,6 +183,16 @@ async def prefetch(s: AsyncSession, org_ids: list[uuid.UUID], at: datetime) -> P
     for draft in drafts:
         if draft.subscription_id is not None and draft.period_start is not None:
             found.drafts.setdefault((draft.subscription_id, draft.period_start), draft)
+    found.with_coupons = set(
+        await s.scalars(
+            sa.select(CouponRedemption.subscription_id)
+            .where(
+                CouponRedemption.organization_id.in_(list(found.subscriptions)),
+                CouponRedemption.subscription_id.in_([subscription.id for subscription in live]),
+            )
+            .distinct()
+        )
+    )
     return found
 
 
@@ -370,16 +384,35 @@ async def _issue(
     if draft is None:
         if not lines:
             return None
-        draft = await invoices.create_draft(
+        if prefetched is None:
+            draft = await invoices.create_draft(
+                org_id,
+                subscription.currency,
+                lines,
+                subscription_id=subscription.id,
+                period=period,
+                session=s,
+            )
+            # Created in this transaction: nobody else can hold or change it.
+            return await invoices.finalize_locked(s, draft, actor=actor)
+        # The organisation, its locked subscription and whether that has a coupon were read
+        # in this transaction (`prefetch`); the draft took the organisation's tax rate. It is
+        # finalised before it is written: one INSERT of an open invoice.
+        attach = subscription.id in prefetched.with_coupons
+        draft = await draft_in(
+            s,
             org_id,
             subscription.currency,
             lines,
-            subscription_id=subscription.id,
             period=period,
-            session=s,
+            organization=await s.get(Organization, org_id),
+            subscription=subscription,
+            attach=attach,
+            flush=False,
         )
-        # Created in this transaction: nobody else can hold or change it.
-        return await invoices.finalize_locked(s, draft, actor=actor)
+        return await invoices.finalize_locked(
+            s, draft, actor=actor, tax_rate_bps=draft.tax_rate_bps, attach=attach
+        )
     draft.period_start, draft.period_end = period.start, period.end
     for line in lines:
         draft = await invoices.add_line(org_id, draft.id, line, session=s)

@@ -2,8 +2,8 @@
 
 `BillingRun.run(at)` walks the organisations in batches (by id). For each batch, every step
 names the organisations it has work for with one query (`BillingStep.candidates`); those
-organisations are then done `TRANSACTION_SIZE` to a transaction, each inside a **savepoint of
-its own**, in which the steps run in order:
+organisations are then done `TRANSACTION_SIZE` to a transaction, as if each were inside a
+**savepoint of its own**, in which the steps run in order:
 
 1. `end_due` (`SubscriptionService.end_due`): cancellations at the period's end, suspended
    subscriptions expiring, scheduled downgrades, returning ended ones to the default plan;
@@ -18,10 +18,15 @@ organizations, context)`, called once per transaction after its subscriptions ar
 the organisations for which it is the first step (an earlier one may change what it would
 read), to load set-wise what `apply` reads.
 An organisation that fails rolls back to its savepoint alone and is counted in `errors`; the
-run goes on. One commit per transaction, not per organisation, is what makes the run fast:
-every finalisation takes the platform's invoice-number series lock until the commit (gapless
-numbers), so finalisations are serialised whatever the parallelism, and the lock is best held
-for one commit per hundred invoices.
+run goes on. The savepoints cost two statements an organisation, so a transaction first does
+all its organisations in one savepoint; only when one of them fails is that rolled back and
+each done again in a savepoint of its own (`BillingRun._one_by_one`), from what the steps'
+`prepare` reads again: the same outcome, with the statements of a failure's transaction paid
+twice and those of every other transaction saved. One commit per transaction, not per
+organisation, is what makes the run fast: every finalisation takes the platform's
+invoice-number series lock until the commit (gapless numbers), so finalisations are
+serialised whatever the parallelism, and the lock is best held for one commit per hundred
+invoices.
 
 Every step re-checks under its row locks, so a second run at the same `at` does nothing and
 two runs at once do each thing once. A dry run does the same work in transactions that are
@@ -433,7 +438,8 @@ class BillingRun:
         dry_run: bool,
         summary: BillingSummary,
     ) -> None:
-        """The organisations of `todo` in one transaction, each inside a savepoint of its own.
+        """The organisations of `todo` in one transaction, as if each were inside a savepoint
+        of its own (module docstring).
 
         A failing organisation rolls back to its savepoint alone; the others commit together,
         so the commit, and the invoice-number series lock (held from the first finalisation
@@ -466,6 +472,7 @@ class BillingRun:
             async with (
                 self.database.transaction() as s,
                 self.events.one_wakeup(s),
+                self.events.deferred(s),
                 context.invoices.numbers_at_end(s),
             ):
                 await s.execute(
@@ -474,25 +481,55 @@ class BillingRun:
                     .order_by(Subscription.id)
                     .with_for_update()
                 )
-                for step in self.steps:
-                    prepare = getattr(step, "prepare", None)
-                    if prepare is not None:
-                        # Only where it runs first: an earlier step may change what it loads.
-                        first = [org for org, steps in todo.items() if steps[0] is step]
-                        if first:
-                            await prepare(s, first, context)
-                for org_id, steps in todo.items():
-                    counts: Counter[str] = Counter()
-                    try:
-                        async with s.begin_nested(), self.events.deferred(s):
+                await self._prepare(s, todo, context)
+                try:
+                    # The common case, every organisation done: one savepoint for them all.
+                    together: Counter[str] = Counter()
+                    async with s.begin_nested(), self.events.deferred(s):
+                        for org_id, steps in todo.items():
                             for step in steps:
-                                await step.apply(s, org_id, context, counts)
-                    except Exception as error:  # one organisation's failure never stops the run
-                        failures.append((org_id, f"{type(error).__name__}: {error}"))
-                        continue
-                    done.update(counts)
+                                await step.apply(s, org_id, context, together)
+                    done.update(together)
+                except Exception:
+                    # One failed: all of it is undone, and each goes in a savepoint of its
+                    # own, from what is read again, so that the failure stays its own.
+                    await self._prepare(s, todo, context)
+                    await self._one_by_one(s, todo, context, done, failures)
                 if dry_run:
                     raise _DryRun
         except _DryRun:
             pass
         return done, failures
+
+    async def _prepare(
+        self, s: AsyncSession, todo: dict[uuid.UUID, list[BillingStep]], context: StepContext
+    ) -> None:
+        """Each step's `prepare`, for the organisations where it runs first (an earlier step
+        may change what it would load)."""
+        for step in self.steps:
+            prepare = getattr(step, "prepare", None)
+            if prepare is not None:
+                first = [org for org, steps in todo.items() if steps[0] is step]
+                if first:
+                    await prepare(s, first, context)
+
+    async def _one_by_one(
+        self,
+        s: AsyncSession,
+        todo: dict[uuid.UUID, list[BillingStep]],
+        context: StepContext,
+        done: Counter[str],
+        failures: list[tuple[uuid.UUID, str]],
+    ) -> None:
+        """The organisations of `todo`, each in a savepoint of its own: one that fails rolls
+        back alone and is added to `failures`."""
+        for org_id, steps in todo.items():
+            counts: Counter[str] = Counter()
+            try:
+                async with s.begin_nested(), self.events.deferred(s):
+                    for step in steps:
+                        await step.apply(s, org_id, context, counts)
+            except Exception as error:  # one organisation's failure never stops the run
+                failures.append((org_id, f"{type(error).__name__}: {error}"))
+                continue
+            done.update(counts)

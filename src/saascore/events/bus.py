@@ -193,10 +193,21 @@ class EventBus:
         one audit chain advance per organisation, one outbox insert, one dispatcher wake-up,
         however many events. Nothing emitted in the block reads its audit entries or outbox
         rows back before the block ends, so this changes only how many statements are sent.
-        On an error nothing is written: the caller's transaction (or savepoint) rolls back."""
+        On an error nothing is written: the caller's transaction (or savepoint) rolls back.
+        Blocks nest: an inner one leaves the work to the outermost, and an error out of it
+        drops the events emitted within it (a savepoint per item of a batch: the billing
+        run's transaction writes the audit entries and outbox rows of all its organisations
+        at once, without those of one that failed)."""
         info = session.sync_session.info
-        if _DEFERRED in info:  # already deferred by an enclosing block
-            yield
+        held: list[Event] | None = info.get(_DEFERRED)
+        if held is not None:  # already deferred by an enclosing block, which does the work
+            mark = len(held)
+            try:
+                yield
+            except BaseException:
+                # The block's savepoint (or transaction) rolls back: its events never were.
+                del held[mark:]
+                raise
             return
         events: list[Event] = []
         info[_DEFERRED] = events

@@ -48,6 +48,13 @@ __all__ = [
 #: The execution option that picks SQLite's BEGIN mode (DEFERRED unless set).
 SQLITE_BEGIN = "saascore_sqlite_begin"
 
+#: Statements each PostgreSQL connection keeps prepared (SQLAlchemy's asyncpg default is 100).
+#: A statement not among them is prepared again, one more round trip: a transaction with a
+#: savepoint per item (the billing run's hundred organisations: `SAVEPOINT sa_savepoint_1` to
+#: `_100` and their releases are as many distinct statements) would otherwise push its own
+#: statements out of a cache of 100 and prepare nearly every one of them again.
+PREPARED_STATEMENTS = 1000
+
 #: Seconds the client waits past the server's `statement_timeout` before it gives up on a
 #: statement itself: the server's cancellation is the clean one, this is for a dead server.
 STATEMENT_GRACE_SECONDS = 2.0
@@ -218,7 +225,11 @@ class Database:
         if settings.use_cloud_sql_connector:
             options["async_creator"] = self._cloud_sql_creator(server_settings, timeouts)
         else:
-            options["connect_args"] = {"server_settings": server_settings, **timeouts}
+            options["connect_args"] = {
+                "server_settings": server_settings,
+                "prepared_statement_cache_size": PREPARED_STATEMENTS,
+                **timeouts,
+            }
         engine = create_async_engine(self.url, **options)
         event.listen(engine.sync_engine, "handle_error", _on_statement_timeout)
         return engine
