@@ -11,7 +11,8 @@ webhook, then calls these operations, which are billing's own rules:
   or, when the billing run has not issued one, issued and finalised now, so the number stays
   saascore's and gapless), through `PaymentService.record` with the provider, its payment id
   and an idempotency key made from that id. The provider's payment pays the invoice up to
-  what it owes. The last paid moment is kept on the subscription, so a failure reported
+  what it owes. An invoice issued here for the provider's amount is that amount exactly:
+  the provider charged its taxes already, so saascore adds none (tax source `provider`). The last paid moment is kept on the subscription, so a failure reported
   after a later success changes nothing.
 - **A payment failed**: a failed payment is recorded on that invoice and the subscription
   goes `past_due`.
@@ -32,7 +33,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.billing.errors import CustomerLinkedElsewhere, SubscriptionNotFound
-from saascore.billing.invoices import InvoiceService, LineItem, LineKind
+from saascore.billing.invoices import (
+    PROVIDER_TAX,
+    TAX_SOURCE,
+    InvoiceService,
+    LineItem,
+    LineKind,
+)
 from saascore.billing.packs import CreditPackService
 from saascore.billing.payments import PaymentService
 from saascore.billing.periods import as_utc
@@ -374,6 +381,7 @@ class ProviderBilling:
             ],
             subscription_id=subscription.id,
             period=(start, end),
+            metadata={TAX_SOURCE: PROVIDER_TAX, "provider": charge.provider.value},
             session=s,
         )
         return await self.invoices.finalize_locked(s, draft, actor=actor)
