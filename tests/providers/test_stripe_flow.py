@@ -12,11 +12,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from pydantic import SecretStr
@@ -48,7 +50,6 @@ from tests.providers.fake_stripe import (
     FakeStripe,
     checkout_completed,
     event,
-    fake_stripe_server,  # noqa: F401  (the `fake_stripe` fixture)
     invoice_event,
     new_id,
     sign,
@@ -132,23 +133,63 @@ async def _catalog(database: Database) -> None:
             )
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def env(scratch: Database, fake_stripe: FakeStripe) -> AsyncIterator[Env]:
-    await _catalog(scratch)
-    fake_stripe.state.prices[PRICES["pro", "monthly"]] = PRO_AMOUNT
+@dataclass
+class _Shared:
+    client: httpx.AsyncClient
+    core: Saascore
+    fake: FakeStripe
+    plan: str
+
+
+@asynccontextmanager
+async def _selling(database: Database) -> AsyncIterator[_Shared]:
+    """The app on `database` selling through a fake Stripe of its own, for a whole module."""
+    await _catalog(database)
+    fake = FakeStripe()
+    fake.state.prices[PRICES["pro", "monthly"]] = PRO_AMOUNT
     application, core = api_app(
-        scratch,
+        database,
         auth_requests_per_minute=None,
         payment_provider=PaymentProviderChoice.STRIPE,
-        stripe_secret_key=SecretStr(fake_stripe.api_key),
-        stripe_webhook_secret=SecretStr(fake_stripe.webhook_secret),
-        stripe_api_base=fake_stripe.url,
+        stripe_secret_key=SecretStr(fake.api_key),
+        stripe_webhook_secret=SecretStr(fake.webhook_secret),
+        stripe_api_base=fake.url,
     )
-    async with serving(application, core) as client:
-        async with scratch.transaction() as s:
-            plan = (await create_plan(s)).code
-        customer = await tenant(client, scratch, plan=plan, scopes=EVERY_SCOPE)
-        yield Env(client, core, fake_stripe, customer, plan)
+    try:
+        async with serving(application, core) as client:
+            async with database.transaction() as s:
+                plan = (await create_plan(s)).code
+            yield _Shared(client, core, fake, plan)
+    finally:
+        fake.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def _stripe_sqlite(_scratch_sqlite: Database) -> AsyncIterator[_Shared]:
+    async with _selling(_scratch_sqlite) as shared:
+        yield shared
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def _stripe_postgresql(_scratch_postgresql: Database) -> AsyncIterator[_Shared]:
+    async with _selling(_scratch_postgresql) as shared:
+        yield shared
+
+
+@pytest.fixture
+def _shared(backend: str, request: pytest.FixtureRequest) -> _Shared:
+    shared: _Shared = request.getfixturevalue(f"_stripe_{backend}")
+    shared.fake.requests.clear()
+    return shared
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def env(_shared: _Shared) -> Env:
+    """The module's app and fake Stripe (what the fake recorded forgotten), and a new
+    organisation of the test's own."""
+    client, core = _shared.client, _shared.core
+    customer = await tenant(client, core.database, plan=_shared.plan, scopes=EVERY_SCOPE)
+    return Env(client, core, _shared.fake, customer, _shared.plan)
 
 
 async def _plan_of(database: Database, org_id: uuid.UUID) -> str | None:
