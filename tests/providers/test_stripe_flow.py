@@ -307,6 +307,9 @@ class TestFullFlow:
 
 class TestPack:
     async def test_pack_bought_in_payment_mode_credits_once(self, env: Env) -> None:
+        """The organisation has a tax rate: Stripe's amount, its taxes its own, pays
+        saascore's invoice for the pack in full, which grants the credits."""
+        await env.core.invoices.set_tax_rate(env.org, 2000)
         price_id = new_id("price")
         pack = await env.core.credit_packs.create(
             f"stripe-{uuid.uuid4().hex[:8]}",
@@ -332,6 +335,8 @@ class TestPack:
         )
         [invoice] = await invoices_of(env.database, env.org)
         assert (invoice.status, invoice.amount_due) == (InvoiceStatus.PAID, 0)
+        assert (invoice.total, invoice.tax_amount) == (1500, 0)
+        assert invoice.metadata_["tax_source"] == "provider"
 
 
 class TestWebhooks:

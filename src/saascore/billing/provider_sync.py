@@ -19,8 +19,8 @@ webhook, then calls these operations, which are billing's own rules:
   success changes nothing.
 - **A payment failed**: a failed payment is recorded on that invoice and the subscription
   goes `past_due`.
-- **A one-off order paid**: the credit pack is bought (`CreditPackService.purchase`) and
-  paid; the payment grants its credits once.
+- **A one-off order paid**: the credit pack is bought (`CreditPackService.purchase`, with
+  no saascore tax: the provider's) and paid; the payment grants its credits once.
 
 Each operation is idempotent: applied again (a replay) it changes nothing.
 """
@@ -312,7 +312,9 @@ class ProviderBilling:
         async with self.database.scope(session) as s:
             if (found := await self.payments.by_key(org_id, key, session=s)) is not None:
                 return ProviderResult(True, payment=found)
-            invoice = await self.packs.purchase(org_id, pack, actor=actor, session=s)
+            invoice = await self.packs.purchase(
+                org_id, pack, provider_taxed=True, actor=actor, session=s
+            )
             amount = min(charge.amount, invoice.amount_due)
             if amount <= 0:
                 return ProviderResult(True, "nothing owed for the order")
