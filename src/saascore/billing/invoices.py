@@ -17,6 +17,9 @@ uncollectible (docs/billing.md, "Invoices").
   `invoice.finalized`): left open, it could never be paid and dunning would chase it.
 - Every other change of status follows `INVOICE_TRANSITIONS`; anything else is refused with
   `InvalidTransition` (409, `invalid_transition`).
+- **A payment provider's invoice** (`metadata["tax_source"] == "provider"`, `PROVIDER_TAX`)
+  records what the provider charged, its own taxes included: saascore adds no tax and no
+  coupon of its own to it, so its total is exactly the provider's amount.
 - **Overdue** is computed, never stored: an open invoice with something due whose due date
   has passed (`is_overdue`).
 """
@@ -103,6 +106,8 @@ __all__ = [
     "MAX_NOTE_LOCALES",
     "MAX_QUANTITY",
     "OWED_STATUSES",
+    "PROVIDER_TAX",
+    "TAX_SOURCE",
     "InvoiceService",
     "InvoiceTotals",
     "LineItem",
@@ -124,6 +129,10 @@ __all__ = [
 
 #: The most lines one invoice holds.
 MAX_LINES: Final = 200
+#: The key in an invoice's metadata that says whose its taxes are.
+TAX_SOURCE: Final = "tax_source"
+#: `TAX_SOURCE` of an invoice for a provider's payment: the provider's amount, taxed by it.
+PROVIDER_TAX: Final = "provider"
 #: The longest description of a line, in characters.
 MAX_DESCRIPTION_LENGTH: Final = 500
 #: The longest notes, in characters (per locale).
@@ -612,11 +621,13 @@ class InvoiceService:
         notes_localized: Mapping[str, str] | None = None,
         subscription_id: uuid.UUID | None = None,
         period: Period | tuple[datetime, datetime] | None = None,
+        metadata: Mapping[str, Any] | None = None,
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Invoice:
         """A draft invoice of `org_id` in `currency` with `lines` (one-off items; a negative
-        amount is a credit). It has no number until it is finalised.
+        amount is a credit). It has no number until it is finalised. `metadata` is kept on
+        the invoice (`TAX_SOURCE`: `PROVIDER_TAX` for a provider's payment).
 
         By convention (shared with subscriptions), the upcoming invoice of a subscription is
         its draft with that `subscription_id` and `period_start` the next period's start."""
@@ -631,6 +642,7 @@ class InvoiceService:
                 notes_localized=notes_localized,
                 subscription_id=subscription_id,
                 period=period,
+                metadata=metadata,
             )
 
     async def add_line(
@@ -991,7 +1003,11 @@ async def recompute_totals(
     tax rate and after its coupon: the one place totals are computed, for drafts built here
     and by `SubscriptionService`. A subscription's draft without a coupon first takes the
     subscription's live redemption (`attach_subscription_coupon`; not with `attach=False`).
-    `tax_rate_bps` is the organisation's rate when the caller has just read it in `s`."""
+    `tax_rate_bps` is the organisation's rate when the caller has just read it in `s`.
+    A provider's invoice (`PROVIDER_TAX`) takes neither: the provider's amount is final."""
+    if invoice.metadata_.get(TAX_SOURCE) == PROVIDER_TAX:
+        _recompute(invoice, BasisPoints(0), None)
+        return
     rate = tax_rate_bps
     if rate is None:
         rate = await s.scalar(
@@ -1016,6 +1032,7 @@ async def draft_in(
     subscription: Subscription | None = None,
     attach: bool = True,
     flush: bool = True,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Invoice:
     """A new draft of `org_id` in the session `s`, lines loaded: the one place an invoice is
     begun, by `InvoiceService.create_draft` and by the subscriptions' upcoming invoice, so
@@ -1074,7 +1091,7 @@ async def draft_in(
         locale=organization.locale,
         notes=text,
         notes_localized=localized,
-        metadata_={},
+        metadata_=dict(metadata or {}),
         amount_paid=0,
     )
     invoice.lines = [

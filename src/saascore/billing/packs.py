@@ -28,7 +28,13 @@ from saascore.billing.errors import (
     CreditPackNotFound,
     InvalidCreditPack,
 )
-from saascore.billing.invoices import InvoiceService, LineItem, LineKind
+from saascore.billing.invoices import (
+    PROVIDER_TAX,
+    TAX_SOURCE,
+    InvoiceService,
+    LineItem,
+    LineKind,
+)
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.money import Money
@@ -191,13 +197,16 @@ class CreditPackService:
         org_id: uuid.UUID,
         code: str,
         *,
+        provider_taxed: bool = False,
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> Invoice:
         """Buy an active pack: an invoice with its one `credit_pack` line, finalised (it
         has its number and is open; `invoice.finalized`). Paying it in full grants the
         credits. An inactive pack is `credit_pack_not_found`; one in another currency than
-        the organisation's is `credit_pack_currency_mismatch`."""
+        the organisation's is `credit_pack_currency_mismatch`. `provider_taxed`: a payment
+        provider sold it and charged its own taxes, so saascore adds none (tax source
+        `provider`) and the provider's payment of the price pays it in full."""
         async with self.database.scope(session) as s:
             pack = await self.get(code, session=s)
             if not pack.active:
@@ -226,6 +235,7 @@ class CreditPackService:
                         metadata={"credit_pack": pack.code, "credits": pack.credits},
                     )
                 ],
+                metadata={TAX_SOURCE: PROVIDER_TAX} if provider_taxed else None,
                 actor=actor,
                 session=s,
             )

@@ -6,17 +6,21 @@ webhook, then calls these operations, which are billing's own rules:
 - **A checkout completed**: the provider's customer is linked to the organisation
   (`organizations.billing_provider`, `provider_customer_id`, unique together). A customer
   already linked to another organisation is never moved (`provider_customer_conflict`).
+  An organisation already a customer of the same provider takes the signed event's new
+  customer in its place (`link_customer(replace=True)`): Lemon Squeezy makes one per email.
 - **A subscription's snapshot** (`SubscriptionService.apply_provider_state`).
 - **A payment succeeded**: saascore's invoice for the subscription's period pays it (found;
   or, when the billing run has not issued one, issued and finalised now, so the number stays
   saascore's and gapless), through `PaymentService.record` with the provider, its payment id
   and an idempotency key made from that id. The provider's payment pays the invoice up to
-  what it owes. The last paid moment is kept on the subscription, so a failure reported
-  after a later success changes nothing.
+  what it owes. An invoice issued here for the provider's amount is that amount exactly:
+  the provider charged its taxes already, so saascore adds none (tax source `provider`).
+  The last paid moment is kept on the subscription, so a failure reported after a later
+  success changes nothing.
 - **A payment failed**: a failed payment is recorded on that invoice and the subscription
   goes `past_due`.
-- **A one-off order paid**: the credit pack is bought (`CreditPackService.purchase`) and
-  paid; the payment grants its credits once.
+- **A one-off order paid**: the credit pack is bought (`CreditPackService.purchase`, with
+  no saascore tax: the provider's) and paid; the payment grants its credits once.
 
 Each operation is idempotent: applied again (a replay) it changes nothing.
 """
@@ -32,7 +36,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.billing.errors import CustomerLinkedElsewhere, SubscriptionNotFound
-from saascore.billing.invoices import InvoiceService, LineItem, LineKind
+from saascore.billing.invoices import (
+    PROVIDER_TAX,
+    TAX_SOURCE,
+    InvoiceService,
+    LineItem,
+    LineKind,
+)
 from saascore.billing.packs import CreditPackService
 from saascore.billing.payments import PaymentService
 from saascore.billing.periods import as_utc
@@ -145,11 +155,14 @@ class ProviderBilling:
         provider: PaymentProvider,
         customer_id: str,
         *,
+        replace: bool = False,
         session: AsyncSession | None = None,
     ) -> bool:
         """Link the provider's customer to the organisation (True when it was linked now).
         A customer of another organisation, or an organisation that is another customer of
-        a provider already, is `provider_customer_conflict`; nothing moves."""
+        a provider already, is `provider_customer_conflict`; nothing moves. With `replace`,
+        an organisation that is another customer of the SAME provider is linked to this one
+        instead (Lemon Squeezy makes a customer per email its buyer types)."""
         async with self.database.scope(session) as s:
             organization = await s.scalar(
                 sa.select(Organization).where(Organization.id == org_id).with_for_update()
@@ -168,10 +181,11 @@ class ProviderBilling:
                     and organization.provider_customer_id == customer_id
                 ):
                     return False
-                raise CustomerLinkedElsewhere(
-                    "the organisation is another customer of a payment provider already",
-                    customer=customer_id,
-                )
+                if not (replace and organization.billing_provider == provider):
+                    raise CustomerLinkedElsewhere(
+                        "the organisation is another customer of a payment provider already",
+                        customer=customer_id,
+                    )
             organization.billing_provider = provider
             organization.provider_customer_id = customer_id
             await s.flush()
@@ -298,7 +312,9 @@ class ProviderBilling:
         async with self.database.scope(session) as s:
             if (found := await self.payments.by_key(org_id, key, session=s)) is not None:
                 return ProviderResult(True, payment=found)
-            invoice = await self.packs.purchase(org_id, pack, actor=actor, session=s)
+            invoice = await self.packs.purchase(
+                org_id, pack, provider_taxed=True, actor=actor, session=s
+            )
             amount = min(charge.amount, invoice.amount_due)
             if amount <= 0:
                 return ProviderResult(True, "nothing owed for the order")
@@ -374,6 +390,7 @@ class ProviderBilling:
             ],
             subscription_id=subscription.id,
             period=(start, end),
+            metadata={TAX_SOURCE: PROVIDER_TAX, "provider": charge.provider.value},
             session=s,
         )
         return await self.invoices.finalize_locked(s, draft, actor=actor)

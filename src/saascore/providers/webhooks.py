@@ -23,6 +23,9 @@ Stored and ignored (outcome `ignored`, with the reason in `error`), and answered
 - an event whose organisation cannot be trusted: the organisation named in custom data is
   believed only because the body was verified, and only when the customer is not another
   organisation's, nor the subscription.
+  A signed event naming an organisation with a customer of no organisation links that
+  customer to it, in place of an earlier customer of the same provider (Lemon Squeezy makes
+  one per email typed at checkout, not the one saascore made).
 
 `replay` applies a stored event again (`saascore webhooks replay ID`); every operation is
 idempotent, so a replay of an applied event changes nothing.
@@ -412,7 +415,12 @@ class ProviderWebhooks:
                 return None, "the organisation named does not exist"
             try:
                 async with s.begin_nested():
-                    await self.billing.link_customer(org_id, provider, customer, session=s)
+                    # Lemon Squeezy matches its buyer by the email typed at checkout, not by
+                    # the customer saascore made: the signed body's customer, nobody's yet,
+                    # becomes the organisation's in place of its earlier one of the provider.
+                    await self.billing.link_customer(
+                        org_id, provider, customer, replace=True, session=s
+                    )
             except CustomerLinkedElsewhere as refused:
                 return org_id, refused.message
         return org_id, None
