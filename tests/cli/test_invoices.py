@@ -119,6 +119,11 @@ def test_show_writes_the_renderings(arabic_cli: Cli, tmp_path: Path) -> None:
     bad = cli("invoices", "show", number, "--html", str(english), "--locale", "xx-QQ")
     assert bad.returncode == 2
     assert "is not a known locale" in bad.stderr
+    # Without a rendering to write the locale is checked all the same.
+    unknown = cli("invoices", "show", number, "--locale", "zz")
+    assert unknown.returncode == 2
+    assert "'zz' is not a known locale" in unknown.stderr
+    assert unknown.stdout == ""
     unwritable = cli("invoices", "show", number, "--html", str(tmp_path / "no" / "x.html"))
     assert unwritable.returncode == 1
     assert unwritable.stderr.startswith("saascore: cannot write the rendering")

@@ -12,7 +12,7 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse
 
 from saascore.api.deps import CoreDep, OperatorDep, OriginDep, SessionDep, require
@@ -60,8 +60,12 @@ from saascore.billing.errors import (
     PeriodOutOfRange,
     PlanPriceMissing,
     RefundExceedsPayment,
+    RenderAbandoned,
+    RenderBusy,
     SubscriptionExists,
     SubscriptionNotFound,
+    TooManyOpenPurchases,
+    TooManyRefunds,
 )
 from saascore.billing.invoices import LineItem
 from saascore.billing.render import filename
@@ -281,6 +285,7 @@ def create_subscription_admin_router() -> APIRouter:
             OrganizationNotFound,
             SubscriptionNotFound,
             InvalidTransition,
+            OutsidePeriod,
             NaiveDatetime,
             InvalidInput,
         ),
@@ -314,6 +319,7 @@ def create_subscription_admin_router() -> APIRouter:
             SubscriptionNotFound,
             InvalidTransition,
             PeriodEnded,
+            OutsidePeriod,
             NaiveDatetime,
             InvalidInput,
         ),
@@ -417,16 +423,30 @@ def create_invoices_router() -> APIRouter:
         response_class=Response,
         responses={
             **_PDF_RESPONSE,
-            **error_responses(*AUTH_ERRORS, PermissionDenied, InvoiceNotFound, UnknownLocale),
+            **error_responses(
+                *AUTH_ERRORS,
+                PermissionDenied,
+                InvoiceNotFound,
+                UnknownLocale,
+                RenderBusy,
+                RenderAbandoned,
+            ),
         },
     )
     async def get_invoice_pdf(
-        invoice_id: uuid.UUID, principal: BillingReader, core: CoreDep, locale: LocaleQuery = None
+        invoice_id: uuid.UUID,
+        principal: BillingReader,
+        core: CoreDep,
+        request: Request,
+        locale: LocaleQuery = None,
     ) -> Response:
         """The printable page of the invoice (`GET /v1/invoices/{invoice_id}.html`) as a PDF
-        document, named after the invoice's number."""
+        document, named after the invoice's number. Your organisation's PDFs are rendered one
+        at a time: a few more wait their turn, beyond them 429 `render_busy`."""
         invoice = await core.invoices.get(principal.tenant, invoice_id)
-        document = await core.invoice_renderer.pdf(invoice, locale=locale)
+        document = await core.invoice_renderer.pdf(
+            invoice, locale=locale, gone=request.is_disconnected
+        )
         return Response(
             document,
             media_type="application/pdf",
@@ -782,6 +802,7 @@ def create_payments_admin_router() -> APIRouter:
             PaymentNotFound,
             PaymentNotRefundable,
             RefundExceedsPayment,
+            TooManyRefunds,
             IdempotencyConflict,
             InvalidPayment,
             InvalidCharacter,
@@ -1001,6 +1022,7 @@ def create_credit_packs_router() -> APIRouter:
             PermissionDenied,
             CreditPackNotFound,
             CreditPackCurrencyMismatch,
+            TooManyOpenPurchases,
             AmountOutOfRange,
         ),
     )
@@ -1013,7 +1035,9 @@ def create_credit_packs_router() -> APIRouter:
     ) -> InvoiceOut:
         """Buy a pack on sale: an open invoice with its one line, numbered and due. The
         credits are granted, once, when the invoice is paid in full. Only a pack in the
-        organisation's currency is sold to it (`credit_pack_currency_mismatch`)."""
+        organisation's currency is sold to it (`credit_pack_currency_mismatch`). While a
+        purchase of the same pack is unpaid, buying it again answers that invoice; at most
+        five purchases are unpaid at once (409 `too_many_open_purchases`)."""
         invoice = await core.credit_packs.purchase(
             principal.tenant, body.code, actor=principal.actor(origin), session=session
         )

@@ -25,11 +25,15 @@ DomainError
 │   ├── Overpayment             (409) a payment above the invoice's amount due
 │   ├── PaymentNotRefundable    (409) only a succeeded payment is refunded
 │   ├── RefundExceedsPayment    (409) a refund above what is left of the payment
+│   ├── TooManyRefunds          (409) the payment has taken its last refund
+│   ├── TooManyOpenPurchases    (409) the organisation has too many unpaid pack purchases
 │   ├── CouponInactive          (409) the coupon was deactivated
 │   ├── CouponExpired           (409) the coupon's last day of redemption has passed
 │   ├── CouponExhausted         (409) the coupon reached its redemption limit
 │   ├── CouponAlreadyApplied    (409) the subscription or draft already has a coupon
-│   └── CustomerLinkedElsewhere (409) a provider's customer belongs to another organisation
+│   ├── CustomerLinkedElsewhere (409) a provider's customer belongs to another organisation
+│   └── RenderAbandoned         (409) the client left before its queued rendering started
+├── RenderBusy                  (429) the organisation has too many renderings waiting
 └── InvalidInput
     ├── PlanPriceMissing        (422) the plan has no price for that cycle and currency
     ├── NaiveDatetime           (422) a timestamp without a time zone
@@ -48,7 +52,7 @@ A payment or refund key reused for different content is the kit's `IdempotencyCo
 
 from __future__ import annotations
 
-from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
+from saascore.kit.errors import AlreadyExists, Conflict, DomainError, InvalidInput, NotFound
 
 __all__ = [
     "CouponAlreadyApplied",
@@ -85,8 +89,12 @@ __all__ = [
     "PeriodOutOfRange",
     "PlanPriceMissing",
     "RefundExceedsPayment",
+    "RenderAbandoned",
+    "RenderBusy",
     "SubscriptionExists",
     "SubscriptionNotFound",
+    "TooManyOpenPurchases",
+    "TooManyRefunds",
 ]
 
 
@@ -256,6 +264,13 @@ class RefundExceedsPayment(Conflict):
     code = "refund_exceeds_payment"
 
 
+class TooManyRefunds(Conflict):
+    """(409) The payment has taken `MAX_REFUNDS` refunds: it takes no more, whatever the
+    amount (refund what is left in one go)."""
+
+    code = "too_many_refunds"
+
+
 class InvalidPayment(InvalidInput):
     """(422) A payment's or refund's amount, method, key or texts are refused."""
 
@@ -339,8 +354,32 @@ class CreditPackCurrencyMismatch(InvalidInput):
     stateful = True
 
 
+class TooManyOpenPurchases(Conflict):
+    """(409) The organisation has `MAX_OPEN_PURCHASES` unpaid (open) credit-pack purchase
+    invoices: pay or void one before buying another pack."""
+
+    code = "too_many_open_purchases"
+
+
 class CustomerLinkedElsewhere(Conflict):
     """(409) The payment provider's customer is another organisation's (or the organisation
     is another customer already): a customer is never moved between organisations."""
 
     code = "provider_customer_conflict"
+
+
+class RenderBusy(DomainError):
+    """(429) The organisation already has a rendering running and as many waiting as it may
+    (`MAX_WAITING_RENDERS`): its renderings take their turn one at a time, so that one
+    organisation never holds up the others'. Retry after `Retry-After` seconds."""
+
+    code = "render_busy"
+    status_code = 429
+    headers = {"Retry-After": "5"}
+
+
+class RenderAbandoned(Conflict):
+    """(409) The client went away while its rendering waited for its turn: it was not
+    started. Nobody is left to read this answer; it ends the request."""
+
+    code = "render_abandoned"

@@ -6,6 +6,11 @@ A purchase is an invoice: one `credit_pack` line (`metadata["credit_pack"]` the 
 payment. The credits are granted by the payment that pays the invoice in full, once, in that
 payment's transaction; buying grants nothing.
 
+Unpaid purchases are bounded: buying a pack while a purchase of that pack is still open (unpaid)
+answers that open invoice (no second invoice, no number burnt), and an organisation has at most
+`MAX_OPEN_PURCHASES` open purchase invoices (`TooManyOpenPurchases` beyond). Purchases of one
+organisation are serialized by its row lock, so racing purchases of a pack make one invoice.
+
 An organisation buys only the packs priced in its own currency (`Organization.currency`), and
 a pack holds at most `MAX_PACK_CREDITS`: paying for more could never be granted (the balance
 would pass what it holds), and the invoice would go overdue however it is paid.
@@ -27,6 +32,7 @@ from saascore.billing.errors import (
     CreditPackExists,
     CreditPackNotFound,
     InvalidCreditPack,
+    TooManyOpenPurchases,
 )
 from saascore.billing.invoices import (
     PROVIDER_TAX,
@@ -40,14 +46,24 @@ from saascore.kit.db import Database
 from saascore.kit.money import Money
 from saascore.kit.sql import violates
 from saascore.kit.validation import control_character
-from saascore.models import CreditPack, Invoice, Organization, PaymentProvider
-from saascore.tenancy.errors import OrganizationNotFound
+from saascore.models import (
+    CreditPack,
+    Invoice,
+    InvoiceLine,
+    InvoiceStatus,
+    PaymentProvider,
+)
+from saascore.tenancy.service import locked_organization
 
-__all__ = ["MAX_PACK_CREDITS", "CreditPackService", "pack_code"]
+__all__ = ["MAX_OPEN_PURCHASES", "MAX_PACK_CREDITS", "CreditPackService", "pack_code"]
 
 #: The most credits one pack grants: a trillion, far below what a balance holds (int64), so
 #: that granting a paid pack never overflows it.
 MAX_PACK_CREDITS: Final = 10**12
+#: The most unpaid (open or overdue) purchase invoices an organisation has at once.
+MAX_OPEN_PURCHASES: Final = 5
+#: A purchase invoice still waiting for its payment.
+_UNPAID: Final = (InvoiceStatus.OPEN, InvoiceStatus.OVERDUE)
 
 _CODE: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,49}")
 _MAX_NAME: Final = 255
@@ -204,18 +220,22 @@ class CreditPackService:
         """Buy an active pack: an invoice with its one `credit_pack` line, finalised (it
         has its number and is open; `invoice.finalized`). Paying it in full grants the
         credits. An inactive pack is `credit_pack_not_found`; one in another currency than
-        the organisation's is `credit_pack_currency_mismatch`. `provider_taxed`: a payment
-        provider sold it and charged its own taxes, so saascore adds none (tax source
-        `provider`) and the provider's payment of the price pays it in full."""
+        the organisation's is `credit_pack_currency_mismatch`.
+
+        While a purchase of the same pack is unpaid, that invoice is answered again (nothing
+        is written); past `MAX_OPEN_PURCHASES` unpaid purchases it is `too_many_open_purchases`.
+
+        `provider_taxed`: a payment provider sold it, was paid, and charged its own taxes, so
+        saascore adds none (tax source `provider`) and the provider's payment of the price pays
+        it in full. Such a sale is never refused nor merged with an unpaid purchase: the
+        customer has paid for it."""
         async with self.database.scope(session) as s:
             pack = await self.get(code, session=s)
             if not pack.active:
                 raise CreditPackNotFound(f"no credit pack {code} on sale", credit_pack=code)
-            currency = await s.scalar(
-                sa.select(Organization.currency).where(Organization.id == org_id)
-            )
-            if currency is None:
-                raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+            # The organisation's row lock serializes its purchases: the look-up of its unpaid
+            # ones below and the invoice made after it are one step for a racing purchase.
+            currency = (await locked_organization(s, org_id)).currency
             if pack.currency != currency:
                 raise CreditPackCurrencyMismatch(
                     f"credit pack {pack.code} is priced in {pack.currency}; this organisation "
@@ -223,6 +243,17 @@ class CreditPackService:
                     credit_pack=pack.code,
                     currency=pack.currency,
                     organization_currency=currency,
+                )
+            unpaid = [] if provider_taxed else await _unpaid_purchases(s, org_id)
+            for invoice_id, bought in unpaid:
+                if bought == pack.code:
+                    return await self.invoices.get(org_id, invoice_id, session=s)
+            if len(unpaid) >= MAX_OPEN_PURCHASES:
+                raise TooManyOpenPurchases(
+                    f"{len(unpaid)} credit-pack purchases are unpaid: pay one before buying "
+                    "another pack",
+                    open_purchases=len(unpaid),
+                    limit=MAX_OPEN_PURCHASES,
                 )
             draft = await self.invoices.create_draft(
                 org_id,
@@ -240,3 +271,23 @@ class CreditPackService:
                 session=s,
             )
             return await self.invoices.finalize(org_id, draft.id, actor=actor, session=s)
+
+
+async def _unpaid_purchases(s: AsyncSession, org_id: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+    """The organisation's unpaid purchase invoices, oldest first, with the code bought."""
+    code = InvoiceLine.metadata_["credit_pack"].as_string()
+    query = (
+        sa.select(Invoice.id, code)
+        .join(
+            InvoiceLine,
+            (InvoiceLine.organization_id == Invoice.organization_id)
+            & (InvoiceLine.invoice_id == Invoice.id),
+        )
+        .where(
+            Invoice.organization_id == org_id,
+            Invoice.status.in_(_UNPAID),
+            InvoiceLine.metadata_["kind"].as_string() == LineKind.CREDIT_PACK.value,
+        )
+        .order_by(Invoice.id)
+    )
+    return [(invoice_id, bought) for invoice_id, bought in (await s.execute(query)).all()]

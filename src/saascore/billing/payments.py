@@ -57,6 +57,7 @@ from saascore.billing.errors import (
     PaymentNotFound,
     PaymentNotRefundable,
     RefundExceedsPayment,
+    TooManyRefunds,
 )
 from saascore.billing.invoices import (
     LineKind,
@@ -465,8 +466,10 @@ class PaymentService:
                     refundable=left,
                 )
             if len(refunds) >= MAX_REFUNDS:
-                raise InvalidPayment(
-                    f"a payment takes at most {MAX_REFUNDS} refunds", field="amount"
+                raise TooManyRefunds(
+                    f"payment {payment.id} has taken its {MAX_REFUNDS} refunds",
+                    payment=str(payment.id),
+                    refunds=len(refunds),
                 )
             now = self.clock()
             payment.refunded_amount += minor

@@ -15,6 +15,12 @@ WeasyPrint (docs/billing.md, "Renderings").
   due date reads overdue.
 - The amount due is shown only where it is owed (`amount_owed`: open or uncollectible): a
   draft, a paid, void or refunded invoice owes nothing, whatever its stored `amount_due`.
+- PDFs are rendered fairly: an organisation has one rendering running at a time (the others of
+  its requests wait for its turn, at most `MAX_WAITING_RENDERS` of them, `RenderBusy` beyond),
+  and the process runs `SAASCORE_PDF_CONCURRENCY` at once across organisations, so one
+  organisation holds at most one of those. A request whose client went away while it waited
+  is not rendered (`RenderAbandoned`). A rendering's work is bounded by the invoice's
+  `MAX_LINES` lines.
 - The PDF needs Pango (Debian's `libpango-1.0-0`) and a font that covers Arabic script;
   `make setup` installs both. WeasyPrint is imported on first use, so that the rest of
   saascore works where they are missing.
@@ -24,9 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from functools import cache
@@ -39,6 +47,7 @@ from babel.dates import format_date
 from babel.numbers import format_decimal, format_percent
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.billing.errors import RenderAbandoned, RenderBusy
 from saascore.billing.invoices import OWED_STATUSES, InvoiceService, amount_owed, is_overdue
 from saascore.config import Settings
 from saascore.kit.money import (
@@ -54,6 +63,7 @@ from saascore.tenancy.errors import OrganizationNotFound
 
 __all__ = [
     "MAX_LOCALE_LENGTH",
+    "MAX_WAITING_RENDERS",
     "InvoiceRenderer",
     "Issuer",
     "checked_locale",
@@ -67,6 +77,8 @@ __all__ = [
 MAX_LOCALE_LENGTH: Final = 16
 _LOCALE_TEXT: Final = re.compile(r"[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8}){0,3}")
 _FALLBACK_LOCALE: Final = "en"
+#: How many PDF requests of one organisation wait for its turn behind the one rendering.
+MAX_WAITING_RENDERS: Final = 4
 
 # The words of the page. English is the fallback for every other language.
 _LABELS: Final[Mapping[str, Mapping[str, str]]] = {
@@ -287,6 +299,15 @@ def invoice_pdf(
     )
 
 
+@dataclass
+class _Turn:
+    """One organisation's renderings: one runs (holding `lock`), the rest wait on it."""
+
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    #: The requests holding or waiting for `lock`.
+    requests: int = 0
+
+
 class InvoiceRenderer:
     """Renders an invoice of `InvoiceService` with its organisation, the configured issuer and
     the service's clock (`core.invoice_renderer`)."""
@@ -300,6 +321,7 @@ class InvoiceRenderer:
         #: (same invoice, amounts, status, locale and day) is the same document.
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._cache_size = settings.pdf_cache_size
+        self._turns: dict[uuid.UUID, _Turn] = {}
 
     async def html(
         self, invoice: Invoice, *, locale: str | None = None, session: AsyncSession | None = None
@@ -323,22 +345,68 @@ class InvoiceRenderer:
         )
 
     async def pdf(
-        self, invoice: Invoice, *, locale: str | None = None, session: AsyncSession | None = None
+        self,
+        invoice: Invoice,
+        *,
+        locale: str | None = None,
+        session: AsyncSession | None = None,
+        gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> bytes:
         """`invoice_pdf` of `invoice`. WeasyPrint runs in a worker thread, off the event loop,
-        at most `SAASCORE_PDF_CONCURRENCY` at once; a page rendered lately is not rendered
-        again."""
+        at most `SAASCORE_PDF_CONCURRENCY` at once and one per organisation (module
+        docstring); a page rendered lately is not rendered again. `gone` tells whether the
+        client went away: asked when the rendering's turn comes, it is then not started."""
         html = await self.html(invoice, locale=locale, session=session)
         digest = hashlib.sha256(html.encode("utf-8")).digest()
-        if (cached := self._cache.get(digest)) is not None:
-            self._cache.move_to_end(digest)
+        if (cached := self._cached(digest)) is not None:
             return cached
-        document = await anyio.to_thread.run_sync(html_to_pdf, html, limiter=self._limiter)
+        async with self._turn(invoice.organization_id):
+            # An earlier request of the organisation may have rendered this very page.
+            if (cached := self._cached(digest)) is not None:
+                return cached
+            async with self._limiter:
+                if gone is not None and await gone():
+                    raise RenderAbandoned(
+                        "the client went away before its rendering started",
+                        invoice=str(invoice.id),
+                    )
+                document = await anyio.to_thread.run_sync(html_to_pdf, html)
         if self._cache_size:
             self._cache[digest] = document
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return document
+
+    def queued(self, org_id: uuid.UUID) -> int:
+        """The organisation's PDF renderings running or waiting for their turn."""
+        turn = self._turns.get(org_id)
+        return turn.requests if turn is not None else 0
+
+    def _cached(self, digest: bytes) -> bytes | None:
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache.move_to_end(digest)
+        return cached
+
+    @asynccontextmanager
+    async def _turn(self, org_id: uuid.UUID) -> AsyncIterator[None]:
+        """The organisation's turn to render: one at a time, `MAX_WAITING_RENDERS` waiting."""
+        turn = self._turns.setdefault(org_id, _Turn())
+        if turn.requests > MAX_WAITING_RENDERS:
+            raise RenderBusy(
+                f"this organisation already has {turn.requests} invoice renderings running or "
+                "waiting: retry when they are done",
+                organization=str(org_id),
+                waiting=turn.requests - 1,
+            )
+        turn.requests += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.requests -= 1
+            if turn.requests == 0:
+                del self._turns[org_id]
 
 
 def filename(invoice: Invoice, extension: str) -> str:

@@ -33,6 +33,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from saascore.audit.service import AuditService, audited_bus
 from saascore.billing.errors import (
     InvalidTransition,
+    OutsidePeriod,
     PeriodEnded,
     PeriodOutOfRange,
     PlanPriceMissing,
@@ -75,6 +76,7 @@ __all__ = [
     "ProviderApplied",
     "ProviderState",
     "SubscriptionService",
+    "check_in_period",
     "subscription_payload",
     "upcoming_invoice",
 ]
@@ -192,6 +194,23 @@ def paid_end(subscription: Subscription) -> datetime:
     if subscription.status is S.TRIALING and subscription.trial_end is not None:
         return min(subscription.trial_end, end)
     return end
+
+
+def check_in_period(subscription: Subscription, at: datetime) -> None:
+    """Refuse (`OutsidePeriod`) an `at` given to a plan change, a cancellation or a
+    resumption outside the subscription's current period: before the period's start or the
+    subscription's own start, or after the period's end (both ends included). An operation
+    acts inside the period it changes; without an `at` it acts now."""
+    start = max(subscription.current_period_start, subscription.started_at)
+    end = subscription.current_period_end
+    if not start <= at <= end:
+        raise OutsidePeriod(
+            f"{at.isoformat()} is outside the subscription's current period, from "
+            f"{start.isoformat()} to {end.isoformat()}",
+            at=at.isoformat(),
+            period_start=start.isoformat(),
+            period_end=end.isoformat(),
+        )
 
 
 class SubscriptionService:
@@ -329,12 +348,14 @@ class SubscriptionService:
         until `end_due`) or now (`canceled` at once). Either way the organisation keeps its
         plan until the end of what was paid: the current period's end. During a trial nothing
         was paid: canceled now it ends now, at the period's end it ends at the trial's end
-        (`paid_end`), never later."""
+        (`paid_end`), never later. An `at` outside the current period is `OutsidePeriod`."""
         moment = as_utc(at if at is not None else self.clock(), "at")
         async with self.database.scope(session) as s:
             subscription = await self._current(s, org_id, lock=True)
             if at_period_end:
                 check_transition(subscription.status, S.CANCELED, Trigger.PERIOD_END_AFTER_CANCEL)
+                if at is not None:
+                    check_in_period(subscription, moment)
                 if not subscription.cancel_at_period_end:
                     subscription.cancel_at_period_end = True
                     subscription.canceled_at = moment
@@ -347,6 +368,8 @@ class SubscriptionService:
                     )
                 return subscription
             check_transition(subscription.status, S.CANCELED, Trigger.CANCEL_NOW)
+            if at is not None:
+                check_in_period(subscription, moment)
             paid_until = (
                 moment
                 if subscription.status in (S.TRIALING, S.INCOMPLETE)
@@ -365,18 +388,20 @@ class SubscriptionService:
     ) -> Subscription:
         """Withdraw a cancellation at the period's end, before that end (`PeriodEnded` after
         it). A subscription that ended is refused (`invalid_transition`); one that was not
-        canceling is left as it is."""
+        canceling is left as it is. An `at` outside the current period is `OutsidePeriod`."""
         moment = as_utc(at if at is not None else self.clock(), "at")
         async with self.database.scope(session) as s:
             subscription = await self._current(s, org_id, lock=True)
             if subscription.status in FINAL_STATUSES:
                 raise InvalidTransition(subscription.status.value, S.ACTIVE.value, "resume")
+            if subscription.cancel_at_period_end and moment >= paid_end(subscription):
+                raise PeriodEnded(
+                    "the period ended: the cancellation took effect; subscribe again",
+                    current_period_end=subscription.current_period_end.isoformat(),
+                )
+            if at is not None:
+                check_in_period(subscription, moment)
             if subscription.cancel_at_period_end:
-                if moment >= paid_end(subscription):
-                    raise PeriodEnded(
-                        "the period ended: the cancellation took effect; subscribe again",
-                        current_period_end=subscription.current_period_end.isoformat(),
-                    )
                 subscription.cancel_at_period_end = False
                 subscription.canceled_at = None
                 subscription.ends_at = None
@@ -400,7 +425,8 @@ class SubscriptionService:
         An upgrade (a higher price per period), or any change during a trial, applies at once;
         outside a trial its proration goes on the upcoming invoice (see the module). A
         downgrade is scheduled for the period's end. Changing to the plan the subscription is
-        on withdraws a scheduled downgrade."""
+        on withdraws a scheduled downgrade. An `at` outside the current period is
+        `OutsidePeriod`, whichever the change."""
         moment = as_utc(at if at is not None else self.clock(), "at")
         async with self.database.scope(session) as s:
             subscription = await self._current(s, org_id, lock=True)
@@ -408,6 +434,8 @@ class SubscriptionService:
                 raise InvalidTransition(
                     subscription.status.value, subscription.status.value, "plan change"
                 )
+            if at is not None:
+                check_in_period(subscription, moment)
             new = await self.plans.get_by_code(plan, session=s)
             price = _price(new, subscription.billing_cycle, subscription.currency)
             old = subscription.plan

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from saascore.billing.invoices import OWED_STATUSES, LineItem, amount_owed, is_overdue
+from saascore.billing.render import checked_locale
 from saascore.billing.schemas import InvoiceOut, UpcomingInvoiceOut, UpcomingLineOut
 from saascore.cli._output import (
     Column,
@@ -205,6 +206,8 @@ def show(
     ] = None,
 ) -> None:
     """An invoice with its lines and totals; --html and --pdf write its renderings."""
+    if locale is not None:
+        checked_locale(locale)  # refused with or without a rendering to write
 
     async def work(core: Saascore) -> tuple[Invoice, str | None, bytes | None]:
         invoice = await _find(core, reference, org)

@@ -43,7 +43,7 @@ from saascore.kit.pagination import (
 from saascore.metering.errors import LimitExceeded
 from saascore.models import OrganizationStatus, UserRole
 from saascore.plans.errors import PlanNotFound
-from saascore.tenancy.errors import OrganizationExists, OrganizationNotFound
+from saascore.tenancy.errors import CurrencyInUse, OrganizationExists, OrganizationNotFound
 from saascore.tenancy.schemas import (
     OrganizationCreate,
     OrganizationOut,
@@ -223,7 +223,7 @@ def create_organization_router() -> APIRouter:
         "",
         summary="Update your organisation",
         responses=error_responses(
-            *AUTH_ERRORS, PermissionDenied, InvalidInput, OrganizationDeleted
+            *AUTH_ERRORS, PermissionDenied, InvalidInput, OrganizationDeleted, CurrencyInUse
         ),
     )
     async def update_organization(
@@ -235,7 +235,8 @@ def create_organization_router() -> APIRouter:
     ) -> OrganizationOut:
         """Change your organisation's name, domain, locale, settings (`admin`) or billing
         e-mail, currency and country (`admin` and `billing:write`: the country sets the
-        default tax rate of its invoices, unless an operator set one)."""
+        default tax rate of its invoices, unless an operator set one). The currency stays
+        while a live subscription or an unpaid invoice is in it (409 `currency_in_use`)."""
         changes = body.changes()
         if BILLING_FIELDS & changes.keys():
             principal.require(Permission.BILLING_WRITE)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from saascore.kit.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 
 __all__ = [
+    "CurrencyInUse",
     "LastOwner",
     "OrganizationDeleted",
     "OrganizationExists",
@@ -31,6 +32,14 @@ class OrganizationDeleted(Conflict):
     """The organisation is deleted: it can no longer be changed."""
 
     code = "organization_deleted"
+
+
+class CurrencyInUse(Conflict):
+    """The organisation's currency cannot change while it is billed in it: a live
+    subscription, or an unpaid invoice (open, overdue or uncollectible), in the current
+    currency. End the subscription and settle or void the invoices first."""
+
+    code = "currency_in_use"
 
 
 class UserNotFound(NotFound):

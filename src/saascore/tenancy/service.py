@@ -38,9 +38,22 @@ from saascore.kit.sql import violates
 from saascore.kit.tax import default_tax_rate
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_json, checked_text
-from saascore.models import Organization, OrganizationStatus, UsageLimits
+from saascore.models import (
+    LIVE_SUBSCRIPTION_STATUSES,
+    Invoice,
+    InvoiceStatus,
+    Organization,
+    OrganizationStatus,
+    Subscription,
+    UsageLimits,
+)
 from saascore.plans.service import PlanService
-from saascore.tenancy.errors import OrganizationDeleted, OrganizationExists, OrganizationNotFound
+from saascore.tenancy.errors import (
+    CurrencyInUse,
+    OrganizationDeleted,
+    OrganizationExists,
+    OrganizationNotFound,
+)
 
 __all__ = [
     "UNSET",
@@ -181,6 +194,40 @@ async def locked_organization(
     if organization is None:
         raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
     return organization
+
+
+#: An invoice still owed: the currency it is owed in stays the organisation's.
+_UNPAID_INVOICES: Final = (InvoiceStatus.OPEN, InvoiceStatus.OVERDUE, InvoiceStatus.UNCOLLECTIBLE)
+
+
+async def _check_currency_unused(session: AsyncSession, organization: Organization) -> None:
+    """Refuse (`CurrencyInUse`) to move the organisation off its currency while a live
+    subscription or an unpaid invoice is in it.
+
+    Tenancy sits below billing and does not import it: the rule reads the billing tables
+    through the models, whose status sets (`LIVE_SUBSCRIPTION_STATUSES`, `InvoiceStatus`)
+    are the shared vocabulary. The caller holds the organisation's row lock, which a new
+    subscription or purchase takes too, so none appears between this check and the change."""
+    org_id, currency = organization.id, organization.currency
+    subscription = sa.exists().where(
+        Subscription.organization_id == org_id,
+        Subscription.status.in_(LIVE_SUBSCRIPTION_STATUSES),
+        Subscription.currency == currency,
+    )
+    invoice = sa.exists().where(
+        Invoice.organization_id == org_id,
+        Invoice.status.in_(_UNPAID_INVOICES),
+        Invoice.currency == currency,
+    )
+    live, unpaid = (await session.execute(sa.select(subscription, invoice))).one()
+    if live or unpaid:
+        what = "a live subscription" if live else "unpaid invoices"
+        raise CurrencyInUse(
+            f"the organisation is billed in {currency} ({what}): its currency cannot change",
+            currency=currency,
+            live_subscription=bool(live),
+            unpaid_invoices=bool(unpaid),
+        )
 
 
 class PlanCredits(Protocol):
@@ -365,7 +412,8 @@ class OrganizationService:
         with each changed field's old and new value.
 
         A new country brings its default tax rate (`tax_rate_bps` among the changes), unless
-        an operator set the rate (`tax_rate_source == "operator"`)."""
+        an operator set the rate (`tax_rate_source == "operator"`). The currency does not
+        change while the organisation is billed in the old one (`CurrencyInUse`)."""
         given = {
             "name": name,
             "domain": domain,
@@ -386,6 +434,8 @@ class OrganizationService:
                 for field, value in values.items()
                 if getattr(organization, field) != value
             }
+            if "currency" in changes:
+                await _check_currency_unused(s, organization)
             if "country" in changes and organization.tax_rate_source != "operator":
                 rate = default_tax_rate(changes["country"]["to"])
                 if rate != organization.tax_rate_bps:
