@@ -68,14 +68,15 @@ from saascore.providers.errors import (
 from saascore.providers.mock import pack_from_price_id, plan_price_from_id
 from saascore.providers.registry import ProviderRegistry, provider_from_url
 
-__all__ = ["MAX_LIST", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
+__all__ = ["MAX_LIST", "PROVIDER_STATUS", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
 
 log = logging.getLogger(__name__)
 
 #: The most stored events one listing answers.
 MAX_LIST: Final = 1000
 _MAX_ERROR: Final = 2000
-_STATUS: Final = {
+#: A provider's subscription status as saascore's.
+PROVIDER_STATUS: Final = {
     ProviderSubscriptionStatus.TRIALING: SubscriptionStatus.TRIALING,
     ProviderSubscriptionStatus.ACTIVE: SubscriptionStatus.ACTIVE,
     ProviderSubscriptionStatus.PAST_DUE: SubscriptionStatus.PAST_DUE,
@@ -333,7 +334,21 @@ class ProviderWebhooks:
             log.exception("could not record the failure of webhook %s", event.id)
 
     # --- applying ------------------------------------------------------------------------------
-    async def _apply(self, s: AsyncSession, event: ProviderEvent) -> _Applied:
+    async def apply(
+        self, event: ProviderEvent, *, actor: Actor, session: AsyncSession | None = None
+    ) -> WebhookReceipt:
+        """Apply an event that did not come as a delivery (reconciliation builds one from the
+        provider's API): the rules of a webhook's, under `actor`, and no `webhook_events` row.
+        Every operation is idempotent, so applying a state saascore holds changes nothing."""
+        async with self.database.scope(session) as s:
+            applied = await self._apply(s, event, actor)
+        return WebhookReceipt(
+            None, applied.outcome, reason=applied.reason, organization_id=applied.organization_id
+        )
+
+    async def _apply(
+        self, s: AsyncSession, event: ProviderEvent, actor: Actor | None = None
+    ) -> _Applied:
         if event.kind is EventKind.UNHANDLED:
             return _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
         org_id, refusal = await self._organization(s, event)
@@ -341,7 +356,7 @@ class ProviderWebhooks:
             return _Applied(WebhookOutcome.IGNORED, org_id, refusal)
         if org_id is None:
             return _Applied(WebhookOutcome.IGNORED, reason="names no organisation saascore knows")
-        actor = provider_actor(event.provider)
+        actor = actor or provider_actor(event.provider)
         result: ProviderResult
         match event.kind:
             case EventKind.CHECKOUT_COMPLETED:
@@ -435,7 +450,7 @@ class ProviderWebhooks:
         subscription = event.subscription
         if subscription is None:
             raise ValueError(f"event {event.id} carries no subscription")
-        status = _STATUS[subscription.status]
+        status = PROVIDER_STATUS[subscription.status]
         if event.kind is EventKind.SUBSCRIPTION_ENDED:
             status = SubscriptionStatus.CANCELED
         try:
