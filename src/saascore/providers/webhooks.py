@@ -172,14 +172,10 @@ class ProviderWebhooks:
         too). Raises `WebhookFailed` when applying it failed (recorded on its row)."""
         try:
             async with self.database.transaction() as s:
-                row = await self._claim(s, event)
-                if row is None:
-                    found = await self._find(s, event.provider, event.id)
+                row, claimed = await self._claim(s, event)
+                if not claimed:
                     return WebhookReceipt(
-                        found.id if found else None,
-                        found.outcome if found else WebhookOutcome.PROCESSED,
-                        duplicate=True,
-                        organization_id=found.organization_id if found else None,
+                        row.id, row.outcome, duplicate=True, organization_id=row.organization_id
                     )
                 applied = await self._apply(s, event)
                 _settle(row, applied, self.clock())
@@ -265,9 +261,10 @@ class ProviderWebhooks:
             "parsed": event_to_json(event),
         }
 
-    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> WebhookEvent | None:
-        """The event's row, new or a failed one to try again (locked), or None for a copy of
-        an event stored already."""
+    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> tuple[WebhookEvent, bool]:
+        """The event's row, and whether this delivery applies it: a new row (inserted, so
+        locked by this transaction), or a failed one to try again (locked); False for a copy
+        of an event stored already (the row as stored, locked until the first one's commit)."""
         statement = (
             insert(s, WebhookEvent)
             .values(
@@ -278,18 +275,19 @@ class ProviderWebhooks:
                 **self._values(event),
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(WebhookEvent.id)
+            .returning(WebhookEvent)
         )
-        inserted = (await s.execute(statement)).scalar_one_or_none()
+        # The ORM's INSERT ... RETURNING gives the new row as an object: no second read.
+        inserted = (await s.scalars(statement)).one_or_none()
+        if inserted is not None:
+            return inserted, True
         row = await self._find(s, event.provider, event.id, lock=True)
         if row is None:  # pragma: no cover - the row was inserted or conflicted
             raise RuntimeError("the webhook event's row vanished")
-        if inserted is not None:
-            return row
         if row.outcome is not WebhookOutcome.FAILED:
-            return None
+            return row, False
         row.attempts += 1
-        return row
+        return row, True
 
     async def _find(
         self, s: AsyncSession, provider: PaymentProvider, event_id: str, *, lock: bool = False
