@@ -33,6 +33,7 @@ from saascore.metering.service import UsageService
 from saascore.migrations import migrate
 from saascore.plans.pricing import ModelPricingService
 from saascore.plans.service import PlanService
+from saascore.providers.reconcile import Reconciler
 from saascore.providers.registry import ProviderRegistry
 from saascore.providers.service import PaymentProviderService
 from saascore.providers.webhooks import ProviderWebhooks
@@ -53,7 +54,8 @@ class Saascore:
     `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
     HTML and PDF), `core.dunning` (unpaid invoices), `core.payments`, `core.coupons`,
     `core.credit_packs`, `core.providers` (checkouts and subscription changes at the payment
-    provider), `core.provider_webhooks` (their webhooks' intake) and
+    provider), `core.provider_webhooks` (their webhooks' intake), `core.reconciler` (the provider's
+    subscriptions compared with saascore's, and fixed) and
     `core.provider_billing` (what those webhooks become); `core.events` is the bus they
     emit into.
     """
@@ -131,6 +133,10 @@ class Saascore:
             self.credit_packs,
             self.subscriptions,
             self.provider_billing,
+        )
+        #: The provider's subscriptions beside saascore's; `fix` applies the provider's.
+        self.reconciler = Reconciler(
+            self.database, self.provider_registry, self.plans, self.provider_webhooks
         )
         #: The billing overview and the upcoming invoice's preview (reads only).
         self.billing = BillingOverviewService(

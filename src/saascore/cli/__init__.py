@@ -61,7 +61,7 @@ GROUPS: dict[str, tuple[str, str]] = {
         "saascore.cli.subscriptions",
         "Subscriptions: create, show, change-plan, cancel, resume.",
     ),
-    "billing": ("saascore.cli.billing", "Billing: run, overview."),
+    "billing": ("saascore.cli.billing", "Billing: run, overview, reconcile."),
     "invoices": (
         "saascore.cli.invoices",
         "Invoices: list, show, create, finalize, void, delete a draft, upcoming, tax-rate.",

@@ -1,8 +1,10 @@
-"""`saascore billing`: the billing run and an organisation's billing overview."""
+"""`saascore billing`: the billing run, an organisation's billing overview, and reconciliation
+with the payment provider."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,9 +17,12 @@ from saascore.config import load_settings
 from saascore.core import Saascore
 from saascore.kit.money import Money
 
+if TYPE_CHECKING:
+    from saascore.providers.reconcile import Difference, Fix
+
 __all__ = ["app"]
 
-app = typer.Typer(name="billing", help="Billing: run, overview.", no_args_is_help=True)
+app = typer.Typer(name="billing", help="Billing: run, overview, reconcile.", no_args_is_help=True)
 
 
 @app.command()
@@ -116,3 +121,82 @@ def overview(
             f"payment {payment.created_at:%Y-%m-%d} {amount} {payment.currency} "
             f"{payment.status.value}"
         )
+
+
+class ReconcileProvider(StrEnum):
+    """The providers that keep subscriptions of their own."""
+
+    STRIPE = "stripe"
+    LEMONSQUEEZY = "lemonsqueezy"
+
+
+@app.command()
+@handle_errors
+def reconcile(
+    provider: Annotated[
+        ReconcileProvider, typer.Option("--provider", help="The provider to compare with.")
+    ],
+    fix: Annotated[
+        bool,
+        typer.Option("--fix", help="Apply the provider's state, as its webhook would (audited)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Compare the provider's subscriptions with saascore's and print the differences.
+
+    Status, plan, period end, cancellation at the period's end, and subscriptions missing on
+    either side. With --fix, each subscription that differs is brought to the provider's
+    state through the webhook intake, and the audit log names reconciliation as the actor.
+    """
+    from saascore.providers.registry import provider_of
+
+    source = provider_of(provider.value)
+
+    async def work(core: Saascore) -> tuple[list[Difference], list[Fix] | None]:
+        if fix:
+            return await core.reconciler.fix(source)
+        return await core.reconciler.compare(source), None
+
+    differences, fixes = run_with_core(load_settings(), work)
+    if as_json:
+        document: dict[str, object] = {
+            "provider": provider.value,
+            "differences": [d.as_dict() for d in differences],
+        }
+        if fixes is not None:
+            document["fixes"] = [f.as_dict() for f in fixes]
+        print_json(document)
+        return
+    if not differences:
+        typer.echo(f"{provider.value}: no differences")
+    else:
+        table = new_table(
+            "subscription",
+            "organization",
+            "difference",
+            provider.value,
+            "saascore",
+            title=f"{provider.value}: {len(differences)} difference(s)",
+        )
+        for d in differences:
+            table.add_row(
+                d.subscription_id,
+                str(d.organization_id) if d.organization_id else "-",
+                d.kind.value,
+                d.provider_value or "-",
+                d.saascore_value or "-",
+            )
+        print_table(table)
+    if fixes:
+        done = new_table(
+            "subscription", "organization", "applied as", "outcome", "reason", title="fixes"
+        )
+        for f in fixes:
+            done.add_row(
+                f.subscription_id,
+                str(f.organization_id) if f.organization_id else "-",
+                f.event.value,
+                f.outcome,
+                f.reason or "",
+            )
+        print_table(done)

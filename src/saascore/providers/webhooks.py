@@ -71,14 +71,15 @@ from saascore.providers.errors import (
 from saascore.providers.mock import pack_from_price_id, plan_price_from_id
 from saascore.providers.registry import ProviderRegistry, provider_from_url
 
-__all__ = ["MAX_LIST", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
+__all__ = ["MAX_LIST", "PROVIDER_STATUS", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
 
 log = logging.getLogger(__name__)
 
 #: The most stored events one listing answers.
 MAX_LIST: Final = 1000
 _MAX_ERROR: Final = 2000
-_STATUS: Final = {
+#: A provider's subscription status as saascore's.
+PROVIDER_STATUS: Final = {
     ProviderSubscriptionStatus.TRIALING: SubscriptionStatus.TRIALING,
     ProviderSubscriptionStatus.ACTIVE: SubscriptionStatus.ACTIVE,
     ProviderSubscriptionStatus.PAST_DUE: SubscriptionStatus.PAST_DUE,
@@ -174,14 +175,10 @@ class ProviderWebhooks:
         too). Raises `WebhookFailed` when applying it failed (recorded on its row)."""
         try:
             async with self.database.transaction() as s:
-                row = await self._claim(s, event)
-                if row is None:
-                    found = await self._find(s, event.provider, event.id)
+                row, claimed = await self._claim(s, event)
+                if not claimed:
                     return WebhookReceipt(
-                        found.id if found else None,
-                        found.outcome if found else WebhookOutcome.PROCESSED,
-                        duplicate=True,
-                        organization_id=found.organization_id if found else None,
+                        row.id, row.outcome, duplicate=True, organization_id=row.organization_id
                     )
                 applied = await self._apply(s, event)
                 _settle(row, applied, self.clock())
@@ -267,9 +264,10 @@ class ProviderWebhooks:
             "parsed": event_to_json(event),
         }
 
-    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> WebhookEvent | None:
-        """The event's row, new or a failed one to try again (locked), or None for a copy of
-        an event stored already."""
+    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> tuple[WebhookEvent, bool]:
+        """The event's row, and whether this delivery applies it: a new row (inserted, so
+        locked by this transaction), or a failed one to try again (locked); False for a copy
+        of an event stored already (the row as stored, locked until the first one's commit)."""
         statement = (
             insert(s, WebhookEvent)
             .values(
@@ -280,18 +278,19 @@ class ProviderWebhooks:
                 **self._values(event),
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(WebhookEvent.id)
+            .returning(WebhookEvent)
         )
-        inserted = (await s.execute(statement)).scalar_one_or_none()
+        # The ORM's INSERT ... RETURNING gives the new row as an object: no second read.
+        inserted = (await s.scalars(statement)).one_or_none()
+        if inserted is not None:
+            return inserted, True
         row = await self._find(s, event.provider, event.id, lock=True)
         if row is None:  # pragma: no cover - the row was inserted or conflicted
             raise RuntimeError("the webhook event's row vanished")
-        if inserted is not None:
-            return row
         if row.outcome is not WebhookOutcome.FAILED:
-            return None
+            return row, False
         row.attempts += 1
-        return row
+        return row, True
 
     async def _find(
         self, s: AsyncSession, provider: PaymentProvider, event_id: str, *, lock: bool = False
@@ -336,7 +335,21 @@ class ProviderWebhooks:
             log.exception("could not record the failure of webhook %s", event.id)
 
     # --- applying ------------------------------------------------------------------------------
-    async def _apply(self, s: AsyncSession, event: ProviderEvent) -> _Applied:
+    async def apply(
+        self, event: ProviderEvent, *, actor: Actor, session: AsyncSession | None = None
+    ) -> WebhookReceipt:
+        """Apply an event that did not come as a delivery (reconciliation builds one from the
+        provider's API): the rules of a webhook's, under `actor`, and no `webhook_events` row.
+        Every operation is idempotent, so applying a state saascore holds changes nothing."""
+        async with self.database.scope(session) as s:
+            applied = await self._apply(s, event, actor)
+        return WebhookReceipt(
+            None, applied.outcome, reason=applied.reason, organization_id=applied.organization_id
+        )
+
+    async def _apply(
+        self, s: AsyncSession, event: ProviderEvent, actor: Actor | None = None
+    ) -> _Applied:
         if event.kind is EventKind.UNHANDLED:
             return _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
         org_id, refusal = await self._organization(s, event)
@@ -344,7 +357,7 @@ class ProviderWebhooks:
             return _Applied(WebhookOutcome.IGNORED, org_id, refusal)
         if org_id is None:
             return _Applied(WebhookOutcome.IGNORED, reason="names no organisation saascore knows")
-        actor = provider_actor(event.provider)
+        actor = actor or provider_actor(event.provider)
         result: ProviderResult
         match event.kind:
             case EventKind.CHECKOUT_COMPLETED:
@@ -443,7 +456,7 @@ class ProviderWebhooks:
         subscription = event.subscription
         if subscription is None:
             raise ValueError(f"event {event.id} carries no subscription")
-        status = _STATUS[subscription.status]
+        status = PROVIDER_STATUS[subscription.status]
         if event.kind is EventKind.SUBSCRIPTION_ENDED:
             status = SubscriptionStatus.CANCELED
         try:
