@@ -14,6 +14,7 @@ from saascore.kit.types import str_enum
 from saascore.models.base import Base, TenantMixin, TimestampMixin, non_negative, tenant_fk
 
 __all__ = [
+    "ACTIVE_JOB_STATUSES",
     "ConversationSummary",
     "Document",
     "DocumentFolder",
@@ -26,7 +27,6 @@ __all__ = [
     "MemoryEntry",
     "ProcessingJob",
     "UserPreference",
-    "ACTIVE_JOB_STATUSES",
 ]
 
 
