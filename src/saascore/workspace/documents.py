@@ -3,12 +3,14 @@
 A document is metadata: the bytes live in object storage at its `storage_uri`. Registering
 one adds its size to metering's gauge (`usage_limits.storage_used_bytes`) in the same
 transaction as its row, through `UsageService.update_storage_used`: one conditional UPDATE
-that refuses to pass a hard limit, so racing registrations never exceed it together. The gauge
-goes first and the row second; a row that loses a race to identical content (the same hash in
-the same folder, a unique index) gives its bytes back, in the same transaction, and the
-registration answers the document that won. Deleting subtracts what the row says it added,
-taken from the deleted row itself (`DELETE ... RETURNING`), so two racing deletions free the
-bytes once.
+that refuses to pass a hard limit, so racing registrations never exceed it together. The row
+goes first (`INSERT ... ON CONFLICT DO NOTHING` on a unique index of the content hash in its
+folder: identical content is answered with the document already there, and of two racing
+registrations of it one inserts and the other waits and finds it), the gauge second, just
+before the events: the organisation's gauge row stays locked for the shortest time. A
+refusal removes the row again, so a caller's session is left as it was. Deleting subtracts
+what the row says it added, taken from the deleted row itself (`DELETE ... RETURNING`), so
+two racing deletions free the bytes once.
 
 Folders nest. Names are unique among siblings and compared exactly as given (after trimming
 spaces): "Reports" and "reports" are two folders. A folder's `path` is the names from the root,
@@ -38,7 +40,7 @@ from saascore.events.bus import EventBus
 from saascore.events.catalog import DocumentCreated, DocumentDeleted, StorageRepaired
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database, exact_sum, joined_sum
-from saascore.kit.errors import InvalidInput
+from saascore.kit.errors import DomainError, InvalidInput
 from saascore.kit.ids import new_id
 from saascore.kit.inputs import INT64_MAX
 from saascore.kit.pagination import DEFAULT_LIMIT
@@ -328,11 +330,8 @@ class DocumentService:
         async with self.database.scope(session) as s:
             if folder_id is not None:
                 await self._folder(s, org_id, folder_id)
-            if (found := await self._same_content(s, org_id, folder_id, file_hash)) is not None:
-                return Registered(found, created=False)
-            await self.usage.update_storage_used(org_id, size_bytes, session=s)
             now = self.clock()
-            document_id = await s.scalar(
+            document = await s.scalar(
                 insert(s, Document)
                 .values(
                     id=new_id(),
@@ -351,14 +350,24 @@ class DocumentService:
                     updated_at=now,
                 )
                 .on_conflict_do_nothing()
-                .returning(Document.id)
+                .returning(Document),
+                execution_options={"populate_existing": True},
             )
-            if document_id is None:  # identical content won a race: give the bytes back
-                await self.usage.update_storage_used(org_id, -size_bytes, session=s)
+            if document is None:  # the same content is there already (or just won a race)
                 found = await self._same_content(s, org_id, folder_id, file_hash)
                 assert found is not None
                 return Registered(found, created=False)
-            document = await self._document(s, org_id, document_id)
+            try:
+                await self.usage.update_storage_used(org_id, size_bytes, session=s)
+            except DomainError:  # over the limit: leave a caller's session as it was
+                await s.execute(
+                    sa.delete(Document).where(
+                        Document.organization_id == org_id, Document.id == document.id
+                    ),
+                    execution_options={"synchronize_session": False},
+                )
+                s.expunge(document)
+                raise
             await self.events.emit(
                 s,
                 org_id,
