@@ -17,8 +17,8 @@ DomainError
     └── PreferencesNeedUser         preferences_need_user
 ```
 
-A registration past the storage limit is metering's `LimitExceeded` (429
-`usage_limit_exceeded`), the same refusal as `update_storage_used`.
+A registration past the storage limit is metering's `LimitExceeded` (402
+`limit_exceeded`), the same refusal as `update_storage_used`.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ allows one per key, so racing submissions make one job), or a new job is queued.
 
 Statuses and the changes allowed between them:
 
-    queued ──> running ──> succeeded
-       │          ├──────> failed
-       ├──────────┴──────> canceled
-       └─────────────────> failed
+    queued ──> running ──> succeeded, failed or canceled
+    queued ──────────────> succeeded, failed or canceled
+
+(a worker that does the work at once may skip `running`).
 
 A finished job (succeeded, failed, canceled) stays as it is; a failed job keeps its error, and
 a new submission of its key queues a new job. Each change is one conditional UPDATE on the
@@ -65,7 +65,9 @@ __all__ = ["Generated", "JobService", "Submitted", "cache_key"]
 
 #: Where each status may go.
 TRANSITIONS: Final[dict[JobStatus, frozenset[JobStatus]]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
+    ),
     JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
@@ -201,7 +203,8 @@ class JobService:
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
     ) -> ProcessingJob:
-        """running -> succeeded, keeping the result and token counts; emits `job.succeeded`."""
+        """queued or running -> succeeded, keeping the result and token counts; emits
+        `job.succeeded`."""
         checked_json(result, field="result", max_bytes=MAX_RESULT_BYTES)
         _tokens(input_tokens=input_tokens, output_tokens=output_tokens)
         values: dict[str, Any] = {
