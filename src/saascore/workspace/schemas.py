@@ -155,7 +155,7 @@ class DocumentOut(BaseModel):
     original_filename: str | None = Field(description="The name it was uploaded with")
     content_type: str | None = Field(description="The MIME type")
     size_bytes: int = Field(description="Size bytes")
-    file_hash: str | None = Field(description="File hash")
+    file_hash: str | None = Field(description="SHA-256 of the content, in hex")
     storage_uri: str | None = Field(description="Where the bytes are in object storage")
     status: DocumentStatus = Field(description="The status")
     parsed_path: str | None = Field(description="Where the parsed text is")
@@ -281,7 +281,7 @@ class GenerationCreate(BaseModel):
 
 
 class GenerationOut(BaseModel):
-    id: uuid.UUID = Field(description="Id")
+    id: uuid.UUID = Field(description="The generation's id")
     document_id: uuid.UUID = Field(description="The document")
     generation_type: GenerationType = Field(
         description="summary, faq, questions, extraction or other"
