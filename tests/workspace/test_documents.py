@@ -141,6 +141,16 @@ class TestDocuments:
         assert await gauge(scratch, org_id) == (60, 60)
         assert len(await documents.list_documents(org_id)) == 1
 
+    async def test_a_refusal_leaves_a_callers_session_as_it_was(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, storage_bytes=100)
+        documents = DocumentService(scratch)
+        async with scratch.transaction() as session:
+            await register(documents, org_id, 60, session=session)
+            with pytest.raises(LimitExceeded):
+                await register(documents, org_id, 41, session=session)
+            assert len(await documents.list_documents(org_id, session=session)) == 1
+        assert await gauge(scratch, org_id) == (60, 60)
+
     @pytest.mark.parametrize("digest", ["", "g" * 64, "a" * 63, "a" * 65])
     async def test_a_bad_hash_is_refused(self, scratch: Database, digest: str) -> None:
         org_id = await new_org(scratch)
