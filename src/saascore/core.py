@@ -39,6 +39,8 @@ from saascore.providers.service import PaymentProviderService
 from saascore.providers.webhooks import ProviderWebhooks
 from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService
+from saascore.workspace.documents import DocumentService
+from saascore.workspace.jobs import JobService
 
 __all__ = ["Saascore"]
 
@@ -54,10 +56,11 @@ class Saascore:
     `core.credits`, `core.subscriptions`, `core.invoices`, `core.invoice_renderer` (their
     HTML and PDF), `core.dunning` (unpaid invoices), `core.payments`, `core.coupons`,
     `core.credit_packs`, `core.providers` (checkouts and subscription changes at the payment
-    provider), `core.provider_webhooks` (their webhooks' intake), `core.reconciler` (the provider's
-    subscriptions compared with saascore's, and fixed) and
-    `core.provider_billing` (what those webhooks become); `core.events` is the bus they
-    emit into.
+    provider), `core.provider_webhooks` (their webhooks' intake), `core.provider_billing`
+    (what those webhooks become), `core.reconciler` (the provider's subscriptions compared
+    with saascore's, and fixed), `core.documents` (folders and documents, against the storage
+    limit) and `core.jobs` (processing jobs, generations and generation preferences);
+    `core.events` is the bus they emit into.
     """
 
     def __init__(
@@ -151,6 +154,8 @@ class Saascore:
             group_commit_max_events=self.settings.group_commit_max_events,
             events=self.events,
         )
+        self.documents = DocumentService(self.database, self.usage, self.events)
+        self.jobs = JobService(self.database, self.events)
 
     def dispatcher(self, **options: Any) -> Dispatcher:
         """A webhook dispatcher on this database, emitting into this bus (so an endpoint it

@@ -9,6 +9,7 @@ tenant gets 403.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +28,7 @@ from saascore.kit.time import utcnow
 from saascore.models import (
     Base,
     DeliveryStatus,
+    GenerationType,
     OutboxEvent,
     SubscriptionPlan,
     WebhookDelivery,
@@ -111,6 +113,31 @@ async def _payment(core: Saascore, a: TestTenant) -> uuid.UUID:
     return payment.id
 
 
+async def _folder(core: Saascore, a: TestTenant) -> uuid.UUID:
+    return (await core.documents.create_folder(a.organization_id, random_code("folder"))).id
+
+
+async def _document(core: Saascore, a: TestTenant) -> uuid.UUID:
+    registered = await core.documents.register(
+        a.organization_id,
+        filename="a.pdf",
+        size_bytes=10,
+        file_hash=hashlib.sha256(random_code("doc").encode()).hexdigest(),
+    )
+    return registered.document.id
+
+
+async def _job(core: Saascore, a: TestTenant) -> uuid.UUID:
+    return (await core.jobs.submit(a.organization_id, await _document(core, a), "parse")).job.id
+
+
+async def _generation(core: Saascore, a: TestTenant) -> uuid.UUID:
+    generated = await core.jobs.generate(
+        a.organization_id, await _document(core, a), GenerationType.SUMMARY, {"text": "a's"}
+    )
+    return generated.generation.id
+
+
 OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "key_id": _api_key,
     "user_id": _user,
@@ -119,6 +146,10 @@ OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "delivery_id": _webhook_delivery,
     "invoice_id": _invoice,
     "payment_id": _payment,
+    "folder_id": _folder,
+    "document_id": _document,
+    "job_id": _job,
+    "generation_id": _generation,
 }
 
 

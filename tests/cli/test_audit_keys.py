@@ -207,7 +207,8 @@ class TestKeys:
             (
                 2,
                 "saascore: unknown scope 'usage:root'; known: usage:read, usage:write, "
-                "billing:read, billing:write, credits:write, admin",
+                "billing:read, billing:write, credits:write, workspace:read, workspace:write, "
+                "admin",
             ),
             (1, "saascore: no user eve@example.com in this organisation"),
             (2, "saascore: --name: a key needs a name of 1 to 255 characters"),

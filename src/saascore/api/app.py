@@ -40,6 +40,12 @@ from saascore.providers.endpoints import (
     create_provider_webhooks_router,
 )
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
+from saascore.workspace.endpoints import (
+    create_documents_router,
+    create_folders_router,
+    create_generations_router,
+    create_jobs_router,
+)
 
 __all__ = [
     "app_factory",
@@ -192,6 +198,10 @@ def create_app(
         create_webhooks_router(),
         create_provider_webhooks_router(),
         create_mock_checkout_router(),
+        create_folders_router(),
+        create_documents_router(),
+        create_jobs_router(),
+        create_generations_router(),
     ):
         app.include_router(router)
     document_webhooks(app)

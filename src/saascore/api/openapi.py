@@ -107,6 +107,12 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "uncollectible, with tax per line, gapless numbers and a computed `overdue`.",
     },
     {
+        "name": "workspace",
+        "description": "The AI workspace: nested folders, documents registered against the "
+        "storage limit, processing jobs answered from a result cache, the generation cache "
+        "and your generation preferences.",
+    },
+    {
         "name": "payments",
         "description": "Your organisation's payment history: payments against invoices, "
         "partial or in full, failed ones with their reason, and refunds.",

@@ -9,6 +9,7 @@ API keys and operator keys, verify the audit log.
     saascore orgs create Acme --plan pro
     saascore usage import events.jsonl # idempotent, resumable bulk ingest
     saascore credits verify            # check every ledger
+    saascore storage verify --fix      # storage gauges equal to the documents
     saascore invoices create acme --line "Setup:29.99" && saascore invoices finalize ID
     saascore payments record INV-2026-0001 --amount 12.50 --method card --key pay-1
     saascore keys create --org acme --scopes usage:write,usage:read --name ingest
@@ -73,6 +74,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "audit": ("saascore.cli.audit", "The audit log: verify, list."),
     "events": ("saascore.cli.events", "Events: deliver webhooks."),
     "webhooks": ("saascore.cli.webhooks", "Payment providers' webhooks: list, replay."),
+    "storage": ("saascore.cli.storage", "Document storage: verify (and repair) the gauge."),
 }
 
 

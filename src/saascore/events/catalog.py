@@ -31,12 +31,16 @@ __all__ = [
     "CreditsGranted",
     "CreditsLow",
     "CreditsPurchased",
+    "DocumentCreated",
+    "DocumentDeleted",
     "InvoiceDraftDeleted",
     "InvoiceFinalized",
     "InvoiceMarkedUncollectible",
     "InvoiceOverdue",
     "InvoicePaid",
     "InvoiceVoided",
+    "JobFailed",
+    "JobSucceeded",
     "LimitOverridden",
     "LimitOverrideCleared",
     "OperatorKeyRevoked",
@@ -49,6 +53,7 @@ __all__ = [
     "PaymentFailed",
     "PaymentRefunded",
     "PaymentSucceeded",
+    "StorageRepaired",
     "SubscriptionCanceled",
     "SubscriptionCreated",
     "SubscriptionExpired",
@@ -648,6 +653,63 @@ class WebhookDeliveryRetried(EventPayload):
     event_type: str
 
 
+# --- workspace -----------------------------------------------------------------------------------
+class DocumentCreated(EventPayload):
+    """A document was registered; its size now counts against the storage limit."""
+
+    type: ClassVar[str] = "document.created"
+    target_type: ClassVar[str | None] = "document"
+    document_id: uuid.UUID = Field(description="The document's id")
+    folder_id: uuid.UUID | None = Field(description="Its folder; null: the root")
+    filename: str = Field(description="The document's file name", examples=["report.pdf"])
+    size_bytes: int = Field(description="Its size, in bytes", examples=[48_213])
+    file_hash: str = Field(description="SHA-256 of its content, in hex")
+
+
+class DocumentDeleted(EventPayload):
+    """A document was deleted (on its own or with its folder); its size was freed."""
+
+    type: ClassVar[str] = "document.deleted"
+    target_type: ClassVar[str | None] = "document"
+    document_id: uuid.UUID = Field(description="The document's id")
+    folder_id: uuid.UUID | None = Field(description="Its folder; null: the root")
+    filename: str = Field(description="The document's file name", examples=["report.pdf"])
+    size_bytes: int = Field(description="The bytes freed", examples=[48_213])
+
+
+class JobSucceeded(EventPayload):
+    """A processing job finished with a result (cached for identical jobs)."""
+
+    type: ClassVar[str] = "job.succeeded"
+    target_type: ClassVar[str | None] = "processing_job"
+    job_id: uuid.UUID = Field(description="The job's id")
+    document_id: uuid.UUID | None = Field(description="The document it processed")
+    job_type: str = Field(description="The kind of processing", examples=["parse"])
+    input_tokens: int = Field(description="Tokens read", examples=[1_200])
+    output_tokens: int = Field(description="Tokens written", examples=[300])
+
+
+class JobFailed(EventPayload):
+    """A processing job failed; the error is kept on the job."""
+
+    type: ClassVar[str] = "job.failed"
+    target_type: ClassVar[str | None] = "processing_job"
+    job_id: uuid.UUID = Field(description="The job's id")
+    document_id: uuid.UUID | None = Field(description="The document it processed")
+    job_type: str = Field(description="The kind of processing", examples=["parse"])
+    error: str = Field(description="What went wrong", examples=["the PDF is encrypted"])
+
+
+class StorageRepaired(_FromTo):
+    """`saascore storage verify --fix` set the storage gauge to what the documents add up to."""
+
+    type: ClassVar[str] = "storage.repaired"
+    public: ClassVar[bool] = False
+    target_type: ClassVar[str | None] = "organization"
+    from_: int = Field(alias="from")
+    to: int
+
+
 EVENT_TYPES: dict[str, type[EventPayload]] = {
     payload.type: payload
     for payload in (
@@ -702,6 +764,11 @@ EVENT_TYPES: dict[str, type[EventPayload]] = {
         WebhookEndpointDeleted,
         WebhookEndpointSecretRotated,
         WebhookDeliveryRetried,
+        DocumentCreated,
+        DocumentDeleted,
+        JobSucceeded,
+        JobFailed,
+        StorageRepaired,
     )
 }
 

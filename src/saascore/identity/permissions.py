@@ -7,6 +7,8 @@
 | `billing:read`  | yes   | yes   | yes    | yes    | credits and their transactions               |
 | `billing:write` | yes   | yes   |        |        | the billing e-mail and currency              |
 | `credits:write` | yes   | yes   | yes    |        | drawing credits (`POST /v1/credits/consume`) |
+| `workspace:read`| yes   | yes   | yes    | yes    | folders, documents, jobs, generations        |
+| `workspace:write`| yes  | yes   | yes    |        | registering documents, jobs, generations     |
 | `admin`         | yes   | yes   |        |        | users, everyone's API keys, settings, audit  |
 
 `billing:read` and `billing:write` are reserved too for subscriptions, invoices and payments,
@@ -35,16 +37,21 @@ class Permission(StrEnum):
     BILLING_READ = "billing:read"
     BILLING_WRITE = "billing:write"
     CREDITS_WRITE = "credits:write"
+    WORKSPACE_READ = "workspace:read"
+    WORKSPACE_WRITE = "workspace:write"
     ADMIN = "admin"
 
 
 _ALL: Final = frozenset(Permission)
-_READ: Final = frozenset({Permission.USAGE_READ, Permission.BILLING_READ})
+_READ: Final = frozenset(
+    {Permission.USAGE_READ, Permission.BILLING_READ, Permission.WORKSPACE_READ}
+)
 
 ROLE_PERMISSIONS: Final[dict[UserRole, frozenset[Permission]]] = {
     UserRole.OWNER: _ALL,
     UserRole.ADMIN: _ALL,
-    UserRole.MEMBER: _READ | {Permission.USAGE_WRITE, Permission.CREDITS_WRITE},
+    UserRole.MEMBER: _READ
+    | {Permission.USAGE_WRITE, Permission.CREDITS_WRITE, Permission.WORKSPACE_WRITE},
     UserRole.VIEWER: _READ,
 }
 

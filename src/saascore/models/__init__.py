@@ -65,6 +65,7 @@ from saascore.models.usage import (
     UsageReservation,
 )
 from saascore.models.workspace import (
+    ACTIVE_JOB_STATUSES,
     ConversationSummary,
     Document,
     DocumentFolder,
@@ -99,6 +100,7 @@ UsageLimitsModel = UsageLimits
 ModelPricingModel = ModelPricing
 
 __all__ = [
+    "ACTIVE_JOB_STATUSES",
     "LIVE_SUBSCRIPTION_STATUSES",
     "Aggregation",
     "ApiKey",

@@ -14,6 +14,7 @@ from saascore.kit.types import str_enum
 from saascore.models.base import Base, TenantMixin, TimestampMixin, non_negative, tenant_fk
 
 __all__ = [
+    "ACTIVE_JOB_STATUSES",
     "ConversationSummary",
     "Document",
     "DocumentFolder",
@@ -38,11 +39,15 @@ class DocumentStatus(StrEnum):
 
 
 class JobStatus(StrEnum):
-    PENDING = "pending"
+    QUEUED = "queued"
     RUNNING = "running"
-    COMPLETED = "completed"
+    SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+#: The statuses of a job that is still to finish: at most one per cache key.
+ACTIVE_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 class GenerationType(StrEnum):
@@ -67,6 +72,24 @@ class Folder(TenantMixin, TimestampMixin, Base):
     __table_args__ = (
         tenant_fk("parent_id", "folders", ondelete="CASCADE"),
         sa.Index("ix_folders_organization_id_parent_id", "organization_id", "parent_id"),
+        # Names are unique among siblings (compared exactly: "Reports" and "reports" differ).
+        sa.Index(
+            "uq_folders_sibling_name",
+            "organization_id",
+            "parent_id",
+            "name",
+            unique=True,
+            postgresql_where=sa.text("parent_id IS NOT NULL"),
+            sqlite_where=sa.text("parent_id IS NOT NULL"),
+        ),
+        sa.Index(
+            "uq_folders_root_name",
+            "organization_id",
+            "name",
+            unique=True,
+            postgresql_where=sa.text("parent_id IS NULL"),
+            sqlite_where=sa.text("parent_id IS NULL"),
+        ),
     )
 
 
@@ -97,6 +120,24 @@ class Document(TenantMixin, TimestampMixin, Base):
         *non_negative("size_bytes"),
         sa.Index("ix_documents_organization_id_folder_id", "organization_id", "folder_id"),
         sa.Index("ix_documents_organization_id_file_hash", "organization_id", "file_hash"),
+        # The same content is registered once per folder (and once at the root).
+        sa.Index(
+            "uq_documents_folder_file_hash",
+            "organization_id",
+            "folder_id",
+            "file_hash",
+            unique=True,
+            postgresql_where=sa.text("folder_id IS NOT NULL AND file_hash IS NOT NULL"),
+            sqlite_where=sa.text("folder_id IS NOT NULL AND file_hash IS NOT NULL"),
+        ),
+        sa.Index(
+            "uq_documents_root_file_hash",
+            "organization_id",
+            "file_hash",
+            unique=True,
+            postgresql_where=sa.text("folder_id IS NULL AND file_hash IS NOT NULL"),
+            sqlite_where=sa.text("folder_id IS NULL AND file_hash IS NOT NULL"),
+        ),
     )
 
 
@@ -109,7 +150,7 @@ class ProcessingJob(TenantMixin, TimestampMixin, Base):
     job_type: Mapped[str] = mapped_column(sa.String(100))
     cache_key: Mapped[str | None] = mapped_column(sa.String(255))
     status: Mapped[JobStatus] = mapped_column(
-        str_enum(JobStatus, "status"), default=JobStatus.PENDING
+        str_enum(JobStatus, "status"), default=JobStatus.QUEUED
     )
     model: Mapped[str | None] = mapped_column(sa.String(255))
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -129,6 +170,15 @@ class ProcessingJob(TenantMixin, TimestampMixin, Base):
             "ix_processing_jobs_organization_id_document_id", "organization_id", "document_id"
         ),
         sa.Index("ix_processing_jobs_organization_id_status", "organization_id", "status"),
+        # One queued or running job per cache key, however many identical submissions race.
+        sa.Index(
+            "uq_processing_jobs_active_cache_key",
+            "organization_id",
+            "cache_key",
+            unique=True,
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+        ),
     )
 
 

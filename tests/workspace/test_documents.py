@@ -1,0 +1,252 @@
+"""Folders and documents: the storage gauge stays equal to the documents under races,
+folder moves cannot make cycles, recursive deletes free exactly what they delete, and
+`verify_storage` finds and repairs a drift (audited)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import random
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from saascore.kit.db import Database
+from saascore.metering.errors import LimitExceeded
+from saascore.metering.service import UsageService
+from saascore.models import AuditLog, UsageLimits
+from saascore.workspace.documents import DocumentService, Registered
+from saascore.workspace.errors import (
+    DocumentNotFound,
+    FolderCycle,
+    FolderNameTaken,
+    FolderNotEmpty,
+)
+from tests.factories import create_organization, create_plan
+
+WORKERS = 32
+
+
+async def new_org(database: Database, storage_bytes: int | None = None) -> uuid.UUID:
+    async with database.transaction() as session:
+        organization = await create_organization(session, plan=await create_plan(session))
+    if storage_bytes is not None:
+        await UsageService(database).set_limit(organization.id, "storage_bytes", storage_bytes)
+    return organization.id
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def register(
+    documents: DocumentService, org_id: uuid.UUID, size: int, **kwargs: object
+) -> Registered:
+    return await documents.register(
+        org_id,
+        filename="a.pdf",
+        size_bytes=size,
+        file_hash=str(kwargs.pop("file_hash", sha(uuid.uuid4().hex))),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def gauge(database: Database, org_id: uuid.UUID) -> tuple[int, int]:
+    return await DocumentService(database).storage_used(org_id)
+
+
+class TestRegistrationRace:
+    async def test_concurrent_registrations_never_pass_the_limit(
+        self, race_database: Database, backend: str
+    ) -> None:
+        limit = 10_000
+        org_id = await new_org(race_database, storage_bytes=limit)
+        documents = DocumentService(race_database)
+        rng = random.Random(f"register-{backend}")
+        sizes = [rng.randint(200, 800) for _ in range(WORKERS)]
+
+        async def worker(size: int) -> int:
+            try:
+                await register(documents, org_id, size)
+            except LimitExceeded:
+                return 0
+            return size
+
+        accepted = await asyncio.gather(*(worker(size) for size in sizes))
+        recorded, actual = await gauge(race_database, org_id)
+        assert sum(accepted) <= limit
+        assert recorded == actual == sum(accepted)
+        assert any(size == 0 for size in accepted), "the limit refused nothing"
+        # Each refusal was right: the one refused would not have fitted in what was left.
+        refused = [s for s, a in zip(sizes, accepted, strict=True) if a == 0]
+        assert all(recorded + size > limit for size in refused)
+
+    async def test_a_random_mix_of_registrations_and_deletions_keeps_the_gauge(
+        self, race_database: Database, backend: str
+    ) -> None:
+        org_id = await new_org(race_database, storage_bytes=50_000)
+        documents = DocumentService(race_database)
+        seeded = [(await register(documents, org_id, 500 + i)).document.id for i in range(16)]
+        rng = random.Random(f"mix-{backend}")
+
+        async def worker(n: int) -> None:
+            if n % 2 and seeded:
+                # A document a racing worker deleted first is not found: freed once.
+                with contextlib.suppress(DocumentNotFound):
+                    await documents.delete_document(org_id, seeded[n % len(seeded)])
+            else:
+                with contextlib.suppress(LimitExceeded):
+                    await register(documents, org_id, rng.randint(1, 3_000))
+
+        await asyncio.gather(*(worker(n) for n in range(WORKERS)))
+        recorded, actual = await gauge(race_database, org_id)
+        assert recorded == actual
+
+    async def test_identical_content_racing_is_registered_once(
+        self, race_database: Database
+    ) -> None:
+        org_id = await new_org(race_database, storage_bytes=1_000_000)
+        documents = DocumentService(race_database)
+        digest = sha("same")
+        outcomes = await asyncio.gather(
+            *(register(documents, org_id, 700, file_hash=digest) for _ in range(8))
+        )
+        assert sum(outcome.created for outcome in outcomes) == 1
+        assert len({outcome.document.id for outcome in outcomes}) == 1
+        assert await gauge(race_database, org_id) == (700, 700)
+
+
+class TestDocuments:
+    async def test_same_hash_in_another_folder_is_another_document(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        documents = DocumentService(scratch)
+        folder = await documents.create_folder(org_id, "Inbox")
+        first = await register(documents, org_id, 10, file_hash=sha("x"))
+        again = await register(documents, org_id, 10, file_hash=sha("x").upper())
+        elsewhere = await register(documents, org_id, 10, file_hash=sha("x"), folder_id=folder.id)
+        assert first.created
+        assert not again.created
+        assert elsewhere.created
+        assert again.document.id == first.document.id
+        assert await gauge(scratch, org_id) == (20, 20)
+
+    async def test_a_refused_registration_changes_nothing(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, storage_bytes=100)
+        documents = DocumentService(scratch)
+        await register(documents, org_id, 60)
+        with pytest.raises(LimitExceeded):
+            await register(documents, org_id, 41)
+        assert await gauge(scratch, org_id) == (60, 60)
+        assert len(await documents.list_documents(org_id)) == 1
+
+    async def test_a_refusal_leaves_a_callers_session_as_it_was(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, storage_bytes=100)
+        documents = DocumentService(scratch)
+        async with scratch.transaction() as session:
+            await register(documents, org_id, 60, session=session)
+            with pytest.raises(LimitExceeded):
+                await register(documents, org_id, 41, session=session)
+            assert len(await documents.list_documents(org_id, session=session)) == 1
+        assert await gauge(scratch, org_id) == (60, 60)
+
+    @pytest.mark.parametrize("digest", ["", "g" * 64, "a" * 63, "a" * 65])
+    async def test_a_bad_hash_is_refused(self, scratch: Database, digest: str) -> None:
+        org_id = await new_org(scratch)
+        with pytest.raises(Exception, match="file_hash"):
+            await register(DocumentService(scratch), org_id, 1, file_hash=digest)
+
+    @pytest.mark.parametrize("size", [-1, 2**63])
+    async def test_a_bad_size_is_refused(self, scratch: Database, size: int) -> None:
+        org_id = await new_org(scratch)
+        with pytest.raises(Exception, match="size_bytes"):
+            await register(DocumentService(scratch), org_id, size)
+
+
+class TestFolders:
+    async def test_paths_names_and_moves(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        documents = DocumentService(scratch)
+        a = await documents.create_folder(org_id, "A")
+        b = await documents.create_folder(org_id, "B", parent_id=a.id)
+        c = await documents.create_folder(org_id, "C", parent_id=b.id)
+        assert c.path == "/A/B/C"
+        with pytest.raises(FolderNameTaken):
+            await documents.create_folder(org_id, "B", parent_id=a.id)
+        await documents.create_folder(org_id, "b", parent_id=a.id)  # case counts
+        moved = await documents.update_folder(org_id, b.id, move=True, parent_id=None)
+        assert moved.path == "/B"
+        assert (await documents.get_folder(org_id, c.id)).path == "/B/C"
+        await documents.update_folder(org_id, b.id, name="Bee")
+        assert (await documents.get_folder(org_id, c.id)).path == "/Bee/C"
+
+    async def test_moves_that_make_a_cycle_are_refused(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        documents = DocumentService(scratch)
+        a = await documents.create_folder(org_id, "A")
+        b = await documents.create_folder(org_id, "B", parent_id=a.id)
+        c = await documents.create_folder(org_id, "C", parent_id=b.id)
+        for target in (a.id, b.id, c.id):
+            with pytest.raises(FolderCycle):
+                await documents.update_folder(org_id, a.id, move=True, parent_id=target)
+        assert (await documents.get_folder(org_id, a.id)).parent_id is None
+
+    async def test_racing_opposite_moves_make_no_cycle(self, race_database: Database) -> None:
+        org_id = await new_org(race_database)
+        documents = DocumentService(race_database)
+        a = await documents.create_folder(org_id, "A")
+        b = await documents.create_folder(org_id, "B")
+        outcomes = await asyncio.gather(
+            documents.update_folder(org_id, a.id, move=True, parent_id=b.id),
+            documents.update_folder(org_id, b.id, move=True, parent_id=a.id),
+            return_exceptions=True,
+        )
+        assert sum(isinstance(outcome, FolderCycle) for outcome in outcomes) == 1
+
+    async def test_recursive_delete_frees_exactly_the_deleted_sizes(
+        self, scratch: Database
+    ) -> None:
+        org_id = await new_org(scratch, storage_bytes=1_000_000)
+        documents = DocumentService(scratch)
+        top = await documents.create_folder(org_id, "top")
+        sub = await documents.create_folder(org_id, "sub", parent_id=top.id)
+        other = await documents.create_folder(org_id, "other")
+        for size, folder in [(100, top), (250, sub), (33, sub), (7, other)]:
+            await register(documents, org_id, size, folder_id=folder.id)
+        await register(documents, org_id, 1_000)
+        with pytest.raises(FolderNotEmpty):
+            await documents.delete_folder(org_id, top.id)
+        deleted = await documents.delete_folder(org_id, top.id, recursive=True)
+        assert (deleted.folders, deleted.documents, deleted.freed_bytes) == (2, 3, 383)
+        assert await gauge(scratch, org_id) == (1_007, 1_007)
+        await documents.delete_folder(org_id, (await documents.create_folder(org_id, "e")).id)
+
+
+class TestVerify:
+    async def test_verify_finds_a_drift_and_fix_repairs_it_with_an_audit_entry(
+        self, scratch: Database
+    ) -> None:
+        org_id = await new_org(scratch)
+        documents = DocumentService(scratch)
+        await register(documents, org_id, 1_234)
+        async with scratch.transaction() as session:
+            await session.execute(
+                sa.update(UsageLimits)
+                .where(UsageLimits.organization_id == org_id)
+                .values(storage_used_bytes=99)
+            )
+        drifts = await documents.verify_storage(org_id=org_id)
+        assert [(d.recorded_bytes, d.actual_bytes) for d in drifts] == [(99, 1_234)]
+        repaired = await documents.verify_storage(org_id=org_id, fix=True)
+        assert [d.repaired for d in repaired] == [True]
+        assert await gauge(scratch, org_id) == (1_234, 1_234)
+        assert await documents.verify_storage(org_id=org_id) == []
+        async with scratch.session(readonly=True) as session:
+            actions = (
+                await session.scalars(
+                    sa.select(AuditLog.action).where(AuditLog.organization_id == org_id)
+                )
+            ).all()
+        assert "storage.repaired" in actions
+        assert "document.created" in actions

@@ -1,0 +1,78 @@
+"""The workspace's routes through the real app on both databases: registration against the
+storage limit (201, then 200 for the same content, 402 past the limit), folder moves that
+would make a cycle (422), recursive deletes, the job cache, and the scopes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import httpx
+
+from saascore.kit.db import Database
+from saascore.metering.service import UsageService
+from tests.http import tenant
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def test_documents_folders_and_jobs(api: httpx.AsyncClient, scratch: Database) -> None:
+    owner = await tenant(api, scratch)
+    await UsageService(scratch).set_limit(owner.organization_id, "storage_bytes", 1_000)
+    headers = owner.headers
+    top = await api.post("/v1/folders", json={"name": "Top"}, headers=headers)
+    assert top.status_code == 201, top.text
+    sub = await api.post(
+        "/v1/folders", json={"name": "Sub", "parent_id": top.json()["id"]}, headers=headers
+    )
+    assert sub.json()["path"] == "/Top/Sub"
+    cycle = await api.patch(
+        f"/v1/folders/{top.json()['id']}", json={"parent_id": sub.json()["id"]}, headers=headers
+    )
+    assert (cycle.status_code, cycle.json()["error"]["code"]) == (422, "folder_cycle")
+
+    body = {"filename": "a.pdf", "size_bytes": 600, "file_hash": sha("a")}
+    body["folder_id"] = sub.json()["id"]
+    first = await api.post("/v1/documents", json=body, headers=headers)
+    again = await api.post("/v1/documents", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    over = await api.post(
+        "/v1/documents",
+        json={"filename": "b.pdf", "size_bytes": 401, "file_hash": sha("b")},
+        headers=headers,
+    )
+    assert (over.status_code, over.json()["error"]["code"]) == (402, "limit_exceeded")
+
+    job = {"document_id": first.json()["id"], "job_type": "parse", "options": {"ocr": True}}
+    queued = await api.post("/v1/jobs", json=job, headers=headers)
+    assert queued.status_code == 201, queued.text
+    done = await api.post(
+        f"/v1/jobs/{queued.json()['id']}/succeed",
+        json={"result": {"pages": 2}, "input_tokens": 10, "output_tokens": 3},
+        headers=headers,
+    )
+    assert done.json()["status"] == "succeeded"
+    hit = await api.post("/v1/jobs", json=job, headers=headers)
+    assert (hit.status_code, hit.json()["cache_hit"], hit.json()["id"]) == (
+        200,
+        True,
+        queued.json()["id"],
+    )
+
+    not_empty = await api.delete(f"/v1/folders/{top.json()['id']}", headers=headers)
+    assert (not_empty.status_code, not_empty.json()["error"]["code"]) == (409, "folder_not_empty")
+    deleted = await api.delete(f"/v1/folders/{top.json()['id']}?recursive=true", headers=headers)
+    assert deleted.json() == {"folders": 2, "documents": 1, "freed_bytes": 600}
+    page = await api.get("/v1/documents", headers=headers)
+    assert page.json() == {"items": [], "next_cursor": None}
+
+
+async def test_a_read_only_key_may_read_but_not_write(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    reader = await tenant(api, scratch, scopes=["workspace:read"])
+    assert (await api.get("/v1/folders", headers=reader.key_headers)).status_code == 200
+    refused = await api.post("/v1/folders", json={"name": "x"}, headers=reader.key_headers)
+    assert refused.status_code == 403
