@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession

@@ -32,6 +32,7 @@ from saascore.core import Saascore
 from saascore.credits.endpoints import create_credits_router
 from saascore.events.endpoints import create_webhooks_router, document_webhooks
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
+from saascore.llm.endpoints import create_llm_router
 from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.providers.endpoints import (
@@ -40,6 +41,11 @@ from saascore.providers.endpoints import (
     create_provider_webhooks_router,
 )
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
+from saascore.workspace.endpoints import (
+    create_conversations_router,
+    create_memory_router,
+    create_rag_store_router,
+)
 
 __all__ = [
     "app_factory",
@@ -192,6 +198,10 @@ def create_app(
         create_webhooks_router(),
         create_provider_webhooks_router(),
         create_mock_checkout_router(),
+        create_memory_router(),
+        create_conversations_router(),
+        create_rag_store_router(),
+        create_llm_router(),
     ):
         app.include_router(router)
     document_webhooks(app)
