@@ -250,10 +250,8 @@ class MemoryService:
                     execution_options={"synchronize_session": False},
                 )
             ).one_or_none()
-        found = deleted is not None
-        if found and deleted[0] is not None and deleted[0] <= now:
-            found = False  # it had expired: deleted, but no reader could have seen it
-        if not found:
+        # An expired entry is deleted all the same, but no reader could have seen it.
+        if deleted is None or (deleted[0] is not None and deleted[0] <= now):
             raise MemoryEntryNotFound(
                 f"no memory entry {key!r} in namespace {namespace!r}",
                 namespace=namespace,
@@ -372,14 +370,14 @@ class MemoryService:
 
     def _conversation(
         self, org_id: uuid.UUID, user_id: uuid.UUID | None, session_id: str
-    ) -> list[sa.ColumnElement[bool]]:
-        return [
+    ) -> tuple[sa.ColumnElement[bool], ...]:
+        return (
             ConversationSummary.organization_id == org_id,
             ConversationSummary.session_id == session_id,
             ConversationSummary.user_id.is_(None)
             if user_id is None
             else ConversationSummary.user_id == user_id,
-        ]
+        )
 
     async def get_summary(
         self, org_id: uuid.UUID, summary_id: uuid.UUID, *, session: AsyncSession | None = None
