@@ -426,6 +426,18 @@ class Settings(BaseSettings):
     #: The largest provider webhook body accepted, in bytes (larger ones get 413).
     provider_webhook_max_bytes: int = Field(default=256 * 1024, ge=1024, le=16 * 1024 * 1024)
 
+    # --- the LLM gateway (seed 004's `call_llm`) -------------------------------------------------
+    #: The gateway's base URL; `POST {url}/v1/chat/completions` in the OpenAI-compatible shape.
+    #: Unset: `core.llm` answers from the deterministic mock (`call_llm_mock`).
+    llm_gateway_url: str | None = Field(default=None, pattern=r"^https?://")
+    llm_api_key: SecretStr | None = Field(default=None, min_length=1, repr=False)
+    #: Seconds to wait for the gateway's answer (connecting gets at most 5 of them).
+    llm_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    #: How many times a 5xx, a timeout or a dropped connection is tried again (with backoff).
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+    #: The first retry's wait in seconds; each next one waits twice as long.
+    llm_retry_backoff_seconds: float = Field(default=0.25, ge=0, le=30)
+
     @field_validator("invoice_number_template")
     @classmethod
     def _check_invoice_template(cls, value: str) -> str:

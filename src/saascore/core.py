@@ -28,6 +28,7 @@ from saascore.identity.cache import PrincipalCache
 from saascore.identity.service import IdentityService
 from saascore.identity.tokens import signing_key
 from saascore.kit.db import Database
+from saascore.llm.client import HttpGateway, LLMClient, MockGateway
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
 from saascore.migrations import migrate
@@ -41,6 +42,8 @@ from saascore.tenancy.service import OrganizationService
 from saascore.tenancy.users import UserService
 from saascore.workspace.documents import DocumentService
 from saascore.workspace.jobs import JobService
+from saascore.workspace.memory import MemoryService
+from saascore.workspace.rag import RagStoreService
 
 __all__ = ["Saascore"]
 
@@ -156,6 +159,22 @@ class Saascore:
         )
         self.documents = DocumentService(self.database, self.usage, self.events)
         self.jobs = JobService(self.database, self.events)
+        #: Metered chat completions: the gateway at `SAASCORE_LLM_GATEWAY_URL`, else the mock.
+        self.llm = LLMClient(self.usage, self._llm_gateway())
+        self.memory = MemoryService(self.database)
+        self.rag = RagStoreService(self.database)
+
+    def _llm_gateway(self) -> HttpGateway | MockGateway:
+        s = self.settings
+        if s.llm_gateway_url is None:
+            return MockGateway()
+        return HttpGateway(
+            s.llm_gateway_url,
+            api_key=s.llm_api_key.get_secret_value() if s.llm_api_key is not None else None,
+            timeout=s.llm_timeout_seconds,
+            max_retries=s.llm_max_retries,
+            backoff=s.llm_retry_backoff_seconds,
+        )
 
     def dispatcher(self, **options: Any) -> Dispatcher:
         """A webhook dispatcher on this database, emitting into this bus (so an endpoint it
@@ -196,6 +215,7 @@ class Saascore:
         await self.identity.settle()  # failed logins' audit entries, written after the answer
         await self.rate_limiter.close()
         await self.provider_registry.aclose()
+        await self.llm.aclose()
         if self._owns_database:
             await self.database.dispose()
 

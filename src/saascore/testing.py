@@ -35,7 +35,9 @@ than counting on an empty database.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import secrets
 import tempfile
 import uuid
@@ -55,6 +57,7 @@ from saascore.migrations import migrate
 from saascore.plans import Catalog, PlanService, read_catalog
 
 __all__ = [
+    "FakeLLMGateway",
     "TestTenant",
     "add_api_key",
     "create_test_engine",
@@ -243,3 +246,106 @@ async def register_and_login(
         client, email=email, password=password, organization_name=organization_name, name=name
     )
     return tenant.headers
+
+
+# --- a fake LLM gateway ---------------------------------------------------------------------------
+class FakeLLMGateway:
+    """An OpenAI-compatible chat completions server on loopback, for tests and benchmarks of
+    `saascore.llm`: a real HTTP server (HTTP/1.1, keep-alive), so the client's timeouts,
+    retries and connection pool are exercised for real.
+
+    `async with FakeLLMGateway(...) as gateway:` serves at `gateway.url`; `gateway.requests`
+    holds every request body it received. The first `fail_times` requests are answered with
+    `fail_status`; each answer waits `delay` seconds first; usage reports `prompt_tokens`
+    (default: a token per 4 characters of the messages) and `completion_tokens`.
+    """
+
+    def __init__(
+        self,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int = 20,
+        fail_times: int = 0,
+        fail_status: int = 503,
+        delay: float = 0.0,
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.fail_times = fail_times
+        self.fail_status = fail_status
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        self.url = ""
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> FakeLLMGateway:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await self._server.wait_closed()
+
+    def answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The status and JSON body answering one request (override for other behaviour)."""
+        if len(self.requests) <= self.fail_times:
+            return self.fail_status, {"error": {"message": "the gateway is failing"}}
+        messages = body.get("messages") or []
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 1
+        return 200, {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": f"answer {len(self.requests)}"},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": prompt + self.completion_tokens,
+            },
+        }
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value.strip())
+                raw = await reader.readexactly(length)
+                try:
+                    body = json.loads(raw) if raw else {}
+                except ValueError:
+                    body = {}
+                self.requests.append(body)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                status, answer = self.answer(body if isinstance(body, dict) else {})
+                data = json.dumps(answer).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()

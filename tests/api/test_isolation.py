@@ -35,6 +35,7 @@ from saascore.models import (
     WebhookEndpoint,
 )
 from saascore.testing import TestTenant
+from saascore.workspace.errors import RagStoreNotFound
 from tests.factories import random_code
 from tests.http import api_app, serving, tenant
 
@@ -138,6 +139,22 @@ async def _generation(core: Saascore, a: TestTenant) -> uuid.UUID:
     return generated.generation.id
 
 
+async def _conversation(core: Saascore, a: TestTenant) -> uuid.UUID:
+    summary = await core.memory.upsert_summary(
+        a.organization_id, random_code("conversation"), "A's conversation", user_id=a.user_id
+    )
+    return summary.id
+
+
+async def _rag_folder(core: Saascore, a: TestTenant) -> uuid.UUID:
+    """A folder of A's RAG store (registered first if A has none)."""
+    try:
+        await core.rag.get(a.organization_id)
+    except RagStoreNotFound:
+        await core.rag.create(a.organization_id, provider="google", provider_store_id="a-store")
+    return (await core.rag.create_folder(a.organization_id, random_code("folder"))).id
+
+
 OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "key_id": _api_key,
     "user_id": _user,
@@ -150,6 +167,8 @@ OBJECTS: dict[str, Callable[[Saascore, TestTenant], Awaitable[uuid.UUID]]] = {
     "document_id": _document,
     "job_id": _job,
     "generation_id": _generation,
+    "summary_id": _conversation,
+    "rag_folder_id": _rag_folder,
 }
 
 
@@ -210,6 +229,14 @@ NOT_TENANT_OBJECTS = {
 }
 
 
+#: Routes whose path names an object by the caller's own names, not by id: the same names
+#: in another organisation are another object (`test_names_are_per_organisation` checks them).
+NAMED_BY_THE_CALLER = {
+    "/v1/memory/{namespace}": "memory entries of a namespace",
+    "/v1/memory/{namespace}/{key}": "a memory entry",
+}
+
+
 def tenant_routes_with_ids(app: FastAPI) -> list[tuple[str, str]]:
     return [
         (method, path)
@@ -217,6 +244,7 @@ def tenant_routes_with_ids(app: FastAPI) -> list[tuple[str, str]]:
         if path.startswith(TENANT_PREFIX)
         and not path.startswith(OPERATOR_PREFIX)
         and path not in NOT_TENANT_OBJECTS
+        and path not in NAMED_BY_THE_CALLER
         and PARAMETER.search(path)
     ]
 
@@ -355,3 +383,25 @@ async def test_provider_routes_act_on_the_callers_organisation(world: World) -> 
     assert await snapshot(world.core.database, world.a.organization_id) == before
     for path in NOT_TENANT_OBJECTS:
         assert any(p == path for _, p in _routes(world.app)), path
+
+
+async def test_names_are_per_organisation(world: World) -> None:
+    """A memory entry is named by namespace and key within the organisation: B reading or
+    deleting A's names finds nothing, and B putting them makes B's own entry."""
+    assert all(any(p == path for _, p in _routes(world.app)) for path in NAMED_BY_THE_CALLER)
+    url = "/v1/memory/shared-ns/shared%25key"
+    put = await world.client.put(url, json={"value": {"owner": "a"}}, headers=world.a.headers)
+    assert put.status_code == 200, put.text
+    before = await snapshot(world.core.database, world.a.organization_id)
+    for method in ("GET", "DELETE"):
+        response = await world.client.request(method, url, headers=world.b.headers)
+        assert response.status_code == 404, (method, response.text)
+        assert response.json()["error"]["code"] == "memory_entry_not_found"
+    listed = await world.client.get("/v1/memory/shared-ns", headers=world.b.headers)
+    assert listed.json() == {"items": [], "next_cursor": None}
+    mine = await world.client.put(url, json={"value": {"owner": "b"}}, headers=world.b.headers)
+    assert mine.status_code == 200, mine.text
+    assert await snapshot(world.core.database, world.a.organization_id) == before
+    theirs = await world.client.get(url, headers=world.a.headers)
+    assert theirs.json()["value"] == {"owner": "a"}
+    assert theirs.json()["key"] == "shared%key"

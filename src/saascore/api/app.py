@@ -32,6 +32,7 @@ from saascore.core import Saascore
 from saascore.credits.endpoints import create_credits_router
 from saascore.events.endpoints import create_webhooks_router, document_webhooks
 from saascore.identity.endpoints import create_api_keys_router, create_auth_router
+from saascore.llm.endpoints import create_llm_router
 from saascore.metering.endpoints import create_usage_router
 from saascore.plans.endpoints import create_plans_router
 from saascore.providers.endpoints import (
@@ -41,10 +42,13 @@ from saascore.providers.endpoints import (
 )
 from saascore.tenancy.endpoints import create_organization_router, create_users_router
 from saascore.workspace.endpoints import (
+    create_conversations_router,
     create_documents_router,
     create_folders_router,
     create_generations_router,
     create_jobs_router,
+    create_memory_router,
+    create_rag_store_router,
 )
 
 __all__ = [
@@ -202,6 +206,10 @@ def create_app(
         create_documents_router(),
         create_jobs_router(),
         create_generations_router(),
+        create_memory_router(),
+        create_conversations_router(),
+        create_rag_store_router(),
+        create_llm_router(),
     ):
         app.include_router(router)
     document_webhooks(app)

@@ -135,6 +135,21 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "once, and the mock provider's checkout confirmation page.",
     },
     {
+        "name": "memory",
+        "description": "Memory for agents: namespaced key-value entries that may expire "
+        "(listed by key prefix) and summaries of conversations (long-term memory).",
+    },
+    {
+        "name": "rag",
+        "description": "Your organisation's retrieval (RAG) store at a model provider, one "
+        "per organisation, and the folders inside it.",
+    },
+    {
+        "name": "llm",
+        "description": "Chat completions through the LLM gateway, metered as your "
+        "organisation's tokens: held against the limit before the call, priced after.",
+    },
+    {
         "name": "audit",
         "description": "The organisation's audit trail: every change, who made it and from "
         "where, hash-chained so that tampering is detectable.",
