@@ -399,23 +399,14 @@ class ProviderWebhooks:
             or (payment.customer_id if payment else None)
         )
         claimed = event.organization_id or (subscription.organization_id if subscription else None)
-        linked = (
-            await self.billing.organization_of_customer(provider, customer, session=s)
-            if customer
-            else None
-        )
-        if linked is not None and claimed is not None and linked != claimed:
-            return linked, "the customer belongs to another organisation than the one named"
         provider_subscription = (subscription.id if subscription else None) or (
             payment.subscription_id if payment else None
         )
-        owner = (
-            await self.billing.organization_of_subscription(
-                provider, provider_subscription, session=s
-            )
-            if provider_subscription
-            else None
+        linked, owner = await self.billing.owners(
+            provider, customer or None, provider_subscription or None, session=s
         )
+        if linked is not None and claimed is not None and linked != claimed:
+            return linked, "the customer belongs to another organisation than the one named"
         org_id = linked or claimed
         if owner is not None and org_id is not None and owner != org_id:
             return owner, "the subscription belongs to another organisation"
@@ -448,9 +439,8 @@ class ProviderWebhooks:
                 raise ProviderPriceUnknown(
                     f"no plan price is the mock's {price_id!r}", price_id=str(price_id)[:100]
                 )
-        else:
-            price = await self.plans.resolve_price_id(provider, price_id or "", session=s)
-        return price.plan.code, price.billing_cycle
+            return price.plan.code, price.billing_cycle
+        return await self.plans.plan_of_price(provider, price_id or "", session=s)
 
     async def _state(self, s: AsyncSession, event: ProviderEvent) -> ProviderState:
         subscription = event.subscription
