@@ -196,6 +196,10 @@ class ProviderEvent:
     payment: ProviderPayment | None = None
     #: The parsed body, stored as it came.
     payload: Mapping[str, Any] = field(default_factory=dict)
+    #: False when `occurred_at` is saascore's clock, not the provider's (reconciliation
+    #: reads a list that carries no update time): such an event never sets the
+    #: subscription's provider clock, so a later webhook is never judged older by it.
+    provider_timed: bool = True
 
 
 @runtime_checkable

@@ -472,7 +472,8 @@ class ProviderWebhooks:
             cancel_at_period_end=subscription.cancel_at_period_end,
             canceled_at=subscription.ended_at or subscription.canceled_at,
             trial_end=subscription.trial_end,
-            provider_time=subscription.updated_at or event.occurred_at,
+            provider_time=subscription.updated_at
+            or (event.occurred_at if event.provider_timed else None),
         )
 
     def _charge(self, event: ProviderEvent) -> ProviderCharge:
