@@ -417,6 +417,55 @@ class TestWebhooks:
         assert row is not None
         assert row.outcome is WebhookOutcome.IGNORED
 
+    async def test_the_period_ends_at_renews_at(self, env: Env) -> None:
+        """Lemon Squeezy gives the period's end (`renews_at`) and no start: saascore's period
+        ends there and starts a month before, or when the subscription began if later."""
+        customer, sub_id = int(env.fake.next_id()), env.fake.next_id()
+        now = datetime.now(UTC).replace(microsecond=0)
+        renews = now + timedelta(days=11, hours=5)
+        fields: dict[str, Any] = {
+            "customer_id": customer,
+            "variant_id": PRO_VARIANT,
+            "custom_data": env.custom(),
+        }
+        # Begun a week ago, renewing in 11 days: the first period is the week and 11 days.
+        begun = now - timedelta(days=7)
+        await env.deliver(
+            [
+                subscription_event(
+                    "subscription_created",
+                    sub_id,
+                    renews_at=renews,
+                    created_at=begun,
+                    updated_at=now,
+                    **fields,
+                )
+            ]
+        )
+        [subscription] = await subscriptions_of(env.database, env.org)
+        assert subscription.current_period_end == renews
+        assert subscription.current_period_start == begun
+        # Renewed: the next period ends at the new `renews_at`, and began a month before.
+        later = datetime(renews.year + (renews.month == 12), renews.month % 12 + 1, 1, tzinfo=UTC)
+        await env.deliver(
+            [
+                subscription_event(
+                    "subscription_updated",
+                    sub_id,
+                    renews_at=later,
+                    created_at=begun,
+                    updated_at=now + timedelta(seconds=10),
+                    **fields,
+                )
+            ]
+        )
+        [subscription] = await subscriptions_of(env.database, env.org)
+        assert subscription.current_period_end == later
+        assert subscription.current_period_start == datetime(
+            later.year - (later.month == 1), (later.month - 2) % 12 + 1, 1, tzinfo=UTC
+        )
+        assert subscription.next_billing_at == later
+
     async def test_failed_after_a_later_success_changes_nothing(self, env: Env) -> None:
         deliveries = await env.subscribed()
         paid = _data(deliveries[2])["data"]

@@ -149,6 +149,9 @@ class ProviderSubscription:
     organization_id: uuid.UUID | None = None
     #: When the provider last changed this object (its own clock), for out-of-order delivery.
     updated_at: datetime | None = None
+    #: When the subscription began at the provider, if it says: a period the intake derives
+    #: from the period's end never starts before it.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.billing.errors import CustomerLinkedElsewhere
+from saascore.billing.errors import CustomerLinkedElsewhere, PeriodOutOfRange
 from saascore.billing.packs import CreditPackService
-from saascore.billing.periods import period_containing
+from saascore.billing.periods import CYCLE_MONTHS, add_months, period_containing
 from saascore.billing.provider_sync import ProviderBilling, ProviderCharge, ProviderResult
 from saascore.billing.subscriptions import ProviderState, SubscriptionService
 from saascore.config import PaymentProviderChoice
@@ -456,6 +456,16 @@ class ProviderWebhooks:
                 raise
             plan, cycle = "", BillingCycle.MONTHLY  # an end needs no plan
         start, end = subscription.current_period_start, subscription.current_period_end
+        if start is None and end is not None:
+            # The provider's end is the period's (Lemon Squeezy's `renews_at`); it began one
+            # cycle before, or when the subscription did if that is later.
+            try:
+                start = add_months(end, -CYCLE_MONTHS[cycle])
+            except PeriodOutOfRange:  # an end in the first month of the year 1
+                start = None
+            began = subscription.started_at
+            if start is not None and began is not None and start < began < end:
+                start = began
         if start is None or end is None or end < start:
             period = period_containing(event.occurred_at, cycle, event.occurred_at)
             start, end = period.start, period.end
