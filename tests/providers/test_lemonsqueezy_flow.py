@@ -351,6 +351,45 @@ class TestPack:
         assert payment.provider_payment_id == _data(order)["data"]["id"]
 
 
+    async def _pack(self, env: Env, credits: int = 300) -> str:
+        variant = 950_000 + int(env.fake.next_id())
+        pack = await env.core.credit_packs.create(
+            f"lemon-{uuid.uuid4().hex[:8]}",
+            credits=credits,
+            price=Money(1500, "USD"),
+            lemon_squeezy_variant_id=str(variant),
+        )
+        return pack.code
+
+    async def _order_paid_once(self, env: Env, code: str) -> None:
+        """The pack bought and paid at Lemon Squeezy, its order delivered twice: its credits
+        are granted once, by a payment of its own."""
+        before = await env.core.credits.balance(env.org)
+        payments = len(await payments_of(env.database, env.org))
+        [order] = env.fake.complete_checkout(await env.checkout(pack=code), total=1500)
+        await env.deliver([order, order])
+        assert await env.core.credits.balance(env.org) - before == 300
+        paid = await payments_of(env.database, env.org)
+        assert len(paid) == payments + 1
+        assert paid[-1].provider_payment_id == _data(order)["data"]["id"]
+        assert paid[-1].credits_awarded == 300
+
+    async def test_paid_order_beside_an_unpaid_purchase_of_the_pack(self, env: Env) -> None:
+        code = await self._pack(env)
+        unpaid = await env.core.credit_packs.purchase(env.org, code)
+        await self._order_paid_once(env, code)
+        # The customer's own purchase is still waiting for its payment: nothing paid it.
+        [still] = [i for i in await invoices_of(env.database, env.org) if i.id == unpaid.id]
+        assert (still.status, still.amount_paid) == (InvoiceStatus.OPEN, 0)
+
+    async def test_paid_order_beside_five_unpaid_purchases(self, env: Env) -> None:
+        for _ in range(5):
+            await env.core.credit_packs.purchase(env.org, await self._pack(env))
+        await self._order_paid_once(env, await self._pack(env))
+        open_ = [i for i in await invoices_of(env.database, env.org) if i.amount_paid == 0]
+        assert len(open_) == 5
+
+
 class TestWebhooks:
     async def test_refused_bodies_write_nothing(self, env: Env) -> None:
         good = env.fake.deliver(
