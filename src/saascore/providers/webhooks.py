@@ -113,6 +113,17 @@ class _Applied:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """The event's row as the intake claimed it (`ProviderWebhooks._claim`)."""
+
+    id: uuid.UUID
+    outcome: WebhookOutcome
+    organization_id: uuid.UUID | None
+    applies: bool
+    settled: bool = False
+
+
 def _loopback(host: str | None) -> bool:
     if host is None:
         return False
@@ -175,16 +186,31 @@ class ProviderWebhooks:
         too). Raises `WebhookFailed` when applying it failed (recorded on its row)."""
         try:
             async with self.database.transaction() as s:
-                row, claimed = await self._claim(s, event)
-                if not claimed:
+                # A type saascore does not act on is stored as ignored at once: no UPDATE.
+                known = (
+                    _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
+                    if event.kind is EventKind.UNHANDLED
+                    else None
+                )
+                claim = await self._claim(s, event, known)
+                if not claim.applies:
                     return WebhookReceipt(
-                        row.id, row.outcome, duplicate=True, organization_id=row.organization_id
+                        claim.id,
+                        claim.outcome,
+                        duplicate=True,
+                        organization_id=claim.organization_id,
                     )
-                applied = await self._apply(s, event)
-                _settle(row, applied, self.clock())
-                await s.flush()
+                applied = known if claim.settled and known is not None else None
+                if applied is None:
+                    applied = await self._apply(s, event)
+                    await s.execute(
+                        sa.update(WebhookEvent)
+                        .where(WebhookEvent.id == claim.id)
+                        .values(**_settled(applied, self.clock()))
+                        .execution_options(synchronize_session=False)
+                    )
                 receipt = WebhookReceipt(
-                    row.id,
+                    claim.id,
                     applied.outcome,
                     reason=applied.reason,
                     organization_id=applied.organization_id,
@@ -264,45 +290,51 @@ class ProviderWebhooks:
             "parsed": event_to_json(event),
         }
 
-    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> tuple[WebhookEvent, bool]:
+    async def _claim(self, s: AsyncSession, event: ProviderEvent, known: _Applied | None) -> _Claim:
         """The event's row, and whether this delivery applies it: a new row (inserted, so
-        locked by this transaction), or a failed one to try again (locked); False for a copy
-        of an event stored already (the row as stored, locked until the first one's commit)."""
+        locked by this transaction; `settled` when inserted with the outcome `known`
+        already), or a failed one to try again (locked); not for a copy of an event stored
+        already (the row as stored, locked until the first one's commit). Only the columns
+        the intake needs come back, not the stored bodies."""
+        values = (
+            _settled(known, self.clock())
+            if known is not None
+            else {"outcome": WebhookOutcome.RECEIVED}
+        )
         statement = (
             insert(s, WebhookEvent)
             .values(
                 id=new_id(),
-                outcome=WebhookOutcome.RECEIVED,
                 attempts=1,
                 received_at=self.clock(),
+                **values,
                 **self._values(event),
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(WebhookEvent)
+            .returning(WebhookEvent.id)
         )
-        # The ORM's INSERT ... RETURNING gives the new row as an object: no second read.
-        inserted = (await s.scalars(statement)).one_or_none()
+        inserted = (await s.execute(statement)).scalar_one_or_none()
         if inserted is not None:
-            return inserted, True
-        row = await self._find(s, event.provider, event.id, lock=True)
-        if row is None:  # pragma: no cover - the row was inserted or conflicted
+            return _Claim(inserted, values["outcome"], None, True, settled=known is not None)
+        found = (
+            await s.execute(
+                sa.select(WebhookEvent.id, WebhookEvent.outcome, WebhookEvent.organization_id)
+                .where(WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.id)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if found is None:  # pragma: no cover - the row was inserted or conflicted
             raise RuntimeError("the webhook event's row vanished")
-        if row.outcome is not WebhookOutcome.FAILED:
-            return row, False
-        row.attempts += 1
-        return row, True
-
-    async def _find(
-        self, s: AsyncSession, provider: PaymentProvider, event_id: str, *, lock: bool = False
-    ) -> WebhookEvent | None:
-        query = (
-            sa.select(WebhookEvent)
-            .where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
-            .execution_options(populate_existing=True)
+        row_id, outcome, org_id = found
+        if outcome is not WebhookOutcome.FAILED:
+            return _Claim(row_id, outcome, org_id, False)
+        await s.execute(
+            sa.update(WebhookEvent)
+            .where(WebhookEvent.id == row_id)
+            .values(attempts=WebhookEvent.attempts + 1)
+            .execution_options(synchronize_session=False)
         )
-        if lock:
-            query = query.with_for_update()
-        return (await s.scalars(query)).one_or_none()
+        return _Claim(row_id, outcome, org_id, True)
 
     async def _record_failure(self, event: ProviderEvent, error: BaseException) -> None:
         """The failure on the event's row, in a transaction of its own (never raises)."""
@@ -519,6 +551,16 @@ class ProviderWebhooks:
             f"no credit pack is sold at {event.provider.value} as {payment.price_id!r}",
             price_id=str(payment.price_id)[:100],
         )
+
+
+def _settled(applied: _Applied, at: datetime) -> dict[str, Any]:
+    """The columns of an event's row once applied."""
+    return {
+        "outcome": applied.outcome,
+        "organization_id": applied.organization_id,
+        "error": applied.reason[:_MAX_ERROR] if applied.reason else None,
+        "processed_at": at,
+    }
 
 
 def _settle(row: WebhookEvent, applied: _Applied, at: datetime) -> None:
