@@ -350,7 +350,6 @@ class TestPack:
         assert payment.credits_awarded == 300
         assert payment.provider_payment_id == _data(order)["data"]["id"]
 
-
     async def _pack(self, env: Env, credits: int = 300) -> str:
         variant = 950_000 + int(env.fake.next_id())
         pack = await env.core.credit_packs.create(

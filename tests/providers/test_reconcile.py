@@ -35,9 +35,8 @@ from tests.helpers import settings_env
 from tests.providers import fake_lemonsqueezy as fakes
 from tests.providers.fake_lemonsqueezy import FakeLemonSqueezy
 from tests.providers.fake_lemonsqueezy import subscription_object as ls_subscription
-from tests.providers.fake_stripe import FakeStripe, fake_stripe_server  # noqa: F401
+from tests.providers.fake_stripe import FakeStripe, fake_stripe_server, signed  # noqa: F401
 from tests.providers.fake_stripe import event as stripe_event
-from tests.providers.fake_stripe import signed
 from tests.providers.helpers import subscriptions_of, unique
 
 fake_lemonsqueezy = fakes.fake_lemonsqueezy
