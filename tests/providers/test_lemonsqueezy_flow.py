@@ -350,6 +350,44 @@ class TestPack:
         assert payment.credits_awarded == 300
         assert payment.provider_payment_id == _data(order)["data"]["id"]
 
+    async def _pack(self, env: Env, credits: int = 300) -> str:
+        variant = 950_000 + int(env.fake.next_id())
+        pack = await env.core.credit_packs.create(
+            f"lemon-{uuid.uuid4().hex[:8]}",
+            credits=credits,
+            price=Money(1500, "USD"),
+            lemon_squeezy_variant_id=str(variant),
+        )
+        return pack.code
+
+    async def _order_paid_once(self, env: Env, code: str) -> None:
+        """The pack bought and paid at Lemon Squeezy, its order delivered twice: its credits
+        are granted once, by a payment of its own."""
+        before = await env.core.credits.balance(env.org)
+        payments = len(await payments_of(env.database, env.org))
+        [order] = env.fake.complete_checkout(await env.checkout(pack=code), total=1500)
+        await env.deliver([order, order])
+        assert await env.core.credits.balance(env.org) - before == 300
+        paid = await payments_of(env.database, env.org)
+        assert len(paid) == payments + 1
+        assert paid[-1].provider_payment_id == _data(order)["data"]["id"]
+        assert paid[-1].credits_awarded == 300
+
+    async def test_paid_order_beside_an_unpaid_purchase_of_the_pack(self, env: Env) -> None:
+        code = await self._pack(env)
+        unpaid = await env.core.credit_packs.purchase(env.org, code)
+        await self._order_paid_once(env, code)
+        # The customer's own purchase is still waiting for its payment: nothing paid it.
+        [still] = [i for i in await invoices_of(env.database, env.org) if i.id == unpaid.id]
+        assert (still.status, still.amount_paid) == (InvoiceStatus.OPEN, 0)
+
+    async def test_paid_order_beside_five_unpaid_purchases(self, env: Env) -> None:
+        for _ in range(5):
+            await env.core.credit_packs.purchase(env.org, await self._pack(env))
+        await self._order_paid_once(env, await self._pack(env))
+        open_ = [i for i in await invoices_of(env.database, env.org) if i.amount_paid == 0]
+        assert len(open_) == 5
+
 
 class TestWebhooks:
     async def test_refused_bodies_write_nothing(self, env: Env) -> None:
@@ -416,6 +454,55 @@ class TestWebhooks:
         row = await stored_event(env.database, event_id(env.fake.deliver(created).body))
         assert row is not None
         assert row.outcome is WebhookOutcome.IGNORED
+
+    async def test_the_period_ends_at_renews_at(self, env: Env) -> None:
+        """Lemon Squeezy gives the period's end (`renews_at`) and no start: saascore's period
+        ends there and starts a month before, or when the subscription began if later."""
+        customer, sub_id = int(env.fake.next_id()), env.fake.next_id()
+        now = datetime.now(UTC).replace(microsecond=0)
+        renews = now + timedelta(days=11, hours=5)
+        fields: dict[str, Any] = {
+            "customer_id": customer,
+            "variant_id": PRO_VARIANT,
+            "custom_data": env.custom(),
+        }
+        # Begun a week ago, renewing in 11 days: the first period is the week and 11 days.
+        begun = now - timedelta(days=7)
+        await env.deliver(
+            [
+                subscription_event(
+                    "subscription_created",
+                    sub_id,
+                    renews_at=renews,
+                    created_at=begun,
+                    updated_at=now,
+                    **fields,
+                )
+            ]
+        )
+        [subscription] = await subscriptions_of(env.database, env.org)
+        assert subscription.current_period_end == renews
+        assert subscription.current_period_start == begun
+        # Renewed: the next period ends at the new `renews_at`, and began a month before.
+        later = datetime(renews.year + (renews.month == 12), renews.month % 12 + 1, 1, tzinfo=UTC)
+        await env.deliver(
+            [
+                subscription_event(
+                    "subscription_updated",
+                    sub_id,
+                    renews_at=later,
+                    created_at=begun,
+                    updated_at=now + timedelta(seconds=10),
+                    **fields,
+                )
+            ]
+        )
+        [subscription] = await subscriptions_of(env.database, env.org)
+        assert subscription.current_period_end == later
+        assert subscription.current_period_start == datetime(
+            later.year - (later.month == 1), (later.month - 2) % 12 + 1, 1, tzinfo=UTC
+        )
+        assert subscription.next_billing_at == later
 
     async def test_failed_after_a_later_success_changes_nothing(self, env: Env) -> None:
         deliveries = await env.subscribed()

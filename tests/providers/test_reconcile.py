@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
@@ -34,7 +35,8 @@ from tests.helpers import settings_env
 from tests.providers import fake_lemonsqueezy as fakes
 from tests.providers.fake_lemonsqueezy import FakeLemonSqueezy
 from tests.providers.fake_lemonsqueezy import subscription_object as ls_subscription
-from tests.providers.fake_stripe import FakeStripe, fake_stripe_server  # noqa: F401
+from tests.providers.fake_stripe import FakeStripe, fake_stripe_server, signed  # noqa: F401
+from tests.providers.fake_stripe import event as stripe_event
 from tests.providers.helpers import subscriptions_of, unique
 
 fake_lemonsqueezy = fakes.fake_lemonsqueezy
@@ -192,6 +194,57 @@ class TestStripe:
         assert await plan_of(core.database, org.id) == "free"
         assert "subscription.canceled" in await reconciled_entries(core, org.id)
         assert mine(await core.reconciler.compare("stripe"), sub["id"]) == set()
+
+    async def test_a_fix_leaves_the_provider_clock_to_the_provider(
+        self, stripe_core: Saascore, fake_stripe: FakeStripe
+    ) -> None:
+        """saascore's clock an hour ahead of Stripe's: the fix keeps the subscription's
+        provider time as the last webhook said, so a later webhook still applies."""
+        core = stripe_core
+        org = await core.orgs.create(name="Acme")
+        t0 = int(time.time()) - 600
+        sub = fake_stripe.state.add_subscription(
+            customer=unique("cus"),
+            price=STRIPE_PRICES[("pro", "monthly")],
+            organization_id=org.id,
+            period_start=t0,
+        )
+
+        async def deliver(type_: str, obj: dict[str, Any], created: int) -> str:
+            raw, headers = signed(
+                stripe_event(type_, obj, created=created),
+                fake_stripe.webhook_secret,
+                timestamp=int(time.time()),
+            )
+            receipt = await core.provider_webhooks.receive(
+                "stripe", headers, raw, client_host="203.0.113.9"
+            )
+            return receipt.outcome.value
+
+        assert await deliver("customer.subscription.created", sub, t0) == "processed"
+        # Canceled at the period's end at Stripe; the webhook is lost.
+        sub.update(cancel_at_period_end=True, cancel_at=t0 + 30 * 86_400)
+        ahead = core.reconciler.clock
+        core.reconciler.clock = lambda: ahead() + timedelta(hours=1)
+        try:
+            _, fixes = await core.reconciler.fix("stripe")
+        finally:
+            core.reconciler.clock = ahead
+        assert [f.outcome for f in fixes if f.subscription_id == sub["id"]] == ["processed"]
+        [ours] = await subscriptions_of(core.database, org.id)
+        assert ours.cancel_at_period_end
+        assert ours.provider_updated_at == datetime.fromtimestamp(t0, UTC)
+
+        # Resumed at Stripe a minute after the first webhook: later than the provider's
+        # last word, so applied (saascore's clock at the fix does not count).
+        sub.update(cancel_at_period_end=False, cancel_at=None)
+        assert await deliver("customer.subscription.updated", sub, t0 + 60) == "processed"
+        [ours] = await subscriptions_of(core.database, org.id)
+        assert not ours.cancel_at_period_end
+        assert ours.provider_updated_at == datetime.fromtimestamp(t0 + 60, UTC)
+        # An older one than that is still ignored.
+        sub.update(cancel_at_period_end=True)
+        assert await deliver("customer.subscription.updated", sub, t0 + 30) == "ignored"
 
     async def test_an_ended_subscription_is_ended(
         self, stripe_core: Saascore, fake_stripe: FakeStripe

@@ -149,6 +149,50 @@ class ProviderBilling:
                 .limit(1)
             )
 
+    async def owners(
+        self,
+        provider: PaymentProvider,
+        customer_id: str | None,
+        subscription_id: str | None,
+        *,
+        session: AsyncSession | None = None,
+    ) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+        """`organization_of_customer` and `organization_of_subscription` in one query (None
+        for an id not given): the webhook intake asks both of every event."""
+        if customer_id is None and subscription_id is None:
+            return None, None
+        of_customer = (
+            sa.select(Organization.id)
+            .where(
+                Organization.billing_provider == provider,
+                Organization.provider_customer_id == customer_id,
+            )
+            .scalar_subquery()
+            if customer_id is not None
+            else sa.null()
+        )
+        of_subscription = (
+            sa.select(Subscription.organization_id)
+            .where(
+                Subscription.provider == provider,
+                Subscription.provider_subscription_id == subscription_id,
+            )
+            .limit(1)
+            .scalar_subquery()
+            if subscription_id is not None
+            else sa.null()
+        )
+        async with self.database.scope(session, readonly=True) as s:
+            row = (
+                await s.execute(
+                    sa.select(
+                        sa.type_coerce(of_customer, Organization.id.type),
+                        sa.type_coerce(of_subscription, Subscription.organization_id.type),
+                    )
+                )
+            ).one()
+        return row[0], row[1]
+
     async def link_customer(
         self,
         org_id: uuid.UUID,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from saascore.events.bus import EventBus
+from saascore.events.bus import Event, EventBus
 from saascore.events.catalog import CatalogChanged
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput, NotFound
@@ -22,6 +23,7 @@ from saascore.kit.ids import new_id
 from saascore.kit.sql import insert, violates
 from saascore.kit.time import utcnow
 from saascore.models import Meter, Organization, PlanLimit, PlanPrice, SubscriptionPlan
+from saascore.models.catalog import BillingCycle
 from saascore.models.enums import PaymentProvider
 from saascore.plans.catalog import Catalog, LimitSpec, PlanSpec, PriceSpec, spec_error
 from saascore.plans.errors import (
@@ -37,6 +39,11 @@ __all__ = ["API_ACCESS", "UPDATABLE", "CatalogLoadResult", "PlanService", "plan_
 
 #: The feature that lets an organisation make API keys: the plan's `api_access` column.
 API_ACCESS: Final = "api_access"
+#: Seconds a provider price's plan and cycle are remembered (`PlanService.plan_of_price`): a
+#: catalog change in this process forgets them at once, one made by another process is
+#: seen within this.
+PRICE_CACHE_SECONDS: Final = 30.0
+_PRICE_CACHE_SIZE: Final = 4096
 
 
 def plan_has(plan: SubscriptionPlan, feature: str) -> bool:
@@ -146,6 +153,12 @@ class PlanService:
         self.database = database
         #: A change emits `catalog.changed`: principals carry their plan's rate limits.
         self.events = events if events is not None else EventBus()
+        self._price_plans: dict[tuple[PaymentProvider, str], tuple[float, str, BillingCycle]] = {}
+        self.events.after_commit(self._catalog_committed)
+
+    def _catalog_committed(self, emitted: Event) -> None:
+        if emitted.type == CatalogChanged.type:
+            self._price_plans.clear()
 
     async def list(
         self,
@@ -209,6 +222,23 @@ class PlanService:
                 price_id=str(price_id)[:100],
             )
         return price
+
+    async def plan_of_price(
+        self, provider: PaymentProvider, price_id: str, *, session: AsyncSession | None = None
+    ) -> tuple[str, BillingCycle]:
+        """The plan code and cycle that the provider sells as `price_id` (`resolve_price_id`),
+        remembered for `PRICE_CACHE_SECONDS`: the webhook intake asks it of every event, and
+        the catalog changes rarely. An unknown price is asked again every time."""
+        key = (PaymentProvider(provider), price_id)
+        now = time.monotonic()
+        known = self._price_plans.get(key)
+        if known is not None and now - known[0] < PRICE_CACHE_SECONDS:
+            return known[1], known[2]
+        price = await self.resolve_price_id(provider, price_id, session=session)
+        if len(self._price_plans) >= _PRICE_CACHE_SIZE:
+            self._price_plans.clear()
+        self._price_plans[key] = (now, price.plan.code, price.billing_cycle)
+        return price.plan.code, price.billing_cycle
 
     async def get_price(
         self, price_id: UUID, *, session: AsyncSession | None = None

@@ -149,6 +149,9 @@ class ProviderSubscription:
     organization_id: uuid.UUID | None = None
     #: When the provider last changed this object (its own clock), for out-of-order delivery.
     updated_at: datetime | None = None
+    #: When the subscription began at the provider, if it says: a period the intake derives
+    #: from the period's end never starts before it.
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,10 @@ class ProviderEvent:
     payment: ProviderPayment | None = None
     #: The parsed body, stored as it came.
     payload: Mapping[str, Any] = field(default_factory=dict)
+    #: False when `occurred_at` is saascore's clock, not the provider's (reconciliation
+    #: reads a list that carries no update time): such an event never sets the
+    #: subscription's provider clock, so a later webhook is never judged older by it.
+    provider_timed: bool = True
 
 
 @runtime_checkable

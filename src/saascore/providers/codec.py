@@ -62,6 +62,7 @@ def event_to_json(event: ProviderEvent) -> dict[str, Any]:
             if subscription.organization_id
             else None,
             "updated_at": _time(subscription.updated_at),
+            "started_at": _time(subscription.started_at),
         },
         "payment": None
         if payment is None
@@ -169,6 +170,7 @@ def _subscription(data: object) -> ProviderSubscription | None:
         trial_end=r.time("trial_end"),
         organization_id=r.uuid("organization_id"),
         updated_at=r.time("updated_at"),
+        started_at=r.time("started_at"),
     )
 
 

@@ -22,8 +22,9 @@ What Lemon Squeezy does differently from Stripe, and what this adapter does abou
   the same body, so a webhook is never refused for its age; the ordering of deliveries is done
   above the adapter with `ProviderEvent.occurred_at` (the object's `updated_at`).
 - **There is no period start.** A subscription gives `renews_at` (the current period's end)
-  and no start: `current_period_start` is left `None` rather than guessed from the variant's
-  interval. A subscription invoice gives no period either: for an `initial` or `renewal`
+  and no start: `current_period_start` is left `None`, and the intake takes the period as
+  ending at `renews_at` and starting one cycle before (never before the subscription's
+  `created_at`). A subscription invoice gives no period either: for an `initial` or `renewal`
   invoice, which Lemon Squeezy makes when the period starts, `period_start` is the invoice's
   `created_at`; the period's end is left `None`.
 
@@ -549,6 +550,7 @@ def _subscription(
         trial_end=trial_end,
         organization_id=organization_id,
         updated_at=_time(attributes.get("updated_at"), "updated_at"),
+        started_at=_time(attributes.get("created_at"), "created_at"),
     )
 
 

@@ -16,7 +16,10 @@ The rules (which organisation may be trusted, which snapshot is older, what endi
 are the intake's and billing's, written once; the actor is `reconciliation`, so every change
 is audited as reconciliation's. Each subscription is fixed in a transaction of its own, and
 a snapshot the intake refuses (an organisation it cannot trust, a subscription that ended in
-saascore) is reported with the intake's reason, not forced.
+saascore) is reported with the intake's reason, not forced. A fix never moves the
+subscription's provider clock (`provider_updated_at`) past what the provider said: the
+provider's list carries no update time, and saascore's clock, were it ahead of the
+provider's, would make a later webhook look older.
 """
 
 from __future__ import annotations
@@ -306,4 +309,7 @@ class Reconciler:
             organization_id=theirs.organization_id,
             customer_id=theirs.customer_id or None,
             subscription=theirs,
+            # The time is saascore's: the subscription keeps the provider's last (its own
+            # `updated_at` is taken when the provider gives one).
+            provider_timed=False,
         )

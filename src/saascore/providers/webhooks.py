@@ -44,9 +44,9 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.billing.errors import CustomerLinkedElsewhere
+from saascore.billing.errors import CustomerLinkedElsewhere, PeriodOutOfRange
 from saascore.billing.packs import CreditPackService
-from saascore.billing.periods import period_containing
+from saascore.billing.periods import CYCLE_MONTHS, add_months, period_containing
 from saascore.billing.provider_sync import ProviderBilling, ProviderCharge, ProviderResult
 from saascore.billing.subscriptions import ProviderState, SubscriptionService
 from saascore.config import PaymentProviderChoice
@@ -113,6 +113,17 @@ class _Applied:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class _Claim:
+    """The event's row as the intake claimed it (`ProviderWebhooks._claim`)."""
+
+    id: uuid.UUID
+    outcome: WebhookOutcome
+    organization_id: uuid.UUID | None
+    applies: bool
+    settled: bool = False
+
+
 def _loopback(host: str | None) -> bool:
     if host is None:
         return False
@@ -175,16 +186,31 @@ class ProviderWebhooks:
         too). Raises `WebhookFailed` when applying it failed (recorded on its row)."""
         try:
             async with self.database.transaction() as s:
-                row, claimed = await self._claim(s, event)
-                if not claimed:
+                # A type saascore does not act on is stored as ignored at once: no UPDATE.
+                known = (
+                    _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
+                    if event.kind is EventKind.UNHANDLED
+                    else None
+                )
+                claim = await self._claim(s, event, known)
+                if not claim.applies:
                     return WebhookReceipt(
-                        row.id, row.outcome, duplicate=True, organization_id=row.organization_id
+                        claim.id,
+                        claim.outcome,
+                        duplicate=True,
+                        organization_id=claim.organization_id,
                     )
-                applied = await self._apply(s, event)
-                _settle(row, applied, self.clock())
-                await s.flush()
+                applied = known if claim.settled and known is not None else None
+                if applied is None:
+                    applied = await self._apply(s, event)
+                    await s.execute(
+                        sa.update(WebhookEvent)
+                        .where(WebhookEvent.id == claim.id)
+                        .values(**_settled(applied, self.clock()))
+                        .execution_options(synchronize_session=False)
+                    )
                 receipt = WebhookReceipt(
-                    row.id,
+                    claim.id,
                     applied.outcome,
                     reason=applied.reason,
                     organization_id=applied.organization_id,
@@ -264,45 +290,51 @@ class ProviderWebhooks:
             "parsed": event_to_json(event),
         }
 
-    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> tuple[WebhookEvent, bool]:
+    async def _claim(self, s: AsyncSession, event: ProviderEvent, known: _Applied | None) -> _Claim:
         """The event's row, and whether this delivery applies it: a new row (inserted, so
-        locked by this transaction), or a failed one to try again (locked); False for a copy
-        of an event stored already (the row as stored, locked until the first one's commit)."""
+        locked by this transaction; `settled` when inserted with the outcome `known`
+        already), or a failed one to try again (locked); not for a copy of an event stored
+        already (the row as stored, locked until the first one's commit). Only the columns
+        the intake needs come back, not the stored bodies."""
+        values = (
+            _settled(known, self.clock())
+            if known is not None
+            else {"outcome": WebhookOutcome.RECEIVED}
+        )
         statement = (
             insert(s, WebhookEvent)
             .values(
                 id=new_id(),
-                outcome=WebhookOutcome.RECEIVED,
                 attempts=1,
                 received_at=self.clock(),
+                **values,
                 **self._values(event),
             )
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(WebhookEvent)
+            .returning(WebhookEvent.id)
         )
-        # The ORM's INSERT ... RETURNING gives the new row as an object: no second read.
-        inserted = (await s.scalars(statement)).one_or_none()
+        inserted = (await s.execute(statement)).scalar_one_or_none()
         if inserted is not None:
-            return inserted, True
-        row = await self._find(s, event.provider, event.id, lock=True)
-        if row is None:  # pragma: no cover - the row was inserted or conflicted
+            return _Claim(inserted, values["outcome"], None, True, settled=known is not None)
+        found = (
+            await s.execute(
+                sa.select(WebhookEvent.id, WebhookEvent.outcome, WebhookEvent.organization_id)
+                .where(WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.id)
+                .with_for_update()
+            )
+        ).one_or_none()
+        if found is None:  # pragma: no cover - the row was inserted or conflicted
             raise RuntimeError("the webhook event's row vanished")
-        if row.outcome is not WebhookOutcome.FAILED:
-            return row, False
-        row.attempts += 1
-        return row, True
-
-    async def _find(
-        self, s: AsyncSession, provider: PaymentProvider, event_id: str, *, lock: bool = False
-    ) -> WebhookEvent | None:
-        query = (
-            sa.select(WebhookEvent)
-            .where(WebhookEvent.provider == provider, WebhookEvent.event_id == event_id)
-            .execution_options(populate_existing=True)
+        row_id, outcome, org_id = found
+        if outcome is not WebhookOutcome.FAILED:
+            return _Claim(row_id, outcome, org_id, False)
+        await s.execute(
+            sa.update(WebhookEvent)
+            .where(WebhookEvent.id == row_id)
+            .values(attempts=WebhookEvent.attempts + 1)
+            .execution_options(synchronize_session=False)
         )
-        if lock:
-            query = query.with_for_update()
-        return (await s.scalars(query)).one_or_none()
+        return _Claim(row_id, outcome, org_id, True)
 
     async def _record_failure(self, event: ProviderEvent, error: BaseException) -> None:
         """The failure on the event's row, in a transaction of its own (never raises)."""
@@ -399,23 +431,14 @@ class ProviderWebhooks:
             or (payment.customer_id if payment else None)
         )
         claimed = event.organization_id or (subscription.organization_id if subscription else None)
-        linked = (
-            await self.billing.organization_of_customer(provider, customer, session=s)
-            if customer
-            else None
-        )
-        if linked is not None and claimed is not None and linked != claimed:
-            return linked, "the customer belongs to another organisation than the one named"
         provider_subscription = (subscription.id if subscription else None) or (
             payment.subscription_id if payment else None
         )
-        owner = (
-            await self.billing.organization_of_subscription(
-                provider, provider_subscription, session=s
-            )
-            if provider_subscription
-            else None
+        linked, owner = await self.billing.owners(
+            provider, customer or None, provider_subscription or None, session=s
         )
+        if linked is not None and claimed is not None and linked != claimed:
+            return linked, "the customer belongs to another organisation than the one named"
         org_id = linked or claimed
         if owner is not None and org_id is not None and owner != org_id:
             return owner, "the subscription belongs to another organisation"
@@ -448,9 +471,8 @@ class ProviderWebhooks:
                 raise ProviderPriceUnknown(
                     f"no plan price is the mock's {price_id!r}", price_id=str(price_id)[:100]
                 )
-        else:
-            price = await self.plans.resolve_price_id(provider, price_id or "", session=s)
-        return price.plan.code, price.billing_cycle
+            return price.plan.code, price.billing_cycle
+        return await self.plans.plan_of_price(provider, price_id or "", session=s)
 
     async def _state(self, s: AsyncSession, event: ProviderEvent) -> ProviderState:
         subscription = event.subscription
@@ -466,6 +488,16 @@ class ProviderWebhooks:
                 raise
             plan, cycle = "", BillingCycle.MONTHLY  # an end needs no plan
         start, end = subscription.current_period_start, subscription.current_period_end
+        if start is None and end is not None:
+            # The provider's end is the period's (Lemon Squeezy's `renews_at`); it began one
+            # cycle before, or when the subscription did if that is later.
+            try:
+                start = add_months(end, -CYCLE_MONTHS[cycle])
+            except PeriodOutOfRange:  # an end in the first month of the year 1
+                start = None
+            began = subscription.started_at
+            if start is not None and began is not None and start < began < end:
+                start = began
         if start is None or end is None or end < start:
             period = period_containing(event.occurred_at, cycle, event.occurred_at)
             start, end = period.start, period.end
@@ -482,7 +514,8 @@ class ProviderWebhooks:
             cancel_at_period_end=subscription.cancel_at_period_end,
             canceled_at=subscription.ended_at or subscription.canceled_at,
             trial_end=subscription.trial_end,
-            provider_time=subscription.updated_at or event.occurred_at,
+            provider_time=subscription.updated_at
+            or (event.occurred_at if event.provider_timed else None),
         )
 
     def _charge(self, event: ProviderEvent) -> ProviderCharge:
@@ -518,6 +551,16 @@ class ProviderWebhooks:
             f"no credit pack is sold at {event.provider.value} as {payment.price_id!r}",
             price_id=str(payment.price_id)[:100],
         )
+
+
+def _settled(applied: _Applied, at: datetime) -> dict[str, Any]:
+    """The columns of an event's row once applied."""
+    return {
+        "outcome": applied.outcome,
+        "organization_id": applied.organization_id,
+        "error": applied.reason[:_MAX_ERROR] if applied.reason else None,
+        "processed_at": at,
+    }
 
 
 def _settle(row: WebhookEvent, applied: _Applied, at: datetime) -> None:
