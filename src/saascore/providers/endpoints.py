@@ -188,9 +188,14 @@ def create_provider_subscription_router() -> APIRouter:
         ),
     )
     async def cancel_subscription(
-        body: ProviderCancel, principal: BillingWriter, core: CoreDep, origin: OriginDep
+        principal: BillingWriter,
+        core: CoreDep,
+        origin: OriginDep,
+        body: ProviderCancel | None = None,
     ) -> SubscriptionOut:
-        """Cancel at the period's end (the default) or now, at the provider and here."""
+        """Cancel at the period's end (the default) or now, at the provider and here. The
+        body may be left out."""
+        body = body or ProviderCancel()
         subscription = await core.providers.cancel(
             principal.tenant, at_period_end=body.at_period_end, actor=principal.actor(origin)
         )
