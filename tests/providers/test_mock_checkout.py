@@ -120,6 +120,16 @@ class TestPlanCheckout:
             headers=customer.headers,
         )
         assert both.status_code == 422
+        for body in ({"plan": "pro", "pack": "x"}, {}):
+            refused = await client.post(
+                "/v1/subscription/checkout", json=body, headers=customer.headers
+            )
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["message"] == (
+                "invalid request: body: give a plan (with its cycle) or a pack"
+            )
+            [error] = refused.json()["error"]["details"]["errors"]
+            assert error["message"] == "give a plan (with its cycle) or a pack"
         portal = await client.post("/v1/subscription/portal", headers=customer.headers)
         assert portal.status_code == 409
         assert portal.json()["error"]["code"] == "billing_customer_missing"
