@@ -44,6 +44,8 @@ class TestPlanCheckout:
         assert page.status_code == 200
         assert "Confirm payment" in page.text
         assert "Plan pro" in page.text
+        assert "<strong>Plan pro (monthly)</strong>: $29.99<" in page.text
+        assert "minor units" not in page.text
         assert await subscriptions_of(admin.database, org_id) == []  # nothing until confirmed
 
         confirmed = await client.post(page_url)

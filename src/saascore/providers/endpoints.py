@@ -33,6 +33,7 @@ from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
 from saascore.kit.errors import InvalidInput
+from saascore.kit.money import Money, format_money
 from saascore.plans.errors import PlanNotFound
 from saascore.providers.errors import (
     BillingCustomerMissing,
@@ -266,7 +267,10 @@ def _describe(checkout: MockCheckout) -> tuple[str, str]:
         if checkout.pack
         else f"Plan {checkout.plan} ({checkout.cycle.value if checkout.cycle else 'monthly'})"
     )
-    return what, f"{checkout.amount} minor units of {checkout.currency}"
+    price = format_money(
+        Money(checkout.amount, checkout.currency), "en_US", numbering_system="latn"
+    )
+    return what, price
 
 
 def _mock_mode(core: Any) -> None:
