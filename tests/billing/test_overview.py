@@ -203,6 +203,43 @@ class TestOverview:
         assert answer.status_code == 404, answer.text
         assert answer.json()["error"]["code"] == "subscription_not_found"
 
+    async def test_usage_lists_the_limits_kept_as_plan_columns(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        """A plan that keeps its limits as columns (as the default plans do) shows a row per
+        limited meter; a `plan_limits` row wins over the column of its meter."""
+        code = random_code("plan")
+        async with admin.database.transaction() as s:
+            row = SubscriptionPlan(
+                code=code,
+                name=code.title(),
+                credits_per_period=0,
+                monthly_token_limit=1_000,
+                max_storage_mb=2,
+            )
+            s.add(row)
+            await s.flush()
+            s.add(PlanLimit(plan_id=row.id, metric="storage_bytes", limit_value=None))
+        org_id = customer.organization_id
+        await admin.core.orgs.change_plan(org_id, code)
+        now = datetime.now(UTC)
+        async with admin.database.transaction() as s:
+            s.add(
+                UsageCounter(
+                    organization_id=org_id,
+                    metric="tokens",
+                    period_start=now.replace(day=1, hour=0, minute=0, second=0, microsecond=0),
+                    period_end=None,
+                    used=400,
+                )
+            )
+        body = await ok(await admin.client.get("/v1/billing/overview", headers=customer.headers))
+        assert body["subscription"] is None
+        assert body["usage"] == [
+            {"metric": "storage_bytes", "used": 0, "included": None, "over": 0},
+            {"metric": "tokens", "used": 400, "included": 1_000, "over": 0},
+        ]
+
     async def test_needs_billing_read(self, admin: Admin, customer: TestTenant) -> None:
         answer = await admin.client.get("/v1/billing/overview")
         assert answer.status_code == 401, answer.text

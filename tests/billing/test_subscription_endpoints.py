@@ -123,6 +123,21 @@ class TestOperatorRoutes:
         )
         assert len(await entries(admin, customer.organization_id, "subscription.updated")) == 5
 
+    async def test_cancel_and_resume_need_no_body(self, admin: Admin, customer: TestTenant) -> None:
+        created = await admin.client.post(
+            path(customer), json={"plan": "pro", "trial_days": 0}, headers=admin.operator
+        )
+        assert created.status_code == 201, created.text
+        canceled = await admin.client.post(path(customer, "cancel"), headers=admin.operator)
+        assert canceled.status_code == 200, canceled.text
+        assert (canceled.json()["status"], canceled.json()["cancel_at_period_end"]) == (
+            "active",
+            True,
+        )
+        resumed = await admin.client.post(path(customer, "resume"), headers=admin.operator)
+        assert resumed.status_code == 200, resumed.text
+        assert resumed.json()["cancel_at_period_end"] is False
+
     async def test_an_unknown_organisation(self, admin: Admin) -> None:
         unknown = "/v1/admin/organizations/00000000-0000-7000-8000-000000000000/subscription"
         error(

@@ -53,6 +53,21 @@ class TestNumbersAtTheEdges:
         assert "unexpected error" not in line
         assert not (cli.cwd / ".saascore").exists()  # refused before the database
 
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (("webhooks", "list", "--outcome", "bogus"), "'--outcome': 'bogus' is not one"),
+            (("billing", "reconcile", "--provider", "mock"), "'--provider': 'mock' is not one"),
+        ],
+        ids=lambda value: " ".join(value) if isinstance(value, tuple) else value,
+    )  # fmt: skip
+    def test_a_refused_choice_has_no_pydantic_prefix(
+        self, cli: Cli, args: tuple[str, ...], message: str
+    ) -> None:
+        line = cli(*args).error_line(2)
+        assert message in line
+        assert "Value error" not in line
+
     def test_the_largest_values_are_taken(self, acme_cli: Cli) -> None:
         past_end, priority = acme_cli.run_together(
             ["orgs", "list", "--offset", str(INT64_MAX), "--limit", str(INT64_MAX)],

@@ -6,10 +6,12 @@ and the surfaces that were missing (ids in the invoice list, `packs deactivate`,
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 import pytest_asyncio
 
+from saascore.cli._output import instant
 from saascore.kit.db import Database
 from saascore.plans import PlanService, read_catalog
 from saascore.tenancy import OrganizationService
@@ -123,6 +125,21 @@ def test_a_moment_without_a_time_zone_is_refused_everywhere(org_cli: Cli) -> Non
     ).error_line(2)
     assert cli("coupons", "list", "--ids").ok().stdout.split() == []
     cli("billing", "run", "--at", "2026-01-01T00:00:00+03:00", "--dry-run").ok()
+
+
+def test_the_time_zone_hint_is_accepted(org_cli: Cli) -> None:
+    """The hint of a date without a zone ("e.g. 2099-01-01Z or +03:00") is accepted: a date
+    with a zone is midnight there."""
+    cli = org_cli
+    line = cli("coupons", "create", "SOON", "--percent", "5", "--expires", "2099-01-01").error_line(
+        2
+    )
+    assert "2099-01-01Z or +03:00" in line
+    cli("coupons", "create", "SOON", "--percent", "5", "--expires", "2099-01-01Z").ok()
+    cli("coupons", "create", "LATE", "--percent", "5", "--expires", "2099-01-01+03:00").ok()
+    assert instant("2099-01-01Z") == datetime(2099, 1, 1, tzinfo=UTC)
+    assert instant("2099-01-01+03:00") == datetime(2098, 12, 31, 21, tzinfo=UTC)
+    assert instant(" 2099-01-01-0530 ") == datetime(2099, 1, 1, 5, 30, tzinfo=UTC)
 
 
 def test_errors_name_the_option_as_typed(org_cli: Cli) -> None:

@@ -44,6 +44,8 @@ class TestPlanCheckout:
         assert page.status_code == 200
         assert "Confirm payment" in page.text
         assert "Plan pro" in page.text
+        assert "<strong>Plan pro (monthly)</strong>: $29.99<" in page.text
+        assert "minor units" not in page.text
         assert await subscriptions_of(admin.database, org_id) == []  # nothing until confirmed
 
         confirmed = await client.post(page_url)
@@ -99,9 +101,8 @@ class TestPlanCheckout:
         )
         assert changed.status_code == 200, changed.text
         assert changed.json()["plan"] == "business"
-        canceled = await admin.client.post(
-            "/v1/subscription/cancel", json={}, headers=customer.headers
-        )
+        canceled = await admin.client.post("/v1/subscription/cancel", headers=customer.headers)
+        assert canceled.status_code == 200, canceled.text
         assert canceled.json()["cancel_at_period_end"] is True
         resumed = await admin.client.post("/v1/subscription/resume", headers=customer.headers)
         assert resumed.json()["cancel_at_period_end"] is False
@@ -121,6 +122,16 @@ class TestPlanCheckout:
             headers=customer.headers,
         )
         assert both.status_code == 422
+        for body in ({"plan": "pro", "pack": "x"}, {}):
+            refused = await client.post(
+                "/v1/subscription/checkout", json=body, headers=customer.headers
+            )
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["message"] == (
+                "invalid request: body: give a plan (with its cycle) or a pack"
+            )
+            [error] = refused.json()["error"]["details"]["errors"]
+            assert error["message"] == "give a plan (with its cycle) or a pack"
         portal = await client.post("/v1/subscription/portal", headers=customer.headers)
         assert portal.status_code == 409
         assert portal.json()["error"]["code"] == "billing_customer_missing"

@@ -202,12 +202,17 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.code, exc.message, exc.details, headers or None)
 
 
+def _message(text: Any) -> str:
+    """A validation message without pydantic's prefix of a validator's own `ValueError`."""
+    return str(text).removeprefix("Value error, ")
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [
         {
             "location": ".".join(str(part) for part in error.get("loc", ())),
-            "message": error.get("msg", "invalid"),
+            "message": _message(error.get("msg", "invalid")),
             "type": error.get("type", "value_error"),
         }
         for error in exc.errors()

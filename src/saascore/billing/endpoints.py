@@ -292,14 +292,15 @@ def create_subscription_admin_router() -> APIRouter:
     )
     async def cancel_subscription(
         org_id: uuid.UUID,
-        body: SubscriptionCancel,
         operator: OperatorDep,
         core: CoreDep,
         session: SessionDep,
         origin: OriginDep,
+        body: SubscriptionCancel | None = None,
     ) -> SubscriptionOut:
         """Cancel at the current period's end (the default) or now. The organisation keeps
-        its plan until the end of what was paid (`ends_at`)."""
+        its plan until the end of what was paid (`ends_at`). The body may be left out."""
+        body = body or SubscriptionCancel()
         await core.orgs.get(org_id, session=session)
         subscription = await core.subscriptions.cancel(
             org_id,
@@ -326,14 +327,15 @@ def create_subscription_admin_router() -> APIRouter:
     )
     async def resume_subscription(
         org_id: uuid.UUID,
-        body: SubscriptionResume,
         operator: OperatorDep,
         core: CoreDep,
         session: SessionDep,
         origin: OriginDep,
+        body: SubscriptionResume | None = None,
     ) -> SubscriptionOut:
         """Withdraw a cancellation at the period's end, before that end (409 `period_ended`
-        after it)."""
+        after it). The body may be left out."""
+        body = body or SubscriptionResume()
         await core.orgs.get(org_id, session=session)
         subscription = await core.subscriptions.resume(
             org_id, at=body.at, actor=operator.actor(origin), session=session

@@ -39,6 +39,7 @@ from saascore.billing.subscriptions import SubscriptionService, upcoming_invoice
 from saascore.credits.service import CreditService
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
+from saascore.metering.limits import LimitRules
 from saascore.models import LIVE_SUBSCRIPTION_STATUSES as LIVE
 from saascore.models import (
     Invoice,
@@ -144,7 +145,7 @@ class BillingOverviewService:
             plan_id = live.plan_id if live is not None else organization.plan_id
             plan = await s.get_one(SubscriptionPlan, plan_id)
             upcoming = (await _preview(s, live))[0] if live is not None else None
-            period, usage = await _usage(s, org_id, plan_id, live, self.clock())
+            period, usage = await _usage(s, org_id, plan, live, self.clock())
             return BillingOverview(
                 organization=organization,
                 plan=plan,
@@ -207,20 +208,33 @@ async def _preview(s: AsyncSession, subscription: Subscription) -> tuple[Invoice
 async def _usage(
     s: AsyncSession,
     org_id: uuid.UUID,
-    plan_id: uuid.UUID,
+    plan: SubscriptionPlan,
     live: Subscription | None,
     now: datetime,
 ) -> tuple[tuple[datetime, datetime] | None, list[MeterUsage]]:
-    """Per limit of the plan, the usage of the period: with a live subscription the counters
-    closing in its current period (the run's rule), else the counters open now."""
-    limits = (
+    """Per meter the plan limits (its `plan_limits` rows, and its seed 000 columns for the
+    meters without one: the plan's part of `LimitRules`, the rule `GET /v1/usage` answers
+    with), the usage of the period: with a live subscription the counters closing in its
+    current period (the run's rule), else the counters open now."""
+    rows = (
         await s.scalars(
-            sa.select(PlanLimit).where(PlanLimit.plan_id == plan_id).order_by(PlanLimit.metric)
+            sa.select(PlanLimit).where(PlanLimit.plan_id == plan.id).order_by(PlanLimit.metric)
         )
     ).all()
+    rules = LimitRules.of(
+        None,
+        {row.metric: (row.limit_value, row.is_hard) for row in rows},
+        monthly_token_limit=plan.monthly_token_limit,
+        max_storage_mb=plan.max_storage_mb,
+        max_api_calls_per_day=plan.max_api_calls_per_day,
+    )
+    metrics = sorted(
+        set(rules.plan_limits)
+        | {metric for metric, value in rules.plan_columns.items() if value is not None}
+    )
+    included = {metric: rules.limit(metric).value for metric in metrics}
     query = sa.select(UsageCounter.metric, UsageCounter.used).where(
-        UsageCounter.organization_id == org_id,
-        UsageCounter.metric.in_([limit.metric for limit in limits]),
+        UsageCounter.organization_id == org_id, UsageCounter.metric.in_(metrics)
     )
     period: tuple[datetime, datetime] | None = None
     if live is not None:
@@ -236,18 +250,17 @@ async def _usage(
         )
     used: dict[str, int] = {}
     over: dict[str, int] = {}
-    included = {limit.metric: limit.limit_value for limit in limits}
     for metric, amount in await s.execute(query):
         used[metric] = used.get(metric, 0) + int(amount)
         limit = included.get(metric)
-        if limit is not None and limit >= 0:
+        if limit is not None:
             over[metric] = over.get(metric, 0) + max(int(amount) - limit, 0)
     return period, [
         MeterUsage(
-            metric=limit.metric,
-            used=used.get(limit.metric, 0),
-            included=limit.limit_value if (limit.limit_value or 0) >= 0 else None,
-            over=over.get(limit.metric, 0),
+            metric=metric,
+            used=used.get(metric, 0),
+            included=included[metric],
+            over=over.get(metric, 0),
         )
-        for limit in limits
+        for metric in metrics
     ]

@@ -117,7 +117,8 @@ def tidy(command: Command) -> None:
 
 def describe_usage_error(error: ClickException) -> str:
     """click's message for a usage error on one line, pointing at the command's help."""
-    message = error.format_message()
+    # A value refused by a pydantic validator (an enum's, say) keeps pydantic's prefix.
+    message = error.format_message().replace(": Value error, ", ": ")
     message = message[:1].lower() + message[1:] if message[1:2].islower() else message
     context = getattr(error, "ctx", None)
     if context is not None and context.help_option_names:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum, StrEnum
-from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Generic, Literal, TypeVar
 
 import typer
 
@@ -292,20 +292,29 @@ AtOption = Annotated[
 ]
 
 
+#: A calendar date with a time zone and no time of day: midnight in that zone.
+_DATE_IN_ZONE: Final = re.compile(r"(?P<date>\d{4}-\d{2}-\d{2})(?P<zone>Z|[+-]\d{2}:?\d{2})")
+
+
 def instant(text: str | None, option: str = "--at") -> datetime | None:
     """`text` as an aware datetime, or a usage error (exit 2) naming `option`.
 
     A timestamp without a time zone is refused, as the HTTP API refuses it (`timezone_aware`):
-    reading it as UTC would bill at another moment than the operator's clock says. Every
-    command taking a moment parses it here, so they all refuse the same things."""
+    reading it as UTC would bill at another moment than the operator's clock says. A date
+    with a zone (`2027-01-01Z`, `2027-01-01+03:00`) is midnight in that zone. Every command
+    taking a moment parses it here, so they all refuse the same things."""
     from saascore.kit.errors import InvalidInput
     from saascore.kit.validation import checked_instant
 
     if text is None:
         return None
     shown = repr(text[:60])
+    stripped = text.strip()
+    dated = _DATE_IN_ZONE.fullmatch(stripped)
+    if dated is not None:
+        stripped = f"{dated['date']}T00:00{dated['zone']}"
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = datetime.fromisoformat(stripped)
     except ValueError:
         fail(f"{option} {shown}: not an ISO 8601 timestamp, e.g. 2027-01-01T12:00:00Z", EXIT_USAGE)
     if moment.tzinfo is None or moment.utcoffset() is None:

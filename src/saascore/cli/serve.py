@@ -195,10 +195,12 @@ class DemoAccess:
 
 async def prepare_demo(core: Saascore) -> DemoAccess:
     """Set up the demo, idempotently: load the catalog, make sure the demo organisation
-    exists on the demo plan with an active owner whose password is `DEMO_PASSWORD`, and
+    exists with an active owner whose password is `DEMO_PASSWORD`, and
     replace its `demo` API key with a new `sk_test_` key (a raw key is shown only once, so
-    each start makes one and revokes the one before)."""
-    from saascore.models import ApiKeyEnvironment, UserRole
+    each start makes one and revokes the one before). It is put on the demo plan unless it
+    has a live subscription, whose plan it keeps."""
+    from saascore.billing.errors import SubscriptionNotFound
+    from saascore.models import LIVE_SUBSCRIPTION_STATUSES, ApiKeyEnvironment, UserRole
     from saascore.tenancy import OrganizationExists, OrganizationNotFound
     from saascore.tenancy.errors import UserNotFound
     from saascore.tenancy.passwords import verify_password
@@ -214,8 +216,14 @@ async def prepare_demo(core: Saascore) -> DemoAccess:
         except OrganizationExists:  # another demo created it meanwhile
             organization = await core.orgs.get_by_external_id(DEMO_EXTERNAL_ID)
     async with core.database.transaction() as session:
-        # A demo database from before the demo plan has its organisation on another one.
-        organization = await core.orgs.change_plan(organization.id, DEMO_PLAN, session=session)
+        # A demo database from before the demo plan has its organisation on another one; an
+        # organisation with a live subscription (a checkout in the demo) keeps its plan.
+        try:
+            subscription = await core.subscriptions.get(organization.id, session=session)
+        except SubscriptionNotFound:
+            subscription = None
+        if subscription is None or subscription.status not in LIVE_SUBSCRIPTION_STATUSES:
+            organization = await core.orgs.change_plan(organization.id, DEMO_PLAN, session=session)
         try:
             user = await core.users.get_by_email(organization.id, DEMO_EMAIL, session=session)
         except UserNotFound:

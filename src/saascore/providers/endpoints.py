@@ -33,6 +33,7 @@ from saascore.identity.errors import PermissionDenied
 from saascore.identity.permissions import Permission
 from saascore.identity.principal import Principal
 from saascore.kit.errors import InvalidInput
+from saascore.kit.money import Money, format_money
 from saascore.plans.errors import PlanNotFound
 from saascore.providers.errors import (
     BillingCustomerMissing,
@@ -188,9 +189,14 @@ def create_provider_subscription_router() -> APIRouter:
         ),
     )
     async def cancel_subscription(
-        body: ProviderCancel, principal: BillingWriter, core: CoreDep, origin: OriginDep
+        principal: BillingWriter,
+        core: CoreDep,
+        origin: OriginDep,
+        body: ProviderCancel | None = None,
     ) -> SubscriptionOut:
-        """Cancel at the period's end (the default) or now, at the provider and here."""
+        """Cancel at the period's end (the default) or now, at the provider and here. The
+        body may be left out."""
+        body = body or ProviderCancel()
         subscription = await core.providers.cancel(
             principal.tenant, at_period_end=body.at_period_end, actor=principal.actor(origin)
         )
@@ -261,7 +267,10 @@ def _describe(checkout: MockCheckout) -> tuple[str, str]:
         if checkout.pack
         else f"Plan {checkout.plan} ({checkout.cycle.value if checkout.cycle else 'monthly'})"
     )
-    return what, f"{checkout.amount} minor units of {checkout.currency}"
+    price = format_money(
+        Money(checkout.amount, checkout.currency), "en_US", numbering_system="latn"
+    )
+    return what, price
 
 
 def _mock_mode(core: Any) -> None:

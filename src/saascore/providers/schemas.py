@@ -47,7 +47,7 @@ class CheckoutCreate(_Body):
     @model_validator(mode="after")
     def _one_of(self) -> Self:
         if (self.plan is None) == (self.pack is None):
-            raise ValueError("give a plan or a pack, not both")
+            raise ValueError("give a plan (with its cycle) or a pack")
         return self
 
 
