@@ -389,9 +389,17 @@ class TestMigration0008:
         await migrate.upgrade(empty_database, "0007")
         async with empty_database.transaction() as session:  # organisations as at 0007
             org_id, plan_id = await create_organization_row(session)
-            session.add_all(
-                [_subscription(org_id, plan_id, SubscriptionStatus.ACTIVE) for _ in range(2)]
-            )
+            for _ in range(2):  # only the columns subscriptions had at 0007
+                await session.execute(
+                    sa.insert(Subscription).values(
+                        organization_id=org_id,
+                        plan_id=plan_id,
+                        status=SubscriptionStatus.ACTIVE,
+                        started_at=AT,
+                        current_period_start=AT,
+                        current_period_end=AT + timedelta(days=30),
+                    )
+                )
         with pytest.raises(RuntimeError, match="1 organisation\\(s\\) have more than one live"):
             await migrate.upgrade(empty_database)
         assert await migrate.current(empty_database) == "0007"
