@@ -125,4 +125,8 @@ schema = schemathesis.openapi.from_dict(create_app(make_settings()).openapi())
 )
 def test_the_api_keeps_its_schema(case: schemathesis.Case, served: tuple[Server, str]) -> None:
     server, key = served
-    case.call_and_validate(base_url=server.url, headers={"X-API-Key": key}, checks=CHECKS)
+    # A generous timeout: on a loaded two-core CI machine one SQLite request once took over 10 s
+    # (the default timeout), and a hang would still fail, only later.
+    case.call_and_validate(
+        base_url=server.url, headers={"X-API-Key": key}, checks=CHECKS, timeout=60
+    )
