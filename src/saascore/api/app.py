@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from saascore import __version__
@@ -180,10 +181,30 @@ def create_app(
         responses={500: {"model": ErrorResponse, "description": "An unexpected error"}},
     )
     install(app, settings)
-    app.include_router(create_health_router(settings.service_name, __version__))
+    app.include_router(_health_router(settings.service_name, __version__))
     if settings.metrics_token is not None:
         app.include_router(create_metrics_router(token=settings.metrics_token.get_secret_value()))
-    for router in (
+    for router in _service_routers():
+        app.include_router(router)
+    document_webhooks(app)
+    install_docs(app, docs_url=docs_url, redoc_url=redoc_url)
+    install_home(app, health_urls={"liveness": "/health", "readiness": "/healthz"})
+    return app
+
+
+#: The health routes, by service name and version (built once for each).
+_health_router = functools.cache(create_health_router)
+
+
+@functools.cache
+def _service_routers() -> tuple[APIRouter, ...]:
+    """The service's routers, built once per process and included in every app made.
+
+    Building a router is most of what `create_app` costs (a pydantic adapter per parameter of
+    every operation), and a router holds nothing of one app: its endpoints reach their app's
+    `Saascore` through the request. So a process that makes many apps (tests, a host
+    mounting several) pays it once."""
+    return (
         create_usage_router(),  # the hot path first: routes are matched in order
         create_auth_router(),
         create_api_keys_router(),
@@ -210,12 +231,7 @@ def create_app(
         create_conversations_router(),
         create_rag_store_router(),
         create_llm_router(),
-    ):
-        app.include_router(router)
-    document_webhooks(app)
-    install_docs(app, docs_url=docs_url, redoc_url=redoc_url)
-    install_home(app, health_urls={"liveness": "/health", "readiness": "/healthz"})
-    return app
+    )
 
 
 def app_factory() -> FastAPI:

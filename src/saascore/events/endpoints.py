@@ -4,6 +4,7 @@ document's `webhooks`."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import uuid
 from datetime import datetime
@@ -335,6 +336,13 @@ def _envelope(name: str, payload: type[EventPayload]) -> type[BaseModel]:
 def document_webhooks(app: FastAPI) -> None:
     """List every public event type (and `webhook.test`) in the OpenAPI document's `webhooks`
     (OpenAPI 3.1), the body each one POSTs and the headers it is signed with."""
+    app.webhooks.include_router(_webhook_receivers())
+
+
+@functools.cache
+def _webhook_receivers() -> APIRouter:
+    """The documented receivers, built once per process (a model per event type)."""
+    receivers = APIRouter()
     signed = (
         "Signed per Standard Webhooks: verify `webhook-signature` over `webhook-id`, "
         "`webhook-timestamp` and the raw body with the endpoint's secret "
@@ -358,7 +366,7 @@ def document_webhooks(app: FastAPI) -> None:
             ],
             return_annotation=None,
         )
-        app.webhooks.add_api_route(
+        receivers.add_api_route(
             name,
             receive,
             methods=["POST"],
@@ -370,3 +378,4 @@ def document_webhooks(app: FastAPI) -> None:
             status_code=status.HTTP_200_OK,
             responses={200: {"description": "Received (any 2xx)"}},
         )
+    return receivers
