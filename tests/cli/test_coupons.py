@@ -106,6 +106,9 @@ def test_packs(org_cli: Cli) -> None:
     assert [(p["code"], p["credits"], p["currency"]) for p in listed] == [
         ("credits-1k", 1000, "USD")
     ]
+    table = cli("packs", "list").ok().stdout
+    assert "yes" in table.split()  # active
+    assert "True" not in table
     assert cli("packs", "create", "credits-1k", "--credits", "1", "--price", "1").returncode == 1
     assert cli("packs", "create", "x", "--credits", "0", "--price", "1").returncode == 2
     assert cli("packs", "create", "x", "--credits", "1", "--price", "abc").returncode == 2

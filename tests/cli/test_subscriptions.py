@@ -49,6 +49,9 @@ def test_create_change_cancel_resume_show(org_cli: Cli) -> None:
     cli("subscriptions", "cancel", "acme", "--at", "2024-04-17T00:00:00Z").ok()
     row = json.loads(cli("subscriptions", "show", "acme", "--json").ok().stdout)
     assert (row["plan"], row["cancel_at_period_end"]) == ("pro", True)
+    canceling = cli("subscriptions", "show", "acme").ok().stdout
+    assert "yes" in canceling.split()  # "cancels": yes or no, as every table says it
+    assert "True" not in canceling
     cli("subscriptions", "resume", "acme", "--at", "2024-04-18T00:00:00Z").ok()
     table = cli("subscriptions", "show", "acme").ok().stdout
     assert "pro" in table

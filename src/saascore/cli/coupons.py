@@ -59,7 +59,7 @@ COLUMNS: list[Column[Coupon]] = [
         text=lambda value: "-" if value is None else str(value),
     ),
     Column("expires_at", lambda c: c.expires_at, header="expires"),
-    Column("active", lambda c: c.active, text=str),
+    Column("active", lambda c: c.active),
 ]
 
 

@@ -36,7 +36,7 @@ COLUMNS: list[Column[CreditPack]] = [
         in_json=False,
     ),
     Column("currency", lambda p: p.currency),
-    Column("active", lambda p: p.active, text=str),
+    Column("active", lambda p: p.active),
     Column("stripe_price_id", lambda p: p.stripe_price_id, in_table=False),
     Column("lemon_squeezy_variant_id", lambda p: p.lemon_squeezy_variant_id, in_table=False),
 ]

@@ -54,7 +54,7 @@ COLUMNS: list[Column[Subscription]] = [
     Column("current_period_start", lambda s: s.current_period_start, header="from", text=_time),
     Column("current_period_end", lambda s: s.current_period_end, header="to", text=_time),
     Column("trial_end", lambda s: s.trial_end, header="trial ends", text=_time),
-    Column("cancel_at_period_end", lambda s: s.cancel_at_period_end, header="cancels", text=str),
+    Column("cancel_at_period_end", lambda s: s.cancel_at_period_end, header="cancels"),
     Column("ends_at", lambda s: s.ends_at, header="ends", text=_time),
     Column(
         "scheduled_plan",
