@@ -42,7 +42,7 @@ URL = os.environ.get("SAASCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 BACKEND = os.environ.get("BENCH_DATABASE", "postgresql")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "32"))
 DOCS = int(os.environ.get("BENCH_DOCS", "4000"))
-ORGS = int(os.environ.get("BENCH_DOC_ORGS", "4"))
+ORGS = int(os.environ.get("BENCH_DOC_ORGS", "32"))
 SIZE = 1_000
 SCHEMA = "bench_workspace"
 

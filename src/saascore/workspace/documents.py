@@ -34,6 +34,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from saascore.audit.service import AuditService, audited_bus
 from saascore.events.bus import EventBus
@@ -48,6 +49,7 @@ from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_json, checked_text
 from saascore.metering.accounts import usage_account
+from saascore.metering.gauge import RESOLVED_CAP, storage_change
 from saascore.metering.service import UsageService
 from saascore.models import Document, DocumentStatus, Folder, Organization, UsageLimits
 from saascore.workspace.errors import (
@@ -331,7 +333,7 @@ class DocumentService:
             if folder_id is not None:
                 await self._folder(s, org_id, folder_id)
             now = self.clock()
-            document = await s.scalar(
+            row = (
                 insert(s, Document)
                 .values(
                     id=new_id(),
@@ -350,24 +352,24 @@ class DocumentService:
                     updated_at=now,
                 )
                 .on_conflict_do_nothing()
-                .returning(Document),
-                execution_options={"populate_existing": True},
             )
+            document, counted = await self._insert_counted(s, org_id, row, size_bytes)
             if document is None:  # the same content is there already (or just won a race)
                 found = await self._same_content(s, org_id, folder_id, file_hash)
                 assert found is not None
                 return Registered(found, created=False)
-            try:
-                await self.usage.update_storage_used(org_id, size_bytes, session=s)
-            except DomainError:  # over the limit: leave a caller's session as it was
-                await s.execute(
-                    sa.delete(Document).where(
-                        Document.organization_id == org_id, Document.id == document.id
-                    ),
-                    execution_options={"synchronize_session": False},
-                )
-                s.expunge(document)
-                raise
+            if not counted:
+                try:
+                    await self.usage.update_storage_used(org_id, size_bytes, session=s)
+                except DomainError:  # over the limit: leave a caller's session as it was
+                    await s.execute(
+                        sa.delete(Document).where(
+                            Document.organization_id == org_id, Document.id == document.id
+                        ),
+                        execution_options={"synchronize_session": False},
+                    )
+                    s.expunge(document)
+                    raise
             await self.events.emit(
                 s,
                 org_id,
@@ -552,6 +554,38 @@ class DocumentService:
             Document.organization_id == org_id, where, Document.file_hash == file_hash
         )
         return (await s.scalars(query)).one_or_none()
+
+    async def _insert_counted(
+        self, s: AsyncSession, org_id: uuid.UUID, row: Any, size_bytes: int
+    ) -> tuple[Document | None, bool]:
+        """The document `row` (an INSERT ... ON CONFLICT DO NOTHING) made, None if the same
+        content is there already; and whether its size is already on the gauge.
+
+        On PostgreSQL one statement does both: the insert, then the gauge's conditional UPDATE
+        (`storage_change`, only if the insert made a row; false if it matched nothing, and
+        `UsageService.update_storage_used` then says why). The gauge's row is locked last.
+        Elsewhere the insert alone: the caller adds the size."""
+        if s.get_bind().dialect.name != "postgresql":
+            document = await s.scalar(
+                row.returning(Document), execution_options={"populate_existing": True}
+            )
+            return document, False
+        added = row.returning(*Document.__table__.c).cte("added")
+        counted = (
+            storage_change(org_id, size_bytes, self.usage.clock(), RESOLVED_CAP)
+            .where(sa.exists(sa.select(added.c.id)))
+            .cte("counted")
+        )
+        found = (
+            await s.execute(
+                sa.select(aliased(Document, added), counted.c.storage_used_bytes).outerjoin(
+                    counted, sa.true()
+                )
+            )
+        ).one_or_none()
+        if found is None:
+            return None, False
+        return found[0], found[1] is not None
 
     async def _checked_parent(
         self,
