@@ -2,12 +2,15 @@
 
 A document is metadata: the bytes live in object storage at its `storage_uri`. Registering
 one adds its size to metering's gauge (`usage_limits.storage_used_bytes`) in the same
-transaction as its row, through `UsageService.update_storage_used`: one conditional UPDATE
-that refuses to pass a hard limit, so racing registrations never exceed it together. The row
-goes first (`INSERT ... ON CONFLICT DO NOTHING` on a unique index of the content hash in its
+transaction as its row, by metering's conditional UPDATE (`gauge.storage_change`), which
+refuses to pass a hard limit, so racing registrations never exceed it together. The row goes
+first (`INSERT ... ON CONFLICT DO NOTHING` on a unique index of the content hash in its
 folder: identical content is answered with the document already there, and of two racing
 registrations of it one inserts and the other waits and finds it), the gauge second, just
-before the events: the organisation's gauge row stays locked for the shortest time. A
+before the events: the organisation's gauge row stays locked for the shortest time. On
+PostgreSQL both are one statement and one round trip (the UPDATE runs only if the INSERT made
+a row, and resolves the limit itself); when it does not count the size,
+`UsageService.update_storage_used` tries again and says why (and is what SQLite runs). A
 refusal removes the row again, so a caller's session is left as it was. Deleting subtracts
 what the row says it added, taken from the deleted row itself (`DELETE ... RETURNING`), so
 two racing deletions free the bytes once.
