@@ -25,7 +25,7 @@ from saascore.metering.limits import resolution_sql
 from saascore.metering.values import BIGINT_MAX, STORAGE
 from saascore.models import UsageLimits
 
-__all__ = ["RESOLVED_CAP", "storage_change"]
+__all__ = ["RESOLVED_CAP", "storage_change", "storage_increment"]
 
 #: The row the UPDATE changes, by the name `resolution_sql` reads the overrides from.
 _ROW: Final = cast(sa.Alias, UsageLimits.__table__.alias("ul"))
@@ -50,21 +50,34 @@ def storage_change(
 ) -> sa.Update:
     """The conditional UPDATE of the organisation's gauge by `delta_bytes` (at most a BIGINT
     either way), returning the new total. `cap` bounds an increment: `RESOLVED_CAP`
-    (PostgreSQL), or the hard limit the caller read (None: none)."""
-    used = _ROW.c.storage_used_bytes
-    bound: sa.ColumnElement[Any] | int
+    (PostgreSQL), or the hard limit the caller read (None: none); a change of nothing passes
+    whatever the limit."""
     if delta_bytes < 0:
-        fits = used >= -delta_bytes
+        used = _ROW.c.storage_used_bytes
+        return _update(org_id, used >= -delta_bytes, delta_bytes, now)
+    return storage_increment(org_id, delta_bytes, now, cap if delta_bytes else None)
+
+
+def storage_increment(
+    org_id: Any, delta_bytes: Any, now: Any, cap: sa.ColumnElement[Any] | int | None
+) -> sa.Update:
+    """`storage_change` of a `delta_bytes` >= 0 whose values may be bind parameters (for a
+    statement built once): it always compares with `cap`, so a change of nothing over the limit
+    matches nothing (and `storage_change` then lets it pass)."""
+    # Compared as `used <= cap - delta`, which cannot pass a BIGINT itself.
+    most = sa.literal(BIGINT_MAX, sa.BigInteger())
+    bound: sa.ColumnElement[Any] | int
+    if cap is None:
+        bound = most
+    elif isinstance(cap, int):
+        bound = cap
     else:
-        # Compared as `used <= cap - delta`, which cannot pass a BIGINT itself; a change of
-        # nothing passes whatever the limit.
-        if delta_bytes == 0 or cap is None:
-            bound = sa.literal(BIGINT_MAX, sa.BigInteger())
-        elif isinstance(cap, int):
-            bound = cap
-        else:
-            bound = sa.func.coalesce(cap, sa.literal(BIGINT_MAX, sa.BigInteger()))
-        fits = used <= bound - delta_bytes
+        bound = sa.func.coalesce(cap, most)
+    return _update(org_id, _ROW.c.storage_used_bytes <= bound - delta_bytes, delta_bytes, now)
+
+
+def _update(org_id: Any, fits: sa.ColumnElement[bool], delta_bytes: Any, now: Any) -> sa.Update:
+    used = _ROW.c.storage_used_bytes
     return (
         sa.update(_ROW)
         .where(_ROW.c.organization_id == org_id, fits)

@@ -28,13 +28,15 @@ then finds its folder gone.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -52,7 +54,7 @@ from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_json, checked_text
 from saascore.metering.accounts import usage_account
-from saascore.metering.gauge import RESOLVED_CAP, storage_change
+from saascore.metering.gauge import RESOLVED_CAP, storage_increment
 from saascore.metering.service import UsageService
 from saascore.models import Document, DocumentStatus, Folder, Organization, UsageLimits
 from saascore.workspace.errors import (
@@ -75,6 +77,28 @@ _HEX: Final = frozenset("0123456789abcdef")
 #: How deep folders may nest: deep enough for any tree a person keeps, and a bound on the
 #: walks up a tree.
 MAX_DEPTH: Final = 64
+#: What the bind parameters of `_registration` are named by: a column's name after it (a
+#: parameter named as a column would be set by the UPDATE too).
+_BIND: Final = "new_"
+#: The columns a registration sets (the others keep their defaults: NULL).
+_INSERTED: Final = frozenset(
+    (
+        "organization_id",
+        "id",
+        "folder_id",
+        "filename",
+        "original_filename",
+        "content_type",
+        "size_bytes",
+        "file_hash",
+        "storage_uri",
+        "status",
+        "uploaded_by",
+        "metadata",
+        "created_at",
+        "updated_at",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -336,27 +360,23 @@ class DocumentService:
             if folder_id is not None:
                 await self._folder(s, org_id, folder_id)
             now = self.clock()
-            row = (
-                insert(s, Document)
-                .values(
-                    id=new_id(),
-                    organization_id=org_id,
-                    folder_id=folder_id,
-                    filename=filename,
-                    original_filename=original_filename,
-                    content_type=content_type,
-                    size_bytes=size_bytes,
-                    file_hash=file_hash,
-                    storage_uri=storage_uri,
-                    status=DocumentStatus.UPLOADED,
-                    uploaded_by=uploaded_by,
-                    metadata=metadata or {},
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
-            )
-            document, counted = await self._insert_counted(s, org_id, row, size_bytes)
+            values = {
+                "organization_id": org_id,
+                "id": new_id(),
+                "folder_id": folder_id,
+                "filename": filename,
+                "original_filename": original_filename,
+                "content_type": content_type,
+                "size_bytes": size_bytes,
+                "file_hash": file_hash,
+                "storage_uri": storage_uri,
+                "status": DocumentStatus.UPLOADED,
+                "uploaded_by": uploaded_by,
+                "metadata": metadata or {},
+                "created_at": now,
+                "updated_at": now,
+            }
+            document, counted = await _insert_counted(s, values)
             if document is None:  # the same content is there already (or just won a race)
                 found = await self._same_content(s, org_id, folder_id, file_hash)
                 assert found is not None
@@ -558,38 +578,6 @@ class DocumentService:
         )
         return (await s.scalars(query)).one_or_none()
 
-    async def _insert_counted(
-        self, s: AsyncSession, org_id: uuid.UUID, row: Any, size_bytes: int
-    ) -> tuple[Document | None, bool]:
-        """The document `row` (an INSERT ... ON CONFLICT DO NOTHING) made, None if the same
-        content is there already; and whether its size is already on the gauge.
-
-        On PostgreSQL one statement does both: the insert, then the gauge's conditional UPDATE
-        (`storage_change`, only if the insert made a row; false if it matched nothing, and
-        `UsageService.update_storage_used` then says why). The gauge's row is locked last.
-        Elsewhere the insert alone: the caller adds the size."""
-        if s.get_bind().dialect.name != "postgresql":
-            document = await s.scalar(
-                row.returning(Document), execution_options={"populate_existing": True}
-            )
-            return document, False
-        added = row.returning(*Document.__table__.c).cte("added")
-        counted = (
-            storage_change(org_id, size_bytes, self.usage.clock(), RESOLVED_CAP)
-            .where(sa.exists(sa.select(added.c.id)))
-            .cte("counted")
-        )
-        found = (
-            await s.execute(
-                sa.select(aliased(Document, added), counted.c.storage_used_bytes).outerjoin(
-                    counted, sa.true()
-                )
-            )
-        ).one_or_none()
-        if found is None:
-            return None, False
-        return found[0], found[1] is not None
-
     async def _checked_parent(
         self,
         s: AsyncSession,
@@ -703,6 +691,61 @@ class DocumentService:
                 target_id=document_id,
             )
         return sizes
+
+
+async def _insert_counted(s: AsyncSession, values: dict[str, Any]) -> tuple[Document | None, bool]:
+    """The document inserted with `values` (None if the same content is there already), and
+    whether its size is on the gauge already (false: the caller adds it).
+
+    On PostgreSQL one statement does both (`_registration`); elsewhere the insert alone."""
+    if s.get_bind().dialect.name != "postgresql":
+        document = await s.scalar(
+            insert(s, Document).values(values).on_conflict_do_nothing().returning(Document),
+            execution_options={"populate_existing": True},
+        )
+        return document, False
+    bound = {_BIND + name: value for name, value in values.items()}
+    found = (await s.execute(_registration(), bound)).one_or_none()
+    if found is None:
+        return None, False
+    return found[0], found[1] is not None
+
+
+@functools.cache
+def _registration() -> sa.Select[Any]:
+    """PostgreSQL's registration in one statement and one round trip: the document's
+    `INSERT ... ON CONFLICT DO NOTHING`, then the gauge's conditional UPDATE by its size, only
+    if the insert made a row (`storage_increment`, the limit resolved inside it). Returns the
+    document and the new total (NULL: not counted: over the limit, a BIGINT passed, or no
+    `usage_limits` row yet; `UsageService.update_storage_used` then says which), or no row for
+    content already there. The gauge's row is the last thing locked.
+
+    Built once, its values bound per call (the columns of the INSERT, by name after `_BIND`):
+    building it costs more than running it."""
+    table = cast(sa.Table, Document.__table__)
+    columns = [column for column in table.c if column.name in _INSERTED]
+    added = (
+        postgresql.insert(table)
+        .values(
+            {column: sa.bindparam(_BIND + column.name, type_=column.type) for column in columns}
+        )
+        .on_conflict_do_nothing()
+        .returning(*table.c)
+        .cte("added")
+    )
+    counted = (
+        storage_increment(
+            sa.bindparam(_BIND + "organization_id"),
+            sa.bindparam(_BIND + "size_bytes"),
+            sa.bindparam(_BIND + "updated_at"),
+            RESOLVED_CAP,
+        )
+        .where(sa.exists(sa.select(added.c.id)))
+        .cte("counted")
+    )
+    return sa.select(aliased(Document, added), counted.c.storage_used_bytes).outerjoin(
+        counted, sa.true()
+    )
 
 
 def _parent_path(folder: Folder) -> str:
