@@ -62,8 +62,8 @@ def storage_increment(
     org_id: Any, delta_bytes: Any, now: Any, cap: sa.ColumnElement[Any] | int | None
 ) -> sa.Update:
     """`storage_change` of a `delta_bytes` >= 0 whose values may be bind parameters (for a
-    statement built once): it always compares with `cap`, so a change of nothing over the limit
-    matches nothing (and `storage_change` then lets it pass)."""
+    statement built once). It always compares with `cap`: a change of nothing over the limit
+    matches nothing here, and the `storage_change` its caller then runs lets it pass."""
     # Compared as `used <= cap - delta`, which cannot pass a BIGINT itself.
     most = sa.literal(BIGINT_MAX, sa.BigInteger())
     bound: sa.ColumnElement[Any] | int
