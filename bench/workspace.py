@@ -1,9 +1,12 @@
 """The AI workspace, each part beside its reference in the same run.
 
 Part "documents": document registrations per second at concurrency BENCH_WORKERS (default
-32) against a storage limit, on BENCH_DOC_ORGS organisations (default 4; workers take them in
-turn), BENCH_DOCS registrations in all (default 4,000, 1,000 bytes each; the limit lets 95 %
-of them in, so the last ones are refused):
+32) against a storage limit, on BENCH_DOC_ORGS organisations (default 32; workers take them
+in turn), BENCH_DOCS registrations in all (default 4,000, 1,000 bytes each; the limit lets
+95 % of them in, so the last ones are refused). It was 4 organisations: then the few rows
+each organisation's registrations queue on (its storage gauge, its audit chain head) were the
+whole story, 8 workers waiting on each, and registrations hit statement timeouts; with 32,
+what is measured is the work of one registration.
 
   (a) `DocumentService.register`: the conditional gauge update, the document row, its
       `document.created` event with its audit entry and outbox row, one transaction each;
@@ -42,7 +45,7 @@ URL = os.environ.get("SAASCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 BACKEND = os.environ.get("BENCH_DATABASE", "postgresql")
 WORKERS = int(os.environ.get("BENCH_WORKERS", "32"))
 DOCS = int(os.environ.get("BENCH_DOCS", "4000"))
-ORGS = int(os.environ.get("BENCH_DOC_ORGS", "4"))
+ORGS = int(os.environ.get("BENCH_DOC_ORGS", "32"))
 SIZE = 1_000
 SCHEMA = "bench_workspace"
 

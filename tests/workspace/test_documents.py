@@ -24,7 +24,7 @@ from saascore.workspace.errors import (
     FolderNameTaken,
     FolderNotEmpty,
 )
-from tests.factories import create_organization, create_plan
+from tests.factories import create_organization, create_organization_row, create_plan
 
 WORKERS = 32
 
@@ -150,6 +150,23 @@ class TestDocuments:
                 await register(documents, org_id, 41, session=session)
             assert len(await documents.list_documents(org_id, session=session)) == 1
         assert await gauge(scratch, org_id) == (60, 60)
+
+    async def test_an_empty_file_passes_a_limit_already_passed(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, storage_bytes=100)
+        documents = DocumentService(scratch)
+        await register(documents, org_id, 80)
+        await UsageService(scratch).set_limit(org_id, "storage_bytes", 50)
+        assert (await register(documents, org_id, 0)).created
+        with pytest.raises(LimitExceeded):
+            await register(documents, org_id, 1)
+        assert await gauge(scratch, org_id) == (80, 80)
+
+    async def test_an_organisation_without_a_usage_limits_row(self, scratch: Database) -> None:
+        async with scratch.transaction() as session:
+            org_id, _ = await create_organization_row(session)
+        documents = DocumentService(scratch)
+        assert (await register(documents, org_id, 10)).created
+        assert await gauge(scratch, org_id) == (10, 10)
 
     @pytest.mark.parametrize("digest", ["", "g" * 64, "a" * 63, "a" * 65])
     async def test_a_bad_hash_is_refused(self, scratch: Database, digest: str) -> None:

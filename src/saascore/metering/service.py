@@ -64,6 +64,7 @@ from saascore.metering.decision import (
     place,
 )
 from saascore.metering.errors import LimitExceeded, StorageUnderflow, UnknownMetric
+from saascore.metering.gauge import RESOLVED_CAP, storage_change
 from saascore.metering.group import GroupCommit
 from saascore.metering.limits import Limit, clear_override, read_limit, set_override, unlimited
 from saascore.metering.postgres import PostgresStore, answer, run_record
@@ -862,43 +863,41 @@ class UsageService:
 
         A decrement below zero is refused (`InvalidInput`, code `storage_underflow`), and so is
         an increment past a hard storage limit (`LimitExceeded`); neither changes anything.
+        It is one conditional UPDATE (`gauge.storage_change`, the limit resolved inside it on
+        PostgreSQL); only when that changes nothing is the gauge read, to say why.
         """
         now = self.clock()
         if abs(delta_bytes) > BIGINT_MAX:
             raise overflow(STORAGE, "the change")
         async with self.database.scope(session) as s:
-            limit = await self.limit(org_id, STORAGE, session=s)
-            account = await usage_account(s, org_id, lock=False)
-            # Compared so that the comparison itself cannot pass a BIGINT.
-            fits = (
-                UsageLimits.storage_used_bytes >= -delta_bytes
-                if delta_bytes < 0
-                else UsageLimits.storage_used_bytes <= BIGINT_MAX - delta_bytes
-            )
-            statement = (
-                sa.update(UsageLimits)
-                .where(UsageLimits.organization_id == account.organization_id, fits)
-                .values(
-                    storage_used_bytes=UsageLimits.storage_used_bytes + delta_bytes, updated_at=now
-                )
-                .returning(UsageLimits.storage_used_bytes)
-            )
-            if delta_bytes > 0 and limit.cap is not None:
-                statement = statement.where(
-                    UsageLimits.storage_used_bytes <= limit.cap - delta_bytes
-                )
-            total = (
-                await s.execute(statement, execution_options={"synchronize_session": False})
-            ).scalar_one_or_none()
+            limit: Limit | None = None
+            cap: sa.ColumnElement[Any] | int | None = RESOLVED_CAP
+            if s.get_bind().dialect.name != "postgresql":
+                limit = await self.limit(org_id, STORAGE, session=s)
+                cap = limit.cap
+            change = storage_change(org_id, delta_bytes, now, cap)
+            total = await s.scalar(change)
             if total is not None:
                 return int(total)
-            used = await self._storage_used(s, org_id)
+            used = await s.scalar(
+                sa.select(UsageLimits.storage_used_bytes).where(
+                    UsageLimits.organization_id == org_id
+                )
+            )
+            if used is None:  # an organisation made without OrganizationService: no row yet
+                await usage_account(s, org_id, lock=False)
+                total = await s.scalar(change)
+                if total is not None:
+                    return int(total)
+                used = 0
             if delta_bytes < 0:
                 raise StorageUnderflow(
                     f"cannot free {-delta_bytes} bytes: only {used} are in use",
                     used_bytes=used,
                     delta_bytes=delta_bytes,
                 )
+            if limit is None:
+                limit = await self.limit(org_id, STORAGE, session=s)
             if limit.cap is None or used + delta_bytes > BIGINT_MAX:  # (else the limit)
                 raise overflow(STORAGE, "the storage used")
             metrics.USAGE_REFUSED.labels(STORAGE).inc()

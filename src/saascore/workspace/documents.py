@@ -2,12 +2,15 @@
 
 A document is metadata: the bytes live in object storage at its `storage_uri`. Registering
 one adds its size to metering's gauge (`usage_limits.storage_used_bytes`) in the same
-transaction as its row, through `UsageService.update_storage_used`: one conditional UPDATE
-that refuses to pass a hard limit, so racing registrations never exceed it together. The row
-goes first (`INSERT ... ON CONFLICT DO NOTHING` on a unique index of the content hash in its
+transaction as its row, by metering's conditional UPDATE (`gauge.storage_change`), which
+refuses to pass a hard limit, so racing registrations never exceed it together. The row goes
+first (`INSERT ... ON CONFLICT DO NOTHING` on a unique index of the content hash in its
 folder: identical content is answered with the document already there, and of two racing
 registrations of it one inserts and the other waits and finds it), the gauge second, just
-before the events: the organisation's gauge row stays locked for the shortest time. A
+before the events: the organisation's gauge row stays locked for the shortest time. On
+PostgreSQL both are one statement and one round trip (the UPDATE runs only if the INSERT made
+a row, and resolves the limit itself); when it does not count the size,
+`UsageService.update_storage_used` tries again and says why (and is what SQLite runs). A
 refusal removes the row again, so a caller's session is left as it was. Deleting subtracts
 what the row says it added, taken from the deleted row itself (`DELETE ... RETURNING`), so
 two racing deletions free the bytes once.
@@ -25,15 +28,18 @@ then finds its folder gone.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from saascore.audit.service import AuditService, audited_bus
 from saascore.events.bus import EventBus
@@ -48,6 +54,7 @@ from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_json, checked_text
 from saascore.metering.accounts import usage_account
+from saascore.metering.gauge import RESOLVED_CAP, storage_increment
 from saascore.metering.service import UsageService
 from saascore.models import Document, DocumentStatus, Folder, Organization, UsageLimits
 from saascore.workspace.errors import (
@@ -70,6 +77,28 @@ _HEX: Final = frozenset("0123456789abcdef")
 #: How deep folders may nest: deep enough for any tree a person keeps, and a bound on the
 #: walks up a tree.
 MAX_DEPTH: Final = 64
+#: What the bind parameters of `_registration` are named by: a column's name after it (a
+#: parameter named as a column would be set by the UPDATE too).
+_BIND: Final = "new_"
+#: The columns a registration sets (the others keep their defaults: NULL).
+_INSERTED: Final = frozenset(
+    (
+        "organization_id",
+        "id",
+        "folder_id",
+        "filename",
+        "original_filename",
+        "content_type",
+        "size_bytes",
+        "file_hash",
+        "storage_uri",
+        "status",
+        "uploaded_by",
+        "metadata",
+        "created_at",
+        "updated_at",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -331,43 +360,39 @@ class DocumentService:
             if folder_id is not None:
                 await self._folder(s, org_id, folder_id)
             now = self.clock()
-            document = await s.scalar(
-                insert(s, Document)
-                .values(
-                    id=new_id(),
-                    organization_id=org_id,
-                    folder_id=folder_id,
-                    filename=filename,
-                    original_filename=original_filename,
-                    content_type=content_type,
-                    size_bytes=size_bytes,
-                    file_hash=file_hash,
-                    storage_uri=storage_uri,
-                    status=DocumentStatus.UPLOADED,
-                    uploaded_by=uploaded_by,
-                    metadata=metadata or {},
-                    created_at=now,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing()
-                .returning(Document),
-                execution_options={"populate_existing": True},
-            )
+            values = {
+                "organization_id": org_id,
+                "id": new_id(),
+                "folder_id": folder_id,
+                "filename": filename,
+                "original_filename": original_filename,
+                "content_type": content_type,
+                "size_bytes": size_bytes,
+                "file_hash": file_hash,
+                "storage_uri": storage_uri,
+                "status": DocumentStatus.UPLOADED,
+                "uploaded_by": uploaded_by,
+                "metadata": metadata or {},
+                "created_at": now,
+                "updated_at": now,
+            }
+            document, counted = await _insert_counted(s, values)
             if document is None:  # the same content is there already (or just won a race)
                 found = await self._same_content(s, org_id, folder_id, file_hash)
                 assert found is not None
                 return Registered(found, created=False)
-            try:
-                await self.usage.update_storage_used(org_id, size_bytes, session=s)
-            except DomainError:  # over the limit: leave a caller's session as it was
-                await s.execute(
-                    sa.delete(Document).where(
-                        Document.organization_id == org_id, Document.id == document.id
-                    ),
-                    execution_options={"synchronize_session": False},
-                )
-                s.expunge(document)
-                raise
+            if not counted:
+                try:
+                    await self.usage.update_storage_used(org_id, size_bytes, session=s)
+                except DomainError:  # over the limit: leave a caller's session as it was
+                    await s.execute(
+                        sa.delete(Document).where(
+                            Document.organization_id == org_id, Document.id == document.id
+                        ),
+                        execution_options={"synchronize_session": False},
+                    )
+                    s.expunge(document)
+                    raise
             await self.events.emit(
                 s,
                 org_id,
@@ -666,6 +691,61 @@ class DocumentService:
                 target_id=document_id,
             )
         return sizes
+
+
+async def _insert_counted(s: AsyncSession, values: dict[str, Any]) -> tuple[Document | None, bool]:
+    """The document inserted with `values` (None if the same content is there already), and
+    whether its size is on the gauge already (false: the caller adds it).
+
+    On PostgreSQL one statement does both (`_registration`); elsewhere the insert alone."""
+    if s.get_bind().dialect.name != "postgresql":
+        document = await s.scalar(
+            insert(s, Document).values(values).on_conflict_do_nothing().returning(Document),
+            execution_options={"populate_existing": True},
+        )
+        return document, False
+    bound = {_BIND + name: value for name, value in values.items()}
+    found = (await s.execute(_registration(), bound)).one_or_none()
+    if found is None:
+        return None, False
+    return found[0], found[1] is not None
+
+
+@functools.cache
+def _registration() -> sa.Select[Any]:
+    """PostgreSQL's registration in one statement and one round trip: the document's
+    `INSERT ... ON CONFLICT DO NOTHING`, then the gauge's conditional UPDATE by its size, only
+    if the insert made a row (`storage_increment`, the limit resolved inside it). Returns the
+    document and the new total (NULL: not counted: over the limit, a BIGINT passed, or no
+    `usage_limits` row yet; `UsageService.update_storage_used` then says which), or no row for
+    content already there. The gauge's row is the last thing locked.
+
+    Built once, its values bound per call (the columns of the INSERT, by name after `_BIND`):
+    building it costs more than running it."""
+    table = cast(sa.Table, Document.__table__)
+    columns = [column for column in table.c if column.name in _INSERTED]
+    added = (
+        postgresql.insert(table)
+        .values(
+            {column: sa.bindparam(_BIND + column.name, type_=column.type) for column in columns}
+        )
+        .on_conflict_do_nothing()
+        .returning(*table.c)
+        .cte("added")
+    )
+    counted = (
+        storage_increment(
+            sa.bindparam(_BIND + "organization_id"),
+            sa.bindparam(_BIND + "size_bytes"),
+            sa.bindparam(_BIND + "updated_at"),
+            RESOLVED_CAP,
+        )
+        .where(sa.exists(sa.select(added.c.id)))
+        .cte("counted")
+    )
+    return sa.select(aliased(Document, added), counted.c.storage_used_bytes).outerjoin(
+        counted, sa.true()
+    )
 
 
 def _parent_path(folder: Folder) -> str:
