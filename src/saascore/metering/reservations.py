@@ -5,10 +5,13 @@ a hard limit however many reservations and records race; the counter row is the 
 records. It moves from `held` to exactly one of `settled`, `released` or `expired` by one
 conditional UPDATE (`_claim`), so a settle, a release and a sweep racing for it cannot both
 win. A held reservation past its time stops holding quota: it is swept (expired, its quantity
-given back) on the next access to it, by `sweep`, or by a batch refused on its counter
-(`batch`). Held quota counts towards the 80 %/100 % thresholds like used quota.
+given back) on the next access to it, by `sweep`, by a reservation of its metric made here (in
+a session), or by a batch, a record, a hold or a settlement refused on its counter. Held quota
+counts towards the 80 %/100 % thresholds like used quota.
 
-Everything here runs in the session it is given; `UsageService` opens it and ends it.
+Everything here runs in the session it is given; `UsageService` opens it and ends it. Without
+a caller's session on PostgreSQL, `UsageService` reserves and settles in one statement each
+instead (`postgres.RESERVE`, `postgres.SETTLE`), with the same outcomes.
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ Counters are keyed by period, so a new month (or day) starts at zero without a r
 
 Which path a record takes: one event on PostgreSQL without a session is one statement
 (`postgres.RECORD`), or joins group commit; `record_many`, group commit's batches, a `max`
-meter, SQLite and calls in a caller's session take the batch engine.
+meter, SQLite and calls in a caller's session take the batch engine. Likewise, `reserve` and
+`settle` without a session on PostgreSQL are one statement each (`postgres.RESERVE`,
+`postgres.SETTLE`); otherwise `reservations` does the work in the session.
 """
 
 from __future__ import annotations
@@ -132,6 +134,9 @@ DEADLOCK_RETRIES = 5
 
 #: Refusals told that a process remembers (past it, it forgets and the outbox decides).
 _TOLD_MAX = 10_000
+#: Reservations a process remembers having made (past it, the oldest are forgotten: settling
+#: one then reads it first).
+_MADE_MAX = 10_000
 
 
 def refusals(items: Sequence[Pending], decision: Decision) -> list[tuple[Pending, LimitExceeded]]:
@@ -186,6 +191,9 @@ class UsageService:
         )
         #: The (organisation, metric, period) whose refusal this process has told.
         self._told: set[tuple[uuid.UUID, str, datetime]] = set()
+        #: The reservations this process made and has not settled or released, by id: their
+        #: columns never change, so settling one needs no read first (`_settle_fast`).
+        self._made: dict[uuid.UUID, UsageReservation] = {}
 
     # --- recording -------------------------------------------------------------------------
     async def record(
@@ -843,7 +851,9 @@ class UsageService:
         if not row["organization_found"]:
             raise NotFound(f"no organisation {org_id}", organization=str(org_id))
         if row["held_id"] is not None:
-            return UsageReservation(
+            if len(self._made) >= _MADE_MAX:
+                del self._made[next(iter(self._made))]  # the oldest, most likely lapsed
+            made = self._made[row["held_id"]] = UsageReservation(
                 organization_id=org_id,
                 id=row["held_id"],
                 metric=meter.code,
@@ -854,6 +864,7 @@ class UsageService:
                 expires_at=now + ttl,
                 created_at=now,
             )
+            return made
         if row["id"] is None:  # a copy committed while the statement waited: ask again
             return await self._reserve_fast(org_id, metric, quantity, ttl, idempotency_key)
         if (row["metric"], row["quantity"]) != (meter.code, quantity):
@@ -913,22 +924,27 @@ class UsageService:
         *,
         swept: bool = False,
     ) -> RecordResult | None:
-        """A settlement on PostgreSQL: the reservation's unchanging columns read, then one
-        statement (`postgres.SETTLE`). None when the reservation is not found held and in
-        time: the general path then says why (and sweeps it if it lapsed)."""
+        """A settlement on PostgreSQL in one statement (`postgres.SETTLE`), after reading the
+        reservation's unchanging columns unless this process made it. None when it is not
+        found held and in time: the general path then says why (and sweeps it if it lapsed)."""
         now = self.clock()
-        async with self.database.driver() as driver:
-            found = await driver.fetchrow(HELD, reservation_id, org_id)
-        if found is None or found["status"] != ReservationStatus.HELD or found["expires_at"] <= now:
+        reservation = self._made.pop(reservation_id, None)
+        if reservation is None or org_id not in (None, reservation.organization_id):
+            async with self.database.driver() as driver:
+                found = await driver.fetchrow(HELD, reservation_id, org_id)
+            if found is None or found["status"] != ReservationStatus.HELD:
+                return None
+            reservation = UsageReservation(
+                organization_id=found["organization_id"],
+                id=reservation_id,
+                metric=found["metric"],
+                period_start=found["period_start"],
+                quantity=found["quantity"],
+                expires_at=found["expires_at"],
+                created_at=found["created_at"],
+            )
+        if reservation.expires_at <= now:
             return None
-        reservation = UsageReservation(
-            organization_id=found["organization_id"],
-            id=reservation_id,
-            metric=found["metric"],
-            period_start=found["period_start"],
-            quantity=found["quantity"],
-            created_at=found["created_at"],
-        )
         meter = await self._cached_meter(reservation.metric)
         item = settlement(reservation, meter, actual_quantity, fields, now)
         extra = actual_quantity - reservation.quantity
@@ -991,6 +1007,7 @@ class UsageService:
         session: AsyncSession | None = None,
     ) -> UsageReservation:
         """Stop holding a reservation's quota without recording usage."""
+        self._made.pop(reservation_id, None)
         async with self.database.scope(session) as s:
             if not await self._reservations.sweep_lapsed(s, reservation_id, org_id):
                 return await self._reservations.release(s, reservation_id, org_id)
