@@ -1827,6 +1827,33 @@ class TestInItsOwnTransaction:
         with pytest.raises(ReservationNotHeld):
             await own.settle(reservation.id, 85)
 
+    async def test_release_gives_the_quota_back_once(
+        self, own: UsageService, scratch: Database, clock: Clock
+    ) -> None:
+        org_id = await committed_org(scratch)
+        await own.set_limit(org_id, "tokens", 100)
+        reservation = await own.reserve(org_id, "tokens", 60, idempotency_key="r")
+        with pytest.raises(ReservationNotFound):
+            await own.release(reservation.id, org_id=uuid.uuid4())
+        clock.advance(seconds=5)
+
+        released = await own.release(reservation.id, org_id=org_id)
+
+        assert (released.id, released.status, released.quantity, released.finished_at) == (
+            reservation.id,
+            ReservationStatus.RELEASED,
+            60,
+            clock.now,
+        )
+        state = await committed_rows(scratch, org_id)
+        assert state.counters == [("tokens", MARCH, 0, 0)]
+        assert state.reservations == [(reservation.id, ReservationStatus.RELEASED, 60)]
+        with pytest.raises(ReservationNotHeld) as info:
+            await own.release(reservation.id)
+        assert info.value.details["status"] == "released"
+        with pytest.raises(ReservationNotHeld):
+            await own.settle(reservation.id, 60)
+
     async def test_a_refused_reservation_sweeps_lapsed_ones_and_holds(
         self, own: UsageService, scratch: Database, clock: Clock
     ) -> None:

@@ -70,6 +70,7 @@ __all__ = [
     "HELD",
     "LIMIT_EXCEEDED_SQLSTATE",
     "RECORD",
+    "RELEASE",
     "RESERVE",
     "SETTLE",
     "PostgresStore",
@@ -449,6 +450,29 @@ HELD = """
 SELECT organization_id, metric, period_start, quantity, created_at, status, expires_at
 FROM usage_reservations
 WHERE id = $1::uuid AND ($2::uuid IS NULL OR organization_id = $2::uuid)
+"""
+
+#: `Reservations.release` on PostgreSQL in one statement (autocommit): the reservation claimed
+#: from held to released (so a racing settle, release or sweep finds it taken), its quantity
+#: given back to its counter. No row: not found held and in time (the caller says why).
+#: $1 the reservation, $2 its organisation (NULL: any), $3 now.
+RELEASE = """
+WITH claimed AS (
+    UPDATE usage_reservations
+    SET status = 'released', finished_at = $3::timestamptz
+    WHERE id = $1::uuid AND ($2::uuid IS NULL OR organization_id = $2::uuid)
+      AND status = 'held' AND expires_at > $3::timestamptz
+    RETURNING organization_id, metric, period_start, quantity, idempotency_key, expires_at,
+        created_at
+),
+freed AS (
+    UPDATE usage_counters c
+    SET reserved = c.reserved - claimed.quantity, updated_at = $3::timestamptz
+    FROM claimed
+    WHERE c.organization_id = claimed.organization_id AND c.metric = claimed.metric
+      AND c.period_start = claimed.period_start
+)
+SELECT claimed.* FROM claimed
 """
 
 # --- a settlement, one statement ----------------------------------------------------------------

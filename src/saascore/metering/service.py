@@ -21,7 +21,8 @@ Which path a record takes: one event on PostgreSQL without a session is one stat
 (`postgres.RECORD`), or joins group commit; `record_many`, group commit's batches, a `max`
 meter, SQLite and calls in a caller's session take the batch engine. Likewise, `reserve` and
 `settle` without a session on PostgreSQL are one statement each (`postgres.RESERVE`,
-`postgres.SETTLE`); otherwise `reservations` does the work in the session.
+`postgres.SETTLE`), and so is `release` (`postgres.RELEASE`); otherwise `reservations` does
+the work in the session.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ from saascore.metering.group import GroupCommit
 from saascore.metering.limits import Limit, clear_override, read_limit, set_override, unlimited
 from saascore.metering.postgres import (
     HELD,
+    RELEASE,
     PostgresStore,
     answer,
     run_record,
@@ -1008,6 +1010,24 @@ class UsageService:
     ) -> UsageReservation:
         """Stop holding a reservation's quota without recording usage."""
         self._made.pop(reservation_id, None)
+        if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
+            now = self.clock()
+            async with self.database.driver() as driver:
+                row = await driver.fetchrow(RELEASE, reservation_id, org_id, now)
+            if row is not None:
+                return UsageReservation(
+                    organization_id=row["organization_id"],
+                    id=reservation_id,
+                    metric=row["metric"],
+                    period_start=row["period_start"],
+                    quantity=row["quantity"],
+                    status=ReservationStatus.RELEASED,
+                    idempotency_key=row["idempotency_key"],
+                    expires_at=row["expires_at"],
+                    created_at=row["created_at"],
+                    finished_at=now,
+                )
+            # Not held and in time: the path below says why (and sweeps it if it lapsed).
         async with self.database.scope(session) as s:
             if not await self._reservations.sweep_lapsed(s, reservation_id, org_id):
                 return await self._reservations.release(s, reservation_id, org_id)
