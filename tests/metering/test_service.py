@@ -34,6 +34,7 @@ from saascore.metering.errors import (
     ReservationNotHeld,
     StorageUnderflow,
     UnknownMetric,
+    UnknownUser,
 )
 from saascore.metering.service import (
     Limit,
@@ -1798,6 +1799,80 @@ class TestInItsOwnTransaction:
         state = await committed_rows(scratch, org_id)
         assert state.counters == [("tokens", MARCH, 100, 0)]
         assert state.reservations == [(reservation.id, ReservationStatus.SETTLED, 60)]
+
+    async def test_a_reservation_is_settled_by_another_process_and_crosses_thresholds(
+        self, own: UsageService, scratch: Database, clock: Clock
+    ) -> None:
+        org_id = await committed_org(scratch)
+        user_id = await committed_user(scratch, org_id)
+        await own.set_limit(org_id, "tokens", 100)
+        reservation = await own.reserve(org_id, "tokens", 50, idempotency_key="r")
+        assert (await own.reserve(org_id, "tokens", 50, idempotency_key="r")).id == reservation.id
+        with pytest.raises(IdempotencyConflict):
+            await own.reserve(org_id, "tokens", 51, idempotency_key="r")
+        other = UsageService(scratch, clock=clock)  # it did not make the reservation
+        with pytest.raises(UnknownUser):
+            await other.settle(reservation.id, 60, user_id=uuid.uuid4())
+        with pytest.raises(ReservationNotFound):
+            await other.settle(reservation.id, 60, org_id=uuid.uuid4())
+
+        result = await other.settle(reservation.id, 85, user_id=user_id, feature="chat")
+
+        assert (result.status, result.used, result.limit) == ("accepted", 85, 100)
+        state = await committed_rows(scratch, org_id)
+        assert state.counters == [("tokens", MARCH, 85, 0)]
+        assert state.alerts == [("tokens", MARCH, 80)]
+        assert state.reservations == [(reservation.id, ReservationStatus.SETTLED, 50)]
+        assert state.events == [(f"reservation:{reservation.id}", "tokens", 85)]
+        with pytest.raises(ReservationNotHeld):
+            await own.settle(reservation.id, 85)
+
+    async def test_release_gives_the_quota_back_once(
+        self, own: UsageService, scratch: Database, clock: Clock
+    ) -> None:
+        org_id = await committed_org(scratch)
+        await own.set_limit(org_id, "tokens", 100)
+        reservation = await own.reserve(org_id, "tokens", 60, idempotency_key="r")
+        with pytest.raises(ReservationNotFound):
+            await own.release(reservation.id, org_id=uuid.uuid4())
+        clock.advance(seconds=5)
+
+        released = await own.release(reservation.id, org_id=org_id)
+
+        assert (released.id, released.status, released.quantity, released.finished_at) == (
+            reservation.id,
+            ReservationStatus.RELEASED,
+            60,
+            clock.now,
+        )
+        state = await committed_rows(scratch, org_id)
+        assert state.counters == [("tokens", MARCH, 0, 0)]
+        assert state.reservations == [(reservation.id, ReservationStatus.RELEASED, 60)]
+        with pytest.raises(ReservationNotHeld) as info:
+            await own.release(reservation.id)
+        assert info.value.details["status"] == "released"
+        with pytest.raises(ReservationNotHeld):
+            await own.settle(reservation.id, 60)
+
+    async def test_a_refused_reservation_sweeps_lapsed_ones_and_holds(
+        self, own: UsageService, scratch: Database, clock: Clock
+    ) -> None:
+        org_id = await committed_org(scratch)
+        await own.set_limit(org_id, "tokens", 100)
+        lapsed = await own.reserve(org_id, "tokens", 70, ttl=timedelta(minutes=1))
+        clock.advance(minutes=2)
+        fresh = await own.reserve(org_id, "tokens", 60)
+        with pytest.raises(LimitExceeded) as info:
+            await own.reserve(org_id, "tokens", 41)
+        assert (info.value.used, info.value.requested) == (60, 41)
+        state = await committed_rows(scratch, org_id)
+        assert state.counters == [("tokens", MARCH, 0, 60)]
+        assert sorted(state.reservations) == sorted(
+            [(lapsed.id, ReservationStatus.EXPIRED, 70), (fresh.id, ReservationStatus.HELD, 60)]
+        )
+        with pytest.raises(ReservationNotHeld) as expired:
+            await own.settle(lapsed.id, 70)
+        assert expired.value.details["status"] == "expired"
 
     async def test_the_facade_serves_the_usage_service(self, scratch: Database) -> None:
         org_id = await committed_org(scratch)

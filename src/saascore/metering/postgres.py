@@ -63,15 +63,21 @@ from saascore.metering.decision import (
     unknown_user,
 )
 from saascore.metering.limits import Limit, LimitRules, resolution_sql
-from saascore.metering.values import RecordResult, UsageEventIn
+from saascore.metering.values import MeterInfo, RecordResult, UsageEventIn
 
 __all__ = [
     "EVENT_KEY",
+    "HELD",
     "LIMIT_EXCEEDED_SQLSTATE",
     "RECORD",
+    "RELEASE",
+    "RESERVE",
+    "SETTLE",
     "PostgresStore",
     "answer",
     "run_record",
+    "run_reserve",
+    "run_settle",
 ]
 
 #: The SQLSTATE `saascore_limit_exceeded()` raises (class SC: saascore).
@@ -316,6 +322,348 @@ def answer(
         limit,
         int(row["cost_micros"]),
     )
+
+
+# --- a reservation, one statement ----------------------------------------------------------------
+# Parameters: $1 org, $2 metric, $3 quantity, $4 period_start, $5 period_end, $6 reservation id,
+# $7 key (NULL: none), $8 expires_at, $9 now, $10 counter id, $11 alert id (80 %),
+# $12 alert id (100 %).
+_RESERVE_VALUE, _RESERVE_HARD = resolution_sql("$2::text")
+#: `Reservations.reserve` on PostgreSQL in one statement and one round trip (autocommit), as
+#: `RECORD` records: the reservation is inserted first, so its key's unique index makes a
+#: concurrent copy wait and then do nothing; the counter's `reserved` grows only if it was
+#: inserted and the hard limit allows, else `saascore_limit_exceeded()` aborts it all. `prev` is
+#: the reservation already under the key (a retry), answered instead.
+RESERVE = f"""
+WITH lim AS (
+    SELECT {_RESERVE_VALUE} AS value, {_RESERVE_HARD} AS hard
+    FROM organizations o
+    JOIN subscription_plans p ON p.id = o.plan_id
+    LEFT JOIN usage_limits ul ON ul.organization_id = o.id
+    LEFT JOIN plan_limits pl ON pl.plan_id = p.id AND pl.metric = $2::text
+    WHERE o.id = $1::uuid
+),
+cap AS (
+    SELECT CASE WHEN hard AND value >= 0 THEN value END AS value,
+        CASE WHEN value >= 0 THEN value END AS shown
+    FROM lim
+),
+prev AS (
+    SELECT id, metric, period_start, quantity, settled_quantity, status, expires_at,
+        created_at, finished_at
+    FROM usage_reservations
+    WHERE organization_id = $1::uuid AND idempotency_key = $7::text
+),
+held AS (
+    INSERT INTO usage_reservations (
+        organization_id, id, metric, period_start, quantity, status, idempotency_key,
+        expires_at, created_at
+    )
+    SELECT $1::uuid, $6::uuid, $2::text, $4::timestamptz, $3::bigint, 'held', $7::text,
+        $8::timestamptz, $9::timestamptz
+    FROM lim
+    ON CONFLICT (organization_id, idempotency_key) DO NOTHING
+    RETURNING id
+),
+counted AS (
+    INSERT INTO usage_counters AS c (
+        organization_id, id, metric, period_start, period_end, used, reserved, updated_at
+    )
+    SELECT $1::uuid, $10::uuid, $2::text, $4::timestamptz, $5::timestamptz, 0, $3::bigint,
+        $9::timestamptz
+    FROM held, cap
+    WHERE cap.value IS NULL OR $3::bigint <= cap.value
+    ON CONFLICT (organization_id, metric, period_start) DO UPDATE
+        SET reserved = c.reserved + excluded.reserved, updated_at = excluded.updated_at
+        WHERE c.used + c.reserved
+            <= coalesce((SELECT value FROM cap), 9223372036854775807) - excluded.reserved
+    RETURNING c.used, c.reserved
+),
+alerted AS (
+    INSERT INTO usage_alerts (
+        organization_id, id, metric, period_start, threshold_percent, limit_value, used,
+        crossed_at
+    )
+    SELECT $1::uuid, t.id, $2::text, $4::timestamptz, t.percent, lim.value,
+        counted.used + counted.reserved, $9::timestamptz
+    FROM counted, lim, (VALUES (80, $11::uuid), (100, $12::uuid)) AS t (percent, id)
+    WHERE lim.value > 0
+      AND counted.used + counted.reserved - $3::bigint < ceil(lim.value * t.percent / 100.0)
+      AND ceil(lim.value * t.percent / 100.0) <= counted.used + counted.reserved
+    ON CONFLICT (organization_id, metric, period_start, threshold_percent) DO NOTHING
+    RETURNING organization_id, id, metric, period_start, threshold_percent, limit_value, used,
+        crossed_at
+),
+{ANNOUNCED}
+SELECT
+    (SELECT count(*) FROM lim) AS organization_found,
+    (SELECT id FROM held) AS held_id,
+    (SELECT used FROM counted) AS used,
+    (SELECT reserved FROM counted) AS reserved,
+    prev.*,
+    (SELECT count(pg_notify('saascore_outbox', '')) FROM announced) AS announced,
+    CASE
+        WHEN EXISTS (SELECT 1 FROM held) AND NOT EXISTS (SELECT 1 FROM counted)
+        THEN saascore_limit_exceeded($2::text, (SELECT shown FROM cap))
+    END AS refused
+FROM (SELECT 1) AS one LEFT JOIN prev ON true
+"""  # noqa: S608
+
+
+async def run_reserve(
+    connection: asyncpg.Connection,
+    org_id: uuid.UUID,
+    meter: MeterInfo,
+    quantity: int,
+    expires_at: datetime,
+    idempotency_key: str | None,
+    now: datetime,
+) -> asyncpg.Record | None:
+    """Run `RESERVE`: its row, or None when the counter refused the hold (a hard limit, or a
+    BIGINT's end; nothing was written)."""
+    period_start, period_end = meter.period(now)
+    try:
+        return await connection.fetchrow(
+            RESERVE,
+            org_id,
+            meter.code,
+            quantity,
+            period_start,
+            period_end,
+            new_id(),
+            idempotency_key,
+            expires_at,
+            now,
+            new_id(),
+            new_id(),
+            new_id(),
+        )
+    except asyncpg.PostgresError as error:
+        if error.sqlstate != LIMIT_EXCEEDED_SQLSTATE:
+            raise
+        return None
+
+
+#: A reservation's columns that never change once it is made, and its state (`SETTLE`'s
+#: caller reads them first). $1 the reservation, $2 its organisation (NULL: any).
+HELD = """
+SELECT organization_id, metric, period_start, quantity, created_at, status, expires_at
+FROM usage_reservations
+WHERE id = $1::uuid AND ($2::uuid IS NULL OR organization_id = $2::uuid)
+"""
+
+#: `Reservations.release` on PostgreSQL in one statement (autocommit): the reservation claimed
+#: from held to released (so a racing settle, release or sweep finds it taken), its quantity
+#: given back to its counter. No row: not found held and in time (the caller says why).
+#: $1 the reservation, $2 its organisation (NULL: any), $3 now.
+RELEASE = """
+WITH claimed AS (
+    UPDATE usage_reservations
+    SET status = 'released', finished_at = $3::timestamptz
+    WHERE id = $1::uuid AND ($2::uuid IS NULL OR organization_id = $2::uuid)
+      AND status = 'held' AND expires_at > $3::timestamptz
+    RETURNING organization_id, metric, period_start, quantity, idempotency_key, expires_at,
+        created_at
+),
+freed AS (
+    UPDATE usage_counters c
+    SET reserved = c.reserved - claimed.quantity, updated_at = $3::timestamptz
+    FROM claimed
+    WHERE c.organization_id = claimed.organization_id AND c.metric = claimed.metric
+      AND c.period_start = claimed.period_start
+)
+SELECT claimed.* FROM claimed
+"""
+
+# --- a settlement, one statement ----------------------------------------------------------------
+# Parameters: $1 org, $2 metric, $3 reservation id, $4 actual quantity, $5 extra (the actual
+# quantity less the reserved one), $6 period_start (the reservation's), $7 event id, $8 key,
+# $9 hash, $10 user_id, $11 subscription_id, $12 feature, $13 model, $14 provider, $15 input,
+# $16 output, $17 cached, $18 credits_used, $19 request_id, $20 batch_id, $21 endpoint,
+# $22 response_time_ms, $23 properties (JSON text), $24 occurred_at, $25 now, $26 day,
+# $27 rollup id, $28 alert id (80 %), $29 alert id (100 %).
+_SETTLE_VALUE, _SETTLE_HARD = resolution_sql("$2::text")
+#: `Reservations.settle` on PostgreSQL in one statement and one round trip (autocommit), for a
+#: reservation whose unchanging columns the caller has read (they give the metric, the period
+#: and `extra`): `claimed` moves it from held to settled (only for a known user), which makes
+#: a racing settle, release or sweep find it taken; `counted` moves its quantity from reserved
+#: to used (past the reservation, only within the hard limit); `ev`, `rolled` and `alerted`
+#: write the usage event keyed by the reservation (priced by `price`, as `RECORD` does), its
+#: day's rollup and the thresholds that quota past the reservation crosses. A counter that
+#: refuses makes `saascore_limit_exceeded()` abort it all: the reservation stays held.
+SETTLE = f"""
+WITH lim AS (
+    SELECT {_SETTLE_VALUE} AS value, {_SETTLE_HARD} AS hard
+    FROM organizations o
+    JOIN subscription_plans p ON p.id = o.plan_id
+    LEFT JOIN usage_limits ul ON ul.organization_id = o.id
+    LEFT JOIN plan_limits pl ON pl.plan_id = p.id AND pl.metric = $2::text
+    WHERE o.id = $1::uuid
+),
+cap AS (
+    SELECT CASE WHEN hard AND value >= 0 THEN value END AS value,
+        CASE WHEN value >= 0 THEN value END AS shown
+    FROM lim
+),
+usr AS (
+    SELECT $10::uuid IS NULL OR EXISTS (
+        SELECT FROM users WHERE organization_id = $1::uuid AND id = $10::uuid
+    ) AS known
+),
+price AS (
+    SELECT div(
+        greatest($15::bigint - $17::bigint, 0)::numeric * input_micros_per_million
+        + $17::bigint::numeric * cached_input_micros_per_million
+        + $16::bigint::numeric * output_micros_per_million
+        + 500000,
+        1000000
+    ) AS cost
+    FROM model_pricing
+    WHERE $13::text IS NOT NULL AND ($15::bigint > 0 OR $16::bigint > 0)
+      AND model = $13::text AND ($14::text IS NULL OR provider = $14::text) AND is_active
+      AND effective_from <= $24::timestamptz
+      AND (effective_to IS NULL OR effective_to > $24::timestamptz)
+    ORDER BY effective_from DESC
+    LIMIT 1
+),
+claimed AS (
+    UPDATE usage_reservations
+    SET status = 'settled', finished_at = $25::timestamptz, settled_quantity = $4::bigint
+    WHERE organization_id = $1::uuid AND id = $3::uuid AND status = 'held'
+      AND expires_at > $25::timestamptz AND (SELECT known FROM usr)
+    RETURNING quantity
+),
+counted AS (
+    UPDATE usage_counters c
+    SET used = c.used + $4::bigint, reserved = c.reserved - claimed.quantity,
+        updated_at = $25::timestamptz
+    FROM claimed
+    WHERE c.organization_id = $1::uuid AND c.metric = $2::text
+      AND c.period_start = $6::timestamptz
+      AND ($5::bigint <= 0 OR c.used + c.reserved
+          <= coalesce((SELECT value FROM cap), 9223372036854775807) - $5::bigint)
+    RETURNING c.used, c.reserved
+),
+ev AS (
+    INSERT INTO usage_events (
+        organization_id, id, idempotency_key, payload_hash, metric, quantity, user_id,
+        subscription_id, feature, model, provider, input_tokens, output_tokens, cached_tokens,
+        total_tokens, cost_micros, cost_currency, credits_used, request_id, batch_id, endpoint,
+        response_time_ms, properties, occurred_at, recorded_at
+    )
+    SELECT $1::uuid, $7::uuid, $8::text, $9::text, $2::text, $4::bigint, $10::uuid, $11::uuid,
+        $12::text, $13::text, $14::text, $15::bigint, $16::bigint, $17::bigint,
+        $15::bigint + $16::bigint, coalesce((SELECT cost FROM price), 0), 'USD', $18::bigint,
+        $19::text, $20::text, $21::text, $22::integer, $23::text::jsonb, $24::timestamptz,
+        $25::timestamptz
+    FROM counted
+    RETURNING id, cost_micros
+),
+rolled AS (
+    INSERT INTO usage_daily_summary AS d (
+        organization_id, id, day, metric, model, provider, feature, quantity, event_count,
+        input_tokens, output_tokens, cached_tokens, total_tokens, cost_micros, updated_at
+    )
+    SELECT $1::uuid, $27::uuid, $26::date, $2::text, coalesce($13::text, ''),
+        coalesce($14::text, ''), coalesce($12::text, ''), $4::bigint, 1, $15::bigint,
+        $16::bigint, $17::bigint, $15::bigint + $16::bigint, ev.cost_micros, $25::timestamptz
+    FROM ev
+    ON CONFLICT (organization_id, day, metric, model, provider, feature) DO UPDATE SET
+        quantity = d.quantity + excluded.quantity,
+        event_count = d.event_count + 1,
+        input_tokens = d.input_tokens + excluded.input_tokens,
+        output_tokens = d.output_tokens + excluded.output_tokens,
+        cached_tokens = d.cached_tokens + excluded.cached_tokens,
+        total_tokens = d.total_tokens + excluded.total_tokens,
+        cost_micros = d.cost_micros + excluded.cost_micros,
+        updated_at = excluded.updated_at
+    RETURNING 1
+),
+alerted AS (
+    INSERT INTO usage_alerts (
+        organization_id, id, metric, period_start, threshold_percent, limit_value, used,
+        crossed_at
+    )
+    SELECT $1::uuid, t.id, $2::text, $6::timestamptz, t.percent, lim.value,
+        counted.used + counted.reserved, $25::timestamptz
+    FROM counted, lim, (VALUES (80, $28::uuid), (100, $29::uuid)) AS t (percent, id)
+    WHERE lim.value > 0 AND $5::bigint > 0
+      AND counted.used + counted.reserved - $5::bigint < ceil(lim.value * t.percent / 100.0)
+      AND ceil(lim.value * t.percent / 100.0) <= counted.used + counted.reserved
+    ON CONFLICT (organization_id, metric, period_start, threshold_percent) DO NOTHING
+    RETURNING organization_id, id, metric, period_start, threshold_percent, limit_value, used,
+        crossed_at
+),
+{ANNOUNCED}
+SELECT
+    (SELECT count(*) FROM claimed) AS claimed,
+    (SELECT known FROM usr) AS user_known,
+    (SELECT id FROM ev) AS event_id,
+    (SELECT cost_micros FROM ev) AS cost_micros,
+    (SELECT used FROM counted) AS used,
+    (SELECT reserved FROM counted) AS reserved,
+    (SELECT shown FROM cap) AS limit_value,
+    (SELECT hard FROM lim) AS hard,
+    (SELECT count(*) FROM price) AS priced,
+    (SELECT count(*) FROM rolled) + (SELECT count(*) FROM alerted) AS written,
+    (SELECT count(pg_notify('saascore_outbox', '')) FROM announced) AS announced,
+    CASE
+        WHEN EXISTS (SELECT 1 FROM claimed) AND NOT EXISTS (SELECT 1 FROM counted)
+        THEN saascore_limit_exceeded($2::text, (SELECT shown FROM cap))
+    END AS refused
+"""  # noqa: S608
+
+
+async def run_settle(
+    connection: asyncpg.Connection,
+    item: Pending,
+    reservation_id: uuid.UUID,
+    extra: int,
+    now: datetime,
+) -> asyncpg.Record | None:
+    """Run `SETTLE` for the usage event `item` of the reservation: its row, or None when the
+    counter refused the quota past the reservation (nothing was written). Raises
+    `CounterOverflow` when the day's rollup or the cost would pass a BIGINT."""
+    event = item.event
+    try:
+        return await connection.fetchrow(
+            SETTLE,
+            item.org_id,
+            item.meter.code,
+            reservation_id,
+            event.quantity,
+            extra,
+            item.period_start,
+            new_id(),
+            event.idempotency_key,
+            item.fingerprint,
+            event.user_id,
+            event.subscription_id,
+            event.feature,
+            event.model,
+            event.provider,
+            event.input_tokens,
+            event.output_tokens,
+            event.cached_tokens,
+            event.credits_used,
+            event.request_id,
+            event.batch_id,
+            event.endpoint,
+            event.response_time_ms,
+            json.dumps(event.properties),
+            item.occurred,
+            now,
+            item.occurred.astimezone(UTC).date(),
+            new_id(),
+            new_id(),
+            new_id(),
+        )
+    except asyncpg.PostgresError as error:
+        if error.sqlstate == OUT_OF_RANGE_SQLSTATE:
+            raise overflow(item.meter.code, "the day's total or the cost") from None
+        if error.sqlstate != LIMIT_EXCEEDED_SQLSTATE:
+            raise
+        return None
 
 
 # --- the batch store -----------------------------------------------------------------------------

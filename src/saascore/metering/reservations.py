@@ -5,10 +5,13 @@ a hard limit however many reservations and records race; the counter row is the 
 records. It moves from `held` to exactly one of `settled`, `released` or `expired` by one
 conditional UPDATE (`_claim`), so a settle, a release and a sweep racing for it cannot both
 win. A held reservation past its time stops holding quota: it is swept (expired, its quantity
-given back) on the next access to it, by `sweep`, or by a batch refused on its counter
-(`batch`). Held quota counts towards the 80 %/100 % thresholds like used quota.
+given back) on the next access to it, by `sweep`, by a reservation of its metric made here (in
+a session), or by a batch, a record, a hold or a settlement refused on its counter. Held quota
+counts towards the 80 %/100 % thresholds like used quota.
 
-Everything here runs in the session it is given; `UsageService` opens it and ends it.
+Everything here runs in the session it is given; `UsageService` opens it and ends it. Without
+a caller's session on PostgreSQL, `UsageService` reserves and settles in one statement each
+instead (`postgres.RESERVE`, `postgres.SETTLE`), with the same outcomes.
 """
 
 from __future__ import annotations
@@ -36,19 +39,19 @@ from saascore.metering.decision import (
     overflow,
     price_of,
     rollup_key,
+    unknown_user,
 )
 from saascore.metering.errors import (
     LimitExceeded,
     ReservationNotFound,
     ReservationNotHeld,
-    UnknownUser,
 )
 from saascore.metering.limits import Limit, read_limit
 from saascore.metering.session_store import SessionStore, read_counter
 from saascore.metering.values import BIGINT_MAX, MeterInfo, RecordResult, UsageEventIn
 from saascore.models import Aggregation, ReservationStatus, UsageCounter, UsageReservation
 
-__all__ = ["Reservations", "expired"]
+__all__ = ["Reservations", "expired", "settlement"]
 
 
 def expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
@@ -57,6 +60,44 @@ def expired(reservation_id: uuid.UUID) -> ReservationNotHeld:
         f"reservation {reservation_id} is expired",
         reservation_id=str(reservation_id),
         status="expired",
+    )
+
+
+def settlement(
+    reservation: UsageReservation,
+    meter: MeterInfo,
+    actual_quantity: int,
+    fields: dict[str, Any],
+    now: datetime,
+) -> Pending:
+    """The usage event that settles `reservation` (keyed by it), checked (`InvalidInput`) and
+    placed in the period that held the quota: if that period has ended meanwhile, the event is
+    dated when the reservation was made, inside it."""
+    event = UsageEventIn(
+        metric=meter.code,
+        quantity=actual_quantity,
+        idempotency_key=f"reservation:{reservation.id}",
+        **{
+            **fields,
+            "properties": {
+                **fields.get("properties", {}),
+                "reservation_id": str(reservation.id),
+            },
+        },
+    )
+    check_fields(event)
+    occurred = now
+    if meter.period(now)[0] != reservation.period_start:
+        occurred = reservation.created_at
+    return Pending(
+        reservation.organization_id,
+        event,
+        meter,
+        occurred,
+        reservation.period_start,
+        None,
+        event.fingerprint(),
+        False,
     )
 
 
@@ -228,35 +269,13 @@ class Reservations:
                 raise overflow(meter.code, "the counter")
             assert limit.value is not None
             raise LimitExceeded(meter.code, limit.value, used + reserved, extra)
-        event = UsageEventIn(
-            metric=meter.code,
-            quantity=actual_quantity,
-            idempotency_key=f"reservation:{reservation.id}",
-            **{
-                **fields,
-                "properties": {
-                    **fields.get("properties", {}),
-                    "reservation_id": str(reservation.id),
-                },
-            },
-        )
-        check_fields(event)  # as `record` does; the savepoint undoes the claim on a refusal
+        # As `record` does; the savepoint undoes the claim on a refusal.
+        item = settlement(reservation, meter, actual_quantity, fields, now)
+        event = item.event
         store = SessionStore(s, self.events)
         org = reservation.organization_id
         if event.user_id is not None and not await store.users({(org, event.user_id)}):
-            raise UnknownUser(
-                f"no user {event.user_id} in this organisation",
-                field="user_id",
-                user_id=str(event.user_id),
-            )
-        # The usage counts in the period that held the quota: if that period has ended
-        # meanwhile, the event is dated when the reservation was made, inside it.
-        occurred = now
-        if meter.period(now)[0] != reservation.period_start:
-            occurred = reservation.created_at
-        item = Pending(
-            org, event, meter, occurred, reservation.period_start, None, event.fingerprint(), False
-        )
+            raise unknown_user(item)
         written = Decision()
         prices = await store.prices({event.model}) if event.model is not None else []
         cost = price_of(item, prices, written.unpriced)

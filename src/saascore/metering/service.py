@@ -19,7 +19,10 @@ Counters are keyed by period, so a new month (or day) starts at zero without a r
 
 Which path a record takes: one event on PostgreSQL without a session is one statement
 (`postgres.RECORD`), or joins group commit; `record_many`, group commit's batches, a `max`
-meter, SQLite and calls in a caller's session take the batch engine.
+meter, SQLite and calls in a caller's session take the batch engine. Likewise, `reserve` and
+`settle` without a session on PostgreSQL are one statement each (`postgres.RESERVE`,
+`postgres.SETTLE`), and so is `release` (`postgres.RELEASE`); otherwise `reservations` does
+the work in the session.
 """
 
 from __future__ import annotations
@@ -47,7 +50,13 @@ from saascore.events.catalog import LimitOverridden, LimitOverrideCleared
 from saascore.kit import metrics
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database, exact_sum, joined_sum
-from saascore.kit.errors import DatabaseUnavailable, DomainError, InvalidInput
+from saascore.kit.errors import (
+    DatabaseUnavailable,
+    DomainError,
+    IdempotencyConflict,
+    InvalidInput,
+    NotFound,
+)
 from saascore.kit.ids import new_id
 from saascore.kit.time import utcnow
 from saascore.metering.accounts import usage_account
@@ -57,18 +66,28 @@ from saascore.metering.decision import (
     Decision,
     Outcome,
     Pending,
+    accepted,
     batch_outcome,
     conflict,
     duplicate,
     overflow,
     place,
+    unknown_user,
 )
 from saascore.metering.errors import LimitExceeded, StorageUnderflow, UnknownMetric
 from saascore.metering.gauge import RESOLVED_CAP, storage_change
 from saascore.metering.group import GroupCommit
 from saascore.metering.limits import Limit, clear_override, read_limit, set_override, unlimited
-from saascore.metering.postgres import PostgresStore, answer, run_record
-from saascore.metering.reservations import Reservations, expired
+from saascore.metering.postgres import (
+    HELD,
+    RELEASE,
+    PostgresStore,
+    answer,
+    run_record,
+    run_reserve,
+    run_settle,
+)
+from saascore.metering.reservations import Reservations, expired, settlement
 from saascore.metering.session_store import SessionStore, read_counter
 from saascore.metering.values import (
     BIGINT_MAX,
@@ -90,6 +109,7 @@ from saascore.models import (
     Aggregation,
     Meter,
     ModelPricing,
+    ReservationStatus,
     UsageDailySummary,
     UsageLimits,
     UsageReservation,
@@ -117,6 +137,9 @@ DEADLOCK_RETRIES = 5
 
 #: Refusals told that a process remembers (past it, it forgets and the outbox decides).
 _TOLD_MAX = 10_000
+#: Reservations a process remembers having made (past it, the oldest are forgotten: settling
+#: one then reads it first).
+_MADE_MAX = 10_000
 
 
 def refusals(items: Sequence[Pending], decision: Decision) -> list[tuple[Pending, LimitExceeded]]:
@@ -171,6 +194,9 @@ class UsageService:
         )
         #: The (organisation, metric, period) whose refusal this process has told.
         self._told: set[tuple[uuid.UUID, str, datetime]] = set()
+        #: The reservations this process made and has not settled or released, by id: their
+        #: columns never change, so settling one needs no read first (`_settle_fast`).
+        self._made: dict[uuid.UUID, UsageReservation] = {}
 
     # --- recording -------------------------------------------------------------------------
     async def record(
@@ -370,7 +396,7 @@ class UsageService:
     async def _refused(self, item: Pending, *, swept: bool) -> RecordResult:
         """After `RECORD` refused an event: expire its counter's lapsed reservations and try
         again if there were any, else raise `LimitExceeded` with the counter as it is, or
-        `CounterOverflow` when no hard limit refuses it but the counter is full."""
+        `CounterOverflow` (of `what`) when no hard limit refuses it but the counter is full."""
         org_id, metric, period_start = item.counter
         async with self.database.transaction() as s:
             freed = (
@@ -786,10 +812,82 @@ class UsageService:
             raise overflow(metric, "the reservation")
         if ttl <= timedelta(0):
             raise InvalidInput("the time to live must be positive", field="ttl")
+        if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
+            return await self._reserve_fast(org_id, metric, quantity, ttl, idempotency_key)
         async with self.database.scope(session) as s:
             return await self._reservations.reserve(
                 s, org_id, metric, quantity, ttl=ttl, idempotency_key=idempotency_key
             )
+
+    async def _reserve_fast(
+        self,
+        org_id: uuid.UUID,
+        metric: str,
+        quantity: int,
+        ttl: timedelta,
+        idempotency_key: str | None,
+        *,
+        swept: bool = False,
+    ) -> UsageReservation:
+        """A reservation on PostgreSQL in one statement, one round trip (`postgres.RESERVE`).
+
+        A refusal on a counter with lapsed reservations expires them and tries once more, as
+        `record` does (this path sweeps no sooner: until then, a lapsed hold is not counted by
+        `check` and `usage`, and it gives way to a hold or a record that needs its quota)."""
+        meter = await self._cached_meter(metric)
+        now = self.clock()
+        async with self.database.driver() as driver:
+            row = await run_reserve(
+                driver, org_id, meter, quantity, now + ttl, idempotency_key, now
+            )
+        period_start = meter.period(now)[0]
+        if row is None:
+            found = await self._refusal(
+                (org_id, meter.code, period_start), quantity, swept, "the reserved quota"
+            )
+            if found is None:
+                return await self._reserve_fast(
+                    org_id, metric, quantity, ttl, idempotency_key, swept=True
+                )
+            metrics.USAGE_REFUSED.labels(meter.code).inc()
+            raise found
+        if not row["organization_found"]:
+            raise NotFound(f"no organisation {org_id}", organization=str(org_id))
+        if row["held_id"] is not None:
+            if len(self._made) >= _MADE_MAX:
+                del self._made[next(iter(self._made))]  # the oldest, most likely lapsed
+            made = self._made[row["held_id"]] = UsageReservation(
+                organization_id=org_id,
+                id=row["held_id"],
+                metric=meter.code,
+                period_start=period_start,
+                quantity=quantity,
+                status=ReservationStatus.HELD,
+                idempotency_key=idempotency_key,
+                expires_at=now + ttl,
+                created_at=now,
+            )
+            return made
+        if row["id"] is None:  # a copy committed while the statement waited: ask again
+            return await self._reserve_fast(org_id, metric, quantity, ttl, idempotency_key)
+        if (row["metric"], row["quantity"]) != (meter.code, quantity):
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was used for another reservation",
+                idempotency_key=idempotency_key,
+            )
+        return UsageReservation(
+            organization_id=org_id,
+            id=row["id"],
+            metric=row["metric"],
+            period_start=row["period_start"],
+            quantity=row["quantity"],
+            settled_quantity=row["settled_quantity"],
+            status=ReservationStatus(row["status"]),
+            idempotency_key=idempotency_key,
+            expires_at=row["expires_at"],
+            created_at=row["created_at"],
+            finished_at=row["finished_at"],
+        )
 
     async def settle(
         self,
@@ -807,6 +905,10 @@ class UsageService:
         """
         if actual_quantity < 0:
             raise InvalidInput("the quantity must not be negative", field="actual_quantity")
+        if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
+            settled = await self._settle_fast(reservation_id, actual_quantity, org_id, fields)
+            if settled is not None:
+                return settled
         async with self.database.scope(session) as s:
             if not await self._reservations.sweep_lapsed(s, reservation_id, org_id):
                 # The savepoint: a refusal below also undoes the claim, in the caller's session.
@@ -816,6 +918,90 @@ class UsageService:
                     )
         raise expired(reservation_id)
 
+    async def _settle_fast(
+        self,
+        reservation_id: uuid.UUID,
+        actual_quantity: int,
+        org_id: uuid.UUID | None,
+        fields: dict[str, Any],
+        *,
+        swept: bool = False,
+    ) -> RecordResult | None:
+        """A settlement on PostgreSQL in one statement (`postgres.SETTLE`), after reading the
+        reservation's unchanging columns unless this process made it. None when it is not
+        found held and in time: the general path then says why (and sweeps it if it lapsed)."""
+        now = self.clock()
+        reservation = self._made.pop(reservation_id, None)
+        if reservation is None or org_id not in (None, reservation.organization_id):
+            async with self.database.driver() as driver:
+                found = await driver.fetchrow(HELD, reservation_id, org_id)
+            if found is None or found["status"] != ReservationStatus.HELD:
+                return None
+            reservation = UsageReservation(
+                organization_id=found["organization_id"],
+                id=reservation_id,
+                metric=found["metric"],
+                period_start=found["period_start"],
+                quantity=found["quantity"],
+                expires_at=found["expires_at"],
+                created_at=found["created_at"],
+            )
+        if reservation.expires_at <= now:
+            return None
+        meter = await self._cached_meter(reservation.metric)
+        item = settlement(reservation, meter, actual_quantity, fields, now)
+        extra = actual_quantity - reservation.quantity
+        async with self.database.driver() as driver:
+            row = await run_settle(driver, item, reservation_id, extra, now)
+        if row is None:  # the reservation stays held
+            if extra <= 0:  # no limit refuses that: its counter is gone
+                raise overflow(meter.code, "the counter")
+            refusal = await self._refusal(item.counter, extra, swept, "the counter")
+            if refusal is None:
+                return await self._settle_fast(
+                    reservation_id, actual_quantity, org_id, fields, swept=True
+                )
+            raise refusal
+        if not row["claimed"]:
+            if not row["user_known"]:
+                raise unknown_user(item)
+            return None  # finished or lapsed meanwhile
+        event = item.event
+        has_tokens = event.input_tokens or event.output_tokens
+        if event.model is not None and has_tokens and not row["priced"]:
+            self._unpriced(event)
+        metrics.USAGE_RECORDED.labels(meter.code).inc()
+        return accepted(
+            row["event_id"],
+            item,
+            int(row["used"]),
+            int(row["reserved"]),
+            Limit(row["limit_value"], bool(row["hard"])),
+            int(row["cost_micros"]),
+        )
+
+    async def _refusal(
+        self, counter: tuple[uuid.UUID, str, datetime], requested: int, swept: bool, what: str
+    ) -> LimitExceeded | None:
+        """After a one-statement hold or settlement refused `requested` more on `counter`:
+        its lapsed reservations expired (unless `swept` already), then the refusal; None when
+        the caller is to try again (some were expired, or the counter moved meanwhile).
+        `CounterOverflow` (of `what`) when no hard limit refuses it but the counter is full."""
+        org_id, metric, period_start = counter
+        async with self.database.transaction() as s:
+            if not swept and await self._reservations.sweep(
+                s, org_id=org_id, metric=metric, period_start=period_start
+            ):
+                return None
+            used, reserved = await read_counter(s, org_id, metric, period_start)
+            limit = await read_limit(s, org_id, metric)
+        if limit.refuses(used + reserved + requested):
+            assert limit.value is not None
+            return LimitExceeded(metric, limit.value, used + reserved, requested)
+        if used + reserved + requested > BIGINT_MAX:
+            raise overflow(metric, what)
+        return None
+
     async def release(
         self,
         reservation_id: uuid.UUID,
@@ -824,6 +1010,25 @@ class UsageService:
         session: AsyncSession | None = None,
     ) -> UsageReservation:
         """Stop holding a reservation's quota without recording usage."""
+        self._made.pop(reservation_id, None)
+        if session is None and self.database.backend is DatabaseBackend.POSTGRESQL:
+            now = self.clock()
+            async with self.database.driver() as driver:
+                row = await driver.fetchrow(RELEASE, reservation_id, org_id, now)
+            if row is not None:
+                return UsageReservation(
+                    organization_id=row["organization_id"],
+                    id=reservation_id,
+                    metric=row["metric"],
+                    period_start=row["period_start"],
+                    quantity=row["quantity"],
+                    status=ReservationStatus.RELEASED,
+                    idempotency_key=row["idempotency_key"],
+                    expires_at=row["expires_at"],
+                    created_at=row["created_at"],
+                    finished_at=now,
+                )
+            # Not held and in time: the path below says why (and sweeps it if it lapsed).
         async with self.database.scope(session) as s:
             if not await self._reservations.sweep_lapsed(s, reservation_id, org_id):
                 return await self._reservations.release(s, reservation_id, org_id)
