@@ -76,6 +76,7 @@ from saascore.providers.registry import ProviderRegistry, provider_from_url
 __all__ = ["MAX_LIST", "PROVIDER_STATUS", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
 
 log = logging.getLogger(__name__)
+#: An INSERT of either database that takes ON CONFLICT (`kit.sql.insert`).
 _Upsert = postgresql.Insert | sqlite.Insert
 
 #: The most stored events one listing answers.
@@ -301,13 +302,15 @@ class ProviderWebhooks:
         columns the intake needs come back, not the stored bodies."""
         expected = _expected(event)
         row_id = new_id()
+        now = self.clock()
         values = {
-            **_settled(expected, self.clock()),
+            **_settled(expected, now),
             **self._values(event),
             "id": row_id,
             "attempts": 1,
-            "received_at": self.clock(),
+            "received_at": now,
         }
+        # The statement stores the organisation named only when it exists (`_claiming`).
         values["claimed"] = values.pop("organization_id")
         if self._claiming is None:
             self._claiming = _claiming(insert(s, WebhookEvent.__table__))
