@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import httpx
 
@@ -58,6 +59,15 @@ class TestOnce:
         assert second.json()["duplicate"] is True
         assert len(await subscriptions_of(admin.database, org)) == 1
         assert len(await entries(admin, org, "subscription.created")) == 1
+        row = await stored_event(admin.database, body["id"])
+        assert row is not None
+        assert (row.outcome, row.organization_id, row.error) == (
+            WebhookOutcome.PROCESSED,
+            org,
+            None,
+        )
+        assert row.attempts == 1
+        assert row.processed_at is not None
 
     async def test_ten_concurrent_copies_apply_once(
         self, admin: Admin, customer: TestTenant
@@ -196,6 +206,25 @@ class TestOrder:
         row = await stored_event(admin.database, event_id)
         assert row is not None
         assert row.outcome is WebhookOutcome.IGNORED
+
+    async def test_unknown_organisation_is_stored_and_ignored(self, admin: Admin) -> None:
+        ids, stranger = Ids(), uuid.uuid4()
+        body = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "pro"),
+            org=stranger,
+        )
+        answer = await send(admin.client, body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outcome"] == "ignored"
+        row = await stored_event(admin.database, body["id"])
+        assert row is not None
+        assert (row.outcome, row.organization_id) == (WebhookOutcome.IGNORED, None)
+        assert row.error == "the organisation named does not exist"
+        assert await subscriptions_of(admin.database, stranger) == []
 
 
 class TestFailure:

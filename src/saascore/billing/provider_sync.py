@@ -27,6 +27,7 @@ Each operation is idempotent: applied again (a replay) it changes nothing.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -161,34 +162,15 @@ class ProviderBilling:
         for an id not given): the webhook intake asks both of every event."""
         if customer_id is None and subscription_id is None:
             return None, None
-        of_customer = (
-            sa.select(Organization.id)
-            .where(
-                Organization.billing_provider == provider,
-                Organization.provider_customer_id == customer_id,
-            )
-            .scalar_subquery()
-            if customer_id is not None
-            else sa.null()
-        )
-        of_subscription = (
-            sa.select(Subscription.organization_id)
-            .where(
-                Subscription.provider == provider,
-                Subscription.provider_subscription_id == subscription_id,
-            )
-            .limit(1)
-            .scalar_subquery()
-            if subscription_id is not None
-            else sa.null()
-        )
         async with self.database.scope(session, readonly=True) as s:
             row = (
                 await s.execute(
-                    sa.select(
-                        sa.type_coerce(of_customer, Organization.id.type),
-                        sa.type_coerce(of_subscription, Subscription.organization_id.type),
-                    )
+                    _owners(),
+                    {
+                        "provider": provider,
+                        "customer_id": customer_id,
+                        "subscription_id": subscription_id,
+                    },
                 )
             ).one()
         return row[0], row[1]
@@ -448,3 +430,25 @@ def _mark_paid_at(subscription: Subscription, moment: datetime | None) -> None:
     if isinstance(previous, str) and datetime.fromisoformat(previous) >= moment:
         return
     subscription.metadata_ = {**subscription.metadata_, PROVIDER_PAID_AT: moment.isoformat()}
+
+
+@functools.cache
+def _owners() -> sa.Select[uuid.UUID, uuid.UUID]:
+    """`ProviderBilling.owners`' statement, built once and run with its values (an id not
+    given is NULL, which matches no row)."""
+    of_customer = sa.select(Organization.id).where(
+        Organization.billing_provider == sa.bindparam("provider"),
+        Organization.provider_customer_id == sa.bindparam("customer_id"),
+    )
+    of_subscription = (
+        sa.select(Subscription.organization_id)
+        .where(
+            Subscription.provider == sa.bindparam("provider"),
+            Subscription.provider_subscription_id == sa.bindparam("subscription_id"),
+        )
+        .limit(1)
+    )
+    return sa.select(
+        sa.type_coerce(of_customer.scalar_subquery(), Organization.id.type),
+        sa.type_coerce(of_subscription.scalar_subquery(), Subscription.organization_id.type),
+    )

@@ -18,6 +18,7 @@ price) waits for the period's end: it is kept in the subscription's `metadata` u
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import aliased, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from saascore.audit.service import AuditService, audited_bus
@@ -68,6 +69,7 @@ from saascore.models import (
 )
 from saascore.models.catalog import BillingCycle, PlanPrice
 from saascore.plans.service import PlanService
+from saascore.tenancy.errors import OrganizationNotFound
 from saascore.tenancy.service import OrganizationService, locked_organization
 
 __all__ = [
@@ -565,9 +567,8 @@ class SubscriptionService:
         the plan (`plan.changed`)."""
         moment = self.clock()
         async with self.database.scope(session) as s:
-            organization = await locked_organization(s, org_id, with_plan=True)
-            subscription = await _by_provider_id(
-                s, org_id, state.provider, state.subscription_id, lock=True
+            organization, subscription = await _locked_with_provider_subscription(
+                s, org_id, state.provider, state.subscription_id
             )
             if (
                 subscription is not None
@@ -928,6 +929,62 @@ async def _by_provider_id(
     if lock:
         query = query.with_for_update(of=Subscription)
     return (await s.scalars(query)).one_or_none()
+
+
+async def _locked_with_provider_subscription(
+    s: AsyncSession, org_id: uuid.UUID, provider: PaymentProvider, subscription_id: str
+) -> tuple[Organization, Subscription | None]:
+    """The organisation and its subscription mirrored from the provider's
+    `subscription_id`, both locked in that order (`locked_organization`'s first), plans
+    loaded. On PostgreSQL in one statement (`_locking_both`), as a provider's webhook asks
+    it of every event."""
+    if s.get_bind().dialect.name != "postgresql":
+        organization = await locked_organization(s, org_id, with_plan=True)
+        subscription = await _by_provider_id(s, org_id, provider, subscription_id, lock=True)
+        return organization, subscription
+    found = (
+        await s.execute(
+            _locking_both(),
+            {"org_id": org_id, "provider": provider, "subscription_id": subscription_id},
+        )
+    ).one_or_none()
+    if found is None:
+        raise OrganizationNotFound(f"no organisation {org_id}", organization=str(org_id))
+    organization, subscription = found
+    return organization, subscription
+
+
+@functools.cache
+def _locking_both() -> sa.Select[Organization, Subscription]:
+    """`_locked_with_provider_subscription`'s statement, built once: building it (aliases of
+    subqueries) costs more than running it. The subscription's row is locked in a LATERAL
+    subquery, run for the organisation once its row is locked: a lock cannot be taken on
+    the nullable side of an outer join."""
+    locked_org = (
+        sa.select(Organization)
+        .where(Organization.id == sa.bindparam("org_id"))
+        .with_for_update(key_share=True, of=Organization)
+        .subquery("organization")
+    )
+    organization = aliased(Organization, locked_org)
+    locked_subscription = (
+        sa.select(Subscription)
+        .where(
+            Subscription.organization_id == organization.id,
+            Subscription.provider == sa.bindparam("provider"),
+            Subscription.provider_subscription_id == sa.bindparam("subscription_id"),
+        )
+        .with_for_update(of=Subscription)
+        .lateral("subscription")
+    )
+    subscription = aliased(Subscription, locked_subscription)
+    return (
+        sa.select(organization, subscription)
+        .select_from(organization)
+        .outerjoin(subscription, sa.true())
+        .options(joinedload(organization.plan), joinedload(subscription.plan))
+        .execution_options(populate_existing=True)
+    )
 
 
 def _exists(org_id: uuid.UUID, live: uuid.UUID | None) -> SubscriptionExists:

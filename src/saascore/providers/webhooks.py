@@ -42,7 +42,9 @@ from datetime import datetime
 from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
 
 from saascore.billing.errors import CustomerLinkedElsewhere, PeriodOutOfRange
 from saascore.billing.packs import CreditPackService
@@ -74,6 +76,8 @@ from saascore.providers.registry import ProviderRegistry, provider_from_url
 __all__ = ["MAX_LIST", "PROVIDER_STATUS", "ProviderWebhooks", "WebhookReceipt", "provider_actor"]
 
 log = logging.getLogger(__name__)
+#: An INSERT of either database that takes ON CONFLICT (`kit.sql.insert`).
+_Upsert = postgresql.Insert | sqlite.Insert
 
 #: The most stored events one listing answers.
 MAX_LIST: Final = 1000
@@ -121,7 +125,8 @@ class _Claim:
     outcome: WebhookOutcome
     organization_id: uuid.UUID | None
     applies: bool
-    settled: bool = False
+    #: What the row says already (`_expected`); None for a stored row being applied again.
+    settled: _Applied | None = None
 
 
 def _loopback(host: str | None) -> bool:
@@ -154,6 +159,8 @@ class ProviderWebhooks:
         self.subscriptions = subscriptions
         self.billing = billing
         self.clock = clock
+        #: `_claim`'s statement, built once (for the database's dialect) and run with values.
+        self._claiming: ReturningInsert[Any] | None = None
 
     # --- receiving -----------------------------------------------------------------------------
     async def receive(
@@ -186,13 +193,7 @@ class ProviderWebhooks:
         too). Raises `WebhookFailed` when applying it failed (recorded on its row)."""
         try:
             async with self.database.transaction() as s:
-                # A type saascore does not act on is stored as ignored at once: no UPDATE.
-                known = (
-                    _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
-                    if event.kind is EventKind.UNHANDLED
-                    else None
-                )
-                claim = await self._claim(s, event, known)
+                claim = await self._claim(s, event)
                 if not claim.applies:
                     return WebhookReceipt(
                         claim.id,
@@ -200,9 +201,8 @@ class ProviderWebhooks:
                         duplicate=True,
                         organization_id=claim.organization_id,
                     )
-                applied = known if claim.settled and known is not None else None
-                if applied is None:
-                    applied = await self._apply(s, event)
+                applied = await self._apply(s, event)
+                if claim.settled != applied:
                     await s.execute(
                         sa.update(WebhookEvent)
                         .where(WebhookEvent.id == claim.id)
@@ -290,51 +290,35 @@ class ProviderWebhooks:
             "parsed": event_to_json(event),
         }
 
-    async def _claim(self, s: AsyncSession, event: ProviderEvent, known: _Applied | None) -> _Claim:
-        """The event's row, and whether this delivery applies it: a new row (inserted, so
-        locked by this transaction; `settled` when inserted with the outcome `known`
-        already), or a failed one to try again (locked); not for a copy of an event stored
-        already (the row as stored, locked until the first one's commit). Only the columns
-        the intake needs come back, not the stored bodies."""
-        values = (
-            _settled(known, self.clock())
-            if known is not None
-            else {"outcome": WebhookOutcome.RECEIVED}
-        )
-        statement = (
-            insert(s, WebhookEvent)
-            .values(
-                id=new_id(),
-                attempts=1,
-                received_at=self.clock(),
-                **values,
-                **self._values(event),
-            )
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(WebhookEvent.id)
-        )
-        inserted = (await s.execute(statement)).scalar_one_or_none()
-        if inserted is not None:
-            return _Claim(inserted, values["outcome"], None, True, settled=known is not None)
-        found = (
-            await s.execute(
-                sa.select(WebhookEvent.id, WebhookEvent.outcome, WebhookEvent.organization_id)
-                .where(WebhookEvent.provider == event.provider, WebhookEvent.event_id == event.id)
-                .with_for_update()
-            )
-        ).one_or_none()
-        if found is None:  # pragma: no cover - the row was inserted or conflicted
-            raise RuntimeError("the webhook event's row vanished")
-        row_id, outcome, org_id = found
-        if outcome is not WebhookOutcome.FAILED:
-            return _Claim(row_id, outcome, org_id, False)
-        await s.execute(
-            sa.update(WebhookEvent)
-            .where(WebhookEvent.id == row_id)
-            .values(attempts=WebhookEvent.attempts + 1)
-            .execution_options(synchronize_session=False)
-        )
-        return _Claim(row_id, outcome, org_id, True)
+    async def _claim(self, s: AsyncSession, event: ProviderEvent) -> _Claim:
+        """The event's row, and whether this delivery applies it, in one statement.
+
+        A new row is inserted already settled as the event is expected to end (`_expected`):
+        nobody sees it before the commit, and `ingest` corrects it only when applying came
+        out otherwise, so the common event costs no second write of its row. A copy of an
+        event stored already conflicts: the unique index makes it wait for the first one's
+        commit, and the no-op update locks the stored row and answers it (a copy is not
+        applied), or counts one more attempt of a failed one (applied again). Only the
+        columns the intake needs come back, not the stored bodies."""
+        expected = _expected(event)
+        row_id = new_id()
+        now = self.clock()
+        values = {
+            **_settled(expected, now),
+            **self._values(event),
+            "id": row_id,
+            "attempts": 1,
+            "received_at": now,
+        }
+        # The statement stores the organisation named only when it exists (`_claiming`).
+        values["claimed"] = values.pop("organization_id")
+        if self._claiming is None:
+            self._claiming = _claiming(insert(s, WebhookEvent.__table__))
+        found_id, outcome, org_id = (await s.execute(self._claiming, values)).one()
+        if found_id == row_id:
+            settled = _Applied(outcome, org_id, expected.reason)
+            return _Claim(row_id, outcome, None, True, settled=settled)
+        return _Claim(found_id, outcome, org_id, outcome is WebhookOutcome.FAILED)
 
     async def _record_failure(self, event: ProviderEvent, error: BaseException) -> None:
         """The failure on the event's row, in a transaction of its own (never raises)."""
@@ -383,7 +367,7 @@ class ProviderWebhooks:
         self, s: AsyncSession, event: ProviderEvent, actor: Actor | None = None
     ) -> _Applied:
         if event.kind is EventKind.UNHANDLED:
-            return _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
+            return _unhandled(event)
         org_id, refusal = await self._organization(s, event)
         if refusal is not None:
             return _Applied(WebhookOutcome.IGNORED, org_id, refusal)
@@ -551,6 +535,38 @@ class ProviderWebhooks:
             f"no credit pack is sold at {event.provider.value} as {payment.price_id!r}",
             price_id=str(payment.price_id)[:100],
         )
+
+
+def _claiming(statement: _Upsert) -> ReturningInsert[Any]:
+    """`_claim`'s INSERT of the webhook_events row, its values given when run. The
+    organisation named (`claimed`) is stored when it exists: the column is a foreign key,
+    and an event naming a stranger is stored (ignored), not refused."""
+    table = WebhookEvent.__table__
+    failed = table.c.outcome == WebhookOutcome.FAILED
+    named = sa.select(Organization.id).where(Organization.id == sa.bindparam("claimed"))
+    return (
+        statement.values(organization_id=named.scalar_subquery())
+        .on_conflict_do_update(
+            index_elements=["provider", "event_id"],
+            set_={"attempts": sa.case((failed, table.c.attempts + 1), else_=table.c.attempts)},
+        )
+        .returning(table.c.id, table.c.outcome, table.c.organization_id)
+    )
+
+
+def _expected(event: ProviderEvent) -> _Applied:
+    """How an event is expected to end: a type saascore does not act on is ignored; any
+    other is processed for the organisation it names."""
+    if event.kind is EventKind.UNHANDLED:
+        return _unhandled(event)
+    claimed = event.organization_id or (
+        event.subscription.organization_id if event.subscription else None
+    )
+    return _Applied(WebhookOutcome.PROCESSED, claimed)
+
+
+def _unhandled(event: ProviderEvent) -> _Applied:
+    return _Applied(WebhookOutcome.IGNORED, reason=f"type {event.type!r} is not acted on")
 
 
 def _settled(applied: _Applied, at: datetime) -> dict[str, Any]:
