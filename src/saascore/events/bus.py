@@ -80,8 +80,7 @@ FROM unnest(
 ) AS o (organization_id, id, type, body, occurred_at)"""
 #: The outbox rows and the NOTIFY in one statement: one round trip less per publication.
 _NOTIFYING_INSERT = sa.text(
-    f"WITH written AS ({OUTBOX_INSERT} RETURNING 1)\n"
-    "SELECT pg_notify(:channel, '') WHERE EXISTS (SELECT FROM written)"
+    f"WITH written AS ({OUTBOX_INSERT})\nSELECT pg_notify(:channel, '')"
 ).bindparams(channel=OUTBOX_CHANNEL)
 
 
