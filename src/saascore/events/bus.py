@@ -7,7 +7,8 @@ actor=...)` inside its transaction. Three things follow from that one call:
   same session (the audit entry): if the transaction rolls back, so does what they wrote;
 - **the outbox**: an event meant to leave the process (`EventPayload.public`) is written to
   `outbox_events` in the same transaction, so it is published if and only if the change
-  committed, and the dispatcher is woken;
+  committed, and the dispatcher is woken (on PostgreSQL a NOTIFY sent with the rows; the
+  audit log's statement carries both when it can, see `take_publication`);
 - **after commit**, the in-process handlers run (clearing the principal cache, waking the
   dispatcher); an event whose transaction, or savepoint, rolled back never reaches them.
 
