@@ -118,8 +118,6 @@ _REQUEST_DATA, _DETAILS = 11, 12
 #: The entries' bulk INSERT: NULLs rendered, so rows with and without, say, a target go in
 #: one statement (the ORM otherwise groups the rows by which of their values are None).
 _BULK_INSERT_ENTRIES = sa.insert(AuditLog).execution_options(render_nulls=True)
-#: Chain heads advanced per upsert: its bound parameters stay well within both databases'.
-_HEADS_PER_STATEMENT = 1_000
 #: The entries' columns that `_APPEND_TO_HEAD` takes as arrays, one element per entry,
 #: with their PostgreSQL types; it computes `seq`, `prev_hash` and `hash`.
 _ITEM_COLUMNS = {
@@ -354,35 +352,31 @@ class AuditService:
 
     async def _append_many(self, s: AsyncSession, items: dict[uuid.UUID, list[_Item]]) -> None:
         """`_append(keep=False)` for many organisations' chains at once. One chain whose head
-        exists takes one statement on PostgreSQL (`_append_to_head`); otherwise three (for up
-        to `_HEADS_PER_STATEMENT` chains): their heads advance in one upsert (in organisation
-        id order, so two such appends lock the heads in the same order), the entries are
-        inserted in one bulk INSERT, and the heads take their last hashes in one executemany
-        UPDATE."""
+        exists takes one statement on PostgreSQL (`_append_to_head`); otherwise three
+        executemanys: the heads advance in one upsert (in organisation id order, so two such
+        appends lock the heads in the same order), the entries are inserted in one bulk
+        INSERT, and the heads take their last hashes in one UPDATE."""
         if len(items) == 1:
             ((org_id, only),) = items.items()
             if _dialect(s) == "postgresql" and await self._append_to_head(s, org_id, only):
                 return
             await self._append(s, org_id, only, keep=False)
             return
-        ordered = sorted(items)
-        heads: dict[uuid.UUID, tuple[int, str | None]] = {}
-        for start in range(0, len(ordered), _HEADS_PER_STATEMENT):
-            upsert = insert(s, AuditChainHead)
-            advance = (
-                upsert.values(
-                    [
-                        {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
-                        for org_id in ordered[start : start + _HEADS_PER_STATEMENT]
-                    ]
-                )
-                .on_conflict_do_update(
-                    index_elements=[AuditChainHead.organization_id],
-                    set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
-                )
-                .returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
-            )
-            heads.update((org_id, (seq, hash_)) for org_id, seq, hash_ in await s.execute(advance))
+        upsert = insert(s, AuditChainHead)
+        advance = upsert.on_conflict_do_update(
+            index_elements=[AuditChainHead.organization_id],
+            set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
+        ).returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
+        # An executemany, which SQLAlchemy sends as few multi-row statements (its
+        # "insertmanyvalues") from one compiled form.
+        advanced = await s.execute(
+            advance,
+            [
+                {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
+                for org_id in sorted(items)
+            ],
+        )
+        heads = {org_id: (seq, hash_) for org_id, seq, hash_ in advanced}
         rows: list[dict[str, Any]] = []
         last_hashes: list[dict[str, Any]] = []
         for org_id in sorted(items):
