@@ -21,11 +21,13 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.events.bus import (
     OUTBOX_CHANNEL,
     OUTBOX_INSERT,
+    OUTBOX_TIMES,
     Event,
     EventBus,
     outbox_parameters,
@@ -36,6 +38,7 @@ from saascore.kit.db import Database
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
+from saascore.kit.types import UTCDateTime
 from saascore.kit.validation import canonical_json, checked_json
 from saascore.models import AuditChainHead, AuditLog
 
@@ -184,7 +187,11 @@ appended AS (
 published AS ({OUTBOX_INSERT}),
 notified AS (SELECT pg_notify(:channel, '') WHERE :notify)
 SELECT (SELECT seq FROM advanced), (SELECT count(*) FROM notified)"""  # noqa: S608
-).bindparams(channel=OUTBOX_CHANNEL)
+).bindparams(
+    sa.bindparam("created_at", type_=postgresql.ARRAY(UTCDateTime())),
+    OUTBOX_TIMES,
+    channel=OUTBOX_CHANNEL,
+)
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -37,11 +38,13 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
+from saascore.kit.types import UTCDateTime
 from saascore.models import OutboxEvent
 
 __all__ = [
     "OUTBOX_CHANNEL",
     "OUTBOX_INSERT",
+    "OUTBOX_TIMES",
     "BatchHandler",
     "CommitHandler",
     "Event",
@@ -79,10 +82,12 @@ FROM unnest(
   CAST(:outbox_type AS text[]), CAST(:outbox_body AS text[]),
   CAST(:outbox_occurred_at AS timestamptz[])
 ) AS o (organization_id, id, type, body, occurred_at)"""
+#: `OUTBOX_INSERT`'s times, typed: `UTCDateTime` refuses a naive one, as the ORM does.
+OUTBOX_TIMES = sa.bindparam("outbox_occurred_at", type_=postgresql.ARRAY(UTCDateTime()))
 #: The outbox rows and the NOTIFY in one statement: one round trip less per publication.
 _NOTIFYING_INSERT = sa.text(
     f"WITH written AS ({OUTBOX_INSERT})\nSELECT pg_notify(:channel, '')"
-).bindparams(channel=OUTBOX_CHANNEL)
+).bindparams(OUTBOX_TIMES, channel=OUTBOX_CHANNEL)
 
 
 class EventPayload(BaseModel):
