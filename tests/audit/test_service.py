@@ -10,12 +10,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.audit import AuditService, ChainBreak, Origin, entry_hash
+from saascore.audit import AuditService, ChainBreak, Origin, audited_bus, entry_hash
+from saascore.events.catalog import ApiKeyRevoked
+from saascore.kit.actors import Actor
 from saascore.kit.db import Database
-from saascore.models import AuditChainHead, AuditLog
+from saascore.models import AuditChainHead, AuditLog, OutboxEvent
 from saascore.plans import PlanService
 from saascore.tenancy import OrganizationService
 from tests.factories import create_organization
+from tests.helpers import only_postgresql
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -243,3 +246,103 @@ class TestConcurrentAppends:
         }
         report = await audit.check(organization.id)
         assert (report.chains, report.entries, report.breaks) == (1, kept, [])
+
+
+def tricky(
+    n: int, *, full: bool
+) -> tuple[ApiKeyRevoked, Actor, str | None, dict[str, object] | None]:
+    """An audited, public event (payload, actor, target, request data) whose entry has
+    non-ASCII, quoted and escaped text and, unless `full`, its optional fields NULL."""
+    payload = ApiKeyRevoked(key_id=uuid.uuid4(), name=f'clé "{n}" \\ \n 😀 \u2028', prefix="sk_é")
+    if not full:
+        return payload, Actor("system"), None, None
+    actor = Actor("user", f"ü-{n}", uuid.uuid4(), "2001:db8::1", 'agent "ß" \\ 日本', "r\t1")
+    return payload, actor, f"ключ-{n}", {"note": "naïve", "n": -0.0, "big": 1e308}
+
+
+@only_postgresql
+class TestOneStatementAppend:
+    """On PostgreSQL, appending to a chain whose head exists is one statement that hashes in
+    SQL: its hashes must be `entry_hash`'s, byte for byte, and hold under concurrency."""
+
+    async def test_the_sql_hash_is_entry_hash(self, scratch: Database) -> None:
+        audit = AuditService(scratch)
+        bus = audited_bus(audit)
+        async with scratch.transaction() as s:
+            org_id = (await create_organization(s)).id
+            await bus.emit(s, org_id, revoked())  # the chain's first entry makes its head
+        statements: list[str] = []
+
+        def seen(*args: object) -> None:
+            statements.append(str(args[2]))
+
+        sa.event.listen(scratch.engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            async with scratch.transaction() as s:  # one entry, then three in one block
+                for events in ([tricky(0, full=True)], [tricky(n, full=n != 2) for n in (1, 2, 3)]):
+                    async with bus.deferred(s):
+                        for payload, actor, target_id, request_data in events:
+                            await bus.emit(
+                                s,
+                                org_id,
+                                payload,
+                                actor=actor,
+                                target_id=target_id,
+                                request_data=request_data,
+                            )
+        finally:
+            sa.event.remove(scratch.engine.sync_engine, "before_cursor_execute", seen)
+        # Each block: the chain's entries and the events' outbox rows in one statement.
+        assert len(statements) == 2
+        async with scratch.session(readonly=True) as s:
+            entries = await chain(s, org_id)
+            outbox = await s.scalar(
+                sa.select(sa.func.count()).where(OutboxEvent.organization_id == org_id)
+            )
+        assert [entry.seq for entry in entries] == [1, 2, 3, 4, 5]
+        for before, after in itertools.pairwise(entries):
+            assert after.prev_hash == before.hash
+        assert all(entry.hash == entry_hash(entry) for entry in entries)
+        assert entries[2].actor_id == "ü-1"
+        assert (entries[3].actor_id, entries[3].target_id, entries[3].user_agent) == (None,) * 3
+        assert outbox == 5
+        assert await audit.verify(org_id) == []
+
+    async def test_32_racing_appends_keep_one_intact_chain(self, race_database: Database) -> None:
+        """32 transactions append at once (as many at a time as the pool has connections),
+        some two entries in one statement, some rolled back."""
+        audit = AuditService(race_database)
+        bus = audited_bus(audit)
+        async with race_database.transaction() as s:
+            org_id = (await create_organization(s)).id
+            await bus.emit(s, org_id, revoked(), target_id="head")
+
+        class Abandoned(Exception):
+            pass
+
+        async def worker(n: int) -> None:
+            async with race_database.transaction() as s:
+                async with bus.deferred(s):
+                    for part in "ab" if n % 3 == 0 else "a":
+                        await bus.emit(s, org_id, revoked(), target_id=f"{n}{part}")
+                if n % 8 == 0:  # rolled back: must leave no gap
+                    raise Abandoned
+
+        results = await asyncio.gather(*(worker(n) for n in range(32)), return_exceptions=True)
+        assert [r for r in results if r is not None and not isinstance(r, Abandoned)] == []
+        kept = [n for n, result in enumerate(results) if result is None]
+        targets = {f"{n}{part}" for n in kept for part in ("ab" if n % 3 == 0 else "a")}
+        async with race_database.session(readonly=True) as s:
+            entries = await chain(s, org_id)
+            outbox = await s.scalar(
+                sa.select(sa.func.count()).where(OutboxEvent.organization_id == org_id)
+            )
+        assert [entry.seq for entry in entries] == list(range(1, len(targets) + 2))
+        assert {entry.target_id for entry in entries} == targets | {"head"}
+        assert outbox == len(targets) + 1
+        report = await audit.check(org_id)
+        assert (report.chains, report.entries, report.breaks) == (1, len(targets) + 1, [])
+
+
+def revoked() -> ApiKeyRevoked:
+    return ApiKeyRevoked(key_id=uuid.uuid4(), name="ingest", prefix="sk_live_ab12cd34")

@@ -21,13 +21,24 @@ from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from saascore.events.bus import Event, EventBus
+from saascore.events.bus import (
+    OUTBOX_CHANNEL,
+    OUTBOX_INSERT,
+    OUTBOX_TIMES,
+    Event,
+    EventBus,
+    outbox_parameters,
+    take_publication,
+)
 from saascore.kit.actors import SYSTEM, Actor, Origin
 from saascore.kit.db import Database
+from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
+from saascore.kit.types import UTCDateTime
 from saascore.kit.validation import canonical_json, checked_json
 from saascore.models import AuditChainHead, AuditLog
 
@@ -74,9 +85,18 @@ def entry_hash(entry: AuditLog) -> str:
     `details` are their stored canonical texts, byte for byte: what is hashed is what is
     stored, so no database's rewriting of JSON numbers can break an untampered chain. (For
     entries written before the texts were stored, this is the same array as before.)"""
+    prefix, infix = _hashed_around(entry)
+    hashed = f"{prefix}{_ENCODER.encode(entry.seq)}{infix}{_ENCODER.encode(entry.prev_hash)}]"
+    return hashlib.sha256(hashed.encode()).hexdigest()
+
+
+def _hashed_around(entry: AuditLog) -> tuple[str, str]:
+    """What `entry_hash` hashes but for the entry's `seq` and `prev_hash`: the text before
+    the `seq` (the prefix) and the text between it and the `prev_hash` (the infix), after
+    which only `]` ends the array. On PostgreSQL the chain's statement hashes `prefix || seq
+    || infix || prev_hash || ']'` itself, once it holds the chain's head (`_APPEND_TO_HEAD`)."""
     fields = [
         str(entry.organization_id),
-        entry.seq,
         entry.actor_type,
         entry.actor_id,
         str(entry.user_id) if entry.user_id else None,
@@ -90,28 +110,99 @@ def entry_hash(entry: AuditLog) -> str:
         None,  # request_data: its stored text goes here
         None,  # details: likewise
         entry.created_at.isoformat(timespec="microseconds"),
-        entry.prev_hash,
     ]
     parts = [_ENCODER.encode(value) for value in fields]
     parts[_REQUEST_DATA], parts[_DETAILS] = entry.request_data_text, entry.details_text
-    return hashlib.sha256(f"[{','.join(parts)}]".encode()).hexdigest()
+    return f"[{parts[0]},", f",{','.join(parts[1:])},"
 
 
-#: Where the stored JSON texts go in the hashed array.
-_REQUEST_DATA, _DETAILS = 12, 13
+#: Where the stored JSON texts go in `_hashed_around`'s fields (the array's 13th and 14th).
+_REQUEST_DATA, _DETAILS = 11, 12
 #: The entries' bulk INSERT: NULLs rendered, so rows with and without, say, a target go in
 #: one statement (the ORM otherwise groups the rows by which of their values are None).
 _BULK_INSERT_ENTRIES = sa.insert(AuditLog).execution_options(render_nulls=True)
-#: Chain heads advanced per upsert: its bound parameters stay well within both databases'.
-_HEADS_PER_STATEMENT = 1_000
-#: Up to this many entries of one chain go in the statement that sets its head's hash.
-_ENTRIES_WITH_HEAD = 100
+#: The entries' columns that `_APPEND_TO_HEAD` takes as arrays, one element per entry,
+#: with their PostgreSQL types; it computes `seq`, `prev_hash` and `hash`.
+_ITEM_COLUMNS = {
+    "id": "uuid",
+    "actor_type": "text",
+    "actor_id": "text",
+    "user_id": "uuid",
+    "action": "text",
+    "target_type": "text",
+    "target_id": "text",
+    "processing_job_id": "uuid",
+    "ip_address": "text",
+    "user_agent": "text",
+    "request_id": "text",
+    "request_data": "text",
+    "details": "text",
+    "created_at": "timestamptz",
+}
+_ITEM_ARRAYS = ",\n  ".join(f"CAST(:{name} AS {type_}[])" for name, type_ in _ITEM_COLUMNS.items())
+#: On PostgreSQL, the append to a chain whose head exists, in one statement (its f-string
+#: pieces are constants): `head` locks the head row and reads its newest version (FOR UPDATE
+#: waits for a concurrent append to commit and then sees its row, where a plain read would
+#: see the statement's snapshot); `link` numbers the entries after it and hashes them as
+#: `entry_hash` does (from `_hashed_around`); `advanced` moves the head to the last of them
+#: (one change of its row: a statement may not change a row twice); `appended` inserts them;
+#: `published` writes the outbox rows taken from the event bus, if any, and `notified` sends
+#: the NOTIFY with them if asked. With no head there is no link: nothing is appended, the
+#: statement returns NULL and the caller appends the slow way. One text whatever the number
+#: of entries: compiled once, prepared once per connection.
+_APPEND_TO_HEAD = sa.text(
+    f"""\
+WITH RECURSIVE
+head AS (
+  SELECT seq, hash FROM audit_chain_heads
+  WHERE organization_id = :organization_id
+  FOR UPDATE
+),
+item AS (
+  SELECT * FROM unnest(
+  {_ITEM_ARRAYS},
+  CAST(:hash_infix AS text[])
+  ) WITH ORDINALITY AS item ({", ".join(_ITEM_COLUMNS)}, hash_infix, n)
+),
+link (n, seq, prev_hash, hash) AS (
+  SELECT CAST(0 AS bigint), seq, CAST(NULL AS text), CAST(hash AS text) FROM head
+  UNION ALL
+  SELECT item.n, link.seq + 1, link.hash, encode(sha256(convert_to(
+    CAST(:hash_prefix AS text) || (link.seq + 1) || item.hash_infix
+    || COALESCE(to_json(link.hash)::text, 'null') || ']', 'UTF8')), 'hex')
+  FROM link JOIN item ON item.n = link.n + 1
+),
+advanced AS (
+  UPDATE audit_chain_heads SET seq = last.seq, hash = last.hash
+  FROM (SELECT seq, hash FROM link ORDER BY n DESC LIMIT 1) AS last
+  WHERE audit_chain_heads.organization_id = :organization_id
+  RETURNING audit_chain_heads.seq
+),
+appended AS (
+  INSERT INTO audit_logs (organization_id, seq, prev_hash, hash, {", ".join(_ITEM_COLUMNS)})
+  SELECT CAST(:organization_id AS uuid), link.seq, link.prev_hash, link.hash,
+    {", ".join(f"item.{name}" for name in _ITEM_COLUMNS)}
+  FROM item JOIN link ON link.n = item.n
+),
+published AS ({OUTBOX_INSERT}),
+notified AS (SELECT pg_notify(:channel, '') WHERE :notify)
+SELECT (SELECT seq FROM advanced), (SELECT count(*) FROM notified)"""  # noqa: S608
+).bindparams(
+    sa.bindparam("created_at", type_=postgresql.ARRAY(UTCDateTime())),
+    OUTBOX_TIMES,
+    channel=OUTBOX_CHANNEL,
+)
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _stored(value: dict[str, Any] | None, field: str) -> str:
     """The canonical text of an entry's JSON field (`InvalidInput` if it is not JSON)."""
     return canonical_json(checked_json(value or {}, field=field, max_depth=None))
+
+
+def _stored_value(entry: AuditLog, column: str) -> Any:
+    """The value of an entry's column (its attribute, for the JSON texts)."""
+    return getattr(entry, column + "_text" if column in ("request_data", "details") else column)
 
 
 def _row(entry: AuditLog) -> dict[str, Any]:
@@ -199,29 +290,59 @@ class AuditService:
         )
         last_seq, prev_hash = (await s.execute(advance)).one()
         entries = self._entries(org_id, items, last_seq, prev_hash)
-        prev_hash = entries[-1].hash
-        set_hash = (
-            sa.update(AuditChainHead)
-            .where(AuditChainHead.organization_id == org_id)
-            .values(hash=prev_hash)
-        )
         if keep:
             s.add_all(entries)
-        elif len(entries) <= _ENTRIES_WITH_HEAD and _dialect(s) == "postgresql":
-            # The entries and the head's new hash in one statement: a round trip less.
-            rows = [_row(entry) for entry in entries]
-            inserted = sa.insert(AuditLog).values(rows).returning(AuditLog.id).cte()
-            await s.execute(set_hash.add_cte(inserted))
-            return entries
-        else:
-            await s.execute(
-                _BULK_INSERT_ENTRIES,
-                [_row(entry) for entry in entries],
-            )
-        await s.execute(set_hash)
-        if keep:
             await s.flush()
+        else:
+            await s.execute(_BULK_INSERT_ENTRIES, [_row(entry) for entry in entries])
+        await s.execute(
+            sa.update(AuditChainHead)
+            .where(AuditChainHead.organization_id == org_id)
+            .values(hash=entries[-1].hash)
+        )
         return entries
+
+    async def _append_to_head(
+        self, s: AsyncSession, org_id: uuid.UUID, items: Sequence[_Item]
+    ) -> bool:
+        """On PostgreSQL, `_append(keep=False)` in one statement (`_APPEND_TO_HEAD`), which
+        also writes the outbox rows of the events being handled, and sends their wake-up,
+        if the event bus offers them (`take_publication`). False if the chain has no head
+        yet (its first entry), in which case only the outbox rows were written."""
+        entries = [self._entry(org_id, item) for item in items]
+        around = [_hashed_around(entry) for entry in entries]
+        publication = take_publication(s)
+        parameters: dict[str, Any] = {
+            "organization_id": org_id,
+            "hash_prefix": around[0][0],
+            "hash_infix": [infix for _prefix, infix in around],
+            **{name: [_stored_value(entry, name) for entry in entries] for name in _ITEM_COLUMNS},
+            **outbox_parameters(publication.rows if publication is not None else []),
+            "notify": publication is not None and publication.notify,
+        }
+        head_seq, _notified = (await s.execute(_APPEND_TO_HEAD, parameters)).one()
+        return head_seq is not None
+
+    def _entry(self, org_id: uuid.UUID, item: _Item) -> AuditLog:
+        """The entry of `item`, but for its place in the chain (`seq`, `prev_hash`, `hash`)."""
+        actor = item.actor
+        return AuditLog(
+            organization_id=org_id,
+            id=new_id(),
+            actor_type=actor.type,
+            actor_id=actor.id,
+            user_id=actor.user_id,
+            action=item.action,
+            target_type=item.target_type,
+            target_id=str(item.target_id) if item.target_id is not None else None,
+            processing_job_id=item.processing_job_id,
+            ip_address=_clip(actor.ip_address, 45),
+            user_agent=_clip(actor.user_agent, 512),
+            request_id=_clip(actor.request_id, 64),
+            request_data_text=_stored(item.request_data, "request_data"),
+            details_text=_stored(item.details, "details"),
+            created_at=self.clock(),
+        )
 
     def _entries(
         self, org_id: uuid.UUID, items: Sequence[_Item], last_seq: int, prev_hash: str | None
@@ -230,57 +351,39 @@ class AuditService:
         `last_seq` (the chain head's `seq` once advanced by `len(items)`)."""
         entries: list[AuditLog] = []
         for seq, item in enumerate(items, start=last_seq - len(items) + 1):
-            actor = item.actor
-            entry = AuditLog(
-                organization_id=org_id,
-                seq=seq,
-                actor_type=actor.type,
-                actor_id=actor.id,
-                user_id=actor.user_id,
-                action=item.action,
-                target_type=item.target_type,
-                target_id=str(item.target_id) if item.target_id is not None else None,
-                processing_job_id=item.processing_job_id,
-                ip_address=_clip(actor.ip_address, 45),
-                user_agent=_clip(actor.user_agent, 512),
-                request_id=_clip(actor.request_id, 64),
-                request_data_text=_stored(item.request_data, "request_data"),
-                details_text=_stored(item.details, "details"),
-                prev_hash=prev_hash,
-                created_at=self.clock(),
-            )
+            entry = self._entry(org_id, item)
+            entry.seq, entry.prev_hash = seq, prev_hash
             entry.hash = prev_hash = entry_hash(entry)
             entries.append(entry)
         return entries
 
     async def _append_many(self, s: AsyncSession, items: dict[uuid.UUID, list[_Item]]) -> None:
-        """`_append(keep=False)` for many organisations' chains at once, in three statements
-        (for up to `_HEADS_PER_STATEMENT` of them): their heads advance in one upsert (in
-        organisation id order, so two such appends lock the heads in the same order), the
-        entries are inserted in one bulk INSERT, and the heads take their last hashes in one
-        executemany UPDATE."""
+        """`_append(keep=False)` for many organisations' chains at once. One chain whose head
+        exists takes one statement on PostgreSQL (`_append_to_head`); otherwise three
+        executemanys: the heads advance in one upsert (in organisation id order, so two such
+        appends lock the heads in the same order), the entries are inserted in one bulk
+        INSERT, and the heads take their last hashes in one UPDATE."""
         if len(items) == 1:
             ((org_id, only),) = items.items()
+            if _dialect(s) == "postgresql" and await self._append_to_head(s, org_id, only):
+                return
             await self._append(s, org_id, only, keep=False)
             return
-        ordered = sorted(items)
-        heads: dict[uuid.UUID, tuple[int, str | None]] = {}
-        for start in range(0, len(ordered), _HEADS_PER_STATEMENT):
-            upsert = insert(s, AuditChainHead)
-            advance = (
-                upsert.values(
-                    [
-                        {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
-                        for org_id in ordered[start : start + _HEADS_PER_STATEMENT]
-                    ]
-                )
-                .on_conflict_do_update(
-                    index_elements=[AuditChainHead.organization_id],
-                    set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
-                )
-                .returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
-            )
-            heads.update((org_id, (seq, hash_)) for org_id, seq, hash_ in await s.execute(advance))
+        upsert = insert(s, AuditChainHead)
+        advance = upsert.on_conflict_do_update(
+            index_elements=[AuditChainHead.organization_id],
+            set_={"seq": AuditChainHead.seq + upsert.excluded.seq},
+        ).returning(AuditChainHead.organization_id, AuditChainHead.seq, AuditChainHead.hash)
+        # An executemany, which SQLAlchemy sends as few multi-row statements (its
+        # "insertmanyvalues") from one compiled form.
+        advanced = await s.execute(
+            advance,
+            [
+                {"organization_id": org_id, "seq": len(items[org_id]), "hash": None}
+                for org_id in sorted(items)
+            ],
+        )
+        heads = {org_id: (seq, hash_) for org_id, seq, hash_ in advanced}
         rows: list[dict[str, Any]] = []
         last_hashes: list[dict[str, Any]] = []
         for org_id in sorted(items):

@@ -7,7 +7,8 @@ actor=...)` inside its transaction. Three things follow from that one call:
   same session (the audit entry): if the transaction rolls back, so does what they wrote;
 - **the outbox**: an event meant to leave the process (`EventPayload.public`) is written to
   `outbox_events` in the same transaction, so it is published if and only if the change
-  committed, and the dispatcher is woken;
+  committed, and the dispatcher is woken (on PostgreSQL a NOTIFY sent with the rows; the
+  audit log's statement carries both when it can, see `take_publication`);
 - **after commit**, the in-process handlers run (clearing the principal cache, waking the
   dispatcher); an event whose transaction, or savepoint, rolled back never reaches them.
 
@@ -17,6 +18,7 @@ the same change write the same audit entry and publish the same event.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -28,6 +30,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -35,16 +38,22 @@ from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
+from saascore.kit.types import UTCDateTime
 from saascore.models import OutboxEvent
 
 __all__ = [
     "OUTBOX_CHANNEL",
+    "OUTBOX_INSERT",
+    "OUTBOX_TIMES",
     "BatchHandler",
     "CommitHandler",
     "Event",
     "EventBus",
     "EventPayload",
+    "Publication",
     "TransactionHandler",
+    "outbox_parameters",
+    "take_publication",
 ]
 
 log = logging.getLogger(__name__)
@@ -57,8 +66,28 @@ _DEFERRED = "saascore.events.deferred"
 #: Set in a session's info while `one_wakeup` holds the dispatchers' wake-up to its end:
 #: whether one is owed.
 _WAKE_OWED = "saascore.events.wake_owed"
-#: Up to this many outbox rows are inserted by the statement that sends the NOTIFY.
-_NOTIFYING_INSERT_ROWS = 100
+#: Set in a session's info while the in-transaction handlers run: the `Publication` of the
+#: events they handle, which one of them may `take_publication`.
+_PUBLICATION = "saascore.events.publication"
+
+#: The outbox rows of a publication, on PostgreSQL: one array parameter per column, however
+#: many rows, so that the statement is one text that SQLAlchemy compiles once and asyncpg
+#: prepares once (a multi-row VALUES is compiled anew for every call). Its parameters are
+#: `outbox_parameters`; the audit log embeds it in its own statement (`take_publication`).
+OUTBOX_INSERT = """\
+INSERT INTO outbox_events (organization_id, id, type, body, occurred_at)
+SELECT o.organization_id, o.id, o.type, CAST(o.body AS jsonb), o.occurred_at
+FROM unnest(
+  CAST(:outbox_organization_id AS uuid[]), CAST(:outbox_id AS uuid[]),
+  CAST(:outbox_type AS text[]), CAST(:outbox_body AS text[]),
+  CAST(:outbox_occurred_at AS timestamptz[])
+) AS o (organization_id, id, type, body, occurred_at)"""
+#: `OUTBOX_INSERT`'s times, typed: `UTCDateTime` refuses a naive one, as the ORM does.
+OUTBOX_TIMES = sa.bindparam("outbox_occurred_at", type_=postgresql.ARRAY(UTCDateTime()))
+#: The outbox rows and the NOTIFY in one statement: one round trip less per publication.
+_NOTIFYING_INSERT = sa.text(
+    f"WITH written AS ({OUTBOX_INSERT})\nSELECT pg_notify(:channel, '')"
+).bindparams(OUTBOX_TIMES, channel=OUTBOX_CHANNEL)
 
 
 class EventPayload(BaseModel):
@@ -177,16 +206,26 @@ class EventBus:
         return emitted
 
     async def _handle(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """The in-transaction handlers and the outbox, for `events` in the order emitted."""
-        for handler, many in self._in_transaction:
-            if many is not None:
-                await many(session, events)
-            else:
-                for emitted in events:
-                    await handler(session, emitted)
-        await self.publish(
-            session, [e for e in events if e.payload.public and e.organization_id is not None]
-        )
+        """The in-transaction handlers and the outbox, for `events` in the order emitted.
+
+        The handlers are offered the outbox rows (`take_publication`): on PostgreSQL the
+        audit log writes them, and sends the NOTIFY, in the statement that appends to the
+        chain, so that the usual event costs one statement instead of two."""
+        public = [e for e in events if e.payload.public and e.organization_id is not None]
+        info = session.sync_session.info
+        publication = Publication([outbox_row(e) for e in public]) if public else None
+        info[_PUBLICATION] = publication
+        try:
+            for handler, many in self._in_transaction:
+                if many is not None:
+                    await many(session, events)
+                else:
+                    for emitted in events:
+                        await handler(session, emitted)
+        finally:
+            del info[_PUBLICATION]
+        if publication is not None and not publication.taken:
+            await self._write(session, publication.rows)
 
     @asynccontextmanager
     async def deferred(self, session: AsyncSession) -> AsyncIterator[None]:
@@ -241,23 +280,14 @@ class EventBus:
     async def publish(self, session: AsyncSession, events: Iterable[Event]) -> None:
         """Write `events` to the outbox in `session`'s transaction (set-wise), and have the
         dispatchers of every process woken when it commits."""
-        rows = [outbox_row(emitted) for emitted in events]
+        await self._write(session, [outbox_row(emitted) for emitted in events])
+
+    async def _write(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        """The outbox rows and the wake-up (`publish`)."""
         if not rows:
             return
-        info = session.sync_session.info
-        if (
-            len(rows) <= _NOTIFYING_INSERT_ROWS
-            and _WAKE_OWED not in info
-            and session.bind is not None
-            and session.bind.dialect.name == "postgresql"
-        ):
-            # The rows and the NOTIFY in one statement: one round trip less per publication.
-            inserted = sa.insert(OutboxEvent).values(rows).returning(OutboxEvent.id).cte()
-            await session.execute(
-                sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")).where(
-                    sa.exists(sa.select(inserted.c.id))
-                )
-            )
+        if _dialect(session) == "postgresql" and _wake_now(session):
+            await session.execute(_NOTIFYING_INSERT, outbox_parameters(rows))
             return
         await session.execute(sa.insert(OutboxEvent), rows)
         await _notify_dispatchers(session)
@@ -328,12 +358,22 @@ async def _notify_dispatchers(session: AsyncSession) -> None:
     """On PostgreSQL, have every process's dispatcher woken when the transaction commits
     (NOTIFY is transactional); elsewhere they poll, and this process's doorbell rings.
     Within `EventBus.one_wakeup` the wake-up is only noted, and sent at the block's end."""
+    if _dialect(session) == "postgresql" and _wake_now(session):
+        await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+
+
+def _wake_now(session: AsyncSession) -> bool:
+    """Whether a wake-up is to be sent now: not within `EventBus.one_wakeup`, which is
+    told that one is owed instead."""
     info = session.sync_session.info
     if _WAKE_OWED in info:
         info[_WAKE_OWED] = True
-        return
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+        return False
+    return True
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.bind.dialect.name if session.bind is not None else ""
 
 
 def _rolled_back(sync: Session, previous: SessionTransaction) -> None:
@@ -360,3 +400,38 @@ def outbox_row(emitted: Event) -> dict[str, Any]:
         "occurred_at": emitted.occurred_at,
         "dispatched_at": None,
     }
+
+
+def outbox_parameters(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The parameters of `OUTBOX_INSERT` for `rows` (made by `outbox_row`)."""
+    return {
+        "outbox_organization_id": [row["organization_id"] for row in rows],
+        "outbox_id": [row["id"] for row in rows],
+        "outbox_type": [row["type"] for row in rows],
+        "outbox_body": [json.dumps(row["body"]) for row in rows],
+        "outbox_occurred_at": [row["occurred_at"] for row in rows],
+    }
+
+
+@dataclass(slots=True)
+class Publication:
+    """The outbox rows of the events that the in-transaction handlers are handling."""
+
+    rows: list[dict[str, Any]]
+    #: Whether the rows' writer must send the wake-up with them (`OUTBOX_CHANNEL`); set
+    #: when they are taken.
+    notify: bool = False
+    taken: bool = False
+
+
+def take_publication(session: AsyncSession) -> Publication | None:
+    """The outbox rows of the events being handled in `session`, for the in-transaction
+    handler that writes them itself, on PostgreSQL, with `OUTBOX_INSERT` in a statement of
+    its own, and that sends the NOTIFY in it too when `notify` is set: the bus then writes
+    nothing. Whoever takes them must write them; None when there are none to take."""
+    publication: Publication | None = session.sync_session.info.get(_PUBLICATION)
+    if publication is None or publication.taken or _dialect(session) != "postgresql":
+        return None
+    publication.taken = True
+    publication.notify = _wake_now(session)
+    return publication
