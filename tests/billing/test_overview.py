@@ -175,7 +175,13 @@ class TestOverview:
         assert subscription["cancel_at_period_end"] is False
         assert body["usage_period_start"].startswith("2025-01-01")
         assert body["usage"] == [
-            {"metric": "tokens", "used": 1_500_499, "included": 1_000_000, "over": 500_499}
+            {
+                "metric": "tokens",
+                "used": 1_500_499,
+                "included": 1_000_000,
+                "over": 500_499,
+                "included_per": "month",
+            }
         ]
         assert body["credit_balance"] == int(names["credits"])
         [payment] = body["recent_payments"]
@@ -216,6 +222,7 @@ class TestOverview:
                 credits_per_period=0,
                 monthly_token_limit=1_000,
                 max_storage_mb=2,
+                max_api_calls_per_day=50,
             )
             s.add(row)
             await s.flush()
@@ -235,9 +242,23 @@ class TestOverview:
             )
         body = await ok(await admin.client.get("/v1/billing/overview", headers=customer.headers))
         assert body["subscription"] is None
+        # Each meter says what its included amount is per: API calls are allowed per day.
         assert body["usage"] == [
-            {"metric": "storage_bytes", "used": 0, "included": None, "over": 0},
-            {"metric": "tokens", "used": 400, "included": 1_000, "over": 0},
+            {"metric": "api_calls", "used": 0, "included": 50, "over": 0, "included_per": "day"},
+            {
+                "metric": "storage_bytes",
+                "used": 0,
+                "included": None,
+                "over": 0,
+                "included_per": "none",
+            },
+            {
+                "metric": "tokens",
+                "used": 400,
+                "included": 1_000,
+                "over": 0,
+                "included_per": "month",
+            },
         ]
 
     async def test_needs_billing_read(self, admin: Admin, customer: TestTenant) -> None:

@@ -43,9 +43,11 @@ from saascore.metering.limits import LimitRules
 from saascore.models import LIVE_SUBSCRIPTION_STATUSES as LIVE
 from saascore.models import (
     Invoice,
+    Meter,
     Organization,
     Payment,
     PlanLimit,
+    ResetPeriod,
     Subscription,
     SubscriptionPlan,
     SubscriptionStatus,
@@ -68,6 +70,10 @@ class MeterUsage:
     used: int
     included: int | None
     over: int
+    #: What `included` is per: the meter's reset period (`day` for API calls: each day's
+    #: excess counts in `over`, while `used` is the whole period's); None for a metric
+    #: without a meter.
+    included_per: ResetPeriod | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +254,8 @@ async def _usage(
             UsageCounter.period_start <= now,
             sa.or_(UsageCounter.period_end.is_(None), UsageCounter.period_end > now),
         )
+    meters = sa.select(Meter.code, Meter.reset_period).where(Meter.code.in_(metrics))
+    resets: dict[str, ResetPeriod] = dict((await s.execute(meters)).tuples().all())
     used: dict[str, int] = {}
     over: dict[str, int] = {}
     for metric, amount in await s.execute(query):
@@ -261,6 +269,7 @@ async def _usage(
             used=used.get(metric, 0),
             included=included[metric],
             over=over.get(metric, 0),
+            included_per=resets.get(metric),
         )
         for metric in metrics
     ]

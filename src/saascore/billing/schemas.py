@@ -33,6 +33,7 @@ from saascore.models import (
     Payment,
     PaymentMethod,
     PaymentStatus,
+    ResetPeriod,
     Subscription,
     SubscriptionStatus,
 )
@@ -540,6 +541,12 @@ class MeterUsageOut(BaseModel):
         description="The plan's included amount; null: unlimited", examples=[1_000_000]
     )
     over: int = Field(description="Units above the included amount, billed next", examples=[0])
+    included_per: ResetPeriod | None = Field(
+        description="What the included amount is per: `month`, `day` (API calls: each day's "
+        "excess counts in `over`, while `used` totals the period) or `none`; null: a metric "
+        "without a meter",
+        examples=["month"],
+    )
 
 
 class PlanSummaryOut(BaseModel):
@@ -581,7 +588,13 @@ class BillingOverviewOut(BaseModel):
             usage_period_start=period[0] if period else None,
             usage_period_end=period[1] if period else None,
             usage=[
-                MeterUsageOut(metric=m.metric, used=m.used, included=m.included, over=m.over)
+                MeterUsageOut(
+                    metric=m.metric,
+                    used=m.used,
+                    included=m.included,
+                    over=m.over,
+                    included_per=m.included_per,
+                )
                 for m in overview.usage
             ],
             credit_balance=overview.credit_balance,
