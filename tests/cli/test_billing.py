@@ -62,7 +62,10 @@ def test_overview_and_upcoming(org_cli: Cli) -> None:
     overview = json.loads(cli("billing", "overview", "acme", "--json").ok().stdout)
     assert overview["upcoming_invoice"] == upcoming
     assert overview["subscription"]["status"] == "active"
+    per = {meter["metric"]: meter["included_per"] for meter in overview["usage"]}
+    assert per == {"api_calls": "day", "storage_bytes": "none", "tokens": "month"}
     text = cli("billing", "overview", "acme").ok().stdout
     assert "upcoming invoice" in text
+    assert "1000 a day" in text  # starter's API calls: an allowance per day, not per period
     missing = cli("invoices", "upcoming", "nobody")
     assert missing.returncode != 0

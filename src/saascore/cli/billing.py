@@ -107,6 +107,8 @@ def overview(
     table = new_table("meter", "used", "included", "over")
     for meter in found.usage:
         included = "unlimited" if meter.included is None else str(meter.included)
+        if meter.included is not None and meter.included_per == "day":
+            included += " a day"  # (`used` is the period's total, `over` each day's excess)
         table.add_row(meter.metric, str(meter.used), included, str(meter.over))
     if found.usage:
         print_table(table)
