@@ -152,7 +152,15 @@ def test_demo_lets_a_user_in_and_prints_a_curl_that_records_an_event(cli: Cli) -
 
         with httpx.Client(headers={"Authorization": f"Bearer {first.key}"}) as client:
             statuses = {client.get(server.url("/v1/usage/limits")).status_code for _ in range(60)}
-        assert statuses == {200}
+            assert statuses == {200}
+            # The key reaches every tenant surface a walkthrough tries, but no admin one.
+            folder = client.post(server.url("/v1/folders"), json={"name": "walkthrough"})
+            assert folder.status_code == 201, folder.text
+            assert client.get(server.url("/v1/folders")).status_code == 200
+            assert client.get(server.url("/v1/billing/overview")).status_code == 200
+            users = client.get(server.url("/v1/users"))
+            assert users.status_code == 403, users.text
+            assert users.json()["error"]["code"] == "permission_denied"
 
     port = free_port()
     with cli.server("demo", "--port", str(port), port=port) as server:

@@ -42,7 +42,17 @@ DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "saascore-demo-walkthrough"  # noqa: S105 (printed and documented on purpose)
 DEMO_USER_NAME = "Demo Owner"
 DEMO_KEY_NAME = "demo"
-DEMO_KEY_SCOPES = ("usage:read", "usage:write", "billing:read", "credits:write")
+#: Every tenant permission but `admin`: the printed key reaches each tenant endpoint a
+#: walkthrough tries (usage, credits, billing and checkout, the workspace and the LLM client).
+DEMO_KEY_SCOPES = (
+    "usage:read",
+    "usage:write",
+    "billing:read",
+    "billing:write",
+    "credits:write",
+    "workspace:read",
+    "workspace:write",
+)
 #: More worker processes than any host runs usefully (and a bound for the option).
 MAX_WORKERS = 1024
 #: How long a worker of `serve --workers N` may take to answer uvicorn's health check.

@@ -1,18 +1,17 @@
 """What each role and each API-key scope may do.
 
-| Permission      | owner | admin | member | viewer | What it covers                               |
-| --------------- | ----- | ----- | ------ | ------ | -------------------------------------------- |
-| `usage:read`    | yes   | yes   | yes    | yes    | limits, checks, summaries, the organisation  |
-| `usage:write`   | yes   | yes   | yes    |        | usage events and reservations                |
-| `billing:read`  | yes   | yes   | yes    | yes    | credits and their transactions               |
-| `billing:write` | yes   | yes   |        |        | the billing e-mail and currency              |
-| `credits:write` | yes   | yes   | yes    |        | drawing credits (`POST /v1/credits/consume`) |
-| `workspace:read`| yes   | yes   | yes    | yes    | folders, documents, jobs, generations        |
-| `workspace:write`| yes  | yes   | yes    |        | registering documents, jobs, generations     |
-| `admin`         | yes   | yes   |        |        | users, everyone's API keys, settings, audit  |
+| Permission        | owner | admin | member | viewer | What it covers                            |
+| ----------------- | ----- | ----- | ------ | ------ | ----------------------------------------- |
+| `usage:read`      | yes   | yes   | yes    | yes    | limits, checks, usage summaries           |
+| `usage:write`     | yes   | yes   | yes    |        | usage events, reservations, LLM calls     |
+| `billing:read`    | yes   | yes   | yes    | yes    | credits, subscription, invoices, payments |
+| `billing:write`   | yes   | yes   |        |        | checkout, plan changes, packs, billing    |
+| `credits:write`   | yes   | yes   | yes    |        | drawing credits                           |
+| `workspace:read`  | yes   | yes   | yes    | yes    | folders, documents, jobs, memory          |
+| `workspace:write` | yes   | yes   | yes    |        | changing them                             |
+| `admin`           | yes   | yes   |        |        | users, everyone's keys, settings, audit   |
 
-`billing:read` and `billing:write` are reserved too for subscriptions, invoices and payments,
-which come with billing (not built yet).
+The endpoints of each are listed in docs/api.md.
 
 Only an owner may make or unmake an owner. An API key's scopes are permissions; a key that acts
 for a user is also held to what that user's role allows *now*, so demoting a user demotes their
