@@ -4,7 +4,10 @@ pack whose credits are granted once."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from saascore.kit.money import Money
@@ -32,6 +35,22 @@ async def checkout(client: httpx.AsyncClient, customer: TestTenant, **body: str)
     assert answer["provider"] == "mock"
     assert answer["id"].startswith("mock_cs_")
     return local(answer["url"])
+
+
+@pytest.fixture
+async def unoffered(admin: Admin) -> AsyncIterator[tuple[str, ...]]:
+    """`business` unlisted and `pro` retired for one test; the catalog restored after it."""
+
+    async def offer(offered: bool) -> None:
+        async with admin.database.transaction() as s:
+            plans = sa.update(SubscriptionPlan)
+            business = plans.where(SubscriptionPlan.code == "business")
+            await s.execute(business.values(is_public=offered))
+            await s.execute(plans.where(SubscriptionPlan.code == "pro").values(is_active=offered))
+
+    await offer(False)
+    yield ("business", "pro")
+    await offer(True)
 
 
 class TestPlanCheckout:
@@ -109,6 +128,36 @@ class TestPlanCheckout:
         portal = await admin.client.post("/v1/subscription/portal", headers=customer.headers)
         assert portal.status_code == 200
         assert portal.json()["url"]
+
+    async def test_only_an_offered_plan_is_sold_to_a_tenant(
+        self, admin: Admin, customer: TestTenant, unoffered: tuple[str, ...]
+    ) -> None:
+        """An unlisted plan (an operator's custom deal) and a retired one are refused to the
+        tenant, at checkout and as a plan change, and the refusal writes nothing: no customer
+        at the provider, the subscription unchanged."""
+        client, org_id = admin.client, customer.organization_id
+        for plan in unoffered:
+            refused = await client.post(
+                "/v1/subscription/checkout", json={"plan": plan}, headers=customer.headers
+            )
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "plan_not_offered"
+            assert refused.json()["error"]["details"] == {"plan": plan}
+        async with admin.database.session(readonly=True) as s:
+            organization = await s.get(Organization, org_id)
+            assert organization is not None
+            assert organization.provider_customer_id is None
+
+        page_url = await checkout(client, customer, plan="starter")
+        assert (await client.post(page_url)).status_code == 200
+        for plan in unoffered:
+            moved = await client.post(
+                "/v1/subscription/change-plan", json={"plan": plan}, headers=customer.headers
+            )
+            assert moved.status_code == 409, moved.text
+            assert moved.json()["error"]["code"] == "plan_not_offered"
+        mine = (await client.get("/v1/subscription", headers=customer.headers)).json()
+        assert (mine["plan"], mine["status"]) == ("starter", "active")
 
     async def test_refusals(self, admin: Admin, customer: TestTenant) -> None:
         client = admin.client

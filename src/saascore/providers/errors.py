@@ -17,7 +17,8 @@ SaascoreError
 │   │   └── MockWebhookRefused      (403) unsigned mock webhooks: loopback, mock mode only
 │   ├── Conflict
 │   │   ├── ProviderNotConfigured   (409) the provider's settings are missing here
-│   │   └── BillingCustomerMissing  (409) the organisation is no provider's customer yet
+│   │   ├── BillingCustomerMissing  (409) the organisation is no provider's customer yet
+│   │   └── PlanNotOffered          (409) a retired or unlisted plan: an operator's to give
 │   └── InvalidInput
 │       └── ProviderPriceMissing    (422) the plan or pack has no id at the provider
 """
@@ -30,6 +31,7 @@ __all__ = [
     "BillingCustomerMissing",
     "CheckoutNotFound",
     "MockWebhookRefused",
+    "PlanNotOffered",
     "ProviderNotConfigured",
     "ProviderPriceMissing",
     "ProviderUnavailable",
@@ -125,6 +127,14 @@ class BillingCustomerMissing(Conflict):
     """(409) The organisation is not a customer of a payment provider yet: check out first."""
 
     code = "billing_customer_missing"
+
+
+class PlanNotOffered(Conflict):
+    """(409) A tenant asked for a plan that is retired (`is_active = false`) or unlisted
+    (`is_public = false`): only an operator subscribes an organisation to it."""
+
+    code = "plan_not_offered"
+    stateful = True
 
 
 class ProviderPriceMissing(InvalidInput):

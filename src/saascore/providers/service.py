@@ -10,7 +10,9 @@
   catalog's `plan_prices`) or a credit pack, and answers the provider's URL. What it sold
   arrives by webhook (`providers.webhooks`). A plan or pack without an id at the provider is
   422 `provider_price_missing`; a live subscription at a provider is changed, not bought
-  again (409 `subscription_exists`).
+  again (409 `subscription_exists`). A tenant buys, or moves to, only a plan that is offered:
+  active and listed in `/v1/plans`; a retired or unlisted one is 409 `plan_not_offered`, for an
+  operator to give (`saascore subscriptions create`, `/v1/admin`).
 - **Cancel, resume, change plan**: the provider is told first, then the same billing
   operation is applied here, so the answer shows it and the webhook that follows changes
   nothing. A plan change of a provider's subscription is the provider's to bill: saascore
@@ -39,12 +41,16 @@ from saascore.config import Settings
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
-from saascore.models import CreditPack, Organization, PlanPrice, Subscription
+from saascore.models import CreditPack, Organization, PlanPrice, Subscription, SubscriptionPlan
 from saascore.models.catalog import BillingCycle
 from saascore.models.enums import PaymentProvider
 from saascore.plans.service import PlanService
 from saascore.providers.base import CheckoutMode, CheckoutRequest, CheckoutSession, Customer
-from saascore.providers.errors import BillingCustomerMissing, ProviderPriceMissing
+from saascore.providers.errors import (
+    BillingCustomerMissing,
+    PlanNotOffered,
+    ProviderPriceMissing,
+)
 from saascore.providers.mock import pack_price_id, plan_price_id
 from saascore.providers.registry import ProviderRegistry, url_name
 from saascore.tenancy.errors import OrganizationNotFound
@@ -64,6 +70,16 @@ class StartedCheckout:
 
     provider: PaymentProvider
     session: CheckoutSession
+
+
+def _offered(plan: SubscriptionPlan) -> SubscriptionPlan:
+    """`plan`, when a tenant may buy it or move to it: active and listed."""
+    if not (plan.is_active and plan.is_public):
+        raise PlanNotOffered(
+            f"the {plan.code} plan is not offered: an operator subscribes organisations to it",
+            plan=plan.code,
+        )
+    return plan
 
 
 def _plan_price_id(provider: PaymentProvider, price: PlanPrice) -> str | None:
@@ -142,6 +158,7 @@ class PaymentProviderService:
         cycle = BillingCycle(cycle)
         organization = await self._organization(org_id)
         currency = organization.currency
+        plan_row = None
         if plan is not None:
             live = await self._live(org_id)
             if live is not None and live.provider_subscription_id is not None:
@@ -149,10 +166,10 @@ class PaymentProviderService:
                     "the organisation has a live subscription at its provider: change its plan",
                     subscription=str(live.id),
                 )
+            plan_row = _offered(await self.plans.get_by_code(plan))
         provider, customer_id = await self.customer(org_id)
         adapter = self.registry.get(provider)
-        if plan is not None:
-            plan_row = await self.plans.get_by_code(plan)
+        if plan_row is not None:
             price = next(
                 (
                     p
@@ -252,13 +269,13 @@ class PaymentProviderService:
         without proration (the provider bills it). A subscription of saascore's own takes
         `SubscriptionService.change_plan`."""
         subscription = await self.subscriptions.get(org_id)
+        plan_row = _offered(await self.plans.get_by_code(plan))
         if subscription.provider_subscription_id is None:
             return await self.subscriptions.change_plan(org_id, plan, actor=actor)
         if subscription.status in FINAL_STATUSES:
             raise InvalidTransition(
                 subscription.status.value, subscription.status.value, "plan change"
             )
-        plan_row = await self.plans.get_by_code(plan)
         price = next(
             (
                 p
