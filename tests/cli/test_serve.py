@@ -161,6 +161,12 @@ def test_demo_lets_a_user_in_and_prints_a_curl_that_records_an_event(cli: Cli) -
             users = client.get(server.url("/v1/users"))
             assert users.status_code == 403, users.text
             assert users.json()["error"]["code"] == "permission_denied"
+            # A mock checkout returns to the demo, on the port it serves.
+            started = client.post(server.url("/v1/subscription/checkout"), json={"plan": "pro"})
+            assert started.status_code == 200, started.text
+            confirmed = client.post(started.json()["url"], data={"confirm": "1"})
+            assert confirmed.status_code == 303, confirmed.text
+            assert confirmed.headers["location"] == server.url("/?checkout=success")
 
     port = free_port()
     with cli.server("demo", "--port", str(port), port=port) as server:

@@ -166,6 +166,20 @@ def demo_settings() -> Settings:
     )
 
 
+def returning_to(settings: Settings, base: str) -> Settings:
+    """`settings` with a checkout's return addresses on `base` where they are not set: the
+    mock checkout then returns to the demo on whatever port it serves."""
+    update = {
+        name: f"{base}/?checkout={outcome}"
+        for name, outcome in (
+            ("checkout_success_url", "success"),
+            ("checkout_cancel_url", "cancel"),
+        )
+        if name not in settings.model_fields_set
+    }
+    return settings.model_copy(update=update)
+
+
 def demo_catalog() -> Catalog:
     """The default catalog and the hidden `demo` plan: every feature of the top tier, without
     a limit a walkthrough could hit (no rate limits, token, storage, seat or call limits).
@@ -308,9 +322,10 @@ def demo(
 
     from saascore.api.app import create_app
 
+    base = f"http://{DEMO_HOST}:{port}"
+    settings = returning_to(settings, base)
     access = run_with_core(settings, prepare_demo)
     organization = access.organization
-    base = f"http://{DEMO_HOST}:{port}"
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
