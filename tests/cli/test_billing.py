@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest_asyncio
 
@@ -42,8 +43,10 @@ def test_dry_run_then_run_then_nothing_left(org_cli: Cli) -> None:
     done = json.loads(cli("billing", "run", "--at", "2024-05-01T00:00:00Z", "--json").ok().stdout)
     assert (done["renewed"], done["invoices_issued"]) == (1, 1)
     table = cli("billing", "run", "--at", "2024-05-01T00:00:00Z").ok().stdout
-    assert "renewed" in table
-    assert "invoices issued" in table
+    # Each row says what it counts: subscriptions, organisations, invoices (done already: 0).
+    for label in ("subscriptions renewed", "invoices issued", "organizations suspended"):
+        assert re.search(rf"^\s*{label}\s+0\s*$", table, re.MULTILINE), table
+    assert re.search(r"^\s*organizations looked at\s+1\s*$", table, re.MULTILINE), table
     again = json.loads(cli("billing", "run", "--at", "2024-05-01T00:00:00Z", "--json").ok().stdout)
     assert again["renewed"] == 0
     assert again["invoices_issued"] == 0

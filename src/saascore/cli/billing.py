@@ -24,6 +24,21 @@ __all__ = ["app"]
 
 app = typer.Typer(name="billing", help="Billing: run, overview, reconcile.", no_args_is_help=True)
 
+#: The summary's rows, where the action's name alone does not say what was counted.
+ACTION_LABELS = {
+    "renewed": "subscriptions renewed",
+    "trial_will_end": "trial-end notices",
+    "canceled": "subscriptions canceled",
+    "expired": "subscriptions expired",
+    "downgraded": "subscriptions downgraded",
+    "returned_to_default": "organizations back on the default plan",
+    "credits_expired": "credit grants expired",
+    "past_due": "subscriptions past due",
+    "suspended": "subscriptions suspended",
+    "organization_suspended": "organizations suspended",
+    "errors": "organizations failed",
+}
+
 
 @app.command()
 @handle_errors
@@ -63,9 +78,10 @@ def run(
     else:
         title = "billing run (dry: nothing written)" if dry_run else "billing run"
         table = new_table("action", "count", title=f"{title} at {summary.at:%Y-%m-%d %H:%M}")
-        table.add_row("organizations", str(summary.organizations))
+        table.add_row("organizations looked at", str(summary.organizations))
         for action in ACTIONS:
-            table.add_row(action.replace("_", " "), str(summary.counts.get(action, 0)))
+            label = ACTION_LABELS.get(action, action.replace("_", " "))
+            table.add_row(label, str(summary.counts.get(action, 0)))
         print_table(table)
         for org_id, error in summary.failures:
             err.print(f"organisation {org_id}: {error}", markup=False, highlight=False)
