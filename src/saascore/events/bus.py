@@ -173,6 +173,13 @@ class EventBus:
         self._in_transaction.append((handler, many))
         return handler
 
+    def handled_only_by(self, handler: TransactionHandler) -> bool:
+        """Whether `handler` is the only in-transaction handler. A statement that does its
+        work itself, and writes the outbox rows (the audit log's, `append_to_head_sql`), may
+        then stand for `emit`: its event's effects are all in it, and `run_after_commit`
+        does the rest once it has committed."""
+        return [registered for registered, _many in self._in_transaction] == [handler]
+
     def after_commit(self, handler: CommitHandler) -> CommitHandler:
         """Run `handler(event)` once the emitting transaction has committed."""
         self._after_commit.append(handler)
