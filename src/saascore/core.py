@@ -213,6 +213,7 @@ class Saascore:
 
     async def close(self) -> None:
         await self.identity.settle()  # failed logins' audit entries, written after the answer
+        await self.documents.settle()  # the dispatchers' wake-up, sent after the answer
         await self.rate_limiter.close()
         await self.provider_registry.aclose()
         await self.llm.aclose()

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService, audited_bus
 from saascore.config import DatabaseBackend
-from saascore.events.bus import Event
+from saascore.events.bus import OUTBOX_CHANNEL, Event
 from saascore.kit.db import Database
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.service import UsageService
@@ -30,6 +30,7 @@ from saascore.workspace.errors import (
     FolderNotFound,
 )
 from tests.factories import create_organization, create_organization_row, create_plan
+from tests.helpers import only_postgresql
 
 WORKERS = 32
 
@@ -230,6 +231,19 @@ class TestWhatARegistrationWrites:
             ).all()
         assert [body["type"] for body in bodies] == ["document.created"] * 2
         assert bodies[1]["data"] == entries[0].details
+
+    @only_postgresql
+    async def test_dispatchers_are_woken_after_the_commit(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        documents = DocumentService(scratch)
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        async with scratch.engine.connect() as listening:
+            raw = (await listening.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.add_listener(OUTBOX_CHANNEL, lambda *args: heard.put_nowait(args[2]))
+            await register(documents, org_id, 10)
+            await documents.settle()
+            assert await asyncio.wait_for(heard.get(), timeout=10) == OUTBOX_CHANNEL
 
     async def test_a_refusal_writes_no_entry_and_no_outbox_row(self, scratch: Database) -> None:
         org_id = await new_org(scratch, storage_bytes=100)

@@ -362,10 +362,11 @@ class AuditService:
         head_seq, _notified = (await s.execute(_APPEND_TO_HEAD, parameters)).one()
         return head_seq is not None
 
-    def append_parameters(self, event: Event) -> dict[str, Any]:
+    def append_parameters(self, event: Event, *, notify: bool = True) -> dict[str, Any]:
         """The parameters of `append_to_head_sql` for an event that a statement of its own
         emits, outside any session: the event's audit entry, its outbox row (if it is public)
-        and the dispatchers' wake-up with it. What `handle` and the event bus would write."""
+        and, with `notify`, the dispatchers' wake-up with it (else the caller sends it after
+        the commit, `events.bus.Wakeup`). What `handle` and the event bus would write."""
         action = event.payload.audited_as()
         assert action is not None
         assert event.organization_id is not None
@@ -379,7 +380,10 @@ class AuditService:
         )
         public = event.payload.public
         return self._head_parameters(
-            event.organization_id, [item], [outbox_row(event)] if public else [], notify=public
+            event.organization_id,
+            [item],
+            [outbox_row(event)] if public else [],
+            notify=notify and public,
         )
 
     def _head_parameters(

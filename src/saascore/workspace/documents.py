@@ -47,7 +47,7 @@ from sqlalchemy.orm import aliased, make_transient_to_detached
 
 from saascore.audit.service import AuditService, audited_bus
 from saascore.config import DatabaseBackend
-from saascore.events.bus import Event, EventBus
+from saascore.events.bus import Event, EventBus, Wakeup
 from saascore.events.catalog import DocumentCreated, DocumentDeleted, StorageRepaired
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database, exact_sum, joined_sum
@@ -180,8 +180,14 @@ class DocumentService:
             events = audited_bus(audit)
         self.events = events
         self.audit = audit
+        #: The dispatchers' wake-up after one-statement registrations, shared among them.
+        self.wakeup = Wakeup(database)
         self.usage = usage if usage is not None else UsageService(database, events=self.events)
         self.clock = clock
+
+    async def settle(self) -> None:
+        """Wait for the dispatchers' wake-up being sent, if any (before the database closes)."""
+        await self.wakeup.settle()
 
     # --- folders -------------------------------------------------------------------------------
     async def create_folder(
@@ -454,9 +460,11 @@ class DocumentService:
             target_id=str(document_id),
             occurred_at=self.events.clock(),
         )
+        chain = self.audit.append_parameters(event, notify=False)
         async with self.database.driver() as driver:
-            outcome = await run_register(driver, values, self.audit.append_parameters(event))
+            outcome = await run_register(driver, values, chain)
         if outcome is Outcome.REGISTERED:
+            self.wakeup.owed()
             self.events.run_after_commit(event)
             return Registered(_loaded(values), created=True)
         if outcome is Outcome.REFUSED:  # by the limit, said at once; else for want of a row

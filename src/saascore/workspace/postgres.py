@@ -9,8 +9,9 @@ round trip, in a transaction of its own (autocommit), on the driver's connection
    UPDATE (`gauge.storage_increment_sql`, the limit resolved inside it), only if it was
    inserted;
 3. the audit log's CTEs (`append_to_head_sql`) append the `document.created` entry to the
-   organisation's chain, write the event's outbox row and send the NOTIFY, only if it was
-   counted;
+   organisation's chain and write the event's outbox row, only if it was counted (the
+   dispatchers' wake-up is sent after the commit, shared with other registrations: see
+   `events.bus.Wakeup`);
 4. the final SELECT calls `saascore_limit_exceeded()` when the document went in but is not
    on the chain: refused by the limit, or the organisation has no `usage_limits` row or no
    chain head yet. The error aborts the whole statement, so nothing is written; the caller
