@@ -157,7 +157,7 @@ class Saascore:
             group_commit_max_events=self.settings.group_commit_max_events,
             events=self.events,
         )
-        self.documents = DocumentService(self.database, self.usage, self.events)
+        self.documents = DocumentService(self.database, self.usage, self.events, audit=self.audit)
         self.jobs = JobService(self.database, self.events)
         #: Metered chat completions: the gateway at `SAASCORE_LLM_GATEWAY_URL`, else the mock.
         self.llm = LLMClient(self.usage, self._llm_gateway())
@@ -213,6 +213,7 @@ class Saascore:
 
     async def close(self) -> None:
         await self.identity.settle()  # failed logins' audit entries, written after the answer
+        await self.documents.settle()  # the dispatchers' wake-up, sent after the answer
         await self.rate_limiter.close()
         await self.provider_registry.aclose()
         await self.llm.aclose()

@@ -12,12 +12,13 @@ import sqlalchemy as sa
 
 from saascore.audit import AuditService
 from saascore.events import Event, EventBus
-from saascore.events.bus import OUTBOX_CHANNEL
+from saascore.events.bus import OUTBOX_CHANNEL, Wakeup
 from saascore.events.catalog import ApiKeyRevoked, AuthLogout, CreditsLow, OperatorKeyRevoked
 from saascore.kit.actors import Actor
 from saascore.kit.db import Database
 from saascore.models import AuditLog, OutboxEvent
 from tests.factories import create_organization
+from tests.helpers import only_postgresql, only_sqlite
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -269,3 +270,52 @@ class TestNestedDeferred:
         assert by_org[orgs[1]] == [(1, "1")]
         assert by_org[orgs[2]] == [(1, "2"), (2, "5")]
         assert await audit.verify() == []
+
+
+class _CountedWakeup(Wakeup):
+    """A wake-up that counts what it sends, each send held until `sent_through` is set."""
+
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
+        self.sent = 0
+        self.sent_through = asyncio.Event()
+
+    async def _notify(self) -> None:
+        self.sent += 1
+        await self.sent_through.wait()
+
+
+class TestWakeup:
+    @only_postgresql
+    async def test_a_wakeup_is_heard_after_it_is_owed(self, scratch: Database) -> None:
+        wakeup = Wakeup(scratch)
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        async with scratch.engine.connect() as listening:
+            raw = (await listening.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.add_listener(OUTBOX_CHANNEL, lambda *args: heard.put_nowait(args[2]))
+            wakeup.owed()
+            await wakeup.settle()
+            assert await asyncio.wait_for(heard.get(), timeout=10) == OUTBOX_CHANNEL
+
+    @only_postgresql
+    async def test_commits_noted_while_one_is_sent_share_the_next(self, scratch: Database) -> None:
+        wakeup = _CountedWakeup(scratch)
+        wakeup.owed()
+        await asyncio.sleep(0)  # the first is being sent
+        assert wakeup.sent == 1
+        for _ in range(20):
+            wakeup.owed()
+        wakeup.sent_through.set()
+        await wakeup.settle()
+        assert wakeup.sent == 2  # one more for the twenty noted meanwhile
+        wakeup.owed()  # noted after the last was sent: sent again
+        await wakeup.settle()
+        assert wakeup.sent == 3
+
+    @only_sqlite
+    async def test_elsewhere_dispatchers_poll(self, scratch: Database) -> None:
+        wakeup = _CountedWakeup(scratch)
+        wakeup.owed()
+        await wakeup.settle()
+        assert wakeup.sent == 0

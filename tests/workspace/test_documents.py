@@ -12,19 +12,25 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from saascore.audit.service import AuditService, audited_bus
+from saascore.config import DatabaseBackend
+from saascore.events.bus import OUTBOX_CHANNEL, Event
 from saascore.kit.db import Database
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.service import UsageService
-from saascore.models import AuditLog, UsageLimits
+from saascore.models import AuditLog, Document, OutboxEvent, UsageLimits
 from saascore.workspace.documents import DocumentService, Registered
 from saascore.workspace.errors import (
     DocumentNotFound,
     FolderCycle,
     FolderNameTaken,
     FolderNotEmpty,
+    FolderNotFound,
 )
 from tests.factories import create_organization, create_organization_row, create_plan
+from tests.helpers import only_postgresql
 
 WORKERS = 32
 
@@ -179,6 +185,111 @@ class TestDocuments:
         org_id = await new_org(scratch)
         with pytest.raises(Exception, match="size_bytes"):
             await register(DocumentService(scratch), org_id, size)
+
+
+class TestWhatARegistrationWrites:
+    """A registration on its own (on PostgreSQL one statement, on SQLite a session) writes
+    what a session's does: the row, the gauge, the `document.created` audit entry on an
+    intact chain, and the outbox row, or nothing at all."""
+
+    async def test_the_document_its_audit_entry_and_its_outbox_row(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, storage_bytes=10_000)
+        audit = AuditService(scratch)
+        documents = DocumentService(scratch, audit=audit)
+        assert documents._in_one_statement() is (scratch.backend is DatabaseBackend.POSTGRESQL)
+        # The first entry of the organisation's chain, and one after it.
+        first = await register(documents, org_id, 100, file_hash=sha("first"))
+        registered = await register(
+            documents, org_id, 200, file_hash=sha("second"), metadata={"pages": 3}
+        )
+        stored = await documents.get_document(org_id, registered.document.id)
+        for column in sa.inspect(Document).columns:
+            key = sa.inspect(Document).get_property_by_column(column).key
+            assert getattr(registered.document, key) == getattr(stored, key), key
+        assert sa.inspect(registered.document).detached
+        assert await gauge(scratch, org_id) == (300, 300)
+        entries = await audit.list(org_id, action="document.created")
+        assert [entry.target_id for entry in entries] == [
+            str(registered.document.id),
+            str(first.document.id),
+        ]
+        assert entries[0].details == {
+            "document_id": str(registered.document.id),
+            "folder_id": None,
+            "filename": "a.pdf",
+            "size_bytes": 200,
+            "file_hash": sha("second"),
+        }
+        assert await audit.verify(org_id) == []
+        async with scratch.session(readonly=True) as session:
+            bodies = (
+                await session.scalars(
+                    sa.select(OutboxEvent.body)
+                    .where(OutboxEvent.organization_id == org_id)
+                    .order_by(OutboxEvent.id)
+                )
+            ).all()
+        assert [body["type"] for body in bodies] == ["document.created"] * 2
+        assert bodies[1]["data"] == entries[0].details
+
+    @only_postgresql
+    async def test_dispatchers_are_woken_after_the_commit(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        documents = DocumentService(scratch)
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        async with scratch.engine.connect() as listening:
+            raw = (await listening.get_raw_connection()).driver_connection
+            assert raw is not None
+            await raw.add_listener(OUTBOX_CHANNEL, lambda *args: heard.put_nowait(args[2]))
+            await register(documents, org_id, 10)
+            await documents.settle()
+            assert await asyncio.wait_for(heard.get(), timeout=10) == OUTBOX_CHANNEL
+
+    async def test_a_refusal_writes_no_entry_and_no_outbox_row(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, storage_bytes=100)
+        audit = AuditService(scratch)
+        documents = DocumentService(scratch, audit=audit)
+        await register(documents, org_id, 60)
+        with pytest.raises(LimitExceeded) as refused:
+            await register(documents, org_id, 41)
+        assert (refused.value.used, refused.value.limit, refused.value.requested) == (60, 100, 41)
+        assert len(await audit.list(org_id, action="document.created")) == 1
+        async with scratch.session(readonly=True) as session:
+            outbox = await session.scalar(
+                sa.select(sa.func.count())
+                .select_from(OutboxEvent)
+                .where(
+                    OutboxEvent.organization_id == org_id, OutboxEvent.type == "document.created"
+                )
+            )
+        assert outbox == 1
+        assert await audit.verify(org_id) == []
+
+    async def test_a_folder_that_is_not_there(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        other = await new_org(scratch)
+        documents = DocumentService(scratch)
+        elsewhere = await documents.create_folder(other, "Theirs")
+        for folder_id in (uuid.uuid4(), elsewhere.id):
+            with pytest.raises(FolderNotFound):
+                await register(documents, org_id, 10, folder_id=folder_id)
+        assert await gauge(scratch, org_id) == (0, 0)
+
+    async def test_another_in_transaction_handler_still_runs(self, scratch: Database) -> None:
+        org_id = await new_org(scratch)
+        audit = AuditService(scratch)
+        bus = audited_bus(audit)
+        seen: list[str] = []
+
+        async def handler(session: AsyncSession, event: Event) -> None:
+            seen.append(event.type)
+
+        bus.in_transaction(handler)
+        documents = DocumentService(scratch, events=bus, audit=audit)
+        assert not documents._in_one_statement()
+        await register(documents, org_id, 10)
+        assert seen == ["document.created"]
+        assert len(await audit.list(org_id, action="document.created")) == 1
 
 
 class TestFolders:

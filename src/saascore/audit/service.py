@@ -15,10 +15,10 @@ import builtins
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -31,6 +31,7 @@ from saascore.events.bus import (
     Event,
     EventBus,
     outbox_parameters,
+    outbox_row,
     take_publication,
 )
 from saascore.kit.actors import SYSTEM, Actor, Origin
@@ -43,12 +44,14 @@ from saascore.kit.validation import canonical_json, checked_json
 from saascore.models import AuditChainHead, AuditLog
 
 __all__ = [
+    "APPEND_TYPES",
     "SYSTEM",
     "Actor",
     "AuditService",
     "ChainBreak",
     "ChainReport",
     "Origin",
+    "append_to_head_sql",
     "audited_bus",
     "entry_hash",
 ]
@@ -85,39 +88,60 @@ def entry_hash(entry: AuditLog) -> str:
     `details` are their stored canonical texts, byte for byte: what is hashed is what is
     stored, so no database's rewriting of JSON numbers can break an untampered chain. (For
     entries written before the texts were stored, this is the same array as before.)"""
-    prefix, infix = _hashed_around(entry)
+    prefix, infix = _hashed_around({name: getattr(entry, name) for name in _HASHED})
     hashed = f"{prefix}{_ENCODER.encode(entry.seq)}{infix}{_ENCODER.encode(entry.prev_hash)}]"
     return hashlib.sha256(hashed.encode()).hexdigest()
 
 
-def _hashed_around(entry: AuditLog) -> tuple[str, str]:
-    """What `entry_hash` hashes but for the entry's `seq` and `prev_hash`: the text before
-    the `seq` (the prefix) and the text between it and the `prev_hash` (the infix), after
-    which only `]` ends the array. On PostgreSQL the chain's statement hashes `prefix || seq
-    || infix || prev_hash || ']'` itself, once it holds the chain's head (`_APPEND_TO_HEAD`)."""
-    fields = [
-        str(entry.organization_id),
-        entry.actor_type,
-        entry.actor_id,
-        str(entry.user_id) if entry.user_id else None,
-        entry.action,
-        entry.target_type,
-        entry.target_id,
-        str(entry.processing_job_id) if entry.processing_job_id else None,
-        entry.ip_address,
-        entry.user_agent,
-        entry.request_id,
-        None,  # request_data: its stored text goes here
-        None,  # details: likewise
-        entry.created_at.isoformat(timespec="microseconds"),
-    ]
-    parts = [_ENCODER.encode(value) for value in fields]
-    parts[_REQUEST_DATA], parts[_DETAILS] = entry.request_data_text, entry.details_text
-    return f"[{parts[0]},", f",{','.join(parts[1:])},"
+#: The attributes of an entry that `_hashed_around` reads.
+_HASHED: Final = (
+    "organization_id",
+    "actor_type",
+    "actor_id",
+    "user_id",
+    "action",
+    "target_type",
+    "target_id",
+    "processing_job_id",
+    "ip_address",
+    "user_agent",
+    "request_id",
+    "request_data_text",
+    "details_text",
+    "created_at",
+)
 
 
-#: Where the stored JSON texts go in `_hashed_around`'s fields (the array's 13th and 14th).
-_REQUEST_DATA, _DETAILS = 11, 12
+def _hashed_around(values: Mapping[str, Any]) -> tuple[str, str]:
+    """What `entry_hash` hashes but for the entry's `seq` and `prev_hash`, from its
+    attributes' `values`: the text before the `seq` (the prefix) and the text between it and
+    the `prev_hash` (the infix), after which only `]` ends the array. On PostgreSQL the
+    chain's statement hashes `prefix || seq || infix || prev_hash || ']'` itself, once it
+    holds the chain's head (`append_to_head_sql`)."""
+    user_id, job_id = values["user_id"], values["processing_job_id"]
+    # The fields between the organisation and the stored texts, as one JSON array's
+    # elements: with the encoder's separators, the same text as each encoded on its own.
+    middle = _ENCODER.encode(
+        [
+            values["actor_type"],
+            values["actor_id"],
+            str(user_id) if user_id else None,
+            values["action"],
+            values["target_type"],
+            values["target_id"],
+            str(job_id) if job_id else None,
+            values["ip_address"],
+            values["user_agent"],
+            values["request_id"],
+        ]
+    )[1:-1]
+    created = _ENCODER.encode(values["created_at"].isoformat(timespec="microseconds"))
+    return (
+        f"[{_ENCODER.encode(str(values['organization_id']))},",
+        f",{middle},{values['request_data_text']},{values['details_text']},{created},",
+    )
+
+
 #: The entries' bulk INSERT: NULLs rendered, so rows with and without, say, a target go in
 #: one statement (the ORM otherwise groups the rows by which of their values are None).
 _BULK_INSERT_ENTRIES = sa.insert(AuditLog).execution_options(render_nulls=True)
@@ -140,22 +164,29 @@ _ITEM_COLUMNS = {
     "created_at": "timestamptz",
 }
 _ITEM_ARRAYS = ",\n  ".join(f"CAST(:{name} AS {type_}[])" for name, type_ in _ITEM_COLUMNS.items())
-#: On PostgreSQL, the append to a chain whose head exists, in one statement (its f-string
-#: pieces are constants): `head` locks the head row and reads its newest version (FOR UPDATE
-#: waits for a concurrent append to commit and then sees its row, where a plain read would
-#: see the statement's snapshot); `link` numbers the entries after it and hashes them as
-#: `entry_hash` does (from `_hashed_around`); `advanced` moves the head to the last of them
-#: (one change of its row: a statement may not change a row twice); `appended` inserts them;
-#: `published` writes the outbox rows taken from the event bus, if any, and `notified` sends
-#: the NOTIFY with them if asked. With no head there is no link: nothing is appended, the
-#: statement returns NULL and the caller appends the slow way. One text whatever the number
-#: of entries: compiled once, prepared once per connection.
-_APPEND_TO_HEAD = sa.text(
-    f"""\
-WITH RECURSIVE
+
+
+def append_to_head_sql(when: str = "TRUE") -> str:
+    """On PostgreSQL, the CTEs that append to a chain whose head exists (to follow `WITH
+    RECURSIVE`; `when` and the f-string pieces are constants): `head` locks the head row and
+    reads its newest version (FOR UPDATE waits for a concurrent append to commit and then
+    sees its row, where a plain read would see the statement's snapshot); `link` numbers the
+    entries after it and hashes them as `entry_hash` does (from `_hashed_around`);
+    `advanced` moves the head to the last of them (one change of its row: a statement may
+    not change a row twice) and returns its `seq`; `appended` inserts them; `published`
+    writes the outbox rows taken from the event bus, if any, and `notified` sends the NOTIFY
+    with them if asked. With no head there is no link: nothing is appended, and `advanced`
+    has no row. One text whatever the number of entries: compiled once, prepared once per
+    connection. Its parameters are `AuditService.append_parameters`'.
+
+    `when`, an SQL condition, lets a statement of another domain append the entries (and
+    write the outbox rows) of its own change, only if it made one: the head is locked, and
+    the rows written, only where it holds. Reading that statement's earlier CTEs in it also
+    makes them run first: the chain's head is then the last row the statement locks."""
+    return f"""\
 head AS (
   SELECT seq, hash FROM audit_chain_heads
-  WHERE organization_id = :organization_id
+  WHERE organization_id = :organization_id AND {when}
   FOR UPDATE
 ),
 item AS (
@@ -184,14 +215,26 @@ appended AS (
     {", ".join(f"item.{name}" for name in _ITEM_COLUMNS)}
   FROM item JOIN link ON link.n = item.n
 ),
-published AS ({OUTBOX_INSERT}),
-notified AS (SELECT pg_notify(:channel, '') WHERE :notify)
-SELECT (SELECT seq FROM advanced), (SELECT count(*) FROM notified)"""  # noqa: S608
-).bindparams(
+published AS ({OUTBOX_INSERT}
+  WHERE {when}),
+notified AS (SELECT pg_notify(:channel, '') WHERE :notify AND {when})"""  # noqa: S608
+
+
+#: The bind parameters that a statement using `append_to_head_sql` declares (`.bindparams`).
+APPEND_TYPES: Final[tuple[sa.BindParameter[Any], ...]] = (
     sa.bindparam("created_at", type_=postgresql.ARRAY(UTCDateTime())),
     OUTBOX_TIMES,
-    channel=OUTBOX_CHANNEL,
+    sa.bindparam("channel", OUTBOX_CHANNEL),
 )
+#: On PostgreSQL, the append to a chain whose head exists, in one statement
+#: (`append_to_head_sql`); the head's new `seq`, NULL when there is no head (the caller then
+#: appends the slow way; the outbox rows were written).
+_APPEND_TO_HEAD = sa.text(
+    f"""\
+WITH RECURSIVE
+{append_to_head_sql()}
+SELECT (SELECT seq FROM advanced), (SELECT count(*) FROM notified)"""  # noqa: S608
+).bindparams(*APPEND_TYPES)
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -200,9 +243,9 @@ def _stored(value: dict[str, Any] | None, field: str) -> str:
     return canonical_json(checked_json(value or {}, field=field, max_depth=None))
 
 
-def _stored_value(entry: AuditLog, column: str) -> Any:
-    """The value of an entry's column (its attribute, for the JSON texts)."""
-    return getattr(entry, column + "_text" if column in ("request_data", "details") else column)
+def _stored_value(values: Mapping[str, Any], column: str) -> Any:
+    """The value of an entry's column from its attributes' `values` (the JSON texts')."""
+    return values[column + "_text" if column in ("request_data", "details") else column]
 
 
 def _row(entry: AuditLog) -> dict[str, Any]:
@@ -309,40 +352,84 @@ class AuditService:
         also writes the outbox rows of the events being handled, and sends their wake-up,
         if the event bus offers them (`take_publication`). False if the chain has no head
         yet (its first entry), in which case only the outbox rows were written."""
-        entries = [self._entry(org_id, item) for item in items]
-        around = [_hashed_around(entry) for entry in entries]
         publication = take_publication(s)
-        parameters: dict[str, Any] = {
+        parameters = self._head_parameters(
+            org_id,
+            items,
+            publication.rows if publication is not None else [],
+            notify=publication is not None and publication.notify,
+        )
+        head_seq, _notified = (await s.execute(_APPEND_TO_HEAD, parameters)).one()
+        return head_seq is not None
+
+    def append_parameters(self, event: Event, *, notify: bool = True) -> dict[str, Any]:
+        """The parameters of `append_to_head_sql` for an event that a statement of its own
+        emits, outside any session: the event's audit entry, its outbox row (if it is public)
+        and, with `notify`, the dispatchers' wake-up with it (else the caller sends it after
+        the commit, `events.bus.Wakeup`). What `handle` and the event bus would write."""
+        action = event.payload.audited_as()
+        assert action is not None
+        assert event.organization_id is not None
+        item = _Item(
+            action,
+            event.actor,
+            event.payload.target_type,
+            event.target_id,
+            event.data(),
+            dict(event.request_data) if event.request_data is not None else None,
+        )
+        public = event.payload.public
+        return self._head_parameters(
+            event.organization_id,
+            [item],
+            [outbox_row(event)] if public else [],
+            notify=notify and public,
+        )
+
+    def _head_parameters(
+        self,
+        org_id: uuid.UUID,
+        items: Sequence[_Item],
+        outbox_rows: Sequence[dict[str, Any]],
+        *,
+        notify: bool,
+    ) -> dict[str, Any]:
+        entries = [self._columns(org_id, item) for item in items]
+        around = [_hashed_around(entry) for entry in entries]
+        return {
             "organization_id": org_id,
             "hash_prefix": around[0][0],
             "hash_infix": [infix for _prefix, infix in around],
             **{name: [_stored_value(entry, name) for entry in entries] for name in _ITEM_COLUMNS},
-            **outbox_parameters(publication.rows if publication is not None else []),
-            "notify": publication is not None and publication.notify,
+            **outbox_parameters(outbox_rows),
+            "notify": notify,
+            "channel": OUTBOX_CHANNEL,
         }
-        head_seq, _notified = (await s.execute(_APPEND_TO_HEAD, parameters)).one()
-        return head_seq is not None
 
     def _entry(self, org_id: uuid.UUID, item: _Item) -> AuditLog:
         """The entry of `item`, but for its place in the chain (`seq`, `prev_hash`, `hash`)."""
+        return AuditLog(**self._columns(org_id, item))
+
+    def _columns(self, org_id: uuid.UUID, item: _Item) -> dict[str, Any]:
+        """`_entry`'s attributes, for the statements that insert it without making it."""
         actor = item.actor
-        return AuditLog(
-            organization_id=org_id,
-            id=new_id(),
-            actor_type=actor.type,
-            actor_id=actor.id,
-            user_id=actor.user_id,
-            action=item.action,
-            target_type=item.target_type,
-            target_id=str(item.target_id) if item.target_id is not None else None,
-            processing_job_id=item.processing_job_id,
-            ip_address=_clip(actor.ip_address, 45),
-            user_agent=_clip(actor.user_agent, 512),
-            request_id=_clip(actor.request_id, 64),
-            request_data_text=_stored(item.request_data, "request_data"),
-            details_text=_stored(item.details, "details"),
-            created_at=self.clock(),
-        )
+        return {
+            "organization_id": org_id,
+            "id": new_id(),
+            "actor_type": actor.type,
+            "actor_id": actor.id,
+            "user_id": actor.user_id,
+            "action": item.action,
+            "target_type": item.target_type,
+            "target_id": str(item.target_id) if item.target_id is not None else None,
+            "processing_job_id": item.processing_job_id,
+            "ip_address": _clip(actor.ip_address, 45),
+            "user_agent": _clip(actor.user_agent, 512),
+            "request_id": _clip(actor.request_id, 64),
+            "request_data_text": _stored(item.request_data, "request_data"),
+            "details_text": _stored(item.details, "details"),
+            "created_at": self.clock(),
+        }
 
     def _entries(
         self, org_id: uuid.UUID, items: Sequence[_Item], last_seq: int, prev_hash: str | None

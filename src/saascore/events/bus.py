@@ -8,7 +8,8 @@ actor=...)` inside its transaction. Three things follow from that one call:
 - **the outbox**: an event meant to leave the process (`EventPayload.public`) is written to
   `outbox_events` in the same transaction, so it is published if and only if the change
   committed, and the dispatcher is woken (on PostgreSQL a NOTIFY sent with the rows; the
-  audit log's statement carries both when it can, see `take_publication`);
+  audit log's statement carries both when it can, see `take_publication`; a statement in a
+  transaction of its own has it sent after its commit, shared, by a `Wakeup`);
 - **after commit**, the in-process handlers run (clearing the principal cache, waking the
   dispatcher); an event whose transaction, or savepoint, rolled back never reaches them.
 
@@ -18,6 +19,7 @@ the same change write the same audit entry and publish the same event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -34,7 +36,9 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from saascore.config import DatabaseBackend
 from saascore.kit.actors import SYSTEM, Actor
+from saascore.kit.db import Database
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
@@ -52,6 +56,7 @@ __all__ = [
     "EventPayload",
     "Publication",
     "TransactionHandler",
+    "Wakeup",
     "outbox_parameters",
     "take_publication",
 ]
@@ -172,6 +177,13 @@ class EventBus:
         events)`, if given, does the same for the events of a `deferred` block at once."""
         self._in_transaction.append((handler, many))
         return handler
+
+    def handled_only_by(self, handler: TransactionHandler) -> bool:
+        """Whether `handler` is the only in-transaction handler. A statement that does its
+        work itself, and writes the outbox rows (the audit log's, `append_to_head_sql`), may
+        then stand for `emit`: its event's effects are all in it, and `run_after_commit`
+        does the rest once it has committed."""
+        return [registered for registered, _many in self._in_transaction] == [handler]
 
     def after_commit(self, handler: CommitHandler) -> CommitHandler:
         """Run `handler(event)` once the emitting transaction has committed."""
@@ -360,6 +372,52 @@ async def _notify_dispatchers(session: AsyncSession) -> None:
     Within `EventBus.one_wakeup` the wake-up is only noted, and sent at the block's end."""
     if _dialect(session) == "postgresql" and _wake_now(session):
         await session.execute(sa.select(sa.func.pg_notify(OUTBOX_CHANNEL, "")))
+
+
+class Wakeup:
+    """The dispatchers' wake-up on PostgreSQL (a NOTIFY on `OUTBOX_CHANNEL`) for outbox rows
+    that statements in transactions of their own have committed, sent after them and shared
+    by them. The first commit starts a task that sends one NOTIFY; the commits made while it
+    is being sent are covered by one more, sent when it is done; and so on.
+
+    A NOTIFY in the statement itself holds PostgreSQL's lock on the notification queue from
+    the commit until its WAL is flushed: every such commit waits for the one before it, with
+    no group commit. Sent afterwards and shared, the commits go on together. A wake-up is
+    only a hint (dispatchers also poll): one that fails is logged, and costs a poll."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._owed = False
+        self._sending: asyncio.Task[None] | None = None
+
+    def owed(self) -> None:
+        """Note that outbox rows have committed: a wake-up will be sent after now (on
+        PostgreSQL; elsewhere dispatchers poll)."""
+        if self.database.backend is not DatabaseBackend.POSTGRESQL:
+            return
+        self._owed = True
+        loop = asyncio.get_running_loop()
+        sending = self._sending
+        if sending is None or sending.done() or sending.get_loop() is not loop:
+            self._sending = loop.create_task(self._send())
+
+    async def settle(self) -> None:
+        """Wait for the wake-up being sent, if any (before the database closes)."""
+        sending = self._sending
+        if sending is not None and sending.get_loop() is asyncio.get_running_loop():
+            await sending
+
+    async def _send(self) -> None:
+        while self._owed:
+            self._owed = False
+            try:
+                await self._notify()
+            except Exception as exc:
+                log.warning("dispatchers not woken (they will poll): %s", exc)
+
+    async def _notify(self) -> None:
+        async with self.database.driver() as driver:
+            await driver.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
 
 
 def _wake_now(session: AsyncSession) -> bool:

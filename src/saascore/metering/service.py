@@ -1109,6 +1109,28 @@ class UsageService:
             assert limit.value is not None
             raise LimitExceeded(STORAGE, limit.value, used, delta_bytes)
 
+    async def storage_refusal(self, org_id: uuid.UUID, delta_bytes: int) -> LimitExceeded | None:
+        """The `LimitExceeded` that `update_storage_used` raises for adding `delta_bytes`,
+        if the hard storage limit refuses it now; None otherwise (for a refusal that is not
+        the limit's: no `usage_limits` row yet, a BIGINT's end, an empty file).
+
+        For a one-statement write that the gauge refused without saying why (it reads the
+        gauge and the limit): the caller raises it, or tries again where None."""
+        if delta_bytes <= 0:
+            return None
+        async with self.database.session(readonly=True) as s:
+            used = await s.scalar(
+                sa.select(UsageLimits.storage_used_bytes).where(
+                    UsageLimits.organization_id == org_id
+                )
+            )
+            limit = await read_limit(s, org_id, STORAGE)
+        if used is None or used + delta_bytes > BIGINT_MAX or not limit.refuses(used + delta_bytes):
+            return None
+        metrics.USAGE_REFUSED.labels(STORAGE).inc()
+        assert limit.value is not None
+        return LimitExceeded(STORAGE, limit.value, int(used), delta_bytes)
+
     async def check_token_limit(
         self, org_id: uuid.UUID, tokens: int, *, session: AsyncSession | None = None
     ) -> TokenLimitResult:
