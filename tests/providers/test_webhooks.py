@@ -327,6 +327,40 @@ class TestIsolation:
         assert mine["plan"] == "pro"
         assert subscription.provider_customer_id == ids.customer
 
+    async def test_a_redelivery_is_judged_by_whose_the_customer_is_then(self, admin: Admin) -> None:
+        """A failed event is applied again when it is redelivered, and whose its customer
+        is then decides: here it became A's in between, so B's claim is refused."""
+        a, b = await customer_of(admin), await customer_of(admin)
+        ids = Ids()
+        claims_b = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price="mock_price_of_nothing",
+            org=b.organization_id,
+        )
+        failed = await send(admin.client, claims_b)
+        assert failed.status_code == 500, failed.text
+        checkout = {
+            "id": unique("mock_evt"),
+            "type": "checkout_completed",
+            "occurred_at": "2026-01-01T00:00:00Z",
+            "organization_id": str(a.organization_id),
+            "customer_id": ids.customer,
+        }
+        assert (await send(admin.client, checkout)).json()["outcome"] == "processed"
+        again = await send(admin.client, claims_b)
+        assert again.status_code == 200, again.text
+        assert (again.json()["outcome"], again.json()["duplicate"]) == ("ignored", False)
+        assert "another organisation" in again.json()["reason"]
+        row = await stored_event(admin.database, claims_b["id"])
+        assert row is not None
+        assert (row.outcome, row.attempts) == (WebhookOutcome.IGNORED, 2)
+        billing, mock = admin.core.provider_billing, admin.core.provider_registry.default
+        assert await billing.organization_of_customer(mock, ids.customer) == a.organization_id
+        assert await subscriptions_of(admin.database, b.organization_id) == []
+
 
 class TestRefusals:
     async def test_bad_bodies_write_nothing(self, admin: Admin) -> None:

@@ -203,9 +203,14 @@ def _service_routers() -> tuple[APIRouter, ...]:
     Building a router is most of what `create_app` costs (a pydantic adapter per parameter of
     every operation), and a router holds nothing of one app: its endpoints reach their app's
     `Saascore` through the request. So a process that makes many apps (tests, a host
-    mounting several) pays it once."""
+    mounting several) pays it once.
+
+    Routes are matched in order, one by one (over a hundred of them), so the hot paths come
+    first: recording usage, then the payment providers' webhooks (one route, which no other
+    path of the service matches)."""
     return (
-        create_usage_router(),  # the hot path first: routes are matched in order
+        create_usage_router(),
+        create_provider_webhooks_router(),
         create_auth_router(),
         create_api_keys_router(),
         create_users_router(),
@@ -221,7 +226,6 @@ def _service_routers() -> tuple[APIRouter, ...]:
         create_audit_router(),
         create_admin_router(),
         create_webhooks_router(),
-        create_provider_webhooks_router(),
         create_mock_checkout_router(),
         create_folders_router(),
         create_documents_router(),

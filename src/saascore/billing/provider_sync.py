@@ -63,7 +63,14 @@ from saascore.models import (
     SubscriptionStatus,
 )
 
-__all__ = ["PROVIDER_PAID_AT", "ProviderBilling", "ProviderCharge", "ProviderResult"]
+__all__ = [
+    "PROVIDER_PAID_AT",
+    "ProviderBilling",
+    "ProviderCharge",
+    "ProviderResult",
+    "owner_columns",
+    "owner_parameters",
+]
 
 #: Set in `Subscription.metadata` to the provider's time of the last successful payment.
 PROVIDER_PAID_AT: Final = "provider_paid_at"
@@ -164,14 +171,7 @@ class ProviderBilling:
             return None, None
         async with self.database.scope(session, readonly=True) as s:
             row = (
-                await s.execute(
-                    _owners(),
-                    {
-                        "provider": provider,
-                        "customer_id": customer_id,
-                        "subscription_id": subscription_id,
-                    },
-                )
+                await s.execute(_owners(), owner_parameters(provider, customer_id, subscription_id))
             ).one()
         return row[0], row[1]
 
@@ -434,21 +434,40 @@ def _mark_paid_at(subscription: Subscription, moment: datetime | None) -> None:
 
 @functools.cache
 def _owners() -> sa.Select[uuid.UUID, uuid.UUID]:
-    """`ProviderBilling.owners`' statement, built once and run with its values (an id not
-    given is NULL, which matches no row)."""
+    """`ProviderBilling.owners`' statement, built once and run with `owner_parameters`."""
+    return sa.select(*owner_columns())
+
+
+def owner_columns() -> tuple[sa.ColumnElement[uuid.UUID], sa.ColumnElement[uuid.UUID]]:
+    """`ProviderBilling.owners` as two scalar subqueries, run with `owner_parameters`: the
+    organisation of the provider's customer, and the one whose subscription mirrors the
+    provider's. A statement of one's own may carry them (the webhook intake's claim returns
+    them), saving the round trip of a query of their own. An id not given is NULL, which
+    matches no row."""
     of_customer = sa.select(Organization.id).where(
-        Organization.billing_provider == sa.bindparam("provider"),
-        Organization.provider_customer_id == sa.bindparam("customer_id"),
+        Organization.billing_provider == sa.bindparam("owner_provider"),
+        Organization.provider_customer_id == sa.bindparam("owner_customer"),
     )
     of_subscription = (
         sa.select(Subscription.organization_id)
         .where(
-            Subscription.provider == sa.bindparam("provider"),
-            Subscription.provider_subscription_id == sa.bindparam("subscription_id"),
+            Subscription.provider == sa.bindparam("owner_provider"),
+            Subscription.provider_subscription_id == sa.bindparam("owner_subscription"),
         )
         .limit(1)
     )
-    return sa.select(
+    return (
         sa.type_coerce(of_customer.scalar_subquery(), Organization.id.type),
         sa.type_coerce(of_subscription.scalar_subquery(), Subscription.organization_id.type),
     )
+
+
+def owner_parameters(
+    provider: PaymentProvider, customer_id: str | None, subscription_id: str | None
+) -> dict[str, object]:
+    """The values of `owner_columns`' parameters."""
+    return {
+        "owner_provider": provider,
+        "owner_customer": customer_id,
+        "owner_subscription": subscription_id,
+    }

@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -49,7 +49,13 @@ from sqlalchemy.sql.dml import ReturningInsert
 from saascore.billing.errors import CustomerLinkedElsewhere, PeriodOutOfRange
 from saascore.billing.packs import CreditPackService
 from saascore.billing.periods import CYCLE_MONTHS, add_months, period_containing
-from saascore.billing.provider_sync import ProviderBilling, ProviderCharge, ProviderResult
+from saascore.billing.provider_sync import (
+    ProviderBilling,
+    ProviderCharge,
+    ProviderResult,
+    owner_columns,
+    owner_parameters,
+)
 from saascore.billing.subscriptions import ProviderState, SubscriptionService
 from saascore.config import PaymentProviderChoice
 from saascore.kit.actors import Actor
@@ -117,6 +123,20 @@ class _Applied:
     reason: str | None = None
 
 
+#: The organisations of the event's customer and of its subscription, as saascore links
+#: them (`ProviderBilling.owners`).
+_Owners = tuple[uuid.UUID | None, uuid.UUID | None]
+
+
+class _Named(NamedTuple):
+    """Whom an event names: the provider's customer and subscription, and the organisation
+    its custom data claims (believed only as `ProviderWebhooks._organization` rules)."""
+
+    customer: str | None
+    subscription: str | None
+    claimed: uuid.UUID | None
+
+
 @dataclass(frozen=True)
 class _Claim:
     """The event's row as the intake claimed it (`ProviderWebhooks._claim`)."""
@@ -127,6 +147,8 @@ class _Claim:
     applies: bool
     #: What the row says already (`_expected`); None for a stored row being applied again.
     settled: _Applied | None = None
+    #: Whose the event's customer and subscription are, read in the same statement.
+    owners: _Owners | None = None
 
 
 def _loopback(host: str | None) -> bool:
@@ -201,7 +223,7 @@ class ProviderWebhooks:
                         duplicate=True,
                         organization_id=claim.organization_id,
                     )
-                applied = await self._apply(s, event)
+                applied = await self._apply(s, event, owners=claim.owners)
                 if claim.settled != applied:
                     await s.execute(
                         sa.update(WebhookEvent)
@@ -299,13 +321,17 @@ class ProviderWebhooks:
         event stored already conflicts: the unique index makes it wait for the first one's
         commit, and the no-op update locks the stored row and answers it (a copy is not
         applied), or counts one more attempt of a failed one (applied again). Only the
-        columns the intake needs come back, not the stored bodies."""
+        columns the intake needs come back, not the stored bodies, and with them whose the
+        event's customer and subscription are (`owner_columns`): applying asks it of every
+        event, and it costs no round trip of its own here."""
         expected = _expected(event)
+        named = _named(event)
         row_id = new_id()
         now = self.clock()
         values = {
             **_settled(expected, now),
             **self._values(event),
+            **owner_parameters(event.provider, named.customer, named.subscription),
             "id": row_id,
             "attempts": 1,
             "received_at": now,
@@ -314,11 +340,12 @@ class ProviderWebhooks:
         values["claimed"] = values.pop("organization_id")
         if self._claiming is None:
             self._claiming = _claiming(insert(s, WebhookEvent.__table__))
-        found_id, outcome, org_id = (await s.execute(self._claiming, values)).one()
+        found_id, outcome, org_id, linked, owner = (await s.execute(self._claiming, values)).one()
         if found_id == row_id:
             settled = _Applied(outcome, org_id, expected.reason)
-            return _Claim(row_id, outcome, None, True, settled=settled)
-        return _Claim(found_id, outcome, org_id, outcome is WebhookOutcome.FAILED)
+            return _Claim(row_id, outcome, None, True, settled=settled, owners=(linked, owner))
+        failed = outcome is WebhookOutcome.FAILED
+        return _Claim(found_id, outcome, org_id, failed, owners=(linked, owner))
 
     async def _record_failure(self, event: ProviderEvent, error: BaseException) -> None:
         """The failure on the event's row, in a transaction of its own (never raises)."""
@@ -364,11 +391,17 @@ class ProviderWebhooks:
         )
 
     async def _apply(
-        self, s: AsyncSession, event: ProviderEvent, actor: Actor | None = None
+        self,
+        s: AsyncSession,
+        event: ProviderEvent,
+        actor: Actor | None = None,
+        *,
+        owners: _Owners | None = None,
     ) -> _Applied:
+        """Apply the event in `s` (`owners` when they were read already, else they are)."""
         if event.kind is EventKind.UNHANDLED:
             return _unhandled(event)
-        org_id, refusal = await self._organization(s, event)
+        org_id, refusal = await self._organization(s, event, owners)
         if refusal is not None:
             return _Applied(WebhookOutcome.IGNORED, org_id, refusal)
         if org_id is None:
@@ -404,23 +437,15 @@ class ProviderWebhooks:
         return _Applied(WebhookOutcome.PROCESSED, org_id, result.reason)
 
     async def _organization(
-        self, s: AsyncSession, event: ProviderEvent
+        self, s: AsyncSession, event: ProviderEvent, owners: _Owners | None
     ) -> tuple[uuid.UUID | None, str | None]:
-        """The organisation the event is about, or why it cannot be trusted."""
+        """The organisation the event is about, or why it cannot be trusted. `owners` are
+        those of the event's customer and subscription, when read already."""
         provider = event.provider
-        subscription, payment = event.subscription, event.payment
-        customer = (
-            event.customer_id
-            or (subscription.customer_id if subscription else None)
-            or (payment.customer_id if payment else None)
-        )
-        claimed = event.organization_id or (subscription.organization_id if subscription else None)
-        provider_subscription = (subscription.id if subscription else None) or (
-            payment.subscription_id if payment else None
-        )
-        linked, owner = await self.billing.owners(
-            provider, customer or None, provider_subscription or None, session=s
-        )
+        customer, provider_subscription, claimed = _named(event)
+        if owners is None:
+            owners = await self.billing.owners(provider, customer, provider_subscription, session=s)
+        linked, owner = owners
         if linked is not None and claimed is not None and linked != claimed:
             return linked, "the customer belongs to another organisation than the one named"
         org_id = linked or claimed
@@ -540,7 +565,9 @@ class ProviderWebhooks:
 def _claiming(statement: _Upsert) -> ReturningInsert[Any]:
     """`_claim`'s INSERT of the webhook_events row, its values given when run. The
     organisation named (`claimed`) is stored when it exists: the column is a foreign key,
-    and an event naming a stranger is stored (ignored), not refused."""
+    and an event naming a stranger is stored (ignored), not refused. It returns the row's
+    id, outcome and organisation, then the owners of the event's customer and subscription
+    (`owner_columns`)."""
     table = WebhookEvent.__table__
     failed = table.c.outcome == WebhookOutcome.FAILED
     named = sa.select(Organization.id).where(Organization.id == sa.bindparam("claimed"))
@@ -550,8 +577,22 @@ def _claiming(statement: _Upsert) -> ReturningInsert[Any]:
             index_elements=["provider", "event_id"],
             set_={"attempts": sa.case((failed, table.c.attempts + 1), else_=table.c.attempts)},
         )
-        .returning(table.c.id, table.c.outcome, table.c.organization_id)
+        .returning(table.c.id, table.c.outcome, table.c.organization_id, *owner_columns())
     )
+
+
+def _named(event: ProviderEvent) -> _Named:
+    subscription, payment = event.subscription, event.payment
+    customer = (
+        event.customer_id
+        or (subscription.customer_id if subscription else None)
+        or (payment.customer_id if payment else None)
+    )
+    provider_subscription = (subscription.id if subscription else None) or (
+        payment.subscription_id if payment else None
+    )
+    claimed = event.organization_id or (subscription.organization_id if subscription else None)
+    return _Named(customer or None, provider_subscription or None, claimed)
 
 
 def _expected(event: ProviderEvent) -> _Applied:
@@ -559,10 +600,7 @@ def _expected(event: ProviderEvent) -> _Applied:
     other is processed for the organisation it names."""
     if event.kind is EventKind.UNHANDLED:
         return _unhandled(event)
-    claimed = event.organization_id or (
-        event.subscription.organization_id if event.subscription else None
-    )
-    return _Applied(WebhookOutcome.PROCESSED, claimed)
+    return _Applied(WebhookOutcome.PROCESSED, _named(event).claimed)
 
 
 def _unhandled(event: ProviderEvent) -> _Applied:
