@@ -308,6 +308,16 @@ class TestBatchRefill:
         assert await CreditService(env.database, EventBus()).verify() == []
 
 
+class TestCandidates:
+    async def test_a_subscription_ended_earlier_returns_to_the_default_plan(self, env: Env) -> None:
+        """The run finds it on both databases (a JSON key's absence, read as text)."""
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        await env.subs.cancel(org_id, at_period_end=False, at=JAN + timedelta(days=10))
+        summary = await env.run.run(FEB, organizations=[org_id])
+        assert summary.counts["returned_to_default"] == 1
+        assert (await env.run.run(FEB, organizations=[org_id])).counts["returned_to_default"] == 0
+
+
 class TestNumbersAtEnd:
     async def test_an_existing_draft_finalised_in_a_rolled_back_savepoint_stays_a_draft(
         self, env: Env

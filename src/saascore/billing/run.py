@@ -181,13 +181,14 @@ class EndDueStep:
             sa.or_(
                 Subscription.cancel_at_period_end.is_(True),
                 Subscription.status == S.SUSPENDED,
-                Subscription.metadata_[SCHEDULED].isnot(None),
+                # As text: SQLite's JSON value of a missing key is 'null', never NULL.
+                Subscription.metadata_[SCHEDULED].as_string().isnot(None),
             ),
         )
         ended = sa.and_(
             Subscription.status.in_((S.CANCELED, S.EXPIRED)),
             Subscription.ends_at <= at,
-            Subscription.metadata_[RETURNED].is_(None),
+            Subscription.metadata_[RETURNED].as_string().is_(None),
         )
         rows = await s.scalars(
             sa.select(Subscription.organization_id)
