@@ -451,7 +451,10 @@ async def renew_due(
       when the run lagged), is invoiced for it (`_issue`) and gets its plan credits for it.
 
     `invoices` should have its clock at `at` (the issue date); `credits` gets its clock set
-    to each new period's start, so the refill is that period's."""
+    to each new period's start, so the refill is that period's. With `prefetched` (the
+    billing run's set-wise path) nothing is flushed here: the invoice, the new period and
+    the refill are written by the session's next flush, with those of the other
+    organisations of the transaction (`BillingRun`)."""
     done = Renewal()
     if prefetched is not None and org_id not in prefetched.organizations:
         prefetched = None
