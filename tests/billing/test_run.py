@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore import Saascore
-from saascore.audit.service import AuditService
+from saascore.audit.service import AuditService, audited_bus
 from saascore.billing.coupons import CouponService
 from saascore.billing.invoices import InvoiceService
 from saascore.billing.payments import PaymentService
@@ -305,6 +305,59 @@ class TestBatchRefill:
                 ("refill:2025-03", 50),
                 ("refill:2025-04", 50),
             ]
+        assert await CreditService(env.database, EventBus()).verify() == []
+
+
+class TestCandidates:
+    async def test_a_subscription_ended_earlier_returns_to_the_default_plan(self, env: Env) -> None:
+        """The run finds it on both databases (a JSON key's absence, read as text)."""
+        org_id, _ = await env.subscribed(await env.plan(1_000))
+        await env.subs.cancel(org_id, at_period_end=False, at=JAN + timedelta(days=10))
+        summary = await env.run.run(FEB, organizations=[org_id])
+        assert summary.counts["returned_to_default"] == 1
+        assert (await env.run.run(FEB, organizations=[org_id])).counts["returned_to_default"] == 0
+
+
+class TestSetWise:
+    async def statements(self, env: Env, orgs: list[uuid.UUID]) -> int:
+        """The statements of a run over `orgs` (one transaction's worth), all renewed, with
+        the audit log on the event bus as `Saascore` puts it there (set-wise)."""
+        run = BillingRun(
+            env.database,
+            env.database.settings,
+            env.plans,
+            env.orgs,
+            audited_bus(AuditService(env.database)),
+        )
+        seen: list[str] = []
+
+        def count(*args: object) -> None:
+            seen.append(str(args[2]))
+
+        engine = env.database.engine.sync_engine
+        sa.event.listen(engine, "before_cursor_execute", count)
+        try:
+            summary = await run.run(FEB, organizations=orgs)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+        assert (summary.counts["renewed"], summary.counts["credits_refilled"]) == (
+            len(orgs),
+            len(orgs),
+        )
+        return len(seen)
+
+    async def test_a_transaction_writes_its_renewals_in_as_many_statements_for_more(
+        self, env: Env
+    ) -> None:
+        """The invoices, their lines, the subscriptions' new periods and the refills of a
+        transaction's organisations are written together at its end, not one by one."""
+        plan = await env.plan(1_000, overage={"USD": 2})
+        few = [(await env.subscribed(plan))[0] for _ in range(2)]
+        many = [(await env.subscribed(plan))[0] for _ in range(6)]
+        assert await self.statements(env, many) == await self.statements(env, few)
+        for org_id in many:
+            (invoice,) = await env.invoices(org_id)
+            assert (invoice.status, invoice.number is None) == (InvoiceStatus.OPEN, False)
         assert await CreditService(env.database, EventBus()).verify() == []
 
 

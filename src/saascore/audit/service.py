@@ -16,7 +16,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Final, cast
 
@@ -81,7 +81,7 @@ class ChainReport:
         return not self.breaks
 
 
-def entry_hash(entry: AuditLog) -> str:
+def entry_hash(entry: AuditLog | _Entry) -> str:
     """The SHA-256 (hex) of an entry's content and its predecessor's hash.
 
     The content is a JSON array of the entry's fields, in which `request_data` and
@@ -248,9 +248,38 @@ def _stored_value(values: Mapping[str, Any], column: str) -> Any:
     return values[column + "_text" if column in ("request_data", "details") else column]
 
 
-def _row(entry: AuditLog) -> dict[str, Any]:
+@dataclass(slots=True)
+class _Entry:
+    """An entry's values, by `AuditLog`'s attribute names, before it is written: a plain
+    object, as the bulk INSERTs need no more (an `AuditLog` costs its unit of work's
+    bookkeeping for every attribute set, several times an entry's hashing)."""
+
+    organization_id: uuid.UUID
+    id: uuid.UUID
+    actor_type: str
+    actor_id: str | None
+    user_id: uuid.UUID | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    processing_job_id: uuid.UUID | None
+    ip_address: str | None
+    user_agent: str | None
+    request_id: str | None
+    request_data_text: str
+    details_text: str
+    created_at: datetime
+    seq: int = 0
+    prev_hash: str | None = None
+    hash: str = ""
+
+
+_ENTRY_FIELDS = tuple(column.name for column in fields(_Entry))
+
+
+def _row(entry: _Entry) -> dict[str, Any]:
     """An entry's column values, for the bulk INSERTs."""
-    return {key: value for key, value in vars(entry).items() if not key.startswith("_")}
+    return {name: getattr(entry, name) for name in _ENTRY_FIELDS}
 
 
 def _dialect(s: AsyncSession) -> str:
@@ -321,7 +350,7 @@ class AuditService:
         """Append `items` to the organisation's chain in `s`: the head advances by their
         number in one statement and takes the last hash in another, however many there are.
         With `keep=False` the entries are inserted as rows (one bulk INSERT, no unit of work)
-        and the returned objects are not in the session: for callers that never read them."""
+        and none are returned: for callers that never read them."""
         advance = (
             insert(s, AuditChainHead)
             .values(organization_id=org_id, seq=len(items), hash=None)
@@ -333,8 +362,10 @@ class AuditService:
         )
         last_seq, prev_hash = (await s.execute(advance)).one()
         entries = self._entries(org_id, items, last_seq, prev_hash)
+        kept: list[AuditLog] = []
         if keep:
-            s.add_all(entries)
+            kept = [AuditLog(**_row(entry)) for entry in entries]
+            s.add_all(kept)
             await s.flush()
         else:
             await s.execute(_BULK_INSERT_ENTRIES, [_row(entry) for entry in entries])
@@ -343,7 +374,7 @@ class AuditService:
             .where(AuditChainHead.organization_id == org_id)
             .values(hash=entries[-1].hash)
         )
-        return entries
+        return kept
 
     async def _append_to_head(
         self, s: AsyncSession, org_id: uuid.UUID, items: Sequence[_Item]
@@ -406,9 +437,9 @@ class AuditService:
             "channel": OUTBOX_CHANNEL,
         }
 
-    def _entry(self, org_id: uuid.UUID, item: _Item) -> AuditLog:
+    def _entry(self, org_id: uuid.UUID, item: _Item) -> _Entry:
         """The entry of `item`, but for its place in the chain (`seq`, `prev_hash`, `hash`)."""
-        return AuditLog(**self._columns(org_id, item))
+        return _Entry(**self._columns(org_id, item))
 
     def _columns(self, org_id: uuid.UUID, item: _Item) -> dict[str, Any]:
         """`_entry`'s attributes, for the statements that insert it without making it."""
@@ -433,10 +464,10 @@ class AuditService:
 
     def _entries(
         self, org_id: uuid.UUID, items: Sequence[_Item], last_seq: int, prev_hash: str | None
-    ) -> list[AuditLog]:
+    ) -> list[_Entry]:
         """The entries of `items`, hash-chained after `prev_hash`, the last numbered
         `last_seq` (the chain head's `seq` once advanced by `len(items)`)."""
-        entries: list[AuditLog] = []
+        entries: list[_Entry] = []
         for seq, item in enumerate(items, start=last_seq - len(items) + 1):
             entry = self._entry(org_id, item)
             entry.seq, entry.prev_hash = seq, prev_hash

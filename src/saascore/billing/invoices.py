@@ -97,6 +97,8 @@ from saascore.tenancy.service import locked_organization
 #: Set in a session's info within `InvoiceService.numbers_at_end`: the invoices finalised
 #: there, waiting for their numbers (with the moment and actor of their finalisation).
 _NUMBERS_AT_END: Final = "saascore.billing.numbers_at_end"
+#: One of them: its id and organisation's, the invoice, the moment and the actor.
+_Numbering = tuple[uuid.UUID, uuid.UUID, Invoice, datetime, Actor]
 
 __all__ = [
     "INVOICE_TRANSITIONS",
@@ -715,16 +717,20 @@ class InvoiceService:
         actor: Actor = SYSTEM,
         tax_rate_bps: int | None = None,
         attach: bool = True,
+        computed: bool = False,
     ) -> Invoice:
         """`finalize` for a caller whose transaction holds the invoice row already (it created
         the draft in it, or locked it): the same checks and events, without reading it back.
         `tax_rate_bps` and `attach` are `recompute_totals`'s, for a caller that has just read
-        the organisation's rate, or the subscription's redemptions (none), in `s`."""
+        the organisation's rate, or the subscription's redemptions (none), in `s`; and
+        `computed` says that the caller has just built the draft with `draft_in` from those
+        same values, so that its totals are already what `recompute_totals` would set."""
         org_id, invoice_id = invoice.organization_id, invoice.id
         check_invoice_transition(invoice.status, InvoiceStatus.OPEN)
         if not invoice.lines:
             raise EmptyInvoice("a draft without lines cannot be finalised", invoice=str(invoice_id))
-        await recompute_totals(s, invoice, attach=attach, tax_rate_bps=tax_rate_bps)
+        if not computed:
+            await recompute_totals(s, invoice, attach=attach, tax_rate_bps=tax_rate_bps)
         # The coupon's period is used now; with none left, the invoice goes without it (and
         # without a coupon there is nothing to recompute).
         if has_coupon(invoice) and not await use_coupon_period(s, invoice):
@@ -741,13 +747,12 @@ class InvoiceService:
         invoice.issue_date = issued
         invoice.due_date = issued + timedelta(days=self.settings.invoice_due_days)
         invoice.status = InvoiceStatus.OPEN
-        pending: list[tuple[uuid.UUID, Invoice, datetime, Actor]] | None = s.sync_session.info.get(
-            _NUMBERS_AT_END
-        )
+        pending: list[_Numbering] | None = s.sync_session.info.get(_NUMBERS_AT_END)
         if pending is not None:  # numbered, and announced, at the end of `numbers_at_end`
-            await s.flush()
-            # The id kept aside: a savepoint that rolls back expires the invoice's attributes.
-            pending.append((invoice_id, invoice, now, actor))
+            # Written by the session's next flush (with the others of a billing run's
+            # transaction). The keys kept aside: a savepoint that rolls back expires the
+            # invoice's attributes, or expunges it if it was never written.
+            pending.append((invoice_id, org_id, invoice, now, actor))
             return invoice
         # The series stays locked from here to the commit: the number is taken last, and the
         # invoice is written once with it.
@@ -790,7 +795,7 @@ class InvoiceService:
         if _NUMBERS_AT_END in info:  # already held by an enclosing block
             yield
             return
-        pending: list[tuple[uuid.UUID, Invoice, datetime, Actor]] = []
+        pending: list[_Numbering] = []
         info[_NUMBERS_AT_END] = pending
         try:
             yield
@@ -801,14 +806,16 @@ class InvoiceService:
         kept = set(
             await s.scalars(
                 sa.select(Invoice.id).where(
-                    Invoice.id.in_([invoice_id for invoice_id, _, _, _ in pending]),
+                    # By the primary key, whose first column is the organisation's.
+                    Invoice.organization_id.in_(list({org_id for _, org_id, _, _, _ in pending})),
+                    Invoice.id.in_([invoice_id for invoice_id, _, _, _, _ in pending]),
                     Invoice.status == InvoiceStatus.OPEN,
                     Invoice.number.is_(None),
                 )
             )
         )
         series: dict[str, list[tuple[Invoice, datetime, Actor]]] = {}
-        for invoice_id, invoice, at, actor in sorted(pending, key=lambda item: item[0]):
+        for invoice_id, _, invoice, at, actor in sorted(pending, key=lambda item: item[0]):
             if invoice_id in kept:
                 key = series_key(self.settings, organization_id=invoice.organization_id, at=at)
                 series.setdefault(key, []).append((invoice, at, actor))

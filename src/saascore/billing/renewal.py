@@ -410,8 +410,14 @@ async def _issue(
             attach=attach,
             flush=False,
         )
+        # Without a coupon, the draft's totals are final as `draft_in` computed them.
         return await invoices.finalize_locked(
-            s, draft, actor=actor, tax_rate_bps=draft.tax_rate_bps, attach=attach
+            s,
+            draft,
+            actor=actor,
+            tax_rate_bps=draft.tax_rate_bps,
+            attach=attach,
+            computed=not attach,
         )
     draft.period_start, draft.period_end = period.start, period.end
     for line in lines:
@@ -445,7 +451,10 @@ async def renew_due(
       when the run lagged), is invoiced for it (`_issue`) and gets its plan credits for it.
 
     `invoices` should have its clock at `at` (the issue date); `credits` gets its clock set
-    to each new period's start, so the refill is that period's."""
+    to each new period's start, so the refill is that period's. With `prefetched` (the
+    billing run's set-wise path) nothing is flushed here: the invoice, the new period and
+    the refill are written by the session's next flush, with those of the other
+    organisations of the transaction (`BillingRun`)."""
     done = Renewal()
     if prefetched is not None and org_id not in prefetched.organizations:
         prefetched = None
@@ -475,7 +484,8 @@ async def renew_due(
             subscription.updated_at = at
             if organization is not None:
                 organization.subscription_status = S.ACTIVE
-            await s.flush()
+            if prefetched is None:  # else written with its transaction's others
+                await s.flush()
             done.trials_ended += 1
             if invoice is not None:
                 done.invoices.append(invoice.id)
@@ -498,7 +508,8 @@ async def renew_due(
                 **subscription.metadata_,
                 TRIAL_NOTICE_SENT: trial_end.isoformat(),
             }
-            await s.flush()
+            if prefetched is None:
+                await s.flush()
             await events.emit(
                 s,
                 org_id,
@@ -521,7 +532,8 @@ async def renew_due(
         subscription.current_period_end = following.end
         subscription.next_billing_at = following.end
         subscription.updated_at = at
-        await s.flush()
+        if prefetched is None:
+            await s.flush()
         credits.clock = _fixed(following.start)
         refill = await credits.refill_once(
             org_id,

@@ -26,7 +26,9 @@ twice and those of every other transaction saved. One commit per transaction, no
 organisation, is what makes the run fast: every finalisation takes the platform's
 invoice-number series lock until the commit (gapless numbers), so finalisations are
 serialised whatever the parallelism, and the lock is best held for one commit per hundred
-invoices.
+invoices. Nor do the renewals write one by one: the savepoint that holds them all writes
+their invoices, lines, new periods and refills when it ends, a few multi-row statements for
+the whole transaction (`renewal.renew_due`).
 
 Every step re-checks under its row locks, so a second run at the same `at` does nothing and
 two runs at once do each thing once. A dry run does the same work in transactions that are
@@ -181,13 +183,14 @@ class EndDueStep:
             sa.or_(
                 Subscription.cancel_at_period_end.is_(True),
                 Subscription.status == S.SUSPENDED,
-                Subscription.metadata_[SCHEDULED].isnot(None),
+                # As text: SQLite's JSON value of a missing key is 'null', never NULL.
+                Subscription.metadata_[SCHEDULED].as_string().isnot(None),
             ),
         )
         ended = sa.and_(
             Subscription.status.in_((S.CANCELED, S.EXPIRED)),
             Subscription.ends_at <= at,
-            Subscription.metadata_[RETURNED].is_(None),
+            Subscription.metadata_[RETURNED].as_string().is_(None),
         )
         rows = await s.scalars(
             sa.select(Subscription.organization_id)

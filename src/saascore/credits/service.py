@@ -515,6 +515,8 @@ class CreditService:
             _room(account, allowance - granted)
             if lapsed:
                 await self._expire_lapsed(session, account, now)
+            # Set-wise, as it was read: the caller's next flush writes this refill with the
+            # others of its transaction.
             return await self._grant_refill(
                 session,
                 account,
@@ -524,6 +526,7 @@ class CreditService:
                 rollover=rollover,
                 now=now,
                 actor=actor,
+                flush=False,
             )
         async with self.database.scope(session) as s:
             account = await usage_account(s, org_id)  # the lock first: the plan read is current
@@ -892,8 +895,10 @@ class CreditService:
         rollover: bool,
         now: datetime,
         actor: Actor,
+        flush: bool = True,
     ) -> Refill:
-        """Grant `amount` of the month's plan credits to the locked `account` (`refill_once`)."""
+        """Grant `amount` of the month's plan credits to the locked `account` (`refill_once`);
+        with `flush=False` the rows are left to the session's next flush."""
         org_id = account.organization_id
         period = month_start(now)
         key = f"refill:{period:%Y-%m}"
@@ -910,6 +915,7 @@ class CreditService:
             description=f"plan credits for {period:%Y-%m}"
             + (f" (up to {allowance})" if granted else ""),
             now=now,
+            flush=flush,
         )
         account.credits_granted_total += amount
         account.last_credit_refill_at = now
@@ -924,6 +930,7 @@ class CreditService:
             idempotency_key=key,
             request={"op": "refill", "period": period, "allowance": allowance},
             description=grant.description,
+            flush=flush,
         )
         await self.events.emit(
             s,
@@ -955,6 +962,7 @@ class CreditService:
         idempotency_key: str | None = None,
         description: str | None = None,
         payment_id: uuid.UUID | None = None,
+        flush: bool = True,
     ) -> CreditGrant:
         grant = CreditGrant(
             organization_id=org_id,
@@ -971,7 +979,8 @@ class CreditService:
             created_at=now,
         )
         s.add(grant)
-        await s.flush()  # before the transaction that references it: no relationship orders them
+        if flush:
+            await s.flush()
         return grant
 
     async def _draw(
@@ -1059,9 +1068,11 @@ class CreditService:
         request: dict[str, Any] | None = None,
         reference: str | None = None,
         description: str | None = None,
+        flush: bool = True,
     ) -> CreditTransaction:
         """Apply `amount` to the cached balance and append the ledger row that records it;
-        a fall below the organisation's `credit_low_threshold` emits `credits.low`."""
+        a fall below the organisation's `credit_low_threshold` emits `credits.low`. With
+        `flush=False` and no `allocations`, the row is left to the session's next flush."""
         before = account.credit_balance
         account.credit_balance += amount
         threshold = account.credit_low_threshold
@@ -1089,7 +1100,11 @@ class CreditService:
             created_at=now,
         )
         s.add(transaction)
-        await s.flush()
+        if not allocations:
+            if flush:
+                await s.flush()
+            return transaction
+        await s.flush()  # before its allocations: no relationship orders them
         s.add_all(
             CreditAllocation(
                 organization_id=account.organization_id,

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from saascore.kit.types import str_enum
 from saascore.models.base import Base, TenantMixin, non_negative, tenant_fk
@@ -89,6 +89,10 @@ class CreditTransaction(TenantMixin, Base):
     description: Mapped[str | None] = mapped_column(sa.Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
+
+    #: Never loaded: it tells the unit of work that grants are inserted before the
+    #: transactions that name them, so both may go in one flush (the billing run's refills).
+    grant: Mapped[CreditGrant | None] = relationship(lazy="raise")
 
     __table_args__ = (
         sa.UniqueConstraint("organization_id", "idempotency_key"),
