@@ -255,7 +255,9 @@ async def _usage(
             sa.or_(UsageCounter.period_end.is_(None), UsageCounter.period_end > now),
         )
     meters = sa.select(Meter.code, Meter.reset_period).where(Meter.code.in_(metrics))
-    resets: dict[str, ResetPeriod] = dict((await s.execute(meters)).tuples().all())
+    # (A Result has `keys()`, so `dict(result)` would take it for a mapping.)
+    found = await s.execute(meters)
+    resets: dict[str, ResetPeriod] = {code: reset for code, reset in found}  # noqa: C416
     used: dict[str, int] = {}
     over: dict[str, int] = {}
     for metric, amount in await s.execute(query):
