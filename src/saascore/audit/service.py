@@ -302,6 +302,19 @@ class _Item:
     request_data: dict[str, Any] | None
     processing_job_id: uuid.UUID | None = None
 
+    @classmethod
+    def of(cls, event: Event, action: str) -> _Item:
+        """The entry that records `event` as `action`."""
+        request_data = event.request_data
+        return cls(
+            action,
+            event.actor,
+            event.payload.target_type,
+            event.target_id,
+            event.data(),
+            dict(request_data) if request_data is not None else None,
+        )
+
 
 class AuditService:
     def __init__(self, database: Database, *, clock: Callable[[], datetime] = utcnow) -> None:
@@ -401,14 +414,7 @@ class AuditService:
         action = event.payload.audited_as()
         assert action is not None
         assert event.organization_id is not None
-        item = _Item(
-            action,
-            event.actor,
-            event.payload.target_type,
-            event.target_id,
-            event.data(),
-            dict(event.request_data) if event.request_data is not None else None,
-        )
+        item = _Item.of(event, action)
         public = event.payload.public
         return self._head_parameters(
             event.organization_id,
@@ -530,16 +536,7 @@ class AuditService:
             action = event.payload.audited_as()
             if action is None or event.organization_id is None:
                 continue
-            by_org.setdefault(event.organization_id, []).append(
-                _Item(
-                    action,
-                    event.actor,
-                    event.payload.target_type,
-                    event.target_id,
-                    event.data(),
-                    dict(event.request_data) if event.request_data is not None else None,
-                )
-            )
+            by_org.setdefault(event.organization_id, []).append(_Item.of(event, action))
         if by_org:
             await self._append_many(session, by_org)
 
