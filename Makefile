@@ -66,10 +66,10 @@ serve: .venv/.synced  ## run the service on the configured database
 	$(RUN) saascore serve
 
 test: setup  ## run the whole test suite (SQLite and PostgreSQL)
-	$(RUN) pytest -n 2 $(PYTEST_ARGS)
+	$(RUN) pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 fuzz: setup  ## the property and state-machine tests with fresh random seeds, 10x the examples
-	HYPOTHESIS_PROFILE=fuzz $(RUN) pytest -n 2 -m hypothesis $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=fuzz $(RUN) pytest -n 2 --dist worksteal -m hypothesis $(PYTEST_ARGS)
 
 lint: setup  ## ruff check, ruff format --check, mypy --strict, the layers (import-linter)
 	$(RUN) ruff check src tests bench

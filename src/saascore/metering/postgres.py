@@ -88,18 +88,18 @@ OUT_OF_RANGE_SQLSTATE = "22003"
 EVENT_KEY = "uq_usage_events_organization_id_idempotency_key"
 
 
-# --- one event, one statement --------------------------------------------------------------------
-# Parameters: $1 org, $2 metric, $3 quantity, $4 increment (1 for count meters), $5 enforce,
-# $6 period_start, $7 period_end, $8 event id, $9 key, $10 hash, $11 user_id,
-# $12 subscription_id, $13 feature, $14 model, $15 provider, $16 input, $17 output,
-# $18 cached, $19 credits_used, $20 request_id, $21 batch_id, $22 endpoint,
-# $23 response_time_ms, $24 properties (JSON text), $25 occurred_at, $26 now, $27 day,
-# $28 counter id, $29 rollup id, $30 alert id (80 %), $31 alert id (100 %).
-_VALUE, _HARD = resolution_sql("$2::text")
-#: Built from constants only (the limit rule of `limits`).
-RECORD = f"""
-WITH lim AS (
-    SELECT {_VALUE} AS value, {_HARD} AS hard
+# --- the CTEs that RECORD, RESERVE and SETTLE share ----------------------------------------------
+# Each takes the `$n` of its parameters: the three statements number them differently.
+
+
+def _limit_ctes(enforce: str = "TRUE") -> str:
+    """`lim`, the organisation's limit on the metric ($1 org, $2 metric: `limits`' rule), and
+    `cap`, that limit as enforced (`value`, NULL when it is not: soft, unlimited, or `enforce`
+    false) and as shown (`shown`, NULL when unlimited)."""
+    value, hard = resolution_sql("$2::text")
+    enforced = "hard" if enforce == "TRUE" else f"{enforce} AND hard"
+    return f"""lim AS (
+    SELECT {value} AS value, {hard} AS hard
     FROM organizations o
     JOIN subscription_plans p ON p.id = o.plan_id
     LEFT JOIN usage_limits ul ON ul.organization_id = o.id
@@ -107,31 +107,55 @@ WITH lim AS (
     WHERE o.id = $1::uuid
 ),
 cap AS (
-    SELECT CASE WHEN $5::boolean AND hard AND value >= 0 THEN value END AS value,
+    SELECT CASE WHEN {enforced} AND value >= 0 THEN value END AS value,
         CASE WHEN value >= 0 THEN value END AS shown
     FROM lim
-),
-usr AS (
-    SELECT $11::uuid IS NULL OR EXISTS (
-        SELECT FROM users WHERE organization_id = $1::uuid AND id = $11::uuid
+)"""  # noqa: S608 (constants only)
+
+
+def _user_and_price_ctes(
+    user: str, model: str, provider: str, tokens: tuple[str, str, str], at: str
+) -> str:
+    """`usr`, whether the event's `user` (a `$n`) is the organisation's or none; and `price`,
+    the event's cost in micro-units from `model_pricing` (`model`, `provider`, the input,
+    output and cached input `tokens`, the price in force `at`), rounded half up; no row when
+    the model is unpriced or no tokens were used."""
+    input_, output, cached = tokens
+    return f"""usr AS (
+    SELECT {user}::uuid IS NULL OR EXISTS (
+        SELECT FROM users WHERE organization_id = $1::uuid AND id = {user}::uuid
     ) AS known
 ),
 price AS (
     SELECT div(
-        greatest($16::bigint - $18::bigint, 0)::numeric * input_micros_per_million
-        + $18::bigint::numeric * cached_input_micros_per_million
-        + $17::bigint::numeric * output_micros_per_million
+        greatest({input_}::bigint - {cached}::bigint, 0)::numeric * input_micros_per_million
+        + {cached}::bigint::numeric * cached_input_micros_per_million
+        + {output}::bigint::numeric * output_micros_per_million
         + 500000,
         1000000
     ) AS cost
     FROM model_pricing
-    WHERE $14::text IS NOT NULL AND ($16::bigint > 0 OR $17::bigint > 0)
-      AND model = $14::text AND ($15::text IS NULL OR provider = $15::text) AND is_active
-      AND effective_from <= $25::timestamptz
-      AND (effective_to IS NULL OR effective_to > $25::timestamptz)
+    WHERE {model}::text IS NOT NULL AND ({input_}::bigint > 0 OR {output}::bigint > 0)
+      AND model = {model}::text AND is_active
+      AND ({provider}::text IS NULL OR provider = {provider}::text)
+      AND effective_from <= {at}::timestamptz
+      AND (effective_to IS NULL OR effective_to > {at}::timestamptz)
     ORDER BY effective_from DESC
     LIMIT 1
-),
+)"""  # noqa: S608 (`$n` parameters only)
+
+
+# --- one event, one statement --------------------------------------------------------------------
+# Parameters: $1 org, $2 metric, $3 quantity, $4 increment (1 for count meters), $5 enforce,
+# $6 period_start, $7 period_end, $8 event id, $9 key, $10 hash, $11 user_id,
+# $12 subscription_id, $13 feature, $14 model, $15 provider, $16 input, $17 output,
+# $18 cached, $19 credits_used, $20 request_id, $21 batch_id, $22 endpoint,
+# $23 response_time_ms, $24 properties (JSON text), $25 occurred_at, $26 now, $27 day,
+# $28 counter id, $29 rollup id, $30 alert id (80 %), $31 alert id (100 %).
+#: Built from constants only (the limit rule of `limits`).
+RECORD = f"""
+WITH {_limit_ctes("$5::boolean")},
+{_user_and_price_ctes("$11", "$14", "$15", ("$16", "$17", "$18"), "$25")},
 prev AS (
     SELECT id, payload_hash, occurred_at, cost_micros FROM usage_events
     WHERE organization_id = $1::uuid AND idempotency_key = $9::text
@@ -328,26 +352,13 @@ def answer(
 # Parameters: $1 org, $2 metric, $3 quantity, $4 period_start, $5 period_end, $6 reservation id,
 # $7 key (NULL: none), $8 expires_at, $9 now, $10 counter id, $11 alert id (80 %),
 # $12 alert id (100 %).
-_RESERVE_VALUE, _RESERVE_HARD = resolution_sql("$2::text")
 #: `Reservations.reserve` on PostgreSQL in one statement and one round trip (autocommit), as
 #: `RECORD` records: the reservation is inserted first, so its key's unique index makes a
 #: concurrent copy wait and then do nothing; the counter's `reserved` grows only if it was
 #: inserted and the hard limit allows, else `saascore_limit_exceeded()` aborts it all. `prev` is
 #: the reservation already under the key (a retry), answered instead.
 RESERVE = f"""
-WITH lim AS (
-    SELECT {_RESERVE_VALUE} AS value, {_RESERVE_HARD} AS hard
-    FROM organizations o
-    JOIN subscription_plans p ON p.id = o.plan_id
-    LEFT JOIN usage_limits ul ON ul.organization_id = o.id
-    LEFT JOIN plan_limits pl ON pl.plan_id = p.id AND pl.metric = $2::text
-    WHERE o.id = $1::uuid
-),
-cap AS (
-    SELECT CASE WHEN hard AND value >= 0 THEN value END AS value,
-        CASE WHEN value >= 0 THEN value END AS shown
-    FROM lim
-),
+WITH {_limit_ctes()},
 prev AS (
     SELECT id, metric, period_start, quantity, settled_quantity, status, expires_at,
         created_at, finished_at
@@ -482,7 +493,6 @@ SELECT claimed.* FROM claimed
 # $16 output, $17 cached, $18 credits_used, $19 request_id, $20 batch_id, $21 endpoint,
 # $22 response_time_ms, $23 properties (JSON text), $24 occurred_at, $25 now, $26 day,
 # $27 rollup id, $28 alert id (80 %), $29 alert id (100 %).
-_SETTLE_VALUE, _SETTLE_HARD = resolution_sql("$2::text")
 #: `Reservations.settle` on PostgreSQL in one statement and one round trip (autocommit), for a
 #: reservation whose unchanging columns the caller has read (they give the metric, the period
 #: and `extra`): `claimed` moves it from held to settled (only for a known user), which makes
@@ -492,40 +502,8 @@ _SETTLE_VALUE, _SETTLE_HARD = resolution_sql("$2::text")
 #: day's rollup and the thresholds that quota past the reservation crosses. A counter that
 #: refuses makes `saascore_limit_exceeded()` abort it all: the reservation stays held.
 SETTLE = f"""
-WITH lim AS (
-    SELECT {_SETTLE_VALUE} AS value, {_SETTLE_HARD} AS hard
-    FROM organizations o
-    JOIN subscription_plans p ON p.id = o.plan_id
-    LEFT JOIN usage_limits ul ON ul.organization_id = o.id
-    LEFT JOIN plan_limits pl ON pl.plan_id = p.id AND pl.metric = $2::text
-    WHERE o.id = $1::uuid
-),
-cap AS (
-    SELECT CASE WHEN hard AND value >= 0 THEN value END AS value,
-        CASE WHEN value >= 0 THEN value END AS shown
-    FROM lim
-),
-usr AS (
-    SELECT $10::uuid IS NULL OR EXISTS (
-        SELECT FROM users WHERE organization_id = $1::uuid AND id = $10::uuid
-    ) AS known
-),
-price AS (
-    SELECT div(
-        greatest($15::bigint - $17::bigint, 0)::numeric * input_micros_per_million
-        + $17::bigint::numeric * cached_input_micros_per_million
-        + $16::bigint::numeric * output_micros_per_million
-        + 500000,
-        1000000
-    ) AS cost
-    FROM model_pricing
-    WHERE $13::text IS NOT NULL AND ($15::bigint > 0 OR $16::bigint > 0)
-      AND model = $13::text AND ($14::text IS NULL OR provider = $14::text) AND is_active
-      AND effective_from <= $24::timestamptz
-      AND (effective_to IS NULL OR effective_to > $24::timestamptz)
-    ORDER BY effective_from DESC
-    LIMIT 1
-),
+WITH {_limit_ctes()},
+{_user_and_price_ctes("$10", "$13", "$14", ("$15", "$16", "$17"), "$24")},
 claimed AS (
     UPDATE usage_reservations
     SET status = 'settled', finished_at = $25::timestamptz, settled_quantity = $4::bigint
