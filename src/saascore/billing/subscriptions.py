@@ -935,11 +935,12 @@ async def _locked_with_provider_subscription(
     s: AsyncSession, org_id: uuid.UUID, provider: PaymentProvider, subscription_id: str
 ) -> tuple[Organization, Subscription | None]:
     """The organisation and its subscription mirrored from the provider's
-    `subscription_id`, both locked in that order (`locked_organization`'s first), plans
-    loaded. On PostgreSQL in one statement (`_locking_both`), as a provider's webhook asks
-    it of every event."""
+    `subscription_id`, both locked in that order (`locked_organization`'s first), the
+    subscription's plan loaded (not the organisation's: a snapshot reads only its plan id,
+    and a plan change loads it afresh). On PostgreSQL in one statement (`_locking_both`), as
+    a provider's webhook asks it of every event."""
     if s.get_bind().dialect.name != "postgresql":
-        organization = await locked_organization(s, org_id, with_plan=True)
+        organization = await locked_organization(s, org_id)
         subscription = await _by_provider_id(s, org_id, provider, subscription_id, lock=True)
         return organization, subscription
     found = (
@@ -982,7 +983,7 @@ def _locking_both() -> sa.Select[Organization, Subscription]:
         sa.select(organization, subscription)
         .select_from(organization)
         .outerjoin(subscription, sa.true())
-        .options(joinedload(organization.plan), joinedload(subscription.plan))
+        .options(joinedload(subscription.plan))
         .execution_options(populate_existing=True)
     )
 

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from saascore.config import DatabaseBackend
 from saascore.kit.actors import SYSTEM, Actor
-from saascore.kit.db import Database
+from saascore.kit.db import Database, SaascoreSession
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
@@ -156,6 +156,7 @@ CommitHandler = Callable[[Event], None]
 class _Pending:
     event: Event
     transaction: SessionTransaction | None
+    bus: EventBus
 
 
 class EventBus:
@@ -337,24 +338,20 @@ class EventBus:
 
     # --- after commit ----------------------------------------------------------------------------
     def _remember(self, session: AsyncSession, emitted: Event) -> None:
+        """Hold `emitted` for the after-commit handlers, until the session commits (or rolls
+        back what emitted it). `Database`'s sessions are heard by listeners set once on their
+        class; another session gets its own."""
         if not self._after_commit:
             return
         sync = session.sync_session
         pending: list[_Pending] | None = sync.info.get(_PENDING)
         if pending is None:
             pending = sync.info[_PENDING] = []
-            sa_event.listen(sync, "after_commit", self._committed)
-            sa_event.listen(sync, "after_soft_rollback", _rolled_back)
+            if not isinstance(sync, SaascoreSession):
+                sa_event.listen(sync, "after_commit", _committed)
+                sa_event.listen(sync, "after_soft_rollback", _rolled_back)
         transaction = sync.get_nested_transaction() or sync.get_transaction()
-        pending.append(_Pending(emitted, transaction))
-
-    def _committed(self, sync: Session) -> None:
-        pending: list[_Pending] = sync.info.get(_PENDING) or []
-        if sync.in_nested_transaction():  # a savepoint released: the outer one may still fail
-            return
-        sync.info[_PENDING] = []
-        for item in pending:
-            self.run_after_commit(item.event)
+        pending.append(_Pending(emitted, transaction, self))
 
     def run_after_commit(self, emitted: Event) -> None:
         """The after-commit handlers for one committed event; a failing one is logged, never
@@ -434,10 +431,21 @@ def _dialect(session: AsyncSession) -> str:
     return session.bind.dialect.name if session.bind is not None else ""
 
 
+def _committed(sync: Session) -> None:
+    """Run the after-commit handlers of the events a committed session held."""
+    pending: list[_Pending] | None = sync.info.get(_PENDING)
+    if not pending or sync.in_nested_transaction():  # a savepoint released: the outer one
+        return  # may still fail
+    sync.info[_PENDING] = []
+    for item in pending:
+        item.bus.run_after_commit(item.event)
+
+
 def _rolled_back(sync: Session, previous: SessionTransaction) -> None:
     """Forget the events emitted inside the transaction or savepoint that rolled back."""
-    pending: list[_Pending] = sync.info.get(_PENDING) or []
-    sync.info[_PENDING] = [item for item in pending if not _within(item.transaction, previous)]
+    pending: list[_Pending] | None = sync.info.get(_PENDING)
+    if pending:
+        sync.info[_PENDING] = [item for item in pending if not _within(item.transaction, previous)]
 
 
 def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -493,3 +501,7 @@ def take_publication(session: AsyncSession) -> Publication | None:
     publication.taken = True
     publication.notify = _wake_now(session)
     return publication
+
+
+sa_event.listen(SaascoreSession, "after_commit", _committed)
+sa_event.listen(SaascoreSession, "after_soft_rollback", _rolled_back)

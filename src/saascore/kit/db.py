@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import QueryableAttribute
+from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util import greenlet_spawn
 
@@ -38,6 +38,7 @@ __all__ = [
     "SQLITE_BEGIN",
     "CloudSQLConnector",
     "Database",
+    "SaascoreSession",
     "describe_connection_error",
     "exact_sum",
     "is_arithmetic_error",
@@ -83,6 +84,11 @@ async def _google_connector() -> CloudSQLConnector:
         ) from None
     connector: CloudSQLConnector = await create_async_connector()
     return connector
+
+
+class SaascoreSession(Session):
+    """The sessions `Database` makes. A class of their own so that listeners can be set once
+    for all of them (the event bus's after-commit work) rather than on every session."""
 
 
 @dataclass
@@ -184,8 +190,12 @@ class Database:
             writer = engine.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})
         return _LoopState(
             engine=engine,
-            read_sessions=async_sessionmaker(engine, expire_on_commit=False),
-            write_sessions=async_sessionmaker(writer, expire_on_commit=False),
+            read_sessions=async_sessionmaker(
+                engine, expire_on_commit=False, sync_session_class=SaascoreSession
+            ),
+            write_sessions=async_sessionmaker(
+                writer, expire_on_commit=False, sync_session_class=SaascoreSession
+            ),
         )
 
     def _create_engine(self, *, pooled: bool = True, statement_timeout: bool = True) -> AsyncEngine:
