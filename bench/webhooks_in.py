@@ -1,53 +1,69 @@
-"""Inbound payment-provider webhooks: the real app's intake beside a bare FastAPI endpoint.
+"""Inbound payment-provider webhooks over HTTP: the real app's intake beside a bare endpoint.
 
 BENCH_ORGS organisations (default 200), each a Stripe customer with a subscription on the pro
 plan (made through the intake itself). Then signed Stripe-shaped
 `customer.subscription.updated` bodies, each a real change (cancel at the period's end, then
 not, in turn, one second later each time), with copies of bodies already sent mixed in at
-20 %, are POSTed by BENCH_CONCURRENCY clients at once (default 32), over one
-`httpx.AsyncClient` on an `ASGITransport` for both sides, to:
+20 %, are POSTed over HTTP by BENCH_CONCURRENCY clients at once (default 32), each on a
+kept-alive connection of its own (bench/http_api.py's `Connection`: httpx would measure
+itself), to two servers, each a uvicorn process of its own:
 
-  (a) the real app (`create_app`), `POST /v1/webhooks/stripe`: verified with the stripe SDK,
-      stored once in `webhook_events` and applied through billing (the subscription, its
-      events and audit entries), 200 after the commit;
-  (b) the reference, a bare FastAPI endpoint written here: the stripe SDK verifies the
-      signature, and the event row is inserted into a table shaped like `webhook_events`
-      (INSERT ... ON CONFLICT DO NOTHING), 200 after the commit.
+  (a) `saascore serve`, `POST /v1/webhooks/stripe`: verified with the stripe SDK, stored once
+      in `webhook_events` and applied through billing (the subscription, its events and audit
+      entries), 200 after the commit;
+  (b) the reference, a bare FastAPI endpoint written here (`python bench/webhooks_in.py
+      --bare PORT`): the stripe SDK verifies the signature, and the event row is inserted
+      into a table shaped like `webhook_events` (INSERT ... ON CONFLICT DO NOTHING) through a
+      SQLAlchemy session, 200 after the commit.
 
 Both get the same requests (BENCH_REQUESTS, default 3,000, after 200 to warm up), on the same
-database and pool (a connection per client). The app's webhook dispatcher is off: delivering
-the outbox to tenants' endpoints is bench/webhooks.py's measure, not the intake's. Printed:
-requests per second of each, and the ratio (a) / (b) (goal >= 0.5).
+database, with a pool of a connection per client each. The app's webhook dispatcher is off:
+delivering the outbox to tenants' endpoints is bench/webhooks.py's measure, not the intake's.
+Printed: requests per second of each and the ratio (a) / (b) (goal >= 0.5), with the CPU time
+each server process and the PostgreSQL backends serving it spent per request (read from /proc,
+so on Linux with the database on this machine; steadier than requests/s on a shared machine).
 
 BENCH_DATABASE=postgresql (default; SAASCORE_TEST_POSTGRES_URL picks the server, default
 postgresql://postgres@127.0.0.1:5432/test, in a schema of its own) or sqlite (a file in a
-temporary directory).
+temporary directory; no database CPU is shown).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import os
 import random
+import secrets
+import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import sqlalchemy as sa
 import stripe
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from pydantic import SecretStr
 
+from http_api import (
+    Connection,
+    Target,
+    backends_cpu,
+    cpu_seconds,
+    free_port,
+    server,
+    wait_until_up,
+)
 from saascore import Saascore, Settings
-from saascore.api import create_app
 from saascore.kit.db import Database
 from saascore.kit.ids import new_id
 from saascore.kit.sql import insert
@@ -73,6 +89,7 @@ WARMUP = 200
 DUPLICATES = 0.2
 SCHEMA = "bench_webhooks_in"
 SECRET = "whsec_bench_" + "s" * 24
+SCRIPT = str(Path(__file__).resolve())
 PRICE = "price_bench_pro_monthly"
 PERIOD = 30 * 86_400
 
@@ -161,25 +178,39 @@ def deliveries(orgs: Sequence[uuid.UUID], count: int, start: int, first: int) ->
     return sent
 
 
-async def drive(client: httpx.AsyncClient, path: str, requests: list[Any]) -> float:
-    """POST every delivery, CONCURRENCY at once; the seconds it took. Every answer is 200."""
+async def drive(port: int, path: str, requests: list[Any]) -> float:
+    """POST every delivery, CONCURRENCY at once, each client on a connection of its own; the
+    seconds it took. Every answer is 200."""
     queue = list(reversed(requests))
+    connections = [await Connection.open(port) for _ in range(CONCURRENCY)]
 
-    async def worker() -> None:
+    async def client(connection: Connection) -> None:
         while queue:
             body, headers = queue.pop()
-            answer = await client.post(path, content=body, headers=headers)
-            if answer.status_code != 200:
-                raise RuntimeError(f"{path}: {answer.status_code} {answer.text[:300]}")
+            status, answer = await connection.request("POST", path, headers, body)
+            if status != 200:
+                raise RuntimeError(f"{path}: {status} {answer[:300]!r}")
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(connection) for connection in connections))
+        return time.perf_counter() - started
+    finally:
+        for connection in connections:
+            await connection.close()
 
 
-def bare_app(database: Database) -> FastAPI:
-    """(b): verify with the stripe SDK, insert the event row, answer after the commit."""
-    app = FastAPI()
+def bare_app() -> FastAPI:
+    """(b): verify with the stripe SDK, insert the event row, answer after the commit (its
+    settings, as `saascore serve`'s, from the environment)."""
+    database = Database(Settings())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await database.dispose()
+
+    app = FastAPI(lifespan=lifespan)
 
     @app.post("/v1/webhooks/stripe")
     async def receive(request: Request) -> Response:
@@ -207,6 +238,10 @@ def bare_app(database: Database) -> FastAPI:
                 .on_conflict_do_nothing(index_elements=["provider", "event_id"])
             )
         return Response(status_code=200)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"status": "ok"}
 
     return app
 
@@ -246,58 +281,95 @@ async def seed(core: Saascore, start: int) -> list[uuid.UUID]:
     return orgs
 
 
+async def measure(
+    target: Target, requests: list[Any], admin: asyncpg.Connection | None
+) -> tuple[float, float, float]:
+    """(seconds, the server's CPU ms per request, its database backends')."""
+    database = await backends_cpu(admin, target.application_name) if admin else {}
+    cpu = cpu_seconds(target.pid)
+    took = await drive(target.port, "/v1/webhooks/stripe", requests)
+    cpu = cpu_seconds(target.pid) - cpu
+    database_cpu = float("nan")
+    if admin is not None:
+        after = await backends_cpu(admin, target.application_name)
+        database_cpu = sum(seconds - database.get(pid, 0.0) for pid, seconds in after.items())
+    return took, cpu / len(requests) * 1000, database_cpu / len(requests) * 1000
+
+
 async def main() -> None:
+    tag = secrets.token_hex(4)
+    names = {"saascore": f"bench-webhooks-in-{tag}", "bare": f"bench-webhooks-bare-{tag}"}
+    admin: asyncpg.Connection | None = None
     if BACKEND == "sqlite":
         folder = tempfile.mkdtemp(prefix="bench-webhooks-in-")
-        base = {"database_url": f"sqlite+aiosqlite:///{folder}/bench.db"}
+        environment = {"DATABASE_URL": f"sqlite+aiosqlite:///{folder}/bench.db"}
     else:
         admin = await asyncpg.connect(URL)
         await admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE; CREATE SCHEMA {SCHEMA}")
-        await admin.close()
-        url = URL.replace("postgresql://", "postgresql+asyncpg://", 1)
-        base = {"database_url": url, "database_schema": SCHEMA}
-    settings = Settings(
-        **base,
-        payment_provider="stripe",
-        stripe_secret_key=SecretStr("sk_test_bench_" + "k" * 24),
-        stripe_webhook_secret=SecretStr(SECRET),
+        environment = {"DATABASE_URL": URL, "SAASCORE_DATABASE_SCHEMA": SCHEMA}
+    environment |= {
+        "SAASCORE_PAYMENT_PROVIDER": "stripe",
+        "SAASCORE_STRIPE_SECRET_KEY": "sk_test_bench_" + "k" * 24,
+        "SAASCORE_STRIPE_WEBHOOK_SECRET": SECRET,
+        "SAASCORE_JWT_SECRET": secrets.token_urlsafe(32),
+        "SAASCORE_LOG_LEVEL": "warning",
+        "SAASCORE_AUTO_MIGRATE": "false",
+        "SAASCORE_RATE_LIMIT_STORAGE": "memory://",
         # Delivering the outbox to tenants' endpoints is bench/webhooks.py's: not measured here.
-        dispatch=False,
+        "SAASCORE_DISPATCH": "false",
         # A connection for every client, on both sides: waiting for the pool is not measured.
-        db_pool_size=CONCURRENCY,
-        db_max_overflow=0,
-    )
+        "DB_POOL_SIZE": str(CONCURRENCY),
+        "DB_MAX_OVERFLOW": "0",
+    }
     start = int(time.time()) - 86_400
+    settings = Settings(
+        _env_file=None,
+        database_url=environment["DATABASE_URL"],
+        database_schema=environment.get("SAASCORE_DATABASE_SCHEMA"),
+        payment_provider="stripe",
+        stripe_secret_key=SecretStr(environment["SAASCORE_STRIPE_SECRET_KEY"]),
+        stripe_webhook_secret=SecretStr(SECRET),
+    )
     async with Saascore(settings) as core:
         await migrate.upgrade(core.database)
         await core.plans.load_catalog(read_catalog())
         async with core.database.engine.begin() as connection:
             await connection.run_sync(BARE.metadata.create_all)
         orgs = await seed(core, start)
-        real = create_app(settings, core=core)
-        bare = bare_app(core.database)
-        warm = deliveries(orgs, WARMUP, start, ORGS)
-        measured = deliveries(orgs, REQUESTS, start, ORGS + 10 * WARMUP)
-        async with real.router.lifespan_context(real):
-            transport = httpx.ASGITransport(app=real)
-            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as c:
-                await drive(c, "/v1/webhooks/stripe", warm)
-                took = await drive(c, "/v1/webhooks/stripe", measured)
-        transport = httpx.ASGITransport(app=bare)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as c:
-            await drive(c, "/v1/webhooks/stripe", warm)
-            reference = await drive(c, "/v1/webhooks/stripe", measured)
-        async with core.database.session(readonly=True) as s:
+    warm = deliveries(orgs, WARMUP, start, ORGS)
+    measured = deliveries(orgs, REQUESTS, start, ORGS + 10 * WARMUP)
+    ports = {"saascore": free_port(), "bare": free_port()}
+    saascore = str(Path(sys.executable).with_name("saascore"))
+    everywhere = {**os.environ, **environment}
+    try:
+        with (
+            tempfile.TemporaryDirectory() as cwd,  # away from any .env of this checkout
+            server(
+                [saascore, "serve", "--port", str(ports["saascore"])],
+                {**everywhere, "SAASCORE_SERVICE_NAME": names["saascore"]},
+                cwd,
+            ) as saascore_process,
+            server(
+                [sys.executable, SCRIPT, "--bare", str(ports["bare"])],
+                {**everywhere, "SAASCORE_SERVICE_NAME": names["bare"]},
+                cwd,
+            ) as bare_process,
+        ):
+            await wait_until_up(saascore_process, f"http://127.0.0.1:{ports['saascore']}/health")
+            await wait_until_up(bare_process, f"http://127.0.0.1:{ports['bare']}/ping")
+            real = Target(ports["saascore"], saascore_process.pid, names["saascore"])
+            bare = Target(ports["bare"], bare_process.pid, names["bare"])
+            await drive(real.port, "/v1/webhooks/stripe", warm)
+            await drive(bare.port, "/v1/webhooks/stripe", warm)
+            took, cpu, database_cpu = await measure(real, measured, admin)
+            reference, bare_cpu, bare_database_cpu = await measure(bare, measured, admin)
+        async with Saascore(settings) as core, core.database.session(readonly=True) as s:
             stored = await s.scalar(sa.select(sa.func.count()).select_from(WebhookEvent))
-            outcomes = dict(
-                (
-                    await s.execute(
-                        sa.select(WebhookEvent.outcome, sa.func.count()).group_by(
-                            WebhookEvent.outcome
-                        )
-                    )
-                ).all()
-            )
+            outcomes = (
+                await s.execute(
+                    sa.select(WebhookEvent.outcome, sa.func.count()).group_by(WebhookEvent.outcome)
+                )
+            ).all()
             canceling = await s.scalar(
                 sa.select(sa.func.count())
                 .select_from(Subscription)
@@ -307,19 +379,33 @@ async def main() -> None:
                 )
             )
             rows = await s.scalar(sa.select(sa.func.count()).select_from(BARE))
-        await core.rate_limiter.close()
+    finally:
+        if admin is not None:
+            await admin.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+            await admin.close()
     print(
         f"{BACKEND}, organisations: {ORGS}, requests: {REQUESTS} (20 % copies), "
-        f"{CONCURRENCY} at once, load: {os.getloadavg()[0]:.2f}"
+        f"{CONCURRENCY} clients, load: {os.getloadavg()[0]:.2f}"
     )
-    print(f"(a) saascore intake:    {took:7.2f} s  {REQUESTS / took:8.1f} requests/s")
-    print(f"(b) bare verify+insert: {reference:7.2f} s  {REQUESTS / reference:8.1f} requests/s")
-    print(f"ratio (a)/(b): {reference / took:.3f}   (goal >= 0.5)")
+    print(f"{'':26}{'req/s':>9}{'CPU ms/req: server':>20}{'database':>10}")
+    print(f"(a) saascore intake:      {REQUESTS / took:9.1f}{cpu:20.2f}{database_cpu:10.2f}")
     print(
-        f"stored events: {stored} { ({k.value: v for k, v in outcomes.items()}) }, "
+        f"(b) bare verify+insert:   {REQUESTS / reference:9.1f}{bare_cpu:20.2f}"
+        f"{bare_database_cpu:10.2f}"
+    )
+    print(
+        f"ratio (a)/(b): {reference / took:.3f}   (goal >= 0.5); CPU per request b/a: "
+        f"server {bare_cpu / cpu:.2f}, server and database "
+        f"{(bare_cpu + bare_database_cpu) / (cpu + database_cpu):.2f}"
+    )
+    print(
+        f"stored events: {stored} { ({outcome.value: n for outcome, n in outcomes}) }, "
         f"bare rows: {rows}, subscriptions canceling at the period's end: {canceling}"
     )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["--bare"]:
+        uvicorn.run(bare_app(), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    else:
+        asyncio.run(main())
