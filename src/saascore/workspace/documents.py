@@ -289,16 +289,17 @@ class DocumentService:
             if description is not None:
                 folder.description = description
             old_path = folder.path or ""
-            folder.path = f"{parent_path}/{folder.name}"
+            # Read before the flush: a refused flush rolls the savepoint back and expires the
+            # folder, and reading it then would be a query in a transaction being unwound.
+            taken = folder.name
+            folder.path = f"{parent_path}/{taken}"
             folder.updated_at = self.clock()
             try:
                 async with s.begin_nested():
                     await s.flush()
             except IntegrityError:
                 raise FolderNameTaken(
-                    f"a folder named {folder.name!r} is already there",
-                    field="name",
-                    name=folder.name,
+                    f"a folder named {taken!r} is already there", field="name", name=taken
                 ) from None
             if folder.path != old_path:
                 await self._repath(s, org_id, folder)
