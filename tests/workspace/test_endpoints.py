@@ -76,3 +76,35 @@ async def test_a_read_only_key_may_read_but_not_write(
     assert (await api.get("/v1/folders", headers=reader.key_headers)).status_code == 200
     refused = await api.post("/v1/folders", json={"name": "x"}, headers=reader.key_headers)
     assert refused.status_code == 403
+
+
+async def test_a_rename_onto_a_sibling_s_name_is_409_and_changes_nothing(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    top = (await api.post("/v1/folders", json={"name": "Top"}, headers=headers)).json()
+    await api.post("/v1/folders", json={"name": "Other"}, headers=headers)
+    taken = await api.patch(f"/v1/folders/{top['id']}", json={"name": "Other"}, headers=headers)
+    assert (taken.status_code, taken.json()["error"]["code"]) == (409, "folder_name_taken")
+    unchanged = await api.get(f"/v1/folders/{top['id']}", headers=headers)
+    assert (unchanged.json()["name"], unchanged.json()["path"]) == ("Top", "/Top")
+
+
+async def test_names_that_differ_only_in_unicode_encoding_are_the_same_name(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    composed = await api.post("/v1/folders", json={"name": "Caf\u00e9"}, headers=headers)
+    assert composed.status_code == 201, composed.text
+    decomposed = {"name": "Cafe\u0301"}
+    twin = await api.post("/v1/folders", json=decomposed, headers=headers)
+    assert (twin.status_code, twin.json()["error"]["code"]) == (409, "folder_name_taken")
+    other = (await api.post("/v1/folders", json={"name": "Other"}, headers=headers)).json()
+    renamed = await api.patch(f"/v1/folders/{other['id']}", json=decomposed, headers=headers)
+    assert (renamed.status_code, renamed.json()["error"]["code"]) == (409, "folder_name_taken")
+    below = await api.post(
+        "/v1/folders", json={**decomposed, "parent_id": other["id"]}, headers=headers
+    )
+    assert below.json()["name"] == "Caf\u00e9"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import httpx
 import sqlalchemy as sa
 
@@ -43,6 +45,17 @@ class TestMemoryRoutes:
         missing = await api.get("/v1/memory/prefs/other", headers=a.headers)
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "memory_entry_not_found"
+
+    async def test_a_forged_cursor_is_422_not_a_database_error(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        a = await tenant(api, scratch)
+        await api.put("/v1/memory/prefs/k", json={"value": {}}, headers=a.headers)
+        # base64 of NUL characters, and of a key longer than any key can be
+        for cursor in ("AAAA", base64.urlsafe_b64encode(b"k" * 256).decode()):
+            page = await api.get("/v1/memory/prefs", params={"cursor": cursor}, headers=a.headers)
+            assert page.status_code == 422, page.text
+            assert page.json()["error"]["code"] == "invalid_cursor"
 
     async def test_hostile_values_are_refused_and_write_nothing(
         self, api: httpx.AsyncClient, scratch: Database

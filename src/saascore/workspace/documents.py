@@ -20,7 +20,8 @@ what the row says it added, taken from the deleted row itself (`DELETE ... RETUR
 two racing deletions free the bytes once.
 
 Folders nest. Names are unique among siblings and compared exactly as given (after trimming
-spaces): "Reports" and "reports" are two folders. A folder's `path` is the names from the root,
+spaces, in Unicode's composed form NFC): "Reports" and "reports" are two folders, "Café"
+typed with a combining accent is "Café". A folder's `path` is the names from the root,
 "/Reports/2026", kept up to date by renames and moves. Moves take the organisation's
 `usage_limits` row lock (the same lock credits take), so two moves cannot together make a
 cycle. A recursive delete locks the folders it deletes before reading their documents: a
@@ -33,6 +34,7 @@ then finds its folder gone.
 from __future__ import annotations
 
 import functools
+import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,7 +146,10 @@ def check_file_hash(value: str) -> str:
 
 
 def _name(value: str) -> str:
-    name = checked_text(value, field="name").strip()
+    # NFC: a name typed with a combining accent ("e" + U+0301) and one typed precomposed
+    # ("é") look the same and are the same name, so that siblings cannot be told apart only
+    # by how they were encoded.
+    name = unicodedata.normalize("NFC", checked_text(value, field="name")).strip()
     if not name or len(name) > 255:
         raise InvalidInput("a folder name takes 1 to 255 characters", field="name")
     if "/" in name:
@@ -289,16 +294,17 @@ class DocumentService:
             if description is not None:
                 folder.description = description
             old_path = folder.path or ""
-            folder.path = f"{parent_path}/{folder.name}"
+            # Read before the flush: a refused flush rolls the savepoint back and expires the
+            # folder, and reading it then would be a query in a transaction being unwound.
+            taken = folder.name
+            folder.path = f"{parent_path}/{taken}"
             folder.updated_at = self.clock()
             try:
                 async with s.begin_nested():
                     await s.flush()
             except IntegrityError:
                 raise FolderNameTaken(
-                    f"a folder named {folder.name!r} is already there",
-                    field="name",
-                    name=folder.name,
+                    f"a folder named {taken!r} is already there", field="name", name=taken
                 ) from None
             if folder.path != old_path:
                 await self._repath(s, org_id, folder)

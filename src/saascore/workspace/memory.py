@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore.config import DatabaseBackend
 from saascore.kit.db import Database
 from saascore.kit.ids import new_id
+from saascore.kit.pagination import InvalidCursor
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
 from saascore.kit.validation import control_character
@@ -273,6 +274,12 @@ class MemoryService:
         namespace = _name(namespace, "namespace", InvalidMemoryEntry)
         if not isinstance(prefix, str) or len(prefix) > MAX_NAME or control_character(prefix):
             raise InvalidMemoryEntry(f"prefix is at most {MAX_NAME} characters", field="prefix")
+        if after is not None and (
+            not isinstance(after, str) or len(after) > MAX_NAME or control_character(after)
+        ):
+            # No key is like that, so no cursor this API gave out is: a forged one holding
+            # a NUL would otherwise reach PostgreSQL, which refuses it (a 500).
+            raise InvalidCursor("the cursor is not one this API gave out", field="cursor")
         query = (
             sa.select(MemoryEntry)
             .where(
