@@ -90,7 +90,9 @@ class Saascore:
         self.orgs = OrganizationService(
             self.database, self.plans, self.events, plan_credits=self.credits
         )
-        self.subscriptions = SubscriptionService(self.database, self.plans, self.orgs, self.events)
+        self.subscriptions = SubscriptionService(
+            self.database, self.plans, self.orgs, self.events, audit=self.audit
+        )
         self.users = UserService(
             self.database, self.events, password_min_length=self.settings.password_min_length
         )

@@ -8,12 +8,22 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from datetime import datetime
+from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from saascore.config import PaymentProviderChoice
 from saascore.kit.db import Database
-from saascore.models import SubscriptionStatus, WebhookOutcome
+from saascore.models import (
+    AuditChainHead,
+    AuditLog,
+    Organization,
+    OutboxEvent,
+    SubscriptionStatus,
+    WebhookOutcome,
+)
 from saascore.testing import TestTenant
 from tests.admin import Admin, customer_of, entries
 from tests.http import api_app, serving
@@ -99,6 +109,100 @@ class TestOnce:
         [invoice] = await invoices_of(admin.database, org)
         assert invoice.amount_due == 0
         assert len(await entries(admin, org, "payment.succeeded")) == 1
+
+
+class TestSnapshot:
+    """A snapshot of a live subscription on the same plan: on PostgreSQL its change, audit
+    entry and outbox row go in one statement (`SubscriptionService._write_snapshot`); what
+    is stored must be what the ORM path stores on SQLite."""
+
+    async def test_changes_are_written_with_their_entries_and_events(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        price = await mock_price(admin.database, "pro")
+
+        def snapshot(minute: int, **fields: Any) -> dict[str, Any]:
+            return subscription_event(
+                unique("mock_evt"),
+                minute=minute,
+                subscription=ids.subscription,
+                customer=ids.customer,
+                price=price,
+                org=org,
+                **fields,
+            )
+
+        assert (await send(admin.client, snapshot(1))).json()["outcome"] == "processed"
+        assert (await send(admin.client, snapshot(2))).json()["outcome"] == "processed"
+        assert await entries(admin, org, "subscription.updated") == []  # nothing changed
+        canceling = await send(admin.client, snapshot(3, cancel_at_period_end=True))
+        assert canceling.json()["outcome"] == "processed"
+        late = await send(admin.client, snapshot(4, status="past_due", cancel_at_period_end=True))
+        assert late.json()["outcome"] == "processed"
+
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.status is SubscriptionStatus.PAST_DUE
+        assert subscription.cancel_at_period_end is True
+        assert subscription.ends_at == subscription.current_period_end
+        assert subscription.canceled_at is not None
+        assert subscription.provider_updated_at == datetime.fromisoformat(
+            snapshot(4)["occurred_at"]
+        )
+        async with admin.database.session(readonly=True) as s:
+            status = await s.scalar(
+                sa.select(Organization.subscription_status).where(Organization.id == org)
+            )
+            published = (
+                await s.scalars(
+                    sa.select(OutboxEvent.body).where(
+                        OutboxEvent.organization_id == org,
+                        OutboxEvent.type == "subscription.updated",
+                    )
+                )
+            ).all()
+        assert status is SubscriptionStatus.PAST_DUE
+        first, second = sorted(
+            await entries(admin, org, "subscription.updated"), key=lambda entry: entry.seq
+        )
+        assert set(first.details["changes"]) == {"cancel_at_period_end"}
+        assert second.details["changes"]["status"] == {"from": "active", "to": "past_due"}
+        assert (first.actor_type, first.actor_id) == ("provider", "mock")
+        assert sorted(body["data"]["status"] for body in published) == ["active", "past_due"]
+        assert await admin.core.audit.verify(org) == []
+
+    async def test_a_chain_without_a_head_still_gets_the_entry(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        price = await mock_price(admin.database, "pro")
+        created = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=price,
+            org=org,
+        )
+        assert (await send(admin.client, created)).status_code == 200
+        async with admin.database.transaction() as s:  # as before the chain's first entry
+            await s.execute(sa.delete(AuditLog).where(AuditLog.organization_id == org))
+            await s.execute(sa.delete(AuditChainHead).where(AuditChainHead.organization_id == org))
+        update = subscription_event(
+            unique("mock_evt"),
+            minute=2,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=price,
+            org=org,
+            cancel_at_period_end=True,
+        )
+        assert (await send(admin.client, update)).json()["outcome"] == "processed"
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.cancel_at_period_end is True
+        [entry] = await entries(admin, org, "subscription.updated")
+        assert entry.seq == 1
+        assert await admin.core.audit.verify(org) == []
 
 
 class TestOrder:

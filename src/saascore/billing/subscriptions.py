@@ -23,7 +23,8 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, TypeVar
+from types import SimpleNamespace
+from typing import Any, Final, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -31,7 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, joinedload
 from sqlalchemy.orm.attributes import set_committed_value
 
-from saascore.audit.service import AuditService, audited_bus
+from saascore.audit.service import (
+    APPEND_TYPES,
+    AuditService,
+    append_to_head_sql,
+    audited_bus,
+)
 from saascore.billing.errors import (
     InvalidTransition,
     OutsidePeriod,
@@ -131,7 +137,8 @@ class ProviderState:
 @dataclass(frozen=True)
 class ProviderApplied:
     """What `apply_provider_state` did: `applied` False, with the `reason`, when the snapshot
-    changed nothing because it was older than the subscription or the subscription ended."""
+    changed nothing because it was older than the subscription or the subscription ended.
+    `subscription` is None when there is none, or when it was not loaded (`loaded=False`)."""
 
     subscription: Subscription | None
     applied: bool
@@ -226,12 +233,19 @@ class SubscriptionService:
         orgs: OrganizationService,
         events: EventBus | None = None,
         *,
+        audit: AuditService | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.database = database
         self.plans = plans
         self.orgs = orgs
-        self.events = events if events is not None else audited_bus(AuditService(database))
+        if events is None:
+            audit = audit or AuditService(database)
+            events = audited_bus(audit)
+        self.events = events
+        #: The audit log the bus writes to, if known: a provider's snapshot then writes its
+        #: change, audit entry and outbox row in one statement (`_write_snapshot`).
+        self.audit = audit
         self.clock = clock
 
     # --- reading ---------------------------------------------------------------------------
@@ -554,6 +568,7 @@ class SubscriptionService:
         *,
         actor: Actor = SYSTEM,
         session: AsyncSession | None = None,
+        loaded: bool = True,
     ) -> ProviderApplied:
         """Bring the organisation's subscription mirrored from the provider to `state`.
 
@@ -564,9 +579,17 @@ class SubscriptionService:
         subscription that already ended. An ended snapshot ends it and returns the
         organisation to the default plan at once (the provider ends it when it runs out).
         Emits `subscription.created`, `.updated` or `.canceled`; the organisation follows
-        the plan (`plan.changed`)."""
+        the plan (`plan.changed`).
+
+        With `loaded` false the answer may carry no subscription: a caller that needs only
+        the outcome (the webhook intake) lets the usual snapshot be applied on PostgreSQL
+        without loading it (`_apply_snapshot`)."""
         moment = self.clock()
         async with self.database.scope(session) as s:
+            if not loaded and _dialect(s) == "postgresql" and _untouched(s):
+                done = await self._apply_snapshot(s, org_id, state, moment, actor)
+                if done is not None:
+                    return done
             organization, subscription = await _locked_with_provider_subscription(
                 s, org_id, state.provider, state.subscription_id
             )
@@ -611,37 +634,12 @@ class SubscriptionService:
                 subscription.unit_amount = price.amount
                 subscription.billing_cycle = state.cycle
                 set_committed_value(subscription, "plan", new_plan)
-            if state.price_id is not None:
-                subscription.provider_price_id = state.price_id
-            if state.customer_id is not None:
-                subscription.provider_customer_id = state.customer_id
-            if subscription.status != state.status:
-                changes["status"] = {"from": subscription.status.value, "to": state.status.value}
-                subscription.status = SubscriptionStatus(state.status)
+            values, more = snapshot_changes(subscription, state, moment)
+            changes |= more
+            for column, value in values.items():
+                setattr(subscription, column, value)
+            if "status" in more:
                 organization.subscription_status = subscription.status
-            start, end = as_utc(state.current_period_start), as_utc(state.current_period_end)
-            if (subscription.current_period_start, subscription.current_period_end) != (
-                start,
-                end,
-            ):
-                changes["current_period_end"] = {
-                    "from": subscription.current_period_end.isoformat(),
-                    "to": end.isoformat(),
-                }
-                subscription.current_period_start, subscription.current_period_end = start, end
-                subscription.next_billing_at = end
-            if subscription.cancel_at_period_end != state.cancel_at_period_end:
-                changes["cancel_at_period_end"] = {
-                    "from": subscription.cancel_at_period_end,
-                    "to": state.cancel_at_period_end,
-                }
-                subscription.cancel_at_period_end = state.cancel_at_period_end
-                subscription.canceled_at = (
-                    (state.canceled_at or moment) if state.cancel_at_period_end else None
-                )
-                subscription.ends_at = end if state.cancel_at_period_end else None
-            if state.trial_end != subscription.trial_end and state.trial_end is not None:
-                subscription.trial_end = state.trial_end
             if not changes:
                 await s.flush()
                 return ProviderApplied(subscription, True)
@@ -649,6 +647,101 @@ class SubscriptionService:
             if "plan" in changes:
                 await self._follow_plan(s, organization, new_plan, actor)
             return ProviderApplied(subscription, True)
+
+    async def _apply_snapshot(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        state: ProviderState,
+        moment: datetime,
+        actor: Actor,
+    ) -> ProviderApplied | None:
+        """`apply_provider_state` for the usual snapshot, without the ORM: a live
+        subscription the provider still bills on the same plan, the snapshot not older.
+        The rows are locked and read as columns (`_snapshot_lock`), and the changes written
+        with one UPDATE each; the event is emitted as the ORM path emits it. None, having
+        changed nothing, for any other snapshot (the ORM path then applies it; the locks it
+        takes again are held already)."""
+        row = (
+            await s.execute(
+                _snapshot_lock(),
+                {
+                    "org_id": org_id,
+                    "provider": state.provider,
+                    "subscription_id": state.subscription_id,
+                },
+            )
+        ).one_or_none()
+        if (
+            row is None
+            or row.id is None
+            or row.status in FINAL_STATUSES
+            or state.status in FINAL_STATUSES
+            or state.plan != row.plan_code
+            or (
+                state.provider_time is not None
+                and row.provider_updated_at is not None
+                and state.provider_time < row.provider_updated_at
+            )
+        ):
+            return None
+        values, changes = snapshot_changes(row, state, moment)
+        if changes:
+            values["updated_at"] = self.clock()
+            payload = _subscription_payload(
+                SubscriptionUpdated,
+                SimpleNamespace(**{**row._mapping, **values}),
+                row.plan_code,
+                changes=changes,
+            )
+            if await self._write_snapshot(s, org_id, row.id, values, payload, actor):
+                return ProviderApplied(None, True)
+        table = cast(sa.Table, Subscription.__table__)
+        if values:
+            await s.execute(
+                sa.update(table)
+                .where(table.c.organization_id == org_id, table.c.id == row.id)
+                .values(values)
+            )
+        if "status" in changes:
+            organizations = cast(sa.Table, Organization.__table__)
+            await s.execute(
+                sa.update(organizations)
+                .where(organizations.c.id == org_id)
+                .values(subscription_status=state.status)
+            )
+        if changes:
+            await self.events.emit(s, org_id, payload, actor=actor, target_id=row.id)
+        return ProviderApplied(None, True)
+
+    async def _write_snapshot(
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        subscription_id: uuid.UUID,
+        values: dict[str, Any],
+        payload: SubscriptionUpdated,
+        actor: Actor,
+    ) -> bool:
+        """`_apply_snapshot`'s change with its event in one statement (`_snapshot_write`):
+        the subscription's columns `values`, the organisation's status if it changes, and
+        the `subscription.updated` audit entry and outbox row, where the bus allows a
+        statement to stand for `emit`. False, having written nothing, where it does not or
+        the organisation's chain has no head yet."""
+        audit = self.audit
+        if audit is None or not self.events.written_by_statement(s, audit.handle):
+            return False
+        event = self.events.event(org_id, payload, actor=actor, target_id=subscription_id)
+        parameters = audit.append_parameters(event, notify=self.events.wake_with_rows(s))
+        parameters |= {f"s_{column}": value for column, value in values.items()}
+        parameters |= {"s_organization_id": org_id, "s_id": subscription_id}
+        statement = _snapshot_write(tuple(values), "status" in values)
+        changed, seq = (await s.execute(statement, parameters)).one()
+        if not changed:
+            return False
+        assert seq is not None
+        self.events.emitted_by_statement(s, event)
+        return True
 
     async def _create_from_provider(
         self,
@@ -988,6 +1081,127 @@ def _locking_both() -> sa.Select[Organization, Subscription]:
     )
 
 
+def snapshot_changes(
+    current: Any, state: ProviderState, moment: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a provider's snapshot changes in a subscription on the same plan that it does
+    not end (`current`: the subscription, or its columns by name): the columns to set, and
+    the changes its `subscription.updated` event names (none for the provider's own fields
+    alone: its time, price, customer and trial end)."""
+    values: dict[str, Any] = {}
+    changes: dict[str, Any] = {}
+    if state.provider_time is not None:
+        values["provider_updated_at"] = state.provider_time
+    if state.price_id is not None:
+        values["provider_price_id"] = state.price_id
+    if state.customer_id is not None:
+        values["provider_customer_id"] = state.customer_id
+    if current.status != state.status:
+        changes["status"] = {"from": current.status.value, "to": state.status.value}
+        values["status"] = SubscriptionStatus(state.status)
+    start, end = as_utc(state.current_period_start), as_utc(state.current_period_end)
+    if (current.current_period_start, current.current_period_end) != (start, end):
+        changes["current_period_end"] = {
+            "from": current.current_period_end.isoformat(),
+            "to": end.isoformat(),
+        }
+        values["current_period_start"], values["current_period_end"] = start, end
+        values["next_billing_at"] = end
+    if current.cancel_at_period_end != state.cancel_at_period_end:
+        changes["cancel_at_period_end"] = {
+            "from": current.cancel_at_period_end,
+            "to": state.cancel_at_period_end,
+        }
+        values["cancel_at_period_end"] = state.cancel_at_period_end
+        values["canceled_at"] = (
+            (state.canceled_at or moment) if state.cancel_at_period_end else None
+        )
+        values["ends_at"] = end if state.cancel_at_period_end else None
+    if state.trial_end != current.trial_end and state.trial_end is not None:
+        values["trial_end"] = state.trial_end
+    return values, changes
+
+
+@functools.lru_cache(maxsize=64)
+def _snapshot_write(columns: tuple[str, ...], status: bool) -> sa.TextClause:
+    """`SubscriptionService._write_snapshot`'s statement for a change of `columns` (and of
+    the organisation's `status`), built once per such set: `changed` updates the
+    subscription (`:s_<column>`) only if the organisation's chain has a head, so that the
+    audit log's CTEs (`append_to_head_sql`) then append its entry; `followed` gives the
+    organisation the subscription's status. The subscription's row is locked already, and
+    the head last, as everywhere."""
+    table = cast(sa.Table, Subscription.__table__)
+    assignments = ", ".join(f"{column} = :s_{column}" for column in columns)
+    followed = ""
+    if status:
+        followed = """
+followed AS (
+  UPDATE organizations SET subscription_status = :s_status
+  WHERE id = :s_organization_id AND EXISTS (SELECT FROM changed)
+  RETURNING id
+),"""
+    sql = f"""\
+WITH RECURSIVE
+changed AS (
+  UPDATE subscriptions SET {assignments}
+  WHERE organization_id = :s_organization_id AND id = :s_id
+    AND EXISTS (SELECT FROM audit_chain_heads WHERE organization_id = :s_organization_id)
+  RETURNING id
+),{followed}
+{append_to_head_sql("EXISTS (SELECT FROM changed)")}
+SELECT (SELECT count(*) FROM changed), (SELECT seq FROM advanced)"""  # noqa: S608
+    types = [sa.bindparam(f"s_{column}", type_=table.c[column].type) for column in columns]
+    return sa.text(sql).bindparams(
+        *APPEND_TYPES,
+        *types,
+        sa.bindparam("s_organization_id", type_=table.c.organization_id.type),
+        sa.bindparam("s_id", type_=table.c.id.type),
+    )
+
+
+def _dialect(s: AsyncSession) -> str:
+    return s.get_bind().dialect.name
+
+
+def _untouched(s: AsyncSession) -> bool:
+    """Whether the session holds no object (loaded, new or deleted): a statement that
+    changes rows behind the ORM's back then leaves no object stale."""
+    sync = s.sync_session
+    return not sync.identity_map and not sync.new and not sync.deleted
+
+
+@functools.cache
+def _snapshot_lock() -> sa.Select[Any]:
+    """`SubscriptionService._apply_snapshot`'s statement, built once: the organisation
+    locked as `_locking_both` locks it, then its subscription mirrored from the provider's
+    id (NULL columns when there is none), as columns, with its plan's code."""
+    organization = Organization.__table__
+    subscriptions = Subscription.__table__
+    plans = SubscriptionPlan.__table__
+    locked_org = (
+        sa.select(organization.c.id)
+        .where(organization.c.id == sa.bindparam("org_id"))
+        .with_for_update(key_share=True)
+        .subquery("organization")
+    )
+    locked_subscription = (
+        sa.select(subscriptions)
+        .where(
+            subscriptions.c.organization_id == locked_org.c.id,
+            subscriptions.c.provider == sa.bindparam("provider"),
+            subscriptions.c.provider_subscription_id == sa.bindparam("subscription_id"),
+        )
+        .with_for_update()
+        .lateral("subscription")
+    )
+    return (
+        sa.select(locked_subscription, plans.c.code.label("plan_code"))
+        .select_from(locked_org)
+        .outerjoin(locked_subscription, sa.true())
+        .outerjoin(plans, plans.c.id == locked_subscription.c.plan_id)
+    )
+
+
 def _exists(org_id: uuid.UUID, live: uuid.UUID | None) -> SubscriptionExists:
     details: dict[str, str] = {"organization": str(org_id)}
     if live is not None:
@@ -1005,12 +1219,18 @@ def _without(metadata: dict[str, Any], key: str) -> dict[str, Any]:
 def subscription_payload(kind: type[P], subscription: Subscription, **extra: Any) -> P:
     """The `subscription.*` event `kind` of `subscription`, with `extra` fields: the one
     place these payloads are built (subscriptions, the billing run, dunning)."""
+    return _subscription_payload(kind, subscription, subscription.plan.code, **extra)
+
+
+def _subscription_payload(kind: type[P], subscription: Any, plan: str, **extra: Any) -> P:
+    """`subscription_payload` of a subscription or of its columns (attributes by the
+    columns' names), and its plan's code."""
     return kind.model_validate(
         {
             "subscription_id": subscription.id,
-            "plan": subscription.plan.code,
-            "status": subscription.status.value,
-            "billing_cycle": subscription.billing_cycle.value,
+            "plan": plan,
+            "status": SubscriptionStatus(subscription.status).value,
+            "billing_cycle": BillingCycle(subscription.billing_cycle).value,
             "currency": subscription.currency,
             "unit_amount": subscription.unit_amount,
             "current_period_start": subscription.current_period_start,

@@ -202,13 +202,8 @@ class EventBus:
         request_data: Mapping[str, Any] | None = None,
     ) -> Event:
         """Emit `payload` into `session`'s unit of work (see the module's docstring)."""
-        emitted = Event(
-            payload=payload,
-            organization_id=organization_id,
-            actor=actor,
-            target_id=str(target_id) if target_id is not None else None,
-            request_data=request_data,
-            occurred_at=self.clock(),
+        emitted = self.event(
+            organization_id, payload, actor=actor, target_id=target_id, request_data=request_data
         )
         deferred: list[Event] | None = session.sync_session.info.get(_DEFERRED)
         if deferred is not None:
@@ -217,6 +212,48 @@ class EventBus:
             await self._handle(session, [emitted])
         self._remember(session, emitted)
         return emitted
+
+    def event(
+        self,
+        organization_id: uuid.UUID | None,
+        payload: EventPayload,
+        *,
+        actor: Actor = SYSTEM,
+        target_id: object = None,
+        request_data: Mapping[str, Any] | None = None,
+    ) -> Event:
+        """The event `emit` emits, now, not yet emitted."""
+        return Event(
+            payload=payload,
+            organization_id=organization_id,
+            actor=actor,
+            target_id=str(target_id) if target_id is not None else None,
+            request_data=request_data,
+            occurred_at=self.clock(),
+        )
+
+    def written_by_statement(self, session: AsyncSession, handler: TransactionHandler) -> bool:
+        """Whether, in `session`, a statement of a domain's own that writes an event's audit
+        entry and outbox rows itself (the audit log's `append_to_head_sql`, `handler` its
+        handler) may stand for `emit`: `handler` is the only in-transaction handler, and no
+        `deferred` block holds the session's events. The caller then sends the wake-up with
+        the rows if `wake_with_rows` says so, and has `emitted_by_statement` told of the
+        event once its statement wrote it."""
+        return (
+            _dialect(session) == "postgresql"
+            and self.handled_only_by(handler)
+            and _DEFERRED not in session.sync_session.info
+        )
+
+    def wake_with_rows(self, session: AsyncSession) -> bool:
+        """Whether a statement writing outbox rows in `session` sends the dispatchers'
+        wake-up with them (not within `one_wakeup`, which is told that one is owed)."""
+        return _wake_now(session)
+
+    def emitted_by_statement(self, session: AsyncSession, emitted: Event) -> None:
+        """What `emit` does after its handlers, for an event that a statement wrote
+        (`written_by_statement`): its after-commit handlers run when `session` commits."""
+        self._remember(session, emitted)
 
     async def _handle(self, session: AsyncSession, events: Sequence[Event]) -> None:
         """The in-transaction handlers and the outbox, for `events` in the order emitted.

@@ -414,7 +414,7 @@ class ProviderWebhooks:
             case EventKind.SUBSCRIPTION_UPDATED | EventKind.SUBSCRIPTION_ENDED:
                 state = await self._state(s, event)
                 done = await self.subscriptions.apply_provider_state(
-                    org_id, state, actor=actor, session=s
+                    org_id, state, actor=actor, session=s, loaded=False
                 )
                 result = ProviderResult(done.applied, done.reason)
             case EventKind.PAYMENT_SUCCEEDED:
