@@ -31,7 +31,6 @@ from saascore.kit.db import Database
 from saascore.llm.client import HttpGateway, LLMClient, MockGateway
 from saascore.metering.ratelimit import RateLimiter
 from saascore.metering.service import UsageService
-from saascore.migrations import migrate
 from saascore.plans.pricing import ModelPricingService
 from saascore.plans.service import PlanService
 from saascore.providers.reconcile import Reconciler
@@ -211,6 +210,9 @@ class Saascore:
 
     async def start(self) -> None:
         if self.settings.should_auto_migrate:
+            # Alembic (and, through it, Mako and Pygments) only where the schema is migrated.
+            from saascore.migrations import migrate
+
             await migrate.upgrade(self.database)
 
     async def close(self) -> None:

@@ -38,10 +38,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from functools import cache
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import anyio
-import jinja2
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_decimal, format_percent
@@ -60,6 +58,12 @@ from saascore.kit.money import (
 from saascore.kit.time import utcnow
 from saascore.models import Invoice, InvoiceStatus, Organization
 from saascore.tenancy.errors import OrganizationNotFound
+
+if TYPE_CHECKING:
+    # Imported when first needed: jinja2 by the first rendering (`_template`), anyio by the
+    # first PDF, so that building the facade (every CLI command) loads neither.
+    import anyio
+    import jinja2
 
 __all__ = [
     "MAX_LOCALE_LENGTH",
@@ -299,11 +303,17 @@ def invoice_pdf(
     )
 
 
+def _new_lock() -> anyio.Lock:
+    import anyio
+
+    return anyio.Lock()
+
+
 @dataclass
 class _Turn:
     """One organisation's renderings: one runs (holding `lock`), the rest wait on it."""
 
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    lock: anyio.Lock = field(default_factory=_new_lock)
     #: The requests holding or waiting for `lock`.
     requests: int = 0
 
@@ -315,8 +325,10 @@ class InvoiceRenderer:
     def __init__(self, invoices: InvoiceService) -> None:
         self.invoices = invoices
         settings = invoices.settings
-        #: At most `SAASCORE_PDF_CONCURRENCY` renderings at once, in worker threads.
-        self._limiter = anyio.CapacityLimiter(settings.pdf_concurrency)
+        #: At most `SAASCORE_PDF_CONCURRENCY` renderings at once, in worker threads (made by
+        #: the first PDF: in the event loop, anyio loads its asyncio backend for it).
+        self._pdf_concurrency = settings.pdf_concurrency
+        self._limiter: anyio.CapacityLimiter | None = None
         #: The last `SAASCORE_PDF_CACHE_SIZE` PDFs by the SHA-256 of their page: the same page
         #: (same invoice, amounts, status, locale and day) is the same document.
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
@@ -364,6 +376,10 @@ class InvoiceRenderer:
             # An earlier request of the organisation may have rendered this very page.
             if (cached := self._cached(digest)) is not None:
                 return cached
+            import anyio.to_thread
+
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(self._pdf_concurrency)
             async with self._limiter:
                 if gone is not None and await gone():
                     raise RenderAbandoned(
@@ -417,6 +433,8 @@ def filename(invoice: Invoice, extension: str) -> str:
 
 @cache
 def _template() -> jinja2.Template:
+    import jinja2
+
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("saascore.billing", "templates"),
         autoescape=True,

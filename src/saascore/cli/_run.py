@@ -148,8 +148,6 @@ def is_outdated_schema(exc: BaseException) -> bool:
 def explain(exc: BaseException) -> tuple[str, int] | None:
     """The one line and exit code for an error saascore expects; None for anything else."""
     import sqlalchemy as sa
-    from alembic.script.revision import RevisionError
-    from alembic.util import CommandError
 
     from saascore.kit.db import describe_connection_error
 
@@ -161,7 +159,7 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         return name_option(exc.message, exc.details.get("field")), EXIT_USAGE
     if isinstance(exc, DomainError):
         return exc.message, EXIT_ERROR
-    if isinstance(exc, CommandError | RevisionError):
+    if is_alembic_error(exc):
         return str(exc), EXIT_ERROR
     if is_missing_schema(exc):
         return NO_SCHEMA, EXIT_ERROR
@@ -175,6 +173,17 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         # The runners ping first, so the connection worked: the statement itself failed.
         return f"database error: {exc.orig}", EXIT_ERROR
     return None
+
+
+def is_alembic_error(exc: BaseException) -> bool:
+    """Whether `exc` is Alembic's refusal (an unknown revision, say). Only a process that
+    imported Alembic can hold one: any other command's error is explained without loading it."""
+    if "alembic" not in sys.modules:
+        return False
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
+    return isinstance(exc, CommandError | RevisionError)
 
 
 def name_option(message: str, field: object) -> str:

@@ -51,10 +51,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 import sqlalchemy as sa
 
 from saascore.config import DatabaseBackend, Settings
@@ -73,6 +72,11 @@ from saascore.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+
+if TYPE_CHECKING:
+    # Imported when the first request is sent: building the facade (which names `Doorbell`)
+    # needs no HTTP client.
+    import httpx
 
 __all__ = [
     "DISABLE_AFTER",
@@ -129,7 +133,7 @@ SHUTDOWN_GRACE = 5.0
 #: Hosts that keep a TLS client of their own (see `_Clients`).
 TLS_CLIENTS = 256
 
-HttpClientFactory = Callable[[], httpx.AsyncClient]
+HttpClientFactory = Callable[[], "httpx.AsyncClient"]
 
 
 # --- the schedule --------------------------------------------------------------------------------
@@ -378,6 +382,8 @@ class Dispatcher:
         self._periodic_due = 0.0
 
     def _default_client(self) -> httpx.AsyncClient:
+        import httpx
+
         return httpx.AsyncClient(
             timeout=self.timeout,
             follow_redirects=False,
@@ -718,6 +724,8 @@ class Dispatcher:
     async def _send(self, job: _Job) -> _Result:
         """One attempt: resolve and check the host, POST the signed body to the checked address,
         read the start of the answer. Never raises: a failure is the result's `error`."""
+        import httpx
+
         attempted_at = self.clock()
         started = time.perf_counter()
         status_code: int | None = None

@@ -25,8 +25,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal
 
-import jwt
-
+# PyJWT (with `cryptography`, which it loads) is imported where a token is made or read: building
+# the facade, as every CLI command does, needs neither.
 from saascore.config import Settings
 from saascore.identity.errors import InvalidToken
 from saascore.kit.errors import ConfigurationError
@@ -120,11 +120,15 @@ class TokenCodec:
         }
         if family_id is not None:
             payload["fam"] = str(family_id)
+        import jwt
+
         return IssuedToken(jwt.encode(payload, self.key, algorithm=ALGORITHM), claims)
 
     def decode(self, token: str, expected: TokenType) -> Claims:
         """The claims of a valid token of the expected type; `InvalidToken` for anything else
         (the reason goes to the debug log, not to the client)."""
+        import jwt
+
         try:
             payload = jwt.decode(
                 token,
@@ -164,6 +168,8 @@ class TokenCodec:
         """`exp` passed, `nbf` or `iat` still ahead: refused, with `_LEEWAY` for clock skew
         between the processes that issue and check tokens. A time that is not a finite number
         from 1970 to 9999 (`2**70`, `1e308`, NaN) is refused before any date is made of it."""
+        import jwt
+
         now = self.clock().timestamp()
         times = {}
         for claim in ("exp", "nbf", "iat"):

@@ -30,9 +30,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Final, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from saascore.kit.ids import new_id
 from saascore.kit.validation import control_character
@@ -41,6 +39,10 @@ from saascore.metering.errors import LimitExceeded
 from saascore.metering.service import UsageService
 from saascore.metering.values import TOKENS
 from saascore.models import ReservationStatus
+
+if TYPE_CHECKING:
+    # Imported by `HttpGateway` when one is built: the mock gateway needs no HTTP client.
+    import httpx
 
 __all__ = [
     "ChatMessage",
@@ -189,10 +191,12 @@ class HttpGateway:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
     ) -> None:
+        import httpx
+
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.max_retries = max_retries
         self.backoff = backoff
-        self._client = httpx.AsyncClient(
+        self._client: httpx.AsyncClient = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
@@ -205,6 +209,8 @@ class HttpGateway:
     async def complete(
         self, model: str, messages: Sequence[ChatMessage], max_tokens: int
     ) -> Completion:
+        import httpx  # imported when this gateway was built
+
         payload = {
             "model": model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],

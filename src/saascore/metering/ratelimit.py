@@ -43,15 +43,14 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, Self, TypeVar
 
-import redis.asyncio
-import redis.exceptions
-from fastapi import Depends, Request, Response
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from saascore.kit.errors import ConfigurationError, DomainError, RateLimiterUnavailable
 
 if TYPE_CHECKING:
+    # Imported where used: redis by the Redis storage only, FastAPI by the HTTP dependency only,
+    # so that a limiter in memory (and the CLI, which builds one) loads neither.
+    import redis.asyncio
+    from fastapi import Request
+
     from saascore.config import Settings
     from saascore.models.catalog import SubscriptionPlan
 
@@ -246,6 +245,8 @@ class _Taken:
 
 class _Storage(Protocol):
     kind: str
+    #: What the storage raises when it cannot be reached (besides `OSError`, `TimeoutError`).
+    errors: tuple[type[Exception], ...]
 
     async def take(self, windows: Sequence[_Window], cost: int, consume: bool) -> _Taken: ...
 
@@ -263,6 +264,7 @@ class _MemoryStorage:
     newest entry has left the window are dropped by a sweep at most once a minute."""
 
     kind = "memory"
+    errors: tuple[type[Exception], ...] = ()
     SWEEP_EVERY: ClassVar[float] = 60.0
 
     def __init__(self) -> None:
@@ -377,16 +379,22 @@ class _RedisStorage:
     PREFIX: ClassVar[str] = "LIMITS:"
 
     def __init__(self, uri: str, timeout: float) -> None:
+        import redis.asyncio
+        import redis.exceptions
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.errors: tuple[type[Exception], ...] = (redis.exceptions.RedisError,)
         # Our own pool, so that close() releases its connections. One immediate retry: a pooled
         # connection that a Redis restart broke is replaced at once; a Redis that is down or
         # silent answers within about twice `timeout`, never after a backoff.
-        self._pool = redis.asyncio.ConnectionPool.from_url(
+        self._pool: redis.asyncio.ConnectionPool = redis.asyncio.ConnectionPool.from_url(
             uri,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
-        self._client = redis.asyncio.Redis(connection_pool=self._pool)
+        self._client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=self._pool)
         self._script = self._client.register_script(_TAKE_SCRIPT)
 
     async def take(self, windows: Sequence[_Window], cost: int, consume: bool) -> _Taken:
@@ -542,11 +550,11 @@ class RateLimiter:
     def _storage_key(self, key: str, window: str) -> str:
         return f"{self._namespace}/{key}/{window}"
 
-    @staticmethod
-    async def _call(step: Awaitable[_T]) -> _T:
+    async def _call(self, step: Awaitable[_T]) -> _T:
+        unavailable: tuple[type[Exception], ...] = (*self._storage.errors, OSError, TimeoutError)
         try:
             return await step
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+        except unavailable as exc:
             raise RateLimiterUnavailable(f"the rate-limit storage is unavailable: {exc}") from exc
 
 
@@ -588,6 +596,8 @@ def rate_limit_dependency(
         limited = rate_limit_dependency(limiter, client_key, plan_limits)
         @router.get("/v1/things", dependencies=[Depends(limited)])
     """
+    from fastapi import Depends, Request, Response
+
     if cost < 1:
         raise ValueError(f"cost must be >= 1, got {cost}")
 
@@ -606,4 +616,7 @@ def rate_limit_dependency(
         response.headers.update(result.http_headers())
         return result
 
+    # FastAPI reads the (postponed) annotations in this module's globals, where the classes
+    # imported above are not: give it the classes themselves.
+    enforce_rate_limit.__annotations__.update(request=Request, response=Response)
     return enforce_rate_limit

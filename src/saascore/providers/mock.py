@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-import jwt
-
+# PyJWT is imported where a checkout token is made or read (see identity.tokens).
 from saascore.billing.periods import period_containing
 from saascore.config import Settings
 from saascore.models.catalog import BillingCycle
@@ -167,12 +166,16 @@ class MockAdapter:
             "cycle": request.cycle.value if request.cycle is not None else None,
             "pack": request.pack,
         }
+        import jwt
+
         token = jwt.encode(claims, self._key, algorithm="HS256")
         return CheckoutSession(id=checkout_id, url=f"{CHECKOUT_PATH}{token}")
 
     def read_checkout(self, token: str) -> MockCheckout:
         """The checkout the token carries; `checkout_not_found` for a forged, altered or
         expired one."""
+        import jwt
+
         try:
             claims = jwt.decode(
                 token,
