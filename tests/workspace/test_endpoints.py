@@ -108,3 +108,25 @@ async def test_names_that_differ_only_in_unicode_encoding_are_the_same_name(
         "/v1/folders", json={**decomposed, "parent_id": other["id"]}, headers=headers
     )
     assert below.json()["name"] == "Caf\u00e9"
+
+
+async def test_a_blank_job_type_is_refused_as_a_blank_folder_name_is(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    folder = await api.post("/v1/folders", json={"name": " "}, headers=headers)
+    assert (folder.status_code, folder.json()["error"]["code"]) == (422, "invalid_input")
+    document = await api.post(
+        "/v1/documents",
+        json={"filename": "a.pdf", "size_bytes": 1, "file_hash": sha("a")},
+        headers=headers,
+    )
+    for field, value in (("job_type", " "), ("job_type", "\u3000 "), ("model", "  ")):
+        job = {"document_id": document.json()["id"], "job_type": "parse", field: value}
+        refused = await api.post("/v1/jobs", json=job, headers=headers)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("invalid_input", field)
+    jobs = await api.get("/v1/jobs", headers=headers)
+    assert jobs.json()["items"] == []

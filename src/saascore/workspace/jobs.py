@@ -104,8 +104,9 @@ class Generated:
 
 def _kind(value: str, field: str) -> str:
     checked_text(value, field=field)
-    if not value or len(value) > 100:
-        raise InvalidInput(f"{field} takes 1 to 100 characters", field=field)
+    # Not only spaces, as folder names (which are trimmed) are not: " " names no kind.
+    if not value.strip() or len(value) > 100:
+        raise InvalidInput(f"{field} takes 1 to 100 characters, not only spaces", field=field)
     return value
 
 
