@@ -130,3 +130,28 @@ async def test_a_blank_job_type_is_refused_as_a_blank_folder_name_is(
         assert (error["code"], error["details"]["field"]) == ("invalid_input", field)
     jobs = await api.get("/v1/jobs", headers=headers)
     assert jobs.json()["items"] == []
+
+
+async def test_names_with_invisible_format_characters_are_refused(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    top = await api.post("/v1/folders", json={"name": "Top"}, headers=headers)
+    assert top.status_code == 201, top.text
+    for invisible in ("\u200b", "\ufeff", "\u200c", "\u200d", "\u2060"):
+        for name in (f"{invisible}Top", f"T{invisible}op", f"Top{invisible}"):
+            created = await api.post("/v1/folders", json={"name": name}, headers=headers)
+            assert created.status_code == 422, (name, created.text)
+            error = created.json()["error"]
+            assert (error["code"], error["details"]["field"]) == ("invalid_character", "name")
+            assert f"U+{ord(invisible):04X}" in error["message"]
+        renamed = await api.patch(
+            f"/v1/folders/{top.json()['id']}", json={"name": f"{invisible}Top"}, headers=headers
+        )
+        assert (renamed.status_code, renamed.json()["error"]["code"]) == (
+            422,
+            "invalid_character",
+        )
+    listed = await api.get("/v1/folders", headers=headers)
+    assert [folder["name"] for folder in listed.json()["items"]] == ["Top"]

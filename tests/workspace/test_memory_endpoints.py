@@ -191,6 +191,29 @@ class TestRagStoreRoutes:
         listed = await api.get("/v1/rag-store/folders", headers=a.headers)
         assert listed.json()["items"] == []
 
+    async def test_a_folder_name_with_an_invisible_character_is_refused(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        a = await tenant(api, scratch)
+        store = {"provider": "google", "provider_store_id": "fileSearchStores/x"}
+        assert (await api.post("/v1/rag-store", json=store, headers=a.headers)).status_code == 201
+        top = await api.post(
+            "/v1/rag-store/folders", json={"folder_name": "Top"}, headers=a.headers
+        )
+        assert top.status_code == 201, top.text
+        for name in ("\u200bTop", "T\ufeffop", "Top\u200d", "\u2060Top", "To\u200cp"):
+            refused = await api.post(
+                "/v1/rag-store/folders", json={"folder_name": name}, headers=a.headers
+            )
+            assert refused.status_code == 422, (name, refused.text)
+            error = refused.json()["error"]
+            assert (error["code"], error["details"]["field"]) == (
+                "invalid_rag_store",
+                "folder_name",
+            )
+        listed = await api.get("/v1/rag-store/folders", headers=a.headers)
+        assert [f["folder_name"] for f in listed.json()["items"]] == ["Top"]
+
 
 class TestChatRoute:
     async def test_chat_through_the_mock_is_metered(
