@@ -155,3 +155,47 @@ async def test_names_with_invisible_format_characters_are_refused(
         )
     listed = await api.get("/v1/folders", headers=headers)
     assert [folder["name"] for folder in listed.json()["items"]] == ["Top"]
+
+
+async def test_integers_are_taken_only_as_json_integers(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    for size in ("10", True, 10.0, "1e1"):
+        body = {"filename": "a.pdf", "size_bytes": size, "file_hash": sha("a")}
+        refused = await api.post("/v1/documents", json=body, headers=headers)
+        assert refused.status_code == 422, (size, refused.text)
+        assert refused.json()["error"]["code"] == "validation_error"
+    assert (await api.get("/v1/documents", headers=headers)).json()["items"] == []
+    document = await api.post(
+        "/v1/documents",
+        json={"filename": "a.pdf", "size_bytes": 10, "file_hash": sha("a")},
+        headers=headers,
+    )
+    assert document.status_code == 201, document.text
+    job = await api.post(
+        "/v1/jobs",
+        json={"document_id": document.json()["id"], "job_type": "parse"},
+        headers=headers,
+    )
+    generation = {
+        "document_id": document.json()["id"],
+        "generation_type": "summary",
+        "content": {"text": "t"},
+    }
+    for field in ("input_tokens", "output_tokens"):
+        for count in ("5", True, 5.0):
+            done = await api.post(
+                f"/v1/jobs/{job.json()['id']}/succeed",
+                json={"result": {}, field: count},
+                headers=headers,
+            )
+            assert done.status_code == 422, (field, count, done.text)
+            generated = await api.post(
+                "/v1/generations", json={**generation, field: count}, headers=headers
+            )
+            assert generated.status_code == 422, (field, count, generated.text)
+    still = await api.get(f"/v1/jobs/{job.json()['id']}", headers=headers)
+    assert (still.json()["status"], still.json()["input_tokens"]) == ("queued", 0)
+    assert (await api.get("/v1/generations", headers=headers)).json()["items"] == []

@@ -375,7 +375,11 @@ class DocumentService:
         `LimitExceeded` past a hard limit, changing nothing); identical content already in
         the folder is answered with `created` false, emitting nothing."""
         file_hash = check_file_hash(file_hash)
-        if isinstance(size_bytes, bool) or not 0 <= size_bytes <= INT64_MAX:
+        if (
+            isinstance(size_bytes, bool)
+            or not isinstance(size_bytes, int)
+            or not 0 <= size_bytes <= INT64_MAX
+        ):
             raise InvalidInput("size_bytes must be 0 to 2**63-1", field="size_bytes")
         filename = checked_text(filename, field="filename").strip()
         if not filename or len(filename) > 512:

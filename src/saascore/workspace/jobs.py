@@ -112,7 +112,7 @@ def _kind(value: str, field: str) -> str:
 
 def _tokens(**counts: int) -> None:
     for field, count in counts.items():
-        if isinstance(count, bool) or not 0 <= count <= INT64_MAX:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= INT64_MAX:
             raise InvalidInput(f"{field} must be 0 to 2**63-1", field=field)
 
 
