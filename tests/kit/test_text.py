@@ -16,7 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from saascore import Saascore
 from saascore.kit.db import Database
 from saascore.kit.errors import InvalidCharacter, InvalidInput
-from saascore.kit.validation import Label, Note, checked_text, control_character
+from saascore.kit.validation import (
+    Label,
+    Note,
+    checked_name,
+    checked_text,
+    control_character,
+    format_character,
+)
 from saascore.models import (
     ApiKey,
     CreditGrant,
@@ -54,6 +61,23 @@ class TestTheTypes:
         with pytest.raises(ValidationError) as refused:
             TypeAdapter(Label).validate_python(f"x{character}y")
         assert refused.value.errors()[0]["type"] == "invalid_character"
+
+    @pytest.mark.parametrize(
+        "character", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u200e"]
+    )
+    def test_a_name_takes_no_invisible_format_character(self, character: str) -> None:
+        assert format_character(f"{character}Top") == character
+        with pytest.raises(InvalidCharacter) as info:
+            checked_name(f"{character}Top", field="name")
+        assert (info.value.code, info.value.details) == ("invalid_character", {"field": "name"})
+        assert f"U+{ord(character):04X}" in info.value.message
+
+    def test_a_name_takes_letters_of_any_script(self) -> None:
+        for name in ("Top", "Caf\u00e9", "\u0645\u0644\u0641\u0627\u062a", "\u6587\u4ef6"):
+            assert format_character(name) is None
+            assert checked_name(name, field="name") == name
+        with pytest.raises(InvalidCharacter):
+            checked_name("a\x1bb", field="name")
 
     @pytest.mark.parametrize("character", ["\n", "\t"])
     def test_a_note_takes_line_feeds_and_tabs(self, character: str) -> None:

@@ -330,6 +330,67 @@ class TestOrder:
         assert row.error == "the organisation named does not exist"
         assert await subscriptions_of(admin.database, stranger) == []
 
+    async def test_a_snapshot_naming_no_price_is_stored_and_ignored(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        ids, org = Ids(), customer.organization_id
+        priced = subscription_event(
+            unique("mock_evt"),
+            minute=1,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price=await mock_price(admin.database, "pro"),
+            org=org,
+        )
+        assert (await send(admin.client, priced)).json()["outcome"] == "processed"
+        later = unique("mock_sub")
+        for minute, subscription in enumerate((ids.subscription, later), start=2):
+            null = subscription_event(
+                unique("mock_evt"),
+                minute=minute,
+                subscription=subscription,
+                customer=ids.customer,
+                price="",
+                org=org,
+                status="past_due",
+            )
+            null["subscription"]["price_id"] = None
+            missing = {**null, "id": unique("mock_evt")}
+            missing["subscription"] = {
+                k: v for k, v in null["subscription"].items() if k != "price_id"
+            }
+            for body in (null, missing):
+                answer = await send(admin.client, body)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["outcome"] == "ignored"
+                row = await stored_event(admin.database, body["id"])
+                assert row is not None
+                assert (row.outcome, row.attempts) == (WebhookOutcome.IGNORED, 1)
+                assert row.error == "the subscription names no price, and is not ending"
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert (subscription.provider_subscription_id, subscription.status) == (
+            ids.subscription,
+            SubscriptionStatus.ACTIVE,
+        )
+        mine = (await admin.client.get("/v1/subscription", headers=customer.headers)).json()
+        assert mine["plan"] == "pro"
+        # An end needs no price: it is applied.
+        ended = subscription_event(
+            unique("mock_evt"),
+            minute=9,
+            subscription=ids.subscription,
+            customer=ids.customer,
+            price="",
+            org=org,
+            status="canceled",
+            kind="subscription_ended",
+        )
+        ended["subscription"]["price_id"] = None
+        answer = await send(admin.client, ended)
+        assert (answer.status_code, answer.json()["outcome"]) == (200, "processed"), answer.text
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.status is SubscriptionStatus.CANCELED
+
 
 class TestFailure:
     async def test_failure_is_500_and_a_redelivery_applies_it(

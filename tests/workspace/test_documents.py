@@ -180,7 +180,7 @@ class TestDocuments:
         with pytest.raises(Exception, match="file_hash"):
             await register(DocumentService(scratch), org_id, 1, file_hash=digest)
 
-    @pytest.mark.parametrize("size", [-1, 2**63])
+    @pytest.mark.parametrize("size", [-1, 2**63, "10", True, 10.0])
     async def test_a_bad_size_is_refused(self, scratch: Database, size: int) -> None:
         org_id = await new_org(scratch)
         with pytest.raises(Exception, match="size_bytes"):

@@ -108,3 +108,94 @@ async def test_names_that_differ_only_in_unicode_encoding_are_the_same_name(
         "/v1/folders", json={**decomposed, "parent_id": other["id"]}, headers=headers
     )
     assert below.json()["name"] == "Caf\u00e9"
+
+
+async def test_a_blank_job_type_is_refused_as_a_blank_folder_name_is(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    folder = await api.post("/v1/folders", json={"name": " "}, headers=headers)
+    assert (folder.status_code, folder.json()["error"]["code"]) == (422, "invalid_input")
+    document = await api.post(
+        "/v1/documents",
+        json={"filename": "a.pdf", "size_bytes": 1, "file_hash": sha("a")},
+        headers=headers,
+    )
+    for field, value in (("job_type", " "), ("job_type", "\u3000 "), ("model", "  ")):
+        job = {"document_id": document.json()["id"], "job_type": "parse", field: value}
+        refused = await api.post("/v1/jobs", json=job, headers=headers)
+        assert refused.status_code == 422, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("invalid_input", field)
+    jobs = await api.get("/v1/jobs", headers=headers)
+    assert jobs.json()["items"] == []
+
+
+async def test_names_with_invisible_format_characters_are_refused(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    top = await api.post("/v1/folders", json={"name": "Top"}, headers=headers)
+    assert top.status_code == 201, top.text
+    for invisible in ("\u200b", "\ufeff", "\u200c", "\u200d", "\u2060"):
+        for name in (f"{invisible}Top", f"T{invisible}op", f"Top{invisible}"):
+            created = await api.post("/v1/folders", json={"name": name}, headers=headers)
+            assert created.status_code == 422, (name, created.text)
+            error = created.json()["error"]
+            assert (error["code"], error["details"]["field"]) == ("invalid_character", "name")
+            assert f"U+{ord(invisible):04X}" in error["message"]
+        renamed = await api.patch(
+            f"/v1/folders/{top.json()['id']}", json={"name": f"{invisible}Top"}, headers=headers
+        )
+        assert (renamed.status_code, renamed.json()["error"]["code"]) == (
+            422,
+            "invalid_character",
+        )
+    listed = await api.get("/v1/folders", headers=headers)
+    assert [folder["name"] for folder in listed.json()["items"]] == ["Top"]
+
+
+async def test_integers_are_taken_only_as_json_integers(
+    api: httpx.AsyncClient, scratch: Database
+) -> None:
+    owner = await tenant(api, scratch)
+    headers = owner.headers
+    for size in ("10", True, 10.0, "1e1"):
+        body = {"filename": "a.pdf", "size_bytes": size, "file_hash": sha("a")}
+        refused = await api.post("/v1/documents", json=body, headers=headers)
+        assert refused.status_code == 422, (size, refused.text)
+        assert refused.json()["error"]["code"] == "validation_error"
+    assert (await api.get("/v1/documents", headers=headers)).json()["items"] == []
+    document = await api.post(
+        "/v1/documents",
+        json={"filename": "a.pdf", "size_bytes": 10, "file_hash": sha("a")},
+        headers=headers,
+    )
+    assert document.status_code == 201, document.text
+    job = await api.post(
+        "/v1/jobs",
+        json={"document_id": document.json()["id"], "job_type": "parse"},
+        headers=headers,
+    )
+    generation = {
+        "document_id": document.json()["id"],
+        "generation_type": "summary",
+        "content": {"text": "t"},
+    }
+    for field in ("input_tokens", "output_tokens"):
+        for count in ("5", True, 5.0):
+            done = await api.post(
+                f"/v1/jobs/{job.json()['id']}/succeed",
+                json={"result": {}, field: count},
+                headers=headers,
+            )
+            assert done.status_code == 422, (field, count, done.text)
+            generated = await api.post(
+                "/v1/generations", json={**generation, field: count}, headers=headers
+            )
+            assert generated.status_code == 422, (field, count, generated.text)
+    still = await api.get(f"/v1/jobs/{job.json()['id']}", headers=headers)
+    assert (still.json()["status"], still.json()["input_tokens"]) == ("queued", 0)
+    assert (await api.get("/v1/generations", headers=headers)).json()["items"] == []

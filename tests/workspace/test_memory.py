@@ -121,6 +121,8 @@ class TestEntries:
         [
             ("", "k", {}, {}),
             ("ns", "", {}, {}),
+            (" ", "k", {}, {}),
+            ("ns", "  ", {}, {}),
             ("ns", "x" * 256, {}, {}),
             ("ns", "a\x1bb", {}, {}),
             ("ns", "k", [1, 2], {}),
@@ -277,6 +279,9 @@ class TestConversations:
         "options",
         [
             {"session_id": ""},
+            {"session_id": " "},
+            {"agent": " "},
+            {"key_topics": [" "]},
             {"summary": "x" * 100_001},
             {"message_count": -1},
             {"message_count": 2**63},

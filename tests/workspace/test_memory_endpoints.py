@@ -89,6 +89,25 @@ class TestMemoryRoutes:
             )
         assert count == 0
 
+    async def test_a_blank_namespace_or_key_is_refused_and_writes_nothing(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        a = await tenant(api, scratch)
+        for path, field in (
+            ("/v1/memory/%20/k", "namespace"),
+            ("/v1/memory/ns/%20", "key"),
+            ("/v1/memory/ns/%20%E3%80%80", "key"),
+        ):
+            response = await api.put(path, json={"value": {}}, headers=a.headers)
+            assert response.status_code == 422, (path, response.text)
+            error = response.json()["error"]
+            assert (error["code"], error["details"]["field"]) == ("invalid_memory_entry", field)
+        async with scratch.session(readonly=True) as s:
+            count = await s.scalar(
+                sa.select(sa.func.count()).where(MemoryEntry.organization_id == a.organization_id)
+            )
+        assert count == 0
+
     async def test_a_viewer_key_reads_but_does_not_write(
         self, api: httpx.AsyncClient, scratch: Database
     ) -> None:
@@ -118,6 +137,23 @@ class TestConversationRoutes:
         assert one.json()["message_count"] == 4
         gone = await api.delete(f"/v1/conversations/{first.json()['id']}", headers=a.headers)
         assert gone.status_code == 204
+
+    async def test_a_blank_session_id_is_refused_and_writes_nothing(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        a = await tenant(api, scratch)
+        for body in (
+            {"session_id": " ", "summary": "s"},
+            {"session_id": "\u3000 ", "summary": "s"},
+            {"session_id": "chat-1", "summary": "s", "agent": " "},
+        ):
+            response = await api.put("/v1/conversations", json=body, headers=a.headers)
+            assert response.status_code == 422, (body, response.text)
+            error = response.json()["error"]
+            field = "agent" if "agent" in body else "session_id"
+            assert (error["code"], error["details"]["field"]) == ("invalid_conversation", field)
+        listed = await api.get("/v1/conversations", headers=a.headers)
+        assert listed.json()["items"] == []
 
 
 class TestRagStoreRoutes:
@@ -154,6 +190,29 @@ class TestRagStoreRoutes:
         assert (await api.delete("/v1/rag-store", headers=a.headers)).status_code == 204
         listed = await api.get("/v1/rag-store/folders", headers=a.headers)
         assert listed.json()["items"] == []
+
+    async def test_a_folder_name_with_an_invisible_character_is_refused(
+        self, api: httpx.AsyncClient, scratch: Database
+    ) -> None:
+        a = await tenant(api, scratch)
+        store = {"provider": "google", "provider_store_id": "fileSearchStores/x"}
+        assert (await api.post("/v1/rag-store", json=store, headers=a.headers)).status_code == 201
+        top = await api.post(
+            "/v1/rag-store/folders", json={"folder_name": "Top"}, headers=a.headers
+        )
+        assert top.status_code == 201, top.text
+        for name in ("\u200bTop", "T\ufeffop", "Top\u200d", "\u2060Top", "To\u200cp"):
+            refused = await api.post(
+                "/v1/rag-store/folders", json={"folder_name": name}, headers=a.headers
+            )
+            assert refused.status_code == 422, (name, refused.text)
+            error = refused.json()["error"]
+            assert (error["code"], error["details"]["field"]) == (
+                "invalid_rag_store",
+                "folder_name",
+            )
+        listed = await api.get("/v1/rag-store/folders", headers=a.headers)
+        assert [f["folder_name"] for f in listed.json()["items"]] == ["Top"]
 
 
 class TestChatRoute:

@@ -20,6 +20,11 @@ where it is used:
   how the text around them is shown, so that an invoice line or a name can display as
   something else than what it says ("Trojan Source"). The marks (U+200E, U+200F, U+061C),
   which right-to-left text needs, stay allowed.
+- `checked_name` (for services) is `checked_text` for a name that must be told apart from
+  its siblings (a folder's name): it also refuses the Unicode format characters (category
+  Cf: U+200B ZERO WIDTH SPACE, U+200C/U+200D, U+2060 WORD JOINER, U+FEFF, U+00AD SOFT
+  HYPHEN, the marks, tags), which show as nothing, so that "\u200bTop" could sit beside
+  "Top" and pass for it. `format_character` finds them.
 - `Instant` (a Pydantic type) is an aware datetime between `EARLIEST` and `LATEST`, so that
   converting it to UTC, or stepping to a period's end, cannot overflow the calendar.
 """
@@ -29,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Final
@@ -50,8 +56,10 @@ __all__ = [
     "canonical_json",
     "checked_instant",
     "checked_json",
+    "checked_name",
     "checked_text",
     "control_character",
+    "format_character",
     "json_problem",
 ]
 
@@ -181,6 +189,34 @@ def checked_text(value: str, *, field: str, multiline: bool = False) -> str:
     problem = _character_problem(value, multiline)
     if problem is not None:
         raise InvalidCharacter(f"{field} {problem}", field=field)
+    return value
+
+
+def format_character(text: str) -> str | None:
+    """The first Unicode format character (category Cf) in `text`, or None: a character that
+    shows as nothing (or only steers how the text around it is shown)."""
+    for character in text:
+        if unicodedata.category(character) == "Cf":
+            return character
+    return None
+
+
+def checked_name(value: str, *, field: str) -> str:
+    """`value` if `checked_text` takes it and it holds no format character (category Cf),
+    else `InvalidCharacter` (422 `invalid_character`) naming `field`. For the names that must
+    be told apart from their siblings: an invisible character would make two of them look
+    the same. Even the marks (U+200E, U+200F, U+061C) that a `Label` takes are refused here:
+    a name in one direction shows right without them, and at its start a mark is as
+    invisible as a zero-width space."""
+    checked_text(value, field=field)
+    character = format_character(value)
+    if character is not None:
+        raise InvalidCharacter(
+            f"{field} holds the invisible format character U+{ord(character):04X} "
+            f"({unicodedata.name(character, 'unnamed')}), which would let two names look "
+            "the same",
+            field=field,
+        )
     return value
 
 

@@ -20,6 +20,9 @@ Stored and ignored (outcome `ignored`, with the reason in `error`), and answered
 - a type saascore does not act on;
 - a snapshot older than the subscription's last (`subscriptions.provider_updated_at`, the
   provider's own clock), or a failed payment older than the last success;
+- a subscription snapshot that names no price and is not an end (an end needs no plan):
+  nothing in it can be billed, and no redelivery can change that, whereas a price saascore
+  does not know yet fails (500), since the catalog may learn it before the redelivery;
 - an event whose organisation cannot be trusted: the organisation named in custom data is
   believed only because the body was verified, and only when the customer is not another
   organisation's, nor the subscription.
@@ -401,6 +404,9 @@ class ProviderWebhooks:
         """Apply the event in `s` (`owners` when they were read already, else they are)."""
         if event.kind is EventKind.UNHANDLED:
             return _unhandled(event)
+        priceless = _priceless(event)
+        if priceless is not None:  # before the organisation, whose customer it could link
+            return _Applied(WebhookOutcome.IGNORED, reason=priceless)
         org_id, refusal = await self._organization(s, event, owners)
         if refusal is not None:
             return _Applied(WebhookOutcome.IGNORED, org_id, refusal)
@@ -487,9 +493,7 @@ class ProviderWebhooks:
         subscription = event.subscription
         if subscription is None:
             raise ValueError(f"event {event.id} carries no subscription")
-        status = PROVIDER_STATUS[subscription.status]
-        if event.kind is EventKind.SUBSCRIPTION_ENDED:
-            status = SubscriptionStatus.CANCELED
+        status = _status(event, subscription.status)
         try:
             plan, cycle = await self._resolve_price(s, event.provider, subscription.price_id)
         except ProviderPriceUnknown:
@@ -601,6 +605,29 @@ def _expected(event: ProviderEvent) -> _Applied:
     if event.kind is EventKind.UNHANDLED:
         return _unhandled(event)
     return _Applied(WebhookOutcome.PROCESSED, _named(event).claimed)
+
+
+def _status(event: ProviderEvent, status: ProviderSubscriptionStatus) -> SubscriptionStatus:
+    """saascore's status of the event's subscription: canceled for an end, whatever the
+    snapshot says."""
+    if event.kind is EventKind.SUBSCRIPTION_ENDED:
+        return SubscriptionStatus.CANCELED
+    return PROVIDER_STATUS[status]
+
+
+def _priceless(event: ProviderEvent) -> str | None:
+    """Why a subscription snapshot can never be applied, or None. A snapshot that names no
+    price, and is not an end (which needs no plan), says nothing saascore could bill: no
+    redelivery can change that, so it is ignored, not failed. (A price that saascore does
+    not know yet fails, and a redelivery applies it once the catalog knows the price.)"""
+    subscription = event.subscription
+    if event.kind not in (EventKind.SUBSCRIPTION_UPDATED, EventKind.SUBSCRIPTION_ENDED):
+        return None
+    if subscription is None or (subscription.price_id or "").strip():
+        return None
+    if _status(event, subscription.status) is SubscriptionStatus.CANCELED:
+        return None
+    return "the subscription names no price, and is not ending"
 
 
 def _unhandled(event: ProviderEvent) -> _Applied:

@@ -20,8 +20,10 @@ what the row says it added, taken from the deleted row itself (`DELETE ... RETUR
 two racing deletions free the bytes once.
 
 Folders nest. Names are unique among siblings and compared exactly as given (after trimming
-spaces, in Unicode's composed form NFC): "Reports" and "reports" are two folders, "Café"
-typed with a combining accent is "Café". A folder's `path` is the names from the root,
+spaces, in Unicode's composed form NFC): "Reports" and "reports" are two folders, "Café" typed
+with a combining accent is "Café". A name holding an invisible format character (U+200B ZERO
+WIDTH SPACE and the other characters of category Cf) is refused (422 `invalid_character`), so
+that no name can pass for a sibling's. A folder's `path` is the names from the root,
 "/Reports/2026", kept up to date by renames and moves. Moves take the organisation's
 `usage_limits` row lock (the same lock credits take), so two moves cannot together make a
 cycle. A recursive delete locks the folders it deletes before reading their documents: a
@@ -59,7 +61,7 @@ from saascore.kit.inputs import INT64_MAX
 from saascore.kit.pagination import DEFAULT_LIMIT
 from saascore.kit.sql import insert
 from saascore.kit.time import utcnow
-from saascore.kit.validation import checked_instant, checked_json, checked_text
+from saascore.kit.validation import checked_instant, checked_json, checked_name, checked_text
 from saascore.metering.accounts import usage_account
 from saascore.metering.gauge import RESOLVED_CAP, storage_increment
 from saascore.metering.service import UsageService
@@ -154,7 +156,8 @@ def _name(value: str) -> str:
         raise InvalidInput("a folder name takes 1 to 255 characters", field="name")
     if "/" in name:
         raise InvalidInput("a folder name may not hold '/'", field="name")
-    return name
+    # No invisible format character either: "\u200bTop" would sit beside "Top".
+    return checked_name(name, field="name")
 
 
 def _text(value: str | None, field: str, limit: int) -> str | None:
@@ -372,7 +375,11 @@ class DocumentService:
         `LimitExceeded` past a hard limit, changing nothing); identical content already in
         the folder is answered with `created` false, emitting nothing."""
         file_hash = check_file_hash(file_hash)
-        if isinstance(size_bytes, bool) or not 0 <= size_bytes <= INT64_MAX:
+        if (
+            isinstance(size_bytes, bool)
+            or not isinstance(size_bytes, int)
+            or not 0 <= size_bytes <= INT64_MAX
+        ):
             raise InvalidInput("size_bytes must be 0 to 2**63-1", field="size_bytes")
         filename = checked_text(filename, field="filename").strip()
         if not filename or len(filename) > 512:

@@ -104,14 +104,15 @@ class Generated:
 
 def _kind(value: str, field: str) -> str:
     checked_text(value, field=field)
-    if not value or len(value) > 100:
-        raise InvalidInput(f"{field} takes 1 to 100 characters", field=field)
+    # Not only spaces, as folder names (which are trimmed) are not: " " names no kind.
+    if not value.strip() or len(value) > 100:
+        raise InvalidInput(f"{field} takes 1 to 100 characters, not only spaces", field=field)
     return value
 
 
 def _tokens(**counts: int) -> None:
     for field, count in counts.items():
-        if isinstance(count, bool) or not 0 <= count <= INT64_MAX:
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= INT64_MAX:
             raise InvalidInput(f"{field} must be 0 to 2**63-1", field=field)
 
 

@@ -61,6 +61,18 @@ def _name(value: object, field: str, error: type[InvalidMemoryEntry | InvalidCon
     return value
 
 
+def _new_name(
+    value: object, field: str, error: type[InvalidMemoryEntry | InvalidConversation]
+) -> str:
+    """A name to store: `_name`, and not only spaces (as folder and RAG store names are not).
+    Reads and deletes take a blank name still, so that a row stored before this rule stays
+    within reach."""
+    name = _name(value, field, error)
+    if not name.strip():
+        raise error(f"{field} may not be blank (only spaces)", field=field)
+    return name
+
+
 def _depth(value: Any, limit: int) -> int:
     """How deep `value` nests (iteratively: a hostile value cannot exhaust the stack)."""
     deepest = 0
@@ -143,8 +155,8 @@ class MemoryService:
         session: AsyncSession | None = None,
     ) -> MemoryEntry:
         """Set the entry (create or replace its value and expiry): one atomic upsert."""
-        namespace = _name(namespace, "namespace", InvalidMemoryEntry)
-        key = _name(key, "key", InvalidMemoryEntry)
+        namespace = _new_name(namespace, "namespace", InvalidMemoryEntry)
+        key = _new_name(key, "key", InvalidMemoryEntry)
         value = check_value(value)
         now = self.clock()
         expiry = _expiry(now, ttl_seconds, expires_at)
@@ -328,9 +340,9 @@ class MemoryService:
     ) -> ConversationSummary:
         """Create or replace the summary of the user's conversation `session_id`: one row per
         organisation, user and conversation, however many writers race."""
-        session_id = _name(session_id, "session_id", InvalidConversation)
+        session_id = _new_name(session_id, "session_id", InvalidConversation)
         if agent is not None:
-            agent = _name(agent, "agent", InvalidConversation)[:100]
+            agent = _new_name(agent, "agent", InvalidConversation)[:100]
         if not isinstance(summary, str) or len(summary) > MAX_SUMMARY or "\x00" in summary:
             raise InvalidConversation(
                 f"summary is at most {MAX_SUMMARY} characters", field="summary"
@@ -339,7 +351,7 @@ class MemoryService:
         if len(topics) > MAX_TOPICS:
             raise InvalidConversation(f"at most {MAX_TOPICS} key topics", field="key_topics")
         for topic in topics:
-            _name(topic, "key_topics", InvalidConversation)
+            _new_name(topic, "key_topics", InvalidConversation)
         if isinstance(message_count, bool) or not 0 <= message_count <= 2**31 - 1:
             raise InvalidConversation("message_count is 0 to 2147483647", field="message_count")
         now = self.clock()

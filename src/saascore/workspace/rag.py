@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.kit.db import Database
 from saascore.kit.ids import new_id
-from saascore.kit.validation import control_character
+from saascore.kit.validation import control_character, format_character
 from saascore.models import DocumentFolder, FileSearchStore, Folder
 from saascore.workspace.errors import (
     InvalidRagStore,
@@ -33,6 +33,21 @@ __all__ = ["RagStoreService"]
 
 _PROVIDER: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,49}")
 MAX_NAME: Final = 255
+
+
+def _folder_name(value: object) -> str:
+    """A RAG folder's name: `_text`, and no invisible format character (category Cf), as a
+    workspace folder's name takes none (`checked_name`)."""
+    name = _text(value, "folder_name")
+    assert name is not None
+    character = format_character(name)
+    if character is not None:
+        raise InvalidRagStore(
+            f"folder_name holds the invisible format character U+{ord(character):04X}, "
+            "which would let two names look the same",
+            field="folder_name",
+        )
+    return name
 
 
 def _text(value: object, field: str, *, optional: bool = False) -> str | None:
@@ -134,8 +149,7 @@ class RagStoreService:
     ) -> DocumentFolder:
         """A folder in the organisation's store, under `parent_id` (a folder of the same store)
         and mirroring the workspace folder `folder_id` if given."""
-        name = _text(folder_name, "folder_name")
-        assert name is not None
+        name = _folder_name(folder_name)
         async with self.database.scope(session) as s:
             store = await self._store(s, org_id)
             if parent_id is not None:

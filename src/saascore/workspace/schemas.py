@@ -1,4 +1,7 @@
-"""Request and response bodies of the workspace's endpoints."""
+"""Request and response bodies of the workspace's endpoints.
+
+Integers in request bodies are `StrictInt` (`kit.inputs`): a JSON integer only, so that `"10"`
+and `true` are refused (422), as the OpenAPI document's `integer` says."""
 
 from __future__ import annotations
 
@@ -6,9 +9,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field
 
-from saascore.kit.inputs import INT64_MAX
+from saascore.kit.inputs import INT64_MAX, StrictInt
 from saascore.kit.validation import Instant, JSONObject, Label, Note
 from saascore.models import (
     Document,
@@ -122,7 +125,9 @@ class DocumentCreate(BaseModel):
     filename: Label = Field(
         description="The file name shown", min_length=1, max_length=512, examples=["report.pdf"]
     )
-    size_bytes: int = Field(ge=0, le=INT64_MAX, description="Its size in bytes", examples=[48213])
+    size_bytes: StrictInt = Field(
+        ge=0, le=INT64_MAX, description="Its size in bytes", examples=[48213]
+    )
     file_hash: str = Field(
         min_length=64,
         max_length=64,
@@ -210,8 +215,8 @@ class JobCreate(BaseModel):
 class JobSucceed(BaseModel):
     model_config = _STRICT
     result: JSONObject = Field(description="The result (JSON object)", examples=[{"pages": 12}])
-    input_tokens: int = Field(description="Tokens read", default=0, ge=0, le=INT64_MAX)
-    output_tokens: int = Field(description="Tokens written", default=0, ge=0, le=INT64_MAX)
+    input_tokens: StrictInt = Field(description="Tokens read", default=0, ge=0, le=INT64_MAX)
+    output_tokens: StrictInt = Field(description="Tokens written", default=0, ge=0, le=INT64_MAX)
     model: Label | None = Field(description="The model used", default=None, max_length=100)
 
 
@@ -284,8 +289,8 @@ class GenerationCreate(BaseModel):
         description="The generated content (JSON object)", examples=[{"text": "A short summary."}]
     )
     model: Label | None = Field(description="The model used", default=None, max_length=100)
-    input_tokens: int = Field(description="Tokens read", default=0, ge=0, le=INT64_MAX)
-    output_tokens: int = Field(description="Tokens written", default=0, ge=0, le=INT64_MAX)
+    input_tokens: StrictInt = Field(description="Tokens read", default=0, ge=0, le=INT64_MAX)
+    output_tokens: StrictInt = Field(description="Tokens written", default=0, ge=0, le=INT64_MAX)
 
 
 class GenerationOut(BaseModel):
