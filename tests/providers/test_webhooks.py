@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from tests.admin import Admin, customer_of, entries
 from tests.http import api_app, serving
 from tests.providers.helpers import (
     WEBHOOK,
+    at,
     count_events,
     invoices_of,
     mock_price,
@@ -169,6 +171,61 @@ class TestSnapshot:
         assert second.details["changes"]["status"] == {"from": "active", "to": "past_due"}
         assert (first.actor_type, first.actor_id) == ("provider", "mock")
         assert sorted(body["data"]["status"] for body in published) == ["active", "past_due"]
+        assert await admin.core.audit.verify(org) == []
+
+    async def test_racing_snapshots_end_in_the_latest(
+        self, admin: Admin, customer: TestTenant
+    ) -> None:
+        """Twenty snapshots of one subscription, sent at once in a random order: the last
+        by the provider's clock wins, each applied one moves the provider's time forward,
+        and every change has its audit entry and outbox row, on an intact chain."""
+        ids, org = Ids(), customer.organization_id
+        price = await mock_price(admin.database, "pro")
+
+        def snapshot(minute: int) -> dict[str, Any]:
+            return subscription_event(
+                unique("mock_evt"),
+                minute=minute,
+                subscription=ids.subscription,
+                customer=ids.customer,
+                price=price,
+                org=org,
+                cancel_at_period_end=minute % 2 == 0,
+                status="past_due" if minute % 3 == 0 else "active",
+            )
+
+        assert (await send(admin.client, snapshot(1))).json()["outcome"] == "processed"
+        racing = [snapshot(minute) for minute in range(2, 22)]
+        random.Random(7).shuffle(racing)
+        answers = await asyncio.gather(*(send(admin.client, body) for body in racing))
+        assert [answer.status_code for answer in answers] == [200] * len(racing)
+        applied = sorted(
+            body["occurred_at"]
+            for body, answer in zip(racing, answers, strict=True)
+            if answer.json()["outcome"] == "processed"
+        )
+        assert applied[-1] == at(21)  # the latest is never judged older
+
+        [subscription] = await subscriptions_of(admin.database, org)
+        assert subscription.provider_updated_at == datetime.fromisoformat(at(21))
+        assert subscription.cancel_at_period_end is False  # minute 21 is odd
+        assert subscription.status is SubscriptionStatus.PAST_DUE  # and a multiple of 3
+        async with admin.database.session(readonly=True) as s:
+            status = await s.scalar(
+                sa.select(Organization.subscription_status).where(Organization.id == org)
+            )
+            published = await s.scalar(
+                sa.select(sa.func.count())
+                .select_from(OutboxEvent)
+                .where(
+                    OutboxEvent.organization_id == org,
+                    OutboxEvent.type == "subscription.updated",
+                )
+            )
+        assert status is SubscriptionStatus.PAST_DUE
+        updated = await entries(admin, org, "subscription.updated")
+        assert 1 <= len(updated) <= len(applied)
+        assert published == len(updated)
         assert await admin.core.audit.verify(org) == []
 
     async def test_a_chain_without_a_head_still_gets_the_entry(
