@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -59,7 +59,7 @@ from saascore.events.catalog import (
     SubscriptionUpdated,
 )
 from saascore.kit.actors import SYSTEM, Actor
-from saascore.kit.db import Database
+from saascore.kit.db import Database, asyncpg_form, driver_in
 from saascore.kit.sql import violates
 from saascore.kit.time import utcnow
 from saascore.models import (
@@ -662,16 +662,19 @@ class SubscriptionService:
         with one UPDATE each; the event is emitted as the ORM path emits it. None, having
         changed nothing, for any other snapshot (the ORM path then applies it; the locks it
         takes again are held already)."""
-        row = (
-            await s.execute(
-                _snapshot_lock(),
-                {
-                    "org_id": org_id,
-                    "provider": state.provider,
-                    "subscription_id": state.subscription_id,
-                },
-            )
-        ).one_or_none()
+        keys = {
+            "org_id": org_id,
+            "provider": state.provider,
+            "subscription_id": state.subscription_id,
+        }
+        driver = await driver_in(s)
+        row: Any
+        if driver is not None:  # the same statement without SQLAlchemy's work per statement
+            sql, names = _snapshot_lock_for_asyncpg()
+            record = await driver.fetchrow(sql, *(keys[name] for name in names))
+            row = None if record is None else _snapshot_columns(record)
+        else:
+            row = (await s.execute(_snapshot_lock(), keys)).one_or_none()
         if (
             row is None
             or row.id is None
@@ -690,7 +693,7 @@ class SubscriptionService:
             values["updated_at"] = self.clock()
             payload = _subscription_payload(
                 SubscriptionUpdated,
-                SimpleNamespace(**{**row._mapping, **values}),
+                SimpleNamespace(**{**vars_of(row), **values}),
                 row.plan_code,
                 changes=changes,
             )
@@ -736,7 +739,12 @@ class SubscriptionService:
         parameters |= {f"s_{column}": value for column, value in values.items()}
         parameters |= {"s_organization_id": org_id, "s_id": subscription_id}
         statement = _snapshot_write(tuple(values), "status" in values)
-        changed, seq = (await s.execute(statement, parameters)).one()
+        driver = await driver_in(s)
+        if driver is not None:  # as `_apply_snapshot` reads
+            sql, names = _snapshot_write_for_asyncpg(tuple(values), "status" in values)
+            changed, seq = await driver.fetchrow(sql, *(parameters[name] for name in names))
+        else:
+            changed, seq = (await s.execute(statement, parameters)).one()
         if not changed:
             return False
         assert seq is not None
@@ -1157,6 +1165,33 @@ SELECT (SELECT count(*) FROM changed), (SELECT seq FROM advanced)"""  # noqa: S6
         sa.bindparam("s_organization_id", type_=table.c.organization_id.type),
         sa.bindparam("s_id", type_=table.c.id.type),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _snapshot_write_for_asyncpg(
+    columns: tuple[str, ...], status: bool
+) -> tuple[str, tuple[str, ...]]:
+    return asyncpg_form(_snapshot_write(columns, status))
+
+
+@functools.cache
+def _snapshot_lock_for_asyncpg() -> tuple[str, tuple[str, ...]]:
+    return asyncpg_form(_snapshot_lock())
+
+
+def _snapshot_columns(record: Mapping[str, Any]) -> SimpleNamespace:
+    """A row of `_snapshot_lock` as asyncpg reads it, with the values SQLAlchemy's types
+    would make of it (the enumerations); its columns by name."""
+    columns = dict(record)
+    if columns["id"] is not None:
+        columns["status"] = SubscriptionStatus(columns["status"])
+        columns["billing_cycle"] = BillingCycle(columns["billing_cycle"])
+    return SimpleNamespace(**columns)
+
+
+def vars_of(row: Any) -> dict[str, Any]:
+    """The columns of a `_snapshot_lock` row by name, read by SQLAlchemy or by asyncpg."""
+    return dict(vars(row)) if isinstance(row, SimpleNamespace) else dict(row._mapping)
 
 
 def _dialect(s: AsyncSession) -> str:

@@ -39,7 +39,9 @@ __all__ = [
     "CloudSQLConnector",
     "Database",
     "SaascoreSession",
+    "asyncpg_form",
     "describe_connection_error",
+    "driver_in",
     "exact_sum",
     "is_arithmetic_error",
     "is_timeout",
@@ -538,3 +540,29 @@ def exact_sum(
 def joined_sum(high: Any, low: Any) -> int:
     """The exact total of the two parts of an `exact_sum` (None: no rows, 0)."""
     return (int(high or 0) << _LOW_BITS) + int(low or 0)
+
+
+def asyncpg_form(statement: sa.Executable) -> tuple[str, tuple[str, ...]]:
+    """`statement` as asyncpg takes it: its PostgreSQL text (`$n` parameters) and its
+    parameters' names in that order. Built once by its callers: compiling costs more than
+    running."""
+    from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+
+    dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+    compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    return str(compiled), tuple(compiled.positiontup or ())
+
+
+async def driver_in(session: AsyncSession) -> Any | None:
+    """The asyncpg connection under `session`'s, once its transaction has begun on
+    PostgreSQL: a statement sent on it directly is then part of that transaction, without
+    SQLAlchemy's work per statement (its values must be what asyncpg takes). None on
+    SQLite, or before the session's first statement has begun the transaction."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    if driver is None or not driver.is_in_transaction():
+        return None
+    return driver

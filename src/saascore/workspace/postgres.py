@@ -31,9 +31,9 @@ from typing import Any, Final
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
 from saascore.audit.service import APPEND_TYPES, append_to_head_sql
+from saascore.kit.db import asyncpg_form
 from saascore.metering.gauge import storage_increment_sql
 from saascore.metering.postgres import LIMIT_EXCEEDED_SQLSTATE
 
@@ -90,8 +90,7 @@ SELECT
 @functools.cache
 def _compiled() -> tuple[str, tuple[str, ...]]:
     """`REGISTER` for asyncpg: its SQL (`$n` parameters) and its parameters' names in order."""
-    compiled = REGISTER.compile(dialect=PGDialect_asyncpg())  # type: ignore[no-untyped-call]
-    return str(compiled), tuple(compiled.positiontup or ())
+    return asyncpg_form(REGISTER)
 
 
 class Outcome(Enum):
