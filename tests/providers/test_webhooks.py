@@ -49,6 +49,18 @@ class Ids:
         self.customer = unique("mock_cus")
         self.subscription = unique("mock_sub")
 
+    def snapshot(self, minute: int, *, price: str, org: uuid.UUID, **fields: Any) -> dict[str, Any]:
+        """A new event with a snapshot of this subscription, at `minute`."""
+        return subscription_event(
+            unique("mock_evt"),
+            minute=minute,
+            subscription=self.subscription,
+            customer=self.customer,
+            price=price,
+            org=org,
+            **fields,
+        )
+
 
 class TestOnce:
     async def test_duplicate_is_acknowledged_not_applied(
@@ -125,15 +137,7 @@ class TestSnapshot:
         price = await mock_price(admin.database, "pro")
 
         def snapshot(minute: int, **fields: Any) -> dict[str, Any]:
-            return subscription_event(
-                unique("mock_evt"),
-                minute=minute,
-                subscription=ids.subscription,
-                customer=ids.customer,
-                price=price,
-                org=org,
-                **fields,
-            )
+            return ids.snapshot(minute, price=price, org=org, **fields)
 
         assert (await send(admin.client, snapshot(1))).json()["outcome"] == "processed"
         assert (await send(admin.client, snapshot(2))).json()["outcome"] == "processed"
@@ -183,11 +187,8 @@ class TestSnapshot:
         price = await mock_price(admin.database, "pro")
 
         def snapshot(minute: int) -> dict[str, Any]:
-            return subscription_event(
-                unique("mock_evt"),
-                minute=minute,
-                subscription=ids.subscription,
-                customer=ids.customer,
+            return ids.snapshot(
+                minute,
                 price=price,
                 org=org,
                 cancel_at_period_end=minute % 2 == 0,
@@ -233,27 +234,12 @@ class TestSnapshot:
     ) -> None:
         ids, org = Ids(), customer.organization_id
         price = await mock_price(admin.database, "pro")
-        created = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=price,
-            org=org,
-        )
+        created = ids.snapshot(1, price=price, org=org)
         assert (await send(admin.client, created)).status_code == 200
         async with admin.database.transaction() as s:  # as before the chain's first entry
             await s.execute(sa.delete(AuditLog).where(AuditLog.organization_id == org))
             await s.execute(sa.delete(AuditChainHead).where(AuditChainHead.organization_id == org))
-        update = subscription_event(
-            unique("mock_evt"),
-            minute=2,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=price,
-            org=org,
-            cancel_at_period_end=True,
-        )
+        update = ids.snapshot(2, price=price, org=org, cancel_at_period_end=True)
         assert (await send(admin.client, update)).json()["outcome"] == "processed"
         [subscription] = await subscriptions_of(admin.database, org)
         assert subscription.cancel_at_period_end is True

@@ -667,14 +667,15 @@ class SubscriptionService:
             "provider": state.provider,
             "subscription_id": state.subscription_id,
         }
+        # Once the transaction has begun, its statements go to asyncpg on the session's own
+        # connection, without SQLAlchemy's work per statement.
         driver = await driver_in(s)
-        row: Any
-        if driver is not None:  # the same statement without SQLAlchemy's work per statement
+        if driver is not None:
             sql, names = _snapshot_lock_for_asyncpg()
-            record = await driver.fetchrow(sql, *(keys[name] for name in names))
-            row = None if record is None else _snapshot_columns(record)
+            found = await driver.fetchrow(sql, *(keys[name] for name in names))
         else:
-            row = (await s.execute(_snapshot_lock(), keys)).one_or_none()
+            found = (await s.execute(_snapshot_lock(), keys)).mappings().one_or_none()
+        row = None if found is None else _snapshot_columns(found)
         if (
             row is None
             or row.id is None
@@ -693,11 +694,11 @@ class SubscriptionService:
             values["updated_at"] = self.clock()
             payload = _subscription_payload(
                 SubscriptionUpdated,
-                SimpleNamespace(**{**vars_of(row), **values}),
+                SimpleNamespace(**{**vars(row), **values}),
                 row.plan_code,
                 changes=changes,
             )
-            if await self._write_snapshot(s, org_id, row.id, values, payload, actor):
+            if await self._write_snapshot(s, driver, org_id, row.id, values, payload, actor):
                 return ProviderApplied(None, True)
         table = cast(sa.Table, Subscription.__table__)
         if values:
@@ -720,6 +721,7 @@ class SubscriptionService:
     async def _write_snapshot(
         self,
         s: AsyncSession,
+        driver: Any | None,
         org_id: uuid.UUID,
         subscription_id: uuid.UUID,
         values: dict[str, Any],
@@ -729,8 +731,8 @@ class SubscriptionService:
         """`_apply_snapshot`'s change with its event in one statement (`_snapshot_write`):
         the subscription's columns `values`, the organisation's status if it changes, and
         the `subscription.updated` audit entry and outbox row, where the bus allows a
-        statement to stand for `emit`. False, having written nothing, where it does not or
-        the organisation's chain has no head yet."""
+        statement to stand for `emit`; on `driver` (`driver_in`) if given. False, having
+        written nothing, where it does not or the organisation's chain has no head yet."""
         audit = self.audit
         if audit is None or not self.events.written_by_statement(s, audit.handle):
             return False
@@ -738,13 +740,12 @@ class SubscriptionService:
         parameters = audit.append_parameters(event, notify=self.events.wake_with_rows(s))
         parameters |= {f"s_{column}": value for column, value in values.items()}
         parameters |= {"s_organization_id": org_id, "s_id": subscription_id}
-        statement = _snapshot_write(tuple(values), "status" in values)
-        driver = await driver_in(s)
-        if driver is not None:  # as `_apply_snapshot` reads
-            sql, names = _snapshot_write_for_asyncpg(tuple(values), "status" in values)
+        columns, status = tuple(values), "status" in values
+        if driver is not None:
+            sql, names = _snapshot_write_for_asyncpg(columns, status)
             changed, seq = await driver.fetchrow(sql, *(parameters[name] for name in names))
         else:
-            changed, seq = (await s.execute(statement, parameters)).one()
+            changed, seq = (await s.execute(_snapshot_write(columns, status), parameters)).one()
         if not changed:
             return False
         assert seq is not None
@@ -1040,7 +1041,7 @@ async def _locked_with_provider_subscription(
     subscription's plan loaded (not the organisation's: a snapshot reads only its plan id,
     and a plan change loads it afresh). On PostgreSQL in one statement (`_locking_both`), as
     a provider's webhook asks it of every event."""
-    if s.get_bind().dialect.name != "postgresql":
+    if _dialect(s) != "postgresql":
         organization = await locked_organization(s, org_id)
         subscription = await _by_provider_id(s, org_id, provider, subscription_id, lock=True)
         return organization, subscription
@@ -1180,18 +1181,13 @@ def _snapshot_lock_for_asyncpg() -> tuple[str, tuple[str, ...]]:
 
 
 def _snapshot_columns(record: Mapping[str, Any]) -> SimpleNamespace:
-    """A row of `_snapshot_lock` as asyncpg reads it, with the values SQLAlchemy's types
-    would make of it (the enumerations); its columns by name."""
+    """A row of `_snapshot_lock`, read by asyncpg or by SQLAlchemy, as attributes by its
+    columns' names, its enumerations as such (asyncpg reads them as text)."""
     columns = dict(record)
     if columns["id"] is not None:
         columns["status"] = SubscriptionStatus(columns["status"])
         columns["billing_cycle"] = BillingCycle(columns["billing_cycle"])
     return SimpleNamespace(**columns)
-
-
-def vars_of(row: Any) -> dict[str, Any]:
-    """The columns of a `_snapshot_lock` row by name, read by SQLAlchemy or by asyncpg."""
-    return dict(vars(row)) if isinstance(row, SimpleNamespace) else dict(row._mapping)
 
 
 def _dialect(s: AsyncSession) -> str:
@@ -1264,8 +1260,8 @@ def _subscription_payload(kind: type[P], subscription: Any, plan: str, **extra: 
         {
             "subscription_id": subscription.id,
             "plan": plan,
-            "status": SubscriptionStatus(subscription.status).value,
-            "billing_cycle": BillingCycle(subscription.billing_cycle).value,
+            "status": subscription.status.value,
+            "billing_cycle": subscription.billing_cycle.value,
             "currency": subscription.currency,
             "unit_amount": subscription.unit_amount,
             "current_period_start": subscription.current_period_start,
