@@ -9,7 +9,9 @@ whole story, 8 workers waiting on each, and registrations hit statement timeouts
 what is measured is the work of one registration.
 
   (a) `DocumentService.register`: the conditional gauge update, the document row, its
-      `document.created` event with its audit entry and outbox row, one transaction each;
+      `document.created` event with its audit entry and outbox row. Registrations that
+      arrive together share a transaction (group commit: `workspace.postgres`), each
+      answered once its batch has committed;
   (b) the reference, bare SQL doing the same conditional gauge update and insert in one
       statement (`WITH g AS (UPDATE usage_limits ... RETURNING) INSERT INTO documents
       SELECT ... FROM g`), one transaction each, on other organisations with the same limit,
@@ -18,8 +20,9 @@ what is measured is the work of one registration.
       round trip, as the service's registration makes on PostgreSQL. The leaner of the two
       references is the one the goal is judged against.
 
-Printed: the rates, the ratios (a)/(b) and (a)/(c) (goal >= 0.6 of the faster reference), and
-that each gauge equals its documents. Run a part by name (`python bench/workspace.py
+Printed: the rates, the ratios (a)/(b) and (a)/(c) (goal >= 0.6 of the faster reference),
+that each gauge equals its documents, and that (a)'s audit chains are intact with an entry and an
+outbox row per registration. Run a part by name (`python bench/workspace.py
 documents`); no name runs all.
 
 BENCH_DATABASE=postgresql (default; SAASCORE_TEST_POSTGRES_URL picks the server, default
@@ -43,7 +46,7 @@ from saascore import Saascore, Settings
 from saascore.kit.ids import new_id
 from saascore.metering.errors import LimitExceeded
 from saascore.migrations import migrate
-from saascore.models import Document, UsageLimits
+from saascore.models import AuditLog, Document, OutboxEvent, UsageLimits
 from saascore.plans import read_catalog
 
 URL = os.environ.get("SAASCORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -197,6 +200,23 @@ async def documents_part(core: Saascore) -> list[str]:
     gauges = [await core.documents.storage_used(org_id) for org_id in everyone]
     consistent = all(recorded == actual for recorded, actual in gauges)
     lines.append(f"gauges equal the documents: {consistent}")
+    intact = all([await core.audit.verify(org_id) == [] for org_id in service_orgs])
+    async with core.database.session(readonly=True) as s:
+        entries = await s.scalar(
+            sa.select(sa.func.count()).where(
+                AuditLog.organization_id.in_(service_orgs), AuditLog.action == "document.created"
+            )
+        )
+        outbox = await s.scalar(
+            sa.select(sa.func.count()).where(
+                OutboxEvent.organization_id.in_(service_orgs),
+                OutboxEvent.type == "document.created",
+            )
+        )
+    lines.append(
+        f"(a)'s audit chains intact: {intact}; entries {entries}, outbox rows {outbox}"
+        f" for {accepted} registrations"
+    )
     return lines
 
 

@@ -5,10 +5,12 @@ folder moves cannot make cycles, recursive deletes free exactly what they delete
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import random
 import uuid
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -20,7 +22,7 @@ from saascore.events.bus import OUTBOX_CHANNEL, Event
 from saascore.kit.db import Database
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.service import UsageService
-from saascore.models import AuditLog, Document, OutboxEvent, UsageLimits
+from saascore.models import AuditChainHead, AuditLog, Document, OutboxEvent, UsageLimits
 from saascore.workspace.documents import DocumentService, Registered
 from saascore.workspace.errors import (
     DocumentNotFound,
@@ -290,6 +292,207 @@ class TestWhatARegistrationWrites:
         await register(documents, org_id, 10)
         assert seen == ["document.created"]
         assert len(await audit.list(org_id, action="document.created")) == 1
+
+
+class TestBatches:
+    """Registrations that arrive together share a transaction on PostgreSQL (group commit):
+    decided in arrival order, each answered as it would be on its own; what a batch cannot
+    answer (content there already, a folder that is not, a chain with no head yet), each
+    registration answers on its own. On SQLite the same calls run one by one, with the same
+    answers."""
+
+    @staticmethod
+    def batches(documents: DocumentService) -> list[int]:
+        """The sizes of the batches `documents` tries from now on."""
+        sizes: list[int] = []
+        batch = documents._register_batch
+
+        async def spy(items: list, locked: Callable[[], None]) -> list:  # type: ignore[type-arg]
+            sizes.append(len(items))
+            return await batch(items, locked)
+
+        documents._register_batch = spy  # type: ignore[method-assign]
+        return sizes
+
+    @staticmethod
+    async def outbox_types(database: Database, org_id: uuid.UUID) -> list[str]:
+        async with database.session(readonly=True) as session:
+            return list(
+                (
+                    await session.scalars(
+                        sa.select(OutboxEvent.type)
+                        .where(OutboxEvent.organization_id == org_id)
+                        .order_by(OutboxEvent.id)
+                    )
+                ).all()
+            )
+
+    @only_postgresql
+    async def test_a_batch_decides_in_arrival_order(self, scratch: Database) -> None:
+        first, second = await new_org(scratch, 2_500), await new_org(scratch, 1_000)
+        audit = AuditService(scratch)
+        documents = DocumentService(scratch, audit=audit)
+        batches = self.batches(documents)
+        # One after another: 1000 in; 2000 over (1000 of 2500 used); 1500 in (2500); 1 over;
+        # an empty file in at the limit; and the second organisation's own 900 and 200.
+        calls = [(first, 1_000), (first, 2_000), (second, 900), (first, 1_500), (first, 1)]
+        calls += [(second, 200), (first, 0)]
+        outcomes = await asyncio.gather(
+            *(register(documents, org_id, size) for org_id, size in calls), return_exceptions=True
+        )
+        assert batches == [len(calls)]
+        refused = {n: o for n, o in enumerate(outcomes) if isinstance(o, LimitExceeded)}
+        assert {n: (o.used, o.limit, o.requested) for n, o in refused.items()} == {
+            1: (1_000, 2_500, 2_000),
+            4: (2_500, 2_500, 1),
+            5: (900, 1_000, 200),
+        }
+        registered = [o for o in outcomes if isinstance(o, Registered)]
+        assert len(registered) == len(calls) - len(refused)
+        assert await gauge(scratch, first) == (2_500, 2_500)
+        assert await gauge(scratch, second) == (900, 900)
+        # Each organisation's entries, in arrival order, on an intact chain; an outbox row
+        # each.
+        for org_id in (first, second):
+            mine = [o.document for o in registered if o.document.organization_id == org_id]
+            entries = await audit.list(org_id, action="document.created")
+            assert [entry.target_id for entry in reversed(entries)] == [str(d.id) for d in mine]
+            assert [entry.seq for entry in entries] == sorted(
+                (entry.seq for entry in entries), reverse=True
+            )
+            assert await self.outbox_types(scratch, org_id) == ["document.created"] * len(mine)
+            assert await audit.verify(org_id) == []
+        # Each document as stored is the one its caller was given.
+        for outcome in registered:
+            stored = await documents.get_document(
+                outcome.document.organization_id, outcome.document.id
+            )
+            assert (stored.size_bytes, stored.created_at) == (
+                outcome.document.size_bytes,
+                outcome.document.created_at,
+            )
+
+    async def test_content_already_there(self, scratch: Database, backend: str) -> None:
+        org_id = await new_org(scratch, 10_000)
+        audit = AuditService(scratch)
+        documents = DocumentService(scratch, audit=audit)
+        batches = self.batches(documents)
+        there = await register(documents, org_id, 100, file_hash=sha("there"))
+        outcomes = await asyncio.gather(
+            register(documents, org_id, 200, file_hash=sha("new")),
+            register(documents, org_id, 100, file_hash=sha("there")),
+            register(documents, org_id, 300, file_hash=sha("twice")),
+            register(documents, org_id, 300, file_hash=sha("twice")),
+        )
+        assert batches == ([4] if backend == "postgresql" else [])
+        assert [o.created for o in outcomes[:2]] == [True, False]
+        assert outcomes[1].document.id == there.document.id
+        # Of the same content twice, one registers it (the first on PostgreSQL; on SQLite
+        # whichever writes first) and the other is given that document.
+        assert sorted(o.created for o in outcomes[2:]) == [False, True]
+        assert outcomes[3].document.id == outcomes[2].document.id
+        assert await gauge(scratch, org_id) == (600, 600)
+        assert len(await audit.list(org_id, action="document.created")) == 3
+        assert await audit.verify(org_id) == []
+
+    async def test_a_folder_that_is_not_there(self, scratch: Database) -> None:
+        org_id = await new_org(scratch, 10_000)
+        documents = DocumentService(scratch)
+        folder = await documents.create_folder(org_id, "Here")
+        outcomes = await asyncio.gather(
+            register(documents, org_id, 10, folder_id=uuid.uuid4()),
+            register(documents, org_id, 20),
+            register(documents, org_id, 30, folder_id=folder.id),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], FolderNotFound)
+        assert [o.created for o in outcomes[1:]] == [True, True]  # type: ignore[union-attr]
+        assert await gauge(scratch, org_id) == (50, 50)
+
+    async def test_a_refusal_into_a_folder_not_there_says_the_folder(
+        self, scratch: Database
+    ) -> None:
+        org_id = await new_org(scratch, 100)
+        documents = DocumentService(scratch)
+        outcomes = await asyncio.gather(
+            register(documents, org_id, 60),
+            register(documents, org_id, 50, folder_id=uuid.uuid4()),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], Registered)
+        assert isinstance(outcomes[1], FolderNotFound)
+        assert await gauge(scratch, org_id) == (60, 60)
+
+    async def test_a_chain_with_no_head_yet(self, scratch: Database) -> None:
+        org_id, other = await new_org(scratch, 10_000), await new_org(scratch, 10_000)
+        async with scratch.transaction() as session:
+            for table in (AuditLog, AuditChainHead):
+                await session.execute(sa.delete(table).where(table.organization_id == org_id))
+        audit = AuditService(scratch)
+        documents = DocumentService(scratch, audit=audit)
+        outcomes = await asyncio.gather(
+            register(documents, org_id, 10),
+            register(documents, other, 20),
+            register(documents, org_id, 30),
+        )
+        assert [o.created for o in outcomes] == [True, True, True]
+        assert await gauge(scratch, org_id) == (40, 40)
+        assert [entry.seq for entry in await audit.list(org_id)] == [2, 1]
+        assert await audit.verify() == []
+
+    async def test_two_processes_batching_and_deleting_keep_every_invariant(
+        self, race_database: Database, backend: str
+    ) -> None:
+        """Two services (two processes' group commits) register into three organisations at
+        once while a third deletes: every gauge equals its documents and stays within its
+        limit, and every chain is intact, with an entry and an outbox row per change."""
+        limit = 12_000
+        orgs = [await new_org(race_database, storage_bytes=limit) for _ in range(3)]
+        audit = AuditService(race_database)
+        services = [DocumentService(race_database, audit=audit) for _ in range(3)]
+        rng = random.Random(f"two-processes-{backend}")
+        sizes = [rng.randint(100, 900) for _ in range(2 * WORKERS)]
+        kept: list[tuple[uuid.UUID, uuid.UUID]] = []
+
+        async def registering(n: int) -> None:
+            org_id = orgs[n % len(orgs)]
+            with contextlib.suppress(LimitExceeded):
+                outcome = await register(services[n % 2], org_id, sizes[n])
+                kept.append((org_id, outcome.document.id))
+
+        async def deleting() -> int:
+            deleted = 0
+            for _ in range(1_000):  # while the registrations go on
+                if deleted == WORKERS // 2:
+                    break
+                if not kept:
+                    await asyncio.sleep(0.005)
+                    continue
+                org_id, document_id = kept.pop(rng.randrange(len(kept)))
+                await services[2].delete_document(org_id, document_id)
+                deleted += 1
+            return deleted
+
+        *_, deletions = await asyncio.gather(
+            *(registering(n) for n in range(2 * WORKERS)), deleting()
+        )
+        assert deletions > 0
+        for org_id in orgs:
+            recorded, actual = await gauge(race_database, org_id)
+            assert recorded == actual <= limit
+            created = len(await audit.list(org_id, action="document.created", limit=1_000))
+            deleted = len(await audit.list(org_id, action="document.deleted", limit=1_000))
+            async with race_database.session(readonly=True) as session:
+                count = await session.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(Document)
+                    .where(Document.organization_id == org_id)
+                )
+            assert created - deleted == count
+            assert collections.Counter(
+                await self.outbox_types(race_database, org_id)
+            ) == collections.Counter({"document.created": created, "document.deleted": deleted})
+            assert await audit.verify(org_id) == []
 
 
 class TestFolders:

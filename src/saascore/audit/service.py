@@ -45,6 +45,7 @@ from saascore.models import AuditChainHead, AuditLog
 
 __all__ = [
     "APPEND_TYPES",
+    "CHAINED_SQL",
     "SYSTEM",
     "Actor",
     "AuditService",
@@ -220,6 +221,30 @@ published AS ({OUTBOX_INSERT}
 notified AS (SELECT pg_notify(:channel, '') WHERE :notify AND {when})"""  # noqa: S608
 
 
+#: On PostgreSQL, the CTEs (to follow `WITH`) that write entries which the caller numbered and
+#: hashed itself while holding their chains' heads locked (`AuditService.chained_parameters`):
+#: `moved` moves each head to its last entry, `chained` inserts the entries and `chained_out`
+#: writes the outbox rows of the events they record. For many organisations' chains in one
+#: statement, whose heads were read `FOR UPDATE` earlier in the transaction.
+CHAINED_SQL: Final = f"""\
+moved AS (
+  UPDATE audit_chain_heads AS h SET seq = m.seq, hash = m.hash
+  FROM unnest(
+    CAST(:head_organization_id AS uuid[]), CAST(:head_seq AS bigint[]),
+    CAST(:head_hash AS text[])
+  ) AS m (organization_id, seq, hash)
+  WHERE h.organization_id = m.organization_id
+),
+chained AS (
+  INSERT INTO audit_logs (organization_id, seq, prev_hash, hash, {", ".join(_ITEM_COLUMNS)})
+  SELECT * FROM unnest(
+  CAST(:entry_organization_id AS uuid[]), CAST(:entry_seq AS bigint[]),
+  CAST(:entry_prev_hash AS text[]), CAST(:entry_hash AS text[]),
+  {_ITEM_ARRAYS.replace("CAST(:", "CAST(:entry_")}
+  )
+),
+chained_out AS ({OUTBOX_INSERT})"""  # noqa: S608
+
 #: The bind parameters that a statement using `append_to_head_sql` declares (`.bindparams`).
 APPEND_TYPES: Final[tuple[sa.BindParameter[Any], ...]] = (
     sa.bindparam("created_at", type_=postgresql.ARRAY(UTCDateTime())),
@@ -243,9 +268,14 @@ def _stored(value: dict[str, Any] | None, field: str) -> str:
     return canonical_json(checked_json(value or {}, field=field, max_depth=None))
 
 
+def _attribute(column: str) -> str:
+    """The attribute of `_Entry` that holds an entry's column (the JSON ones' texts)."""
+    return column + "_text" if column in ("request_data", "details") else column
+
+
 def _stored_value(values: Mapping[str, Any], column: str) -> Any:
     """The value of an entry's column from its attributes' `values` (the JSON texts')."""
-    return values[column + "_text" if column in ("request_data", "details") else column]
+    return values[_attribute(column)]
 
 
 @dataclass(slots=True)
@@ -422,6 +452,40 @@ class AuditService:
             [outbox_row(event)] if public else [],
             notify=notify and public,
         )
+
+    def chained_parameters(
+        self, heads: Mapping[uuid.UUID, tuple[int, str | None]], events: Sequence[Event]
+    ) -> dict[str, list[Any]]:
+        """The parameters of `CHAINED_SQL` for `events`, in their order, on chains whose heads
+        (`seq`, `hash`, by organisation) the caller read and holds locked: each event's
+        audit entry, if it has one, numbered and hashed after its head, and its outbox row,
+        if it is public. What `handle_many` and the event bus would write."""
+        by_org: dict[uuid.UUID, list[_Item]] = {}
+        for event in events:
+            action = event.payload.audited_as()
+            if action is not None and event.organization_id is not None:
+                by_org.setdefault(event.organization_id, []).append(_Item.of(event, action))
+        moved: list[tuple[uuid.UUID, int, str | None]] = []
+        entries: list[_Entry] = []
+        for org_id, items in by_org.items():
+            seq, hash_ = heads[org_id]
+            chained = self._entries(org_id, items, seq + len(items), hash_)
+            entries.extend(chained)
+            moved.append((org_id, chained[-1].seq, chained[-1].hash))
+        return {
+            "head_organization_id": [org_id for org_id, _, _ in moved],
+            "head_seq": [seq for _, seq, _ in moved],
+            "head_hash": [hash_ for _, _, hash_ in moved],
+            "entry_organization_id": [entry.organization_id for entry in entries],
+            "entry_seq": [entry.seq for entry in entries],
+            "entry_prev_hash": [entry.prev_hash for entry in entries],
+            "entry_hash": [entry.hash for entry in entries],
+            **{
+                f"entry_{name}": [getattr(entry, _attribute(name)) for entry in entries]
+                for name in _ITEM_COLUMNS
+            },
+            **outbox_parameters([outbox_row(event) for event in events if event.payload.public]),
+        }
 
     def _head_parameters(
         self,

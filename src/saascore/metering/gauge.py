@@ -25,7 +25,13 @@ from saascore.metering.limits import resolution_sql
 from saascore.metering.values import BIGINT_MAX, STORAGE
 from saascore.models import UsageLimits
 
-__all__ = ["RESOLVED_CAP", "storage_change", "storage_increment", "storage_increment_sql"]
+__all__ = [
+    "RESOLVED_CAP",
+    "RESOLVED_CAP_SQL",
+    "storage_change",
+    "storage_increment",
+    "storage_increment_sql",
+]
 
 #: The row the UPDATE changes, by the name `resolution_sql` reads the overrides from.
 _ROW: Final = cast(sa.Alias, UsageLimits.__table__.alias("ul"))
@@ -33,13 +39,13 @@ _ROW: Final = cast(sa.Alias, UsageLimits.__table__.alias("ul"))
 _VALUE, _HARD = resolution_sql(f"'{STORAGE}'")
 #: The hard storage limit of the organisation whose row is being updated (NULL: none, or a
 #: soft one), resolved by PostgreSQL. Built from constants only.
-_RESOLVED_CAP_SQL: Final = (
+RESOLVED_CAP_SQL: Final = (
     f"(SELECT CASE WHEN {_HARD} AND {_VALUE} >= 0 THEN {_VALUE} END"  # noqa: S608
     " FROM organizations o JOIN subscription_plans p ON p.id = o.plan_id"
     f" LEFT JOIN plan_limits pl ON pl.plan_id = p.id AND pl.metric = '{STORAGE}'"
     " WHERE o.id = ul.organization_id)"
 )
-RESOLVED_CAP: Final = sa.literal_column(_RESOLVED_CAP_SQL, sa.BigInteger())
+RESOLVED_CAP: Final = sa.literal_column(RESOLVED_CAP_SQL, sa.BigInteger())
 
 
 def storage_change(
@@ -94,6 +100,6 @@ def storage_increment_sql(org_id: str, delta_bytes: str, now: str, when: str = "
 UPDATE usage_limits AS ul
   SET storage_used_bytes = ul.storage_used_bytes + {delta_bytes}, updated_at = {now}
   WHERE ul.organization_id = {org_id}
-    AND ul.storage_used_bytes <= coalesce({_RESOLVED_CAP_SQL}, {BIGINT_MAX}) - {delta_bytes}
+    AND ul.storage_used_bytes <= coalesce({RESOLVED_CAP_SQL}, {BIGINT_MAX}) - {delta_bytes}
     AND {when}
   RETURNING ul.storage_used_bytes"""  # noqa: S608

@@ -1131,6 +1131,14 @@ class UsageService:
         assert limit.value is not None
         return LimitExceeded(STORAGE, limit.value, int(used), delta_bytes)
 
+    def storage_refused(self, limit: int, used: int, delta_bytes: int) -> LimitExceeded:
+        """The `LimitExceeded` of adding `delta_bytes` to a gauge at `used` past its hard
+        `limit`, for a caller that decided so itself, holding the gauge's row locked and its
+        limit resolved (`gauge.RESOLVED_CAP_SQL`); counted as `update_storage_used` counts
+        its refusals."""
+        metrics.USAGE_REFUSED.labels(STORAGE).inc()
+        return LimitExceeded(STORAGE, limit, used, delta_bytes)
+
     async def check_token_limit(
         self, org_id: uuid.UUID, tokens: int, *, session: AsyncSession | None = None
     ) -> TokenLimitResult:

@@ -35,14 +35,18 @@ then finds its folder gone.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import unicodedata
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
@@ -55,7 +59,7 @@ from saascore.events.bus import Event, EventBus, Wakeup
 from saascore.events.catalog import DocumentCreated, DocumentDeleted, StorageRepaired
 from saascore.kit.actors import SYSTEM, Actor
 from saascore.kit.db import Database, exact_sum, joined_sum
-from saascore.kit.errors import DomainError, InvalidInput
+from saascore.kit.errors import DatabaseUnavailable, DomainError, InvalidInput
 from saascore.kit.ids import new_id
 from saascore.kit.inputs import INT64_MAX
 from saascore.kit.pagination import DEFAULT_LIMIT
@@ -64,6 +68,7 @@ from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_json, checked_name, checked_text
 from saascore.metering.accounts import usage_account
 from saascore.metering.gauge import RESOLVED_CAP, storage_increment
+from saascore.metering.group import GroupCommit
 from saascore.metering.service import UsageService
 from saascore.models import Document, DocumentStatus, Folder, Organization, UsageLimits
 from saascore.workspace.errors import (
@@ -73,7 +78,7 @@ from saascore.workspace.errors import (
     FolderNotEmpty,
     FolderNotFound,
 )
-from saascore.workspace.postgres import Outcome, run_register
+from saascore.workspace.postgres import Gauge, Outcome, lock_gauges, run_register, write
 
 __all__ = [
     "DeletedFolder",
@@ -82,6 +87,8 @@ __all__ = [
     "StorageDrift",
     "check_file_hash",
 ]
+
+log = logging.getLogger(__name__)
 
 _HEX: Final = frozenset("0123456789abcdef")
 #: How deep folders may nest: deep enough for any tree a person keeps, and a bound on the
@@ -139,6 +146,34 @@ class StorageDrift:
     repaired: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A registration waiting for its batch (group commit): the document's columns."""
+
+    values: dict[str, Any]
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A batch's decision that the storage limit refuses a registration (said once the
+    batch is over: `UsageService.storage_refused`)."""
+
+    limit: int
+    used: int
+    size: int
+
+
+#: A batch's answer to one registration: registered, refused, an error, or None: to be done
+#: on its own (the session's path), which says what the batch could not.
+_Answer = Registered | Exception | None
+
+
+class _Undone(Exception):
+    """A batch met content registered already: it is undone, and its registrations are done
+    one by one."""
+
+
 def check_file_hash(value: str) -> str:
     """A SHA-256 in hex (64 characters, lower-cased), else `InvalidInput`."""
     lowered = value.lower()
@@ -178,10 +213,16 @@ class DocumentService:
         *,
         audit: AuditService | None = None,
         clock: Callable[[], datetime] = utcnow,
+        group_commit: bool = True,
+        group_commit_max_events: int = 64,
     ) -> None:
         """`audit` is the audit log that `events` writes its entries with (made with the bus
         when no bus is given): when it is the bus's only in-transaction handler, a
-        registration on PostgreSQL is one statement (`workspace.postgres`)."""
+        registration on PostgreSQL is one statement (`workspace.postgres`), and with
+        `group_commit`, registrations that arrive together share a transaction, up to
+        `group_commit_max_events` at a time."""
+        if group_commit_max_events < 1:
+            raise ValueError("group_commit_max_events must be at least 1")
         self.database = database
         if events is None:
             audit = audit if audit is not None else AuditService(database)
@@ -192,6 +233,11 @@ class DocumentService:
         self.wakeup = Wakeup(database)
         self.usage = usage if usage is not None else UsageService(database, events=self.events)
         self.clock = clock
+        self.group_commit = group_commit
+        self.group_commit_max_events = group_commit_max_events
+        self._groups: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, GroupCommit[_Pending, Registered | None]
+        ] = weakref.WeakKeyDictionary()
 
     async def settle(self) -> None:
         """Wait for the dispatchers' wake-up being sent, if any (before the database closes)."""
@@ -404,7 +450,11 @@ class DocumentService:
             "metadata": metadata or {},
         }
         if session is None and self._in_one_statement():
-            registered = await self._register_in_one_statement(values, actor)
+            registered = await (
+                self._group().submit(_Pending(values, actor))
+                if self.group_commit
+                else self._register_in_one_statement(values, actor)
+            )
             if registered is not None:
                 return registered
         async with self.database.scope(session) as s:
@@ -459,20 +509,8 @@ class DocumentService:
         when it is to be done in a session (nothing was written)."""
         assert self.audit is not None
         values["created_at"] = values["updated_at"] = self.clock()
-        org_id, document_id = values["organization_id"], values["id"]
-        event = Event(
-            payload=DocumentCreated(
-                document_id=document_id,
-                folder_id=values["folder_id"],
-                filename=values["filename"],
-                size_bytes=values["size_bytes"],
-                file_hash=values["file_hash"],
-            ),
-            organization_id=org_id,
-            actor=actor,
-            target_id=str(document_id),
-            occurred_at=self.events.clock(),
-        )
+        org_id = values["organization_id"]
+        event = self._created(values, actor)
         chain = self.audit.append_parameters(event, notify=False)
         async with self.database.driver() as driver:
             outcome = await run_register(driver, values, chain)
@@ -487,6 +525,90 @@ class DocumentService:
         # The rest (the same content, which a race may have put there after the statement's
         # snapshot; no folder; no row to count on yet) is the session's to answer.
         return None
+
+    def _created(self, values: dict[str, Any], actor: Actor) -> Event:
+        """The `document.created` event of a registration's `values`."""
+        document_id = values["id"]
+        return Event(
+            payload=DocumentCreated(
+                document_id=document_id,
+                folder_id=values["folder_id"],
+                filename=values["filename"],
+                size_bytes=values["size_bytes"],
+                file_hash=values["file_hash"],
+            ),
+            organization_id=values["organization_id"],
+            actor=actor,
+            target_id=str(document_id),
+            occurred_at=self.events.clock(),
+        )
+
+    # --- group commit --------------------------------------------------------------------------
+    def _group(self) -> GroupCommit[_Pending, Registered | None]:
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = GroupCommit(self._flush, max_events=self.group_commit_max_events)
+            self._groups[loop] = group
+        return group
+
+    async def _flush(self, items: list[_Pending], locked: Callable[[], None]) -> list[_Answer]:
+        """Group commit's flush: one registration as one statement, more as a batch. A batch
+        that fails other than by losing the database is done one by one, so that whatever
+        failed it fails its own caller alone."""
+        if len(items) > 1:
+            try:
+                return await self._register_batch(items, locked)
+            except DatabaseUnavailable:
+                raise
+            except (_Undone, asyncpg.ForeignKeyViolationError):
+                pass  # content there already, or a folder that is not: said one by one
+            except Exception:
+                log.exception("a batch of %d registrations failed: one by one now", len(items))
+        return [await self._alone(item) for item in items]
+
+    async def _alone(self, item: _Pending) -> _Answer:
+        try:
+            return await self._register_in_one_statement(item.values, item.actor)
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            return error
+
+    async def _register_batch(
+        self, items: list[_Pending], locked: Callable[[], None]
+    ) -> list[_Answer]:
+        """Registrations in one transaction (`workspace.postgres`): the organisations' gauges
+        and chain heads locked and read, each registration decided in arrival order against
+        them (`_decide`), and what was accepted written in one statement."""
+        assert self.audit is not None
+        events: list[Event] = []
+        async with self.database.driver() as connection, connection.transaction():
+            gauges = await lock_gauges(connection, (i.values["organization_id"] for i in items))
+            locked()
+            now = self.clock()
+            decided, deltas = _decide(items, gauges, now)
+            accepted = [item for item, answer in zip(items, decided, strict=True) if answer is True]
+            if accepted:
+                events = [self._created(item.values, item.actor) for item in accepted]
+                heads = {org_id: gauges[org_id].head for org_id in deltas}
+                chain = self.audit.chained_parameters(heads, events)
+                added = await write(connection, [i.values for i in accepted], deltas, chain, now)
+                if added != len(accepted):
+                    raise _Undone
+        if events:
+            self.wakeup.owed()
+            for event in events:
+                self.events.run_after_commit(event)
+        answers: list[_Answer] = []
+        for item, answer in zip(items, decided, strict=True):
+            if answer is True:
+                answers.append(Registered(_loaded(item.values), created=True))
+            elif isinstance(answer, _Refused):
+                answers.append(self.usage.storage_refused(answer.limit, answer.used, answer.size))
+            else:
+                answers.append(None)
+        return answers
 
     async def get_document(
         self, org_id: uuid.UUID, document_id: uuid.UUID, *, session: AsyncSession | None = None
@@ -826,6 +948,37 @@ def _registration() -> sa.Select[Any]:
     return sa.select(aliased(Document, added), counted.c.storage_used_bytes).outerjoin(
         counted, sa.true()
     )
+
+
+def _decide(
+    items: Sequence[_Pending], gauges: dict[uuid.UUID, Gauge], now: datetime
+) -> tuple[list[bool | _Refused | None], dict[uuid.UUID, int]]:
+    """A batch's registrations decided in arrival order, as one `register` after another
+    would decide them, against the `gauges` read under their locks (each left as the
+    accepted ones leave it): True (accepted, its `values` dated `now`), `_Refused` by the
+    hard limit, or None: for its own registration to answer (no gauge row or chain head yet,
+    the same content as an earlier one of the batch, past a BIGINT, or refused with a folder,
+    which may be missing: that is said first). Also, the bytes each organisation takes."""
+    decided: list[bool | _Refused | None] = []
+    deltas: dict[uuid.UUID, int] = {}
+    contents: set[tuple[uuid.UUID, uuid.UUID | None, str]] = set()
+    for item in items:
+        values = item.values
+        org_id, size = values["organization_id"], values["size_bytes"]
+        gauge = gauges.get(org_id)
+        content = (org_id, values["folder_id"], values["file_hash"])
+        if gauge is None or content in contents or gauge.used + size > INT64_MAX:
+            decided.append(None)
+        elif size and gauge.cap is not None and gauge.used + size > gauge.cap:
+            refused = values["folder_id"] is None
+            decided.append(_Refused(gauge.cap, gauge.used, size) if refused else None)
+        else:
+            contents.add(content)
+            gauge.used += size
+            deltas[org_id] = deltas.get(org_id, 0) + size
+            values["created_at"] = values["updated_at"] = now
+            decided.append(True)
+    return decided, deltas
 
 
 def _loaded(values: dict[str, Any]) -> Document:

@@ -20,24 +20,39 @@ round trip, in a transaction of its own (autocommit), on the driver's connection
 
 The rows are locked in the order the session's registration locks them (the document's
 index entries, then the gauge's row, then the chain's head), which deletions follow too.
+
+Registrations that arrive together are written as a batch (`DocumentService`'s group commit),
+in one transaction of two statements: `LOCK` locks the gauges and chain heads of the batch's
+organisations (in organisation order, each gauge before its head, so that batches cannot
+deadlock on them) and reads their totals, hard limits and heads; the caller decides each
+registration in arrival order against them; `WRITE` then inserts the accepted documents, adds
+their sizes to the gauges and appends their entries and outbox rows (`CHAINED_SQL`), all in one
+statement. Its documents' rows go in after the gauges are locked: a batch meeting content that
+is there already (or a folder that is not) is undone whole, and its registrations are done one
+by one (`run_register`), which answer those cases.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any, Final
 
 import asyncpg
 import sqlalchemy as sa
 
-from saascore.audit.service import APPEND_TYPES, append_to_head_sql
+from saascore.audit.service import APPEND_TYPES, CHAINED_SQL, append_to_head_sql
+from saascore.events.bus import OUTBOX_TIMES
 from saascore.kit.db import asyncpg_form
-from saascore.metering.gauge import storage_increment_sql
+from saascore.metering.gauge import RESOLVED_CAP_SQL, storage_increment_sql
 from saascore.metering.postgres import LIMIT_EXCEEDED_SQLSTATE
 
-__all__ = ["REGISTER", "Outcome", "run_register"]
+__all__ = ["LOCK", "REGISTER", "WRITE", "Gauge", "Outcome", "lock_gauges", "run_register", "write"]
 
 #: The document's columns that a registration sets, as their bind parameters (prefixed: the
 #: audit log's parameters are named as its columns); the others keep their defaults (NULL).
@@ -127,3 +142,112 @@ async def run_register(
         return Outcome.REFUSED
     assert row is not None
     return Outcome.REGISTERED if row["added"] else Outcome.PRESENT
+
+
+#: The gauges and chain heads of a batch's organisations ($1), locked, in organisation order:
+#: each organisation's total, hard storage limit (NULL: none) and head. An organisation with
+#: no `usage_limits` row or no chain head yet has no row.
+LOCK: Final = f"""\
+SELECT ul.organization_id, ul.storage_used_bytes, {RESOLVED_CAP_SQL} AS cap, h.seq, h.hash
+FROM usage_limits AS ul
+JOIN audit_chain_heads AS h ON h.organization_id = ul.organization_id
+WHERE ul.organization_id = ANY($1::uuid[])
+ORDER BY ul.organization_id
+FOR UPDATE OF ul, h"""  # noqa: S608
+
+#: The columns of the documents `WRITE` inserts, with their types in arrays.
+_BATCH_COLUMNS: Final = {
+    "organization_id": "uuid",
+    "id": "uuid",
+    "folder_id": "uuid",
+    "filename": "text",
+    "original_filename": "text",
+    "content_type": "text",
+    "size_bytes": "bigint",
+    "file_hash": "text",
+    "storage_uri": "text",
+    "status": "text",
+    "uploaded_by": "uuid",
+    "metadata": "text",
+    "created_at": "timestamptz",
+}
+
+_SELECTED: Final = ", ".join(
+    "CAST(d.metadata AS jsonb)" if name == "metadata" else f"d.{name}" for name in _BATCH_COLUMNS
+)
+WRITE: Final = sa.text(
+    f"""\
+WITH added AS (
+  INSERT INTO documents ({", ".join(_BATCH_COLUMNS)}, updated_at)
+  SELECT {_SELECTED}, d.created_at
+  FROM unnest(
+  {", ".join(f"CAST(:doc_{name} AS {type_}[])" for name, type_ in _BATCH_COLUMNS.items())}
+  ) AS d ({", ".join(_BATCH_COLUMNS)})
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+),
+counted AS (
+  UPDATE usage_limits AS ul
+  SET storage_used_bytes = ul.storage_used_bytes + g.delta, updated_at = :now
+  FROM unnest(CAST(:gauge_organization_id AS uuid[]), CAST(:gauge_delta AS bigint[]))
+    AS g (organization_id, delta)
+  WHERE ul.organization_id = g.organization_id
+),
+{CHAINED_SQL}
+SELECT count(*) FROM added"""  # noqa: S608
+).bindparams(OUTBOX_TIMES, sa.bindparam("now", type_=sa.DateTime(timezone=True)))
+
+
+@functools.cache
+def _write_compiled() -> tuple[str, tuple[str, ...]]:
+    return asyncpg_form(WRITE)
+
+
+@dataclass(slots=True)
+class Gauge:
+    """An organisation's gauge and chain head as `LOCK` read them, then as a batch's decisions
+    leave them (`used`)."""
+
+    used: int
+    #: The hard storage limit (None: none).
+    cap: int | None
+    head: tuple[int, str | None]
+
+
+async def lock_gauges(
+    connection: asyncpg.Connection, org_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, Gauge]:
+    """Run `LOCK`, in the connection's transaction, for the organisations `org_ids`."""
+    rows = await connection.fetch(LOCK, sorted(set(org_ids)))
+    return {
+        row["organization_id"]: Gauge(
+            row["storage_used_bytes"], row["cap"], (row["seq"], row["hash"])
+        )
+        for row in rows
+    }
+
+
+async def write(
+    connection: asyncpg.Connection,
+    documents: Sequence[dict[str, Any]],
+    gauges: Mapping[uuid.UUID, int],
+    chain: Mapping[str, list[Any]],
+    now: datetime,
+) -> int:
+    """Run `WRITE`, in the connection's transaction (after `lock_gauges`): insert the
+    `documents` (their columns), add `gauges`' bytes to the organisations' gauges and write
+    `chain` (`AuditService.chained_parameters`). How many documents went in: fewer than given
+    when content was there already."""
+    sql, names = _write_compiled()
+    parameters: dict[str, Any] = {
+        f"doc_{name}": [document[name] for document in documents] for name in _BATCH_COLUMNS
+    }
+    parameters["doc_metadata"] = [json.dumps(metadata) for metadata in parameters["doc_metadata"]]
+    parameters.update(
+        gauge_organization_id=list(gauges),
+        gauge_delta=list(gauges.values()),
+        now=now,
+        **chain,
+    )
+    count: int = await connection.fetchval(sql, *(parameters[name] for name in names))
+    return count
