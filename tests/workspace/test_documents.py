@@ -277,6 +277,19 @@ class TestWhatARegistrationWrites:
                 await register(documents, org_id, 10, folder_id=folder_id)
         assert await gauge(scratch, org_id) == (0, 0)
 
+    async def test_a_refusal_into_a_folder_not_there_says_the_folder(
+        self, scratch: Database
+    ) -> None:
+        org_id = await new_org(scratch, storage_bytes=100)
+        other = await new_org(scratch)
+        documents = DocumentService(scratch)
+        await register(documents, org_id, 60)
+        elsewhere = await documents.create_folder(other, "Theirs")
+        for folder_id in (uuid.uuid4(), elsewhere.id):
+            with pytest.raises(FolderNotFound):
+                await register(documents, org_id, 50, folder_id=folder_id)
+        assert await gauge(scratch, org_id) == (60, 60)
+
     async def test_another_in_transaction_handler_still_runs(self, scratch: Database) -> None:
         org_id = await new_org(scratch)
         audit = AuditService(scratch)
@@ -439,6 +452,26 @@ class TestBatches:
         assert await gauge(scratch, org_id) == (40, 40)
         assert [entry.seq for entry in await audit.list(org_id)] == [2, 1]
         assert await audit.verify() == []
+
+    async def test_the_same_content_from_two_processes_at_once(
+        self, race_database: Database
+    ) -> None:
+        """Copies of one file, among other files, from two services at once: their batches
+        and their single registrations lock in one order, so none fails; the copies make one
+        document."""
+        org_id = await new_org(race_database, storage_bytes=1_000_000)
+        services = [DocumentService(race_database) for _ in range(2)]
+        same = sha("one file")
+        calls = [(n % 2, same if n % 3 else sha(f"file {n}")) for n in range(WORKERS)]
+        outcomes = await asyncio.gather(
+            *(register(services[s], org_id, 100, file_hash=digest) for s, digest in calls)
+        )
+        copies = [o for o, (_, digest) in zip(outcomes, calls, strict=True) if digest == same]
+        assert sum(copy.created for copy in copies) == 1
+        assert len({copy.document.id for copy in copies}) == 1
+        others = [o for o, (_, digest) in zip(outcomes, calls, strict=True) if digest != same]
+        assert all(other.created for other in others)
+        assert await gauge(race_database, org_id) == (100 * (1 + len(others)),) * 2
 
     async def test_two_processes_batching_and_deleting_keep_every_invariant(
         self, race_database: Database, backend: str

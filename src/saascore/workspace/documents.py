@@ -78,7 +78,7 @@ from saascore.workspace.errors import (
     FolderNotEmpty,
     FolderNotFound,
 )
-from saascore.workspace.postgres import Gauge, Outcome, lock_gauges, run_register, write
+from saascore.workspace.postgres import Gauge, Outcome, claim, run_register, write
 
 __all__ = [
     "DeletedFolder",
@@ -167,11 +167,6 @@ class _Refused:
 #: A batch's answer to one registration: registered, refused, an error, or None: to be done
 #: on its own (the session's path), which says what the batch could not.
 _Answer = Registered | Exception | None
-
-
-class _Undone(Exception):
-    """A batch met content registered already: it is undone, and its registrations are done
-    one by one."""
 
 
 def check_file_hash(value: str) -> str:
@@ -518,12 +513,15 @@ class DocumentService:
             self.wakeup.owed()
             self.events.run_after_commit(event)
             return Registered(_loaded(values), created=True)
-        if outcome is Outcome.REFUSED:  # by the limit, said at once; else for want of a row
+        # Refused by the limit: said at once, but into a folder, which the statement had not
+        # checked yet (its foreign key is checked at its end): a missing folder is said first.
+        if outcome is Outcome.REFUSED and values["folder_id"] is None:
             refusal = await self.usage.storage_refusal(org_id, values["size_bytes"])
             if refusal is not None:
                 raise refusal
         # The rest (the same content, which a race may have put there after the statement's
-        # snapshot; no folder; no row to count on yet) is the session's to answer.
+        # snapshot; no folder; a refusal into a folder; no row to count on yet) is the
+        # session's to answer.
         return None
 
     def _created(self, values: dict[str, Any], actor: Actor) -> Event:
@@ -561,8 +559,8 @@ class DocumentService:
                 return await self._register_batch(items, locked)
             except DatabaseUnavailable:
                 raise
-            except (_Undone, asyncpg.ForeignKeyViolationError):
-                pass  # content there already, or a folder that is not: said one by one
+            except asyncpg.ForeignKeyViolationError:
+                pass  # a folder that is not there: said by its own registration
             except Exception:
                 log.exception("a batch of %d registrations failed: one by one now", len(items))
         return [await self._alone(item) for item in items]
@@ -578,24 +576,32 @@ class DocumentService:
     async def _register_batch(
         self, items: list[_Pending], locked: Callable[[], None]
     ) -> list[_Answer]:
-        """Registrations in one transaction (`workspace.postgres`): the organisations' gauges
-        and chain heads locked and read, each registration decided in arrival order against
-        them (`_decide`), and what was accepted written in one statement."""
+        """Registrations in one transaction (`workspace.postgres`): the documents inserted and
+        their organisations' gauges and chain heads locked and read (`claim`), each
+        registration decided in arrival order against them (`_decide`), and what that leaves
+        written in one statement (`write`); rolled back if it keeps nothing."""
         assert self.audit is not None
+        now = self.clock()
+        for item in items:
+            item.values["created_at"] = item.values["updated_at"] = now
         events: list[Event] = []
-        async with self.database.driver() as connection, connection.transaction():
-            gauges = await lock_gauges(connection, (i.values["organization_id"] for i in items))
-            locked()
-            now = self.clock()
-            decided, deltas = _decide(items, gauges, now)
-            accepted = [item for item, answer in zip(items, decided, strict=True) if answer is True]
-            if accepted:
-                events = [self._created(item.values, item.actor) for item in accepted]
-                heads = {org_id: gauges[org_id].head for org_id in deltas}
-                chain = self.audit.chained_parameters(heads, events)
-                added = await write(connection, [i.values for i in accepted], deltas, chain, now)
-                if added != len(accepted):
-                    raise _Undone
+        async with self.database.driver() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                gauges, added = await claim(connection, [item.values for item in items])
+                locked()
+                decided, deltas, gone = _decide(items, gauges, added)
+                accepted = [i for i, answer in zip(items, decided, strict=True) if answer is True]
+                if accepted:
+                    events = [self._created(item.values, item.actor) for item in accepted]
+                    heads = {org_id: gauges[org_id].head for org_id in deltas}
+                    chain = self.audit.chained_parameters(heads, events)
+                    await write(connection, gone, deltas, chain, now)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await (transaction.commit() if accepted else transaction.rollback())
         if events:
             self.wakeup.owed()
             for event in events:
@@ -951,34 +957,37 @@ def _registration() -> sa.Select[Any]:
 
 
 def _decide(
-    items: Sequence[_Pending], gauges: dict[uuid.UUID, Gauge], now: datetime
-) -> tuple[list[bool | _Refused | None], dict[uuid.UUID, int]]:
+    items: Sequence[_Pending], gauges: dict[uuid.UUID, Gauge], added: set[uuid.UUID]
+) -> tuple[list[bool | _Refused | None], dict[uuid.UUID, int], list[tuple[uuid.UUID, uuid.UUID]]]:
     """A batch's registrations decided in arrival order, as one `register` after another
     would decide them, against the `gauges` read under their locks (each left as the
-    accepted ones leave it): True (accepted, its `values` dated `now`), `_Refused` by the
-    hard limit, or None: for its own registration to answer (no gauge row or chain head yet,
-    the same content as an earlier one of the batch, past a BIGINT, or refused with a folder,
-    which may be missing: that is said first). Also, the bytes each organisation takes."""
+    accepted ones leave it), given the documents that were `added`: True (accepted),
+    `_Refused` by the hard limit, or None: for its own registration to answer (content there
+    already, no gauge row or chain head yet, past a BIGINT). Also, the bytes each
+    organisation takes, and the documents to remove again (organisation, id)."""
     decided: list[bool | _Refused | None] = []
     deltas: dict[uuid.UUID, int] = {}
-    contents: set[tuple[uuid.UUID, uuid.UUID | None, str]] = set()
+    gone: list[tuple[uuid.UUID, uuid.UUID]] = []
     for item in items:
         values = item.values
-        org_id, size = values["organization_id"], values["size_bytes"]
+        org_id, document_id, size = values["organization_id"], values["id"], values["size_bytes"]
         gauge = gauges.get(org_id)
-        content = (org_id, values["folder_id"], values["file_hash"])
-        if gauge is None or content in contents or gauge.used + size > INT64_MAX:
+        if gauge is not None and document_id not in added:
+            decided.append(None)
+            continue
+        # (With no gauge row or head, `claim` could not say whether it went in: removed all
+        # the same.)
+        if gauge is None or gauge.used + size > INT64_MAX:
             decided.append(None)
         elif size and gauge.cap is not None and gauge.used + size > gauge.cap:
-            refused = values["folder_id"] is None
-            decided.append(_Refused(gauge.cap, gauge.used, size) if refused else None)
+            decided.append(_Refused(gauge.cap, gauge.used, size))
         else:
-            contents.add(content)
             gauge.used += size
             deltas[org_id] = deltas.get(org_id, 0) + size
-            values["created_at"] = values["updated_at"] = now
             decided.append(True)
-    return decided, deltas
+            continue
+        gone.append((org_id, document_id))
+    return decided, deltas, gone
 
 
 def _loaded(values: dict[str, Any]) -> Document:

@@ -22,14 +22,13 @@ The rows are locked in the order the session's registration locks them (the docu
 index entries, then the gauge's row, then the chain's head), which deletions follow too.
 
 Registrations that arrive together are written as a batch (`DocumentService`'s group commit),
-in one transaction of two statements: `LOCK` locks the gauges and chain heads of the batch's
-organisations (in organisation order, each gauge before its head, so that batches cannot
-deadlock on them) and reads their totals, hard limits and heads; the caller decides each
-registration in arrival order against them; `WRITE` then inserts the accepted documents, adds
-their sizes to the gauges and appends their entries and outbox rows (`CHAINED_SQL`), all in one
-statement. Its documents' rows go in after the gauges are locked: a batch meeting content that
-is there already (or a folder that is not) is undone whole, and its registrations are done one
-by one (`run_register`), which answer those cases.
+in one transaction of two statements, which lock in the same order: `CLAIM` inserts the batch's
+documents and then locks and reads the gauges and chain heads of their organisations (in
+organisation order, each gauge before its head); the caller decides each registration in
+arrival order against them; `WRITE` removes the documents it refused, adds the others' sizes to
+the gauges and appends their entries and outbox rows (`CHAINED_SQL`). Content already there
+is not inserted, and that registration is left to `run_register` or a session, which answer
+it; a folder that is not there fails the batch, whose registrations are then done one by one.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -52,7 +51,7 @@ from saascore.kit.db import asyncpg_form
 from saascore.metering.gauge import RESOLVED_CAP_SQL, storage_increment_sql
 from saascore.metering.postgres import LIMIT_EXCEEDED_SQLSTATE
 
-__all__ = ["LOCK", "REGISTER", "WRITE", "Gauge", "Outcome", "lock_gauges", "run_register", "write"]
+__all__ = ["CLAIM", "REGISTER", "WRITE", "Gauge", "Outcome", "claim", "run_register", "write"]
 
 #: The document's columns that a registration sets, as their bind parameters (prefixed: the
 #: audit log's parameters are named as its columns); the others keep their defaults (NULL).
@@ -144,18 +143,7 @@ async def run_register(
     return Outcome.REGISTERED if row["added"] else Outcome.PRESENT
 
 
-#: The gauges and chain heads of a batch's organisations ($1), locked, in organisation order:
-#: each organisation's total, hard storage limit (NULL: none) and head. An organisation with
-#: no `usage_limits` row or no chain head yet has no row.
-LOCK: Final = f"""\
-SELECT ul.organization_id, ul.storage_used_bytes, {RESOLVED_CAP_SQL} AS cap, h.seq, h.hash
-FROM usage_limits AS ul
-JOIN audit_chain_heads AS h ON h.organization_id = ul.organization_id
-WHERE ul.organization_id = ANY($1::uuid[])
-ORDER BY ul.organization_id
-FOR UPDATE OF ul, h"""  # noqa: S608
-
-#: The columns of the documents `WRITE` inserts, with their types in arrays.
+#: The columns of the documents `CLAIM` inserts, with their types in arrays.
 _BATCH_COLUMNS: Final = {
     "organization_id": "uuid",
     "id": "uuid",
@@ -171,11 +159,16 @@ _BATCH_COLUMNS: Final = {
     "metadata": "text",
     "created_at": "timestamptz",
 }
-
 _SELECTED: Final = ", ".join(
     "CAST(d.metadata AS jsonb)" if name == "metadata" else f"d.{name}" for name in _BATCH_COLUMNS
 )
-WRITE: Final = sa.text(
+
+#: A batch's first statement: its documents inserted (`ON CONFLICT DO NOTHING`, as
+#: `REGISTER`), then, once they all are (the aggregate reads every one first), the gauges and
+#: chain heads of their organisations locked, in organisation order: each organisation's
+#: total, hard storage limit (NULL: none), head, and which of its documents went in. An
+#: organisation with no `usage_limits` row or no chain head yet has no row.
+CLAIM: Final = sa.text(
     f"""\
 WITH added AS (
   INSERT INTO documents ({", ".join(_BATCH_COLUMNS)}, updated_at)
@@ -184,7 +177,30 @@ WITH added AS (
   {", ".join(f"CAST(:doc_{name} AS {type_}[])" for name, type_ in _BATCH_COLUMNS.items())}
   ) AS d ({", ".join(_BATCH_COLUMNS)})
   ON CONFLICT DO NOTHING
-  RETURNING 1
+  RETURNING organization_id, id
+),
+per_org AS (
+  SELECT organization_id, array_agg(id) AS added FROM added GROUP BY organization_id
+)
+SELECT ul.organization_id, ul.storage_used_bytes, {RESOLVED_CAP_SQL} AS cap, h.seq, h.hash,
+  per_org.added
+FROM per_org
+JOIN usage_limits AS ul ON ul.organization_id = per_org.organization_id
+JOIN audit_chain_heads AS h ON h.organization_id = ul.organization_id
+ORDER BY ul.organization_id
+FOR UPDATE OF ul, h"""  # noqa: S608
+)
+
+#: A batch's second statement, once it has decided: the documents it does not keep removed,
+#: the kept ones' bytes added to their gauges, and their audit entries and outbox rows
+#: written (`CHAINED_SQL`).
+WRITE: Final = sa.text(
+    f"""\
+WITH removed AS (
+  DELETE FROM documents AS d
+  USING unnest(CAST(:gone_organization_id AS uuid[]), CAST(:gone_id AS uuid[]))
+    AS g (organization_id, id)
+  WHERE d.organization_id = g.organization_id AND d.id = g.id
 ),
 counted AS (
   UPDATE usage_limits AS ul
@@ -194,19 +210,20 @@ counted AS (
   WHERE ul.organization_id = g.organization_id
 ),
 {CHAINED_SQL}
-SELECT count(*) FROM added"""  # noqa: S608
+SELECT 1"""  # noqa: S608
 ).bindparams(OUTBOX_TIMES, sa.bindparam("now", type_=sa.DateTime(timezone=True)))
 
 
 @functools.cache
-def _write_compiled() -> tuple[str, tuple[str, ...]]:
-    return asyncpg_form(WRITE)
+def _batch_compiled() -> tuple[tuple[str, tuple[str, ...]], tuple[str, tuple[str, ...]]]:
+    """`CLAIM` and `WRITE` for asyncpg."""
+    return asyncpg_form(CLAIM), asyncpg_form(WRITE)
 
 
 @dataclass(slots=True)
 class Gauge:
-    """An organisation's gauge and chain head as `LOCK` read them, then as a batch's decisions
-    leave them (`used`)."""
+    """An organisation's gauge and chain head as `CLAIM` read them, then as a batch's
+    decisions leave them (`used`)."""
 
     used: int
     #: The hard storage limit (None: none).
@@ -214,40 +231,52 @@ class Gauge:
     head: tuple[int, str | None]
 
 
-async def lock_gauges(
-    connection: asyncpg.Connection, org_ids: Iterable[uuid.UUID]
-) -> dict[uuid.UUID, Gauge]:
-    """Run `LOCK`, in the connection's transaction, for the organisations `org_ids`."""
-    rows = await connection.fetch(LOCK, sorted(set(org_ids)))
-    return {
+#: The folder a document at the root sorts by: `claim` inserts a batch's documents in one
+#: order, so that two batches of the same content wait for each other rather than deadlock.
+_NO_FOLDER: Final = uuid.UUID(int=0)
+
+
+async def claim(
+    connection: asyncpg.Connection, documents: Sequence[dict[str, Any]]
+) -> tuple[dict[uuid.UUID, Gauge], set[uuid.UUID]]:
+    """Run `CLAIM`, in the connection's transaction, for `documents` (their columns): the
+    gauges (and heads) of their organisations, locked, and the ids of those that went in."""
+    (sql, names), _ = _batch_compiled()
+    ordered = sorted(
+        documents,
+        key=lambda v: (v["organization_id"], v["folder_id"] or _NO_FOLDER, v["file_hash"]),
+    )
+    parameters: dict[str, Any] = {
+        f"doc_{name}": [document[name] for document in ordered] for name in _BATCH_COLUMNS
+    }
+    parameters["doc_metadata"] = [json.dumps(metadata) for metadata in parameters["doc_metadata"]]
+    rows = await connection.fetch(sql, *(parameters[name] for name in names))
+    gauges = {
         row["organization_id"]: Gauge(
             row["storage_used_bytes"], row["cap"], (row["seq"], row["hash"])
         )
         for row in rows
     }
+    return gauges, {document_id for row in rows for document_id in row["added"]}
 
 
 async def write(
     connection: asyncpg.Connection,
-    documents: Sequence[dict[str, Any]],
+    gone: Sequence[tuple[uuid.UUID, uuid.UUID]],
     gauges: Mapping[uuid.UUID, int],
     chain: Mapping[str, list[Any]],
     now: datetime,
-) -> int:
-    """Run `WRITE`, in the connection's transaction (after `lock_gauges`): insert the
-    `documents` (their columns), add `gauges`' bytes to the organisations' gauges and write
-    `chain` (`AuditService.chained_parameters`). How many documents went in: fewer than given
-    when content was there already."""
-    sql, names = _write_compiled()
-    parameters: dict[str, Any] = {
-        f"doc_{name}": [document[name] for document in documents] for name in _BATCH_COLUMNS
-    }
-    parameters["doc_metadata"] = [json.dumps(metadata) for metadata in parameters["doc_metadata"]]
-    parameters.update(
-        gauge_organization_id=list(gauges),
-        gauge_delta=list(gauges.values()),
-        now=now,
+) -> None:
+    """Run `WRITE`, in the connection's transaction (after `claim`): remove the documents
+    `gone` (organisation, id), add `gauges`' bytes to the organisations' gauges and write
+    `chain` (`AuditService.chained_parameters`)."""
+    _, (sql, names) = _batch_compiled()
+    parameters = {
+        "gone_organization_id": [org_id for org_id, _ in gone],
+        "gone_id": [document_id for _, document_id in gone],
+        "gauge_organization_id": list(gauges),
+        "gauge_delta": list(gauges.values()),
+        "now": now,
         **chain,
-    )
-    count: int = await connection.fetchval(sql, *(parameters[name] for name in names))
-    return count
+    }
+    await connection.execute(sql, *(parameters[name] for name in names))
