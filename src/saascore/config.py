@@ -300,10 +300,11 @@ class Settings(BaseSettings):
     #: A comma-separated list (or a JSON array) of origins allowed to call the API.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    #: On PostgreSQL, `record` calls that arrive together in one process share a transaction
-    #: (each is acknowledged after that commit; limits stay exact, in arrival order).
+    #: On PostgreSQL, `record` calls (and document registrations) that arrive together in one
+    #: process share a transaction (each is acknowledged after that commit; limits stay
+    #: exact, in arrival order).
     group_commit: bool = True
-    #: The most events one shared transaction takes.
+    #: The most events (or registrations) one shared transaction takes.
     group_commit_max_events: int = Field(default=256, ge=1, le=10_000)
     #: Where rate-limit windows live: `memory://` (one process) or `redis://host:port/db`,
     #: which every process of a deployment shares.

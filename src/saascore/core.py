@@ -158,7 +158,14 @@ class Saascore:
             group_commit_max_events=self.settings.group_commit_max_events,
             events=self.events,
         )
-        self.documents = DocumentService(self.database, self.usage, self.events, audit=self.audit)
+        self.documents = DocumentService(
+            self.database,
+            self.usage,
+            self.events,
+            audit=self.audit,
+            group_commit=self.settings.group_commit,
+            group_commit_max_events=self.settings.group_commit_max_events,
+        )
         self.jobs = JobService(self.database, self.events)
         #: Metered chat completions: the gateway at `SAASCORE_LLM_GATEWAY_URL`, else the mock.
         self.llm = LLMClient(self.usage, self._llm_gateway())
