@@ -268,6 +268,16 @@ def _stored(value: dict[str, Any] | None, field: str) -> str:
     return canonical_json(checked_json(value or {}, field=field, max_depth=None))
 
 
+def _items_by_org(events: Sequence[Event]) -> dict[uuid.UUID, list[_Item]]:
+    """The entries that `events` write, by organisation, in the events' order."""
+    by_org: dict[uuid.UUID, list[_Item]] = {}
+    for event in events:
+        action = event.payload.audited_as()
+        if action is not None and event.organization_id is not None:
+            by_org.setdefault(event.organization_id, []).append(_Item.of(event, action))
+    return by_org
+
+
 def _attribute(column: str) -> str:
     """The attribute of `_Entry` that holds an entry's column (the JSON ones' texts)."""
     return column + "_text" if column in ("request_data", "details") else column
@@ -460,14 +470,9 @@ class AuditService:
         (`seq`, `hash`, by organisation) the caller read and holds locked: each event's
         audit entry, if it has one, numbered and hashed after its head, and its outbox row,
         if it is public. What `handle_many` and the event bus would write."""
-        by_org: dict[uuid.UUID, list[_Item]] = {}
-        for event in events:
-            action = event.payload.audited_as()
-            if action is not None and event.organization_id is not None:
-                by_org.setdefault(event.organization_id, []).append(_Item.of(event, action))
         moved: list[tuple[uuid.UUID, int, str | None]] = []
         entries: list[_Entry] = []
-        for org_id, items in by_org.items():
+        for org_id, items in _items_by_org(events).items():
             seq, hash_ = heads[org_id]
             chained = self._entries(org_id, items, seq + len(items), hash_)
             entries.extend(chained)
@@ -595,12 +600,7 @@ class AuditService:
     async def handle_many(self, session: AsyncSession, events: Sequence[Event]) -> None:
         """The same for events emitted together (`EventBus.deferred`), in the order they were
         emitted: every organisation's chain advanced at once (`_append_many`)."""
-        by_org: dict[uuid.UUID, list[_Item]] = {}
-        for event in events:
-            action = event.payload.audited_as()
-            if action is None or event.organization_id is None:
-                continue
-            by_org.setdefault(event.organization_id, []).append(_Item.of(event, action))
+        by_org = _items_by_org(events)
         if by_org:
             await self._append_many(session, by_org)
 
