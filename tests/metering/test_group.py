@@ -11,7 +11,7 @@ The settings that switch group commit on and off end this module (they need no d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,8 @@ import pytest
 from pydantic import ValidationError
 
 from saascore.core import Saascore
-from saascore.metering.group import GroupCommit
+from saascore.kit.errors import DatabaseUnavailable
+from saascore.metering.group import GroupCommit, one_by_one
 from tests.helpers import make_settings
 
 
@@ -206,6 +207,44 @@ class TestFailures:
         results = await outcomes(tasks)
         assert isinstance(results[2], asyncio.CancelledError)
         assert [results[0], results[1], results[3]] == [0, 10, 30]
+        # Its item was never flushed: a caller told it was cancelled had nothing written.
+        assert flush.batches == [[0, 1], [3]]
+
+
+class GaveUp(Exception):
+    """A driver's error for a statement the server gave up on (its `statement_timeout`)."""
+
+    sqlstate = "57014"
+
+
+class TestOneByOne:
+    """`one_by_one`, a failed batch's fallback: each item answered on its own."""
+
+    @staticmethod
+    def run_failing(failures: dict[int, BaseException]) -> Callable[[int], Awaitable[int]]:
+        async def run(item: int) -> int:
+            if item in failures:
+                raise failures[item]
+            return item * 10
+
+        return run
+
+    async def test_each_item_gets_its_own_answer_or_error(self) -> None:
+        refused = ValueError("refused")
+        answers = await one_by_one([1, 2, 3], self.run_failing({2: refused}))
+        assert answers == [10, refused, 30]
+
+    async def test_a_lost_database_answers_the_rest_and_keeps_what_was_done(self) -> None:
+        lost = DatabaseUnavailable("connection refused")
+        answers = await one_by_one([1, 2, 3, 4], self.run_failing({3: lost}))
+        # 1 and 2 were done (and may have committed): they keep their answers.
+        assert answers == [10, 20, lost, lost]
+
+    async def test_a_statement_timeout_fails_its_own_item_only(self) -> None:
+        timed_out = DatabaseUnavailable("the statement timed out")
+        timed_out.__cause__ = GaveUp()
+        answers = await one_by_one([1, 2, 3], self.run_failing({2: timed_out}))
+        assert answers == [10, timed_out, 30]
 
 
 class TestFlow:
@@ -278,7 +317,7 @@ class TestFlow:
 
 # --- the settings ------------------------------------------------------------------------------
 class TestSettings:
-    async def test_the_facade_passes_the_group_commit_settings_to_the_usage_service(
+    async def test_the_facade_passes_the_group_commit_settings_to_its_services(
         self, tmp_path: Path
     ) -> None:
         url = f"sqlite:///{tmp_path / 'facade.db'}"
@@ -296,6 +335,14 @@ class TestSettings:
             False,
             17,
         )
+        assert (default.documents.group_commit, default.documents.group_commit_max_events) == (
+            True,
+            256,
+        )
+        assert (
+            configured.documents.group_commit,
+            configured.documents.group_commit_max_events,
+        ) == (False, 17)
         for core in (default, configured):
             await core.close()
 

@@ -20,9 +20,17 @@ from saascore.audit.service import AuditService, audited_bus
 from saascore.config import DatabaseBackend
 from saascore.events.bus import OUTBOX_CHANNEL, Event
 from saascore.kit.db import Database
+from saascore.kit.errors import DatabaseUnavailable
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.service import UsageService
-from saascore.models import AuditChainHead, AuditLog, Document, OutboxEvent, UsageLimits
+from saascore.models import (
+    AuditChainHead,
+    AuditLog,
+    Document,
+    Folder,
+    OutboxEvent,
+    UsageLimits,
+)
 from saascore.workspace.documents import DocumentService, Registered
 from saascore.workspace.errors import (
     DocumentNotFound,
@@ -452,6 +460,96 @@ class TestBatches:
         assert await gauge(scratch, org_id) == (40, 40)
         assert [entry.seq for entry in await audit.list(org_id)] == [2, 1]
         assert await audit.verify() == []
+
+    @only_postgresql
+    async def test_one_stuck_organisation_leaves_the_others_registered(
+        self, scratch: Database
+    ) -> None:
+        """Another transaction holds one organisation's gauge past the statement timeout: its
+        registration fails (503), and those of others in the same batch go in, as they
+        would on their own."""
+        database = Database(scratch.settings.model_copy(update={"db_statement_timeout": 0.5}))
+        try:
+            stuck, free = await new_org(database, 10_000), await new_org(database, 10_000)
+            documents = DocumentService(database)
+            batches = self.batches(documents)
+            async with database.engine.connect() as holder:
+                await holder.begin()
+                await holder.execute(
+                    sa.select(UsageLimits.organization_id)
+                    .where(UsageLimits.organization_id == stuck)
+                    .with_for_update()
+                )
+                outcomes = await asyncio.gather(
+                    register(documents, stuck, 10),
+                    register(documents, free, 20),
+                    register(documents, free, 30),
+                    return_exceptions=True,
+                )
+                await holder.rollback()
+            assert batches == [3]
+            assert isinstance(outcomes[0], DatabaseUnavailable)
+            assert [o.created for o in outcomes[1:]] == [True, True]  # type: ignore[union-attr]
+            assert await gauge(database, free) == (50, 50)
+            assert await gauge(database, stuck) == (0, 0)
+        finally:
+            await database.dispose()
+
+    @only_postgresql
+    @pytest.mark.parametrize("path", ["session", "statement", "batch"])
+    async def test_a_folder_being_deleted_makes_registrations_wait_not_deadlock(
+        self, scratch: Database, path: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A recursive delete locks the folder, then the gauge. Registrations into the folder
+        (and beside it) meanwhile wait for the folder before locking the gauge, so the
+        delete's second lock is granted at once rather than deadlocking: in a session, as
+        one statement, and as a batch."""
+        org_id = await new_org(scratch, 10_000)
+        documents = DocumentService(scratch, group_commit=path == "batch")
+        folder = await documents.create_folder(org_id, "Going")
+
+        async def register_by_path(size: int, **kwargs: object) -> Registered:
+            if path != "session":
+                return await register(documents, org_id, size, **kwargs)
+            async with scratch.transaction() as session:
+                return await register(documents, org_id, size, session=session, **kwargs)
+
+        async with scratch.engine.connect() as deleting:
+            await deleting.begin()
+            await deleting.execute(
+                sa.select(Folder.id).where(Folder.id == folder.id).with_for_update()
+            )
+            registering = asyncio.gather(
+                register_by_path(10, folder_id=folder.id),
+                register_by_path(20),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.3)  # the registrations reach their locks
+            await deleting.execute(
+                sa.update(UsageLimits)
+                .where(UsageLimits.organization_id == org_id)
+                .values(storage_used_bytes=UsageLimits.storage_used_bytes)
+            )
+            await deleting.rollback()
+            outcomes = await registering
+        assert [o.created for o in outcomes] == [True, True]  # type: ignore[union-attr]
+        assert await gauge(scratch, org_id) == (30, 30)
+        # Nor was a batch undone by a deadlock and done again one by one.
+        assert not [r for r in caplog.records if r.name == "saascore.workspace.documents"]
+
+    @only_postgresql
+    async def test_a_caller_cancelled_while_queued_registers_nothing(
+        self, scratch: Database
+    ) -> None:
+        org_id = await new_org(scratch, 10_000)
+        documents = DocumentService(scratch)
+        tasks = [asyncio.create_task(register(documents, org_id, 10)) for _ in range(4)]
+        await asyncio.sleep(0)  # all four queued, no batch formed yet
+        tasks[3].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[3], asyncio.CancelledError)
+        assert all(isinstance(o, Registered) for o in outcomes[:3])
+        assert await gauge(scratch, org_id) == (30, 30)
 
     async def test_the_same_content_from_two_processes_at_once(
         self, race_database: Database

@@ -26,7 +26,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+from saascore.kit.db import is_timeout
+from saascore.kit.errors import DatabaseUnavailable
+
+__all__ = ["GroupCommit", "one_by_one"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -62,6 +65,9 @@ class GroupCommit(Generic[Item, Result]):
         in_flight: set[asyncio.Task[None]] = set()
         try:
             while self._waiting or in_flight:
+                # A caller cancelled while queued is dropped: it is answered with its
+                # cancellation, so its item must not be written either.
+                self._waiting = [entry for entry in self._waiting if not entry[1].done()]
                 if self._waiting and len(in_flight) < self._depth:
                     batch = self._waiting[: self._max_events]
                     del self._waiting[: self._max_events]
@@ -110,3 +116,23 @@ class GroupCommit(Generic[Item, Result]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+async def one_by_one(
+    items: Sequence[Item], run: Callable[[Item], Awaitable[Result]]
+) -> list[Result | Exception]:
+    """`run` each of `items` in turn, as a failed batch's fallback: each answered by its own
+    result or error. Once the database is lost (`DatabaseUnavailable`, but for a statement it
+    gave up on: `is_timeout`), the item that met it and those not yet run are answered with
+    that error; those before keep their answers, which may have committed."""
+    answers: list[Result | Exception] = []
+    for item in items:
+        try:
+            answers.append(await run(item))
+        except DatabaseUnavailable as error:
+            if not is_timeout(error):
+                return answers + [error] * (len(items) - len(answers))
+            answers.append(error)
+        except Exception as error:
+            answers.append(error)
+    return answers

@@ -49,7 +49,7 @@ from saascore.events.bus import EventBus
 from saascore.events.catalog import LimitOverridden, LimitOverrideCleared
 from saascore.kit import metrics
 from saascore.kit.actors import SYSTEM, Actor
-from saascore.kit.db import Database, exact_sum, joined_sum
+from saascore.kit.db import Database, exact_sum, is_timeout, joined_sum
 from saascore.kit.errors import (
     DatabaseUnavailable,
     DomainError,
@@ -76,7 +76,7 @@ from saascore.metering.decision import (
 )
 from saascore.metering.errors import LimitExceeded, StorageUnderflow, UnknownMetric
 from saascore.metering.gauge import RESOLVED_CAP, storage_change
-from saascore.metering.group import GroupCommit
+from saascore.metering.group import GroupCommit, one_by_one
 from saascore.metering.limits import Limit, clear_override, read_limit, set_override, unlimited
 from saascore.metering.postgres import (
     HELD,
@@ -546,26 +546,20 @@ class UsageService:
         """Group commit's flush: one event by the one-statement path, more as a batch.
 
         If a batch fails other than by losing the database, its events are recorded one at a
-        time, so that whatever failed it fails its own caller alone."""
-        if len(items) == 1:
-            return [await self._record_alone(items[0])]
-        try:
-            return (await self._record_postgres(items, locked)).outcomes
-        except DatabaseUnavailable:
-            raise
-        except Exception:
-            logger.exception(
-                "a batch of %d usage events failed: recording them one by one", len(items)
-            )
-            return [await self._record_alone(item) for item in items]
-
-    async def _record_alone(self, item: Pending) -> RecordResult | Exception:
-        try:
-            return await self._record_one(item)
-        except DatabaseUnavailable:
-            raise
-        except Exception as error:
-            return error
+        time, so that whatever failed it fails its own caller alone: a statement timeout too
+        (rows of one organisation held too long need not fail the others')."""
+        if len(items) > 1:
+            try:
+                return (await self._record_postgres(items, locked)).outcomes
+            except DatabaseUnavailable as error:
+                if not is_timeout(error):
+                    raise
+                logger.warning("a batch of %d usage events timed out: one by one now", len(items))
+            except Exception:
+                logger.exception(
+                    "a batch of %d usage events failed: recording them one by one", len(items)
+                )
+        return await one_by_one(items, self._record_one)
 
     async def _cached_meter(self, code: str) -> MeterInfo:
         """The meter from the cache, refreshed (in a read session of its own) when stale."""

@@ -12,12 +12,14 @@ PostgreSQL both are one statement and one round trip (the UPDATE runs only if th
 a row, and resolves the limit itself); when it does not count the size,
 `UsageService.update_storage_used` tries again and says why (and is what SQLite runs). A
 refusal removes the row again, so a caller's session is left as it was. A registration in a
-transaction of its own (no session given) on PostgreSQL is a single statement, event and
-all (`workspace.postgres.REGISTER`), when the event bus's only in-transaction work is the
-audit entry, which that statement writes; what it cannot finish it leaves to a session, as
-above, having written nothing. Deleting subtracts
-what the row says it added, taken from the deleted row itself (`DELETE ... RETURNING`), so
-two racing deletions free the bytes once.
+transaction of its own (no session given) on PostgreSQL, when the event bus's only
+in-transaction work is the audit entry, is a single statement, event and all
+(`workspace.postgres.REGISTER`); registrations that arrive together share a transaction of
+two statements (group commit, `workspace.postgres.CLAIM` and `WRITE`), decided in arrival
+order and each answered after the commit. What either cannot finish it leaves to a session, as
+above, having written nothing of it. A registration into a folder first locks the folder
+against deletion (`FOR KEY SHARE`). Deleting subtracts what the row says it added, taken from
+the deleted row itself (`DELETE ... RETURNING`), so two racing deletions free the bytes once.
 
 Folders nest. Names are unique among siblings and compared exactly as given (after trimming
 spaces, in Unicode's composed form NFC): "Reports" and "reports" are two folders, "Café" typed
@@ -46,7 +48,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
@@ -58,7 +59,7 @@ from saascore.config import DatabaseBackend
 from saascore.events.bus import Event, EventBus, Wakeup
 from saascore.events.catalog import DocumentCreated, DocumentDeleted, StorageRepaired
 from saascore.kit.actors import SYSTEM, Actor
-from saascore.kit.db import Database, exact_sum, joined_sum
+from saascore.kit.db import Database, exact_sum, is_timeout, joined_sum
 from saascore.kit.errors import DatabaseUnavailable, DomainError, InvalidInput
 from saascore.kit.ids import new_id
 from saascore.kit.inputs import INT64_MAX
@@ -68,7 +69,7 @@ from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_json, checked_name, checked_text
 from saascore.metering.accounts import usage_account
 from saascore.metering.gauge import RESOLVED_CAP, storage_increment
-from saascore.metering.group import GroupCommit
+from saascore.metering.group import GroupCommit, one_by_one
 from saascore.metering.service import UsageService
 from saascore.models import Document, DocumentStatus, Folder, Organization, UsageLimits
 from saascore.workspace.errors import (
@@ -454,7 +455,7 @@ class DocumentService:
                 return registered
         async with self.database.scope(session) as s:
             if folder_id is not None:
-                await self._folder(s, org_id, folder_id)
+                await self._folder(s, org_id, folder_id, share=True)
             values["created_at"] = values["updated_at"] = self.clock()
             document, counted = await _insert_counted(s, values)
             if document is None:  # the same content is there already (or just won a race)
@@ -513,15 +514,12 @@ class DocumentService:
             self.wakeup.owed()
             self.events.run_after_commit(event)
             return Registered(_loaded(values), created=True)
-        # Refused by the limit: said at once, but into a folder, which the statement had not
-        # checked yet (its foreign key is checked at its end): a missing folder is said first.
-        if outcome is Outcome.REFUSED and values["folder_id"] is None:
+        if outcome is Outcome.REFUSED:  # by the limit, said at once; else for want of a row
             refusal = await self.usage.storage_refusal(org_id, values["size_bytes"])
             if refusal is not None:
                 raise refusal
         # The rest (the same content, which a race may have put there after the statement's
-        # snapshot; no folder; a refusal into a folder; no row to count on yet) is the
-        # session's to answer.
+        # snapshot; no folder; no row to count on yet) is the session's to answer.
         return None
 
     def _created(self, values: dict[str, Any], actor: Actor) -> Event:
@@ -551,27 +549,22 @@ class DocumentService:
         return group
 
     async def _flush(self, items: list[_Pending], locked: Callable[[], None]) -> list[_Answer]:
-        """Group commit's flush: one registration as one statement, more as a batch. A batch
-        that fails other than by losing the database is done one by one, so that whatever
-        failed it fails its own caller alone."""
+        """Group commit's flush: one registration as one statement, more as a batch. If a
+        batch fails other than by losing the database, its registrations are done one by one,
+        so that whatever failed it fails its own caller alone: a statement timeout too (rows
+        of one organisation held too long need not fail the others')."""
         if len(items) > 1:
             try:
                 return await self._register_batch(items, locked)
-            except DatabaseUnavailable:
-                raise
-            except asyncpg.ForeignKeyViolationError:
-                pass  # a folder that is not there: said by its own registration
+            except DatabaseUnavailable as error:
+                if not is_timeout(error):
+                    raise
+                log.warning("a batch of %d registrations timed out: one by one now", len(items))
             except Exception:
                 log.exception("a batch of %d registrations failed: one by one now", len(items))
-        return [await self._alone(item) for item in items]
-
-    async def _alone(self, item: _Pending) -> _Answer:
-        try:
-            return await self._register_in_one_statement(item.values, item.actor)
-        except DatabaseUnavailable:
-            raise
-        except Exception as error:
-            return error
+        return await one_by_one(
+            items, lambda item: self._register_in_one_statement(item.values, item.actor)
+        )
 
     async def _register_batch(
         self, items: list[_Pending], locked: Callable[[], None]
@@ -751,11 +744,23 @@ class DocumentService:
 
     # --- internals -----------------------------------------------------------------------------
     async def _folder(
-        self, s: AsyncSession, org_id: uuid.UUID, folder_id: uuid.UUID, *, lock: bool = False
+        self,
+        s: AsyncSession,
+        org_id: uuid.UUID,
+        folder_id: uuid.UUID,
+        *,
+        lock: bool = False,
+        share: bool = False,
     ) -> Folder:
+        """The organisation's folder (`FolderNotFound`), locked with `lock`, or with `share`
+        kept from being deleted until the transaction ends (`FOR KEY SHARE`, which is what
+        its documents' foreign key takes: taken first, a registration cannot be caught
+        between a recursive delete's lock on the folder and its lock on the gauge)."""
         query = sa.select(Folder).where(Folder.organization_id == org_id, Folder.id == folder_id)
         if lock:
             query = query.with_for_update()
+        elif share:
+            query = query.with_for_update(read=True, key_share=True)
         folder = (await s.scalars(query)).one_or_none()
         if folder is None:
             raise FolderNotFound(f"no folder {folder_id}", folder_id=str(folder_id))

@@ -1,34 +1,40 @@
-"""The workspace's PostgreSQL statement: a document's registration in one statement.
+"""The workspace's PostgreSQL statements: a document's registration in one statement, and a
+batch of registrations in two.
 
 `REGISTER` does what `DocumentService.register` does in a session, in one statement and one
 round trip, in a transaction of its own (autocommit), on the driver's connection:
 
-1. `added` inserts the document (`ON CONFLICT DO NOTHING` on the unique index of its content
-   in its folder: no row for content already there, which the caller then looks up);
-2. `counted` adds its size to the organisation's storage gauge by metering's conditional
+1. `folder` locks the document's folder, if it names one, against deletion (`FOR KEY SHARE`,
+   the lock its foreign key takes, but first);
+2. `added` inserts the document if its folder is there (`ON CONFLICT DO NOTHING` on the
+   unique index of its content in its folder: no row for content already there, or for a
+   folder that is not, which the caller then tells apart in a session);
+3. `counted` adds its size to the organisation's storage gauge by metering's conditional
    UPDATE (`gauge.storage_increment_sql`, the limit resolved inside it), only if it was
    inserted;
-3. the audit log's CTEs (`append_to_head_sql`) append the `document.created` entry to the
+4. the audit log's CTEs (`append_to_head_sql`) append the `document.created` entry to the
    organisation's chain and write the event's outbox row, only if it was counted (the
    dispatchers' wake-up is sent after the commit, shared with other registrations: see
    `events.bus.Wakeup`);
-4. the final SELECT calls `saascore_limit_exceeded()` when the document went in but is not
+5. the final SELECT calls `saascore_limit_exceeded()` when the document went in but is not
    on the chain: refused by the limit, or the organisation has no `usage_limits` row or no
    chain head yet. The error aborts the whole statement, so nothing is written; the caller
    says why (a refusal of the limit, read from the gauge), or registers in a session
    instead, which makes what is missing.
 
-The rows are locked in the order the session's registration locks them (the document's
-index entries, then the gauge's row, then the chain's head), which deletions follow too.
+Every registration locks in one order, the session's too: the folder, the document's index
+entries, the gauge's row, the chain's head. A recursive folder delete locks the folder and
+then the gauge, so it and a registration into the folder wait for each other, never deadlock.
 
 Registrations that arrive together are written as a batch (`DocumentService`'s group commit),
-in one transaction of two statements, which lock in the same order: `CLAIM` inserts the batch's
-documents and then locks and reads the gauges and chain heads of their organisations (in
-organisation order, each gauge before its head); the caller decides each registration in
-arrival order against them; `WRITE` removes the documents it refused, adds the others' sizes to
-the gauges and appends their entries and outbox rows (`CHAINED_SQL`). Content already there
-is not inserted, and that registration is left to `run_register` or a session, which answer
-it; a folder that is not there fails the batch, whose registrations are then done one by one.
+in one transaction of two statements, locking in the same order: `CLAIM` locks the batch's
+folders and inserts its documents (in one order, so that two batches of the same content wait
+rather than deadlock), then locks and reads the gauges and chain heads of their organisations
+(in organisation order, each gauge before its head); the caller decides each registration in
+arrival order against them; `WRITE` removes the documents it refused, adds the others' sizes
+to the gauges and appends their entries and outbox rows (`CHAINED_SQL`). A registration whose
+document did not go in (content already there, a folder that is not) is left to a session,
+which says which.
 """
 
 from __future__ import annotations
@@ -75,9 +81,16 @@ _COLUMNS: Final = {
 REGISTER: Final = sa.text(
     f"""\
 WITH RECURSIVE
+folder AS MATERIALIZED (
+  SELECT FROM folders
+  WHERE organization_id = CAST(:doc_organization_id AS uuid)
+    AND id = CAST(:doc_folder_id AS uuid)
+  FOR KEY SHARE
+),
 added AS (
   INSERT INTO documents ({", ".join(_COLUMNS)})
-  VALUES ({", ".join(_COLUMNS.values())})
+  SELECT {", ".join(_COLUMNS.values())}
+  WHERE CAST(:doc_folder_id AS uuid) IS NULL OR EXISTS (SELECT FROM folder)
   ON CONFLICT DO NOTHING
   RETURNING id
 ),
@@ -112,13 +125,12 @@ class Outcome(Enum):
 
     #: The document is registered, and the transaction committed.
     REGISTERED = "registered"
-    #: The same content is in the folder already: nothing was written.
-    PRESENT = "present"
+    #: Nothing went in: the same content is in the folder already, or the folder is not
+    #: there (or not the organisation's). Nothing was written.
+    ABSENT = "absent"
     #: The document would go in but is not on the chain (see the module's docstring):
     #: nothing was written.
     REFUSED = "refused"
-    #: The folder is not there (or not the organisation's): nothing was written.
-    NO_FOLDER = "no folder"
 
 
 async def run_register(
@@ -133,14 +145,12 @@ async def run_register(
     parameters["doc_metadata"] = json.dumps(values["metadata"])
     try:
         row = await connection.fetchrow(sql, *(parameters[name] for name in names))
-    except asyncpg.ForeignKeyViolationError:
-        return Outcome.NO_FOLDER
     except asyncpg.PostgresError as error:
         if error.sqlstate != LIMIT_EXCEEDED_SQLSTATE:
             raise
         return Outcome.REFUSED
     assert row is not None
-    return Outcome.REGISTERED if row["added"] else Outcome.PRESENT
+    return Outcome.REGISTERED if row["added"] else Outcome.ABSENT
 
 
 #: The columns of the documents `CLAIM` inserts, with their types in arrays.
@@ -170,12 +180,24 @@ _SELECTED: Final = ", ".join(
 #: organisation with no `usage_limits` row or no chain head yet has no row.
 CLAIM: Final = sa.text(
     f"""\
-WITH added AS (
+WITH folder AS MATERIALIZED (
+  SELECT f.organization_id, f.id
+  FROM folders AS f
+  JOIN unnest(CAST(:folder_organization_id AS uuid[]), CAST(:folder_id AS uuid[]))
+    AS w (organization_id, id) ON f.organization_id = w.organization_id AND f.id = w.id
+  ORDER BY f.organization_id, f.id
+  FOR KEY SHARE OF f
+),
+added AS (
   INSERT INTO documents ({", ".join(_BATCH_COLUMNS)}, updated_at)
   SELECT {_SELECTED}, d.created_at
   FROM unnest(
   {", ".join(f"CAST(:doc_{name} AS {type_}[])" for name, type_ in _BATCH_COLUMNS.items())}
   ) AS d ({", ".join(_BATCH_COLUMNS)})
+  WHERE d.folder_id IS NULL OR EXISTS (
+    SELECT FROM folder WHERE folder.organization_id = d.organization_id
+      AND folder.id = d.folder_id
+  )
   ON CONFLICT DO NOTHING
   RETURNING organization_id, id
 ),
@@ -250,6 +272,9 @@ async def claim(
         f"doc_{name}": [document[name] for document in ordered] for name in _BATCH_COLUMNS
     }
     parameters["doc_metadata"] = [json.dumps(metadata) for metadata in parameters["doc_metadata"]]
+    folders = sorted({(v["organization_id"], v["folder_id"]) for v in ordered if v["folder_id"]})
+    parameters["folder_organization_id"] = [org_id for org_id, _ in folders]
+    parameters["folder_id"] = [folder_id for _, folder_id in folders]
     rows = await connection.fetch(sql, *(parameters[name] for name in names))
     gauges = {
         row["organization_id"]: Gauge(
