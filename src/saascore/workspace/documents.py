@@ -79,7 +79,7 @@ from saascore.workspace.errors import (
     FolderNotEmpty,
     FolderNotFound,
 )
-from saascore.workspace.postgres import Gauge, Outcome, claim, run_register, write
+from saascore.workspace.postgres import INSERTED, Gauge, Outcome, claim, run_register, write
 
 __all__ = [
     "DeletedFolder",
@@ -99,24 +99,7 @@ MAX_DEPTH: Final = 64
 #: parameter named as a column would be set by the UPDATE too).
 _BIND: Final = "new_"
 #: The columns a registration sets (the others keep their defaults: NULL).
-_INSERTED: Final = frozenset(
-    (
-        "organization_id",
-        "id",
-        "folder_id",
-        "filename",
-        "original_filename",
-        "content_type",
-        "size_bytes",
-        "file_hash",
-        "storage_uri",
-        "status",
-        "uploaded_by",
-        "metadata",
-        "created_at",
-        "updated_at",
-    )
-)
+_INSERTED: Final = frozenset((*INSERTED, "updated_at"))
 
 
 @dataclass(frozen=True)

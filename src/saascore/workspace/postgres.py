@@ -57,27 +57,48 @@ from saascore.kit.db import asyncpg_form
 from saascore.metering.gauge import RESOLVED_CAP_SQL, storage_increment_sql
 from saascore.metering.postgres import LIMIT_EXCEEDED_SQLSTATE
 
-__all__ = ["CLAIM", "REGISTER", "WRITE", "Gauge", "Outcome", "claim", "run_register", "write"]
+__all__ = [
+    "CLAIM",
+    "INSERTED",
+    "REGISTER",
+    "WRITE",
+    "Gauge",
+    "Outcome",
+    "claim",
+    "run_register",
+    "write",
+]
 
-#: The document's columns that a registration sets, as their bind parameters (prefixed: the
-#: audit log's parameters are named as its columns); the others keep their defaults (NULL).
-_COLUMNS: Final = {
-    "organization_id": "CAST(:doc_organization_id AS uuid)",
-    "id": "CAST(:doc_id AS uuid)",
-    "folder_id": "CAST(:doc_folder_id AS uuid)",
-    "filename": ":doc_filename",
-    "original_filename": ":doc_original_filename",
-    "content_type": ":doc_content_type",
-    "size_bytes": "CAST(:doc_size_bytes AS bigint)",
-    "file_hash": ":doc_file_hash",
-    "storage_uri": ":doc_storage_uri",
-    "status": ":doc_status",
-    "uploaded_by": "CAST(:doc_uploaded_by AS uuid)",
-    "metadata": "CAST(CAST(:doc_metadata AS text) AS jsonb)",
-    "created_at": "CAST(:doc_created_at AS timestamptz)",
-    "updated_at": "CAST(:doc_updated_at AS timestamptz)",
+#: The document's columns that a registration sets, with their PostgreSQL types (`metadata`
+#: is sent as its JSON text); the others keep their defaults (NULL). `updated_at` is set to
+#: `created_at`.
+INSERTED: Final = {
+    "organization_id": "uuid",
+    "id": "uuid",
+    "folder_id": "uuid",
+    "filename": "text",
+    "original_filename": "text",
+    "content_type": "text",
+    "size_bytes": "bigint",
+    "file_hash": "text",
+    "storage_uri": "text",
+    "status": "text",
+    "uploaded_by": "uuid",
+    "metadata": "text",
+    "created_at": "timestamptz",
 }
 
+
+def _stored(value: str, name: str) -> str:
+    """The value stored in column `name` from `value`, an SQL expression of its `INSERTED` type."""
+    return f"CAST({value} AS jsonb)" if name == "metadata" else value
+
+
+#: `REGISTER`'s values of the document's columns, from its bind parameters (prefixed: the
+#: audit log's parameters are named as its columns).
+_VALUES: Final = ", ".join(
+    _stored(f"CAST(:doc_{name} AS {type_})", name) for name, type_ in INSERTED.items()
+)
 REGISTER: Final = sa.text(
     f"""\
 WITH RECURSIVE
@@ -88,8 +109,8 @@ folder AS MATERIALIZED (
   FOR KEY SHARE
 ),
 added AS (
-  INSERT INTO documents ({", ".join(_COLUMNS)})
-  SELECT {", ".join(_COLUMNS.values())}
+  INSERT INTO documents ({", ".join(INSERTED)}, updated_at)
+  SELECT {_VALUES}, CAST(:doc_created_at AS timestamptz)
   WHERE CAST(:doc_folder_id AS uuid) IS NULL OR EXISTS (SELECT FROM folder)
   ON CONFLICT DO NOTHING
   RETURNING id
@@ -153,25 +174,7 @@ async def run_register(
     return Outcome.REGISTERED if row["added"] else Outcome.ABSENT
 
 
-#: The columns of the documents `CLAIM` inserts, with their types in arrays.
-_BATCH_COLUMNS: Final = {
-    "organization_id": "uuid",
-    "id": "uuid",
-    "folder_id": "uuid",
-    "filename": "text",
-    "original_filename": "text",
-    "content_type": "text",
-    "size_bytes": "bigint",
-    "file_hash": "text",
-    "storage_uri": "text",
-    "status": "text",
-    "uploaded_by": "uuid",
-    "metadata": "text",
-    "created_at": "timestamptz",
-}
-_SELECTED: Final = ", ".join(
-    "CAST(d.metadata AS jsonb)" if name == "metadata" else f"d.{name}" for name in _BATCH_COLUMNS
-)
+_SELECTED: Final = ", ".join(_stored(f"d.{name}", name) for name in INSERTED)
 
 #: A batch's first statement: its documents inserted (`ON CONFLICT DO NOTHING`, as
 #: `REGISTER`), then, once they all are (the aggregate reads every one first), the gauges and
@@ -189,11 +192,11 @@ WITH folder AS MATERIALIZED (
   FOR KEY SHARE OF f
 ),
 added AS (
-  INSERT INTO documents ({", ".join(_BATCH_COLUMNS)}, updated_at)
+  INSERT INTO documents ({", ".join(INSERTED)}, updated_at)
   SELECT {_SELECTED}, d.created_at
   FROM unnest(
-  {", ".join(f"CAST(:doc_{name} AS {type_}[])" for name, type_ in _BATCH_COLUMNS.items())}
-  ) AS d ({", ".join(_BATCH_COLUMNS)})
+  {", ".join(f"CAST(:doc_{name} AS {type_}[])" for name, type_ in INSERTED.items())}
+  ) AS d ({", ".join(INSERTED)})
   WHERE d.folder_id IS NULL OR EXISTS (
     SELECT FROM folder WHERE folder.organization_id = d.organization_id
       AND folder.id = d.folder_id
@@ -269,7 +272,7 @@ async def claim(
         key=lambda v: (v["organization_id"], v["folder_id"] or _NO_FOLDER, v["file_hash"]),
     )
     parameters: dict[str, Any] = {
-        f"doc_{name}": [document[name] for document in ordered] for name in _BATCH_COLUMNS
+        f"doc_{name}": [document[name] for document in ordered] for name in INSERTED
     }
     parameters["doc_metadata"] = [json.dumps(metadata) for metadata in parameters["doc_metadata"]]
     folders = sorted({(v["organization_id"], v["folder_id"]) for v in ordered if v["folder_id"]})
