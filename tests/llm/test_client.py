@@ -7,9 +7,11 @@ own; state is read back from the database.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -188,6 +190,42 @@ class TestSettle:
         ]
         assert after.counter == (5020, 0)
         assert [(key, quantity) for key, quantity, *_ in after.events] == [("llm:big", 5020)]
+
+    async def test_a_caller_gone_once_the_tokens_are_spent_still_has_them_recorded(
+        self, scratch: Database
+    ) -> None:
+        """The caller is cancelled after the gateway answered, while the usage is being
+        recorded: the tokens are spent, so they are recorded all the same."""
+        org_id = await committed_org(scratch)
+        async with FakeLLMGateway(prompt_tokens=30, completion_tokens=7) as gateway:
+            llm = client(scratch, gateway.url)
+            settling, go_on = asyncio.Event(), asyncio.Event()
+            settle = llm.usage.settle
+
+            async def held(*args: Any, **kwargs: Any) -> Any:
+                settling.set()
+                await go_on.wait()
+                return await settle(*args, **kwargs)
+
+            llm.usage.settle = held  # type: ignore[method-assign]
+            try:
+                call = asyncio.create_task(
+                    llm.chat(org_id, PROMPT, model="unpriced", max_tokens=50, call_id="gone")
+                )
+                await settling.wait()
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+                go_on.set()
+                for _ in range(200):  # until the shielded recording has committed
+                    if (await state(scratch, org_id)).counter != (0, estimate_tokens(PROMPT) + 50):
+                        break
+                    await asyncio.sleep(0.01)
+            finally:
+                await llm.aclose()
+        after = await state(scratch, org_id)
+        assert after.reservations == [(ReservationStatus.SETTLED, estimate_tokens(PROMPT) + 50, 37)]
+        assert after.counter == (37, 0)
 
 
 class TestRelease:

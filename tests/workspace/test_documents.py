@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from saascore.audit.service import AuditService, audited_bus
 from saascore.config import DatabaseBackend
+from saascore.core import Saascore
 from saascore.events.bus import OUTBOX_CHANNEL, Event
 from saascore.kit.db import Database
 from saascore.kit.errors import DatabaseUnavailable
+from saascore.metering.accounts import usage_account
 from saascore.metering.errors import LimitExceeded
 from saascore.metering.service import UsageService
 from saascore.models import (
@@ -29,6 +31,7 @@ from saascore.models import (
     Document,
     Folder,
     OutboxEvent,
+    PaymentProvider,
     UsageLimits,
 )
 from saascore.workspace.documents import DocumentService, Registered
@@ -496,17 +499,22 @@ class TestBatches:
             await database.dispose()
 
     @only_postgresql
+    @pytest.mark.parametrize("holder", ["delete", "rename", "link"])
     @pytest.mark.parametrize("path", ["session", "statement", "batch"])
-    async def test_a_folder_being_deleted_makes_registrations_wait_not_deadlock(
-        self, scratch: Database, path: str, caplog: pytest.LogCaptureFixture
+    async def test_registrations_and_other_lockers_wait_rather_than_deadlock(
+        self, scratch: Database, path: str, holder: str, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A recursive delete locks the folder, then the gauge. Registrations into the folder
-        (and beside it) meanwhile wait for the folder before locking the gauge, so the
-        delete's second lock is granted at once rather than deadlocking: in a session, as
-        one statement, and as a batch."""
+        """Another transaction takes two of the rows a registration locks, one before the
+        registrations start and one after they wait: a recursive folder delete (the folder
+        FOR UPDATE, then the gauge), a folder's rename (the gauge, then the folder), a
+        provider's customer being linked (the organisation, then the gauge, as the Lemon
+        Squeezy intake does before granting credits). Registrations into the folder and
+        beside it, in a session, as one statement and as a batch, take theirs in an order
+        that lets the holder's second lock be granted: nobody deadlocks."""
         org_id = await new_org(scratch, 10_000)
         documents = DocumentService(scratch, group_commit=path == "batch")
-        folder = await documents.create_folder(org_id, "Going")
+        folder = await documents.create_folder(org_id, "Held")
+        core = Saascore(scratch.settings)
 
         async def register_by_path(size: int, **kwargs: object) -> Registered:
             if path != "session":
@@ -514,24 +522,38 @@ class TestBatches:
             async with scratch.transaction() as session:
                 return await register(documents, org_id, size, session=session, **kwargs)
 
-        async with scratch.engine.connect() as deleting:
-            await deleting.begin()
-            await deleting.execute(
-                sa.select(Folder.id).where(Folder.id == folder.id).with_for_update()
-            )
-            registering = asyncio.gather(
-                register_by_path(10, folder_id=folder.id),
-                register_by_path(20),
-                return_exceptions=True,
-            )
-            await asyncio.sleep(0.3)  # the registrations reach their locks
-            await deleting.execute(
-                sa.update(UsageLimits)
-                .where(UsageLimits.organization_id == org_id)
-                .values(storage_used_bytes=UsageLimits.storage_used_bytes)
-            )
-            await deleting.rollback()
-            outcomes = await registering
+        async def first(side: AsyncSession) -> None:
+            if holder == "delete":
+                await side.execute(
+                    sa.select(Folder.id).where(Folder.id == folder.id).with_for_update()
+                )
+            elif holder == "rename":
+                await usage_account(side, org_id)
+            else:
+                await core.provider_billing.link_customer(
+                    org_id, PaymentProvider.STRIPE, f"cus_{uuid.uuid4().hex}", session=side
+                )
+
+        async def second(side: AsyncSession) -> None:
+            if holder == "rename":
+                await documents.update_folder(org_id, folder.id, name="Renamed", session=side)
+            else:
+                await usage_account(side, org_id)
+
+        try:
+            async with scratch.session() as side:
+                await first(side)
+                registering = asyncio.gather(
+                    register_by_path(10, folder_id=folder.id),
+                    register_by_path(20),
+                    return_exceptions=True,
+                )
+                await asyncio.sleep(0.3)  # the registrations reach their locks
+                await second(side)
+                await side.rollback()
+                outcomes = await registering
+        finally:
+            await core.close()
         assert [o.created for o in outcomes] == [True, True]  # type: ignore[union-attr]
         assert await gauge(scratch, org_id) == (30, 30)
         # Nor was a batch undone by a deadlock and done again one by one.

@@ -333,18 +333,11 @@ class LLMClient:
             "feature": feature,
             "request_id": call_id,
         }
-        actual = completion.input_tokens + completion.output_tokens
-        event_id: uuid.UUID | None = None
-        cost = 0
-        try:
-            recorded = await self.usage.settle(reservation.id, actual, org_id=org_id, **fields)
-            event_id, cost = recorded.event_id, recorded.cost_micros
-        except LimitExceeded:
-            # Spent past the limit that the estimate kept to: record it all the same.
-            await self._release(org_id, reservation.id)
-            logged = await self.usage.log_token_usage(org_id=org_id, idempotency_key=key, **fields)
-            if logged is not None:
-                event_id, cost = logged.event_id, logged.cost_micros
+        # Shielded: the tokens are spent, and are recorded even if the caller goes away now
+        # (a cancelled call's usage event would otherwise be dropped from its queue).
+        event_id, cost = await asyncio.shield(
+            self._account(org_id, reservation.id, key, completion, fields)
+        )
         return ChatResult(
             call_id=call_id,
             model=model,
@@ -356,6 +349,25 @@ class LLMClient:
             cost_micros=cost,
             event_id=event_id,
         )
+
+    async def _account(
+        self,
+        org_id: uuid.UUID,
+        reservation_id: uuid.UUID,
+        key: str,
+        completion: Completion,
+        fields: dict[str, Any],
+    ) -> tuple[uuid.UUID | None, int]:
+        """Settle the reservation with what the call spent (its usage event's id and cost)."""
+        actual = completion.input_tokens + completion.output_tokens
+        try:
+            recorded = await self.usage.settle(reservation_id, actual, org_id=org_id, **fields)
+        except LimitExceeded:
+            # Spent past the limit that the estimate kept to: record it all the same.
+            await self._release(org_id, reservation_id)
+            logged = await self.usage.log_token_usage(org_id=org_id, idempotency_key=key, **fields)
+            return (logged.event_id, logged.cost_micros) if logged is not None else (None, 0)
+        return recorded.event_id, recorded.cost_micros
 
     async def _release(self, org_id: uuid.UUID, reservation_id: uuid.UUID) -> None:
         try:

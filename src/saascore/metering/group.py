@@ -23,7 +23,7 @@ batches changes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from saascore.kit.db import is_timeout
@@ -119,19 +119,29 @@ class GroupCommit(Generic[Item, Result]):
 
 
 async def one_by_one(
-    items: Sequence[Item], run: Callable[[Item], Awaitable[Result]]
+    items: Sequence[Item],
+    run: Callable[[Item], Awaitable[Result]],
+    key: Callable[[Item], Hashable],
 ) -> list[Result | Exception]:
     """`run` each of `items` in turn, as a failed batch's fallback: each answered by its own
     result or error. Once the database is lost (`DatabaseUnavailable`, but for a statement it
     gave up on: `is_timeout`), the item that met it and those not yet run are answered with
-    that error; those before keep their answers, which may have committed."""
+    that error; those before keep their answers, which may have committed. A statement that
+    timed out answers the later items of the same `key` (their organisation, whose rows are
+    held) with its error, untried: the fallback waits at most one timeout per such key."""
     answers: list[Result | Exception] = []
+    stuck: dict[Hashable, DatabaseUnavailable] = {}
     for item in items:
+        held = stuck.get(key(item))
+        if held is not None:
+            answers.append(held)
+            continue
         try:
             answers.append(await run(item))
         except DatabaseUnavailable as error:
             if not is_timeout(error):
                 return answers + [error] * (len(items) - len(answers))
+            stuck[key(item)] = error
             answers.append(error)
         except Exception as error:
             answers.append(error)

@@ -559,7 +559,8 @@ class UsageService:
                 logger.exception(
                     "a batch of %d usage events failed: recording them one by one", len(items)
                 )
-        return await one_by_one(items, self._record_one)
+        locked()  # the next batch need not wait for this one's items, each on its own now
+        return await one_by_one(items, self._record_one, key=lambda item: item.org_id)
 
     async def _cached_meter(self, code: str) -> MeterInfo:
         """The meter from the cache, refreshed (in a read session of its own) when stale."""

@@ -1,25 +1,26 @@
 """Folders and documents, with the organisation's storage gauge kept exact.
 
-A document is metadata: the bytes live in object storage at its `storage_uri`. Registering
-one adds its size to metering's gauge (`usage_limits.storage_used_bytes`) in the same
-transaction as its row, by metering's conditional UPDATE (`gauge.storage_change`), which
-refuses to pass a hard limit, so racing registrations never exceed it together. The row goes
-first (`INSERT ... ON CONFLICT DO NOTHING` on a unique index of the content hash in its
-folder: identical content is answered with the document already there, and of two racing
-registrations of it one inserts and the other waits and finds it), the gauge second, just
-before the events: the organisation's gauge row stays locked for the shortest time. On
-PostgreSQL both are one statement and one round trip (the UPDATE runs only if the INSERT made
-a row, and resolves the limit itself); when it does not count the size,
-`UsageService.update_storage_used` tries again and says why (and is what SQLite runs). A
-refusal removes the row again, so a caller's session is left as it was. A registration in a
-transaction of its own (no session given) on PostgreSQL, when the event bus's only
-in-transaction work is the audit entry, is a single statement, event and all
-(`workspace.postgres.REGISTER`); registrations that arrive together share a transaction of
-two statements (group commit, `workspace.postgres.CLAIM` and `WRITE`), decided in arrival
-order and each answered after the commit. What either cannot finish it leaves to a session, as
-above, having written nothing of it. A registration into a folder first locks the folder
-against deletion (`FOR KEY SHARE`). Deleting subtracts what the row says it added, taken from
-the deleted row itself (`DELETE ... RETURNING`), so two racing deletions free the bytes once.
+A document is metadata: the bytes live in object storage at its `storage_uri`. Registering one
+adds its size to metering's gauge (`usage_limits.storage_used_bytes`) in the same transaction as
+its row, by metering's conditional UPDATE (`gauge.storage_change`), which refuses to pass a hard
+limit, so racing registrations never exceed it together. The row goes first (`INSERT ... ON
+CONFLICT DO NOTHING` on a unique index of the content hash in its folder: identical content is
+answered with the document already there, and of two racing registrations of it one inserts and
+the other waits and finds it), the gauge second, just before the events: the organisation's
+gauge row stays locked for the shortest time. On PostgreSQL both are one statement and one round
+trip (the UPDATE runs only if the INSERT made a row, and resolves the limit itself); when it
+does not count the size, `UsageService.update_storage_used` tries again and says why (and is
+what SQLite runs). A refusal removes the row again, so a caller's session is left as it was. A
+registration in a transaction of its own (no session given) on PostgreSQL, when the event bus's
+only in-transaction work is the audit entry, is a single statement, event and all
+(`workspace.postgres.REGISTER`); registrations that arrive together share a transaction of two
+statements (group commit, `workspace.postgres.CLAIM` and `WRITE`), decided in arrival order and
+each answered after the commit. What either cannot finish it leaves to a session, as above,
+having written nothing of it. A registration first locks its organisation and its folder (`FOR
+KEY SHARE`, what the document's foreign keys would lock last), so that nothing locking them
+against that and then the gauge deadlocks with it. Deleting subtracts what the row says it
+added, taken from the deleted row itself (`DELETE ... RETURNING`), so two racing deletions free
+the bytes once.
 
 Folders nest. Names are unique among siblings and compared exactly as given (after trimming
 spaces, in Unicode's composed form NFC): "Reports" and "reports" are two folders, "Café" typed
@@ -437,6 +438,13 @@ class DocumentService:
             if registered is not None:
                 return registered
         async with self.database.scope(session) as s:
+            # The organisation and the folder first, as every registration locks them (see
+            # `workspace.postgres`): their documents' foreign keys would lock them last.
+            await s.execute(
+                sa.select(Organization.id)
+                .where(Organization.id == org_id)
+                .with_for_update(read=True, key_share=True)
+            )
             if folder_id is not None:
                 await self._folder(s, org_id, folder_id, share=True)
             values["created_at"] = values["updated_at"] = self.clock()
@@ -545,8 +553,11 @@ class DocumentService:
                 log.warning("a batch of %d registrations timed out: one by one now", len(items))
             except Exception:
                 log.exception("a batch of %d registrations failed: one by one now", len(items))
+        locked()  # the next batch need not wait for this one's items, each on its own now
         return await one_by_one(
-            items, lambda item: self._register_in_one_statement(item.values, item.actor)
+            items,
+            lambda item: self._register_in_one_statement(item.values, item.actor),
+            key=lambda item: item.values["organization_id"],
         )
 
     async def _register_batch(
@@ -735,13 +746,14 @@ class DocumentService:
         lock: bool = False,
         share: bool = False,
     ) -> Folder:
-        """The organisation's folder (`FolderNotFound`), locked with `lock`, or with `share`
-        kept from being deleted until the transaction ends (`FOR KEY SHARE`, which is what
-        its documents' foreign key takes: taken first, a registration cannot be caught
-        between a recursive delete's lock on the folder and its lock on the gauge)."""
+        """The organisation's folder (`FolderNotFound`), locked with `lock` for a change of
+        it (`FOR NO KEY UPDATE`: a registration into it goes on), or with `share` kept from
+        being deleted until the transaction ends (`FOR KEY SHARE`, which is what its
+        documents' foreign key takes: taken first, a registration cannot be caught between a
+        recursive delete's lock on the folder and its lock on the gauge)."""
         query = sa.select(Folder).where(Folder.organization_id == org_id, Folder.id == folder_id)
         if lock:
-            query = query.with_for_update()
+            query = query.with_for_update(key_share=True)
         elif share:
             query = query.with_for_update(read=True, key_share=True)
         folder = (await s.scalars(query)).one_or_none()

@@ -4,11 +4,12 @@ batch of registrations in two.
 `REGISTER` does what `DocumentService.register` does in a session, in one statement and one
 round trip, in a transaction of its own (autocommit), on the driver's connection:
 
-1. `folder` locks the document's folder, if it names one, against deletion (`FOR KEY SHARE`,
-   the lock its foreign key takes, but first);
-2. `added` inserts the document if its folder is there (`ON CONFLICT DO NOTHING` on the
-   unique index of its content in its folder: no row for content already there, or for a
-   folder that is not, which the caller then tells apart in a session);
+1. `owner` and `folder` lock the organisation and the document's folder, if it names one,
+   against deletion and changes of their keys (`FOR KEY SHARE`, the locks the document's
+   foreign keys take, but first);
+2. `added` inserts the document if its organisation and folder are there (`ON CONFLICT DO
+   NOTHING` on the unique index of its content in its folder: no row for content already there,
+   or for a folder that is not, which the caller then tells apart in a session);
 3. `counted` adds its size to the organisation's storage gauge by metering's conditional
    UPDATE (`gauge.storage_increment_sql`, the limit resolved inside it), only if it was
    inserted;
@@ -22,19 +23,21 @@ round trip, in a transaction of its own (autocommit), on the driver's connection
    says why (a refusal of the limit, read from the gauge), or registers in a session
    instead, which makes what is missing.
 
-Every registration locks in one order, the session's too: the folder, the document's index
-entries, the gauge's row, the chain's head. A recursive folder delete locks the folder and
-then the gauge, so it and a registration into the folder wait for each other, never deadlock.
+Every registration locks in one order, the session's too: the organisation and the folder
+(`FOR KEY SHARE`), the document's index entries, the gauge's row, the chain's head. So
+whoever locks one of the first two against that (a recursive folder delete locks the folder,
+then the gauge; a provider's customer being linked changes a key of the organisation, then
+grants credits on the gauge) and a registration wait for each other, never deadlock.
 
-Registrations that arrive together are written as a batch (`DocumentService`'s group commit),
-in one transaction of two statements, locking in the same order: `CLAIM` locks the batch's
-folders and inserts its documents (in one order, so that two batches of the same content wait
-rather than deadlock), then locks and reads the gauges and chain heads of their organisations
-(in organisation order, each gauge before its head); the caller decides each registration in
-arrival order against them; `WRITE` removes the documents it refused, adds the others' sizes
-to the gauges and appends their entries and outbox rows (`CHAINED_SQL`). A registration whose
-document did not go in (content already there, a folder that is not) is left to a session,
-which says which.
+Registrations that arrive together are written as a batch (`DocumentService`'s group commit), in
+one transaction of two statements, locking in the same order: `CLAIM` locks the batch's
+organisations and folders and inserts its documents (in one order, so that two batches of the
+same content wait rather than deadlock), then locks and reads the gauges and chain heads of
+their organisations (in organisation order, each gauge before its head); the caller decides each
+registration in arrival order against them; `WRITE` removes the documents it refused, adds the
+others' sizes to the gauges and appends their entries and outbox rows (`CHAINED_SQL`). A
+registration whose document did not go in (content already there, a folder that is not) is left
+to a session, which says which.
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ _VALUES: Final = ", ".join(
 REGISTER: Final = sa.text(
     f"""\
 WITH RECURSIVE
+owner AS MATERIALIZED (
+  SELECT FROM organizations WHERE id = CAST(:doc_organization_id AS uuid) FOR KEY SHARE
+),
 folder AS MATERIALIZED (
   SELECT FROM folders
   WHERE organization_id = CAST(:doc_organization_id AS uuid)
@@ -111,7 +117,8 @@ folder AS MATERIALIZED (
 added AS (
   INSERT INTO documents ({", ".join(INSERTED)}, updated_at)
   SELECT {_VALUES}, CAST(:doc_created_at AS timestamptz)
-  WHERE CAST(:doc_folder_id AS uuid) IS NULL OR EXISTS (SELECT FROM folder)
+  WHERE EXISTS (SELECT FROM owner)
+    AND (CAST(:doc_folder_id AS uuid) IS NULL OR EXISTS (SELECT FROM folder))
   ON CONFLICT DO NOTHING
   RETURNING id
 ),
@@ -176,14 +183,21 @@ async def run_register(
 
 _SELECTED: Final = ", ".join(_stored(f"d.{name}", name) for name in INSERTED)
 
-#: A batch's first statement: its documents inserted (`ON CONFLICT DO NOTHING`, as
-#: `REGISTER`), then, once they all are (the aggregate reads every one first), the gauges and
-#: chain heads of their organisations locked, in organisation order: each organisation's
-#: total, hard storage limit (NULL: none), head, and which of its documents went in. An
-#: organisation with no `usage_limits` row or no chain head yet has no row.
+#: A batch's first statement: its organisations and folders locked as `REGISTER` locks them, its
+#: documents inserted (`ON CONFLICT DO NOTHING`, as `REGISTER`), then, once they all are (the
+#: aggregate reads every one first), the gauges and chain heads of their organisations locked,
+#: in organisation order: each organisation's total, hard storage limit (NULL: none), head, and
+#: which of its documents went in. An organisation with no `usage_limits` row or no chain head
+#: yet has no row.
 CLAIM: Final = sa.text(
     f"""\
-WITH folder AS MATERIALIZED (
+WITH owners AS MATERIALIZED (
+  SELECT id FROM organizations
+  WHERE id = ANY (CAST(:owner_id AS uuid[]))
+  ORDER BY id
+  FOR KEY SHARE
+),
+folder AS MATERIALIZED (
   SELECT f.organization_id, f.id
   FROM folders AS f
   JOIN unnest(CAST(:folder_organization_id AS uuid[]), CAST(:folder_id AS uuid[]))
@@ -197,10 +211,11 @@ added AS (
   FROM unnest(
   {", ".join(f"CAST(:doc_{name} AS {type_}[])" for name, type_ in INSERTED.items())}
   ) AS d ({", ".join(INSERTED)})
-  WHERE d.folder_id IS NULL OR EXISTS (
-    SELECT FROM folder WHERE folder.organization_id = d.organization_id
-      AND folder.id = d.folder_id
-  )
+  WHERE d.organization_id = ANY (ARRAY(SELECT id FROM owners))
+    AND (d.folder_id IS NULL OR EXISTS (
+      SELECT FROM folder WHERE folder.organization_id = d.organization_id
+        AND folder.id = d.folder_id
+    ))
   ON CONFLICT DO NOTHING
   RETURNING organization_id, id
 ),
@@ -276,6 +291,7 @@ async def claim(
     }
     parameters["doc_metadata"] = [json.dumps(metadata) for metadata in parameters["doc_metadata"]]
     folders = sorted({(v["organization_id"], v["folder_id"]) for v in ordered if v["folder_id"]})
+    parameters["owner_id"] = sorted({v["organization_id"] for v in ordered})
     parameters["folder_organization_id"] = [org_id for org_id, _ in folders]
     parameters["folder_id"] = [folder_id for _, folder_id in folders]
     rows = await connection.fetch(sql, *(parameters[name] for name in names))
