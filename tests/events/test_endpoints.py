@@ -279,6 +279,8 @@ class TestBadInput:
             ("https://93.184.215.14/hook#frag", "webhook_url_invalid"),
             ("not a url", "webhook_url_invalid"),
             ("https:///hook", "webhook_url_invalid"),
+            ("https://93.184.215.14/a\x85b", "webhook_url_invalid"),  # C1 control (NEL)
+            ("https://93.184.215.14/\u202egpj.exe", "webhook_url_invalid"),  # bidi override
             ("https://no-such-host.invalid/hook", "webhook_url_unresolvable"),
         ],
     )
