@@ -88,6 +88,13 @@ def test_an_organisation_named_in_bytes_that_are_not_utf8_is_not_found(
     assert result.stderr == "saascore: no organisation 'acme\\udcff'\n"
 
 
+def test_grant_refuses_a_description_in_bytes_that_are_not_utf8(org_cli: tuple[Cli, str]) -> None:
+    cli, _ = org_cli
+    refused = cli("credits", "grant", "acme", "5", "--description", "caf\udce9")
+    assert refused.returncode == 2
+    assert refused.stderr == "saascore: --description holds text that is not valid Unicode\n"
+
+
 def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str]) -> None:
     cli, org = org_cli
     path = events_file(cli.cwd, org, 3)
