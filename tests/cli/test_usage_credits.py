@@ -95,6 +95,21 @@ def test_grant_refuses_a_description_in_bytes_that_are_not_utf8(org_cli: tuple[C
     assert refused.stderr == "saascore: --description holds text that is not valid Unicode\n"
 
 
+def test_a_look_up_in_bytes_that_are_not_utf8_is_one_usage_error(
+    org_cli: tuple[Cli, str],
+) -> None:
+    # A look-up passes its text to the database: an unexpected UnicodeEncodeError on SQLite,
+    # a "database error" on PostgreSQL.
+    cli, org = org_cli
+    for args in (
+        ("usage", "report", "--org", org, "--metric", "caf\udce9"),
+        ("audit", "list", "--org", org, "--action", "caf\udce9"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 2
+        assert result.stderr == "saascore: an argument holds bytes that are not UTF-8 text\n"
+
+
 def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str]) -> None:
     cli, org = org_cli
     path = events_file(cli.cwd, org, 3)
