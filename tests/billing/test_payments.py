@@ -26,7 +26,12 @@ from saascore.billing.errors import (
     RefundExceedsPayment,
 )
 from saascore.billing.invoices import InvoiceService, LineItem, LineKind
-from saascore.billing.payments import PaymentService, method_name, parse_method
+from saascore.billing.payments import (
+    MAX_KEY_LENGTH,
+    PaymentService,
+    method_name,
+    parse_method,
+)
 from saascore.billing.subscriptions import SubscriptionService
 from saascore.config import Settings
 from saascore.credits.service import CreditService
@@ -591,6 +596,22 @@ class TestRefundedPacks:
         assert await billing.credits.balance(org, session=billing.session) == before
         refunded = [e for e in await billing.outbox(org) if e.type == "payment.refunded"]
         assert [e.body["data"]["credits_reversed"] for e in refunded] == [250, 750]
+
+    async def test_a_refund_key_of_the_longest_length_takes_the_credits_back(
+        self, billing: Billing
+    ) -> None:
+        # The ledger's key is made of the payment's id and the refund's key: with a key of
+        # 255 characters it outgrew its column (a database error on PostgreSQL).
+        org = await billing.org()
+        before = await billing.credits.balance(org, session=billing.session)
+        invoice = await billing.invoice(org, pack(1_000, amount=4_000))
+        paid = await billing.payments.record(
+            org, invoice.id, 4_000, "card", session=billing.session
+        )
+        key = "k" * MAX_KEY_LENGTH
+        for _ in range(2):  # a retry takes nothing more
+            await billing.payments.refund(org, paid.id, 2_000, key=key, session=billing.session)
+            assert await billing.credits.balance(org, session=billing.session) == before + 500
 
     async def test_spent_credits_are_not_taken_below_zero(self, billing: Billing) -> None:
         org = await billing.org()

@@ -55,6 +55,61 @@ def test_import_is_idempotent_and_reports_each_line(org_cli: tuple[Cli, str]) ->
     assert row[:4] == ["api_calls", "5", "call", "5"]  # quantity 5 from 5 events, counted once
 
 
+def test_import_counts_a_line_nested_too_deep_as_invalid(org_cli: tuple[Cli, str]) -> None:
+    # Python's JSON parser raised RecursionError, which ended the whole import as an
+    # "unexpected error" with the lines before it unrecorded.
+    cli, org = org_cli
+    path = events_file(cli.cwd, org, 2, "[" * 100_000 + "]" * 100_000)
+    result = cli("usage", "import", str(path))
+    assert result.returncode == 1
+    assert result.stdout.strip() == "2 accepted, 0 already applied, 0 refused, 1 invalid"
+    assert result.stderr.strip() == "line 3: not JSON: it nests too deeply"
+
+
+def test_grant_refuses_a_key_the_ledger_cannot_hold(org_cli: tuple[Cli, str]) -> None:
+    # A long key was a database error on PostgreSQL and stored as given on SQLite.
+    cli, _ = org_cli
+    before = json.loads(cli("credits", "balance", "acme", "--json").ok().stdout)
+    for key in ("", "k" * 256):
+        refused = cli("credits", "grant", "acme", "5", "--key", key)
+        assert refused.returncode == 2
+        assert refused.stderr == "saascore: an idempotency key is text of 1 to 255 characters\n"
+    assert json.loads(cli("credits", "balance", "acme", "--json").ok().stdout) == before
+
+
+def test_an_organisation_named_in_bytes_that_are_not_utf8_is_not_found(
+    org_cli: tuple[Cli, str],
+) -> None:
+    # Python hands such bytes on as half surrogate pairs, which went to the database: an
+    # unexpected error on SQLite, a database error on PostgreSQL.
+    cli, _ = org_cli
+    result = cli("credits", "balance", "acme\udcff")
+    assert result.returncode == 1
+    assert result.stderr == "saascore: no organisation 'acme\\udcff'\n"
+
+
+def test_grant_refuses_a_description_in_bytes_that_are_not_utf8(org_cli: tuple[Cli, str]) -> None:
+    cli, _ = org_cli
+    refused = cli("credits", "grant", "acme", "5", "--description", "caf\udce9")
+    assert refused.returncode == 2
+    assert refused.stderr == "saascore: --description holds text that is not valid Unicode\n"
+
+
+def test_a_look_up_in_bytes_that_are_not_utf8_is_one_usage_error(
+    org_cli: tuple[Cli, str],
+) -> None:
+    # A look-up passes its text to the database: an unexpected UnicodeEncodeError on SQLite,
+    # a "database error" on PostgreSQL.
+    cli, org = org_cli
+    for args in (
+        ("usage", "report", "--org", org, "--metric", "caf\udce9"),
+        ("audit", "list", "--org", org, "--action", "caf\udce9"),
+    ):
+        result = cli(*args)
+        assert result.returncode == 2
+        assert result.stderr == "saascore: an argument holds bytes that are not UTF-8 text\n"
+
+
 def test_import_resumes_after_the_last_committed_batch(org_cli: tuple[Cli, str]) -> None:
     cli, org = org_cli
     path = events_file(cli.cwd, org, 3)

@@ -402,6 +402,59 @@ class TestIdempotency:
             )
         assert await credits.balance(org.id, session=session) == 20
 
+    @pytest.mark.parametrize(
+        ("operation", "field", "value"),
+        [
+            ("grant", "idempotency_key", ""),
+            ("grant", "idempotency_key", "k" * 256),
+            ("grant", "idempotency_key", "tab\tkey"),
+            ("consume", "idempotency_key", "k" * 256),
+            ("consume", "reference", "r" * 256),
+            ("adjust", "idempotency_key", "k" * 256),
+            ("refund", "idempotency_key", "k" * 256),
+        ],
+    )
+    async def test_a_key_the_ledger_cannot_hold_is_refused_and_writes_nothing(
+        self,
+        credits: CreditService,
+        session: AsyncSession,
+        org: Organization,
+        operation: str,
+        field: str,
+        value: str,
+    ) -> None:
+        # The API's schemas bound these; the CLI and library callers reach the service
+        # directly, where PostgreSQL refused a long key with a database error and SQLite
+        # stored it.
+        granted = await credits.grant(org.id, 100, session=session)
+        consumed = await credits.consume(org.id, 10, session=session)
+        before = await row_counts(session, org.id)
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "grant": lambda: credits.grant(org.id, 5, session=session, **{field: value}),
+            "consume": lambda: credits.consume(org.id, 5, session=session, **{field: value}),
+            "adjust": lambda: credits.adjust(
+                org.id, 5, reason="fix", session=session, **{field: value}
+            ),
+            "refund": lambda: credits.refund(
+                org.id, consumed.id, session=session, **{field: value}
+            ),
+        }
+
+        with pytest.raises(InvalidInput) as info:
+            await calls[operation]()
+
+        assert info.value.details.get("field") == field
+        assert await row_counts(session, org.id) == before
+        assert await credits.balance(org.id, session=session) == granted.amount - 10
+
+    async def test_a_key_of_the_longest_length_is_taken(
+        self, credits: CreditService, session: AsyncSession, org: Organization
+    ) -> None:
+        key = "k" * 255
+        first = await credits.grant(org.id, 5, idempotency_key=key, session=session)
+        again = await credits.grant(org.id, 5, idempotency_key=key, session=session)
+        assert (again.id, await credits.balance(org.id, session=session)) == (first.id, 5)
+
 
 class TestAdjust:
     async def test_a_positive_adjustment_is_a_new_manual_grant(

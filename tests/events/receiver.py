@@ -3,7 +3,8 @@
 A raw ASGI app served by uvicorn on 127.0.0.1 (a free port), which verifies every request with
 `standardwebhooks.Webhook(secret).verify(body, headers)` against each secret it knows, and
 records what came: the `webhook-id`, the event type, which secrets verified. Tell it how to
-answer with `mode`: "ok" (204), "fail" (500) or "hang" (hold the request until `release()`).
+answer with `mode`: "ok" (204), "fail" (500 with `fail_body`) or "hang" (hold the request until
+`release()`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Receiver:
     #: Requests that failed verification with every secret (should stay empty).
     rejected: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
+    #: The body of a "fail" answer.
+    fail_body: bytes = b"receiver says no"
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     _release: asyncio.Event = field(default_factory=asyncio.Event)
     _waiters: list[tuple[Callable[[], bool], asyncio.Event]] = field(default_factory=list)
@@ -121,7 +124,7 @@ class Receiver:
             await self._release.wait()
             await _answer(send, 204)
         elif self.mode == "fail":
-            await _answer(send, 500, b"receiver says no")
+            await _answer(send, 500, self.fail_body)
         else:
             await _answer(send, 204)
 

@@ -330,6 +330,22 @@ class TestRetries:
         ids = set(world.receiver.ids())
         assert len(ids) == 1  # one webhook-id on every retry
 
+    async def test_a_nul_in_the_receivers_answer_is_recorded_as_a_replacement(
+        self, world: World
+    ) -> None:
+        # The receiver's answer is kept on the attempt; PostgreSQL cannot store a NUL, so one
+        # in the body made the whole batch's record fail: every attempt of every organisation
+        # claimed with it went unrecorded and was sent again when its lease lapsed.
+        world.receiver.mode = "fail"
+        world.receiver.fail_body = b"no\x00pe \xff"
+        await world.endpoint()
+        await world.grant()
+        await world.dispatcher().run_once()
+        (attempt,) = await world.attempts()
+        assert (attempt.status_code, attempt.response_body) == (500, "no\ufffdpe \ufffd")
+        (delivery,) = await world.deliveries()
+        assert (delivery.status, delivery.attempts) == (DeliveryStatus.PENDING, 1)
+
     async def test_a_receiver_that_times_out_is_retried(self, world: World) -> None:
         world.receiver.mode = "hang"
         await world.endpoint()

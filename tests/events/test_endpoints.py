@@ -7,6 +7,7 @@ The dispatcher is off in these apps: deliveries are written here as the dispatch
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from standardwebhooks import Webhook
 from saascore import Saascore
 from saascore.config import Settings
 from saascore.events.catalog import PUBLIC_EVENTS
+from saascore.events.service import MAX_ENDPOINTS
 from saascore.kit.db import Database
 from saascore.kit.time import utcnow
 from saascore.models import (
@@ -279,6 +281,8 @@ class TestBadInput:
             ("https://93.184.215.14/hook#frag", "webhook_url_invalid"),
             ("not a url", "webhook_url_invalid"),
             ("https:///hook", "webhook_url_invalid"),
+            ("https://93.184.215.14/a\x85b", "webhook_url_invalid"),  # C1 control (NEL)
+            ("https://93.184.215.14/\u202egpj.exe", "webhook_url_invalid"),  # bidi override
             ("https://no-such-host.invalid/hook", "webhook_url_unresolvable"),
         ],
     )
@@ -290,6 +294,40 @@ class TestBadInput:
         assert response.status_code == 422, response.text
         assert response.json()["error"]["code"] == code
         assert await snapshot(world.database, tenant.organization_id) == before
+
+    async def test_an_organisation_has_at_most_max_endpoints(
+        self, world: World, tenant: TestTenant
+    ) -> None:
+        # Each event goes out once per endpoint, from a dispatcher every organisation shares:
+        # endpoints without number would let one organisation multiply its events at will.
+        other = await new_tenant(world)
+        made = [await create(world, tenant) for _ in range(MAX_ENDPOINTS)]
+        before = await snapshot(world.database, tenant.organization_id)
+
+        response = await world.client.post(BASE, json={"url": PUBLIC_URL}, headers=tenant.headers)
+
+        assert response.status_code == 409, response.text
+        error = response.json()["error"]
+        assert error["code"] == "too_many_webhook_endpoints"
+        assert error["details"] == {"endpoints": MAX_ENDPOINTS, "limit": MAX_ENDPOINTS}
+        assert await snapshot(world.database, tenant.organization_id) == before
+        await create(world, other)  # another organisation's count is its own
+        deleted = await world.client.delete(f"{BASE}/{made[0]['id']}", headers=tenant.headers)
+        assert deleted.status_code == 204
+        await create(world, tenant)
+
+    async def test_racing_creations_never_pass_max_endpoints(
+        self, world: World, tenant: TestTenant
+    ) -> None:
+        responses = await asyncio.gather(
+            *(
+                world.client.post(BASE, json={"url": PUBLIC_URL}, headers=tenant.headers)
+                for _ in range(MAX_ENDPOINTS + 5)
+            )
+        )
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [201] * MAX_ENDPOINTS + [409] * 5, [r.text for r in responses]
+        assert len(await endpoint_rows(world.database, tenant.organization_id)) == MAX_ENDPOINTS
 
     @pytest.mark.parametrize(
         "event_types",

@@ -143,6 +143,31 @@ class TestTheLibrary:
         assert await escapes_stored(session) == 0
         assert (await core.orgs.get(org.id, session=session)).status.value == "active"
 
+    async def test_half_a_surrogate_pair(self, database: Database, session: AsyncSession) -> None:
+        # What Python makes of bytes that are not UTF-8 on a command line: `saascore credits
+        # grant ... --description` with them was an unexpected error on SQLite and a database
+        # error on PostgreSQL.
+        core = Saascore(database.settings, database=database)
+        await core.plans.load_catalog(read_catalog(), session=session)
+        org = await core.orgs.create(name="Clean", plan="pro", session=session)
+        half = "caf\udce9"
+        balance = await core.credits.balance(org.id, session=session)
+        calls: list[tuple[str, Any]] = [
+            ("name", core.orgs.create(name=half, session=session)),
+            ("name", core.api_keys.create(org.id, name=half, scopes=[], session=session)),
+            ("description", core.credits.grant(org.id, 5, description=half, session=session)),
+            (
+                "idempotency_key",
+                core.credits.grant(org.id, 5, idempotency_key=half, session=session),
+            ),
+            ("reason", core.credits.adjust(org.id, 5, reason=half, session=session)),
+        ]
+        for field, call in calls:
+            with pytest.raises(InvalidCharacter) as info:
+                await call
+            assert info.value.details["field"].endswith(field), (field, info.value)
+        assert await core.credits.balance(org.id, session=session) == balance
+
     async def test_a_multi_line_plan_description_is_kept(
         self, database: Database, session: AsyncSession
     ) -> None:

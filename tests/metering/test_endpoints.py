@@ -744,6 +744,9 @@ class TestAdminLimitOverrides:
         base = f"/v1/admin/organizations/{org_id}/limits"
         for method, path, body, status, code in (
             ("PUT", f"{base}/no_such_meter", {"limit": 5}, 422, "unknown_metric"),
+            # Clearing answered 200 "unlimited" for a metric that does not exist.
+            ("DELETE", f"{base}/no_such_meter", None, 422, "unknown_metric"),
+            ("DELETE", f"{base}/%E2%80%AE", None, 422, "unknown_metric"),
             ("PUT", f"{base}/tokens", {"limit": -5}, 422, "validation_error"),
             ("PUT", f"{base}/tokens", {"limit": 5, "soft": True}, 422, "validation_error"),
             (

@@ -203,6 +203,22 @@ class TestFind:
         with pytest.raises(OrganizationNotFound):
             await orgs.get_by_external_id("store-11", session=session)
 
+    @pytest.mark.parametrize(
+        "reference",
+        ["store\x009", "store-\udcff", "\udced\udca0\udc80"],
+        ids=["nul", "half", "bytes"],
+    )
+    async def test_an_external_id_no_database_can_take_is_no_organisation(
+        self, orgs: OrganizationService, session: AsyncSession, reference: str
+    ) -> None:
+        # `saascore credits balance` with bytes that are not UTF-8 passed half surrogate
+        # pairs to the database: an unexpected error on SQLite, a database error on PostgreSQL.
+        await orgs.create(name="Ext", external_id="store-9", session=session)
+        for find in (orgs.get_by_external_id, orgs.resolve):
+            with pytest.raises(OrganizationNotFound):
+                await find(reference, session=session)
+        assert (await orgs.get_by_external_id("store-9", session=session)).name == "Ext"
+
     async def test_list_in_creation_order(
         self, orgs: OrganizationService, session: AsyncSession
     ) -> None:

@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -159,6 +160,17 @@ def _token(value: str | None, field: str) -> str | None:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_KEY_LENGTH:
         raise InvalidPayment(f"{field} is text of 1 to {MAX_KEY_LENGTH} characters", field=field)
     return checked_text(value, field=field)
+
+
+def _ledger_key(payment: Payment, nth: int, key: str | None) -> str:
+    """The credit ledger's key of a payment's `nth` refund: the refund's own key within it
+    while it fits the ledger's column (`MAX_KEY_LENGTH`), else that key's SHA-256, since a
+    refund's key may itself be as long as the column."""
+    readable = f"refund:{payment.id}:{nth}:{key or ''}"
+    if len(readable) <= MAX_KEY_LENGTH:
+        return readable
+    digest = hashlib.sha256((key or "").encode()).hexdigest()
+    return f"refund:{payment.id}:{nth}:sha256:{digest}"
 
 
 def _reason(value: str | None, field: str) -> str | None:
@@ -541,7 +553,7 @@ class PaymentService:
                 invoice.organization_id,
                 -taken,
                 reason=f"Credits of refunded invoice {invoice.number}",
-                idempotency_key=f"refund:{payment.id}:{nth}:{key or ''}",
+                idempotency_key=_ledger_key(payment, nth, key),
                 session=s,
             )
         granted.metadata_ = {**(granted.metadata_ or {}), _CREDITS_BACK: before + owed}

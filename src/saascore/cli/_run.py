@@ -79,6 +79,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 NO_SCHEMA = "the database has no saascore schema; run 'saascore db upgrade'"
+NOT_UTF8 = "an argument holds bytes that are not UTF-8 text"
 TRACEBACK_VARIABLE = "SAASCORE_TRACEBACK"
 PING_TIMEOUT = 10.0
 
@@ -153,6 +154,8 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
 
     if isinstance(exc, ConfigurationError):
         return str(exc), EXIT_USAGE
+    if _undecodable_argument(exc):
+        return NOT_UTF8, EXIT_USAGE
     if isinstance(exc, DatabaseUnavailable):
         return str(exc), EXIT_ERROR
     if isinstance(exc, InvalidInput) and not exc.stateful:
@@ -173,6 +176,21 @@ def explain(exc: BaseException) -> tuple[str, int] | None:
         # The runners ping first, so the connection worked: the statement itself failed.
         return f"database error: {exc.orig}", EXIT_ERROR
     return None
+
+
+def _undecodable_argument(exc: BaseException) -> bool:
+    """Whether `exc` comes of text that cannot be encoded as UTF-8 (raised by SQLite's driver,
+    or by asyncpg under its `DataError`): half a surrogate pair, which is what Python makes of
+    bytes on the command line that are not UTF-8. The services refuse such text where they
+    check names and notes; a look-up (a plan's code, an action to filter on) passes it on."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, UnicodeEncodeError) and cause.reason == "surrogates not allowed":
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def is_alembic_error(exc: BaseException) -> bool:

@@ -227,6 +227,10 @@ def _parse(line: int, raw: bytes, tally: _Tally) -> UsageEventIn | None:
         tally.invalid += 1
         tally.problems.append(f"line {line}: not JSON: {exc}")
         return None
+    except RecursionError:  # Python's parser gives up on arrays or objects nested too deep
+        tally.invalid += 1
+        tally.problems.append(f"line {line}: not JSON: it nests too deeply")
+        return None
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"]) or "event"

@@ -68,6 +68,9 @@ __all__ = [
 ]
 
 
+#: The longest idempotency key or reference: the columns' length, and the API's limit.
+_MAX_KEY = 255
+
 _DRAW_ORDER = (
     CreditGrant.priority.asc(),
     CreditGrant.expires_at.asc().nulls_last(),
@@ -199,6 +202,7 @@ class CreditService:
         transaction with `replayed` set and grants and emits nothing; the same key with
         different values raises `IdempotencyConflict`."""
         _positive(amount)
+        _key(idempotency_key)
         _texts(description=description)
         if expires_at is not None:
             checked_instant(expires_at, field="expires_at")
@@ -300,6 +304,9 @@ class CreditService:
         reference raises `IdempotencyConflict`.
         """
         _positive(amount)
+        _key(idempotency_key)
+        if reference is not None and len(reference) > _MAX_KEY:
+            raise InvalidInput(f"a reference has at most {_MAX_KEY} characters", field="reference")
         _texts(reference=reference, description=description)
         request = {"op": "consume", "amount": amount, "reference": reference}
         async with self.database.scope(session) as s:
@@ -337,6 +344,7 @@ class CreditService:
         negative one draws like a consumption (and cannot take the balance below zero)."""
         if amount == 0:
             raise InvalidInput("an adjustment needs a non-zero amount", field="amount")
+        _key(idempotency_key)
         _texts(reason=reason)
         request = {"op": "adjust", "amount": amount, "reason": reason}
         async with self.database.scope(session) as s:
@@ -393,6 +401,7 @@ class CreditService:
         """
         if amount is not None:
             _positive(amount)
+        _key(idempotency_key)
         _texts(description=description)
         request = {"op": "refund", "transaction_id": transaction_id, "amount": amount}
         async with self.database.scope(session) as s:
@@ -1198,6 +1207,19 @@ def _texts(**texts: str | None) -> None:
     for field, text in texts.items():
         if text is not None:
             checked_text(text, field=field)
+
+
+def _key(key: str | None) -> None:
+    """Refuse an idempotency key that is empty, longer than its column holds (PostgreSQL
+    would refuse it with a database error, SQLite would store it) or holds a control
+    character: the CLI and library callers pass keys that no schema has checked."""
+    if key is None:
+        return
+    if not 0 < len(key) <= _MAX_KEY:
+        raise InvalidInput(
+            f"an idempotency key is text of 1 to {_MAX_KEY} characters", field="idempotency_key"
+        )
+    checked_text(key, field="idempotency_key")
 
 
 def _positive(amount: int) -> None:

@@ -319,6 +319,13 @@ def _pinned_url(url: str, address: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
 
 
+def _storable(text: str) -> str:
+    """`text` with each NUL replaced by U+FFFD, as undecodable bytes already are: what a
+    receiver answers is kept on the attempt, and PostgreSQL cannot store a NUL (one would fail
+    the record of the whole batch, every organisation's attempts in it)."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -750,7 +757,7 @@ class Dispatcher:
             attempted_at=attempted_at,
             duration_ms=duration_ms,
             status_code=status_code,
-            error=error[:1000] if error else None,
+            error=_storable(error)[:1000] if error else None,
             response_body=response_body,
         )
 
@@ -785,7 +792,8 @@ class Dispatcher:
                     break
         finally:
             await response.aclose()
-        return response.status_code, bytes(read).decode("utf-8", "replace")[:RESPONSE_KEPT]
+        answer = _storable(bytes(read).decode("utf-8", "replace"))
+        return response.status_code, answer[:RESPONSE_KEPT]
 
     # --- 4. record --------------------------------------------------------------------------------
     async def _record(self, results: Sequence[_Result]) -> DispatchCounts:

@@ -20,6 +20,7 @@ from saascore.events.catalog import PUBLIC_EVENTS, WebhookTest
 from saascore.events.errors import (
     DeliveryInFlight,
     EndpointDisabled,
+    TooManyEndpoints,
     UnknownEventType,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
@@ -92,7 +93,7 @@ def create_webhooks_router() -> APIRouter:
         "",
         summary="Create a webhook endpoint",
         status_code=status.HTTP_201_CREATED,
-        responses=error_responses(*AUTH_ERRORS, PermissionDenied, *URL_ERRORS),
+        responses=error_responses(*AUTH_ERRORS, PermissionDenied, *URL_ERRORS, TooManyEndpoints),
     )
     async def create_webhook_endpoint(
         body: WebhookEndpointCreate,
@@ -102,7 +103,8 @@ def create_webhooks_router() -> APIRouter:
         origin: OriginDep,
     ) -> WebhookEndpointWithSecret:
         """Add an endpoint. The answer holds its signing secret: keep it, it is not shown
-        again (rotate it to get a new one)."""
+        again (rotate it to get a new one). An organisation has at most 20 endpoints (409
+        `too_many_webhook_endpoints` beyond)."""
         endpoint, secret = await core.webhooks.create(
             principal.tenant,
             url=body.url,

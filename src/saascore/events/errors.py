@@ -13,7 +13,8 @@ NotFound (404)
 └── WebhookDeliveryNotFound
 Conflict (409)
 ├── EndpointDisabled             `webhook_endpoint_disabled`: enable the endpoint first
-└── DeliveryInFlight             `webhook_delivery_in_flight`: a dispatcher is sending it now
+├── DeliveryInFlight             `webhook_delivery_in_flight`: a dispatcher is sending it now
+└── TooManyEndpoints             `too_many_webhook_endpoints`: the organisation has its maximum
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from saascore.kit.errors import Conflict, InvalidInput, NotFound
 __all__ = [
     "DeliveryInFlight",
     "EndpointDisabled",
+    "TooManyEndpoints",
     "UnknownEventType",
     "WebhookDeliveryNotFound",
     "WebhookEndpointNotFound",
@@ -99,3 +101,9 @@ class DeliveryInFlight(Conflict):
     """A dispatcher is sending this delivery right now."""
 
     code = "webhook_delivery_in_flight"
+
+
+class TooManyEndpoints(Conflict):
+    """The organisation has `MAX_ENDPOINTS` webhook endpoints: delete one to make another."""
+
+    code = "too_many_webhook_endpoints"

@@ -5,7 +5,8 @@ unchecked, that is a way to reach what only the platform can reach: the cloud me
 (169.254.169.254), the database, an admin port on loopback. So:
 
 - `check_url` refuses, without any network access, a URL that is not absolute HTTPS (http only
-  with `allow_private`), carries a user name or password, a fragment, no host, is longer than
+  with `allow_private`), holds a space or a control character (C0, C1 or a bidirectional
+  override), carries a user name or password, a fragment, no host, is longer than
   2048 characters, or names a non-public IP address (also in the legacy numeric forms such as
   `2130706433` or `0x7f.1`, which resolvers read as IPv4), and returns the URL normalized;
 - `resolve_public` resolves a host with the event loop's resolver and refuses it if ANY of its
@@ -33,6 +34,7 @@ from saascore.events.errors import (
     WebhookUrlUnresolvable,
     WebhookUrlUserinfo,
 )
+from saascore.kit.validation import control_character
 
 __all__ = [
     "MAX_URL_LENGTH",
@@ -134,7 +136,9 @@ def check_url(url: str, *, allow_private: bool) -> str:
         raise WebhookUrlTooLong(
             f"a webhook URL has at most {MAX_URL_LENGTH} characters", field="url"
         )
-    if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
+    # The C1 controls and the bidirectional overrides too (`control_character`): a URL shown
+    # in the portal and the audit log must read as what it is.
+    if " " in url or control_character(url) is not None:
         raise WebhookUrlInvalid("a webhook URL has no spaces or control characters", field="url")
     try:
         parts = urlsplit(url)

@@ -2,8 +2,9 @@
 
 The rules: a URL is checked by the SSRF guard (syntax, and every address its host resolves
 to) whenever it is set; an endpoint subscribes to public event types only (none named: all of
-them); the signing secret is shown once, when made or rotated, and a rotated secret keeps
-signing beside the new one for `ROTATION_OVERLAP`. Every change emits an event (so it is
+them); an organisation has at most `MAX_ENDPOINTS` endpoints; the signing secret is shown
+once, when made or rotated, and a rotated secret keeps signing beside the new one for
+`ROTATION_OVERLAP`. Every change emits an event (so it is
 audited); sending is the dispatcher's, which a test event or a retry wakes by committing.
 """
 
@@ -36,6 +37,7 @@ from saascore.events.catalog import (
 from saascore.events.errors import (
     DeliveryInFlight,
     EndpointDisabled,
+    TooManyEndpoints,
     UnknownEventType,
     WebhookDeliveryNotFound,
     WebhookEndpointNotFound,
@@ -46,10 +48,17 @@ from saascore.kit.db import Database
 from saascore.kit.errors import InvalidInput
 from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_text
-from saascore.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from saascore.models import (
+    DeliveryStatus,
+    Organization,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 
 __all__ = [
     "ADMIN_DISABLED",
+    "MAX_ENDPOINTS",
     "ROTATION_OVERLAP",
     "UNCHANGED",
     "DeliveryRecord",
@@ -59,6 +68,11 @@ __all__ = [
 
 #: How long a rotated secret keeps signing beside its successor.
 ROTATION_OVERLAP: Final = timedelta(hours=24)
+#: The endpoints an organisation may have. Every event goes out once per endpoint that wants
+#: it, from one dispatcher shared by every organisation: without a bound, one organisation's
+#: thousands of endpoints (all at one victim's URL, say) would multiply each of its events by
+#: thousands and hold up everyone else's deliveries.
+MAX_ENDPOINTS: Final = 20
 #: The `disabled_reason` of an endpoint an admin disabled.
 ADMIN_DISABLED: Final = "disabled by an admin"
 _SECRET_BYTES = 32
@@ -152,6 +166,23 @@ class WebhookService:
         checked = await self._check_url(url)
         secret = new_secret()
         async with self.database.scope(session) as s:
+            # The organisation's row lock serializes its creations: of two racing ones, the
+            # second counts the first's endpoint.
+            await s.execute(
+                sa.select(Organization.id).where(Organization.id == org_id).with_for_update()
+            )
+            count = await s.scalar(
+                sa.select(sa.func.count())
+                .select_from(WebhookEndpoint)
+                .where(WebhookEndpoint.organization_id == org_id)
+            )
+            if int(count or 0) >= MAX_ENDPOINTS:
+                raise TooManyEndpoints(
+                    f"an organisation has at most {MAX_ENDPOINTS} webhook endpoints: delete "
+                    "one to make another",
+                    endpoints=int(count or 0),
+                    limit=MAX_ENDPOINTS,
+                )
             now = self.clock()
             endpoint = WebhookEndpoint(
                 organization_id=org_id,

@@ -14,6 +14,7 @@ where it is used:
   the library) refuse control characters in the names and notes people choose: an
   organisation's name, a key's name, a grant's description. Printed on an operator's
   terminal, ESC starts an escape sequence that can recolour, move or rewrite what is shown.
+  They also refuse half a surrogate pair, which no database stores.
   A `Label` is one line and takes no C0 or C1 control character at all (nor DEL); a `Note`
   is free text that may run over lines, and takes line feeds and tabs only. Neither takes
   the bidirectional overrides and isolates (U+202A..U+202E, U+2066..U+2069): they reorder
@@ -172,7 +173,9 @@ def control_character(text: str, *, multiline: bool = False) -> str | None:
 def _character_problem(text: str, multiline: bool) -> str | None:
     character = control_character(text, multiline=multiline)
     if character is None:
-        return None
+        # Half a surrogate pair: what Python makes of bytes that are not UTF-8 on a command
+        # line. No database takes it (SQLite's driver cannot encode it, PostgreSQL refuses it).
+        return _text_problem(text) if not text.isascii() else None
     if _BIDI_CHARACTER.fullmatch(character):
         return (
             f"holds the bidirectional control character U+{ord(character):04X}, which can "

@@ -420,7 +420,7 @@ def create_limits_admin_router() -> APIRouter:
     @router.delete(
         "/organizations/{org_id}/limits/{metric}",
         summary="Clear a limit override",
-        responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound),
+        responses=error_responses(*OPERATOR_ERRORS, OrganizationNotFound, UnknownMetric),
     )
     async def clear_limit(
         org_id: uuid.UUID,

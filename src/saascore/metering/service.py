@@ -772,10 +772,14 @@ class UsageService:
         session: AsyncSession | None = None,
     ) -> Limit:
         """Drop the organisation's override: the plan's limit applies again. Emits
-        `limit.override_cleared` when there was one."""
+        `limit.override_cleared` when there was one. Without one, a metric that has no
+        (active) meter is `UnknownMetric`, as for `set_limit`; an override left on a meter
+        deactivated since is still dropped."""
         async with self.database.scope(session) as s:
             previous = await clear_override(s, org_id, metric, now=self.clock())
-            if previous is not None:
+            if previous is None:
+                await self._meter(s, metric)
+            else:
                 await self.events.emit(
                     s,
                     org_id,

@@ -343,6 +343,13 @@ class OrganizationService:
     async def get_by_external_id(
         self, external_id: str, *, session: AsyncSession | None = None
     ) -> Organization:
+        if "\x00" in external_id or not _is_unicode(external_id):
+            # No external id holds these (they are refused when stored), and the databases
+            # cannot take them as a parameter: a NUL or half a surrogate pair (bytes that are
+            # not UTF-8 on a command line) is simply no organisation.
+            raise OrganizationNotFound(
+                f"no organisation {external_id!r}", organization=ascii(external_id)
+            )
         return await self._one(Organization.external_id == external_id, session, external_id)
 
     async def resolve(self, reference: str, *, session: AsyncSession | None = None) -> Organization:
@@ -547,6 +554,15 @@ class OrganizationService:
         if organization is None:
             raise OrganizationNotFound(f"no organisation {key}", organization=key)
         return organization
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether `text` is valid Unicode (no half of a surrogate pair), as UTF-8 needs."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_not_deleted(organization: Organization) -> None:
