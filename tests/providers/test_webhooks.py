@@ -67,14 +67,7 @@ class TestOnce:
         self, admin: Admin, customer: TestTenant
     ) -> None:
         ids, org = Ids(), customer.organization_id
-        body = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "pro"),
-            org=org,
-        )
+        body = ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=org)
         first = await send(admin.client, body)
         assert first.status_code == 200, first.text
         assert (first.json()["outcome"], first.json()["duplicate"]) == ("processed", False)
@@ -98,14 +91,7 @@ class TestOnce:
     ) -> None:
         ids, org = Ids(), customer.organization_id
         price = await mock_price(admin.database, "pro")
-        created = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=price,
-            org=org,
-        )
+        created = ids.snapshot(1, price=price, org=org)
         assert (await send(admin.client, created)).status_code == 200
         paid = payment_event(
             unique("mock_evt"),
@@ -253,22 +239,8 @@ class TestOrder:
         self, admin: Admin, customer: TestTenant
     ) -> None:
         ids, org = Ids(), customer.organization_id
-        later = subscription_event(
-            unique("mock_evt"),
-            minute=5,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "business"),
-            org=org,
-        )
-        earlier = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "pro"),
-            org=org,
-        )
+        later = ids.snapshot(5, price=await mock_price(admin.database, "business"), org=org)
+        earlier = ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=org)
         assert (await send(admin.client, later)).json()["outcome"] == "processed"
         stale = await send(admin.client, earlier)
         assert stale.status_code == 200
@@ -288,14 +260,7 @@ class TestOrder:
         ids, org = Ids(), customer.organization_id
         await send(
             admin.client,
-            subscription_event(
-                unique("mock_evt"),
-                minute=1,
-                subscription=ids.subscription,
-                customer=ids.customer,
-                price=await mock_price(admin.database, "pro"),
-                org=org,
-            ),
+            ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=org),
         )
         paid = payment_event(
             unique("mock_evt"),
@@ -356,14 +321,7 @@ class TestOrder:
 
     async def test_unknown_organisation_is_stored_and_ignored(self, admin: Admin) -> None:
         ids, stranger = Ids(), uuid.uuid4()
-        body = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "pro"),
-            org=stranger,
-        )
+        body = ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=stranger)
         answer = await send(admin.client, body)
         assert answer.status_code == 200, answer.text
         assert answer.json()["outcome"] == "ignored"
@@ -377,14 +335,7 @@ class TestOrder:
         self, admin: Admin, customer: TestTenant
     ) -> None:
         ids, org = Ids(), customer.organization_id
-        priced = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "pro"),
-            org=org,
-        )
+        priced = ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=org)
         assert (await send(admin.client, priced)).json()["outcome"] == "processed"
         later = unique("mock_sub")
         for minute, subscription in enumerate((ids.subscription, later), start=2):
@@ -418,16 +369,7 @@ class TestOrder:
         mine = (await admin.client.get("/v1/subscription", headers=customer.headers)).json()
         assert mine["plan"] == "pro"
         # An end needs no price: it is applied.
-        ended = subscription_event(
-            unique("mock_evt"),
-            minute=9,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price="",
-            org=org,
-            status="canceled",
-            kind="subscription_ended",
-        )
+        ended = ids.snapshot(9, price="", org=org, status="canceled", kind="subscription_ended")
         ended["subscription"]["price_id"] = None
         answer = await send(admin.client, ended)
         assert (answer.status_code, answer.json()["outcome"]) == (200, "processed"), answer.text
@@ -464,14 +406,7 @@ class TestFailure:
 
         await send(
             admin.client,
-            subscription_event(
-                unique("mock_evt"),
-                minute=1,
-                subscription=ids.subscription,
-                customer=ids.customer,
-                price=await mock_price(admin.database, "pro"),
-                org=org,
-            ),
+            ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=org),
         )
         redelivered = await send(admin.client, paid)
         assert redelivered.status_code == 200, redelivered.text
@@ -495,13 +430,8 @@ class TestIsolation:
             "customer_id": ids.customer,
         }
         assert (await send(admin.client, checkout)).json()["outcome"] == "processed"
-        hostile = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "business"),
-            org=b.organization_id,
+        hostile = ids.snapshot(
+            1, price=await mock_price(admin.database, "business"), org=b.organization_id
         )
         answer = await send(admin.client, hostile)
         assert answer.status_code == 200
@@ -511,14 +441,7 @@ class TestIsolation:
         assert await subscriptions_of(admin.database, b.organization_id) == []
 
         # B's own customer cannot take A's subscription by its id either.
-        own = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price=await mock_price(admin.database, "pro"),
-            org=a.organization_id,
-        )
+        own = ids.snapshot(1, price=await mock_price(admin.database, "pro"), org=a.organization_id)
         assert (await send(admin.client, own)).json()["outcome"] == "processed"
         other = Ids()
         steal = subscription_event(
@@ -540,14 +463,7 @@ class TestIsolation:
         is then decides: here it became A's in between, so B's claim is refused."""
         a, b = await customer_of(admin), await customer_of(admin)
         ids = Ids()
-        claims_b = subscription_event(
-            unique("mock_evt"),
-            minute=1,
-            subscription=ids.subscription,
-            customer=ids.customer,
-            price="mock_price_of_nothing",
-            org=b.organization_id,
-        )
+        claims_b = ids.snapshot(1, price="mock_price_of_nothing", org=b.organization_id)
         failed = await send(admin.client, claims_b)
         assert failed.status_code == 500, failed.text
         checkout = {

@@ -23,13 +23,14 @@ batches changes.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 from saascore.kit.db import is_timeout
 from saascore.kit.errors import DatabaseUnavailable
 
-__all__ = ["GroupCommit", "one_by_one"]
+__all__ = ["GroupCommit", "GroupCommits", "one_by_one"]
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -116,6 +117,27 @@ class GroupCommit(Generic[Item, Result]):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
+
+
+class GroupCommits(Generic[Item, Result]):
+    """A service's group commit, one per event loop (a queue's futures and task belong to
+    the loop they were made in), made on first use."""
+
+    def __init__(self, flush: Flush[Item, Result], *, max_events: int) -> None:
+        self._flush = flush
+        self._max_events = max_events
+        self._groups: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, GroupCommit[Item, Result]
+        ] = weakref.WeakKeyDictionary()
+
+    def submit(self, item: Item) -> Awaitable[Result]:
+        """`GroupCommit.submit` on the running loop's group commit."""
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = GroupCommit(self._flush, max_events=self._max_events)
+            self._groups[loop] = group
+        return group.submit(item)
 
 
 async def one_by_one(

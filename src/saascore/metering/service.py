@@ -27,12 +27,10 @@ the work in the session.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 import uuid
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -76,7 +74,7 @@ from saascore.metering.decision import (
 )
 from saascore.metering.errors import LimitExceeded, StorageUnderflow, UnknownMetric
 from saascore.metering.gauge import RESOLVED_CAP, storage_change
-from saascore.metering.group import GroupCommit, one_by_one
+from saascore.metering.group import GroupCommits, one_by_one
 from saascore.metering.limits import Limit, clear_override, read_limit, set_override, unlimited
 from saascore.metering.postgres import (
     HELD,
@@ -178,9 +176,7 @@ class UsageService:
         if group_commit_max_events < 1:
             raise ValueError("group_commit_max_events must be at least 1")
         self.group_commit_max_events = group_commit_max_events
-        self._groups: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, GroupCommit[Pending, RecordResult]
-        ] = weakref.WeakKeyDictionary()
+        self._group = GroupCommits(self._flush, max_events=group_commit_max_events)
         self._meters: dict[str, MeterInfo] = {}
         self._meters_loaded_at = -math.inf
         #: The models and providers `model_pricing` names: the only ones metrics label by name.
@@ -229,7 +225,7 @@ class UsageService:
             meter = await self._cached_meter(event.metric)
             item = self._place(org_id, event, meter, True, backfill=backfill)
             if self.group_commit and not item.closed:
-                return await self._group().submit(item)
+                return await self._group.submit(item)
             return await self._record_one(item)
         async with self.database.scope(session) as s:
             meter = await self._meter(s, event.metric)
@@ -346,7 +342,7 @@ class UsageService:
                 meter = await self._cached_meter(event.metric)
                 item = self._place(org_id, event, meter, False, backfill=True)
                 if self.group_commit:
-                    return await self._group().submit(item)
+                    return await self._group.submit(item)
                 return await self._record_one(item)
             async with self.database.transaction() as s:  # after the fact: any period
                 return _result(await self._record(s, org_id, event, enforce=False))
@@ -531,14 +527,6 @@ class UsageService:
             metrics.USAGE_RECORDED.labels(metric).inc(count)
         for event in decision.unpriced:
             self._unpriced(event)
-
-    def _group(self) -> GroupCommit[Pending, RecordResult]:
-        loop = asyncio.get_running_loop()
-        group = self._groups.get(loop)
-        if group is None:
-            group = GroupCommit(self._flush, max_events=self.group_commit_max_events)
-            self._groups[loop] = group
-        return group
 
     async def _flush(
         self, items: list[Pending], locked: Callable[[], None]
@@ -1126,9 +1114,8 @@ class UsageService:
             limit = await read_limit(s, org_id, STORAGE)
         if used is None or used + delta_bytes > BIGINT_MAX or not limit.refuses(used + delta_bytes):
             return None
-        metrics.USAGE_REFUSED.labels(STORAGE).inc()
         assert limit.value is not None
-        return LimitExceeded(STORAGE, limit.value, int(used), delta_bytes)
+        return self.storage_refused(limit.value, int(used), delta_bytes)
 
     def storage_refused(self, limit: int, used: int, delta_bytes: int) -> LimitExceeded:
         """The `LimitExceeded` of adding `delta_bytes` to a gauge at `used` past its hard

@@ -38,12 +38,10 @@ then finds its folder gone.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import unicodedata
 import uuid
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -70,7 +68,7 @@ from saascore.kit.time import utcnow
 from saascore.kit.validation import checked_instant, checked_json, checked_name, checked_text
 from saascore.metering.accounts import usage_account
 from saascore.metering.gauge import RESOLVED_CAP, storage_increment
-from saascore.metering.group import GroupCommit, one_by_one
+from saascore.metering.group import GroupCommits, one_by_one
 from saascore.metering.service import UsageService
 from saascore.models import Document, DocumentStatus, Folder, Organization, UsageLimits
 from saascore.workspace.errors import (
@@ -215,9 +213,7 @@ class DocumentService:
         self.clock = clock
         self.group_commit = group_commit
         self.group_commit_max_events = group_commit_max_events
-        self._groups: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, GroupCommit[_Pending, Registered | None]
-        ] = weakref.WeakKeyDictionary()
+        self._group = GroupCommits(self._flush, max_events=group_commit_max_events)
 
     async def settle(self) -> None:
         """Wait for the dispatchers' wake-up being sent, if any (before the database closes)."""
@@ -431,7 +427,7 @@ class DocumentService:
         }
         if session is None and self._in_one_statement():
             registered = await (
-                self._group().submit(_Pending(values, actor))
+                self._group.submit(_Pending(values, actor))
                 if self.group_commit
                 else self._register_in_one_statement(values, actor)
             )
@@ -465,19 +461,7 @@ class DocumentService:
                     )
                     s.expunge(document)
                     raise
-            await self.events.emit(
-                s,
-                org_id,
-                DocumentCreated(
-                    document_id=document.id,
-                    folder_id=folder_id,
-                    filename=filename,
-                    size_bytes=size_bytes,
-                    file_hash=file_hash,
-                ),
-                actor=actor,
-                target_id=document.id,
-            )
+            await self.events.emit(s, org_id, _created(values), actor=actor, target_id=document.id)
             return Registered(document, created=True)
 
     def _in_one_statement(self) -> bool:
@@ -497,7 +481,7 @@ class DocumentService:
         assert self.audit is not None
         values["created_at"] = values["updated_at"] = self.clock()
         org_id = values["organization_id"]
-        event = self._created(values, actor)
+        event = self._created_event(values, actor)
         chain = self.audit.append_parameters(event, notify=False)
         async with self.database.driver() as driver:
             outcome = await run_register(driver, values, chain)
@@ -513,32 +497,13 @@ class DocumentService:
         # snapshot; no folder; no row to count on yet) is the session's to answer.
         return None
 
-    def _created(self, values: dict[str, Any], actor: Actor) -> Event:
-        """The `document.created` event of a registration's `values`."""
-        document_id = values["id"]
-        return Event(
-            payload=DocumentCreated(
-                document_id=document_id,
-                folder_id=values["folder_id"],
-                filename=values["filename"],
-                size_bytes=values["size_bytes"],
-                file_hash=values["file_hash"],
-            ),
-            organization_id=values["organization_id"],
-            actor=actor,
-            target_id=str(document_id),
-            occurred_at=self.events.clock(),
+    def _created_event(self, values: dict[str, Any], actor: Actor) -> Event:
+        """The `document.created` event of a registration's `values`, not yet emitted."""
+        return self.events.event(
+            values["organization_id"], _created(values), actor=actor, target_id=values["id"]
         )
 
     # --- group commit --------------------------------------------------------------------------
-    def _group(self) -> GroupCommit[_Pending, Registered | None]:
-        loop = asyncio.get_running_loop()
-        group = self._groups.get(loop)
-        if group is None:
-            group = GroupCommit(self._flush, max_events=self.group_commit_max_events)
-            self._groups[loop] = group
-        return group
-
     async def _flush(self, items: list[_Pending], locked: Callable[[], None]) -> list[_Answer]:
         """Group commit's flush: one registration as one statement, more as a batch. If a
         batch fails other than by losing the database, its registrations are done one by one,
@@ -581,7 +546,7 @@ class DocumentService:
                 decided, deltas, gone = _decide(items, gauges, added)
                 accepted = [i for i, answer in zip(items, decided, strict=True) if answer is True]
                 if accepted:
-                    events = [self._created(item.values, item.actor) for item in accepted]
+                    events = [self._created_event(item.values, item.actor) for item in accepted]
                     heads = {org_id: gauges[org_id].head for org_id in deltas}
                     chain = self.audit.chained_parameters(heads, events)
                     await write(connection, gone, deltas, chain, now)
@@ -953,6 +918,17 @@ def _registration() -> sa.Select[Any]:
     )
     return sa.select(aliased(Document, added), counted.c.storage_used_bytes).outerjoin(
         counted, sa.true()
+    )
+
+
+def _created(values: dict[str, Any]) -> DocumentCreated:
+    """What a registration's `document.created` says, from its `values`."""
+    return DocumentCreated(
+        document_id=values["id"],
+        folder_id=values["folder_id"],
+        filename=values["filename"],
+        size_bytes=values["size_bytes"],
+        file_hash=values["file_hash"],
     )
 
 
